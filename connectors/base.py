@@ -1,0 +1,121 @@
+"""The one small interface every ticketing connector implements (dispatch / route / notify split).
+
+A connector does four jobs and nothing else:
+
+* ``verify_webhook`` + ``parse_webhook``: check a request's signature over the raw body, then turn the
+  body into :class:`~sync.model.TicketChange` s (or say why it is ignored);
+* ``poll``: read changes incrementally from a stored cursor, one :class:`PollPage` at a time; the caller
+  stores a page's changes *and* its cursor in one transaction, so the cursor never runs ahead of data;
+* ``write_back``: leave a note on the ticket (idempotent: the note carries a marker, written once);
+* ``check``: prove the credentials work (readiness).
+
+Failures are raised as :mod:`sync.errors` kinds; HTTP statuses are classified through the connector's own
+status table. Connectors never retry by themselves beyond what :func:`sync.retry.call` decides, and build
+vendor clients with the client's own retries switched off.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+import requests
+
+from sync.clock import Clock, SystemClock
+from sync.model import EventAction, TicketChange, TicketRef
+from sync.retry import RetryPolicy
+from sync.settings import ConnectorSettings
+
+Headers = Mapping[str, str]  # lower-cased header names
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookResult:
+    """What one webhook request carried: changes to store, or why it was ignored (answered 202 anyway)."""
+
+    changes: list[TicketChange] = field(default_factory=list)
+    ignored_reason: str | None = None  # a short, bounded label (used as a metric label)
+
+
+@dataclass(frozen=True, slots=True)
+class PollPage:
+    """One page of a poll: store ``changes`` and then ``cursor`` (JSON-able) in the same transaction."""
+
+    changes: list[TicketChange]
+    cursor: Mapping[str, Any]
+    skipped: int = 0  # rows seen but dropped (duplicates of the overlap window, filtered out, echoes)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBack:
+    """A note for the ticket about what ticketpager did in PagerDuty.
+
+    ``marker`` is unique per (dedup_key, action, generation); connectors embed it in the note and skip
+    the write when a note with that marker already exists, so a retried step writes the note once.
+    """
+
+    ticket: TicketRef
+    action: EventAction
+    dedup_key: str
+    rule: str
+    marker: str
+    text: str
+
+
+class Connector(ABC):
+    """Base class of the Jira, Zendesk and ServiceNow connectors."""
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        *,
+        clock: Clock | None = None,
+        session: requests.Session | None = None,
+        retry: RetryPolicy | None = None,
+        insecure: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.session = session or requests.Session()
+        self.retry = retry or RetryPolicy()
+        self.insecure = insecure  # accept unsigned webhooks when no secret is configured
+
+    def __repr__(self) -> str:  # never show settings (secrets) in logs
+        return f"<{type(self).__name__}>"
+
+    # -- webhooks ---------------------------------------------------------------------------------
+    @abstractmethod
+    def verify_webhook(self, headers: Headers, body: bytes) -> None:
+        """Raise :class:`~sync.errors.WebhookRejected` (401) unless the request is authentic and fresh."""
+
+    @abstractmethod
+    def parse_webhook(self, headers: Headers, body: bytes) -> WebhookResult:
+        """Turn a verified body into changes; raise ``WebhookRejected(400, reason)`` for malformed input."""
+
+    # -- polling ----------------------------------------------------------------------------------
+    @abstractmethod
+    def start_cursor(self, since: datetime) -> Mapping[str, Any]:
+        """A cursor that polls everything updated at or after ``since`` (first run, backtests)."""
+
+    @abstractmethod
+    def poll(self, cursor: Mapping[str, Any] | None) -> Iterator[PollPage]:
+        """Changes since ``cursor`` (``None``: the connector's default look-back), page by page."""
+
+    # -- write-back and health --------------------------------------------------------------------
+    @abstractmethod
+    def write_back(self, note: WriteBack) -> None:
+        """Leave ``note`` on the ticket once (idempotent on ``note.marker``)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`~sync.errors.PermanentError` with a clear message if credentials/config are wrong."""
+
+    @property
+    def can_poll(self) -> bool:
+        """Whether credentials for the vendor API are configured (polling, write-back, canonical fetches)."""
+        return False

@@ -1,0 +1,278 @@
+"""The normalized data every part of ticketpager speaks: tickets, changes, incident links, planned events.
+
+Connectors turn vendor payloads into :class:`Ticket` / :class:`TicketChange`; the rules engine reads them;
+the engine turns rule verdicts into :class:`PlannedEvent` rows of the outbox. Everything here is plain,
+immutable data that round-trips through JSON (``to_json`` / ``from_json``) so it can be stored durably.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class StatusCategory(StrEnum):
+    """Where a ticket is in its life, whatever the vendor calls its statuses."""
+
+    NEW = "new"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    DELETED = "deleted"
+
+
+class Origin(StrEnum):
+    """How a change reached us."""
+
+    WEBHOOK = "webhook"
+    POLL = "poll"
+    RECHECK = "recheck"  # time-rule re-evaluation of a stored ticket, no vendor input
+
+
+class EventAction(StrEnum):
+    """PagerDuty Events API v2 ``event_action``."""
+
+    TRIGGER = "trigger"
+    ACKNOWLEDGE = "acknowledge"
+    RESOLVE = "resolve"
+
+
+class IncidentState(StrEnum):
+    """What we last told PagerDuty about one (ticket, rule) link."""
+
+    TRIGGERED = "triggered"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+    @property
+    def is_open(self) -> bool:
+        return self is not IncidentState.RESOLVED
+
+
+SEVERITIES = ("critical", "error", "warning", "info")
+
+
+def _dt_to_json(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def _dt_from_json(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One ticket, normalized across Jira, Zendesk and ServiceNow.
+
+    ``id`` is the vendor's durable id (Jira ``issue.id``, Zendesk ticket id, ServiceNow ``sys_id``);
+    ``key`` is what humans see (``OPS-12``, ``#4711``, ``INC0010001``). ``attributes`` carries the
+    connector-specific normalized fields rules may name directly (``project``, ``issue_type``,
+    ``components``, ``brand``, ``channel``, ``impact``, ``urgency``, ``configuration_item`` …).
+    ``custom_fields`` holds custom fields by display name *and* by id. ``raw`` is the vendor payload,
+    reachable from rules by a dotted path. Timestamps are timezone-aware.
+    """
+
+    source: str
+    id: str
+    key: str
+    title: str
+    status: str
+    status_category: StatusCategory
+    updated: datetime
+    url: str | None = None
+    description: str = ""
+    priority: str | None = None
+    assignee: str | None = None
+    assignment_group: str | None = None
+    requester: str | None = None
+    organization: str | None = None
+    labels: tuple[str, ...] = ()
+    custom_fields: Mapping[str, Any] = field(default_factory=dict)
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    created: datetime | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.updated.tzinfo is None:
+            raise ValueError("Ticket.updated must be timezone-aware")
+        if self.created is not None and self.created.tzinfo is None:
+            raise ValueError("Ticket.created must be timezone-aware")
+
+    @property
+    def ref(self) -> TicketRef:
+        return TicketRef(self.source, self.id, self.key, self.url)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, datetime) or (value is None and f.name in ("created",)):
+                value = _dt_to_json(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            elif isinstance(value, StatusCategory):
+                value = value.value
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Ticket:
+        kwargs = dict(data)
+        kwargs["status_category"] = StatusCategory(kwargs["status_category"])
+        kwargs["updated"] = _dt_from_json(kwargs["updated"])
+        kwargs["created"] = _dt_from_json(kwargs.get("created"))
+        kwargs["labels"] = tuple(kwargs.get("labels") or ())
+        return cls(**kwargs)
+
+    def version_hash(self) -> str:
+        """A digest of everything rules can see except ``raw``: equal hashes mean nothing changed."""
+        body = self.to_json()
+        body.pop("raw", None)
+        text = json.dumps(body, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class TicketRef:
+    """Just enough to address a ticket for write-back and logs."""
+
+    source: str
+    id: str
+    key: str
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    """One field this update changed (from Jira's changelog, Zendesk's previous values, or a diff)."""
+
+    field: str
+    old: Any
+    new: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TicketChange:
+    """A ticket as it is now, plus where that news came from.
+
+    ``changes`` is ``None`` when the source did not say what changed (polls); the engine then diffs
+    against the last processed version. ``delivery_id`` dedupes: the vendor's webhook id, or
+    ``poll:<id>:<updated>`` for polls. ``actor`` is who made the change when the vendor says so (used to
+    drop ticketpager's own write-backs).
+    """
+
+    ticket: Ticket
+    origin: Origin
+    delivery_id: str
+    received_at: datetime
+    changes: tuple[FieldChange, ...] | None = None
+    actor: str | None = None
+    event_type: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ticket": self.ticket.to_json(),
+            "origin": self.origin.value,
+            "delivery_id": self.delivery_id,
+            "received_at": _dt_to_json(self.received_at),
+            "changes": None
+            if self.changes is None
+            else [{"field": c.field, "old": c.old, "new": c.new} for c in self.changes],
+            "actor": self.actor,
+            "event_type": self.event_type,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TicketChange:
+        raw_changes = data.get("changes")
+        received = _dt_from_json(data["received_at"])
+        assert received is not None
+        return cls(
+            ticket=Ticket.from_json(data["ticket"]),
+            origin=Origin(data["origin"]),
+            delivery_id=data["delivery_id"],
+            received_at=received,
+            changes=None
+            if raw_changes is None
+            else tuple(FieldChange(c["field"], c.get("old"), c.get("new")) for c in raw_changes),
+            actor=data.get("actor"),
+            event_type=data.get("event_type"),
+        )
+
+    def with_changes(self, changes: tuple[FieldChange, ...]) -> TicketChange:
+        return replace(self, changes=changes)
+
+
+def diff_tickets(old: Ticket | None, new: Ticket) -> tuple[FieldChange, ...]:
+    """What changed between two versions of a ticket, on the fields rules can name (``raw`` excluded)."""
+    if old is None:
+        return ()
+    a, b = old.to_json(), new.to_json()
+    out: list[FieldChange] = []
+    for name in b:
+        if name in ("raw", "updated"):
+            continue
+        if name in ("custom_fields", "attributes"):
+            keys = sorted(set(a.get(name, {})) | set(b.get(name, {})))
+            prefix = "custom" if name == "custom_fields" else None
+            for k in keys:
+                ov, nv = a.get(name, {}).get(k), b.get(name, {}).get(k)
+                if ov != nv:
+                    out.append(FieldChange(f"{prefix}.{k}" if prefix else k, ov, nv))
+            continue
+        if a.get(name) != b.get(name):
+            out.append(FieldChange(name, a.get(name), b.get(name)))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """ticket ↔ rule ↔ PagerDuty incident: what we last sent and under which dedup key.
+
+    ``generation`` grows on every new incident for the same (ticket, rule): a reopened ticket pages
+    again under a new ``dedup_key``.
+    """
+
+    rule: str
+    dedup_key: str
+    routing_key: str = field(repr=False)
+    state: IncidentState
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerSpec:
+    """The rendered trigger of a matching rule (what PagerDuty will show)."""
+
+    routing_key: str = field(repr=False)
+    severity: str
+    summary: str
+    source: str
+    component: str | None = None
+    group: str | None = None
+    class_: str | None = None
+    custom_details: Mapping[str, Any] = field(default_factory=dict)
+    links: tuple[Mapping[str, str], ...] = ()
+    images: tuple[Mapping[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEvent:
+    """One event the engine decided to send: an outbox row before the PagerDuty limits are applied."""
+
+    rule: str
+    action: EventAction
+    dedup_key: str
+    routing_key: str = field(repr=False)
+    generation: int
+    reason: str
+    trigger: TriggerSpec | None = None  # only for TRIGGER

@@ -1,0 +1,150 @@
+"""The one settings tree: environment (prefix ``TICKETPAGER_``, nested delimiter ``__``), ``.env``, or code.
+
+Examples: ``TICKETPAGER_DATABASE_URL``, ``TICKETPAGER_RULES_PATH``,
+``TICKETPAGER_PAGERDUTY__EVENTS_URL``, ``TICKETPAGER_JIRA__WEBHOOK_SECRETS='["s1","s2"]'``.
+Every secret is a :class:`~pydantic.SecretStr`, so it never shows in ``repr``, logs or errors.
+Tests build :class:`Settings` directly (``Settings(database_url=..., _env_file=None)``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ (US) and the EU service region
+PAGERDUTY_EVENTS_URL_US = "https://events.pagerduty.com/v2/enqueue"
+PAGERDUTY_EVENTS_URL_EU = "https://events.eu.pagerduty.com/v2/enqueue"
+
+EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules" / "examples"
+
+
+def _secret_list(value: object) -> object:
+    """Accept a JSON list, or one secret / comma-separated secrets, from the environment (rotation)."""
+    if isinstance(value, str):
+        if value.strip().startswith("["):
+            import json
+
+            return json.loads(value)
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ConnectorSettings(BaseModel):
+    """What every connector has: on/off, webhook secrets (several, for rotation), polling, write-back."""
+
+    enabled: bool = False
+    webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    poll_interval_seconds: float = 60.0
+    write_back: bool = True
+    timeout_seconds: float = 10.0
+
+    _split = field_validator("webhook_secrets", mode="before")(_secret_list)
+
+    @property
+    def webhook_configured(self) -> bool:
+        return any(s.get_secret_value() for s in self.webhook_secrets)
+
+
+class JiraSettings(ConnectorSettings):
+    url: str = ""  # https://example.atlassian.net or https://jira.example.com
+    deployment: Literal["auto", "cloud", "datacenter"] = "auto"
+    email: str = ""  # Cloud: the API user's e-mail (basic auth with an API token)
+    api_token: SecretStr = SecretStr("")  # Cloud API token, or a Data Center personal access token
+    jql: str = ""  # the admin's filter, e.g. "project in (OPS, SUP)"
+    overlap_seconds: float = 300.0  # search is eventually consistent: re-read this much of the window
+    page_size: int = 100
+    comment_prefix: str = "[ticketpager]"
+
+
+class ZendeskSettings(ConnectorSettings):
+    subdomain: str = ""  # acme for https://acme.zendesk.com
+    url: str = ""  # optional full base URL (tests, proxies); overrides subdomain
+    email: str = ""
+    api_token: SecretStr = SecretStr("")
+    signature_tolerance_seconds: float = 300.0
+    custom_field_names: dict[str, str] = Field(default_factory=dict)  # field id -> name used in rules
+    group_ids: list[int] = Field(default_factory=list)  # optional filter applied before rules
+    brand_ids: list[int] = Field(default_factory=list)
+    ratelimit_budget_seconds: float = 60.0
+    fetch_canonical: bool = True  # trigger-connected webhooks: fetch the ticket when credentials exist
+
+
+class ServiceNowSettings(ConnectorSettings):
+    instance_url: str = ""  # https://acme.service-now.com
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    table: str = "incident"
+    query: str = ""  # the admin's encoded query, e.g. "active=true^priority<=2"
+    page_size: int = 100
+    bearer_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)  # alternative webhook auth
+    signature_tolerance_seconds: float = 300.0
+    state_map: dict[str, str] = Field(default_factory=dict)  # state value -> new|in_progress|done|deleted
+    overlap_seconds: float = 60.0
+
+    _split_tokens = field_validator("bearer_tokens", mode="before")(_secret_list)
+
+
+class PagerDutySettings(BaseModel):
+    region: Literal["us", "eu"] = "us"
+    events_url: str = ""  # overrides region; e.g. a proxy or a mock
+    timeout_seconds: float = 10.0
+    rate_limit_per_minute: int = 120  # per routing key; PagerDuty's documented Events API v2 limit
+    max_attempts: int = 12
+    max_retry_seconds: float = 3600.0  # after this long an event goes to the dead letters
+    backoff_base_seconds: float = 1.0
+    backoff_cap_seconds: float = 300.0
+    workers: int = 4
+    source_name: str = "ticketpager"  # payload.source fallback
+
+    @property
+    def url(self) -> str:
+        if self.events_url:
+            return self.events_url
+        return PAGERDUTY_EVENTS_URL_EU if self.region == "eu" else PAGERDUTY_EVENTS_URL_US
+
+
+class EngineSettings(BaseModel):
+    batch_size: int = 50
+    idle_seconds: float = 0.2  # how long workers wait when there is nothing to do
+    recheck_interval_seconds: float = 60.0  # time rules: re-evaluate open, unpaged tickets this often
+    lease_seconds: float = 30.0  # poller / scheduler leases between replicas
+    claim_seconds: float = 60.0  # an outbox row claimed by a replica that died is retried after this
+
+
+class Settings(BaseSettings):
+    """Everything ticketpager can be told. See the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TICKETPAGER_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    database_url: str = "sqlite:///ticketpager.db"
+    rules_path: Path = EXAMPLE_RULES
+    host: str = "127.0.0.1"
+    port: int = 8080
+    dry_run: bool = False
+    insecure_webhooks: bool = False  # accept unsigned webhooks for sources without a secret (never in prod)
+    max_body_bytes: int = 1024 * 1024
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    metrics_token: SecretStr = SecretStr("")  # if set, /metrics and /admin need "Authorization: Bearer …"
+    public_url: str = ""  # how PagerDuty links back to ticketpager, if at all
+    retention_days: int = 30  # decision log and stored payloads are pruned after this many days
+
+    pagerduty: PagerDutySettings = Field(default_factory=PagerDutySettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    jira: JiraSettings = Field(default_factory=JiraSettings)
+    zendesk: ZendeskSettings = Field(default_factory=ZendeskSettings)
+    servicenow: ServiceNowSettings = Field(default_factory=ServiceNowSettings)
+
+    def connector(self, source: str) -> ConnectorSettings:
+        value = getattr(self, source, None)
+        if not isinstance(value, ConnectorSettings):
+            raise KeyError(source)
+        return value

@@ -1,0 +1,134 @@
+"""A local fake of PagerDuty's Events API v2 (``POST /v2/enqueue``) for end-to-end tests.
+
+Behaves like the vendor: 202 with ``{"status","message","dedup_key"}`` for a valid event, 400 with
+``{"status":"invalid event","message":"Event object is invalid","errors":[...]}`` for an invalid one
+(validated against PagerDuty's OpenAPI plus the prose limits), and scripted failures (500, 429 with
+``Retry-After``) on demand. Every accepted event is recorded in order.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "specs" / "pagerduty-events-v2.openapi.json"
+
+
+def _load_event_schema() -> dict[str, Any] | None:
+    if not SPEC_PATH.exists():
+        return None
+    spec = json.loads(SPEC_PATH.read_text())
+    body = spec["paths"]["/enqueue"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    # resolve local refs against the whole document
+    return {"$defs": {}, "components": spec.get("components", {}), **body}
+
+
+EVENT_SCHEMA = _load_event_schema()
+
+
+def validate_event(event: Any) -> list[str]:
+    """PagerDuty's OpenAPI schema plus the documented limits the file lacks. Empty list = valid."""
+    errors: list[str] = []
+    if not isinstance(event, dict):
+        return ["event must be a JSON object"]
+    if EVENT_SCHEMA is not None:
+        validator = jsonschema.Draft202012Validator(EVENT_SCHEMA)
+        errors += [e.message for e in validator.iter_errors(event)]
+    action = event.get("event_action")
+    if action not in ("trigger", "acknowledge", "resolve"):
+        errors.append(f"'event_action' is invalid: {action!r}")
+    if action in ("acknowledge", "resolve") and not event.get("dedup_key"):
+        errors.append("'dedup_key' is required for acknowledge/resolve")
+    if len(str(event.get("dedup_key", ""))) > 255:
+        errors.append("'dedup_key' is too long (maximum is 255 characters)")
+    payload = event.get("payload")
+    if action == "trigger":
+        if not isinstance(payload, dict):
+            errors.append("'payload' is required for trigger")
+        else:
+            if len(str(payload.get("summary", ""))) > 1024:
+                errors.append("'summary' is too long (maximum is 1024 characters)")
+            if payload.get("severity") not in ("critical", "error", "warning", "info"):
+                errors.append("'severity' is invalid")
+            for key in ("summary", "source"):
+                if not payload.get(key):
+                    errors.append(f"'{key}' is missing")
+    if len(json.dumps(event).encode()) > 512 * 1024:
+        errors.append("event is larger than 512 KB")
+    return errors
+
+
+class MockPagerDuty:
+    """Run with ``with MockPagerDuty() as pd:``; point ticketpager at ``pd.url``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.events: list[dict[str, Any]] = []  # accepted, in arrival order
+        self.requests: list[dict[str, Any]] = []  # every request body, accepted or not
+        self._script: deque[tuple[int, dict[str, str]]] = deque()
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                status, body, headers = owner._handle(self.path, raw)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v2/enqueue"
+
+    def fail_next(self, count: int, status: int = 500, headers: dict[str, str] | None = None) -> None:
+        """Answer the next ``count`` requests with ``status`` (e.g. 429 with ``{"Retry-After": "30"}``)."""
+        with self._lock:
+            for _ in range(count):
+                self._script.append((status, headers or {}))
+
+    def _handle(self, path: str, raw: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            return 400, {"status": "invalid event", "message": "Event object is invalid", "errors": ["bad JSON"]}, {}
+        with self._lock:
+            self.requests.append(event)
+            if self._script:
+                status, headers = self._script.popleft()
+                return status, {"status": "error", "message": f"scripted {status}"}, headers
+        if path.rstrip("/") != "/v2/enqueue":
+            return 404, {"status": "error", "message": "not found"}, {}
+        errors = validate_event(event)
+        if errors:
+            return 400, {"status": "invalid event", "message": "Event object is invalid", "errors": errors}, {}
+        with self._lock:
+            self.events.append(event)
+        return 202, {"status": "success", "message": "Event processed", "dedup_key": event.get("dedup_key")}, {}
+
+    def __enter__(self) -> MockPagerDuty:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
