@@ -57,6 +57,8 @@ class JiraSettings(ConnectorSettings):
     overlap_seconds: float = 300.0  # search is eventually consistent: re-read this much of the window
     page_size: int = 100
     comment_prefix: str = "[ticketpager]"
+    lookback_seconds: float = 3600.0  # first poll without a stored cursor reads this far back
+    extra_fields: list[str] = Field(default_factory=lambda: ["*navigable"])  # polled besides the needed ones
 
 
 class ZendeskSettings(ConnectorSettings):
@@ -70,6 +72,12 @@ class ZendeskSettings(ConnectorSettings):
     brand_ids: list[int] = Field(default_factory=list)
     ratelimit_budget_seconds: float = 60.0
     fetch_canonical: bool = True  # trigger-connected webhooks: fetch the ticket when credentials exist
+    accept_test_secret: bool = False  # answer 202 (never store) webhooks signed with Zendesk's public test secret
+    note_prefix: str = "[ticketpager]"  # starts every internal note; changes that are only such a note never page
+    initial_lookback_seconds: float = 3600.0  # first poll without a stored cursor
+    page_size: int = 1000  # incremental export per_page (Zendesk's maximum)
+    min_request_interval_seconds: float = 6.0  # incremental export allows 10 requests/minute
+    organization_cache_seconds: float = 600.0  # organization name + tags (VIP rules)
 
 
 class ServiceNowSettings(ConnectorSettings):
@@ -83,6 +91,9 @@ class ServiceNowSettings(ConnectorSettings):
     signature_tolerance_seconds: float = 300.0
     state_map: dict[str, str] = Field(default_factory=dict)  # state value -> new|in_progress|done|deleted
     overlap_seconds: float = 60.0
+    lookback_seconds: float = 3600.0  # first poll without a stored cursor reads this far back
+    work_note_prefix: str = "[ticketpager]"  # first text of every work note we write (echo detection)
+    priority_labels: dict[str, str] = Field(default_factory=dict)  # priority value -> label override
 
     _split_tokens = field_validator("bearer_tokens", mode="before")(_secret_list)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,6 +70,7 @@ class MockPagerDuty:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.events: list[dict[str, Any]] = []  # accepted, in arrival order
+        self.arrivals: list[float] = []  # time.perf_counter() of each accepted event (same order)
         self.requests: list[dict[str, Any]] = []  # every request body, accepted or not
         self._script: deque[tuple[int, dict[str, str]]] = deque()
         self._lock = threading.Lock()
@@ -123,6 +125,7 @@ class MockPagerDuty:
             return 400, {"status": "invalid event", "message": "Event object is invalid", "errors": errors}, {}
         with self._lock:
             self.events.append(event)
+            self.arrivals.append(time.perf_counter())
         return 202, {"status": "success", "message": "Event processed", "dedup_key": event.get("dedup_key")}, {}
 
     def __enter__(self) -> MockPagerDuty:

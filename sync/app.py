@@ -1,0 +1,149 @@
+"""The HTTP app (Starlette): webhooks in, health, readiness and metrics out.
+
+``POST /webhooks/{source}`` answers 202 only after the change is committed (group commit, see
+:mod:`sync.ingest`); processing happens after the answer. Rejections carry a JSON ``{"error": reason}``
+and store nothing: unknown source 404, missing/wrong signature 401, malformed body 400, too large 413.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from connectors import CONNECTORS
+from sync.errors import WebhookRejected
+from sync.metrics import METRICS
+
+if TYPE_CHECKING:
+    from sync.service import Service
+
+log = logging.getLogger("ticketpager.http")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BodyTooLarge
+        except ValueError:
+            raise WebhookRejected(400, "invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error(status: int, reason: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": reason, **extra}, status_code=status)
+
+
+def build_app(service: Service) -> Starlette:
+    settings = service.settings
+
+    async def webhook(request: Request) -> Response:
+        source = request.path_params["source"]
+        if source not in CONNECTORS:
+            METRICS.webhooks.labels("unknown", "unknown_source").inc()
+            return error(404, f"unknown source '{source[:40]}'; expected one of: {', '.join(CONNECTORS)}")
+        try:
+            body = await read_body(request, settings.max_body_bytes)
+        except BodyTooLarge:
+            METRICS.webhooks.labels(source, "too_large").inc()
+            return error(413, f"body larger than {settings.max_body_bytes} bytes")
+        except WebhookRejected as exc:
+            METRICS.webhooks.labels(source, f"rejected_{exc.status}").inc()
+            return error(exc.status or 400, exc.reason)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            connector = service.connector(source)
+        except Exception as exc:  # noqa: BLE001 - a connector that cannot load is an outage, not a crash
+            log.error("connector %s unavailable: %s", source, exc)
+            METRICS.webhooks.labels(source, "unavailable").inc()
+            return error(503, f"connector '{source}' unavailable")
+        try:
+            connector.verify_webhook(headers, body)
+            if getattr(connector, "parse_blocks", False):
+                from starlette.concurrency import run_in_threadpool
+
+                result = await run_in_threadpool(connector.parse_webhook, headers, body)
+            else:
+                result = connector.parse_webhook(headers, body)
+        except WebhookRejected as exc:
+            status = exc.status or 400
+            METRICS.webhooks.labels(source, f"rejected_{status}").inc()
+            log.info("webhook %s rejected (%d): %s", source, status, exc.reason)
+            return error(status, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - never a 500 for input; the poller reconciles
+            METRICS.webhooks.labels(source, "unparseable").inc()
+            log.exception("webhook %s could not be parsed", source)
+            return error(400, f"could not parse the payload ({type(exc).__name__})")
+        if not result.changes:
+            reason = result.ignored_reason or "nothing to do"
+            METRICS.webhooks.labels(source, "ignored").inc()
+            return JSONResponse({"status": "ignored", "reason": reason}, status_code=202)
+        try:
+            stored = await service.writer.submit(result.changes)
+        except Exception as exc:  # noqa: BLE001
+            log.error("storing webhook from %s failed: %s", source, exc)
+            METRICS.webhooks.labels(source, "store_failed").inc()
+            return error(503, "could not store the change; retry later")
+        METRICS.webhooks.labels(source, "accepted").inc()
+        METRICS.changes_received.labels(source, "webhook", "stored").inc(stored)
+        METRICS.changes_received.labels(source, "webhook", "duplicate").inc(len(result.changes) - stored)
+        return JSONResponse(
+            {"status": "accepted", "stored": stored, "duplicates": len(result.changes) - stored}, status_code=202
+        )
+
+    def authorized(request: Request) -> bool:
+        token = settings.metrics_token.get_secret_value()
+        if not token:
+            return True
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        report = await run_in_threadpool(service.readiness)
+        return JSONResponse(report, status_code=200 if report["ready"] else 503)
+
+    async def metrics(request: Request) -> Response:
+        if not authorized(request):
+            return error(401, "metrics need 'Authorization: Bearer <metrics_token>'")
+        return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def status(request: Request) -> Response:
+        if not authorized(request):
+            return error(401, "admin endpoints need 'Authorization: Bearer <metrics_token>'")
+        from starlette.concurrency import run_in_threadpool
+
+        return JSONResponse((await run_in_threadpool(service.store.status)).to_json())
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/{source}", webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/admin/status", status, methods=["GET"]),
+        ]
+    )

@@ -1,0 +1,228 @@
+"""The ``ticketpager`` command line: serve, poll, status, dead letters, database, rules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from sync import logs
+from sync.settings import Settings
+
+log = logging.getLogger("ticketpager.cli")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    if getattr(args, "rules", None):
+        overrides["rules_path"] = args.rules
+    settings = Settings(**overrides)
+    if getattr(args, "dry_run", False):
+        settings.dry_run = True
+    logs.configure(settings.log_level, settings.log_format, logs.secret_values(settings))
+    return settings
+
+
+def _service(settings: Settings) -> Any:
+    from sync.service import Service
+    from sync.store import Store
+
+    store = Store(settings.database_url)
+    store.upgrade()
+    try:
+        return Service(settings, store=store)
+    except Exception as exc:
+        from sync.errors import ConfigError
+
+        if isinstance(exc, ConfigError):
+            print(f"ticketpager: rules in {settings.rules_path} do not load:\n{exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sync.app import build_app
+
+    settings = _settings(args)
+    if args.host:
+        settings.host = args.host
+    if args.port:
+        settings.port = args.port
+    service = _service(settings)
+    mode = "DRY RUN (events are logged, not sent)" if settings.dry_run else f"sending to {settings.pagerduty.url}"
+    log.info("ticketpager %s on http://%s:%d, rules %s, %s", service.instance, settings.host, settings.port,
+             settings.rules_path, mode)
+    service.start()
+    signal.signal(signal.SIGHUP, lambda *_: service.reload_rules())
+    config = uvicorn.Config(
+        build_app(service),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=10,
+    )
+    try:
+        uvicorn.Server(config).run()  # returns on SIGTERM / SIGINT after in-flight requests finish
+    finally:
+        service.stop()
+        log.info("stopped")
+    return 0
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    service = _service(settings)
+    sources = [args.source] if args.source else service.pollable_sources()
+    if args.source and not service.connector(args.source).can_poll:
+        print(f"ticketpager: {args.source} has no API credentials configured; nothing to poll", file=sys.stderr)
+        return 2
+    if not sources:
+        print("ticketpager: no source is enabled with API credentials (TICKETPAGER_<SOURCE>__ENABLED=true …)",
+              file=sys.stderr)
+        return 2
+    failed = False
+    for source in sources:
+        report = service.poll_source(source)
+        print(f"{source}: {report.pages} page(s), {report.seen} change(s) seen, {report.stored} new", file=sys.stderr)
+        if report.error:
+            failed = True
+            print(f"{source}: poll failed ({report.error_kind}): {report.error}", file=sys.stderr)
+    processed, delivered = service.process_all()
+    status = service.store.status()
+    print(f"processed {processed} change(s), delivered {delivered} outbox row(s); "
+          f"pending {status.outbox_pending}, dead letters {status.dead_letters}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sync.store import Store
+
+    settings = _settings(args)
+    store = Store(settings.database_url)
+    store.upgrade()
+    data = store.status().to_json()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"tickets tracked   {data['tickets_tracked']}")
+    print(f"open incidents    {data['open_incidents']}")
+    print(f"changes pending   {data['changes_pending']}   failed {data['changes_failed']}")
+    print(f"outbox pending    {data['outbox_pending']}   oldest {data['outbox_oldest'] or '-'}")
+    print(f"dead letters      {data['dead_letters']}")
+    for c in data["cursors"]:
+        line = f"source {c['source']:<11} last poll {c['last_success_at'] or 'never'}"
+        if c["last_error"]:
+            line += f"   ERROR ({c['last_error_kind']}) {c['last_error']}"
+        print(line)
+    return 0
+
+
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    from connectors.pagerduty import mask
+    from sync.clock import SystemClock
+    from sync.store import Store
+
+    settings = _settings(args)
+    store = Store(settings.database_url)
+    store.upgrade()
+    if args.action == "list":
+        rows = store.dead_letters(limit=args.limit)
+        if args.json:
+            print(json.dumps([
+                {"id": r["id"], "kind": r["kind"], "action": r["action"], "ticket": r["ticket_key"], "rule": r["rule"],
+                 "dedup_key": r["dedup_key"], "routing_key": mask(r["routing_key"]), "attempts": r["attempts"],
+                 "error": r["last_error"], "created_at": r["created_at"].isoformat()}
+                for r in rows
+            ], indent=2))
+            return 0
+        if not rows:
+            print("no dead letters")
+        for r in rows:
+            print(f"#{r['id']} {r['kind']} {r['action']} {r['ticket_key']} rule={r['rule']} "
+                  f"routing_key={mask(r['routing_key'])} attempts={r['attempts']}\n    {r['last_error']}")
+        return 0
+    if not args.all and not args.ids:
+        print("ticketpager: give dead-letter ids or --all", file=sys.stderr)
+        return 2
+    count = store.retry_dead(None if args.all else args.ids, SystemClock().now())
+    print(f"{count} dead letter(s) queued again; a running 'serve' (or 'poll --once') delivers them")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from sync.db import current_revision
+    from sync.store import Store
+
+    settings = _settings(args)
+    store = Store(settings.database_url)
+    print(f"upgrading {store.engine.url.render_as_string(hide_password=True)} …", file=sys.stderr)
+    store.upgrade()
+    print(f"database at revision {current_revision(store.engine)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticketpager", description=__doc__)
+    parser.add_argument("--database-url", help="overrides TICKETPAGER_DATABASE_URL")
+    parser.add_argument("--rules", help="rule file or directory; overrides TICKETPAGER_RULES_PATH")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the webhook server, engine, delivery and pollers")
+    serve.add_argument("--dry-run", action="store_true", help="log PagerDuty events instead of sending them")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1, TICKETPAGER_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080, TICKETPAGER_PORT)")
+    serve.set_defaults(func=cmd_serve)
+
+    poll = sub.add_parser("poll", help="poll sources, process and deliver once (for cron)")
+    poll.add_argument("--once", action="store_true", required=True, help="one cycle, then exit")
+    poll.add_argument("--source", choices=["jira", "zendesk", "servicenow"])
+    poll.add_argument("--dry-run", action="store_true")
+    poll.set_defaults(func=cmd_poll)
+
+    status = sub.add_parser("status", help="tickets, incidents, outbox, dead letters, cursors")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    dead = sub.add_parser("deadletters", help="list or re-drive events PagerDuty refused")
+    dsub = dead.add_subparsers(dest="action", required=True)
+    dlist = dsub.add_parser("list")
+    dlist.add_argument("--json", action="store_true")
+    dlist.add_argument("--limit", type=int, default=100)
+    dretry = dsub.add_parser("retry")
+    dretry.add_argument("ids", nargs="*", type=int)
+    dretry.add_argument("--all", action="store_true")
+    dead.set_defaults(func=cmd_deadletters)
+
+    dbp = sub.add_parser("db", help="database maintenance")
+    dbsub = dbp.add_subparsers(dest="db_command", required=True)
+    dbsub.add_parser("upgrade", help="apply migrations (safe with several replicas)")
+    dbp.set_defaults(func=cmd_db)
+
+    try:
+        from rules.cli import register
+    except ImportError:  # pragma: no cover - the rules CLI is part of the distribution
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

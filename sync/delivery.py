@@ -1,0 +1,256 @@
+"""Delivery: claim due outbox rows and send them; classify the outcome once; never drop anything.
+
+A claim marks rows with ``claimed_until`` (a visibility timeout) in a short transaction — on PostgreSQL
+with ``FOR UPDATE SKIP LOCKED`` so replicas never claim the same row — and the send happens outside any
+transaction. A replica that dies mid-send leaves its rows to be claimed again when the claim expires.
+Events of one ``dedup_key`` go out in order: a row waits while an earlier row of its key is pending.
+
+Outcomes: 2xx → sent (and a write-back row is queued for the ticket); retryable (429, 5xx, network) →
+``next_attempt_at`` by :class:`~sync.retry.RetryPolicy` honouring ``Retry-After``; permanent (400) or
+retries exhausted → dead letter with the error text (``deadletters retry`` re-drives it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, exists, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.orm import aliased
+
+from connectors.base import WriteBack
+from connectors.pagerduty import PagerDutySink, RateLimiter, mask
+from sync.clock import Clock
+from sync.errors import PermanentError, RetryableError, TicketpagerError
+from sync.metrics import METRICS
+from sync.model import EventAction, TicketRef
+from sync.retry import RetryPolicy
+from sync.schema import changes, outbox
+from sync.store import Store
+
+log = logging.getLogger("ticketpager.delivery")
+
+WriteBackFn = Callable[[str, WriteBack], None]  # (source, note) -> None; raises sync.errors kinds
+
+NOTE_TEXT = {
+    EventAction.TRIGGER: "PagerDuty incident triggered by rule '{rule}'",
+    EventAction.ACKNOWLEDGE: "PagerDuty incident acknowledged (rule '{rule}')",
+    EventAction.RESOLVE: "PagerDuty incident resolved (rule '{rule}')",
+}
+
+
+class Delivery:
+    def __init__(
+        self,
+        store: Store,
+        sink: PagerDutySink | None,
+        clock: Clock,
+        *,
+        policy: RetryPolicy,
+        limiter: RateLimiter,
+        worker_id: str,
+        claim_seconds: float = 60.0,
+        dry_run: bool = False,
+        write_back: WriteBackFn | None = None,
+        write_back_sources: Mapping[str, bool] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.sink = sink
+        self.clock = clock
+        self.policy = policy
+        self.limiter = limiter
+        self.worker_id = worker_id
+        self.claim_seconds = claim_seconds
+        self.dry_run = dry_run
+        self.write_back = write_back
+        self.write_back_sources = dict(write_back_sources or {})
+        self.rng = rng or random.Random()
+
+    # -- claiming --------------------------------------------------------------------------------
+    def claim(self, limit: int = 10) -> list[RowMapping]:
+        now = self.clock.now()
+        earlier = aliased(outbox)
+        blocked = exists().where(
+            earlier.c.dedup_key == outbox.c.dedup_key,
+            earlier.c.kind == "event",
+            earlier.c.id < outbox.c.id,
+            earlier.c.status == "pending",
+        )
+        with self.store.begin() as conn:
+            stmt = (
+                select(outbox)
+                .where(
+                    outbox.c.status == "pending",
+                    outbox.c.next_attempt_at <= now,
+                    or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+                    or_(outbox.c.kind != "event", ~blocked),
+                )
+                .order_by(outbox.c.next_attempt_at, outbox.c.id)
+                .limit(limit)
+            )
+            if conn.dialect.name == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True, of=outbox)
+            rows = conn.execute(stmt).mappings().all()
+            if rows:
+                conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_([r["id"] for r in rows]))
+                    .values(claimed_until=now + timedelta(seconds=self.claim_seconds), claimed_by=self.worker_id)
+                )
+            return list(rows)
+
+    def run_once(self, limit: int = 10) -> int:
+        rows = self.claim(limit)
+        for row in rows:
+            self.deliver(row)
+        return len(rows)
+
+    def drain(self, max_rounds: int = 10_000) -> int:
+        total = 0
+        for _ in range(max_rounds):
+            n = self.run_once()
+            if not n:
+                break
+            total += n
+        return total
+
+    # -- one row ---------------------------------------------------------------------------------
+    def deliver(self, row: RowMapping) -> None:
+        if row["kind"] == "writeback":
+            self._deliver_write_back(row)
+            return
+        action = row["action"]
+        wait = self.limiter.wait_for(row["routing_key"])
+        if wait > 0:  # spacing, not failure: no attempt is counted
+            METRICS.events.labels(action, "rate_limited").inc()
+            self._release(row["id"], wait)
+            return
+        body = json.loads(row["body"])
+        if self.dry_run or self.sink is None:
+            shown = dict(body, routing_key=mask(body.get("routing_key", "")))
+            log.info("dry run: would send %s", json.dumps(shown, sort_keys=True, default=str))
+            METRICS.events.labels(action, "dry_run").inc()
+            self._sent(row, dry_run=True)
+            return
+        try:
+            self.sink.send(body)
+        except TicketpagerError as exc:
+            self._failed(row, exc)
+            return
+        METRICS.events.labels(action, "sent").inc()
+        self._sent(row, dry_run=False)
+
+    def _deliver_write_back(self, row: RowMapping) -> None:
+        if self.write_back is None:
+            self._mark(row["id"], status="sent", sent_at=self.clock.now())
+            return
+        data = json.loads(row["body"])
+        note = WriteBack(
+            ticket=TicketRef(**data["ticket"]),
+            action=EventAction(data["action"]),
+            dedup_key=data["dedup_key"],
+            rule=data["rule"],
+            marker=data["marker"],
+            text=data["text"],
+        )
+        try:
+            self.write_back(row["source"], note)
+        except TicketpagerError as exc:
+            METRICS.write_backs.labels(row["source"], exc.kind.value).inc()
+            self._failed(row, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a connector bug must not kill the worker
+            log.exception("write-back for %s failed unexpectedly", row["ticket_key"])
+            self._failed(row, RetryableError(f"{type(exc).__name__}: {exc}"))
+            return
+        METRICS.write_backs.labels(row["source"], "sent").inc()
+        self._mark(row["id"], status="sent", sent_at=self.clock.now(), last_error=None)
+
+    def _sent(self, row: RowMapping, *, dry_run: bool) -> None:
+        now = self.clock.now()
+        with self.store.begin() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row["id"])
+                .values(status="sent", sent_at=now, dry_run=dry_run, last_error=None, claimed_until=None,
+                        attempts=outbox.c.attempts + 1)
+            )
+            received = None
+            if row["change_id"] is not None:
+                received = conn.execute(
+                    select(changes.c.received_at).where(changes.c.id == row["change_id"])
+                ).scalar_one_or_none()
+            if received is not None:
+                METRICS.delivery_latency.observe(max((now - received).total_seconds(), 0.0))
+            if self.write_back_sources.get(row["source"]) and not dry_run:
+                self._queue_write_back(conn, row)
+
+    def _queue_write_back(self, conn: Connection, row: RowMapping) -> None:
+        action = EventAction(row["action"])
+        marker = f"tp:{row['dedup_key']}:{action.value}:{row['id']}"
+        text = NOTE_TEXT[action].format(rule=row["rule"]) + f". dedup_key: {row['dedup_key']}. [{marker}]"
+        body = {
+            "ticket": {"source": row["source"], "id": row["ticket_id"], "key": row["ticket_key"], "url": None},
+            "action": action.value,
+            "dedup_key": row["dedup_key"],
+            "rule": row["rule"],
+            "marker": marker,
+            "text": text,
+        }
+        conn.execute(
+            insert(outbox).values(
+                kind="writeback",
+                source=row["source"],
+                ticket_id=row["ticket_id"],
+                ticket_key=row["ticket_key"],
+                rule=row["rule"],
+                action=row["action"],
+                dedup_key=row["dedup_key"],
+                generation=row["generation"],
+                routing_key="",
+                body=json.dumps(body),
+                status="pending",
+                attempts=0,
+                next_attempt_at=self.clock.now(),
+                change_id=row["change_id"],
+                created_at=self.clock.now(),
+            )
+        )
+
+    def _failed(self, row: RowMapping, exc: TicketpagerError) -> None:
+        now = self.clock.now()
+        attempts = row["attempts"] + 1
+        elapsed = (now - row["created_at"]).total_seconds()
+        wait = self.policy.delay(attempts, elapsed, exc, self.rng) if isinstance(exc, RetryableError) else None
+        action = row["action"] if row["kind"] == "event" else "writeback"
+        if wait is None:
+            why = "permanent" if isinstance(exc, PermanentError) else "retries exhausted"
+            log.error("%s %s for %s is a dead letter (%s): %s", row["kind"], action, row["ticket_key"], why, exc)
+            METRICS.events.labels(action, "dead").inc()
+            self._mark(row["id"], status="dead", attempts=attempts, last_error=f"{why}: {exc}"[:4000])
+            return
+        log.warning("%s %s for %s failed (attempt %d), retry in %.1fs: %s",
+                    row["kind"], action, row["ticket_key"], attempts, wait, exc)
+        METRICS.events.labels(action, "retry").inc()
+        self._mark(
+            row["id"],
+            attempts=attempts,
+            last_error=str(exc)[:4000],
+            next_attempt_at=now + timedelta(seconds=wait),
+        )
+
+    def _release(self, row_id: int, wait: float) -> None:
+        self._mark(row_id, next_attempt_at=self.clock.now() + timedelta(seconds=wait))
+
+    def _mark(self, row_id: int, **values: Any) -> None:
+        values.setdefault("claimed_until", None)
+        with self.store.begin() as conn:
+            conn.execute(update(outbox).where(outbox.c.id == row_id, outbox.c.status == "pending").values(**values))
+
+

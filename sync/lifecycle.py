@@ -1,0 +1,120 @@
+"""The incident lifecycle: from rule verdicts and current link states to the events to send. Pure.
+
+Per rule, given what the rules engine said and what we last told PagerDuty:
+
+=====================  ==========================================  =======================================
+link state             verdict                                     events
+=====================  ==========================================  =======================================
+none / resolved        matched, resolve_when false, not deleted    trigger (new generation → new dedup key);
+                                                                   + acknowledge if acknowledge_when holds
+open                   resolve_when holds, or ticket deleted       resolve
+open                   not matched and ``on_unmatch: resolve``     resolve
+triggered              acknowledge_when holds                      acknowledge
+acknowledged           acknowledge_when holds                      nothing (already acknowledged)
+open, rule removed     ticket done or deleted                      resolve (an incident never stays orphaned)
+anything else                                                      nothing
+=====================  ==========================================  =======================================
+
+Acknowledge and resolve always go to the routing key of the trigger (PagerDuty drops them otherwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from sync.model import EventAction, IncidentState, LinkState, PlannedEvent, StatusCategory, Ticket, TriggerSpec
+
+#: https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ — "dedup_key … Maximum of 255 characters"
+DEDUP_KEY_MAX = 255
+
+
+class RuleVerdict(Protocol):
+    """What :func:`plan` needs of a rule result (``rules.RuleResult`` satisfies it)."""
+
+    rule: str
+    matched: bool
+    acknowledge: bool
+    resolve: bool
+    on_unmatch: str
+    trigger: TriggerSpec | None
+
+
+def dedup_key_for(source: str, ticket_id: str, rule: str, generation: int) -> str:
+    """Stable per (ticket, rule, incident generation): duplicates of a change can never page twice,
+    while a reopened ticket (next generation) opens a new incident. Hashed when over PagerDuty's limit."""
+    key = f"ticketpager/{source}/{ticket_id}/{rule}/{generation}"
+    if len(key) <= DEDUP_KEY_MAX:
+        return key
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"ticketpager/{source}/sha256:{digest}"
+
+
+def plan(results: Sequence[Any], links: Mapping[str, LinkState], ticket: Ticket) -> list[PlannedEvent]:
+    """The events this ticket version calls for, in the order they must be sent."""
+    events: list[PlannedEvent] = []
+    gone = ticket.status_category is StatusCategory.DELETED
+    done = gone or ticket.status_category is StatusCategory.DONE
+    seen: set[str] = set()
+    for result in results:
+        seen.add(result.rule)
+        link = links.get(result.rule)
+        if link is not None and link.state.is_open:
+            if gone or result.resolve:
+                why = "ticket deleted" if gone else "resolve_when holds"
+                events.append(_follow_up(link, EventAction.RESOLVE, why))
+            elif not result.matched and result.on_unmatch == "resolve":
+                events.append(_follow_up(link, EventAction.RESOLVE, "no longer matches (on_unmatch: resolve)"))
+            elif result.acknowledge and link.state is IncidentState.TRIGGERED:
+                events.append(_follow_up(link, EventAction.ACKNOWLEDGE, "acknowledge_when holds"))
+            continue
+        if result.matched and not result.resolve and not gone and result.trigger is not None:
+            generation = (link.generation + 1) if link is not None else 1
+            dedup_key = dedup_key_for(ticket.source, ticket.id, result.rule, generation)
+            why = "matched" if link is None else f"matched again after resolve (incident #{generation})"
+            events.append(
+                PlannedEvent(
+                    rule=result.rule,
+                    action=EventAction.TRIGGER,
+                    dedup_key=dedup_key,
+                    routing_key=result.trigger.routing_key,
+                    generation=generation,
+                    reason=why,
+                    trigger=result.trigger,
+                )
+            )
+            if result.acknowledge:
+                events.append(
+                    PlannedEvent(
+                        rule=result.rule,
+                        action=EventAction.ACKNOWLEDGE,
+                        dedup_key=dedup_key,
+                        routing_key=result.trigger.routing_key,
+                        generation=generation,
+                        reason="acknowledge_when already holds",
+                    )
+                )
+    for rule, link in links.items():
+        if rule not in seen and link.state.is_open and done:
+            events.append(_follow_up(link, EventAction.RESOLVE, "rule no longer configured; ticket is done"))
+    return events
+
+
+def _follow_up(link: LinkState, action: EventAction, reason: str) -> PlannedEvent:
+    return PlannedEvent(
+        rule=link.rule,
+        action=action,
+        dedup_key=link.dedup_key,
+        routing_key=link.routing_key,
+        generation=link.generation,
+        reason=reason,
+    )
+
+
+def next_state(action: EventAction) -> IncidentState:
+    return {
+        EventAction.TRIGGER: IncidentState.TRIGGERED,
+        EventAction.ACKNOWLEDGE: IncidentState.ACKNOWLEDGED,
+        EventAction.RESOLVE: IncidentState.RESOLVED,
+    }[action]

@@ -1,0 +1,63 @@
+"""Prometheus metrics, one registry for the process. Label values are bounded (sources, actions, rule
+names from the rule files, fixed reasons) — never ticket ids or anything secret."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.webhooks = Counter(
+            "ticketpager_webhooks_total", "Webhook requests by source and outcome", ["source", "outcome"], registry=r
+        )
+        self.changes_received = Counter(
+            "ticketpager_changes_received_total",
+            "Ticket changes received by source, origin (webhook/poll/recheck) and outcome (stored/duplicate)",
+            ["source", "origin", "outcome"],
+            registry=r,
+        )
+        self.changes_processed = Counter(
+            "ticketpager_changes_processed_total",
+            "Changes processed by the engine by source and outcome (paged, no_action, stale, same_version, failed)",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.rule_matches = Counter(
+            "ticketpager_rule_events_total", "Events planned per rule and action", ["rule", "action"], registry=r
+        )
+        self.events = Counter(
+            "ticketpager_events_total",
+            "PagerDuty events by action and outcome (sent, retry, dead, dry_run, rate_limited)",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.write_backs = Counter(
+            "ticketpager_write_backs_total", "Ticket write-backs by source and outcome", ["source", "outcome"], registry=r
+        )
+        self.outbox_depth = Gauge("ticketpager_outbox_pending", "Outbox rows waiting to be sent", registry=r)
+        self.outbox_oldest = Gauge(
+            "ticketpager_outbox_oldest_age_seconds", "Age of the oldest pending outbox row", registry=r
+        )
+        self.dead_letters = Gauge("ticketpager_dead_letters", "Outbox rows in the dead-letter state", registry=r)
+        self.delivery_latency = Histogram(
+            "ticketpager_delivery_latency_seconds",
+            "From change received to PagerDuty 202",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+            registry=r,
+        )
+        self.poll_lag = Gauge(
+            "ticketpager_poll_lag_seconds", "Seconds since the last successful poll per source", ["source"], registry=r
+        )
+        self.poll_errors = Counter(
+            "ticketpager_poll_errors_total", "Poll failures by source and kind", ["source", "kind"], registry=r
+        )
+        self.rules_reload_failures = Counter(
+            "ticketpager_rules_reload_failures_total", "Rule reloads rejected (last good set kept)", registry=r
+        )
+        self.rules_loaded = Gauge("ticketpager_rules_loaded", "Rules in the active rule set", registry=r)
+
+
+METRICS = Metrics()

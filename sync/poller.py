@@ -1,0 +1,75 @@
+"""One poll cycle of one source: read pages from the connector, store each page with its cursor.
+
+The cursor is saved in the same transaction as the page's changes, so it never runs ahead of stored
+data; a failure records the error (``status``, ``/readyz``) and leaves the cursor where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from connectors.base import Connector
+from sync.clock import Clock
+from sync.errors import TicketpagerError
+from sync.metrics import METRICS
+from sync.store import Store, insert_changes, load_cursor, record_poll_error, save_cursor
+
+log = logging.getLogger("ticketpager.poller")
+
+DEFAULT_LOOKBACK = timedelta(hours=1)  # first poll of a source: reconcile the last hour
+
+
+@dataclass
+class PollReport:
+    source: str
+    pages: int = 0
+    seen: int = 0
+    stored: int = 0
+    error: str | None = None
+    error_kind: str | None = None
+
+
+def poll_once(
+    store: Store,
+    connector: Connector,
+    clock: Clock,
+    *,
+    lookback: timedelta = DEFAULT_LOOKBACK,
+    keep_going: Callable[[], bool] = lambda: True,
+    on_page: Callable[[PollReport], None] | None = None,
+) -> PollReport:
+    source = connector.name
+    report = PollReport(source)
+    with store.begin() as conn:
+        cursor = load_cursor(conn, source)
+    try:
+        if cursor is None:
+            cursor = dict(connector.start_cursor(clock.now() - lookback))
+        for page in connector.poll(cursor):
+            with store.begin() as conn:
+                new = insert_changes(conn, page.changes)
+                save_cursor(conn, source, page.cursor, clock.now())
+            report.pages += 1
+            report.seen += len(page.changes)
+            report.stored += new
+            METRICS.changes_received.labels(source, "poll", "stored").inc(new)
+            METRICS.changes_received.labels(source, "poll", "duplicate").inc(len(page.changes) - new)
+            if on_page:
+                on_page(report)
+            if not keep_going():
+                break
+        METRICS.poll_lag.labels(source).set(0)
+    except TicketpagerError as exc:
+        report.error, report.error_kind = str(exc), exc.kind.value
+    except Exception as exc:  # noqa: BLE001 - a connector bug is reported, never crashes the service
+        log.exception("poll of %s failed unexpectedly", source)
+        report.error, report.error_kind = f"{type(exc).__name__}: {exc}", "bug"
+    if report.error:
+        log.error("poll of %s failed (%s): %s", source, report.error_kind, report.error)
+        METRICS.poll_errors.labels(source, report.error_kind or "bug").inc()
+        with store.begin() as conn:
+            record_poll_error(conn, source, report.error, report.error_kind or "bug", clock.now())
+    return report

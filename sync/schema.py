@@ -1,0 +1,206 @@
+"""The state store's tables (SQLAlchemy Core). Alembic migrations in ``sync/migrations`` create them.
+
+* ``changes``   — every received change, deduped on (source, delivery_id); the engine's work queue.
+* ``tickets``   — each ticket's last processed version (and its snapshot, for diffs and time rules).
+* ``links``     — ticket ↔ rule ↔ dedup_key ↔ routing key ↔ incident state, with a generation counter.
+* ``outbox``    — PagerDuty events and ticket write-backs: pending / sent / dead, attempts, next attempt.
+* ``cursors``   — poll cursors and the last poll error per source.
+* ``leases``    — which replica runs a singleton job (a poller, the time-rule scheduler) until when.
+* ``decisions`` — the decision log: per change, every rule's verdict and why, and what was sent.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite only auto-increments INTEGER PRIMARY KEY
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on SQLite (which stores naive text) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+changes = Table(
+    "changes",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("source", String(32), nullable=False),
+    Column("delivery_id", String(255), nullable=False),
+    Column("ticket_id", String(255), nullable=False),
+    Column("ticket_updated", UTCDateTime(), nullable=False),
+    Column("origin", String(16), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("payload", Text, nullable=True),  # TicketChange JSON; emptied by retention once processed
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("processed_at", UTCDateTime(), nullable=True),
+    Column("error", Text, nullable=True),
+    UniqueConstraint("source", "delivery_id"),
+    Index(
+        "ix_changes_pending",
+        "id",
+        sqlite_where=text("status = 'pending'"),
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index("ix_changes_received_at", "received_at"),
+)
+
+tickets = Table(
+    "tickets",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("ticket_id", String(255), primary_key=True),
+    Column("key", String(255), nullable=False),
+    Column("status_category", String(16), nullable=False),
+    Column("updated", UTCDateTime(), nullable=False),
+    Column("version_hash", String(64), nullable=False),
+    Column("snapshot", Text, nullable=True),
+    Column("last_change_id", BigInteger, nullable=True),
+    Column("open_incidents", Integer, nullable=False, server_default="0"),
+    Column("recheck", Boolean, nullable=False, server_default=text("false")),
+    Column("processed_at", UTCDateTime(), nullable=False),
+    Index(
+        "ix_tickets_recheck",
+        "source",
+        "ticket_id",
+        sqlite_where=text("recheck"),
+        postgresql_where=text("recheck"),
+    ),
+)
+
+links = Table(
+    "links",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("source", String(32), nullable=False),
+    Column("ticket_id", String(255), nullable=False),
+    Column("rule", String(200), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("dedup_key", String(255), nullable=False),
+    Column("routing_key", String(255), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("source", "ticket_id", "rule"),
+    Index("ix_links_dedup_key", "dedup_key"),
+    Index(
+        "ix_links_open",
+        "state",
+        sqlite_where=text("state != 'resolved'"),
+        postgresql_where=text("state != 'resolved'"),
+    ),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # event | writeback
+    Column("source", String(32), nullable=False),
+    Column("ticket_id", String(255), nullable=False),
+    Column("ticket_key", String(255), nullable=False),
+    Column("rule", String(200), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("dedup_key", String(255), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("routing_key", String(255), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("status", String(16), nullable=False, server_default="pending"),  # pending | sent | dead
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("claimed_until", UTCDateTime(), nullable=True),
+    Column("claimed_by", String(64), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("change_id", BigInteger, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("sent_at", UTCDateTime(), nullable=True),
+    Column("dry_run", Boolean, nullable=False, server_default=text("false")),
+    Index(
+        "ix_outbox_due",
+        "next_attempt_at",
+        "id",
+        sqlite_where=text("status = 'pending'"),
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index("ix_outbox_dedup_key", "dedup_key", "id"),
+    Index(
+        "ix_outbox_dead", "id", sqlite_where=text("status = 'dead'"), postgresql_where=text("status = 'dead'")
+    ),
+)
+
+cursors = Table(
+    "cursors",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("cursor", Text, nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=True),
+    Column("last_success_at", UTCDateTime(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_kind", String(16), nullable=True),
+    Column("last_error_at", UTCDateTime(), nullable=True),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(100), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("change_id", BigInteger, nullable=True),
+    Column("source", String(32), nullable=False),
+    Column("ticket_id", String(255), nullable=False),
+    Column("ticket_key", String(255), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("rules_digest", String(64), nullable=True),
+    Column("detail", Text, nullable=True),  # JSON: verdicts with explanations, events planned (keys masked)
+    Index("ix_decisions_ticket", "source", "ticket_id", "id"),
+    Index("ix_decisions_at", "at"),
+)

@@ -1,0 +1,290 @@
+"""Wiring: one :class:`Service` per process holds the store, rules, connectors and the worker threads.
+
+Concurrency model, chosen once: the HTTP edge is asyncio (uvicorn/Starlette) and hands webhook changes
+to one writer thread; everything else — engine, delivery workers, pollers, scheduler, rule reloader —
+runs in plain threads with synchronous SQLAlchemy and ``requests``, coordinated through the database
+(claims, ``SKIP LOCKED``, leases), never through process memory, so any number of replicas can run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from connectors import CONNECTORS, connector_class
+from connectors.base import Connector, WriteBack
+from connectors.pagerduty import PagerDutySink, RateLimiter
+from sync.clock import Clock, SystemClock
+from sync.delivery import Delivery
+from sync.engine import Engine
+from sync.ingest import Writer
+from sync.metrics import METRICS
+from sync.poller import poll_once
+from sync.retry import RetryPolicy
+from sync.settings import Settings
+from sync.store import Store, acquire_lease, release_lease
+
+log = logging.getLogger("ticketpager.service")
+
+
+def load_rule_store(settings: Settings, clock: Clock) -> Any:
+    """The hot-reloading rule holder; raises ``rules.RuleFileErrors`` if the first load fails."""
+    from rules import RuleStore
+
+    return RuleStore(settings.rules_path, clock=clock)
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        rule_store: Any = None,
+        sink: PagerDutySink | None = None,
+        connectors: dict[str, Connector] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.store = store or Store(settings.database_url)
+        self.rule_store = rule_store if rule_store is not None else load_rule_store(settings, self.clock)
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._connectors: dict[str, Connector] = dict(connectors or {})
+        self._connector_lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.writer = Writer(self.store, on_commit=self.wake.set)
+        self.engine = Engine(self.store, lambda: self.rule_store.current, self.clock,
+                             batch_size=settings.engine.batch_size)
+        pd = settings.pagerduty
+        self.sink = sink or PagerDutySink(pd.url, timeout=pd.timeout_seconds, clock=self.clock)
+        self.policy = RetryPolicy(
+            max_attempts=pd.max_attempts,
+            max_total_seconds=pd.max_retry_seconds,
+            base_seconds=pd.backoff_base_seconds,
+            cap_seconds=pd.backoff_cap_seconds,
+            max_retry_after_seconds=pd.max_retry_seconds,
+        )
+        self.limiter = RateLimiter(pd.rate_limit_per_minute, self.clock)
+        self._threads: list[threading.Thread] = []
+
+    def __repr__(self) -> str:
+        return f"<Service {self.instance}>"
+
+    # -- connectors ------------------------------------------------------------------------------
+    def connector(self, source: str) -> Connector:
+        with self._connector_lock:
+            if source not in self._connectors:
+                cls = connector_class(source)
+                self._connectors[source] = cls(
+                    self.settings.connector(source),  # type: ignore[call-arg]
+                    clock=self.clock,
+                    insecure=self.settings.insecure_webhooks,
+                )
+            return self._connectors[source]
+
+    def pollable_sources(self) -> list[str]:
+        out = []
+        for source in CONNECTORS:
+            if not self.settings.connector(source).enabled:
+                continue
+            if self.connector(source).can_poll:
+                out.append(source)
+            else:
+                log.warning("%s is enabled but has no API credentials: webhooks only, no polling", source)
+        return out
+
+    def write_back_sources(self) -> dict[str, bool]:
+        if self.settings.dry_run:
+            return {}
+        return {s: self.settings.connector(s).write_back for s in self.pollable_sources()}
+
+    def _write_back(self, source: str, note: WriteBack) -> None:
+        self.connector(source).write_back(note)
+
+    def delivery(self, worker: str = "0") -> Delivery:
+        return Delivery(
+            self.store,
+            self.sink,
+            self.clock,
+            policy=self.policy,
+            limiter=self.limiter,
+            worker_id=f"{self.instance}/{worker}",
+            claim_seconds=self.settings.engine.claim_seconds,
+            dry_run=self.settings.dry_run,
+            write_back=self._write_back,
+            write_back_sources=self.write_back_sources(),
+        )
+
+    # -- one-shot operations (CLI) ---------------------------------------------------------------
+    def poll_source(self, source: str) -> Any:
+        return poll_once(self.store, self.connector(source), self.clock)
+
+    def process_all(self) -> tuple[int, int]:
+        """Run the engine and delivery until nothing is due (``poll --once``, tests)."""
+        processed = self.engine.drain()
+        delivery = self.delivery()
+        delivered = 0
+        for _ in range(100):
+            n = delivery.drain()
+            delivered += n
+            more = self.engine.drain()
+            processed += more
+            if not n and not more:
+                break
+        return processed, delivered
+
+    # -- readiness -------------------------------------------------------------------------------
+    def readiness(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"ready": True, "instance": self.instance}
+        try:
+            self.store.ping()
+            report["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            report["ready"] = False
+            report["database"] = f"unreachable: {type(exc).__name__}"
+        rules = getattr(self.rule_store, "current", None)
+        report["rules"] = {
+            "loaded": rules is not None,
+            "count": len(getattr(rules, "names", ()) or ()),
+            "digest": getattr(rules, "digest", None),
+            "last_reload_error": getattr(self.rule_store, "last_error", None),
+        }
+        if rules is None:
+            report["ready"] = False
+        if report["database"] == "ok":
+            problems = {
+                c["source"]: c["last_error"]
+                for c in self.store.status().cursors
+                if c["last_error_kind"] == "permanent"
+            }
+            report["sources"] = {"permanent_errors": problems}
+            if problems:
+                report["degraded"] = True
+        return report
+
+    # -- the long-running service ----------------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer and every background thread (the HTTP server is run by the caller)."""
+        self.writer.start()
+        self._spawn("engine", self._engine_loop)
+        for i in range(max(self.settings.pagerduty.workers, 1)):
+            delivery = self.delivery(str(i))
+            self._spawn(f"delivery-{i}", lambda d=delivery: self._delivery_loop(d))
+        for source in self.pollable_sources():
+            self._spawn(f"poll-{source}", lambda s=source: self._poll_loop(s))
+        self._spawn("scheduler", self._scheduler_loop)
+        watch = getattr(self.rule_store, "start_watching", None)
+        if callable(watch):
+            watch()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        stop_watch = getattr(self.rule_store, "stop", None)
+        if callable(stop_watch):
+            stop_watch()
+        for thread in self._threads:
+            thread.join(timeout=15)
+        self.writer.stop()
+
+    def reload_rules(self) -> bool:
+        ok = bool(self.rule_store.reload())
+        if ok:
+            METRICS.rules_loaded.set(len(self.rule_store.current.names))
+        else:
+            METRICS.rules_reload_failures.inc()
+            log.error("rule reload rejected, keeping the last good set: %s", self.rule_store.last_error)
+        return ok
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=self._guard(name, target), name=f"ticketpager-{name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            while not self.stopping.is_set():
+                try:
+                    target()
+                    return
+                except Exception:  # noqa: BLE001 - a worker never dies silently; it restarts
+                    log.exception("worker %s crashed; restarting in 1 s", name)
+                    self.stopping.wait(1.0)
+
+        return run
+
+    def _idle(self) -> float:
+        return self.settings.engine.idle_seconds
+
+    def _engine_loop(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.clear()
+            if self.engine.run_once():
+                continue
+            self.wake.wait(self._idle())
+
+    def _delivery_loop(self, delivery: Delivery) -> None:
+        while not self.stopping.is_set():
+            if delivery.run_once():
+                continue
+            self.stopping.wait(self._idle())
+
+    def _with_lease(self, name: str, seconds: float) -> bool:
+        with self.store.begin() as conn:
+            return acquire_lease(conn, name, self.instance, self.clock.now(), seconds)
+
+    def _poll_loop(self, source: str) -> None:
+        interval = self.settings.connector(source).poll_interval_seconds
+        lease = max(self.settings.engine.lease_seconds, interval * 2)
+        name = f"poll:{source}"
+        try:
+            while not self.stopping.is_set():
+                if self._with_lease(name, lease):
+                    report = poll_once(
+                        self.store,
+                        self.connector(source),
+                        self.clock,
+                        keep_going=lambda: not self.stopping.is_set() and self._with_lease(name, lease),
+                    )
+                    if report.stored:
+                        self.wake.set()
+                self.stopping.wait(interval)
+        finally:
+            with self.store.begin() as conn:
+                release_lease(conn, name, self.instance)
+
+    def _scheduler_loop(self) -> None:
+        """Time rules, metrics gauges and retention: singleton jobs under leases."""
+        eng = self.settings.engine
+        next_recheck = 0.0
+        next_prune = 0.0
+        while not self.stopping.is_set():
+            now_m = self.clock.monotonic()
+            self._update_gauges()
+            if now_m >= next_recheck:
+                next_recheck = now_m + eng.recheck_interval_seconds
+                rules = self.rule_store.current
+                if getattr(rules, "has_time_rules", False) and self._with_lease(
+                    "recheck", eng.recheck_interval_seconds
+                ):
+                    if self.engine.schedule_rechecks():
+                        self.wake.set()
+            if now_m >= next_prune:
+                next_prune = now_m + 3600
+                if self._with_lease("retention", 3600):
+                    self.store.prune(self.clock.now() - timedelta(days=self.settings.retention_days))
+            self.stopping.wait(5.0)
+
+    def _update_gauges(self) -> None:
+        depth, age = self.store.outbox_depth(self.clock.now())
+        METRICS.outbox_depth.set(depth)
+        METRICS.outbox_oldest.set(age)
+        METRICS.dead_letters.set(self.store.status().dead_letters)

@@ -1,0 +1,227 @@
+"""The durable state store: every read and write of ticketpager's tables goes through here.
+
+One :class:`Store` per process wraps a SQLAlchemy engine. Writes that must happen together (a poll page
+and its cursor; an engine step's outbox rows, links and decision) take a connection from
+:meth:`Store.begin` and use the functions of this module inside that one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from sync import db
+from sync.model import TicketChange
+from sync.schema import changes, cursors, decisions, leases, links, outbox, tickets
+
+
+def _insert_ignore(conn: Connection, table: Any) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` for the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def change_row(change: TicketChange) -> dict[str, Any]:
+    return {
+        "source": change.ticket.source,
+        "delivery_id": change.delivery_id[:255],
+        "ticket_id": change.ticket.id,
+        "ticket_updated": change.ticket.updated,
+        "origin": change.origin.value,
+        "received_at": change.received_at,
+        "payload": json.dumps(change.to_json(), default=str, separators=(",", ":")),
+        "status": "pending",
+    }
+
+
+def insert_changes(conn: Connection, batch: Sequence[TicketChange]) -> int:
+    """Store changes, skipping ones already received (same source and delivery id). Returns how many are new."""
+    if not batch:
+        return 0
+    # RETURNING counts what was inserted on both dialects (executemany rowcount is unreliable on psycopg)
+    stmt = _insert_ignore(conn, changes).returning(changes.c.id)
+    return len(conn.execute(stmt, [change_row(c) for c in batch]).all())
+
+
+def save_cursor(conn: Connection, source: str, cursor: Mapping[str, Any] | None, now: datetime) -> None:
+    values = {
+        "cursor": None if cursor is None else json.dumps(cursor, default=str),
+        "updated_at": now,
+        "last_success_at": now,
+        "last_error": None,
+        "last_error_kind": None,
+        "last_error_at": None,
+    }
+    done = conn.execute(update(cursors).where(cursors.c.source == source).values(**values))
+    if not done.rowcount:
+        conn.execute(_insert_ignore(conn, cursors), {"source": source, **values})
+        conn.execute(update(cursors).where(cursors.c.source == source).values(**values))
+
+
+def load_cursor(conn: Connection, source: str) -> dict[str, Any] | None:
+    raw = conn.execute(select(cursors.c.cursor).where(cursors.c.source == source)).scalar_one_or_none()
+    return None if raw is None else json.loads(raw)
+
+
+def record_poll_error(conn: Connection, source: str, message: str, kind: str, now: datetime) -> None:
+    """Remember why the last poll failed (shown by ``status`` and ``/readyz``); the cursor is untouched."""
+    values = {"last_error": message[:2000], "last_error_kind": kind, "last_error_at": now}
+    done = conn.execute(update(cursors).where(cursors.c.source == source).values(**values))
+    if not done.rowcount:
+        conn.execute(_insert_ignore(conn, cursors), {"source": source, **values})
+
+
+def acquire_lease(conn: Connection, name: str, holder: str, now: datetime, seconds: float) -> bool:
+    """Take or renew the lease ``name`` for ``holder`` unless another holder's lease is still valid."""
+    until = now + timedelta(seconds=seconds)
+    conn.execute(_insert_ignore(conn, leases), {"name": name, "holder": holder, "expires_at": until})
+    got = conn.execute(
+        update(leases)
+        .where(leases.c.name == name, or_(leases.c.holder == holder, leases.c.expires_at < now))
+        .values(holder=holder, expires_at=until)
+    )
+    return bool(got.rowcount)
+
+
+def release_lease(conn: Connection, name: str, holder: str) -> None:
+    conn.execute(delete(leases).where(leases.c.name == name, leases.c.holder == holder))
+
+
+@dataclass(frozen=True)
+class Status:
+    tickets: int
+    open_incidents: int
+    changes_pending: int
+    changes_failed: int
+    outbox_pending: int
+    outbox_oldest: datetime | None
+    dead_letters: int
+    cursors: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tickets_tracked": self.tickets,
+            "open_incidents": self.open_incidents,
+            "changes_pending": self.changes_pending,
+            "changes_failed": self.changes_failed,
+            "outbox_pending": self.outbox_pending,
+            "outbox_oldest": self.outbox_oldest.isoformat() if self.outbox_oldest else None,
+            "dead_letters": self.dead_letters,
+            "cursors": self.cursors,
+        }
+
+
+class Store:
+    """Owns the engine; hands out transactions; answers the read-side questions (status, dead letters)."""
+
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = url
+        self.engine: Engine = db.make_engine(url, **engine_kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Store {self.engine.url.render_as_string(hide_password=True)}>"
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def upgrade(self) -> None:
+        db.upgrade(self.engine)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- read side -------------------------------------------------------------------------------
+    def status(self) -> Status:
+        with self.engine.connect() as conn:
+            count = lambda stmt: int(conn.execute(stmt).scalar_one() or 0)  # noqa: E731
+            cursor_rows = conn.execute(select(cursors).order_by(cursors.c.source)).mappings().all()
+            return Status(
+                tickets=count(select(func.count()).select_from(tickets)),
+                open_incidents=count(select(func.count()).select_from(links).where(links.c.state != "resolved")),
+                changes_pending=count(select(func.count()).select_from(changes).where(changes.c.status == "pending")),
+                changes_failed=count(select(func.count()).select_from(changes).where(changes.c.status == "failed")),
+                outbox_pending=count(select(func.count()).select_from(outbox).where(outbox.c.status == "pending")),
+                outbox_oldest=conn.execute(
+                    select(func.min(outbox.c.created_at)).where(outbox.c.status == "pending")
+                ).scalar_one_or_none(),
+                dead_letters=count(select(func.count()).select_from(outbox).where(outbox.c.status == "dead")),
+                cursors=[
+                    {
+                        "source": r["source"],
+                        "last_success_at": r["last_success_at"].isoformat() if r["last_success_at"] else None,
+                        "last_error": r["last_error"],
+                        "last_error_kind": r["last_error_kind"],
+                        "last_error_at": r["last_error_at"].isoformat() if r["last_error_at"] else None,
+                    }
+                    for r in cursor_rows
+                ],
+            )
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(outbox).where(outbox.c.status == "dead").order_by(outbox.c.id).limit(limit)
+            ).mappings().all()
+            return [dict(r) for r in rows]
+
+    def retry_dead(self, ids: Sequence[int] | None, now: datetime) -> int:
+        """Put dead letters back in the queue (all of them when ``ids`` is None). Returns how many."""
+        cond = outbox.c.status == "dead"
+        if ids is not None:
+            cond = and_(cond, outbox.c.id.in_(list(ids)))
+        with self.begin() as conn:
+            done = conn.execute(
+                update(outbox)
+                .where(cond)
+                .values(status="pending", attempts=0, next_attempt_at=now, claimed_until=None, claimed_by=None)
+            )
+            return int(done.rowcount or 0)
+
+    def outbox_depth(self, now: datetime) -> tuple[int, float]:
+        """(pending rows, age in seconds of the oldest) — for metrics."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(func.count(), func.min(outbox.c.created_at)).where(outbox.c.status == "pending")
+            ).one()
+        oldest = row[1]
+        return int(row[0] or 0), (now - oldest).total_seconds() if oldest else 0.0
+
+    def decisions_for(self, source: str, ticket_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(decisions)
+                .where(decisions.c.source == source, decisions.c.ticket_id == ticket_id)
+                .order_by(decisions.c.id.desc())
+                .limit(limit)
+            ).mappings().all()
+            return [dict(r) for r in rows]
+
+    def prune(self, before: datetime) -> tuple[int, int]:
+        """Retention: drop decision-log rows and processed change payloads older than ``before``."""
+        with self.begin() as conn:
+            d = conn.execute(delete(decisions).where(decisions.c.at < before)).rowcount or 0
+            c = conn.execute(
+                delete(changes).where(changes.c.received_at < before, changes.c.status != "pending")
+            ).rowcount or 0
+            conn.execute(
+                delete(outbox).where(outbox.c.status == "sent", outbox.c.created_at < before)
+            )
+        return int(d), int(c)

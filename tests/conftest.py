@@ -1,0 +1,55 @@
+"""Shared fixtures: one parametrized database fixture runs every store test on SQLite and PostgreSQL.
+
+PostgreSQL tests need ``TICKETPAGER_TEST_POSTGRES_URL`` (``.ci/run`` sets it to the local server); each
+test gets its own schema, dropped afterwards. Without the variable they skip, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from sync.clock import FakeClock
+
+PG_URL = os.environ.get("TICKETPAGER_TEST_POSTGRES_URL", "")
+PG_SKIP = "PostgreSQL tests need TICKETPAGER_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+
+
+def _pg_schema_url(base: str, schema: str) -> str:
+    sep = "&" if "?" in base else "?"
+    url = base.replace("postgresql://", "postgresql+psycopg://", 1)
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema."""
+    if not PG_URL:
+        pytest.skip(PG_SKIP)
+    schema = f"tp_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _pg_schema_url(PG_URL, schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ticketpager.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

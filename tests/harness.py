@@ -1,0 +1,34 @@
+"""Build a real Service (store, rules, engine, delivery) against a fake clock and a mock PagerDuty."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sync.clock import FakeClock
+from sync.model import TicketChange
+from sync.service import Service
+from sync.settings import Settings
+from sync.store import Store, insert_changes
+
+
+def make_service(db_url: str, rules_path: Path, pd_url: str, clock: FakeClock, **settings: Any) -> Service:
+    pagerduty = {"events_url": pd_url, "backoff_base_seconds": 1.0, "backoff_cap_seconds": 60.0}
+    pagerduty.update(settings.pop("pagerduty", {}))
+    config = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=db_url,
+        rules_path=rules_path,
+        pagerduty=pagerduty,
+        **settings,
+    )
+    store = Store(db_url)
+    store.upgrade()
+    return Service(config, clock=clock, store=store)
+
+
+def receive(service: Service, changes: Sequence[TicketChange]) -> int:
+    """Store changes the way the webhook writer does (one transaction, deduped)."""
+    with service.store.begin() as conn:
+        return insert_changes(conn, list(changes))

@@ -1,0 +1,155 @@
+"""PagerDuty limits are enforced before sending, so a page is never lost to a 400; every body we build is
+valid against PagerDuty's own OpenAPI of Events API v2 (shared/specs) plus the documented limits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+import responses
+
+from connectors.pagerduty import (
+    EVENT_MAX_BYTES,
+    SUMMARY_MAX,
+    TRUNCATION_MARK,
+    PagerDutySink,
+    RateLimiter,
+    build_event,
+    mask,
+)
+from sync.clock import FakeClock
+from sync.errors import PermanentError, RetryableError
+from sync.lifecycle import DEDUP_KEY_MAX, dedup_key_for
+from sync.model import EventAction, PlannedEvent, TriggerSpec
+from tests.factories import ticket
+from tests.fakes.pagerduty_server import EVENT_SCHEMA, validate_event
+
+KEY = "0123456789abcdef0123456789abcdef"
+URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+def trigger(**spec: object) -> PlannedEvent:
+    base: dict[str, object] = {"routing_key": KEY, "severity": "critical", "summary": "s", "source": "jira:OPS-1"}
+    base.update(spec)
+    return PlannedEvent(
+        rule="r", action=EventAction.TRIGGER, dedup_key="ticketpager/jira/1/r/1", routing_key=KEY,
+        generation=1, reason="matched", trigger=TriggerSpec(**base),  # type: ignore[arg-type]
+    )
+
+
+def test_spec_is_available_for_validation() -> None:
+    assert EVENT_SCHEMA is not None, "shared/specs/pagerduty-events-v2.openapi.json must be readable"
+
+
+def test_long_summary_is_truncated_visibly() -> None:
+    body = build_event(trigger(summary="x" * 5000), ticket())
+    summary = body["payload"]["summary"]
+    assert len(summary) == SUMMARY_MAX and summary.endswith(TRUNCATION_MARK)
+    assert validate_event(body) == []
+
+
+def test_short_summary_is_untouched() -> None:
+    body = build_event(trigger(summary="[OPS-1] down"), ticket())
+    assert body["payload"]["summary"] == "[OPS-1] down"
+
+
+def test_long_dedup_key_is_hashed_stably() -> None:
+    rule = "r" * 300
+    a = dedup_key_for("jira", "10001", rule, 1)
+    assert len(a) <= DEDUP_KEY_MAX
+    assert a == dedup_key_for("jira", "10001", rule, 1)
+    assert a != dedup_key_for("jira", "10001", rule, 2)
+    assert a != dedup_key_for("jira", "10002", rule, 1)
+    assert dedup_key_for("jira", "10001", "short", 1) == "ticketpager/jira/10001/short/1"
+
+
+def test_oversized_custom_details_are_trimmed_to_fit() -> None:
+    details = {"log": "y" * (700 * 1024), "small": "keep me"}
+    body = build_event(trigger(custom_details=details), ticket())
+    assert len(json.dumps(body).encode()) <= EVENT_MAX_BYTES
+    got = body["payload"]["custom_details"]
+    assert got["small"] == "keep me"
+    assert got["ticketpager_trimmed"] == ["log"]
+    assert "trimmed by ticketpager" in got["log"]
+    assert validate_event(body) == []
+
+
+def test_invalid_severity_still_pages_as_critical() -> None:
+    body = build_event(trigger(severity="urgent"), ticket())
+    assert body["payload"]["severity"] == "critical"
+    assert body["payload"]["custom_details"]["ticketpager_invalid_severity"] == "urgent"
+    assert validate_event(body) == []
+
+
+def test_links_and_images_are_cleaned() -> None:
+    body = build_event(
+        trigger(
+            links=({"href": "https://x/browse/OPS-1", "text": "Open ticket"}, {"href": "", "text": "empty"}),
+            images=({"src": "http://insecure/img.png"}, {"src": "https://ok/img.png", "alt": "graph"}),
+        ),
+        ticket(),
+    )
+    assert body["links"] == [{"href": "https://x/browse/OPS-1", "text": "Open ticket"}]
+    assert body["images"] == [{"src": "https://ok/img.png", "alt": "graph"}]
+    assert validate_event(body) == []
+
+
+@pytest.mark.parametrize("action", [EventAction.ACKNOWLEDGE, EventAction.RESOLVE])
+def test_follow_up_events_are_minimal_and_valid(action: EventAction) -> None:
+    event = PlannedEvent(rule="r", action=action, dedup_key="k", routing_key=KEY, generation=1, reason="x")
+    body = build_event(event, ticket())
+    assert body == {"routing_key": KEY, "event_action": action.value, "dedup_key": "k"}
+    assert validate_event(body) == []
+
+
+def test_routing_key_never_in_repr() -> None:
+    event = trigger()
+    assert KEY not in repr(event) and KEY not in repr(event.trigger)
+    assert mask(KEY) == "****cdef"
+
+
+@responses.activate
+def test_send_202() -> None:
+    responses.post(URL, status=202, json={"status": "success", "message": "Event processed", "dedup_key": "k"})
+    result = PagerDutySink(URL).send({"routing_key": KEY, "event_action": "resolve", "dedup_key": "k"})
+    assert result.status == 202 and result.dedup_key == "k"
+
+
+@responses.activate
+def test_send_400_is_permanent_with_pagerduty_text() -> None:
+    responses.post(
+        URL,
+        status=400,
+        json={"status": "invalid event", "message": "Event object is invalid",
+              "errors": ["'summary' is too long (maiximum is 1024 characters)"]},
+    )
+    with pytest.raises(PermanentError) as info:
+        PagerDutySink(URL).send({"event_action": "trigger"})
+    assert "summary' is too long" in str(info.value) and info.value.status == 400
+
+
+@responses.activate
+def test_send_429_is_retryable_with_retry_after() -> None:
+    responses.post(URL, status=429, headers={"Retry-After": "42"}, json={"status": "throttle"})
+    with pytest.raises(RetryableError) as info:
+        PagerDutySink(URL).send({})
+    assert info.value.retry_after == 42
+
+
+@responses.activate
+def test_send_network_error_is_retryable() -> None:
+    responses.post(URL, body=requests.ConnectionError("refused"))
+    with pytest.raises(RetryableError):
+        PagerDutySink(URL).send({})
+
+
+def test_rate_limiter_spaces_sends_per_routing_key() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(120, clock)
+    assert all(limiter.wait_for("a") == 0 for _ in range(120))
+    wait = limiter.wait_for("a")
+    assert 59 < wait <= 60
+    assert limiter.wait_for("b") == 0, "other routing keys are not held back"
+    clock.advance(60)
+    assert limiter.wait_for("a") == 0

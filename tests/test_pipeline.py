@@ -1,0 +1,210 @@
+"""The durable pipeline end to end (store → rules → engine → outbox → mock PagerDuty), on SQLite and
+PostgreSQL: nothing lost, nothing paged twice, failures retried or dead-lettered as PagerDuty documents."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sync.clock import FakeClock
+from sync.model import StatusCategory
+from sync.service import Service
+from tests.factories import RULES, ROUTING_KEY, change, ticket
+from tests.fakes.pagerduty_server import MockPagerDuty, validate_event
+from tests.harness import make_service, receive
+
+
+@pytest.fixture
+def rules_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PD_PLATFORM_KEY", ROUTING_KEY)
+    path = tmp_path / "rules"
+    path.mkdir()
+    (path / "ops.yaml").write_text(RULES)
+    return path
+
+
+@pytest.fixture
+def pd() -> Iterator[MockPagerDuty]:
+    with MockPagerDuty() as mock:
+        yield mock
+
+
+@pytest.fixture
+def service(db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock) -> Iterator[Service]:
+    svc = make_service(db_url, rules_path, pd.url, clock)
+    yield svc
+    svc.store.dispose()
+
+
+def actions(pd: MockPagerDuty) -> list[tuple[str, str]]:
+    return [(e["event_action"], e["dedup_key"]) for e in pd.events]
+
+
+def test_duplicate_webhooks_page_once(service: Service, pd: MockPagerDuty) -> None:
+    t = ticket()
+    first = change(t, "delivery-1")
+    # the same delivery three times (vendor retries), and the same version under another id (poll)
+    assert receive(service, [first, first]) == 1
+    assert receive(service, [first]) == 0
+    receive(service, [change(t, "poll:10001:same-version")])
+    service.process_all()
+    assert [a for a, _ in actions(pd)] == ["trigger"]
+    event = pd.events[0]
+    assert event["routing_key"] == ROUTING_KEY
+    assert event["payload"]["summary"] == "[OPS-10001] Checkout is down"
+    assert validate_event(event) == []
+    assert service.store.status().open_incidents == 1
+
+
+def test_stale_out_of_order_change_is_ignored(service: Service, pd: MockPagerDuty) -> None:
+    opened = ticket(minutes=0)
+    done = ticket(minutes=5, status="Done", category=StatusCategory.DONE)
+    receive(service, [change(opened)])
+    service.process_all()
+    receive(service, [change(done)])
+    service.process_all()
+    # the older "To Do" version arrives late under a new delivery id: it must not page again
+    receive(service, [change(opened, "late-retry-of-old-version")])
+    service.process_all()
+    assert [a for a, _ in actions(pd)] == ["trigger", "resolve"]
+    assert actions(pd)[0][1] == actions(pd)[1][1]
+    decisions = service.store.decisions_for("jira", "10001")
+    assert decisions[0]["outcome"] == "stale"
+
+
+def test_lifecycle_acknowledge_resolve_reopen(service: Service, pd: MockPagerDuty) -> None:
+    steps = [
+        ticket(minutes=0),
+        ticket(minutes=1, status="In Progress", category=StatusCategory.IN_PROGRESS),
+        ticket(minutes=2, status="Done", category=StatusCategory.DONE),
+        ticket(minutes=3, status="Reopened", category=StatusCategory.NEW),
+    ]
+    for t in steps:
+        receive(service, [change(t)])
+        service.process_all()
+    got = actions(pd)
+    assert [a for a, _ in got] == ["trigger", "acknowledge", "resolve", "trigger"]
+    assert got[0][1] == got[1][1] == got[2][1]
+    assert got[3][1] != got[0][1], "a reopened ticket pages as a new incident"
+    for event in pd.events:
+        assert event["routing_key"] == ROUTING_KEY
+        assert validate_event(event) == []
+
+
+def test_server_errors_retry_until_delivered_once(service: Service, pd: MockPagerDuty, clock: FakeClock) -> None:
+    pd.fail_next(3, 500)
+    receive(service, [change(ticket())])
+    service.engine.drain()
+    delivery = service.delivery()
+    for _ in range(10):
+        delivery.drain()
+        clock.advance(120)
+    assert len(pd.requests) == 4
+    assert [a for a, _ in actions(pd)] == ["trigger"]
+    status = service.store.status()
+    assert status.outbox_pending == 0 and status.dead_letters == 0
+
+
+def test_429_retry_after_is_honoured(service: Service, pd: MockPagerDuty, clock: FakeClock) -> None:
+    pd.fail_next(1, 429, {"Retry-After": "30"})
+    receive(service, [change(ticket())])
+    service.engine.drain()
+    delivery = service.delivery()
+    delivery.drain()
+    assert len(pd.requests) == 1 and not pd.events
+    clock.advance(29)
+    delivery.drain()
+    assert len(pd.requests) == 1, "retried before Retry-After elapsed"
+    clock.advance(1.5)
+    delivery.drain()
+    assert [a for a, _ in actions(pd)] == ["trigger"]
+
+
+def test_retry_after_as_http_date(service: Service, pd: MockPagerDuty, clock: FakeClock) -> None:
+    when = clock.now().replace(microsecond=0)
+    from email.utils import format_datetime
+    from datetime import timedelta
+
+    pd.fail_next(1, 503, {"Retry-After": format_datetime(when + timedelta(seconds=90), usegmt=True)})
+    receive(service, [change(ticket())])
+    service.engine.drain()
+    delivery = service.delivery()
+    delivery.drain()
+    clock.advance(80)
+    delivery.drain()
+    assert not pd.events
+    clock.advance(11)
+    delivery.drain()
+    assert len(pd.events) == 1
+
+
+def test_400_is_a_dead_letter_and_can_be_redriven(service: Service, pd: MockPagerDuty, clock: FakeClock) -> None:
+    pd.fail_next(1, 400)
+    receive(service, [change(ticket())])
+    service.process_all()
+    status = service.store.status()
+    assert status.dead_letters == 1 and not pd.events
+    dead = service.store.dead_letters()
+    assert "scripted 400" in dead[0]["last_error"]
+    assert service.store.retry_dead(None, clock.now()) == 1
+    service.process_all()
+    assert [a for a, _ in actions(pd)] == ["trigger"]
+    assert service.store.status().dead_letters == 0
+
+
+def test_resolve_waits_for_its_trigger(service: Service, pd: MockPagerDuty, clock: FakeClock) -> None:
+    """Events of one incident go out in order even when the trigger is being retried."""
+    pd.fail_next(2, 502)
+    receive(service, [change(ticket(minutes=0))])
+    receive(service, [change(ticket(minutes=1, status="Done", category=StatusCategory.DONE))])
+    service.engine.drain()
+    delivery = service.delivery()
+    for _ in range(6):
+        delivery.drain()
+        clock.advance(120)
+    assert [a for a, _ in actions(pd)] == ["trigger", "resolve"]
+
+
+def test_retries_are_bounded(db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock) -> None:
+    svc = make_service(db_url, rules_path, pd.url, clock, pagerduty={"max_attempts": 3})
+    pd.fail_next(10, 500)
+    receive(svc, [change(ticket())])
+    svc.engine.drain()
+    delivery = svc.delivery()
+    for _ in range(10):
+        delivery.drain()
+        clock.advance(600)
+    assert len(pd.requests) == 3
+    assert svc.store.status().dead_letters == 1
+    assert "retries exhausted" in svc.store.dead_letters()[0]["last_error"]
+    svc.store.dispose()
+
+
+def test_dry_run_sends_nothing_and_logs_the_event(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = make_service(db_url, rules_path, pd.url, clock, dry_run=True)
+    receive(svc, [change(ticket())])
+    with caplog.at_level(logging.INFO, logger="ticketpager.delivery"):
+        svc.process_all()
+    assert pd.requests == []
+    logged = [r.getMessage() for r in caplog.records if "would send" in r.getMessage()]
+    assert len(logged) == 1
+    body = json.loads(logged[0].split("would send ", 1)[1])
+    assert body["event_action"] == "trigger" and body["payload"]["summary"] == "[OPS-10001] Checkout is down"
+    assert ROUTING_KEY not in logged[0] and body["routing_key"].endswith(ROUTING_KEY[-4:])
+    svc.store.dispose()
+
+
+def test_non_matching_ticket_is_explained_in_the_decision_log(service: Service, pd: MockPagerDuty) -> None:
+    receive(service, [change(ticket(priority="Low"))])
+    service.process_all()
+    assert pd.events == []
+    detail = json.loads(service.store.decisions_for("jira", "10001")[0]["detail"])
+    verdict = detail["verdicts"][0]
+    assert verdict["rule"] == "ops-highest" and verdict["matched"] is False
+    assert any("priority" in why for why in verdict["why"])
