@@ -62,6 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
              settings.rules_path, mode)
     service.start()
     signal.signal(signal.SIGHUP, lambda *_: service.reload_rules())
+    # uvicorn handles SIGTERM/SIGINT gracefully, then re-raises the signal against the handlers it found:
+    # make those no-ops so we get to stop our workers and exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
     config = uvicorn.Config(
         build_app(service),
         host=settings.host,

@@ -87,3 +87,4 @@ def configure(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = (
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -99,7 +99,7 @@ class MockPagerDuty:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = str(self._server.server_address[0]), int(self._server.server_address[1])
         return f"http://{host}:{port}/v2/enqueue"
 
     def fail_next(self, count: int, status: int = 500, headers: dict[str, str] | None = None) -> None:

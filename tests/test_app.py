@@ -1,0 +1,216 @@
+"""The webhook endpoint and operational routes, through the real Starlette app and the real Jira connector:
+a 202 only once the change is committed; every rejection a JSON reason with nothing stored."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from starlette.testclient import TestClient
+
+from sync.app import build_app
+from sync.clock import FakeClock
+from sync.schema import changes
+from sync.service import Service
+from sync.store import record_poll_error
+from tests.factories import RULES, ROUTING_KEY
+from tests.harness import make_service
+
+SECRET = "jira-webhook-secret-0001"
+FIXTURES = Path(__file__).parent / "fixtures" / "jira"
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def jira_body(issue_id: str = "10042", status_key: str = "new") -> bytes:
+    payload = json.loads((FIXTURES / "webhook_issue_updated_done.json").read_text())
+    payload["issue"]["id"] = issue_id
+    payload["issue"]["fields"]["status"]["statusCategory"]["key"] = status_key
+    return json.dumps(payload).encode()
+
+
+@pytest.fixture
+def rules_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PD_PLATFORM_KEY", ROUTING_KEY)
+    path = tmp_path / "ops.yaml"
+    path.write_text(RULES)
+    return path
+
+
+def _service(db_url: str, rules_path: Path, clock: FakeClock, **settings: object) -> Service:
+    settings.setdefault("jira", {"webhook_secrets": [SECRET]})
+    return make_service(db_url, rules_path, "http://127.0.0.1:9/v2/enqueue", clock, **settings)
+
+
+@pytest.fixture
+def service(db_url: str, rules_path: Path, clock: FakeClock) -> Iterator[Service]:
+    svc = _service(db_url, rules_path, clock)
+    svc.writer.start()
+    yield svc
+    svc.writer.stop()
+    svc.store.dispose()
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[TestClient]:
+    with TestClient(build_app(service)) as c:
+        yield c
+
+
+def stored(service: Service) -> int:
+    with service.store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(changes)).scalar_one())
+
+
+def post(client: TestClient, body: bytes, *, delivery: str = "wh-1", signature: str | None = None,
+         source: str = "jira") -> object:
+    headers = {"Content-Type": "application/json", "X-Atlassian-Webhook-Identifier": delivery}
+    if signature is not False:
+        headers["X-Hub-Signature"] = signature or sign(body)
+    return client.post(f"/webhooks/{source}", content=body, headers=headers)
+
+
+def test_signed_webhook_is_committed_before_202(client: TestClient, service: Service) -> None:
+    response = post(client, jira_body())
+    assert response.status_code == 202
+    assert response.json() == {"status": "accepted", "stored": 1, "duplicates": 0}
+    assert stored(service) == 1, "the 202 means the change is already durable"
+
+
+def test_duplicate_delivery_is_accepted_but_stored_once(client: TestClient, service: Service) -> None:
+    body = jira_body()
+    assert post(client, body, delivery="same").json()["stored"] == 1
+    again = post(client, body, delivery="same")
+    assert again.status_code == 202 and again.json()["duplicates"] == 1
+    assert stored(service) == 1
+
+
+@pytest.mark.parametrize(
+    ("signature", "reason"),
+    [
+        (False, "missing X-Hub-Signature"),
+        ("sha256=" + "0" * 64, "invalid X-Hub-Signature"),
+        ("sha1=abc", "sha256="),
+    ],
+)
+def test_bad_signatures_are_401_and_store_nothing(
+    client: TestClient, service: Service, signature: object, reason: str
+) -> None:
+    response = post(client, jira_body(), signature=signature)  # type: ignore[arg-type]
+    assert response.status_code == 401
+    assert reason in response.json()["error"]
+    assert stored(service) == 0
+
+
+def test_signature_with_a_rotated_secret(db_url: str, rules_path: Path, clock: FakeClock) -> None:
+    svc = _service(db_url, rules_path, clock, jira={"webhook_secrets": ["new-secret-2026", SECRET]})
+    svc.writer.start()
+    try:
+        with TestClient(build_app(svc)) as c:
+            body = jira_body()
+            assert post(c, body, signature=sign(body, "new-secret-2026")).status_code == 202
+            assert post(c, body, delivery="wh-2", signature=sign(body, SECRET)).status_code == 202
+    finally:
+        svc.writer.stop()
+        svc.store.dispose()
+
+
+def test_malformed_json_is_400_with_reason(client: TestClient, service: Service) -> None:
+    body = b'{"webhookEvent": "jira:issue_updated", '
+    response = post(client, body)
+    assert response.status_code == 400 and "JSON" in response.json()["error"]
+    assert stored(service) == 0
+
+
+def test_body_over_limit_is_413(db_url: str, rules_path: Path, clock: FakeClock) -> None:
+    svc = _service(db_url, rules_path, clock, max_body_bytes=1000)
+    svc.writer.start()
+    try:
+        with TestClient(build_app(svc)) as c:
+            body = jira_body()
+            assert len(body) > 1000
+            response = post(c, body)
+            assert response.status_code == 413 and "1000" in response.json()["error"]
+            assert stored(svc) == 0
+    finally:
+        svc.writer.stop()
+        svc.store.dispose()
+
+
+def test_unknown_source_is_404(client: TestClient) -> None:
+    response = client.post("/webhooks/github", content=b"{}")
+    assert response.status_code == 404 and "jira" in response.json()["error"]
+
+
+def test_unconfigured_secret_rejects_unless_insecure(db_url: str, rules_path: Path, clock: FakeClock) -> None:
+    for insecure, expected in ((False, 401), (True, 202)):
+        svc = _service(db_url, rules_path, clock, jira={}, insecure_webhooks=insecure)
+        svc.writer.start()
+        try:
+            with TestClient(build_app(svc)) as c:
+                response = post(c, jira_body(), signature=False, delivery=f"x-{insecure}")  # type: ignore[arg-type]
+                assert response.status_code == expected
+                if expected == 401:
+                    assert "not configured" in response.json()["error"]
+        finally:
+            svc.writer.stop()
+            svc.store.dispose()
+
+
+def test_health_ready_and_metrics(client: TestClient, service: Service) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["database"] == "ok" and body["rules"]["loaded"] and body["rules"]["count"] == 1
+    post(client, jira_body())
+    metrics = client.get("/metrics").text
+    assert 'ticketpager_webhooks_total{outcome="accepted",source="jira"}' in metrics
+    assert "ticketpager_outbox_pending" in metrics
+
+
+def test_readyz_reports_a_permanent_poll_error(client: TestClient, service: Service, clock: FakeClock) -> None:
+    with service.store.begin() as conn:
+        record_poll_error(conn, "jira", "Jira answered HTTP 401: check the API token", "permanent", clock.now())
+    body = client.get("/readyz").json()
+    assert body["degraded"] is True
+    assert "401" in body["sources"]["permanent_errors"]["jira"]
+
+
+def test_metrics_token(db_url: str, rules_path: Path, clock: FakeClock) -> None:
+    svc = _service(db_url, rules_path, clock, metrics_token="metrics-token-xyz")
+    try:
+        with TestClient(build_app(svc)) as c:
+            assert c.get("/metrics").status_code == 401
+            assert c.get("/admin/status").status_code == 401
+            ok = c.get("/metrics", headers={"Authorization": "Bearer metrics-token-xyz"})
+            assert ok.status_code == 200
+            assert c.get("/admin/status", headers={"Authorization": "Bearer metrics-token-xyz"}).status_code == 200
+    finally:
+        svc.store.dispose()
+
+
+def test_no_secret_in_responses_or_logs(
+    client: TestClient, service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        responses = [
+            post(client, jira_body(), signature="sha256=" + "1" * 64),
+            post(client, b"not json"),
+            post(client, jira_body()),
+            client.get("/readyz"),
+            client.get("/metrics"),
+            client.get("/admin/status"),
+        ]
+    text = caplog.text + "".join(r.text for r in responses)  # type: ignore[attr-defined]
+    for secret in (SECRET, ROUTING_KEY):
+        assert secret not in text
+    assert SECRET not in repr(service) and SECRET not in repr(service.connector("jira"))

@@ -1,0 +1,102 @@
+"""End to end: a fake ServiceNow (TLS) → ``ticketpager poll --once`` → a mock PagerDuty.
+
+A P1 incident of the Network group pages the network routing key, a P2 of the service desk pages the
+desk key, a P3 pages nobody; resolving the network incident in ServiceNow resolves its PagerDuty
+incident on the next poll, and each event leaves exactly one work note.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.fakes.servicenow_server import FakeInstance, FakeServiceNowServer, make_record
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = Path(__file__).parent / "fixtures" / "servicenow" / "e2e_rules.yaml"
+NETWORK_KEY = "R0NETWORK0000000000000000000000A"
+DESK_KEY = "R0DESK000000000000000000000000AB"
+
+
+def run_poll(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sync.cli", "poll", "--once", "--source", "servicenow"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+def test_poll_once_pages_network_p1_and_resolving_it_resolves(tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    fake = FakeInstance(
+        [
+            make_record(
+                "sn-net-1",
+                "INC0010001",
+                now - timedelta(minutes=10),
+                short_description="Core router down",
+                priority="1",
+                impact="1",
+                urgency="1",
+                state="2",
+                assignment_group="grp-network",
+                cmdb_ci="ci-router",
+            ),
+            make_record("sn-desk-1", "INC0010002", now - timedelta(minutes=8), priority="2", state="1"),
+            make_record("sn-low-1", "INC0010003", now - timedelta(minutes=6), priority="3", state="1"),
+        ]
+    )
+    with MockPagerDuty() as pd, FakeServiceNowServer(fake, str(tmp_path)) as sn:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("TICKETPAGER_")},
+            "PYTHONPATH": str(ROOT),
+            "NO_PROXY": "127.0.0.1,localhost",
+            "REQUESTS_CA_BUNDLE": sn.ca_pem,
+            "TICKETPAGER_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+            "TICKETPAGER_RULES_PATH": str(RULES),
+            "TICKETPAGER_PAGERDUTY__EVENTS_URL": pd.url,
+            "TICKETPAGER_SERVICENOW__ENABLED": "true",
+            "TICKETPAGER_SERVICENOW__INSTANCE_URL": sn.url,
+            "TICKETPAGER_SERVICENOW__USERNAME": fake.username,
+            "TICKETPAGER_SERVICENOW__PASSWORD": fake.password,
+            "TICKETPAGER_SERVICENOW__WEBHOOK_SECRETS": "e2e-webhook-secret",
+            "PD_NETWORK_KEY": NETWORK_KEY,
+            "PD_DESK_KEY": DESK_KEY,
+        }
+
+        first = run_poll(env, tmp_path)
+        assert first.returncode == 0, first.stderr
+
+        triggers = {e["routing_key"]: e for e in pd.events if e["event_action"] == "trigger"}
+        assert set(triggers) == {NETWORK_KEY, DESK_KEY}
+        network = triggers[NETWORK_KEY]
+        assert network["payload"]["summary"] == "[INC0010001] Core router down"
+        assert network["payload"]["severity"] == "critical"
+        assert "INC0010002" in triggers[DESK_KEY]["payload"]["summary"]
+        assert not any("INC0010003" in e.get("payload", {}).get("summary", "") for e in pd.events)
+
+        # the admin resolves the incident in ServiceNow, later than anything written so far
+        latest = max(datetime.strptime(r["sys_updated_on"], "%Y-%m-%d %H:%M:%S") for r in fake.records.values())
+        fake.update("sn-net-1", latest.replace(tzinfo=UTC) + timedelta(minutes=1), state="6", active="false")
+
+        second = run_poll(env, tmp_path)
+        assert second.returncode == 0, second.stderr
+
+        resolves = [e for e in pd.events if e["event_action"] == "resolve"]
+        assert [(e["routing_key"], e["dedup_key"]) for e in resolves] == [(NETWORK_KEY, network["dedup_key"])]
+        assert len([e for e in pd.events if e["event_action"] == "trigger"]) == 2  # our notes paged nobody
+
+        notes = [j for j in fake.journal if j["element_id"] == "sn-net-1"]
+        assert len(notes) == 2  # one for the trigger, one for the resolve, each written once
+        assert all(n["value"].startswith("[ticketpager]") for n in notes)
