@@ -69,6 +69,8 @@ class Connector(ABC):
     """Base class of the Jira, Zendesk and ServiceNow connectors."""
 
     name: ClassVar[str]
+    #: True when ``parse_webhook`` may call the vendor API (the app then runs it off the event loop)
+    parse_may_block: ClassVar[bool] = False
 
     def __init__(
         self,

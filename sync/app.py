@@ -78,7 +78,7 @@ def build_app(service: Service) -> Starlette:
             return error(503, f"connector '{source}' unavailable")
         try:
             connector.verify_webhook(headers, body)
-            if getattr(connector, "parse_blocks", False):
+            if connector.parse_may_block:
                 from starlette.concurrency import run_in_threadpool
 
                 result = await run_in_threadpool(connector.parse_webhook, headers, body)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -41,6 +42,8 @@ from sync.schema import changes, decisions, links, outbox, tickets
 from sync.store import Store, _insert_ignore, insert_changes
 
 log = logging.getLogger("ticketpager.engine")
+
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # "updated" of a ticket row that only holds a lock
 
 __all__ = ["Engine", "RuleSetLike", "dedup_key_for", "evaluate_change", "plan"]
 
@@ -199,10 +202,30 @@ class Engine:
         return None
 
     def _lock_ticket(self, conn: Connection, source: str, ticket_id: str) -> RowMapping | None:
+        """Lock this ticket's row for the rest of the transaction; ``None`` if it was never processed.
+
+        A placeholder row is inserted first (insert-or-ignore): a lock on a row that does not exist yet
+        would not serialize two replicas processing the first two changes of a new ticket.
+        """
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                _insert_ignore(conn, tickets),
+                {
+                    "source": source,
+                    "ticket_id": ticket_id,
+                    "key": "",
+                    "status_category": "new",
+                    "updated": NEVER,
+                    "version_hash": "",
+                    "snapshot": None,
+                    "processed_at": self.clock.now(),
+                },
+            )
         stmt = select(tickets).where(tickets.c.source == source, tickets.c.ticket_id == ticket_id)
         if conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update()
-        return conn.execute(stmt).mappings().one_or_none()
+        row = conn.execute(stmt).mappings().one_or_none()
+        return None if row is None or row["snapshot"] is None else row
 
     def _links(self, conn: Connection, ticket: Ticket) -> dict[str, LinkState]:
         rows = conn.execute(
@@ -281,7 +304,7 @@ class Engine:
             "recheck": recheck and open_count == 0,
             "processed_at": now,
         }
-        if current is None:  # a replica may have inserted it meanwhile: insert-or-ignore, then update
+        if current is None:  # new ticket (or the placeholder row of _lock_ticket): insert-or-ignore, then update
             conn.execute(_insert_ignore(conn, tickets), {"source": ticket.source, "ticket_id": ticket.id, **values})
         conn.execute(
             update(tickets)

@@ -1,0 +1,606 @@
+"""The Jira connector (Cloud and Data Center): signed admin webhooks, reconciling JQL polls, comments.
+
+* Webhooks: ``X-Hub-Signature: sha256=<hex HMAC of the raw body>`` checked in constant time against
+  every configured secret; deduped on ``X-Atlassian-Webhook-Identifier``; ``jira:issue_created`` /
+  ``_updated`` / ``_deleted`` become changes, every other event is ignored with a bounded reason.
+* Polling: ``(<admin JQL>) AND updated >= "<watermark − overlap, in the API user's zone>" ORDER BY
+  updated ASC, key ASC``. Cloud pages through ``/search/jql`` (``enhanced_search_issues``,
+  ``nextPageToken``, explicit ``fields``) and never touches the removed ``/search``; Data Center pages
+  through ``/rest/api/2/search`` by keyset (re-querying from the last page's minute) so an issue updated
+  mid-scan cannot shift another one out of the result. Re-reads of the overlap are deduped on
+  ``(issue id, updated)`` through :class:`JiraCursor`.
+* Write-back: one comment per ``WriteBack.marker``; our own comments are recognised and never page.
+
+The ``jira`` client is built lazily (webhook-only deployments have no API credentials), with its own
+retries off (``max_retries=0``); every call runs under :func:`sync.retry.call` and every HTTP error is
+classified through :data:`STATUS_TABLE`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import requests
+from jira import JIRA, JIRAError
+
+from connectors.base import Connector, Headers, PollPage, WebhookResult, WriteBack
+from connectors.jira_normalize import (
+    WIDEST_OFFSET,
+    adf_text,
+    changelog_changes,
+    issue_to_ticket,
+    jql_literal,
+    parse_jira_time,
+    user_zone,
+)
+from connectors.signing import hex_signatures, matches_any
+from sync.clock import Clock
+from sync.errors import (
+    ConfigError,
+    Kind,
+    PermanentError,
+    StatusRule,
+    StatusTable,
+    TicketpagerError,
+    WebhookRejected,
+    classify_response,
+    network_error,
+)
+from sync.model import Origin, Ticket, TicketChange
+from sync.retry import RetryPolicy, call
+from sync.settings import JiraSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+VENDOR = "jira"
+
+_REST = "https://developer.atlassian.com/cloud/jira/platform/rest/v2/intro/#status-codes"
+_RATE = "https://developer.atlassian.com/cloud/jira/platform/rate-limiting/"
+STATUS_TABLE: StatusTable = {
+    400: StatusRule(
+        Kind.PERMANENT,
+        "https://developer.atlassian.com/cloud/jira/platform/rest/v2/api-group-issue-search/",
+        "Jira rejected the request: check TICKETPAGER_JIRA__JQL",
+    ),
+    401: StatusRule(
+        Kind.PERMANENT,
+        "https://developer.atlassian.com/cloud/jira/platform/basic-auth-for-rest-apis/",
+        "authentication failed: check TICKETPAGER_JIRA__EMAIL and TICKETPAGER_JIRA__API_TOKEN",
+    ),
+    403: StatusRule(
+        Kind.PERMANENT,
+        _REST,
+        "the API user lacks a permission (Browse projects, Add comments) or CAPTCHA blocks it",
+    ),
+    404: StatusRule(Kind.SKIPPABLE, _REST, "issue not found or not visible to the API user"),
+    # CHANGE-2046: Cloud removed /rest/api/{2,3}/search; it answers 410 Gone.
+    410: StatusRule(
+        Kind.PERMANENT,
+        "https://developer.atlassian.com/changelog/#CHANGE-2046",
+        "endpoint removed by Atlassian; set TICKETPAGER_JIRA__DEPLOYMENT=cloud",
+    ),
+    429: StatusRule(Kind.RETRYABLE, _RATE, "rate limited; Retry-After honoured"),
+    500: StatusRule(Kind.RETRYABLE, _REST),
+    502: StatusRule(Kind.RETRYABLE, _REST),
+    503: StatusRule(Kind.RETRYABLE, _RATE, "unavailable; Retry-After honoured"),
+    504: StatusRule(Kind.RETRYABLE, _REST),
+}
+
+# Webhook events we turn into changes; the rest are answered 202 and counted as ignored.
+# https://developer.atlassian.com/cloud/jira/platform/webhooks/#issue-related-events
+EVENT_CREATED = "jira:issue_created"
+EVENT_UPDATED = "jira:issue_updated"
+EVENT_DELETED = "jira:issue_deleted"
+HANDLED_EVENTS = frozenset({EVENT_CREATED, EVENT_UPDATED, EVENT_DELETED})
+
+# https://developer.atlassian.com/cloud/jira/platform/webhooks/#secure-admin-webhooks
+SIGNATURE_HEADER = "x-hub-signature"
+SIGNATURE_METHOD = "sha256"
+# Unique per delivery and unchanged across Jira's retries (the dedupe key).
+DELIVERY_HEADER = "x-atlassian-webhook-identifier"
+
+# Fields every poll asks for (Cloud /search/jql returns only ids unless ``fields`` is explicit).
+# https://developer.atlassian.com/cloud/jira/platform/rest/v2/api-group-issue-search/#api-rest-api-2-search-jql-get
+NEEDED_FIELDS = (
+    "summary",
+    "status",
+    "priority",
+    "updated",
+    "created",
+    "labels",
+    "components",
+    "assignee",
+    "reporter",
+    "project",
+    "issuetype",
+    "resolution",
+    "description",
+)
+
+MARKER_LABEL = "ticketpager-marker"
+COMMENT_SCAN = 100  # newest comments searched for a marker (a retried write-back is recent)
+LOOKUP_TTL_SECONDS = 3600.0  # /myself and /field are re-read at most hourly (profile zone, new fields)
+NAMES_RETRY_SECONDS = 60.0  # after a failed field-list fetch, webhooks go without display names this long
+_MINUTE = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
+class JiraCursor:
+    """Where polling resumes: the newest ``updated`` stored, plus what was seen inside the overlap.
+
+    ``seen`` (issue id → ``updated`` ISO, UTC) is pruned to the window the next query can re-read, so
+    it stays small; it is what makes the overlap re-read free of duplicates.
+    """
+
+    watermark: datetime
+    seen: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": 1, "watermark": self.watermark.astimezone(UTC).isoformat(), "seen": dict(self.seen)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JiraCursor:
+        try:
+            watermark = datetime.fromisoformat(str(data["watermark"]))
+            seen = data.get("seen") or {}
+            if not isinstance(seen, Mapping):
+                raise TypeError("seen")
+            if watermark.tzinfo is None:
+                watermark = watermark.replace(tzinfo=UTC)
+            return cls(watermark.astimezone(UTC), {str(k): str(v) for k, v in seen.items()})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentError(f"stored Jira poll cursor is unreadable ({exc!r})", vendor=VENDOR) from None
+
+
+@dataclass(slots=True)
+class _Lookups:
+    """Per-client facts read once and cached (``/serverInfo``, ``/myself``, ``/field``)."""
+
+    cloud: bool
+    zone: ZoneInfo | None = None
+    account_id: str | None = None
+    myself_at: float | None = None
+    field_names: dict[str, str] = field(default_factory=dict)
+    fields_at: float | None = None
+
+
+class JiraConnector(Connector):
+    """Jira Cloud / Data Center ↔ ticketpager (see the module docstring for the strategy)."""
+
+    name = "jira"
+    settings: JiraSettings
+
+    def __init__(
+        self,
+        settings: JiraSettings,
+        *,
+        clock: Clock | None = None,
+        session: requests.Session | None = None,
+        retry: RetryPolicy | None = None,
+        insecure: bool = False,
+    ) -> None:
+        super().__init__(settings, clock=clock, session=session, retry=retry, insecure=insecure)
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._client: JIRA | None = None
+        self._lookups: _Lookups | None = None
+        self._names_failed_at: float | None = None
+
+    # -- capabilities ------------------------------------------------------------------------------
+    @property
+    def can_poll(self) -> bool:
+        return bool(self.settings.url and self.settings.api_token.get_secret_value())
+
+    @property
+    def parse_blocks(self) -> bool:
+        """Whether ``parse_webhook`` may call Jira (first custom-field lookup): the app then runs it off
+        the event loop."""
+        return self.can_poll
+
+    # -- webhooks ------------------------------------------------------------------------------------
+    def verify_webhook(self, headers: Headers, body: bytes) -> None:
+        if not self.settings.webhook_configured:
+            if self.insecure:
+                return
+            raise WebhookRejected(401, "webhook secret not configured")
+        header = _lower(headers).get(SIGNATURE_HEADER)
+        if not header:
+            raise WebhookRejected(401, "missing X-Hub-Signature header")
+        method, sep, signature = header.strip().partition("=")
+        if not sep or method.strip().lower() != SIGNATURE_METHOD or not signature.strip():
+            raise WebhookRejected(401, "X-Hub-Signature must be sha256=<hex HMAC of the body>")
+        expected = hex_signatures(self.settings.webhook_secrets, body)
+        if not matches_any(signature.strip().lower(), expected):
+            raise WebhookRejected(401, "invalid X-Hub-Signature")
+
+    def parse_webhook(self, headers: Headers, body: bytes) -> WebhookResult:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise WebhookRejected(400, "body is not valid JSON") from None
+        if not isinstance(payload, dict):
+            raise WebhookRejected(400, "body is not a JSON object")
+        event = payload.get("webhookEvent")
+        if not isinstance(event, str) or not event:
+            raise WebhookRejected(400, "missing webhookEvent")
+        if event not in HANDLED_EVENTS:
+            return WebhookResult(ignored_reason="unhandled_event")
+        if self._is_own_comment(payload):
+            return WebhookResult(ignored_reason="own_comment")
+        names = self._webhook_field_names()
+        try:
+            ticket = issue_to_ticket(
+                payload.get("issue"),  # type: ignore[arg-type]  # validated inside
+                base_url=self.settings.url,
+                field_names=names,
+                deleted=event == EVENT_DELETED,
+            )
+        except ValueError as exc:
+            raise WebhookRejected(400, f"invalid issue: {exc}") from None
+        if event == EVENT_DELETED:
+            # ``issue`` is the state before deletion: date the deletion itself so it is not "older".
+            stamp = payload.get("timestamp")
+            if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+                try:
+                    deleted_at = datetime.fromtimestamp(stamp / 1000, UTC)
+                except (OverflowError, OSError, ValueError):
+                    raise WebhookRejected(400, "invalid timestamp") from None
+                ticket = replace(ticket, updated=max(ticket.updated, deleted_at))
+        changes = changelog_changes(payload.get("changelog"), names) if event == EVENT_UPDATED else ()
+        delivery = _lower(headers).get(DELIVERY_HEADER) or "sha256:" + hashlib.sha256(body).hexdigest()
+        change = TicketChange(
+            ticket=ticket,
+            origin=Origin.WEBHOOK,
+            delivery_id=f"jira:{delivery}",
+            received_at=self.clock.now(),
+            changes=changes or None,
+            actor=_actor(payload.get("user")),
+            event_type=event,
+        )
+        return WebhookResult(changes=[change])
+
+    def _is_own_comment(self, payload: Mapping[str, Any]) -> bool:
+        """An update that only adds ticketpager's own comment (our write-back echoing back)."""
+        if payload.get("webhookEvent") != EVENT_UPDATED:
+            return False
+        changelog = payload.get("changelog")
+        if isinstance(changelog, Mapping) and changelog.get("items"):
+            return False
+        comment = payload.get("comment")
+        if not isinstance(comment, Mapping):
+            return False
+        text = adf_text(comment.get("body"))
+        prefix = self.settings.comment_prefix
+        if MARKER_LABEL in text or (prefix and text.lstrip().startswith(prefix)):
+            return True
+        own = self._lookups.account_id if self._lookups else None
+        return own is not None and _actor(comment.get("author")) == own
+
+    def _webhook_field_names(self) -> dict[str, str]:
+        """Custom field display names if we can get them cheaply (cached; one try, never blocks long)."""
+        if self._lookups is not None and self._lookups.fields_at is not None:
+            return self._lookups.field_names
+        if not self.can_poll:
+            return {}
+        now = self.clock.monotonic()
+        if self._names_failed_at is not None and now - self._names_failed_at < NAMES_RETRY_SECONDS:
+            return {}  # Jira was unreachable a moment ago: do not slow every webhook down
+        try:
+            client, lookups = self._ready(retry=False)
+            self._load_fields(client, lookups, retry=False)
+            return lookups.field_names
+        except TicketpagerError as exc:
+            self._names_failed_at = now
+            log.warning("jira: custom field names unavailable for a webhook: %s", exc)
+            return {}
+
+    # -- polling -------------------------------------------------------------------------------------
+    def start_cursor(self, since: datetime) -> Mapping[str, Any]:
+        return JiraCursor(since.astimezone(UTC)).to_json()
+
+    def poll(self, cursor: Mapping[str, Any] | None) -> Iterator[PollPage]:
+        state = (
+            JiraCursor.from_json(cursor)
+            if cursor
+            else JiraCursor(self.clock.now() - timedelta(seconds=self.settings.lookback_seconds))
+        )
+        client, lookups = self._ready()
+        self._load_myself(client, lookups)
+        self._load_fields(client, lookups)
+        fields = self._poll_fields()
+        since = state.watermark - timedelta(seconds=self.settings.overlap_seconds)
+        if lookups.cloud:
+            yield from self._poll_cloud(client, lookups, state, since, fields)
+        else:
+            yield from self._poll_datacenter(client, lookups, state, since, fields)
+
+    def _poll_cloud(
+        self, client: JIRA, lookups: _Lookups, state: JiraCursor, since: datetime, fields: list[str]
+    ) -> Iterator[PollPage]:
+        """``/search/jql`` pages via ``nextPageToken`` (Cloud has no ``startAt`` and no ``total``)."""
+        jql = self._jql(jql_literal(since, lookups.zone))
+        token: str | None = None
+        while True:
+            result = self._call(
+                partial(
+                    client.enhanced_search_issues,
+                    jql,
+                    nextPageToken=token,
+                    maxResults=self.settings.page_size,
+                    fields=list(fields),
+                    json_result=True,
+                )
+            )
+            if not isinstance(result, Mapping):
+                raise PermanentError("jira client returned no Cloud search result", vendor=VENDOR)
+            issues = result.get("issues") or []
+            page, state, _ = self._page(issues, state, lookups)
+            yield page
+            token = result.get("nextPageToken") or None
+            if not token or result.get("isLast") is True:
+                return
+
+    def _poll_datacenter(
+        self, client: JIRA, lookups: _Lookups, state: JiraCursor, since: datetime, fields: list[str]
+    ) -> Iterator[PollPage]:
+        """``/rest/api/2/search`` by keyset: each page re-queries from the minute of the newest issue seen.
+
+        Offset paging over ``ORDER BY updated`` skips an issue whenever an earlier one is updated
+        mid-scan (everything shifts left). Restarting from the last minute (re-reads are deduped) only
+        falls back to ``startAt`` inside one minute holding a full page of issues.
+        """
+        lower = since
+        start_at = 0
+        while True:
+            jql = self._jql(jql_literal(lower, lookups.zone))
+            offset = start_at
+            result = self._call(
+                partial(
+                    client.search_issues,
+                    jql,
+                    startAt=offset,
+                    maxResults=self.settings.page_size,
+                    fields=list(fields),
+                    json_result=True,
+                )
+            )
+            if not isinstance(result, Mapping):
+                raise PermanentError("jira client returned no search result", vendor=VENDOR)
+            issues = result.get("issues") or []
+            page, state, newest = self._page(issues, state, lookups)
+            yield page
+            total = result.get("total")
+            if not issues or (isinstance(total, int) and offset + len(issues) >= total):
+                return
+            if newest is not None and jql_literal(newest, lookups.zone) != jql_literal(lower, lookups.zone):
+                lower, start_at = newest, 0
+            else:
+                start_at = offset + len(issues)
+
+    def _page(
+        self, issues: Any, state: JiraCursor, lookups: _Lookups
+    ) -> tuple[PollPage, JiraCursor, datetime | None]:
+        """Normalize one result page, drop overlap re-reads, and compute the cursor after it."""
+        now = self.clock.now()
+        seen = dict(state.seen)
+        watermark = state.watermark
+        newest: datetime | None = None
+        changes: list[TicketChange] = []
+        skipped = 0
+        for raw in issues if isinstance(issues, list) else []:
+            try:
+                ticket = issue_to_ticket(raw, base_url=self.settings.url, field_names=lookups.field_names)
+            except ValueError as exc:
+                skipped += 1
+                log.warning("jira: skipping a malformed issue in search results: %s", exc)
+                continue
+            newest = ticket.updated if newest is None else max(newest, ticket.updated)
+            previous = parse_jira_time(seen.get(ticket.id))
+            if previous is not None and previous >= ticket.updated:
+                skipped += 1
+                continue
+            seen[ticket.id] = ticket.updated.astimezone(UTC).isoformat()
+            watermark = max(watermark, ticket.updated.astimezone(UTC))
+            changes.append(_poll_change(ticket, now))
+        horizon = watermark - timedelta(seconds=self.settings.overlap_seconds) - _MINUTE
+        if lookups.zone is None:
+            horizon -= WIDEST_OFFSET
+        kept = {k: v for k, v in seen.items() if (parse_jira_time(v) or horizon) >= horizon}
+        cursor = JiraCursor(watermark, kept)
+        return PollPage(changes=changes, cursor=cursor.to_json(), skipped=skipped), cursor, newest
+
+    def _jql(self, literal: str) -> str:
+        base = self.settings.jql.strip()
+        if " order by " in f" {base.lower()} ":
+            raise ConfigError("TICKETPAGER_JIRA__JQL must not contain ORDER BY (ticketpager orders by updated)")
+        window = f"updated >= {literal}"
+        return f"({base}) AND {window} ORDER BY updated ASC, key ASC" if base else (
+            f"{window} ORDER BY updated ASC, key ASC"
+        )
+
+    def _poll_fields(self) -> list[str]:
+        extra = [f for f in self.settings.extra_fields if f and f not in NEEDED_FIELDS]
+        return [*NEEDED_FIELDS, *extra]
+
+    # -- write-back ----------------------------------------------------------------------------------
+    def write_back(self, note: WriteBack) -> None:
+        if not self.settings.write_back:
+            return
+        if not self.can_poll:
+            log.info("jira: write-back skipped for %s: no API credentials configured", note.ticket.key)
+            return
+        client, _ = self._ready()
+        body = self.comment_body(note)
+        issue = note.ticket.id or note.ticket.key
+
+        def once() -> None:
+            # Check then write inside one attempt: a retried attempt re-checks, so a POST that
+            # succeeded but timed out is never written twice.
+            existing = client.comments(issue, order_by="-created", max_results=COMMENT_SCAN)
+            if any(note.marker in adf_text(getattr(c, "body", "")) for c in existing):
+                return
+            client.add_comment(issue, body)
+
+        self._call(once)
+
+    def comment_body(self, note: WriteBack) -> str:
+        """The comment text: prefix, what happened, the dedup key, and the idempotency marker."""
+        head = f"{self.settings.comment_prefix} PagerDuty {note.action.value} (rule {note.rule})".strip()
+        lines = [head]
+        if note.text:
+            lines.append(note.text)
+        lines.append(f"Dedup key: {note.dedup_key}")
+        lines.append(f"{MARKER_LABEL}: {note.marker}")
+        return "\n".join(lines)
+
+    # -- health --------------------------------------------------------------------------------------
+    def check(self) -> None:
+        if not self.can_poll:
+            if self.settings.webhook_configured or self.insecure:
+                return  # webhook-only deployment
+            raise ConfigError(
+                "jira: set TICKETPAGER_JIRA__URL and TICKETPAGER_JIRA__API_TOKEN (polling) "
+                "or TICKETPAGER_JIRA__WEBHOOK_SECRETS (webhooks)"
+            )
+        self._jql('"2000/01/01 00:00"')  # validates the configured filter
+        client, lookups = self._ready()
+        self._load_myself(client, lookups, force=True)
+
+    # -- the client and its cached lookups -----------------------------------------------------------
+    def _ready(self, *, retry: bool = True) -> tuple[JIRA, _Lookups]:
+        """The client, built on first use, and whether it talks to Cloud (``/serverInfo`` unless configured)."""
+        with self._lock:
+            if self._client is not None and self._lookups is not None:
+                return self._client, self._lookups
+            if not self.can_poll:
+                raise ConfigError("jira: TICKETPAGER_JIRA__URL and TICKETPAGER_JIRA__API_TOKEN are not set")
+            client = self._client or self._build_client()
+            self._client = client
+            if self.settings.deployment == "auto":
+                info = self._call(client.server_info, retry=retry)
+                cloud = isinstance(info, Mapping) and info.get("deploymentType") == "Cloud"
+            else:
+                cloud = self.settings.deployment == "cloud"
+            # The client picks /search/jql only when it believes it is on Cloud; tell it what we found.
+            client.deploymentType = "Cloud" if cloud else "Server"
+            self._lookups = _Lookups(cloud=cloud)
+            log.info("jira: talking to %s at %s", "Cloud" if cloud else "Data Center", self.settings.url)
+            return client, self._lookups
+
+    def _build_client(self) -> JIRA:
+        token = self.settings.api_token.get_secret_value()
+        auth: dict[str, Any] = (
+            {"basic_auth": (self.settings.email, token)} if self.settings.email else {"token_auth": token}
+        )
+        client = JIRA(
+            server=self.settings.url,
+            options={"check_update": False, "rest_api_version": "2"},
+            get_server_info=False,  # we call /serverInfo ourselves, under our retry policy
+            max_retries=0,  # our retry policy is the only one: retries never stack
+            timeout=self.settings.timeout_seconds,
+            logging=False,
+            **auth,
+        )
+        # Send through our HTTP stack (adapters, proxies, TLS settings) while keeping the client's
+        # error handling and timeout.
+        for prefix, adapter in self.session.adapters.items():
+            client._session.mount(prefix, adapter)
+        client._session.verify = self.session.verify
+        client._session.proxies.update(self.session.proxies)
+        client._session.trust_env = self.session.trust_env
+        return client
+
+    def _load_myself(self, client: JIRA, lookups: _Lookups, *, force: bool = False) -> None:
+        """``/myself``: the profile time zone JQL dates are read in, and our account (echo detection)."""
+        now = self.clock.monotonic()
+        if not force and lookups.myself_at is not None and now - lookups.myself_at < LOOKUP_TTL_SECONDS:
+            return
+        me = self._call(client.myself)
+        me = me if isinstance(me, Mapping) else {}
+        lookups.zone = user_zone(me.get("timeZone"))
+        if lookups.zone is None:
+            log.warning(
+                "jira: /myself has no usable timeZone (%r); widening the JQL window by %s",
+                me.get("timeZone"),
+                WIDEST_OFFSET,
+            )
+        lookups.account_id = _actor(me)
+        lookups.myself_at = now
+
+    def _load_fields(self, client: JIRA, lookups: _Lookups, *, retry: bool = True) -> None:
+        """``/rest/api/2/field`` once: custom field display names, shared with the client's own cache."""
+        now = self.clock.monotonic()
+        if lookups.fields_at is not None and now - lookups.fields_at < LOOKUP_TTL_SECONDS:
+            return
+        listed = self._call(client.fields, retry=retry)
+        names: dict[str, str] = {}
+        clauses: dict[str, str] = {f: f for f in NEEDED_FIELDS}  # never empty: no refetch per search
+        for item in listed if isinstance(listed, list) else []:
+            if not isinstance(item, Mapping) or not isinstance(item.get("id"), str):
+                continue
+            if item.get("custom") and isinstance(item.get("name"), str):
+                names[item["id"]] = item["name"]
+            for clause in item.get("clauseNames") or []:
+                clauses[str(clause)] = item["id"]
+        # The client would otherwise GET /field again before its first search (same list, same purpose).
+        client._fields_cache_value = clauses
+        lookups.field_names = names
+        lookups.fields_at = now
+
+    def _call(self, fn: Callable[[], T], *, retry: bool = True) -> T:
+        """Run one client call under our retry policy, translating its failures into our error kinds."""
+
+        def attempt() -> T:
+            try:
+                return fn()
+            except JIRAError as exc:
+                # Never chain or print JIRAError: its str() includes the request headers (credentials).
+                error = (
+                    classify_response(VENDOR, exc.response, STATUS_TABLE, now=self.clock.now())
+                    if exc.response is not None
+                    else None
+                )
+                if error is None:
+                    error = PermanentError(f"jira client error: {exc.text or 'unknown'}", vendor=VENDOR)
+                raise error from None
+            except requests.RequestException as exc:
+                raise network_error(VENDOR, exc) from None
+
+        policy = self.retry if retry else RetryPolicy(max_attempts=1)
+        return call(attempt, policy, self.clock)
+
+
+def _poll_change(ticket: Ticket, now: datetime) -> TicketChange:
+    return TicketChange(
+        ticket=ticket,
+        origin=Origin.POLL,
+        delivery_id=f"poll:{ticket.id}:{ticket.updated.astimezone(UTC).isoformat()}",
+        received_at=now,
+        changes=None,
+    )
+
+
+def _actor(user: Any) -> str | None:
+    """A stable user id: Cloud ``accountId``, Data Center ``key`` / ``name``."""
+    if isinstance(user, Mapping):
+        for key in ("accountId", "key", "name"):
+            if isinstance(user.get(key), str) and user[key]:
+                return str(user[key])
+    return None
+
+
+def _lower(headers: Headers) -> dict[str, str]:
+    return {str(k).lower(): v for k, v in headers.items()}
+
+
+__all__ = ["STATUS_TABLE", "JiraConnector", "JiraCursor"]
