@@ -69,8 +69,6 @@ class Connector(ABC):
     """Base class of the Jira, Zendesk and ServiceNow connectors."""
 
     name: ClassVar[str]
-    #: True when ``parse_webhook`` may call the vendor API (the app then runs it off the event loop)
-    parse_may_block: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -116,6 +114,11 @@ class Connector(ABC):
     @abstractmethod
     def check(self) -> None:
         """Raise :class:`~sync.errors.PermanentError` with a clear message if credentials/config are wrong."""
+
+    @property
+    def parse_may_block(self) -> bool:
+        """True when ``parse_webhook`` may call the vendor API: the app then runs it off the event loop."""
+        return False
 
     @property
     def can_poll(self) -> bool:

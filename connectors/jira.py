@@ -202,7 +202,7 @@ class JiraConnector(Connector):
         return bool(self.settings.url and self.settings.api_token.get_secret_value())
 
     @property
-    def parse_blocks(self) -> bool:
+    def parse_may_block(self) -> bool:
         """Whether ``parse_webhook`` may call Jira (first custom-field lookup): the app then runs it off
         the event loop."""
         return self.can_poll
@@ -387,9 +387,7 @@ class JiraConnector(Connector):
             else:
                 start_at = offset + len(issues)
 
-    def _page(
-        self, issues: Any, state: JiraCursor, lookups: _Lookups
-    ) -> tuple[PollPage, JiraCursor, datetime | None]:
+    def _page(self, issues: Any, state: JiraCursor, lookups: _Lookups) -> tuple[PollPage, JiraCursor, datetime | None]:
         """Normalize one result page, drop overlap re-reads, and compute the cursor after it."""
         now = self.clock.now()
         seen = dict(state.seen)
@@ -424,8 +422,10 @@ class JiraConnector(Connector):
         if " order by " in f" {base.lower()} ":
             raise ConfigError("TICKETPAGER_JIRA__JQL must not contain ORDER BY (ticketpager orders by updated)")
         window = f"updated >= {literal}"
-        return f"({base}) AND {window} ORDER BY updated ASC, key ASC" if base else (
-            f"{window} ORDER BY updated ASC, key ASC"
+        return (
+            f"({base}) AND {window} ORDER BY updated ASC, key ASC"
+            if base
+            else (f"{window} ORDER BY updated ASC, key ASC")
         )
 
     def _poll_fields(self) -> list[str]:

@@ -125,8 +125,12 @@ class ZendeskConnector(Connector):
     """Zendesk Support ↔ ticketpager. See ``docs/zendesk.md`` for setup."""
 
     name = "zendesk"
-    parse_may_block = True  # trigger-connected webhooks fetch the canonical ticket when credentials exist
     settings: ZendeskSettings
+
+    @property
+    def parse_may_block(self) -> bool:
+        """Trigger-connected webhooks fetch the canonical ticket when credentials exist."""
+        return self.can_poll and self.settings.fetch_canonical
 
     def __init__(
         self,

@@ -127,14 +127,17 @@ def classify_status(
     if rule and rule.note:
         text += f" ({rule.note})"
     if kind is Kind.RETRYABLE:
-        retry_after = parse_retry_after((headers or {}).get("Retry-After") or (headers or {}).get("retry-after"), now)
+        given = headers or {}
+        retry_after = parse_retry_after(given.get("Retry-After") or given.get("retry-after"), now)
         return RetryableError(text, retry_after=retry_after, status=status, vendor=vendor)
     if kind is Kind.SKIPPABLE:
         return SkippableError(text, status=status, vendor=vendor)
     return PermanentError(text, status=status, vendor=vendor)
 
 
-def classify_response(vendor: str, response: Any, table: StatusTable, now: datetime | None = None) -> TicketpagerError | None:
+def classify_response(
+    vendor: str, response: Any, table: StatusTable, now: datetime | None = None
+) -> TicketpagerError | None:
     """:func:`classify_status` for a ``requests.Response`` (message = the first 300 characters of the body)."""
     body = ""
     try:

@@ -35,7 +35,10 @@ class Metrics:
             registry=r,
         )
         self.write_backs = Counter(
-            "ticketpager_write_backs_total", "Ticket write-backs by source and outcome", ["source", "outcome"], registry=r
+            "ticketpager_write_backs_total",
+            "Ticket write-backs by source and outcome",
+            ["source", "outcome"],
+            registry=r,
         )
         self.outbox_depth = Gauge("ticketpager_outbox_pending", "Outbox rows waiting to be sent", registry=r)
         self.outbox_oldest = Gauge(

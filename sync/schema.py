@@ -84,6 +84,12 @@ changes = Table(
         postgresql_where=text("status = 'pending'"),
     ),
     Index("ix_changes_received_at", "received_at"),
+    Index(
+        "ix_changes_failed",
+        "id",
+        sqlite_where=text("status = 'failed'"),
+        postgresql_where=text("status = 'failed'"),
+    ),
 )
 
 tickets = Table(

@@ -8,6 +8,7 @@ runs in plain threads with synchronous SQLAlchemy and ``requests``, coordinated 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -84,7 +85,7 @@ class Service:
             if source not in self._connectors:
                 cls = connector_class(source)
                 self._connectors[source] = cls(
-                    self.settings.connector(source),  # type: ignore[call-arg]
+                    self.settings.connector(source),
                     clock=self.clock,
                     insecure=self.settings.insecure_webhooks,
                 )
@@ -176,10 +177,9 @@ class Service:
         self.writer.start()
         self._spawn("engine", self._engine_loop)
         for i in range(max(self.settings.pagerduty.workers, 1)):
-            delivery = self.delivery(str(i))
-            self._spawn(f"delivery-{i}", lambda d=delivery: self._delivery_loop(d))
+            self._spawn(f"delivery-{i}", functools.partial(self._delivery_loop, self.delivery(str(i))))
         for source in self.pollable_sources():
-            self._spawn(f"poll-{source}", lambda s=source: self._poll_loop(s))
+            self._spawn(f"poll-{source}", functools.partial(self._poll_loop, source))
         self._spawn("scheduler", self._scheduler_loop)
         watch = getattr(self.rule_store, "start_watching", None)
         if callable(watch):

@@ -19,7 +19,7 @@ from sync.clock import FakeClock
 from sync.schema import changes
 from sync.service import Service
 from sync.store import record_poll_error
-from tests.factories import RULES, ROUTING_KEY
+from tests.factories import ROUTING_KEY, RULES
 from tests.harness import make_service
 
 SECRET = "jira-webhook-secret-0001"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.factories import RULES, ROUTING_KEY
+from tests.factories import ROUTING_KEY, RULES
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.serve_proc import Serve, free_port
 from tests.test_app import SECRET, jira_body, sign

@@ -13,7 +13,7 @@ import pytest
 from sync.clock import FakeClock
 from sync.model import StatusCategory
 from sync.service import Service
-from tests.factories import RULES, ROUTING_KEY, change, ticket
+from tests.factories import ROUTING_KEY, RULES, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty, validate_event
 from tests.harness import make_service, receive
 
@@ -126,8 +126,8 @@ def test_429_retry_after_is_honoured(service: Service, pd: MockPagerDuty, clock:
 
 def test_retry_after_as_http_date(service: Service, pd: MockPagerDuty, clock: FakeClock) -> None:
     when = clock.now().replace(microsecond=0)
-    from email.utils import format_datetime
     from datetime import timedelta
+    from email.utils import format_datetime
 
     pd.fail_next(1, 503, {"Retry-After": format_datetime(when + timedelta(seconds=90), usegmt=True)})
     receive(service, [change(ticket())])

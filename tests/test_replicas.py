@@ -14,7 +14,7 @@ from sync.clock import FakeClock, SystemClock
 from sync.model import StatusCategory
 from sync.service import Service
 from sync.store import acquire_lease, release_lease
-from tests.factories import RULES, ROUTING_KEY, change, ticket
+from tests.factories import ROUTING_KEY, RULES, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
 
