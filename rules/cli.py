@@ -1,0 +1,337 @@
+"""``ticketpager rules check | test | schema | backtest``: the admin's tools for rule files.
+
+``register(subparsers)`` adds the ``rules`` command to the service CLI (``sync/cli.py``);
+``python -m rules.cli ...`` runs the same commands standalone. Nothing here writes anywhere: ``test`` and
+``backtest`` only print what would be sent, with routing keys masked (``****abcd``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rules.evaluator import EvalContext, RuleResult, RuleSet
+from rules.load import load_rules
+from rules.loader import RuleFileErrors
+from rules.operators import OperatorArgError, parse_duration, timestamp
+from sync.model import LinkState, PlannedEvent, Ticket, diff_tickets
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``rules`` (check/test/schema/backtest) to an argparse subparsers object."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "rules", help="check, test and back-test rule files", description=__doc__
+    )
+    sub = parser.add_subparsers(dest="rules_command", required=True)
+
+    check = sub.add_parser("check", help="validate rule files; exit 1 with every error")
+    check.add_argument("path", help="a rule file or a directory of *.yaml")
+    check.set_defaults(func=cmd_check)
+
+    test = sub.add_parser("test", help="show each rule's verdict and the exact PagerDuty events for a ticket")
+    test.add_argument("path", help="a rule file or a directory of *.yaml")
+    test.add_argument("--ticket", required=True, help="normalized ticket JSON (Ticket.to_json), or a vendor payload")
+    test.add_argument("--previous", help="the ticket before this update: its events set the incident state")
+    test.add_argument("--source", help="jira | zendesk | servicenow (parse --ticket as that vendor's webhook body)")
+    test.add_argument("--now", help="evaluation time, ISO 8601 (default: the ticket's updated time)")
+    test.add_argument("--expect", help="golden JSON: exit 1 with a diff if verdicts or events differ")
+    test.add_argument("--json", action="store_true", help="print the result as JSON (the --expect format)")
+    test.set_defaults(func=cmd_test)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of rule files (for editors)")
+    schema.set_defaults(func=cmd_schema)
+
+    backtest = sub.add_parser("backtest", help="evaluate recent real tickets and report what would have paged")
+    backtest.add_argument("path", help="a rule file or a directory of *.yaml")
+    backtest.add_argument("--source", required=True, help="jira | zendesk | servicenow")
+    backtest.add_argument("--since", default="7d", help="how far back to read, e.g. 7d, 24h (default 7d)")
+    backtest.add_argument("--limit", type=int, default=10_000, help="stop after this many ticket versions")
+    backtest.set_defaults(func=cmd_backtest)
+    return parser
+
+
+# -------------------------------------------------------------------------------------------------- check
+
+
+def _load(path: str) -> RuleSet | None:
+    try:
+        return load_rules(path)
+    except RuleFileErrors as exc:
+        print(str(exc), file=sys.stderr)
+        print(f"{len(exc.errors)} error(s) in {path}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    ruleset = _load(args.path)
+    if ruleset is None:
+        return EXIT_MISMATCH
+    timed = f", time rules: {', '.join(ruleset.time_rules)}" if ruleset.has_time_rules else ""
+    print(f"OK: {len(ruleset)} rules in {args.path} (digest {ruleset.digest}){timed}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- test
+
+
+class CliError(Exception):
+    """A usage problem (bad file, bad time); printed without a traceback, exit 2."""
+
+
+def _read_json(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+
+
+def _ticket(path: str, source: str | None) -> Ticket:
+    data = _read_json(path)
+    if isinstance(data, dict) and "status_category" in data and "updated" in data:
+        try:
+            return Ticket.from_json(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CliError(f"{path}: not a valid ticket: {exc}") from None
+    if source is None:
+        raise CliError(f"{path}: not a normalized ticket (Ticket.to_json); pass --source to parse a vendor payload")
+    return _vendor_ticket(path, source)
+
+
+def _vendor_ticket(path: str, source: str) -> Ticket:
+    """Parse a raw vendor webhook body with the real connector (no signature check, no network)."""
+    from connectors import connector_class
+    from sync.errors import TicketpagerError
+    from sync.settings import Settings
+
+    try:
+        settings = Settings().connector(source)
+        connector = connector_class(source)(settings, insecure=True)
+        result = connector.parse_webhook({}, Path(path).read_bytes())
+    except KeyError:
+        raise CliError(f"unknown source {source!r}") from None
+    except TicketpagerError as exc:
+        raise CliError(f"{path}: the {source} connector cannot parse it: {exc}") from None
+    if not result.changes:
+        raise CliError(f"{path}: the {source} connector ignored it ({result.ignored_reason})")
+    return result.changes[0].ticket
+
+
+def _now(text: str | None, ticket: Ticket) -> datetime:
+    if text is None:
+        return ticket.updated
+    when = timestamp(text)
+    if when is None:
+        raise CliError(f"--now {text!r} is not an ISO 8601 time (e.g. 2026-11-30T09:00:00Z)")
+    return when
+
+
+def _links_after(events: Sequence[PlannedEvent], links: Mapping[str, LinkState]) -> dict[str, LinkState]:
+    """The incident states after ``events`` were sent (what the service would store)."""
+    from sync.lifecycle import next_state
+
+    out = dict(links)
+    for event in events:
+        old = out.get(event.rule)
+        if old is None or old.generation != event.generation:
+            out[event.rule] = LinkState(
+                rule=event.rule,
+                dedup_key=event.dedup_key,
+                routing_key=event.routing_key,
+                state=next_state(event.action),
+                generation=event.generation,
+            )
+        else:
+            out[event.rule] = replace(old, state=next_state(event.action))
+    return out
+
+
+def verdict(result: RuleResult) -> str:
+    if not result.applies:
+        return "not applicable"
+    return "matched" if result.matched else "no match"
+
+
+def simulate(
+    ruleset: RuleSet, ticket: Ticket, previous: Ticket | None, now: datetime
+) -> tuple[list[RuleResult], list[PlannedEvent]]:
+    """Evaluate (previous first, to derive incident states) and plan the events for ``ticket``."""
+    from sync.lifecycle import plan
+
+    links: dict[str, LinkState] = {}
+    if previous is not None:
+        before = ruleset.evaluate(EvalContext(previous, None, (), min(now, previous.updated)))
+        links = _links_after(plan(before, {}, previous), {})
+    results = ruleset.evaluate(EvalContext(ticket, previous, diff_tickets(previous, ticket), now))
+    return results, plan(results, links, ticket)
+
+
+def event_bodies(events: Sequence[PlannedEvent], ticket: Ticket) -> list[dict[str, Any]]:
+    """The exact Events API v2 bodies, routing keys masked."""
+    from connectors.pagerduty import build_event, mask
+
+    bodies = []
+    for event in events:
+        body = build_event(event, ticket)
+        body["routing_key"] = mask(str(body.get("routing_key", "")))
+        bodies.append(body)
+    return bodies
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    ruleset = _load(args.path)
+    if ruleset is None:
+        return EXIT_USAGE
+    try:
+        ticket = _ticket(args.ticket, args.source)
+        previous = _ticket(args.previous, args.source) if args.previous else None
+        now = _now(args.now, ticket)
+        expected = _read_json(args.expect) if args.expect else None
+    except CliError as exc:
+        print(f"ticketpager rules test: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    results, events = simulate(ruleset, ticket, previous, now)
+    actual = {
+        "verdicts": {r.rule: verdict(r) for r in results},
+        "events": event_bodies(events, ticket),
+    }
+    if args.json:
+        print(json.dumps(actual, indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        print(f"ticket {ticket.source}:{ticket.key} at {now.isoformat()} — rules {ruleset.digest}")
+        for result in results:
+            print(f"  {result.rule}: {verdict(result).upper()}")
+            for line in result.explanation:
+                print(f"      {line}")
+            if result.applies and (result.acknowledge or result.resolve):
+                flags = [
+                    name
+                    for name, on in (("acknowledge_when", result.acknowledge), ("resolve_when", result.resolve))
+                    if on
+                ]
+                print(f"      {' and '.join(flags)} hold{'s' if len(flags) == 1 else ''}")
+        print(f"events ({len(events)}):" if events else "events: none")
+        for event, body in zip(events, actual["events"], strict=True):
+            print(f"  # {event.rule}: {event.action.value} ({event.reason})")
+            print("  " + json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False).replace("\n", "\n  "))
+    if expected is None:
+        return EXIT_OK
+    want = json.dumps(expected, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+    got = json.dumps(actual, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+    if want == got:
+        print(f"OK: matches {args.expect}")
+        return EXIT_OK
+    print(f"MISMATCH against {args.expect}:", file=sys.stderr)
+    for line in difflib.unified_diff(want, got, fromfile=args.expect, tofile="actual", lineterm=""):
+        print(line, file=sys.stderr)
+    return EXIT_MISMATCH
+
+
+# ------------------------------------------------------------------------------------------------- schema
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from rules.schema import build_schema
+
+    print(json.dumps(build_schema(), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------- backtest
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    """Read recent tickets through the real connector and report what would have paged. No writes."""
+    from connectors import connector_class
+    from sync.clock import SystemClock
+    from sync.errors import TicketpagerError
+    from sync.lifecycle import plan
+    from sync.settings import Settings
+
+    ruleset = _load(args.path)
+    if ruleset is None:
+        return EXIT_USAGE
+    try:
+        since = parse_duration(args.since)
+    except OperatorArgError as exc:
+        print(f"ticketpager rules backtest: --since: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    clock = SystemClock()
+    try:
+        settings = Settings().connector(args.source)
+        connector = connector_class(args.source)(settings, clock=clock)
+    except KeyError:
+        print(f"ticketpager rules backtest: unknown source {args.source!r}", file=sys.stderr)
+        return EXIT_USAGE
+    now = clock.now()
+    seen: dict[str, Ticket] = {}
+    links: dict[str, dict[str, LinkState]] = {}
+    pages: dict[str, int] = {name: 0 for name in ruleset.names}
+    versions = 0
+    try:
+        for page in connector.poll(connector.start_cursor(now - since)):
+            for change in page.changes:
+                ticket = change.ticket
+                previous = seen.get(ticket.id)
+                if previous is not None and ticket.updated <= previous.updated:
+                    continue
+                versions += 1
+                changes = change.changes if change.changes is not None else diff_tickets(previous, ticket)
+                results = ruleset.evaluate(EvalContext(ticket, previous, changes, max(now, ticket.updated)))
+                events = plan(results, links.get(ticket.id, {}), ticket)
+                links[ticket.id] = _links_after(events, links.get(ticket.id, {}))
+                seen[ticket.id] = ticket
+                for event in events:
+                    if event.action.value == "trigger":
+                        pages[event.rule] += 1
+                    severity = event.trigger.severity if event.trigger else ""
+                    print(
+                        f"{ticket.updated.isoformat()}  {ticket.key:<14} {event.rule:<28} {event.action.value:<11} "
+                        f"{severity:<8} {event.reason}"
+                    )
+                if versions >= args.limit:
+                    break
+            if versions >= args.limit:
+                break
+    except TicketpagerError as exc:
+        print(f"ticketpager rules backtest: {args.source} failed: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"{versions} ticket versions from {args.source} since {(now - since).isoformat()} "
+        f"({len(seen)} tickets); would have paged:"
+    )
+    for name, count in pages.items():
+        print(f"  {name}: {count}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------- standalone
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rules.cli check PATH`` (or ``... rules check PATH``, as under ``ticketpager``)."""
+    parser = argparse.ArgumentParser(prog="ticketpager")
+    register(parser.add_subparsers(dest="command", required=True))
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] != ["rules"]:
+        words.insert(0, "rules")
+    args = parser.parse_args(words)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["event_bodies", "main", "register", "simulate", "verdict"]

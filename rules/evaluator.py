@@ -1,0 +1,506 @@
+"""Compile validated rules once into closures and evaluate them, purely, against a ticket.
+
+:meth:`RuleSet.evaluate` returns one :class:`RuleResult` per rule in file order: whether it applies to the
+ticket's source, whether it matched (first match wins unless ``continue: true``), why or why not, whether
+its ``acknowledge_when`` / ``resolve_when`` hold, and, for matched rules only, the rendered trigger.
+
+Speed (see docs/performance.md): rules are grouped by source, so a rule for another source costs one
+precomputed result; each rule's most selective ``equals``/``in`` condition on a text field is checked
+first against a ``frozenset``, and the result for such a rejection is cached per (value, ack, resolve);
+``acknowledge_when`` / ``resolve_when`` conditions shared by several rules are evaluated once per ticket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rules.operators import explain_failure, fold
+from rules.spec import AllOf, AnyOf, Cond, Leaf, NotOf, RuleSetSpec, RuleSpec, SeveritySpec
+from rules.templates import Template, render_safely, template_context
+from sync.model import FieldChange, StatusCategory, Ticket, TriggerSpec
+
+PAGERDUTY_SUMMARY_MAX = 1024  # https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ (payload.summary)
+_REJECT_CACHE_MAX = 256  # cached "rejected by index" results per rule
+
+
+@dataclass(frozen=True, slots=True)
+class EvalContext:
+    """What one evaluation sees: the ticket, its previous version, what this update changed, and now."""
+
+    ticket: Ticket
+    previous: Ticket | None
+    changes: tuple[FieldChange, ...]
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    """The verdict of one rule for one ticket (stored in the decision log)."""
+
+    rule: str
+    applies: bool
+    matched: bool
+    explanation: tuple[str, ...]
+    acknowledge: bool
+    resolve: bool
+    on_unmatch: str
+    trigger: TriggerSpec | None = None
+
+
+class _State:
+    """Per-evaluation scratch: the ticket, now, and a lazily built index of this update's changes."""
+
+    __slots__ = ("ticket", "now", "ctx", "_changes", "_template_ctx")
+
+    def __init__(self, ctx: EvalContext) -> None:
+        self.ctx = ctx
+        self.ticket = ctx.ticket
+        self.now = ctx.now
+        self._changes: dict[str, FieldChange] | None = None
+        self._template_ctx: dict[str, Any] | None = None
+
+    def change(self, field_name: str) -> FieldChange | None:
+        if self._changes is None:
+            self._changes = {c.field: c for c in self.ctx.changes}
+        return self._changes.get(field_name)
+
+    def template_context(self, rule: RuleSpec) -> dict[str, Any]:
+        if self._template_ctx is None:
+            self._template_ctx = template_context(self.ticket, rule.name, rule.description, self.ctx.changes, self.now)
+        else:
+            self._template_ctx["rule"] = {"name": rule.name, "description": rule.description}
+        return self._template_ctx
+
+
+Check = Callable[[_State], str | None]  # None: the condition holds; else why not
+
+
+# ------------------------------------------------------------------------------------------ compilation
+
+
+def _compile_leaf(leaf: Leaf) -> Check:
+    op, arg, raw = leaf.op, leaf.arg, leaf.raw_arg
+    test = op.test
+    name = leaf.field.name if leaf.field else "now"
+
+    cache: dict[Any, str] = {}
+
+    def fail(value: Any) -> str:
+        # explanations repeat (the same status fails the same condition): format each one once
+        cls = value.__class__
+        if cls is str or cls is int or value is None:
+            text = cache.get(value)
+            if text is None:
+                if len(cache) >= _REJECT_CACHE_MAX:
+                    cache.clear()
+                text = cache[value] = explain_failure(name, op, value, raw)
+            return text
+        return explain_failure(name, op, value, raw)
+
+    if op.input == "change":
+
+        def check_change(s: _State) -> str | None:
+            change = s.change(name)
+            return None if test(change, arg, s.now) else fail(change)
+
+        return check_change
+    if leaf.field is None:
+
+        def check_now(s: _State) -> str | None:
+            return None if test(s.now, arg, s.now) else fail(s.now)
+
+        return check_now
+    get = leaf.field.get
+    if leaf.ignore_case and op.case == "value":
+
+        def check_folded(s: _State) -> str | None:
+            value = get(s.ticket)
+            return None if test(fold(value), arg, s.now) else fail(value)
+
+        return check_folded
+    if op.name == "equals" and isinstance(arg, str):
+
+        def check_equals(s: _State) -> str | None:
+            value = get(s.ticket)
+            if value.__class__ is str:
+                return None if value == arg else fail(value)
+            return None if test(value, arg, s.now) else fail(value)
+
+        return check_equals
+    if op.name == "in" and all(isinstance(a, str) for a in arg):
+        accepted = frozenset(arg)
+
+        def check_in(s: _State) -> str | None:
+            value = get(s.ticket)
+            if value.__class__ is str:
+                return None if value in accepted else fail(value)
+            return None if test(value, arg, s.now) else fail(value)
+
+        return check_in
+
+    def check(s: _State) -> str | None:
+        value = get(s.ticket)
+        return None if test(value, arg, s.now) else fail(value)
+
+    return check
+
+
+def compile_condition(cond: Cond) -> Check:
+    """One closure for a condition tree (``AllOf`` short-circuits on the first failing condition)."""
+    if isinstance(cond, Leaf):
+        return _compile_leaf(cond)
+    if isinstance(cond, NotOf):
+        inner = compile_condition(cond.item)
+        text = f"not: {cond.item.describe()} holds"
+
+        def check_not(s: _State) -> str | None:
+            return text if inner(s) is None else None
+
+        return check_not
+    checks = tuple(compile_condition(c) for c in cond.items)
+    if isinstance(cond, AnyOf):
+
+        def check_any(s: _State) -> str | None:
+            reasons = []
+            for c in checks:
+                reason = c(s)
+                if reason is None:
+                    return None
+                reasons.append(reason)
+            return "none of any: held: " + " | ".join(reasons)
+
+        return check_any
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        c1, c2 = checks
+
+        def check_two(s: _State) -> str | None:
+            return c1(s) or c2(s)
+
+        return check_two
+    if len(checks) == 3:
+        c1, c2, c3 = checks
+
+        def check_three(s: _State) -> str | None:
+            return c1(s) or c2(s) or c3(s)
+
+        return check_three
+
+    def check_all(s: _State) -> str | None:
+        for c in checks:
+            reason = c(s)
+            if reason is not None:
+                return reason
+        return None
+
+    return check_all
+
+
+def _cost(cond: Cond) -> int:
+    """Cheap, selective conditions first, so rejections are fast and explanations name them."""
+    if isinstance(cond, Leaf):
+        if cond.op.name in ("equals", "in") and not cond.ignore_case:
+            return 0
+        if cond.op.name in ("regex", "not_regex"):
+            return 3
+        return 1
+    return 2
+
+
+def _index_leaf(cond: Cond) -> Leaf | None:
+    """The most selective top-level ``equals``/``in`` condition on text values, if any."""
+    items = cond.items if isinstance(cond, AllOf) else (cond,)
+    best: Leaf | None = None
+    for item in items:
+        if not isinstance(item, Leaf) or item.field is None or item.ignore_case:
+            continue
+        if item.op.name == "equals" and isinstance(item.arg, str):
+            size = 1
+        elif item.op.name == "in" and all(isinstance(a, str) for a in item.arg):
+            size = len(item.arg)
+        else:
+            continue
+        if best is None or size < (1 if best.op.name == "equals" else len(best.arg)):
+            best = item
+    return best
+
+
+def _describe_items(cond: Cond) -> tuple[str, ...]:
+    items = cond.items if isinstance(cond, AllOf) else (cond,)
+    return tuple(i.describe() for i in items)
+
+
+class _CompiledRule:
+    """A rule's closures and caches."""
+
+    __slots__ = (
+        "spec",
+        "name",
+        "when",
+        "ack_key",
+        "resolve_key",
+        "on_unmatch",
+        "cont",
+        "matched_explanation",
+        "index_get",
+        "index_set",
+        "index_fail",
+        "rejects",
+    )
+
+    def __init__(self, spec: RuleSpec, ack_key: str | None, resolve_key: str) -> None:
+        self.spec = spec
+        self.name = spec.name
+        when = spec.when
+        if isinstance(when, AllOf):
+            when = AllOf(tuple(sorted(when.items, key=_cost)))
+        index = _index_leaf(when)
+        if index is not None and isinstance(when, AllOf):
+            when = AllOf((index, *(i for i in when.items if i is not index)))
+        self.when = compile_condition(when)
+        self.ack_key = ack_key
+        self.resolve_key = resolve_key
+        self.on_unmatch = spec.on_unmatch
+        self.cont = spec.continue_
+        self.matched_explanation = tuple(f"holds: {d}" for d in _describe_items(spec.when))
+        self.index_get: Callable[[Ticket], Any] | None = None
+        self.index_set: frozenset[str] = frozenset()
+        self.index_fail: Callable[[Any], str] | None = None
+        self.rejects: dict[tuple[Any, bool, bool], RuleResult] = {}
+        if index is not None and index.field is not None:
+            leaf, field_name = index, index.field.name
+            self.index_get = index.field.get
+            self.index_set = frozenset(leaf.arg) if isinstance(leaf.arg, tuple) else frozenset((leaf.arg,))
+            self.index_fail = lambda value: explain_failure(field_name, leaf.op, value, leaf.raw_arg)
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+def _severity_key(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _severity(spec: SeveritySpec, ticket: Ticket) -> str:
+    if spec.literal is not None:
+        return spec.literal
+    assert spec.source is not None
+    value = spec.source.get(ticket)
+    if value is None:
+        return spec.default
+    return spec.mapping.get(_severity_key(value), spec.default)
+
+
+def _render_details(value: Any, context: Mapping[str, Any], problems: list[str], where: str) -> Any:
+    if isinstance(value, Template):
+        text, problem = render_safely(value, context, "<template error>")
+        if problem:
+            problems.append(f"template error in {where}: {problem}")
+        return text
+    if isinstance(value, Mapping):
+        return {k: _render_details(v, context, problems, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render_details(v, context, problems, where) for v in value]
+    return value
+
+
+def render_trigger(spec: RuleSpec, state: _State) -> tuple[TriggerSpec, list[str]]:
+    """Render a matched rule's trigger; template failures fall back and are returned as problems."""
+    ticket = state.ticket
+    trig = spec.trigger
+    context = state.template_context(spec)
+    problems: list[str] = []
+
+    def text(template: Template | None, where: str, fallback: str | None) -> str | None:
+        if template is None:
+            return fallback
+        rendered, problem = render_safely(template, context, fallback or "")
+        if problem:
+            problems.append(f"template error in {where}: {problem}")
+        return rendered if rendered or fallback is None else fallback
+
+    summary = text(trig.summary, "summary", f"[{ticket.key}] {ticket.title}") or f"[{ticket.key}] {ticket.title}"
+    source = text(trig.source, "source", f"{ticket.source}:{ticket.key}") or f"{ticket.source}:{ticket.key}"
+    links = tuple(
+        {k: _render_details(v, context, problems, f"links[{i + 1}].{k}") for k, v in link.items()}
+        for i, link in enumerate(trig.links)
+    )
+    images = tuple(
+        {k: _render_details(v, context, problems, f"images[{i + 1}].{k}") for k, v in image.items()}
+        for i, image in enumerate(trig.images)
+    )
+    rendered = TriggerSpec(
+        routing_key=trig.routing_key,
+        severity=_severity(trig.severity, ticket),
+        summary=summary.strip()[:PAGERDUTY_SUMMARY_MAX] or f"[{ticket.key}] {ticket.title}",
+        source=source.strip()[:255],
+        component=text(trig.component, "component", None),
+        group=text(trig.group, "group", None),
+        class_=text(trig.class_, "class", None),
+        custom_details=_render_details(trig.custom_details, context, problems, "custom_details"),
+        links=links,
+        images=images,
+    )
+    return rendered, problems
+
+
+# ------------------------------------------------------------------------------------------------ the set
+
+
+class _SourcePlan:
+    __slots__ = ("template", "applying")
+
+    def __init__(self, template: list[RuleResult | None], applying: list[tuple[int, _CompiledRule]]) -> None:
+        self.template = template
+        self.applying = applying
+
+
+class RuleSet:
+    """A validated, compiled rule set. Immutable; :meth:`evaluate` is pure and thread-safe."""
+
+    def __init__(self, spec: RuleSetSpec, digest: str) -> None:
+        self.spec = spec
+        self.digest = digest
+        self.names: tuple[str, ...] = tuple(r.name for r in spec.rules)
+        self.has_time_rules: bool = any(r.is_time_rule for r in spec.rules)
+        self.time_rules: tuple[str, ...] = tuple(r.name for r in spec.rules if r.is_time_rule)
+        self._shared: dict[str, Check] = {}
+        compiled: list[_CompiledRule] = []
+        for rule in spec.rules:
+            ack_key = self._share(rule.acknowledge_when) if rule.acknowledge_when is not None else None
+            compiled.append(_CompiledRule(rule, ack_key, self._share(rule.resolve_when)))
+        self._rules = compiled
+        self._plans: dict[str, _SourcePlan] = {}
+
+    def __repr__(self) -> str:
+        return f"RuleSet(digest={self.digest!r}, rules={len(self.names)})"
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def rule(self, name: str) -> RuleSpec:
+        for rule in self.spec.rules:
+            if rule.name == name:
+                return rule
+        raise KeyError(name)
+
+    def _share(self, cond: Cond) -> str:
+        key = cond.describe()
+        if key not in self._shared:
+            self._shared[key] = compile_condition(cond)
+        return key
+
+    def _plan(self, source: str) -> _SourcePlan:
+        plan = self._plans.get(source)
+        if plan is not None:
+            return plan
+        template: list[RuleResult | None] = []
+        applying: list[tuple[int, _CompiledRule]] = []
+        for i, rule in enumerate(self._rules):
+            if rule.spec.source in ("any", source):
+                template.append(None)
+                applying.append((i, rule))
+            else:
+                template.append(
+                    RuleResult(
+                        rule.name,
+                        False,
+                        False,
+                        (f"source is {source}, rule wants {rule.spec.source}",),
+                        False,
+                        False,
+                        rule.on_unmatch,
+                        None,
+                    )
+                )
+        plan = _SourcePlan(template, applying)
+        if len(self._plans) < 64:  # sources are few; never grow without bound on odd input
+            self._plans[source] = plan
+        return plan
+
+    def evaluate(self, ctx: EvalContext) -> list[RuleResult]:
+        """One result per rule, in file order. Pure: no I/O, no clock (``ctx.now`` is the time)."""
+        ticket = ctx.ticket
+        plan = self._plan(ticket.source)
+        results = list(plan.template)
+        state = _State(ctx)
+        shared = self._shared
+        memo: dict[str, bool] = {}
+        deleted = ticket.status_category is StatusCategory.DELETED
+        shadow: str | None = None
+        for i, rule in plan.applying:
+            ack_key = rule.ack_key
+            if ack_key is None:
+                ack = False
+            else:
+                ack = memo.get(ack_key)  # type: ignore[assignment]
+                if ack is None:
+                    ack = memo[ack_key] = shared[ack_key](state) is None
+            if deleted:
+                resolve = True
+            else:
+                resolve = memo.get(rule.resolve_key)  # type: ignore[assignment]
+                if resolve is None:
+                    resolve = memo[rule.resolve_key] = shared[rule.resolve_key](state) is None
+            get = rule.index_get
+            if get is not None:
+                value = get(ticket)
+                if value is None or (value.__class__ is str and value not in rule.index_set):
+                    key = (value, ack, resolve)
+                    cached = rule.rejects.get(key)
+                    if cached is None:
+                        assert rule.index_fail is not None
+                        cached = RuleResult(
+                            rule.name, True, False, (rule.index_fail(value),), ack, resolve, rule.on_unmatch
+                        )
+                        if len(rule.rejects) >= _REJECT_CACHE_MAX:
+                            rule.rejects.clear()
+                        rule.rejects[key] = cached
+                    results[i] = cached
+                    continue
+            reason = rule.when(state)
+            if reason is not None:
+                results[i] = RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch)
+            elif deleted:
+                results[i] = RuleResult(
+                    rule.name,
+                    True,
+                    False,
+                    ("ticket is deleted: it resolves and never pages",),
+                    ack,
+                    resolve,
+                    rule.on_unmatch,
+                )
+            elif shadow is not None:
+                results[i] = RuleResult(
+                    rule.name,
+                    True,
+                    False,
+                    (f"shadowed: rule '{shadow}' matched first (continue: false)",),
+                    ack,
+                    resolve,
+                    rule.on_unmatch,
+                )
+            else:
+                if not rule.cont:
+                    shadow = rule.name
+                trigger, problems = render_trigger(rule.spec, state)
+                results[i] = RuleResult(
+                    rule.name,
+                    True,
+                    True,
+                    rule.matched_explanation + tuple(problems),
+                    ack,
+                    resolve,
+                    rule.on_unmatch,
+                    trigger,
+                )
+        return results  # type: ignore[return-value]

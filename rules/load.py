@@ -1,0 +1,50 @@
+"""``load_rules``: read a rule file or directory, validate all of it, and compile it into a :class:`RuleSet`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rules.evaluator import RuleSet
+from rules.loader import RuleFileError, RuleFileErrors, parse_text, read_file, rule_files
+from rules.validation import Validator
+
+
+def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> RuleSet:
+    """Load, validate and compile a rule set; raises :class:`RuleFileErrors` listing every problem.
+
+    ``path`` is one file or a directory of ``*.yaml`` files merged in name order. ``env`` (default
+    ``os.environ``) resolves ``${VAR}`` / ``${VAR:-default}`` routing keys.
+    """
+    environment: Mapping[str, str] = os.environ if env is None else env
+    files, errors = rule_files(Path(path))
+    digest = hashlib.sha256(b"ticketpager-rules-v1\0")
+    documents: list[tuple[str, Any]] = []
+    order: dict[str, int] = {}
+    for index, file in enumerate(files):
+        order[str(file)] = index
+        text, problems = read_file(file)
+        errors.extend(problems)
+        if text is None:
+            continue
+        digest.update(file.name.encode() + b"\0" + text.encode() + b"\0")
+        value, problems = parse_text(text, str(file))
+        errors.extend(problems)
+        if value is not None:
+            documents.append((str(file), value))
+    validator = Validator(environment)
+    spec = validator.validate(documents)
+    errors.extend(validator.errors)
+    if errors:
+        raise RuleFileErrors(_sorted(errors, order))
+    for rule in spec.rules:  # a changed key changes the digest; only a hash of it is mixed in
+        digest.update(hashlib.sha256(rule.trigger.routing_key.encode()).digest())
+    return RuleSet(spec, digest.hexdigest()[:16])
+
+
+def _sorted(errors: list[RuleFileError], order: Mapping[str, int]) -> list[RuleFileError]:
+    unique = list(dict.fromkeys(errors))
+    return sorted(unique, key=lambda e: (order.get(e.path, -1), e.line, e.col))

@@ -1,0 +1,220 @@
+"""Read rule files into plain Python values that remember where they came from (file, line, column).
+
+PyYAML's ``compose`` gives nodes with ``start_mark``; we turn them into :class:`YMap` / :class:`YList`
+(a ``dict`` / ``list`` that also carry the position of each key and item) and plain scalars, so
+validation can point an admin at ``rules/p1.yaml:14:5``. Duplicate keys, recursive aliases and custom
+tags are errors here: a YAML file must mean exactly one thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from sync.errors import ConfigError
+
+RULE_FILE_SUFFIXES = (".yaml", ".yml")
+MAX_FILE_BYTES = 1024 * 1024  # a rule file bigger than this is a mistake, not a rule set
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@dataclass(frozen=True, slots=True)
+class Pos:
+    """A 1-based position in a rule file."""
+
+    path: str
+    line: int
+    col: int
+
+
+@dataclass(frozen=True, slots=True)
+class RuleFileError:
+    """One problem in a rule file; ``str()`` is ``path:line:col: message``."""
+
+    path: str
+    line: int
+    col: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}: {self.message}"
+
+    @classmethod
+    def at(cls, pos: Pos, message: str) -> RuleFileError:
+        return cls(pos.path, pos.line, pos.col, message)
+
+
+class RuleFileErrors(ConfigError):
+    """Every problem found in a rule file set, reported at once (one per line in ``str()``)."""
+
+    def __init__(self, errors: list[RuleFileError]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+class YMap(dict[str, Any]):
+    """A YAML mapping with the position of the mapping, of each key and of each value."""
+
+    def __init__(self, pos: Pos) -> None:
+        super().__init__()
+        self.pos = pos
+        self.key_pos: dict[str, Pos] = {}
+        self.val_pos: dict[str, Pos] = {}
+
+
+class YList(list[Any]):
+    """A YAML sequence with the position of the sequence and of each item."""
+
+    def __init__(self, pos: Pos) -> None:
+        super().__init__()
+        self.pos = pos
+        self.item_pos: list[Pos] = []
+
+
+def pos_of(value: Any, fallback: Pos) -> Pos:
+    """The position of a loaded value (maps and lists know theirs; scalars use ``fallback``)."""
+    return value.pos if isinstance(value, YMap | YList) else fallback
+
+
+class _Converter:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.errors: list[RuleFileError] = []
+        self._constructor = SafeConstructor()
+        self._done: dict[int, Any] = {}
+        self._active: set[int] = set()
+
+    def pos(self, node: Node) -> Pos:
+        return Pos(self.path, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def convert(self, node: Node) -> Any:
+        key = id(node)
+        if key in self._done:
+            return self._done[key]
+        if key in self._active:
+            self.errors.append(RuleFileError.at(self.pos(node), "recursive YAML alias"))
+            return None
+        self._active.add(key)
+        try:
+            value = self._convert(node)
+        finally:
+            self._active.discard(key)
+        self._done[key] = value
+        return value
+
+    def _convert(self, node: Node) -> Any:
+        if isinstance(node, ScalarNode):
+            if node.tag.startswith("tag:yaml.org,2002:") and node.tag != _MERGE_TAG:
+                try:
+                    return self._constructor.construct_object(node, deep=True)
+                except Exception as exc:  # noqa: BLE001 - any constructor failure is a rule-file error
+                    problem = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
+                    self.errors.append(RuleFileError.at(self.pos(node), f"invalid value: {problem}"))
+                    return None
+            self.errors.append(RuleFileError.at(self.pos(node), f"unsupported YAML tag {node.tag!r}"))
+            return None
+        if isinstance(node, SequenceNode):
+            if node.tag != "tag:yaml.org,2002:seq":
+                self.errors.append(RuleFileError.at(self.pos(node), f"unsupported YAML tag {node.tag!r}"))
+            out = YList(self.pos(node))
+            for item in node.value:
+                out.append(self.convert(item))
+                out.item_pos.append(self.pos(item))
+            return out
+        if isinstance(node, MappingNode):
+            if node.tag != "tag:yaml.org,2002:map":
+                self.errors.append(RuleFileError.at(self.pos(node), f"unsupported YAML tag {node.tag!r}"))
+            mapping = YMap(self.pos(node))
+            merged: list[YMap] = []
+            for key_node, value_node in node.value:
+                if isinstance(key_node, ScalarNode) and key_node.tag == _MERGE_TAG:
+                    merged.extend(self._merge_sources(value_node))
+                    continue
+                if not isinstance(key_node, ScalarNode):
+                    self.errors.append(RuleFileError.at(self.pos(key_node), "mapping keys must be plain text"))
+                    continue
+                name = str(key_node.value)
+                if name in mapping.key_pos:
+                    first = mapping.key_pos[name]
+                    self.errors.append(
+                        RuleFileError.at(self.pos(key_node), f"duplicate key '{name}' (first at line {first.line})")
+                    )
+                    continue
+                mapping[name] = self.convert(value_node)
+                mapping.key_pos[name] = self.pos(key_node)
+                mapping.val_pos[name] = self.pos(value_node)
+            for source in merged:  # YAML merge keys: explicit keys win
+                for name, value in source.items():
+                    if name not in mapping.key_pos:
+                        mapping[name] = value
+                        mapping.key_pos[name] = source.key_pos[name]
+                        mapping.val_pos[name] = source.val_pos[name]
+            return mapping
+        self.errors.append(RuleFileError.at(self.pos(node), "unsupported YAML node"))
+        return None
+
+    def _merge_sources(self, node: Node) -> list[YMap]:
+        value = self.convert(node)
+        items = value if isinstance(value, YList) else [value]
+        out = [item for item in items if isinstance(item, YMap)]
+        if len(out) != len(items):
+            self.errors.append(RuleFileError.at(self.pos(node), "a YAML merge (<<) needs a mapping"))
+        return out
+
+
+def parse_text(text: str, path: str) -> tuple[Any, list[RuleFileError]]:
+    """Parse one YAML document into position-carrying values; problems come back as errors, never raise."""
+    converter = _Converter(path)
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        return None, [RuleFileError(path, line, col, f"invalid YAML: {problem}")]
+    except yaml.YAMLError as exc:
+        return None, [RuleFileError(path, 1, 1, f"invalid YAML: {exc}")]
+    except RecursionError:
+        return None, [RuleFileError(path, 1, 1, "invalid YAML: nested too deeply")]
+    nodes = [n for n in nodes if n is not None]
+    if not nodes:
+        return None, [RuleFileError(path, 1, 1, "the file is empty (expected 'version: 1' and 'rules:')")]
+    if len(nodes) > 1:
+        second = converter.pos(nodes[1])
+        return None, [RuleFileError.at(second, "one YAML document per rule file (found a second '---')")]
+    try:
+        value = converter.convert(nodes[0])
+    except RecursionError:
+        return None, [RuleFileError(path, 1, 1, "invalid YAML: nested too deeply")]
+    return value, converter.errors
+
+
+def rule_files(path: Path) -> tuple[list[Path], list[RuleFileError]]:
+    """The files of a rule set: ``path`` itself, or a directory's ``*.yaml``/``*.yml`` in name order."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in RULE_FILE_SUFFIXES)
+        if not files:
+            return [], [RuleFileError(str(path), 1, 1, "no *.yaml rule files in this directory")]
+        return files, []
+    if not path.exists():
+        return [], [RuleFileError(str(path), 1, 1, "no such file or directory")]
+    return [path], []
+
+
+def read_file(path: Path) -> tuple[str | None, list[RuleFileError]]:
+    """The text of one rule file, or an error (unreadable, too big, not UTF-8)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, [RuleFileError(str(path), 1, 1, f"cannot read: {exc.strerror or exc}")]
+    if len(data) > MAX_FILE_BYTES:
+        return None, [RuleFileError(str(path), 1, 1, f"file larger than {MAX_FILE_BYTES} bytes")]
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        return None, [RuleFileError(str(path), 1, 1, f"not UTF-8 text (byte {exc.start})")]

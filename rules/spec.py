@@ -1,0 +1,135 @@
+"""The validated form of a rule set: what validation produces and the evaluator compiles.
+
+Every value here is already checked (operators known, arguments prepared, templates compiled, routing
+keys resolved); nothing in this module can fail at evaluation time except a template render.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rules.calendars import Calendar
+from rules.loader import Pos
+from rules.operators import Operator
+from rules.templates import Template
+from sync.model import Ticket
+
+Getter = Callable[[Ticket], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRef:
+    """A field a rule names, and how to read it from a ticket."""
+
+    name: str
+    get: Getter = field(compare=False)
+    is_list: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """``field: {op: arg}``; ``field`` None means "now" (top-level ``during`` / ``outside``)."""
+
+    field: FieldRef | None
+    op: Operator
+    arg: Any  # prepared (compiled regex, folded values, timedelta, Calendar …)
+    raw_arg: Any  # as written, for explanations
+    ignore_case: bool = False
+
+    def describe(self) -> str:
+        name = self.field.name if self.field else "now"
+        arg = self.raw_arg if not isinstance(self.raw_arg, list) else list(self.raw_arg)
+        shown = ("true" if arg else "false") if isinstance(arg, bool) else repr(arg)
+        suffix = " (ignore_case)" if self.ignore_case else ""
+        return f"{name} {self.op.name} {shown}{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    items: tuple[Cond, ...]
+
+    def describe(self) -> str:
+        return "all of (" + "; ".join(i.describe() for i in self.items) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    items: tuple[Cond, ...]
+
+    def describe(self) -> str:
+        return "any of (" + "; ".join(i.describe() for i in self.items) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class NotOf:
+    item: Cond
+
+    def describe(self) -> str:
+        return "not (" + self.item.describe() + ")"
+
+
+Cond = Leaf | AllOf | AnyOf | NotOf
+
+
+def has_time_condition(cond: Cond | None) -> bool:
+    if cond is None:
+        return False
+    if isinstance(cond, Leaf):
+        return cond.op.time
+    if isinstance(cond, NotOf):
+        return has_time_condition(cond.item)
+    return any(has_time_condition(c) for c in cond.items)
+
+
+@dataclass(frozen=True, slots=True)
+class SeveritySpec:
+    """A literal severity, or ``{from: field, map: {...}, default: ...}``."""
+
+    literal: str | None = None
+    source: FieldRef | None = None
+    mapping: Mapping[str, str] = field(default_factory=dict)
+    default: str = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerTemplate:
+    """A rule's trigger before rendering."""
+
+    routing_key: str = field(repr=False)
+    severity: SeveritySpec
+    summary: Template
+    source: Template | None = None
+    component: Template | None = None
+    group: Template | None = None
+    class_: Template | None = None
+    custom_details: Mapping[str, Any] = field(default_factory=dict)  # values: Template | scalar | nested
+    links: tuple[Mapping[str, Template], ...] = ()
+    images: tuple[Mapping[str, Template], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """One validated rule."""
+
+    name: str
+    description: str
+    source: str  # jira | zendesk | servicenow | any
+    when: Cond
+    trigger: TriggerTemplate
+    acknowledge_when: Cond | None
+    resolve_when: Cond
+    on_unmatch: str
+    continue_: bool
+    pos: Pos
+
+    @property
+    def is_time_rule(self) -> bool:
+        return any(has_time_condition(c) for c in (self.when, self.acknowledge_when, self.resolve_when))
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSetSpec:
+    rules: tuple[RuleSpec, ...]
+    calendars: Mapping[str, Calendar]

@@ -1,0 +1,142 @@
+"""Trigger templates: sandboxed Jinja2, compiled once at load, variables checked at load.
+
+Templates see ``ticket`` (every field of :data:`sync.fields.TICKET_FIELDS` plus ``custom``, ``attributes``
+and ``raw``), ``rule`` (``name``, ``description``), ``changes`` (list of ``{field, old, new}``) and ``now``.
+``StrictUndefined`` makes a typo an error instead of an empty string; unknown names are rejected at load
+(``ticket.titel`` → "did you mean 'title'?"). Rendering never raises: a failing template (e.g. a custom
+field this ticket lacks) renders a fallback so the page still goes out, and the problem is reported.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import jinja2
+from jinja2 import StrictUndefined, meta, nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+from rules.operators import did_you_mean
+from sync.fields import TICKET_FIELDS
+from sync.model import FieldChange, Ticket
+
+TEMPLATE_VARIABLES = frozenset({"ticket", "rule", "changes", "now"})
+TICKET_VARIABLES = TICKET_FIELDS | {"custom", "attributes", "raw"}
+RULE_VARIABLES = frozenset({"name", "description"})
+MAX_REPEAT = 10_000  # longest string/list a template may build with '*'
+
+
+class TemplateProblem(ValueError):
+    """A template that does not compile or names an unknown variable (message shown to the admin)."""
+
+
+class _Environment(SandboxedEnvironment):
+    """The sandbox, plus: no ``**`` and no huge ``'x' * n`` (a template must not eat the CPU or memory)."""
+
+    intercepted_binops = frozenset({"**", "*"})
+
+    def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
+        if op == "**":
+            raise jinja2.exceptions.SecurityError("'**' is not allowed in templates")
+        if op == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(count, int) and count > MAX_REPEAT:
+                    raise jinja2.exceptions.SecurityError("repetition too large")
+            return operator.mul(left, right)
+        return super().call_binop(context, op, left, right)
+
+
+def _finalize(value: Any) -> Any:
+    """``None`` renders as an empty string (an unassigned ticket), not the text "None"."""
+    return "" if value is None else value
+
+
+ENVIRONMENT = _Environment(undefined=StrictUndefined, autoescape=False, finalize=_finalize)
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A compiled template (``compiled`` is None for text without any ``{{``/``{%``)."""
+
+    source: str
+    compiled: jinja2.Template | None
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        """Render; raises on template runtime errors (callers use :func:`render_safely`)."""
+        if self.compiled is None:
+            return self.source
+        return self.compiled.render(context)
+
+
+def compile_template(text: str) -> Template:
+    """Compile and check a template; raises :class:`TemplateProblem` with an admin-readable message."""
+    if "{{" not in text and "{%" not in text and "{#" not in text:
+        return Template(text, None)
+    try:
+        tree = ENVIRONMENT.parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateProblem(f"template does not compile: {exc.message} (template line {exc.lineno})") from None
+    unknown = sorted(meta.find_undeclared_variables(tree) - TEMPLATE_VARIABLES)
+    if unknown:
+        name = unknown[0]
+        raise TemplateProblem(
+            f"template uses unknown variable '{name}'{did_you_mean(name, TEMPLATE_VARIABLES)}"
+            f" (known: {', '.join(sorted(TEMPLATE_VARIABLES))})"
+        )
+    for owner, allowed in (("ticket", TICKET_VARIABLES), ("rule", RULE_VARIABLES)):
+        for attr in _attributes_of(tree, owner):
+            if attr not in allowed:
+                raise TemplateProblem(f"template uses unknown field '{owner}.{attr}'{did_you_mean(attr, allowed)}")
+    try:
+        compiled = ENVIRONMENT.from_string(tree)
+    except jinja2.TemplateError as exc:  # pragma: no cover - parse succeeded, compile failing is rare
+        raise TemplateProblem(f"template does not compile: {exc}") from None
+    return Template(text, compiled)
+
+
+def _attributes_of(tree: nodes.Template, owner: str) -> list[str]:
+    out: list[str] = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target = getattr(node, "node", None)
+        if not (isinstance(target, nodes.Name) and target.name == owner):
+            continue
+        if isinstance(node, nodes.Getattr):
+            out.append(node.attr)
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            out.append(node.arg.value)
+    return out
+
+
+def ticket_variables(ticket: Ticket) -> dict[str, Any]:
+    """What ``ticket`` is inside templates."""
+    out: dict[str, Any] = {name: getattr(ticket, name) for name in TICKET_FIELDS}
+    out["status_category"] = ticket.status_category.value
+    out["labels"] = list(ticket.labels)
+    out["custom"] = dict(ticket.custom_fields)
+    out["attributes"] = dict(ticket.attributes)
+    out["raw"] = ticket.raw
+    return out
+
+
+def template_context(
+    ticket: Ticket, rule_name: str, description: str, changes: tuple[FieldChange, ...], now: datetime
+) -> dict[str, Any]:
+    return {
+        "ticket": ticket_variables(ticket),
+        "rule": {"name": rule_name, "description": description},
+        "changes": [{"field": c.field, "old": c.old, "new": c.new} for c in changes],
+        "now": now,
+    }
+
+
+def render_safely(template: Template, context: Mapping[str, Any], fallback: str) -> tuple[str, str | None]:
+    """``(text, problem)``: the rendering, or ``fallback`` and a short description of what went wrong."""
+    try:
+        return template.render(context), None
+    except jinja2.TemplateError as exc:
+        return fallback, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a template must never stop a page from going out
+        return fallback, f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,622 @@
+"""Strict validation of loaded rule files into :class:`rules.spec.RuleSetSpec`, collecting ALL errors.
+
+Every problem becomes a :class:`RuleFileError` at the exact key or value, with a trail such as
+``rule 'jira-p1' → when → priority: unknown operator 'equal' (did you mean 'equals'?)``. Unknown keys,
+fields and operators, bad regexes, bad templates, severities outside PagerDuty's four, unset ``${ENV}``
+references and duplicate names are all errors: a rule can never be silently wrong.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Mapping
+from datetime import date
+from typing import Any
+
+from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_range, parse_timezone
+from rules.loader import Pos, RuleFileError, YList, YMap
+from rules.operators import MODIFIERS, REGISTRY, OperatorArgError, PrepareContext, did_you_mean, show
+from rules.spec import (
+    AllOf,
+    AnyOf,
+    Cond,
+    FieldRef,
+    Getter,
+    Leaf,
+    NotOf,
+    RuleSetSpec,
+    RuleSpec,
+    SeveritySpec,
+    TriggerTemplate,
+)
+from rules.templates import Template, TemplateProblem, compile_template
+from sync.fields import ALL_ATTRIBUTES, SOURCE_ATTRIBUTES, TICKET_FIELDS
+from sync.model import SEVERITIES, StatusCategory, Ticket
+
+RULE_SOURCES = (*SOURCE_ATTRIBUTES, "any")
+TOP_KEYS = ("version", "calendars", "rules")
+RULE_KEYS = (
+    "name",
+    "description",
+    "source",
+    "when",
+    "trigger",
+    "acknowledge_when",
+    "resolve_when",
+    "on_unmatch",
+    "continue",
+)
+TRIGGER_KEYS = (
+    "routing_key",
+    "severity",
+    "summary",
+    "source",
+    "component",
+    "group",
+    "class",
+    "custom_details",
+    "links",
+    "images",
+)
+CALENDAR_KEYS = ("timezone", "days", "hours", "holidays")
+LINK_KEYS = {"links": (("href",), ("text",)), "images": (("src",), ("href", "alt"))}  # (required, optional)
+GROUP_KEYS = ("all", "any", "not")
+NOW_OPERATORS = ("during", "outside")
+ON_UNMATCH = ("keep", "resolve")
+LIST_FIELDS = frozenset({"labels", "components", "organization_tags"})
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$", re.DOTALL)
+DEFAULT_RESOLVE_WHEN = {"status_category": "done"}
+
+
+def _where(first: Pos, here: Pos) -> str:
+    """``line 3:11`` in the same file, ``other.yaml:3:11`` across files."""
+    return f"line {first.line}:{first.col}" if first.path == here.path else f"{first.path}:{first.line}:{first.col}"
+
+
+def _trail(trail: list[str]) -> str:
+    return " → ".join(trail)
+
+
+class Validator:
+    """Validates a whole file set; :attr:`errors` collects every problem."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.errors: list[RuleFileError] = []
+        self.calendars: dict[str, Calendar] = {}
+        self._calendar_pos: dict[str, Pos] = {}
+        self._names: dict[str, Pos] = {}
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def err(self, pos: Pos, trail: list[str], message: str) -> None:
+        text = f"{_trail(trail)}: {message}" if trail else message
+        self.errors.append(RuleFileError.at(pos, text))
+
+    def check_keys(self, mapping: YMap, allowed: tuple[str, ...], trail: list[str]) -> None:
+        for key in mapping:
+            if key not in allowed:
+                self.err(
+                    mapping.key_pos[key],
+                    trail,
+                    f"unknown key '{key}'{did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})",
+                )
+
+    # -- top level ------------------------------------------------------------------------------------
+
+    def validate(self, documents: list[tuple[str, Any]]) -> RuleSetSpec:
+        bodies: list[tuple[str, YMap]] = []
+        for path, doc in documents:
+            top = Pos(path, 1, 1)
+            if not isinstance(doc, YMap):
+                self.err(top, [], "a rule file is a mapping with 'version: 1' and 'rules:'")
+                continue
+            self.check_keys(doc, TOP_KEYS, [])
+            if "version" not in doc:
+                self.err(doc.pos, [], "missing 'version: 1'")
+            elif doc["version"] != 1 or isinstance(doc["version"], bool):
+                self.err(doc.val_pos["version"], ["version"], f"unsupported version {show(doc['version'])} (use 1)")
+            if "rules" not in doc and "calendars" not in doc:
+                self.err(doc.pos, [], "missing 'rules:'")
+            if "calendars" in doc:
+                self.calendars_section(doc["calendars"], doc.val_pos["calendars"])
+            bodies.append((path, doc))
+        rules: list[RuleSpec] = []
+        for _path, doc in bodies:
+            if "rules" not in doc:
+                continue
+            items = doc["rules"]
+            if not isinstance(items, YList):
+                self.err(doc.val_pos["rules"], ["rules"], "must be a list of rules (each item starts with '- name:')")
+                continue
+            for index, item in enumerate(items):
+                spec = self.rule(item, items.item_pos[index], index + 1)
+                if spec is not None:
+                    rules.append(spec)
+        return RuleSetSpec(tuple(rules), dict(self.calendars))
+
+    def calendars_section(self, value: Any, pos: Pos) -> None:
+        if not isinstance(value, YMap):
+            self.err(pos, ["calendars"], "must be a mapping of calendar name → {timezone, days, hours}")
+            return
+        for name, body in value.items():
+            trail = ["calendars", name]
+            kpos = value.key_pos[name]
+            if name in self._calendar_pos:
+                first = self._calendar_pos[name]
+                self.err(kpos, trail, f"duplicate calendar name (first defined at {_where(first, kpos)})")
+                continue
+            self._calendar_pos[name] = kpos
+            calendar = self.calendar(name, body, value.val_pos[name], trail)
+            if calendar is not None:
+                self.calendars[name] = calendar
+
+    def calendar(self, name: str, body: Any, pos: Pos, trail: list[str]) -> Calendar | None:
+        if not isinstance(body, YMap):
+            self.err(pos, trail, "must be a mapping {timezone, days, hours, holidays}")
+            return None
+        self.check_keys(body, CALENDAR_KEYS, trail)
+        ok = True
+        timezone, days, ranges = "UTC", frozenset(range(7)), ((0, 24 * 60),)
+        holidays: frozenset[date] = frozenset()
+        if "timezone" not in body:
+            self.err(body.pos, trail, "missing 'timezone' (an IANA name such as Europe/Berlin)")
+            ok = False
+        parts: list[tuple[str, Any]] = [
+            ("timezone", lambda v: parse_timezone(v)),
+            ("days", parse_days),
+            ("hours", lambda v: tuple(parse_range(r) for r in (v if isinstance(v, list) else [v]))),
+            ("holidays", lambda v: frozenset(parse_holiday(d) for d in (v if isinstance(v, list) else [v]))),
+        ]
+        values: dict[str, Any] = {}
+        for key, parse in parts:
+            if key not in body:
+                continue
+            try:
+                values[key] = parse(body[key])
+            except CalendarError as exc:
+                self.err(body.val_pos[key], [*trail, key], str(exc))
+                ok = False
+        if not ok:
+            return None
+        timezone = values.get("timezone", timezone)
+        days = values.get("days", days)
+        ranges = values.get("hours", ranges)
+        holidays = values.get("holidays", holidays)
+        return Calendar(name, timezone, days, ranges, holidays)
+
+    # -- rules ----------------------------------------------------------------------------------------
+
+    def rule(self, item: Any, pos: Pos, number: int) -> RuleSpec | None:
+        if not isinstance(item, YMap):
+            self.err(pos, [f"rule #{number}"], "each rule is a mapping starting with 'name:'")
+            return None
+        name = item.get("name")
+        label = f"rule '{name}'" if isinstance(name, str) and name else f"rule #{number}"
+        trail = [label]
+        errors_before = len(self.errors)
+        self.check_keys(item, RULE_KEYS, trail)
+        if "name" not in item:
+            self.err(item.pos, trail, "missing 'name'")
+        elif not isinstance(name, str) or not NAME_PATTERN.match(name):
+            self.err(
+                item.val_pos["name"],
+                trail,
+                "name must be 1-100 letters, digits, '-', '_', '.' or ':' (it appears in logs and PagerDuty)",
+            )
+        elif name in self._names:
+            first = self._names[name]
+            self.err(
+                item.val_pos["name"],
+                trail,
+                f"duplicate rule name (first defined at {_where(first, item.val_pos['name'])})",
+            )
+        else:
+            self._names[name] = item.val_pos["name"]
+        description = item.get("description", "")
+        if not isinstance(description, str):
+            self.err(item.val_pos["description"], [*trail, "description"], "must be text")
+            description = ""
+        source = item.get("source", "any")
+        if source not in RULE_SOURCES:
+            self.err(
+                item.val_pos["source"],
+                [*trail, "source"],
+                f"unknown source {show(source)}{did_you_mean(str(source), RULE_SOURCES)}"
+                f" (use {' | '.join(RULE_SOURCES)})",
+            )
+            source = "any"
+        on_unmatch = item.get("on_unmatch", "keep")
+        if on_unmatch not in ON_UNMATCH:
+            self.err(
+                item.val_pos["on_unmatch"], [*trail, "on_unmatch"], f"must be keep or resolve, not {show(on_unmatch)}"
+            )
+        cont = item.get("continue", False)
+        if not isinstance(cont, bool):
+            self.err(item.val_pos["continue"], [*trail, "continue"], "must be true or false")
+        when: Cond | None = None
+        if "when" not in item:
+            self.err(item.pos, trail, "missing 'when' (the conditions that page)")
+        else:
+            when = self.conditions(item["when"], item.val_pos["when"], [*trail, "when"], source)
+        ack = None
+        if "acknowledge_when" in item:
+            ack = self.conditions(
+                item["acknowledge_when"], item.val_pos["acknowledge_when"], [*trail, "acknowledge_when"], source
+            )
+        if "resolve_when" in item:
+            resolve = self.conditions(
+                item["resolve_when"], item.val_pos["resolve_when"], [*trail, "resolve_when"], source
+            )
+        else:
+            resolve = default_resolve_when()
+        trigger = None
+        if "trigger" not in item:
+            self.err(item.pos, trail, "missing 'trigger' (routing_key, severity, summary)")
+        else:
+            trigger = self.trigger(item["trigger"], item.val_pos["trigger"], [*trail, "trigger"], source)
+        if len(self.errors) != errors_before or when is None or trigger is None or resolve is None:
+            return None
+        assert isinstance(name, str)
+        return RuleSpec(
+            name=name,
+            description=description,
+            source=source,
+            when=when,
+            trigger=trigger,
+            acknowledge_when=ack,
+            resolve_when=resolve,
+            on_unmatch=str(on_unmatch),
+            continue_=bool(cont),
+            pos=item.pos,
+        )
+
+    # -- conditions -----------------------------------------------------------------------------------
+
+    def conditions(self, value: Any, pos: Pos, trail: list[str], source: str) -> AllOf | None:
+        if not isinstance(value, YMap):
+            self.err(pos, trail, "must be a mapping of field: condition (every key must hold)")
+            return None
+        if not value:
+            self.err(pos, trail, "must name at least one condition")
+            return None
+        items: list[Cond] = []
+        ok = True
+        for key, body in value.items():
+            kpos, vpos = value.key_pos[key], value.val_pos[key]
+            cond = self.condition(key, body, kpos, vpos, [*trail, key], source)
+            if cond is None:
+                ok = False
+            else:
+                items.append(cond)
+        return AllOf(tuple(items)) if ok else None
+
+    def condition(self, key: str, body: Any, kpos: Pos, vpos: Pos, trail: list[str], source: str) -> Cond | None:
+        if key in ("all", "any"):
+            alternatives = body if isinstance(body, YList) else None
+            if alternatives is None or not alternatives:
+                self.err(vpos, trail, f"'{key}:' takes a non-empty list of condition mappings")
+                return None
+            parts = [
+                self.conditions(sub, alternatives.item_pos[i], [*trail[:-1], f"{key}[{i + 1}]"], source)
+                for i, sub in enumerate(alternatives)
+            ]
+            if any(p is None for p in parts):
+                return None
+            good = tuple(p for p in parts if p is not None)
+            return AllOf(good) if key == "all" else AnyOf(good)
+        if key == "not":
+            inner = self.conditions(body, vpos, trail, source)
+            return None if inner is None else NotOf(inner)
+        if key in NOW_OPERATORS:
+            return self.leaf(None, key, body, vpos, trail, False)
+        fref = self.field(key, source, kpos, trail)
+        if fref is None:
+            return None
+        if isinstance(body, YMap):
+            return self.operator_map(fref, body, vpos, trail)
+        if isinstance(body, YList):
+            return self.leaf(fref, "in", body, vpos, trail, False)
+        if fref.is_list and body is not None:
+            self.err(
+                vpos,
+                trail,
+                f"'{fref.name}' is a list: use {{contains: {show(body)}}} (or a list of values for 'any of')",
+            )
+            return None
+        return self.leaf(fref, "equals", body, vpos, trail, False)
+
+    def operator_map(self, fref: FieldRef, body: YMap, pos: Pos, trail: list[str]) -> Cond | None:
+        ignore_case = body.get("ignore_case", False)
+        if not isinstance(ignore_case, bool):
+            self.err(body.val_pos["ignore_case"], [*trail, "ignore_case"], "must be true or false")
+            return None
+        ops = [k for k in body if k not in MODIFIERS]
+        if not ops:
+            self.err(pos, trail, f"needs an operator ({', '.join(REGISTRY)})")
+            return None
+        leaves: list[Cond] = []
+        ok = True
+        for name in ops:
+            if name not in REGISTRY:
+                self.err(body.key_pos[name], trail, f"unknown operator '{name}'{did_you_mean(name, REGISTRY)}")
+                ok = False
+                continue
+            op = REGISTRY[name]
+            if ignore_case and op.case is None:
+                self.err(body.key_pos["ignore_case"], trail, f"ignore_case does not apply to '{name}'")
+                ok = False
+                continue
+            if fref.is_list and name in ("equals", "not_equals") and not isinstance(body[name], YList):
+                self.err(
+                    body.val_pos[name],
+                    [*trail, name],
+                    f"'{fref.name}' is a list: use contains / not_contains for one element",
+                )
+                ok = False
+                continue
+            leaf = self.leaf(fref, name, body[name], body.val_pos[name], [*trail, name], ignore_case)
+            if leaf is None:
+                ok = False
+            else:
+                leaves.append(leaf)
+        if not ok:
+            return None
+        return leaves[0] if len(leaves) == 1 else AllOf(tuple(leaves))
+
+    def leaf(
+        self, fref: FieldRef | None, name: str, arg: Any, pos: Pos, trail: list[str], ignore_case: bool
+    ) -> Leaf | None:
+        op = REGISTRY[name]
+        try:
+            prepared = op.prepare(arg, PrepareContext(self.calendars, ignore_case))
+        except OperatorArgError as exc:
+            self.err(pos, trail, f"{name}: {exc}" if trail[-1] != name else str(exc))
+            return None
+        raw = list(arg) if isinstance(arg, YList) else arg
+        return Leaf(fref, op, prepared, raw, ignore_case)
+
+    def field(self, name: str, source: str, pos: Pos, trail: list[str]) -> FieldRef | None:
+        """Resolve a rule's field name; an unknown bare name is an error with a suggestion."""
+        ref = resolve_field(name, source)
+        if isinstance(ref, str):
+            self.err(pos, trail[:-1] + [name], ref)
+            return None
+        return ref
+
+    # -- trigger --------------------------------------------------------------------------------------
+
+    def trigger(self, value: Any, pos: Pos, trail: list[str], source: str) -> TriggerTemplate | None:
+        if not isinstance(value, YMap):
+            self.err(pos, trail, "must be a mapping with routing_key, severity and summary")
+            return None
+        before = len(self.errors)
+        self.check_keys(value, TRIGGER_KEYS, trail)
+        for required in ("routing_key", "severity", "summary"):
+            if required not in value:
+                self.err(value.pos, trail, f"missing '{required}'")
+        routing_key = (
+            self.routing_key(value.get("routing_key"), value.val_pos.get("routing_key", pos), [*trail, "routing_key"])
+            if "routing_key" in value
+            else None
+        )
+        severity = (
+            self.severity(value["severity"], value.val_pos["severity"], [*trail, "severity"], source)
+            if "severity" in value
+            else None
+        )
+        templates: dict[str, Template | None] = {}
+        for key in ("summary", "source", "component", "group", "class"):
+            if key in value:
+                templates[key] = self.template(value[key], value.val_pos[key], [*trail, key])
+        details = (
+            self.details(value["custom_details"], value.val_pos["custom_details"], [*trail, "custom_details"])
+            if "custom_details" in value
+            else {}
+        )
+        links = {k: self.link_list(k, value[k], value.val_pos[k], [*trail, k]) for k in LINK_KEYS if k in value}
+        if len(self.errors) != before or routing_key is None or severity is None or templates.get("summary") is None:
+            return None
+        summary = templates["summary"]
+        assert summary is not None
+        return TriggerTemplate(
+            routing_key=routing_key,
+            severity=severity,
+            summary=summary,
+            source=templates.get("source"),
+            component=templates.get("component"),
+            group=templates.get("group"),
+            class_=templates.get("class"),
+            custom_details=details or {},
+            links=links.get("links") or (),
+            images=links.get("images") or (),
+        )
+
+    def routing_key(self, value: Any, pos: Pos, trail: list[str]) -> str | None:
+        """A literal key or ``${VAR}`` / ``${VAR:-default}``; the value never appears in a message."""
+        if not isinstance(value, str) or not value.strip():
+            self.err(pos, trail, "must be text: an integration key or a ${ENV_VAR} reference")
+            return None
+        match = ENV_REF.match(value.strip())
+        if match is None:
+            if "${" in value:
+                self.err(pos, trail, "an environment reference must be the whole value: ${NAME} or ${NAME:-default}")
+                return None
+            return value.strip()
+        name, default = match.group(1), match.group(2)
+        resolved = self.env.get(name)
+        if resolved is None or not resolved.strip():
+            if default is not None and default.strip():
+                return default.strip()
+            state = "is empty" if resolved is not None else "is not set"
+            self.err(pos, trail, f"environment variable {name} {state} (set it, or use ${{{name}:-default}})")
+            return None
+        return resolved.strip()
+
+    def severity(self, value: Any, pos: Pos, trail: list[str], source: str) -> SeveritySpec | None:
+        allowed = " | ".join(SEVERITIES)
+        if isinstance(value, str):
+            if value not in SEVERITIES:
+                self.err(pos, trail, f"unknown severity '{value}'{did_you_mean(value, SEVERITIES)} (use {allowed})")
+                return None
+            return SeveritySpec(literal=value)
+        if not isinstance(value, YMap):
+            self.err(pos, trail, f"must be one of {allowed}, or {{from: field, map: {{...}}, default: ...}}")
+            return None
+        before = len(self.errors)
+        self.check_keys(value, ("from", "map", "default"), trail)
+        for required in ("from", "map", "default"):
+            if required not in value:
+                self.err(value.pos, trail, f"missing '{required}'")
+        fref = None
+        if isinstance(value.get("from"), str):
+            fref = self.field(value["from"], source, value.val_pos["from"], [*trail, "from"])
+        elif "from" in value:
+            self.err(value.val_pos["from"], [*trail, "from"], "must be a field name")
+        mapping: dict[str, str] = {}
+        table = value.get("map")
+        if isinstance(table, YMap):
+            for key, sev in table.items():
+                if sev not in SEVERITIES:
+                    self.err(
+                        table.val_pos[key],
+                        [*trail, "map", key],
+                        f"unknown severity {show(sev)}{did_you_mean(str(sev), SEVERITIES)} (use {allowed})",
+                    )
+                mapping[key] = str(sev)
+        elif "map" in value:
+            self.err(value.val_pos["map"], [*trail, "map"], "must be a mapping of field value → severity")
+        default = value.get("default")
+        if "default" in value and default not in SEVERITIES:
+            self.err(
+                value.val_pos["default"],
+                [*trail, "default"],
+                f"unknown severity {show(default)}{did_you_mean(str(default), SEVERITIES)} (use {allowed})",
+            )
+        if len(self.errors) != before or fref is None:
+            return None
+        return SeveritySpec(source=fref, mapping=mapping, default=str(default))
+
+    def template(self, value: Any, pos: Pos, trail: list[str]) -> Template | None:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.err(pos, trail, "must be text (a Jinja2 template)")
+            return None
+        try:
+            return compile_template(str(value))
+        except TemplateProblem as exc:
+            self.err(pos, trail, str(exc))
+            return None
+
+    def details(self, value: Any, pos: Pos, trail: list[str]) -> Any:
+        if isinstance(value, YMap):
+            return {k: self.details(v, value.val_pos[k], [*trail, k]) for k, v in value.items()}
+        if isinstance(value, YList):
+            return [self.details(v, value.item_pos[i], [*trail, f"[{i + 1}]"]) for i, v in enumerate(value)]
+        if isinstance(value, str):
+            return self.template(value, pos, trail)
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        self.err(pos, trail, f"unsupported value {show(value)} (use text, numbers, lists or mappings)")
+        return None
+
+    def link_list(self, kind: str, value: Any, pos: Pos, trail: list[str]) -> tuple[Mapping[str, Template], ...]:
+        required, optional = LINK_KEYS[kind]
+        if not isinstance(value, YList):
+            self.err(pos, trail, f"must be a list of {{{', '.join(required + optional)}}}")
+            return ()
+        out: list[Mapping[str, Template]] = []
+        for i, item in enumerate(value):
+            sub = [*trail[:-1], f"{kind}[{i + 1}]"]
+            if not isinstance(item, YMap):
+                self.err(value.item_pos[i], sub, f"must be a mapping with {', '.join(required)}")
+                continue
+            self.check_keys(item, required + optional, sub)
+            for key in required:
+                if key not in item:
+                    self.err(item.pos, sub, f"missing '{key}'")
+            entry = {}
+            for key in required + optional:
+                if key in item:
+                    tpl = self.template(item[key], item.val_pos[key], [*sub, key])
+                    if tpl is not None:
+                        entry[key] = tpl
+            out.append(entry)
+        return tuple(out)
+
+
+def default_resolve_when() -> AllOf:
+    """``resolve_when: {status_category: done}``, the default."""
+    ref = resolve_field("status_category", "any")
+    assert isinstance(ref, FieldRef)
+    return AllOf((Leaf(ref, REGISTRY["equals"], "done", "done"),))
+
+
+def _mapping_getter(attribute: str, key: str) -> Getter:
+    """``ticket.custom_fields[key]`` / ``ticket.attributes[key]``, None when absent."""
+    if attribute == "custom_fields":
+
+        def get_custom(ticket: Ticket) -> Any:
+            return ticket.custom_fields.get(key)
+
+        return get_custom
+
+    def get_attribute(ticket: Ticket) -> Any:
+        return ticket.attributes.get(key)
+
+    return get_attribute
+
+
+def _raw_getter(parts: tuple[str, ...]) -> Getter:
+    def get(ticket: Ticket) -> Any:
+        current: Any = ticket.raw
+        for part in parts:
+            if isinstance(current, Mapping):
+                current = current.get(part)
+            elif isinstance(current, list) and part.isdigit():
+                index = int(part)
+                current = current[index] if index < len(current) else None
+            else:
+                return None
+            if current is None:
+                return None
+        return current
+
+    return get
+
+
+_CATEGORY_TEXT = {category: category.value for category in StatusCategory}
+
+
+def _status_category(ticket: Ticket) -> str:
+    return _CATEGORY_TEXT[ticket.status_category]  # plain text, so comparisons take the fast path
+
+
+def resolve_field(name: str, source: str) -> FieldRef | str:
+    """The :class:`FieldRef` for a rule field name, or an error message (never raises)."""
+    if name in TICKET_FIELDS:
+        if name == "status_category":
+            return FieldRef(name, _status_category)
+        return FieldRef(name, operator.attrgetter(name), is_list=name in LIST_FIELDS)
+    if name.startswith("custom."):
+        key = name[len("custom.") :]
+        if not key:
+            return "'custom.' needs a custom field name, e.g. custom.Tier"
+        return FieldRef(name, _mapping_getter("custom_fields", key))
+    if name in ALL_ATTRIBUTES:
+        if source != "any" and name not in SOURCE_ATTRIBUTES[source]:
+            owners = sorted(s for s, attrs in SOURCE_ATTRIBUTES.items() if name in attrs)
+            return f"'{name}' is a field of {' and '.join(owners)} tickets; this rule's source is {source}"
+        return FieldRef(name, _mapping_getter("attributes", name), is_list=name in LIST_FIELDS)
+    if "." in name:
+        parts = tuple(name.split("."))
+        if any(not p for p in parts):
+            return f"bad dotted path '{name}'"
+        return FieldRef(name, _raw_getter(parts))
+    candidates = set(TICKET_FIELDS) | (ALL_ATTRIBUTES if source == "any" else SOURCE_ATTRIBUTES[source])
+    candidates |= set(GROUP_KEYS) | set(NOW_OPERATORS)
+    return (
+        f"unknown field '{name}'{did_you_mean(name, candidates)} "
+        "(ticket fields, custom.<name>, the source's attributes, or a dotted path into the raw payload)"
+    )

@@ -1,0 +1,184 @@
+"""The shipped examples: each passes `rules check`, has a golden `rules test`, and matches the JSON Schema.
+Also the rules CLI end to end (subprocess, as an admin runs it in CI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from rules import load_rules
+from rules.cli import simulate
+from rules.schema import build_schema, schema_text
+from sync.model import Ticket
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "rules" / "examples"
+# example -> extra `rules test` arguments (the time rule needs a "now" 35 minutes after creation)
+GOLDEN = {
+    "jira-ops-p1": ["--previous", str(EXAMPLES / "jira-ops-p1.previous.json")],
+    "zendesk-vip-urgent": [],
+    "servicenow-p1-p2": [],
+    "support-unassigned-p2": ["--now", "2026-11-30T09:40:00Z"],
+}
+
+
+def _env() -> dict[str, str]:
+    """The environment without any PD_* key: the examples' ${VAR:-default} must carry them."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PD_")}
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rules.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=_env() if env is None else env,
+        timeout=60,
+    )
+
+
+def test_examples_are_all_covered() -> None:
+    assert {p.stem for p in EXAMPLES.glob("*.yaml")} == set(GOLDEN)
+
+
+def test_examples_directory_passes_rules_check_without_any_keys() -> None:
+    done = cli("check", str(EXAMPLES))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OK: 5 rules in")
+    assert "time rules: support-p2-unassigned-30m" in done.stdout
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_example_passes_check_and_its_golden_rules_test(name: str) -> None:
+    rule_file = str(EXAMPLES / f"{name}.yaml")
+    assert cli("check", rule_file).returncode == 0
+    done = cli(
+        "test",
+        rule_file,
+        "--ticket",
+        str(EXAMPLES / f"{name}.ticket.json"),
+        *GOLDEN[name],
+        "--expect",
+        str(EXAMPLES / f"{name}.expect.json"),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"OK: matches {EXAMPLES / f'{name}.expect.json'}" in done.stdout
+    expected = json.loads((EXAMPLES / f"{name}.expect.json").read_text())
+    assert any(v == "matched" for v in expected["verdicts"].values()) and expected["events"]
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_examples_validate_against_the_published_schema(name: str) -> None:
+    document = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
+    document = json.loads(json.dumps(document, default=str))  # YAML dates -> text, as an editor sees them
+    jsonschema.validate(document, build_schema())
+
+
+def test_schema_json_is_current_and_cli_prints_it() -> None:
+    assert (ROOT / "rules" / "schema.json").read_text() == schema_text(), (
+        "run: python -m rules.schema > rules/schema.json"
+    )
+    done = cli("schema")
+    assert done.returncode == 0 and json.loads(done.stdout) == build_schema()
+    jsonschema.Draft202012Validator.check_schema(build_schema())
+
+
+def test_schema_rejects_what_an_editor_should_flag() -> None:
+    bad = {
+        "version": 1,
+        "rules": [
+            {
+                "name": "x",
+                "when": {"priority": {"equal": "P1"}},
+                "trigger": {"routing_key": "k", "severity": "critcal", "summary": "s"},
+            }
+        ],
+    }
+    errors = list(jsonschema.Draft202012Validator(build_schema()).iter_errors(bad))
+    assert errors
+
+
+def test_golden_mismatch_exits_1_with_a_diff(tmp_path: Path) -> None:
+    expect = json.loads((EXAMPLES / "zendesk-vip-urgent.expect.json").read_text())
+    expect["events"][0]["payload"]["severity"] = "warning"
+    (tmp_path / "expect.json").write_text(json.dumps(expect))
+    done = cli(
+        "test",
+        str(EXAMPLES / "zendesk-vip-urgent.yaml"),
+        "--ticket",
+        str(EXAMPLES / "zendesk-vip-urgent.ticket.json"),
+        "--expect",
+        str(tmp_path / "expect.json"),
+    )
+    assert done.returncode == 1
+    assert '-        "severity": "warning",' in done.stderr and '+        "severity": "critical",' in done.stderr
+
+
+def test_rules_test_masks_routing_keys_and_explains(tmp_path: Path) -> None:
+    env = {**_env(), "PD_SUPPORT_KEY": "R0UT1NGKEYSECRETVALUE000000wxyz"}
+    done = cli("test", str(EXAMPLES), "--ticket", str(EXAMPLES / "zendesk-vip-urgent.ticket.json"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "R0UT1NGKEYSECRETVALUE" not in done.stdout + done.stderr
+    assert '"routing_key": "****wxyz"' in done.stdout
+    assert "jira-ops-p1: NOT APPLICABLE" in done.stdout
+    assert "source is zendesk, rule wants jira" in done.stdout
+    assert "zendesk-vip-urgent: MATCHED" in done.stdout
+
+
+def test_rules_check_reports_every_error_and_exits_1() -> None:
+    bad = ROOT / "tests" / "fixtures" / "rules" / "bad_dir"
+    done = cli("check", str(bad), env={**_env(), "PD_KEY": "k"})
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"{bad / 'b.yaml'}:6:11: rule 'shared': duplicate rule name (first defined at {bad / 'a.yaml'}:3:11)",
+        f"1 error(s) in {bad}",
+    ]
+
+
+def test_rules_test_usage_errors_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "t.json").write_text("{not json")
+    done = cli("test", str(EXAMPLES), "--ticket", str(tmp_path / "t.json"))
+    assert done.returncode == 2 and f"{tmp_path / 't.json'}:1:2: invalid JSON" in done.stderr
+    (tmp_path / "t.json").write_text('{"some": "vendor payload"}')
+    done = cli("test", str(EXAMPLES), "--ticket", str(tmp_path / "t.json"))
+    assert done.returncode == 2 and "pass --source" in done.stderr
+
+
+def test_rules_command_is_registered_in_the_service_cli() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sync.cli", "rules", "check", str(EXAMPLES)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=_env(),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OK: 5 rules")
+
+
+@pytest.mark.parametrize(
+    ("now", "changes", "paged"),
+    [
+        ("2026-11-30T09:40:00+00:00", {}, True),  # 35 min old, Monday 10:40 Berlin
+        ("2026-11-30T09:20:00+00:00", {}, False),  # only 15 minutes old
+        ("2026-11-30T17:30:00+00:00", {}, False),  # 18:30 Berlin: outside support hours
+        ("2026-12-01T07:00:00+00:00", {}, True),  # next morning 08:00 Berlin: pages then
+        ("2026-11-30T09:40:00+00:00", {"assignee": "Sam"}, False),  # someone took it
+    ],
+)
+def test_time_rule_example(now: str, changes: dict[str, str], paged: bool) -> None:
+    from datetime import datetime
+
+    ruleset = load_rules(EXAMPLES, env={})
+    ticket = Ticket.from_json({**json.loads((EXAMPLES / "support-unassigned-p2.ticket.json").read_text()), **changes})
+    results, events = simulate(ruleset, ticket, None, datetime.fromisoformat(now))
+    assert [e.rule for e in events] == (["support-p2-unassigned-30m"] if paged else [])
