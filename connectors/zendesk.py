@@ -122,7 +122,7 @@ class ZendeskCursor:
 
 
 class ZendeskConnector(Connector):
-    """Zendesk Support ↔ ticketpager. See ``docs/zendesk.md`` for setup."""
+    """Zendesk Support ↔ ticketpager. See the Zendesk section of README.md for setup."""
 
     name = "zendesk"
     settings: ZendeskSettings

@@ -2,7 +2,7 @@
 
 * the API ticket (incremental export, ``GET /tickets/{id}.json``): integer ids, lower-case values;
 * an event subscription's ``detail`` snapshot: ids as strings, status/priority possibly upper-case;
-* the trigger template ticketpager publishes (``docs/zendesk.md``): display text for every value.
+* the trigger template ticketpager publishes (the Zendesk section of README.md): display text for every value.
 
 Malformed input raises :class:`BadTicket` (the webhook answers 400 with its message; a poll skips it).
 ``status_category`` always comes from Zendesk's status *category* (the ``status`` field holds the
