@@ -213,6 +213,9 @@ def cmd_test(args: argparse.Namespace) -> int:
             print(f"  {result.rule}: {verdict(result).upper()}")
             for line in result.explanation:
                 print(f"      {line}")
+            if result.matched:
+                for line in result.problems:  # `rules test` always renders matched triggers, to show them
+                    print(f"      {line}")
             if result.applies and (result.acknowledge or result.resolve):
                 flags = [
                     name

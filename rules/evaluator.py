@@ -12,6 +12,7 @@ first against a ``frozenset``, and the result for such a rejection is cached per
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,18 +37,98 @@ class EvalContext:
     now: datetime
 
 
-@dataclass(frozen=True, slots=True)
 class RuleResult:
-    """The verdict of one rule for one ticket (stored in the decision log)."""
+    """The verdict of one rule for one ticket (stored in the decision log).
 
-    rule: str
-    applies: bool
-    matched: bool
-    explanation: tuple[str, ...]
-    acknowledge: bool
-    resolve: bool
-    on_unmatch: str
-    trigger: TriggerSpec | None = None
+    ``explanation`` is the condition verdict (why it matched or not). The trigger of a matched rule is
+    rendered lazily, on first access of :attr:`trigger` — in the service that is only when an incident is
+    actually triggered, not on every update of a ticket whose incident is already open. Template failures
+    found while rendering are in :attr:`problems` (the page is still sent, with fallback text).
+    """
+
+    __slots__ = (
+        "rule",
+        "applies",
+        "matched",
+        "explanation",
+        "acknowledge",
+        "resolve",
+        "on_unmatch",
+        "_trigger",
+        "_problems",
+        "_render",
+    )
+
+    def __init__(
+        self,
+        rule: str,
+        applies: bool,
+        matched: bool,
+        explanation: tuple[str, ...],
+        acknowledge: bool,
+        resolve: bool,
+        on_unmatch: str,
+        trigger: TriggerSpec | None = None,
+        render: Callable[[], tuple[TriggerSpec, list[str]]] | None = None,
+    ) -> None:
+        self.rule = rule
+        self.applies = applies
+        self.matched = matched
+        self.explanation = explanation
+        self.acknowledge = acknowledge
+        self.resolve = resolve
+        self.on_unmatch = on_unmatch
+        self._trigger = trigger
+        self._problems: tuple[str, ...] = ()
+        self._render = render
+
+    @property
+    def trigger(self) -> TriggerSpec | None:
+        if self._render is not None:
+            rendered, problems = self._render()
+            self._trigger, self._problems, self._render = rendered, tuple(problems), None
+        return self._trigger
+
+    @property
+    def rendered(self) -> bool:
+        return self._render is None
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Template errors of the rendered trigger (renders it if needed)."""
+        self.trigger  # noqa: B018 - force the lazy render
+        return self._problems
+
+    def __repr__(self) -> str:
+        return (
+            f"RuleResult(rule={self.rule!r}, applies={self.applies}, matched={self.matched}, "
+            f"explanation={self.explanation!r}, acknowledge={self.acknowledge}, resolve={self.resolve})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RuleResult):
+            return NotImplemented
+        return (
+            self.rule,
+            self.applies,
+            self.matched,
+            self.explanation,
+            self.acknowledge,
+            self.resolve,
+            self.on_unmatch,
+            self.trigger,
+        ) == (
+            other.rule,
+            other.applies,
+            other.matched,
+            other.explanation,
+            other.acknowledge,
+            other.resolve,
+            other.on_unmatch,
+            other.trigger,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class _State:
@@ -492,15 +573,14 @@ class RuleSet:
             else:
                 if not rule.cont:
                     shadow = rule.name
-                trigger, problems = render_trigger(rule.spec, state)
                 results[i] = RuleResult(
                     rule.name,
                     True,
                     True,
-                    rule.matched_explanation + tuple(problems),
+                    rule.matched_explanation,
                     ack,
                     resolve,
                     rule.on_unmatch,
-                    trigger,
+                    render=functools.partial(render_trigger, rule.spec, state),
                 )
         return results  # type: ignore[return-value]

@@ -65,7 +65,7 @@ def evaluate_change(
 
 
 def verdict_json(result: Any) -> dict[str, Any]:
-    return {
+    out = {
         "rule": result.rule,
         "matched": result.matched,
         "applies": getattr(result, "applies", True),
@@ -73,6 +73,9 @@ def verdict_json(result: Any) -> dict[str, Any]:
         "acknowledge": result.acknowledge,
         "resolve": result.resolve,
     }
+    if getattr(result, "rendered", False) and result.problems:  # only triggers actually built are rendered
+        out["template_problems"] = list(result.problems)
+    return out
 
 
 def event_json(event: PlannedEvent) -> dict[str, Any]:

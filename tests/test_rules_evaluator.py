@@ -137,7 +137,7 @@ def test_template_runtime_error_falls_back_and_is_explained(ruleset: RuleSet) ->
     result = by["jira-p1"]
     assert result.matched and result.trigger is not None
     assert result.trigger.custom_details["tier"] == "<template error>"
-    assert any("template error in custom_details.tier: UndefinedError" in e for e in result.explanation)
+    assert any("template error in custom_details.tier: UndefinedError" in e for e in result.problems)
 
 
 def test_acknowledge_and_resolve_flags(ruleset: RuleSet) -> None:
