@@ -60,6 +60,11 @@ class Metrics:
         self.rules_reload_failures = Counter(
             "ticketpager_rules_reload_failures_total", "Rule reloads rejected (last good set kept)", registry=r
         )
+        self.rules_last_reload_ok = Gauge(
+            "ticketpager_rules_last_reload_ok",
+            "1 if the last rule (re)load validated, 0 if it was rejected",
+            registry=r,
+        )
         self.rules_loaded = Gauge("ticketpager_rules_loaded", "Rules in the active rule set", registry=r)
 
 

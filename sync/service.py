@@ -75,6 +75,7 @@ class Service:
         )
         self.limiter = RateLimiter(pd.rate_limit_per_minute, self.clock)
         self._threads: list[threading.Thread] = []
+        self._reload_failures_seen = 0
 
     def __repr__(self) -> str:
         return f"<Service {self.instance}>"
@@ -196,13 +197,19 @@ class Service:
         self.writer.stop()
 
     def reload_rules(self) -> bool:
+        """SIGHUP: reload now (the watcher also reloads on file changes). The last good set stays on error."""
         ok = bool(self.rule_store.reload())
-        if ok:
-            METRICS.rules_loaded.set(len(self.rule_store.current.names))
-        else:
-            METRICS.rules_reload_failures.inc()
-            log.error("rule reload rejected, keeping the last good set: %s", self.rule_store.last_error)
+        self._update_rule_metrics()
         return ok
+
+    def _update_rule_metrics(self) -> None:
+        store = self.rule_store
+        METRICS.rules_loaded.set(len(store.current.names))
+        failures = int(getattr(store, "reload_failures", 0))
+        if failures > self._reload_failures_seen:
+            METRICS.rules_reload_failures.inc(failures - self._reload_failures_seen)
+            self._reload_failures_seen = failures
+        METRICS.rules_last_reload_ok.set(0 if getattr(store, "last_error", None) else 1)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=self._guard(name, target), name=f"ticketpager-{name}", daemon=True)
@@ -281,10 +288,11 @@ class Service:
                 next_prune = now_m + 3600
                 if self._with_lease("retention", 3600):
                     self.store.prune(self.clock.now() - timedelta(days=self.settings.retention_days))
-            self.stopping.wait(5.0)
+            self.stopping.wait(self.settings.engine.gauge_interval_seconds)
 
     def _update_gauges(self) -> None:
+        self._update_rule_metrics()
         depth, age = self.store.outbox_depth(self.clock.now())
         METRICS.outbox_depth.set(depth)
         METRICS.outbox_oldest.set(age)
-        METRICS.dead_letters.set(self.store.status().dead_letters)
+        METRICS.dead_letters.set(self.store.dead_letter_count())

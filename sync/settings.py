@@ -123,6 +123,7 @@ class EngineSettings(BaseModel):
     recheck_interval_seconds: float = 60.0  # time rules: re-evaluate open, unpaged tickets this often
     lease_seconds: float = 30.0  # poller / scheduler leases between replicas
     claim_seconds: float = 60.0  # an outbox row claimed by a replica that died is retried after this
+    gauge_interval_seconds: float = 5.0  # how often outbox / dead-letter / rules gauges are refreshed
 
 
 class Settings(BaseSettings):

@@ -177,9 +177,11 @@ class Store:
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(outbox).where(outbox.c.status == "dead").order_by(outbox.c.id).limit(limit)
-            ).mappings().all()
+            rows = (
+                conn.execute(select(outbox).where(outbox.c.status == "dead").order_by(outbox.c.id).limit(limit))
+                .mappings()
+                .all()
+            )
             return [dict(r) for r in rows]
 
     def retry_dead(self, ids: Sequence[int] | None, now: datetime) -> int:
@@ -195,6 +197,12 @@ class Store:
             )
             return int(done.rowcount or 0)
 
+    def dead_letter_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(select(func.count()).select_from(outbox).where(outbox.c.status == "dead")).scalar_one()
+            )
+
     def outbox_depth(self, now: datetime) -> tuple[int, float]:
         """(pending rows, age in seconds of the oldest) — for metrics."""
         with self.engine.connect() as conn:
@@ -206,22 +214,27 @@ class Store:
 
     def decisions_for(self, source: str, ticket_id: str, limit: int = 20) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(decisions)
-                .where(decisions.c.source == source, decisions.c.ticket_id == ticket_id)
-                .order_by(decisions.c.id.desc())
-                .limit(limit)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    select(decisions)
+                    .where(decisions.c.source == source, decisions.c.ticket_id == ticket_id)
+                    .order_by(decisions.c.id.desc())
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
             return [dict(r) for r in rows]
 
     def prune(self, before: datetime) -> tuple[int, int]:
         """Retention: drop decision-log rows and processed change payloads older than ``before``."""
         with self.begin() as conn:
             d = conn.execute(delete(decisions).where(decisions.c.at < before)).rowcount or 0
-            c = conn.execute(
-                delete(changes).where(changes.c.received_at < before, changes.c.status != "pending")
-            ).rowcount or 0
-            conn.execute(
-                delete(outbox).where(outbox.c.status == "sent", outbox.c.created_at < before)
+            c = (
+                conn.execute(
+                    delete(changes).where(changes.c.received_at < before, changes.c.status != "pending")
+                ).rowcount
+                or 0
             )
+            conn.execute(delete(outbox).where(outbox.c.status == "sent", outbox.c.created_at < before))
         return int(d), int(c)
