@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.factories import RULES, ROUTING_KEY
+from tests.factories import ROUTING_KEY, RULES
 from tests.serve_proc import Serve
 from tests.test_app import SECRET, jira_body, sign
 
