@@ -40,6 +40,7 @@ def _service(settings: Settings) -> Any:
     except Exception as exc:
         from sync.errors import ConfigError
 
+        store.dispose()
         if isinstance(exc, ConfigError):
             print(f"ticketpager: rules in {settings.rules_path} do not load:\n{exc}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -79,6 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.Server(config).run()  # returns on SIGTERM / SIGINT after in-flight requests finish
     finally:
         service.stop()
+        service.store.dispose()
         log.info("stopped")
     return 0
 
@@ -86,6 +88,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_poll(args: argparse.Namespace) -> int:
     settings = _settings(args)
     service = _service(settings)
+    try:
+        return _poll(args, service)
+    finally:
+        service.store.dispose()
+
+
+def _poll(args: argparse.Namespace, service: Any) -> int:
     sources = [args.source] if args.source else service.pollable_sources()
     if args.source and not service.connector(args.source).can_poll:
         print(f"ticketpager: {args.source} has no API credentials configured; nothing to poll", file=sys.stderr)
@@ -95,8 +104,12 @@ def cmd_poll(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     failed = False
+    def progress(report: Any) -> None:
+        print(f"{report.source}: page {report.pages}, {report.seen} change(s) so far, {report.stored} new",
+              file=sys.stderr, flush=True)
+
     for source in sources:
-        report = service.poll_source(source)
+        report = service.poll_source(source, on_page=progress)
         print(f"{source}: {report.pages} page(s), {report.seen} change(s) seen, {report.stored} new", file=sys.stderr)
         if report.error:
             failed = True
@@ -108,13 +121,21 @@ def cmd_poll(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _store(args: argparse.Namespace) -> Any:
     from sync.store import Store
 
     settings = _settings(args)
     store = Store(settings.database_url)
     store.upgrade()
-    data = store.status().to_json()
+    return store
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        data = store.status().to_json()
+    finally:
+        store.dispose()
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -132,13 +153,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_deadletters(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        return _deadletters(args, store)
+    finally:
+        store.dispose()
+
+
+def _deadletters(args: argparse.Namespace, store: Any) -> int:
     from connectors.pagerduty import mask
     from sync.clock import SystemClock
-    from sync.store import Store
 
-    settings = _settings(args)
-    store = Store(settings.database_url)
-    store.upgrade()
     if args.action == "list":
         rows = store.dead_letters(limit=args.limit)
         if args.json:
@@ -169,9 +194,12 @@ def cmd_db(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     store = Store(settings.database_url)
-    print(f"upgrading {store.engine.url.render_as_string(hide_password=True)} …", file=sys.stderr)
-    store.upgrade()
-    print(f"database at revision {current_revision(store.engine)}")
+    try:
+        print(f"upgrading {store.engine.url.render_as_string(hide_password=True)} …", file=sys.stderr)
+        store.upgrade()
+        print(f"database at revision {current_revision(store.engine)}")
+    finally:
+        store.dispose()
     return 0
 
 

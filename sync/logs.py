@@ -73,9 +73,12 @@ class JsonFormatter(logging.Formatter):
 
 
 FILTER = RedactSecrets(())
+_HANDLER: logging.Handler | None = None
 
 
 def configure(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = ()) -> None:
+    """Log to stderr (text or JSON lines) with secrets redacted. Replaces only its own earlier handler."""
+    global _HANDLER
     FILTER.add(secrets)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -83,8 +86,9 @@ def configure(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = (
     )
     handler.addFilter(FILTER)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    if _HANDLER is not None:
+        root.removeHandler(_HANDLER)
     root.addHandler(handler)
+    _HANDLER = handler
     root.setLevel(level.upper())
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -126,8 +126,8 @@ class Service:
         )
 
     # -- one-shot operations (CLI) ---------------------------------------------------------------
-    def poll_source(self, source: str) -> Any:
-        return poll_once(self.store, self.connector(source), self.clock)
+    def poll_source(self, source: str, on_page: Callable[[Any], None] | None = None) -> Any:
+        return poll_once(self.store, self.connector(source), self.clock, on_page=on_page)
 
     def process_all(self) -> tuple[int, int]:
         """Run the engine and delivery until nothing is due (``poll --once``, tests)."""
