@@ -296,3 +296,7 @@ class Service:
         METRICS.outbox_depth.set(depth)
         METRICS.outbox_oldest.set(age)
         METRICS.dead_letters.set(self.store.dead_letter_count())
+        now = self.clock.now()
+        for source, last_success in self.store.last_polls().items():
+            if last_success is not None:
+                METRICS.poll_lag.labels(source).set(max((now - last_success).total_seconds(), 0.0))

@@ -197,6 +197,12 @@ class Store:
             )
             return int(done.rowcount or 0)
 
+    def last_polls(self) -> dict[str, datetime | None]:
+        """Per source, when the last poll succeeded (for the poll-lag gauge)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(cursors.c.source, cursors.c.last_success_at)).all()
+        return {str(source): last for source, last in rows}
+
     def dead_letter_count(self) -> int:
         with self.engine.connect() as conn:
             return int(
