@@ -203,9 +203,10 @@ class JiraConnector(Connector):
 
     @property
     def parse_may_block(self) -> bool:
-        """Whether ``parse_webhook`` may call Jira (first custom-field lookup): the app then runs it off
-        the event loop."""
-        return self.can_poll
+        """Whether ``parse_webhook`` may call Jira (only until the custom-field names are cached): the app then
+        runs it off the event loop."""
+        loaded = self._lookups is not None and self._lookups.fields_at is not None
+        return self.can_poll and not loaded
 
     # -- webhooks ------------------------------------------------------------------------------------
     def verify_webhook(self, headers: Headers, body: bytes) -> None:
