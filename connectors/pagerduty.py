@@ -84,9 +84,7 @@ def build_event(event: PlannedEvent, ticket: Ticket | None = None) -> dict[str, 
         "ticketpager_reason": event.reason,
     }
     if ticket is not None:
-        details.update(
-            {"ticket": ticket.key, "status": ticket.status, "priority": ticket.priority, "url": ticket.url}
-        )
+        details.update({"ticket": ticket.key, "status": ticket.status, "priority": ticket.priority, "url": ticket.url})
     details.update(dict(spec.custom_details))
     if severity != spec.severity:
         details["ticketpager_invalid_severity"] = str(spec.severity)[:100]

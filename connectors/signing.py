@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -33,9 +34,7 @@ def hex_signatures(secrets: Iterable[SecretStr], message: bytes) -> list[str]:
 
 def b64_signatures(secrets: Iterable[SecretStr], message: bytes) -> list[str]:
     return [
-        base64.b64encode(hmac_sha256(s.get_secret_value(), message)).decode()
-        for s in secrets
-        if s.get_secret_value()
+        base64.b64encode(hmac_sha256(s.get_secret_value(), message)).decode() for s in secrets if s.get_secret_value()
     ]
 
 
@@ -53,5 +52,5 @@ def check_timestamp(value: str | None, now: datetime, tolerance_seconds: float, 
         if parsed.tzinfo is None:
             raise WebhookRejected(401, f"{header} header has no time zone") from None
         stamp = parsed.timestamp()
-    if abs(now.timestamp() - stamp) > tolerance_seconds:
+    if not math.isfinite(stamp) or abs(now.timestamp() - stamp) > tolerance_seconds:
         raise WebhookRejected(401, f"{header} outside the {int(tolerance_seconds)} s tolerance (replay?)")

@@ -242,9 +242,7 @@ class Normalizer:
                 "brand_id": as_id(body.get("brand_id")),
                 "group_id": as_id(body.get("group_id")),
                 "organization_id": org_id,
-                "organization_tags": list(tags_of(body["organization_tags"]))
-                if "organization_tags" in body
-                else None,
+                "organization_tags": list(tags_of(body["organization_tags"])) if "organization_tags" in body else None,
                 "requester_id": as_id(body.get("requester_id")),
                 "requester_email": _text(body.get("requester_email")),
                 "via_channel": (_text(body.get("via")) or "").lower() or None,

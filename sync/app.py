@@ -20,6 +20,7 @@ from starlette.routing import Route
 from connectors import CONNECTORS
 from sync.errors import WebhookRejected
 from sync.metrics import METRICS
+from sync.model import unstorable_reason
 
 if TYPE_CHECKING:
     from sync.service import Service
@@ -93,6 +94,12 @@ def build_app(service: Service) -> Starlette:
             METRICS.webhooks.labels(source, "unparseable").inc()
             log.exception("webhook %s could not be parsed", source)
             return error(400, f"could not parse the payload ({type(exc).__name__})")
+        for change in result.changes:
+            problem = unstorable_reason(change)
+            if problem is not None:
+                METRICS.webhooks.labels(source, "rejected_400").inc()
+                log.info("webhook %s rejected (400): %s", source, problem)
+                return error(400, problem)
         if not result.changes:
             reason = result.ignored_reason or "nothing to do"
             METRICS.webhooks.labels(source, "ignored").inc()

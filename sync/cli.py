@@ -59,8 +59,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.port = args.port
     service = _service(settings)
     mode = "DRY RUN (events are logged, not sent)" if settings.dry_run else f"sending to {settings.pagerduty.url}"
-    log.info("ticketpager %s on http://%s:%d, rules %s, %s", service.instance, settings.host, settings.port,
-             settings.rules_path, mode)
+    log.info(
+        "ticketpager %s on http://%s:%d, rules %s, %s",
+        service.instance,
+        settings.host,
+        settings.port,
+        settings.rules_path,
+        mode,
+    )
     service.start()
     signal.signal(signal.SIGHUP, lambda *_: service.reload_rules())
     # uvicorn handles SIGTERM/SIGINT gracefully, then re-raises the signal against the handlers it found:
@@ -100,13 +106,19 @@ def _poll(args: argparse.Namespace, service: Any) -> int:
         print(f"ticketpager: {args.source} has no API credentials configured; nothing to poll", file=sys.stderr)
         return 2
     if not sources:
-        print("ticketpager: no source is enabled with API credentials (TICKETPAGER_<SOURCE>__ENABLED=true …)",
-              file=sys.stderr)
+        print(
+            "ticketpager: no source is enabled with API credentials (TICKETPAGER_<SOURCE>__ENABLED=true …)",
+            file=sys.stderr,
+        )
         return 2
     failed = False
+
     def progress(report: Any) -> None:
-        print(f"{report.source}: page {report.pages}, {report.seen} change(s) so far, {report.stored} new",
-              file=sys.stderr, flush=True)
+        print(
+            f"{report.source}: page {report.pages}, {report.seen} change(s) so far, {report.stored} new",
+            file=sys.stderr,
+            flush=True,
+        )
 
     for source in sources:
         report = service.poll_source(source, on_page=progress)
@@ -116,8 +128,11 @@ def _poll(args: argparse.Namespace, service: Any) -> int:
             print(f"{source}: poll failed ({report.error_kind}): {report.error}", file=sys.stderr)
     processed, delivered = service.process_all()
     status = service.store.status()
-    print(f"processed {processed} change(s), delivered {delivered} outbox row(s); "
-          f"pending {status.outbox_pending}, dead letters {status.dead_letters}", file=sys.stderr)
+    print(
+        f"processed {processed} change(s), delivered {delivered} outbox row(s); "
+        f"pending {status.outbox_pending}, dead letters {status.dead_letters}",
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 
@@ -167,18 +182,34 @@ def _deadletters(args: argparse.Namespace, store: Any) -> int:
     if args.action == "list":
         rows = store.dead_letters(limit=args.limit)
         if args.json:
-            print(json.dumps([
-                {"id": r["id"], "kind": r["kind"], "action": r["action"], "ticket": r["ticket_key"], "rule": r["rule"],
-                 "dedup_key": r["dedup_key"], "routing_key": mask(r["routing_key"]), "attempts": r["attempts"],
-                 "error": r["last_error"], "created_at": r["created_at"].isoformat()}
-                for r in rows
-            ], indent=2))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "id": r["id"],
+                            "kind": r["kind"],
+                            "action": r["action"],
+                            "ticket": r["ticket_key"],
+                            "rule": r["rule"],
+                            "dedup_key": r["dedup_key"],
+                            "routing_key": mask(r["routing_key"]),
+                            "attempts": r["attempts"],
+                            "error": r["last_error"],
+                            "created_at": r["created_at"].isoformat(),
+                        }
+                        for r in rows
+                    ],
+                    indent=2,
+                )
+            )
             return 0
         if not rows:
             print("no dead letters")
         for r in rows:
-            print(f"#{r['id']} {r['kind']} {r['action']} {r['ticket_key']} rule={r['rule']} "
-                  f"routing_key={mask(r['routing_key'])} attempts={r['attempts']}\n    {r['last_error']}")
+            print(
+                f"#{r['id']} {r['kind']} {r['action']} {r['ticket_key']} rule={r['rule']} "
+                f"routing_key={mask(r['routing_key'])} attempts={r['attempts']}\n    {r['last_error']}"
+            )
         return 0
     if not args.all and not args.ids:
         print("ticketpager: give dead-letter ids or --all", file=sys.stderr)

@@ -178,8 +178,14 @@ class Delivery:
             conn.execute(
                 update(outbox)
                 .where(outbox.c.id == row["id"])
-                .values(status="sent", sent_at=now, dry_run=dry_run, last_error=None, claimed_until=None,
-                        attempts=outbox.c.attempts + 1)
+                .values(
+                    status="sent",
+                    sent_at=now,
+                    dry_run=dry_run,
+                    last_error=None,
+                    claimed_until=None,
+                    attempts=outbox.c.attempts + 1,
+                )
             )
             received = None
             if row["change_id"] is not None:
@@ -235,8 +241,15 @@ class Delivery:
             METRICS.events.labels(action, "dead").inc()
             self._mark(row["id"], status="dead", attempts=attempts, last_error=f"{why}: {exc}"[:4000])
             return
-        log.warning("%s %s for %s failed (attempt %d), retry in %.1fs: %s",
-                    row["kind"], action, row["ticket_key"], attempts, wait, exc)
+        log.warning(
+            "%s %s for %s failed (attempt %d), retry in %.1fs: %s",
+            row["kind"],
+            action,
+            row["ticket_key"],
+            attempts,
+            wait,
+            exc,
+        )
         METRICS.events.labels(action, "retry").inc()
         self._mark(
             row["id"],
@@ -252,5 +265,3 @@ class Delivery:
         values.setdefault("claimed_until", None)
         with self.store.begin() as conn:
             conn.execute(update(outbox).where(outbox.c.id == row_id, outbox.c.status == "pending").values(**values))
-
-

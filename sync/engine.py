@@ -130,8 +130,9 @@ class Engine:
                     conn.execute(
                         update(changes)
                         .where(changes.c.id == row["id"])
-                        .values(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
-                                processed_at=self.clock.now())
+                        .values(
+                            status="failed", error=f"{type(exc).__name__}: {exc}"[:2000], processed_at=self.clock.now()
+                        )
                     )
             return len(rows)
 
@@ -171,9 +172,9 @@ class Engine:
             self._enqueue(conn, event, ticket, row["id"], now)
             self._save_link(conn, event, ticket, now)
             METRICS.rule_matches.labels(event.rule, event.action.value).inc()
-        open_after = {
-            rule: link.state.is_open for rule, link in link_states.items()
-        } | {e.rule: next_state(e.action).is_open for e in events}
+        open_after = {rule: link.state.is_open for rule, link in link_states.items()} | {
+            e.rule: next_state(e.action).is_open for e in events
+        }
         open_count = sum(open_after.values())
         done = ticket.status_category in (StatusCategory.DONE, StatusCategory.DELETED)
         self._save_ticket(conn, current, ticket, row["id"], open_count, ruleset.has_time_rules and not done, now)
@@ -310,16 +311,19 @@ class Engine:
         if current is None:  # new ticket (or the placeholder row of _lock_ticket): insert-or-ignore, then update
             conn.execute(_insert_ignore(conn, tickets), {"source": ticket.source, "ticket_id": ticket.id, **values})
         conn.execute(
-            update(tickets)
-            .where(tickets.c.source == ticket.source, tickets.c.ticket_id == ticket.id)
-            .values(**values)
+            update(tickets).where(tickets.c.source == ticket.source, tickets.c.ticket_id == ticket.id).values(**values)
         )
 
     def _finish(self, conn: Connection, change_id: int, status: str, now: Any) -> None:
         conn.execute(update(changes).where(changes.c.id == change_id).values(status=status, processed_at=now))
 
     def _decide(
-        self, conn: Connection, change_id: int | None, ticket: Ticket, outcome: str, digest: str | None,
+        self,
+        conn: Connection,
+        change_id: int | None,
+        ticket: Ticket,
+        outcome: str,
+        digest: str | None,
         detail: Mapping[str, Any],
     ) -> None:
         conn.execute(
@@ -345,11 +349,15 @@ class Engine:
         stamp = now.strftime("%Y-%m-%dT%H:%M")
         queued = 0
         with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                select(tickets.c.source, tickets.c.ticket_id, tickets.c.updated, tickets.c.snapshot)
-                .where(tickets.c.recheck.is_(True))
-                .limit(limit)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    select(tickets.c.source, tickets.c.ticket_id, tickets.c.updated, tickets.c.snapshot)
+                    .where(tickets.c.recheck.is_(True))
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
         batch: list[TicketChange] = []
         for r in rows:
             if not r["snapshot"]:

@@ -91,13 +91,27 @@ class Writer:
                 for item in items:
                     results.append(insert_changes(conn, item.changes))
         except Exception as exc:  # noqa: BLE001 - every waiter must hear about the failure
-            log.error("storing %d webhook batches failed: %s", len(items), exc)
-            results = [exc] * len(items)
-        else:
-            self.commits += 1
-            self.rows += sum(len(i.changes) for i in items)
-            if self.on_commit:
-                self.on_commit()
+            if len(items) == 1:
+                log.error("storing a webhook change failed: %s", exc)
+                results = [exc]
+            else:  # one bad request must not fail the others batched with it: commit each on its own
+                log.warning("group commit of %d webhooks failed (%s); committing one by one", len(items), exc)
+                results = [self._commit_one(item) for item in items]
+        self.commits += 1
+        self.rows += sum(len(i.changes) for i, r in zip(items, results, strict=True) if isinstance(r, int))
+        if self.on_commit and any(isinstance(r, int) for r in results):
+            self.on_commit()
+        self._resolve_all(items, results)
+
+    def _commit_one(self, item: _Item) -> int | BaseException:
+        try:
+            with self.store.begin() as conn:
+                return insert_changes(conn, item.changes)
+        except Exception as exc:  # noqa: BLE001
+            log.error("storing a webhook change failed: %s", exc)
+            return exc
+
+    def _resolve_all(self, items: list[_Item], results: list[int | BaseException]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[int]] = {}
         for index, item in enumerate(items):
             by_loop.setdefault(item.loop, []).append(index)

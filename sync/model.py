@@ -276,3 +276,26 @@ class PlannedEvent:
     generation: int
     reason: str
     trigger: TriggerSpec | None = None  # only for TRIGGER
+
+
+#: column sizes of the state store (sync/schema.py): a change whose identifiers do not fit cannot be stored
+ID_LIMITS = {"source": 32, "ticket id": 255, "ticket key": 255}
+
+
+def unstorable_reason(change: TicketChange) -> str | None:
+    """Why ``change`` cannot be stored (an identifier too long or containing NUL), else ``None``.
+
+    PostgreSQL rejects NUL in text and the id columns are bounded; such input is a 400 for a webhook and a
+    skipped row for a poll, never a database error that would fail a whole batch.
+    """
+    t = change.ticket
+    for label, value in (("source", t.source), ("ticket id", t.id), ("ticket key", t.key)):
+        if not value:
+            return f"empty {label}"
+        if len(value) > ID_LIMITS[label]:
+            return f"{label} longer than {ID_LIMITS[label]} characters"
+        if "\x00" in value:
+            return f"{label} contains a NUL character"
+    if "\x00" in change.delivery_id:
+        return "delivery id contains a NUL character"
+    return None

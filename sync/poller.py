@@ -15,6 +15,7 @@ from connectors.base import Connector
 from sync.clock import Clock
 from sync.errors import TicketpagerError
 from sync.metrics import METRICS
+from sync.model import unstorable_reason
 from sync.store import Store, insert_changes, load_cursor, record_poll_error, save_cursor
 
 log = logging.getLogger("ticketpager.poller")
@@ -49,14 +50,18 @@ def poll_once(
         if cursor is None:
             cursor = dict(connector.start_cursor(clock.now() - lookback))
         for page in connector.poll(cursor):
+            storable = [c for c in page.changes if unstorable_reason(c) is None]
+            for bad in (c for c in page.changes if unstorable_reason(c) is not None):
+                log.error("poll of %s: skipped a ticket that cannot be stored (%s)", source, unstorable_reason(bad))
+                METRICS.changes_received.labels(source, "poll", "unstorable").inc()
             with store.begin() as conn:
-                new = insert_changes(conn, page.changes)
+                new = insert_changes(conn, storable)
                 save_cursor(conn, source, page.cursor, clock.now())
             report.pages += 1
             report.seen += len(page.changes)
             report.stored += new
             METRICS.changes_received.labels(source, "poll", "stored").inc(new)
-            METRICS.changes_received.labels(source, "poll", "duplicate").inc(len(page.changes) - new)
+            METRICS.changes_received.labels(source, "poll", "duplicate").inc(len(storable) - new)
             if on_page:
                 on_page(report)
             if not keep_going():

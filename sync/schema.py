@@ -72,7 +72,7 @@ changes = Table(
     Column("ticket_updated", UTCDateTime(), nullable=False),
     Column("origin", String(16), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
-    Column("payload", Text, nullable=True),  # TicketChange JSON; emptied by retention once processed
+    Column("payload", Text, nullable=True),  # TicketChange JSON; the row is pruned by retention once processed
     Column("status", String(16), nullable=False, server_default="pending"),
     Column("processed_at", UTCDateTime(), nullable=True),
     Column("error", Text, nullable=True),
@@ -170,9 +170,7 @@ outbox = Table(
         postgresql_where=text("status = 'pending'"),
     ),
     Index("ix_outbox_dedup_key", "dedup_key", "id"),
-    Index(
-        "ix_outbox_dead", "id", sqlite_where=text("status = 'dead'"), postgresql_where=text("status = 'dead'")
-    ),
+    Index("ix_outbox_dead", "id", sqlite_where=text("status = 'dead'"), postgresql_where=text("status = 'dead'")),
 )
 
 cursors = Table(

@@ -62,8 +62,9 @@ class Service:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.writer = Writer(self.store, on_commit=self.wake.set)
-        self.engine = Engine(self.store, lambda: self.rule_store.current, self.clock,
-                             batch_size=settings.engine.batch_size)
+        self.engine = Engine(
+            self.store, lambda: self.rule_store.current, self.clock, batch_size=settings.engine.batch_size
+        )
         pd = settings.pagerduty
         self.sink = sink or PagerDutySink(pd.url, timeout=pd.timeout_seconds, clock=self.clock)
         self.policy = RetryPolicy(
@@ -163,9 +164,7 @@ class Service:
             report["ready"] = False
         if report["database"] == "ok":
             problems = {
-                c["source"]: c["last_error"]
-                for c in self.store.status().cursors
-                if c["last_error_kind"] == "permanent"
+                c["source"]: c["last_error"] for c in self.store.status().cursors if c["last_error_kind"] == "permanent"
             }
             report["sources"] = {"permanent_errors": problems}
             if problems:
