@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, exists, insert, select, update
 from sqlalchemy.engine import RowMapping
 
 from connectors.pagerduty import build_event, mask
@@ -107,9 +107,20 @@ class Engine:
     def run_once(self) -> int:
         """Process one batch of pending changes; returns how many were handled."""
         with self.store.begin() as conn:
+            earlier = changes.alias("earlier")
             stmt = (
                 select(changes.c.id, changes.c.source, changes.c.ticket_id, changes.c.payload)
-                .where(changes.c.status == "pending")
+                .where(
+                    changes.c.status == "pending",
+                    # a ticket's changes are processed in arrival order: never claim one while an earlier
+                    # change of the same ticket is still pending (maybe claimed by another replica)
+                    ~exists().where(
+                        earlier.c.source == changes.c.source,
+                        earlier.c.ticket_id == changes.c.ticket_id,
+                        earlier.c.status == "pending",
+                        earlier.c.id < changes.c.id,
+                    ),
+                )
                 .order_by(changes.c.id)
                 .limit(self.batch_size)
             )

@@ -85,6 +85,14 @@ changes = Table(
     ),
     Index("ix_changes_received_at", "received_at"),
     Index(
+        "ix_changes_ticket_pending",
+        "source",
+        "ticket_id",
+        "id",
+        sqlite_where=text("status = 'pending'"),
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index(
         "ix_changes_failed",
         "id",
         sqlite_where=text("status = 'failed'"),

@@ -127,3 +127,54 @@ def test_two_engines_never_race_on_one_ticket(postgres_url: str, rules_path: Pat
     assert a.store.status().open_incidents == 0
     for s in (a, b):
         s.store.dispose()
+
+
+def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
+    """Four processes run `db upgrade` at the same moment on an empty schema (advisory lock)."""
+    import os
+    import subprocess
+    import sys
+
+    from sync.db import current_revision, head_revision
+    from sync.store import Store
+
+    env = {**os.environ, "TICKETPAGER_DATABASE_URL": postgres_url}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "sync.cli", "db", "upgrade"], env=env,  # noqa: S603
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    assert all("database at revision" in out for out in outputs)
+    store = Store(postgres_url)
+    try:
+        assert current_revision(store.engine) == head_revision()
+    finally:
+        store.dispose()
+
+
+def test_a_later_change_waits_while_an_earlier_one_is_claimed_elsewhere(
+    postgres_url: str, rules_path: Path, pd: MockPagerDuty
+) -> None:
+    """Found by the fault harness: replica B must not process a ticket's "done" while replica A holds its
+    "created" (SKIP LOCKED would hand B the later row); otherwise the created version turns stale and the
+    incident never pages."""
+    from sqlalchemy import select
+
+    from sync.schema import changes
+
+    a, b = replicas(postgres_url, rules_path, pd)
+    receive(a, [change(ticket("40000", minutes=0))])
+    receive(a, [change(ticket("40000", minutes=1, status="Done", category=StatusCategory.DONE))])
+    with a.store.engine.connect() as held:  # replica A has claimed the first change and is still working
+        first = held.execute(
+            select(changes.c.id).order_by(changes.c.id).limit(1).with_for_update(skip_locked=True)
+        ).scalar_one()
+        assert b.engine.run_once() == 0, "replica B took a later change of a ticket still being processed"
+        held.rollback()
+    assert first is not None
+    b.process_all()
+    assert [e["event_action"] for e in pd.events] == ["trigger", "resolve"]
+    for s in (a, b):
+        s.store.dispose()

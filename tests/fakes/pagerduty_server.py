@@ -73,6 +73,9 @@ class MockPagerDuty:
         self.arrivals: list[float] = []  # time.perf_counter() of each accepted event (same order)
         self.requests: list[dict[str, Any]] = []  # every request body, accepted or not
         self._script: deque[tuple[int, dict[str, str]]] = deque()
+        self._window: tuple[float, int, dict[str, str]] | None = None  # (until monotonic, status, headers)
+        self.latency_seconds = 0.0  # added to every answer (a slow PagerDuty)
+        self.failed: dict[int, int] = {}  # status -> requests answered with it by an outage window (fail_for)
         self._lock = threading.Lock()
         owner = self
 
@@ -108,7 +111,15 @@ class MockPagerDuty:
             for _ in range(count):
                 self._script.append((status, headers or {}))
 
+    def fail_for(self, seconds: float, status: int = 500, headers: dict[str, str] | None = None) -> None:
+        """Answer every request with ``status`` for the next ``seconds`` (an outage window, not a count);
+        ``fail_next`` scripts still take precedence. A new window replaces the previous one."""
+        with self._lock:
+            self._window = (time.monotonic() + seconds, status, headers or {})
+
     def _handle(self, path: str, raw: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if self.latency_seconds > 0:
+            time.sleep(self.latency_seconds)
         try:
             event = json.loads(raw)
         except ValueError:
@@ -118,6 +129,12 @@ class MockPagerDuty:
             if self._script:
                 status, headers = self._script.popleft()
                 return status, {"status": "error", "message": f"scripted {status}"}, headers
+            if self._window is not None:
+                until, status, headers = self._window
+                if time.monotonic() < until:
+                    self.failed[status] = self.failed.get(status, 0) + 1
+                    return status, {"status": "error", "message": f"outage window {status}"}, headers
+                self._window = None
         if path.rstrip("/") != "/v2/enqueue":
             return 404, {"status": "error", "message": "not found"}, {}
         errors = validate_event(event)

@@ -1,0 +1,100 @@
+"""The fault and load harness (``bench/fault_harness.py``) in its short CI form.
+
+Three ``ticketpager serve`` replicas share one PostgreSQL schema; signed Jira webhooks (duplicates and
+out-of-order versions included) stream in for 15 s while one replica is SIGKILLed and restarted,
+PostgreSQL is restarted and the mock PagerDuty answers 500s, then 429 with Retry-After. Afterwards every
+ticket must have paged exactly once (one trigger, then one resolve, one dedup key) and nothing may be
+left running. The harness runs once per module; each test below checks one promise of issue 7.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.fault_harness import Config, Report, run, schema_exists
+
+PG_URL = os.environ.get("TICKETPAGER_TEST_POSTGRES_URL", "")
+PG_SKIP = "the fault harness needs TICKETPAGER_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+LOAD_SECONDS = 15.0
+DRAIN_TIMEOUT = 45.0
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Report]:
+    if not PG_URL:
+        pytest.skip(PG_SKIP)
+    lines: list[str] = []
+    cfg = Config(
+        seconds=LOAD_SECONDS,
+        replicas=3,
+        senders=8,  # bounded: the machine's 2 cores are shared with other test runs
+        outage_seconds=2.0,
+        kill_down_seconds=1.5,
+        drain_timeout=DRAIN_TIMEOUT,
+        postgres_url=PG_URL,
+        logdir=Path(tmp_path_factory.mktemp("fault-harness")),
+        log=lines.append,
+    )
+    report = run(cfg)
+    print("\n".join(lines + report.lines()))  # shown by pytest when a test fails
+    yield report
+
+
+def detail(report: Report) -> str:
+    return "\n".join(report.lines())
+
+
+def test_no_page_is_lost_across_replicas_and_faults(harness: Report) -> None:
+    assert harness.tickets > 0
+    assert harness.lost == 0, detail(harness)
+
+
+def test_no_ticket_pages_twice_or_out_of_order(harness: Report) -> None:
+    # raw re-sends of the same event after a crash are PagerDuty no-ops (same dedup_key): allowed, counted
+    assert harness.duplicates == 0, detail(harness)
+    assert harness.out_of_order == 0, detail(harness)
+    assert harness.unexpected == 0, detail(harness)
+    assert harness.wrong_routing == 0, detail(harness)
+
+
+def test_every_webhook_answered_202_was_stored_and_handled(harness: Report) -> None:
+    assert harness.webhooks_accepted > 0
+    assert harness.stored_missing == 0, detail(harness)
+    assert harness.tickets_given_up == 0, detail(harness)
+    assert harness.failed_changes == 0, detail(harness)
+    assert harness.dead_letters == 0, detail(harness)
+
+
+def test_outbox_drains_after_the_faults(harness: Report) -> None:
+    assert harness.drained, detail(harness)
+    assert harness.drain_seconds < DRAIN_TIMEOUT
+
+
+def test_the_faults_really_happened(harness: Report) -> None:
+    """A fault test whose faults never fired would prove nothing."""
+    assert any("SIGKILL replica" in f for f in harness.faults), detail(harness)
+    assert any("restarted and healthy" in f for f in harness.faults), detail(harness)
+    assert harness.failed_attempts.get("refused", 0) > 0, "no webhook ever hit the killed replica"
+    assert harness.pagerduty_failures.get(500, 0) > 0, detail(harness)
+    assert harness.pagerduty_failures.get(429, 0) > 0, detail(harness)
+    restarted = any("PostgreSQL restarted" in f for f in harness.faults)
+    skipped = any(f.startswith("PostgreSQL restart:") for f in harness.skipped_faults)
+    assert restarted or skipped, detail(harness)
+    assert not harness.problems, detail(harness)
+
+
+def test_nothing_is_left_behind(harness: Report) -> None:
+    assert harness.schema.startswith("tp_fault_")
+    assert not schema_exists(PG_URL, harness.schema)
+    assert len(harness.replica_pids) == 4  # three replicas and the restarted one
+    for pid in harness.replica_pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert harness.replica_exit_codes == [0, 0, 0], "every replica stops cleanly on SIGTERM"
