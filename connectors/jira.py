@@ -19,7 +19,6 @@ classified through :data:`STATUS_TABLE`.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -43,6 +42,7 @@ from connectors.jira_normalize import (
     user_zone,
 )
 from connectors.signing import hex_signatures, matches_any
+from sync import jsonutil
 from sync.clock import Clock
 from sync.errors import (
     ConfigError,
@@ -226,7 +226,7 @@ class JiraConnector(Connector):
 
     def parse_webhook(self, headers: Headers, body: bytes) -> WebhookResult:
         try:
-            payload = json.loads(body)
+            payload = jsonutil.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise WebhookRejected(400, "body is not valid JSON") from None
         if not isinstance(payload, dict):

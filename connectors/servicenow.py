@@ -25,7 +25,6 @@ rows outside the requested window stop the poll with a :class:`~sync.errors.Conf
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
@@ -46,6 +45,7 @@ from connectors.servicenow_normalize import (
     parse_sn_datetime,
 )
 from connectors.signing import b64_signatures, check_timestamp, matches_any
+from sync import jsonutil
 from sync.clock import Clock
 from sync.errors import (
     ConfigError,
@@ -564,7 +564,7 @@ class ServiceNowConnector(Connector):
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
+        payload = jsonutil.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise WebhookRejected(400, "body is not valid JSON") from None
     if not isinstance(payload, dict):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import threading
 from collections import OrderedDict
@@ -36,6 +35,7 @@ from connectors.zendesk_normalize import (
     as_id,
     organization_from_json,
 )
+from sync import jsonutil
 from sync.clock import Clock
 from sync.errors import (
     ConfigError,
@@ -288,7 +288,7 @@ class ZendeskConnector(Connector):
         if self._signed_with_test_secret(headers, body):
             return WebhookResult(ignored_reason="test_secret")  # anyone can forge these: never stored
         try:
-            data = json.loads(body)
+            data = jsonutil.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise WebhookRejected(400, "body is not valid JSON") from None
         if not isinstance(data, dict):

@@ -36,11 +36,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise BodyTooLarge
+            length = int(declared)
         except ValueError:
             raise WebhookRejected(400, "invalid Content-Length header") from None
-    chunks: list[bytes] = []
+        if length > limit:
+            raise BodyTooLarge
+        body = await request.body()  # the server enforces Content-Length: at most ``limit`` bytes
+        if len(body) > limit:
+            raise BodyTooLarge
+        return body
+    chunks: list[bytes] = []  # chunked: count as it streams in
     size = 0
     async for chunk in request.stream():
         size += len(chunk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -58,6 +59,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port:
         settings.port = args.port
     service = _service(settings)
+    # background threads share the GIL with the event loop: switch more often so webhooks wait less
+    sys.setswitchinterval(0.001)
+    # Everything loaded so far lives for the whole process: keep it out of the cyclic GC, and collect the
+    # young generation less often. Measured: p99 webhook latency 65 ms -> 17 ms (docs/performance.md).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     mode = "DRY RUN (events are logged, not sent)" if settings.dry_run else f"sending to {settings.pagerduty.url}"
     log.info(
         "ticketpager %s on http://%s:%d, rules %s, %s",

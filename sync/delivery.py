@@ -25,6 +25,7 @@ from sqlalchemy.orm import aliased
 
 from connectors.base import WriteBack
 from connectors.pagerduty import PagerDutySink, RateLimiter, mask
+from sync import jsonutil
 from sync.clock import Clock
 from sync.errors import PermanentError, RetryableError, TicketpagerError
 from sync.metrics import METRICS
@@ -131,7 +132,7 @@ class Delivery:
             METRICS.events.labels(action, "rate_limited").inc()
             self._release(row["id"], wait)
             return
-        body = json.loads(row["body"])
+        body = jsonutil.loads(row["body"])
         if self.dry_run or self.sink is None:
             shown = dict(body, routing_key=mask(body.get("routing_key", "")))
             log.info("dry run: would send %s", json.dumps(shown, sort_keys=True, default=str))
@@ -150,7 +151,7 @@ class Delivery:
         if self.write_back is None:
             self._mark(row["id"], status="sent", sent_at=self.clock.now())
             return
-        data = json.loads(row["body"])
+        data = jsonutil.loads(row["body"])
         note = WriteBack(
             ticket=TicketRef(**data["ticket"]),
             action=EventAction(data["action"]),

@@ -15,7 +15,6 @@ before it is read, so two replicas never process two changes of one ticket at th
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from sqlalchemy import Connection, exists, insert, select, update
 from sqlalchemy.engine import RowMapping
 
 from connectors.pagerduty import build_event, mask
+from sync import jsonutil
 from sync.clock import Clock
 from sync.lifecycle import dedup_key_for, next_state, plan
 from sync.metrics import METRICS
@@ -131,7 +131,11 @@ class Engine:
                 return 0
             ruleset = self.rules()
             # fixed lock order across replicas (no deadlocks); id order within one ticket
+            done = 0
             for row in sorted(rows, key=lambda r: (r["source"], r["ticket_id"], r["id"])):
+                if done and self.store.should_yield():
+                    break  # commit what is done; the webhook writer is waiting (the rest stays pending)
+                done += 1
                 try:
                     with conn.begin_nested():
                         self._process(conn, row, ruleset)
@@ -145,7 +149,7 @@ class Engine:
                             status="failed", error=f"{type(exc).__name__}: {exc}"[:2000], processed_at=self.clock.now()
                         )
                     )
-            return len(rows)
+            return done
 
     def drain(self, limit: int = 1_000_000) -> int:
         total = 0
@@ -158,21 +162,22 @@ class Engine:
 
     # -- one change ------------------------------------------------------------------------------
     def _process(self, conn: Connection, row: RowMapping, ruleset: RuleSetLike) -> None:
-        change = TicketChange.from_json(json.loads(row["payload"]))
+        change = TicketChange.from_json(jsonutil.loads(row["payload"]))
         ticket = change.ticket
         now = self.clock.now()
         current = self._lock_ticket(conn, ticket.source, ticket.id)
         if change.origin is Origin.RECHECK and current is not None and current["snapshot"]:
             # time rules re-evaluate the latest stored version, never the one captured when scheduled
-            ticket = Ticket.from_json(json.loads(current["snapshot"]))
+            ticket = Ticket.from_json(jsonutil.loads(current["snapshot"]))
             change = TicketChange(ticket, Origin.RECHECK, change.delivery_id, change.received_at, changes=())
-        outcome = self._staleness(current, change)
+        version = ticket.version_hash()
+        outcome = self._staleness(current, change, version)
         if outcome is not None:
             self._finish(conn, row["id"], outcome, now)
             self._decide(conn, row["id"], ticket, outcome, ruleset.digest, {"why": outcome})
             METRICS.changes_processed.labels(ticket.source, outcome).inc()
             return
-        previous = Ticket.from_json(json.loads(current["snapshot"])) if current and current["snapshot"] else None
+        previous = Ticket.from_json(jsonutil.loads(current["snapshot"])) if current and current["snapshot"] else None
         if change.origin is Origin.RECHECK:
             previous = ticket
         changed = change.changes if change.changes is not None else diff_tickets(previous, ticket)
@@ -188,7 +193,9 @@ class Engine:
         }
         open_count = sum(open_after.values())
         done = ticket.status_category in (StatusCategory.DONE, StatusCategory.DELETED)
-        self._save_ticket(conn, current, ticket, row["id"], open_count, ruleset.has_time_rules and not done, now)
+        self._save_ticket(
+            conn, current, ticket, version, row["id"], open_count, ruleset.has_time_rules and not done, now
+        )
         self._finish(conn, row["id"], "processed", now)
         outcome = "paged" if events else "no_action"
         self._decide(
@@ -207,12 +214,12 @@ class Engine:
         METRICS.changes_processed.labels(ticket.source, outcome).inc()
 
     @staticmethod
-    def _staleness(current: RowMapping | None, change: TicketChange) -> str | None:
+    def _staleness(current: RowMapping | None, change: TicketChange, version: str) -> str | None:
         if current is None or change.origin is Origin.RECHECK:
             return None
         if change.ticket.updated < current["updated"]:
             return "stale"
-        if change.ticket.updated == current["updated"] and change.ticket.version_hash() == current["version_hash"]:
+        if change.ticket.updated == current["updated"] and version == current["version_hash"]:
             return "same_version"
         return None
 
@@ -269,7 +276,7 @@ class Engine:
                 dedup_key=event.dedup_key,
                 generation=event.generation,
                 routing_key=event.routing_key,
-                body=json.dumps(build_event(event, ticket), default=str),
+                body=jsonutil.dumps(build_event(event, ticket)),
                 status="pending",
                 attempts=0,
                 next_attempt_at=now,
@@ -303,6 +310,7 @@ class Engine:
         conn: Connection,
         current: RowMapping | None,
         ticket: Ticket,
+        version: str,
         change_id: int,
         open_count: int,
         recheck: bool,
@@ -312,8 +320,8 @@ class Engine:
             "key": ticket.key,
             "status_category": ticket.status_category.value,
             "updated": ticket.updated,
-            "version_hash": ticket.version_hash(),
-            "snapshot": json.dumps(ticket.to_json(), default=str, separators=(",", ":")),
+            "version_hash": version,
+            "snapshot": jsonutil.dumps(ticket.to_json()),
             "last_change_id": change_id,
             "open_incidents": open_count,
             "recheck": recheck and open_count == 0,
@@ -346,7 +354,7 @@ class Engine:
                 at=self.clock.now(),
                 outcome=outcome,
                 rules_digest=digest,
-                detail=json.dumps(detail, default=str),
+                detail=jsonutil.dumps(detail),
             )
         )
 
@@ -373,7 +381,7 @@ class Engine:
         for r in rows:
             if not r["snapshot"]:
                 continue
-            ticket = Ticket.from_json(json.loads(r["snapshot"]))
+            ticket = Ticket.from_json(jsonutil.loads(r["snapshot"]))
             batch.append(TicketChange(ticket, Origin.RECHECK, f"recheck:{ticket.id}:{stamp}", now, changes=()))
         if batch:
             with self.store.begin() as conn:

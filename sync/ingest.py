@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sync.model import TicketChange
-from sync.store import Store, insert_changes
+from sync.store import Store, insert_changes, insert_changes_each
 
 log = logging.getLogger("ticketpager.ingest")
 
@@ -87,9 +87,8 @@ class Writer:
     def _commit(self, items: list[_Item]) -> None:
         results: list[int | BaseException] = []
         try:
-            with self.store.begin() as conn:
-                for item in items:
-                    results.append(insert_changes(conn, item.changes))
+            with self.store.begin(urgent=True) as conn:
+                results.extend(insert_changes_each(conn, [item.changes for item in items]))
         except Exception as exc:  # noqa: BLE001 - every waiter must hear about the failure
             if len(items) == 1:
                 log.error("storing a webhook change failed: %s", exc)
@@ -105,7 +104,7 @@ class Writer:
 
     def _commit_one(self, item: _Item) -> int | BaseException:
         try:
-            with self.store.begin() as conn:
+            with self.store.begin(urgent=True) as conn:
                 return insert_changes(conn, item.changes)
         except Exception as exc:  # noqa: BLE001
             log.error("storing a webhook change failed: %s", exc)

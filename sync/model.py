@@ -8,12 +8,13 @@ immutable data that round-trips through JSON (``to_json`` / ``from_json``) so it
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from sync import jsonutil
 
 
 class StatusCategory(StrEnum):
@@ -137,7 +138,7 @@ class Ticket:
         """A digest of everything rules can see except ``raw``: equal hashes mean nothing changed."""
         body = self.to_json()
         body.pop("raw", None)
-        text = json.dumps(body, sort_keys=True, default=str, separators=(",", ":"))
+        text = jsonutil.dumps(body, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

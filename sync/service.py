@@ -59,7 +59,8 @@ class Service:
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._connectors: dict[str, Connector] = dict(connectors or {})
         self._connector_lock = threading.Lock()
-        self.wake = threading.Event()
+        self.wake = threading.Event()  # set by the webhook writer and pollers: changes are waiting
+        self.outbox_wake = threading.Event()  # set by the engine: events may be due
         self.stopping = threading.Event()
         self.writer = Writer(self.store, on_commit=self.wake.set)
         self.engine = Engine(
@@ -188,6 +189,7 @@ class Service:
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
+        self.outbox_wake.set()
         stop_watch = getattr(self.rule_store, "stop", None)
         if callable(stop_watch):
             stop_watch()
@@ -234,14 +236,16 @@ class Service:
         while not self.stopping.is_set():
             self.wake.clear()
             if self.engine.run_once():
+                self.outbox_wake.set()
                 continue
             self.wake.wait(self._idle())
 
     def _delivery_loop(self, delivery: Delivery) -> None:
         while not self.stopping.is_set():
+            self.outbox_wake.clear()
             if delivery.run_once():
                 continue
-            self.stopping.wait(self._idle())
+            self.outbox_wake.wait(self._idle())
 
     def _with_lease(self, name: str, seconds: float) -> bool:
         with self.store.begin() as conn:

@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from sync import db
+from sync import db, jsonutil
 from sync.model import TicketChange
 from sync.schema import changes, cursors, decisions, leases, links, outbox, tickets
+from sync.writelock import PriorityLock
 
 
 def _insert_ignore(conn: Connection, table: Any) -> Any:
@@ -37,18 +38,40 @@ def change_row(change: TicketChange) -> dict[str, Any]:
         "ticket_updated": change.ticket.updated,
         "origin": change.origin.value,
         "received_at": change.received_at,
-        "payload": json.dumps(change.to_json(), default=str, separators=(",", ":")),
+        "payload": jsonutil.dumps(change.to_json()),
         "status": "pending",
     }
 
 
 def insert_changes(conn: Connection, batch: Sequence[TicketChange]) -> int:
     """Store changes, skipping ones already received (same source and delivery id). Returns how many are new."""
-    if not batch:
-        return 0
-    # RETURNING counts what was inserted on both dialects (executemany rowcount is unreliable on psycopg)
-    stmt = _insert_ignore(conn, changes).returning(changes.c.id)
-    return len(conn.execute(stmt, [change_row(c) for c in batch]).all())
+    return insert_changes_each(conn, [batch])[0]
+
+
+def insert_changes_each(conn: Connection, groups: Sequence[Sequence[TicketChange]]) -> list[int]:
+    """Store several requests' changes with one multi-row INSERT; per group, how many were new.
+
+    A delivery id already stored, or repeated earlier in the same call, counts as a duplicate.
+    """
+    rows = [change_row(c) for group in groups for c in group]
+    if not rows:
+        return [0] * len(groups)
+    # RETURNING names what was inserted on both dialects (executemany rowcount is unreliable on psycopg)
+    stmt = _insert_ignore(conn, changes).returning(changes.c.source, changes.c.delivery_id)
+    inserted = {(source, delivery) for source, delivery in conn.execute(stmt, rows).all()}
+    counts: list[int] = []
+    seen: set[tuple[str, str]] = set()
+    index = 0
+    for group in groups:
+        new = 0
+        for _ in group:
+            key = (rows[index]["source"], rows[index]["delivery_id"])
+            index += 1
+            if key in inserted and key not in seen:
+                new += 1
+            seen.add(key)
+        counts.append(new)
+    return counts
 
 
 def save_cursor(conn: Connection, source: str, cursor: Mapping[str, Any] | None, now: datetime) -> None:
@@ -125,6 +148,8 @@ class Store:
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = url
         self.engine: Engine = db.make_engine(url, **engine_kwargs)
+        # SQLite: serialize writers in-process (webhook writer first) instead of in SQLite's busy handler
+        self.write_lock: PriorityLock | None = PriorityLock() if self.engine.dialect.name == "sqlite" else None
 
     def __repr__(self) -> str:
         return f"<Store {self.engine.url.render_as_string(hide_password=True)}>"
@@ -137,9 +162,18 @@ class Store:
         db.upgrade(self.engine)
 
     @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+    def begin(self, urgent: bool = False) -> Iterator[Connection]:
+        """A write transaction. ``urgent`` (the webhook writer) goes before background work on SQLite."""
+        if self.write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self.write_lock.hold(urgent), self.engine.begin() as conn:
             yield conn
+
+    def should_yield(self) -> bool:
+        """True when a background transaction should commit now to let the webhook writer in."""
+        return self.write_lock is not None and self.write_lock.urgent()
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
