@@ -20,8 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, exists, insert, select, update
+from sqlalchemy import Connection, bindparam, exists, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from connectors.pagerduty import build_event, mask
 from sync import jsonutil
@@ -44,6 +46,44 @@ from sync.store import Store, _insert_ignore, insert_changes
 log = logging.getLogger("ticketpager.engine")
 
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # "updated" of a ticket row that only holds a lock
+
+# Statements built once with bind parameters; values come with each execute. (Building a statement with
+# literal ``.values(...)`` per change cost more than the database work: SQLAlchemy re-derives its cache key.)
+_B = bindparam
+SELECT_TICKET = select(tickets).where(tickets.c.source == _B("s"), tickets.c.ticket_id == _B("t"))
+_lock_insert = pg_insert(tickets).values(
+    source=_B("s"), ticket_id=_B("t"), key="", status_category="new", updated=NEVER, version_hash="",
+    snapshot=None, processed_at=_B("at"),
+)  # fmt: skip
+# ON CONFLICT DO UPDATE takes the row lock (a no-op update) and RETURNING hands back the current row
+LOCK_TICKET_PG = _lock_insert.on_conflict_do_update(
+    index_elements=[tickets.c.source, tickets.c.ticket_id], set_={"source": _lock_insert.excluded.source}
+).returning(*tickets.c)
+SELECT_LINKS = select(links).where(links.c.source == _B("s"), links.c.ticket_id == _B("t"))
+INSERT_OUTBOX = insert(outbox)
+INSERT_LINK = insert(links)
+INSERT_DECISION = insert(decisions)
+UPDATE_LINK = (
+    update(links)
+    .where(links.c.source == _B("s"), links.c.ticket_id == _B("t"), links.c.rule == _B("r"))
+    .values(
+        generation=_B("generation"),
+        dedup_key=_B("dedup_key"),
+        routing_key=_B("routing_key"),
+        state=_B("state"),
+        updated_at=_B("updated_at"),
+    )
+)
+TICKET_COLUMNS = (
+    "key", "status_category", "updated", "version_hash", "snapshot", "last_change_id", "open_incidents",
+    "recheck", "processed_at",
+)  # fmt: skip
+UPDATE_TICKET = (
+    update(tickets)
+    .where(tickets.c.source == _B("s"), tickets.c.ticket_id == _B("t"))
+    .values({name: _B(name) for name in TICKET_COLUMNS})
+)
+FINISH_CHANGE = update(changes).where(changes.c.id == _B("i")).values(status=_B("status"), processed_at=_B("at"))
 
 __all__ = ["Engine", "RuleSetLike", "dedup_key_for", "evaluate_change", "plan"]
 
@@ -104,52 +144,93 @@ class Engine:
         self.clock = clock
         self.batch_size = batch_size
 
-    def run_once(self) -> int:
-        """Process one batch of pending changes; returns how many were handled."""
-        with self.store.begin() as conn:
-            earlier = changes.alias("earlier")
-            stmt = (
-                select(changes.c.id, changes.c.source, changes.c.ticket_id, changes.c.payload)
-                .where(
-                    changes.c.status == "pending",
-                    # a ticket's changes are processed in arrival order: never claim one while an earlier
-                    # change of the same ticket is still pending (maybe claimed by another replica)
-                    ~exists().where(
-                        earlier.c.source == changes.c.source,
-                        earlier.c.ticket_id == changes.c.ticket_id,
-                        earlier.c.status == "pending",
-                        earlier.c.id < changes.c.id,
-                    ),
-                )
-                .order_by(changes.c.id)
-                .limit(self.batch_size)
+    def _claim(self, conn: Connection, limit: int) -> list[RowMapping]:
+        earlier = changes.alias("earlier")
+        stmt = (
+            select(changes.c.id, changes.c.source, changes.c.ticket_id, changes.c.payload)
+            .where(
+                changes.c.status == "pending",
+                # a ticket's changes are processed in arrival order: never claim one while an earlier
+                # change of the same ticket is still pending (maybe claimed by another replica)
+                ~exists().where(
+                    earlier.c.source == changes.c.source,
+                    earlier.c.ticket_id == changes.c.ticket_id,
+                    earlier.c.status == "pending",
+                    earlier.c.id < changes.c.id,
+                ),
             )
-            if conn.dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = conn.execute(stmt).mappings().all()
-            if not rows:
-                return 0
-            ruleset = self.rules()
-            # fixed lock order across replicas (no deadlocks); id order within one ticket
-            done = 0
-            for row in sorted(rows, key=lambda r: (r["source"], r["ticket_id"], r["id"])):
-                if done and self.store.should_yield():
-                    break  # commit what is done; the webhook writer is waiting (the rest stays pending)
-                done += 1
-                try:
-                    with conn.begin_nested():
-                        self._process(conn, row, ruleset)
-                except Exception as exc:  # noqa: BLE001 - one bad change must not block the rest
-                    log.exception("change %s (%s %s) failed", row["id"], row["source"], row["ticket_id"])
-                    METRICS.changes_processed.labels(row["source"], "failed").inc()
-                    conn.execute(
-                        update(changes)
-                        .where(changes.c.id == row["id"])
-                        .values(
-                            status="failed", error=f"{type(exc).__name__}: {exc}"[:2000], processed_at=self.clock.now()
-                        )
-                    )
-            return done
+            .order_by(changes.c.id)
+            .limit(limit)
+        )
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        return list(conn.execute(stmt).mappings().all())
+
+    def run_once(self) -> int:
+        """Process one batch of pending changes in one transaction; returns how many were handled.
+
+        A change whose processing raises (a bug, never expected) makes the batch roll back; the batch is
+        then redone one change per transaction so only that change is marked ``failed``. Database errors
+        are not the change's fault: they propagate and the whole batch is retried later.
+        """
+        try:
+            with self.store.begin() as conn:
+                rows = self._claim(conn, self.batch_size)
+                if not rows:
+                    return 0
+                return self._process_batch(conn, rows)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:  # noqa: BLE001 - isolate the change that failed
+            log.warning("engine batch failed; redoing it one change at a time", exc_info=True)
+        handled = 0
+        for _ in range(self.batch_size):
+            if not self._run_single():
+                break
+            handled += 1
+        return handled
+
+    def _run_single(self) -> bool:
+        row: RowMapping | None = None
+        try:
+            with self.store.begin() as conn:
+                rows = self._claim(conn, 1)
+                if not rows:
+                    return False
+                row = rows[0]
+                self._process_batch(conn, rows)
+                return True
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad change must not block the rest
+            if row is None:
+                raise
+            log.exception("change %s (%s %s) failed", row["id"], row["source"], row["ticket_id"])
+            METRICS.changes_processed.labels(row["source"], "failed").inc()
+            with self.store.begin() as conn:
+                conn.execute(
+                    update(changes)
+                    .where(changes.c.id == row["id"], changes.c.status == "pending")
+                    .values(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000], processed_at=self.clock.now())
+                )
+            return True
+
+    def _process_batch(self, conn: Connection, rows: list[RowMapping]) -> int:
+        ruleset = self.rules()
+        finished: list[dict[str, Any]] = []
+        decided: list[dict[str, Any]] = []
+        done = 0
+        # fixed lock order across replicas (no deadlocks); a batch holds at most one change per ticket
+        for row in sorted(rows, key=lambda r: (r["source"], r["ticket_id"], r["id"])):
+            if done and self.store.should_yield():
+                break  # commit what is done; the webhook writer is waiting (the rest stays pending)
+            done += 1
+            self._process(conn, row, ruleset, finished, decided)
+        if finished:
+            conn.execute(FINISH_CHANGE, finished)
+        if decided:
+            conn.execute(INSERT_DECISION, decided)
+        return done
 
     def drain(self, limit: int = 1_000_000) -> int:
         total = 0
@@ -161,7 +242,14 @@ class Engine:
         return total
 
     # -- one change ------------------------------------------------------------------------------
-    def _process(self, conn: Connection, row: RowMapping, ruleset: RuleSetLike) -> None:
+    def _process(
+        self,
+        conn: Connection,
+        row: RowMapping,
+        ruleset: RuleSetLike,
+        finished: list[dict[str, Any]],
+        decided: list[dict[str, Any]],
+    ) -> None:
         change = TicketChange.from_json(jsonutil.loads(row["payload"]))
         ticket = change.ticket
         now = self.clock.now()
@@ -173,8 +261,8 @@ class Engine:
         version = ticket.version_hash()
         outcome = self._staleness(current, change, version)
         if outcome is not None:
-            self._finish(conn, row["id"], outcome, now)
-            self._decide(conn, row["id"], ticket, outcome, ruleset.digest, {"why": outcome})
+            finished.append({"i": row["id"], "status": outcome, "at": now})
+            decided.append(self._decision(row["id"], ticket, outcome, ruleset.digest, {"why": outcome}))
             METRICS.changes_processed.labels(ticket.source, outcome).inc()
             return
         previous = Ticket.from_json(jsonutil.loads(current["snapshot"])) if current and current["snapshot"] else None
@@ -196,20 +284,21 @@ class Engine:
         self._save_ticket(
             conn, current, ticket, version, row["id"], open_count, ruleset.has_time_rules and not done, now
         )
-        self._finish(conn, row["id"], "processed", now)
+        finished.append({"i": row["id"], "status": "processed", "at": now})
         outcome = "paged" if events else "no_action"
-        self._decide(
-            conn,
-            row["id"],
-            ticket,
-            outcome,
-            ruleset.digest,
-            {
-                "origin": change.origin.value,
-                "changes": [c.field for c in changed],
-                "verdicts": [verdict_json(r) for r in results],
-                "events": [event_json(e) for e in events],
-            },
+        decided.append(
+            self._decision(
+                row["id"],
+                ticket,
+                outcome,
+                ruleset.digest,
+                {
+                    "origin": change.origin.value,
+                    "changes": [c.field for c in changed],
+                    "verdicts": [verdict_json(r) for r in results],
+                    "events": [event_json(e) for e in events],
+                },
+            )
         )
         METRICS.changes_processed.labels(ticket.source, outcome).inc()
 
@@ -226,33 +315,18 @@ class Engine:
     def _lock_ticket(self, conn: Connection, source: str, ticket_id: str) -> RowMapping | None:
         """Lock this ticket's row for the rest of the transaction; ``None`` if it was never processed.
 
-        A placeholder row is inserted first (insert-or-ignore): a lock on a row that does not exist yet
-        would not serialize two replicas processing the first two changes of a new ticket.
+        On PostgreSQL a placeholder row is inserted if there is none (a lock on a row that does not exist
+        yet would not serialize two replicas processing the first two changes of a new ticket).
         """
-        if conn.dialect.name == "postgresql":
-            conn.execute(
-                _insert_ignore(conn, tickets),
-                {
-                    "source": source,
-                    "ticket_id": ticket_id,
-                    "key": "",
-                    "status_category": "new",
-                    "updated": NEVER,
-                    "version_hash": "",
-                    "snapshot": None,
-                    "processed_at": self.clock.now(),
-                },
-            )
-        stmt = select(tickets).where(tickets.c.source == source, tickets.c.ticket_id == ticket_id)
-        if conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        row = conn.execute(stmt).mappings().one_or_none()
+        row: RowMapping | None
+        if conn.dialect.name == "postgresql":  # insert-or-lock and read in one round trip
+            row = conn.execute(LOCK_TICKET_PG, {"s": source, "t": ticket_id, "at": self.clock.now()}).mappings().one()
+        else:  # SQLite: this process holds the only write lock already
+            row = conn.execute(SELECT_TICKET, {"s": source, "t": ticket_id}).mappings().one_or_none()
         return None if row is None or row["snapshot"] is None else row
 
     def _links(self, conn: Connection, ticket: Ticket) -> dict[str, LinkState]:
-        rows = conn.execute(
-            select(links).where(links.c.source == ticket.source, links.c.ticket_id == ticket.id)
-        ).mappings()
+        rows = conn.execute(SELECT_LINKS, {"s": ticket.source, "t": ticket.id}).mappings()
         return {
             r["rule"]: LinkState(
                 rule=r["rule"],
@@ -266,23 +340,24 @@ class Engine:
 
     def _enqueue(self, conn: Connection, event: PlannedEvent, ticket: Ticket, change_id: int, now: Any) -> None:
         conn.execute(
-            insert(outbox).values(
-                kind="event",
-                source=ticket.source,
-                ticket_id=ticket.id,
-                ticket_key=ticket.key,
-                rule=event.rule,
-                action=event.action.value,
-                dedup_key=event.dedup_key,
-                generation=event.generation,
-                routing_key=event.routing_key,
-                body=jsonutil.dumps(build_event(event, ticket)),
-                status="pending",
-                attempts=0,
-                next_attempt_at=now,
-                change_id=change_id,
-                created_at=now,
-            )
+            INSERT_OUTBOX,
+            {
+                "kind": "event",
+                "source": ticket.source,
+                "ticket_id": ticket.id,
+                "ticket_key": ticket.key,
+                "rule": event.rule,
+                "action": event.action.value,
+                "dedup_key": event.dedup_key,
+                "generation": event.generation,
+                "routing_key": event.routing_key,
+                "body": jsonutil.dumps(build_event(event, ticket)),
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "change_id": change_id,
+                "created_at": now,
+            },
         )
 
     def _save_link(self, conn: Connection, event: PlannedEvent, ticket: Ticket, now: Any) -> None:
@@ -293,16 +368,11 @@ class Engine:
             "state": next_state(event.action).value,
             "updated_at": now,
         }
-        done = conn.execute(
-            update(links)
-            .where(links.c.source == ticket.source, links.c.ticket_id == ticket.id, links.c.rule == event.rule)
-            .values(**values)
-        )
+        done = conn.execute(UPDATE_LINK, {"s": ticket.source, "t": ticket.id, "r": event.rule, **values})
         if not done.rowcount:
             conn.execute(
-                insert(links).values(
-                    source=ticket.source, ticket_id=ticket.id, rule=event.rule, created_at=now, **values
-                )
+                INSERT_LINK,
+                {"source": ticket.source, "ticket_id": ticket.id, "rule": event.rule, "created_at": now, **values},
             )
 
     def _save_ticket(
@@ -329,34 +399,22 @@ class Engine:
         }
         if current is None:  # new ticket (or the placeholder row of _lock_ticket): insert-or-ignore, then update
             conn.execute(_insert_ignore(conn, tickets), {"source": ticket.source, "ticket_id": ticket.id, **values})
-        conn.execute(
-            update(tickets).where(tickets.c.source == ticket.source, tickets.c.ticket_id == ticket.id).values(**values)
-        )
+        conn.execute(UPDATE_TICKET, {"s": ticket.source, "t": ticket.id, **values})
 
-    def _finish(self, conn: Connection, change_id: int, status: str, now: Any) -> None:
-        conn.execute(update(changes).where(changes.c.id == change_id).values(status=status, processed_at=now))
-
-    def _decide(
-        self,
-        conn: Connection,
-        change_id: int | None,
-        ticket: Ticket,
-        outcome: str,
-        digest: str | None,
-        detail: Mapping[str, Any],
-    ) -> None:
-        conn.execute(
-            insert(decisions).values(
-                change_id=change_id,
-                source=ticket.source,
-                ticket_id=ticket.id,
-                ticket_key=ticket.key,
-                at=self.clock.now(),
-                outcome=outcome,
-                rules_digest=digest,
-                detail=jsonutil.dumps(detail),
-            )
-        )
+    def _decision(
+        self, change_id: int | None, ticket: Ticket, outcome: str, digest: str | None, detail: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """One decision-log row (written with the rest of the batch)."""
+        return {
+            "change_id": change_id,
+            "source": ticket.source,
+            "ticket_id": ticket.id,
+            "ticket_key": ticket.key,
+            "at": self.clock.now(),
+            "outcome": outcome,
+            "rules_digest": digest,
+            "detail": jsonutil.dumps(detail),
+        }
 
     def schedule_rechecks(self, limit: int = 10_000) -> int:
         """Queue a re-evaluation of open, unpaged tickets (time rules: ``older_than``, calendars).

@@ -208,3 +208,30 @@ def test_non_matching_ticket_is_explained_in_the_decision_log(service: Service, 
     verdict = detail["verdicts"][0]
     assert verdict["rule"] == "ops-highest" and verdict["matched"] is False
     assert any("priority" in why for why in verdict["why"])
+
+
+def test_a_poison_change_is_isolated_and_the_batch_still_pages(
+    service: Service, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """A stored change that cannot be processed (here: a corrupted payload written to the database) is
+    marked failed with its error and shown by `status`; the good changes of the same batch still page."""
+    from sqlalchemy import insert, select
+
+    from sync.schema import changes
+
+    receive(service, [change(ticket("1"))])
+    with service.store.begin() as conn:
+        conn.execute(
+            insert(changes).values(
+                source="jira", delivery_id="poison", ticket_id="2", ticket_updated=clock.now(),
+                origin="webhook", received_at=clock.now(), payload="{not json", status="pending",
+            )
+        )
+    receive(service, [change(ticket("3"))])
+    service.process_all()
+    assert sorted(e["dedup_key"].split("/")[2] for e in pd.events) == ["1", "3"]
+    status = service.store.status()
+    assert status.changes_failed == 1 and status.changes_pending == 0
+    with service.store.engine.connect() as conn:
+        error = conn.execute(select(changes.c.error).where(changes.c.delivery_id == "poison")).scalar_one()
+    assert "JSONDecodeError" in error or "ValueError" in error
