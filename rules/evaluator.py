@@ -5,9 +5,11 @@ ticket's source, whether it matched (first match wins unless ``continue: true``)
 its ``acknowledge_when`` / ``resolve_when`` hold, and, for matched rules only, the rendered trigger.
 
 Speed (see docs/performance.md): rules are grouped by source, so a rule for another source costs one
-precomputed result; each rule's most selective ``equals``/``in`` condition on a text field is checked
-first against a ``frozenset``, and the result for such a rejection is cached per (value, ack, resolve);
-``acknowledge_when`` / ``resolve_when`` conditions shared by several rules are evaluated once per ticket.
+precomputed result; each rule's most selective ``equals``/``in`` condition on a text field is its index.
+For one combination of indexed field values (priority, group, status …: a small, bounded space) and of the
+shared ``acknowledge_when`` / ``resolve_when`` verdicts, the rules rejected by their index are always the
+same, so that layout is computed once and cached per source; an evaluation then runs only the remaining
+candidates' conditions. Triggers are rendered lazily, when an incident is actually triggered.
 """
 
 from __future__ import annotations
@@ -310,6 +312,17 @@ def _index_leaf(cond: Cond) -> Leaf | None:
     return best
 
 
+def _text_set(leaf: Cond) -> frozenset[str] | None:
+    """The accepted values of a text ``equals``/``in`` leaf the layout can decide, else ``None``."""
+    if not isinstance(leaf, Leaf) or leaf.field is None or leaf.ignore_case:
+        return None
+    if leaf.op.name == "equals" and isinstance(leaf.arg, str):
+        return frozenset((leaf.arg,))
+    if leaf.op.name == "in" and isinstance(leaf.arg, tuple) and all(isinstance(a, str) for a in leaf.arg):
+        return frozenset(leaf.arg)
+    return None
+
+
 def _describe_items(cond: Cond) -> tuple[str, ...]:
     items = cond.items if isinstance(cond, AllOf) else (cond,)
     return tuple(i.describe() for i in items)
@@ -327,10 +340,7 @@ class _CompiledRule:
         "on_unmatch",
         "cont",
         "matched_explanation",
-        "index_get",
-        "index_set",
-        "index_fail",
-        "rejects",
+        "index_leaves",
     )
 
     def __init__(self, spec: RuleSpec, ack_key: str | None, resolve_key: str) -> None:
@@ -348,15 +358,18 @@ class _CompiledRule:
         self.on_unmatch = spec.on_unmatch
         self.cont = spec.continue_
         self.matched_explanation = tuple(f"holds: {d}" for d in _describe_items(spec.when))
-        self.index_get: Callable[[Ticket], Any] | None = None
-        self.index_set: frozenset[str] = frozenset()
-        self.index_fail: Callable[[Any], str] | None = None
-        self.rejects: dict[tuple[Any, bool, bool], RuleResult] = {}
-        if index is not None and index.field is not None:
-            leaf, field_name = index, index.field.name
-            self.index_get = index.field.get
-            self.index_set = frozenset(leaf.arg) if isinstance(leaf.arg, tuple) else frozenset((leaf.arg,))
-            self.index_fail = lambda value: explain_failure(field_name, leaf.op, value, leaf.raw_arg)
+        # the leading text equals/in conditions of `when`, in evaluation order: (field, getter, values, why-not)
+        self.index_leaves: list[tuple[str, Callable[[Ticket], Any], frozenset[str], Callable[[Any], str]]] = []
+        for item in when.items if isinstance(when, AllOf) else (when,):
+            accepted = _text_set(item)
+            if accepted is None or not isinstance(item, Leaf) or item.field is None:
+                break
+            self.index_leaves.append((item.field.name, item.field.get, accepted, _why_not(item)))
+
+
+def _why_not(leaf: Leaf) -> Callable[[Any], str]:
+    name = leaf.field.name if leaf.field else "now"
+    return lambda value: explain_failure(name, leaf.op, value, leaf.raw_arg)
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -436,12 +449,48 @@ def render_trigger(spec: RuleSpec, state: _State) -> tuple[TriggerSpec, list[str
 # ------------------------------------------------------------------------------------------------ the set
 
 
+_PLAN_CACHE_MAX = 4096  # cached rejection layouts per source
+
+
 class _SourcePlan:
-    __slots__ = ("template", "applying")
+    """Everything about a source that does not depend on the ticket, plus a cache of rejection layouts.
+
+    ``getters`` read each distinct indexed field once per ticket; ``shared`` are the distinct
+    acknowledge/resolve conditions. For one combination of indexed values and shared verdicts the rules
+    rejected by their index are always the same: that layout is computed once and cached, so an
+    evaluation only runs the full conditions of the remaining candidate rules.
+    """
+
+    __slots__ = ("template", "applying", "getters", "shared", "slots", "cache")
+
+    Leaves = list[tuple[int, frozenset[str], Callable[[Any], str]]]
 
     def __init__(self, template: list[RuleResult | None], applying: list[tuple[int, _CompiledRule]]) -> None:
         self.template = template
         self.applying = applying
+        fields: dict[str, int] = {}
+        getters: list[Callable[[Ticket], Any]] = []
+        shared: dict[str, int] = {}
+        self.slots: list[tuple[int, _CompiledRule, _SourcePlan.Leaves, int | None, int]] = []
+        # the key is the value of each rule's first (most selective) indexed field: a small, bounded space
+        for _, rule in applying:
+            if rule.index_leaves and rule.index_leaves[0][0] not in fields:
+                fields[rule.index_leaves[0][0]] = len(getters)
+                getters.append(rule.index_leaves[0][1])
+        for i, rule in applying:
+            leaves: _SourcePlan.Leaves = []
+            for name, _getter, accepted, why_not in rule.index_leaves:
+                if name not in fields:
+                    break  # keep `when`'s order: later leaves are left to the candidate's own check
+                leaves.append((fields[name], accepted, why_not))
+            ack_slot = None
+            if rule.ack_key is not None:
+                ack_slot = shared.setdefault(rule.ack_key, len(shared))
+            resolve_slot = shared.setdefault(rule.resolve_key, len(shared))
+            self.slots.append((i, rule, leaves, ack_slot, resolve_slot))
+        self.getters = tuple(getters)
+        self.shared = tuple(shared)  # condition keys, in slot order
+        self.cache: dict[Any, tuple[list[RuleResult | None], list[tuple[int, _CompiledRule, bool, bool]]]] = {}
 
 
 class RuleSet:
@@ -511,42 +560,26 @@ class RuleSet:
         """One result per rule, in file order. Pure: no I/O, no clock (``ctx.now`` is the time)."""
         ticket = ctx.ticket
         plan = self._plan(ticket.source)
-        results = list(plan.template)
         state = _State(ctx)
-        shared = self._shared
-        memo: dict[str, bool] = {}
         deleted = ticket.status_category is StatusCategory.DELETED
+        shared = self._shared
+        verdicts = tuple(shared[key](state) is None for key in plan.shared)
+        values = tuple(get(ticket) for get in plan.getters)
+        key: tuple[Any, ...] | None = (values, verdicts, deleted)
+        try:
+            layout = plan.cache.get(key)
+        except TypeError:  # an unhashable field value (a list): no caching for this ticket
+            key, layout = None, None
+        if layout is None:
+            layout = self._layout(plan, values, verdicts, deleted)
+            if key is not None:
+                if len(plan.cache) >= _PLAN_CACHE_MAX:
+                    plan.cache.clear()
+                plan.cache[key] = layout
+        rejected, candidates = layout
+        results = list(rejected)
         shadow: str | None = None
-        for i, rule in plan.applying:
-            ack_key = rule.ack_key
-            if ack_key is None:
-                ack = False
-            else:
-                ack = memo.get(ack_key)  # type: ignore[assignment]
-                if ack is None:
-                    ack = memo[ack_key] = shared[ack_key](state) is None
-            if deleted:
-                resolve = True
-            else:
-                resolve = memo.get(rule.resolve_key)  # type: ignore[assignment]
-                if resolve is None:
-                    resolve = memo[rule.resolve_key] = shared[rule.resolve_key](state) is None
-            get = rule.index_get
-            if get is not None:
-                value = get(ticket)
-                if value is None or (value.__class__ is str and value not in rule.index_set):
-                    key = (value, ack, resolve)
-                    cached = rule.rejects.get(key)
-                    if cached is None:
-                        assert rule.index_fail is not None
-                        cached = RuleResult(
-                            rule.name, True, False, (rule.index_fail(value),), ack, resolve, rule.on_unmatch
-                        )
-                        if len(rule.rejects) >= _REJECT_CACHE_MAX:
-                            rule.rejects.clear()
-                        rule.rejects[key] = cached
-                    results[i] = cached
-                    continue
+        for i, rule, ack, resolve in candidates:
             reason = rule.when(state)
             if reason is not None:
                 results[i] = RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch)
@@ -584,3 +617,27 @@ class RuleSet:
                     render=functools.partial(render_trigger, rule.spec, state),
                 )
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _layout(
+        plan: _SourcePlan, values: tuple[Any, ...], verdicts: tuple[bool, ...], deleted: bool
+    ) -> tuple[list[RuleResult | None], list[tuple[int, _CompiledRule, bool, bool]]]:
+        """Results of the rules their index rejects (shared, immutable) and the candidates left to check."""
+        results = list(plan.template)
+        candidates: list[tuple[int, _CompiledRule, bool, bool]] = []
+        for i, rule, leaves, ack_slot, resolve_slot in plan.slots:
+            ack = verdicts[ack_slot] if ack_slot is not None else False
+            resolve = True if deleted else verdicts[resolve_slot]
+            why: str | None = None
+            for slot, accepted, why_not in leaves:  # the same order `when` checks them in
+                value = values[slot]
+                if value is None or (value.__class__ is str and value not in accepted):
+                    why = why_not(value)
+                    break
+                if value.__class__ is not str:
+                    break  # not decidable here: the candidate's own conditions decide
+            if why is not None:
+                results[i] = RuleResult(rule.name, True, False, (why,), ack, resolve, rule.on_unmatch)
+                continue
+            candidates.append((i, rule, ack, resolve))
+        return results, candidates
