@@ -439,7 +439,7 @@ class ZendeskConnector(Connector):
         if cursor:
             current = ZendeskCursor.from_json(cursor)
         else:
-            since = self.clock.now() - timedelta(seconds=self.settings.initial_lookback_seconds)
+            since = self.clock.now() - timedelta(seconds=self.settings.lookback_seconds)
             current = ZendeskCursor.from_json(self.start_cursor(since))
         while True:
             page = self._call(partial(self._export_page, current))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -66,11 +67,15 @@ def build_app(service: Service) -> Starlette:
         source = request.path_params["source"]
         if source not in CONNECTORS:
             METRICS.webhooks.labels("unknown", "unknown_source").inc()
+            log.info("webhook for unknown source %r rejected (404)", source[:40])
             return error(404, f"unknown source '{source[:40]}'; expected one of: {', '.join(CONNECTORS)}")
         try:
             body = await read_body(request, settings.max_body_bytes)
         except BodyTooLarge:
             METRICS.webhooks.labels(source, "too_large").inc()
+            log.warning(
+                "webhook %s rejected (413): body over TICKETPAGER_MAX_BODY_BYTES=%d", source, settings.max_body_bytes
+            )
             return error(413, f"body larger than {settings.max_body_bytes} bytes")
         except WebhookRejected as exc:
             METRICS.webhooks.labels(source, f"rejected_{exc.status}").inc()
@@ -93,8 +98,13 @@ def build_app(service: Service) -> Starlette:
         except WebhookRejected as exc:
             status = exc.status or 400
             METRICS.webhooks.labels(source, f"rejected_{status}").inc()
-            log.info("webhook %s rejected (%d): %s", source, status, exc.reason)
-            return error(status, exc.reason)
+            reason = exc.reason
+            if reason == "webhook secret not configured":  # an operator's mistake, not a caller's
+                reason += f": set TICKETPAGER_{source.upper()}__WEBHOOK_SECRETS"
+                log.warning("webhook %s rejected (401): %s", source, reason)
+            else:
+                log.info("webhook %s rejected (%d): %s", source, status, reason)
+            return error(status, reason)
         except Exception as exc:  # noqa: BLE001 - never a 500 for input; the poller reconciles
             METRICS.webhooks.labels(source, "unparseable").inc()
             log.exception("webhook %s could not be parsed", source)
@@ -150,12 +160,18 @@ def build_app(service: Service) -> Starlette:
 
         return JSONResponse((await run_in_threadpool(service.store.status)).to_json())
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
     return Starlette(
+        exception_handlers={HTTPException: http_error},
         routes=[
             Route("/webhooks/{source}", webhook, methods=["POST"]),
+            Route("/webhooks/{source}/", webhook, methods=["POST"]),  # vendors do not follow a 307 with a POST
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/status", status, methods=["GET"]),
-        ]
+        ],
     )

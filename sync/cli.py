@@ -1,4 +1,4 @@
-"""The ``ticketpager`` command line: serve, poll, status, dead letters, database, rules."""
+"""The ticketpager command line: serve, poll, status, dead letters, database, rules."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sync import logs
+from sync.errors import ConfigError
 from sync.settings import Settings
 
 log = logging.getLogger("ticketpager.cli")
@@ -27,7 +28,24 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "dry_run", False):
         settings.dry_run = True
     logs.configure(settings.log_level, settings.log_format, logs.secret_values(settings))
+    _warn_unknown_env()
     return settings
+
+
+def _warn_unknown_env() -> None:
+    """A misspelled TICKETPAGER_ variable would be ignored silently: say so, with a suggestion."""
+    import difflib
+    import os
+
+    from sync.settings_doc import rows
+
+    known = {env for env, *_ in rows()} | {"TICKETPAGER_TEST_POSTGRES_URL"}
+    known |= {"TICKETPAGER_" + section for section in ("JIRA", "ZENDESK", "SERVICENOW", "PAGERDUTY", "ENGINE")}
+    for name in sorted(os.environ):
+        if name.upper().startswith("TICKETPAGER_") and name.upper() not in known:
+            close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            log.warning("unknown setting %s is ignored%s", name, hint)
 
 
 def _service(settings: Settings) -> Any:
@@ -145,9 +163,21 @@ def _poll(args: argparse.Namespace, service: Any) -> int:
 
 
 def _store(args: argparse.Namespace) -> Any:
+    """The existing database (read-mostly commands never create one in the wrong directory)."""
+    from sqlalchemy.engine import make_url
+
     from sync.store import Store
 
     settings = _settings(args)
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        from pathlib import Path
+
+        if not Path(url.database).exists():
+            raise ConfigError(
+                f"no database at {url.database} (set TICKETPAGER_DATABASE_URL or --database-url, "
+                "or create it with 'ticketpager db upgrade')"
+            )
     store = Store(settings.database_url)
     store.upgrade()
     return store
@@ -222,6 +252,16 @@ def _deadletters(args: argparse.Namespace, store: Any) -> int:
     if not args.all and not args.ids:
         print("ticketpager: give dead-letter ids or --all", file=sys.stderr)
         return 2
+    if not args.all:
+        known = {r["id"] for r in store.dead_letters(limit=1_000_000)}
+        unknown = sorted(set(args.ids) - known)
+        if unknown:
+            print(
+                f"ticketpager: no dead letter with id {', '.join(map(str, unknown))} "
+                "(see 'ticketpager deadletters list')",
+                file=sys.stderr,
+            )
+            return 1
     count = store.retry_dead(None if args.all else args.ids, SystemClock().now())
     print(f"{count} dead letter(s) queued again; a running 'serve' (or 'poll --once') delivers them")
     return 0
@@ -243,40 +283,54 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ticketpager", description=__doc__)
-    parser.add_argument("--database-url", help="overrides TICKETPAGER_DATABASE_URL")
-    parser.add_argument("--rules", help="rule file or directory; overrides TICKETPAGER_RULES_PATH")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # --database-url / --rules work before or after the sub-command
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--database-url", default=argparse.SUPPRESS, help="overrides TICKETPAGER_DATABASE_URL")
+    common.add_argument(
+        "--rules", default=argparse.SUPPRESS, help="rule file or directory; overrides TICKETPAGER_RULES_PATH"
+    )
+    parser = argparse.ArgumentParser(
+        prog="ticketpager",
+        description="Page PagerDuty from Jira, Zendesk and ServiceNow tickets. Settings come from TICKETPAGER_* "
+        "environment variables (see the README).",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"ticketpager {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the webhook server, engine, delivery and pollers")
+    serve = sub.add_parser("serve", parents=[common], help="run the webhook server, engine, delivery and pollers")
     serve.add_argument("--dry-run", action="store_true", help="log PagerDuty events instead of sending them")
     serve.add_argument("--host", help="listen address (default 127.0.0.1, TICKETPAGER_HOST)")
     serve.add_argument("--port", type=int, help="listen port (default 8080, TICKETPAGER_PORT)")
     serve.set_defaults(func=cmd_serve)
 
-    poll = sub.add_parser("poll", help="poll sources, process and deliver once (for cron)")
+    poll = sub.add_parser("poll", parents=[common], help="poll sources, process and deliver once (for cron)")
     poll.add_argument("--once", action="store_true", required=True, help="one cycle, then exit")
-    poll.add_argument("--source", choices=["jira", "zendesk", "servicenow"])
-    poll.add_argument("--dry-run", action="store_true")
+    poll.add_argument(
+        "--source", choices=["jira", "zendesk", "servicenow"], help="poll only this source (default: every enabled one)"
+    )
+    poll.add_argument("--dry-run", action="store_true", help="log PagerDuty events instead of sending them")
     poll.set_defaults(func=cmd_poll)
 
-    status = sub.add_parser("status", help="tickets, incidents, outbox, dead letters, cursors")
-    status.add_argument("--json", action="store_true")
+    status = sub.add_parser(
+        "status", parents=[common], help="tickets, incidents, outbox, dead letters, last poll per source"
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
-    dead = sub.add_parser("deadletters", help="list or re-drive events PagerDuty refused")
-    dsub = dead.add_subparsers(dest="action", required=True)
-    dlist = dsub.add_parser("list")
-    dlist.add_argument("--json", action="store_true")
-    dlist.add_argument("--limit", type=int, default=100)
-    dretry = dsub.add_parser("retry")
-    dretry.add_argument("ids", nargs="*", type=int)
-    dretry.add_argument("--all", action="store_true")
+    dead = sub.add_parser("deadletters", parents=[common], help="list or re-drive events PagerDuty refused")
+    dsub = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dlist = dsub.add_parser("list", parents=[common], help="show dead letters with PagerDuty's error")
+    dlist.add_argument("--json", action="store_true", help="machine-readable output")
+    dlist.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    dretry = dsub.add_parser("retry", parents=[common], help="queue dead letters again")
+    dretry.add_argument("ids", nargs="*", type=int, help="dead-letter ids from 'deadletters list'")
+    dretry.add_argument("--all", action="store_true", help="every dead letter")
     dead.set_defaults(func=cmd_deadletters)
 
-    dbp = sub.add_parser("db", help="database maintenance")
-    dbsub = dbp.add_subparsers(dest="db_command", required=True)
-    dbsub.add_parser("upgrade", help="apply migrations (safe with several replicas)")
+    dbp = sub.add_parser("db", parents=[common], help="database maintenance")
+    dbsub = dbp.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dbsub.add_parser("upgrade", parents=[common], help="apply migrations (safe with several replicas)")
     dbp.set_defaults(func=cmd_db)
 
     try:
@@ -288,10 +342,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ticketpager")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "unknown"
+
+
+def _env_name(loc: Sequence[object]) -> str:
+    return "TICKETPAGER_" + "__".join(str(part).upper() for part in loc if not isinstance(part, int))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; configuration mistakes end with a clear message and exit 2, never a traceback."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except ValidationError as exc:
+        for problem in exc.errors():
+            given = problem.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            print(f"ticketpager: {_env_name(problem['loc'])}: {problem['msg']}{shown}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(
+            f"ticketpager: {exc}. Lists take a JSON list or comma-separated values; maps take a JSON object.",
+            file=sys.stderr,
+        )
+        return 2
+    except ConfigError as exc:
+        print(f"ticketpager: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name in ("psycopg", "psycopg2"):
+            print("ticketpager: PostgreSQL needs the driver: pip install 'ticketpager[postgres]'", file=sys.stderr)
+            return 2
+        raise
+    except BrokenPipeError:  # e.g. `ticketpager rules schema | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return int(result or 0)
 
 

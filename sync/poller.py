@@ -20,7 +20,6 @@ from sync.store import Store, insert_changes, load_cursor, record_poll_error, sa
 
 log = logging.getLogger("ticketpager.poller")
 
-DEFAULT_LOOKBACK = timedelta(hours=1)  # first poll of a source: reconcile the last hour
 
 
 @dataclass
@@ -38,7 +37,7 @@ def poll_once(
     connector: Connector,
     clock: Clock,
     *,
-    lookback: timedelta = DEFAULT_LOOKBACK,
+    lookback: timedelta | None = None,
     keep_going: Callable[[], bool] = lambda: True,
     on_page: Callable[[PollReport], None] | None = None,
 ) -> PollReport:
@@ -47,8 +46,9 @@ def poll_once(
     with store.begin() as conn:
         cursor = load_cursor(conn, source)
     try:
-        if cursor is None:
-            cursor = dict(connector.start_cursor(clock.now() - lookback))
+        if cursor is None:  # first poll of this source: the connector's look-back setting
+            since = lookback or timedelta(seconds=connector.settings.lookback_seconds)
+            cursor = dict(connector.start_cursor(clock.now() - since))
         for page in connector.poll(cursor):
             storable = [c for c in page.changes if unstorable_reason(c) is None]
             for bad in (c for c in page.changes if unstorable_reason(c) is not None):

@@ -21,8 +21,12 @@ PAGERDUTY_EVENTS_URL_EU = "https://events.eu.pagerduty.com/v2/enqueue"
 EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 
 
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
 def _secret_list(value: object) -> object:
-    """Accept a JSON list, or one secret / comma-separated secrets, from the environment (rotation)."""
+    """Accept a JSON list, or one value / comma-separated values, from the environment."""
     if isinstance(value, str):
         if value.strip().startswith("["):
             import json
@@ -38,6 +42,7 @@ class ConnectorSettings(BaseModel):
     enabled: bool = False
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     poll_interval_seconds: float = 60.0
+    lookback_seconds: float = 3600.0  # the first poll (no stored cursor yet) reads this far back
     write_back: bool = True
     timeout_seconds: float = 10.0
 
@@ -50,15 +55,18 @@ class ConnectorSettings(BaseModel):
 
 class JiraSettings(ConnectorSettings):
     url: str = ""  # https://example.atlassian.net or https://jira.example.com
-    deployment: Literal["auto", "cloud", "datacenter"] = "auto"
+    deployment: Literal["auto", "cloud", "datacenter"] = "auto"  # auto asks /serverInfo; cloud or datacenter
     email: str = ""  # Cloud: the API user's e-mail (basic auth with an API token)
     api_token: SecretStr = SecretStr("")  # Cloud API token, or a Data Center personal access token
     jql: str = ""  # the admin's filter, e.g. "project in (OPS, SUP)"
     overlap_seconds: float = 300.0  # search is eventually consistent: re-read this much of the window
     page_size: int = 100
-    comment_prefix: str = "[ticketpager]"
-    lookback_seconds: float = 3600.0  # first poll without a stored cursor reads this far back
-    extra_fields: list[str] = Field(default_factory=lambda: ["*navigable"])  # polled besides the needed ones
+    comment_prefix: str = "[ticketpager]"  # starts every comment ticketpager writes (and is never re-paged)
+
+    _split_fields = field_validator("extra_fields", mode="before")(_secret_list)
+    extra_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*navigable"]
+    )  # polled besides the needed ones (comma-separated or a JSON list)
 
 
 class ZendeskSettings(ConnectorSettings):
@@ -68,13 +76,14 @@ class ZendeskSettings(ConnectorSettings):
     api_token: SecretStr = SecretStr("")
     signature_tolerance_seconds: float = 300.0
     custom_field_names: dict[str, str] = Field(default_factory=dict)  # field id -> name used in rules
-    group_ids: list[int] = Field(default_factory=list)  # optional filter applied before rules
-    brand_ids: list[int] = Field(default_factory=list)
-    ratelimit_budget_seconds: float = 60.0
+    group_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # only these groups (empty: all)
+    brand_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # only these brands (empty: all)
+    ratelimit_budget_seconds: float = 60.0  # a 429 asking to wait longer than this ends the poll (retried later)
+
+    _split_ids = field_validator("group_ids", "brand_ids", mode="before")(_secret_list)
     fetch_canonical: bool = True  # trigger-connected webhooks: fetch the ticket when credentials exist
     accept_test_secret: bool = False  # answer 202 (never store) webhooks signed with Zendesk's public test secret
     note_prefix: str = "[ticketpager]"  # starts every internal note; changes that are only such a note never page
-    initial_lookback_seconds: float = 3600.0  # first poll without a stored cursor
     page_size: int = 1000  # incremental export per_page (Zendesk's maximum)
     min_request_interval_seconds: float = 6.0  # incremental export allows 10 requests/minute
     organization_cache_seconds: float = 600.0  # organization name + tags (VIP rules)
@@ -91,7 +100,6 @@ class ServiceNowSettings(ConnectorSettings):
     signature_tolerance_seconds: float = 300.0
     state_map: dict[str, str] = Field(default_factory=dict)  # state value -> new|in_progress|done|deleted
     overlap_seconds: float = 60.0
-    lookback_seconds: float = 3600.0  # first poll without a stored cursor reads this far back
     work_note_prefix: str = "[ticketpager]"  # first text of every work note we write (echo detection)
     priority_labels: dict[str, str] = Field(default_factory=dict)  # priority value -> label override
 
@@ -100,6 +108,8 @@ class ServiceNowSettings(ConnectorSettings):
 
 class PagerDutySettings(BaseModel):
     region: Literal["us", "eu"] = "us"
+
+    _region = field_validator("region", mode="before")(_lower)
     events_url: str = ""  # overrides region; e.g. a proxy or a mock
     timeout_seconds: float = 10.0
     rate_limit_per_minute: int = 120  # per routing key; PagerDuty's documented Events API v2 limit
@@ -145,6 +155,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    _format = field_validator("log_format", mode="before")(_lower)
     metrics_token: SecretStr = SecretStr("")  # if set, /metrics and /admin need "Authorization: Bearer …"
     public_url: str = ""  # how PagerDuty links back to ticketpager, if at all
     retention_days: int = 30  # decision log and stored payloads are pruned after this many days

@@ -214,3 +214,26 @@ def test_no_secret_in_responses_or_logs(
     for secret in (SECRET, ROUTING_KEY):
         assert secret not in text
     assert SECRET not in repr(service) and SECRET not in repr(service.connector("jira"))
+
+
+def test_http_errors_are_json_and_trailing_slash_is_accepted(client: TestClient, service: Service) -> None:
+    wrong_method = client.get("/webhooks/jira")
+    assert wrong_method.status_code == 405 and wrong_method.json() == {"error": "Method Not Allowed"}
+    assert wrong_method.headers["allow"] == "POST"
+    nowhere = client.get("/nope")
+    assert nowhere.status_code == 404 and nowhere.json() == {"error": "Not Found"}
+    body = jira_body()
+    response = client.post("/webhooks/jira/", content=body, follow_redirects=False,
+                           headers={"X-Hub-Signature": sign(body), "X-Atlassian-Webhook-Identifier": "slash"})
+    assert response.status_code == 202 and stored(service) == 1
+
+
+def test_missing_secret_names_the_setting(db_url: str, rules_path: Path, clock: FakeClock) -> None:
+    svc = _service(db_url, rules_path, clock, jira={})
+    try:
+        with TestClient(build_app(svc)) as c:
+            response = post(c, jira_body(), signature=False)  # type: ignore[arg-type]
+            assert response.status_code == 401
+            assert "TICKETPAGER_JIRA__WEBHOOK_SECRETS" in response.json()["error"]
+    finally:
+        svc.store.dispose()

@@ -82,3 +82,52 @@ def test_rule_errors_stop_serve_with_the_messages(tmp_path: Path, capsys: pytest
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"{bad}:" in err and "priorty" in err and "did you mean 'priority'" in err
+
+
+def test_bad_settings_name_the_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TICKETPAGER_PAGERDUTY__REGION", "mars")
+    code, _, err = run(capsys, "--database-url", f"sqlite:///{tmp_path / 'x.db'}", "db", "upgrade")
+    assert code == 2
+    assert "TICKETPAGER_PAGERDUTY__REGION" in err and "'us' or 'eu'" in err and "Traceback" not in err
+
+
+def test_lists_and_region_are_forgiving(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sync.settings import Settings
+
+    monkeypatch.setenv("TICKETPAGER_PAGERDUTY__REGION", "EU")
+    monkeypatch.setenv("TICKETPAGER_ZENDESK__GROUP_IDS", "11, 12")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.pagerduty.region == "eu" and settings.zendesk.group_ids == [11, 12]
+
+
+def test_misspelled_setting_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("TICKETPAGER_PAGERDUTY__REGON", "eu")
+    run(capsys, "db", "upgrade", "--database-url", f"sqlite:///{tmp_path / 'x.db'}")
+    assert "unknown setting TICKETPAGER_PAGERDUTY__REGON" in caplog.text
+    assert "did you mean TICKETPAGER_PAGERDUTY__REGION" in caplog.text
+
+
+def test_read_commands_never_create_a_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere" / "tp.db"
+    for argv in (["status"], ["deadletters", "list"]):
+        code, _, err = run(capsys, *argv, "--database-url", f"sqlite:///{missing}")
+        assert code == 2 and "no database at" in err
+    assert not missing.parent.exists()
+
+
+def test_retry_of_an_unknown_dead_letter_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'tp.db'}"
+    run(capsys, "--database-url", url, "db", "upgrade")
+    code, out, err = run(capsys, "deadletters", "retry", "999", "--database-url", url)
+    assert code == 1 and "no dead letter with id 999" in err and out == ""
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("ticketpager ")
