@@ -53,3 +53,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def rules_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A rules directory with the OPS rule of tests.factories, its routing key set in the environment."""
+    from tests.factories import ROUTING_KEY, RULES
+
+    monkeypatch.setenv("PD_PLATFORM_KEY", ROUTING_KEY)
+    path = tmp_path / "rules"
+    path.mkdir()
+    (path / "ops.yaml").write_text(RULES)
+    return path

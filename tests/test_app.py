@@ -19,7 +19,7 @@ from sync.clock import FakeClock
 from sync.schema import changes
 from sync.service import Service
 from sync.store import record_poll_error
-from tests.factories import ROUTING_KEY, RULES
+from tests.factories import ROUTING_KEY
 from tests.harness import make_service
 
 SECRET = "jira-webhook-secret-0001"
@@ -35,14 +35,6 @@ def jira_body(issue_id: str = "10042", status_key: str = "new") -> bytes:
     payload["issue"]["id"] = issue_id
     payload["issue"]["fields"]["status"]["statusCategory"]["key"] = status_key
     return json.dumps(payload).encode()
-
-
-@pytest.fixture
-def rules_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PD_PLATFORM_KEY", ROUTING_KEY)
-    path = tmp_path / "ops.yaml"
-    path.write_text(RULES)
-    return path
 
 
 def _service(db_url: str, rules_path: Path, clock: FakeClock, **settings: object) -> Service:

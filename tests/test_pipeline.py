@@ -13,18 +13,9 @@ import pytest
 from sync.clock import FakeClock
 from sync.model import StatusCategory
 from sync.service import Service
-from tests.factories import ROUTING_KEY, RULES, change, ticket
+from tests.factories import ROUTING_KEY, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty, validate_event
 from tests.harness import make_service, receive
-
-
-@pytest.fixture
-def rules_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PD_PLATFORM_KEY", ROUTING_KEY)
-    path = tmp_path / "rules"
-    path.mkdir()
-    (path / "ops.yaml").write_text(RULES)
-    return path
 
 
 @pytest.fixture

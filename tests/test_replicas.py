@@ -14,19 +14,11 @@ from sync.clock import FakeClock, SystemClock
 from sync.model import StatusCategory
 from sync.service import Service
 from sync.store import acquire_lease, release_lease
-from tests.factories import ROUTING_KEY, RULES, change, ticket
+from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def rules_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PD_PLATFORM_KEY", ROUTING_KEY)
-    path = tmp_path / "ops.yaml"
-    path.write_text(RULES)
-    return path
 
 
 @pytest.fixture
