@@ -13,44 +13,76 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from rules.evaluator import EvalContext, RuleResult, RuleSet
 from rules.load import load_rules
-from rules.loader import RuleFileErrors
-from rules.operators import OperatorArgError, parse_duration, timestamp
+from rules.loader import RuleFileError, RuleFileErrors
+from rules.operators import OperatorArgError, parse_duration
 from sync.model import LinkState, PlannedEvent, Ticket, diff_tickets
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+RULES_DESCRIPTION = """\
+Check, test and back-test the rule files that decide which tickets page whom (see docs/rules.md).
+Nothing here sends a page: 'test' and 'backtest' only print what would be sent, routing keys masked."""
+CHECK_DESCRIPTION = """\
+Validate a rule file or a directory of *.yaml rule files. Prints "OK: N rules ..." and exits 0, or
+prints every problem as file:line:col: message and exits 1."""
+TEST_DESCRIPTION = """\
+Evaluate the rules against one ticket: each rule's verdict and why, and the exact PagerDuty events
+that would be sent. With --expect, exit 1 with a diff when the result differs from a golden file."""
+SCHEMA_DESCRIPTION = "Print the JSON Schema of rule files (for editor completion and checks)."
+BACKTEST_DESCRIPTION = """\
+Read recent tickets through the configured connector and report what the rules would have paged.
+Writes nothing and sends nothing."""
+ALLOW_MISSING_ENV_HELP = (
+    "treat an unset ${VAR} routing key as a warning (printed as file:line:col) and use a placeholder, "
+    "so rules can be checked in CI without the keys"
+)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``rules`` (check/test/schema/backtest) to an argparse subparsers object."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "rules", help="check, test and back-test rule files", description=__doc__
+        "rules",
+        help="check, test and back-test rule files",
+        description=RULES_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="rules_command", required=True)
+    sub = parser.add_subparsers(dest="rules_command", required=True, metavar="{check,test,schema,backtest}")
 
-    check = sub.add_parser("check", help="validate rule files; exit 1 with every error")
+    def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        command: argparse.ArgumentParser = sub.add_parser(
+            name, help=help_text, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        return command
+
+    check = add("check", "validate rule files; exit 1 with every error", CHECK_DESCRIPTION)
     check.add_argument("path", help="a rule file or a directory of *.yaml")
+    check.add_argument("--allow-missing-env", action="store_true", help=ALLOW_MISSING_ENV_HELP)
     check.set_defaults(func=cmd_check)
 
-    test = sub.add_parser("test", help="show each rule's verdict and the exact PagerDuty events for a ticket")
+    test = add("test", "show each rule's verdict and the exact PagerDuty events for a ticket", TEST_DESCRIPTION)
     test.add_argument("path", help="a rule file or a directory of *.yaml")
     test.add_argument("--ticket", required=True, help="normalized ticket JSON (Ticket.to_json), or a vendor payload")
     test.add_argument("--previous", help="the ticket before this update: its events set the incident state")
     test.add_argument("--source", help="jira | zendesk | servicenow (parse --ticket as that vendor's webhook body)")
-    test.add_argument("--now", help="evaluation time, ISO 8601 (default: the ticket's updated time)")
+    test.add_argument(
+        "--now",
+        help="evaluation time, ISO 8601 with a time zone, e.g. 2026-11-30T09:40:00Z (default: the ticket's update)",
+    )
     test.add_argument("--expect", help="golden JSON: exit 1 with a diff if verdicts or events differ")
     test.add_argument("--json", action="store_true", help="print the result as JSON (the --expect format)")
+    test.add_argument("--allow-missing-env", action="store_true", help=ALLOW_MISSING_ENV_HELP)
     test.set_defaults(func=cmd_test)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of rule files (for editors)")
+    schema = add("schema", "print the JSON Schema of rule files (for editors)", SCHEMA_DESCRIPTION)
     schema.set_defaults(func=cmd_schema)
 
-    backtest = sub.add_parser("backtest", help="evaluate recent real tickets and report what would have paged")
+    backtest = add("backtest", "evaluate recent real tickets and report what would have paged", BACKTEST_DESCRIPTION)
     backtest.add_argument("path", help="a rule file or a directory of *.yaml")
     backtest.add_argument("--source", required=True, help="jira | zendesk | servicenow")
     backtest.add_argument("--since", default="7d", help="how far back to read, e.g. 7d, 24h (default 7d)")
@@ -62,17 +94,27 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 # -------------------------------------------------------------------------------------------------- check
 
 
-def _load(path: str) -> RuleSet | None:
+def _load(path: str, allow_missing_env: bool = False) -> RuleSet | None:
+    """Load for a command; errors (and, with ``allow_missing_env``, env warnings) go to stderr."""
+    warnings: list[RuleFileError] | None = [] if allow_missing_env else None
     try:
-        return load_rules(path)
+        ruleset = load_rules(path, env_warnings=warnings)
     except RuleFileErrors as exc:
+        _print_warnings(warnings)
         print(str(exc), file=sys.stderr)
         print(f"{len(exc.errors)} error(s) in {path}", file=sys.stderr)
         return None
+    _print_warnings(warnings)
+    return ruleset
+
+
+def _print_warnings(warnings: list[RuleFileError] | None) -> None:
+    for warning in warnings or ():
+        print(f"{warning.path}:{warning.line}:{warning.col}: warning: {warning.message}", file=sys.stderr)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    ruleset = _load(args.path)
+    ruleset = _load(args.path, args.allow_missing_env)
     if ruleset is None:
         return EXIT_MISMATCH
     timed = f", time rules: {', '.join(ruleset.time_rules)}" if ruleset.has_time_rules else ""
@@ -128,12 +170,22 @@ def _vendor_ticket(path: str, source: str) -> Ticket:
 
 
 def _now(text: str | None, ticket: Ticket) -> datetime:
+    """``--now``: ISO 8601 with a time zone; a plain date is midnight UTC (as in rules); a time without a zone
+    is an error (docs/rules.md), never silently UTC."""
     if text is None:
         return ticket.updated
-    when = timestamp(text)
-    if when is None:
-        raise CliError(f"--now {text!r} is not an ISO 8601 time (e.g. 2026-11-30T09:00:00Z)")
-    return when
+    value = text.strip()
+    try:
+        parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
+    except ValueError:
+        raise CliError(f"--now {text!r} is not an ISO 8601 time (e.g. 2026-11-30T09:00:00Z)") from None
+    if parsed.tzinfo is not None:
+        return parsed
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise CliError(f"--now {text!r} has no time zone; add one, e.g. {value}Z for UTC or {value}+01:00") from None
+    return parsed.replace(tzinfo=UTC)
 
 
 def _links_after(events: Sequence[PlannedEvent], links: Mapping[str, LinkState]) -> dict[str, LinkState]:
@@ -189,7 +241,7 @@ def event_bodies(events: Sequence[PlannedEvent], ticket: Ticket) -> list[dict[st
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    ruleset = _load(args.path)
+    ruleset = _load(args.path, args.allow_missing_env)
     if ruleset is None:
         return EXIT_USAGE
     try:
@@ -323,7 +375,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rules.cli check PATH`` (or ``... rules check PATH``, as under ``ticketpager``)."""
-    parser = argparse.ArgumentParser(prog="ticketpager")
+    parser = argparse.ArgumentParser(prog="ticketpager", description=RULES_DESCRIPTION)
     register(parser.add_subparsers(dest="command", required=True))
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] != ["rules"]:

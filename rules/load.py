@@ -13,11 +13,15 @@ from rules.loader import RuleFileError, RuleFileErrors, parse_text, read_file, r
 from rules.validation import Validator
 
 
-def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> RuleSet:
+def load_rules(
+    path: str | Path, env: Mapping[str, str] | None = None, *, env_warnings: list[RuleFileError] | None = None
+) -> RuleSet:
     """Load, validate and compile a rule set; raises :class:`RuleFileErrors` listing every problem.
 
     ``path`` is one file or a directory of ``*.yaml`` files merged in name order. ``env`` (default
-    ``os.environ``) resolves ``${VAR}`` / ``${VAR:-default}`` routing keys.
+    ``os.environ``) resolves ``${VAR}`` / ``${VAR:-default}`` routing keys. With ``env_warnings`` (a list,
+    for ``rules check --allow-missing-env``), an unset or empty ``${VAR}`` is not an error: it is appended
+    there as a warning and the rule gets a placeholder routing key.
     """
     environment: Mapping[str, str] = os.environ if env is None else env
     files, errors = rule_files(Path(path))
@@ -35,9 +39,11 @@ def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> RuleSe
         errors.extend(problems)
         if value is not None:
             documents.append((str(file), value))
-    validator = Validator(environment)
+    validator = Validator(environment, allow_missing_env=env_warnings is not None)
     spec = validator.validate(documents)
     errors.extend(validator.errors)
+    if env_warnings is not None:
+        env_warnings.extend(_sorted(validator.warnings, order))
     if errors:
         raise RuleFileErrors(_sorted(errors, order))
     for rule in spec.rules:  # a changed key changes the digest; only a hash of it is mixed in

@@ -1,9 +1,10 @@
 """Hot reload: :class:`RuleStore` serves the last good :class:`RuleSet` and swaps in a new one atomically.
 
 A new set replaces the old one only if ALL of it validates; otherwise the old set stays, ``last_error``
-holds the errors (shown in ``/readyz``) and ``reload_failures`` counts (a metric). ``start_watching``
-runs a daemon thread that polls the files' modification times (no extra dependency); SIGHUP handling
-is the service's, which simply calls :meth:`RuleStore.reload`.
+holds the errors (shown in ``/readyz``) and ``reload_failures`` counts (a metric). Any other exception
+during a reload (a bug, an unreadable file) counts the same way: it never leaves a stale ``last_error``.
+``start_watching`` runs a daemon thread that polls the files' modification times (no extra dependency);
+SIGHUP handling is the service's, which simply calls :meth:`RuleStore.reload`.
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ class RuleStore:
                     len(exc.errors),
                     exc,
                 )
+                self.reloaded.set()
+                return False
+            except Exception as exc:  # noqa: BLE001 - any failure is a failed reload: the last good set stays
+                self.reload_failures += 1
+                self.last_error = f"rule reload failed unexpectedly: {type(exc).__name__}: {exc}"
+                log.exception("rule reload failed unexpectedly; keeping rule set %s", self._current.digest)
                 self.reloaded.set()
                 return False
             previous = self._current.digest

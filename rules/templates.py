@@ -3,8 +3,10 @@
 Templates see ``ticket`` (every field of :data:`sync.fields.TICKET_FIELDS` plus ``custom``, ``attributes``
 and ``raw``), ``rule`` (``name``, ``description``), ``changes`` (list of ``{field, old, new}``) and ``now``.
 ``StrictUndefined`` makes a typo an error instead of an empty string; unknown names are rejected at load
-(``ticket.titel`` → "did you mean 'title'?"). Rendering never raises: a failing template (e.g. a custom
-field this ticket lacks) renders a fallback so the page still goes out, and the problem is reported.
+(``ticket.titel`` → "did you mean 'title'?"), and so are unknown filters and tests (``| upperr``) and
+``ticket.attributes.<name>`` outside the rule source's attributes (``ticket.custom`` / ``ticket.raw`` are
+vendor-defined and free). Rendering never raises: a failing template (e.g. a custom field this ticket
+lacks) renders a fallback so the page still goes out, and the problem is reported.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from jinja2 import StrictUndefined, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from rules.operators import did_you_mean
-from sync.fields import TICKET_FIELDS
+from sync.fields import ALL_ATTRIBUTES, SOURCE_ATTRIBUTES, TICKET_FIELDS
 from sync.model import FieldChange, Ticket
 
 TEMPLATE_VARIABLES = frozenset({"ticket", "rule", "changes", "now"})
@@ -71,15 +73,24 @@ class Template:
         return self.compiled.render(context)
 
 
-def compile_template(text: str) -> Template:
-    """Compile and check a template; raises :class:`TemplateProblem` with an admin-readable message."""
+def compile_template(text: str, source: str = "any") -> Template:
+    """Compile and check a template; raises :class:`TemplateProblem` with an admin-readable message.
+
+    ``source`` is the rule's source (jira | zendesk | servicenow | any): ``ticket.attributes.<name>`` must
+    be one of that source's attributes (:data:`sync.fields.SOURCE_ATTRIBUTES`; ``any``: of any source).
+    """
     if "{{" not in text and "{%" not in text and "{#" not in text:
         return Template(text, None)
     try:
         tree = ENVIRONMENT.parse(text)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateProblem(f"template does not compile: {exc.message} (template line {exc.lineno})") from None
-    unknown = sorted(meta.find_undeclared_variables(tree) - TEMPLATE_VARIABLES)
+    _check_filters_and_tests(tree)
+    try:
+        undeclared = meta.find_undeclared_variables(tree)
+    except jinja2.TemplateError as exc:  # the analysis compiles the template: any other compile-time error
+        raise TemplateProblem(f"template does not compile: {_message(exc)}") from None
+    unknown = sorted(undeclared - TEMPLATE_VARIABLES)
     if unknown:
         name = unknown[0]
         raise TemplateProblem(
@@ -90,11 +101,75 @@ def compile_template(text: str) -> Template:
         for attr in _attributes_of(tree, owner):
             if attr not in allowed:
                 raise TemplateProblem(f"template uses unknown field '{owner}.{attr}'{did_you_mean(attr, allowed)}")
+    _check_ticket_attributes(tree, source)
     try:
         compiled = ENVIRONMENT.from_string(tree)
-    except jinja2.TemplateError as exc:  # pragma: no cover - parse succeeded, compile failing is rare
-        raise TemplateProblem(f"template does not compile: {exc}") from None
+    except jinja2.TemplateError as exc:
+        raise TemplateProblem(f"template does not compile: {_message(exc)}") from None
     return Template(text, compiled)
+
+
+def _message(exc: jinja2.TemplateError) -> str:
+    message = exc.message or type(exc).__name__
+    line = getattr(exc, "lineno", None)
+    return f"{message} (template line {line})" if line else message
+
+
+def _check_filters_and_tests(tree: nodes.Template) -> None:
+    """``{{ x | upperr }}`` / ``{% if x is nul %}``: a name the sandbox does not know, with a suggestion."""
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        known = ENVIRONMENT.filters if isinstance(node, nodes.Filter) else ENVIRONMENT.tests
+        if node.name not in known:
+            kind = "filter" if isinstance(node, nodes.Filter) else "test"
+            raise TemplateProblem(f"unknown {kind} '{node.name}'{did_you_mean(node.name, known)}")
+
+
+#: methods of the ``ticket.attributes`` mapping a template may call (``.get('x')`` is checked like ``.x``)
+_MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
+
+
+def _check_ticket_attributes(tree: nodes.Template, source: str) -> None:
+    """``ticket.attributes.<name>`` must be a connector attribute of the rule's source."""
+    allowed = ALL_ATTRIBUTES if source not in SOURCE_ATTRIBUTES else SOURCE_ATTRIBUTES[source]
+    called = {id(call.node): call for call in tree.find_all(nodes.Call)}
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if not _is_ticket_attributes(getattr(node, "node", None)):
+            continue
+        if isinstance(node, nodes.Getattr):
+            name: str | None = node.attr
+            call = called.get(id(node))
+            if call is not None and node.attr in _MAPPING_METHODS:
+                first = call.args[0] if call.args else None
+                if node.attr != "get" or not (isinstance(first, nodes.Const) and isinstance(first.value, str)):
+                    continue
+                name = first.value
+        else:
+            arg = getattr(node, "arg", None)
+            name = arg.value if isinstance(arg, nodes.Const) and isinstance(arg.value, str) else None
+        if name is None or name in allowed:
+            continue
+        field = f"ticket.attributes.{name}"
+        if name in ALL_ATTRIBUTES:
+            owners = sorted(s for s, attrs in SOURCE_ATTRIBUTES.items() if name in attrs)
+            raise TemplateProblem(
+                f"'{field}' is a field of {' and '.join(owners)} tickets; this rule's source is {source}"
+            )
+        raise TemplateProblem(
+            f"template uses unknown field '{field}'{did_you_mean(name, allowed)}"
+            " (the source's attributes; vendor-defined fields are ticket.custom.<name> or ticket.raw.<path>)"
+        )
+
+
+def _is_ticket_attributes(node: Any) -> bool:
+    """``ticket.attributes`` or ``ticket['attributes']``."""
+    if isinstance(node, nodes.Getattr):
+        name: Any = node.attr
+    elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        name = node.arg.value
+    else:
+        return False
+    target = node.node
+    return name == "attributes" and isinstance(target, nodes.Name) and target.name == "ticket"
 
 
 def _attributes_of(tree: nodes.Template, owner: str) -> list[str]:

@@ -68,6 +68,13 @@ LIST_FIELDS = frozenset({"labels", "components", "organization_tags"})
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$", re.DOTALL)
 DEFAULT_RESOLVE_WHEN = {"status_category": "done"}
+MISSING_ENV_PLACEHOLDER = "missing-env:"  # routing key of an unset ${VAR} under --allow-missing-env
+# Fields whose values come from a fixed, case-sensitive vocabulary: comparing them with anything else never
+# matches. Zendesk's come from connectors/zendesk_normalize.py (it lowercases them).
+VOCABULARY_OPERATORS = frozenset({"equals", "not_equals", "in", "not_in"})
+ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")
+ZENDESK_STATUSES = ("new", "open", "pending", "hold", "solved", "closed", "deleted")
+STATUS_CATEGORIES = tuple(category.value for category in StatusCategory)
 
 
 def _where(first: Pos, here: Pos) -> str:
@@ -82,9 +89,11 @@ def _trail(trail: list[str]) -> str:
 class Validator:
     """Validates a whole file set; :attr:`errors` collects every problem."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], allow_missing_env: bool = False) -> None:
         self.env = env
+        self.allow_missing_env = allow_missing_env
         self.errors: list[RuleFileError] = []
+        self.warnings: list[RuleFileError] = []
         self.calendars: dict[str, Calendar] = {}
         self._calendar_pos: dict[str, Pos] = {}
         self._names: dict[str, Pos] = {}
@@ -316,8 +325,10 @@ class Validator:
         if fref is None:
             return None
         if isinstance(body, YMap):
-            return self.operator_map(fref, body, vpos, trail)
+            return self.operator_map(fref, body, vpos, trail, source)
         if isinstance(body, YList):
+            if not self.vocabulary(fref, "in", body, vpos, trail, False, source):
+                return None
             return self.leaf(fref, "in", body, vpos, trail, False)
         if fref.is_list and body is not None:
             self.err(
@@ -326,9 +337,11 @@ class Validator:
                 f"'{fref.name}' is a list: use {{contains: {show(body)}}} (or a list of values for 'any of')",
             )
             return None
+        if not self.vocabulary(fref, "equals", body, vpos, trail, False, source):
+            return None
         return self.leaf(fref, "equals", body, vpos, trail, False)
 
-    def operator_map(self, fref: FieldRef, body: YMap, pos: Pos, trail: list[str]) -> Cond | None:
+    def operator_map(self, fref: FieldRef, body: YMap, pos: Pos, trail: list[str], source: str) -> Cond | None:
         ignore_case = body.get("ignore_case", False)
         if not isinstance(ignore_case, bool):
             self.err(body.val_pos["ignore_case"], [*trail, "ignore_case"], "must be true or false")
@@ -341,7 +354,7 @@ class Validator:
         ok = True
         for name in ops:
             if name not in REGISTRY:
-                self.err(body.key_pos[name], trail, f"unknown operator '{name}'{did_you_mean(name, REGISTRY)}")
+                self.err(body.key_pos[name], trail, unknown_operator(name))
                 ok = False
                 continue
             op = REGISTRY[name]
@@ -355,6 +368,9 @@ class Validator:
                     [*trail, name],
                     f"'{fref.name}' is a list: use contains / not_contains for one element",
                 )
+                ok = False
+                continue
+            if not self.vocabulary(fref, name, body[name], body.val_pos[name], [*trail, name], ignore_case, source):
                 ok = False
                 continue
             leaf = self.leaf(fref, name, body[name], body.val_pos[name], [*trail, name], ignore_case)
@@ -377,6 +393,25 @@ class Validator:
             return None
         raw = list(arg) if isinstance(arg, YList) else arg
         return Leaf(fref, op, prepared, raw, ignore_case)
+
+    def vocabulary(
+        self, fref: FieldRef, op: str, arg: Any, pos: Pos, trail: list[str], ignore_case: bool, source: str
+    ) -> bool:
+        """A fixed-vocabulary field compared with a value it never has (``priority: Urgent`` on Zendesk)."""
+        if op not in VOCABULARY_OPERATORS or ignore_case:
+            return True
+        vocabulary = fixed_vocabulary(fref.name, source)
+        if vocabulary is None:
+            return True
+        noun, values = vocabulary
+        items = list(zip(arg, arg.item_pos, strict=True)) if isinstance(arg, YList) else [(arg, pos)]
+        ok = True
+        for value, where in items:
+            if value is None or value in values:
+                continue
+            self.err(where, trail, vocabulary_problem(noun, value, values))
+            ok = False
+        return ok
 
     def field(self, name: str, source: str, pos: Pos, trail: list[str]) -> FieldRef | None:
         """Resolve a rule's field name; an unknown bare name is an error with a suggestion."""
@@ -410,13 +445,13 @@ class Validator:
         templates: dict[str, Template | None] = {}
         for key in ("summary", "source", "component", "group", "class"):
             if key in value:
-                templates[key] = self.template(value[key], value.val_pos[key], [*trail, key])
+                templates[key] = self.template(value[key], value.val_pos[key], [*trail, key], source)
         details = (
-            self.details(value["custom_details"], value.val_pos["custom_details"], [*trail, "custom_details"])
+            self.details(value["custom_details"], value.val_pos["custom_details"], [*trail, "custom_details"], source)
             if "custom_details" in value
             else {}
         )
-        links = {k: self.link_list(k, value[k], value.val_pos[k], [*trail, k]) for k in LINK_KEYS if k in value}
+        links = {k: self.link_list(k, value[k], value.val_pos[k], [*trail, k], source) for k in LINK_KEYS if k in value}
         if len(self.errors) != before or routing_key is None or severity is None or templates.get("summary") is None:
             return None
         summary = templates["summary"]
@@ -451,6 +486,13 @@ class Validator:
             if default is not None and default.strip():
                 return default.strip()
             state = "is empty" if resolved is not None else "is not set"
+            if self.allow_missing_env:
+                self.warnings.append(
+                    RuleFileError.at(
+                        pos, f"{_trail(trail)}: environment variable {name} {state} (using a placeholder key)"
+                    )
+                )
+                return f"{MISSING_ENV_PLACEHOLDER}{name}"
             self.err(pos, trail, f"environment variable {name} {state} (set it, or use ${{{name}:-default}})")
             return None
         return resolved.strip()
@@ -499,29 +541,31 @@ class Validator:
             return None
         return SeveritySpec(source=fref, mapping=mapping, default=str(default))
 
-    def template(self, value: Any, pos: Pos, trail: list[str]) -> Template | None:
+    def template(self, value: Any, pos: Pos, trail: list[str], source: str) -> Template | None:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             self.err(pos, trail, "must be text (a Jinja2 template)")
             return None
         try:
-            return compile_template(str(value))
+            return compile_template(str(value), source)
         except TemplateProblem as exc:
             self.err(pos, trail, str(exc))
             return None
 
-    def details(self, value: Any, pos: Pos, trail: list[str]) -> Any:
+    def details(self, value: Any, pos: Pos, trail: list[str], source: str) -> Any:
         if isinstance(value, YMap):
-            return {k: self.details(v, value.val_pos[k], [*trail, k]) for k, v in value.items()}
+            return {k: self.details(v, value.val_pos[k], [*trail, k], source) for k, v in value.items()}
         if isinstance(value, YList):
-            return [self.details(v, value.item_pos[i], [*trail, f"[{i + 1}]"]) for i, v in enumerate(value)]
+            return [self.details(v, value.item_pos[i], [*trail, f"[{i + 1}]"], source) for i, v in enumerate(value)]
         if isinstance(value, str):
-            return self.template(value, pos, trail)
+            return self.template(value, pos, trail, source)
         if value is None or isinstance(value, bool | int | float):
             return value
         self.err(pos, trail, f"unsupported value {show(value)} (use text, numbers, lists or mappings)")
         return None
 
-    def link_list(self, kind: str, value: Any, pos: Pos, trail: list[str]) -> tuple[Mapping[str, Template], ...]:
+    def link_list(
+        self, kind: str, value: Any, pos: Pos, trail: list[str], source: str
+    ) -> tuple[Mapping[str, Template], ...]:
         required, optional = LINK_KEYS[kind]
         if not isinstance(value, YList):
             self.err(pos, trail, f"must be a list of {{{', '.join(required + optional)}}}")
@@ -539,7 +583,7 @@ class Validator:
             entry = {}
             for key in required + optional:
                 if key in item:
-                    tpl = self.template(item[key], item.val_pos[key], [*sub, key])
+                    tpl = self.template(item[key], item.val_pos[key], [*sub, key], source)
                     if tpl is not None:
                         entry[key] = tpl
             out.append(entry)
@@ -620,3 +664,43 @@ def resolve_field(name: str, source: str) -> FieldRef | str:
         f"unknown field '{name}'{did_you_mean(name, candidates)} "
         "(ticket fields, custom.<name>, the source's attributes, or a dotted path into the raw payload)"
     )
+
+
+def unknown_operator(name: str) -> str:
+    """``unknown operator 'equal' (did you mean 'equals'?)``, or the list of operators when nothing is close."""
+    hint = did_you_mean(name, set(REGISTRY) | MODIFIERS)
+    if hint:
+        return f"unknown operator '{name}'{hint}"
+    return (
+        f"unknown operator '{name}' (operators: {', '.join(sorted(REGISTRY))}; "
+        f"modifier: {', '.join(sorted(MODIFIERS))})"
+    )
+
+
+def fixed_vocabulary(field_name: str, source: str) -> tuple[str, tuple[str, ...]] | None:
+    """``(noun, values)`` when a rule's field only ever holds these exact values, else None."""
+    if field_name == "status_category":
+        return "status category", STATUS_CATEGORIES
+    if source == "zendesk" and field_name == "priority":
+        return "Zendesk priority", ZENDESK_PRIORITIES
+    if source == "zendesk" and field_name == "status":
+        return "Zendesk status", ZENDESK_STATUSES
+    return None
+
+
+_PLURALS = {"status category": "status categories", "Zendesk priority": "Zendesk priorities"}
+
+
+def vocabulary_problem(noun: str, value: Any, values: tuple[str, ...]) -> str:
+    """Why ``value`` can never match, with the closest valid value."""
+    plural = _PLURALS.get(noun, noun + "es")
+    allowed = " | ".join(values)
+    if isinstance(value, str):
+        folded = value.strip().casefold()
+        if folded in values:
+            return f"{plural} are lowercase: did you mean '{folded}'? (or add ignore_case: true)"
+        normalized = re.sub(r"[\s-]+", "_", folded)
+        if normalized in values:
+            return f"unknown {noun} {show(value)} (did you mean '{normalized}'?) (use {allowed})"
+        return f"unknown {noun} {show(value)}{did_you_mean(folded, values)} (use {allowed})"
+    return f"unknown {noun} {show(value)} (use {allowed})"

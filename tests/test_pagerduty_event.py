@@ -23,7 +23,7 @@ from sync.errors import PermanentError, RetryableError
 from sync.lifecycle import DEDUP_KEY_MAX, dedup_key_for
 from sync.model import EventAction, PlannedEvent, TriggerSpec
 from tests.factories import ticket
-from tests.fakes.pagerduty_server import EVENT_SCHEMA, validate_event
+from tests.fakes.pagerduty_server import EVENT_SCHEMA, SHARED_SPEC_PATH, SPEC_PATH, validate_event
 
 KEY = "0123456789abcdef0123456789abcdef"
 URL = "https://events.pagerduty.com/v2/enqueue"
@@ -39,7 +39,14 @@ def trigger(**spec: object) -> PlannedEvent:
 
 
 def test_spec_is_available_for_validation() -> None:
-    assert EVENT_SCHEMA is not None, "shared/specs/pagerduty-events-v2.openapi.json must be readable"
+    assert EVENT_SCHEMA is not None
+    assert validate_event({"event_action": "trigger", "routing_key": KEY}) != [], "the schema rejects a bad event"
+
+
+def test_vendored_spec_matches_the_shared_one() -> None:
+    if not SHARED_SPEC_PATH.exists():
+        pytest.skip(f"{SHARED_SPEC_PATH} is not beside this checkout; the vendored copy is used")
+    assert SPEC_PATH.read_bytes() == SHARED_SPEC_PATH.read_bytes()
 
 
 def test_long_summary_is_truncated_visibly() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +184,111 @@ def test_time_rule_example(now: str, changes: dict[str, str], paged: bool) -> No
     ticket = Ticket.from_json({**json.loads((EXAMPLES / "support-unassigned-p2.ticket.json").read_text()), **changes})
     results, events = simulate(ruleset, ticket, None, datetime.fromisoformat(now))
     assert [e.rule for e in events] == (["support-p2-unassigned-30m"] if paged else [])
+
+
+HEADER_COMMAND = re.compile(r"^#\s+(ticketpager rules .+)$")
+
+
+def _header_commands(name: str) -> list[list[str]]:
+    """The `ticketpager rules ...` commands written in an example's header comment (before `version:`)."""
+    header = []
+    for line in (EXAMPLES / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    return [shlex.split(m.group(1)) for m in map(HEADER_COMMAND.match, header) if m]
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_example_header_commands_work_exactly_as_written(name: str) -> None:
+    commands = _header_commands(name)
+    tests = [c for c in commands if c[:3] == ["ticketpager", "rules", "test"]]
+    assert len(tests) == 1 and "--expect" in tests[0], f"{name}.yaml must document its golden `rules test`"
+    # the documented command carries the extra arguments the golden test needs (e.g. --previous)
+    extra = [arg.replace(str(ROOT) + "/", "") for arg in GOLDEN[name]]
+    assert all(arg in tests[0] for arg in extra), (name, tests[0])
+    for words in commands:
+        # `ticketpager` is the console script for sync.cli:main; run it the same way from the repository root
+        done = subprocess.run(
+            [sys.executable, "-m", "sync.cli", *words[1:]],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=_env(),
+            timeout=60,
+        )
+        assert done.returncode == 0, (" ".join(words), done.stdout + done.stderr)
+
+
+def test_allow_missing_env_turns_unset_keys_into_warnings() -> None:
+    bad = "tests/fixtures/rules/bad/env_unset.yaml"
+    done = cli("check", bad)
+    assert done.returncode == 1
+    done = cli("check", bad, "--allow-missing-env")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"{bad}:8:20: warning: rule 'r1' → trigger → routing_key: environment variable PD_MISSING_KEY is not set "
+        "(using a placeholder key)"
+    ]
+    assert done.stdout.startswith(f"OK: 1 rules in {bad}")
+    # anything else wrong still fails, and the warnings are shown with the errors
+    other = "tests/fixtures/rules/bad/env_partial.yaml"
+    done = cli("check", other, "--allow-missing-env", env={**_env(), "PD_KEY": "k"})
+    assert done.returncode == 1 and "an environment reference must be the whole value" in done.stderr
+
+
+def test_rules_test_allow_missing_env(tmp_path: Path) -> None:
+    text = (EXAMPLES / "zendesk-vip-urgent.yaml").read_text()
+    rule_file = tmp_path / "r.yaml"
+    rule_file.write_text(text.replace("${PD_SUPPORT_KEY:-dry-run-support}", "${PD_SUPPORT_KEY}"))
+    ticket = str(EXAMPLES / "zendesk-vip-urgent.ticket.json")
+    assert cli("test", str(rule_file), "--ticket", ticket).returncode == 2
+    done = cli("test", str(rule_file), "--ticket", ticket, "--allow-missing-env")
+    assert done.returncode == 0, done.stderr
+    assert "warning: rule 'zendesk-vip-urgent' → trigger → routing_key: environment variable PD_SUPPORT_KEY" in (
+        done.stderr
+    )
+    assert "zendesk-vip-urgent: MATCHED" in done.stdout
+
+
+def test_rules_test_now_needs_a_time_zone() -> None:
+    args = ["test", str(EXAMPLES / "support-unassigned-p2.yaml")]
+    args += ["--ticket", str(EXAMPLES / "support-unassigned-p2.ticket.json")]
+    done = cli(*args, "--now", "2026-11-30T10:00")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "ticketpager rules test: --now '2026-11-30T10:00' has no time zone; "
+        "add one, e.g. 2026-11-30T10:00Z for UTC or 2026-11-30T10:00+01:00"
+    )
+    assert cli(*args, "--now", "2026-11-30 10:00:00").returncode == 2
+    assert cli(*args, "--now", "yesterday").returncode == 2
+    for good in ("2026-11-30T09:40:00Z", "2026-11-30T10:40:00+01:00", "2026-11-30"):
+        done = cli(*args, "--now", good)
+        assert done.returncode == 0, (good, done.stderr)
+    assert "at 2026-11-30T00:00:00+00:00" in done.stdout  # a plain date is midnight UTC, as in rules
+
+
+@pytest.mark.parametrize("command", [[], ["check"], ["test"], ["schema"], ["backtest"]])
+def test_rules_help_is_for_users(command: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sync.cli", "rules", *command, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=_env(),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for developer_text in ("register(", "subparsers", "sync/cli.py", "python -m rules.cli", "``"):
+        assert developer_text not in done.stdout
+    first = done.stdout.split("\n\n")[1]  # usage, blank line, then the description
+    expected = {
+        (): "Check, test and back-test the rule files",
+        ("check",): "Validate a rule file or a directory",
+        ("test",): "Evaluate the rules against one ticket",
+        ("schema",): "Print the JSON Schema of rule files",
+        ("backtest",): "Read recent tickets through the configured connector",
+    }[tuple(command)]
+    assert first.startswith(expected), done.stdout
+    if command in (["check"], ["test"]):
+        assert "--allow-missing-env" in done.stdout

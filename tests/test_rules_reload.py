@@ -91,3 +91,45 @@ def test_watcher_thread_picks_up_changes(tmp_path: Path, caplog: pytest.LogCaptu
     finally:
         store.stop()
     assert "rules reloaded" in caplog.text
+
+
+def test_unknown_filter_in_a_reload_is_a_normal_reload_failure(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text(GOOD.format(name="one"))
+    store = RuleStore(path, env={"PD_KEY": SECRET})
+    good = store.current
+    path.write_text(GOOD.format(name="one").replace("summary: hi", "summary: '{{ ticket.title | upperr }}'"))
+    assert store.reload() is False
+    assert store.current is good and store.reload_failures == 1
+    assert store.last_error == (
+        f"{path}:5:70: rule 'one' → trigger → summary: unknown filter 'upperr' (did you mean 'upper'?)"
+    )
+
+
+def test_any_exception_during_reload_counts_as_a_failure_and_replaces_a_stale_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text(GOOD.format(name="one"))
+    store = RuleStore(path, env={"PD_KEY": SECRET})
+    good = store.current
+    path.write_text("version: 1\nrules: [")
+    assert store.reload() is False and store.reload_failures == 1
+    stale = store.last_error
+    assert stale is not None and "invalid YAML" in stale
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("rules.reload.load_rules", explode)
+    store.reloaded.clear()
+    assert store.reload() is False
+    assert store.current is good and store.reload_failures == 2 and store.reloaded.is_set()
+    assert store.last_error == "rule reload failed unexpectedly: RuntimeError: disk on fire"
+    assert "rule reload failed unexpectedly" in caplog.text
+    # the watcher path goes through the same accounting (no bare "will retry" with a stale error)
+    _write(path, GOOD.format(name="two"), bump=3)
+    assert store.check_for_changes() is False and store.reload_failures == 3
+    monkeypatch.undo()
+    _write(path, GOOD.format(name="two"), bump=5)
+    assert store.check_for_changes() is True and store.last_error is None and store.current.names == ("two",)

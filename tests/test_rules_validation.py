@@ -99,11 +99,27 @@ EXPECTED: dict[str, list[str]] = {
     "severity_map_value": [
         "9:58: rule 'r1' → trigger → severity → map → P2: unknown severity 'urgent' (use critical | error | warning | info)",
     ],
+    "status_category_value": [
+        "6:34: rule 'r1' → when → status_category → not_in: status categories are lowercase: did you mean 'done'? (or add ignore_case: true)",
+        "6:40: rule 'r1' → when → status_category → not_in: unknown status category 'closed' (use new | in_progress | done | deleted)",
+        "6:48: rule 'r1' → when → status_category → not_in: unknown status category 'in progress' (did you mean 'in_progress'?) (use new | in_progress | done | deleted)",
+        "7:41: rule 'r1' → acknowledge_when → status_category: status categories are lowercase: did you mean 'in_progress'? (or add ignore_case: true)",
+    ],
     "template_syntax": [
         "10:16: rule 'r1' → trigger → summary: template does not compile: unexpected end of template, expected 'end of print statement'. (template line 1)",
     ],
+    "template_unknown_attribute": [
+        "12:15: rule 'r1' → trigger → custom_details → tags: template uses unknown field 'ticket.attributes.organisation_tags' (did you mean 'organization_tags'?) (the source's attributes; vendor-defined fields are ticket.custom.<name> or ticket.raw.<path>)",
+        "13:18: rule 'r1' → trigger → custom_details → channel: template uses unknown field 'ticket.attributes.via_chanel' (did you mean 'via_channel'?) (the source's attributes; vendor-defined fields are ticket.custom.<name> or ticket.raw.<path>)",
+        "14:16: rule 'r1' → trigger → custom_details → brand: template uses unknown field 'ticket.attributes.brnd' (did you mean 'brand'?) (the source's attributes; vendor-defined fields are ticket.custom.<name> or ticket.raw.<path>)",
+        "16:18: rule 'r1' → trigger → custom_details → project: 'ticket.attributes.project' is a field of jira tickets; this rule's source is zendesk",
+    ],
     "template_unknown_field": [
         "10:16: rule 'r1' → trigger → summary: template uses unknown field 'ticket.titel' (did you mean 'title'?)",
+    ],
+    "template_unknown_filter": [
+        "10:16: rule 'r1' → trigger → summary: unknown filter 'upperr' (did you mean 'upper'?)",
+        "12:16: rule 'r1' → trigger → custom_details → state: unknown test 'nonee' (did you mean 'none'?)",
     ],
     "template_unknown_variable": [
         "10:16: rule 'r1' → trigger → summary: template uses unknown variable 'tiket' (did you mean 'ticket'?) (known: changes, now, rule, ticket)",
@@ -121,6 +137,10 @@ EXPECTED: dict[str, list[str]] = {
     "unknown_operator": [
         "6:18: rule 'r1' → when → priority: unknown operator 'equal' (did you mean 'equals'?)",
     ],
+    "unknown_operator_suggestions": [
+        "6:16: rule 'r1' → when → status: unknown operator 'one_of' (operators: changed, changed_from, changed_to, contains, during, equals, exists, gt, gte, in, lt, lte, missing, newer_than, not_contains, not_equals, not_in, not_regex, older_than, outside, regex; modifier: ignore_case)",
+        "7:32: rule 'r1' → when → priority: unknown operator 'ignorecase' (did you mean 'ignore_case'?)",
+    ],
     "unknown_rule_key": [
         "5:5: rule 'r1': unknown key 'contine' (did you mean 'continue'?) (allowed: name, description, source, when, trigger, acknowledge_when, resolve_when, on_unmatch, continue)",
     ],
@@ -130,6 +150,13 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "wrong_source_attribute": [
         "6:7: rule 'r1' → when → organization_tags: 'organization_tags' is a field of zendesk tickets; this rule's source is jira",
+    ],
+    # r2 (source: jira) may compare priority/status with anything: only Zendesk's vocabulary is fixed
+    "zendesk_vocabulary": [
+        "6:17: rule 'r1' → when → priority: Zendesk priorities are lowercase: did you mean 'urgent'? (or add ignore_case: true)",
+        "7:27: rule 'r1' → when → status → in: Zendesk statuses are lowercase: did you mean 'solved'? (or add ignore_case: true)",
+        "7:35: rule 'r1' → when → status → in: unknown Zendesk status 'resolved' (did you mean 'solved'?) (use new | open | pending | hold | solved | closed | deleted)",
+        "8:34: rule 'r1' → when → not → status → not_equals: Zendesk statuses are lowercase: did you mean 'hold'? (or add ignore_case: true)",
     ],
 }
 
@@ -257,3 +284,74 @@ def test_second_document_is_an_error(tmp_path: Path) -> None:
     assert [str(e) for e in _errors(path).errors] == [
         f"{path}:4:1: one YAML document per rule file (found a second '---')"
     ]
+
+
+def test_unknown_filter_in_any_template_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "version: 1\nrules:\n  - name: r\n    when: {priority: P1}\n"
+        "    trigger: {routing_key: k, severity: critical, summary: hi,\n"
+        "              links: [{href: '{{ ticket.url | urlencod }}', text: '{{ ticket.key | md5 }}'}]}\n"
+    )
+    assert [str(e) for e in _errors(path).errors] == [
+        f"{path}:6:30: rule 'r' → trigger → links[1] → href: unknown filter 'urlencod' (did you mean 'urlencode'?)",
+        f"{path}:6:67: rule 'r' → trigger → links[1] → text: unknown filter 'md5'",
+    ]
+
+
+def test_attribute_templates_follow_the_rule_source(tmp_path: Path) -> None:
+    """Any source may name every connector's attributes; custom.* and raw.* are vendor-defined and free."""
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "version: 1\nrules:\n  - name: r\n    when: {priority: P1}\n"
+        "    trigger: {routing_key: k, severity: critical,\n"
+        "              summary: '{{ ticket.attributes.project }} {{ ticket.attributes.organization_tags | join }}"
+        ' {{ ticket.attributes["impact"] }} {{ ticket.attributes.get("brand") }} {{ ticket.custom.Anything }}'
+        " {{ ticket.raw.any.path }} {{ ticket.attributes | length }}'}\n"
+    )
+    ruleset = load_rules(path, env={})
+    assert ruleset.names == ("r",)
+
+
+def test_zendesk_vocabulary_with_ignore_case_and_other_operators_loads(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "version: 1\nrules:\n  - name: r\n    source: zendesk\n"
+        "    when: {priority: {in: [Urgent, HIGH], ignore_case: true}, status: [new, open], status_category: new,\n"
+        "           title: {contains: Urgent}}\n"
+        "    acknowledge_when: {status: {changed_to: Open}}\n"
+        "    resolve_when: {status_category: {equals: Done, ignore_case: true}}\n"
+        "    trigger: {routing_key: k, severity: critical, summary: hi}\n"
+        "  - name: any-source\n    when: {priority: Urgent, status: Solved}\n"
+        "    trigger: {routing_key: k, severity: critical, summary: hi}\n"
+    )
+    assert load_rules(path, env={}).names == ("r", "any-source")
+
+
+def test_vocabularies_match_the_zendesk_connector() -> None:
+    from connectors.zendesk_normalize import PRIORITIES, STATUS_CATEGORIES
+    from rules.validation import ZENDESK_PRIORITIES, ZENDESK_STATUSES
+
+    assert ZENDESK_PRIORITIES == PRIORITIES
+    assert ZENDESK_STATUSES == tuple(STATUS_CATEGORIES)
+
+
+def test_missing_env_can_be_a_warning_with_a_placeholder_key() -> None:
+    path = FIXTURES / "bad" / "env_unset.yaml"
+    warnings: list[RuleFileError] = []
+    ruleset = load_rules(path, env=ENV, env_warnings=warnings)
+    assert [str(w) for w in warnings] == [
+        f"{path}:8:20: rule 'r1' → trigger → routing_key: environment variable PD_MISSING_KEY is not set "
+        "(using a placeholder key)"
+    ]
+    assert ruleset.rule("r1").trigger.routing_key == "missing-env:PD_MISSING_KEY"
+    # other errors still fail the load; the warnings are reported alongside them
+    warnings.clear()
+    exc = _errors_with_warnings(FIXTURES / "bad" / "env_partial.yaml", warnings)
+    assert len(exc.errors) == 1 and warnings == []
+
+
+def _errors_with_warnings(path: Path, warnings: list[RuleFileError]) -> RuleFileErrors:
+    with pytest.raises(RuleFileErrors) as caught:
+        load_rules(path, env=ENV, env_warnings=warnings)
+    return caught.value
