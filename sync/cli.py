@@ -105,6 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,  # uvicorn's lines go through our handler: same format, same secret redaction
         lifespan="off",
         timeout_graceful_shutdown=10,
     )
