@@ -59,6 +59,12 @@ def test_bad_edit_keeps_last_good_set_and_sighup_reloads(tmp_path: Path) -> None
                                                         "X-Atlassian-Webhook-Identifier": "hr-1"})
         assert status == 202
 
+        def delivered() -> bool:
+            report = json.loads(get(f"{serve.url}/admin/status"))
+            return bool(report["open_incidents"] == 1 and report["outbox_pending"] == 0)
+
+        assert wait_for(delivered), "the page under the last good rule set was not delivered"
+
         fixed = RULES.replace("ops-highest", "ops-highest-v2")
         rule_file.write_text(fixed)
         assert serve.proc is not None

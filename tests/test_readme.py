@@ -34,9 +34,11 @@ def test_sample_webhook_file_exists() -> None:
 
 def test_newcomer_walkthrough_dry_run(tmp_path: Path) -> None:
     """Start `serve --dry-run` like the README's first command, run its curl block, see the event."""
+    import json
     import shutil
     import subprocess
     import time
+    import urllib.request
 
     import pytest
 
@@ -56,7 +58,13 @@ def test_newcomer_walkthrough_dry_run(tmp_path: Path) -> None:
             out = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
             assert '"status":"accepted"' in out.stdout, out.stdout + out.stderr
             assert f'"duplicates":{attempt}' in out.stdout
-        time.sleep(2)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the event is "sent" (logged) by the delivery worker
+            with urllib.request.urlopen(f"{serve.url}/admin/status", timeout=5) as resp:  # noqa: S310
+                report = json.loads(resp.read())
+            if report["open_incidents"] == 1 and report["outbox_pending"] == 0:
+                break
+            time.sleep(0.1)
     finally:
         serve.stop()
     log = serve.output()
