@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from rules.operators import explain_failure, fold
+from rules.operators import failure_explainer, fold
 from rules.spec import AllOf, AnyOf, Cond, Leaf, NotOf, RuleSetSpec, RuleSpec, SeveritySpec
 from rules.templates import Template, render_safely, template_context
 from sync.model import FieldChange, StatusCategory, Ticket, TriggerSpec
@@ -170,6 +170,7 @@ def _compile_leaf(leaf: Leaf) -> Check:
     name = leaf.field.name if leaf.field else "now"
 
     cache: dict[Any, str] = {}
+    explain = failure_explainer(name, op, raw)
 
     def fail(value: Any) -> str:
         # explanations repeat (the same status fails the same condition): format each one once
@@ -179,9 +180,9 @@ def _compile_leaf(leaf: Leaf) -> Check:
             if text is None:
                 if len(cache) >= _REJECT_CACHE_MAX:
                     cache.clear()
-                text = cache[value] = explain_failure(name, op, value, raw)
+                text = cache[value] = explain(value)
             return text
-        return explain_failure(name, op, value, raw)
+        return explain(value)
 
     if op.input == "change":
 
@@ -369,7 +370,7 @@ class _CompiledRule:
 
 def _why_not(leaf: Leaf) -> Callable[[Any], str]:
     name = leaf.field.name if leaf.field else "now"
-    return lambda value: explain_failure(name, leaf.op, value, leaf.raw_arg)
+    return failure_explainer(name, leaf.op, leaf.raw_arg)
 
 
 # ----------------------------------------------------------------------------------------------- rendering

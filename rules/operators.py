@@ -57,6 +57,8 @@ def show(value: Any, limit: int = 80) -> str:
         return f"calendar '{value.name}'"
     elif isinstance(value, timedelta):
         return format_duration(value)
+    elif isinstance(value, str) and len(value) > limit:
+        text = repr(value[:limit])  # never repr a whole description just to cut it to `limit`
     else:
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -518,15 +520,26 @@ REGISTRY: dict[str, Operator] = _build()
 MODIFIERS = frozenset({"ignore_case"})
 
 
-def explain_failure(field_name: str, op: Operator, value: Any, raw_arg: Any) -> str:
-    """``priority: 'High' is not in ['Highest', 'P1']``."""
-    if op.input == "change":
-        shown = "unchanged in this update" if value is None else f"changed {show(value.old)} → {show(value.new)}"
-    else:
-        shown = show(value)
+def failure_explainer(field_name: str, op: Operator, raw_arg: Any) -> Callable[[Any], str]:
+    """A function giving ``priority: 'High' is not in ['Highest', 'P1']`` for a failing value (the
+    condition's side is rendered once, when the rule compiles)."""
     arg = f"calendar '{raw_arg}'" if op.name in ("during", "outside") else show(raw_arg)
     if op.name in ("regex", "not_regex", "older_than", "newer_than"):
         arg = str(raw_arg)
     elif isinstance(raw_arg, bool):
         arg = "true" if raw_arg else "false"
-    return f"{field_name}: " + op.fail.format(v=shown, a=arg)
+    prefix, template = f"{field_name}: ", op.fail
+
+    if op.input == "change":
+
+        def explain_change(value: Any) -> str:
+            shown = "unchanged in this update" if value is None else f"changed {show(value.old)} → {show(value.new)}"
+            return prefix + template.format(v=shown, a=arg)
+
+        return explain_change
+    return lambda value: prefix + template.format(v=show(value), a=arg)
+
+
+def explain_failure(field_name: str, op: Operator, value: Any, raw_arg: Any) -> str:
+    """``priority: 'High' is not in ['Highest', 'P1']``."""
+    return failure_explainer(field_name, op, raw_arg)(value)
