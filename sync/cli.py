@@ -93,6 +93,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.rules_path,
         mode,
     )
+    if not settings.dry_run:
+        for problem in service.routing_key_problems():
+            log.error("%s: its pages would be refused by PagerDuty (set the rule's ${ENV} key)", problem)
     service.start()
     signal.signal(signal.SIGHUP, lambda *_: service.reload_rules())
     # uvicorn handles SIGTERM/SIGINT gracefully, then re-raises the signal against the handlers it found:

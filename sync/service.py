@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import socket
 import threading
 import uuid
@@ -20,7 +21,7 @@ from typing import Any
 
 from connectors import CONNECTORS, connector_class
 from connectors.base import Connector, WriteBack
-from connectors.pagerduty import PagerDutySink, RateLimiter
+from connectors.pagerduty import PagerDutySink, RateLimiter, mask
 from sync.clock import Clock, SystemClock
 from sync.delivery import Delivery
 from sync.engine import Engine
@@ -32,6 +33,9 @@ from sync.settings import Settings
 from sync.store import Store, acquire_lease, release_lease
 
 log = logging.getLogger("ticketpager.service")
+
+#: "integration key … a 32 character" string (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/)
+INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
 
 
 def load_rule_store(settings: Settings, clock: Clock) -> Any:
@@ -196,6 +200,18 @@ class Service:
         for thread in self._threads:
             thread.join(timeout=15)
         self.writer.stop()
+
+    def routing_key_problems(self) -> list[str]:
+        """Rules whose routing key cannot be a PagerDuty integration key (32 letters and digits): with a
+        placeholder such as the examples' ``dry-run-…`` default, every page would become a dead letter."""
+        problems = []
+        for rule in self.rule_store.current.spec.rules:
+            key = rule.trigger.routing_key
+            if not INTEGRATION_KEY.fullmatch(key):
+                problems.append(
+                    f"rule '{rule.name}': routing key {mask(key)} is not a 32-character PagerDuty integration key"
+                )
+        return problems
 
     def reload_rules(self) -> bool:
         """SIGHUP: reload now (the watcher also reloads on file changes). The last good set stays on error."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.factories import ROUTING_KEY, RULES
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.serve_proc import Serve, free_port
@@ -61,3 +63,16 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     assert proc.stop() == 0
     assert time.monotonic() - started < 15
     assert "stopped" in proc.output()
+
+
+def test_serve_warns_about_placeholder_routing_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not in dry run, the examples' `${PD_…:-dry-run-…}` defaults would turn every page into a dead letter."""
+    examples = Path(__file__).resolve().parent.parent / "rules" / "examples"
+    env = serve_env(f"sqlite:///{tmp_path / 'tp.db'}", examples, "http://127.0.0.1:9/v2/enqueue")
+    del env["PD_PLATFORM_KEY"]  # the example falls back to its `dry-run-platform` placeholder
+    monkeypatch.delenv("PD_PLATFORM_KEY", raising=False)
+    proc = Serve(env).start()
+    assert proc.stop() == 0
+    log = proc.output()
+    assert "rule 'jira-ops-p1': routing key ****form is not a 32-character PagerDuty integration key" in log
+    assert "dry-run-platform" not in log, "the key itself is masked"
