@@ -11,6 +11,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+WRITE_OPTION = "ticketpager_write"  # execution option marking a write transaction (SQLite: BEGIN IMMEDIATE)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -37,7 +38,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
+            # writers (Store.begin) take the write lock up front: no lock-upgrade deadlocks; reads stay
+            # deferred, so a health probe or a status query never holds the write lock in WAL mode
+            write = conn.get_execution_options().get(WRITE_OPTION)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):

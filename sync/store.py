@@ -168,7 +168,11 @@ class Store:
             with self.engine.begin() as conn:
                 yield conn
             return
-        with self.write_lock.hold(urgent), self.engine.begin() as conn:
+        with (
+            self.write_lock.hold(urgent),
+            self.engine.connect().execution_options(**{db.WRITE_OPTION: True}) as conn,
+            conn.begin(),
+        ):
             yield conn
 
     def should_yield(self) -> bool:
