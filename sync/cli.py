@@ -266,8 +266,11 @@ def _deadletters(args: argparse.Namespace, store: Any) -> int:
                 file=sys.stderr,
             )
             return 1
-    count = store.retry_dead(None if args.all else args.ids, SystemClock().now())
+    count, superseded = store.retry_dead(None if args.all else args.ids, SystemClock().now())
     print(f"{count} dead letter(s) queued again; a running 'serve' (or 'poll --once') delivers them")
+    if superseded:
+        print(f"{superseded} not re-sent: a later event of the same incident was already sent "
+              "(re-sending would reopen it); marked superseded")
     return 0
 
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
 
 from sync import db, jsonutil
 from sync.model import TicketChange
@@ -222,18 +223,35 @@ class Store:
             )
             return [dict(r) for r in rows]
 
-    def retry_dead(self, ids: Sequence[int] | None, now: datetime) -> int:
-        """Put dead letters back in the queue (all of them when ``ids`` is None). Returns how many."""
+    def retry_dead(self, ids: Sequence[int] | None, now: datetime) -> tuple[int, int]:
+        """Put dead letters back in the queue (all of them when ``ids`` is None).
+
+        An event whose incident has moved on since (a later event of the same ``dedup_key`` was sent, e.g.
+        the resolve of a dead trigger) is not re-sent — that would reopen a finished incident; it is marked
+        ``superseded``. Returns (queued, superseded).
+        """
         cond = outbox.c.status == "dead"
         if ids is not None:
             cond = and_(cond, outbox.c.id.in_(list(ids)))
+        later = aliased(outbox)
+        moved_on = exists().where(
+            later.c.dedup_key == outbox.c.dedup_key,
+            later.c.kind == "event",
+            later.c.id > outbox.c.id,
+            later.c.status == "sent",
+        )
         with self.begin() as conn:
+            superseded = conn.execute(
+                update(outbox)
+                .where(cond, outbox.c.kind == "event", moved_on)
+                .values(status="superseded", claimed_until=None)
+            )
             done = conn.execute(
                 update(outbox)
                 .where(cond)
                 .values(status="pending", attempts=0, next_attempt_at=now, claimed_until=None, claimed_by=None)
             )
-            return int(done.rowcount or 0)
+            return int(done.rowcount or 0), int(superseded.rowcount or 0)
 
     def last_polls(self) -> dict[str, datetime | None]:
         """Per source, when the last poll succeeded (for the poll-lag gauge)."""

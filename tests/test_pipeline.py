@@ -141,7 +141,7 @@ def test_400_is_a_dead_letter_and_can_be_redriven(service: Service, pd: MockPage
     assert status.dead_letters == 1 and not pd.events
     dead = service.store.dead_letters()
     assert "scripted 400" in dead[0]["last_error"]
-    assert service.store.retry_dead(None, clock.now()) == 1
+    assert service.store.retry_dead(None, clock.now()) == (1, 0)
     service.process_all()
     assert [a for a, _ in actions(pd)] == ["trigger"]
     assert service.store.status().dead_letters == 0
@@ -226,3 +226,20 @@ def test_a_poison_change_is_isolated_and_the_batch_still_pages(
     with service.store.engine.connect() as conn:
         error = conn.execute(select(changes.c.error).where(changes.c.delivery_id == "poison")).scalar_one()
     assert "JSONDecodeError" in error or "ValueError" in error
+
+
+def test_a_dead_trigger_is_not_resent_after_its_incident_resolved(
+    service: Service, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """Re-driving a trigger that PagerDuty refused, after the ticket's resolve went out, would open an
+    incident for a finished ticket: it is marked superseded instead."""
+    pd.fail_next(1, 400)
+    receive(service, [change(ticket(minutes=0))])
+    service.process_all()
+    receive(service, [change(ticket(minutes=1, status="Done", category=StatusCategory.DONE))])
+    service.process_all()
+    assert [e["event_action"] for e in pd.events] == ["resolve"]
+    assert service.store.retry_dead(None, clock.now()) == (0, 1)
+    service.process_all()
+    assert [e["event_action"] for e in pd.events] == ["resolve"], "the finished incident was not reopened"
+    assert service.store.status().dead_letters == 0
