@@ -298,5 +298,7 @@ class Store:
                 ).rowcount
                 or 0
             )
-            conn.execute(delete(outbox).where(outbox.c.status.in_(("sent", "superseded")), outbox.c.created_at < before))
+            conn.execute(
+                delete(outbox).where(outbox.c.status.in_(("sent", "superseded")), outbox.c.created_at < before)
+            )
         return int(d), int(c)
