@@ -123,6 +123,9 @@ class Delivery:
 
     # -- one row ---------------------------------------------------------------------------------
     def deliver(self, row: RowMapping) -> None:
+        if not self._renew(row["id"]):  # our claim expired and another worker took the row: leave it
+            log.warning("outbox row %s was claimed by another worker meanwhile; skipping it", row["id"])
+            return
         if row["kind"] == "writeback":
             self._deliver_write_back(row)
             return
@@ -173,12 +176,24 @@ class Delivery:
         METRICS.write_backs.labels(row["source"], "sent").inc()
         self._mark(row["id"], status="sent", sent_at=self.clock.now(), last_error=None)
 
+    def _renew(self, row_id: int) -> bool:
+        """Extend our claim right before sending; False if the row is no longer ours (fencing: a claim
+        that expired while earlier rows of the batch were slow must not lead to a second send)."""
+        until = self.clock.now() + timedelta(seconds=self.claim_seconds)
+        with self.store.begin() as conn:
+            done = conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id, outbox.c.claimed_by == self.worker_id, outbox.c.status == "pending")
+                .values(claimed_until=until)
+            )
+        return bool(done.rowcount)
+
     def _sent(self, row: RowMapping, *, dry_run: bool) -> None:
         now = self.clock.now()
         with self.store.begin() as conn:
-            conn.execute(
+            done = conn.execute(
                 update(outbox)
-                .where(outbox.c.id == row["id"])
+                .where(outbox.c.id == row["id"], outbox.c.claimed_by == self.worker_id, outbox.c.status == "pending")
                 .values(
                     status="sent",
                     sent_at=now,
@@ -188,6 +203,9 @@ class Delivery:
                     attempts=outbox.c.attempts + 1,
                 )
             )
+            if not done.rowcount:
+                log.warning("outbox row %s was taken over while it was being sent", row["id"])
+                return
             received = None
             if row["change_id"] is not None:
                 received = conn.execute(
@@ -233,14 +251,17 @@ class Delivery:
     def _failed(self, row: RowMapping, exc: TicketpagerError) -> None:
         now = self.clock.now()
         attempts = row["attempts"] + 1
-        elapsed = (now - row["created_at"]).total_seconds()
+        first = row["first_attempt_at"] or now  # the retry budget runs from the first failure, not creation
+        elapsed = (now - first).total_seconds()
         wait = self.policy.delay(attempts, elapsed, exc, self.rng) if isinstance(exc, RetryableError) else None
         action = row["action"] if row["kind"] == "event" else "writeback"
         if wait is None:
             why = "permanent" if isinstance(exc, PermanentError) else "retries exhausted"
             log.error("%s %s for %s is a dead letter (%s): %s", row["kind"], action, row["ticket_key"], why, exc)
             METRICS.events.labels(action, "dead").inc()
-            self._mark(row["id"], status="dead", attempts=attempts, last_error=f"{why}: {exc}"[:4000])
+            self._mark(
+                row["id"], status="dead", attempts=attempts, last_error=f"{why}: {exc}"[:4000], first_attempt_at=first
+            )
             return
         log.warning(
             "%s %s for %s failed (attempt %d), retry in %.1fs: %s",
@@ -257,6 +278,7 @@ class Delivery:
             attempts=attempts,
             last_error=str(exc)[:4000],
             next_attempt_at=now + timedelta(seconds=wait),
+            first_attempt_at=first,
         )
 
     def _release(self, row_id: int, wait: float) -> None:
@@ -265,4 +287,8 @@ class Delivery:
     def _mark(self, row_id: int, **values: Any) -> None:
         values.setdefault("claimed_until", None)
         with self.store.begin() as conn:
-            conn.execute(update(outbox).where(outbox.c.id == row_id, outbox.c.status == "pending").values(**values))
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id, outbox.c.status == "pending", outbox.c.claimed_by == self.worker_id)
+                .values(**values)
+            )

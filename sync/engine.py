@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, bindparam, exists, insert, select, update
+from sqlalchemy import Connection, bindparam, exists, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -41,7 +41,7 @@ from sync.model import (
     diff_tickets,
 )
 from sync.schema import changes, decisions, links, outbox, tickets
-from sync.store import Store, _insert_ignore, insert_changes
+from sync.store import Store, _insert_ignore
 
 log = logging.getLogger("ticketpager.engine")
 
@@ -254,10 +254,6 @@ class Engine:
         ticket = change.ticket
         now = self.clock.now()
         current = self._lock_ticket(conn, ticket.source, ticket.id)
-        if change.origin is Origin.RECHECK and current is not None and current["snapshot"]:
-            # time rules re-evaluate the latest stored version, never the one captured when scheduled
-            ticket = Ticket.from_json(jsonutil.loads(current["snapshot"]))
-            change = TicketChange(ticket, Origin.RECHECK, change.delivery_id, change.received_at, changes=())
         version = ticket.version_hash()
         outcome = self._staleness(current, change, version)
         if outcome is not None:
@@ -266,8 +262,6 @@ class Engine:
             METRICS.changes_processed.labels(ticket.source, outcome).inc()
             return
         previous = Ticket.from_json(jsonutil.loads(current["snapshot"])) if current and current["snapshot"] else None
-        if change.origin is Origin.RECHECK:
-            previous = ticket
         changed = change.changes if change.changes is not None else diff_tickets(previous, ticket)
         results = evaluate_change(ruleset, ticket, previous, changed, now)
         link_states = self._links(conn, ticket)
@@ -304,7 +298,7 @@ class Engine:
 
     @staticmethod
     def _staleness(current: RowMapping | None, change: TicketChange, version: str) -> str | None:
-        if current is None or change.origin is Origin.RECHECK:
+        if current is None:
             return None
         if change.ticket.updated < current["updated"]:
             return "stale"
@@ -338,7 +332,9 @@ class Engine:
             for r in rows
         }
 
-    def _enqueue(self, conn: Connection, event: PlannedEvent, ticket: Ticket, change_id: int, now: Any) -> None:
+    def _enqueue(
+        self, conn: Connection, event: PlannedEvent, ticket: Ticket, change_id: int | None, now: Any
+    ) -> None:
         conn.execute(
             INSERT_OUTBOX,
             {
@@ -416,32 +412,62 @@ class Engine:
             "detail": jsonutil.dumps(detail),
         }
 
-    def schedule_rechecks(self, limit: int = 10_000) -> int:
-        """Queue a re-evaluation of open, unpaged tickets (time rules: ``older_than``, calendars).
+    def recheck(self, chunk: int = 200) -> int:
+        """Re-evaluate every open, unpaged ticket against the time rules (``older_than``, calendars).
 
-        The delivery id is per ticket and minute, so replicas that both schedule in one minute (or a
-        restart mid-minute) queue each ticket once.
+        Walks the flagged tickets by key in small chunks (no ticket is ever left out, memory stays flat),
+        evaluates each stored snapshot in place and writes only when something is planned — no change row
+        per ticket per pass. Ticket row locks and link state make a concurrent run on another replica
+        harmless; the scheduler's lease makes it rare. Returns how many events were planned.
         """
-        now = self.clock.now()
-        stamp = now.strftime("%Y-%m-%dT%H:%M")
-        queued = 0
-        with self.store.engine.connect() as conn:
-            rows = (
-                conn.execute(
-                    select(tickets.c.source, tickets.c.ticket_id, tickets.c.updated, tickets.c.snapshot)
-                    .where(tickets.c.recheck.is_(True))
-                    .limit(limit)
-                )
-                .mappings()
-                .all()
-            )
-        batch: list[TicketChange] = []
-        for r in rows:
-            if not r["snapshot"]:
-                continue
-            ticket = Ticket.from_json(jsonutil.loads(r["snapshot"]))
-            batch.append(TicketChange(ticket, Origin.RECHECK, f"recheck:{ticket.id}:{stamp}", now, changes=()))
-        if batch:
+        ruleset = self.rules()
+        planned = 0
+        after = ("", "")
+        while True:
+            with self.store.engine.connect() as conn:
+                keys = conn.execute(
+                    select(tickets.c.source, tickets.c.ticket_id)
+                    .where(tickets.c.recheck.is_(True), tuple_(tickets.c.source, tickets.c.ticket_id) > tuple_(*after))
+                    .order_by(tickets.c.source, tickets.c.ticket_id)
+                    .limit(chunk)
+                ).all()
+            if not keys:
+                return planned
             with self.store.begin() as conn:
-                queued = insert_changes(conn, batch)
-        return queued
+                for source, ticket_id in keys:
+                    planned += self._recheck_one(conn, source, ticket_id, ruleset)
+                    after = (source, ticket_id)
+                    if self.store.should_yield():
+                        break  # commit; the webhook writer goes first; the walk resumes after `after`
+
+    def _recheck_one(self, conn: Connection, source: str, ticket_id: str, ruleset: RuleSetLike) -> int:
+        current = self._lock_ticket(conn, source, ticket_id)
+        if current is None or not current["recheck"]:
+            return 0
+        ticket = Ticket.from_json(jsonutil.loads(current["snapshot"]))
+        now = self.clock.now()
+        results = evaluate_change(ruleset, ticket, ticket, (), now)
+        link_states = self._links(conn, ticket)
+        events = plan(results, link_states, ticket)
+        if not events:
+            return 0
+        for event in events:
+            self._enqueue(conn, event, ticket, None, now)
+            self._save_link(conn, event, ticket, now)
+            METRICS.rule_matches.labels(event.rule, event.action.value).inc()
+        open_after = {rule: link.state.is_open for rule, link in link_states.items()} | {
+            e.rule: next_state(e.action).is_open for e in events
+        }
+        open_count = sum(open_after.values())
+        conn.execute(
+            update(tickets)
+            .where(tickets.c.source == source, tickets.c.ticket_id == ticket_id)
+            .values(open_incidents=open_count, recheck=open_count == 0)
+        )
+        detail = {
+            "origin": Origin.RECHECK.value,
+            "verdicts": [verdict_json(r) for r in results],
+            "events": [event_json(e) for e in events],
+        }
+        conn.execute(INSERT_DECISION, self._decision(None, ticket, "paged", ruleset.digest, detail))
+        return len(events)

@@ -22,6 +22,7 @@ from sync.store import Store, insert_changes, insert_changes_each
 log = logging.getLogger("ticketpager.ingest")
 
 MAX_BATCH = 512
+SUBMIT_TIMEOUT_SECONDS = 10.0  # PagerDuty and Zendesk give up on a webhook after a few seconds anyway
 
 
 @dataclass
@@ -64,7 +65,8 @@ class Writer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         self._queue.put(_Item(changes, loop, future))
-        return await future
+        # bounded: if the writer ever stalled, vendors get a 503 and retry instead of a hanging request
+        return await asyncio.wait_for(future, timeout=SUBMIT_TIMEOUT_SECONDS)
 
     def _run(self) -> None:
         stopping = False

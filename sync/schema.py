@@ -170,6 +170,7 @@ outbox = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("sent_at", UTCDateTime(), nullable=True),
     Column("dry_run", Boolean, nullable=False, server_default=text("false")),
+    Column("first_attempt_at", UTCDateTime(), nullable=True),  # the retry budget runs from here
     Index(
         "ix_outbox_due",
         "next_attempt_at",

@@ -62,6 +62,8 @@ class Service:
         self.rule_store = rule_store if rule_store is not None else load_rule_store(settings, self.clock)
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._connectors: dict[str, Connector] = dict(connectors or {})
+        self._injected: dict[str, Connector] = dict(connectors or {})
+        self._write_back_connectors: dict[str, Connector] = {}
         self._connector_lock = threading.Lock()
         self.wake = threading.Event()  # set by the webhook writer and pollers: changes are waiting
         self.outbox_wake = threading.Event()  # set by the engine: events may be due
@@ -71,7 +73,8 @@ class Service:
             self.store, lambda: self.rule_store.current, self.clock, batch_size=settings.engine.batch_size
         )
         pd = settings.pagerduty
-        self.sink = sink or PagerDutySink(pd.url, timeout=pd.timeout_seconds, clock=self.clock)
+        self._injected_sink = sink  # tests may pass one; otherwise each delivery worker gets its own session
+        self.sink = sink or self._new_sink()
         self.policy = RetryPolicy(
             max_attempts=pd.max_attempts,
             max_total_seconds=pd.max_retry_seconds,
@@ -114,13 +117,33 @@ class Service:
             return {}
         return {s: self.settings.connector(s).write_back for s in self.pollable_sources()}
 
+    def _new_sink(self) -> PagerDutySink:
+        pd = self.settings.pagerduty
+        return PagerDutySink(pd.url, timeout=pd.timeout_seconds, clock=self.clock)
+
     def _write_back(self, source: str, note: WriteBack) -> None:
-        self.connector(source).write_back(note)
+        self._write_back_connector(source).write_back(note)
+
+    def _write_back_connector(self, source: str) -> Connector:
+        """The connector delivery workers write notes with: one attempt per call, because the outbox
+        retries with backoff — a connector sleeping through its own retries would stall the worker (and
+        the pages queued behind the note) and let its claims expire."""
+        with self._connector_lock:
+            if source in self._injected:
+                return self._injected[source]
+            if source not in self._write_back_connectors:
+                self._write_back_connectors[source] = connector_class(source)(
+                    self.settings.connector(source),
+                    clock=self.clock,
+                    retry=RetryPolicy(max_attempts=1),
+                    insecure=self.settings.insecure_webhooks,
+                )
+            return self._write_back_connectors[source]
 
     def delivery(self, worker: str = "0") -> Delivery:
         return Delivery(
             self.store,
-            self.sink,
+            self._injected_sink or self._new_sink(),  # requests sessions are not shared between threads
             self.clock,
             policy=self.policy,
             limiter=self.limiter,
@@ -301,8 +324,8 @@ class Service:
                 if getattr(rules, "has_time_rules", False) and self._with_lease(
                     "recheck", eng.recheck_interval_seconds
                 ):
-                    if self.engine.schedule_rechecks():
-                        self.wake.set()
+                    if self.engine.recheck():
+                        self.outbox_wake.set()
             if now_m >= next_prune:
                 next_prune = now_m + 3600
                 if self._with_lease("retention", 3600):

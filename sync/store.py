@@ -16,7 +16,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import aliased
 
 from sync import db, jsonutil
 from sync.model import TicketChange
@@ -226,30 +225,37 @@ class Store:
     def retry_dead(self, ids: Sequence[int] | None, now: datetime) -> tuple[int, int]:
         """Put dead letters back in the queue (all of them when ``ids`` is None).
 
-        An event whose incident has moved on since (a later event of the same ``dedup_key`` was sent, e.g.
-        the resolve of a dead trigger) is not re-sent — that would reopen a finished incident; it is marked
-        ``superseded``. Returns (queued, superseded).
+        A trigger or acknowledge whose incident has moved on since — the link (never pruned) is resolved or
+        at a later generation, e.g. the ticket was resolved after the trigger died — is not re-sent: that
+        would open an incident for a finished ticket. It is marked ``superseded``. Resolves are always
+        re-sent (an incident left open is worse). Returns (queued, superseded).
         """
         cond = outbox.c.status == "dead"
         if ids is not None:
             cond = and_(cond, outbox.c.id.in_(list(ids)))
-        later = aliased(outbox)
         moved_on = exists().where(
-            later.c.dedup_key == outbox.c.dedup_key,
-            later.c.kind == "event",
-            later.c.id > outbox.c.id,
-            later.c.status == "sent",
+            links.c.source == outbox.c.source,
+            links.c.ticket_id == outbox.c.ticket_id,
+            links.c.rule == outbox.c.rule,
+            or_(links.c.generation > outbox.c.generation, links.c.state == "resolved"),
         )
         with self.begin() as conn:
             superseded = conn.execute(
                 update(outbox)
-                .where(cond, outbox.c.kind == "event", moved_on)
+                .where(cond, outbox.c.kind == "event", outbox.c.action != "resolve", moved_on)
                 .values(status="superseded", claimed_until=None)
             )
             done = conn.execute(
                 update(outbox)
                 .where(cond)
-                .values(status="pending", attempts=0, next_attempt_at=now, claimed_until=None, claimed_by=None)
+                .values(
+                    status="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    claimed_until=None,
+                    claimed_by=None,
+                    first_attempt_at=None,
+                )
             )
             return int(done.rowcount or 0), int(superseded.rowcount or 0)
 
@@ -288,17 +294,26 @@ class Store:
             )
             return [dict(r) for r in rows]
 
-    def prune(self, before: datetime) -> tuple[int, int]:
-        """Retention: drop decision-log rows and processed change payloads older than ``before``."""
-        with self.begin() as conn:
-            d = conn.execute(delete(decisions).where(decisions.c.at < before)).rowcount or 0
-            c = (
-                conn.execute(
-                    delete(changes).where(changes.c.received_at < before, changes.c.status != "pending")
-                ).rowcount
-                or 0
-            )
-            conn.execute(
-                delete(outbox).where(outbox.c.status.in_(("sent", "superseded")), outbox.c.created_at < before)
-            )
-        return int(d), int(c)
+    def prune(self, before: datetime, chunk: int = 5000) -> tuple[int, int]:
+        """Retention: drop decision-log rows, processed change payloads and sent events older than ``before``.
+
+        Deletes in chunks, one short transaction each, so a first prune over a large history never holds
+        the (SQLite) write lock for long. Returns (decisions, changes) deleted.
+        """
+        targets = (
+            (decisions, decisions.c.at < before),
+            (changes, and_(changes.c.received_at < before, changes.c.status != "pending")),
+            (outbox, and_(outbox.c.status.in_(("sent", "superseded")), outbox.c.created_at < before)),
+        )
+        counts = []
+        for table, cond in targets:
+            total = 0
+            while True:
+                with self.begin() as conn:
+                    ids = select(table.c.id).where(cond).limit(chunk).scalar_subquery()
+                    gone = int(conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount or 0)
+                total += gone
+                if gone < chunk:
+                    break
+            counts.append(total)
+        return counts[0], counts[1]

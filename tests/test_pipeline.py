@@ -243,3 +243,42 @@ def test_a_dead_trigger_is_not_resent_after_its_incident_resolved(
     service.process_all()
     assert [e["event_action"] for e in pd.events] == ["resolve"], "the finished incident was not reopened"
     assert service.store.status().dead_letters == 0
+
+
+def test_a_worker_whose_claim_expired_does_not_send_again(
+    service: Service, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """Fencing: worker A claimed a row, stalled past its claim; worker B took the row over and sent it.
+    When A gets to the row it must not send it a second time."""
+    receive(service, [change(ticket())])
+    service.engine.drain()
+    slow, fast = service.delivery("slow"), service.delivery("fast")
+    [row] = slow.claim(10)
+    clock.advance(service.settings.engine.claim_seconds + 1)
+    assert fast.run_once() == 1
+    slow.deliver(row)  # the stale worker wakes up
+    assert [e["event_action"] for e in pd.events] == ["trigger"]
+    assert service.store.status().outbox_pending == 0
+
+
+def test_a_redriven_dead_letter_gets_its_full_retry_budget(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    svc = make_service(db_url, rules_path, pd.url, clock, pagerduty={"max_attempts": 2})
+    pd.fail_next(2, 500)
+    receive(svc, [change(ticket())])
+    svc.engine.drain()
+    delivery = svc.delivery()
+    for _ in range(3):
+        delivery.drain()
+        clock.advance(600)
+    assert svc.store.status().dead_letters == 1
+    clock.advance(7200)  # an operator re-drives it hours later; PagerDuty fails once more
+    assert svc.store.retry_dead(None, clock.now()) == (1, 0)
+    pd.fail_next(1, 503)
+    delivery.drain()
+    assert svc.store.status().dead_letters == 0, "one failure after a re-drive must not be 'retries exhausted'"
+    clock.advance(600)
+    delivery.drain()
+    assert [e["event_action"] for e in pd.events] == ["trigger"]
+    svc.store.dispose()

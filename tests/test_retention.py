@@ -38,7 +38,7 @@ def test_prune_drops_old_payloads_and_decisions_only(
         svc.process_all()  # its trigger is still being retried: must survive retention
         clock.advance(31 * 86400)
         receive(svc, [change(ticket("3", minutes=60 * 24 * 31))])  # fresh, not yet processed
-        deleted_decisions, deleted_changes = svc.store.prune(clock.now() - timedelta(days=30))
+        deleted_decisions, deleted_changes = svc.store.prune(clock.now() - timedelta(days=30), chunk=1)
         assert deleted_decisions == 2 and deleted_changes == 2
         assert count(svc, changes) == 1, "the unprocessed change is kept"
         assert count(svc, decisions) == 0

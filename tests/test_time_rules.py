@@ -42,7 +42,7 @@ def test_unassigned_p2_pages_after_30_minutes_once(
     assert pd.events == [], "only 1 minute old"
 
     clock.set(datetime(2026, 11, 30, 9, 20, tzinfo=UTC))
-    assert first.engine.schedule_rechecks() == 1
+    assert first.engine.recheck() == 0
     first.process_all()
     assert pd.events == [], "15 minutes old"
     first.store.dispose()
@@ -51,8 +51,8 @@ def test_unassigned_p2_pages_after_30_minutes_once(
     clock.set(datetime(2026, 11, 30, 9, 36, tzinfo=UTC))
     second = make_service(db_url, rules, pd.url, clock)
     replica = make_service(db_url, rules, pd.url, clock)
-    assert second.engine.schedule_rechecks() == 1
-    assert replica.engine.schedule_rechecks() == 0, "same ticket, same minute: queued once"
+    assert second.engine.recheck() == 1
+    assert replica.engine.recheck() == 0, "a second replica's pass finds the incident open: no second page"
     second.process_all()
     replica.process_all()
     assert [e["event_action"] for e in pd.events] == ["trigger"]
@@ -60,7 +60,7 @@ def test_unassigned_p2_pages_after_30_minutes_once(
     assert pd.events[0]["payload"]["summary"].startswith("SUP-301 unassigned for 30+ minutes")
 
     clock.advance(60)  # paged tickets are no longer re-checked
-    assert second.engine.schedule_rechecks() == 0
+    assert second.engine.recheck() == 0
     for svc in (second, replica):
         svc.store.dispose()
 
@@ -72,11 +72,31 @@ def test_outside_support_hours_does_not_page(db_url: str, pd: MockPagerDuty) -> 
     receive(svc, [change(unassigned_p2())])
     svc.process_all()
     clock.set(datetime(2026, 11, 30, 18, 30, tzinfo=UTC))  # 19:30 in Berlin
-    svc.engine.schedule_rechecks()
+    svc.engine.recheck()
     svc.process_all()
     assert pd.events == []
     clock.set(datetime(2026, 12, 1, 7, 1, tzinfo=UTC))  # Tuesday 08:01 in Berlin: support hours again
-    svc.engine.schedule_rechecks()
+    svc.engine.recheck()
     svc.process_all()
     assert [e["event_action"] for e in pd.events] == ["trigger"]
+    svc.store.dispose()
+
+
+def test_every_waiting_ticket_is_rechecked_not_just_the_first_chunk(
+    db_url: str, pd: MockPagerDuty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    monkeypatch.setenv("PD_SUPPORT_KEY", SUPPORT_KEY)
+    rules = EXAMPLES / "support-unassigned-p2.yaml"
+    clock = FakeClock(datetime(2026, 11, 30, 9, 6, tzinfo=UTC))
+    svc = make_service(db_url, rules, pd.url, clock, pagerduty={"rate_limit_per_minute": 1000})
+    base = unassigned_p2()
+    receive(svc, [change(replace(base, id=str(30000 + n), key=f"SUP-{n}")) for n in range(7)])
+    svc.process_all()
+    clock.set(datetime(2026, 11, 30, 9, 40, tzinfo=UTC))
+    assert svc.engine.recheck(chunk=2) == 7
+    svc.process_all()
+    assert len({e["dedup_key"] for e in pd.events}) == 7
+    assert svc.engine.recheck(chunk=2) == 0
     svc.store.dispose()
