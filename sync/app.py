@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -90,8 +91,6 @@ def build_app(service: Service) -> Starlette:
         try:
             connector.verify_webhook(headers, body)
             if connector.parse_may_block:
-                from starlette.concurrency import run_in_threadpool
-
                 result = await run_in_threadpool(connector.parse_webhook, headers, body)
             else:
                 result = connector.parse_webhook(headers, body)
@@ -143,8 +142,6 @@ def build_app(service: Service) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        from starlette.concurrency import run_in_threadpool
-
         report = await run_in_threadpool(service.readiness)
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
@@ -156,8 +153,6 @@ def build_app(service: Service) -> Starlette:
     async def status(request: Request) -> Response:
         if not authorized(request):
             return error(401, "admin endpoints need 'Authorization: Bearer <metrics_token>'")
-        from starlette.concurrency import run_in_threadpool
-
         return JSONResponse((await run_in_threadpool(service.store.status)).to_json())
 
     async def http_error(request: Request, exc: Exception) -> Response:

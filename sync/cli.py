@@ -57,8 +57,6 @@ def _service(settings: Settings) -> Any:
     try:
         return Service(settings, store=store)
     except Exception as exc:
-        from sync.errors import ConfigError
-
         store.dispose()
         if isinstance(exc, ConfigError):
             print(f"ticketpager: rules in {settings.rules_path} do not load:\n{exc}", file=sys.stderr)
@@ -269,8 +267,10 @@ def _deadletters(args: argparse.Namespace, store: Any) -> int:
     count, superseded = store.retry_dead(None if args.all else args.ids, SystemClock().now())
     print(f"{count} dead letter(s) queued again; a running 'serve' (or 'poll --once') delivers them")
     if superseded:
-        print(f"{superseded} not re-sent: a later event of the same incident was already sent "
-              "(re-sending would reopen it); marked superseded")
+        print(
+            f"{superseded} not re-sent: a later event of the same incident was already sent "
+            "(re-sending would reopen it); marked superseded"
+        )
     return 0
 
 

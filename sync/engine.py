@@ -266,14 +266,7 @@ class Engine:
         results = evaluate_change(ruleset, ticket, previous, changed, now)
         link_states = self._links(conn, ticket)
         events = plan(results, link_states, ticket)
-        for event in events:
-            self._enqueue(conn, event, ticket, row["id"], now)
-            self._save_link(conn, event, ticket, now)
-            METRICS.rule_matches.labels(event.rule, event.action.value).inc()
-        open_after = {rule: link.state.is_open for rule, link in link_states.items()} | {
-            e.rule: next_state(e.action).is_open for e in events
-        }
-        open_count = sum(open_after.values())
+        open_count = self._apply(conn, events, link_states, ticket, row["id"], now)
         done = ticket.status_category in (StatusCategory.DONE, StatusCategory.DELETED)
         self._save_ticket(
             conn, current, ticket, version, row["id"], open_count, ruleset.has_time_rules and not done, now
@@ -295,6 +288,25 @@ class Engine:
             )
         )
         METRICS.changes_processed.labels(ticket.source, outcome).inc()
+
+    def _apply(
+        self,
+        conn: Connection,
+        events: list[PlannedEvent],
+        link_states: Mapping[str, LinkState],
+        ticket: Ticket,
+        change_id: int | None,
+        now: Any,
+    ) -> int:
+        """Queue the planned events and move their links on; returns the ticket's open incidents after."""
+        for event in events:
+            self._enqueue(conn, event, ticket, change_id, now)
+            self._save_link(conn, event, ticket, now)
+            METRICS.rule_matches.labels(event.rule, event.action.value).inc()
+        open_after = {rule: link.state.is_open for rule, link in link_states.items()} | {
+            e.rule: next_state(e.action).is_open for e in events
+        }
+        return sum(open_after.values())
 
     @staticmethod
     def _staleness(current: RowMapping | None, change: TicketChange, version: str) -> str | None:
@@ -332,9 +344,7 @@ class Engine:
             for r in rows
         }
 
-    def _enqueue(
-        self, conn: Connection, event: PlannedEvent, ticket: Ticket, change_id: int | None, now: Any
-    ) -> None:
+    def _enqueue(self, conn: Connection, event: PlannedEvent, ticket: Ticket, change_id: int | None, now: Any) -> None:
         conn.execute(
             INSERT_OUTBOX,
             {
@@ -451,14 +461,7 @@ class Engine:
         events = plan(results, link_states, ticket)
         if not events:
             return 0
-        for event in events:
-            self._enqueue(conn, event, ticket, None, now)
-            self._save_link(conn, event, ticket, now)
-            METRICS.rule_matches.labels(event.rule, event.action.value).inc()
-        open_after = {rule: link.state.is_open for rule, link in link_states.items()} | {
-            e.rule: next_state(e.action).is_open for e in events
-        }
-        open_count = sum(open_after.values())
+        open_count = self._apply(conn, events, link_states, ticket, None, now)
         conn.execute(
             update(tickets)
             .where(tickets.c.source == source, tickets.c.ticket_id == ticket_id)

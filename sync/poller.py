@@ -21,7 +21,6 @@ from sync.store import Store, insert_changes, load_cursor, record_poll_error, sa
 log = logging.getLogger("ticketpager.poller")
 
 
-
 @dataclass
 class PollReport:
     source: str
@@ -50,9 +49,13 @@ def poll_once(
             since = lookback or timedelta(seconds=connector.settings.lookback_seconds)
             cursor = dict(connector.start_cursor(clock.now() - since))
         for page in connector.poll(cursor):
-            storable = [c for c in page.changes if unstorable_reason(c) is None]
-            for bad in (c for c in page.changes if unstorable_reason(c) is not None):
-                log.error("poll of %s: skipped a ticket that cannot be stored (%s)", source, unstorable_reason(bad))
+            storable = []
+            for change in page.changes:
+                problem = unstorable_reason(change)
+                if problem is None:
+                    storable.append(change)
+                    continue
+                log.error("poll of %s: skipped a ticket that cannot be stored (%s)", source, problem)
                 METRICS.changes_received.labels(source, "poll", "unstorable").inc()
             with store.begin() as conn:
                 new = insert_changes(conn, storable)

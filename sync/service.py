@@ -64,6 +64,7 @@ class Service:
         self._connectors: dict[str, Connector] = dict(connectors or {})
         self._injected: dict[str, Connector] = dict(connectors or {})
         self._write_back_connectors: dict[str, Connector] = {}
+        self._pollable: list[str] | None = None
         self._connector_lock = threading.Lock()
         self.wake = threading.Event()  # set by the webhook writer and pollers: changes are waiting
         self.outbox_wake = threading.Event()  # set by the engine: events may be due
@@ -102,6 +103,13 @@ class Service:
             return self._connectors[source]
 
     def pollable_sources(self) -> list[str]:
+        """Enabled sources with API credentials (settings do not change while the process runs: worked
+        out once, so the warning about an enabled source without credentials is logged once)."""
+        if self._pollable is None:
+            self._pollable = self._find_pollable()
+        return list(self._pollable)
+
+    def _find_pollable(self) -> list[str]:
         out = []
         for source in CONNECTORS:
             if not self.settings.connector(source).enabled:
