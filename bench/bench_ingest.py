@@ -3,6 +3,8 @@
 Run from the repository root:  python -m bench.bench_ingest [--seconds 10] [--connections 32]
 
 1. Baseline: ``bench/bare_app.py`` (reads the body, answers 202) on uvicorn, same flags as serve.
+   Second baseline, for context: ``bench/ceiling_app.py``, the bare minimum of a *durable* endpoint (raw
+   body group-committed to SQLite with the stdlib driver), i.e. what this machine allows in this run.
 2. ticketpager: ``ticketpager serve --dry-run`` on a fresh SQLite file, signed Jira webhooks (HMAC
    verified, parsed, normalized, durably group-committed before the 202), every request a new change.
 3. End to end: ``serve`` sending to a local mock PagerDuty; webhooks at a steady rate; time from the
@@ -125,24 +127,30 @@ def measure(port: int, requests: list[bytes], seconds: float, connections: int) 
     return loadgen.run("127.0.0.1", port, requests[2000:], seconds=seconds, connections=connections)
 
 
-def ingest(seconds: float, connections: int, count: int) -> tuple[loadgen.LoadResult, loadgen.LoadResult]:
+def baseline(app: str, bodies: list[bytes], seconds: float, connections: int) -> loadgen.LoadResult:
+    port = free_port()
+    reqs = [loadgen.build_request("127.0.0.1", port, "/webhooks/jira", b, {}) for b in bodies]
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = start(
+            [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--log-level", "warning", "--no-access-log"],
+            {**os.environ, "CEILING_DB": str(Path(tmp) / "ceiling.db")},
+        )
+        try:
+            time.sleep(1.5)  # the baselines have no health route; uvicorn is up well within this
+            return measure(port, reqs, seconds, connections)
+        finally:
+            stop(proc)
+
+
+def ingest(seconds: float, connections: int, count: int) -> tuple[loadgen.LoadResult, ...]:
     bodies = [jira_payload(n) for n in range(count)]
-    bare_port, tp_port = free_port(), free_port()
-    bare_reqs = [loadgen.build_request("127.0.0.1", bare_port, "/webhooks/jira", b, {}) for b in bodies]
+    tp_port = free_port()
     tp_reqs = [
         loadgen.build_request("127.0.0.1", tp_port, "/webhooks/jira", b, jira_headers(n, b))
         for n, b in enumerate(bodies)
     ]
-    bare = start(
-        [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(bare_port), "--log-level", "warning",
-         "--no-access-log"],
-        dict(os.environ),
-    )
-    try:
-        time.sleep(1.5)  # the bare app has no health route; uvicorn is up well within this
-        base = measure(bare_port, bare_reqs, seconds, connections)
-    finally:
-        stop(bare)
+    base = baseline("bench.bare_app:app", bodies, seconds, connections)
+    ceiling = baseline("bench.ceiling_app:app", bodies, seconds, connections)
     with tempfile.TemporaryDirectory() as tmp:
         env = serve_env(Path(tmp), tp_port, {"TICKETPAGER_DRY_RUN": "true"})
         proc = start([sys.executable, "-m", "sync.cli", "serve"], env)
@@ -151,7 +159,7 @@ def ingest(seconds: float, connections: int, count: int) -> tuple[loadgen.LoadRe
             ours = measure(tp_port, tp_reqs, seconds, connections)
         finally:
             stop(proc)
-    return base, ours
+    return base, ceiling, ours
 
 
 def end_to_end(count: int, rate: float) -> list[float]:
@@ -177,7 +185,9 @@ def end_to_end(count: int, rate: float) -> list[float]:
             for n in range(count):
                 body = jira_payload(900000 + n)
                 req = urllib.request.Request(  # noqa: S310 - loopback
-                    f"http://127.0.0.1:{port}/webhooks/jira", data=body, method="POST",
+                    f"http://127.0.0.1:{port}/webhooks/jira",
+                    data=body,
+                    method="POST",
                     headers={"Content-Type": "application/json", **jira_headers(900000 + n, body)},
                 )
                 sent[str(100000 + 900000 + n)] = time.perf_counter()
@@ -203,12 +213,21 @@ def main() -> None:
     parser.add_argument("--e2e-rate", type=float, default=50.0)
     args = parser.parse_args()
     count = int(args.seconds * 25000) + 4000
-    base, ours = ingest(args.seconds, args.connections, count)
+    base, ceiling, ours = ingest(args.seconds, args.connections, count)
     print(f"ingest, {args.connections} connections, {args.seconds:.0f} s, one uvicorn worker each")
-    print(f"{'':28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
-    for name, r in (("bare Starlette endpoint", base), ("ticketpager serve (SQLite)", ours)):
-        print(f"{name:28}{r.rps:>10.0f}{r.pct(0.5):>10.2f}{r.pct(0.99):>10.2f}{r.errors:>10}")
+    print(f"{'':36}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
+    rows = (
+        ("bare Starlette endpoint", base),
+        ("durable minimum (ceiling_app.py)", ceiling),
+        ("ticketpager serve (SQLite)", ours),
+    )
+    for name, r in rows:
+        print(f"{name:36}{r.rps:>10.0f}{r.pct(0.5):>10.2f}{r.pct(0.99):>10.2f}{r.errors:>10}")
     print(f"ratio ticketpager / bare: {ours.rps / base.rps:.2f}  (goal >= 0.50, p99 < 25 ms)")
+    print(
+        f"ratio durable minimum / bare: {ceiling.rps / base.rps:.2f}; "
+        f"ticketpager / durable minimum: {ours.rps / ceiling.rps:.2f}"
+    )
     lat = end_to_end(args.e2e_count, args.e2e_rate)
     if lat:
         lat.sort()

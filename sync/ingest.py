@@ -32,6 +32,11 @@ class _Item:
     future: asyncio.Future[int]
 
 
+def _expire(future: asyncio.Future[int], seconds: float) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError(f"the writer did not commit within {seconds:g} s"))
+
+
 def _resolve(items: list[_Item], results: list[int | BaseException]) -> None:
     for item, result in zip(items, results, strict=True):
         if item.future.done():
@@ -45,8 +50,15 @@ def _resolve(items: list[_Item], results: list[int | BaseException]) -> None:
 class Writer:
     """The single writer thread. ``on_commit`` is called after each commit (wakes the engine)."""
 
-    def __init__(self, store: Store, on_commit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        on_commit: Callable[[], None] | None = None,
+        *,
+        submit_timeout: float = SUBMIT_TIMEOUT_SECONDS,
+    ) -> None:
         self.store = store
+        self.submit_timeout = submit_timeout
         self.on_commit = on_commit
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ticketpager-writer", daemon=True)
@@ -66,7 +78,12 @@ class Writer:
         future: asyncio.Future[int] = loop.create_future()
         self._queue.put(_Item(changes, loop, future))
         # bounded: if the writer ever stalled, vendors get a 503 and retry instead of a hanging request
-        return await asyncio.wait_for(future, timeout=SUBMIT_TIMEOUT_SECONDS)
+        # (a timer handle, not asyncio.wait_for: that wraps every request in one more task)
+        timer = loop.call_later(self.submit_timeout, _expire, future, self.submit_timeout)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     def _run(self) -> None:
         stopping = False

@@ -92,6 +92,9 @@ class Service:
 
     # -- connectors ------------------------------------------------------------------------------
     def connector(self, source: str) -> Connector:
+        found = self._connectors.get(source)  # every webhook asks: no lock once it exists
+        if found is not None:
+            return found
         with self._connector_lock:
             if source not in self._connectors:
                 cls = connector_class(source)

@@ -229,3 +229,16 @@ def test_missing_secret_names_the_setting(db_url: str, rules_path: Path, clock: 
             assert "TICKETPAGER_JIRA__WEBHOOK_SECRETS" in response.json()["error"]
     finally:
         svc.store.dispose()
+
+
+def test_a_stalled_writer_answers_503_in_bounded_time(db_url: str, rules_path: Path, clock: FakeClock) -> None:
+    """If the writer never commits (disk hung), the vendor hears 503 and retries; the request does not hang."""
+    svc = _service(db_url, rules_path, clock)
+    svc.writer.submit_timeout = 0.2  # the writer thread is never started: nothing will commit
+    try:
+        with TestClient(build_app(svc)) as c:
+            response = post(c, jira_body())
+        assert response.status_code == 503
+        assert response.json() == {"error": "could not store the change; retry later"}
+    finally:
+        svc.store.dispose()
