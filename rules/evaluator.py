@@ -15,10 +15,10 @@ candidates' conditions. Triggers are rendered lazily, when an incident is actual
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from rules.operators import failure_explainer, fold
 from rules.spec import AllOf, AnyOf, Cond, Leaf, NotOf, RuleSetSpec, RuleSpec, SeveritySpec
@@ -26,12 +26,15 @@ from rules.templates import Template, render_safely, template_context
 from sync.model import FieldChange, StatusCategory, Ticket, TriggerSpec
 
 PAGERDUTY_SUMMARY_MAX = 1024  # https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ (payload.summary)
-_REJECT_CACHE_MAX = 256  # cached "rejected by index" results per rule
+_REJECT_CACHE_MAX = 256  # cached explanations / "rejected by index" results per condition or rule
 
 
-@dataclass(frozen=True, slots=True)
-class EvalContext:
-    """What one evaluation sees: the ticket, its previous version, what this update changed, and now."""
+class EvalContext(NamedTuple):
+    """What one evaluation sees: the ticket, its previous version, what this update changed, and now.
+
+    (Immutable; a named tuple rather than a frozen dataclass because one is built per evaluation and a
+    frozen dataclass's ``__init__`` costs several times more.)
+    """
 
     ticket: Ticket
     previous: Ticket | None
@@ -214,6 +217,16 @@ def _compile_leaf(leaf: Leaf) -> Check:
             return None if test(value, arg, s.now) else fail(value)
 
         return check_equals
+    if op.name == "regex" and isinstance(arg, re.Pattern):
+        search = arg.search
+
+        def check_regex(s: _State) -> str | None:
+            value = get(s.ticket)
+            if value.__class__ is str:
+                return None if search(value) is not None else fail(value)
+            return None if test(value, arg, s.now) else fail(value)
+
+        return check_regex
     if op.name == "in" and all(isinstance(a, str) for a in arg):
         accepted = frozenset(arg)
 
@@ -329,19 +342,29 @@ def _describe_items(cond: Cond) -> tuple[str, ...]:
     return tuple(i.describe() for i in items)
 
 
+def _always(s: _State) -> str | None:
+    return None
+
+
 class _CompiledRule:
-    """A rule's closures and caches."""
+    """A rule's closures and caches.
+
+    ``when`` checks every condition; ``rest[k]`` checks all but the first ``k`` (the leading text
+    ``equals``/``in`` conditions in ``index_leaves``), for a candidate whose layout already decided those.
+    """
 
     __slots__ = (
         "spec",
         "name",
         "when",
+        "rest",
         "ack_key",
         "resolve_key",
         "on_unmatch",
         "cont",
         "matched_explanation",
         "index_leaves",
+        "_rejections",
     )
 
     def __init__(self, spec: RuleSpec, ack_key: str | None, resolve_key: str) -> None:
@@ -361,11 +384,29 @@ class _CompiledRule:
         self.matched_explanation = tuple(f"holds: {d}" for d in _describe_items(spec.when))
         # the leading text equals/in conditions of `when`, in evaluation order: (field, getter, values, why-not)
         self.index_leaves: list[tuple[str, Callable[[Ticket], Any], frozenset[str], Callable[[Any], str]]] = []
-        for item in when.items if isinstance(when, AllOf) else (when,):
+        items = when.items if isinstance(when, AllOf) else (when,)
+        for item in items:
             accepted = _text_set(item)
             if accepted is None or not isinstance(item, Leaf) or item.field is None:
                 break
             self.index_leaves.append((item.field.name, item.field.get, accepted, _why_not(item)))
+        self.rest: list[Check] = [self.when]
+        for k in range(1, len(self.index_leaves) + 1):
+            left = items[k:]
+            self.rest.append(compile_condition(AllOf(left)) if left else _always)
+        self._rejections: dict[tuple[Callable[[Any], str], Any, bool, bool], RuleResult] = {}
+
+    def rejected(self, why_not: Callable[[Any], str], value: Any, ack: bool, resolve: bool) -> RuleResult:
+        """The (immutable) result "rejected by an index condition for ``value``", made once per value."""
+        key = (why_not, value, ack, resolve)  # which condition too: two can reject the same value
+        found = self._rejections.get(key)
+        if found is None:
+            if len(self._rejections) >= _REJECT_CACHE_MAX:
+                self._rejections.clear()
+            found = self._rejections[key] = RuleResult(
+                self.name, True, False, (why_not(value),), ack, resolve, self.on_unmatch
+            )
+        return found
 
 
 def _why_not(leaf: Leaf) -> Callable[[Any], str]:
@@ -451,47 +492,57 @@ def render_trigger(spec: RuleSpec, state: _State) -> tuple[TriggerSpec, list[str
 
 
 _PLAN_CACHE_MAX = 4096  # cached rejection layouts per source
+_OTHER = object()  # a text value no index condition names: every such condition rejects it
+_UNDECIDED = object()  # not text (a list, a number): the candidate's own conditions decide
 
 
 class _SourcePlan:
     """Everything about a source that does not depend on the ticket, plus a cache of rejection layouts.
 
-    ``getters`` read each distinct indexed field once per ticket; ``shared`` are the distinct
-    acknowledge/resolve conditions. For one combination of indexed values and shared verdicts the rules
-    rejected by their index are always the same: that layout is computed once and cached, so an
-    evaluation only runs the full conditions of the remaining candidate rules.
+    The layout key has one entry per field named by the rules' leading text ``equals``/``in`` conditions:
+    the ticket's value when some rule names it, else ``_OTHER`` (or ``None`` / ``_UNDECIDED``), plus the
+    verdicts of the distinct acknowledge/resolve conditions. So the key space is bounded by the rule
+    files, not by the data (thousands of organizations cost no more than one). For one key the rules
+    rejected by those conditions are always the same: that layout is computed once and cached, so an
+    evaluation runs only the remaining conditions of the remaining candidate rules. A rule rejected
+    because of an ``_OTHER`` value still explains itself with the actual value (``fixups``).
     """
 
-    __slots__ = ("template", "applying", "getters", "shared", "slots", "cache")
+    __slots__ = ("template", "applying", "fields", "shared", "slots", "cache")
 
     Leaves = list[tuple[int, frozenset[str], Callable[[Any], str]]]
+    Layout = tuple[
+        list["RuleResult | None"],
+        list[tuple[int, _CompiledRule, bool, bool, Check]],
+        list[tuple[int, _CompiledRule, int, Callable[[Any], str], bool, bool]],
+    ]
 
     def __init__(self, template: list[RuleResult | None], applying: list[tuple[int, _CompiledRule]]) -> None:
         self.template = template
         self.applying = applying
-        fields: dict[str, int] = {}
-        getters: list[Callable[[Ticket], Any]] = []
+        slot_of: dict[str, int] = {}
+        fields: list[tuple[Callable[[Ticket], Any], set[str]]] = []
         shared: dict[str, int] = {}
-        self.slots: list[tuple[int, _CompiledRule, _SourcePlan.Leaves, int | None, int]] = []
-        # the key is the value of each rule's first (most selective) indexed field: a small, bounded space
         for _, rule in applying:
-            if rule.index_leaves and rule.index_leaves[0][0] not in fields:
-                fields[rule.index_leaves[0][0]] = len(getters)
-                getters.append(rule.index_leaves[0][1])
+            for name, getter, accepted, _why in rule.index_leaves:
+                if name not in slot_of:
+                    slot_of[name] = len(fields)
+                    fields.append((getter, set()))
+                fields[slot_of[name]][1].update(accepted)
+        self.slots: list[tuple[int, _CompiledRule, _SourcePlan.Leaves, int | None, int]] = []
         for i, rule in applying:
-            leaves: _SourcePlan.Leaves = []
-            for name, _getter, accepted, why_not in rule.index_leaves:
-                if name not in fields:
-                    break  # keep `when`'s order: later leaves are left to the candidate's own check
-                leaves.append((fields[name], accepted, why_not))
+            leaves: _SourcePlan.Leaves = [
+                (slot_of[name], accepted, why_not) for name, _getter, accepted, why_not in rule.index_leaves
+            ]
             ack_slot = None
             if rule.ack_key is not None:
                 ack_slot = shared.setdefault(rule.ack_key, len(shared))
             resolve_slot = shared.setdefault(rule.resolve_key, len(shared))
             self.slots.append((i, rule, leaves, ack_slot, resolve_slot))
-        self.getters = tuple(getters)
+        # (getter, every value some rule names for that field)
+        self.fields = tuple((getter, frozenset(names)) for getter, names in fields)
         self.shared = tuple(shared)  # condition keys, in slot order
-        self.cache: dict[Any, tuple[list[RuleResult | None], list[tuple[int, _CompiledRule, bool, bool]]]] = {}
+        self.cache: dict[tuple[Any, ...], _SourcePlan.Layout] = {}
 
 
 class RuleSet:
@@ -560,28 +611,35 @@ class RuleSet:
     def evaluate(self, ctx: EvalContext) -> list[RuleResult]:
         """One result per rule, in file order. Pure: no I/O, no clock (``ctx.now`` is the time)."""
         ticket = ctx.ticket
-        plan = self._plan(ticket.source)
+        plan = self._plans.get(ticket.source) or self._plan(ticket.source)
         state = _State(ctx)
         deleted = ticket.status_category is StatusCategory.DELETED
         shared = self._shared
-        verdicts = tuple(shared[key](state) is None for key in plan.shared)
-        values = tuple(get(ticket) for get in plan.getters)
-        key: tuple[Any, ...] | None = (values, verdicts, deleted)
-        try:
-            layout = plan.cache.get(key)
-        except TypeError:  # an unhashable field value (a list): no caching for this ticket
-            key, layout = None, None
+        values: list[Any] = []
+        key: list[Any] = [deleted]
+        for key_name in plan.shared:
+            key.append(shared[key_name](state) is None)
+        for get, named in plan.fields:
+            value = get(ticket)
+            values.append(value)
+            if value.__class__ is str:
+                key.append(value if value in named else _OTHER)
+            else:
+                key.append(None if value is None else _UNDECIDED)
+        frozen = tuple(key)
+        layout = plan.cache.get(frozen)
         if layout is None:
-            layout = self._layout(plan, values, verdicts, deleted)
-            if key is not None:
-                if len(plan.cache) >= _PLAN_CACHE_MAX:
-                    plan.cache.clear()
-                plan.cache[key] = layout
-        rejected, candidates = layout
+            layout = self._layout(plan, frozen, deleted)
+            if len(plan.cache) >= _PLAN_CACHE_MAX:
+                plan.cache.clear()
+            plan.cache[frozen] = layout
+        rejected, candidates, fixups = layout
         results = list(rejected)
+        for i, rule, slot, why_not, ack, resolve in fixups:
+            results[i] = rule.rejected(why_not, values[slot], ack, resolve)
         shadow: str | None = None
-        for i, rule, ack, resolve in candidates:
-            reason = rule.when(state)
+        for i, rule, ack, resolve, check in candidates:
+            reason = check(state)
             if reason is not None:
                 results[i] = RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch)
             elif deleted:
@@ -619,26 +677,73 @@ class RuleSet:
                 )
         return results  # type: ignore[return-value]
 
+    def evaluate_reference(self, ctx: EvalContext) -> list[RuleResult]:
+        """The same verdicts as :meth:`evaluate`, without index, layouts or caches: every applying rule's
+        conditions run in full. Slower; it is what the indexed path must always agree with (tests)."""
+        ticket, state = ctx.ticket, _State(ctx)
+        deleted = ticket.status_category is StatusCategory.DELETED
+        results: list[RuleResult] = []
+        shadow: str | None = None
+        for rule in self._rules:
+            if rule.spec.source not in ("any", ticket.source):
+                why = (f"source is {ticket.source}, rule wants {rule.spec.source}",)
+                results.append(RuleResult(rule.name, False, False, why, False, False, rule.on_unmatch))
+                continue
+            ack = rule.ack_key is not None and self._shared[rule.ack_key](state) is None
+            resolve = deleted or self._shared[rule.resolve_key](state) is None
+            reason = rule.when(state)
+            if reason is None and deleted:
+                reason = "ticket is deleted: it resolves and never pages"
+            elif reason is None and shadow is not None:
+                reason = f"shadowed: rule '{shadow}' matched first (continue: false)"
+            if reason is not None:
+                results.append(RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch))
+                continue
+            if not rule.cont:
+                shadow = rule.name
+            results.append(
+                RuleResult(
+                    rule.name,
+                    True,
+                    True,
+                    rule.matched_explanation,
+                    ack,
+                    resolve,
+                    rule.on_unmatch,
+                    render=functools.partial(render_trigger, rule.spec, state),
+                )
+            )
+        return results
+
     @staticmethod
-    def _layout(
-        plan: _SourcePlan, values: tuple[Any, ...], verdicts: tuple[bool, ...], deleted: bool
-    ) -> tuple[list[RuleResult | None], list[tuple[int, _CompiledRule, bool, bool]]]:
-        """Results of the rules their index rejects (shared, immutable) and the candidates left to check."""
+    def _layout(plan: _SourcePlan, key: tuple[Any, ...], deleted: bool) -> _SourcePlan.Layout:
+        """Results of the rules their index conditions reject, and the candidates left to check.
+
+        ``key`` is ``(deleted, *shared verdicts, *field entries)`` as built by :meth:`evaluate`.
+        """
+        verdicts = key[1 : 1 + len(plan.shared)]
+        entries = key[1 + len(plan.shared) :]
         results = list(plan.template)
-        candidates: list[tuple[int, _CompiledRule, bool, bool]] = []
+        candidates: list[tuple[int, _CompiledRule, bool, bool, Check]] = []
+        fixups: list[tuple[int, _CompiledRule, int, Callable[[Any], str], bool, bool]] = []
         for i, rule, leaves, ack_slot, resolve_slot in plan.slots:
             ack = verdicts[ack_slot] if ack_slot is not None else False
             resolve = True if deleted else verdicts[resolve_slot]
-            why: str | None = None
+            decided = 0
             for slot, accepted, why_not in leaves:  # the same order `when` checks them in
-                value = values[slot]
-                if value is None or (value.__class__ is str and value not in accepted):
-                    why = why_not(value)
+                entry = entries[slot]
+                if entry is _UNDECIDED:
                     break
-                if value.__class__ is not str:
-                    break  # not decidable here: the candidate's own conditions decide
-            if why is not None:
-                results[i] = RuleResult(rule.name, True, False, (why,), ack, resolve, rule.on_unmatch)
+                if entry is _OTHER:
+                    fixups.append((i, rule, slot, why_not, ack, resolve))
+                    break
+                if entry is None or entry not in accepted:
+                    results[i] = rule.rejected(why_not, entry, ack, resolve)
+                    break
+                decided += 1
+            else:
+                candidates.append((i, rule, ack, resolve, rule.rest[decided]))
                 continue
-            candidates.append((i, rule, ack, resolve))
-        return results, candidates
+            if entry is _UNDECIDED:
+                candidates.append((i, rule, ack, resolve, rule.rest[decided]))
+        return results, candidates, fixups

@@ -45,7 +45,10 @@ class PrepareContext:
 # ---------------------------------------------------------------------------------------------- values
 
 
-def show(value: Any, limit: int = 80) -> str:
+_SHOW_LIMIT = 80  # characters of a value shown in an explanation
+
+
+def show(value: Any, limit: int = _SHOW_LIMIT) -> str:
     """A short, stable rendering of a value for explanations (``missing`` for None)."""
     if value is None:
         return "missing"
@@ -537,7 +540,19 @@ def failure_explainer(field_name: str, op: Operator, raw_arg: Any) -> Callable[[
             return prefix + template.format(v=shown, a=arg)
 
         return explain_change
-    return lambda value: prefix + template.format(v=show(value), a=arg)
+    # text values (titles, descriptions: each one new) take a fast path: the fixed parts are formatted once
+    marker = "\x00value\x00"
+    head, found, tail = (prefix + template.format(v=marker, a=arg)).partition(marker)
+
+    def explain(value: Any) -> str:
+        if found and value.__class__ is str:
+            text = repr(value) if len(value) <= _SHOW_LIMIT else repr(value[:_SHOW_LIMIT])
+            if len(text) > _SHOW_LIMIT:
+                text = text[: _SHOW_LIMIT - 1] + "…"
+            return head + text + tail
+        return prefix + template.format(v=show(value), a=arg)
+
+    return explain
 
 
 def explain_failure(field_name: str, op: Operator, value: Any, raw_arg: Any) -> str:

@@ -335,3 +335,118 @@ def test_rule_shaped_yaml_never_raises_anything_else(doc: dict[str, Any]) -> Non
             return
         for t in (ticket(), ticket(priority=None, labels=(), raw={"a": {"b": [1]}}, custom_fields={"X": 3})):
             assert len(ruleset.evaluate(EvalContext(t, None, (), NOW))) == len(ruleset.names)
+
+
+# ------------------------------------------------------------------ the index agrees with plain evaluation
+
+_VALUES = ["P1", "Gold", "Open", "Done", "ops down", ""]  # few values: rules and tickets often share them
+_FIELDS = ["priority", "status", "assignment_group", "organization", "title"]
+
+
+def _condition() -> st.SearchStrategy[Any]:
+    text = st.sampled_from(_VALUES)
+    return st.one_of(
+        text,  # equals
+        st.lists(text, min_size=1, max_size=3),  # in
+        st.builds(lambda v: {"not_in": v}, st.lists(text, min_size=1, max_size=2)),
+        st.builds(lambda v: {"regex": v}, st.sampled_from(["down", "^P", "(?i)gold", "x"])),
+        st.builds(lambda v: {"exists": v}, st.booleans()),
+        st.builds(lambda v: {"in": v, "ignore_case": True}, st.lists(text, min_size=1, max_size=2)),
+    )
+
+
+_RULE_SETS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "source": st.sampled_from(["jira", "any"]),  # Zendesk statuses are a fixed vocabulary
+            "when": st.dictionaries(st.sampled_from(_FIELDS), _condition(), min_size=1, max_size=3),
+            "continue": st.booleans(),
+            "resolve_when": st.sampled_from([{"status_category": "done"}, {"status": "Done"}]),
+            "acknowledge_when": st.sampled_from([None, {"status": ["Open", "In Progress"]}]),
+        }
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+_TICKET_VALUES = st.one_of(st.none(), st.sampled_from(_VALUES), st.sampled_from(["Unknown Corp", "In Progress"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _RULE_SETS,
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "source": st.sampled_from(["jira", "zendesk", "servicenow"]),
+                "priority": _TICKET_VALUES,
+                "assignment_group": _TICKET_VALUES,
+                "organization": _TICKET_VALUES,
+                "status": st.sampled_from(["Open", "Done", "In Progress", "Unknown"]),
+                "title": st.sampled_from(["ops down", "Gold customer", "P1 outage", "x"]),
+                "status_category": st.sampled_from(list(StatusCategory)),
+            }
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_indexed_evaluation_agrees_with_plain_evaluation(
+    rules: list[dict[str, Any]], tickets: list[dict[str, Any]]
+) -> None:
+    """Layouts are cached by field values and shared between tickets: whatever the rules and whatever the
+    order tickets come in, every verdict and explanation equals a plain run of every condition."""
+    import tempfile
+
+    doc = {
+        "version": 1,
+        "rules": [
+            {
+                "name": f"r{i}",
+                **{k: v for k, v in rule.items() if v is not None},
+                "trigger": {"routing_key": "k", "severity": "info", "summary": "{{ ticket.key }}"},
+            }
+            for i, rule in enumerate(rules)
+        ],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "r.yaml"
+        path.write_text(_to_yaml(doc))
+        try:
+            ruleset = load_rules(path, env={})
+        except RuleFileErrors:
+            return
+    for _ in range(2):  # the second pass hits the cached layouts
+        for fields in tickets:
+            ctx = EvalContext(ticket(**fields), None, (), NOW)
+            assert ruleset.evaluate(ctx) == ruleset.evaluate_reference(ctx)
+
+
+def test_a_value_no_rule_names_is_explained_with_that_value(tmp_path: Path) -> None:
+    """Values no rule names share one cached layout; each ticket's explanation still shows its own value."""
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "version: 1\nrules:\n  - name: gold\n    when: {organization: [Gold, Platinum], title: {regex: down}}\n"
+        "    trigger: {routing_key: k, severity: info, summary: x}\n"
+    )
+    ruleset = load_rules(path, env={})
+    for org in ("Acme", "Globex", "Acme"):
+        (result,) = ruleset.evaluate(EvalContext(ticket(organization=org), None, (), NOW))
+        assert result.explanation == (f"organization: '{org}' is not in ['Gold', 'Platinum']",)
+    (result,) = ruleset.evaluate(EvalContext(ticket(organization="Gold", title="all fine"), None, (), NOW))
+    assert result.explanation == ("title: 'all fine' does not match /down/",)
+    (result,) = ruleset.evaluate(EvalContext(ticket(organization=None), None, (), NOW))
+    assert result.explanation == ("organization: missing is not in ['Gold', 'Platinum']",)
+
+
+def test_a_long_title_is_shown_cut_in_an_explanation(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "version: 1\nrules:\n  - name: r\n    when: {title: {regex: '^URGENT'}}\n"
+        "    trigger: {routing_key: k, severity: info, summary: x}\n"
+    )
+    ruleset = load_rules(path, env={})
+    (result,) = ruleset.evaluate(EvalContext(ticket(title="it's " + "x" * 200), None, (), NOW))
+    (why,) = result.explanation
+    assert why.startswith("title: \"it's xxx") and why.endswith("… does not match /^URGENT/")
+    assert len(why) == len("title: ") + 80 + len(" does not match /^URGENT/")
