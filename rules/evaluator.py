@@ -496,6 +496,45 @@ _OTHER = object()  # a text value no index condition names: every such condition
 _UNDECIDED = object()  # not text (a list, a number): the candidate's own conditions decide
 
 
+_PATCHED_MAX = 256  # per layout: result lists for values no rule names, by those values
+
+
+class _Layout:
+    """For one layout key: the results of rules rejected by their index conditions, the candidates left
+    to check (with the closure for their undecided conditions), and the rules rejected because a value no
+    rule names (``_OTHER``) — those explain themselves with the actual value, so their result lists are
+    made per value and kept in ``patched``."""
+
+    __slots__ = ("rejected", "candidates", "fixups", "other_slots", "patched")
+
+    def __init__(
+        self,
+        rejected: list[RuleResult | None],
+        candidates: list[tuple[int, _CompiledRule, bool, bool, Check]],
+        fixups: list[tuple[int, _CompiledRule, int, Callable[[Any], str], bool, bool]],
+    ) -> None:
+        self.rejected = rejected
+        self.candidates = candidates
+        self.fixups = fixups
+        self.other_slots = tuple(sorted({slot for _, _, slot, _, _, _ in fixups}))
+        self.patched: dict[tuple[Any, ...], list[RuleResult | None]] = {}
+
+    def results(self, values: list[Any]) -> list[RuleResult | None]:
+        """A fresh list of the results decided by the layout, for these field values."""
+        if not self.fixups:
+            return list(self.rejected)
+        key = tuple([values[slot] for slot in self.other_slots])
+        base = self.patched.get(key)
+        if base is None:
+            base = list(self.rejected)
+            for i, rule, slot, why_not, ack, resolve in self.fixups:
+                base[i] = rule.rejected(why_not, values[slot], ack, resolve)
+            if len(self.patched) >= _PATCHED_MAX:
+                self.patched.clear()
+            self.patched[key] = base
+        return list(base)
+
+
 class _SourcePlan:
     """Everything about a source that does not depend on the ticket, plus a cache of rejection layouts.
 
@@ -511,11 +550,6 @@ class _SourcePlan:
     __slots__ = ("template", "applying", "fields", "shared", "slots", "cache")
 
     Leaves = list[tuple[int, frozenset[str], Callable[[Any], str]]]
-    Layout = tuple[
-        list["RuleResult | None"],
-        list[tuple[int, _CompiledRule, bool, bool, Check]],
-        list[tuple[int, _CompiledRule, int, Callable[[Any], str], bool, bool]],
-    ]
 
     def __init__(self, template: list[RuleResult | None], applying: list[tuple[int, _CompiledRule]]) -> None:
         self.template = template
@@ -542,7 +576,7 @@ class _SourcePlan:
         # (getter, every value some rule names for that field)
         self.fields = tuple((getter, frozenset(names)) for getter, names in fields)
         self.shared = tuple(shared)  # condition keys, in slot order
-        self.cache: dict[tuple[Any, ...], _SourcePlan.Layout] = {}
+        self.cache: dict[tuple[Any, ...], _Layout] = {}
 
 
 class RuleSet:
@@ -633,12 +667,9 @@ class RuleSet:
             if len(plan.cache) >= _PLAN_CACHE_MAX:
                 plan.cache.clear()
             plan.cache[frozen] = layout
-        rejected, candidates, fixups = layout
-        results = list(rejected)
-        for i, rule, slot, why_not, ack, resolve in fixups:
-            results[i] = rule.rejected(why_not, values[slot], ack, resolve)
+        results = layout.results(values)
         shadow: str | None = None
-        for i, rule, ack, resolve, check in candidates:
+        for i, rule, ack, resolve, check in layout.candidates:
             reason = check(state)
             if reason is not None:
                 results[i] = RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch)
@@ -716,7 +747,7 @@ class RuleSet:
         return results
 
     @staticmethod
-    def _layout(plan: _SourcePlan, key: tuple[Any, ...], deleted: bool) -> _SourcePlan.Layout:
+    def _layout(plan: _SourcePlan, key: tuple[Any, ...], deleted: bool) -> _Layout:
         """Results of the rules their index conditions reject, and the candidates left to check.
 
         ``key`` is ``(deleted, *shared verdicts, *field entries)`` as built by :meth:`evaluate`.
@@ -746,4 +777,4 @@ class RuleSet:
                 continue
             if entry is _UNDECIDED:
                 candidates.append((i, rule, ack, resolve, rule.rest[decided]))
-        return results, candidates, fixups
+        return _Layout(results, candidates, fixups)
