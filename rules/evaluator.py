@@ -5,11 +5,13 @@ ticket's source, whether it matched (first match wins unless ``continue: true``)
 its ``acknowledge_when`` / ``resolve_when`` hold, and, for matched rules only, the rendered trigger.
 
 Speed (see docs/performance.md): rules are grouped by source, so a rule for another source costs one
-precomputed result; each rule's most selective ``equals``/``in`` condition on a text field is its index.
-For one combination of indexed field values (priority, group, status …: a small, bounded space) and of the
-shared ``acknowledge_when`` / ``resolve_when`` verdicts, the rules rejected by their index are always the
-same, so that layout is computed once and cached per source; an evaluation then runs only the remaining
-candidates' conditions. Triggers are rendered lazily, when an incident is actually triggered.
+precomputed result. Each rule's leading text ``equals``/``in`` conditions (the most selective first) are
+decided per *layout*: the key is, for every field those conditions name, the ticket's value if some rule
+names it (else one shared "other" entry), plus the verdicts of the shared ``acknowledge_when`` /
+``resolve_when`` conditions — a space bounded by the rule files, not by the data. Each layout is computed
+once per source and cached; an evaluation then runs only the undecided conditions of the remaining
+candidates. Triggers are rendered lazily, when an incident is actually triggered.
+:meth:`RuleSet.evaluate_reference` runs every condition without any of this; tests hold the two equal.
 """
 
 from __future__ import annotations
@@ -496,7 +498,9 @@ _OTHER = object()  # a text value no index condition names: every such condition
 _UNDECIDED = object()  # not text (a list, a number): the candidate's own conditions decide
 
 
-_PATCHED_MAX = 256  # per layout: result lists for values no rule names, by those values
+# per layout: result lists for values no rule names, by those values. Small on purpose: with up to
+# _PLAN_CACHE_MAX layouts per source, 8 lists of ~50 pointers each bound this at a few MB per source.
+_PATCHED_MAX = 8
 
 
 class _Layout:
