@@ -583,6 +583,29 @@ class _SourcePlan:
         self.cache: dict[tuple[Any, ...], _Layout] = {}
 
 
+def _verdict(
+    rule: _CompiledRule,
+    reason: str | None,
+    deleted: bool,
+    shadow: str | None,
+    ack: bool,
+    resolve: bool,
+    state: _State,
+) -> tuple[RuleResult, str | None]:
+    """The result of a rule whose conditions gave ``reason`` (``None``: all hold), and the name of the rule
+    that now shadows later ones (first match wins unless ``continue: true``; deleted tickets never match)."""
+    if reason is None:
+        if deleted:
+            reason = "ticket is deleted: it resolves and never pages"
+        elif shadow is not None:
+            reason = f"shadowed: rule '{shadow}' matched first (continue: false)"
+    if reason is not None:
+        return RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch), shadow
+    render = functools.partial(render_trigger, rule.spec, state)
+    matched = RuleResult(rule.name, True, True, rule.matched_explanation, ack, resolve, rule.on_unmatch, render=render)
+    return matched, shadow if rule.cont else rule.name
+
+
 class RuleSet:
     """A validated, compiled rule set. Immutable; :meth:`evaluate` is pure and thread-safe."""
 
@@ -674,42 +697,7 @@ class RuleSet:
         results = layout.results(values)
         shadow: str | None = None
         for i, rule, ack, resolve, check in layout.candidates:
-            reason = check(state)
-            if reason is not None:
-                results[i] = RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch)
-            elif deleted:
-                results[i] = RuleResult(
-                    rule.name,
-                    True,
-                    False,
-                    ("ticket is deleted: it resolves and never pages",),
-                    ack,
-                    resolve,
-                    rule.on_unmatch,
-                )
-            elif shadow is not None:
-                results[i] = RuleResult(
-                    rule.name,
-                    True,
-                    False,
-                    (f"shadowed: rule '{shadow}' matched first (continue: false)",),
-                    ack,
-                    resolve,
-                    rule.on_unmatch,
-                )
-            else:
-                if not rule.cont:
-                    shadow = rule.name
-                results[i] = RuleResult(
-                    rule.name,
-                    True,
-                    True,
-                    rule.matched_explanation,
-                    ack,
-                    resolve,
-                    rule.on_unmatch,
-                    render=functools.partial(render_trigger, rule.spec, state),
-                )
+            results[i], shadow = _verdict(rule, check(state), deleted, shadow, ack, resolve, state)
         return results  # type: ignore[return-value]
 
     def evaluate_reference(self, ctx: EvalContext) -> list[RuleResult]:
@@ -726,28 +714,8 @@ class RuleSet:
                 continue
             ack = rule.ack_key is not None and self._shared[rule.ack_key](state) is None
             resolve = deleted or self._shared[rule.resolve_key](state) is None
-            reason = rule.when(state)
-            if reason is None and deleted:
-                reason = "ticket is deleted: it resolves and never pages"
-            elif reason is None and shadow is not None:
-                reason = f"shadowed: rule '{shadow}' matched first (continue: false)"
-            if reason is not None:
-                results.append(RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch))
-                continue
-            if not rule.cont:
-                shadow = rule.name
-            results.append(
-                RuleResult(
-                    rule.name,
-                    True,
-                    True,
-                    rule.matched_explanation,
-                    ack,
-                    resolve,
-                    rule.on_unmatch,
-                    render=functools.partial(render_trigger, rule.spec, state),
-                )
-            )
+            result, shadow = _verdict(rule, rule.when(state), deleted, shadow, ack, resolve, state)
+            results.append(result)
         return results
 
     @staticmethod

@@ -274,6 +274,19 @@ def test_arbitrary_yaml_yields_a_ruleset_or_rule_file_errors(text: str) -> None:
             ruleset.evaluate(EvalContext(ticket(), None, (), NOW))
 
 
+def load_or_none(doc: dict[str, Any]) -> RuleSet | None:
+    """The rule set of ``doc`` written as a file, or None if it is not valid (a rule-file error)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "r.yaml"
+        path.write_text(_to_yaml(doc))
+        try:
+            return load_rules(path, env={})
+        except RuleFileErrors:
+            return None
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.fixed_dictionaries(
@@ -324,15 +337,8 @@ def test_arbitrary_yaml_yields_a_ruleset_or_rule_file_errors(text: str) -> None:
     )
 )
 def test_rule_shaped_yaml_never_raises_anything_else(doc: dict[str, Any]) -> None:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "r.yaml"
-        path.write_text(_to_yaml(doc))
-        try:
-            ruleset = load_rules(path, env={})
-        except RuleFileErrors:
-            return
+    ruleset = load_or_none(doc)
+    if ruleset is not None:
         for t in (ticket(), ticket(priority=None, labels=(), raw={"a": {"b": [1]}}, custom_fields={"X": 3})):
             assert len(ruleset.evaluate(EvalContext(t, None, (), NOW))) == len(ruleset.names)
 
@@ -396,7 +402,6 @@ def test_indexed_evaluation_agrees_with_plain_evaluation(
 ) -> None:
     """Layouts are cached by field values and shared between tickets: whatever the rules and whatever the
     order tickets come in, every verdict and explanation equals a plain run of every condition."""
-    import tempfile
 
     doc = {
         "version": 1,
@@ -409,27 +414,27 @@ def test_indexed_evaluation_agrees_with_plain_evaluation(
             for i, rule in enumerate(rules)
         ],
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "r.yaml"
-        path.write_text(_to_yaml(doc))
-        try:
-            ruleset = load_rules(path, env={})
-        except RuleFileErrors:
-            return
+    ruleset = load_or_none(doc)
+    if ruleset is None:
+        return
     for _ in range(2):  # the second pass hits the cached layouts
         for fields in tickets:
             ctx = EvalContext(ticket(**fields), None, (), NOW)
             assert ruleset.evaluate(ctx) == ruleset.evaluate_reference(ctx)
 
 
-def test_a_value_no_rule_names_is_explained_with_that_value(tmp_path: Path) -> None:
-    """Values no rule names share one cached layout; each ticket's explanation still shows its own value."""
+def one_rule(tmp_path: Path, name: str, when: str) -> RuleSet:
     path = tmp_path / "r.yaml"
     path.write_text(
-        "version: 1\nrules:\n  - name: gold\n    when: {organization: [Gold, Platinum], title: {regex: down}}\n"
+        f"version: 1\nrules:\n  - name: {name}\n    when: {when}\n"
         "    trigger: {routing_key: k, severity: info, summary: x}\n"
     )
-    ruleset = load_rules(path, env={})
+    return load_rules(path, env={})
+
+
+def test_a_value_no_rule_names_is_explained_with_that_value(tmp_path: Path) -> None:
+    """Values no rule names share one cached layout; each ticket's explanation still shows its own value."""
+    ruleset = one_rule(tmp_path, "gold", "{organization: [Gold, Platinum], title: {regex: down}}")
     for org in ("Acme", "Globex", "Acme"):
         (result,) = ruleset.evaluate(EvalContext(ticket(organization=org), None, (), NOW))
         assert result.explanation == (f"organization: '{org}' is not in ['Gold', 'Platinum']",)
@@ -440,12 +445,7 @@ def test_a_value_no_rule_names_is_explained_with_that_value(tmp_path: Path) -> N
 
 
 def test_a_long_title_is_shown_cut_in_an_explanation(tmp_path: Path) -> None:
-    path = tmp_path / "r.yaml"
-    path.write_text(
-        "version: 1\nrules:\n  - name: r\n    when: {title: {regex: '^URGENT'}}\n"
-        "    trigger: {routing_key: k, severity: info, summary: x}\n"
-    )
-    ruleset = load_rules(path, env={})
+    ruleset = one_rule(tmp_path, "r", "{title: {regex: '^URGENT'}}")
     (result,) = ruleset.evaluate(EvalContext(ticket(title="it's " + "x" * 200), None, (), NOW))
     (why,) = result.explanation
     assert why.startswith("title: \"it's xxx") and why.endswith("… does not match /^URGENT/")
