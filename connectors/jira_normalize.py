@@ -145,7 +145,7 @@ def status_category(fields: Mapping[str, Any]) -> StatusCategory:
 
 
 def issue_to_ticket(
-    issue: Mapping[str, Any],
+    issue: dict[str, Any],
     *,
     base_url: str,
     field_names: Mapping[str, str],
@@ -156,14 +156,14 @@ def issue_to_ticket(
     Raises ``ValueError`` with a short reason when the issue lacks what a ticket needs (id, key,
     fields, a parsable ``updated``). ``field_names`` maps custom field ids to display names.
     """
-    if not isinstance(issue, Mapping):
+    if not isinstance(issue, dict):  # parsed JSON (webhook body, REST json_result): see the note on _obj
         raise ValueError("issue is not an object")
     issue_id, key, fields = issue.get("id"), issue.get("key"), issue.get("fields")
     if not isinstance(issue_id, str | int) or not str(issue_id):
         raise ValueError("issue has no id")
     if not isinstance(key, str) or not key:
         raise ValueError("issue has no key")
-    if not isinstance(fields, Mapping):
+    if not isinstance(fields, dict):
         raise ValueError("issue has no fields")
     updated = parse_jira_time(fields.get("updated"))
     if updated is None:

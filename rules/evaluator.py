@@ -498,18 +498,17 @@ _OTHER = object()  # a text value no index condition names: every such condition
 _UNDECIDED = object()  # not text (a list, a number): the candidate's own conditions decide
 
 
-# per layout: result lists for values no rule names, by those values. Small on purpose: with up to
-# _PLAN_CACHE_MAX layouts per source, 8 lists of ~50 pointers each bound this at a few MB per source.
-_PATCHED_MAX = 8
+# per source: result lists made for values no rule names, by layout and those values. Bounded per source,
+# not per layout, so memory does not grow with the number of layouts (each list holds one result per rule).
+_PATCHED_MAX = 256
 
 
 class _Layout:
     """For one layout key: the results of rules rejected by their index conditions, the candidates left
-    to check (with the closure for their undecided conditions), and the rules rejected because a value no
-    rule names (``_OTHER``) — those explain themselves with the actual value, so their result lists are
-    made per value and kept in ``patched``."""
+    to check (with the closure for their undecided conditions), and the rules rejected because of a value
+    no rule names (``_OTHER``) — those explain themselves with the actual value (``fixups``)."""
 
-    __slots__ = ("rejected", "candidates", "fixups", "other_slots", "patched")
+    __slots__ = ("rejected", "candidates", "fixups", "other_slots")
 
     def __init__(
         self,
@@ -521,21 +520,21 @@ class _Layout:
         self.candidates = candidates
         self.fixups = fixups
         self.other_slots = tuple(sorted({slot for _, _, slot, _, _, _ in fixups}))
-        self.patched: dict[tuple[Any, ...], list[RuleResult | None]] = {}
 
-    def results(self, values: list[Any]) -> list[RuleResult | None]:
-        """A fresh list of the results decided by the layout, for these field values."""
+    def results(self, values: list[Any], patched: dict[tuple[Any, ...], list[RuleResult | None]]) -> list[Any]:
+        """A fresh list of the results decided by the layout, for these field values. Lists patched for
+        values no rule names are kept in the source's bounded ``patched`` (one ticket's updates reuse them)."""
         if not self.fixups:
             return list(self.rejected)
-        key = tuple([values[slot] for slot in self.other_slots])
-        base = self.patched.get(key)
+        key = (self, *[values[slot] for slot in self.other_slots])
+        base = patched.get(key)
         if base is None:
             base = list(self.rejected)
             for i, rule, slot, why_not, ack, resolve in self.fixups:
                 base[i] = rule.rejected(why_not, values[slot], ack, resolve)
-            if len(self.patched) >= _PATCHED_MAX:
-                self.patched.clear()
-            self.patched[key] = base
+            if len(patched) >= _PATCHED_MAX:
+                patched.clear()
+            patched[key] = base
         return list(base)
 
 
@@ -551,7 +550,7 @@ class _SourcePlan:
     because of an ``_OTHER`` value still explains itself with the actual value (``fixups``).
     """
 
-    __slots__ = ("template", "applying", "fields", "shared", "slots", "cache")
+    __slots__ = ("template", "applying", "fields", "shared", "slots", "cache", "patched")
 
     Leaves = list[tuple[int, frozenset[str], Callable[[Any], str]]]
 
@@ -581,6 +580,7 @@ class _SourcePlan:
         self.fields = tuple((getter, frozenset(names)) for getter, names in fields)
         self.shared = tuple(shared)  # condition keys, in slot order
         self.cache: dict[tuple[Any, ...], _Layout] = {}
+        self.patched: dict[tuple[Any, ...], list[RuleResult | None]] = {}
 
 
 def _verdict(
@@ -694,11 +694,11 @@ class RuleSet:
             if len(plan.cache) >= _PLAN_CACHE_MAX:
                 plan.cache.clear()
             plan.cache[frozen] = layout
-        results = layout.results(values)
+        results = layout.results(values, plan.patched)
         shadow: str | None = None
         for i, rule, ack, resolve, check in layout.candidates:
             results[i], shadow = _verdict(rule, check(state), deleted, shadow, ack, resolve, state)
-        return results  # type: ignore[return-value]
+        return results
 
     def evaluate_reference(self, ctx: EvalContext) -> list[RuleResult]:
         """The same verdicts as :meth:`evaluate`, without index, layouts or caches: every applying rule's

@@ -541,8 +541,8 @@ def failure_explainer(field_name: str, op: Operator, raw_arg: Any) -> Callable[[
 
         return explain_change
     # text values (titles, descriptions: each one new) take a fast path: the fixed parts are formatted once
-    marker = "\x00value\x00"
-    head, found, tail = (prefix + template.format(v=marker, a=arg)).partition(marker)
+    before, found, after = template.partition("{v}")
+    head, tail = prefix + before.format(a=arg), after.format(a=arg)
 
     def explain(value: Any) -> str:
         if found and value.__class__ is str:

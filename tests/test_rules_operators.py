@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rules import EvalContext, load_rules
-from rules.operators import REGISTRY
+from rules.operators import REGISTRY, failure_explainer
 from sync.model import FieldChange, StatusCategory, Ticket
 
 NOW = datetime(2026, 11, 30, 7, 30, tzinfo=UTC)  # a Monday, 08:30 in Berlin
@@ -329,3 +329,18 @@ def test_explanations_name_the_failing_condition_and_actual_value(
     else:
         assert not result.matched
         assert result.explanation == (explanation,)
+
+
+class _Text(str):
+    """A str subclass: explanations take their general path for it, and the fast path for plain str."""
+
+
+@pytest.mark.parametrize("name", sorted(n for n, op in REGISTRY.items() if op.input != "change"))
+def test_explanations_of_text_values_read_the_same_on_the_fast_path(name: str) -> None:
+    op = REGISTRY[name]
+    arg: Any = {"regex": "^x", "not_regex": "^x", "older_than": "30m", "newer_than": "30m", "exists": True}.get(
+        name, ["a", "b"] if name in ("in", "not_in") else "Gold"
+    )
+    explain = failure_explainer("title", op, arg)
+    for text in ("short", 'it\'s "quoted"', "x" * 300, "", "{v} {a}"):
+        assert explain(text) == explain(_Text(text))
