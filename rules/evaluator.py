@@ -697,7 +697,11 @@ class RuleSet:
         results = layout.results(values, plan.patched)
         shadow: str | None = None
         for i, rule, ack, resolve, check in layout.candidates:
-            results[i], shadow = _verdict(rule, check(state), deleted, shadow, ack, resolve, state)
+            reason = check(state)
+            if reason is not None:  # the common case, without the helper's call
+                results[i] = RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch)
+            else:
+                results[i], shadow = _verdict(rule, None, deleted, shadow, ack, resolve, state)
         return results
 
     def evaluate_reference(self, ctx: EvalContext) -> list[RuleResult]:
