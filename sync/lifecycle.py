@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from sync.model import EventAction, IncidentState, LinkState, PlannedEvent, StatusCategory, Ticket, TriggerSpec
@@ -73,28 +74,19 @@ def plan(results: Sequence[Any], links: Mapping[str, LinkState], ticket: Ticket)
             generation = (link.generation + 1) if link is not None else 1
             dedup_key = dedup_key_for(ticket.source, ticket.id, result.rule, generation)
             why = "matched" if link is None else f"matched again after resolve (incident #{generation})"
-            events.append(
-                PlannedEvent(
-                    rule=result.rule,
-                    action=EventAction.TRIGGER,
-                    dedup_key=dedup_key,
-                    routing_key=result.trigger.routing_key,
-                    generation=generation,
-                    reason=why,
-                    trigger=result.trigger,
-                )
+            trigger = PlannedEvent(
+                rule=result.rule,
+                action=EventAction.TRIGGER,
+                dedup_key=dedup_key,
+                routing_key=result.trigger.routing_key,
+                generation=generation,
+                reason=why,
+                trigger=result.trigger,
             )
-            if result.acknowledge:
-                events.append(
-                    PlannedEvent(
-                        rule=result.rule,
-                        action=EventAction.ACKNOWLEDGE,
-                        dedup_key=dedup_key,
-                        routing_key=result.trigger.routing_key,
-                        generation=generation,
-                        reason="acknowledge_when already holds",
-                    )
-                )
+            events.append(trigger)
+            if result.acknowledge:  # the same incident, acknowledged right after it opens
+                ack_reason = "acknowledge_when already holds"
+                events.append(replace(trigger, action=EventAction.ACKNOWLEDGE, reason=ack_reason, trigger=None))
     for rule, link in links.items():
         if rule not in seen and link.state.is_open and done:
             events.append(_follow_up(link, EventAction.RESOLVE, "rule no longer configured; ticket is done"))

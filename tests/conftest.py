@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import responses
 from sqlalchemy import create_engine, text
 
 from sync.clock import FakeClock
@@ -65,3 +66,10 @@ def rules_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     (path / "ops.yaml").write_text(RULES)
     return path
+
+
+@pytest.fixture
+def rsps() -> Iterator[responses.RequestsMock]:
+    """HTTP mocked at the wire for the vendors' client libraries (requests); unused mocks are allowed."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -55,12 +55,6 @@ def make_connector(clock: FakeClock | None = None, **overrides: Any) -> JiraConn
         session=requests.Session(),
         retry=RetryPolicy(max_attempts=3),
     )
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 def query(request: Any) -> dict[str, list[str]]:

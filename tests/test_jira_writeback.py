@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,12 +50,6 @@ def connector(clock: FakeClock | None = None, **extra: Any) -> JiraConnector:
         session=requests.Session(),
         retry=RetryPolicy(max_attempts=3),
     )
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 def comments(*bodies: str) -> dict[str, Any]:

@@ -36,9 +36,10 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PD_")}
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None, module: str = "rules.cli") -> subprocess.CompletedProcess[str]:
+    """Run a CLI (``rules.cli``, or ``sync.cli`` — the ``ticketpager`` console script) from the repository root."""
     return subprocess.run(
-        [sys.executable, "-m", "rules.cli", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -155,14 +156,7 @@ def test_rules_test_usage_errors_exit_2(tmp_path: Path) -> None:
 
 
 def test_rules_command_is_registered_in_the_service_cli() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "sync.cli", "rules", "check", str(EXAMPLES)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=_env(),
-        timeout=60,
-    )
+    done = cli("rules", "check", str(EXAMPLES), module="sync.cli")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK: 5 rules")
 
@@ -209,14 +203,7 @@ def test_example_header_commands_work_exactly_as_written(name: str) -> None:
     assert all(arg in tests[0] for arg in extra), (name, tests[0])
     for words in commands:
         # `ticketpager` is the console script for sync.cli:main; run it the same way from the repository root
-        done = subprocess.run(
-            [sys.executable, "-m", "sync.cli", *words[1:]],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=_env(),
-            timeout=60,
-        )
+        done = cli(*words[1:], module="sync.cli")
         assert done.returncode == 0, (" ".join(words), done.stdout + done.stderr)
 
 
@@ -270,14 +257,7 @@ def test_rules_test_now_needs_a_time_zone() -> None:
 
 @pytest.mark.parametrize("command", [[], ["check"], ["test"], ["schema"], ["backtest"]])
 def test_rules_help_is_for_users(command: list[str]) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "sync.cli", "rules", *command, "--help"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=_env(),
-        timeout=60,
-    )
+    done = cli("rules", *command, "--help", module="sync.cli")
     assert done.returncode == 0, done.stderr
     for developer_text in ("register(", "subparsers", "sync/cli.py", "python -m rules.cli", "``"):
         assert developer_text not in done.stdout

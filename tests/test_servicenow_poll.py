@@ -47,12 +47,6 @@ def drain(conn: ServiceNowConnector, cursor: Any) -> list[Any]:
     return list(conn.poll(cursor))
 
 
-@pytest.fixture
-def rsps() -> Any:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
 def test_keyset_paging_reads_every_record_once_across_pages(rsps: Any) -> None:
     fake = FakeInstance(records(8))
     register_responses(rsps, fake)
