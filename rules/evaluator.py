@@ -169,24 +169,35 @@ Check = Callable[[_State], str | None]  # None: the condition holds; else why no
 # ------------------------------------------------------------------------------------------ compilation
 
 
+class _Explanations(dict[Any, str]):
+    """A condition's failure explanations by value, each formatted once (the same status fails the same
+    condition over and over); bounded, since values such as titles are endless."""
+
+    __slots__ = ("explain",)
+
+    def __init__(self, explain: Callable[[Any], str]) -> None:
+        super().__init__()
+        self.explain = explain
+
+    def __missing__(self, value: Any) -> str:
+        if len(self) >= _REJECT_CACHE_MAX:
+            self.clear()
+        text = self[value] = self.explain(value)
+        return text
+
+
 def _compile_leaf(leaf: Leaf) -> Check:
     op, arg, raw = leaf.op, leaf.arg, leaf.raw_arg
     test = op.test
     name = leaf.field.name if leaf.field else "now"
 
-    cache: dict[Any, str] = {}
     explain = failure_explainer(name, op, raw)
+    texts = _Explanations(explain)  # texts[value]: the explanation for a failing text value
 
     def fail(value: Any) -> str:
-        # explanations repeat (the same status fails the same condition): format each one once
         cls = value.__class__
         if cls is str or cls is int or value is None:
-            text = cache.get(value)
-            if text is None:
-                if len(cache) >= _REJECT_CACHE_MAX:
-                    cache.clear()
-                text = cache[value] = explain(value)
-            return text
+            return texts[value]
         return explain(value)
 
     if op.input == "change":
@@ -215,7 +226,7 @@ def _compile_leaf(leaf: Leaf) -> Check:
         def check_equals(s: _State) -> str | None:
             value = get(s.ticket)
             if value.__class__ is str:
-                return None if value == arg else fail(value)
+                return None if value == arg else texts[value]
             return None if test(value, arg, s.now) else fail(value)
 
         return check_equals
@@ -225,7 +236,7 @@ def _compile_leaf(leaf: Leaf) -> Check:
         def check_regex(s: _State) -> str | None:
             value = get(s.ticket)
             if value.__class__ is str:
-                return None if search(value) is not None else fail(value)
+                return None if search(value) is not None else explain(value)  # free text: seldom repeats
             return None if test(value, arg, s.now) else fail(value)
 
         return check_regex
@@ -235,7 +246,7 @@ def _compile_leaf(leaf: Leaf) -> Check:
         def check_in(s: _State) -> str | None:
             value = get(s.ticket)
             if value.__class__ is str:
-                return None if value in accepted else fail(value)
+                return None if value in accepted else texts[value]
             return None if test(value, arg, s.now) else fail(value)
 
         return check_in
@@ -365,6 +376,7 @@ class _CompiledRule:
         "on_unmatch",
         "cont",
         "matched_explanation",
+        "shadows",
         "index_leaves",
         "_rejections",
     )
@@ -384,6 +396,7 @@ class _CompiledRule:
         self.on_unmatch = spec.on_unmatch
         self.cont = spec.continue_
         self.matched_explanation = tuple(f"holds: {d}" for d in _describe_items(spec.when))
+        self.shadows = f"shadowed: rule '{spec.name}' matched first (continue: false)"  # why later rules don't
         # the leading text equals/in conditions of `when`, in evaluation order: (field, getter, values, why-not)
         self.index_leaves: list[tuple[str, Callable[[Ticket], Any], frozenset[str], Callable[[Any], str]]] = []
         items = when.items if isinstance(when, AllOf) else (when,)
@@ -396,18 +409,39 @@ class _CompiledRule:
         for k in range(1, len(self.index_leaves) + 1):
             left = items[k:]
             self.rest.append(compile_condition(AllOf(left)) if left else _always)
-        self._rejections: dict[tuple[Callable[[Any], str], Any, bool, bool], RuleResult] = {}
+        self._rejections: dict[tuple[Callable[[Any], str], bool, bool], _Rejections] = {}
+
+    def rejections(self, why_not: Callable[[Any], str], ack: bool, resolve: bool) -> _Rejections:
+        """The table of results "rejected by this index condition", by the rejected value (one per
+        condition and acknowledge/resolve verdicts: two conditions can reject the same value)."""
+        key = (why_not, ack, resolve)
+        table = self._rejections.get(key)
+        if table is None:
+            table = self._rejections[key] = _Rejections(self, why_not, ack, resolve)
+        return table
 
     def rejected(self, why_not: Callable[[Any], str], value: Any, ack: bool, resolve: bool) -> RuleResult:
         """The (immutable) result "rejected by an index condition for ``value``", made once per value."""
-        key = (why_not, value, ack, resolve)  # which condition too: two can reject the same value
-        found = self._rejections.get(key)
-        if found is None:
-            if len(self._rejections) >= _REJECT_CACHE_MAX:
-                self._rejections.clear()
-            found = self._rejections[key] = RuleResult(
-                self.name, True, False, (why_not(value),), ack, resolve, self.on_unmatch
-            )
+        return self.rejections(why_not, ack, resolve)[value]
+
+
+class _Rejections(dict[Any, RuleResult]):
+    """One rule's results for one failing index condition, by value; bounded (values no rule names can
+    be endless, e.g. organizations)."""
+
+    __slots__ = ("rule", "why_not", "ack", "resolve")
+
+    def __init__(self, rule: _CompiledRule, why_not: Callable[[Any], str], ack: bool, resolve: bool) -> None:
+        super().__init__()
+        self.rule, self.why_not, self.ack, self.resolve = rule, why_not, ack, resolve
+
+    def __missing__(self, value: Any) -> RuleResult:
+        if len(self) >= _REJECT_CACHE_MAX:
+            self.clear()
+        rule = self.rule
+        found = self[value] = RuleResult(
+            rule.name, True, False, (self.why_not(value),), self.ack, self.resolve, rule.on_unmatch
+        )
         return found
 
 
@@ -498,44 +532,30 @@ _OTHER = object()  # a text value no index condition names: every such condition
 _UNDECIDED = object()  # not text (a list, a number): the candidate's own conditions decide
 
 
-# per source: result lists made for values no rule names, by layout and those values. Bounded per source,
-# not per layout, so memory does not grow with the number of layouts (each list holds one result per rule).
-_PATCHED_MAX = 256
-
-
 class _Layout:
     """For one layout key: the results of rules rejected by their index conditions, the candidates left
     to check (with the closure for their undecided conditions), and the rules rejected because of a value
-    no rule names (``_OTHER``) — those explain themselves with the actual value (``fixups``)."""
+    no rule names (``_OTHER``) — those explain themselves with the actual value (``fixups``: the result
+    slot, the field's slot in the key, and that rule's table of such rejections by value)."""
 
-    __slots__ = ("rejected", "candidates", "fixups", "other_slots")
+    __slots__ = ("rejected", "candidates", "fixups")
 
     def __init__(
         self,
         rejected: list[RuleResult | None],
         candidates: list[tuple[int, _CompiledRule, bool, bool, Check]],
-        fixups: list[tuple[int, _CompiledRule, int, Callable[[Any], str], bool, bool]],
+        fixups: list[tuple[int, int, _Rejections]],
     ) -> None:
         self.rejected = rejected
         self.candidates = candidates
         self.fixups = fixups
-        self.other_slots = tuple(sorted({slot for _, _, slot, _, _, _ in fixups}))
 
-    def results(self, values: list[Any], patched: dict[tuple[Any, ...], list[RuleResult | None]]) -> list[Any]:
-        """A fresh list of the results decided by the layout, for these field values. Lists patched for
-        values no rule names are kept in the source's bounded ``patched`` (one ticket's updates reuse them)."""
-        if not self.fixups:
-            return list(self.rejected)
-        key = (self, *[values[slot] for slot in self.other_slots])
-        base = patched.get(key)
-        if base is None:
-            base = list(self.rejected)
-            for i, rule, slot, why_not, ack, resolve in self.fixups:
-                base[i] = rule.rejected(why_not, values[slot], ack, resolve)
-            if len(patched) >= _PATCHED_MAX:
-                patched.clear()
-            patched[key] = base
-        return list(base)
+    def results(self, values: list[Any]) -> list[Any]:
+        """A fresh list of the results decided by the layout, for these field values."""
+        results = list(self.rejected)
+        for i, slot, table in self.fixups:
+            results[i] = table[values[slot]]
+        return results
 
 
 class _SourcePlan:
@@ -550,7 +570,7 @@ class _SourcePlan:
     because of an ``_OTHER`` value still explains itself with the actual value (``fixups``).
     """
 
-    __slots__ = ("template", "applying", "fields", "shared", "slots", "cache", "patched")
+    __slots__ = ("template", "applying", "fields", "shared", "slots", "cache")
 
     Leaves = list[tuple[int, frozenset[str], Callable[[Any], str]]]
 
@@ -580,7 +600,10 @@ class _SourcePlan:
         self.fields = tuple((getter, frozenset(names)) for getter, names in fields)
         self.shared = tuple(shared)  # condition keys, in slot order
         self.cache: dict[tuple[Any, ...], _Layout] = {}
-        self.patched: dict[tuple[Any, ...], list[RuleResult | None]] = {}
+
+
+_DELETED = "ticket is deleted: it resolves and never pages"
+_DELETED_CATEGORY = StatusCategory.DELETED  # a module constant: the class attribute lookup costs more
 
 
 def _verdict(
@@ -592,18 +615,18 @@ def _verdict(
     resolve: bool,
     state: _State,
 ) -> tuple[RuleResult, str | None]:
-    """The result of a rule whose conditions gave ``reason`` (``None``: all hold), and the name of the rule
-    that now shadows later ones (first match wins unless ``continue: true``; deleted tickets never match)."""
+    """The result of a rule whose conditions gave ``reason`` (``None``: all hold), and the reason of the
+    rules a match now shadows (first match wins unless ``continue: true``; deleted tickets never match)."""
     if reason is None:
         if deleted:
-            reason = "ticket is deleted: it resolves and never pages"
+            reason = _DELETED
         elif shadow is not None:
-            reason = f"shadowed: rule '{shadow}' matched first (continue: false)"
+            reason = shadow
     if reason is not None:
         return RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch), shadow
     render = functools.partial(render_trigger, rule.spec, state)
-    matched = RuleResult(rule.name, True, True, rule.matched_explanation, ack, resolve, rule.on_unmatch, render=render)
-    return matched, shadow if rule.cont else rule.name
+    matched = RuleResult(rule.name, True, True, rule.matched_explanation, ack, resolve, rule.on_unmatch, None, render)
+    return matched, shadow if rule.cont else rule.shadows
 
 
 class RuleSet:
@@ -674,7 +697,7 @@ class RuleSet:
         ticket = ctx.ticket
         plan = self._plans.get(ticket.source) or self._plan(ticket.source)
         state = _State(ctx)
-        deleted = ticket.status_category is StatusCategory.DELETED
+        deleted = ticket.status_category is _DELETED_CATEGORY
         shared = self._shared
         values: list[Any] = []
         key: list[Any] = [deleted]
@@ -694,21 +717,31 @@ class RuleSet:
             if len(plan.cache) >= _PLAN_CACHE_MAX:
                 plan.cache.clear()
             plan.cache[frozen] = layout
-        results = layout.results(values, plan.patched)
+        results = layout.results(values)
         shadow: str | None = None
-        for i, rule, ack, resolve, check in layout.candidates:
+        for i, rule, ack, resolve, check in layout.candidates:  # as _verdict, inlined: this is the hot loop
             reason = check(state)
-            if reason is not None:  # the common case, without the helper's call
-                results[i] = RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch)
-            else:
-                results[i], shadow = _verdict(rule, None, deleted, shadow, ack, resolve, state)
+            if reason is None:
+                if deleted:
+                    reason = _DELETED
+                elif shadow is not None:
+                    reason = shadow
+                else:
+                    render = functools.partial(render_trigger, rule.spec, state)
+                    results[i] = RuleResult(
+                        rule.name, True, True, rule.matched_explanation, ack, resolve, rule.on_unmatch, None, render
+                    )
+                    if not rule.cont:
+                        shadow = rule.shadows
+                    continue
+            results[i] = RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch)
         return results
 
     def evaluate_reference(self, ctx: EvalContext) -> list[RuleResult]:
         """The same verdicts as :meth:`evaluate`, without index, layouts or caches: every applying rule's
         conditions run in full. Slower; it is what the indexed path must always agree with (tests)."""
         ticket, state = ctx.ticket, _State(ctx)
-        deleted = ticket.status_category is StatusCategory.DELETED
+        deleted = ticket.status_category is _DELETED_CATEGORY
         results: list[RuleResult] = []
         shadow: str | None = None
         for rule in self._rules:
@@ -732,7 +765,7 @@ class RuleSet:
         entries = key[1 + len(plan.shared) :]
         results = list(plan.template)
         candidates: list[tuple[int, _CompiledRule, bool, bool, Check]] = []
-        fixups: list[tuple[int, _CompiledRule, int, Callable[[Any], str], bool, bool]] = []
+        fixups: list[tuple[int, int, _Rejections]] = []
         for i, rule, leaves, ack_slot, resolve_slot in plan.slots:
             ack = verdicts[ack_slot] if ack_slot is not None else False
             resolve = True if deleted else verdicts[resolve_slot]
@@ -742,7 +775,7 @@ class RuleSet:
                 if entry is _UNDECIDED:
                     break
                 if entry is _OTHER:
-                    fixups.append((i, rule, slot, why_not, ack, resolve))
+                    fixups.append((i, slot, rule.rejections(why_not, ack, resolve)))
                     break
                 if entry is None or entry not in accepted:
                     results[i] = rule.rejected(why_not, entry, ack, resolve)
