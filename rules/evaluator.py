@@ -138,32 +138,15 @@ class RuleResult:
     __hash__ = None  # type: ignore[assignment]
 
 
-class _State:
-    """Per-evaluation scratch: the ticket, now, and a lazily built index of this update's changes."""
-
-    __slots__ = ("ticket", "now", "ctx", "_changes", "_template_ctx")
-
-    def __init__(self, ctx: EvalContext) -> None:
-        self.ctx = ctx
-        self.ticket = ctx.ticket
-        self.now = ctx.now
-        self._changes: dict[str, FieldChange] | None = None
-        self._template_ctx: dict[str, Any] | None = None
-
-    def change(self, field_name: str) -> FieldChange | None:
-        if self._changes is None:
-            self._changes = {c.field: c for c in self.ctx.changes}
-        return self._changes.get(field_name)
-
-    def template_context(self, rule: RuleSpec) -> dict[str, Any]:
-        if self._template_ctx is None:
-            self._template_ctx = template_context(self.ticket, rule.name, rule.description, self.ctx.changes, self.now)
-        else:
-            self._template_ctx["rule"] = {"name": rule.name, "description": rule.description}
-        return self._template_ctx
+def _change(ctx: EvalContext, field_name: str) -> FieldChange | None:
+    """What this update changed in ``field_name`` (updates change a few fields: a scan beats a dict)."""
+    for change in ctx.changes:
+        if change.field == field_name:
+            return change
+    return None
 
 
-Check = Callable[[_State], str | None]  # None: the condition holds; else why not
+Check = Callable[[EvalContext], str | None]  # None: the condition holds; else why not
 
 
 # ------------------------------------------------------------------------------------------ compilation
@@ -202,28 +185,28 @@ def _compile_leaf(leaf: Leaf) -> Check:
 
     if op.input == "change":
 
-        def check_change(s: _State) -> str | None:
-            change = s.change(name)
+        def check_change(s: EvalContext) -> str | None:
+            change = _change(s, name)
             return None if test(change, arg, s.now) else fail(change)
 
         return check_change
     if leaf.field is None:
 
-        def check_now(s: _State) -> str | None:
+        def check_now(s: EvalContext) -> str | None:
             return None if test(s.now, arg, s.now) else fail(s.now)
 
         return check_now
     get = leaf.field.get
     if leaf.ignore_case and op.case == "value":
 
-        def check_folded(s: _State) -> str | None:
+        def check_folded(s: EvalContext) -> str | None:
             value = get(s.ticket)
             return None if test(fold(value), arg, s.now) else fail(value)
 
         return check_folded
     if op.name == "equals" and isinstance(arg, str):
 
-        def check_equals(s: _State) -> str | None:
+        def check_equals(s: EvalContext) -> str | None:
             value = get(s.ticket)
             if value.__class__ is str:
                 return None if value == arg else texts[value]
@@ -233,7 +216,7 @@ def _compile_leaf(leaf: Leaf) -> Check:
     if op.name == "regex" and isinstance(arg, re.Pattern):
         search = arg.search
 
-        def check_regex(s: _State) -> str | None:
+        def check_regex(s: EvalContext) -> str | None:
             value = get(s.ticket)
             if value.__class__ is str:
                 return None if search(value) is not None else explain(value)  # free text: seldom repeats
@@ -243,7 +226,7 @@ def _compile_leaf(leaf: Leaf) -> Check:
     if op.name == "in" and all(isinstance(a, str) for a in arg):
         accepted = frozenset(arg)
 
-        def check_in(s: _State) -> str | None:
+        def check_in(s: EvalContext) -> str | None:
             value = get(s.ticket)
             if value.__class__ is str:
                 return None if value in accepted else texts[value]
@@ -251,7 +234,7 @@ def _compile_leaf(leaf: Leaf) -> Check:
 
         return check_in
 
-    def check(s: _State) -> str | None:
+    def check(s: EvalContext) -> str | None:
         value = get(s.ticket)
         return None if test(value, arg, s.now) else fail(value)
 
@@ -266,14 +249,14 @@ def compile_condition(cond: Cond) -> Check:
         inner = compile_condition(cond.item)
         text = f"not: {cond.item.describe()} holds"
 
-        def check_not(s: _State) -> str | None:
+        def check_not(s: EvalContext) -> str | None:
             return text if inner(s) is None else None
 
         return check_not
     checks = tuple(compile_condition(c) for c in cond.items)
     if isinstance(cond, AnyOf):
 
-        def check_any(s: _State) -> str | None:
+        def check_any(s: EvalContext) -> str | None:
             reasons = []
             for c in checks:
                 reason = c(s)
@@ -288,19 +271,19 @@ def compile_condition(cond: Cond) -> Check:
     if len(checks) == 2:
         c1, c2 = checks
 
-        def check_two(s: _State) -> str | None:
+        def check_two(s: EvalContext) -> str | None:
             return c1(s) or c2(s)
 
         return check_two
     if len(checks) == 3:
         c1, c2, c3 = checks
 
-        def check_three(s: _State) -> str | None:
+        def check_three(s: EvalContext) -> str | None:
             return c1(s) or c2(s) or c3(s)
 
         return check_three
 
-    def check_all(s: _State) -> str | None:
+    def check_all(s: EvalContext) -> str | None:
         for c in checks:
             reason = c(s)
             if reason is not None:
@@ -355,7 +338,7 @@ def _describe_items(cond: Cond) -> tuple[str, ...]:
     return tuple(i.describe() for i in items)
 
 
-def _always(s: _State) -> str | None:
+def _always(s: EvalContext) -> str | None:
     return None
 
 
@@ -484,11 +467,11 @@ def _render_details(value: Any, context: Mapping[str, Any], problems: list[str],
     return value
 
 
-def render_trigger(spec: RuleSpec, state: _State) -> tuple[TriggerSpec, list[str]]:
+def render_trigger(spec: RuleSpec, ctx: EvalContext) -> tuple[TriggerSpec, list[str]]:
     """Render a matched rule's trigger; template failures fall back and are returned as problems."""
-    ticket = state.ticket
+    ticket = ctx.ticket
     trig = spec.trigger
-    context = state.template_context(spec)
+    context = template_context(ticket, spec.name, spec.description, ctx.changes, ctx.now)
     problems: list[str] = []
 
     def text(template: Template | None, where: str, fallback: str | None) -> str | None:
@@ -550,13 +533,6 @@ class _Layout:
         self.candidates = candidates
         self.fixups = fixups
 
-    def results(self, values: list[Any]) -> list[Any]:
-        """A fresh list of the results decided by the layout, for these field values."""
-        results = list(self.rejected)
-        for i, slot, table in self.fixups:
-            results[i] = table[values[slot]]
-        return results
-
 
 class _SourcePlan:
     """Everything about a source that does not depend on the ticket, plus a cache of rejection layouts.
@@ -570,11 +546,16 @@ class _SourcePlan:
     because of an ``_OTHER`` value still explains itself with the actual value (``fixups``).
     """
 
-    __slots__ = ("template", "applying", "fields", "shared", "slots", "cache")
+    __slots__ = ("template", "applying", "fields", "shared", "shared_checks", "slots", "cache")
 
     Leaves = list[tuple[int, frozenset[str], Callable[[Any], str]]]
 
-    def __init__(self, template: list[RuleResult | None], applying: list[tuple[int, _CompiledRule]]) -> None:
+    def __init__(
+        self,
+        template: list[RuleResult | None],
+        applying: list[tuple[int, _CompiledRule]],
+        checks: Mapping[str, Check],
+    ) -> None:
         self.template = template
         self.applying = applying
         slot_of: dict[str, int] = {}
@@ -599,6 +580,7 @@ class _SourcePlan:
         # (getter, every value some rule names for that field)
         self.fields = tuple((getter, frozenset(names)) for getter, names in fields)
         self.shared = tuple(shared)  # condition keys, in slot order
+        self.shared_checks = tuple(checks[k] for k in self.shared)
         self.cache: dict[tuple[Any, ...], _Layout] = {}
 
 
@@ -613,7 +595,7 @@ def _verdict(
     shadow: str | None,
     ack: bool,
     resolve: bool,
-    state: _State,
+    state: EvalContext,
 ) -> tuple[RuleResult, str | None]:
     """The result of a rule whose conditions gave ``reason`` (``None``: all hold), and the reason of the
     rules a match now shadows (first match wins unless ``continue: true``; deleted tickets never match)."""
@@ -687,7 +669,7 @@ class RuleSet:
                         None,
                     )
                 )
-        plan = _SourcePlan(template, applying)
+        plan = _SourcePlan(template, applying, self._shared)
         if len(self._plans) < 64:  # sources are few; never grow without bound on odd input
             self._plans[source] = plan
         return plan
@@ -696,13 +678,11 @@ class RuleSet:
         """One result per rule, in file order. Pure: no I/O, no clock (``ctx.now`` is the time)."""
         ticket = ctx.ticket
         plan = self._plans.get(ticket.source) or self._plan(ticket.source)
-        state = _State(ctx)
         deleted = ticket.status_category is _DELETED_CATEGORY
-        shared = self._shared
         values: list[Any] = []
         key: list[Any] = [deleted]
-        for key_name in plan.shared:
-            key.append(shared[key_name](state) is None)
+        for shared_check in plan.shared_checks:
+            key.append(shared_check(ctx) is None)
         for get, named in plan.fields:
             value = get(ticket)
             values.append(value)
@@ -717,17 +697,19 @@ class RuleSet:
             if len(plan.cache) >= _PLAN_CACHE_MAX:
                 plan.cache.clear()
             plan.cache[frozen] = layout
-        results = layout.results(values)
+        results: list[Any] = list(layout.rejected)  # the layout's results, with the actual values no rule names
+        for i, slot, table in layout.fixups:
+            results[i] = table[values[slot]]
         shadow: str | None = None
         for i, rule, ack, resolve, check in layout.candidates:  # as _verdict, inlined: this is the hot loop
-            reason = check(state)
+            reason = check(ctx)
             if reason is None:
                 if deleted:
                     reason = _DELETED
                 elif shadow is not None:
                     reason = shadow
                 else:
-                    render = functools.partial(render_trigger, rule.spec, state)
+                    render = functools.partial(render_trigger, rule.spec, ctx)
                     results[i] = RuleResult(
                         rule.name, True, True, rule.matched_explanation, ack, resolve, rule.on_unmatch, None, render
                     )
@@ -740,7 +722,7 @@ class RuleSet:
     def evaluate_reference(self, ctx: EvalContext) -> list[RuleResult]:
         """The same verdicts as :meth:`evaluate`, without index, layouts or caches: every applying rule's
         conditions run in full. Slower; it is what the indexed path must always agree with (tests)."""
-        ticket, state = ctx.ticket, _State(ctx)
+        ticket, state = ctx.ticket, ctx
         deleted = ticket.status_category is _DELETED_CATEGORY
         results: list[RuleResult] = []
         shadow: str | None = None
