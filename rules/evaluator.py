@@ -139,8 +139,9 @@ class RuleResult:
 
 
 def _change(ctx: EvalContext, field_name: str) -> FieldChange | None:
-    """What this update changed in ``field_name`` (updates change a few fields: a scan beats a dict)."""
-    for change in ctx.changes:
+    """What this update changed in ``field_name``: the last entry wins when one update lists a field twice
+    (a Jira changelog has one entry per component added or removed). A scan: updates change few fields."""
+    for change in reversed(ctx.changes):
         if change.field == field_name:
             return change
     return None
@@ -409,8 +410,9 @@ class _CompiledRule:
 
 
 class _Rejections(dict[Any, RuleResult]):
-    """One rule's results for one failing index condition, by value; bounded (values no rule names can
-    be endless, e.g. organizations)."""
+    """One rule's results for one failing index condition, by value. Bounded: at most 256 values per
+    table (values no rule names can be endless, e.g. organizations), and a rule has one table per leading
+    ``equals``/``in`` condition and acknowledge/resolve verdicts (at most 4 such pairs)."""
 
     __slots__ = ("rule", "why_not", "ack", "resolve")
 

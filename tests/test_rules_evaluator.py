@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules import EvalContext, RuleFileErrors, RuleSet, load_rules
-from sync.model import StatusCategory, Ticket
+from sync.model import FieldChange, StatusCategory, Ticket
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 KEY = "0123456789abcdef0123456789abcdef"
@@ -442,6 +442,20 @@ def test_a_value_no_rule_names_is_explained_with_that_value(tmp_path: Path) -> N
     assert result.explanation == ("title: 'all fine' does not match /down/",)
     (result,) = ruleset.evaluate(EvalContext(ticket(organization=None), None, (), NOW))
     assert result.explanation == ("organization: missing is not in ['Gold', 'Platinum']",)
+
+
+def test_a_field_changed_twice_in_one_update_is_judged_by_its_last_change(tmp_path: Path) -> None:
+    """A Jira changelog lists one entry per component added or removed, and two custom fields can share a
+    display name: the last entry for a field is what the update changed it to."""
+    ruleset = one_rule(tmp_path, "gold", "{custom.Tier: {changed_to: Gold}}")
+    changes = (FieldChange("custom.Tier", "Silver", "Bronze"), FieldChange("custom.Tier", "Bronze", "Gold"))
+    ctx = EvalContext(ticket(), None, changes, NOW)
+    (result,) = ruleset.evaluate(ctx)
+    assert result.matched, result.explanation
+    assert ruleset.evaluate_reference(ctx) == [result]
+    (result,) = ruleset.evaluate(EvalContext(ticket(), None, changes[::-1], NOW))
+    assert not result.matched
+    assert result.explanation == ("custom.Tier: changed 'Silver' → 'Bronze', not changed to 'Gold'",)
 
 
 def test_a_long_title_is_shown_cut_in_an_explanation(tmp_path: Path) -> None:
