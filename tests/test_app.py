@@ -131,6 +131,13 @@ def test_body_over_limit_is_413(db_url: str, rules_path: Path, clock: FakeClock)
             assert len(body) > 1000
             response = post(c, body)
             assert response.status_code == 413 and "1000" in response.json()["error"]
+            # no Content-Length (chunked): refused while it streams in, past the limit
+            halves = [body[:600], body[600:]]
+            headers = {"X-Hub-Signature": sign(body), "X-Atlassian-Webhook-Identifier": "chunked"}
+            response = c.post("/webhooks/jira", content=iter(halves), headers=headers)
+            assert response.status_code == 413 and "1000" in response.json()["error"]
+            response = c.post("/webhooks/jira", content=body[:900], headers={**headers, "Content-Length": "x9"})
+            assert response.status_code == 400 and response.json() == {"error": "invalid Content-Length header"}
             assert stored(svc) == 0
     finally:
         svc.writer.stop()
@@ -212,8 +219,12 @@ def test_http_errors_are_json_and_trailing_slash_is_accepted(client: TestClient,
     wrong_method = client.get("/webhooks/jira")
     assert wrong_method.status_code == 405 and wrong_method.json() == {"error": "Method Not Allowed"}
     assert wrong_method.headers["allow"] == "POST"
+    assert client.get("/webhooks/jira/").status_code == 405
     nowhere = client.get("/nope")
     assert nowhere.status_code == 404 and nowhere.json() == {"error": "Not Found"}
+    for path in ("/webhooks/", "/webhooks/jira/extra", "/webhooks//"):
+        response = client.post(path, content=b"{}")
+        assert response.status_code == 404 and response.json() == {"error": "Not Found"}, path
     body = jira_body()
     response = client.post("/webhooks/jira/", content=body, follow_redirects=False,
                            headers={"X-Hub-Signature": sign(body), "X-Atlassian-Webhook-Identifier": "slash"})
