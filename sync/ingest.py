@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sync.model import TicketChange
-from sync.store import Store, insert_changes, insert_changes_each
+from sync.store import Store
 
 log = logging.getLogger("ticketpager.ingest")
 
@@ -106,8 +106,7 @@ class Writer:
     def _commit(self, items: list[_Item]) -> None:
         results: list[int | BaseException] = []
         try:
-            with self.store.begin(urgent=True) as conn:
-                results.extend(insert_changes_each(conn, [item.changes for item in items]))
+            results.extend(self.store.store_webhook_changes([item.changes for item in items]))
         except Exception as exc:  # noqa: BLE001 - every waiter must hear about the failure
             if len(items) == 1:
                 log.error("storing a webhook change failed: %s", exc)
@@ -123,8 +122,7 @@ class Writer:
 
     def _commit_one(self, item: _Item) -> int | BaseException:
         try:
-            with self.store.begin(urgent=True) as conn:
-                return insert_changes(conn, item.changes)
+            return self.store.store_webhook_changes([item.changes])[0]
         except Exception as exc:  # noqa: BLE001
             log.error("storing a webhook change failed: %s", exc)
             return exc

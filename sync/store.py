@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, or_, select, update
+from sqlalchemy import Connection, Dialect, Engine, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.pool import PoolProxiedConnection
 
 from sync import db, jsonutil
 from sync.model import TicketChange
@@ -53,8 +54,8 @@ def insert_changes_each(conn: Connection, groups: Sequence[Sequence[TicketChange
 
     A delivery id already stored, or repeated earlier in the same call, counts as a duplicate.
     """
-    if conn.dialect.name == "sqlite":
-        return _insert_changes_sqlite(conn, groups)
+    if conn.dialect.name == "sqlite":  # the transaction's own driver connection
+        return _insert_changes_sqlite(conn.connection.driver_connection, conn.dialect, groups)
     rows = [change_row(c) for group in groups for c in group]
     if not rows:
         return [0] * len(groups)
@@ -82,14 +83,16 @@ _SQLITE_INSERT_CHANGE = (
 )
 
 
-def _insert_changes_sqlite(conn: Connection, groups: Sequence[Sequence[TicketChange]]) -> list[int]:
-    """SQLite, the webhook writer's hot path: one prepared INSERT per row on the driver connection of this
-    very transaction; its rowcount says new (1) or duplicate (0). SQLAlchemy's per-statement machinery cost
-    more than SQLite itself here (measured); the datetimes go through the column type's own bind
-    processor, so the stored text is exactly what SQLAlchemy writes and reads back."""
-    stamp = changes.c.ticket_updated.type.bind_processor(conn.dialect)
+def _insert_changes_sqlite(
+    raw: Any, dialect: Dialect, groups: Sequence[Sequence[TicketChange]]
+) -> list[int]:
+    """SQLite, the webhook writer's hot path: one prepared INSERT per row on the driver (``sqlite3``)
+    connection, inside the caller's transaction; its rowcount says new (1) or duplicate (0). SQLAlchemy's
+    per-statement machinery cost more than SQLite itself here (measured); the datetimes go through the
+    column type's own bind processor, so the stored text is exactly what SQLAlchemy writes and reads back."""
+    stamp = changes.c.ticket_updated.type.bind_processor(dialect)
     assert stamp is not None  # UTCDateTime always converts
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cursor = raw.cursor()
     counts: list[int] = []
     try:
         for group in groups:
@@ -191,6 +194,7 @@ class Store:
         self.engine: Engine = db.make_engine(url, **engine_kwargs)
         # SQLite: serialize writers in-process (webhook writer first) instead of in SQLite's busy handler
         self.write_lock: PriorityLock | None = PriorityLock() if self.engine.dialect.name == "sqlite" else None
+        self._webhook_conn: PoolProxiedConnection | None = None  # SQLite: the webhook writer's own connection
 
     def __repr__(self) -> str:
         return f"<Store {self.engine.url.render_as_string(hide_password=True)}>"
@@ -216,6 +220,40 @@ class Store:
         ):
             yield conn
 
+    def store_webhook_changes(self, groups: Sequence[Sequence[TicketChange]]) -> list[int]:
+        """Store several webhook requests' changes durably in one transaction; per request, how many
+        were new (the rest were duplicates). On SQLite the webhook writer keeps one driver connection
+        open for this (no pool checkout, no SQLAlchemy transaction events per commit), under the write
+        lock it is served first by."""
+        if self.write_lock is None:
+            with self.engine.begin() as conn:
+                return insert_changes_each(conn, groups)
+        with self.write_lock.hold(urgent=True):
+            if self._webhook_conn is None:
+                self._webhook_conn = self.engine.raw_connection()  # with the engine's PRAGMAs, autocommit mode
+            raw: Any = self._webhook_conn.driver_connection  # sqlite3.Connection
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                counts = _insert_changes_sqlite(raw, self.engine.dialect, groups)
+                raw.execute("COMMIT")
+            except BaseException:
+                self._drop_webhook_connection()
+                raise
+            return counts
+
+    def _drop_webhook_connection(self) -> None:
+        """After a failure: roll back and forget the connection (the next commit takes a fresh one)."""
+        conn, self._webhook_conn = self._webhook_conn, None
+        if conn is None:
+            return
+        raw: Any = conn.driver_connection
+        try:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            conn.close()
+        except Exception:  # noqa: BLE001 - a broken connection: the pool must not hand it out again
+            conn.invalidate()
+
     def should_yield(self) -> bool:
         """True when a background transaction should commit now to let the webhook writer in."""
         return self.write_lock is not None and self.write_lock.urgent()
@@ -225,6 +263,9 @@ class Store:
             conn.exec_driver_sql("SELECT 1")
 
     def dispose(self) -> None:
+        if self.write_lock is not None:
+            with self.write_lock.hold(urgent=True):
+                self._drop_webhook_connection()
         self.engine.dispose()
 
     # -- read side -------------------------------------------------------------------------------

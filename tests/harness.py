@@ -10,7 +10,7 @@ from sync.clock import FakeClock
 from sync.model import TicketChange
 from sync.service import Service
 from sync.settings import Settings
-from sync.store import Store, insert_changes
+from sync.store import Store
 
 
 def make_service(db_url: str, rules_path: Path, pd_url: str, clock: FakeClock, **settings: Any) -> Service:
@@ -30,5 +30,4 @@ def make_service(db_url: str, rules_path: Path, pd_url: str, clock: FakeClock, *
 
 def receive(service: Service, changes: Sequence[TicketChange]) -> int:
     """Store changes the way the webhook writer does (one transaction, deduped)."""
-    with service.store.begin() as conn:
-        return insert_changes(conn, list(changes))
+    return service.store.store_webhook_changes([list(changes)])[0]

@@ -1,0 +1,52 @@
+"""The group-commit writer against a real SQLite file: a batch with one row the database refuses still
+stores the others, the refused request hears the error, and the writer's connection recovers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlalchemy import select, text
+
+from sync.ingest import Writer
+from sync.schema import changes
+from sync.store import Store
+from tests.factories import change, ticket
+
+
+def test_a_refused_row_fails_only_its_own_request_and_the_writer_recovers(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'w.db'}")
+    store.upgrade()
+    with store.engine.begin() as conn:  # the database itself refuses one delivery (like a disk or constraint error)
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON changes WHEN NEW.delivery_id = 'bad' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        )
+    writer = Writer(store)
+
+    async def batch() -> list[int | BaseException]:
+        # all three are queued before the writer thread starts: they reach it as one group commit
+        pending = [
+            asyncio.ensure_future(writer.submit([change(ticket(str(n)), delivery)]))
+            for n, delivery in ((1, "good-1"), (2, "bad"), (3, "good-1"))
+        ]
+        await asyncio.sleep(0)
+        writer.start()
+        return await asyncio.gather(*pending, return_exceptions=True)
+
+    async def later() -> int:
+        return await writer.submit([change(ticket("4"), "good-2")])
+
+    try:
+        first, refused, duplicate = asyncio.run(batch())
+        assert first == 1 and duplicate == 0  # the same delivery id again: a duplicate, not a second row
+        assert isinstance(refused, Exception) and "refused by the test" in str(refused)
+        assert asyncio.run(later()) == 1  # the failed transaction left the writer's connection usable
+        with store.engine.connect() as conn:
+            stored = conn.execute(select(changes.c.delivery_id).order_by(changes.c.id)).scalars().all()
+        assert stored == ["good-1", "good-2"]
+    finally:
+        writer.stop()
+        store.dispose()
