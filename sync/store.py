@@ -8,7 +8,7 @@ and its cursor; an engine step's outbox rows, links and decision) take a connect
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -55,8 +55,21 @@ def insert_changes_each(conn: Connection, groups: Sequence[Sequence[TicketChange
     A delivery id already stored, or repeated earlier in the same call, counts as a duplicate.
     """
     if conn.dialect.name == "sqlite":  # the transaction's own driver connection
-        return _insert_changes_sqlite(conn.connection.driver_connection, conn.dialect, groups)
-    rows = [change_row(c) for group in groups for c in group]
+        stamp = _stamp(conn.dialect)
+        rows = [[sqlite_change_row(c, stamp) for c in group] for group in groups]
+        return _insert_rows_sqlite(conn.connection.driver_connection, rows)
+    return _insert_rows_returning(conn, [[change_row(c) for c in group] for group in groups])
+
+
+def _stamp(dialect: Dialect) -> Callable[[Any], Any]:
+    stamp = changes.c.ticket_updated.type.bind_processor(dialect)
+    assert stamp is not None  # UTCDateTime always converts
+    return stamp
+
+
+def _insert_rows_returning(conn: Connection, groups: Sequence[Sequence[dict[str, Any]]]) -> list[int]:
+    """PostgreSQL: one multi-row INSERT for every group; per group, how many rows were new."""
+    rows = [row for group in groups for row in group]
     if not rows:
         return [0] * len(groups)
     # RETURNING names what was inserted (executemany rowcount is unreliable on psycopg)
@@ -67,7 +80,7 @@ def insert_changes_each(conn: Connection, groups: Sequence[Sequence[TicketChange
     index = 0
     for group in groups:
         new = 0
-        for _ in group:
+        for _row in group:
             key = (rows[index]["source"], rows[index]["delivery_id"])
             index += 1
             if key in inserted and key not in seen:
@@ -83,34 +96,32 @@ _SQLITE_INSERT_CHANGE = (
 )
 
 
-def _insert_changes_sqlite(
-    raw: Any, dialect: Dialect, groups: Sequence[Sequence[TicketChange]]
-) -> list[int]:
-    """SQLite, the webhook writer's hot path: one prepared INSERT per row on the driver (``sqlite3``)
-    connection, inside the caller's transaction; its rowcount says new (1) or duplicate (0). SQLAlchemy's
-    per-statement machinery cost more than SQLite itself here (measured); the datetimes go through the
-    column type's own bind processor, so the stored text is exactly what SQLAlchemy writes and reads back."""
-    stamp = changes.c.ticket_updated.type.bind_processor(dialect)
-    assert stamp is not None  # UTCDateTime always converts
+def sqlite_change_row(change: TicketChange, stamp: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """The parameters of :data:`_SQLITE_INSERT_CHANGE` for ``change``. Datetimes go through the column
+    type's own bind processor (``stamp``), so the stored text is exactly what SQLAlchemy writes and reads."""
+    ticket = change.ticket
+    return (
+        ticket.source,
+        change.delivery_id[:255],
+        ticket.id,
+        stamp(ticket.updated),
+        change.origin.value,
+        stamp(change.received_at),
+        jsonutil.dumps(change.to_json()),
+    )
+
+
+def _insert_rows_sqlite(raw: Any, groups: Sequence[Sequence[tuple[Any, ...]]]) -> list[int]:
+    """SQLite: one prepared INSERT per row on the driver (``sqlite3``) connection, inside the caller's
+    transaction; its rowcount says new (1) or duplicate (0). SQLAlchemy's per-statement machinery cost
+    more than SQLite itself on this path (measured)."""
     cursor = raw.cursor()
     counts: list[int] = []
     try:
         for group in groups:
             new = 0
-            for change in group:
-                ticket = change.ticket
-                cursor.execute(
-                    _SQLITE_INSERT_CHANGE,
-                    (
-                        ticket.source,
-                        change.delivery_id[:255],
-                        ticket.id,
-                        stamp(ticket.updated),
-                        change.origin.value,
-                        stamp(change.received_at),
-                        jsonutil.dumps(change.to_json()),
-                    ),
-                )
+            for row in group:
+                cursor.execute(_SQLITE_INSERT_CHANGE, row)
                 new += cursor.rowcount
             counts.append(new)
     finally:
@@ -195,6 +206,7 @@ class Store:
         # SQLite: serialize writers in-process (webhook writer first) instead of in SQLite's busy handler
         self.write_lock: PriorityLock | None = PriorityLock() if self.engine.dialect.name == "sqlite" else None
         self._webhook_conn: PoolProxiedConnection | None = None  # SQLite: the webhook writer's own connection
+        self._stamp = _stamp(self.engine.dialect)
 
     def __repr__(self) -> str:
         return f"<Store {self.engine.url.render_as_string(hide_password=True)}>"
@@ -220,21 +232,29 @@ class Store:
         ):
             yield conn
 
-    def store_webhook_changes(self, groups: Sequence[Sequence[TicketChange]]) -> list[int]:
-        """Store several webhook requests' changes durably in one transaction; per request, how many
-        were new (the rest were duplicates). On SQLite the webhook writer keeps one driver connection
-        open for this (no pool checkout, no SQLAlchemy transaction events per commit), under the write
-        lock it is served first by."""
+    def webhook_rows(self, changes: Sequence[TicketChange]) -> list[Any]:
+        """``changes`` made ready for :meth:`store_webhook_rows`. The HTTP handler calls this, so the
+        serialization is done before the writer thread's turn and its commit cycle stays short."""
+        if self.write_lock is None:
+            return [change_row(c) for c in changes]
+        stamp = self._stamp
+        return [sqlite_change_row(c, stamp) for c in changes]
+
+    def store_webhook_rows(self, groups: Sequence[Sequence[Any]]) -> list[int]:
+        """Store several webhook requests' rows (from :meth:`webhook_rows`) durably in one transaction;
+        per request, how many were new (the rest were duplicates). On SQLite the webhook writer keeps one
+        driver connection open for this (no pool checkout, no SQLAlchemy transaction events per commit),
+        under the write lock it is served first by."""
         if self.write_lock is None:
             with self.engine.begin() as conn:
-                return insert_changes_each(conn, groups)
+                return _insert_rows_returning(conn, groups)
         with self.write_lock.hold(urgent=True):
             if self._webhook_conn is None:
                 self._webhook_conn = self.engine.raw_connection()  # with the engine's PRAGMAs, autocommit mode
             raw: Any = self._webhook_conn.driver_connection  # sqlite3.Connection
             try:
                 raw.execute("BEGIN IMMEDIATE")
-                counts = _insert_changes_sqlite(raw, self.engine.dialect, groups)
+                counts = _insert_rows_sqlite(raw, groups)
                 raw.execute("COMMIT")
             except BaseException:
                 self._drop_webhook_connection()

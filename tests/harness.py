@@ -30,4 +30,4 @@ def make_service(db_url: str, rules_path: Path, pd_url: str, clock: FakeClock, *
 
 def receive(service: Service, changes: Sequence[TicketChange]) -> int:
     """Store changes the way the webhook writer does (one transaction, deduped)."""
-    return service.store.store_webhook_changes([list(changes)])[0]
+    return service.store.store_webhook_rows([service.store.webhook_rows(changes)])[0]
