@@ -201,6 +201,9 @@ class App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):  # behind --root-path or a mount, as Starlette's router does
+                path = path[len(root) :]
             if path.startswith(WEBHOOK_PREFIX):
                 source = path[len(WEBHOOK_PREFIX) :]
                 if source.endswith("/"):  # vendors do not follow a 307 with a POST

@@ -62,7 +62,10 @@ def insert_changes_each(conn: Connection, groups: Sequence[Sequence[TicketChange
 
 
 def _stamp(dialect: Dialect) -> Callable[[Any], Any]:
-    stamp = changes.c.ticket_updated.type.bind_processor(dialect)
+    """The dialect's own bind processor of the datetime columns (SQLite: the exact text SQLAlchemy stores,
+    ``2026-11-27 09:00:00.000000``; the generic type's would leave a ``datetime`` for the driver to format,
+    without the zero microseconds, which then compares differently in SQL)."""
+    stamp = changes.c.ticket_updated.type.dialect_impl(dialect).bind_processor(dialect)
     assert stamp is not None  # UTCDateTime always converts
     return stamp
 
@@ -207,6 +210,7 @@ class Store:
         self.write_lock: PriorityLock | None = PriorityLock() if self.engine.dialect.name == "sqlite" else None
         self._webhook_conn: PoolProxiedConnection | None = None  # SQLite: the webhook writer's own connection
         self._stamp = _stamp(self.engine.dialect)
+        self._disposed = False
 
     def __repr__(self) -> str:
         return f"<Store {self.engine.url.render_as_string(hide_password=True)}>"
@@ -249,6 +253,8 @@ class Store:
             with self.engine.begin() as conn:
                 return _insert_rows_returning(conn, groups)
         with self.write_lock.hold(urgent=True):
+            if self._disposed:
+                raise RuntimeError("the store is closed")
             if self._webhook_conn is None:
                 self._webhook_conn = self.engine.raw_connection()  # with the engine's PRAGMAs, autocommit mode
             raw: Any = self._webhook_conn.driver_connection  # sqlite3.Connection
@@ -285,6 +291,7 @@ class Store:
     def dispose(self) -> None:
         if self.write_lock is not None:
             with self.write_lock.hold(urgent=True):
+                self._disposed = True
                 self._drop_webhook_connection()
         self.engine.dispose()
 

@@ -253,3 +253,14 @@ def test_a_stalled_writer_answers_503_in_bounded_time(db_url: str, rules_path: P
         assert response.json() == {"error": "could not store the change; retry later"}
     finally:
         svc.store.dispose()
+
+
+def test_webhooks_behind_a_root_path(service: Service) -> None:
+    """Behind a proxy prefix (uvicorn --root-path /api), webhooks route like every other endpoint."""
+    with TestClient(build_app(service), root_path="/api") as c:
+        body = jira_body()
+        headers = {"X-Hub-Signature": sign(body), "X-Atlassian-Webhook-Identifier": "prefixed"}
+        response = c.post("/api/webhooks/jira", content=body, headers=headers)
+        assert response.status_code == 202, response.text
+        assert c.get("/api/healthz").status_code == 200
+    assert stored(service) == 1

@@ -50,3 +50,29 @@ def test_a_refused_row_fails_only_its_own_request_and_the_writer_recovers(tmp_pa
     finally:
         writer.stop()
         store.dispose()
+
+
+def test_the_writer_stores_datetimes_exactly_as_sqlalchemy_does(tmp_path: Path) -> None:
+    """Whole seconds included: SQLite compares the stored text, so '09:00:00' and '09:00:00.000000' differ
+    in every range query (retention, ordering) even though both read back as the same datetime."""
+    store = Store(f"sqlite:///{tmp_path / 'w.db'}")
+    store.upgrade()
+    try:
+        whole, fraction = ticket("1"), ticket("2", minutes=0.0001)
+        assert store.store_webhook_rows([store.webhook_rows([change(whole, "a"), change(fraction, "b")])]) == [2]
+        with store.engine.begin() as conn:  # the same values through SQLAlchemy Core
+            for t, delivery in ((whole, "c"), (fraction, "d")):
+                conn.execute(
+                    changes.insert(),
+                    {
+                        "source": "jira", "delivery_id": delivery, "ticket_id": t.id, "ticket_updated": t.updated,
+                        "origin": "webhook", "received_at": t.updated, "payload": "{}", "status": "pending",
+                    },
+                )
+            stored = dict(
+                conn.exec_driver_sql("SELECT delivery_id, ticket_updated || '|' || received_at FROM changes").all()
+            )
+        assert stored["a"] == stored["c"] and stored["b"] == stored["d"], stored
+        assert stored["a"].endswith(".000000")
+    finally:
+        store.dispose()
