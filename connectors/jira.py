@@ -214,7 +214,7 @@ class JiraConnector(Connector):
             if self.insecure:
                 return
             raise WebhookRejected(401, "webhook secret not configured")
-        header = _lower(headers).get(SIGNATURE_HEADER)
+        header = _header(headers, SIGNATURE_HEADER)
         if not header:
             raise WebhookRejected(401, "missing X-Hub-Signature header")
         method, sep, signature = header.strip().partition("=")
@@ -258,7 +258,7 @@ class JiraConnector(Connector):
                     raise WebhookRejected(400, "invalid timestamp") from None
                 ticket = replace(ticket, updated=max(ticket.updated, deleted_at))
         changes = changelog_changes(payload.get("changelog"), names) if event == EVENT_UPDATED else ()
-        delivery = _lower(headers).get(DELIVERY_HEADER) or "sha256:" + hashlib.sha256(body).hexdigest()
+        delivery = _header(headers, DELIVERY_HEADER) or "sha256:" + hashlib.sha256(body).hexdigest()
         change = TicketChange(
             ticket=ticket,
             origin=Origin.WEBHOOK,
@@ -600,8 +600,13 @@ def _actor(user: Any) -> str | None:
     return None
 
 
-def _lower(headers: Headers) -> dict[str, str]:
-    return {str(k).lower(): v for k, v in headers.items()}
+def _header(headers: Headers, name: str) -> str | None:
+    """A header by its lower-case name: the app hands them over lower-cased (the connector interface);
+    other callers may not, so fall back to a case-insensitive look-up."""
+    value = headers.get(name)
+    if value is None:
+        value = {str(k).lower(): v for k, v in headers.items()}.get(name)
+    return value
 
 
 __all__ = ["STATUS_TABLE", "JiraConnector", "JiraCursor"]
