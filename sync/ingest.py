@@ -13,10 +13,12 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sync.metrics import METRICS
 from sync.model import TicketChange
 from sync.store import Store
 
@@ -109,6 +111,7 @@ class Writer:
             self._commit(items)
 
     def _commit(self, items: list[_Item]) -> None:
+        started = time.perf_counter()
         results: list[int | BaseException] = []
         try:
             results.extend(self.store.store_webhook_rows([item.rows for item in items]))
@@ -120,6 +123,8 @@ class Writer:
                 log.warning("group commit of %d webhooks failed (%s); committing one by one", len(items), exc)
                 results = [self._commit_one(item) for item in items]
         self.commits += 1
+        METRICS.webhook_commit.observe(time.perf_counter() - started)  # a slow disk shows here first
+        METRICS.webhook_commit_requests.observe(len(items))
         self.rows += sum(len(i.rows) for i, r in zip(items, results, strict=True) if isinstance(r, int))
         if self.on_commit and any(isinstance(r, int) for r in results):
             self.on_commit()

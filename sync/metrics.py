@@ -51,6 +51,18 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
             registry=r,
         )
+        self.webhook_commit = Histogram(
+            "ticketpager_webhook_commit_seconds",
+            "Group commits of webhook changes, from taking the batch to durable (mostly the disk's flush)",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=r,
+        )
+        self.webhook_commit_requests = Histogram(
+            "ticketpager_webhook_commit_requests",
+            "Webhook requests stored by one group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
         self.poll_lag = Gauge(
             "ticketpager_poll_lag_seconds", "Seconds since the last successful poll per source", ["source"], registry=r
         )

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,10 +171,19 @@ def test_health_ready_and_metrics(client: TestClient, service: Service) -> None:
     assert ready.status_code == 200
     body = ready.json()
     assert body["database"] == "ok" and body["rules"]["loaded"] and body["rules"]["count"] == 1
+    commits_before = _metric(client.get("/metrics").text, "ticketpager_webhook_commit_seconds_count")
     post(client, jira_body())
     metrics = client.get("/metrics").text
     assert 'ticketpager_webhooks_total{outcome="accepted",source="jira"}' in metrics
     assert "ticketpager_outbox_pending" in metrics
+    assert _metric(metrics, "ticketpager_webhook_commit_seconds_count") == commits_before + 1
+    assert _metric(metrics, "ticketpager_webhook_commit_requests_count") >= 1
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert match is not None, f"{name} missing from /metrics"
+    return float(match.group(1))
 
 
 def test_readyz_reports_a_permanent_poll_error(client: TestClient, service: Service, clock: FakeClock) -> None:
