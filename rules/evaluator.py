@@ -153,21 +153,21 @@ Check = Callable[[EvalContext], str | None]  # None: the condition holds; else w
 # ------------------------------------------------------------------------------------------ compilation
 
 
-class _Explanations(dict[Any, str]):
-    """A condition's failure explanations by value, each formatted once (the same status fails the same
-    condition over and over); bounded, since values such as titles are endless."""
+class _Memo(dict[Any, Any]):
+    """``memo[value]``: ``make(value)``, made once per value (the same status fails the same condition
+    over and over). Bounded: cleared when full, since values such as titles or organizations are endless."""
 
-    __slots__ = ("explain",)
+    __slots__ = ("make",)
 
-    def __init__(self, explain: Callable[[Any], str]) -> None:
+    def __init__(self, make: Callable[[Any], Any]) -> None:
         super().__init__()
-        self.explain = explain
+        self.make = make
 
-    def __missing__(self, value: Any) -> str:
+    def __missing__(self, value: Any) -> Any:
         if len(self) >= _REJECT_CACHE_MAX:
             self.clear()
-        text = self[value] = self.explain(value)
-        return text
+        made = self[value] = self.make(value)
+        return made
 
 
 def _compile_leaf(leaf: Leaf) -> Check:
@@ -176,7 +176,7 @@ def _compile_leaf(leaf: Leaf) -> Check:
     name = leaf.field.name if leaf.field else "now"
 
     explain = failure_explainer(name, op, raw)
-    texts = _Explanations(explain)  # texts[value]: the explanation for a failing text value
+    texts = _Memo(explain)  # texts[value]: the explanation for a failing text value
 
     def fail(value: Any) -> str:
         cls = value.__class__
@@ -393,41 +393,24 @@ class _CompiledRule:
         for k in range(1, len(self.index_leaves) + 1):
             left = items[k:]
             self.rest.append(compile_condition(AllOf(left)) if left else _always)
-        self._rejections: dict[tuple[Callable[[Any], str], bool, bool], _Rejections] = {}
+        self._rejections: dict[tuple[Callable[[Any], str], bool, bool], _Memo] = {}
 
-    def rejections(self, why_not: Callable[[Any], str], ack: bool, resolve: bool) -> _Rejections:
-        """The table of results "rejected by this index condition", by the rejected value (one per
-        condition and acknowledge/resolve verdicts: two conditions can reject the same value)."""
+    def rejections(self, why_not: Callable[[Any], str], ack: bool, resolve: bool) -> _Memo:
+        """The results "rejected by this index condition", by the rejected value: one table per condition
+        and acknowledge/resolve verdicts (two conditions can reject the same value), so a rule has at most
+        4 per leading ``equals``/``in`` condition, each bounded."""
         key = (why_not, ack, resolve)
         table = self._rejections.get(key)
         if table is None:
-            table = self._rejections[key] = _Rejections(self, why_not, ack, resolve)
+            name, on_unmatch = self.name, self.on_unmatch
+            table = self._rejections[key] = _Memo(
+                lambda value: RuleResult(name, True, False, (why_not(value),), ack, resolve, on_unmatch)
+            )
         return table
 
     def rejected(self, why_not: Callable[[Any], str], value: Any, ack: bool, resolve: bool) -> RuleResult:
         """The (immutable) result "rejected by an index condition for ``value``", made once per value."""
         return self.rejections(why_not, ack, resolve)[value]
-
-
-class _Rejections(dict[Any, RuleResult]):
-    """One rule's results for one failing index condition, by value. Bounded: at most 256 values per
-    table (values no rule names can be endless, e.g. organizations), and a rule has one table per leading
-    ``equals``/``in`` condition and acknowledge/resolve verdicts (at most 4 such pairs)."""
-
-    __slots__ = ("rule", "why_not", "ack", "resolve")
-
-    def __init__(self, rule: _CompiledRule, why_not: Callable[[Any], str], ack: bool, resolve: bool) -> None:
-        super().__init__()
-        self.rule, self.why_not, self.ack, self.resolve = rule, why_not, ack, resolve
-
-    def __missing__(self, value: Any) -> RuleResult:
-        if len(self) >= _REJECT_CACHE_MAX:
-            self.clear()
-        rule = self.rule
-        found = self[value] = RuleResult(
-            rule.name, True, False, (self.why_not(value),), self.ack, self.resolve, rule.on_unmatch
-        )
-        return found
 
 
 def _why_not(leaf: Leaf) -> Callable[[Any], str]:
@@ -529,7 +512,7 @@ class _Layout:
         self,
         rejected: list[RuleResult | None],
         candidates: list[tuple[int, _CompiledRule, bool, bool, Check]],
-        fixups: list[tuple[int, int, _Rejections]],
+        fixups: list[tuple[int, int, _Memo]],
     ) -> None:
         self.rejected = rejected
         self.candidates = candidates
@@ -597,7 +580,7 @@ def _verdict(
     shadow: str | None,
     ack: bool,
     resolve: bool,
-    state: EvalContext,
+    ctx: EvalContext,
 ) -> tuple[RuleResult, str | None]:
     """The result of a rule whose conditions gave ``reason`` (``None``: all hold), and the reason of the
     rules a match now shadows (first match wins unless ``continue: true``; deleted tickets never match)."""
@@ -608,7 +591,7 @@ def _verdict(
             reason = shadow
     if reason is not None:
         return RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch), shadow
-    render = functools.partial(render_trigger, rule.spec, state)
+    render = functools.partial(render_trigger, rule.spec, ctx)
     matched = RuleResult(rule.name, True, True, rule.matched_explanation, ack, resolve, rule.on_unmatch, None, render)
     return matched, shadow if rule.cont else rule.shadows
 
@@ -724,7 +707,7 @@ class RuleSet:
     def evaluate_reference(self, ctx: EvalContext) -> list[RuleResult]:
         """The same verdicts as :meth:`evaluate`, without index, layouts or caches: every applying rule's
         conditions run in full. Slower; it is what the indexed path must always agree with (tests)."""
-        ticket, state = ctx.ticket, ctx
+        ticket = ctx.ticket
         deleted = ticket.status_category is _DELETED_CATEGORY
         results: list[RuleResult] = []
         shadow: str | None = None
@@ -733,9 +716,9 @@ class RuleSet:
                 why = (f"source is {ticket.source}, rule wants {rule.spec.source}",)
                 results.append(RuleResult(rule.name, False, False, why, False, False, rule.on_unmatch))
                 continue
-            ack = rule.ack_key is not None and self._shared[rule.ack_key](state) is None
-            resolve = deleted or self._shared[rule.resolve_key](state) is None
-            result, shadow = _verdict(rule, rule.when(state), deleted, shadow, ack, resolve, state)
+            ack = rule.ack_key is not None and self._shared[rule.ack_key](ctx) is None
+            resolve = deleted or self._shared[rule.resolve_key](ctx) is None
+            result, shadow = _verdict(rule, rule.when(ctx), deleted, shadow, ack, resolve, ctx)
             results.append(result)
         return results
 
@@ -749,7 +732,7 @@ class RuleSet:
         entries = key[1 + len(plan.shared) :]
         results = list(plan.template)
         candidates: list[tuple[int, _CompiledRule, bool, bool, Check]] = []
-        fixups: list[tuple[int, int, _Rejections]] = []
+        fixups: list[tuple[int, int, _Memo]] = []
         for i, rule, leaves, ack_slot, resolve_slot in plan.slots:
             ack = verdicts[ack_slot] if ack_slot is not None else False
             resolve = True if deleted else verdicts[resolve_slot]
