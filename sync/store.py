@@ -54,11 +54,19 @@ def insert_changes_each(conn: Connection, groups: Sequence[Sequence[TicketChange
 
     A delivery id already stored, or repeated earlier in the same call, counts as a duplicate.
     """
+    stamp = _stamp(conn.dialect)
+    rows = [_rows(conn.dialect, stamp, group) for group in groups]
     if conn.dialect.name == "sqlite":  # the transaction's own driver connection
-        stamp = _stamp(conn.dialect)
-        rows = [[sqlite_change_row(c, stamp) for c in group] for group in groups]
         return _insert_rows_sqlite(conn.connection.driver_connection, rows)
-    return _insert_rows_returning(conn, [[change_row(c) for c in group] for group in groups])
+    return _insert_rows_returning(conn, rows)
+
+
+def _rows(dialect: Dialect, stamp: Callable[[Any], Any], batch: Sequence[TicketChange]) -> list[Any]:
+    """``batch`` as the dialect's insert takes it: parameter tuples for SQLite's prepared INSERT, column
+    dicts for PostgreSQL's multi-row INSERT … RETURNING."""
+    if dialect.name == "sqlite":
+        return [sqlite_change_row(c, stamp) for c in batch]
+    return [change_row(c) for c in batch]
 
 
 def _stamp(dialect: Dialect) -> Callable[[Any], Any]:
@@ -239,10 +247,7 @@ class Store:
     def webhook_rows(self, changes: Sequence[TicketChange]) -> list[Any]:
         """``changes`` made ready for :meth:`store_webhook_rows`. The HTTP handler calls this, so the
         serialization is done before the writer thread's turn and its commit cycle stays short."""
-        if self.write_lock is None:
-            return [change_row(c) for c in changes]
-        stamp = self._stamp
-        return [sqlite_change_row(c, stamp) for c in changes]
+        return _rows(self.engine.dialect, self._stamp, changes)
 
     def store_webhook_rows(self, groups: Sequence[Sequence[Any]]) -> list[int]:
         """Store several webhook requests' rows (from :meth:`webhook_rows`) durably in one transaction;
