@@ -66,15 +66,8 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-class FastJSONResponse(JSONResponse):
-    """JSON rendered by orjson (the stdlib encoder is slower)."""
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-def error(status: int, reason: str, **extra: Any) -> JSONResponse:
-    return FastJSONResponse({"error": reason, **extra}, status_code=status)
+def error(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status)
 
 
 async def send_json(send: Send, status: int, content: Any, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
@@ -191,6 +184,9 @@ class Webhooks:
         return 202, {"status": "accepted", "stored": stored, "duplicates": duplicates}
 
 
+WEBHOOK_PREFIX = "/webhooks/"
+
+
 class App:
     """The ASGI app ``serve`` runs: webhooks straight to :class:`Webhooks`, everything else to Starlette."""
 
@@ -212,9 +208,6 @@ class App:
                     await self.webhooks(scope, receive, send, source)
                     return
         await self.rest(scope, receive, send)
-
-
-WEBHOOK_PREFIX = "/webhooks/"
 
 
 def build_app(service: Service) -> App:
