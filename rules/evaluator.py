@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from rules.operators import failure_explainer, fold
+from rules.operators import failure_explainer, fold, folded_search
 from rules.spec import AllOf, AnyOf, Cond, Leaf, NotOf, RuleSetSpec, RuleSpec, SeveritySpec
 from rules.templates import Template, render_safely, template_context
 from sync.model import FieldChange, StatusCategory, Ticket, TriggerSpec
@@ -215,6 +215,16 @@ def _compile_leaf(leaf: Leaf) -> Check:
 
         return check_equals
     if op.name == "regex" and isinstance(arg, re.Pattern):
+        found = folded_search(arg)
+        if found is not None:  # case-insensitive: lower-cased text, several times faster (see folded_search)
+
+            def check_folded_regex(s: EvalContext) -> str | None:
+                value = get(s.ticket)
+                if value.__class__ is str:
+                    return None if found(value) else explain(value)
+                return None if test(value, arg, s.now) else fail(value)
+
+            return check_folded_regex
         search = arg.search
 
         def check_regex(s: EvalContext) -> str | None:

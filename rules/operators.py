@@ -200,6 +200,37 @@ def _regex(arg: Any, ctx: PrepareContext) -> re.Pattern[str]:
         raise OperatorArgError(f"bad regex {arg!r}: {exc}") from None
 
 
+# A case-insensitive regex on ASCII text can run as a case-sensitive one on the lower-cased text: the same
+# verdict, several times faster (``re`` drops its literal-prefix scan under IGNORECASE; measured 39 → 10 µs on
+# a 1.2 KB description). Only for patterns where lower-casing the source cannot change its meaning: ASCII,
+# no character classes (``[A-Z]``), no escapes but a few lower-case classes and escaped punctuation (``\B``
+# would become ``\b``, ``\x41`` stays an upper-case A), no group syntax but these (``(?P<Name>``, ``(?-i:``).
+_LEADING_FLAGS = re.compile(r"\A\(\?[aimsux]+\)")
+_FOLDABLE = re.compile(r"(?:[^\\\[(]|\\[bdsw]|\\[^0-9A-Za-z]|\((?!\?)|\(\?(?::|=|!|<=|<!))*\Z", re.ASCII)
+
+
+def folded_search(pattern: re.Pattern[str]) -> Callable[[str], bool] | None:
+    """``pattern.search(text) is not None``, through the lower-cased equivalent on ASCII text, when
+    ``pattern`` ignores case and can be lower-cased safely (see above); ``None`` when it cannot."""
+    source, flags = pattern.pattern, pattern.flags
+    leading = _LEADING_FLAGS.match(source)
+    body = source[leading.end() :] if leading else source
+    if not flags & re.IGNORECASE or not source.isascii() or not _FOLDABLE.match(body):
+        return None
+    try:
+        lowered = re.compile(body.lower(), flags & ~re.IGNORECASE).search
+    except re.error:  # pragma: no cover - lower-casing these patterns keeps them valid
+        return None
+    search = pattern.search
+
+    def found(text: str) -> bool:
+        if text.isascii():
+            return lowered(text.lower()) is not None
+        return search(text) is not None
+
+    return found
+
+
 def _bool(arg: Any, ctx: PrepareContext) -> bool:
     if not isinstance(arg, bool):
         raise OperatorArgError("expects true or false")

@@ -344,3 +344,78 @@ def test_explanations_of_text_values_read_the_same_on_the_fast_path(name: str) -
     explain = failure_explainer("title", op, arg)
     for text in ("short", 'it\'s "quoted"', "x" * 300, "", "{v} {a}"):
         assert explain(text) == explain(_Text(text))
+
+
+# -- case-insensitive regexes run on lower-cased ASCII text (rules.operators.folded_search) -------------------
+
+import re  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from rules.operators import folded_search  # noqa: E402
+
+FOLDABLE = [
+    r"(?i)outage|down",
+    r"(?i)\bdatabase\b",
+    r"(?i)sev ?1|P1\b",
+    r"(?i)^Error rate \d+(\.\d+)?%$",
+    r"(?i)(?:EU|US)-(West|East)\s+DOWN",
+    r"(?im)^TLS.*expired$",
+    r"(?i)caf(?=E)|x{2,3}Y",
+    r"(?i)(?<!NO )PAGE\.",
+    r"(?i)kafka lag",
+]
+
+
+@pytest.mark.parametrize("pattern", FOLDABLE)
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from("abcdefgklnoprstuwxyEDOWNPSTLUAGC 12.-%\n\u017f\u212aÉé"), max_size=40))
+def test_a_folded_case_insensitive_regex_gives_the_verdict_of_re_itself(pattern: str, text: str) -> None:
+    compiled = re.compile(pattern)
+    found = folded_search(compiled)
+    assert found is not None, "these patterns are safe to lower-case"
+    # ASCII text takes the lower-cased path, anything else the original pattern: the same verdict
+    assert found(text) == (compiled.search(text) is not None)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text"),
+    [
+        (r"(?i)\bdatabase\b", "the DATABA\u017fE is down"),  # long s: re's case folding matches it to s
+        (r"(?i)kafka lag", "\u212aAFKA LAG"),  # Kelvin sign: matches k under re.IGNORECASE
+        (r"(?i)outage|down", "OUTAGE"),
+        (r"(?i)outage|down", "slow"),
+    ],
+)
+def test_text_beyond_ascii_is_searched_by_the_original_pattern(pattern: str, text: str) -> None:
+    compiled = re.compile(pattern)
+    found = folded_search(compiled)
+    assert found is not None
+    assert found(text) == (compiled.search(text) is not None)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"outage",  # case-sensitive: nothing to fold
+        r"(?i)[A-Z]x",  # a class: lower-cased it would mean something else
+        r"(?i)\Bfoo",  # \B lower-cased is \b
+        r"(?i)\x41",  # an escaped upper-case A stays upper-case
+        r"(?i)(?-i:ABC)x",  # case-sensitive inside
+        r"(?i)(?P<Name>a)",  # group names are case-sensitive
+        r"(?i)straße",  # not ASCII
+        r"(?i)(a)\1",  # a back-reference
+    ],
+)
+def test_patterns_that_lower_casing_would_change_keep_re_as_it_is(pattern: str) -> None:
+    assert folded_search(re.compile(pattern)) is None
+
+
+def test_a_case_insensitive_rule_matches_every_casing_and_explains_a_miss_with_the_title(tmp_path: Path) -> None:
+    when = {"title": {"regex": "(?i)outage|down"}}
+    for title in ("OUTAGE in eu", "Checkout Down", "partial oUtAgE"):
+        assert evaluate(tmp_path, when, ticket(title=title)).matched, title
+    miss = evaluate(tmp_path, when, ticket(title="slow Checkout"))
+    assert not miss.matched
+    assert "'slow Checkout'" in miss.explanation[0]
