@@ -16,7 +16,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, exists, insert, or_, select, update
@@ -72,6 +72,9 @@ class Delivery:
         self.write_back = write_back
         self.write_back_sources = dict(write_back_sources or {})
         self.rng = rng or random.Random()
+        self._claimed: dict[int, datetime] = {}  # row id -> when this worker claimed it
+        send_seconds = 3 * sink.timeout if sink is not None and not dry_run else 0.0
+        self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
 
     # -- claiming --------------------------------------------------------------------------------
     def claim(self, limit: int = 10) -> list[RowMapping]:
@@ -104,7 +107,8 @@ class Delivery:
                     .where(outbox.c.id.in_([r["id"] for r in rows]))
                     .values(claimed_until=now + timedelta(seconds=self.claim_seconds), claimed_by=self.worker_id)
                 )
-            return list(rows)
+        self._claimed = {r["id"]: now for r in rows}  # this worker's latest batch (see deliver)
+        return list(rows)
 
     def run_once(self, limit: int = 10) -> int:
         rows = self.claim(limit)
@@ -123,7 +127,13 @@ class Delivery:
 
     # -- one row ---------------------------------------------------------------------------------
     def deliver(self, row: RowMapping) -> None:
-        if not self._renew(row["id"]):  # our claim expired and another worker took the row: leave it
+        # An event whose claim still runs for longer than its one POST may take (connect + read timeouts,
+        # with a margin) cannot be taken by another worker before we are done: renewing it would cost one
+        # more write transaction per event for nothing. Older claims (rows behind slow sends of this
+        # batch, a stalled worker) and write-backs (several vendor calls) are renewed, and fenced if lost.
+        claimed = self._claimed.pop(row["id"], None)
+        fresh = claimed is not None and row["kind"] == "event" and self.clock.now() - claimed < self._fresh_for
+        if not fresh and not self._renew(row["id"]):  # our claim expired and another worker took the row
             log.warning("outbox row %s was claimed by another worker meanwhile; skipping it", row["id"])
             return
         if row["kind"] == "writeback":
