@@ -180,7 +180,15 @@ def _store(args: argparse.Namespace) -> Any:
                 f"no database at {url.database} (set TICKETPAGER_DATABASE_URL or --database-url, "
                 "or create it with 'ticketpager db upgrade')"
             )
+    from sqlalchemy import inspect
+
     store = Store(settings.database_url)
+    if not inspect(store.engine).has_table("alembic_version"):  # an empty or mistyped database / schema
+        store.dispose()
+        raise ConfigError(
+            f"no ticketpager tables in {url.render_as_string(hide_password=True)} (check "
+            "TICKETPAGER_DATABASE_URL or --database-url, or create them with 'ticketpager db upgrade')"
+        )
     store.upgrade()
     return store
 
@@ -358,6 +366,24 @@ def _version() -> str:
         return "unknown"
 
 
+def _secret_fields(model: type[Any]) -> set[str]:
+    """Names of the settings that hold secrets (typed ``SecretStr``, alone or in a list), at any depth."""
+    from pydantic import BaseModel
+
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        annotation = str(info.annotation)
+        if "SecretStr" in annotation:
+            names.add(name)
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            names |= _secret_fields(info.annotation)
+    return names
+
+
+_OTHER_DRIVERS = ("MySQLdb", "pymysql", "cx_Oracle", "oracledb", "pyodbc", "pymssql")
+_SECRET_FIELDS = _secret_fields(Settings)  # a settings error never echoes what was given for these
+
+
 def _env_name(loc: Sequence[object]) -> str:
     return "TICKETPAGER_" + "__".join(str(part).upper() for part in loc if not isinstance(part, int))
 
@@ -366,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; configuration mistakes end with a clear message and exit 2, never a traceback."""
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -374,7 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         for problem in exc.errors():
             given = problem.get("input")
-            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            secret = any(str(part) in _SECRET_FIELDS for part in problem["loc"])
+            shown = "" if isinstance(given, dict) or secret else f" (got {given!r})"
             print(f"ticketpager: {_env_name(problem['loc'])}: {problem['msg']}{shown}", file=sys.stderr)
         return 2
     except SettingsError as exc:
@@ -390,7 +418,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.name in ("psycopg", "psycopg2"):
             print("ticketpager: PostgreSQL needs the driver: pip install 'ticketpager[postgres]'", file=sys.stderr)
             return 2
+        if exc.name in _OTHER_DRIVERS:
+            print(
+                f"ticketpager: TICKETPAGER_DATABASE_URL: ticketpager runs on SQLite or PostgreSQL "
+                f"(no driver {exc.name!r} for another database)",
+                file=sys.stderr,
+            )
+            return 2
         raise
+    except (NoSuchModuleError, ArgumentError) as exc:  # a URL SQLAlchemy cannot parse or has no dialect for
+        print(
+            f"ticketpager: TICKETPAGER_DATABASE_URL: {exc}; expected sqlite:///path/to/ticketpager.db "
+            "or postgresql://user@host:5432/db",
+            file=sys.stderr,
+        )
+        return 2
+    except OperationalError as exc:  # the database is down, missing or refuses us: one line, not a traceback
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"ticketpager: cannot use the database: {reason}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # e.g. `ticketpager rules schema | head`
         import os
 

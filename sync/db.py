@@ -21,6 +21,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     power cut; group commit keeps that cheap), a busy timeout, foreign keys. PostgreSQL: ``psycopg`` 3,
     pre-ping so a restarted server costs one failed checkout, not an error.
     """
+    if url.startswith("postgres://"):  # the Heroku / libpq spelling, which SQLAlchemy does not know
+        url = "postgresql+psycopg://" + url[len("postgres://") :]
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

@@ -25,13 +25,22 @@ def _lower(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
 
+def _upper(value: object) -> object:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
 def _secret_list(value: object) -> object:
     """Accept a JSON list, or one value / comma-separated values, from the environment."""
     if isinstance(value, str):
         if value.strip().startswith("["):
             import json
 
-            return json.loads(value)
+            try:
+                return json.loads(value)
+            except ValueError:  # never echo the value: these are secrets
+                raise ValueError(
+                    'not a JSON list: write ["first","second"] with double quotes, or first,second'
+                ) from None
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
 
@@ -153,7 +162,9 @@ class Settings(BaseSettings):
     dry_run: bool = False
     insecure_webhooks: bool = False  # accept unsigned webhooks for sources without a secret (never in prod)
     max_body_bytes: int = 1024 * 1024
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    _level = field_validator("log_level", mode="before")(_upper)
     log_format: Literal["text", "json"] = "text"
 
     _format = field_validator("log_format", mode="before")(_lower)

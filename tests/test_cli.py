@@ -135,3 +135,64 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         cli.main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.startswith("ticketpager ")
+
+
+def test_a_mistyped_secret_list_is_explained_without_showing_the_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Single quotes are the classic rotation typo; the error must not print the secrets back."""
+    monkeypatch.setenv("TICKETPAGER_JIRA__WEBHOOK_SECRETS", "['oldSecretValue9f3','newSecretValue77a']")
+    monkeypatch.setenv("TICKETPAGER_SERVICENOW__BEARER_TOKENS", '["tokenAAA7c1", ')
+    code, out, err = run(capsys, "--database-url", f"sqlite:///{tmp_path / 'x.db'}", "db", "upgrade")
+    assert code == 2
+    assert "TICKETPAGER_JIRA__WEBHOOK_SECRETS" in err and "double quotes" in err
+    assert "TICKETPAGER_SERVICENOW__BEARER_TOKENS" in err
+    for secret in ("oldSecretValue9f3", "newSecretValue77a", "tokenAAA7c1"):
+        assert secret not in err + out
+
+
+def test_an_unknown_log_level_is_a_settings_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TICKETPAGER_LOG_LEVEL", "verbose")
+    code, _, err = run(capsys, "--database-url", f"sqlite:///{tmp_path / 'x.db'}", "db", "upgrade")
+    assert code == 2 and "TICKETPAGER_LOG_LEVEL" in err and "'DEBUG'" in err and "Traceback" not in err
+    monkeypatch.setenv("TICKETPAGER_LOG_LEVEL", "warning")  # any case, as before
+    assert run(capsys, "--database-url", f"sqlite:///{tmp_path / 'x.db'}", "db", "upgrade")[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "code", "expected"),
+    [
+        ("postgresql://postgres:hunter2@127.0.0.1:1/test", 1, "cannot use the database"),  # nothing listens
+        ("mysql://user@db.example/tickets", 2, "SQLite or PostgreSQL"),
+        ("not a url", 2, "expected sqlite:///"),
+    ],
+)
+def test_database_problems_are_one_line_not_a_traceback(
+    url: str, code: int, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    got, out, err = run(capsys, "--database-url", url, "db", "upgrade")
+    assert got == code
+    last = err.strip().splitlines()[-1]  # after the progress line of `db upgrade`, if any
+    assert last.startswith("ticketpager: ") and expected in last and "Traceback" not in err
+    assert "hunter2" not in err + out
+
+
+@pytest.mark.postgres
+def test_status_on_a_database_without_ticketpager_tables_says_so(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped schema or database must not be filled with empty tables and reported as '0 tickets'."""
+    code, _, err = run(capsys, "status", "--database-url", postgres_url)
+    assert code == 2 and "no ticketpager tables" in err and "db upgrade" in err
+    assert run(capsys, "--database-url", postgres_url, "db", "upgrade")[0] == 0
+    assert run(capsys, "status", "--database-url", postgres_url)[0] == 0
+
+
+def test_the_libpq_spelling_of_a_postgresql_url_is_accepted() -> None:
+    from sync.db import make_engine
+
+    engine = make_engine("postgres://user@127.0.0.1:5432/tickets")
+    assert engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+    engine.dispose()
