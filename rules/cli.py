@@ -131,7 +131,9 @@ class CliError(Exception):
 
 def _read_json(path: str) -> Any:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_bytes())  # bytes: UTF-8, UTF-16 (PowerShell's default) or UTF-32
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path}: not UTF-8, UTF-16 or UTF-32 text ({exc.reason}); save it as UTF-8") from None
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:

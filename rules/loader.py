@@ -199,7 +199,7 @@ def rule_files(path: Path) -> tuple[list[Path], list[RuleFileError]]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in RULE_FILE_SUFFIXES)
         if not files:
-            return [], [RuleFileError(str(path), 1, 1, "no *.yaml rule files in this directory")]
+            return [], [RuleFileError(str(path), 1, 1, "no *.yaml or *.yml rule files in this directory")]
         return files, []
     if not path.exists():
         return [], [RuleFileError(str(path), 1, 1, "no such file or directory")]

@@ -201,6 +201,14 @@ class Service:
         }
         if rules is None:
             report["ready"] = False
+        else:
+            if report["rules"]["last_reload_error"]:  # serving the last good set: an edit did not take
+                report["degraded"] = True
+            if not self.settings.dry_run:
+                keys = self.routing_key_problems()  # every page of these rules would be a dead letter
+                if keys:
+                    report["rules"]["routing_key_problems"] = keys
+                    report["degraded"] = True
         if report["database"] == "ok":
             problems = {
                 c["source"]: c["last_error"] for c in self.store.status().cursors if c["last_error_kind"] == "permanent"

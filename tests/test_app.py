@@ -194,6 +194,24 @@ def test_readyz_reports_a_permanent_poll_error(client: TestClient, service: Serv
     assert "401" in body["sources"]["permanent_errors"]["jira"]
 
 
+def test_readyz_flags_rules_whose_routing_key_cannot_page(
+    db_url: str, rules_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The examples' ``${PD_..._KEY:-dry-run-…}`` default left in production: every page would be a dead
+    letter. The service still takes webhooks (ready), but says so (degraded), without showing the key."""
+    monkeypatch.setenv("PD_PLATFORM_KEY", "dry-run-platform-placeholder")
+    svc = _service(db_url, rules_path, clock)
+    try:
+        with TestClient(build_app(svc)) as c:
+            body = c.get("/readyz").json()
+        assert body["ready"] is True and body["degraded"] is True
+        [problem] = body["rules"]["routing_key_problems"]
+        assert "ops-highest" in problem and "32-character" in problem
+        assert "dry-run-platform-placeholder" not in json.dumps(body)
+    finally:
+        svc.store.dispose()
+
+
 def test_metrics_token(db_url: str, rules_path: Path, clock: FakeClock) -> None:
     svc = _service(db_url, rules_path, clock, metrics_token="metrics-token-xyz")
     try:

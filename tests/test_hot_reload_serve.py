@@ -51,6 +51,7 @@ def test_bad_edit_keeps_last_good_set_and_sighup_reloads(tmp_path: Path) -> None
         assert "unknown operator 'equal'" in ready["rules"]["last_reload_error"]
         assert "ops.yaml:" in ready["rules"]["last_reload_error"]
         assert ready["rules"]["digest"] == first["digest"], "the last good set stays active"
+        assert ready["degraded"] is True and ready["ready"] is True  # still serving, but an edit did not take
         assert wait_for(lambda: "ticketpager_rules_last_reload_ok 0.0" in get(f"{serve.url}/metrics"))
         assert "ticketpager_rules_reload_failures_total 1.0" in get(f"{serve.url}/metrics")
 
@@ -71,6 +72,7 @@ def test_bad_edit_keeps_last_good_set_and_sighup_reloads(tmp_path: Path) -> None
         serve.proc.send_signal(signal.SIGHUP)
         assert wait_for(lambda: json.loads(get(f"{serve.url}/readyz"))["rules"]["last_reload_error"] is None)
         assert json.loads(get(f"{serve.url}/readyz"))["rules"]["digest"] != first["digest"]
+        assert "degraded" not in json.loads(get(f"{serve.url}/readyz"))
         time.sleep(0.5)
     finally:
         serve.stop()

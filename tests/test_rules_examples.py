@@ -155,6 +155,19 @@ def test_rules_test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2 and "pass --source" in done.stderr
 
 
+def test_rules_test_reads_a_ticket_saved_as_utf16(tmp_path: Path) -> None:
+    """Windows PowerShell's `>` writes UTF-16: the same ticket must give the same verdict, not a traceback."""
+    ticket = EXAMPLES / "zendesk-vip-urgent.ticket.json"
+    utf16 = tmp_path / "utf16.json"
+    utf16.write_text(ticket.read_text(encoding="utf-8"), encoding="utf-16")
+    done = cli("test", str(EXAMPLES), "--ticket", str(utf16), env=_env())
+    assert done.returncode == 0, done.stderr
+    assert "zendesk-vip-urgent: MATCHED" in done.stdout
+    (tmp_path / "latin1.json").write_bytes(b'{"title": "caf\xe9"}')
+    done = cli("test", str(EXAMPLES), "--ticket", str(tmp_path / "latin1.json"), env=_env())
+    assert done.returncode == 2 and "save it as UTF-8" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_rules_command_is_registered_in_the_service_cli() -> None:
     done = cli("rules", "check", str(EXAMPLES), module="sync.cli")
     assert done.returncode == 0, done.stderr

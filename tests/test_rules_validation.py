@@ -224,7 +224,7 @@ def test_missing_path_and_empty_directory(tmp_path: Path) -> None:
     assert [str(e) for e in _errors(tmp_path / "nope.yaml").errors] == [
         f"{tmp_path / 'nope.yaml'}:1:1: no such file or directory"
     ]
-    assert [str(e) for e in _errors(tmp_path).errors] == [f"{tmp_path}:1:1: no *.yaml rule files in this directory"]
+    assert [str(e) for e in _errors(tmp_path).errors] == [f"{tmp_path}:1:1: no *.yaml or *.yml rule files in this directory"]
 
 
 def test_env_value_never_appears_in_errors(tmp_path: Path) -> None:
