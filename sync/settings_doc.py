@@ -35,7 +35,7 @@ MEANINGS = {
     "port": "listen port",
     "dry_run": "log PagerDuty events instead of sending them",
     "max_body_bytes": "webhook bodies over this get 413",
-    "log_level": "DEBUG, INFO, WARNING, ERROR",
+    "log_level": "any case",
     "log_format": "text or json lines",
     "region": "PagerDuty service region (us or eu)",
     "max_attempts": "delivery attempts before a dead letter",
