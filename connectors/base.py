@@ -17,7 +17,7 @@ vendor clients with the client's own retries switched off.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -78,12 +78,16 @@ class Connector(ABC):
         session: requests.Session | None = None,
         retry: RetryPolicy | None = None,
         insecure: bool = False,
+        rule_custom_fields: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.session = session or requests.Session()
         self.retry = retry or RetryPolicy()
         self.insecure = insecure  # accept unsigned webhooks when no secret is configured
+        # the custom.<name> fields the current rules read for this source (the service passes the rule
+        # store's; a connector that cannot always name custom fields refuses a webhook it would get wrong)
+        self.rule_custom_fields: Callable[[], Collection[str]] = rule_custom_fields or frozenset
 
     def __repr__(self) -> str:  # never show settings (secrets) in logs
         return f"<{type(self).__name__}>"

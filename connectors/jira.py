@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -130,7 +131,7 @@ NEEDED_FIELDS = (
 MARKER_LABEL = "ticketpager-marker"
 COMMENT_SCAN = 100  # newest comments searched for a marker (a retried write-back is recent)
 LOOKUP_TTL_SECONDS = 3600.0  # /myself and /field are re-read at most hourly (profile zone, new fields)
-NAMES_RETRY_SECONDS = 60.0  # after a failed field-list fetch, webhooks go without display names this long
+NAMES_RETRY_SECONDS = 60.0  # after a failed field-list fetch, Jira is not asked again for this long
 _MINUTE = timedelta(minutes=1)
 
 
@@ -174,6 +175,9 @@ class _Lookups:
     fields_at: float | None = None
 
 
+CUSTOM_FIELD_ID = re.compile(r"customfield_\d+")  # a custom field named by id needs no name lookup
+
+
 class JiraConnector(Connector):
     """Jira Cloud / Data Center ↔ ticketpager (see the module docstring for the strategy)."""
 
@@ -188,8 +192,16 @@ class JiraConnector(Connector):
         session: requests.Session | None = None,
         retry: RetryPolicy | None = None,
         insecure: bool = False,
+        rule_custom_fields: Callable[[], Collection[str]] | None = None,
     ) -> None:
-        super().__init__(settings, clock=clock, session=session, retry=retry, insecure=insecure)
+        super().__init__(
+            settings,
+            clock=clock,
+            session=session,
+            retry=retry,
+            insecure=insecure,
+            rule_custom_fields=rule_custom_fields,
+        )
         self.settings = settings
         self._lock = threading.RLock()
         self._client: JIRA | None = None
@@ -239,6 +251,15 @@ class JiraConnector(Connector):
         if self._is_own_comment(payload):
             return WebhookResult(ignored_reason="own_comment")
         names = self._webhook_field_names()
+        if names is None:  # the API is configured, but Jira did not tell us the custom field names
+            by_name = sorted(n for n in self.rule_custom_fields() if not CUSTOM_FIELD_ID.fullmatch(n))
+            if by_name:  # evaluated without them, those rules would silently not match (or resolve)
+                raise WebhookRejected(
+                    503,
+                    f"Jira custom field names unavailable and rules read custom.{by_name[0]}: retry later "
+                    "(Jira retries 5xx; the poller reconciles)",
+                )
+            names = {}
         try:
             ticket = issue_to_ticket(
                 payload.get("issue"),  # type: ignore[arg-type]  # validated inside
@@ -287,15 +308,16 @@ class JiraConnector(Connector):
         own = self._lookups.account_id if self._lookups else None
         return own is not None and _actor(comment.get("author")) == own
 
-    def _webhook_field_names(self) -> dict[str, str]:
-        """Custom field display names if we can get them cheaply (cached; one try, never blocks long)."""
+    def _webhook_field_names(self) -> dict[str, str] | None:
+        """Custom field display names if we can get them cheaply (cached; one try, never blocks long):
+        ``{}`` without API credentials (webhook-only: names are never known), ``None`` when Jira failed."""
         if self._lookups is not None and self._lookups.fields_at is not None:
             return self._lookups.field_names
         if not self.can_poll:
             return {}
         now = self.clock.monotonic()
         if self._names_failed_at is not None and now - self._names_failed_at < NAMES_RETRY_SECONDS:
-            return {}  # Jira was unreachable a moment ago: do not slow every webhook down
+            return None  # Jira was unreachable a moment ago: do not slow every webhook down
         try:
             client, lookups = self._ready(retry=False)
             self._load_fields(client, lookups, retry=False)
@@ -303,7 +325,7 @@ class JiraConnector(Connector):
         except TicketpagerError as exc:
             self._names_failed_at = now
             log.warning("jira: custom field names unavailable for a webhook: %s", exc)
-            return {}
+            return None
 
     # -- polling -------------------------------------------------------------------------------------
     def start_cursor(self, since: datetime) -> Mapping[str, Any]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -212,8 +212,16 @@ class ServiceNowConnector(Connector):
         session: requests.Session | None = None,
         retry: RetryPolicy | None = None,
         insecure: bool = False,
+        rule_custom_fields: Callable[[], Collection[str]] | None = None,
     ) -> None:
-        super().__init__(settings, clock=clock, session=session, retry=retry, insecure=insecure)
+        super().__init__(
+            settings,
+            clock=clock,
+            session=session,
+            retry=retry,
+            insecure=insecure,
+            rule_custom_fields=rule_custom_fields,
+        )
         self.normalizer = Normalizer(
             instance_url=settings.instance_url,
             table=settings.table,

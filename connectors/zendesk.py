@@ -15,7 +15,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -140,8 +140,16 @@ class ZendeskConnector(Connector):
         session: requests.Session | None = None,
         retry: RetryPolicy | None = None,
         insecure: bool = False,
+        rule_custom_fields: Callable[[], Collection[str]] | None = None,
     ) -> None:
-        super().__init__(settings, clock=clock, session=session, retry=retry, insecure=insecure)
+        super().__init__(
+            settings,
+            clock=clock,
+            session=session,
+            retry=retry,
+            insecure=insecure,
+            rule_custom_fields=rule_custom_fields,
+        )
         self.settings = settings
         self._client: Any = None  # zenpy.Zenpy, built on first use
         self._lock = threading.RLock()

@@ -168,7 +168,29 @@ def _vendor_ticket(path: str, source: str) -> Ticket:
         raise CliError(f"{path}: the {source} connector cannot parse it: {exc}") from None
     if not result.changes:
         raise CliError(f"{path}: the {source} connector ignored it ({result.ignored_reason})")
-    return result.changes[0].ticket
+    ticket = result.changes[0].ticket
+    names = _read_json(path).get("names") if source == "jira" else None
+    if isinstance(names, dict):  # Jira's own id -> display name map (REST ?expand=names), as the service
+        named = {str(names[k]): v for k, v in ticket.custom_fields.items() if isinstance(names.get(k), str)}
+        ticket = replace(ticket, custom_fields={**named, **ticket.custom_fields})
+    return ticket
+
+
+def _unnamed_fields_note(ruleset: RuleSet, ticket: Ticket) -> str | None:
+    """A Jira webhook body has no custom field names (the service asks Jira's API for them): say so when a
+    rule reads a field by a name this ticket does not have, rather than let it look like a real miss."""
+    if ticket.source != "jira":
+        return None
+    missing = sorted(
+        n for n in ruleset.custom_fields("jira") if n not in ticket.custom_fields and not n.startswith("customfield_")
+    )
+    if not missing:
+        return None
+    return (
+        f"note: rules read custom.{missing[0]}, which this ticket does not name: a Jira webhook body has no "
+        'custom field names. Add Jira\'s "names" object to the file (GET /rest/api/2/issue/KEY?expand=names '
+        "returns it) or name the field by id (custom.customfield_10010)."
+    )
 
 
 def _now(text: str | None, ticket: Ticket) -> datetime:
@@ -254,6 +276,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     except CliError as exc:
         print(f"ticketpager rules test: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    note = _unnamed_fields_note(ruleset, ticket)
+    if note:
+        print(note, file=sys.stderr)
     results, events = simulate(ruleset, ticket, previous, now)
     actual = {
         "verdicts": {r.rule: verdict(r) for r in results},

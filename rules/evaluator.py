@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from rules.operators import failure_explainer, fold, folded_search
-from rules.spec import AllOf, AnyOf, Cond, Leaf, NotOf, RuleSetSpec, RuleSpec, SeveritySpec
+from rules.spec import AllOf, AnyOf, Cond, Leaf, NotOf, RuleSetSpec, RuleSpec, SeveritySpec, field_names
 from rules.templates import Template, render_safely, template_context
 from sync.model import FieldChange, StatusCategory, Ticket, TriggerSpec
 
@@ -622,9 +622,25 @@ class RuleSet:
             compiled.append(_CompiledRule(rule, ack_key, self._share(rule.resolve_when)))
         self._rules = compiled
         self._plans: dict[str, _SourcePlan] = {}
+        self._custom_fields: dict[str, frozenset[str]] = {}
 
     def __repr__(self) -> str:
         return f"RuleSet(digest={self.digest!r}, rules={len(self.names)})"
+
+    def custom_fields(self, source: str) -> frozenset[str]:
+        """The ``custom.<name>`` fields that the conditions of the rules applying to ``source`` read (a
+        connector that can only sometimes name custom fields must know when that matters)."""
+        found = self._custom_fields.get(source)
+        if found is None:
+            names: set[str] = set()
+            for rule in self.spec.rules:
+                if rule.source in ("any", source):
+                    for cond in (rule.when, rule.acknowledge_when, rule.resolve_when):
+                        names |= {n[len("custom.") :] for n in field_names(cond) if n.startswith("custom.")}
+            found = frozenset(names)
+            if len(self._custom_fields) < 64:
+                self._custom_fields[source] = found
+        return found
 
     def __len__(self) -> int:
         return len(self.names)

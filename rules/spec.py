@@ -83,6 +83,17 @@ def has_time_condition(cond: Cond | None) -> bool:
     return any(has_time_condition(c) for c in cond.items)
 
 
+def field_names(cond: Cond | None) -> set[str]:
+    """Every field a condition reads (``priority``, ``custom.Tier``, ``fields.customfield_1.value`` …)."""
+    if cond is None:
+        return set()
+    if isinstance(cond, Leaf):
+        return {cond.field.name} if cond.field is not None else set()
+    if isinstance(cond, NotOf):
+        return field_names(cond.item)
+    return set().union(*(field_names(c) for c in cond.items))
+
+
 @dataclass(frozen=True, slots=True)
 class SeveritySpec:
     """A literal severity, or ``{from: field, map: {...}, default: ...}``."""

@@ -155,6 +155,8 @@ class Webhooks:
             if reason == "webhook secret not configured":  # an operator's mistake, not a caller's
                 reason += f": set TICKETPAGER_{source.upper()}__WEBHOOK_SECRETS"
                 log.warning("webhook %s rejected (401): %s", source, reason)
+            elif status >= 500:  # ours to fix or wait out, not the caller's: worth a warning
+                log.warning("webhook %s refused (%d): %s", source, status, reason)
             else:
                 log.info("webhook %s rejected (%d): %s", source, status, reason)
             return status, {"error": reason}

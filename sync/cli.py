@@ -94,6 +94,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.dry_run:
         for problem in service.routing_key_problems():
             log.error("%s: its pages would be refused by PagerDuty (set the rule's ${ENV} key)", problem)
+    unnamed = service.unnamed_jira_fields()
+    if unnamed:
+        log.warning("%s", unnamed)
     service.start()
     signal.signal(signal.SIGHUP, lambda *_: service.reload_rules())
     # uvicorn handles SIGTERM/SIGINT gracefully, then re-raises the signal against the handlers it found:

@@ -21,6 +21,7 @@ from typing import Any
 
 from connectors import CONNECTORS, connector_class
 from connectors.base import Connector, WriteBack
+from connectors.jira import CUSTOM_FIELD_ID
 from connectors.pagerduty import PagerDutySink, RateLimiter, mask
 from sync.clock import Clock, SystemClock
 from sync.delivery import Delivery
@@ -102,8 +103,13 @@ class Service:
                     self.settings.connector(source),
                     clock=self.clock,
                     insecure=self.settings.insecure_webhooks,
+                    rule_custom_fields=functools.partial(self._rule_custom_fields, source),
                 )
             return self._connectors[source]
+
+    def _rule_custom_fields(self, source: str) -> frozenset[str]:
+        rules = getattr(self.rule_store, "current", None)
+        return rules.custom_fields(source) if rules is not None else frozenset()
 
     def pollable_sources(self) -> list[str]:
         """Enabled sources with API credentials (settings do not change while the process runs: worked
@@ -209,6 +215,10 @@ class Service:
                 if keys:
                     report["rules"]["routing_key_problems"] = keys
                     report["degraded"] = True
+            unnamed = self.unnamed_jira_fields()
+            if unnamed:
+                report["rules"]["jira_custom_field_names"] = unnamed
+                report["degraded"] = True
         if report["database"] == "ok":
             problems = {
                 c["source"]: c["last_error"] for c in self.store.status().cursors if c["last_error_kind"] == "permanent"
@@ -254,6 +264,21 @@ class Service:
                     f"rule '{rule.name}': routing key {mask(key)} is not a 32-character PagerDuty integration key"
                 )
         return problems
+
+    def unnamed_jira_fields(self) -> str | None:
+        """Why rules reading Jira custom fields by display name cannot work here, if they cannot: the names
+        come from Jira's API (``/rest/api/2/field``), which a webhook-only setup has no credentials for."""
+        jira = self.settings.jira
+        if not (jira.webhook_configured or self.settings.insecure_webhooks) or self.connector("jira").can_poll:
+            return None
+        by_name = sorted(n for n in self._rule_custom_fields("jira") if not CUSTOM_FIELD_ID.fullmatch(n))
+        if not by_name:
+            return None
+        return (
+            f"rules read custom.{by_name[0]}, a Jira custom field by display name, but without "
+            "TICKETPAGER_JIRA__URL and an API token the names are unknown: such conditions never match; "
+            "name the field by id (custom.customfield_10010) instead"
+        )
 
     def reload_rules(self) -> bool:
         """SIGHUP: reload now (the watcher also reloads on file changes). The last good set stays on error."""

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
+import responses
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
@@ -208,6 +210,60 @@ def test_readyz_flags_rules_whose_routing_key_cannot_page(
         [problem] = body["rules"]["routing_key_problems"]
         assert "ops-highest" in problem and "32-character" in problem
         assert "dry-run-platform-placeholder" not in json.dumps(body)
+    finally:
+        svc.store.dispose()
+
+
+CUSTOM_TIER_RULES = """
+version: 1
+rules:
+  - name: gold-ops
+    source: jira
+    when:
+      project: OPS
+      custom.Customer Tier: {in: [Gold, Platinum]}
+    trigger:
+      routing_key: ${PD_PLATFORM_KEY}
+      severity: critical
+      summary: "{{ ticket.title }}"
+"""
+
+
+def test_a_jira_webhook_refused_for_missing_field_names_stores_nothing(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    (rules_path / "ops.yaml").write_text(CUSTOM_TIER_RULES)
+    base = "https://acme.atlassian.net"
+    jira = {"webhook_secrets": [SECRET], "url": base, "email": "bot@acme.example", "api_token": "t"}
+    svc = _service(db_url, rules_path, clock, jira=jira)
+    try:
+        with responses.RequestsMock() as rsps, TestClient(build_app(svc)) as c:
+            rsps.get(f"{base}/rest/api/2/serverInfo", body=requests.ConnectionError("Jira unreachable"))
+            svc.writer.start()
+            response = post(c, jira_body())
+            assert response.status_code == 503  # type: ignore[attr-defined]
+            assert "custom.Customer Tier" in response.json()["error"]  # type: ignore[attr-defined]
+            assert stored(svc) == 0
+    finally:
+        svc.writer.stop()
+        svc.store.dispose()
+
+
+def test_readyz_says_when_rules_read_jira_field_names_a_webhook_only_setup_cannot_know(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    (rules_path / "ops.yaml").write_text(CUSTOM_TIER_RULES)
+    svc = _service(db_url, rules_path, clock)  # webhook secret, no Jira URL or API token
+    try:
+        with TestClient(build_app(svc)) as c:
+            body = c.get("/readyz").json()
+        assert body["degraded"] is True
+        assert "custom.Customer Tier" in body["rules"]["jira_custom_field_names"]
+        assert "custom.customfield_10010" in body["rules"]["jira_custom_field_names"]
+        (rules_path / "ops.yaml").write_text(CUSTOM_TIER_RULES.replace("Customer Tier", "customfield_10010"))
+        assert svc.reload_rules()
+        with TestClient(build_app(svc)) as c:
+            assert "jira_custom_field_names" not in c.get("/readyz").json()["rules"]
     finally:
         svc.store.dispose()
 

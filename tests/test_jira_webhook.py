@@ -299,6 +299,37 @@ def test_webhook_still_parses_when_the_field_list_is_unreachable() -> None:
     assert "Customer Tier" not in change.ticket.custom_fields
 
 
+def test_a_webhook_that_rules_would_misread_without_field_names_is_refused_until_jira_names_them() -> None:
+    """Rules that read ``custom.Customer Tier`` would silently not match (or resolve an open incident) on a
+    ticket without display names: while Jira cannot name its fields the webhook gets a 503 (Jira retries
+    5xx; the poller reconciles), stores nothing, and goes through once the names are back."""
+    base = "https://acme.atlassian.net"
+    fields = json.loads((FIXTURES / "fields.json").read_text())
+    clock = FakeClock(NOW)
+    settings = JiraSettings(
+        enabled=True, webhook_secrets=[SecretStr(NEW_SECRET)], url=base, email="bot@acme.example",
+        api_token=SecretStr("t"),
+    )
+    wanted: set[str] = {"Customer Tier"}
+    c = JiraConnector(settings, clock=clock, session=requests.Session(), rule_custom_fields=lambda: wanted)
+    with responses.RequestsMock() as rsps:
+        rsps.get(f"{base}/rest/api/2/serverInfo", status=503)
+        with pytest.raises(WebhookRejected) as refused:
+            c.parse_webhook(headers(UPDATED_DONE), UPDATED_DONE)
+        assert refused.value.status == 503 and "custom.Customer Tier" in refused.value.reason
+        wanted.clear()
+        wanted.add("customfield_10010")  # the same field by id needs no name: accepted meanwhile
+        [change] = c.parse_webhook(headers(UPDATED_DONE), UPDATED_DONE).changes
+        assert change.ticket.custom_fields["customfield_10010"] == "Gold"
+    wanted.add("Customer Tier")
+    clock.advance(61)  # Jira is asked again after NAMES_RETRY_SECONDS
+    with responses.RequestsMock() as rsps:
+        rsps.get(f"{base}/rest/api/2/serverInfo", json={"deploymentType": "Cloud", "versionNumbers": [1001]})
+        rsps.get(f"{base}/rest/api/2/field", json=fields)
+        [change] = c.parse_webhook(headers(UPDATED_DONE), UPDATED_DONE).changes
+    assert change.ticket.custom_fields["Customer Tier"] == "Gold"
+
+
 def test_payload_is_kept_as_raw() -> None:
     [change] = connector().parse_webhook(headers(UPDATED_DONE), UPDATED_DONE).changes
     assert change.ticket.raw == copy.deepcopy(json.loads(UPDATED_DONE)["issue"])

@@ -168,6 +168,35 @@ def test_rules_test_reads_a_ticket_saved_as_utf16(tmp_path: Path) -> None:
     assert done.returncode == 2 and "save it as UTF-8" in done.stderr and "Traceback" not in done.stderr
 
 
+TIER_RULE = """
+version: 1
+rules:
+  - name: jira-ops-gold
+    source: jira
+    when:
+      project: OPS
+      custom.Customer Tier: {in: [Gold, Platinum]}
+    trigger: {routing_key: R0UT1NGKEY0000000000000000000001, severity: critical, summary: s}
+"""
+
+
+def test_rules_test_explains_jira_custom_field_names_and_takes_jiras_names_map(tmp_path: Path) -> None:
+    """A Jira webhook body names custom fields by id only: `rules test` says why `custom.Customer Tier` is
+    missing instead of a bare NO MATCH, and takes Jira's own `names` map (REST ?expand=names) from the file."""
+    (tmp_path / "r.yaml").write_text(TIER_RULE)
+    sample = ROOT / "docs" / "examples" / "jira-issue-created.json"
+    done = cli("test", str(tmp_path / "r.yaml"), "--ticket", str(sample), "--source", "jira")
+    assert done.returncode == 0, done.stderr
+    assert "jira-ops-gold: NO MATCH" in done.stdout
+    assert "custom.Customer Tier" in done.stderr and "expand=names" in done.stderr
+    payload = json.loads(sample.read_text())
+    payload["names"] = {"customfield_10010": "Customer Tier", "summary": "Summary"}
+    (tmp_path / "named.json").write_text(json.dumps(payload))
+    done = cli("test", str(tmp_path / "r.yaml"), "--ticket", str(tmp_path / "named.json"), "--source", "jira")
+    assert done.returncode == 0, done.stderr
+    assert "jira-ops-gold: MATCHED" in done.stdout and "expand=names" not in done.stderr
+
+
 def test_rules_command_is_registered_in_the_service_cli() -> None:
     done = cli("rules", "check", str(EXAMPLES), module="sync.cli")
     assert done.returncode == 0, done.stderr
