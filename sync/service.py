@@ -62,6 +62,7 @@ class Service:
         self.store = store or Store(settings.database_url)
         self.rule_store = rule_store if rule_store is not None else load_rule_store(settings, self.clock)
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.started_at = self.clock.now()  # a source that never polled successfully lags from here
         self._connectors: dict[str, Connector] = dict(connectors or {})
         self._injected: dict[str, Connector] = dict(connectors or {})
         self._write_back_connectors: dict[str, Connector] = {}
@@ -361,7 +362,7 @@ class Service:
         next_prune = 0.0
         while not self.stopping.is_set():
             now_m = self.clock.monotonic()
-            self._update_gauges()
+            self.update_gauges()
             if now_m >= next_recheck:
                 next_recheck = now_m + eng.recheck_interval_seconds
                 rules = self.rule_store.current
@@ -376,13 +377,18 @@ class Service:
                     self.store.prune(self.clock.now() - timedelta(days=self.settings.retention_days))
             self.stopping.wait(self.settings.engine.gauge_interval_seconds)
 
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
+        """Refresh the gauges read from the database (the scheduler does this every few seconds)."""
         self._update_rule_metrics()
         depth, age = self.store.outbox_depth(self.clock.now())
         METRICS.outbox_depth.set(depth)
         METRICS.outbox_oldest.set(age)
         METRICS.dead_letters.set(self.store.dead_letter_count())
         now = self.clock.now()
-        for source, last_success in self.store.last_polls().items():
+        polls = self.store.last_polls()
+        for source in {*polls, *self.pollable_sources()}:
+            # a source that should poll but never succeeded (bad token from day one) lags since start,
+            # so the lag alert fires for it too instead of finding no series at all
+            last_success = polls.get(source) or (self.started_at if source in self.pollable_sources() else None)
             if last_success is not None:
                 METRICS.poll_lag.labels(source).set(max((now - last_success).total_seconds(), 0.0))

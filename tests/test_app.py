@@ -9,6 +9,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from sync.app import build_app
 from sync.clock import FakeClock
 from sync.schema import changes
 from sync.service import Service
-from sync.store import record_poll_error
+from sync.store import record_poll_error, save_cursor
 from tests.factories import ROUTING_KEY
 from tests.harness import make_service
 
@@ -264,6 +265,25 @@ def test_readyz_says_when_rules_read_jira_field_names_a_webhook_only_setup_canno
         assert svc.reload_rules()
         with TestClient(build_app(svc)) as c:
             assert "jira_custom_field_names" not in c.get("/readyz").json()["rules"]
+    finally:
+        svc.store.dispose()
+
+
+def test_a_source_that_never_polled_successfully_still_shows_its_poll_lag(
+    db_url: str, rules_path: Path, clock: FakeClock, client: TestClient
+) -> None:
+    """The lag alert must fire for a source misconfigured from day one, not find no series at all."""
+    jira = {"enabled": True, "webhook_secrets": [SECRET], "url": "https://acme.atlassian.net",
+            "email": "bot@acme.example", "api_token": "t"}
+    svc = _service(db_url, rules_path, clock, jira=jira)
+    try:
+        clock.advance(1800)  # half an hour of failing polls (or none at all)
+        svc.update_gauges()
+        assert _metric(client.get("/metrics").text, 'ticketpager_poll_lag_seconds\\{source="jira"\\}') == 1800
+        with svc.store.begin() as conn:
+            save_cursor(conn, "jira", {"watermark": "x"}, clock.now() - timedelta(seconds=60))
+        svc.update_gauges()
+        assert _metric(client.get("/metrics").text, 'ticketpager_poll_lag_seconds\\{source="jira"\\}') == 60
     finally:
         svc.store.dispose()
 
