@@ -86,13 +86,19 @@ class Delivery:
             earlier.c.id < outbox.c.id,
             earlier.c.status == "pending",
         )
+        free = or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now)
+        with self.store.engine.connect() as conn:  # a read first: idle workers take no write lock
+            due = select(outbox.c.id).where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now, free)
+            if conn.execute(due.limit(1)).first() is None:
+                self._claimed = {}
+                return []
         with self.store.begin() as conn:
             stmt = (
                 select(outbox)
                 .where(
                     outbox.c.status == "pending",
                     outbox.c.next_attempt_at <= now,
-                    or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+                    free,
                     or_(outbox.c.kind != "event", ~blocked),
                 )
                 .order_by(outbox.c.next_attempt_at, outbox.c.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -259,6 +260,17 @@ def test_a_worker_whose_claim_expired_does_not_send_again(
     slow.deliver(row)  # the stale worker wakes up
     assert [e["event_action"] for e in pd.events] == ["trigger"]
     assert service.store.status().outbox_pending == 0
+
+
+def test_an_idle_delivery_worker_does_not_queue_for_the_write_lock(service: Service) -> None:
+    """With nothing due, a delivery worker's poll is a read: on SQLite it must not wait behind (or hold up)
+    the one write lock that the webhook writer and the engine need."""
+    done: list[int] = []
+    with service.store.begin():  # a long write transaction elsewhere (an engine batch, a migration)
+        worker = threading.Thread(target=lambda: done.append(service.delivery("idle").run_once()))
+        worker.start()
+        worker.join(timeout=5)
+        assert not worker.is_alive() and done == [0], "the idle poll waited for the write lock"
 
 
 def test_a_redriven_dead_letter_gets_its_full_retry_budget(
