@@ -173,6 +173,9 @@ class Engine:
         then redone one change per transaction so only that change is marked ``failed``. Database errors
         are not the change's fault: they propagate and the whole batch is retried later.
         """
+        with self.store.engine.connect() as conn:  # a read first: an idle engine takes no write lock
+            if conn.execute(select(changes.c.id).where(changes.c.status == "pending").limit(1)).first() is None:
+                return 0
         try:
             with self.store.begin() as conn:
                 rows = self._claim(conn, self.batch_size)

@@ -262,15 +262,19 @@ def test_a_worker_whose_claim_expired_does_not_send_again(
     assert service.store.status().outbox_pending == 0
 
 
-def test_an_idle_delivery_worker_does_not_queue_for_the_write_lock(service: Service) -> None:
-    """With nothing due, a delivery worker's poll is a read: on SQLite it must not wait behind (or hold up)
-    the one write lock that the webhook writer and the engine need."""
+def test_an_idle_delivery_worker_or_engine_does_not_queue_for_the_write_lock(service: Service) -> None:
+    """With nothing due, a delivery worker's or the engine's poll is a read: on SQLite it must not wait
+    behind (or hold up) the one write lock that the webhook writer needs."""
     done: list[int] = []
     with service.store.begin():  # a long write transaction elsewhere (an engine batch, a migration)
         worker = threading.Thread(target=lambda: done.append(service.delivery("idle").run_once()))
         worker.start()
         worker.join(timeout=5)
         assert not worker.is_alive() and done == [0], "the idle poll waited for the write lock"
+        engine = threading.Thread(target=lambda: done.append(service.engine.run_once()))
+        engine.start()
+        engine.join(timeout=5)
+        assert not engine.is_alive() and done == [0, 0], "the idle engine waited for the write lock"
 
 
 def test_a_redriven_dead_letter_gets_its_full_retry_budget(
