@@ -227,7 +227,8 @@ def changelog_changes(changelog: Any, field_names: Mapping[str, str]) -> tuple[F
     """``changelog.items`` as normalized :class:`FieldChange` s (what this update changed).
 
     Status changes carry the status names; the category is not in the changelog, so a category change
-    is left to the engine's diff against the stored version. Unknown system fields keep their Jira name.
+    comes from the engine's diff against the stored version (:func:`sync.model.merge_changes`). Custom
+    fields are listed by id and by display name. Unknown system fields are dropped.
     """
     if not isinstance(changelog, Mapping):
         return ()
@@ -241,9 +242,11 @@ def changelog_changes(changelog: Any, field_names: Mapping[str, str]) -> tuple[F
         field_id = str(item.get("fieldId") or item.get("field") or "")
         field = str(item.get("field") or field_id)
         old, new = item.get("fromString"), item.get("toString")
-        if field_id.startswith("customfield_"):
+        if field_id.startswith("customfield_"):  # under both names, as Ticket.custom_fields has them
             display = field_names.get(field_id) or field
-            out.append(FieldChange(f"custom.{display}", old, new))
+            out.append(FieldChange(f"custom.{field_id}", old, new))
+            if display != field_id:
+                out.append(FieldChange(f"custom.{display}", old, new))
             continue
         name = CHANGELOG_FIELDS.get(field_id.lower()) or CHANGELOG_FIELDS.get(field.lower())
         if name is None:

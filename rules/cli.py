@@ -21,7 +21,7 @@ from rules.evaluator import EvalContext, RuleResult, RuleSet
 from rules.load import load_rules
 from rules.loader import RuleFileError, RuleFileErrors
 from rules.operators import OperatorArgError, parse_duration
-from sync.model import LinkState, PlannedEvent, Ticket, diff_tickets
+from sync.model import FieldChange, LinkState, PlannedEvent, Ticket, diff_tickets, merge_changes
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
@@ -140,11 +140,13 @@ def _read_json(path: str) -> Any:
         raise CliError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
 
 
-def _ticket(path: str, source: str | None) -> Ticket:
+def _ticket(path: str, source: str | None) -> tuple[Ticket, tuple[FieldChange, ...] | None]:
+    """The ticket in ``path`` and, for a vendor webhook body, the change list it carries (a Jira
+    changelog), which the service reads as well as its diff against the previous version."""
     data = _read_json(path)
     if isinstance(data, dict) and "status_category" in data and "updated" in data:
         try:
-            return Ticket.from_json(data)
+            return Ticket.from_json(data), None
         except (KeyError, TypeError, ValueError) as exc:
             raise CliError(f"{path}: not a valid ticket: {exc}") from None
     if source is None:
@@ -152,7 +154,7 @@ def _ticket(path: str, source: str | None) -> Ticket:
     return _vendor_ticket(path, source)
 
 
-def _vendor_ticket(path: str, source: str) -> Ticket:
+def _vendor_ticket(path: str, source: str) -> tuple[Ticket, tuple[FieldChange, ...] | None]:
     """Parse a raw vendor webhook body with the real connector (no signature check, no network)."""
     from connectors import connector_class
     from sync.errors import TicketpagerError
@@ -168,12 +170,12 @@ def _vendor_ticket(path: str, source: str) -> Ticket:
         raise CliError(f"{path}: the {source} connector cannot parse it: {exc}") from None
     if not result.changes:
         raise CliError(f"{path}: the {source} connector ignored it ({result.ignored_reason})")
-    ticket = result.changes[0].ticket
+    ticket, reported = result.changes[0].ticket, result.changes[0].changes
     names = _read_json(path).get("names") if source == "jira" else None
     if isinstance(names, dict):  # Jira's own id -> display name map (REST ?expand=names), as the service
         named = {str(names[k]): v for k, v in ticket.custom_fields.items() if isinstance(names.get(k), str)}
         ticket = replace(ticket, custom_fields={**named, **ticket.custom_fields})
-    return ticket
+    return ticket, reported
 
 
 def _unnamed_fields_note(ruleset: RuleSet, ticket: Ticket) -> str | None:
@@ -239,16 +241,22 @@ def verdict(result: RuleResult) -> str:
 
 
 def simulate(
-    ruleset: RuleSet, ticket: Ticket, previous: Ticket | None, now: datetime
+    ruleset: RuleSet,
+    ticket: Ticket,
+    previous: Ticket | None,
+    now: datetime,
+    reported: tuple[FieldChange, ...] | None = None,
 ) -> tuple[list[RuleResult], list[PlannedEvent]]:
-    """Evaluate (previous first, to derive incident states) and plan the events for ``ticket``."""
+    """Evaluate (previous first, to derive incident states) and plan the events for ``ticket``; what
+    changed is what the engine sees: the webhook's own change list (``reported``) plus the diff."""
     from sync.lifecycle import plan
 
     links: dict[str, LinkState] = {}
     if previous is not None:
         before = ruleset.evaluate(EvalContext(previous, None, (), min(now, previous.updated)))
         links = _links_after(plan(before, {}, previous), {})
-    results = ruleset.evaluate(EvalContext(ticket, previous, diff_tickets(previous, ticket), now))
+    changed = merge_changes(reported, diff_tickets(previous, ticket))
+    results = ruleset.evaluate(EvalContext(ticket, previous, changed, now))
     return results, plan(results, links, ticket)
 
 
@@ -269,8 +277,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     if ruleset is None:
         return EXIT_USAGE
     try:
-        ticket = _ticket(args.ticket, args.source)
-        previous = _ticket(args.previous, args.source) if args.previous else None
+        ticket, reported = _ticket(args.ticket, args.source)
+        previous = _ticket(args.previous, args.source)[0] if args.previous else None
         now = _now(args.now, ticket)
         expected = _read_json(args.expect) if args.expect else None
     except CliError as exc:
@@ -279,7 +287,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     note = _unnamed_fields_note(ruleset, ticket)
     if note:
         print(note, file=sys.stderr)
-    results, events = simulate(ruleset, ticket, previous, now)
+    results, events = simulate(ruleset, ticket, previous, now, reported)
     actual = {
         "verdicts": {r.rule: verdict(r) for r in results},
         "events": event_bodies(events, ticket),

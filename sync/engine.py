@@ -39,6 +39,7 @@ from sync.model import (
     Ticket,
     TicketChange,
     diff_tickets,
+    merge_changes,
 )
 from sync.schema import changes, decisions, links, outbox, tickets
 from sync.store import Store, _insert_ignore
@@ -265,7 +266,7 @@ class Engine:
             METRICS.changes_processed.labels(ticket.source, outcome).inc()
             return
         previous = Ticket.from_json(jsonutil.loads(current["snapshot"])) if current and current["snapshot"] else None
-        changed = change.changes if change.changes is not None else diff_tickets(previous, ticket)
+        changed = merge_changes(change.changes, diff_tickets(previous, ticket))
         results = evaluate_change(ruleset, ticket, previous, changed, now)
         link_states = self._links(conn, ticket)
         events = plan(results, link_states, ticket)

@@ -245,6 +245,18 @@ def diff_tickets(old: Ticket | None, new: Ticket) -> tuple[FieldChange, ...]:
     return tuple(out)
 
 
+def merge_changes(reported: tuple[FieldChange, ...] | None, diffed: tuple[FieldChange, ...]) -> tuple[FieldChange, ...]:
+    """What an update changed: the vendor's own change list (a Jira changelog knows this very update's
+    old values, even when an earlier webhook was lost), plus what the diff against the last processed
+    version sees on fields that list does not name — derived fields such as ``status_category``, or a
+    custom field the changelog names differently. Checks read the last entry of a field, so the vendor's
+    entries go last and win where both speak of the same field."""
+    if reported is None:
+        return diffed
+    named = {c.field for c in reported}
+    return tuple(c for c in diffed if c.field not in named) + reported
+
+
 @dataclass(frozen=True, slots=True)
 class LinkState:
     """ticket ↔ rule ↔ PagerDuty incident: what we last sent and under which dedup key.

@@ -130,7 +130,9 @@ def test_issue_updated_becomes_a_normalized_change_with_its_changelog() -> None:
     assert change.changes == (
         FieldChange("resolution", None, "Done"),
         FieldChange("status", "In Progress", "Done"),
-        FieldChange("custom.Customer Tier", "Silver", "Gold"),  # custom fields by display name
+        FieldChange("custom.customfield_10010", "Silver", "Gold"),  # custom fields by id and display name,
+        FieldChange("custom.Customer Tier", "Silver", "Gold"),  # as the ticket's custom_fields has them
+        FieldChange("custom.customfield_10019", "", "Ranked higher"),
         FieldChange("custom.Rank", "", "Ranked higher"),
     )
 

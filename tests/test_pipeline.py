@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sync.clock import FakeClock
-from sync.model import StatusCategory
+from sync.model import FieldChange, StatusCategory
 from sync.service import Service
 from tests.factories import ROUTING_KEY, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty, validate_event
@@ -298,3 +298,44 @@ def test_a_redriven_dead_letter_gets_its_full_retry_budget(
     delivery.drain()
     assert [e["event_action"] for e in pd.events] == ["trigger"]
     svc.store.dispose()
+
+
+CHANGED_RULES = """
+version: 1
+rules:
+  - name: finished
+    source: jira
+    when: {status_category: {changed_to: done}}
+    trigger: {routing_key: "${PD_PLATFORM_KEY}", severity: info, summary: "{{ ticket.key }} finished"}
+    resolve_when: {status: never}
+    continue: true
+  - name: tier-raised
+    source: jira
+    when: {custom.customfield_10010: {changed_to: Gold}}
+    trigger: {routing_key: "${PD_PLATFORM_KEY}", severity: warning, summary: "{{ ticket.key }} is Gold now"}
+    resolve_when: {status: never}
+"""
+
+
+def test_a_webhook_change_list_and_the_diff_both_count_for_changed_conditions(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """A Jira changelog names the status, never the derived status_category, and names a custom field the
+    way the connector reports it: the engine also diffs against the stored version, so a rule on
+    `status_category: {changed_to: done}` pages, as `rules test --previous` says it does."""
+    (rules_path / "ops.yaml").write_text(CHANGED_RULES)
+    svc = make_service(db_url, rules_path, pd.url, clock)
+    try:
+        before = ticket(status="In Progress", category=StatusCategory.IN_PROGRESS, custom_fields={
+            "customfield_10010": "Silver"})
+        receive(svc, [change(before)])
+        svc.process_all()
+        assert pd.events == []
+        after = ticket(minutes=5, status="Done", category=StatusCategory.DONE, custom_fields={
+            "customfield_10010": "Gold"})
+        changelog = (FieldChange("status", "In Progress", "Done"),)  # what Jira's changelog carries
+        receive(svc, [change(after, changes=changelog)])
+        svc.process_all()
+        assert sorted(e["payload"]["summary"] for e in pd.events) == ["OPS-10001 finished", "OPS-10001 is Gold now"]
+    finally:
+        svc.store.dispose()

@@ -197,6 +197,24 @@ def test_rules_test_explains_jira_custom_field_names_and_takes_jiras_names_map(t
     assert "jira-ops-gold: MATCHED" in done.stdout and "expand=names" not in done.stderr
 
 
+def test_rules_test_reads_the_change_list_a_jira_webhook_carries(tmp_path: Path) -> None:
+    """The service reads a Jira webhook's changelog for changed/changed_to/changed_from; `rules test`
+    on the same body must give the same verdict without --previous."""
+    (tmp_path / "r.yaml").write_text(
+        "version: 1\nrules:\n"
+        "  - name: status-done\n    source: jira\n    continue: true\n"
+        "    when: {status: {changed_to: Done}}\n"
+        "    trigger: {routing_key: R0UT1NGKEY0000000000000000000001, severity: info, summary: s}\n"
+        "  - name: tier-gold\n    source: jira\n"
+        "    when: {custom.customfield_10010: {changed_from: Silver}}\n"
+        "    trigger: {routing_key: R0UT1NGKEY0000000000000000000001, severity: info, summary: s}\n"
+    )
+    body = ROOT / "tests" / "fixtures" / "jira" / "webhook_issue_updated_done.json"
+    done = cli("test", str(tmp_path / "r.yaml"), "--ticket", str(body), "--source", "jira")
+    assert done.returncode == 0, done.stderr
+    assert "status-done: MATCHED" in done.stdout and "tier-gold: MATCHED" in done.stdout
+
+
 def test_rules_command_is_registered_in_the_service_cli() -> None:
     done = cli("rules", "check", str(EXAMPLES), module="sync.cli")
     assert done.returncode == 0, done.stderr
