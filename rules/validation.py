@@ -12,7 +12,7 @@ import operator
 import re
 from collections.abc import Mapping
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_range, parse_timezone
 from rules.loader import Pos, RuleFileError, YList, YMap
@@ -66,12 +66,13 @@ NOW_OPERATORS = ("during", "outside")
 ON_UNMATCH = ("keep", "resolve")
 LIST_FIELDS = frozenset({"labels", "components", "organization_tags"})
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+BARE_ENV_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")  # $NAME: a shell habit, not our syntax
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$", re.DOTALL)
 DEFAULT_RESOLVE_WHEN = {"status_category": "done"}
 MISSING_ENV_PLACEHOLDER = "missing-env:"  # routing key of an unset ${VAR} under --allow-missing-env
 # Fields whose values come from a fixed, case-sensitive vocabulary: comparing them with anything else never
 # matches. Zendesk's come from connectors/zendesk_normalize.py (it lowercases them).
-VOCABULARY_OPERATORS = frozenset({"equals", "not_equals", "in", "not_in"})
+VOCABULARY_OPERATORS = frozenset({"equals", "not_equals", "in", "not_in", "changed_to", "changed_from"})
 ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")
 ZENDESK_STATUSES = ("new", "open", "pending", "hold", "solved", "closed", "deleted")
 STATUS_CATEGORIES = tuple(category.value for category in StatusCategory)
@@ -403,14 +404,13 @@ class Validator:
         vocabulary = fixed_vocabulary(fref.name, source)
         if vocabulary is None:
             return True
-        noun, values = vocabulary
         items = list(zip(arg, arg.item_pos, strict=True)) if isinstance(arg, YList) else [(arg, pos)]
         ok = True
         for value, where in items:
-            if value is None or value in values:
-                continue
-            self.err(where, trail, vocabulary_problem(noun, value, values))
-            ok = False
+            problem = vocabulary.problem(value)
+            if problem is not None:
+                self.err(where, trail, problem)
+                ok = False
         return ok
 
     def field(self, name: str, source: str, pos: Pos, trail: list[str]) -> FieldRef | None:
@@ -479,6 +479,10 @@ class Validator:
             if "${" in value:
                 self.err(pos, trail, "an environment reference must be the whole value: ${NAME} or ${NAME:-default}")
                 return None
+            bare = BARE_ENV_REF.match(value.strip())
+            if bare is not None:  # $PD_KEY would be sent to PagerDuty as the key itself
+                self.err(pos, trail, f"an environment reference needs braces: ${{{bare.group(1)}}}")
+                return None
             return value.strip()
         name, default = match.group(1), match.group(2)
         resolved = self.env.get(name)
@@ -493,7 +497,8 @@ class Validator:
                     )
                 )
                 return f"{MISSING_ENV_PLACEHOLDER}{name}"
-            self.err(pos, trail, f"environment variable {name} {state} (set it, or use ${{{name}:-default}})")
+            hint = "and its default is empty" if default is not None else f"(set it, or use ${{{name}:-default}})"
+            self.err(pos, trail, f"environment variable {name} {state} {hint}")
             return None
         return resolved.strip()
 
@@ -519,8 +524,12 @@ class Validator:
             self.err(value.val_pos["from"], [*trail, "from"], "must be a field name")
         mapping: dict[str, str] = {}
         table = value.get("map")
+        vocabulary = fixed_vocabulary(fref.name, source) if fref is not None else None
         if isinstance(table, YMap):
             for key, sev in table.items():
+                problem = vocabulary.problem(key) if vocabulary is not None else None
+                if problem is not None:  # a key the field never holds: that severity would never apply
+                    self.err(table.key_pos[key], [*trail, "map", str(key)], problem)
                 if sev not in SEVERITIES:
                     self.err(
                         table.val_pos[key],
@@ -677,14 +686,41 @@ def unknown_operator(name: str) -> str:
     )
 
 
-def fixed_vocabulary(field_name: str, source: str) -> tuple[str, tuple[str, ...]] | None:
-    """``(noun, values)`` when a rule's field only ever holds these exact values, else None."""
+class Vocabulary(NamedTuple):
+    """What values a field can hold, so a value it never holds is a load error, not a silent non-match.
+    ``values`` empty: the field is free text, but ``numbers`` explains why a number never matches it."""
+
+    noun: str
+    values: tuple[str, ...] = ()
+    numbers: str | None = None
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if self.numbers is not None:
+            number = isinstance(value, int) and not isinstance(value, bool)
+            return self.numbers if number or (isinstance(value, str) and value.strip().isdigit()) else None
+        if value in self.values:
+            return None
+        return vocabulary_problem(self.noun, value, self.values)
+
+
+_SERVICENOW_PRIORITY = Vocabulary(
+    "ServiceNow priority",
+    numbers="ServiceNow's priority is its label, e.g. '1 - Critical': for the number use priority_number: 1",
+)
+
+
+def fixed_vocabulary(field_name: str, source: str) -> Vocabulary | None:
+    """The values a rule's field can hold, where they are known (else None)."""
     if field_name == "status_category":
-        return "status category", STATUS_CATEGORIES
+        return Vocabulary("status category", STATUS_CATEGORIES)
     if source == "zendesk" and field_name == "priority":
-        return "Zendesk priority", ZENDESK_PRIORITIES
+        return Vocabulary("Zendesk priority", ZENDESK_PRIORITIES)
     if source == "zendesk" and field_name == "status":
-        return "Zendesk status", ZENDESK_STATUSES
+        return Vocabulary("Zendesk status", ZENDESK_STATUSES)
+    if source == "servicenow" and field_name == "priority":
+        return _SERVICENOW_PRIORITY
     return None
 
 

@@ -319,13 +319,46 @@ def test_zendesk_vocabulary_with_ignore_case_and_other_operators_loads(tmp_path:
         "version: 1\nrules:\n  - name: r\n    source: zendesk\n"
         "    when: {priority: {in: [Urgent, HIGH], ignore_case: true}, status: [new, open], status_category: new,\n"
         "           title: {contains: Urgent}}\n"
-        "    acknowledge_when: {status: {changed_to: Open}}\n"
+        "    acknowledge_when: {status: {changed_to: Open, ignore_case: true}}\n"
         "    resolve_when: {status_category: {equals: Done, ignore_case: true}}\n"
         "    trigger: {routing_key: k, severity: critical, summary: hi}\n"
         "  - name: any-source\n    when: {priority: Urgent, status: Solved}\n"
         "    trigger: {routing_key: k, severity: critical, summary: hi}\n"
     )
     assert load_rules(path, env={}).names == ("r", "any-source")
+
+
+def test_values_a_field_never_holds_are_errors_for_changed_and_severity_maps_too(tmp_path: Path) -> None:
+    """`changed_to: Urgent` on Zendesk, a severity map keyed by `Urgent`, ServiceNow's `priority: 1` (its
+    priority is the label '1 - Critical') and a routing key written `$PD_KEY` all load today and then
+    silently never match or page with the wrong key: each is an error at its position."""
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "version: 1\nrules:\n"
+        "  - name: zd\n    source: zendesk\n"
+        "    when: {priority: {changed_to: Urgent}}\n"
+        "    trigger:\n"
+        "      routing_key: $PD_SUPPORT_KEY\n"
+        "      severity: {from: priority, map: {Urgent: critical, high: error}, default: warning}\n"
+        "      summary: hi\n"
+        "  - name: sn\n    source: servicenow\n"
+        "    when: {priority: [1, '2']}\n"
+        "    trigger: {routing_key: k, severity: critical, summary: hi}\n"
+    )
+    with pytest.raises(RuleFileErrors) as caught:
+        load_rules(path, env={"PD_SUPPORT_KEY": "x" * 32})
+    messages = [str(e) for e in caught.value.errors]
+    assert messages == [
+        f"{path}:5:35: rule 'zd' → when → priority → changed_to: Zendesk priorities are lowercase: did you mean "
+        "'urgent'? (or add ignore_case: true)",
+        f"{path}:7:20: rule 'zd' → trigger → routing_key: an environment reference needs braces: ${{PD_SUPPORT_KEY}}",
+        f"{path}:8:40: rule 'zd' → trigger → severity → map → Urgent: Zendesk priorities are lowercase: did you "
+        "mean 'urgent'? (or add ignore_case: true)",
+        f"{path}:12:23: rule 'sn' → when → priority: ServiceNow's priority is its label, e.g. '1 - Critical': "
+        "for the number use priority_number: 1",
+        f"{path}:12:26: rule 'sn' → when → priority: ServiceNow's priority is its label, e.g. '1 - Critical': "
+        "for the number use priority_number: 1",
+    ]
 
 
 def test_vocabularies_match_the_zendesk_connector() -> None:
