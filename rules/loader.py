@@ -176,6 +176,8 @@ def parse_text(text: str, path: str) -> tuple[Any, list[RuleFileError]]:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
+        if "'\\t'" in problem or "\t" in problem:
+            problem += " (indent with spaces: YAML does not allow tabs)"
         return None, [RuleFileError(path, line, col, f"invalid YAML: {problem}")]
     except yaml.YAMLError as exc:
         return None, [RuleFileError(path, 1, 1, f"invalid YAML: {exc}")]

@@ -387,6 +387,11 @@ class Validator:
         self, fref: FieldRef | None, name: str, arg: Any, pos: Pos, trail: list[str], ignore_case: bool
     ) -> Leaf | None:
         op = REGISTRY[name]
+        if name in ("during", "outside") and isinstance(arg, str) and arg not in self.calendars:
+            defined = self._calendar_pos.get(arg)
+            if defined is not None:  # it exists but did not load: its own error says why
+                self.err(pos, trail, f"calendar '{arg}' has errors (see {_where(defined, pos)})")
+                return None
         try:
             prepared = op.prepare(arg, PrepareContext(self.calendars, ignore_case))
         except OperatorArgError as exc:

@@ -388,3 +388,25 @@ def _errors_with_warnings(path: Path, warnings: list[RuleFileError]) -> RuleFile
     with pytest.raises(RuleFileErrors) as caught:
         load_rules(path, env=ENV, env_warnings=warnings)
     return caught.value
+
+
+def test_a_tab_and_a_broken_calendar_are_explained(tmp_path: Path) -> None:
+    tabbed = tmp_path / "tab.yaml"
+    tabbed.write_text("version: 1\nrules:\n\t- name: x\n")
+    with pytest.raises(RuleFileErrors) as caught:
+        load_rules(tabbed, env={})
+    assert [str(e) for e in caught.value.errors] == [
+        f"{tabbed}:3:1: invalid YAML: found character '\\t' that cannot start any token "
+        "(indent with spaces: YAML does not allow tabs)"
+    ]
+    cal = tmp_path / "cal.yaml"
+    cal.write_text(
+        "version: 1\ncalendars:\n  bad-tz: {timezone: Mars/Base, days: [mon], hours: \"08:00-18:00\"}\n"
+        "rules:\n  - name: x\n    when: {during: bad-tz}\n    trigger: {routing_key: k, severity: info, summary: s}\n"
+    )
+    with pytest.raises(RuleFileErrors) as caught:
+        load_rules(cal, env={})
+    assert [str(e) for e in caught.value.errors] == [
+        f"{cal}:3:22: calendars → bad-tz → timezone: unknown timezone 'Mars/Base'",
+        f"{cal}:6:20: rule 'x' → when → during: calendar 'bad-tz' has errors (see line 3:3)",
+    ]
