@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from rules.calendars import Calendar
@@ -41,7 +42,12 @@ class Leaf:
     def describe(self) -> str:
         name = self.field.name if self.field else "now"
         arg = self.raw_arg if not isinstance(self.raw_arg, list) else list(self.raw_arg)
-        shown = ("true" if arg else "false") if isinstance(arg, bool) else repr(arg)
+        if isinstance(arg, bool):
+            shown = "true" if arg else "false"
+        elif isinstance(arg, date):  # an unquoted YAML timestamp or date: as written, not datetime.datetime(…)
+            shown = arg.isoformat()
+        else:
+            shown = repr(arg)
         suffix = " (ignore_case)" if self.ignore_case else ""
         return f"{name} {self.op.name} {shown}{suffix}"
 

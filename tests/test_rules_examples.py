@@ -215,6 +215,18 @@ def test_rules_test_reads_the_change_list_a_jira_webhook_carries(tmp_path: Path)
     assert "status-done: MATCHED" in done.stdout and "tier-gold: MATCHED" in done.stdout
 
 
+def test_rules_test_json_lists_verdicts_in_file_order(tmp_path: Path) -> None:
+    rule = (
+        "    when: {project: OPS}\n"
+        "    trigger: {routing_key: R0UT1NGKEY0000000000000000000001, severity: info, summary: s}\n"
+    )
+    (tmp_path / "r.yaml").write_text(f"version: 1\nrules:\n  - name: zulu\n{rule}  - name: alpha\n{rule}")
+    sample = ROOT / "docs" / "examples" / "jira-issue-created.json"
+    done = cli("test", str(tmp_path / "r.yaml"), "--ticket", str(sample), "--source", "jira", "--json")
+    assert done.returncode == 0, done.stderr
+    assert list(json.loads(done.stdout)["verdicts"]) == ["zulu", "alpha"]
+
+
 def test_rules_command_is_registered_in_the_service_cli() -> None:
     done = cli("rules", "check", str(EXAMPLES), module="sync.cli")
     assert done.returncode == 0, done.stderr

@@ -419,3 +419,14 @@ def test_a_case_insensitive_rule_matches_every_casing_and_explains_a_miss_with_t
     miss = evaluate(tmp_path, when, ticket(title="slow Checkout"))
     assert not miss.matched
     assert "'slow Checkout'" in miss.explanation[0]
+
+
+def test_an_unquoted_yaml_timestamp_is_explained_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "version: 1\nrules:\n  - name: r\n    when: {created: {gt: 2026-11-30T06:59:00Z}}\n"
+        "    trigger: {routing_key: k, severity: info, summary: s}\n"
+    )
+    (result,) = load_rules(path, env={}).evaluate(EvalContext(ticket(created=NOW), None, (), NOW))
+    assert result.matched
+    assert result.explanation == ("holds: created gt 2026-11-30T06:59:00+00:00",)
