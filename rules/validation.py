@@ -65,6 +65,8 @@ GROUP_KEYS = ("all", "any", "not")
 NOW_OPERATORS = ("during", "outside")
 ON_UNMATCH = ("keep", "resolve")
 LIST_FIELDS = frozenset({"labels", "components", "organization_tags"})
+TIMESTAMP_FIELDS = frozenset({"created", "updated"})
+EXACT_OPERATORS = frozenset({"equals", "not_equals", "in", "not_in"})  # an instant never equals its text
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 BARE_ENV_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")  # $NAME: a shell habit, not our syntax
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$", re.DOTALL)
@@ -387,6 +389,14 @@ class Validator:
         self, fref: FieldRef | None, name: str, arg: Any, pos: Pos, trail: list[str], ignore_case: bool
     ) -> Leaf | None:
         op = REGISTRY[name]
+        if fref is not None and fref.name in TICKET_FIELDS:  # a kind of value the field never has
+            label = "" if trail[-1] == name else f"{name}: "
+            if name in ("older_than", "newer_than") and fref.name not in TIMESTAMP_FIELDS:
+                self.err(pos, trail, f"{label}needs a timestamp field (created, updated); '{fref.name}' is not one")
+                return None
+            if name in EXACT_OPERATORS and fref.name in TIMESTAMP_FIELDS and arg is not None:
+                self.err(pos, trail, f"{label}compare timestamps with gt/gte/lt/lte, older_than or newer_than")
+                return None
         if name in ("during", "outside") and isinstance(arg, str) and arg not in self.calendars:
             defined = self._calendar_pos.get(arg)
             if defined is not None:  # it exists but did not load: its own error says why

@@ -410,3 +410,26 @@ def test_a_tab_and_a_broken_calendar_are_explained(tmp_path: Path) -> None:
         f"{cal}:3:22: calendars → bad-tz → timezone: unknown timezone 'Mars/Base'",
         f"{cal}:6:20: rule 'x' → when → during: calendar 'bad-tz' has errors (see line 3:3)",
     ]
+
+
+def test_operators_a_field_kind_never_satisfies_are_errors(tmp_path: Path) -> None:
+    """`priority: {older_than: 1h}` or `created: {in: ["2026-…Z"]}` would load and then never match."""
+    path = tmp_path / "ts.yaml"
+    path.write_text(
+        "version: 1\nrules:\n"
+        "  - name: x\n    when: {created: \"2026-11-30T09:00:00Z\"}\n"
+        "    trigger: {routing_key: k, severity: info, summary: s}\n"
+        "  - name: y\n    when: {priority: {older_than: 1h}, created: {in: [\"2026-11-30T09:00:00Z\"]}}\n"
+        "    trigger: {routing_key: k, severity: info, summary: s}\n"
+        "  - name: fine\n    when: {created: {older_than: 30m}, updated: null, custom.Since: {older_than: 1d}}\n"
+        "    trigger: {routing_key: k, severity: info, summary: s}\n"
+    )
+    with pytest.raises(RuleFileErrors) as caught:
+        load_rules(path, env={})
+    assert [str(e) for e in caught.value.errors] == [
+        f"{path}:4:21: rule 'x' → when → created: equals: compare timestamps with gt/gte/lt/lte, older_than or "
+        "newer_than",
+        f"{path}:7:35: rule 'y' → when → priority → older_than: needs a timestamp field (created, updated); "
+        "'priority' is not one",
+        f"{path}:7:54: rule 'y' → when → created → in: compare timestamps with gt/gte/lt/lte, older_than or newer_than",
+    ]
