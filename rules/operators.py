@@ -29,6 +29,7 @@ from sync.model import FieldChange
 Scalar = str | int | float | bool | None
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _DURATION_FULL = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+$")
+_NUMERIC = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)  # decimal text, as people write numbers
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -74,11 +75,10 @@ def number(value: Any) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
-        try:
-            result = float(value.strip())
-        except ValueError:
+        text = value.strip()
+        if not _NUMERIC.fullmatch(text):  # float() also takes "1_000", "infinity", "nan": no ticket means those
             return None
-        return result if result == result else None  # NaN never compares
+        return float(text)
     return None
 
 

@@ -430,3 +430,16 @@ def test_an_unquoted_yaml_timestamp_is_explained_as_written(tmp_path: Path) -> N
     (result,) = load_rules(path, env={}).evaluate(EvalContext(ticket(created=NOW), None, (), NOW))
     assert result.matched
     assert result.explanation == ("holds: created gt 2026-11-30T06:59:00+00:00",)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", 1.0), (" 2.5 ", 2.5), ("-3", -3.0), ("1e3", 1000.0), (".5", 0.5),
+     ("1_000", None), ("infinity", None), ("nan", None), ("0x10", None), ("1,5", None), ("\u0663", None), ("", None)],
+)
+def test_numeric_text_is_what_people_write_as_a_number(text: str, expected: float | None) -> None:
+    """`impact: 1` matches "1"; but "1_000", "infinity" or an Arabic-Indic digit are text, not numbers
+    (Python's float() takes them all, and "infinity" would be greater than every threshold)."""
+    from rules.operators import number
+
+    assert number(text) == expected
