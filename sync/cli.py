@@ -293,8 +293,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     store = Store(settings.database_url)
     try:
         print(f"upgrading {store.engine.url.render_as_string(hide_password=True)} …", file=sys.stderr)
-        store.upgrade()
-        print(f"database at revision {current_revision(store.engine)}")
+        known = store.upgrade()
+        newer = "" if known else " (newer than this version: left as it is)"
+        print(f"database at revision {current_revision(store.engine)}{newer}")
     finally:
         store.dispose()
     return 0
@@ -393,6 +394,7 @@ def _env_name(loc: Sequence[object]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; configuration mistakes end with a clear message and exit 2, never a traceback."""
+    from alembic.util.exc import CommandError
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
@@ -436,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except CommandError as exc:  # Alembic: a migration that cannot run here
+        print(f"ticketpager: database migration failed: {exc}", file=sys.stderr)
+        return 1
     except OperationalError as exc:  # the database is down, missing or refuses us: one line, not a traceback
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         print(f"ticketpager: cannot use the database: {reason}", file=sys.stderr)

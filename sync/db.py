@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+log = logging.getLogger("ticketpager.db")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 WRITE_OPTION = "ticketpager_write"  # execution option marking a write transaction (SQLite: BEGIN IMMEDIATE)
@@ -61,13 +64,36 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (safe to run from several replicas at once on PostgreSQL)."""
+def upgrade(engine: Engine, revision: str = "head") -> bool:
+    """Bring the schema to ``revision`` (safe to run from several replicas at once on PostgreSQL).
+
+    A schema at a revision this version does not know was migrated by a newer release (a rollback, an old
+    pod restarting during a rolling update): it is left as it is, with a warning, instead of failing every
+    start — the release notes say when a migration is not compatible with the previous version. Returns
+    whether the schema is at a revision this version knows."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import RevisionError
+    from alembic.util.exc import CommandError
+
     cfg = alembic_config(engine)
     with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is not None:
+            try:
+                ScriptDirectory.from_config(cfg).get_revision(current)
+            except (RevisionError, CommandError):
+                log.warning(
+                    "the database schema is at revision %s, newer than this version knows (%s): it was migrated "
+                    "by a newer release; running without migrating (see its release notes for compatibility)",
+                    current,
+                    head_revision(),
+                )
+                return False
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
         conn.commit()
+    return True
 
 
 def head_revision() -> str:

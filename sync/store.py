@@ -227,8 +227,9 @@ class Store:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def upgrade(self) -> None:
-        db.upgrade(self.engine)
+    def upgrade(self) -> bool:
+        """Migrate to this version's schema; False when a newer release already migrated it further."""
+        return db.upgrade(self.engine)
 
     @contextmanager
     def begin(self, urgent: bool = False) -> Iterator[Connection]:

@@ -196,3 +196,22 @@ def test_the_libpq_spelling_of_a_postgresql_url_is_accepted() -> None:
     engine = make_engine("postgres://user@127.0.0.1:5432/tickets")
     assert engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
     engine.dispose()
+
+
+def test_an_older_version_runs_against_a_schema_a_newer_release_migrated(
+    db_url: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rollback (or an old pod restarting mid-rollout) meets a schema at a revision it does not know: it
+    must start with a warning, not crash-loop on Alembic's "Can't locate revision"."""
+    from sqlalchemy import create_engine, text
+
+    assert run(capsys, "--database-url", db_url, "db", "upgrade")[0] == 0
+    engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
+    engine.dispose()
+    code, out, err = run(capsys, "status", "--database-url", db_url)
+    assert code == 0 and "Traceback" not in err and "tickets tracked" in out
+    assert "newer than this version knows" in caplog.text
+    code, out, _ = run(capsys, "--database-url", db_url, "db", "upgrade")
+    assert code == 0 and "0099_from_the_future (newer than this version: left as it is)" in out
