@@ -116,11 +116,25 @@ class Delivery:
         self._claimed = {r["id"]: now for r in rows}  # this worker's latest batch (see deliver)
         return list(rows)
 
-    def run_once(self, limit: int = 10) -> int:
+    def run_once(self, limit: int = 10, stopping: Callable[[], bool] | None = None) -> int:
+        """Claim up to ``limit`` due rows and send them. When ``stopping`` turns true (SIGTERM) the rows not
+        yet sent are handed back at once rather than held until their claim expires: a shutdown waits for
+        at most the send in flight, and the next replica (or this one, restarted) sends the rest now."""
         rows = self.claim(limit)
-        for row in rows:
+        for index, row in enumerate(rows):
+            if stopping is not None and stopping():
+                self._unclaim([r["id"] for r in rows[index:]])
+                return index
             self.deliver(row)
         return len(rows)
+
+    def _unclaim(self, row_ids: list[int]) -> None:
+        with self.store.begin() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id.in_(row_ids), outbox.c.claimed_by == self.worker_id, outbox.c.status == "pending")
+                .values(claimed_until=None)
+            )
 
     def drain(self, max_rounds: int = 10_000) -> int:
         total = 0

@@ -327,7 +327,7 @@ class Service:
     def _delivery_loop(self, delivery: Delivery) -> None:
         while not self.stopping.is_set():
             self.outbox_wake.clear()
-            if delivery.run_once():
+            if delivery.run_once(stopping=self.stopping.is_set):
                 continue
             self.outbox_wake.wait(self._idle())
 

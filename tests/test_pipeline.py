@@ -277,6 +277,19 @@ def test_an_idle_delivery_worker_or_engine_does_not_queue_for_the_write_lock(ser
         assert not engine.is_alive() and done == [0, 0], "the idle engine waited for the write lock"
 
 
+def test_a_stopping_worker_hands_back_what_it_claimed_but_did_not_send(service: Service, pd: MockPagerDuty) -> None:
+    """SIGTERM mid-batch: the worker sends nothing more, and another worker (or the restarted replica)
+    can send the rest at once instead of after the claim's visibility timeout."""
+    receive(service, [change(ticket(str(10001 + n))) for n in range(3)])
+    service.engine.drain()
+    stopping = service.delivery("stopping")
+    assert stopping.run_once(10, stopping=lambda: len(pd.events) >= 1) == 1
+    assert len(pd.events) == 1
+    assert service.delivery("next").run_once() == 2  # no clock advance needed
+    assert sorted(e["dedup_key"] for e in pd.events) == sorted({e["dedup_key"] for e in pd.events})
+    assert service.store.status().outbox_pending == 0
+
+
 def test_a_redriven_dead_letter_gets_its_full_retry_budget(
     db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
 ) -> None:
