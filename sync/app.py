@@ -150,7 +150,8 @@ class Webhooks:
                 result = connector.parse_webhook(headers, body)
         except WebhookRejected as exc:
             status = exc.status or 400
-            count(METRICS.webhooks, source, f"rejected_{status}")
+            # a 5xx is ours (a vendor API we depend on is down), not the caller's: "unavailable", as alerted on
+            count(METRICS.webhooks, source, "unavailable" if status >= 500 else f"rejected_{status}")
             reason = exc.reason
             if reason == "webhook secret not configured":  # an operator's mistake, not a caller's
                 reason += f": set TICKETPAGER_{source.upper()}__WEBHOOK_SECRETS"

@@ -44,7 +44,12 @@ class Metrics:
         self.outbox_oldest = Gauge(
             "ticketpager_outbox_oldest_age_seconds", "Age of the oldest pending outbox row", registry=r
         )
-        self.dead_letters = Gauge("ticketpager_dead_letters", "Outbox rows in the dead-letter state", registry=r)
+        self.dead_letters = Gauge(
+            "ticketpager_dead_letters",
+            "Outbox rows in the dead-letter state, by kind (event: a page; writeback: a note on a ticket)",
+            ["kind"],
+            registry=r,
+        )
         self.delivery_latency = Histogram(
             "ticketpager_delivery_latency_seconds",
             "From change received to PagerDuty 202",

@@ -383,7 +383,8 @@ class Service:
         depth, age = self.store.outbox_depth(self.clock.now())
         METRICS.outbox_depth.set(depth)
         METRICS.outbox_oldest.set(age)
-        METRICS.dead_letters.set(self.store.dead_letter_count())
+        for kind, count in self.store.dead_letter_counts().items():
+            METRICS.dead_letters.labels(kind).set(count)
         now = self.clock.now()
         polls = self.store.last_polls()
         for source in {*polls, *self.pollable_sources()}:

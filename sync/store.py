@@ -380,11 +380,13 @@ class Store:
             rows = conn.execute(select(cursors.c.source, cursors.c.last_success_at)).all()
         return {str(source): last for source, last in rows}
 
-    def dead_letter_count(self) -> int:
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters by kind: ``event`` (a page that did not go out) and ``writeback`` (a ticket note)."""
         with self.engine.connect() as conn:
-            return int(
-                conn.execute(select(func.count()).select_from(outbox).where(outbox.c.status == "dead")).scalar_one()
-            )
+            rows = conn.execute(
+                select(outbox.c.kind, func.count()).where(outbox.c.status == "dead").group_by(outbox.c.kind)
+            ).all()
+        return {"event": 0, "writeback": 0} | {str(kind): int(n) for kind, n in rows}
 
     def outbox_depth(self, now: datetime) -> tuple[int, float]:
         """(pending rows, age in seconds of the oldest) — for metrics."""

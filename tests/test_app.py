@@ -245,6 +245,7 @@ def test_a_jira_webhook_refused_for_missing_field_names_stores_nothing(
             assert response.status_code == 503  # type: ignore[attr-defined]
             assert "custom.Customer Tier" in response.json()["error"]  # type: ignore[attr-defined]
             assert stored(svc) == 0
+            assert 'ticketpager_webhooks_total{outcome="unavailable",source="jira"}' in c.get("/metrics").text
     finally:
         svc.writer.stop()
         svc.store.dispose()
