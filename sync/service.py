@@ -221,9 +221,7 @@ class Service:
                 report["rules"]["jira_custom_field_names"] = unnamed
                 report["degraded"] = True
         if report["database"] == "ok":
-            problems = {
-                c["source"]: c["last_error"] for c in self.store.status().cursors if c["last_error_kind"] == "permanent"
-            }
+            problems = self.store.permanent_poll_errors()
             report["sources"] = {"permanent_errors": problems}
             if problems:
                 report["degraded"] = True

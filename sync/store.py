@@ -380,6 +380,15 @@ class Store:
             rows = conn.execute(select(cursors.c.source, cursors.c.last_success_at)).all()
         return {str(source): last for source, last in rows}
 
+    def permanent_poll_errors(self) -> dict[str, str]:
+        """Sources whose last poll failed for good (a revoked token): readiness asks this on every probe,
+        so it reads the few cursor rows only, not the whole status."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(cursors.c.source, cursors.c.last_error).where(cursors.c.last_error_kind == "permanent")
+            ).all()
+        return {str(source): str(error) for source, error in rows}
+
     def dead_letter_counts(self) -> dict[str, int]:
         """Dead letters by kind: ``event`` (a page that did not go out) and ``writeback`` (a ticket note)."""
         with self.engine.connect() as conn:
