@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, SecretStr
 
@@ -62,7 +63,8 @@ class RedactSecrets(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            # RFC 3339 in UTC with milliseconds: lines of several replicas interleave correctly
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

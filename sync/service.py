@@ -19,6 +19,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from connectors import CONNECTORS, connector_class
 from connectors.base import Connector, WriteBack
 from connectors.jira import CUSTOM_FIELD_ID
@@ -305,6 +307,10 @@ class Service:
                 try:
                     target()
                     return
+                except (OperationalError, InterfaceError) as exc:  # the database is restarting or unreachable
+                    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+                    log.warning("worker %s: database unavailable (%s); retrying in 1 s", name, reason)
+                    self.stopping.wait(1.0)
                 except Exception:  # noqa: BLE001 - a worker never dies silently; it restarts
                     log.exception("worker %s crashed; restarting in 1 s", name)
                     self.stopping.wait(1.0)

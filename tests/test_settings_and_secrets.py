@@ -61,3 +61,33 @@ def test_log_filter_redacts_every_configured_secret(
         logger.removeFilter(redact)
     text = caplog.text + "".join(r.exc_text or "" for r in caplog.records)
     assert TOKEN not in text and logs.REDACTED in text
+
+
+def test_json_log_lines_carry_utc_milliseconds_and_redact_secrets() -> None:
+    """Replicas' JSON lines must interleave by time (second resolution with a +0000 offset did not), and a
+    secret in a message or an exception is still redacted."""
+    import io
+    import json
+    import logging
+    import re
+
+    from sync import logs
+
+    stream = io.StringIO()
+    logs.FILTER.add(["json-secret-4711"])
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.FILTER)
+    logger = logging.getLogger("ticketpager.test-json")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise ValueError("token json-secret-4711 refused")
+        except ValueError:
+            logger.error("calling with json-secret-4711", exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["ts"]), line["ts"]
+    assert "json-secret-4711" not in stream.getvalue()
+    assert line["level"] == "ERROR" and "ValueError" in line["exc"]
