@@ -69,8 +69,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+        if record.exc_info:  # exc_text is what the secret filter redacted: never format the exception anew
+            out["exc"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(out)
 
 
