@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import requests
 
@@ -65,14 +65,18 @@ class WriteBack:
     text: str
 
 
-class Connector(ABC):
-    """Base class of the Jira, Zendesk and ServiceNow connectors."""
+SettingsT = TypeVar("SettingsT", bound=ConnectorSettings)
+
+
+class Connector(ABC, Generic[SettingsT]):
+    """Base class of the Jira, Zendesk and ServiceNow connectors (``Connector[JiraSettings]`` …): the
+    common attributes are set here, a connector's own state in :meth:`_setup`."""
 
     name: ClassVar[str]
 
     def __init__(
         self,
-        settings: ConnectorSettings,
+        settings: SettingsT,
         *,
         clock: Clock | None = None,
         session: requests.Session | None = None,
@@ -88,6 +92,10 @@ class Connector(ABC):
         # the custom.<name> fields the current rules read for this source (the service passes the rule
         # store's; a connector that cannot always name custom fields refuses a webhook it would get wrong)
         self.rule_custom_fields: Callable[[], Collection[str]] = rule_custom_fields or frozenset
+        self._setup()
+
+    def _setup(self) -> None:
+        """The connector's own state (clients built lazily, caches, locks); ``self.settings`` is set."""
 
     def __repr__(self) -> str:  # never show settings (secrets) in logs
         return f"<{type(self).__name__}>"

@@ -22,7 +22,7 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -44,7 +44,6 @@ from connectors.jira_normalize import (
 )
 from connectors.signing import hex_signatures, matches_any
 from sync import jsonutil
-from sync.clock import Clock
 from sync.errors import (
     ConfigError,
     Kind,
@@ -178,31 +177,12 @@ class _Lookups:
 CUSTOM_FIELD_ID = re.compile(r"customfield_\d+")  # a custom field named by id needs no name lookup
 
 
-class JiraConnector(Connector):
+class JiraConnector(Connector[JiraSettings]):
     """Jira Cloud / Data Center ↔ ticketpager (see the module docstring for the strategy)."""
 
     name = "jira"
-    settings: JiraSettings
 
-    def __init__(
-        self,
-        settings: JiraSettings,
-        *,
-        clock: Clock | None = None,
-        session: requests.Session | None = None,
-        retry: RetryPolicy | None = None,
-        insecure: bool = False,
-        rule_custom_fields: Callable[[], Collection[str]] | None = None,
-    ) -> None:
-        super().__init__(
-            settings,
-            clock=clock,
-            session=session,
-            retry=retry,
-            insecure=insecure,
-            rule_custom_fields=rule_custom_fields,
-        )
-        self.settings = settings
+    def _setup(self) -> None:
         self._lock = threading.RLock()
         self._client: JIRA | None = None
         self._lookups: _Lookups | None = None

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -60,7 +60,7 @@ from sync.errors import (
     network_error,
 )
 from sync.model import Origin, StatusCategory, TicketChange
-from sync.retry import RetryPolicy, call
+from sync.retry import call
 from sync.settings import ServiceNowSettings
 
 log = logging.getLogger(__name__)
@@ -198,30 +198,13 @@ class _TableAPI(TableAPI):
             raise error
 
 
-class ServiceNowConnector(Connector):
+class ServiceNowConnector(Connector[ServiceNowSettings]):
     """Incidents (or any task table) from ServiceNow; see the module docstring for the design."""
 
     name: ClassVar[str] = "servicenow"
-    settings: ServiceNowSettings
 
-    def __init__(
-        self,
-        settings: ServiceNowSettings,
-        *,
-        clock: Clock | None = None,
-        session: requests.Session | None = None,
-        retry: RetryPolicy | None = None,
-        insecure: bool = False,
-        rule_custom_fields: Callable[[], Collection[str]] | None = None,
-    ) -> None:
-        super().__init__(
-            settings,
-            clock=clock,
-            session=session,
-            retry=retry,
-            insecure=insecure,
-            rule_custom_fields=rule_custom_fields,
-        )
+    def _setup(self) -> None:
+        settings = self.settings
         self.normalizer = Normalizer(
             instance_url=settings.instance_url,
             table=settings.table,

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -36,7 +36,6 @@ from connectors.zendesk_normalize import (
     organization_from_json,
 )
 from sync import jsonutil
-from sync.clock import Clock
 from sync.errors import (
     ConfigError,
     Kind,
@@ -50,7 +49,7 @@ from sync.errors import (
     network_error,
 )
 from sync.model import Origin, StatusCategory, Ticket, TicketChange
-from sync.retry import RetryPolicy, call
+from sync.retry import call
 from sync.settings import ZendeskSettings
 
 log = logging.getLogger(__name__)
@@ -121,43 +120,24 @@ class ZendeskCursor:
         raise PermanentError("stored zendesk cursor is invalid (needs after_cursor or start_time)", vendor=VENDOR)
 
 
-class ZendeskConnector(Connector):
+class ZendeskConnector(Connector[ZendeskSettings]):
     """Zendesk Support ↔ ticketpager. See the Zendesk section of README.md for setup."""
 
     name = "zendesk"
-    settings: ZendeskSettings
 
     @property
     def parse_may_block(self) -> bool:
         """Trigger-connected webhooks fetch the canonical ticket when credentials exist."""
         return self.can_poll and self.settings.fetch_canonical
 
-    def __init__(
-        self,
-        settings: ZendeskSettings,
-        *,
-        clock: Clock | None = None,
-        session: requests.Session | None = None,
-        retry: RetryPolicy | None = None,
-        insecure: bool = False,
-        rule_custom_fields: Callable[[], Collection[str]] | None = None,
-    ) -> None:
-        super().__init__(
-            settings,
-            clock=clock,
-            session=session,
-            retry=retry,
-            insecure=insecure,
-            rule_custom_fields=rule_custom_fields,
-        )
-        self.settings = settings
+    def _setup(self) -> None:
         self._client: Any = None  # zenpy.Zenpy, built on first use
         self._lock = threading.RLock()
         self._last_export_request: float | None = None
         self._orgs: dict[int, tuple[float, Organization]] = {}
         self._own_versions: OrderedDict[tuple[str, str], None] = OrderedDict()  # (id, updated) of our notes
         self._api_user_id: int | None = None
-        self._normalizer = Normalizer(self.base_url, dict(settings.custom_field_names))
+        self._normalizer = Normalizer(self.base_url, dict(self.settings.custom_field_names))
 
     # -- configuration -----------------------------------------------------------------------------
     @property
