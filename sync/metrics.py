@@ -85,4 +85,24 @@ class Metrics:
         self.rules_loaded = Gauge("ticketpager_rules_loaded", "Rules in the active rule set", registry=r)
 
 
+# The outcomes alerts look for, created at zero when a source is set up: a counter series that first
+# appears with the value 1 has no earlier sample, so increase()/rate() would miss that first failure.
+WEBHOOK_FAILURES = ("rejected_400", "rejected_401", "too_large", "unparseable", "unavailable", "store_failed", "error")
+POLL_ERROR_KINDS = ("retryable", "permanent", "skippable", "bug")
+EVENT_FAILURES = ("retry", "dead")
+EVENT_ACTIONS = ("trigger", "acknowledge", "resolve", "writeback")
+
+
+def zero_series(sources: list[str] | tuple[str, ...]) -> None:
+    """Create the failure series of these sources (and of PagerDuty deliveries) at 0."""
+    for source in sources:
+        for outcome in WEBHOOK_FAILURES:
+            METRICS.webhooks.labels(source, outcome)
+        for kind in POLL_ERROR_KINDS:
+            METRICS.poll_errors.labels(source, kind)
+    for action in EVENT_ACTIONS:
+        for outcome in EVENT_FAILURES:
+            METRICS.events.labels(action, outcome)
+
+
 METRICS = Metrics()

@@ -29,7 +29,7 @@ from sync.clock import Clock, SystemClock
 from sync.delivery import Delivery
 from sync.engine import Engine
 from sync.ingest import Writer
-from sync.metrics import METRICS
+from sync.metrics import METRICS, zero_series
 from sync.poller import poll_once
 from sync.retry import RetryPolicy
 from sync.settings import Settings
@@ -65,6 +65,7 @@ class Service:
         self.rule_store = rule_store if rule_store is not None else load_rule_store(settings, self.clock)
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.started_at = self.clock.now()  # a source that never polled successfully lags from here
+        zero_series(tuple(CONNECTORS))  # failure counters exist from the start, so alerts see the first one
         self._connectors: dict[str, Connector] = dict(connectors or {})
         self._injected: dict[str, Connector] = dict(connectors or {})
         self._write_back_connectors: dict[str, Connector] = {}

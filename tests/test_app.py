@@ -289,6 +289,17 @@ def test_a_source_that_never_polled_successfully_still_shows_its_poll_lag(
         svc.store.dispose()
 
 
+def test_failure_counters_exist_before_the_first_failure(client: TestClient) -> None:
+    """An alert on increase(...) cannot see a series' first sample: the failure series start at 0."""
+    text = client.get("/metrics").text
+    for series in (
+        'ticketpager_webhooks_total{outcome="store_failed",source="servicenow"}',
+        'ticketpager_poll_errors_total{kind="permanent",source="zendesk"}',
+        'ticketpager_events_total{action="trigger",outcome="dead"}',
+    ):
+        assert series in text, series
+
+
 def test_metrics_token(db_url: str, rules_path: Path, clock: FakeClock) -> None:
     svc = _service(db_url, rules_path, clock, metrics_token="metrics-token-xyz")
     try:
