@@ -52,8 +52,13 @@ class _Environment(SandboxedEnvironment):
 
 
 def _finalize(value: Any) -> Any:
-    """``None`` renders as an empty string (an unassigned ticket), not the text "None"."""
-    return "" if value is None else value
+    """``None`` renders as an empty string (an unassigned ticket), not the text "None"; a list (labels,
+    components) as its items joined by ", ", not as Python's ``['a', 'b']``."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ", ".join("" if v is None else str(v) for v in value)
+    return value
 
 
 ENVIRONMENT = _Environment(undefined=StrictUndefined, autoescape=False, finalize=_finalize)

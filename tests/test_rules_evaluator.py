@@ -34,7 +34,7 @@ RULES = textwrap.dedent(
             reporter: "{{ ticket.requester }}"
             tier: "{{ ticket.custom.Tier }}"
             rule: "{{ rule.name }}: {{ rule.description }}"
-            nested: {labels: "{{ ticket.labels | join(',') }}", count: 3}
+            nested: {labels: "{{ ticket.labels | join(',') }}", count: 3, as_list: "{{ ticket.labels }}"}
           links: [{href: "{{ ticket.url }}", text: Open ticket}]
           images: [{src: "https://example.com/x.png", alt: graph}]
           component: "{{ ticket.attributes.project }}"
@@ -117,7 +117,7 @@ def test_trigger_is_rendered_for_matched_rules_only(ruleset: RuleSet) -> None:
         "reporter": "",
         "tier": "Gold",
         "rule": "jira-p1: P1 pages platform",
-        "nested": {"labels": "a,b", "count": 3},
+        "nested": {"labels": "a,b", "count": 3, "as_list": "a, b"},  # a list reads as a list, not ['a', 'b']
     }
     assert trig.links == ({"href": "https://j/OPS-12", "text": "Open ticket"},)
     assert trig.images == ({"src": "https://example.com/x.png", "alt": "graph"},)
