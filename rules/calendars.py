@@ -91,6 +91,6 @@ def parse_holiday(value: object) -> date:
     if isinstance(value, str):
         try:
             return date.fromisoformat(value)
-        except ValueError:
-            pass
+        except ValueError as exc:
+            raise CalendarError(f"holiday {value!r} is not a date: {exc}") from None
     raise CalendarError(f"holiday {value!r} must be a date (YYYY-MM-DD)")

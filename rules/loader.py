@@ -21,6 +21,7 @@ from sync.errors import ConfigError
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 1024 * 1024  # a rule file bigger than this is a mistake, not a rule set
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,8 @@ class _Converter:
                 try:
                     return self._constructor.construct_object(node, deep=True)
                 except Exception as exc:  # noqa: BLE001 - any constructor failure is a rule-file error
+                    if node.tag == _TIMESTAMP_TAG:  # 2026-02-30: the text, for the field's own check to explain
+                        return node.value
                     problem = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
                     self.errors.append(RuleFileError.at(self.pos(node), f"invalid value: {problem}"))
                     return None

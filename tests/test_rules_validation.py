@@ -433,3 +433,20 @@ def test_operators_a_field_kind_never_satisfies_are_errors(tmp_path: Path) -> No
         "'priority' is not one",
         f"{path}:7:54: rule 'y' → when → created → in: compare timestamps with gt/gte/lt/lte, older_than or newer_than",
     ]
+
+
+def test_an_impossible_date_is_one_error_that_names_where_it_is(tmp_path: Path) -> None:
+    """2026-02-30 is a YAML timestamp that cannot be built: one error in context, not a bare 'invalid
+    value' plus a second, confusing one."""
+    path = tmp_path / "hol.yaml"
+    path.write_text(
+        "version: 1\ncalendars:\n"
+        "  c: {timezone: UTC, days: [mon], hours: \"08:00-18:00\", holidays: [2026-02-30, 2026-12-24]}\n"
+        "rules:\n  - name: x\n    when: {during: c}\n    trigger: {routing_key: k, severity: info, summary: s}\n"
+    )
+    with pytest.raises(RuleFileErrors) as caught:
+        load_rules(path, env={})
+    assert [str(e) for e in caught.value.errors] == [
+        f"{path}:3:67: calendars → c → holidays: holiday '2026-02-30' is not a date: day is out of range for month",
+        f"{path}:6:20: rule 'x' → when → during: calendar 'c' has errors (see line 3:3)",
+    ]
