@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import requests
@@ -180,26 +181,42 @@ class PagerDutySink:
         raise error
 
 
+WINDOW = timedelta(seconds=60)  # PagerDuty counts events per routing key over a rolling minute
+
+
 class RateLimiter:
-    """At most ``per_minute`` sends per routing key in any rolling 60 s (PagerDuty's documented limit).
+    """At most ``per_minute`` sends per routing key in any rolling 60 s (PagerDuty's documented limit),
+    across every replica: ``elsewhere(key, since)`` gives the send times of the *other* replicas (the
+    service reads them from the shared outbox), this process's own sends are kept here (in flight
+    included). Another replica's send that is in flight at that moment is not seen yet, so a cluster can go
+    over by the sends in flight at once; PagerDuty then answers 429 and the event is retried.
 
     :meth:`wait_for` returns how long a send for ``key`` must wait (0 = go, and the send is counted).
-    In-process; with N replicas configure ``per_minute / N``.
     """
 
-    def __init__(self, per_minute: int, clock: Clock) -> None:
+    def __init__(
+        self,
+        per_minute: int,
+        clock: Clock,
+        elsewhere: Callable[[str, datetime], list[datetime]] | None = None,
+    ) -> None:
         self.per_minute = max(per_minute, 1)
         self.clock = clock
-        self._sent: dict[str, deque[float]] = {}
+        self.elsewhere = elsewhere
+        self._sent: dict[str, deque[datetime]] = {}
         self._lock = threading.Lock()
 
     def wait_for(self, key: str) -> float:
-        now = self.clock.monotonic()
+        now = self.clock.now()
+        since = now - WINDOW
+        others = self.elsewhere(key, since) if self.elsewhere is not None else []
         with self._lock:
             window = self._sent.setdefault(key, deque())
-            while window and now - window[0] >= 60.0:
+            while window and window[0] <= since:
                 window.popleft()
-            if len(window) < self.per_minute:
+            times = sorted([*window, *(t for t in others if t > since)])
+            if len(times) < self.per_minute:
                 window.append(now)
                 return 0.0
-            return 60.0 - (now - window[0])
+            frees_at = times[len(times) - self.per_minute] + WINDOW  # the send whose exit leaves a free slot
+            return max((frees_at - now).total_seconds(), 0.001)

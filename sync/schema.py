@@ -179,6 +179,7 @@ outbox = Table(
         postgresql_where=text("status = 'pending'"),
     ),
     Index("ix_outbox_dedup_key", "dedup_key", "id"),
+    Index("ix_outbox_routing_key_sent_at", "routing_key", "sent_at"),  # the rate limiter's window
     Index("ix_outbox_dead", "id", sqlite_where=text("status = 'dead'"), postgresql_where=text("status = 'dead'")),
 )
 

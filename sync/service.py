@@ -88,7 +88,11 @@ class Service:
             cap_seconds=pd.backoff_cap_seconds,
             max_retry_after_seconds=pd.max_retry_seconds,
         )
-        self.limiter = RateLimiter(pd.rate_limit_per_minute, self.clock)
+        self.limiter = RateLimiter(  # per routing key across the replicas: theirs are read from the outbox
+            pd.rate_limit_per_minute,
+            self.clock,
+            elsewhere=lambda key, since: self.store.sends_elsewhere(key, since, self.instance),
+        )
         self._threads: list[threading.Thread] = []
         self._reload_failures_seen = 0
 

@@ -121,7 +121,7 @@ class PagerDutySettings(BaseModel):
     _region = field_validator("region", mode="before")(_lower)
     events_url: str = ""  # overrides region; e.g. a proxy or a mock
     timeout_seconds: float = 10.0
-    rate_limit_per_minute: int = 120  # per routing key; PagerDuty's documented Events API v2 limit
+    rate_limit_per_minute: int = 120  # per routing key, all replicas together; PagerDuty's Events API v2 limit
     max_attempts: int = 12
     max_retry_seconds: float = 3600.0  # after this long an event goes to the dead letters
     backoff_base_seconds: float = 1.0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Engine, and_, delete, exists, func, or_, select, update
+from sqlalchemy import Connection, Dialect, Engine, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -67,6 +67,17 @@ def _rows(dialect: Dialect, stamp: Callable[[Any], Any], batch: Sequence[TicketC
     if dialect.name == "sqlite":
         return [sqlite_change_row(c, stamp) for c in batch]
     return [change_row(c) for c in batch]
+
+
+_SENDS_ELSEWHERE = (
+    select(outbox.c.sent_at)
+    .where(
+        outbox.c.routing_key == bindparam("key"),
+        outbox.c.sent_at > bindparam("since"),
+        outbox.c.kind == "event",
+        ~outbox.c.claimed_by.like(bindparam("mine")),
+    )
+)
 
 
 def _stamp(dialect: Dialect) -> Callable[[Any], Any]:
@@ -379,6 +390,13 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(cursors.c.source, cursors.c.last_success_at)).all()
         return {str(source): last for source, last in rows}
+
+    def sends_elsewhere(self, routing_key: str, since: datetime, mine: str) -> list[datetime]:
+        """When events for ``routing_key`` were sent after ``since`` by workers other than this process's
+        (``claimed_by`` not starting with ``mine``): the rate limiter's view of the other replicas."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(_SENDS_ELSEWHERE, {"key": routing_key, "since": since, "mine": f"{mine}/%"}).all()
+        return [sent for (sent,) in rows]
 
     def permanent_poll_errors(self) -> dict[str, str]:
         """Sources whose last poll failed for good (a revoked token): readiness asks this on every probe,

@@ -215,3 +215,20 @@ def test_an_older_version_runs_against_a_schema_a_newer_release_migrated(
     assert "newer than this version knows" in caplog.text
     code, out, _ = run(capsys, "--database-url", db_url, "db", "upgrade")
     assert code == 0 and "0099_from_the_future (newer than this version: left as it is)" in out
+
+
+def test_the_migrations_build_exactly_the_schema_the_code_declares(db_url: str) -> None:
+    """A column or index added to sync/schema.py without a migration (or the reverse) shows up here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from sync.schema import metadata
+    from sync.store import Store
+
+    store = Store(db_url)
+    try:
+        store.upgrade()
+        with store.engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    finally:
+        store.dispose()

@@ -352,3 +352,29 @@ def test_a_webhook_change_list_and_the_diff_both_count_for_changed_conditions(
         assert sorted(e["payload"]["summary"] for e in pd.events) == ["OPS-10001 finished", "OPS-10001 is Gold now"]
     finally:
         svc.store.dispose()
+
+
+def test_the_rate_limit_holds_across_replicas_sharing_the_database(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """Two replicas, one routing key, a limit of 2 per minute: the third event waits for the window even
+    though the replica sending it has sent only one itself (the others' sends are read from the outbox)."""
+    one = make_service(db_url, rules_path, pd.url, clock, pagerduty={"rate_limit_per_minute": 2})
+    two = make_service(db_url, rules_path, pd.url, clock, pagerduty={"rate_limit_per_minute": 2})
+    try:
+        receive(one, [change(ticket("10001"))])
+        one.engine.drain()
+        assert one.delivery().run_once() == 1
+        receive(two, [change(ticket("10002"))])
+        two.engine.drain()
+        assert two.delivery().run_once() == 1
+        receive(one, [change(ticket("10003"))])
+        one.engine.drain()
+        one.delivery().run_once()
+        assert len(pd.events) == 2, "the third event in the same minute went out"
+        clock.advance(61)
+        one.delivery().drain()
+        assert len(pd.events) == 3
+    finally:
+        one.store.dispose()
+        two.store.dispose()

@@ -146,6 +146,14 @@ def test_delivery_claim_uses_indexes(big: Service) -> None:
     assert seq_scans(big, cap.statements) == []
 
 
+def test_the_rate_limiters_look_at_other_replicas_uses_an_index(big: Service) -> None:
+    """Every send asks the outbox what the other replicas sent to its routing key in the last minute."""
+    with Capture(big) as cap:
+        assert big.limiter.wait_for(ROUTING_KEY) == 0
+    assert cap.statements, "no statements captured"
+    assert seq_scans(big, cap.statements) == []
+
+
 def test_status_uses_indexes_except_the_total_count(big: Service) -> None:
     with Capture(big) as cap:
         started = time.perf_counter()
