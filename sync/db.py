@@ -77,19 +77,20 @@ def upgrade(engine: Engine, revision: str = "head") -> bool:
     from alembic.util.exc import CommandError
 
     cfg = alembic_config(engine)
+    with engine.connect() as probe:  # its own connection: the migration's must start clean (env.py locks first)
+        current = MigrationContext.configure(probe).get_current_revision()
+    if current is not None:
+        try:
+            ScriptDirectory.from_config(cfg).get_revision(current)
+        except (RevisionError, CommandError):
+            log.warning(
+                "the database schema is at revision %s, newer than this version knows (%s): it was migrated "
+                "by a newer release; running without migrating (see its release notes for compatibility)",
+                current,
+                head_revision(),
+            )
+            return False
     with engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
-        if current is not None:
-            try:
-                ScriptDirectory.from_config(cfg).get_revision(current)
-            except (RevisionError, CommandError):
-                log.warning(
-                    "the database schema is at revision %s, newer than this version knows (%s): it was migrated "
-                    "by a newer release; running without migrating (see its release notes for compatibility)",
-                    current,
-                    head_revision(),
-                )
-                return False
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
         conn.commit()

@@ -14,12 +14,23 @@ MIGRATION_LOCK_ID = 0x7469636B  # "tick": pg_advisory_lock key shared by every r
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
-if connection.dialect.name == "postgresql":
+postgresql = connection.dialect.name == "postgresql"
+if postgresql:
+    # a session lock: it outlives the commit below, which ends the transaction the SELECT began, so the
+    # migrations run in a transaction of their own that is committed *before* the lock is released (the next
+    # replica then sees the new revision instead of creating the same tables again)
     connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_ID})
+    connection.commit()
 try:
     with context.begin_transaction():
         context.run_migrations()
+    if connection.in_transaction():
+        connection.commit()
+except BaseException:
+    if connection.in_transaction():
+        connection.rollback()
+    raise
 finally:
-    if connection.dialect.name == "postgresql":
+    if postgresql:
         connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_ID})
         connection.commit()
