@@ -187,6 +187,7 @@ class JiraConnector(Connector[JiraSettings]):
         self._client: JIRA | None = None
         self._lookups: _Lookups | None = None
         self._names_failed_at: float | None = None
+        self._names_outage = False  # the last failure was retryable (Jira down), not a refusal
 
     # -- capabilities ------------------------------------------------------------------------------
     @property
@@ -231,6 +232,8 @@ class JiraConnector(Connector[JiraSettings]):
         if self._is_own_comment(payload):
             return WebhookResult(ignored_reason="own_comment")
         names = self._webhook_field_names()
+        if names is None and event == EVENT_DELETED:  # a deletion resolves whatever the fields say
+            names = {}
         if names is None:  # the API is configured, but Jira did not tell us the custom field names
             by_name = sorted(n for n in self.rule_custom_fields() if not CUSTOM_FIELD_ID.fullmatch(n))
             if by_name:  # evaluated without them, those rules would silently not match (or resolve)
@@ -295,17 +298,19 @@ class JiraConnector(Connector[JiraSettings]):
             return self._lookups.field_names
         if not self.can_poll:
             return {}
+        # Only an outage is waited out (None: 503 until Jira answers). A refused token would refuse every
+        # webhook for good, so then webhooks go through without names (the poll errors and /readyz say why).
         now = self.clock.monotonic()
         if self._names_failed_at is not None and now - self._names_failed_at < NAMES_RETRY_SECONDS:
-            return None  # Jira was unreachable a moment ago: do not slow every webhook down
+            return None if self._names_outage else {}  # asked a moment ago: do not slow every webhook down
         try:
             client, lookups = self._ready(retry=False)
             self._load_fields(client, lookups, retry=False)
             return lookups.field_names
         except TicketpagerError as exc:
-            self._names_failed_at = now
+            self._names_failed_at, self._names_outage = now, exc.kind is Kind.RETRYABLE
             log.warning("jira: custom field names unavailable for a webhook: %s", exc)
-            return None
+            return None if self._names_outage else {}
 
     # -- polling -------------------------------------------------------------------------------------
     def start_cursor(self, since: datetime) -> Mapping[str, Any]:

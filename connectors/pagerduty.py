@@ -8,6 +8,7 @@ delivery worker owns them. :class:`RateLimiter` spaces events per routing key in
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -21,6 +22,8 @@ from sync.clock import Clock
 from sync.errors import Kind, PermanentError, StatusRule, StatusTable, classify_status, network_error
 from sync.lifecycle import DEDUP_KEY_MAX, dedup_key_for
 from sync.model import SEVERITIES, EventAction, PlannedEvent, Ticket
+
+log = logging.getLogger("ticketpager.pagerduty")
 
 DOC_TRIGGER = "https://developer.pagerduty.com/docs/events-api-v2/trigger-events/"
 DOC_OVERVIEW = "https://developer.pagerduty.com/docs/events-api-v2/overview/"
@@ -209,7 +212,12 @@ class RateLimiter:
     def wait_for(self, key: str) -> float:
         now = self.clock.now()
         since = now - WINDOW
-        others = self.elsewhere(key, since) if self.elsewhere is not None else []
+        others: list[datetime] = []
+        if self.elsewhere is not None:
+            try:
+                others = self.elsewhere(key, since)
+            except Exception as exc:  # noqa: BLE001 - the database is down: count our own sends, keep paging
+                log.warning("rate limiter: other replicas' sends unknown (%s); counting this replica's", exc)
         with self._lock:
             window = self._sent.setdefault(key, deque())
             while window and window[0] <= since:

@@ -628,15 +628,18 @@ class RuleSet:
         return f"RuleSet(digest={self.digest!r}, rules={len(self.names)})"
 
     def custom_fields(self, source: str) -> frozenset[str]:
-        """The ``custom.<name>`` fields that the conditions of the rules applying to ``source`` read (a
-        connector that can only sometimes name custom fields must know when that matters)."""
+        """The ``custom.<name>`` fields that the rules written for ``source`` read, in conditions or as the
+        severity's ``from`` (a connector that can only sometimes name custom fields must know when that
+        matters; a ``source: any`` rule's custom field may belong to another vendor, so it is not counted)."""
         found = self._custom_fields.get(source)
         if found is None:
             names: set[str] = set()
             for rule in self.spec.rules:
-                if rule.source in ("any", source):
-                    for cond in (rule.when, rule.acknowledge_when, rule.resolve_when):
-                        names |= {n[len("custom.") :] for n in field_names(cond) if n.startswith("custom.")}
+                if rule.source == source:
+                    read = set().union(*(field_names(c) for c in (rule.when, rule.acknowledge_when, rule.resolve_when)))
+                    if rule.trigger.severity.source is not None:
+                        read.add(rule.trigger.severity.source.name)
+                    names |= {n[len("custom.") :] for n in read if n.startswith("custom.")}
             found = frozenset(names)
             if len(self._custom_fields) < 64:
                 self._custom_fields[source] = found

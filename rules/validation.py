@@ -394,7 +394,8 @@ class Validator:
             if name in ("older_than", "newer_than") and fref.name not in TIMESTAMP_FIELDS:
                 self.err(pos, trail, f"{label}needs a timestamp field (created, updated); '{fref.name}' is not one")
                 return None
-            if name in EXACT_OPERATORS and fref.name in TIMESTAMP_FIELDS and arg is not None:
+            compared = [v for v in (arg if isinstance(arg, list) else [arg]) if v is not None]  # null: missing
+            if name in EXACT_OPERATORS and fref.name in TIMESTAMP_FIELDS and compared:
                 self.err(pos, trail, f"{label}compare timestamps with gt/gte/lt/lte, older_than or newer_than")
                 return None
         if name in ("during", "outside") and isinstance(arg, str) and arg not in self.calendars:
@@ -712,14 +713,15 @@ class Vocabulary(NamedTuple):
     def problem(self, value: Any) -> str | None:
         if value is None:
             return None
-        if self.numbers is not None:
-            number = isinstance(value, int) and not isinstance(value, bool)
-            return self.numbers if number or (isinstance(value, str) and value.strip().isdigit()) else None
+        if self.numbers is not None:  # ServiceNow's 1-5 carry labels; an unlabelled value stays its digits
+            text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+            return self.numbers if text in SERVICENOW_LABELLED_PRIORITIES else None
         if value in self.values:
             return None
         return vocabulary_problem(self.noun, value, self.values)
 
 
+SERVICENOW_LABELLED_PRIORITIES = frozenset({"1", "2", "3", "4", "5"})  # stored as "1 - Critical" … "5 - Planning"
 _SERVICENOW_PRIORITY = Vocabulary(
     "ServiceNow priority",
     numbers="ServiceNow's priority is its label, e.g. '1 - Critical': for the number use priority_number: 1",

@@ -152,18 +152,21 @@ class Delivery:
         # more write transaction per event for nothing. Older claims (rows behind slow sends of this
         # batch, a stalled worker) and write-backs (several vendor calls) are renewed, and fenced if lost.
         claimed = self._claimed.pop(row["id"], None)
-        fresh = claimed is not None and row["kind"] == "event" and self.clock.now() - claimed < self._fresh_for
-        if not fresh and not self._renew(row["id"]):  # our claim expired and another worker took the row
-            log.warning("outbox row %s was claimed by another worker meanwhile; skipping it", row["id"])
-            return
         if row["kind"] == "writeback":
-            self._deliver_write_back(row)
+            if self._renew(row["id"]):
+                self._deliver_write_back(row)
+            else:
+                log.warning("outbox row %s was claimed by another worker meanwhile; skipping it", row["id"])
             return
         action = row["action"]
-        wait = self.limiter.wait_for(row["routing_key"])
+        wait = self.limiter.wait_for(row["routing_key"])  # may read the other replicas' sends: before the check
         if wait > 0:  # spacing, not failure: no attempt is counted
             METRICS.events.labels(action, "rate_limited").inc()
             self._release(row["id"], wait)
+            return
+        fresh = claimed is not None and self.clock.now() - claimed < self._fresh_for
+        if not fresh and not self._renew(row["id"]):  # our claim expired and another worker took the row
+            log.warning("outbox row %s was claimed by another worker meanwhile; skipping it", row["id"])
             return
         body = jsonutil.loads(row["body"])
         if self.dry_run or self.sink is None:

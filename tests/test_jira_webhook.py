@@ -332,6 +332,30 @@ def test_a_webhook_that_rules_would_misread_without_field_names_is_refused_until
     assert change.ticket.custom_fields["Customer Tier"] == "Gold"
 
 
+def test_a_refused_token_or_a_deletion_is_never_held_back_for_field_names() -> None:
+    """Only an outage is waited out. A revoked token (401) would refuse every webhook for good, and a
+    deletion resolves whatever the fields say (polling cannot see deleted issues): both go through."""
+    base = "https://acme.atlassian.net"
+    settings = JiraSettings(
+        enabled=True, webhook_secrets=[SecretStr(NEW_SECRET)], url=base, email="bot@acme.example",
+        api_token=SecretStr("revoked"),
+    )
+    c = JiraConnector(settings, clock=FakeClock(NOW), session=requests.Session(),
+                      rule_custom_fields=lambda: {"Customer Tier"})
+    with responses.RequestsMock() as rsps:
+        rsps.get(f"{base}/rest/api/2/serverInfo", status=401)
+        [change] = c.parse_webhook(headers(UPDATED_DONE), UPDATED_DONE).changes
+        again = c.parse_webhook(headers(UPDATED_DONE, delivery="second"), UPDATED_DONE).changes  # cached refusal
+    assert change.ticket.custom_fields["customfield_10010"] == "Gold" and len(again) == 1
+    deleted = json.dumps(payload(webhookEvent="jira:issue_deleted")).encode()
+    outage = JiraConnector(settings, clock=FakeClock(NOW), session=requests.Session(),
+                           rule_custom_fields=lambda: {"Customer Tier"})
+    with responses.RequestsMock() as rsps:
+        rsps.get(f"{base}/rest/api/2/serverInfo", status=503)
+        [gone] = outage.parse_webhook(headers(deleted), deleted).changes
+    assert gone.ticket.status_category is StatusCategory.DELETED
+
+
 def test_payload_is_kept_as_raw() -> None:
     [change] = connector().parse_webhook(headers(UPDATED_DONE), UPDATED_DONE).changes
     assert change.ticket.raw == copy.deepcopy(json.loads(UPDATED_DONE)["issue"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import requests
@@ -174,3 +175,16 @@ def test_rate_limiter_counts_the_other_replicas_sends() -> None:
     assert limiter.wait_for("k") == pytest.approx(10.0)
     clock.advance(10)
     assert limiter.wait_for("k") == 0
+
+
+def test_rate_limiter_keeps_paging_when_the_other_replicas_sends_cannot_be_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database is down: the limiter counts this replica's own sends instead of failing every send."""
+    def unreadable(key: str, since: Any) -> list[Any]:
+        raise OSError("database unavailable")
+
+    limiter = RateLimiter(2, FakeClock(), elsewhere=unreadable)
+    assert [limiter.wait_for("k") for _ in range(2)] == [0, 0]
+    assert limiter.wait_for("k") > 0
+    assert "other replicas' sends unknown" in caplog.text

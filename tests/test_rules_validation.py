@@ -450,3 +450,31 @@ def test_an_impossible_date_is_one_error_that_names_where_it_is(tmp_path: Path) 
         f"{path}:3:67: calendars → c → holidays: holiday '2026-02-30' is not a date: day is out of range for month",
         f"{path}:6:20: rule 'x' → when → during: calendar 'c' has errors (see line 3:3)",
     ]
+
+
+def test_values_that_are_meaningful_keep_loading(tmp_path: Path) -> None:
+    """The checks above must not reject what works: a ServiceNow priority without a label is stored as its
+    digits ("6"), and `created: {in: [null]}` means "created is missing"."""
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        "version: 1\nrules:\n"
+        "  - name: sn-planning\n    source: servicenow\n    when: {priority: {in: ['6', 7]}}\n"
+        "    trigger: {routing_key: k, severity: {from: priority, map: {'6': info}, default: warning}, summary: s}\n"
+        "  - name: no-created\n    when: {created: {in: [null]}}\n"
+        "    trigger: {routing_key: k, severity: info, summary: s}\n"
+    )
+    assert load_rules(path, env={}).names == ("sn-planning", "no-created")
+
+
+def test_custom_fields_read_by_the_rules_written_for_a_source(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "version: 1\nrules:\n"
+        "  - name: j\n    source: jira\n    when: {custom.Tier: Gold}\n"
+        "    trigger: {routing_key: k, severity: {from: custom.Impact, map: {High: critical}, default: info},"
+        " summary: s}\n"
+        "  - name: anywhere\n    when: {custom.Brand: Acme}\n    trigger: {routing_key: k, severity: info, summary: s}\n"
+    )
+    rules = load_rules(path, env={})
+    assert rules.custom_fields("jira") == {"Tier", "Impact"}  # a source: any rule's field may be another vendor's
+    assert rules.custom_fields("zendesk") == frozenset()
