@@ -370,6 +370,7 @@ class _CompiledRule:
         "on_unmatch",
         "cont",
         "matched_explanation",
+        "branches",
         "shadows",
         "index_leaves",
         "_rejections",
@@ -390,6 +391,12 @@ class _CompiledRule:
         self.on_unmatch = spec.on_unmatch
         self.cont = spec.continue_
         self.matched_explanation = tuple(f"holds: {d}" for d in _describe_items(spec.when))
+        # the top-level any: items, so a match can say which branch held (worked out on a match only)
+        self.branches: tuple[tuple[int, tuple[tuple[Check, str], ...]], ...] = tuple(
+            (index, tuple((compile_condition(branch), "; ".join(_describe_items(branch))) for branch in item.items))
+            for index, item in enumerate(spec.when.items if isinstance(spec.when, AllOf) else (spec.when,))
+            if isinstance(item, AnyOf)
+        )
         self.shadows = f"shadowed: rule '{spec.name}' matched first (continue: false)"  # why later rules don't
         # the leading text equals/in conditions of `when`, in evaluation order: (field, getter, values, why-not)
         self.index_leaves: list[tuple[str, Callable[[Ticket], Any], frozenset[str], Callable[[Any], str]]] = []
@@ -404,6 +411,17 @@ class _CompiledRule:
             left = items[k:]
             self.rest.append(compile_condition(AllOf(left)) if left else _always)
         self._rejections: dict[tuple[Callable[[Any], str], bool, bool], _Memo] = {}
+
+    def explain_match(self, ctx: EvalContext) -> tuple[str, ...]:
+        """Why the rule matched: its conditions, and for an ``any:`` the first branch that held."""
+        if not self.branches:
+            return self.matched_explanation
+        lines = list(self.matched_explanation)
+        for index, branches in self.branches:
+            held = next((text for check, text in branches if check(ctx) is None), None)
+            if held is not None:
+                lines[index] += f", through: {held}"
+        return tuple(lines)
 
     def rejections(self, why_not: Callable[[Any], str], ack: bool, resolve: bool) -> _Memo:
         """The results "rejected by this index condition", by the rejected value: one table per condition
@@ -602,7 +620,7 @@ def _verdict(
     if reason is not None:
         return RuleResult(rule.name, True, False, (reason,), ack, resolve, rule.on_unmatch), shadow
     render = functools.partial(render_trigger, rule.spec, ctx)
-    matched = RuleResult(rule.name, True, True, rule.matched_explanation, ack, resolve, rule.on_unmatch, None, render)
+    matched = RuleResult(rule.name, True, True, rule.explain_match(ctx), ack, resolve, rule.on_unmatch, None, render)
     return matched, shadow if rule.cont else rule.shadows
 
 
@@ -724,9 +742,8 @@ class RuleSet:
                     reason = shadow
                 else:
                     render = functools.partial(render_trigger, rule.spec, ctx)
-                    results[i] = RuleResult(
-                        rule.name, True, True, rule.matched_explanation, ack, resolve, rule.on_unmatch, None, render
-                    )
+                    why = rule.explain_match(ctx) if rule.branches else rule.matched_explanation
+                    results[i] = RuleResult(rule.name, True, True, why, ack, resolve, rule.on_unmatch, None, render)
                     if not rule.cont:
                         shadow = rule.shadows
                     continue

@@ -464,3 +464,16 @@ def test_a_long_title_is_shown_cut_in_an_explanation(tmp_path: Path) -> None:
     (why,) = result.explanation
     assert why.startswith("title: \"it's xxx") and why.endswith("… does not match /^URGENT/")
     assert len(why) == len("title: ") + 80 + len(" does not match /^URGENT/")
+
+
+def test_a_match_through_any_says_which_branch_held(tmp_path: Path) -> None:
+    ruleset = one_rule(
+        tmp_path, "either", "{project: OPS, any: [{priority: P1}, {title: {regex: '(?i)outage'}}]}"
+    )
+    ctx = EvalContext(ticket(priority="P3", title="Outage in EU"), None, (), NOW)
+    (result,) = ruleset.evaluate(ctx)
+    assert result.matched
+    assert result.explanation[-1].endswith(", through: title regex '(?i)outage'"), result.explanation
+    assert ruleset.evaluate_reference(ctx) == [result]
+    (result,) = ruleset.evaluate(EvalContext(ticket(priority="P1", title="Outage in EU"), None, (), NOW))
+    assert result.explanation[-1].endswith(", through: priority equals 'P1'"), result.explanation
