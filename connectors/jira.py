@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -37,6 +36,7 @@ from connectors.jira_normalize import (
     WIDEST_OFFSET,
     adf_text,
     changelog_changes,
+    display_name_fields,
     issue_to_ticket,
     jql_literal,
     parse_jira_time,
@@ -174,9 +174,6 @@ class _Lookups:
     fields_at: float | None = None
 
 
-CUSTOM_FIELD_ID = re.compile(r"customfield_\d+")  # a custom field named by id needs no name lookup
-
-
 class JiraConnector(Connector[JiraSettings]):
     """Jira Cloud / Data Center ↔ ticketpager (see the module docstring for the strategy)."""
 
@@ -235,7 +232,7 @@ class JiraConnector(Connector[JiraSettings]):
         if names is None and event == EVENT_DELETED:  # a deletion resolves whatever the fields say
             names = {}
         if names is None:  # the API is configured, but Jira did not tell us the custom field names
-            by_name = sorted(n for n in self.rule_custom_fields() if not CUSTOM_FIELD_ID.fullmatch(n))
+            by_name = display_name_fields(self.rule_custom_fields())
             if by_name:  # evaluated without them, those rules would silently not match (or resolve)
                 raise WebhookRejected(
                     503,

@@ -6,7 +6,8 @@ issue reads the same whichever way it reached us.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -48,6 +49,14 @@ CHANGELOG_FIELDS: dict[str, str] = {
     "project": "project",
     "key": "key",
 }
+
+CUSTOM_FIELD_ID = re.compile(r"customfield_\d+")  # a custom field named by id needs no name lookup
+
+
+def display_name_fields(names: Iterable[str]) -> list[str]:
+    """The custom fields among ``names`` that are Jira display names, not ids: only Jira's API can tell
+    which field they are (sorted, for a stable message)."""
+    return sorted(n for n in names if not CUSTOM_FIELD_ID.fullmatch(n))
 
 
 def parse_jira_time(value: Any) -> datetime | None:

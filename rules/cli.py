@@ -151,10 +151,10 @@ def _ticket(path: str, source: str | None) -> tuple[Ticket, tuple[FieldChange, .
             raise CliError(f"{path}: not a valid ticket: {exc}") from None
     if source is None:
         raise CliError(f"{path}: not a normalized ticket (Ticket.to_json); pass --source to parse a vendor payload")
-    return _vendor_ticket(path, source)
+    return _vendor_ticket(path, source, data)
 
 
-def _vendor_ticket(path: str, source: str) -> tuple[Ticket, tuple[FieldChange, ...] | None]:
+def _vendor_ticket(path: str, source: str, data: Any) -> tuple[Ticket, tuple[FieldChange, ...] | None]:
     """Parse a raw vendor webhook body with the real connector (no signature check, no network)."""
     from connectors import connector_class
     from sync.errors import TicketpagerError
@@ -171,7 +171,7 @@ def _vendor_ticket(path: str, source: str) -> tuple[Ticket, tuple[FieldChange, .
     if not result.changes:
         raise CliError(f"{path}: the {source} connector ignored it ({result.ignored_reason})")
     ticket, reported = result.changes[0].ticket, result.changes[0].changes
-    names = _read_json(path).get("names") if source == "jira" else None
+    names = data.get("names") if source == "jira" and isinstance(data, dict) else None
     if isinstance(names, dict):  # Jira's own id -> display name map (REST ?expand=names), as the service
         named = {str(names[k]): v for k, v in ticket.custom_fields.items() if isinstance(names.get(k), str)}
         ticket = replace(ticket, custom_fields={**named, **ticket.custom_fields})
@@ -181,11 +181,11 @@ def _vendor_ticket(path: str, source: str) -> tuple[Ticket, tuple[FieldChange, .
 def _unnamed_fields_note(ruleset: RuleSet, ticket: Ticket) -> str | None:
     """A Jira webhook body has no custom field names (the service asks Jira's API for them): say so when a
     rule reads a field by a name this ticket does not have, rather than let it look like a real miss."""
+    from connectors.jira_normalize import display_name_fields
+
     if ticket.source != "jira":
         return None
-    missing = sorted(
-        n for n in ruleset.custom_fields("jira") if n not in ticket.custom_fields and not n.startswith("customfield_")
-    )
+    missing = [n for n in display_name_fields(ruleset.custom_fields("jira")) if n not in ticket.custom_fields]
     if not missing:
         return None
     return (

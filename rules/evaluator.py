@@ -315,11 +315,15 @@ def _cost(cond: Cond) -> int:
     return 2
 
 
+def _top_items(cond: Cond) -> tuple[Cond, ...]:
+    """The conditions that must all hold: the items of a top-level ``all``, else the condition itself."""
+    return cond.items if isinstance(cond, AllOf) else (cond,)
+
+
 def _index_leaf(cond: Cond) -> Leaf | None:
     """The most selective top-level ``equals``/``in`` condition on text values, if any."""
-    items = cond.items if isinstance(cond, AllOf) else (cond,)
     best: Leaf | None = None
-    for item in items:
+    for item in _top_items(cond):
         if not isinstance(item, Leaf) or item.field is None or item.ignore_case:
             continue
         if item.op.name == "equals" and isinstance(item.arg, str):
@@ -345,8 +349,7 @@ def _text_set(leaf: Cond) -> frozenset[str] | None:
 
 
 def _describe_items(cond: Cond) -> tuple[str, ...]:
-    items = cond.items if isinstance(cond, AllOf) else (cond,)
-    return tuple(i.describe() for i in items)
+    return tuple(i.describe() for i in _top_items(cond))
 
 
 def _always(s: EvalContext) -> str | None:
@@ -393,14 +396,14 @@ class _CompiledRule:
         self.matched_explanation = tuple(f"holds: {d}" for d in _describe_items(spec.when))
         # the top-level any: items, so a match can say which branch held (worked out on a match only)
         self.branches: tuple[tuple[int, tuple[tuple[Check, str], ...]], ...] = tuple(
-            (index, tuple((compile_condition(branch), "; ".join(_describe_items(branch))) for branch in item.items))
-            for index, item in enumerate(spec.when.items if isinstance(spec.when, AllOf) else (spec.when,))
+            (at, tuple((compile_condition(branch), "; ".join(_describe_items(branch))) for branch in item.items))
+            for at, item in enumerate(_top_items(spec.when))  # in the order of matched_explanation
             if isinstance(item, AnyOf)
         )
         self.shadows = f"shadowed: rule '{spec.name}' matched first (continue: false)"  # why later rules don't
         # the leading text equals/in conditions of `when`, in evaluation order: (field, getter, values, why-not)
         self.index_leaves: list[tuple[str, Callable[[Ticket], Any], frozenset[str], Callable[[Any], str]]] = []
-        items = when.items if isinstance(when, AllOf) else (when,)
+        items = _top_items(when)
         for item in items:
             accepted = _text_set(item)
             if accepted is None or not isinstance(item, Leaf) or item.field is None:

@@ -30,6 +30,7 @@ Scalar = str | int | float | bool | None
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _DURATION_FULL = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+$")
 _NUMERIC = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)  # decimal text, as people write numbers
+COMPARE_TIMESTAMPS = "compare timestamps with gt/gte/lt/lte, older_than or newer_than"
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -156,7 +157,7 @@ def format_duration(delta: timedelta) -> str:
 
 def _scalar(arg: Any, ctx: PrepareContext) -> Any:
     if isinstance(arg, datetime | date):
-        raise OperatorArgError("compare timestamps with gt/gte/lt/lte, older_than or newer_than")
+        raise OperatorArgError(COMPARE_TIMESTAMPS)
     if isinstance(arg, list):
         if not all(_is_scalar(a) for a in arg):
             raise OperatorArgError("expects a value or a list of plain values")

@@ -14,9 +14,18 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any, NamedTuple
 
+from connectors.servicenow_normalize import DEFAULT_PRIORITY_LABELS
 from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_range, parse_timezone
 from rules.loader import Pos, RuleFileError, YList, YMap
-from rules.operators import MODIFIERS, REGISTRY, OperatorArgError, PrepareContext, did_you_mean, show
+from rules.operators import (
+    COMPARE_TIMESTAMPS,
+    MODIFIERS,
+    REGISTRY,
+    OperatorArgError,
+    PrepareContext,
+    did_you_mean,
+    show,
+)
 from rules.spec import (
     AllOf,
     AnyOf,
@@ -396,9 +405,9 @@ class Validator:
                 return None
             compared = [v for v in (arg if isinstance(arg, list) else [arg]) if v is not None]  # null: missing
             if name in EXACT_OPERATORS and fref.name in TIMESTAMP_FIELDS and compared:
-                self.err(pos, trail, f"{label}compare timestamps with gt/gte/lt/lte, older_than or newer_than")
+                self.err(pos, trail, f"{label}{COMPARE_TIMESTAMPS}")
                 return None
-        if name in ("during", "outside") and isinstance(arg, str) and arg not in self.calendars:
+        if name in NOW_OPERATORS and isinstance(arg, str) and arg not in self.calendars:
             defined = self._calendar_pos.get(arg)
             if defined is not None:  # it exists but did not load: its own error says why
                 self.err(pos, trail, f"calendar '{arg}' has errors (see {_where(defined, pos)})")
@@ -721,7 +730,7 @@ class Vocabulary(NamedTuple):
         return vocabulary_problem(self.noun, value, self.values)
 
 
-SERVICENOW_LABELLED_PRIORITIES = frozenset({"1", "2", "3", "4", "5"})  # stored as "1 - Critical" … "5 - Planning"
+SERVICENOW_LABELLED_PRIORITIES = frozenset(DEFAULT_PRIORITY_LABELS)  # stored as "1 - Critical" … "5 - Planning"
 _SERVICENOW_PRIORITY = Vocabulary(
     "ServiceNow priority",
     numbers="ServiceNow's priority is its label, e.g. '1 - Critical': for the number use priority_number: 1",

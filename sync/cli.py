@@ -442,8 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ticketpager: database migration failed: {exc}", file=sys.stderr)
         return 1
     except OperationalError as exc:  # the database is down, missing or refuses us: one line, not a traceback
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        print(f"ticketpager: cannot use the database: {reason}", file=sys.stderr)
+        from sync.db import failure_reason
+
+        print(f"ticketpager: cannot use the database: {failure_reason(exc)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. `ticketpager rules schema | head`
         import os

@@ -57,6 +57,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """A database error in one line: the driver's own message (``exc.orig``), first line only, no
+    SQLAlchemy background link or statement."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def alembic_config(engine: Engine) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))

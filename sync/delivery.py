@@ -86,21 +86,19 @@ class Delivery:
             earlier.c.id < outbox.c.id,
             earlier.c.status == "pending",
         )
-        free = or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now)
+        due = (
+            outbox.c.status == "pending",
+            outbox.c.next_attempt_at <= now,
+            or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+        )
         with self.store.engine.connect() as conn:  # a read first: idle workers take no write lock
-            due = select(outbox.c.id).where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now, free)
-            if conn.execute(due.limit(1)).first() is None:
+            if conn.execute(select(outbox.c.id).where(*due).limit(1)).first() is None:
                 self._claimed = {}
                 return []
         with self.store.begin() as conn:
             stmt = (
                 select(outbox)
-                .where(
-                    outbox.c.status == "pending",
-                    outbox.c.next_attempt_at <= now,
-                    free,
-                    or_(outbox.c.kind != "event", ~blocked),
-                )
+                .where(*due, or_(outbox.c.kind != "event", ~blocked))
                 .order_by(outbox.c.next_attempt_at, outbox.c.id)
                 .limit(limit)
             )
@@ -147,16 +145,10 @@ class Delivery:
 
     # -- one row ---------------------------------------------------------------------------------
     def deliver(self, row: RowMapping) -> None:
-        # An event whose claim still runs for longer than its one POST may take (connect + read timeouts,
-        # with a margin) cannot be taken by another worker before we are done: renewing it would cost one
-        # more write transaction per event for nothing. Older claims (rows behind slow sends of this
-        # batch, a stalled worker) and write-backs (several vendor calls) are renewed, and fenced if lost.
         claimed = self._claimed.pop(row["id"], None)
-        if row["kind"] == "writeback":
+        if row["kind"] == "writeback":  # several vendor calls: always renewed (and fenced if lost)
             if self._renew(row["id"]):
                 self._deliver_write_back(row)
-            else:
-                log.warning("outbox row %s was claimed by another worker meanwhile; skipping it", row["id"])
             return
         action = row["action"]
         wait = self.limiter.wait_for(row["routing_key"])  # may read the other replicas' sends: before the check
@@ -164,9 +156,12 @@ class Delivery:
             METRICS.events.labels(action, "rate_limited").inc()
             self._release(row["id"], wait)
             return
+        # An event whose claim still runs for longer than its one POST may take (connect + read timeouts,
+        # with a margin) cannot be taken by another worker before we are done: renewing it would cost one
+        # more write transaction per event for nothing. Older claims (rows behind slow sends of this batch,
+        # a stalled worker) are renewed, and fenced if lost.
         fresh = claimed is not None and self.clock.now() - claimed < self._fresh_for
-        if not fresh and not self._renew(row["id"]):  # our claim expired and another worker took the row
-            log.warning("outbox row %s was claimed by another worker meanwhile; skipping it", row["id"])
+        if not fresh and not self._renew(row["id"]):
             return
         body = jsonutil.loads(row["body"])
         if self.dry_run or self.sink is None:
@@ -219,6 +214,8 @@ class Delivery:
                 .where(outbox.c.id == row_id, outbox.c.claimed_by == self.worker_id, outbox.c.status == "pending")
                 .values(claimed_until=until)
             )
+        if not done.rowcount:  # our claim expired and another worker took the row: leave it to them
+            log.warning("outbox row %s was claimed by another worker meanwhile; skipping it", row_id)
         return bool(done.rowcount)
 
     def _sent(self, row: RowMapping, *, dry_run: bool) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from sync.errors import Kind
+from sync.model import EventAction
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -88,9 +91,9 @@ class Metrics:
 # The outcomes alerts look for, created at zero when a source is set up: a counter series that first
 # appears with the value 1 has no earlier sample, so increase()/rate() would miss that first failure.
 WEBHOOK_FAILURES = ("rejected_400", "rejected_401", "too_large", "unparseable", "unavailable", "store_failed", "error")
-POLL_ERROR_KINDS = ("retryable", "permanent", "skippable", "bug")
+POLL_ERROR_KINDS = (*(kind.value for kind in Kind), "bug")  # "bug": a poll that raised something unclassified
 EVENT_FAILURES = ("retry", "dead")
-EVENT_ACTIONS = ("trigger", "acknowledge", "resolve", "writeback")
+EVENT_ACTIONS = (*(action.value for action in EventAction), "writeback")
 
 
 def zero_series(sources: list[str] | tuple[str, ...]) -> None:

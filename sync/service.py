@@ -23,9 +23,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from connectors import CONNECTORS, connector_class
 from connectors.base import Connector, WriteBack
-from connectors.jira import CUSTOM_FIELD_ID
+from connectors.jira_normalize import display_name_fields
 from connectors.pagerduty import PagerDutySink, RateLimiter, mask
 from sync.clock import Clock, SystemClock
+from sync.db import failure_reason
 from sync.delivery import Delivery
 from sync.engine import Engine
 from sync.ingest import Writer
@@ -277,7 +278,7 @@ class Service:
         jira = self.settings.jira
         if not (jira.webhook_configured or self.settings.insecure_webhooks) or self.connector("jira").can_poll:
             return None
-        by_name = sorted(n for n in self._rule_custom_fields("jira") if not CUSTOM_FIELD_ID.fullmatch(n))
+        by_name = display_name_fields(self._rule_custom_fields("jira"))
         if not by_name:
             return None
         return (
@@ -313,7 +314,7 @@ class Service:
                     target()
                     return
                 except (OperationalError, InterfaceError) as exc:  # the database is restarting or unreachable
-                    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+                    reason = failure_reason(exc)[:300]
                     log.warning("worker %s: database unavailable (%s); retrying in 1 s", name, reason)
                     self.stopping.wait(1.0)
                 except Exception:  # noqa: BLE001 - a worker never dies silently; it restarts
@@ -396,9 +397,10 @@ class Service:
             METRICS.dead_letters.labels(kind).set(count)
         now = self.clock.now()
         polls = self.store.last_polls()
-        for source in {*polls, *self.pollable_sources()}:
+        pollable = self.pollable_sources()
+        for source in {*polls, *pollable}:
             # a source that should poll but never succeeded (bad token from day one) lags since start,
             # so the lag alert fires for it too instead of finding no series at all
-            last_success = polls.get(source) or (self.started_at if source in self.pollable_sources() else None)
+            last_success = polls.get(source) or (self.started_at if source in pollable else None)
             if last_success is not None:
                 METRICS.poll_lag.labels(source).set(max((now - last_success).total_seconds(), 0.0))
