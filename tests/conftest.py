@@ -73,3 +73,20 @@ def rsps() -> Iterator[responses.RequestsMock]:
     """HTTP mocked at the wire for the vendors' client libraries (requests); unused mocks are allowed."""
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         yield mock
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Skipped tests, one line per reason with its count (``-rs`` / ``-ra`` still list every test): without
+    PostgreSQL the README's test command would otherwise print the same reason once per skipped test."""
+    if "s" in terminalreporter.reportchars:
+        return
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.write_sep("=", "skipped, by reason")
+        for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"SKIPPED [{count}] {reason}")
