@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -187,6 +187,9 @@ class PagerDutySink:
 WINDOW = timedelta(seconds=60)  # PagerDuty counts events per routing key over a rolling minute
 
 
+HELD_MEMORY = 100_000  # held-back events remembered by RateLimiter.first_hold (a few MB at most)
+
+
 class RateLimiter:
     """At most ``per_minute`` sends per routing key in any rolling 60 s (PagerDuty's documented limit),
     across every replica: ``elsewhere(key, since)`` gives the send times of the *other* replicas (the
@@ -194,7 +197,8 @@ class RateLimiter:
     included). Another replica's send that is in flight at that moment is not seen yet, so a cluster can go
     over by the sends in flight at once; PagerDuty then answers 429 and the event is retried.
 
-    :meth:`wait_for` returns how long a send for ``key`` must wait (0 = go, and the send is counted).
+    :meth:`wait_for` returns how long a send for ``key`` must wait (0 = go, and the send is counted);
+    :meth:`first_hold` tells whether an event is held back for the first time (the metric counts events).
     """
 
     def __init__(
@@ -207,6 +211,7 @@ class RateLimiter:
         self.clock = clock
         self.elsewhere = elsewhere
         self._sent: dict[str, deque[datetime]] = {}
+        self._held: OrderedDict[object, None] = OrderedDict()  # events held back lately, oldest first
         self._lock = threading.Lock()
 
     def wait_for(self, key: str) -> float:
@@ -228,3 +233,16 @@ class RateLimiter:
                 return 0.0
             frees_at = times[len(times) - self.per_minute] + WINDOW  # the send whose exit leaves a free slot
             return max((frees_at - now).total_seconds(), 0.001)
+
+    def first_hold(self, event: object) -> bool:
+        """True the first time ``event`` (an outbox row id) is held back. A held event is re-checked each time
+        the window frees a slot, which another held event may take: counting every check would count a burst
+        of n held events about n²/2 times. Remembers the last :data:`HELD_MEMORY` events (of this process)."""
+        with self._lock:
+            if event in self._held:
+                self._held.move_to_end(event)
+                return False
+            self._held[event] = None
+            if len(self._held) > HELD_MEMORY:
+                self._held.popitem(last=False)
+            return True

@@ -152,8 +152,9 @@ class Delivery:
             return
         action = row["action"]
         wait = self.limiter.wait_for(row["routing_key"])  # may read the other replicas' sends: before the check
-        if wait > 0:  # spacing, not failure: no attempt is counted
-            METRICS.events.labels(action, "rate_limited").inc()
+        if wait > 0:  # spacing, not failure: no attempt is counted, and the event is counted once, not per check
+            if self.limiter.first_hold(row["id"]):
+                METRICS.events.labels(action, "rate_limited").inc()
             self._release(row["id"], wait)
             return
         # An event whose claim still runs for longer than its one POST may take (connect + read timeouts,
