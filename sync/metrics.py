@@ -130,6 +130,7 @@ def zero_series(sources: list[str] | tuple[str, ...]) -> None:
             METRICS.webhooks.labels(source, outcome)
         for kind in POLL_ERROR_KINDS:
             METRICS.poll_errors.labels(source, kind)
+        METRICS.changes_processed.labels(source, "failed")
     for action in EVENT_ACTIONS:
         for outcome in EVENT_FAILURES:
             METRICS.events.labels(action, outcome)

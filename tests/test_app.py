@@ -296,6 +296,7 @@ def test_failure_counters_exist_before_the_first_failure(client: TestClient) -> 
         'ticketpager_webhooks_total{outcome="store_failed",source="servicenow"}',
         'ticketpager_poll_errors_total{kind="permanent",source="zendesk"}',
         'ticketpager_events_total{action="trigger",outcome="dead"}',
+        'ticketpager_changes_processed_total{outcome="failed",source="jira"}',
     ):
         assert series in text, series
 
