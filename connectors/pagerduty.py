@@ -22,6 +22,7 @@ from sync.clock import Clock
 from sync.errors import Kind, PermanentError, StatusRule, StatusTable, classify_status, network_error
 from sync.lifecycle import DEDUP_KEY_MAX, dedup_key_for
 from sync.model import SEVERITIES, EventAction, PlannedEvent, Ticket
+from sync.redact import redact
 
 log = logging.getLogger("ticketpager.pagerduty")
 
@@ -168,10 +169,10 @@ class PagerDutySink:
             answer = {}
         if response.status_code == 202 or 200 <= response.status_code < 300:
             return SendResult(response.status_code, answer.get("dedup_key"), str(answer.get("message", "")))
-        message = answer.get("message") or response.text[:200]
+        message = answer.get("message") or redact(response.text)[:200]
         errors = answer.get("errors")
-        if errors:
-            message = f"{message}: {'; '.join(str(e) for e in errors)[:1000]}"
+        if errors:  # redacted before the cut (a routing key echoed at the edge stays whole, so it is found)
+            message = f"{message}: {redact('; '.join(str(e) for e in errors))[:1000]}"
         error = classify_status(
             "PagerDuty",
             response.status_code,
