@@ -13,7 +13,7 @@ from typing import Any
 
 from sync import logs
 from sync.errors import ConfigError
-from sync.redact import credentials
+from sync.redact import credentials, redact
 from sync.settings import Settings
 
 log = logging.getLogger("ticketpager.cli")
@@ -157,7 +157,7 @@ def _poll(args: argparse.Namespace, service: Any) -> int:
         print(f"{source}: {report.pages} page(s), {report.seen} change(s) seen, {report.stored} new", file=sys.stderr)
         if report.error:
             failed = True
-            print(f"{source}: poll failed ({report.error_kind}): {report.error}", file=sys.stderr)
+            print(f"{source}: poll failed ({report.error_kind}): {redact(report.error)}", file=sys.stderr)
     processed, delivered = service.process_all()
     status = service.store.status()
     print(
