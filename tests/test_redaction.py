@@ -94,6 +94,30 @@ def test_every_encoding_of_a_configured_secret_is_redacted() -> None:
         assert REDACTED in out
 
 
+def test_the_settings_secrets_and_their_basic_forms_are_learned_from_the_settings() -> None:
+    """ServiceNow's Basic credential is ``username:password``, Jira Cloud's ``email:token``; the metrics token
+    and webhook secrets are secrets too: all come from the one settings tree."""
+    from sync.redact import credentials
+    from sync.settings import Settings
+
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        metrics_token=METRICS_TOKEN,
+        jira={"email": JIRA_EMAIL, "api_token": JIRA_TOKEN, "webhook_secrets": ["hook/secret+1"]},
+        servicenow={"username": "svc.ticketpager", "password": "Sn0w-pa55word"},
+    )
+    redactor = Redactor(*credentials(settings))
+    shown = {
+        **{f"jira {k}": v for k, v in forms(JIRA_TOKEN, JIRA_EMAIL).items()},
+        **{f"servicenow {k}": v for k, v in forms("Sn0w-pa55word", "svc.ticketpager").items()},
+        **{f"webhook secret {k}": v for k, v in forms("hook/secret+1").items()},
+        "metrics token": METRICS_TOKEN,
+    }
+    assert len(shown) == 15  # each of the three: 4 encodings (+ Basic for the two with a user); the token
+    for name, value in shown.items():
+        assert value not in redactor.redact(f"echo {value} end"), name
+
+
 def test_credential_shaped_text_is_redacted_without_knowing_the_secret() -> None:
     redactor = Redactor()
     cases = {
