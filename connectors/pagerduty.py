@@ -169,10 +169,11 @@ class PagerDutySink:
             answer = {}
         if response.status_code == 202 or 200 <= response.status_code < 300:
             return SendResult(response.status_code, answer.get("dedup_key"), str(answer.get("message", "")))
-        message = answer.get("message") or redact(response.text)[:200]
+        key = str(body.get("routing_key") or "")  # PagerDuty may repeat it: redacted here, before any cut
+        message = redact(str(answer.get("message") or ""), key) or redact(response.text, key)[:200]
         errors = answer.get("errors")
-        if errors:  # redacted before the cut (a routing key echoed at the edge stays whole, so it is found)
-            message = f"{message}: {redact('; '.join(str(e) for e in errors))[:1000]}"
+        if errors:
+            message = f"{message}: {redact('; '.join(str(e) for e in errors), key)[:1000]}"
         error = classify_status(
             "PagerDuty",
             response.status_code,

@@ -172,6 +172,24 @@ def test_a_secret_across_the_cut_of_a_vendor_body_leaves_no_fragment() -> None:
     assert JIRA_TOKEN[:6] not in str(error), str(error)[-80:]
 
 
+@responses.activate
+def test_a_pagerduty_400_repeating_a_routing_key_no_rule_has_any_more_is_redacted() -> None:
+    """An outbox row may carry a routing key its rule no longer has (edited since): the sink knows the key
+    it sent and redacts it from PagerDuty's answer itself."""
+    from connectors.pagerduty import PagerDutySink
+    from sync.errors import PermanentError
+
+    key = "R0NEVERREGISTERED000000000000042"
+    url = "https://events.pagerduty.example/v2/enqueue"
+    answer = {"status": "invalid event", "message": f"routing key {key} unknown", "errors": [f"{'x' * 995} {key}"]}
+    responses.post(url, json=answer, status=400)
+    with pytest.raises(PermanentError) as raised:
+        PagerDutySink(url).send({"routing_key": key, "event_action": "trigger"})
+    text = str(raised.value)
+    assert "PagerDuty answered HTTP 400: routing key [redacted] unknown" in text, text
+    assert key[:8] not in text  # nor a fragment of it at the 1000-character cut
+
+
 # -- end to end: serve, the CLI, the database, the log ----------------------------------------------------
 def _get(url: str, token: str | None = None) -> tuple[int, str]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
