@@ -63,8 +63,9 @@ _HINTS = ("auth", "bearer", "basic", "token", "key", "pass", "pwd", "secret", ":
 
 
 def _credential_shaped(token: str) -> bool:
-    """``Basic authentication`` is prose; ``Basic dXNlcjpwdw==`` is a credential (a digit or a symbol)."""
-    return any(c.isdigit() or c in "+/=_.-~" for c in token)
+    """``Basic authentication.`` is prose; ``Basic dXNlcjpwdw==`` is a credential: a digit or a symbol of
+    base64 / token alphabets (not ``.`` or ``-``, which end and join words), or too long for a word."""
+    return len(token) >= 24 or any(c.isdigit() or c in "+/=_~" for c in token)
 
 
 def _base64_cores(secret: bytes) -> set[str]:

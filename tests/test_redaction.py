@@ -142,6 +142,8 @@ def test_prose_about_credentials_is_left_alone() -> None:
     for text in (
         "Jira answered HTTP 401: check the API token",
         "Basic authentication required",
+        "the server wants Basic authentication.",
+        "Bearer token-expired",
         "token_type=bearer",
         "webhook secret not configured: set TICKETPAGER_JIRA__WEBHOOK_SECRETS",
     ):
