@@ -56,6 +56,7 @@ from sync.errors import (
     network_error,
 )
 from sync.model import Origin, Ticket, TicketChange
+from sync.redact import redact
 from sync.retry import RetryPolicy, call
 from sync.settings import JiraSettings
 
@@ -576,7 +577,7 @@ class JiraConnector(Connector[JiraSettings]):
                     else None
                 )
                 if error is None:
-                    error = PermanentError(f"jira client error: {exc.text or 'unknown'}", vendor=VENDOR)
+                    error = PermanentError(redact(f"jira client error: {exc.text or 'unknown'}"), vendor=VENDOR)
                 raise error from None
             except requests.RequestException as exc:
                 raise network_error(VENDOR, exc) from None

@@ -22,6 +22,7 @@ from sync.clock import Clock
 from sync.errors import Kind, PermanentError, StatusRule, StatusTable, classify_status, network_error
 from sync.lifecycle import DEDUP_KEY_MAX, dedup_key_for
 from sync.model import SEVERITIES, EventAction, PlannedEvent, Ticket
+from sync.redact import redact
 
 log = logging.getLogger("ticketpager.pagerduty")
 
@@ -168,10 +169,11 @@ class PagerDutySink:
             answer = {}
         if response.status_code == 202 or 200 <= response.status_code < 300:
             return SendResult(response.status_code, answer.get("dedup_key"), str(answer.get("message", "")))
-        message = answer.get("message") or response.text[:200]
+        key = str(body.get("routing_key") or "")  # PagerDuty may repeat it: redacted here, before any cut
+        message = redact(str(answer.get("message") or ""), key) or redact(response.text, key)[:200]
         errors = answer.get("errors")
         if errors:
-            message = f"{message}: {'; '.join(str(e) for e in errors)[:1000]}"
+            message = f"{message}: {redact('; '.join(str(e) for e in errors), key)[:1000]}"
         error = classify_status(
             "PagerDuty",
             response.status_code,

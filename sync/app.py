@@ -227,7 +227,9 @@ def build_app(service: Service) -> App:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        report = await run_in_threadpool(service.readiness)
+        # a probe needs no token; the vendors' (redacted) error text is shown only with it
+        detail = bool(settings.metrics_token.get_secret_value()) and authorized(request)
+        report = await run_in_threadpool(service.readiness, detail)
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     async def metrics(request: Request) -> Response:

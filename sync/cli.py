@@ -13,6 +13,7 @@ from typing import Any
 
 from sync import logs
 from sync.errors import ConfigError
+from sync.redact import credentials, redact
 from sync.settings import Settings
 
 log = logging.getLogger("ticketpager.cli")
@@ -27,7 +28,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings(**overrides)
     if getattr(args, "dry_run", False):
         settings.dry_run = True
-    logs.configure(settings.log_level, settings.log_format, logs.secret_values(settings))
+    logs.configure(settings.log_level, settings.log_format, *credentials(settings))  # also sync.redact.SECRETS
     _warn_unknown_env()
     return settings
 
@@ -156,7 +157,7 @@ def _poll(args: argparse.Namespace, service: Any) -> int:
         print(f"{source}: {report.pages} page(s), {report.seen} change(s) seen, {report.stored} new", file=sys.stderr)
         if report.error:
             failed = True
-            print(f"{source}: poll failed ({report.error_kind}): {report.error}", file=sys.stderr)
+            print(f"{source}: poll failed ({report.error_kind}): {redact(report.error)}", file=sys.stderr)
     processed, delivered = service.process_all()
     status = service.store.status()
     print(

@@ -30,6 +30,7 @@ from sync.clock import Clock
 from sync.errors import PermanentError, RetryableError, TicketpagerError
 from sync.metrics import METRICS
 from sync.model import EventAction, TicketRef
+from sync.redact import redact
 from sync.retry import RetryPolicy
 from sync.schema import changes, outbox
 from sync.store import Store
@@ -291,7 +292,11 @@ class Delivery:
             log.error("%s %s for %s is a dead letter (%s): %s", row["kind"], action, row["ticket_key"], why, exc)
             METRICS.events.labels(action, "dead").inc()
             self._mark(
-                row["id"], status="dead", attempts=attempts, last_error=f"{why}: {exc}"[:4000], first_attempt_at=first
+                row["id"],
+                status="dead",
+                attempts=attempts,
+                last_error=redact(f"{why}: {exc}", row["routing_key"])[:4000],
+                first_attempt_at=first,
             )
             return
         log.warning(
@@ -307,7 +312,7 @@ class Delivery:
         self._mark(
             row["id"],
             attempts=attempts,
-            last_error=str(exc)[:4000],
+            last_error=redact(str(exc), row["routing_key"])[:4000],
             next_attempt_at=now + timedelta(seconds=wait),
             first_attempt_at=first,
         )

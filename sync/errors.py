@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from sync.redact import MAX_SCAN_CHARS, redact
+
 
 class Kind(StrEnum):
     RETRYABLE = "retryable"
@@ -123,7 +125,7 @@ def classify_status(
         return None
     rule = table.get(status)
     kind = rule.kind if rule else (Kind.RETRYABLE if status >= 500 else Kind.PERMANENT)
-    text = f"{vendor} answered HTTP {status}: {message}"
+    text = redact(f"{vendor} answered HTTP {status}: {message}")  # vendors may echo our credentials
     if rule and rule.note:
         text += f" ({rule.note})"
     if kind is Kind.RETRYABLE:
@@ -138,10 +140,11 @@ def classify_status(
 def classify_response(
     vendor: str, response: Any, table: StatusTable, now: datetime | None = None
 ) -> TicketpagerError | None:
-    """:func:`classify_status` for a ``requests.Response`` (message = the first 300 characters of the body)."""
+    """:func:`classify_status` for a ``requests.Response`` (message = the first 300 characters of the body,
+    redacted before the cut: a cut through a secret would leave a fragment no longer recognisable)."""
     body = ""
     try:
-        body = (response.text or "")[:300]
+        body = redact((response.text or "")[:MAX_SCAN_CHARS])[:300]
     except Exception:  # noqa: BLE001 - a body we cannot decode still has a status
         body = ""
     return classify_status(vendor, response.status_code, table, message=body, headers=response.headers, now=now)
@@ -149,4 +152,4 @@ def classify_response(
 
 def network_error(vendor: str, exc: BaseException) -> RetryableError:
     """Timeouts and connection failures: always retryable."""
-    return RetryableError(f"{vendor} unreachable: {type(exc).__name__}: {exc}", vendor=vendor)
+    return RetryableError(redact(f"{vendor} unreachable: {type(exc).__name__}: {exc}"), vendor=vendor)

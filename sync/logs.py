@@ -8,55 +8,37 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 
-REDACTED = "[redacted]"
+from sync.redact import REDACTED, SECRETS, Redactor, credentials
+
+__all__ = ["FILTER", "REDACTED", "JsonFormatter", "RedactSecrets", "configure", "secret_values"]
 
 
 def secret_values(model: BaseModel) -> set[str]:
     """Every non-empty SecretStr value anywhere in a settings tree."""
-    found: set[str] = set()
-
-    def walk(value: object) -> None:
-        if isinstance(value, SecretStr):
-            if len(value.get_secret_value()) >= 4:
-                found.add(value.get_secret_value())
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                walk(getattr(value, name))
-        elif isinstance(value, list | tuple | set):
-            for item in value:
-                walk(item)
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-
-    walk(model)
-    return found
+    return credentials(model)[0]
 
 
 class RedactSecrets(logging.Filter):
-    def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__()
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+    """Passes every record through :mod:`sync.redact` (its own redactor, or the process-wide one)."""
 
-    def add(self, secrets: Iterable[str]) -> None:
-        self.secrets = sorted(set(self.secrets) | {s for s in secrets if s}, key=len, reverse=True)
+    def __init__(self, secrets: Iterable[str] = (), redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self.redactor = redactor if redactor is not None else Redactor(secrets)
+
+    def add(self, secrets: Iterable[str], users: Iterable[str] = ()) -> None:
+        self.redactor.add(secrets, users)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        redacted = message
-        for secret in self.secrets:
-            redacted = redacted.replace(secret, REDACTED)
+        redacted = self.redactor.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         if record.exc_text:
-            for secret in self.secrets:
-                record.exc_text = record.exc_text.replace(secret, REDACTED)
+            record.exc_text = self.redactor.redact(record.exc_text)
         return True
 
 
@@ -74,14 +56,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
-FILTER = RedactSecrets(())
+FILTER = RedactSecrets(redactor=SECRETS)
 _HANDLER: logging.Handler | None = None
 
 
-def configure(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = ()) -> None:
+def configure(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = (), users: Iterable[str] = ()) -> None:
     """Log to stderr (text or JSON lines) with secrets redacted. Replaces only its own earlier handler."""
     global _HANDLER
-    FILTER.add(secrets)
+    FILTER.add(secrets, users)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -25,6 +25,7 @@ from connectors import CONNECTORS, connector_class
 from connectors.base import Connector, WriteBack
 from connectors.jira_normalize import display_name_fields
 from connectors.pagerduty import PagerDutySink, RateLimiter, mask
+from sync import redact
 from sync.clock import Clock, SystemClock
 from sync.db import failure_reason
 from sync.delivery import Delivery
@@ -61,6 +62,7 @@ class Service:
         connectors: dict[str, Connector] | None = None,
     ) -> None:
         self.settings = settings
+        redact.configure(settings)  # every error text this process stores, shows or logs is redacted
         self.clock = clock or SystemClock()
         self.store = store or Store(settings.database_url)
         self.rule_store = rule_store if rule_store is not None else load_rule_store(settings, self.clock)
@@ -96,6 +98,7 @@ class Service:
         )
         self._threads: list[threading.Thread] = []
         self._reload_failures_seen = 0
+        self._learn_routing_keys()
 
     def __repr__(self) -> str:
         return f"<Service {self.instance}>"
@@ -199,7 +202,9 @@ class Service:
         return processed, delivered
 
     # -- readiness -------------------------------------------------------------------------------
-    def readiness(self) -> dict[str, Any]:
+    def readiness(self, detail: bool = True) -> dict[str, Any]:
+        """What ``/readyz`` shows. Without ``detail`` (a probe without the metrics token) a failing source
+        is named with the kind of failure only, never the vendor's text."""
         report: dict[str, Any] = {"ready": True, "instance": self.instance}
         try:
             self.store.ping()
@@ -212,7 +217,7 @@ class Service:
             "loaded": rules is not None,
             "count": len(getattr(rules, "names", ()) or ()),
             "digest": getattr(rules, "digest", None),
-            "last_reload_error": getattr(self.rule_store, "last_error", None),
+            "last_reload_error": _redacted(getattr(self.rule_store, "last_error", None)),
         }
         if rules is None:
             report["ready"] = False
@@ -230,6 +235,8 @@ class Service:
                 report["degraded"] = True
         if report["database"] == "ok":
             problems = self.store.permanent_poll_errors()
+            if not detail:
+                problems = {source: _without_vendor_text(text) for source, text in problems.items()}
             report["sources"] = {"permanent_errors": problems}
             if problems:
                 report["degraded"] = True
@@ -293,7 +300,16 @@ class Service:
         self._update_rule_metrics()
         return ok
 
+    def _learn_routing_keys(self) -> None:
+        """Routing keys live in the rules, not the settings: the redaction learns them as rules load
+        (PagerDuty may echo one in a 400; a rule file's error may quote one)."""
+        rules = getattr(self.rule_store, "current", None)
+        spec = getattr(rules, "spec", None)
+        keys = [rule.trigger.routing_key for rule in getattr(spec, "rules", ())]
+        redact.SECRETS.add(key for key in keys if isinstance(key, str))
+
     def _update_rule_metrics(self) -> None:
+        self._learn_routing_keys()  # after every reload (cheap when no key is new)
         store = self.rule_store
         METRICS.rules_loaded.set(len(store.current.names))
         failures = int(getattr(store, "reload_failures", 0))
@@ -404,3 +420,17 @@ class Service:
             last_success = polls.get(source) or (self.started_at if source in pollable else None)
             if last_success is not None:
                 METRICS.poll_lag.labels(source).set(max((now - last_success).total_seconds(), 0.0))
+
+
+_HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
+
+
+def _without_vendor_text(error: str) -> str:
+    """A stored poll error as an unauthenticated probe may see it: the HTTP status, never the body."""
+    status = _HTTP_STATUS.search(error)
+    what = f"refused (HTTP {status.group(1)})" if status else "failed permanently"
+    return f"last poll {what}; details in /admin/status (with the metrics token) or 'ticketpager status'"
+
+
+def _redacted(text: str | None) -> str | None:
+    return redact.redact(text) if text else text

@@ -20,6 +20,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from sync import db, jsonutil
 from sync.model import TicketChange
+from sync.redact import redact
 from sync.schema import changes, cursors, decisions, leases, links, outbox, tickets
 from sync.writelock import PriorityLock
 
@@ -172,8 +173,9 @@ def load_cursor(conn: Connection, source: str) -> dict[str, Any] | None:
 
 
 def record_poll_error(conn: Connection, source: str, message: str, kind: str, now: datetime) -> None:
-    """Remember why the last poll failed (shown by ``status`` and ``/readyz``); the cursor is untouched."""
-    values = {"last_error": message[:2000], "last_error_kind": kind, "last_error_at": now}
+    """Remember why the last poll failed (shown by ``status`` and ``/readyz``); the cursor is untouched.
+    The text is redacted before it is stored: the database never holds a secret a vendor echoed."""
+    values = {"last_error": redact(message)[:2000], "last_error_kind": kind, "last_error_at": now}
     done = conn.execute(update(cursors).where(cursors.c.source == source).values(**values))
     if not done.rowcount:
         conn.execute(_insert_ignore(conn, cursors), {"source": source, **values})
@@ -331,7 +333,7 @@ class Store:
                     {
                         "source": r["source"],
                         "last_success_at": r["last_success_at"].isoformat() if r["last_success_at"] else None,
-                        "last_error": r["last_error"],
+                        "last_error": redact(r["last_error"]) if r["last_error"] else None,
                         "last_error_kind": r["last_error_kind"],
                         "last_error_at": r["last_error_at"].isoformat() if r["last_error_at"] else None,
                     }
@@ -346,7 +348,8 @@ class Store:
                 .mappings()
                 .all()
             )
-            return [dict(r) for r in rows]
+            # redacted as shown, too: rows stored by a version that did not redact them
+            return [{**r, "last_error": r["last_error"] and redact(r["last_error"], r["routing_key"])} for r in rows]
 
     def retry_dead(self, ids: Sequence[int] | None, now: datetime) -> tuple[int, int]:
         """Put dead letters back in the queue (all of them when ``ids`` is None).
@@ -405,7 +408,7 @@ class Store:
             rows = conn.execute(
                 select(cursors.c.source, cursors.c.last_error).where(cursors.c.last_error_kind == "permanent")
             ).all()
-        return {str(source): str(error) for source, error in rows}
+        return {str(source): redact(str(error)) for source, error in rows}
 
     def dead_letter_counts(self) -> dict[str, int]:
         """Dead letters by kind: ``event`` (a page that did not go out) and ``writeback`` (a ticket note)."""

@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 from zoneinfo import ZoneInfo
 
+from tests.fakes.echo import credential_echo
+
 CATEGORY = {"new": (2, "To Do"), "indeterminate": (4, "In Progress"), "done": (3, "Done")}
 
 
@@ -103,6 +105,7 @@ class FakeJira:
         self.comments: dict[str, list[dict[str, Any]]] = {}
         self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
         self._failures: list[tuple[int, dict[str, str]]] = []
+        self.echo_credentials = False  # answer 401 echoing the request's credentials (as some proxies do)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -208,6 +211,9 @@ class FakeJira:
                 if failure is not None:
                     status, headers = failure
                     payload: Any = {"errorMessages": ["injected failure"]}
+                elif fake.echo_credentials:
+                    status, headers = 401, {}
+                    payload = credential_echo(self.headers.get("Authorization"))
                 else:
                     headers = {}
                     status, payload = fake._route(method, parsed.path, query, body)
@@ -234,3 +240,4 @@ class FakeJira:
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
+

@@ -75,6 +75,7 @@ class MockPagerDuty:
         self._window: tuple[float, int, dict[str, str]] | None = None  # (until monotonic, status, headers)
         self.latency_seconds = 0.0  # added to every answer (a slow PagerDuty)
         self.failed: dict[int, int] = {}  # status -> requests answered with it by an outage window (fail_for)
+        self.echo_routing_key_next = 0  # answer this many requests 400, repeating their routing key
         self._lock = threading.Lock()
         owner = self
 
@@ -125,6 +126,14 @@ class MockPagerDuty:
             return 400, {"status": "invalid event", "message": "Event object is invalid", "errors": ["bad JSON"]}, {}
         with self._lock:
             self.requests.append(event)
+            if self.echo_routing_key_next > 0:
+                self.echo_routing_key_next -= 1
+                key = str(event.get("routing_key") if isinstance(event, dict) else "")
+                return 400, {
+                    "status": "invalid event",
+                    "message": f"Event object is invalid: routing_key {key} unknown",
+                    "errors": [f"'routing_key' {key!r} does not match an integration"],
+                }, {}
             if self._script:
                 status, headers = self._script.popleft()
                 return status, {"status": "error", "message": f"scripted {status}"}, headers

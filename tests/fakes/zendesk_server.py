@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes.echo import credential_echo
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "zendesk"
 API_USER_ID = 777
 
@@ -75,6 +77,7 @@ class FakeZendesk:
         self._seq = 0
         self._script: deque[tuple[int, dict[str, str]]] = deque()
         self._lock = threading.Lock()
+        self.echo_credentials = False  # answer 401 echoing the request's credentials (as some proxies do)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -168,6 +171,9 @@ class FakeZendesk:
         if scripted:
             status, headers = scripted
             self._send(request, status, {"error": "scripted failure"}, headers)
+            return
+        if self.echo_credentials:
+            self._send(request, 401, credential_echo(request.headers.get("Authorization")))
             return
         expected = "Basic " + base64.b64encode(f"{self.email}/token:{self.token}".encode()).decode()
         if request.headers.get("Authorization") != expected:
