@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 
+from sync import jsonutil
 from sync.clock import Clock
 from sync.errors import Kind, PermanentError, StatusRule, StatusTable, classify_status, network_error
 from sync.lifecycle import DEDUP_KEY_MAX, dedup_key_for
@@ -31,8 +32,13 @@ DOC_RATE_LIMITS = "https://developer.pagerduty.com/docs/events-api-v2/rate-limit
 
 #: payload.summary: "Maximum of 1024 characters" (DOC_TRIGGER)
 SUMMARY_MAX = 1024
-#: "the total size of the payload must not exceed 512 KB" (DOC_OVERVIEW, "Size Limits")
+#: "the total size of the payload must not exceed 512 KB" (DOC_OVERVIEW, "Size Limits"); a 524,328-byte body
+#: was answered 400 "event larger than 512 KB" (issue 13), so PagerDuty counts the bytes it receives
 EVENT_MAX_BYTES = 512 * 1024
+#: The most ticketpager sends, measured on the very bytes it posts: 500 KiB = 512,000 bytes, within "512 KB"
+#: read either way (512 × 1000 or 512 × 1024 bytes); the 12 KiB left under 512 KiB is the margin for whatever
+#: PagerDuty counts that we do not
+EVENT_BUDGET_BYTES = 500 * 1024
 TRUNCATION_MARK = "… [truncated]"
 
 #: Events API v2 response codes ("Response Codes & Retry Logic", DOC_OVERVIEW)
@@ -59,15 +65,19 @@ def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - len(TRUNCATION_MARK)] + TRUNCATION_MARK
 
 
-def _size(event: Mapping[str, Any]) -> int:
-    return len(json.dumps(event, separators=(",", ":"), default=str).encode())
+def encode_event(body: Mapping[str, Any]) -> bytes:
+    """The bytes of ``body`` on the wire: the one serialization that is measured against the size budget, stored
+    in the outbox (``jsonutil.dumps``, compact UTF-8) and posted as is. A lone surrogate (not encodable) becomes
+    ``?`` rather than failing the page."""
+    return jsonutil.dumps(body).encode("utf-8", "replace")
 
 
 def build_event(event: PlannedEvent, ticket: Ticket | None = None) -> dict[str, Any]:
     """The exact Events API v2 JSON for ``event``, with PagerDuty's limits enforced so it is never a 400.
 
     summary ≤ 1024 characters (visibly truncated), ``dedup_key`` ≤ 255 (hashed), severity one of four,
-    whole body ≤ 512 KB (custom details trimmed largest first, named in ``ticketpager_trimmed``).
+    whole body ≤ :data:`EVENT_BUDGET_BYTES` as :func:`encode_event` sends it (custom details trimmed largest
+    first, named in ``ticketpager_trimmed``).
     """
     dedup_key = event.dedup_key
     if len(dedup_key) > DEDUP_KEY_MAX:  # planned keys are already short; defend against any caller
@@ -118,10 +128,13 @@ def build_event(event: PlannedEvent, ticket: Ticket | None = None) -> dict[str, 
 
 
 def _fit(body: dict[str, Any]) -> None:
-    """Trim custom details (largest value first) until the event fits in 512 KB."""
-    details: dict[str, Any] = body["payload"]["custom_details"]
+    """Trim custom details (largest value first) until the event's wire form fits :data:`EVENT_BUDGET_BYTES`."""
+    payload = body.get("payload")
+    details = payload.get("custom_details") if isinstance(payload, dict) else None
+    if not isinstance(details, dict):
+        return
     trimmed: list[str] = []
-    while _size(body) > EVENT_MAX_BYTES and details:
+    while len(encode_event(body)) > EVENT_BUDGET_BYTES and details:
         candidates = [k for k in details if k != "ticketpager_trimmed"]
         if not candidates:
             break
@@ -155,9 +168,19 @@ class PagerDutySink:
     def __repr__(self) -> str:
         return f"<PagerDutySink {self.url}>"
 
-    def send(self, body: Mapping[str, Any]) -> SendResult:
+    def send(self, body: Mapping[str, Any] | bytes) -> SendResult:
+        """POST ``body`` (an event, or its stored wire bytes) exactly as measured: bytes over the budget (a body
+        not built by :func:`build_event`, or stored by an older version) are fitted first, never sent to a 400."""
+        data = body if isinstance(body, bytes) else encode_event(body)
+        if len(data) > EVENT_BUDGET_BYTES:
+            event = jsonutil.loads(data)
+            if isinstance(event, dict):
+                _fit(event)
+                data = encode_event(event)
         try:
-            response = self.session.post(self.url, json=body, timeout=self.timeout)
+            response = self.session.post(
+                self.url, data=data, headers={"Content-Type": "application/json"}, timeout=self.timeout
+            )
         except requests.RequestException as exc:
             raise network_error("PagerDuty", exc) from None
         try:

@@ -45,6 +45,11 @@ NOTE_TEXT = {
 }
 
 
+def encode_body(stored: str) -> bytes:
+    """An outbox event body as sent: the text the engine stored with ``encode_event`` (one serialization)."""
+    return stored.encode("utf-8", "replace")
+
+
 class Delivery:
     def __init__(
         self,
@@ -163,15 +168,15 @@ class Delivery:
         fresh = claimed is not None and self.clock.now() - claimed < self._fresh_for
         if not fresh and not self._renew(row["id"]):
             return
-        body = jsonutil.loads(row["body"])
         if self.dry_run or self.sink is None:
+            body = jsonutil.loads(row["body"])
             shown = dict(body, routing_key=mask(body.get("routing_key", "")))
             log.info("dry run: would send %s", json.dumps(shown, sort_keys=True, default=str))
             METRICS.events.labels(action, "dry_run").inc()
             self._sent(row, dry_run=True)
             return
         try:
-            self.sink.send(body)
+            self.sink.send(encode_body(row["body"]))  # the stored wire bytes, as build_event measured them
         except TicketpagerError as exc:
             self._failed(row, exc)
             return
