@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -207,17 +206,46 @@ class PagerDutySink:
         raise error
 
 
-WINDOW = timedelta(seconds=60)  # PagerDuty counts events per routing key over a rolling minute
+WINDOW = timedelta(seconds=60)  # PagerDuty counts events per routing key over a rolling minute (DOC_RATE_LIMITS)
+#: Added to the window: PagerDuty's clock, ours and the other replicas' differ a little, and an event may be
+#: counted there a moment after our send ended. Costs ~2% of the throughput of one routing key at the limit.
+WINDOW_MARGIN = timedelta(seconds=1)
+
+
+class Reservation:
+    """One send the limiter counts. It counts until ``WINDOW`` after the send *ended* (the latest the event can
+    have arrived at PagerDuty): until :meth:`finished` it is in flight, counted as ending ``send_seconds``
+    after it began (so a send whose end is never reported cannot hold a slot for ever)."""
+
+    __slots__ = ("_clock", "end", "open")
+
+    def __init__(self, clock: Clock, end: datetime) -> None:
+        self._clock = clock
+        self.end = end
+        self.open = True
+
+    def finished(self) -> None:
+        """The send is over (any outcome: a timed-out event may still have arrived): count it from now."""
+        if self.open:
+            self.open = False
+            self.end = self._clock.now()
 
 
 class RateLimiter:
-    """At most ``per_minute`` sends per routing key in any rolling 60 s (PagerDuty's documented limit),
-    across every replica: ``elsewhere(key, since)`` gives the send times of the *other* replicas (the
-    service reads them from the shared outbox), this process's own sends are kept here (in flight
-    included). Another replica's send that is in flight at that moment is not seen yet, so a cluster can go
-    over by the sends in flight at once; PagerDuty then answers 429 and the event is retried.
+    """At most ``per_minute`` events per routing key *arrive at PagerDuty* in any rolling 60 s (its documented
+    limit), across every replica.
 
-    :meth:`wait_for` returns how long a send for ``key`` must wait (0 = go, and the send is counted).
+    An event arrives somewhere between the start and the end of its POST, so each send is counted from when
+    it began until ``WINDOW`` (plus :data:`WINDOW_MARGIN`) after it ended: a send that was slow to arrive can
+    no longer let a later, faster one in early. ``elsewhere(key, since)`` gives the *other* replicas' sends
+    (the service reads their ``sent_at``, written when the POST ended, from the shared outbox); this process's
+    own are kept here, in flight included. Another replica's send that is in flight at that moment is not
+    seen yet, so a cluster can go over by the sends in flight at once; PagerDuty then answers 429 and the
+    event is retried.
+
+    :meth:`reserve` returns how long a send for ``key`` must wait (0 = go) and, to go, the
+    :class:`Reservation` to mark :meth:`~Reservation.finished` when the POST is over. :meth:`wait_for` is
+    ``reserve`` for a send whose end is not reported (it counts as ending ``send_seconds`` after it began).
     """
 
     def __init__(
@@ -225,16 +253,22 @@ class RateLimiter:
         per_minute: int,
         clock: Clock,
         elsewhere: Callable[[str, datetime], list[datetime]] | None = None,
+        *,
+        send_seconds: float = 0.0,
     ) -> None:
         self.per_minute = max(per_minute, 1)
         self.clock = clock
         self.elsewhere = elsewhere
-        self._sent: dict[str, deque[datetime]] = {}
+        self.send_seconds = timedelta(seconds=max(send_seconds, 0.0))  # the longest one POST may take
+        self._sent: dict[str, list[Reservation]] = {}
         self._lock = threading.Lock()
 
     def wait_for(self, key: str) -> float:
+        return self.reserve(key)[0]
+
+    def reserve(self, key: str) -> tuple[float, Reservation | None]:
         now = self.clock.now()
-        since = now - WINDOW
+        since = now - WINDOW - WINDOW_MARGIN
         others: list[datetime] = []
         if self.elsewhere is not None:
             try:
@@ -242,12 +276,11 @@ class RateLimiter:
             except Exception as exc:  # noqa: BLE001 - the database is down: count our own sends, keep paging
                 log.warning("rate limiter: other replicas' sends unknown (%s); counting this replica's", exc)
         with self._lock:
-            window = self._sent.setdefault(key, deque())
-            while window and window[0] <= since:
-                window.popleft()
-            times = sorted([*window, *(t for t in others if t > since)])
-            if len(times) < self.per_minute:
-                window.append(now)
-                return 0.0
-            frees_at = times[len(times) - self.per_minute] + WINDOW  # the send whose exit leaves a free slot
-            return max((frees_at - now).total_seconds(), 0.001)
+            mine = self._sent[key] = [r for r in self._sent.get(key, []) if r.end > since]
+            if len(mine) + sum(1 for t in others if t > since) < self.per_minute:
+                reservation = Reservation(self.clock, now + self.send_seconds)
+                mine.append(reservation)
+                return 0.0, reservation
+            ends = sorted([*(r.end for r in mine), *(t for t in others if t > since)])
+            frees_at = ends[len(ends) - self.per_minute] + WINDOW + WINDOW_MARGIN  # the exit that leaves a slot
+            return max((frees_at - now).total_seconds(), 0.001), None

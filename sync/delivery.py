@@ -156,11 +156,17 @@ class Delivery:
                 self._deliver_write_back(row)
             return
         action = row["action"]
-        wait = self.limiter.wait_for(row["routing_key"])  # may read the other replicas' sends: before the check
-        if wait > 0:  # spacing, not failure: no attempt is counted
+        wait, sending = self.limiter.reserve(row["routing_key"])  # may read the other replicas' sends: first
+        if sending is None:  # spacing, not failure: no attempt is counted
             METRICS.events.labels(action, "rate_limited").inc()
             self._release(row["id"], wait)
             return
+        try:
+            self._deliver_event(row, action, claimed)
+        finally:  # the event may have arrived any time until now: the limiter counts it from here
+            sending.finished()
+
+    def _deliver_event(self, row: RowMapping, action: str, claimed: datetime | None) -> None:
         # An event whose claim still runs for longer than its one POST may take (connect + read timeouts,
         # with a margin) cannot be taken by another worker before we are done: renewing it would cost one
         # more write transaction per event for nothing. Older claims (rows behind slow sends of this batch,

@@ -93,6 +93,7 @@ class Service:
             pd.rate_limit_per_minute,
             self.clock,
             elsewhere=lambda key, since: self.store.sends_elsewhere(key, since, self.instance),
+            send_seconds=2 * pd.timeout_seconds,  # connect + read: the longest one POST can be in flight
         )
         self._threads: list[threading.Thread] = []
         self._reload_failures_seen = 0
