@@ -16,10 +16,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import requests
+import urllib3
 
 from sync import jsonutil
 from sync.clock import Clock
-from sync.errors import Kind, PermanentError, StatusRule, StatusTable, classify_status, network_error
+from sync.errors import (
+    Kind,
+    PermanentError,
+    StatusRule,
+    StatusTable,
+    UnknownOutcome,
+    classify_status,
+    network_error,
+)
 from sync.lifecycle import DEDUP_KEY_MAX, dedup_key_for
 from sync.model import SEVERITIES, EventAction, PlannedEvent, Ticket
 
@@ -167,9 +176,13 @@ class PagerDutySink:
     def __repr__(self) -> str:
         return f"<PagerDutySink {self.url}>"
 
-    def send(self, body: Mapping[str, Any] | bytes) -> SendResult:
+    def send(self, body: Mapping[str, Any] | bytes, *, timeout: float | None = None) -> SendResult:
         """POST ``body`` (an event, or its stored wire bytes) exactly as measured: bytes over the budget (a body
-        not built by :func:`build_event`, or stored by an older version) are fitted first, never sent to a 400."""
+        not built by :func:`build_event`, or stored by an older version) are fitted first, never sent to a 400.
+
+        ``timeout`` (connect and read, default :attr:`timeout`): no answer in time after the event was sent
+        raises :class:`~sync.errors.UnknownOutcome` — PagerDuty may have the event."""
+        timeout = self.timeout if timeout is None else timeout
         data = body if isinstance(body, bytes) else encode_event(body)
         if len(data) > EVENT_BUDGET_BYTES:
             event = jsonutil.loads(data)
@@ -178,9 +191,15 @@ class PagerDutySink:
                 data = encode_event(event)
         try:
             response = self.session.post(
-                self.url, data=data, headers={"Content-Type": "application/json"}, timeout=self.timeout
+                self.url, data=data, headers={"Content-Type": "application/json"}, timeout=timeout
             )
         except requests.RequestException as exc:
+            if _timed_out_after_sending(exc):
+                raise UnknownOutcome(
+                    f"PagerDuty timed out: no answer within {timeout:g} s (outcome unknown: PagerDuty may have the "
+                    "event)",
+                    vendor="PagerDuty",
+                ) from None
             raise network_error("PagerDuty", exc) from None
         try:
             answer = response.json()
@@ -204,6 +223,16 @@ class PagerDutySink:
         )
         assert error is not None
         raise error
+
+
+def _timed_out_after_sending(exc: requests.RequestException) -> bool:
+    """A read timeout (the request went out; the answer did not come), as requests raises it while waiting
+    for the headers (``ReadTimeout``) or while reading the body (a ``ConnectionError`` around urllib3's)."""
+    if isinstance(exc, requests.ReadTimeout):
+        return True
+    return isinstance(exc, requests.ConnectionError) and isinstance(
+        exc.args[0] if exc.args else None, urllib3.exceptions.ReadTimeoutError
+    )
 
 
 WINDOW = timedelta(seconds=60)  # PagerDuty counts events per routing key over a rolling minute (DOC_RATE_LIMITS)

@@ -27,7 +27,7 @@ from connectors.base import WriteBack
 from connectors.pagerduty import PagerDutySink, RateLimiter, mask
 from sync import jsonutil
 from sync.clock import Clock
-from sync.errors import PermanentError, RetryableError, TicketpagerError
+from sync.errors import PermanentError, RetryableError, TicketpagerError, UnknownOutcome
 from sync.metrics import METRICS
 from sync.model import EventAction, TicketRef
 from sync.retry import RetryPolicy
@@ -43,6 +43,19 @@ NOTE_TEXT = {
     EventAction.ACKNOWLEDGE: "PagerDuty incident acknowledged (rule '{rule}')",
     EventAction.RESOLVE: "PagerDuty incident resolved (rule '{rule}')",
 }
+
+
+#: A retry waits longer for PagerDuty's answer than the attempt before (twice as long per earlier attempt, at
+#: most this many times ``TICKETPAGER_PAGERDUTY__TIMEOUT_SECONDS``): a PagerDuty slower than the timeout is
+#: waited out instead of timed out again and again.
+TIMEOUT_GROWTH_MAX = 4.0
+
+
+def send_timeout(base: float, attempts: int, claim_seconds: float) -> float:
+    """The timeout of a send after ``attempts`` failed attempts of its row, within the claim: connect and read
+    (each up to the timeout) must end before the claim could pass to another replica."""
+    grown = base * min(2.0 ** max(attempts, 0), TIMEOUT_GROWTH_MAX)
+    return max(base, min(grown, claim_seconds / 3))
 
 
 def encode_body(stored: str) -> bytes:
@@ -171,8 +184,10 @@ class Delivery:
         # with a margin) cannot be taken by another worker before we are done: renewing it would cost one
         # more write transaction per event for nothing. Older claims (rows behind slow sends of this batch,
         # a stalled worker) are renewed, and fenced if lost.
-        fresh = claimed is not None and self.clock.now() - claimed < self._fresh_for
-        if not fresh and not self._renew(row["id"]):
+        base = self.sink.timeout if self.sink is not None else 0.0
+        timeout = send_timeout(base, row["attempts"], self.claim_seconds)  # a retry waits longer for the answer,
+        fresh = timeout <= base and claimed is not None and self.clock.now() - claimed < self._fresh_for
+        if not fresh and not self._renew(row["id"]):  # so its claim is always renewed
             return
         if self.dry_run or self.sink is None:
             body = jsonutil.loads(row["body"])
@@ -182,7 +197,7 @@ class Delivery:
             self._sent(row, dry_run=True)
             return
         try:
-            self.sink.send(encode_body(row["body"]))  # the stored wire bytes, as build_event measured them
+            self.sink.send(encode_body(row["body"]), timeout=timeout)  # the stored bytes, as measured
         except TicketpagerError as exc:
             self._failed(row, exc)
             return
@@ -294,26 +309,29 @@ class Delivery:
         attempts = row["attempts"] + 1
         first = row["first_attempt_at"] or now  # the retry budget runs from the first failure, not creation
         elapsed = (now - first).total_seconds()
-        wait = self.policy.delay(attempts, elapsed, exc, self.rng) if isinstance(exc, RetryableError) else None
+        decision = self.policy.decide(attempts, elapsed, exc, self.rng)
+        wait = decision.wait
         action = row["action"] if row["kind"] == "event" else "writeback"
         if wait is None:
-            why = "permanent" if isinstance(exc, PermanentError) else "retries exhausted"
+            why = "permanent" if isinstance(exc, PermanentError) else decision.reason
             log.error("%s %s for %s is a dead letter (%s): %s", row["kind"], action, row["ticket_key"], why, exc)
             METRICS.events.labels(action, "dead").inc()
             self._mark(
                 row["id"], status="dead", attempts=attempts, last_error=f"{why}: {exc}"[:4000], first_attempt_at=first
             )
             return
+        unknown = isinstance(exc, UnknownOutcome)  # not a failure: PagerDuty may have it; the retry is harmless
         log.warning(
-            "%s %s for %s failed (attempt %d), retry in %.1fs: %s",
+            "%s %s for %s %s (attempt %d), retry in %.1fs: %s",
             row["kind"],
             action,
             row["ticket_key"],
+            "has an unknown outcome" if unknown else "failed",
             attempts,
             wait,
             exc,
         )
-        METRICS.events.labels(action, "retry").inc()
+        METRICS.events.labels(action, "unknown" if unknown else "retry").inc()
         self._mark(
             row["id"],
             attempts=attempts,
