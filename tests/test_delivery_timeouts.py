@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from sync.clock import FakeClock
 from sync.metrics import METRICS
+from sync.schema import outbox
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
@@ -49,10 +51,14 @@ def test_a_slow_pagerduty_gets_a_longer_wait_and_the_page_is_sent_not_dead(
         clock.advance(120)
     status = svc.store.status()
     assert status.dead_letters == 0 and status.outbox_pending == 0
-    assert len(pd.events) == 2, "one timed out (and was accepted anyway), the longer wait saw the answer"
+    # the first attempt timed out (PagerDuty accepted it anyway); a longer wait (0.4 s, then 0.8 s) saw the answer
+    assert 2 <= len(pd.events) <= 3
     assert len({e["dedup_key"] for e in pd.events}) == 1, "retried with the same dedup_key: one incident"
-    assert _count("unknown") - unknown_before == 1, "the timeout counted as an unknown outcome"
+    assert _count("unknown") - unknown_before == len(pd.events) - 1, "each timeout counted as an unknown outcome"
     assert _count("retry") == retry_before, "not as a failure"
+    with svc.store.engine.connect() as conn:
+        row = conn.execute(select(outbox.c.status, outbox.c.last_error)).one()
+    assert tuple(row) == ("sent", None), "no failure is reported once an attempt succeeded"
     svc.store.dispose()
 
 
