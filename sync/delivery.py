@@ -6,8 +6,11 @@ transaction. A replica that dies mid-send leaves its rows to be claimed again wh
 Events of one ``dedup_key`` go out in order: a row waits while an earlier row of its key is pending.
 
 Outcomes: 2xx → sent (and a write-back row is queued for the ticket); retryable (429, 5xx, network) →
-``next_attempt_at`` by :class:`~sync.retry.RetryPolicy` honouring ``Retry-After``; permanent (400) or
-retries exhausted → dead letter with the error text (``deadletters retry`` re-drives it).
+``next_attempt_at`` by :class:`~sync.retry.RetryPolicy` honouring ``Retry-After`` ("later" answers use no
+attempts, only the time budget); a timeout → unknown outcome, retried with a longer wait and counted apart;
+permanent (400) or retries exhausted → dead letter with the reason and the error text (``deadletters retry``
+re-drives it). The stored body is posted as is: the bytes sent are the bytes measured against PagerDuty's
+size limit.
 """
 
 from __future__ import annotations
