@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -48,23 +49,26 @@ def _most_in_any_window(arrivals: list[datetime]) -> int:
     return most
 
 
-@pytest.mark.parametrize("replicas", [1, 2])
+@pytest.mark.parametrize(("replicas", "threads"), [(1, 1), (2, 1), (1, 4)])
 def test_no_60s_window_at_pagerduty_holds_more_than_the_limit(
-    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock, replicas: int
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock, replicas: int, threads: int
 ) -> None:
+    """One replica, two replicas sharing the database, and four delivery threads of one replica sending at
+    once (their sends overlap: the in-flight ones must count)."""
     services: list[Service] = [
         make_service(db_url, rules_path, pd.url, clock, pagerduty={"rate_limit_per_minute": LIMIT})
         for _ in range(replicas)
     ]
     receive(services[0], [change(ticket(str(10_000 + n))) for n in range(EVENTS)])
     services[0].engine.drain()
-    workers = [svc.delivery() for svc in services]
-    for _ in range(2_000):  # until everything went out; the clock moves by the requests' latency and here
-        if len(pd.events) == EVENTS:
-            break
-        sent = sum(worker.run_once(limit=5) for worker in workers)
-        if not sent:
-            clock.advance(0.25)
+    workers = [svc.delivery(str(n)) for svc in services for n in range(threads)]
+    with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+        for _ in range(2_000):  # until everything went out; the clock moves by the requests' latency and here
+            if len(pd.events) == EVENTS:
+                break
+            sent = sum(pool.map(lambda worker: worker.run_once(limit=5), workers))
+            if not sent:
+                clock.advance(0.25)
     for svc in services:
         svc.store.dispose()
     assert len(pd.events) == EVENTS and {e["routing_key"] for e in pd.events} == {ROUTING_KEY}
