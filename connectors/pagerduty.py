@@ -10,16 +10,26 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import requests
+import urllib3
 
+from sync import jsonutil
 from sync.clock import Clock
-from sync.errors import Kind, PermanentError, StatusRule, StatusTable, classify_status, network_error
+from sync.errors import (
+    Kind,
+    PermanentError,
+    StatusRule,
+    StatusTable,
+    UnknownOutcome,
+    classify_status,
+    network_error,
+)
 from sync.lifecycle import DEDUP_KEY_MAX, dedup_key_for
 from sync.model import SEVERITIES, EventAction, PlannedEvent, Ticket
 from sync.redact import redact
@@ -32,8 +42,13 @@ DOC_RATE_LIMITS = "https://developer.pagerduty.com/docs/events-api-v2/rate-limit
 
 #: payload.summary: "Maximum of 1024 characters" (DOC_TRIGGER)
 SUMMARY_MAX = 1024
-#: "the total size of the payload must not exceed 512 KB" (DOC_OVERVIEW, "Size Limits")
+#: "the total size of the payload must not exceed 512 KB" (DOC_OVERVIEW, "Size Limits"); a 524,328-byte body
+#: was answered 400 "event larger than 512 KB" (issue 13), so PagerDuty counts the bytes it receives
 EVENT_MAX_BYTES = 512 * 1024
+#: The most ticketpager sends, measured on the very bytes it posts: 500 KiB = 512,000 bytes, within "512 KB"
+#: read either way (512 × 1000 or 512 × 1024 bytes); the 12 KiB left under 512 KiB is the margin for whatever
+#: PagerDuty counts that we do not
+EVENT_BUDGET_BYTES = 500 * 1024
 TRUNCATION_MARK = "… [truncated]"
 
 #: Events API v2 response codes ("Response Codes & Retry Logic", DOC_OVERVIEW)
@@ -60,15 +75,19 @@ def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - len(TRUNCATION_MARK)] + TRUNCATION_MARK
 
 
-def _size(event: Mapping[str, Any]) -> int:
-    return len(json.dumps(event, separators=(",", ":"), default=str).encode())
+def encode_event(body: Mapping[str, Any]) -> bytes:
+    """The bytes of ``body`` on the wire: the one serialization that is measured against the size budget, stored
+    in the outbox (``jsonutil.dumps``, compact UTF-8) and posted as is. A lone surrogate (not encodable) becomes
+    ``?`` rather than failing the page."""
+    return jsonutil.dumps(body).encode("utf-8", "replace")
 
 
 def build_event(event: PlannedEvent, ticket: Ticket | None = None) -> dict[str, Any]:
     """The exact Events API v2 JSON for ``event``, with PagerDuty's limits enforced so it is never a 400.
 
     summary ≤ 1024 characters (visibly truncated), ``dedup_key`` ≤ 255 (hashed), severity one of four,
-    whole body ≤ 512 KB (custom details trimmed largest first, named in ``ticketpager_trimmed``).
+    whole body ≤ :data:`EVENT_BUDGET_BYTES` as :func:`encode_event` sends it (custom details trimmed largest
+    first, named in ``ticketpager_trimmed``).
     """
     dedup_key = event.dedup_key
     if len(dedup_key) > DEDUP_KEY_MAX:  # planned keys are already short; defend against any caller
@@ -119,10 +138,13 @@ def build_event(event: PlannedEvent, ticket: Ticket | None = None) -> dict[str, 
 
 
 def _fit(body: dict[str, Any]) -> None:
-    """Trim custom details (largest value first) until the event fits in 512 KB."""
-    details: dict[str, Any] = body["payload"]["custom_details"]
+    """Trim custom details (largest value first) until the event's wire form fits :data:`EVENT_BUDGET_BYTES`."""
+    payload = body.get("payload")
+    details = payload.get("custom_details") if isinstance(payload, dict) else None
+    if not isinstance(details, dict):
+        return
     trimmed: list[str] = []
-    while _size(body) > EVENT_MAX_BYTES and details:
+    while len(encode_event(body)) > EVENT_BUDGET_BYTES and details:
         candidates = [k for k in details if k != "ticketpager_trimmed"]
         if not candidates:
             break
@@ -156,10 +178,30 @@ class PagerDutySink:
     def __repr__(self) -> str:
         return f"<PagerDutySink {self.url}>"
 
-    def send(self, body: Mapping[str, Any]) -> SendResult:
+    def send(self, body: Mapping[str, Any] | bytes, *, timeout: float | None = None) -> SendResult:
+        """POST ``body`` (an event, or its stored wire bytes) exactly as measured: bytes over the budget (a body
+        not built by :func:`build_event`, or stored by an older version) are fitted first, never sent to a 400.
+
+        ``timeout`` (connect and read, default :attr:`timeout`): no answer in time after the event was sent
+        raises :class:`~sync.errors.UnknownOutcome` — PagerDuty may have the event."""
+        timeout = self.timeout if timeout is None else timeout
+        data = body if isinstance(body, bytes) else encode_event(body)
+        if len(data) > EVENT_BUDGET_BYTES:
+            event = jsonutil.loads(data)
+            if isinstance(event, dict):
+                _fit(event)
+                data = encode_event(event)
         try:
-            response = self.session.post(self.url, json=body, timeout=self.timeout)
+            response = self.session.post(
+                self.url, data=data, headers={"Content-Type": "application/json"}, timeout=timeout
+            )
         except requests.RequestException as exc:
+            if _timed_out_after_sending(exc):
+                raise UnknownOutcome(
+                    f"PagerDuty timed out: no answer within {timeout:g} s (outcome unknown: PagerDuty may have the "
+                    "event)",
+                    vendor="PagerDuty",
+                ) from None
             raise network_error("PagerDuty", exc) from None
         try:
             answer = response.json()
@@ -169,7 +211,7 @@ class PagerDutySink:
             answer = {}
         if response.status_code == 202 or 200 <= response.status_code < 300:
             return SendResult(response.status_code, answer.get("dedup_key"), str(answer.get("message", "")))
-        key = str(body.get("routing_key") or "")  # PagerDuty may repeat it: redacted here, before any cut
+        key = _routing_key(body)  # PagerDuty may repeat it: redacted here, before any cut
         message = redact(str(answer.get("message") or ""), key) or redact(response.text, key)[:200]
         errors = answer.get("errors")
         if errors:
@@ -186,20 +228,70 @@ class PagerDutySink:
         raise error
 
 
-WINDOW = timedelta(seconds=60)  # PagerDuty counts events per routing key over a rolling minute
+def _routing_key(body: Mapping[str, Any] | bytes) -> str:
+    """The routing key of an event or of its wire bytes (read on the error path only)."""
+    if isinstance(body, bytes):
+        try:
+            event = jsonutil.loads(body)
+        except ValueError:
+            return ""
+        body = event if isinstance(event, dict) else {}
+    return str(body.get("routing_key") or "")
+
+
+def _timed_out_after_sending(exc: requests.RequestException) -> bool:
+    """A read timeout (the request went out; the answer did not come), as requests raises it while waiting
+    for the headers (``ReadTimeout``) or while reading the body (a ``ConnectionError`` around urllib3's)."""
+    if isinstance(exc, requests.ReadTimeout):
+        return True
+    return isinstance(exc, requests.ConnectionError) and isinstance(
+        exc.args[0] if exc.args else None, urllib3.exceptions.ReadTimeoutError
+    )
+
+
+WINDOW = timedelta(seconds=60)  # PagerDuty counts events per routing key over a rolling minute (DOC_RATE_LIMITS)
+#: Added to the window: PagerDuty's clock, ours and the other replicas' differ a little, and an event may be
+#: counted there a moment after our send ended. Costs ~2% of the throughput of one routing key at the limit.
+WINDOW_MARGIN = timedelta(seconds=1)
+
+
+class Reservation:
+    """One send the limiter counts. It counts until ``WINDOW`` after the send *ended* (the latest the event can
+    have arrived at PagerDuty): until :meth:`finished` it is in flight, counted as ending ``send_seconds``
+    after it began (so a send whose end is never reported cannot hold a slot for ever)."""
+
+    __slots__ = ("_clock", "end", "open")
+
+    def __init__(self, clock: Clock, end: datetime) -> None:
+        self._clock = clock
+        self.end = end
+        self.open = True
+
+    def finished(self) -> None:
+        """The send is over (any outcome: a timed-out event may still have arrived): count it from now."""
+        if self.open:
+            self.open = False
+            self.end = self._clock.now()
 
 
 HELD_MEMORY = 100_000  # held-back events remembered by RateLimiter.first_hold (a few MB at most)
 
 
 class RateLimiter:
-    """At most ``per_minute`` sends per routing key in any rolling 60 s (PagerDuty's documented limit),
-    across every replica: ``elsewhere(key, since)`` gives the send times of the *other* replicas (the
-    service reads them from the shared outbox), this process's own sends are kept here (in flight
-    included). Another replica's send that is in flight at that moment is not seen yet, so a cluster can go
-    over by the sends in flight at once; PagerDuty then answers 429 and the event is retried.
+    """At most ``per_minute`` events per routing key *arrive at PagerDuty* in any rolling 60 s (its documented
+    limit), across every replica.
 
-    :meth:`wait_for` returns how long a send for ``key`` must wait (0 = go, and the send is counted);
+    An event arrives somewhere between the start and the end of its POST, so each send is counted from when
+    it began until ``WINDOW`` (plus :data:`WINDOW_MARGIN`) after it ended: a send that was slow to arrive can
+    no longer let a later, faster one in early. ``elsewhere(key, since)`` gives the *other* replicas' sends
+    (the service reads their ``sent_at``, written when the POST ended, from the shared outbox); this process's
+    own are kept here, in flight included. Another replica's send that is in flight at that moment is not
+    seen yet, so a cluster can go over by the sends in flight at once; PagerDuty then answers 429 and the
+    event is retried.
+
+    :meth:`reserve` returns how long a send for ``key`` must wait (0 = go) and, to go, the
+    :class:`Reservation` to mark :meth:`~Reservation.finished` when the POST is over. :meth:`wait_for` is
+    ``reserve`` for a send whose end is not reported (it counts as ending ``send_seconds`` after it began).
     :meth:`first_hold` tells whether an event is held back for the first time (the metric counts events).
     """
 
@@ -208,17 +300,23 @@ class RateLimiter:
         per_minute: int,
         clock: Clock,
         elsewhere: Callable[[str, datetime], list[datetime]] | None = None,
+        *,
+        send_seconds: float = 0.0,
     ) -> None:
         self.per_minute = max(per_minute, 1)
         self.clock = clock
         self.elsewhere = elsewhere
-        self._sent: dict[str, deque[datetime]] = {}
+        self.send_seconds = timedelta(seconds=max(send_seconds, 0.0))  # the longest one POST may take
+        self._sent: dict[str, list[Reservation]] = {}
         self._held: OrderedDict[object, None] = OrderedDict()  # events held back lately, oldest first
         self._lock = threading.Lock()
 
     def wait_for(self, key: str) -> float:
+        return self.reserve(key)[0]
+
+    def reserve(self, key: str) -> tuple[float, Reservation | None]:
         now = self.clock.now()
-        since = now - WINDOW
+        since = now - WINDOW - WINDOW_MARGIN
         others: list[datetime] = []
         if self.elsewhere is not None:
             try:
@@ -226,15 +324,14 @@ class RateLimiter:
             except Exception as exc:  # noqa: BLE001 - the database is down: count our own sends, keep paging
                 log.warning("rate limiter: other replicas' sends unknown (%s); counting this replica's", exc)
         with self._lock:
-            window = self._sent.setdefault(key, deque())
-            while window and window[0] <= since:
-                window.popleft()
-            times = sorted([*window, *(t for t in others if t > since)])
-            if len(times) < self.per_minute:
-                window.append(now)
-                return 0.0
-            frees_at = times[len(times) - self.per_minute] + WINDOW  # the send whose exit leaves a free slot
-            return max((frees_at - now).total_seconds(), 0.001)
+            mine = self._sent[key] = [r for r in self._sent.get(key, []) if r.end > since]
+            if len(mine) + sum(1 for t in others if t > since) < self.per_minute:
+                reservation = Reservation(self.clock, now + self.send_seconds)
+                mine.append(reservation)
+                return 0.0, reservation
+            ends = sorted([*(r.end for r in mine), *(t for t in others if t > since)])
+            frees_at = ends[len(ends) - self.per_minute] + WINDOW + WINDOW_MARGIN  # the exit that leaves a slot
+            return max((frees_at - now).total_seconds(), 0.001), None
 
     def first_hold(self, event: object) -> bool:
         """True the first time ``event`` (an outbox row id) is held back. A held event is re-checked each time

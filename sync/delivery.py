@@ -6,8 +6,11 @@ transaction. A replica that dies mid-send leaves its rows to be claimed again wh
 Events of one ``dedup_key`` go out in order: a row waits while an earlier row of its key is pending.
 
 Outcomes: 2xx → sent (and a write-back row is queued for the ticket); retryable (429, 5xx, network) →
-``next_attempt_at`` by :class:`~sync.retry.RetryPolicy` honouring ``Retry-After``; permanent (400) or
-retries exhausted → dead letter with the error text (``deadletters retry`` re-drives it).
+``next_attempt_at`` by :class:`~sync.retry.RetryPolicy` honouring ``Retry-After`` ("later" answers use no
+attempts, only the time budget); a timeout → unknown outcome, retried with a longer wait and counted apart;
+permanent (400) or retries exhausted → dead letter with the reason and the error text (``deadletters retry``
+re-drives it). The stored body is posted as is: the bytes sent are the bytes measured against PagerDuty's
+size limit.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from connectors.base import WriteBack
 from connectors.pagerduty import PagerDutySink, RateLimiter, mask
 from sync import jsonutil
 from sync.clock import Clock
-from sync.errors import PermanentError, RetryableError, TicketpagerError
+from sync.errors import PermanentError, RetryableError, TicketpagerError, UnknownOutcome
 from sync.metrics import METRICS
 from sync.model import EventAction, TicketRef
 from sync.redact import redact
@@ -44,6 +47,24 @@ NOTE_TEXT = {
     EventAction.ACKNOWLEDGE: "PagerDuty incident acknowledged (rule '{rule}')",
     EventAction.RESOLVE: "PagerDuty incident resolved (rule '{rule}')",
 }
+
+
+#: A retry waits longer for PagerDuty's answer than the attempt before (twice as long per earlier attempt, at
+#: most this many times ``TICKETPAGER_PAGERDUTY__TIMEOUT_SECONDS``): a PagerDuty slower than the timeout is
+#: waited out instead of timed out again and again.
+TIMEOUT_GROWTH_MAX = 4.0
+
+
+def send_timeout(base: float, attempts: int, claim_seconds: float) -> float:
+    """The timeout of a send after ``attempts`` failed attempts of its row, within the claim: connect and read
+    (each up to the timeout) must end before the claim could pass to another replica."""
+    grown = base * min(2.0 ** max(attempts, 0), TIMEOUT_GROWTH_MAX)
+    return max(base, min(grown, claim_seconds / 3))
+
+
+def encode_body(stored: str) -> bytes:
+    """An outbox event body as sent: the text the engine stored with ``encode_event`` (one serialization)."""
+    return stored.encode("utf-8", "replace")
 
 
 class Delivery:
@@ -152,28 +173,36 @@ class Delivery:
                 self._deliver_write_back(row)
             return
         action = row["action"]
-        wait = self.limiter.wait_for(row["routing_key"])  # may read the other replicas' sends: before the check
-        if wait > 0:  # spacing, not failure: no attempt is counted, and the event is counted once, not per check
+        wait, sending = self.limiter.reserve(row["routing_key"])  # may read the other replicas' sends: first
+        if sending is None:  # spacing, not failure: no attempt is counted, and the event is counted once, not per check
             if self.limiter.first_hold(row["id"]):
                 METRICS.events.labels(action, "rate_limited").inc()
             self._release(row["id"], wait)
             return
+        try:
+            self._deliver_event(row, action, claimed)
+        finally:  # the event may have arrived any time until now: the limiter counts it from here
+            sending.finished()
+
+    def _deliver_event(self, row: RowMapping, action: str, claimed: datetime | None) -> None:
         # An event whose claim still runs for longer than its one POST may take (connect + read timeouts,
         # with a margin) cannot be taken by another worker before we are done: renewing it would cost one
         # more write transaction per event for nothing. Older claims (rows behind slow sends of this batch,
         # a stalled worker) are renewed, and fenced if lost.
-        fresh = claimed is not None and self.clock.now() - claimed < self._fresh_for
-        if not fresh and not self._renew(row["id"]):
+        base = self.sink.timeout if self.sink is not None else 0.0
+        timeout = send_timeout(base, row["attempts"], self.claim_seconds)  # a retry waits longer for the answer,
+        fresh = timeout <= base and claimed is not None and self.clock.now() - claimed < self._fresh_for
+        if not fresh and not self._renew(row["id"]):  # so its claim is always renewed
             return
-        body = jsonutil.loads(row["body"])
         if self.dry_run or self.sink is None:
+            body = jsonutil.loads(row["body"])
             shown = dict(body, routing_key=mask(body.get("routing_key", "")))
             log.info("dry run: would send %s", json.dumps(shown, sort_keys=True, default=str))
             METRICS.events.labels(action, "dry_run").inc()
             self._sent(row, dry_run=True)
             return
         try:
-            self.sink.send(body)
+            self.sink.send(encode_body(row["body"]), timeout=timeout)  # the stored bytes, as measured
         except TicketpagerError as exc:
             self._failed(row, exc)
             return
@@ -285,10 +314,11 @@ class Delivery:
         attempts = row["attempts"] + 1
         first = row["first_attempt_at"] or now  # the retry budget runs from the first failure, not creation
         elapsed = (now - first).total_seconds()
-        wait = self.policy.delay(attempts, elapsed, exc, self.rng) if isinstance(exc, RetryableError) else None
+        decision = self.policy.decide(attempts, elapsed, exc, self.rng)
+        wait = decision.wait
         action = row["action"] if row["kind"] == "event" else "writeback"
         if wait is None:
-            why = "permanent" if isinstance(exc, PermanentError) else "retries exhausted"
+            why = "permanent" if isinstance(exc, PermanentError) else decision.reason
             log.error("%s %s for %s is a dead letter (%s): %s", row["kind"], action, row["ticket_key"], why, exc)
             METRICS.events.labels(action, "dead").inc()
             self._mark(
@@ -299,16 +329,18 @@ class Delivery:
                 first_attempt_at=first,
             )
             return
+        unknown = isinstance(exc, UnknownOutcome)  # not a failure: PagerDuty may have it; the retry is harmless
         log.warning(
-            "%s %s for %s failed (attempt %d), retry in %.1fs: %s",
+            "%s %s for %s %s (attempt %d), retry in %.1fs: %s",
             row["kind"],
             action,
             row["ticket_key"],
+            "has an unknown outcome" if unknown else "failed",
             attempts,
             wait,
             exc,
         )
-        METRICS.events.labels(action, "retry").inc()
+        METRICS.events.labels(action, "unknown" if unknown else "retry").inc()
         self._mark(
             row["id"],
             attempts=attempts,

@@ -3,6 +3,7 @@
 Every failure ticketpager handles is a :class:`TicketpagerError` of one of three kinds:
 
 * :class:`RetryableError` — try again later (``retry_after`` seconds if the vendor said so);
+  :class:`UnknownOutcome` is the retryable kind for a request that timed out after it was sent;
 * :class:`PermanentError` — trying again will not help (bad credentials, invalid event): surface it;
 * :class:`SkippableError` — this one item is not for us; count the reason and move on.
 
@@ -56,6 +57,12 @@ class RetryableError(TicketpagerError):
     ) -> None:
         super().__init__(message, status=status, vendor=vendor)
         self.retry_after = retry_after
+
+
+class UnknownOutcome(RetryableError):
+    """The request was sent but no answer came in time: the vendor may have acted on it. Retried (for an
+    idempotent request, such as a PagerDuty event with its ``dedup_key``), never reported as a failure of
+    the request itself."""
 
 
 class PermanentError(TicketpagerError):

@@ -60,7 +60,7 @@ class Metrics:
         )
         self.events = Counter(
             "ticketpager_events_total",
-            "PagerDuty events by action and outcome (sent, retry, dead, dry_run, rate_limited)",
+            "PagerDuty events by action and outcome (sent, retry, unknown, dead, dry_run, rate_limited)",
             ["action", "outcome"],
             registry=r,
         )
@@ -119,7 +119,7 @@ class Metrics:
 # appears with the value 1 has no earlier sample, so increase()/rate() would miss that first failure.
 WEBHOOK_FAILURES = ("rejected_400", "rejected_401", "too_large", "unparseable", "unavailable", "store_failed", "error")
 POLL_ERROR_KINDS = (*(kind.value for kind in Kind), "bug")  # "bug": a poll that raised something unclassified
-EVENT_FAILURES = ("retry", "dead")
+EVENT_FAILURES = ("retry", "unknown", "dead")
 EVENT_ACTIONS = (*(action.value for action in EventAction), "writeback")
 
 

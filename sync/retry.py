@@ -23,12 +23,30 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do after a failed attempt: wait ``wait`` seconds, or give up (``wait`` is None) for ``reason``."""
+
+    wait: float | None
+    reason: str = ""
+
+
+def says_later(error: RetryableError) -> bool:
+    """The vendor asked to be called again later (a 429, or any answer with ``Retry-After``), which is not a
+    failure of the attempt."""
+    return error.retry_after is not None or error.status == 429
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     max_attempts: int = 5
     max_total_seconds: float = 120.0
     base_seconds: float = 1.0
     cap_seconds: float = 60.0
     max_retry_after_seconds: float = 300.0
+    #: False: answers that say "later" (see :func:`says_later`) do not use up ``max_attempts``; only the time
+    #: budget (``max_total_seconds``) bounds them. PagerDuty delivery runs so; vendor clients count them.
+    later_uses_attempts: bool = True
+    budget_name: str = "retry budget"  # how a dead letter names the time budget (the operator's setting)
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """Full-jitter exponential backoff for the ``attempt``-th failure (1-based)."""
@@ -39,19 +57,33 @@ class RetryPolicy:
         self, attempt: int, elapsed: float, error: BaseException, rng: random.Random | None = None
     ) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up."""
+        return self.decide(attempt, elapsed, error, rng).wait
+
+    def decide(
+        self, attempt: int, elapsed: float, error: BaseException, rng: random.Random | None = None
+    ) -> Decision:
+        """:meth:`delay` with the reason for giving up, worded for the operator (it ends in a dead letter)."""
         if not isinstance(error, RetryableError):
-            return None
-        if attempt >= self.max_attempts:
-            return None
+            return Decision(None, "permanent")
+        later = says_later(error)
+        if attempt >= self.max_attempts and (self.later_uses_attempts or not later):
+            return Decision(None, f"retries exhausted ({attempt} attempts, max_attempts {self.max_attempts})")
         if error.retry_after is not None:
-            if error.retry_after > self.max_retry_after_seconds:
-                return None
             wait = error.retry_after  # the vendor knows best; never earlier than it asked
-        else:
-            wait = self.backoff(attempt, rng)
+            if wait > self.max_retry_after_seconds or elapsed + wait > self.max_total_seconds:
+                return Decision(
+                    None,
+                    f"asked to retry in {wait:.0f} s, past the {self.budget_name} "
+                    f"({min(self.max_total_seconds, self.max_retry_after_seconds):.0f} s from the first failure, "
+                    f"{elapsed:.0f} s spent)",
+                )
+            return Decision(wait)
+        wait = self.backoff(attempt, rng)
         if elapsed + wait > self.max_total_seconds:
-            return None
-        return wait
+            return Decision(
+                None, f"{self.budget_name} spent ({self.max_total_seconds:.0f} s from the first failure)"
+            )
+        return Decision(wait)
 
 
 def call(fn: Callable[[], T], policy: RetryPolicy, clock: Clock, rng: random.Random | None = None) -> T:

@@ -28,7 +28,7 @@ from connectors.pagerduty import PagerDutySink, RateLimiter, mask
 from sync import redact
 from sync.clock import Clock, SystemClock
 from sync.db import failure_reason
-from sync.delivery import Delivery
+from sync.delivery import Delivery, send_timeout
 from sync.engine import Engine
 from sync.ingest import Writer
 from sync.metrics import METRICS, zero_series
@@ -90,11 +90,15 @@ class Service:
             base_seconds=pd.backoff_base_seconds,
             cap_seconds=pd.backoff_cap_seconds,
             max_retry_after_seconds=pd.max_retry_seconds,
+            later_uses_attempts=False,  # while PagerDuty says "later" only the operator's time budget ends it
+            budget_name="retry budget max_retry_seconds",
         )
         self.limiter = RateLimiter(  # per routing key across the replicas: theirs are read from the outbox
             pd.rate_limit_per_minute,
             self.clock,
             elsewhere=lambda key, since: self.store.sends_elsewhere(key, since, self.instance),
+            # connect + read of the longest timeout a retry may use: the longest one POST can be in flight
+            send_seconds=2 * send_timeout(pd.timeout_seconds, 1_000, settings.engine.claim_seconds),
         )
         self._threads: list[threading.Thread] = []
         self._reload_failures_seen = 0

@@ -120,10 +120,10 @@ class PagerDutySettings(BaseModel):
 
     _region = field_validator("region", mode="before")(_lower)
     events_url: str = ""  # overrides region; e.g. a proxy or a mock
-    timeout_seconds: float = 10.0
+    timeout_seconds: float = 10.0  # HTTP timeout in seconds; each retry waits longer, up to 4 × this
     rate_limit_per_minute: int = 120  # per routing key, all replicas together; PagerDuty's Events API v2 limit
-    max_attempts: int = 12
-    max_retry_seconds: float = 3600.0  # after this long an event goes to the dead letters
+    max_attempts: int = 12  # attempts before a dead letter (never on a 429 or Retry-After answer: see the budget)
+    max_retry_seconds: float = 3600.0  # retry budget from the first failure (a Retry-After past it: dead letter)
     backoff_base_seconds: float = 1.0
     backoff_cap_seconds: float = 300.0
     workers: int = 4

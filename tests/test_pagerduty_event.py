@@ -158,22 +158,25 @@ def test_rate_limiter_spaces_sends_per_routing_key() -> None:
     limiter = RateLimiter(120, clock)
     assert all(limiter.wait_for("a") == 0 for _ in range(120))
     wait = limiter.wait_for("a")
-    assert 59 < wait <= 60
+    assert 60 < wait <= 61, "the rolling minute plus a one-second margin"
     assert limiter.wait_for("b") == 0, "other routing keys are not held back"
     clock.advance(60)
+    assert limiter.wait_for("a") > 0, "not before the margin has passed"
+    clock.advance(1)
     assert limiter.wait_for("a") == 0
 
 
 def test_rate_limiter_counts_the_other_replicas_sends() -> None:
     """Three per minute, two sent elsewhere 50 s and 10 s ago (one more 70 s ago, outside the window): one
-    send goes now, the next waits until the 50-s-old one leaves the rolling minute, 10 s from now."""
+    send goes now, the next waits until the 50-s-old one leaves the rolling minute and its 1 s margin, 11 s
+    from now."""
     clock = FakeClock()
     now = clock.now()
     others = [now - timedelta(seconds=70), now - timedelta(seconds=50), now - timedelta(seconds=10)]
     limiter = RateLimiter(3, clock, elsewhere=lambda key, since: [t for t in others if t > since])
     assert limiter.wait_for("k") == 0
-    assert limiter.wait_for("k") == pytest.approx(10.0)
-    clock.advance(10)
+    assert limiter.wait_for("k") == pytest.approx(11.0)
+    clock.advance(11)
     assert limiter.wait_for("k") == 0
 
 

@@ -2,8 +2,11 @@
 
 Behaves like the vendor: 202 with ``{"status","message","dedup_key"}`` for a valid event, 400 with
 ``{"status":"invalid event","message":"Event object is invalid","errors":[...]}`` for an invalid one
-(validated against PagerDuty's OpenAPI plus the prose limits), and scripted failures (500, 429 with
-``Retry-After``) on demand. Every accepted event is recorded in order.
+(validated against PagerDuty's OpenAPI plus the prose limits; the 512 KB limit on the bytes received, as
+PagerDuty counts them), and scripted failures (500, 429 with ``Retry-After``) on demand. Every accepted event
+is recorded in order, with its size on the wire and its arrival time. Latency is either slept (a real slow
+PagerDuty, for socket timeouts) or, given a fake ``clock``, spent on that clock (``latency`` per request), so
+arrival times can be checked against the sender's injected clock without sleeping.
 """
 
 from __future__ import annotations
@@ -12,14 +15,21 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
+from sync.clock import FakeClock
+
 SPEC_PATH = Path(__file__).resolve().parents[1] / "fixtures" / "pagerduty" / "events-v2.openapi.json"
 SHARED_SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "specs" / "pagerduty-events-v2.openapi.json"
+#: "the total size of the payload must not exceed 512 KB" (https://developer.pagerduty.com/docs/events-api-v2/overview/),
+#: counted here on the bytes received: a 524,328-byte body was answered 400 "event larger than 512 KB" (issue 13)
+PAGERDUTY_MAX_BYTES = 512 * 1024
 
 
 def _load_event_schema() -> dict[str, Any]:
@@ -32,8 +42,10 @@ def _load_event_schema() -> dict[str, Any]:
 EVENT_SCHEMA: dict[str, Any] | None = _load_event_schema()
 
 
-def validate_event(event: Any) -> list[str]:
-    """PagerDuty's OpenAPI schema plus the documented limits the file lacks. Empty list = valid."""
+def validate_event(event: Any, raw: bytes | None = None) -> list[str]:
+    """PagerDuty's OpenAPI schema plus the documented limits the file lacks. Empty list = valid.
+
+    The size limit applies to ``raw`` (the bytes received) when given, else to the compact JSON of ``event``."""
     errors: list[str] = []
     if not isinstance(event, dict):
         return ["event must be a JSON object"]
@@ -59,7 +71,8 @@ def validate_event(event: Any) -> list[str]:
             for key in ("summary", "source"):
                 if not payload.get(key):
                     errors.append(f"'{key}' is missing")
-    if len(json.dumps(event).encode()) > 512 * 1024:
+    size = len(raw) if raw is not None else len(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > PAGERDUTY_MAX_BYTES:
         errors.append("event is larger than 512 KB")
     return errors
 
@@ -67,9 +80,20 @@ def validate_event(event: Any) -> list[str]:
 class MockPagerDuty:
     """Run with ``with MockPagerDuty() as pd:``; point ticketpager at ``pd.url``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        clock: FakeClock | None = None,
+        latency: Callable[[int], float] | None = None,
+    ) -> None:
         self.events: list[dict[str, Any]] = []  # accepted, in arrival order
         self.arrivals: list[float] = []  # time.perf_counter() of each accepted event (same order)
+        self.sizes: list[int] = []  # bytes on the wire of each accepted event (same order)
+        self.arrived_at: list[datetime] = []  # ``clock.now()`` at each request's arrival, accepted or not
+        self.clock = clock  # given: latency is spent on this clock, not slept
+        self.latency = latency  # request number (0-based) -> seconds before it arrives; with ``clock``
         self.requests: list[dict[str, Any]] = []  # every request body, accepted or not
         self._script: deque[tuple[int, dict[str, str]]] = deque()
         self._window: tuple[float, int, dict[str, str]] | None = None  # (until monotonic, status, headers)
@@ -120,6 +144,11 @@ class MockPagerDuty:
     def _handle(self, path: str, raw: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
         if self.latency_seconds > 0:
             time.sleep(self.latency_seconds)
+        if self.clock is not None:
+            with self._lock:  # requests are numbered in arrival order; the clock moves by each one's latency
+                if self.latency is not None:
+                    self.clock.advance(self.latency(len(self.arrived_at)))
+                self.arrived_at.append(self.clock.now())
         try:
             event = json.loads(raw)
         except ValueError:
@@ -145,12 +174,13 @@ class MockPagerDuty:
                 self._window = None
         if path.rstrip("/") != "/v2/enqueue":
             return 404, {"status": "error", "message": "not found"}, {}
-        errors = validate_event(event)
+        errors = validate_event(event, raw)
         if errors:
             return 400, {"status": "invalid event", "message": "Event object is invalid", "errors": errors}, {}
         with self._lock:
             self.events.append(event)
             self.arrivals.append(time.perf_counter())
+            self.sizes.append(len(raw))
         return 202, {"status": "success", "message": "Event processed", "dedup_key": event.get("dedup_key")}, {}
 
     def __enter__(self) -> MockPagerDuty:
