@@ -41,7 +41,8 @@ def load_rules(
             documents.append((str(file), value))
     validator = Validator(environment, allow_missing_env=env_warnings is not None)
     spec = validator.validate(documents)
-    errors.extend(validator.errors)
+    explained = {(e.path, e.line, e.col) for e in errors}  # `continue: yes`: the YAML error says it all
+    errors.extend(e for e in validator.errors if (e.path, e.line, e.col) not in explained)
     if env_warnings is not None:
         env_warnings.extend(_sorted(validator.warnings, order))
     if errors:
