@@ -1,0 +1,57 @@
+"""What an admin reads from `rules check` / `rules test` (issue 14): unset routing-key variables as one grouped
+notice (item 2), a broken calendar reported once (item 4), calendar times in the calendar's zone (item 11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rules import RuleFileErrors, load_rules
+from rules.cli import main
+
+# -- item 4: a broken calendar is one error ---------------------------------------------------------------
+
+BROKEN_CALENDAR = """\
+version: 1
+calendars:
+  business-hours: {timezone: America/New_York, days: [mon, tue, wed, thu, fri], hours: "9-17"}
+rules:
+  - name: p1-in-hours
+    when: {priority: P1, during: business-hours}
+    trigger: {routing_key: k, severity: critical, summary: s}
+  - name: p2-after-hours
+    when: {priority: P2, created: {outside: business-hours}}
+    trigger: {routing_key: k, severity: error, summary: s}
+"""
+
+
+def test_a_broken_calendar_reports_its_own_error_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cal.yaml"
+    path.write_text(BROKEN_CALENDAR)
+    assert main(["check", str(path)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f'{path}:3:88: calendars → business-hours → hours: hours must look like "08:00-18:00", got \'9-17\' '
+        '(did you mean "09:00-17:00"?)',
+        f"1 error(s) in {path}",
+    ]
+
+
+def test_a_calendar_in_a_file_that_did_not_load_is_not_called_unknown(tmp_path: Path) -> None:
+    (tmp_path / "a-calendars.yaml").write_text(
+        "version: 1\ncalendars:\n  business-hours: {timezone: UTC}\n\tbroken: tab\n"
+    )
+    (tmp_path / "b-rules.yaml").write_text(BROKEN_CALENDAR.split("rules:\n", 1)[1].join(["version: 1\nrules:\n", ""]))
+    with pytest.raises(RuleFileErrors) as caught:
+        load_rules(tmp_path, env={})
+    assert [e.path for e in caught.value.errors] == [str(tmp_path / "a-calendars.yaml")]
+
+
+def test_an_unknown_calendar_is_still_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "cal.yaml"
+    path.write_text(BROKEN_CALENDAR.replace('"9-17"', '"09:00-17:00"').replace("during: business-hours", "during: bh"))
+    with pytest.raises(RuleFileErrors) as caught:
+        load_rules(path, env={})
+    assert [str(e) for e in caught.value.errors] == [
+        f"{path}:6:34: rule 'p1-in-hours' → when → during: unknown calendar 'bh' (calendars: business-hours)"
+    ]
