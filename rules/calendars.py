@@ -32,6 +32,11 @@ class Calendar:
     ranges: tuple[tuple[int, int], ...]  # minutes since local midnight, [start, end)
     holidays: frozenset[date] = frozenset()
 
+    def local_time(self, when: datetime) -> str:
+        """``Sat 2026-12-05 10:00 America/New_York``: the instant as the calendar's admin thinks of it."""
+        local = when.astimezone(ZoneInfo(self.timezone))
+        return f"{DAY_NAMES[local.weekday()].capitalize()} {local:%Y-%m-%d %H:%M} {self.timezone}"
+
     def contains(self, when: datetime) -> bool:
         """Whether the (tz-aware) instant falls inside the calendar."""
         local = when.astimezone(ZoneInfo(self.timezone))

@@ -3,12 +3,15 @@ notice (item 2), a broken calendar reported once (item 4), calendar times in the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from rules import RuleFileErrors, load_rules
 from rules.cli import main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 
 # -- item 4: a broken calendar is one error ---------------------------------------------------------------
 
@@ -55,3 +58,30 @@ def test_an_unknown_calendar_is_still_an_error(tmp_path: Path) -> None:
     assert [str(e) for e in caught.value.errors] == [
         f"{path}:6:34: rule 'p1-in-hours' → when → during: unknown calendar 'bh' (calendars: business-hours)"
     ]
+
+
+# -- item 11: calendar times in the calendar's own zone ----------------------------------------------------
+
+
+def test_rules_test_shows_the_calendars_local_time_beside_utc(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cal.yaml"
+    path.write_text(BROKEN_CALENDAR.replace('"9-17"', '"09:00-17:00"'))
+    ticket = json.loads((EXAMPLES / "zendesk-vip-urgent.ticket.json").read_text())
+    ticket.update(priority="P2", created="2026-12-07T23:30:00+00:00")  # a Monday, 18:30 in New York
+    ticket_file = tmp_path / "t.json"
+    ticket_file.write_text(json.dumps({**ticket, "priority": "P1"}))
+    args = ["test", str(path), "--ticket", str(ticket_file)]
+    assert main([*args, "--now", "2026-12-05T15:00:00Z"]) == 0  # Saturday 10:00 in New York
+    out = capsys.readouterr().out
+    assert (
+        "now: 2026-12-05T15:00:00+00:00 (Sat 2026-12-05 10:00 America/New_York) is outside calendar 'business-hours'"
+    ) in out.splitlines()[2]
+    ticket_file.write_text(json.dumps({**ticket, "created": "2026-12-07T15:00:00+00:00"}))  # Monday 10:00 there
+    assert main([*args, "--now", "2026-12-07T16:00:00Z"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "created: 2026-12-07T15:00:00+00:00 (Mon 2026-12-07 10:00 America/New_York) is inside calendar "
+        "'business-hours'"
+    ) in out
