@@ -114,11 +114,36 @@ def _print_warnings(warnings: list[RuleFileError] | None) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if not args.allow_missing_env:  # unset ${VAR} keys: one grouped notice, not an error each
+        return _check_with_env_notice(args.path)
     ruleset = _load(args.path, args.allow_missing_env)
     if ruleset is None:
         return EXIT_MISMATCH
     timed = f", time rules: {', '.join(ruleset.time_rules)}" if ruleset.has_time_rules else ""
     print(f"OK: {len(ruleset)} rules in {args.path} (digest {ruleset.digest}){timed}")
+    return EXIT_OK
+
+
+def _check_with_env_notice(path: str) -> int:
+    """``rules check`` without ``--allow-missing-env``: errors as usual, unset variables grouped after them."""
+    from rules.env_notice import EXIT_ENV_INCOMPLETE, missing_env_notice
+
+    warnings: list[RuleFileError] = []
+    try:
+        ruleset = load_rules(path, env_warnings=warnings)
+    except RuleFileErrors as exc:
+        print(str(exc), file=sys.stderr)
+        print(f"{len(exc.errors)} error(s) in {path}", file=sys.stderr)
+        for line in missing_env_notice(path, warnings, valid=False):
+            print(line, file=sys.stderr)
+        return EXIT_MISMATCH
+    notice = missing_env_notice(path, warnings, valid=True)
+    for line in notice:
+        print(line, file=sys.stderr)
+    if notice:
+        return EXIT_ENV_INCOMPLETE
+    timed = f", time rules: {', '.join(ruleset.time_rules)}" if ruleset.has_time_rules else ""
+    print(f"OK: {len(ruleset)} rules in {path} (digest {ruleset.digest}){timed}")
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, NamedTuple
 
@@ -87,6 +88,17 @@ VOCABULARY_OPERATORS = frozenset({"equals", "not_equals", "in", "not_in", "chang
 ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")
 ZENDESK_STATUSES = ("new", "open", "pending", "hold", "solved", "closed", "deleted")
 STATUS_CATEGORIES = tuple(category.value for category in StatusCategory)
+
+
+MISSING_ENV_HINT = "set it where the service runs; 'rules check --allow-missing-env' checks the files without it"
+
+
+@dataclass(frozen=True, slots=True)
+class MissingEnv(RuleFileError):
+    """An unset or empty ``${VAR}`` routing key, as a warning (``rules check`` groups them by variable)."""
+
+    variable: str = ""
+    empty: bool = False
 
 
 def _where(first: Pos, here: Pos) -> str:
@@ -515,13 +527,10 @@ class Validator:
                 return default.strip()
             state = "is empty" if resolved is not None else "is not set"
             if self.allow_missing_env:
-                self.warnings.append(
-                    RuleFileError.at(
-                        pos, f"{_trail(trail)}: environment variable {name} {state} (using a placeholder key)"
-                    )
-                )
+                message = f"{_trail(trail)}: environment variable {name} {state} (using a placeholder key)"
+                self.warnings.append(MissingEnv(pos.path, pos.line, pos.col, message, name, resolved is not None))
                 return f"{MISSING_ENV_PLACEHOLDER}{name}"
-            hint = "and its default is empty" if default is not None else f"(set it, or use ${{{name}:-default}})"
+            hint = "and its default is empty" if default is not None else f"({MISSING_ENV_HINT})"
             self.err(pos, trail, f"environment variable {name} {state} {hint}")
             return None
         return resolved.strip()

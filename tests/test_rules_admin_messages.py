@@ -10,8 +10,81 @@ import pytest
 
 from rules import RuleFileErrors, load_rules
 from rules.cli import main
+from rules.reload import RuleStore
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "rules" / "examples"
+TWO_KEYS = """\
+version: 1
+rules:
+  - name: ops
+    when: {priority: P1}
+    trigger: {routing_key: "${PD_OPS_KEY}", severity: critical, summary: s}
+  - name: db
+    when: {priority: P2}
+    trigger: {routing_key: "${PD_DB_KEY}", severity: error, summary: s}
+  - name: ops-p3
+    when: {priority: P3}
+    trigger: {routing_key: "${PD_OPS_KEY}", severity: info, summary: s}
+"""
+
+
+@pytest.fixture
+def own_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An admin's own rule file on a machine without the PagerDuty keys (PD_DB_KEY set but empty)."""
+    monkeypatch.delenv("PD_OPS_KEY", raising=False)
+    monkeypatch.setenv("PD_DB_KEY", "")
+    path = tmp_path / "rules.yaml"
+    path.write_text(TWO_KEYS)
+    return path
+
+
+def test_rules_check_groups_unset_variables_in_one_notice_and_exits_3(
+    own_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", str(own_file)]) == 3
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"{own_file}: the rules are valid, but this environment is incomplete for their routing keys:",
+        f"  PD_OPS_KEY is not set (used at {own_file}:5:28, {own_file}:11:28)",
+        f"  PD_DB_KEY is empty (used at {own_file}:8:28)",
+        "'ticketpager serve' refuses to load these rules until they are set: set them where the service runs, "
+        "or run 'rules check --allow-missing-env' to check the files alone (exit 0).",
+    ]
+    assert ":-default" not in err
+
+
+def test_the_notice_follows_real_errors_which_decide_the_exit_code(
+    own_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own_file.write_text(TWO_KEYS.replace("severity: error", "severity: eror"))
+    assert main(["check", str(own_file)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == [
+        f"{own_file}:8:54: rule 'db' → trigger → severity: unknown severity 'eror' (did you mean 'error'?) "
+        "(use critical | error | warning | info)",
+        f"1 error(s) in {own_file}",
+    ]
+    assert err[2] == f"{own_file}: besides the errors above, this environment is incomplete for their routing keys:"
+    assert err[3:5] == [
+        f"  PD_OPS_KEY is not set (used at {own_file}:5:28, {own_file}:11:28)",
+        f"  PD_DB_KEY is empty (used at {own_file}:8:28)",
+    ]
+
+
+def test_allow_missing_env_passes_and_the_service_still_refuses(
+    own_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", str(own_file), "--allow-missing-env"]) == 0
+    assert capsys.readouterr().out.startswith(f"OK: 3 rules in {own_file}")
+    with pytest.raises(RuleFileErrors) as caught:
+        RuleStore(own_file, env={})  # what `serve` loads its rules with
+    assert [str(e) for e in caught.value.errors] == [
+        f"{own_file}:{line}:28: rule '{rule}' → trigger → routing_key: environment variable {name} is not set "
+        "(set it where the service runs; 'rules check --allow-missing-env' checks the files without it)"
+        for line, rule, name in ((5, "ops", "PD_OPS_KEY"), (8, "db", "PD_DB_KEY"), (11, "ops-p3", "PD_OPS_KEY"))
+    ]
+
 
 # -- item 4: a broken calendar is one error ---------------------------------------------------------------
 
