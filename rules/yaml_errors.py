@@ -36,16 +36,18 @@ def _columns(line: str) -> list[int]:
     return columns
 
 
-def _above(lines: list[str], index: int) -> list[tuple[int, int]]:
-    """The columns open above line ``index`` (0-based), nearest first, as (column, 1-based line)."""
-    out: list[tuple[int, int]] = []
+def _above(lines: list[str], index: int) -> list[tuple[int, int, bool]]:
+    """The columns open above line ``index`` (0-based), nearest first, as (column, 1-based line, whether
+    a ``- `` starts there)."""
+    out: list[tuple[int, int, bool]] = []
     limit = None
     for number in range(index - 1, -1, -1):
         if not _content(lines[number]):
             continue
-        for column in reversed(_columns(lines[number])):
+        columns = _columns(lines[number])
+        for position, column in reversed(list(enumerate(columns))):
             if limit is None or column < limit:
-                out.append((column, number + 1))
+                out.append((column, number + 1, position < len(columns) - 1))
                 limit = column
         if limit == 1:
             break
@@ -61,13 +63,18 @@ def _out_of_line(lines: list[str], line: int, col: int, found: str) -> str | Non
     if not 0 < line <= len(lines):
         return None
     open_columns = _above(lines, line - 1)
-    deeper = [(c, n) for c, n in open_columns if c > col]
-    shallower = [(c, n) for c, n in open_columns if c < col]
-    same = [(c, n) for c, n in open_columns if c == col]
-    if same and found == "-":
+    deeper = [(c, n) for c, n, _ in open_columns if c > col]
+    shallower = [(c, n) for c, n, _ in open_columns if c < col]
+    same = [(n, dash) for c, n, dash in open_columns if c == col]
+    if same and found == "-" and not same[0][1]:
         return (
             f"line {line} is out of line: a '- ' list item in column {col}, the column of the key on line "
-            f"{same[0][1]}; indent the list under its key, or line it up with the other items of its list"
+            f"{same[0][0]}; indent the list under its key, or line it up with the other items of its list"
+        )
+    if same and found != "-" and same[0][1] and deeper:  # a key under the '- ' instead of beside its keys
+        return (
+            f"line {line} is out of line: it starts in column {col}, under the '- ' on line {same[0][0]}; "
+            f"the keys of that list item start in column {deeper[-1][0]} (line {deeper[-1][1]})"
         )
     if same:
         return None
@@ -84,12 +91,23 @@ def _out_of_line(lines: list[str], line: int, col: int, found: str) -> str | Non
     )
 
 
+def _keyless(lines: list[str], index: int) -> tuple[int, int, str] | None:
+    """Line ``index`` (0-based) of a mapping is a key without ``': '`` (``project OPS``, ``project:OPS``)."""
+    above = lines[index].split("#", 1)[0].rstrip()
+    if ": " in above or above.endswith(":") or above.lstrip().startswith(("-", "{", "[", "'", '"')):
+        return None
+    problem = "a ':' without a space after it" if _INLINE_COLON.search(above) else "no ':' after its key"
+    return index + 1, _columns(lines[index])[0], f"line {index + 1} has {problem}: write 'key: value'"
+
+
 def _not_allowed_here(lines: list[str], line: int, col: int) -> tuple[int, int, str] | None:
     """``mapping values are not allowed here``: a ``key:`` where YAML is still reading a value."""
     if not 0 < line <= len(lines):
         return None
     text = lines[line - 1]
     key = _KEY.match(text)
+    if key is None and _INLINE_COLON.search(text[: col - 1].split("#", 1)[0]):  # `severity:{from: …}`
+        return line, _columns(text)[-1], f"line {line} has a ':' without a space after it: write 'key: value'"
     if key is not None and col - 1 > key.end(2):  # a second ': ' on one line: the value holds a colon
         value = text[key.end() :].strip()
         return line, col, f"the value on line {line} contains ': ': put it in quotes, e.g. \"{value}\""
@@ -97,10 +115,9 @@ def _not_allowed_here(lines: list[str], line: int, col: int) -> tuple[int, int, 
     if previous is None:
         return None
     here, before = _columns(text)[0], _columns(lines[previous])
-    above = lines[previous].split("#", 1)[0]
-    if not _KEY.match(above) and not above.lstrip().startswith("-"):  # `project OPS` / `project:OPS`
-        problem = "a ':' without a space after it" if _INLINE_COLON.search(above) else "no ':' after its key"
-        return previous + 1, before[0], f"line {previous + 1} has {problem}: write 'key: value'"
+    keyless = _keyless(lines, previous)
+    if keyless is not None:
+        return keyless
     if here > before[0]:
         return (
             line,
@@ -119,8 +136,19 @@ def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
     problem = exc.problem or exc.context or "invalid YAML"
     lines = text.splitlines()
+    if problem.startswith("expected '<document start>'"):  # `  version: 1` above a `rules:` in column 1
+        first = next((n for n, text_line in enumerate(lines) if _content(text_line)), None)
+        if first is not None and _columns(lines[first])[0] > 1:
+            return first + 1, _columns(lines[first])[0], (
+                f"line {first + 1} is indented: the top-level keys (version, calendars, rules) start in column 1"
+            )
     if problem.startswith("expected <block end>, but found "):
         found = problem.removeprefix("expected <block end>, but found ").strip("'")
+        previous = _previous(lines, line - 1) if 0 < line <= len(lines) else None
+        if previous is not None and _columns(lines[previous])[-1] == col:  # a key line above broke the mapping
+            keyless = _keyless(lines, previous)
+            if keyless is not None:
+                return keyless
         sentence = _out_of_line(lines, line, col, found)
         if sentence is not None:
             return line, col, sentence

@@ -3,6 +3,7 @@ indentation mistakes are explained in sentences, at the line that is out of line
 
 from __future__ import annotations
 
+import random
 from datetime import date
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 
 from rules import RuleFileErrors, load_rules
 from rules.cli import main
+from rules.loader import parse_text
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 
 RULE = (
     "version: 1\nrules:\n  - name: r1\n    when:\n      project: {value}\n"
@@ -155,8 +159,25 @@ INDENTATION = {
         "5:5: invalid YAML: line 5 is out of line: a '- ' list item in column 5, the column of the key on line 4; "
         "indent the list under its key, or line it up with the other items of its list",
     ),
+    "key-under-the-dash": (
+        HEAD + "    when: {project: OPS}\n  on_unmatch: resolve\n",
+        "5:3: invalid YAML: line 5 is out of line: it starts in column 3, under the '- ' on line 3; the keys of "
+        "that list item start in column 5 (line 4)",
+    ),
+    "top-level-indented": (
+        "  version: 1\nrules:\n  - name: r1\n",
+        "1:3: invalid YAML: line 1 is indented: the top-level keys (version, calendars, rules) start in column 1",
+    ),
+    "no-space-after-colon-before-a-mapping": (
+        HEAD + "    trigger:\n      severity:{from: priority, map: {P1: critical}, default: info}\n",
+        "5:7: invalid YAML: line 5 has a ':' without a space after it: write 'key: value'",
+    ),
     "no-space-after-colon": (
         HEAD + "    when:\n      project:OPS\n      priority: P1\n",
+        "5:7: invalid YAML: line 5 has a ':' without a space after it: write 'key: value'",
+    ),
+    "no-space-after-colon-then-a-comment": (
+        HEAD + "    when:\n      project:OPS   # the Jira key\n      priority: P1\n",
         "5:7: invalid YAML: line 5 has a ':' without a space after it: write 'key: value'",
     ),
     "no-colon": (
@@ -181,3 +202,26 @@ def test_indentation_mistakes_are_sentences_at_the_line_out_of_line(
     err = capsys.readouterr().err
     assert err.splitlines()[0] == f"{path}:{expected}"
     assert "<block" not in err and "not allowed here" not in err
+
+
+def test_mangled_example_files_always_give_errors_with_a_position_never_an_exception() -> None:
+    """Lines shifted, colons dropped or glued, items inserted: the explanations are built from the file's own
+    text, so whatever the text, parsing answers with errors inside the file."""
+    texts = [path.read_text() for path in sorted(EXAMPLES.glob("*.yaml"))]
+    rnd = random.Random(14)
+    for _ in range(400):
+        lines = rnd.choice(texts).splitlines()
+        for _ in range(rnd.randint(1, 3)):
+            k = rnd.randrange(len(lines))
+            lines[k] = rnd.choice(
+                [
+                    " " * rnd.randint(1, 3) + lines[k],
+                    lines[k][rnd.randint(1, 3) :],
+                    lines[k].replace(": ", ":", 1),
+                    lines[k].replace(":", "", 1),
+                    "- " + lines[k].strip(),
+                ]
+            )
+        _value, errors = parse_text("\n".join(lines), "f.yaml")
+        for error in errors:
+            assert 1 <= error.line <= len(lines) + 1 and error.col >= 1, error
