@@ -12,9 +12,6 @@ from collections.abc import Sequence
 from rules.loader import RuleFileError
 from rules.validation import MissingEnv
 
-#: ``rules check``: the files are valid, but routing-key variables are unset here (docs/rules.md)
-EXIT_ENV_INCOMPLETE = 3
-
 
 def missing_env_notice(path: str, warnings: Sequence[RuleFileError], valid: bool) -> list[str]:
     """The grouped notice, one line per variable (empty when nothing is missing)."""
