@@ -15,6 +15,7 @@ import yaml
 TAB_HINT = " (indent with spaces: YAML does not allow tabs)"
 _KEY = re.compile(r"^(\s*)(?:-\s+)*([^\s#'\"][^:#]*?):(?:\s|$)")  # `  - name: x` -> indent, key
 _INLINE_COLON = re.compile(r":\S")
+_LINE_LIMIT = 500  # characters of a line looked at: bounds the regexes' work on a hostile 1 MB line
 _WHAT = {"-": "the other items of its list", "<block sequence start>": "the other items of its list"}
 
 
@@ -135,7 +136,7 @@ def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
     mark = exc.problem_mark or exc.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
     problem = exc.problem or exc.context or "invalid YAML"
-    lines = text.splitlines()
+    lines = [line[:_LINE_LIMIT] for line in text.splitlines()]  # indentation is at the start of a line
     if problem.startswith("expected '<document start>'"):  # `  version: 1` above a `rules:` in column 1
         first = next((n for n, text_line in enumerate(lines) if _content(text_line)), None)
         if first is not None and _columns(lines[first])[0] > 1:
