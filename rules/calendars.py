@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+_WHOLE_HOURS = re.compile(r"^\s*(\d{1,2})\s*-\s*(\d{1,2})\s*$")  # "9-17": hours without minutes
 
 
 class CalendarError(ValueError):
@@ -30,6 +31,11 @@ class Calendar:
     days: frozenset[int]  # 0 = Monday
     ranges: tuple[tuple[int, int], ...]  # minutes since local midnight, [start, end)
     holidays: frozenset[date] = frozenset()
+
+    def local_time(self, when: datetime) -> str:
+        """``Sat 2026-12-05 10:00 America/New_York``: the instant as the calendar's admin thinks of it."""
+        local = when.astimezone(ZoneInfo(self.timezone))
+        return f"{DAY_NAMES[local.weekday()].capitalize()} {local:%Y-%m-%d %H:%M} {self.timezone}"
 
     def contains(self, when: datetime) -> bool:
         """Whether the (tz-aware) instant falls inside the calendar."""
@@ -70,7 +76,9 @@ def parse_days(values: object) -> frozenset[int]:
 def parse_range(text: object) -> tuple[int, int]:
     match = _RANGE.match(text) if isinstance(text, str) else None
     if not match:
-        raise CalendarError(f'hours must look like "08:00-18:00", got {text!r}')
+        whole = _WHOLE_HOURS.match(text) if isinstance(text, str) else None
+        hint = f' (did you mean "{int(whole[1]):02d}:00-{int(whole[2]):02d}:00"?)' if whole else ""
+        raise CalendarError(f'hours must look like "08:00-18:00", got {text!r}{hint}')
     h1, m1, h2, m2 = (int(g) for g in match.groups())
     start, end = h1 * 60 + m1, h2 * 60 + m2
     if h1 > 23 or m1 > 59 or m2 > 59 or end > 24 * 60:

@@ -94,17 +94,27 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 # -------------------------------------------------------------------------------------------------- check
 
 
-def _load(path: str, allow_missing_env: bool = False) -> RuleSet | None:
-    """Load for a command; errors (and, with ``allow_missing_env``, env warnings) go to stderr."""
-    warnings: list[RuleFileError] | None = [] if allow_missing_env else None
+def _load(
+    path: str, allow_missing_env: bool = False, missing_env: list[RuleFileError] | None = None
+) -> RuleSet | None:
+    """Load for a command; errors (and, with ``allow_missing_env``, env warnings) go to stderr. Given
+    ``missing_env`` (``rules check``), unset ``${VAR}`` keys are collected there and printed after any errors
+    as one notice grouped by variable, not as an error each."""
+    from rules.env_notice import missing_env_notice
+
+    warnings = [] if allow_missing_env else missing_env
     try:
         ruleset = load_rules(path, env_warnings=warnings)
     except RuleFileErrors as exc:
-        _print_warnings(warnings)
+        _print_warnings(warnings if allow_missing_env else None)
         print(str(exc), file=sys.stderr)
         print(f"{len(exc.errors)} error(s) in {path}", file=sys.stderr)
+        for line in missing_env_notice(path, missing_env or (), valid=False):
+            print(line, file=sys.stderr)
         return None
-    _print_warnings(warnings)
+    _print_warnings(warnings if allow_missing_env else None)
+    for line in missing_env_notice(path, missing_env or (), valid=True):
+        print(line, file=sys.stderr)
     return ruleset
 
 
@@ -114,9 +124,12 @@ def _print_warnings(warnings: list[RuleFileError] | None) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    ruleset = _load(args.path, args.allow_missing_env)
+    missing_env: list[RuleFileError] = []
+    ruleset = _load(args.path, args.allow_missing_env, None if args.allow_missing_env else missing_env)
     if ruleset is None:
         return EXIT_MISMATCH
+    if missing_env:  # valid files, but `serve` would refuse them in this environment: a configuration problem
+        return EXIT_USAGE
     timed = f", time rules: {', '.join(ruleset.time_rules)}" if ruleset.has_time_rules else ""
     print(f"OK: {len(ruleset)} rules in {args.path} (digest {ruleset.digest}){timed}")
     return EXIT_OK

@@ -175,7 +175,7 @@ def _compile_leaf(leaf: Leaf) -> Check:
     test = op.test
     name = leaf.field.name if leaf.field else "now"
 
-    explain = failure_explainer(name, op, raw)
+    explain = failure_explainer(name, op, raw, arg)
     texts = _Memo(explain)  # texts[value]: the explanation for a failing text value
 
     def fail(value: Any) -> str:

@@ -39,9 +39,11 @@ def load_rules(
         errors.extend(problems)
         if value is not None:
             documents.append((str(file), value))
-    validator = Validator(environment, allow_missing_env=env_warnings is not None)
+    incomplete = len(documents) < len(files)  # a calendar may be defined in the file that did not load
+    validator = Validator(environment, allow_missing_env=env_warnings is not None, incomplete=incomplete)
     spec = validator.validate(documents)
-    errors.extend(validator.errors)
+    explained = {(e.path, e.line, e.col) for e in errors}  # `continue: yes`: the YAML error says it all
+    errors.extend(e for e in validator.errors if (e.path, e.line, e.col) not in explained)
     if env_warnings is not None:
         env_warnings.extend(_sorted(validator.warnings, order))
     if errors:

@@ -2,8 +2,9 @@
 
 PyYAML's ``compose`` gives nodes with ``start_mark``; we turn them into :class:`YMap` / :class:`YList`
 (a ``dict`` / ``list`` that also carry the position of each key and item) and plain scalars, so
-validation can point an admin at ``rules/p1.yaml:14:5``. Duplicate keys, recursive aliases and custom
-tags are errors here: a YAML file must mean exactly one thing.
+validation can point an admin at ``rules/p1.yaml:14:5``. Duplicate keys, recursive aliases, custom tags
+and plain scalars YAML 1.1 and 1.2 read differently (``NO``, ``on``, ``010``: see :mod:`rules.yaml11`)
+are errors here: a YAML file must mean exactly one thing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from rules import yaml_errors
+from rules.yaml11 import version_problem
 from sync.errors import ConfigError
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
@@ -112,7 +115,12 @@ class _Converter:
         if isinstance(node, ScalarNode):
             if node.tag.startswith("tag:yaml.org,2002:") and node.tag != _MERGE_TAG:
                 try:
-                    return self._constructor.construct_object(node, deep=True)
+                    value = self._constructor.construct_object(node, deep=True)
+                    problem = version_problem(node.value, value) if node.style is None else None
+                    if problem is not None:  # NO, on, 010, 1:30: what YAML 1.2 and editors read differently
+                        self.errors.append(RuleFileError.at(self.pos(node), problem))
+                        return node.value
+                    return value
                 except Exception as exc:  # noqa: BLE001 - any constructor failure is a rule-file error
                     if node.tag == _TIMESTAMP_TAG:  # 2026-02-30: the text, for the field's own check to explain
                         return node.value
@@ -176,11 +184,7 @@ def parse_text(text: str, path: str) -> tuple[Any, list[RuleFileError]]:
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
-        if "'\\t'" in problem or "\t" in problem:
-            problem += " (indent with spaces: YAML does not allow tabs)"
+        line, col, problem = yaml_errors.explain(exc, text)
         return None, [RuleFileError(path, line, col, f"invalid YAML: {problem}")]
     except yaml.YAMLError as exc:
         return None, [RuleFileError(path, 1, 1, f"invalid YAML: {exc}")]

@@ -555,9 +555,12 @@ REGISTRY: dict[str, Operator] = _build()
 MODIFIERS = frozenset({"ignore_case"})
 
 
-def failure_explainer(field_name: str, op: Operator, raw_arg: Any) -> Callable[[Any], str]:
+def failure_explainer(field_name: str, op: Operator, raw_arg: Any, arg_value: Any = None) -> Callable[[Any], str]:
     """A function giving ``priority: 'High' is not in ['Highest', 'P1']`` for a failing value (the
-    condition's side is rendered once, when the rule compiles)."""
+    condition's side is rendered once, when the rule compiles). ``arg_value`` is the prepared argument: for
+    ``during``/``outside`` its :class:`Calendar` shows the time in the calendar's zone beside UTC."""
+    if isinstance(arg_value, Calendar):
+        return _calendar_explainer(field_name, op, arg_value)
     arg = f"calendar '{raw_arg}'" if op.name in ("during", "outside") else show(raw_arg)
     if op.name in ("regex", "not_regex", "older_than", "newer_than"):
         arg = str(raw_arg)
@@ -583,6 +586,18 @@ def failure_explainer(field_name: str, op: Operator, raw_arg: Any) -> Callable[[
                 text = text[: _SHOW_LIMIT - 1] + "…"
             return head + text + tail
         return prefix + template.format(v=show(value), a=arg)
+
+    return explain
+
+
+def _calendar_explainer(field_name: str, op: Operator, calendar: Calendar) -> Callable[[Any], str]:
+    """``now: 2026-12-05T15:00:00+00:00 (Sat 2026-12-05 10:00 America/New_York) is outside calendar 'x'``."""
+    prefix, arg = f"{field_name}: ", f"calendar '{calendar.name}'"
+
+    def explain(value: Any) -> str:
+        stamp = timestamp(value)
+        shown = show(value) if stamp is None else f"{show(value)} ({calendar.local_time(stamp)})"
+        return prefix + op.fail.format(v=shown, a=arg)
 
     return explain
 

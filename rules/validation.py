@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, NamedTuple
 
@@ -89,6 +90,17 @@ ZENDESK_STATUSES = ("new", "open", "pending", "hold", "solved", "closed", "delet
 STATUS_CATEGORIES = tuple(category.value for category in StatusCategory)
 
 
+MISSING_ENV_HINT = "set it where the service runs; 'rules check --allow-missing-env' checks the files without it"
+
+
+@dataclass(frozen=True, slots=True)
+class MissingEnv(RuleFileError):
+    """An unset or empty ``${VAR}`` routing key, as a warning (``rules check`` groups them by variable)."""
+
+    variable: str = ""
+    empty: bool = False
+
+
 def _where(first: Pos, here: Pos) -> str:
     """``line 3:11`` in the same file, ``other.yaml:3:11`` across files."""
     return f"line {first.line}:{first.col}" if first.path == here.path else f"{first.path}:{first.line}:{first.col}"
@@ -101,9 +113,10 @@ def _trail(trail: list[str]) -> str:
 class Validator:
     """Validates a whole file set; :attr:`errors` collects every problem."""
 
-    def __init__(self, env: Mapping[str, str], allow_missing_env: bool = False) -> None:
+    def __init__(self, env: Mapping[str, str], allow_missing_env: bool = False, incomplete: bool = False) -> None:
         self.env = env
         self.allow_missing_env = allow_missing_env
+        self.incomplete = incomplete  # a file of the set did not load: its calendars are unknown, not missing
         self.errors: list[RuleFileError] = []
         self.warnings: list[RuleFileError] = []
         self.calendars: dict[str, Calendar] = {}
@@ -408,9 +421,7 @@ class Validator:
                 self.err(pos, trail, f"{label}{COMPARE_TIMESTAMPS}")
                 return None
         if name in NOW_OPERATORS and isinstance(arg, str) and arg not in self.calendars:
-            defined = self._calendar_pos.get(arg)
-            if defined is not None:  # it exists but did not load: its own error says why
-                self.err(pos, trail, f"calendar '{arg}' has errors (see {_where(defined, pos)})")
+            if arg in self._calendar_pos or self.incomplete:  # it did not load: its own error says why
                 return None
         try:
             prepared = op.prepare(arg, PrepareContext(self.calendars, ignore_case))
@@ -516,13 +527,10 @@ class Validator:
                 return default.strip()
             state = "is empty" if resolved is not None else "is not set"
             if self.allow_missing_env:
-                self.warnings.append(
-                    RuleFileError.at(
-                        pos, f"{_trail(trail)}: environment variable {name} {state} (using a placeholder key)"
-                    )
-                )
+                message = f"{_trail(trail)}: environment variable {name} {state} (using a placeholder key)"
+                self.warnings.append(MissingEnv(pos.path, pos.line, pos.col, message, name, resolved is not None))
                 return f"{MISSING_ENV_PLACEHOLDER}{name}"
-            hint = "and its default is empty" if default is not None else f"(set it, or use ${{{name}:-default}})"
+            hint = "and its default is empty" if default is not None else f"({MISSING_ENV_HINT})"
             self.err(pos, trail, f"environment variable {name} {state} {hint}")
             return None
         return resolved.strip()

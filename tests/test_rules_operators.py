@@ -311,7 +311,11 @@ def test_every_operator_is_covered_by_the_table() -> None:
             "created: 2026-11-30T07:10:00+00:00 is not older than 30m",
         ),
         ({"during": "support"}, ticket(), None),
-        ({"outside": "support"}, ticket(), "now: 2026-11-30T07:30:00+00:00 is inside calendar 'support'"),
+        (
+            {"outside": "support"},
+            ticket(),
+            "now: 2026-11-30T07:30:00+00:00 (Mon 2026-11-30 08:30 Europe/Berlin) is inside calendar 'support'",
+        ),
         ({"not": {"priority": "P1"}}, ticket(priority="P1"), "not: all of (priority equals 'P1') holds"),
         (
             {"any": [{"priority": "P1"}, {"assignee": {"exists": True}}]},
