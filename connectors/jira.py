@@ -217,6 +217,8 @@ class JiraConnector(Connector[JiraSettings]):
     def parse_webhook(self, headers: Headers, body: bytes) -> WebhookResult:
         try:
             payload = jsonutil.loads(body)
+        except jsonutil.BadJSON as exc:
+            raise WebhookRejected(400, f"body is not valid JSON: {exc}") from None
         except (ValueError, UnicodeDecodeError):
             raise WebhookRejected(400, "body is not valid JSON") from None
         if not isinstance(payload, dict):

@@ -556,6 +556,8 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         payload = jsonutil.loads(body)
+    except jsonutil.BadJSON as exc:
+        raise WebhookRejected(400, f"body is not valid JSON: {exc}") from None
     except (ValueError, UnicodeDecodeError):
         raise WebhookRejected(400, "body is not valid JSON") from None
     if not isinstance(payload, dict):

@@ -277,6 +277,8 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             return WebhookResult(ignored_reason="test_secret")  # anyone can forge these: never stored
         try:
             data = jsonutil.loads(body)
+        except jsonutil.BadJSON as exc:
+            raise WebhookRejected(400, f"body is not valid JSON: {exc}") from None
         except (ValueError, UnicodeDecodeError):
             raise WebhookRejected(400, "body is not valid JSON") from None
         if not isinstance(data, dict):

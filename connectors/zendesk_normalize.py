@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sync.model import StatusCategory, Ticket
+from sync.model import StatusCategory, Ticket, check_instant
 
 SOURCE = "zendesk"
 
@@ -108,6 +108,10 @@ def parse_time(value: Any, name: str) -> datetime:
         raise BadTicket(f"{name} is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         raise BadTicket(f"{name} has no time zone")
+    try:
+        check_instant(parsed, name)
+    except ValueError as exc:
+        raise BadTicket(str(exc)) from None
     return parsed
 
 
