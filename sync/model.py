@@ -198,7 +198,9 @@ class TicketChange:
     ``changes`` is ``None`` when the source did not say what changed (polls); the engine then diffs
     against the last processed version. ``delivery_id`` dedupes: the vendor's webhook id, or
     ``poll:<id>:<updated>`` for polls. ``actor`` is who made the change when the vendor says so (used to
-    drop ticketpager's own write-backs).
+    drop ticketpager's own write-backs). ``sent_at`` is set only when the vendor's version has minute
+    resolution (a Zendesk trigger body's ``updated_at``): the vendor's signed send time, which orders two
+    changes of one ticket whose ``updated`` is equal (see :meth:`sync.engine.Engine._staleness`).
     """
 
     ticket: Ticket
@@ -208,6 +210,7 @@ class TicketChange:
     changes: tuple[FieldChange, ...] | None = None
     actor: str | None = None
     event_type: str | None = None
+    sent_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -220,6 +223,7 @@ class TicketChange:
             else [{"field": c.field, "old": c.old, "new": c.new} for c in self.changes],
             "actor": self.actor,
             "event_type": self.event_type,
+            "sent_at": _dt_to_json(self.sent_at),
         }
 
     @classmethod
@@ -237,6 +241,7 @@ class TicketChange:
             else tuple(FieldChange(c["field"], c.get("old"), c.get("new")) for c in raw_changes),
             actor=data.get("actor"),
             event_type=data.get("event_type"),
+            sent_at=_dt_from_json(data.get("sent_at")),
         )
 
     def with_changes(self, changes: tuple[FieldChange, ...]) -> TicketChange:
