@@ -460,8 +460,8 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             page = self._call(partial(self._export_page, current))
             after = page.get("after_cursor")
             following = ZendeskCursor(after_cursor=after) if isinstance(after, str) and after else current
-            changes, skipped = self._page_changes(page)
-            yield PollPage(changes=changes, cursor=following.to_json(), skipped=skipped)
+            changes, skipped, malformed = self._page_changes(page)
+            yield PollPage(changes=changes, cursor=following.to_json(), skipped=skipped, malformed=malformed)
             if page.get("end_of_stream") is True or following == current:
                 return
             current = following
@@ -486,18 +486,20 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             raise RetryableError("zendesk incremental export answered without a tickets list", vendor=VENDOR)
         return page
 
-    def _page_changes(self, page: Mapping[str, Any]) -> tuple[list[TicketChange], int]:
+    def _page_changes(self, page: Mapping[str, Any]) -> tuple[list[TicketChange], int, int]:
+        """The page's changes, how many tickets were skipped, and how many of those were malformed."""
         lookups = self._lookups(page)
         now = self.clock.now()
         changes: list[TicketChange] = []
         seen: set[str] = set()
-        skipped = 0
+        skipped = malformed = 0
         for raw in page["tickets"]:
             try:
                 ticket = self._normalizer.from_api(raw, lookups)
             except BadTicket as exc:
                 log.warning("zendesk poll: skipped a ticket: %s", exc)
                 skipped += 1
+                malformed += 1
                 continue
             ticket = self._with_organization(ticket)
             delivery = f"poll:{ticket.id}:{ticket.updated.isoformat()}"
@@ -507,7 +509,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
                 continue
             seen.add(delivery)
             changes.append(TicketChange(ticket, Origin.POLL, delivery, now))
-        return changes, skipped
+        return changes, skipped, malformed
 
     # -- write-back --------------------------------------------------------------------------------
     def write_back(self, note: WriteBack) -> None:

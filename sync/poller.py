@@ -62,6 +62,8 @@ def poll_once(
             with store.begin() as conn:
                 new = insert_changes(conn, storable)
                 save_cursor(conn, source, page.cursor, clock.now())
+            if page.malformed:  # each one logged by the connector with its reason
+                METRICS.changes_received.labels(source, "poll", "malformed").inc(page.malformed)
             report.pages += 1
             report.seen += len(page.changes)
             report.stored += new

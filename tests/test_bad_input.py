@@ -13,17 +13,36 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+import responses
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from connectors.servicenow import ServiceNowConnector
+from connectors.zendesk import ZendeskConnector
 from sync.app import build_app
 from sync.clock import FakeClock
 from sync.metrics import METRICS
+from sync.poller import poll_once
+from sync.schema import changes
+from sync.settings import ServiceNowSettings, ZendeskSettings
+from sync.store import Store, load_cursor
 from tests.factories import ROUTING_KEY, RULES
+from tests.fakes.jira_server import make_issue
+from tests.fakes.servicenow_server import INSTANCE, FakeInstance, make_record, register_responses
+from tests.test_jira_poll import API as JIRA_API
+from tests.test_jira_poll import T0 as JIRA_T0
+from tests.test_jira_poll import make_connector, mock_lookups
 from tests.test_webhook_fuzz import SECRET, SEEDS, Target, _seed, make_service, post, servicenow_stamp, signed_headers
+from tests.test_zendesk_poll import EXPORT as ZD_EXPORT
+from tests.test_zendesk_poll import NOW as ZD_NOW
+from tests.test_zendesk_poll import page as zd_page
+from tests.test_zendesk_poll import ticket as zd_ticket
 
 SURROGATE = "\ud800"  # json.dumps writes it as the escape "\ud800": valid JSON syntax, not text
 EARLY, LATE = "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"
@@ -119,3 +138,88 @@ def test_signed_body_that_cannot_be_stored_is_a_400_counted_as_the_senders(
     assert len(ours) == 1 and ours[0].exc_info is None, [r.getMessage() for r in ours]
     # the same request, well formed, is accepted: the refusal was about this input only
     assert post(target, good, signed_headers(target, good, "hmac")).status_code == 202
+
+
+# -- polls: one such ticket is skipped with its reason and counted; the page and the cursor move on --------------
+def received(source: str, outcome_name: str) -> float:
+    labels = {"source": source, "origin": "poll", "outcome": outcome_name}
+    return METRICS.registry.get_sample_value("ticketpager_changes_received_total", labels) or 0.0
+
+
+def poll_and_check(
+    tmp_path: Path, connector: Any, caplog: pytest.LogCaptureFixture, good: str, expect: dict[str, int]
+) -> None:
+    """Poll once into a real store: only ``good`` is stored, the rest counted per outcome, the cursor saved."""
+    store = Store(f"sqlite:///{tmp_path / 'poll.db'}")
+    store.upgrade()
+    source = connector.name
+    before = {name: received(source, name) for name in expect}
+    caplog.set_level(logging.WARNING)
+    try:
+        report = poll_once(store, connector, connector.clock)
+        assert report.error is None, report.error
+        with store.engine.connect() as conn:
+            stored = [row.ticket_id for row in conn.execute(select(changes.c.ticket_id))]
+            saved = load_cursor(conn, source)
+    finally:
+        store.dispose()
+    assert stored == [good]
+    assert saved is not None  # the cursor moved past the page holding the bad tickets
+    assert {name: received(source, name) - before[name] for name in expect} == expect
+    text = caplog.text
+    assert "surrogate" in text and ("out of range" in text or "out of range" not in str(expect))
+
+
+def test_zendesk_poll_skips_unstorable_tickets_and_moves_on(
+    tmp_path: Path, rsps: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    tickets = [
+        zd_ticket(1, updated_at="2026-11-27T08:50:00Z"),
+        zd_ticket(2, subject=f"Checkout {SURROGATE} down", updated_at="2026-11-27T08:51:00Z"),
+        zd_ticket(3, updated_at=LATE),
+    ]
+    rsps.get(ZD_EXPORT, json=zd_page(tickets, "c1", True))
+    conn = ZendeskConnector(
+        ZendeskSettings(enabled=True, subdomain="acme", email="api@acme.example", api_token="zd-token"),
+        clock=FakeClock(ZD_NOW),
+        session=requests.Session(),
+    )
+    poll_and_check(tmp_path, conn, caplog, "1", {"unstorable": 1, "malformed": 1})
+    assert "updated_at 9999-12-31T23:59:59-01:00 is out of range" in caplog.text
+
+
+def test_jira_poll_skips_unstorable_issues_and_moves_on(
+    tmp_path: Path, rsps: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    mock_lookups(rsps)
+    issues = [
+        make_issue("10001", "OPS-1", updated=JIRA_T0 + timedelta(minutes=1)),
+        make_issue("10002", "OPS-2", updated=JIRA_T0 + timedelta(minutes=2), summary=f"API {SURROGATE} down"),
+        make_issue("10003", "OPS-3", updated=JIRA_T0 + timedelta(minutes=3)),
+    ]
+    issues[2]["fields"]["updated"] = EARLY
+    rsps.get(f"{JIRA_API}/search/jql", json={"issues": issues, "isLast": True})
+    conn = make_connector(FakeClock(JIRA_T0 + timedelta(minutes=10)))
+    poll_and_check(tmp_path, conn, caplog, "10001", {"unstorable": 1, "malformed": 1})
+    assert "out of range" in caplog.text
+
+
+def test_servicenow_poll_skips_unstorable_records_and_moves_on(
+    tmp_path: Path, rsps: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    t0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+    fake = FakeInstance(
+        [
+            make_record("id01", "INC0000001", t0 + timedelta(minutes=1)),
+            make_record("id02", "INC0000002", t0 + timedelta(minutes=2), short_description=f"Router {SURROGATE}"),
+        ]
+    )
+    register_responses(rsps, fake)
+    conn = ServiceNowConnector(
+        ServiceNowSettings(
+            enabled=True, instance_url=INSTANCE, username="ticketpager", password="s3cret-pw", page_size=3
+        ),
+        clock=FakeClock(t0 + timedelta(minutes=10)),
+        session=requests.Session(),
+    )
+    poll_and_check(tmp_path, conn, caplog, "id01", {"unstorable": 1})
