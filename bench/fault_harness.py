@@ -777,7 +777,8 @@ def check_events(events: list[dict[str, Any]], tickets: list[int], report: Repor
         key = f"{match['source']}/{match['ticket']}" if match else ""
         if key in quiet:
             report.duplicates += 1
-            report.examples.append(f"{key}: paged though solved before its older delivery arrived: {event}")
+            report.examples.append(f"{key}: {event.get('event_action')} {event.get('dedup_key')} though the "
+                                   "ticket was solved before its older delivery arrived")
             continue
         if key not in expected:
             report.unexpected += 1
