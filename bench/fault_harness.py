@@ -15,6 +15,9 @@ What it does (issue 7, section 2):
   re-sent under a new identifier after a newer one), spread across replicas. A POST that fails
   (connection refused, reset, 5xx) is retried against another replica with the same identifier, like a
   vendor would, and recorded;
+* Zendesk trigger webhooks (issue 13, item 3), signed as Zendesk signs them: a few tickets are paged and
+  solved, then their first request is replayed byte for byte with a new ``X-Zendesk-Webhook-Invocation-Id``
+  (it must be stored as a duplicate and page nobody); pairs of one minute arrive out of order (nobody paged);
 * meanwhile: SIGKILL one replica and restart it, restart PostgreSQL once (``pg_ctlcluster``), make the
   mock PagerDuty answer 500s, then 429 with ``Retry-After``;
 * then waits (bounded) for the outbox to drain and checks per ticket that PagerDuty got exactly one

@@ -2,8 +2,8 @@
 
 Three ``ticketpager serve`` replicas share one PostgreSQL schema; signed Jira webhooks (duplicates and
 out-of-order versions included) and replayed Zendesk trigger webhooks stream in for 15 s while one
-replica is SIGKILLed and restarted,
-PostgreSQL is restarted and the mock PagerDuty answers 500s, then 429 with Retry-After. Afterwards every
+replica is SIGKILLed and restarted, PostgreSQL is restarted and the mock PagerDuty answers 500s, then
+429 with Retry-After. Afterwards every
 ticket must have paged exactly once (one trigger, then one resolve, one dedup key) and nothing may be
 left running. The harness runs once per module; each test below checks one promise of issue 7.
 """
