@@ -79,14 +79,14 @@ class Desk:
             return conn.execute(select(links.c.state).where(links.c.ticket_id == ticket)).scalar_one_or_none()
 
 
-def open_desk(tmp_path: Path, connector: dict[str, Any]) -> Iterator[Desk]:
+def open_desk(tmp_path: Path, db_url: str, connector: dict[str, Any]) -> Iterator[Desk]:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     clock = FakeClock()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PD_SUPPORT_KEY", SUPPORT_KEY)
         service = make_service(
-            f"sqlite:///{tmp_path / 'tp.db'}",
+            db_url,
             rules,
             clock,
             "zendesk",
@@ -102,9 +102,9 @@ def open_desk(tmp_path: Path, connector: dict[str, Any]) -> Iterator[Desk]:
 
 
 @pytest.fixture
-def desk(tmp_path: Path) -> Iterator[Desk]:
-    """Webhook-only: no API token, so the trigger body is all ticketpager knows."""
-    yield from open_desk(tmp_path, {"subdomain": "acme"})
+def desk(tmp_path: Path, db_url: str) -> Iterator[Desk]:
+    """Webhook-only: no API token, so the trigger body is all ticketpager knows (SQLite and PostgreSQL)."""
+    yield from open_desk(tmp_path, db_url, {"subdomain": "acme"})
 
 
 def body(status: str, **extra: str) -> bytes:
@@ -167,12 +167,12 @@ def test_two_deliveries_of_one_minute_in_order_still_trigger_then_resolve(desk: 
 
 
 def test_with_an_api_a_versionless_body_is_reconciled_and_never_falls_back_to_the_receive_time(
-    tmp_path: Path,
+    tmp_path: Path, db_url: str
 ) -> None:
     with FakeZendesk() as zd:
         zd.add_ticket(7001, status="new", priority="urgent", tags=["gold"])
         api = {"url": zd.url, "email": zd.email, "api_token": zd.token}
-        for desk in open_desk(tmp_path, api):
+        for desk in open_desk(tmp_path, db_url, api):
             first = body("new")  # no updated_at: the canonical ticket gives the version
             stamp = desk.stamp()
             assert desk.send(first, stamp, "invocation-A").status_code == 202
