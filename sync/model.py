@@ -66,6 +66,8 @@ LATEST = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 def check_instant(value: datetime, name: str) -> None:
     """Refuse (``ValueError``) a timezone-aware ``value`` that cannot be converted to UTC and back safely,
     e.g. ``0001-01-01T00:00:00+01:00`` (a vendor field or signed input, never our clock)."""
+    if 1 < value.year < 9999:  # the hot path: an offset is under a day, only the first and last year can fail
+        return
     try:
         inside = EARLIEST <= value <= LATEST
     except OverflowError:
