@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 
 from connectors.servicenow import ServiceNowConnector
 from connectors.zendesk import ZendeskConnector
+from sync import jsonutil
 from sync.app import build_app
 from sync.clock import FakeClock
 from sync.metrics import METRICS
@@ -223,3 +224,14 @@ def test_servicenow_poll_skips_unstorable_records_and_moves_on(
         session=requests.Session(),
     )
     poll_and_check(tmp_path, conn, caplog, "id01", {"unstorable": 1})
+
+
+def test_a_surrogate_behind_a_number_only_the_stdlib_reads_is_still_refused() -> None:
+    """orjson stops at its first complaint (an integer beyond 64 bits, which the stdlib fallback reads):
+    a lone surrogate after it must not slip through the fallback."""
+    huge = b"9" * 400
+    assert jsonutil.loads(b'{"n": ' + huge + b"}") == {"n": int(huge)}
+    with pytest.raises(jsonutil.BadJSON, match="surrogate"):
+        jsonutil.loads(b'{"n": ' + huge + b', "title": "\\ud800"}')
+    with pytest.raises(jsonutil.BadJSON, match="surrogate"):
+        jsonutil.dumps({"n": int(huge), "title": SURROGATE})
