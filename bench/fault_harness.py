@@ -15,6 +15,9 @@ What it does (issue 7, section 2):
   re-sent under a new identifier after a newer one), spread across replicas. A POST that fails
   (connection refused, reset, 5xx) is retried against another replica with the same identifier, like a
   vendor would, and recorded;
+* Zendesk trigger webhooks (issue 13, item 3), signed as Zendesk signs them: a few tickets are paged and
+  solved, then their first request is replayed byte for byte with a new ``X-Zendesk-Webhook-Invocation-Id``
+  (it must be stored as a duplicate and page nobody); pairs of one minute arrive out of order (nobody paged);
 * meanwhile: SIGKILL one replica and restart it, restart PostgreSQL once (``pg_ctlcluster``), make the
   mock PagerDuty answer 500s, then 429 with ``Retry-After``;
 * then waits (bounded) for the outbox to drain and checks per ticket that PagerDuty got exactly one
@@ -28,6 +31,7 @@ Exit status 0 only if nothing was lost, duplicated or reordered and every accept
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import hmac
 import http.client
@@ -77,7 +81,17 @@ rules:
       severity: critical
       summary: "[{{ ticket.key }}] {{ ticket.title }}"
     resolve_when: {status_category: done}
+  - name: zendesk-urgent
+    description: Urgent gold Zendesk tickets (trigger webhooks, replayed during the run) page the same on-call.
+    source: zendesk
+    when: {priority: urgent, labels: {contains: gold}}
+    trigger:
+      routing_key: ${TP_HARNESS_ROUTING_KEY}
+      severity: critical
+      summary: "[Zendesk {{ ticket.key }}] {{ ticket.title }}"
+    resolve_when: {status_category: done}
 """
+ZENDESK_RULE = "zendesk-urgent"
 # https://developer.atlassian.com/cloud/jira/platform/webhooks/#secure-admin-webhooks — HMAC-SHA256 of the body
 SIGNATURE_HEADER = "X-Hub-Signature"
 # https://developer.atlassian.com/cloud/jira/platform/webhooks/#known-issues — unique per delivery, kept on retry
@@ -105,6 +119,7 @@ class Config:
     postgres_url: str = field(default_factory=lambda: os.environ.get("TICKETPAGER_TEST_POSTGRES_URL")
                               or DEFAULT_PG_URL)
     seed: int = 7
+    zendesk_replays: int = 4  # Zendesk tickets paged, solved, then their first request replayed (0: none)
     keep_logs: bool = False
     logdir: Path | None = None  # where replica logs go (default: a temporary directory)
     log: Callable[[str], None] = print
@@ -144,6 +159,10 @@ class Report:
     replica_exit_codes: list[int | None] = field(default_factory=list)
     schema: str = ""
     replica_pids: list[int] = field(default_factory=list)  # every process started, restarts included
+    zendesk_paged: list[str] = field(default_factory=list)  # tickets triggered, solved, first request replayed
+    zendesk_quiet: list[str] = field(default_factory=list)  # tickets whose same-minute pair arrived out of order
+    zendesk_replays: int = 0  # replayed requests answered 202
+    zendesk_replays_stored: int = 0  # of those, stored as a new change (must be 0: same signed bytes)
 
     @property
     def webhooks_per_second(self) -> float:
@@ -159,7 +178,7 @@ class Report:
     def ok(self) -> bool:
         return not (self.lost or self.duplicates or self.out_of_order or self.unexpected or self.wrong_routing
                     or self.stored_missing or self.dead_letters or self.failed_changes or self.tickets_given_up
-                    or not self.drained or self.problems or not self.tickets)
+                    or not self.drained or self.problems or not self.tickets or self.zendesk_replays_stored)
 
     def lines(self) -> list[str]:
         fails = ", ".join(f"{k} {v}" for k, v in sorted(self.failed_attempts.items())) or "none"
@@ -184,6 +203,10 @@ class Report:
             f"time to drain: {self.drain_seconds:.1f} s" + ("" if self.drained else " (NOT drained: timed out)")
             + f", backlog when draining began: {self.backlog_at_end}",
             f"replica exit codes at stop: {self.replica_exit_codes}",
+            f"zendesk replay: {len(self.zendesk_paged)} tickets paged and solved, then their first request replayed "
+            f"(same signature, new invocation id): {self.zendesk_replays} replays answered, "
+            f"{self.zendesk_replays_stored} stored as new; {len(self.zendesk_quiet)} same-minute pairs sent out of "
+            "order (solve first): must page nobody",
         ]
         out += [f"fault: {f}" for f in self.faults]
         out += [f"fault skipped: {f}" for f in self.skipped_faults]
@@ -320,12 +343,12 @@ def db_state(engine: Engine) -> dict[str, int]:
     return out
 
 
-def change_history(engine: Engine, tid: str) -> list[str]:
+def change_history(engine: Engine, tid: str, source: str = "jira") -> list[str]:
     """One ticket's stored changes in arrival (id) order, with what the engine made of each and when."""
     with engine.connect() as conn:
         rows = conn.execute(text(
             "SELECT id, delivery_id, ticket_updated, status, received_at, processed_at FROM changes "
-            "WHERE source = 'jira' AND ticket_id = :t ORDER BY id"), {"t": tid}).all()
+            "WHERE source = :s AND ticket_id = :t ORDER BY id"), {"s": source, "t": tid}).all()
     return [
         f"    change {r[0]} {r[1].split('-', 2)[-1]:<14} version {r[2]:%H:%M:%S} -> {r[3]:<12} "
         f"received {r[4]:%H:%M:%S.%f} processed {r[5] and f'{r[5]:%H:%M:%S.%f}'}"
@@ -435,6 +458,8 @@ def replica_env(db_url: str, rules: Path, pd_url: str, cfg: Config) -> dict[str,
         "TICKETPAGER_DATABASE_URL": db_url,
         "TICKETPAGER_RULES_PATH": str(rules),
         "TICKETPAGER_JIRA__WEBHOOK_SECRETS": SECRET,
+        "TICKETPAGER_ZENDESK__ENABLED": "true",  # webhook-only: the signed trigger body is all there is
+        "TICKETPAGER_ZENDESK__WEBHOOK_SECRETS": SECRET,
         "TICKETPAGER_PAGERDUTY__EVENTS_URL": pd_url,
         "TICKETPAGER_PAGERDUTY__BACKOFF_BASE_SECONDS": "0.1",
         "TICKETPAGER_PAGERDUTY__BACKOFF_CAP_SECONDS": "1",
@@ -574,6 +599,98 @@ def send_tickets(vendor: Vendor, cfg: Config, counter: Iterator[int], counter_lo
         vendor.close_thread()
 
 
+# -- Zendesk trigger webhooks, replayed (issue 13, item 3) ---------------------------------------------------
+def zendesk_body(tid: str, status: str, updated: datetime) -> bytes:
+    """The README's trigger template as Zendesk renders it (``updated_at`` has minute resolution)."""
+    return json.dumps({
+        "source": "zendesk", "ticket_id": tid, "subject": f"Payments failing ({tid})", "status": status,
+        "priority": "urgent", "tags": "gold vip", "updated_at": updated.strftime("%Y-%m-%dT%H:%M:00Z"),
+    }).encode()
+
+
+def zendesk_post(replicas: list[Replica], start: int, body: bytes, stamp: str, invocation: str) -> dict[str, Any]:
+    """POST one signed trigger webhook (base64 HMAC of timestamp + body), retried on the next replica like a
+    vendor while replicas die or the database restarts; the JSON of the 202."""
+    signature = base64.b64encode(hmac.new(SECRET.encode(), stamp.encode() + body, hashlib.sha256).digest())
+    headers = {
+        "Content-Type": "application/json",
+        "X-Zendesk-Webhook-Signature": signature.decode(),
+        "X-Zendesk-Webhook-Signature-Timestamp": stamp,
+        "X-Zendesk-Webhook-Invocation-Id": invocation,  # not signed: a replay may carry any value
+    }
+    deadline = time.monotonic() + VENDOR_RETRY_SECONDS
+    attempt = start
+    while True:
+        replica = replicas[attempt % len(replicas)]
+        conn = http.client.HTTPConnection("127.0.0.1", replica.port, timeout=10)
+        try:
+            conn.request("POST", "/webhooks/zendesk", body=body, headers=headers)
+            response = conn.getresponse()
+            payload = response.read()
+            if response.status == 202:
+                return dict(json.loads(payload))
+            if response.status < 500:
+                raise RuntimeError(f"zendesk webhook refused: {response.status} {payload[:200]!r}")
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"zendesk webhook not accepted within {VENDOR_RETRY_SECONDS:.0f} s")
+        attempt += 1
+        time.sleep(0.2)
+
+
+class ZendeskReplay(threading.Thread):
+    """While the Jira load and the faults run: per ticket, a signed trigger body (new, urgent, gold), then the
+    solve a minute later, then the first request again, byte for byte (same timestamp and signature, inside the
+    signature window) with a new invocation id, on another replica: one incident, resolved, never reopened.
+    And per ticket a pair of one minute (``updated_at`` equal) sent in order but arriving out of order: the
+    solve first, then the older "new": nobody is paged."""
+
+    def __init__(self, cfg: Config, replicas: list[Replica], start: float, report: Report) -> None:
+        super().__init__(name="zendesk-replay", daemon=True)
+        self.cfg, self.replicas, self.start_at, self.report = cfg, replicas, start, report
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            self.error = exc
+
+    def _run(self) -> None:
+        cfg, report = self.cfg, self.report
+        run_id = uuid.uuid4().hex[:6]
+        base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+        gap = cfg.seconds * 0.6 / max(cfg.zendesk_replays, 1)
+        for i in range(cfg.zendesk_replays):
+            delay = self.start_at + cfg.seconds * 0.15 + i * gap - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            tid = str(700000 + i)
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            opened = zendesk_body(tid, "new", base)
+            zendesk_post(self.replicas, i, opened, stamp, f"{run_id}-{tid}-a")
+            time.sleep(1.0)
+            solved_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            zendesk_post(self.replicas, i + 1, zendesk_body(tid, "solved", base + timedelta(minutes=1)), solved_at,
+                         f"{run_id}-{tid}-b")
+            report.zendesk_paged.append(tid)
+            time.sleep(1.0)
+            answer = zendesk_post(self.replicas, i + 2, opened, stamp, f"{run_id}-{tid}-replay")
+            report.zendesk_replays += 1
+            report.zendesk_replays_stored += int(answer.get("stored", 1))
+
+            quiet = str(800000 + i)  # two updates of one minute, Zendesk's send order kept in the signatures
+            first_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            time.sleep(1.1)
+            second_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            zendesk_post(self.replicas, i, zendesk_body(quiet, "solved", base), second_at, f"{run_id}-{quiet}-2")
+            zendesk_post(self.replicas, i + 1, zendesk_body(quiet, "new", base), first_at, f"{run_id}-{quiet}-1")
+            report.zendesk_quiet.append(quiet)
+
+
 # -- faults -------------------------------------------------------------------------------------------------
 class Faults(threading.Thread):
     """Injects the faults at fixed fractions of the load window and logs what it did."""
@@ -641,7 +758,9 @@ class Faults(threading.Thread):
 
 
 # -- the verdict --------------------------------------------------------------------------------------------
-DEDUP_KEY = re.compile(r"^ticketpager/jira/(?P<ticket>[^/]+)/(?P<rule>[^/]+)/(?P<generation>\d+)$")
+DEDUP_KEY = re.compile(
+    r"^ticketpager/(?P<source>jira|zendesk)/(?P<ticket>[^/]+)/(?P<rule>[^/]+)/(?P<generation>\d+)$"
+)
 
 
 def check_events(events: list[dict[str, Any]], tickets: list[int], report: Report) -> None:
@@ -649,19 +768,29 @@ def check_events(events: list[dict[str, Any]], tickets: list[int], report: Repor
 
     Consecutive repeats of one action on one dedup key are PagerDuty no-ops (at-least-once re-sends
     after a crash): counted as redeliveries. Anything else that differs is lost, duplicated or reordered.
+    The Zendesk tickets of :class:`ZendeskReplay` count the same way; a page for one of its out-of-order
+    pairs (the ticket was solved before it arrived) is a duplicate.
     """
-    expected = {ticket_id(n) for n in tickets}
+    expected = {f"jira/{ticket_id(n)}": RULE for n in tickets}
+    expected |= {f"zendesk/{tid}": ZENDESK_RULE for tid in report.zendesk_paged}
+    quiet = {f"zendesk/{tid}" for tid in report.zendesk_quiet}
     per_ticket: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         match = DEDUP_KEY.match(str(event.get("dedup_key", "")))
-        if match is None or match["ticket"] not in expected:
+        key = f"{match['source']}/{match['ticket']}" if match else ""
+        if key in quiet:
+            report.duplicates += 1
+            report.examples.append(f"{key}: {event.get('event_action')} {event.get('dedup_key')} though the "
+                                   "ticket was solved before its older delivery arrived")
+            continue
+        if key not in expected:
             report.unexpected += 1
             report.examples.append(f"unexpected event {event.get('event_action')} {event.get('dedup_key')}")
             continue
-        per_ticket.setdefault(match["ticket"], []).append(event)
+        per_ticket.setdefault(key, []).append(event)
     report.expected_events = 2 * len(expected)
     report.received_events = len(events)
-    for tid in sorted(expected):
+    for tid, rule in sorted(expected.items()):
         got = per_ticket.get(tid, [])
         actions = [e["event_action"] for e in got]
         keys = sorted({e["dedup_key"] for e in got})
@@ -675,7 +804,7 @@ def check_events(events: list[dict[str, Any]], tickets: list[int], report: Repor
             report.lost += len(missing)
             report.examples.append(f"ticket {tid}: {'+'.join(missing)} lost; PagerDuty got {actions}")
             report.problem_tickets.append(tid)
-        if any(not k.endswith(f"/{RULE}/1") for k in keys) or len(collapsed) > 2:
+        if any(not k.endswith(f"/{rule}/1") for k in keys) or len(collapsed) > 2:
             report.duplicates += max(len(collapsed) - 2, 1)
             report.examples.append(f"ticket {tid}: duplicate; PagerDuty got {actions} on {keys}")
             report.problem_tickets.append(tid)
@@ -743,6 +872,8 @@ def _load_and_check(cfg: Config, replicas: list[Replica], pd: MockPagerDuty, eng
     log(f"load: {cfg.senders} senders for {cfg.seconds:.0f} s, {offered}")
     faults = Faults(cfg, replicas, pd, start, report)
     faults.start()
+    replay = ZendeskReplay(cfg, replicas, start, report)
+    replay.start()
     senders = [
         threading.Thread(target=send_tickets, name=f"sender-{i}", daemon=True,
                          args=(vendor, cfg, counter, counter_lock, until, base, run_id, i, out))
@@ -756,6 +887,9 @@ def _load_and_check(cfg: Config, replicas: list[Replica], pd: MockPagerDuty, eng
     faults.join(timeout=180)
     if faults.error is not None:
         report.problems.append(f"fault injection failed: {faults.error!r}")
+    replay.join(timeout=180)
+    if replay.error is not None or replay.is_alive():
+        report.problems.append(f"zendesk replay failed: {replay.error!r}")
     if any(t.is_alive() for t in senders):
         report.problems.append("a sender did not finish")
     for r in replicas:
@@ -802,9 +936,10 @@ def _load_and_check(cfg: Config, replicas: list[Replica], pd: MockPagerDuty, eng
     report.failed_changes = state.get("changes_failed", 0)
     report.pagerduty_failures = dict(pd.failed)
     check_events(list(pd.events), out["done"], report)
-    for tid in report.problem_tickets[:3]:
-        report.evidence.append(f"evidence: ticket {tid}, stored changes in arrival order:")
-        report.evidence += change_history(engine, tid)
+    for key in report.problem_tickets[:3]:
+        source, _, tid = key.partition("/")
+        report.evidence.append(f"evidence: ticket {key}, stored changes in arrival order:")
+        report.evidence += change_history(engine, tid, source)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,8 @@ class PollPage:
 
     changes: list[TicketChange]
     cursor: Mapping[str, Any]
-    skipped: int = 0  # rows seen but dropped (duplicates of the overlap window, filtered out, echoes)
+    skipped: int = 0  # rows seen but dropped (duplicates of the overlap window, filtered out, echoes, malformed)
+    malformed: int = 0  # of those, rows that are not a ticket we can read (each logged with its reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -218,6 +218,8 @@ class JiraConnector(Connector[JiraSettings]):
     def parse_webhook(self, headers: Headers, body: bytes) -> WebhookResult:
         try:
             payload = jsonutil.loads(body)
+        except jsonutil.BadJSON as exc:
+            raise WebhookRejected(400, f"body is not valid JSON: {exc}") from None
         except (ValueError, UnicodeDecodeError):
             raise WebhookRejected(400, "body is not valid JSON") from None
         if not isinstance(payload, dict):
@@ -400,12 +402,13 @@ class JiraConnector(Connector[JiraSettings]):
         watermark = state.watermark
         newest: datetime | None = None
         changes: list[TicketChange] = []
-        skipped = 0
+        skipped = malformed = 0
         for raw in issues if isinstance(issues, list) else []:
             try:
                 ticket = issue_to_ticket(raw, base_url=self.settings.url, field_names=lookups.field_names)
             except ValueError as exc:
                 skipped += 1
+                malformed += 1
                 log.warning("jira: skipping a malformed issue in search results: %s", exc)
                 continue
             newest = ticket.updated if newest is None else max(newest, ticket.updated)
@@ -421,7 +424,8 @@ class JiraConnector(Connector[JiraSettings]):
             horizon -= WIDEST_OFFSET
         kept = {k: v for k, v in seen.items() if (parse_jira_time(v) or horizon) >= horizon}
         cursor = JiraCursor(watermark, kept)
-        return PollPage(changes=changes, cursor=cursor.to_json(), skipped=skipped), cursor, newest
+        page = PollPage(changes=changes, cursor=cursor.to_json(), skipped=skipped, malformed=malformed)
+        return page, cursor, newest
 
     def _jql(self, literal: str) -> str:
         base = self.settings.jql.strip()

@@ -330,7 +330,7 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
             updates = [self._row_updated(row) for row in rows]
             self._check_window(window, updates)
             changes: list[TicketChange] = []
-            skipped = 0
+            skipped = malformed = 0
             for row in rows:
                 key = (str(row.get("sys_id")), str(row.get("sys_updated_on")))
                 if key in seen:
@@ -340,13 +340,14 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
                 change = self._poll_change(row)
                 if change is None:
                     skipped += 1
+                    malformed += 1
                     continue
                 changes.append(change)
             if updates:
                 watermark = max(watermark, updates[-1])
             floor = format_sn_datetime(watermark - overlap)
             seen = {k: None for k in seen if k[1] >= floor}
-            yield PollPage(changes, ServiceNowCursor(watermark, tuple(seen)).to_json(), skipped)
+            yield PollPage(changes, ServiceNowCursor(watermark, tuple(seen)).to_json(), skipped, malformed)
             next_window = self._next_window(window, rows, updates, total, limit)
             if next_window is None:
                 return
@@ -556,6 +557,8 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         payload = jsonutil.loads(body)
+    except jsonutil.BadJSON as exc:
+        raise WebhookRejected(400, f"body is not valid JSON: {exc}") from None
     except (ValueError, UnicodeDecodeError):
         raise WebhookRejected(400, "body is not valid JSON") from None
     if not isinstance(payload, dict):

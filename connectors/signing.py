@@ -7,7 +7,7 @@ import base64
 import hmac
 import math
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import SecretStr
 
@@ -37,19 +37,39 @@ def b64_signatures(secrets: Iterable[SecretStr], message: bytes) -> list[str]:
     ]
 
 
+def _epoch(value: str) -> float:
+    """Epoch seconds of a timestamp header (epoch seconds or ISO 8601 with a zone); ``ValueError`` naming
+    the problem (``unparsable`` / ``no time zone``) otherwise."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("unparsable") from None
+    if parsed.tzinfo is None:
+        raise ValueError("no time zone")
+    return parsed.timestamp()
+
+
+def signed_instant(value: str | None) -> datetime | None:
+    """A (verified) signature timestamp header as an aware datetime; ``None`` if absent or unreadable."""
+    try:
+        return datetime.fromtimestamp(_epoch(value or ""), UTC)
+    except (OverflowError, OSError, ValueError):  # also NaN and infinities
+        return None
+
+
 def check_timestamp(value: str | None, now: datetime, tolerance_seconds: float, header: str) -> None:
     """Reject a missing, unparsable or out-of-window timestamp (epoch seconds or ISO 8601) as a replay."""
     if not value:
         raise WebhookRejected(401, f"missing {header} header")
     try:
-        stamp = float(value)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise WebhookRejected(401, f"unparsable {header} header") from None
-        if parsed.tzinfo is None:
+        stamp = _epoch(value)
+    except ValueError as exc:
+        if str(exc) == "no time zone":
             raise WebhookRejected(401, f"{header} header has no time zone") from None
-        stamp = parsed.timestamp()
+        raise WebhookRejected(401, f"unparsable {header} header") from None
     if not math.isfinite(stamp) or abs(now.timestamp() - stamp) > tolerance_seconds:
         raise WebhookRejected(401, f"{header} outside the {int(tolerance_seconds)} s tolerance (replay?)")

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import requests
 
 from connectors.base import Connector, Headers, PollPage, WebhookResult, WriteBack
-from connectors.signing import b64_signatures, check_timestamp, hmac_sha256, matches_any
+from connectors.signing import b64_signatures, check_timestamp, hmac_sha256, matches_any, signed_instant
 from connectors.zendesk_normalize import (
     BadTicket,
     Lookups,
@@ -41,6 +41,7 @@ from sync.errors import (
     Kind,
     PermanentError,
     RetryableError,
+    SkippableError,
     StatusRule,
     StatusTable,
     TicketpagerError,
@@ -60,8 +61,16 @@ VENDOR = "zendesk"
 # https://developer.zendesk.com/documentation/webhooks/verifying/
 SIGNATURE_HEADER = "x-zendesk-webhook-signature"
 TIMESTAMP_HEADER = "x-zendesk-webhook-signature-timestamp"
-# Per-invocation id (used for dedupe when present; otherwise a digest of the body is used).
+# Per-invocation id: NOT signed, so never trusted for dedupe (a replay may carry any value); a trigger
+# delivery is identified by a digest of what is signed instead (timestamp + body).
 INVOCATION_HEADER = "x-zendesk-webhook-invocation-id"
+# A trigger body must carry the ticket's version (the template in README.md, Zendesk section) unless the
+# ticket can be read from the API: https://support.zendesk.com/hc/en-us/articles/4408886858138
+NO_VERSION = "the trigger body has no updated_at"
+NO_VERSION_FIX = (
+    'add "updated_at": "{{ticket.updated_at_with_timestamp}}" to the trigger\'s JSON body (README, Zendesk), '
+    "or configure an API token so ticketpager reads the ticket itself"
+)
 # Static secret Zendesk signs *test* sends of not-yet-saved webhooks with. It is public, so a request
 # signed with it proves nothing: accepted only when ``accept_test_secret`` is on, and then never stored.
 # https://developer.zendesk.com/documentation/webhooks/verifying/#signing-secrets-on-new-webhooks
@@ -277,6 +286,8 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             return WebhookResult(ignored_reason="test_secret")  # anyone can forge these: never stored
         try:
             data = jsonutil.loads(body)
+        except jsonutil.BadJSON as exc:
+            raise WebhookRejected(400, f"body is not valid JSON: {exc}") from None
         except (ValueError, UnicodeDecodeError):
             raise WebhookRejected(400, "body is not valid JSON") from None
         if not isinstance(data, dict):
@@ -327,7 +338,14 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         return WebhookResult(changes=[change])
 
     def _parse_trigger(self, headers: Headers, body: bytes, data: Mapping[str, Any]) -> WebhookResult:
-        """Trigger-connected webhook with our template; canonical ticket fetched when possible."""
+        """Trigger-connected webhook with our template.
+
+        The ticket's version must come from something signed or from Zendesk itself, never from the receive
+        time (a replayed body would then be the newest version and page again): the canonical ticket when
+        it can be fetched, else the body's ``updated_at``. A body without ``updated_at`` is reconciled
+        against the API (fetched even with ``fetch_canonical`` off) or refused. The delivery id is a digest
+        of what is signed (timestamp + body), not the unsigned invocation-id header.
+        """
         tid = as_id(data.get("ticket_id"))
         if tid is None:
             raise WebhookRejected(400, "ticket_id is missing or not a number")
@@ -335,26 +353,35 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         if isinstance(by, str) and self.settings.email and by.strip().lower() == self.settings.email.lower():
             return WebhookResult(ignored_reason="own_note")  # the API user only ever writes our notes
         received = self.clock.now()
+        versioned = isinstance(data.get("updated_at"), str) and bool(data["updated_at"].strip())
         ticket: Ticket | None = None
-        if self.can_poll and self.settings.fetch_canonical:
+        if self.can_poll and (self.settings.fetch_canonical or not versioned):
             try:
                 ticket = self._fetch_ticket(tid, attempts=1)  # Zendesk waits ~10 s for our answer
-            except TicketpagerError as exc:
+            except SkippableError as exc:
+                if not versioned:
+                    log.info("zendesk: trigger for ticket %s ignored: %s", tid, exc)
+                    return WebhookResult(ignored_reason="not_found")
                 log.warning("zendesk: canonical fetch of ticket %s failed (%s); using the webhook body", tid, exc)
+            except TicketpagerError as exc:
+                if not versioned:
+                    raise WebhookRejected(503, f"{NO_VERSION}, and Zendesk could not be asked: retry later") from None
+                log.warning("zendesk: canonical fetch of ticket %s failed (%s); using the webhook body", tid, exc)
+        sent_at: datetime | None = None
         if ticket is None:
+            if not versioned:
+                raise WebhookRejected(400, f"{NO_VERSION}: {NO_VERSION_FIX}")
             try:
-                ticket = self._with_organization(self._normalizer.from_template(data, received))
+                ticket = self._with_organization(self._normalizer.from_template(data))
             except BadTicket as exc:
                 raise WebhookRejected(400, f"malformed trigger body: {exc}") from None
+            # the body's version has minute resolution: the signed send time orders two of the same minute
+            sent_at = signed_instant(headers.get(TIMESTAMP_HEADER)) or received
         if not self._wanted(ticket):
             return WebhookResult(ignored_reason="filtered")
-        invocation = (headers.get(INVOCATION_HEADER) or "").strip()
-        delivery = (
-            f"zendesk:invocation:{invocation[:100]}"
-            if invocation
-            else f"zendesk:trigger:{tid}:{hashlib.sha256(body).hexdigest()[:32]}"
-        )
-        change = TicketChange(ticket, Origin.WEBHOOK, delivery, received, event_type="trigger")
+        signed = (headers.get(TIMESTAMP_HEADER) or "").encode() + body
+        delivery = f"zendesk:trigger:{tid}:{hashlib.sha256(signed).hexdigest()[:40]}"
+        change = TicketChange(ticket, Origin.WEBHOOK, delivery, received, event_type="trigger", sent_at=sent_at)
         return WebhookResult(changes=[change])
 
     def _is_own_note(self, comment: Any) -> bool:
@@ -433,8 +460,8 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             page = self._call(partial(self._export_page, current))
             after = page.get("after_cursor")
             following = ZendeskCursor(after_cursor=after) if isinstance(after, str) and after else current
-            changes, skipped = self._page_changes(page)
-            yield PollPage(changes=changes, cursor=following.to_json(), skipped=skipped)
+            changes, skipped, malformed = self._page_changes(page)
+            yield PollPage(changes=changes, cursor=following.to_json(), skipped=skipped, malformed=malformed)
             if page.get("end_of_stream") is True or following == current:
                 return
             current = following
@@ -459,18 +486,20 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             raise RetryableError("zendesk incremental export answered without a tickets list", vendor=VENDOR)
         return page
 
-    def _page_changes(self, page: Mapping[str, Any]) -> tuple[list[TicketChange], int]:
+    def _page_changes(self, page: Mapping[str, Any]) -> tuple[list[TicketChange], int, int]:
+        """The page's changes, how many tickets were skipped, and how many of those were malformed."""
         lookups = self._lookups(page)
         now = self.clock.now()
         changes: list[TicketChange] = []
         seen: set[str] = set()
-        skipped = 0
+        skipped = malformed = 0
         for raw in page["tickets"]:
             try:
                 ticket = self._normalizer.from_api(raw, lookups)
             except BadTicket as exc:
                 log.warning("zendesk poll: skipped a ticket: %s", exc)
                 skipped += 1
+                malformed += 1
                 continue
             ticket = self._with_organization(ticket)
             delivery = f"poll:{ticket.id}:{ticket.updated.isoformat()}"
@@ -480,7 +509,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
                 continue
             seen.add(delivery)
             changes.append(TicketChange(ticket, Origin.POLL, delivery, now))
-        return changes, skipped
+        return changes, skipped, malformed
 
     # -- write-back --------------------------------------------------------------------------------
     def write_back(self, note: WriteBack) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sync.model import StatusCategory, Ticket
+from sync.model import StatusCategory, Ticket, check_instant
 
 SOURCE = "zendesk"
 
@@ -108,6 +108,10 @@ def parse_time(value: Any, name: str) -> datetime:
         raise BadTicket(f"{name} is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         raise BadTicket(f"{name} has no time zone")
+    try:
+        check_instant(parsed, name)
+    except ValueError as exc:
+        raise BadTicket(str(exc)) from None
     return parsed
 
 
@@ -210,14 +214,17 @@ class Normalizer:
         ticket = self.from_api(shaped, lookups)
         return _with_raw(ticket, detail)
 
-    def from_template(self, body: Mapping[str, Any], received: datetime) -> Ticket:
-        """The recommended trigger template (display text): used when the ticket cannot be fetched."""
+    def from_template(self, body: Mapping[str, Any]) -> Ticket:
+        """The recommended trigger template (display text): used when the ticket cannot be fetched.
+
+        ``updated_at`` (``{{ticket.updated_at_with_timestamp}}``) is required: it is the only version of the
+        ticket the (signed) body carries; a receive time would make any replay or late delivery "newest".
+        """
         tid = as_id(body.get("ticket_id"))
         if tid is None:
             raise BadTicket("ticket_id is missing or not a number")
         status, category = status_category(body.get("status"))
-        updated_text = body.get("updated_at")
-        updated = parse_time(updated_text, "updated_at") if updated_text else received
+        updated = parse_time(body.get("updated_at"), "updated_at")
         org_id = as_id(body.get("organization_id"))
         url = body.get("url") if isinstance(body.get("url"), str) else None
         if url and "://" not in url:

@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from connectors import CONNECTORS
 from sync.errors import WebhookRejected
+from sync.jsonutil import BadJSON
 from sync.metrics import METRICS
 from sync.model import unstorable_reason
 
@@ -176,6 +177,10 @@ class Webhooks:
             return 202, {"status": "ignored", "reason": result.ignored_reason or "nothing to do"}
         try:
             stored = await service.writer.submit(result.changes)
+        except BadJSON as exc:  # serialized before queueing: text that cannot be stored is the sender's, not a 503
+            count(METRICS.webhooks, source, "rejected_400")
+            log.info("webhook %s rejected (400): %s", source, exc)
+            return 400, {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001
             log.error("storing webhook from %s failed: %s", source, exc)
             count(METRICS.webhooks, source, "store_failed")

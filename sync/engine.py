@@ -89,6 +89,19 @@ FINISH_CHANGE = update(changes).where(changes.c.id == _B("i")).values(status=_B(
 __all__ = ["Engine", "RuleSetLike", "dedup_key_for", "evaluate_change", "plan"]
 
 
+SELECT_PAYLOAD = select(changes.c.payload).where(changes.c.id == _B("i"))
+
+
+def _sent_at(conn: Connection, change_id: int | None) -> datetime | None:
+    """The signed send time of the change a ticket's current version came from (``None``: not known)."""
+    if change_id is None:
+        return None
+    payload = conn.execute(SELECT_PAYLOAD, {"i": change_id}).scalar_one_or_none()
+    if payload is None:  # pruned by retention, or processed before send times were kept
+        return None
+    return TicketChange.from_json(jsonutil.loads(payload)).sent_at
+
+
 class RuleSetLike(Protocol):
     digest: str
     has_time_rules: bool
@@ -259,7 +272,7 @@ class Engine:
         now = self.clock.now()
         current = self._lock_ticket(conn, ticket.source, ticket.id)
         version = ticket.version_hash()
-        outcome = self._staleness(current, change, version)
+        outcome = self._staleness(conn, current, change, version)
         if outcome is not None:
             finished.append({"i": row["id"], "status": outcome, "at": now})
             decided.append(self._decision(row["id"], ticket, outcome, ruleset.digest, {"why": outcome}))
@@ -313,13 +326,25 @@ class Engine:
         return sum(open_after.values())
 
     @staticmethod
-    def _staleness(current: RowMapping | None, change: TicketChange, version: str) -> str | None:
+    def _staleness(conn: Connection, current: RowMapping | None, change: TicketChange, version: str) -> str | None:
+        """Why ``change`` is not processed (``stale`` / ``same_version``), or ``None``.
+
+        An equal ``updated`` with different content is newer only for versions with exact timestamps. A
+        version of minute resolution (``change.sent_at`` set: a Zendesk trigger body) is newer than the
+        processed one of the same minute only if it was sent later (a signed send time), so two deliveries
+        of one minute arriving out of order never move the ticket backwards or page again.
+        """
         if current is None:
             return None
         if change.ticket.updated < current["updated"]:
             return "stale"
-        if change.ticket.updated == current["updated"] and version == current["version_hash"]:
-            return "same_version"
+        if change.ticket.updated == current["updated"]:
+            if version == current["version_hash"]:
+                return "same_version"
+            if change.sent_at is not None:
+                before = _sent_at(conn, current["last_change_id"])
+                if before is None or change.sent_at <= before:
+                    return "stale"
         return None
 
     def _lock_ticket(self, conn: Connection, source: str, ticket_id: str) -> RowMapping | None:

@@ -1,5 +1,11 @@
 """Fast JSON for the hot path (stored changes, snapshots, outbox bodies): orjson, with the stdlib as the
-fallback for what orjson refuses (integers beyond 64 bits in a vendor payload, odd keys)."""
+fallback for what orjson refuses (integers beyond 64 bits in a vendor payload, odd keys).
+
+Both directions refuse, with :class:`BadJSON`, what cannot be stored as UTF-8 text: a lone UTF-16
+surrogate (``"\\ud800"`` is valid JSON syntax but not text; PostgreSQL and SQLite would refuse it at commit
+time, long after the sender was told 202) and nesting deeper than orjson's limit (the stdlib would recurse
+until ``RecursionError``). A :class:`BadJSON` is the sender's error: its message says which.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,44 @@ from typing import Any
 import orjson
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+MAX_DEPTH = 1024  # orjson's own limit (https://github.com/ijl/orjson#deserialize)
+SURROGATE = "a string holds a lone UTF-16 surrogate (such as \\ud800), which is not text"
+TOO_DEEP = f"JSON nested deeper than {MAX_DEPTH} levels"
+
+
+class BadJSON(ValueError):
+    """JSON ticketpager refuses to read or write; ``str()`` is a reason safe to answer the sender with."""
 
 
 def dumps(value: Any, *, sort_keys: bool = False) -> str:
-    """Compact JSON text; unknown types become ``str``."""
+    """Compact JSON text; unknown types become ``str``. :class:`BadJSON` if a string is not text."""
     try:
         return orjson.dumps(value, default=str, option=_OPTIONS | (orjson.OPT_SORT_KEYS if sort_keys else 0)).decode()
     except (orjson.JSONEncodeError, TypeError):
-        return json.dumps(value, default=str, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
+        pass
+    try:
+        text = json.dumps(value, default=str, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
+        text.encode()  # the fallback writes lone surrogates through: the database would refuse them later
+    except RecursionError:
+        raise BadJSON(TOO_DEEP) from None
+    except UnicodeEncodeError:
+        raise BadJSON(SURROGATE) from None
+    return text
 
 
 def loads(text: str | bytes) -> Any:
+    """Parse JSON; :class:`BadJSON` for lone surrogates and over-deep nesting, ``ValueError`` otherwise."""
     try:
         return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc)
+        if "surrogate" in reason:
+            raise BadJSON(SURROGATE) from None
+        if "depth" in reason or "recursion" in reason.lower():
+            raise BadJSON(TOO_DEEP) from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise BadJSON(TOO_DEEP) from None
+    dumps(value)  # orjson stopped at its first complaint (a big integer): a surrogate may follow it
+    return value

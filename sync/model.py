@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -55,6 +55,25 @@ class IncidentState(StrEnum):
 
 
 SEVERITIES = ("critical", "error", "warning", "info")
+
+
+#: the instants a ticket may carry: every one of them can be shown in any time zone (±1 day of the limits of
+#: ``datetime``), so no conversion downstream (storage in UTC, a JQL literal in the API user's zone) overflows
+EARLIEST = datetime.min.replace(tzinfo=UTC) + timedelta(days=1)
+LATEST = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
+
+
+def check_instant(value: datetime, name: str) -> None:
+    """Refuse (``ValueError``) a timezone-aware ``value`` that cannot be converted to UTC and back safely,
+    e.g. ``0001-01-01T00:00:00+01:00`` (a vendor field or signed input, never our clock)."""
+    if 1 < value.year < 9999:  # the hot path: an offset is under a day, only the first and last year can fail
+        return
+    try:
+        inside = EARLIEST <= value <= LATEST
+    except OverflowError:
+        inside = False
+    if not inside:
+        raise ValueError(f"{name} {value.isoformat()} is out of range")
 
 
 def _dt_to_json(value: datetime | None) -> str | None:
@@ -105,6 +124,9 @@ class Ticket:
             raise ValueError("Ticket.updated must be timezone-aware")
         if self.created is not None and self.created.tzinfo is None:
             raise ValueError("Ticket.created must be timezone-aware")
+        check_instant(self.updated, "updated")
+        if self.created is not None:
+            check_instant(self.created, "created")
 
     @property
     def ref(self) -> TicketRef:
@@ -178,7 +200,9 @@ class TicketChange:
     ``changes`` is ``None`` when the source did not say what changed (polls); the engine then diffs
     against the last processed version. ``delivery_id`` dedupes: the vendor's webhook id, or
     ``poll:<id>:<updated>`` for polls. ``actor`` is who made the change when the vendor says so (used to
-    drop ticketpager's own write-backs).
+    drop ticketpager's own write-backs). ``sent_at`` is set only when the vendor's version has minute
+    resolution (a Zendesk trigger body's ``updated_at``): the vendor's signed send time, which orders two
+    changes of one ticket whose ``updated`` is equal (see :meth:`sync.engine.Engine._staleness`).
     """
 
     ticket: Ticket
@@ -188,6 +212,7 @@ class TicketChange:
     changes: tuple[FieldChange, ...] | None = None
     actor: str | None = None
     event_type: str | None = None
+    sent_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -200,6 +225,7 @@ class TicketChange:
             else [{"field": c.field, "old": c.old, "new": c.new} for c in self.changes],
             "actor": self.actor,
             "event_type": self.event_type,
+            "sent_at": _dt_to_json(self.sent_at),
         }
 
     @classmethod
@@ -217,6 +243,7 @@ class TicketChange:
             else tuple(FieldChange(c["field"], c.get("old"), c.get("new")) for c in raw_changes),
             actor=data.get("actor"),
             event_type=data.get("event_type"),
+            sent_at=_dt_from_json(data.get("sent_at")),
         )
 
     def with_changes(self, changes: tuple[FieldChange, ...]) -> TicketChange:
@@ -321,4 +348,18 @@ def unstorable_reason(change: TicketChange) -> str | None:
             return f"{label} contains a NUL character"
     if "\x00" in change.delivery_id:
         return "delivery id contains a NUL character"
+    return None
+
+
+def unencodable_reason(change: TicketChange) -> str | None:
+    """Why ``change`` cannot be written as stored JSON text (a lone surrogate in any string), else ``None``.
+
+    Costs one serialization: the poller asks it of every change, because vendor clients parse API pages with
+    the stdlib (which lets ``"\\ud800"`` through) and one such ticket must not fail its whole page forever.
+    Webhook bodies are refused earlier, by :func:`sync.jsonutil.loads`.
+    """
+    try:
+        jsonutil.dumps(change.to_json())
+    except jsonutil.BadJSON as exc:
+        return str(exc)
     return None

@@ -15,7 +15,7 @@ from connectors.base import Connector
 from sync.clock import Clock
 from sync.errors import TicketpagerError
 from sync.metrics import METRICS
-from sync.model import unstorable_reason
+from sync.model import unencodable_reason, unstorable_reason
 from sync.store import Store, insert_changes, load_cursor, record_poll_error, save_cursor
 
 log = logging.getLogger("ticketpager.poller")
@@ -51,15 +51,19 @@ def poll_once(
         for page in connector.poll(cursor):
             storable = []
             for change in page.changes:
-                problem = unstorable_reason(change)
+                problem = unstorable_reason(change) or unencodable_reason(change)
                 if problem is None:
                     storable.append(change)
                     continue
-                log.error("poll of %s: skipped a ticket that cannot be stored (%s)", source, problem)
+                log.error(
+                    "poll of %s: skipped ticket %r that cannot be stored (%s)", source, change.ticket.key[:80], problem
+                )
                 METRICS.changes_received.labels(source, "poll", "unstorable").inc()
             with store.begin() as conn:
                 new = insert_changes(conn, storable)
                 save_cursor(conn, source, page.cursor, clock.now())
+            if page.malformed:  # each one logged by the connector with its reason
+                METRICS.changes_received.labels(source, "poll", "malformed").inc(page.malformed)
             report.pages += 1
             report.seen += len(page.changes)
             report.stored += new

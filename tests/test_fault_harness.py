@@ -1,8 +1,9 @@
 """The fault and load harness (``bench/fault_harness.py``) in its short CI form.
 
 Three ``ticketpager serve`` replicas share one PostgreSQL schema; signed Jira webhooks (duplicates and
-out-of-order versions included) stream in for 15 s while one replica is SIGKILLed and restarted,
-PostgreSQL is restarted and the mock PagerDuty answers 500s, then 429 with Retry-After. Afterwards every
+out-of-order versions included) and replayed Zendesk trigger webhooks stream in for 15 s while one
+replica is SIGKILLed and restarted, PostgreSQL is restarted and the mock PagerDuty answers 500s, then
+429 with Retry-After. Afterwards every
 ticket must have paged exactly once (one trigger, then one resolve, one dedup key) and nothing may be
 left running. The harness runs once per module; each test below checks one promise of issue 7.
 """
@@ -70,6 +71,15 @@ def test_every_webhook_answered_202_was_stored_and_handled(harness: Report) -> N
     assert harness.tickets_given_up == 0, detail(harness)
     assert harness.failed_changes == 0, detail(harness)
     assert harness.dead_letters == 0, detail(harness)
+
+
+def test_replayed_zendesk_webhooks_never_page_again(harness: Report) -> None:
+    """Issue 13, item 3: a signed trigger body replayed with a new invocation id is a duplicate, and an
+    older delivery of the same minute arriving last pages nobody (checked with the events above)."""
+    assert len(harness.zendesk_paged) > 0 and len(harness.zendesk_quiet) > 0, detail(harness)
+    assert harness.zendesk_replays == len(harness.zendesk_paged), detail(harness)
+    assert harness.zendesk_replays_stored == 0, detail(harness)
+    assert harness.duplicates == 0 and harness.lost == 0, detail(harness)
 
 
 def test_outbox_drains_after_the_faults(harness: Report) -> None:

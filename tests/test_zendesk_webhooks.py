@@ -235,10 +235,16 @@ def test_trigger_template_without_credentials_uses_the_body() -> None:
     assert receive(connector(), signed(body), body).changes[0].delivery_id == change.delivery_id
 
 
-def test_trigger_invocation_id_header_is_the_delivery_id() -> None:
+def test_trigger_delivery_id_is_what_is_signed_not_the_invocation_id_header() -> None:
+    """The invocation id is not signed: a replay could carry any value. Timestamp + body are signed."""
     body = body_of("trigger_body.json")
-    headers = {**signed(body), "x-zendesk-webhook-invocation-id": "inv-8812"}
-    assert receive(connector(), headers, body).changes[0].delivery_id == "zendesk:invocation:inv-8812"
+    ids = {
+        receive(connector(), {**signed(body), "x-zendesk-webhook-invocation-id": inv}, body).changes[0].delivery_id
+        for inv in ("inv-8812", "inv-8813", "")
+    }
+    assert len(ids) == 1
+    later = receive(connector(), signed(body, when=NOW - timedelta(seconds=1)), body).changes[0].delivery_id
+    assert later not in ids  # another signed send of the same body is another delivery
 
 
 @responses.activate
@@ -289,7 +295,8 @@ def test_trigger_from_the_api_user_is_an_echo() -> None:
         (b'{"type": "zen:event-type:ticket.created", "id": "e1"}', "detail (the ticket snapshot) is missing"),
         (b'{"type": "zen:event-type:ticket.created", "detail": {"id": "1"}}', "event id is missing"),
         (b'{"ticket_id": "abc", "status": "Open"}', "ticket_id is missing or not a number"),
-        (b'{"ticket_id": "7", "status": "Offen"}', "unknown ticket status"),
+        (b'{"ticket_id": "7", "status": "Offen", "updated_at": "2026-11-27T08:55:00Z"}', "unknown ticket status"),
+        (b'{"ticket_id": "7", "status": "Open"}', "the trigger body has no updated_at"),
         (b'{"ticket_id": "7", "status": "Open", "updated_at": "yesterday"}', "not an ISO 8601 timestamp"),
     ],
 )
