@@ -84,7 +84,11 @@ class EdgeProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = self.limits.keepalive_timeout_seconds  # type: ignore[assignment]
         self._in_head = True  # reading a request line and headers (or waiting for the first byte of one)
         self._head_bytes = 0  # raw bytes of the current header block fed to the parser so far
-        self._timer: asyncio.TimerHandle | None = None  # the header, body or linger deadline
+        self._due: float | None = None  # loop time by which the current header block or body must be in
+        self._due_body = False  # the deadline is the body's (else the headers')
+        self._timer: asyncio.TimerHandle | None = None  # checks the deadline; fires at ``_timer_at``
+        self._timer_at = 0.0
+        self._linger: asyncio.TimerHandle | None = None
         self._refused = False
 
     # -- connection ---------------------------------------------------------------------------------
@@ -94,10 +98,13 @@ class EdgeProtocol(HttpToolsProtocol):
         if len(self.connections) > cap:
             self._refuse(503, "too_many_connections", f"more than {cap} open connections; retry later")
             return
-        self._arm(self.limits.header_timeout_seconds, self._header_timeout)
+        self._set_deadline(self.limits.header_timeout_seconds, body=False)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._due = None
+        for timer in (self._timer, self._linger):
+            if timer is not None:
+                timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -105,8 +112,8 @@ class EdgeProtocol(HttpToolsProtocol):
             return  # lingering after a refusal: input is discarded, never parsed or kept
         limit = self.limits.max_header_bytes
         while data and self._in_head:
-            if self._timer is None:  # the first byte after an idle keep-alive: this request's headers are timed
-                self._arm(self.limits.header_timeout_seconds, self._header_timeout)
+            if self._due is None:  # the first byte after an idle keep-alive: this request's headers are timed
+                self._set_deadline(self.limits.header_timeout_seconds, body=False)
             room = limit - self._head_bytes
             if len(data) <= room:
                 self._head_bytes += len(data)
@@ -140,44 +147,50 @@ class EdgeProtocol(HttpToolsProtocol):
     # -- parser callbacks -----------------------------------------------------------------------------
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._arm(self.limits.body_timeout_seconds, self._body_timeout)
+        self._set_deadline(self.limits.body_timeout_seconds, body=True)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._disarm()  # the app's own time is not the client's: no deadline until the next request starts
+        self._due = None  # the app's own time is not the client's: no deadline until the next request starts
         self._in_head = True
         self._head_bytes = 0
 
     # -- deadlines ---------------------------------------------------------------------------------------
-    def _arm(self, seconds: float, callback: object) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, callback)  # type: ignore[arg-type]
+    # Setting a deadline is two stores; one timer per connection checks it when it fires and re-arms for the
+    # deadline then current. A timer armed and cancelled per request cost measurable ingest (docs/performance.md).
+    def _set_deadline(self, seconds: float, *, body: bool) -> None:
+        due = self.loop.time() + seconds
+        self._due, self._due_body = due, body
+        if self._timer is None or due < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = self.loop.call_at(due, self._check_deadline), due
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _header_timeout(self) -> None:
+    def _check_deadline(self) -> None:
         self._timer = None
+        due = self._due
+        if due is None or self._refused:
+            return
+        if self.loop.time() < due:
+            self._timer, self._timer_at = self.loop.call_at(due, self._check_deadline), due
+            return
+        if self._due_body:
+            seconds = self.limits.body_timeout_seconds
+            self._refuse(408, "body_timeout", f"request body not received within {seconds:g} s")
+            return
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:  # a pipelined earlier request is being answered
-            self._arm(self.limits.header_timeout_seconds, self._header_timeout)
+            self._set_deadline(self.limits.header_timeout_seconds, body=False)
             return
         seconds = self.limits.header_timeout_seconds
         self._refuse(408, "header_timeout", f"request headers not received within {seconds:g} s")
-
-    def _body_timeout(self) -> None:
-        self._timer = None
-        seconds = self.limits.body_timeout_seconds
-        self._refuse(408, "body_timeout", f"request body not received within {seconds:g} s")
 
     # -- refusal --------------------------------------------------------------------------------------------
     def _refuse(self, status: int, reason: str, message: str) -> None:
         """Answer ``status`` if no response has started, half-close, discard input, close after the linger."""
         self._refused = True
-        self._disarm()
+        self._due = None
         METRICS.http_refused.labels(reason).inc()
         self.refused_log(reason, status, message, self.client and self.client[0])
         cycle = self.cycle
@@ -193,7 +206,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self.flow.resume_reading()  # keep reading (and discarding), or the unread input turns close into a reset
         if transport.can_write_eof():
             transport.write_eof()
-        self._timer = self.loop.call_later(self.limits.linger_seconds, transport.close)
+        self._linger = self.loop.call_later(self.limits.linger_seconds, transport.close)
 
 
 def protocol(limits: HttpSettings) -> type[EdgeProtocol]:

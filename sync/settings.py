@@ -152,7 +152,7 @@ class HttpSettings(BaseModel):
     header_timeout_seconds: float = 10.0  # the whole header block must arrive within this (else 408, closed)
     body_timeout_seconds: float = 30.0  # the whole body must arrive within this after the headers (else 408)
     keepalive_timeout_seconds: float = 5.0  # an idle keep-alive connection is closed after this
-    max_connections: int = 200  # open connections per process; past this a new one gets 503 and is closed
+    max_connections: int = 100  # open connections per process; past this a new one gets 503 and is closed
     drain_bytes: int = 8 * 1024 * 1024  # an over-limit body up to this size is read and discarded before the 413
     linger_seconds: float = 2.0  # after a refusal, unread input is discarded this long so the answer is not lost
 
