@@ -280,3 +280,22 @@ def test_past_the_connection_cap_a_new_connection_gets_503(tmp_path: Path) -> No
             s.close()
         assert proc.stop() == 0, proc.output()
     assert "refused a connection from 127.0.0.1 (503): more than 4 open connections" in proc.output()
+
+
+def test_a_busy_keep_alive_connection_outlives_the_deadlines(serve: Serve) -> None:
+    """The deadlines time each request, not the connection: requests on one connection for twice the
+    deadline are all served, pipelined ones included."""
+    with connect(serve) as sock, sock.makefile("rb") as answers:
+        started, served = time.monotonic(), 0
+        while time.monotonic() - started < 2 * TIMEOUT + 0.5:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2)  # two in one write
+            for _ in range(2):
+                assert answers.readline().startswith(b"HTTP/1.1 200 ")
+                length = 0
+                while (line := answers.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                assert answers.read(length) == b'{"status":"ok"}'
+                served += 1
+            time.sleep(0.1)
+    assert served >= 20
