@@ -68,3 +68,23 @@ def test_long_delivery_ids_sharing_a_prefix_are_not_duplicates(serve: Serve) -> 
     assert deliver(prefix + "-first")["stored"] == 1
     assert deliver(prefix + "-second")["stored"] == 1  # was a "duplicate": only 255 characters were compared
     assert deliver(prefix + "-second") == {"status": "accepted", "stored": 0, "duplicates": 1}
+
+
+def test_long_delivery_ids_are_hashed_not_cut_in_both_stores(db_url: str) -> None:
+    """The same at the store, on SQLite and PostgreSQL: ids over the column's 255 characters that share a
+    prefix stay distinct, and an exact repeat is still a duplicate."""
+    from sync.store import Store, insert_changes
+    from tests.factories import change, ticket
+
+    store = Store(db_url)
+    try:
+        store.upgrade()
+        prefix = "jira:" + "p" * 400
+        first = change(ticket("31001"), prefix + "a")
+        second = change(ticket("31001"), prefix + "b")
+        with store.begin() as conn:
+            assert insert_changes(conn, [first, second]) == 2
+        with store.begin() as conn:
+            assert insert_changes(conn, [change(ticket("31001"), prefix + "b")]) == 0
+    finally:
+        store.dispose()
