@@ -7,6 +7,12 @@ Run from the repository root:  python -m bench.bench_ingest [--seconds 10] [--co
    body group-committed to SQLite with the stdlib driver), i.e. what this machine allows in this run.
 2. ticketpager: ``ticketpager serve --dry-run`` on a fresh SQLite file, signed Jira webhooks (HMAC
    verified, parsed, normalized, durably group-committed before the 202), every request a new change.
+   The same run also measures serve without the HTTP edge limits of sync/edge.py (uvicorn's own httptools
+   protocol) and on uvicorn's h11 protocol with its header limit (``bench/serve_variant.py``): the cost of
+   the edge guard is the ratio between the first two, in req/s and in the server's CPU time per request
+   (``/proc/<pid>/stat``, over the load window and a short settle after it: far less sensitive to other
+   processes on the machine than req/s). With and without alternate for ``--rounds`` rounds; the best round
+   of each counts (other processes on a shared machine only ever slow a round down).
 3. End to end: ``serve`` sending to a local mock PagerDuty; webhooks at a steady rate; time from the
    POST to the mock's 202 for each triggered incident.
 Both servers run one uvicorn worker; the load generator shares the same cores (see bench/loadgen.py).
@@ -142,24 +148,61 @@ def baseline(app: str, bodies: list[bytes], seconds: float, connections: int) ->
             stop(proc)
 
 
-def ingest(seconds: float, connections: int, count: int) -> tuple[loadgen.LoadResult, ...]:
-    bodies = [jira_payload(n) for n in range(count)]
-    tp_port = free_port()
-    tp_reqs = [
-        loadgen.build_request("127.0.0.1", tp_port, "/webhooks/jira", b, jira_headers(n, b))
-        for n, b in enumerate(bodies)
-    ]
-    base = baseline("bench.bare_app:app", bodies, seconds, connections)
-    ceiling = baseline("bench.ceiling_app:app", bodies, seconds, connections)
+SERVE = [sys.executable, "-m", "sync.cli", "serve"]
+SERVE_VARIANT = [sys.executable, "-m", "bench.serve_variant"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SETTLE_SECONDS = 1.5  # after the load: the engine and dry-run delivery finish the last changes
+
+
+def serve_ingest(bodies: list[bytes], seconds: float, connections: int, command: list[str],
+                 extra: dict[str, str] | None = None) -> tuple[loadgen.LoadResult, float]:
+    """One ``serve`` (``command``) on a fresh SQLite file under the signed-webhook load; the load's result and
+    the server's CPU microseconds per accepted request."""
+    port = free_port()
+    reqs = [loadgen.build_request("127.0.0.1", port, "/webhooks/jira", b, jira_headers(n, b))
+            for n, b in enumerate(bodies)]
     with tempfile.TemporaryDirectory() as tmp:
-        env = serve_env(Path(tmp), tp_port, {"TICKETPAGER_DRY_RUN": "true"})
-        proc = start([sys.executable, "-m", "sync.cli", "serve"], env)
+        env = serve_env(Path(tmp), port, {"TICKETPAGER_DRY_RUN": "true", **(extra or {})})
+        proc = start(command, env)
         try:
-            wait_ready(tp_port)
-            ours = measure(tp_port, tp_reqs, seconds, connections)
+            wait_ready(port)
+            loadgen.run("127.0.0.1", port, reqs[:2000], seconds=min(2.0, seconds), connections=connections)
+            time.sleep(SETTLE_SECONDS)
+            cpu = cpu_seconds(proc.pid)
+            result = loadgen.run("127.0.0.1", port, reqs[2000:], seconds=seconds, connections=connections)
+            time.sleep(SETTLE_SECONDS)
+            cpu = cpu_seconds(proc.pid) - cpu
+            return result, cpu * 1e6 / max(result.requests, 1)
         finally:
             stop(proc)
-    return base, ceiling, ours
+
+
+def ingest(seconds: float, connections: int, count: int, rounds: int = 1) -> tuple[loadgen.LoadResult, ...]:
+    bodies = [jira_payload(n) for n in range(count)]
+    base = baseline("bench.bare_app:app", bodies, seconds, connections)
+    ceiling = baseline("bench.ceiling_app:app", bodies, seconds, connections)
+    unguarded: list[tuple[loadgen.LoadResult, float]] = []
+    ours: list[tuple[loadgen.LoadResult, float]] = []
+    for _ in range(rounds):
+        unguarded.append(serve_ingest(bodies, seconds, connections, SERVE_VARIANT, {"BENCH_HTTP": "httptools"}))
+        ours.append(serve_ingest(bodies, seconds, connections, SERVE))
+    h11 = serve_ingest(bodies, seconds, connections, SERVE_VARIANT, {"BENCH_HTTP": "h11"})
+    print("server CPU per request (µs), round by round: without the edge limits "
+          f"{', '.join(f'{c:.0f}' for _, c in unguarded)}; with them {', '.join(f'{c:.0f}' for _, c in ours)}; "
+          f"h11 {h11[1]:.0f}")
+
+    def best(results: list[tuple[loadgen.LoadResult, float]]) -> tuple[loadgen.LoadResult, float]:
+        return max(results, key=lambda r: r[0].rps)
+
+    cpu = (min(c for _, c in ours), min(c for _, c in unguarded), h11[1])
+    return base, ceiling, best(ours)[0], best(unguarded)[0], h11[0], cpu
 
 
 def end_to_end(count: int, rate: float) -> list[float]:
@@ -209,21 +252,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of serve with / without the edge limits")
     parser.add_argument("--e2e-count", type=int, default=200)
     parser.add_argument("--e2e-rate", type=float, default=50.0)
     args = parser.parse_args()
     count = int(args.seconds * 25000) + 4000
-    base, ceiling, ours = ingest(args.seconds, args.connections, count)
+    base, ceiling, ours, unguarded, h11, (cpu_ours, cpu_unguarded, cpu_h11) = ingest(
+        args.seconds, args.connections, count, args.rounds
+    )
     print(f"ingest, {args.connections} connections, {args.seconds:.0f} s, one uvicorn worker each")
     print(f"{'':36}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
     rows = (
         ("bare Starlette endpoint", base),
         ("durable minimum (ceiling_app.py)", ceiling),
         ("ticketpager serve (SQLite)", ours),
+        ("  without the edge limits", unguarded),
+        ("  on uvicorn's h11 (header limit)", h11),
     )
     for name, r in rows:
         print(f"{name:36}{r.rps:>10.0f}{r.pct(0.5):>10.2f}{r.pct(0.99):>10.2f}{r.errors:>10}")
     print(f"ratio ticketpager / bare: {ours.rps / base.rps:.2f}  (goal >= 0.50, p99 < 25 ms)")
+    print(
+        f"edge limits (sync/edge.py): serve / serve without them: {ours.rps / unguarded.rps:.3f} req/s, "
+        f"{cpu_ours / cpu_unguarded:.3f} CPU per request (best rounds: {cpu_ours:.0f} vs {cpu_unguarded:.0f} µs); "
+        f"h11 instead: {h11.rps / unguarded.rps:.3f} req/s, {cpu_h11 / cpu_unguarded:.3f} CPU per request"
+    )
     print(
         f"ratio durable minimum / bare: {ceiling.rps / base.rps:.2f}; "
         f"ticketpager / durable minimum: {ours.rps / ceiling.rps:.2f}"

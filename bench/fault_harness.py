@@ -20,6 +20,9 @@ What it does (issue 7, section 2):
   (it must be stored as a duplicate and page nobody); pairs of one minute arrive out of order (nobody paged);
 * meanwhile: SIGKILL one replica and restart it, restart PostgreSQL once (``pg_ctlcluster``), make the
   mock PagerDuty answer 500s, then 429 with ``Retry-After``;
+* and all along, hostile connections at the HTTP edge (``bench/edge_attack.py``): header floods (64 MiB of
+  an unfinished header each) and slowloris (a header line or a body byte per interval, or nothing), with the
+  replicas' RSS sampled from /proc: the peak is the memory bound, reported next to the webhooks/s held;
 * then waits (bounded) for the outbox to drain and checks per ticket that PagerDuty got exactly one
   trigger then one resolve, same dedup key and routing key. PagerDuty dedups a repeated trigger/resolve
   on one dedup key, so a raw re-send after a crash (at-least-once) is reported as a "redelivery after
@@ -63,6 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # ``tests.fakes`` when run as a script from elsewhere
     sys.path.insert(0, str(ROOT))
 
+from bench.edge_attack import EdgeAttack, EdgeReport  # noqa: E402
 from tests.fakes.pagerduty_server import MockPagerDuty  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -120,6 +124,11 @@ class Config:
                               or DEFAULT_PG_URL)
     seed: int = 7
     zendesk_replays: int = 4  # Zendesk tickets paged, solved, then their first request replayed (0: none)
+    edge_attack: bool = True  # header floods and slowloris connections during the load
+    attack_floods: int = 4  # connections streaming an endless header at any time
+    attack_slow: int = 6  # slowloris connections at any time
+    edge_deadline_seconds: float = 2.0  # the replicas' header and body deadlines (TICKETPAGER_HTTP__*)
+    rss_bound_mb: float = 192.0  # a replica's RSS must stay under this (deploy/k8s: requests.memory 192Mi)
     keep_logs: bool = False
     logdir: Path | None = None  # where replica logs go (default: a temporary directory)
     log: Callable[[str], None] = print
@@ -163,6 +172,7 @@ class Report:
     zendesk_quiet: list[str] = field(default_factory=list)  # tickets whose same-minute pair arrived out of order
     zendesk_replays: int = 0  # replayed requests answered 202
     zendesk_replays_stored: int = 0  # of those, stored as a new change (must be 0: same signed bytes)
+    edge: EdgeReport | None = None  # the edge attack's outcomes and the replicas' peak RSS
 
     @property
     def webhooks_per_second(self) -> float:
@@ -208,6 +218,8 @@ class Report:
             f"{self.zendesk_replays_stored} stored as new; {len(self.zendesk_quiet)} same-minute pairs sent out of "
             "order (solve first): must page nobody",
         ]
+        if self.edge is not None:
+            out += self.edge.lines()
         out += [f"fault: {f}" for f in self.faults]
         out += [f"fault skipped: {f}" for f in self.skipped_faults]
         out += [f"PROBLEM: {p}" for p in self.problems]
@@ -469,6 +481,8 @@ def replica_env(db_url: str, rules: Path, pd_url: str, cfg: Config) -> dict[str,
         "TICKETPAGER_ENGINE__CLAIM_SECONDS": str(cfg.claim_seconds),
         "TICKETPAGER_ENGINE__IDLE_SECONDS": "0.05",
         "TICKETPAGER_LOG_LEVEL": "WARNING",
+        "TICKETPAGER_HTTP__HEADER_TIMEOUT_SECONDS": str(cfg.edge_deadline_seconds),
+        "TICKETPAGER_HTTP__BODY_TIMEOUT_SECONDS": str(cfg.edge_deadline_seconds),
         "TP_HARNESS_ROUTING_KEY": ROUTING_KEY,
     })
     return env
@@ -814,6 +828,21 @@ def check_events(events: list[dict[str, Any]], tickets: list[int], report: Repor
             report.problem_tickets.append(tid)
 
 
+def check_edge(cfg: Config, edge: EdgeReport, report: Report) -> None:
+    """Every flood refused, every slowloris cut off near its deadline, RSS under the bound."""
+    if edge.floods.get("never refused"):
+        report.problems.append(f"{edge.floods['never refused']} header flood(s) of 64 MiB were never refused")
+    slack = 3.0  # the deadline is armed at connect; a loaded machine answers late
+    late = [s for s in edge.slowloris_cut_seconds if s > cfg.edge_deadline_seconds + slack]
+    if late:
+        report.problems.append(f"{len(late)} slowloris connection(s) lasted up to {max(late):.1f} s "
+                               f"(deadline {cfg.edge_deadline_seconds:.0f} s)")
+    if not edge.slowloris_cut_seconds or not edge.floods:
+        report.problems.append("the edge attack never got through to a replica")
+    if edge.rss_peak_mb > cfg.rss_bound_mb:
+        report.problems.append(f"replica RSS peaked at {edge.rss_peak_mb:.0f} MiB (bound {cfg.rss_bound_mb:.0f})")
+
+
 # -- the run -------------------------------------------------------------------------------------------------
 def run(cfg: Config) -> Report:
     """Start everything, load and break it, drain, check, clean up. Never leaves processes or schemas."""
@@ -874,6 +903,15 @@ def _load_and_check(cfg: Config, replicas: list[Replica], pd: MockPagerDuty, eng
     faults.start()
     replay = ZendeskReplay(cfg, replicas, start, report)
     replay.start()
+    attack = None
+    if cfg.edge_attack:
+        attack = EdgeAttack(lambda: [r.port for r in replicas],
+                            lambda: [r.proc.pid for r in replicas if r.proc is not None and r.alive()],
+                            until, floods=cfg.attack_floods, slow=cfg.attack_slow)
+        attack.start()
+        log(f"edge attack: {cfg.attack_floods} header floods, {cfg.attack_slow} slowloris connections")
+    else:
+        report.skipped_faults.append("edge attack (disabled)")
     senders = [
         threading.Thread(target=send_tickets, name=f"sender-{i}", daemon=True,
                          args=(vendor, cfg, counter, counter_lock, until, base, run_id, i, out))
@@ -885,6 +923,10 @@ def _load_and_check(cfg: Config, replicas: list[Replica], pd: MockPagerDuty, eng
         t.join(timeout=cfg.seconds + VENDOR_RETRY_SECONDS * (cfg.updates + 4) + 30)
     report.load_seconds = time.monotonic() - start
     faults.join(timeout=180)
+    if attack is not None:
+        attack.join(timeout=30)
+        report.edge = attack.report
+        check_edge(cfg, attack.report, report)
     if faults.error is not None:
         report.problems.append(f"fault injection failed: {faults.error!r}")
     replay.join(timeout=180)
@@ -958,6 +1000,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-kill", action="store_true", help="do not SIGKILL a replica")
     parser.add_argument("--no-postgres-restart", action="store_true", help="do not restart PostgreSQL")
     parser.add_argument("--no-pagerduty-outage", action="store_true", help="no 500/429 window")
+    parser.add_argument("--no-edge-attack", action="store_true", help="no header floods or slowloris")
     parser.add_argument("--keep-logs", action="store_true", help="keep the replica logs even on success")
     args = parser.parse_args(argv)
     cfg = Config(
@@ -965,6 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
         postgres_url=args.postgres_url, seed=args.seed, drain_timeout=args.drain_timeout,
         kill_replica=not args.no_kill, restart_postgres=not args.no_postgres_restart,
         pagerduty_outage=not args.no_pagerduty_outage, keep_logs=args.keep_logs,
+        edge_attack=not args.no_edge_attack,
         log=lambda line: print(line, flush=True),
     )
     report = run(cfg)

@@ -469,7 +469,7 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
         change = TicketChange(
             ticket=ticket,
             origin=Origin.WEBHOOK,
-            delivery_id=f"webhook:{delivery[:200]}",
+            delivery_id=f"webhook:{delivery}",  # a long one is hashed when stored (sync.model)
             received_at=self.clock.now(),
             actor=author,
             event_type=str(event) if isinstance(event, str) else None,

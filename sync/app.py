@@ -35,22 +35,33 @@ log = logging.getLogger("ticketpager.http")
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The body exceeds the limit; ``drained`` once all of it was read (and discarded), so the 413 is read too."""
+
+    def __init__(self, drained: bool) -> None:
+        super().__init__()
+        self.drained = drained
 
 
 class _Disconnected(Exception):
     """The client went away before its body arrived: nothing to store, nobody to answer."""
 
 
-async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed ``limit`` (declared or while streaming)."""
+async def read_body(receive: Receive, declared: str | None, limit: int, drain: int = 0) -> bytes:
+    """The request body, refused once it is known to exceed ``limit`` (declared or while streaming).
+
+    A body over the limit but within ``drain`` bytes is read to its end and discarded first: senders that
+    write the whole body before reading (Python's urllib, many vendors') would otherwise see a reset
+    instead of the 413. Anything larger is refused at once.
+    """
     if declared is not None:
         try:
             length = int(declared)
         except ValueError:
             raise WebhookRejected(400, "invalid Content-Length header") from None
         if length > limit:
-            raise BodyTooLarge
+            if length > drain:
+                raise BodyTooLarge(drained=False)
+            await _discard(receive, 0, drain)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -58,13 +69,28 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
         if message["type"] == "http.disconnect":
             raise _Disconnected
         chunk = message.get("body", b"")
+        more = message.get("more_body", False)
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise BodyTooLarge
+                if more:
+                    await _discard(receive, size, drain)
+                raise BodyTooLarge(drained=True)
             chunks.append(chunk)
-        if not message.get("more_body", False):
+        if not more:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _discard(receive: Receive, size: int, drain: int) -> None:
+    """Read and drop the rest of the body; :class:`BodyTooLarge` when it ends, or once past ``drain`` bytes."""
+    while size <= drain:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            raise BodyTooLarge(drained=True)
+    raise BodyTooLarge(drained=False)
 
 
 def error(status: int, reason: str) -> JSONResponse:
@@ -83,6 +109,9 @@ async def send_json(send: Send, status: int, content: Any, headers: tuple[tuple[
     await send({"type": "http.response.body", "body": body})
 
 
+CLOSE = ((b"connection", b"close"),)
+
+
 class Webhooks:
     """``POST /webhooks/{source}``, the hot path, as a plain ASGI app in front of Starlette.
 
@@ -95,6 +124,7 @@ class Webhooks:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.limit = service.settings.max_body_bytes
+        self.drain = service.settings.http.drain_bytes
         self._counted: dict[tuple[Any, tuple[str, ...]], Any] = {}  # metric children, looked up once
 
     def count(self, metric: Any, *labels: str, amount: int = 1) -> None:
@@ -117,7 +147,8 @@ class Webhooks:
             log.exception("webhook %s failed", source[:40])
             self.count(METRICS.webhooks, source if source in CONNECTORS else "unknown", "error")
             status, content = 500, {"error": "internal error; retry later"}
-        await send_json(send, status, content)
+        # a refused body was not read (or only drained): the connection cannot carry another request
+        await send_json(send, status, content, CLOSE if status == 413 else ())
 
     async def accept(self, scope: Scope, receive: Receive, source: str) -> tuple[int, dict[str, Any]]:
         """Verify, parse and durably store one webhook; the status and JSON body to answer with."""
@@ -128,10 +159,12 @@ class Webhooks:
             return 404, {"error": f"unknown source '{source[:40]}'; expected one of: {', '.join(CONNECTORS)}"}
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            body = await read_body(receive, headers.get("content-length"), self.limit)
-        except BodyTooLarge:
+            body = await read_body(receive, headers.get("content-length"), self.limit, self.drain)
+        except BodyTooLarge as exc:
             count(METRICS.webhooks, source, "too_large")
-            log.warning("webhook %s rejected (413): body over TICKETPAGER_MAX_BODY_BYTES=%d", source, self.limit)
+            unread = "" if exc.drained else f", not read (over TICKETPAGER_HTTP__DRAIN_BYTES={self.drain})"
+            log.warning("webhook %s rejected (413): body over TICKETPAGER_MAX_BODY_BYTES=%d%s", source, self.limit,
+                        unread)
             return 413, {"error": f"body larger than {self.limit} bytes"}
         except WebhookRejected as exc:
             count(METRICS.webhooks, source, f"rejected_{exc.status}")
@@ -225,8 +258,9 @@ def build_app(service: Service) -> App:
         token = settings.metrics_token.get_secret_value()
         if not token:
             return True
-        given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # the scheme is case-insensitive (RFC 9110 section 11.1): "bearer" is as good as "Bearer"
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

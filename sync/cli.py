@@ -41,7 +41,7 @@ def _warn_unknown_env() -> None:
     from sync.settings_doc import rows
 
     known = {env for env, *_ in rows()} | {"TICKETPAGER_TEST_POSTGRES_URL"}
-    known |= {"TICKETPAGER_" + section for section in ("JIRA", "ZENDESK", "SERVICENOW", "PAGERDUTY", "ENGINE")}
+    known |= {"TICKETPAGER_" + section for section in ("JIRA", "ZENDESK", "SERVICENOW", "PAGERDUTY", "ENGINE", "HTTP")}
     for name in sorted(os.environ):
         if name.upper().startswith("TICKETPAGER_") and name.upper() not in known:
             close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8)
@@ -68,6 +68,7 @@ def _service(settings: Settings) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from sync import edge
     from sync.app import build_app
 
     settings = _settings(args)
@@ -113,6 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,  # uvicorn's lines go through our handler: same format, same secret redaction
         lifespan="off",
         timeout_graceful_shutdown=10,
+        http=edge.protocol(settings.http),  # header size, header/body deadlines, connection cap (sync/edge.py)
     )
     try:
         uvicorn.Server(config).run()  # returns on SIGTERM / SIGINT after in-flight requests finish

@@ -113,6 +113,12 @@ class Metrics:
             registry=r,
         )
         self.rules_loaded = Gauge("ticketpager_rules_loaded", "Rules in the active rule set", registry=r)
+        self.http_refused = Counter(
+            "ticketpager_http_refused_total",
+            "Connections or requests refused at the HTTP edge, by reason (sync/edge.py)",
+            ["reason"],
+            registry=r,
+        )
 
 
 # The outcomes alerts look for, created at zero when a source is set up: a counter series that first

@@ -330,6 +330,17 @@ class PlannedEvent:
 
 #: column sizes of the state store (sync/schema.py): a change whose identifiers do not fit cannot be stored
 ID_LIMITS = {"source": 32, "ticket id": 255, "ticket key": 255}
+DELIVERY_ID_LIMIT = 255  # the changes.delivery_id column
+
+
+def stored_delivery_id(delivery_id: str) -> str:
+    """``delivery_id`` as the ``changes`` table stores it: unchanged up to :data:`DELIVERY_ID_LIMIT`
+    characters; a longer one keeps its first 190 and replaces the rest by the SHA-256 of the whole, so two
+    long ids that share a prefix stay two deliveries (a plain cut made the second a "duplicate")."""
+    if len(delivery_id) <= DELIVERY_ID_LIMIT:
+        return delivery_id
+    digest = hashlib.sha256(delivery_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{delivery_id[:190]}~{digest}"
 
 
 def unstorable_reason(change: TicketChange) -> str | None:

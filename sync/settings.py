@@ -145,6 +145,18 @@ class EngineSettings(BaseModel):
     gauge_interval_seconds: float = 5.0  # how often outbox / dead-letter / rules gauges are refreshed
 
 
+class HttpSettings(BaseModel):
+    """Limits of the HTTP edge, enforced before any signature check (see :mod:`sync.edge`)."""
+
+    max_header_bytes: int = 65536  # request line + headers over this get 431 and the connection closes
+    header_timeout_seconds: float = 10.0  # the whole header block must arrive within this (else 408, closed)
+    body_timeout_seconds: float = 30.0  # the whole body must arrive within this after the headers (else 408)
+    keepalive_timeout_seconds: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 100  # open connections per process; past this a new one gets 503 and is closed
+    drain_bytes: int = 8 * 1024 * 1024  # an over-limit body up to this size is read and discarded before the 413
+    linger_seconds: float = 2.0  # after a refusal, unread input is discarded this long so the answer is not lost
+
+
 class Settings(BaseSettings):
     """Everything ticketpager can be told. See the README's settings table."""
 
@@ -162,6 +174,7 @@ class Settings(BaseSettings):
     dry_run: bool = False
     insecure_webhooks: bool = False  # accept unsigned webhooks for sources without a secret (never in prod)
     max_body_bytes: int = 1024 * 1024
+    http: HttpSettings = Field(default_factory=HttpSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     _level = field_validator("log_level", mode="before")(_upper)

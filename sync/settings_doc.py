@@ -22,6 +22,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "SERVICENOW": tree.ServiceNowSettings,
     "PAGERDUTY": tree.PagerDutySettings,
     "ENGINE": tree.EngineSettings,
+    "HTTP": tree.HttpSettings,
 }
 MEANINGS = {
     "enabled": "turn polling and write-back on for this source (webhooks only need a secret)",

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import PoolProxiedConnection
 
 from sync import db, jsonutil
-from sync.model import TicketChange
+from sync.model import TicketChange, stored_delivery_id
 from sync.redact import redact
 from sync.schema import changes, cursors, decisions, leases, links, outbox, tickets
 from sync.writelock import PriorityLock
@@ -35,7 +35,7 @@ def _insert_ignore(conn: Connection, table: Any) -> Any:
 def change_row(change: TicketChange) -> dict[str, Any]:
     return {
         "source": change.ticket.source,
-        "delivery_id": change.delivery_id[:255],
+        "delivery_id": stored_delivery_id(change.delivery_id),
         "ticket_id": change.ticket.id,
         "ticket_updated": change.ticket.updated,
         "origin": change.origin.value,
@@ -125,7 +125,7 @@ def sqlite_change_row(change: TicketChange, stamp: Callable[[Any], Any]) -> tupl
     ticket = change.ticket
     return (
         ticket.source,
-        change.delivery_id[:255],
+        stored_delivery_id(change.delivery_id),
         ticket.id,
         stamp(ticket.updated),
         change.origin.value,

@@ -108,3 +108,18 @@ def test_nothing_is_left_behind(harness: Report) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert harness.replica_exit_codes == [0, 0, 0], "every replica stops cleanly on SIGTERM"
+
+
+def test_hostile_connections_are_refused_and_memory_stays_bounded(harness: Report) -> None:
+    """Issue 13, items 1 and 2: header floods (64 MiB of an unfinished header each) and slowloris connections
+    ran during the load; every flood was refused, every slow connection cut near its deadline, the replicas'
+    RSS stayed under the bound, and the load was still served."""
+    edge = harness.edge
+    assert edge is not None, detail(harness)
+    assert edge.floods.get("431", 0) > 0, detail(harness)
+    assert not edge.floods.get("never refused"), detail(harness)
+    assert edge.flood_bytes_sent > 64 * 1024 * 1024, "the floods sent more than one replica could buffer unbounded"
+    assert any(key.endswith(" 408") for key in edge.slowloris), detail(harness)
+    assert max(edge.slowloris_cut_seconds) < 2.0 + 3.0, detail(harness)
+    assert edge.rss_samples > 10 and 0 < edge.rss_peak_mb < 192, detail(harness)
+    assert harness.webhooks_per_second > 0, detail(harness)
