@@ -21,6 +21,7 @@ from rules.evaluator import EvalContext, RuleResult, RuleSet
 from rules.load import load_rules
 from rules.loader import RuleFileError, RuleFileErrors
 from rules.operators import OperatorArgError, parse_duration
+from sync.exitcodes import epilog
 from sync.model import FieldChange, LinkState, PlannedEvent, Ticket, diff_tickets, merge_changes
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
@@ -42,6 +43,50 @@ ALLOW_MISSING_ENV_HELP = (
     "treat an unset ${VAR} routing key as a warning (printed as file:line:col) and use a placeholder, "
     "so rules can be checked in CI without the keys"
 )
+
+
+RULES_EXITS = {
+    EXIT_OK: "the rule files are valid (and, for test --expect, the result matches)",
+    EXIT_MISMATCH: "the rule files have errors (each printed as file:line:col), a test --expect mismatch, or "
+    "the vendor API failed during backtest",
+    EXIT_USAGE: "wrong arguments, or a file given with --ticket / --previous / --expect that cannot be read",
+}
+RULES_HELP: dict[str, dict[str, Any]] = {
+    "check": {
+        "examples": [
+            "ticketpager rules check /etc/ticketpager/rules",
+            "ticketpager rules check rules/ --allow-missing-env      # in CI, without the routing keys",
+        ],
+        "exits": {
+            EXIT_OK: "the rule files are valid",
+            EXIT_MISMATCH: "the rule files have errors (each printed as file:line:col)",
+            EXIT_USAGE: "wrong arguments",
+        },
+    },
+    "test": {
+        "examples": [
+            "ticketpager rules test rules/examples/jira-ops-p1.yaml --ticket rules/examples/jira-ops-p1.ticket.json",
+            "ticketpager rules test rules/ --ticket t.json --previous p.json --now 2026-11-30T09:40:00Z",
+            "ticketpager rules test rules/ --ticket t.json --expect t.expect.json     # a golden test in CI",
+        ],
+        "exits": RULES_EXITS,
+    },
+    "schema": {
+        "examples": ["ticketpager rules schema > rules/schema.json"],
+        "exits": {EXIT_OK: "the schema was printed", EXIT_USAGE: "wrong arguments"},
+    },
+    "backtest": {
+        "examples": [
+            "ticketpager rules backtest rules/ --source zendesk --since 24h",
+            "ticketpager rules backtest rules/ --source jira --since 7d --limit 500 > backtest.txt",
+        ],
+        "exits": {
+            EXIT_OK: "the report was printed",
+            EXIT_MISMATCH: "the rule files have errors, or the vendor API failed (one sentence saying why)",
+            EXIT_USAGE: "wrong arguments: an unknown --source or a bad --since",
+        },
+    },
+}
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -88,6 +133,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     backtest.add_argument("--since", default="7d", help="how far back to read, e.g. 7d, 24h (default 7d)")
     backtest.add_argument("--limit", type=int, default=10_000, help="stop after this many ticket versions")
     backtest.set_defaults(func=cmd_backtest)
+    for name, command in sub.choices.items():  # examples and exit codes at the end of each --help
+        command.epilog = epilog(**RULES_HELP[name])
+    parser.epilog = epilog([f"ticketpager rules {name} --help" for name in RULES_HELP], RULES_EXITS)
     return parser
 
 
@@ -118,7 +166,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if ruleset is None:
         return EXIT_MISMATCH
     timed = f", time rules: {', '.join(ruleset.time_rules)}" if ruleset.has_time_rules else ""
-    print(f"OK: {len(ruleset)} rules in {args.path} (digest {ruleset.digest}){timed}")
+    count = f"{len(ruleset)} rule" + ("" if len(ruleset) == 1 else "s")
+    print(f"OK: {count} in {args.path} (digest {ruleset.digest}){timed}")
     return EXIT_OK
 
 
@@ -275,7 +324,7 @@ def event_bodies(events: Sequence[PlannedEvent], ticket: Ticket) -> list[dict[st
 def cmd_test(args: argparse.Namespace) -> int:
     ruleset = _load(args.path, args.allow_missing_env)
     if ruleset is None:
-        return EXIT_USAGE
+        return EXIT_MISMATCH  # rule-file errors: exit 1 in every command, as `rules check` (sync/exitcodes.py)
     try:
         ticket, reported = _ticket(args.ticket, args.source)
         previous = _ticket(args.previous, args.source)[0] if args.previous else None
@@ -350,7 +399,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
     ruleset = _load(args.path)
     if ruleset is None:
-        return EXIT_USAGE
+        return EXIT_MISMATCH
     try:
         since = parse_duration(args.since)
     except OperatorArgError as exc:
@@ -395,7 +444,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                 break
     except TicketpagerError as exc:
         print(f"ticketpager rules backtest: {args.source} failed: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_MISMATCH
     print(
         f"{versions} ticket versions from {args.source} since {(now - since).isoformat()} "
         f"({len(seen)} tickets); would have paged:"
