@@ -29,24 +29,27 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "dry_run", False):
         settings.dry_run = True
     logs.configure(settings.log_level, settings.log_format, logs.secret_values(settings))
-    _warn_unknown_env()
+    _warn_unknown_env(settings)
     return settings
 
 
-def _warn_unknown_env() -> None:
-    """A misspelled TICKETPAGER_ variable would be ignored silently: say so, with a suggestion."""
+def _warn_unknown_env(settings: Settings) -> None:
+    """A misspelled TICKETPAGER_ variable (or secret file) would be ignored silently: say so, with a suggestion."""
     import difflib
     import os
 
+    from sync.secretfiles import setting_files
     from sync.settings_doc import rows
 
     known = {env for env, *_ in rows()} | {"TICKETPAGER_TEST_POSTGRES_URL"}
     known |= {"TICKETPAGER_" + section for section in ("JIRA", "ZENDESK", "SERVICENOW", "PAGERDUTY", "ENGINE")}
-    for name in sorted(os.environ):
-        if name.upper().startswith("TICKETPAGER_") and name.upper() not in known:
-            close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            log.warning("unknown setting %s is ignored%s", name, hint)
+    files = setting_files(settings.secrets_dir) if settings.secrets_dir is not None else []
+    for kind, names in (("setting", sorted(os.environ)), (f"secret file in {settings.secrets_dir}:", files)):
+        for name in names:
+            if name.upper().startswith("TICKETPAGER_") and name.upper() not in known:
+                close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                log.warning("unknown %s %s is ignored%s", kind, name, hint)
 
 
 def _require_rules_path(settings: Settings) -> None:
@@ -584,6 +587,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ticketpager: {_env_name(problem['loc'])}: {problem['msg']}{shown}", file=sys.stderr)
         return EXIT_USAGE
     except SettingsError as exc:
+        if "secrets_dir" in str(exc):  # pydantic-settings' own bounds on the secrets directory
+            print(f"ticketpager: TICKETPAGER_SECRETS_DIR: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         print(
             f"ticketpager: {exc}. Lists take a JSON list or comma-separated values; maps take a JSON object.",
             file=sys.stderr,

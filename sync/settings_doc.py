@@ -77,7 +77,7 @@ def rows(model: type[BaseModel] = tree.Settings, prefix: str = PREFIX) -> Iterat
             yield from rows(annotation, env + "__")
             continue
         default = field.get_default(call_default_factory=True)
-        shown = "" if isinstance(default, SecretStr) else str(default)
+        shown = "" if isinstance(default, SecretStr) or default is None else str(default)
         if name == "rules_path":
             shown = "rules/examples (bundled, dry run only)"
         kind = str(annotation)
