@@ -17,12 +17,14 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from rules.backtest_progress import ReportingClock, progress_for
 from rules.evaluator import EvalContext, RuleResult, RuleSet
 from rules.load import load_rules
 from rules.loader import RuleFileError, RuleFileErrors
 from rules.operators import OperatorArgError, parse_duration
 from sync.exitcodes import epilog
 from sync.model import FieldChange, LinkState, PlannedEvent, Ticket, diff_tickets, merge_changes
+from sync.retry import RetryPolicy
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
@@ -389,6 +391,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- backtest
 
 
+#: someone is waiting at a terminal: a vendor that is down is reported after a few seconds, not two minutes
+#: (a 429's Retry-After is still honoured, shown as a wait)
+BACKTEST_RETRY = RetryPolicy(max_attempts=3, max_total_seconds=60.0)
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     """Read recent tickets through the real connector and report what would have paged. No writes."""
     from connectors import connector_class
@@ -406,9 +413,12 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         print(f"ticketpager rules backtest: --since: {exc}", file=sys.stderr)
         return EXIT_USAGE
     clock = SystemClock()
+    progress = progress_for(sys.stderr, args.source, clock)  # only on a terminal: pages, tickets, waits
     try:
         settings = Settings().connector(args.source)
-        connector = connector_class(args.source)(settings, clock=clock)
+        connector = connector_class(args.source)(
+            settings, clock=ReportingClock(clock, progress), retry=BACKTEST_RETRY
+        )
     except KeyError:
         print(f"ticketpager rules backtest: unknown source {args.source!r}", file=sys.stderr)
         return EXIT_USAGE
@@ -419,6 +429,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     versions = 0
     try:
         for page in connector.poll(connector.start_cursor(now - since)):
+            progress.page(tickets=len(seen) + len({c.ticket.id for c in page.changes} - seen.keys()))
             for change in page.changes:
                 ticket = change.ticket
                 previous = seen.get(ticket.id)
@@ -430,6 +441,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                 events = plan(results, links.get(ticket.id, {}), ticket)
                 links[ticket.id] = _links_after(events, links.get(ticket.id, {}))
                 seen[ticket.id] = ticket
+                if events:
+                    progress.done()  # the report line replaces the progress line; the next page redraws it
                 for event in events:
                     if event.action.value == "trigger":
                         pages[event.rule] += 1
@@ -443,8 +456,10 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             if versions >= args.limit:
                 break
     except TicketpagerError as exc:
-        print(f"ticketpager rules backtest: {args.source} failed: {exc}", file=sys.stderr)
+        progress.done()
+        print(f"ticketpager rules backtest: {str(exc).rstrip('.')}.", file=sys.stderr)  # one sentence
         return EXIT_MISMATCH
+    progress.done()
     print(
         f"{versions} ticket versions from {args.source} since {(now - since).isoformat()} "
         f"({len(seen)} tickets); would have paged:"

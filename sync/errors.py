@@ -148,5 +148,46 @@ def classify_response(
 
 
 def network_error(vendor: str, exc: BaseException) -> RetryableError:
-    """Timeouts and connection failures: always retryable."""
-    return RetryableError(f"{vendor} unreachable: {type(exc).__name__}: {exc}", vendor=vendor)
+    """Timeouts and connection failures: always retryable, said in one sentence (not urllib3's reprs)."""
+    return RetryableError(f"{vendor} unreachable: {network_reason(exc)}", vendor=vendor)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it: ``__cause__`` / ``__context__`` and exceptions carried in ``args``
+    (requests wraps urllib3's ``MaxRetryError``, which carries the socket error as ``reason``)."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 20:
+        current = todo.pop(0)
+        if any(current is known for known in seen):
+            continue
+        seen.append(current)
+        nested = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        todo.extend(item for item in nested if isinstance(item, BaseException))
+    return seen
+
+
+def network_reason(exc: BaseException) -> str:
+    """Why a request got no answer, in words: refused, timed out, name not found, TLS, reset."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    url = getattr(getattr(exc, "request", None), "url", None)
+    where = urlsplit(url).netloc.rsplit("@", 1)[-1] if isinstance(url, str) else ""
+    chain = _chain(exc)
+    names = {type(item).__name__ for item in chain}
+    at = f" {where}" if where else ""
+    if any(isinstance(item, ConnectionRefusedError) for item in chain):
+        return f"connection refused by{at or ' the server'}"
+    if any(isinstance(item, socket.gaierror) for item in chain) or "NameResolutionError" in names:
+        return f"host name{at} not found (DNS)"
+    if any(isinstance(item, ssl.SSLError) for item in chain) or "SSLError" in names:
+        return f"TLS with{at or ' the server'} failed (certificate or protocol)"
+    if "ConnectTimeout" in names or "ConnectTimeoutError" in names:
+        return f"no connection to{at or ' the server'} within the timeout"
+    if any(isinstance(item, TimeoutError) for item in chain) or "ReadTimeout" in names:
+        return f"no answer from{at or ' the server'} within the timeout"
+    if any(isinstance(item, ConnectionResetError) for item in chain):
+        return f"connection reset by{at or ' the server'}"
+    return f"{type(exc).__name__} talking to{at or ' the server'}"
