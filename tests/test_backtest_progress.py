@@ -117,3 +117,21 @@ def test_an_unreachable_vendor_is_one_sentence(
     err = capsys.readouterr().err
     assert code == 1
     assert err.strip() == f"ticketpager rules backtest: zendesk unreachable: connection refused by 127.0.0.1:{port}."
+
+
+def test_a_server_that_never_answers_is_one_sentence_too() -> None:
+    """A read timeout against a real socket that accepts and stays silent: words, not urllib3's repr."""
+    import socket
+
+    import requests
+
+    from sync.errors import network_error
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        with pytest.raises(requests.RequestException) as caught:
+            requests.get(f"http://127.0.0.1:{port}/api?token=x", timeout=0.2)
+    message = str(network_error("zendesk", caught.value))
+    assert message == f"zendesk unreachable: no answer from 127.0.0.1:{port} within the timeout"
