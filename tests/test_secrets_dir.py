@@ -149,3 +149,31 @@ def test_a_bad_secret_file_is_named_without_its_value_and_a_misspelled_one_is_re
     err = capsys.readouterr().err
     assert code == 2 and "TICKETPAGER_JIRA__WEBHOOK_SECRETS" in err and "double quotes" in err
     assert "oldSecretValue9f3" not in err
+
+
+def test_a_rotated_routing_key_file_is_used_after_the_next_rule_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sync.clock import FakeClock
+    from tests.factories import change, ticket
+    from tests.harness import make_service, receive
+
+    monkeypatch.delenv("PD_PLATFORM_KEY", raising=False)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "PD_PLATFORM_KEY").write_text(ROUTING_KEY + "\n")
+    rules = tmp_path / "ops.yaml"
+    rules.write_text(RULES)
+    rotated = "R0ROTATED0000000000000000000000B"
+    with MockPagerDuty() as pd:
+        svc = make_service(f"sqlite:///{tmp_path / 'tp.db'}", rules, pd.url, FakeClock(), secrets_dir=secrets)
+        try:
+            receive(svc, [change(ticket("1"))])
+            svc.process_all()
+            (secrets / "PD_PLATFORM_KEY").write_text(rotated)
+            assert svc.rule_store.reload()
+            receive(svc, [change(ticket("2"))])
+            svc.process_all()
+        finally:
+            svc.store.dispose()
+    assert [e["routing_key"] for e in pd.events] == [ROUTING_KEY, rotated]
