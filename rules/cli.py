@@ -17,11 +17,15 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from rules.backtest_progress import ReportingClock, progress_for
+from rules.env_notice import missing_env_notice
 from rules.evaluator import EvalContext, RuleResult, RuleSet
 from rules.load import load_rules
 from rules.loader import RuleFileError, RuleFileErrors
 from rules.operators import OperatorArgError, parse_duration
+from sync.exitcodes import epilog
 from sync.model import FieldChange, LinkState, PlannedEvent, Ticket, diff_tickets, merge_changes
+from sync.retry import RetryPolicy
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
@@ -42,6 +46,51 @@ ALLOW_MISSING_ENV_HELP = (
     "treat an unset ${VAR} routing key as a warning (printed as file:line:col) and use a placeholder, "
     "so rules can be checked in CI without the keys"
 )
+
+
+RULES_EXITS = {
+    EXIT_OK: "the rule files are valid (and, for test --expect, the result matches)",
+    EXIT_MISMATCH: "the rule files have errors (each printed as file:line:col), a test --expect mismatch, or "
+    "the vendor API failed during backtest",
+    EXIT_USAGE: "wrong arguments, or a file given with --ticket / --previous / --expect that cannot be read",
+}
+RULES_HELP: dict[str, dict[str, Any]] = {
+    "check": {
+        "examples": [
+            "ticketpager rules check /etc/ticketpager/rules",
+            "ticketpager rules check rules/ --allow-missing-env      # in CI, without the routing keys",
+        ],
+        "exits": {
+            EXIT_OK: "the rule files are valid",
+            EXIT_MISMATCH: "the rule files have errors (each printed as file:line:col)",
+            EXIT_USAGE: "wrong arguments, or valid files whose routing-key variables are unset here "
+            "(one notice by variable; --allow-missing-env accepts them)",
+        },
+    },
+    "test": {
+        "examples": [
+            "ticketpager rules test rules/examples/jira-ops-p1.yaml --ticket rules/examples/jira-ops-p1.ticket.json",
+            "ticketpager rules test rules/ --ticket t.json --previous p.json --now 2026-11-30T09:40:00Z",
+            "ticketpager rules test rules/ --ticket t.json --expect t.expect.json     # a golden test in CI",
+        ],
+        "exits": RULES_EXITS,
+    },
+    "schema": {
+        "examples": ["ticketpager rules schema > rules/schema.json"],
+        "exits": {EXIT_OK: "the schema was printed", EXIT_USAGE: "wrong arguments"},
+    },
+    "backtest": {
+        "examples": [
+            "ticketpager rules backtest rules/ --source zendesk --since 24h",
+            "ticketpager rules backtest rules/ --source jira --since 7d --limit 500 > backtest.txt",
+        ],
+        "exits": {
+            EXIT_OK: "the report was printed",
+            EXIT_MISMATCH: "the rule files have errors, or the vendor API failed (one sentence saying why)",
+            EXIT_USAGE: "wrong arguments: an unknown --source or a bad --since",
+        },
+    },
+}
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -88,6 +137,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     backtest.add_argument("--since", default="7d", help="how far back to read, e.g. 7d, 24h (default 7d)")
     backtest.add_argument("--limit", type=int, default=10_000, help="stop after this many ticket versions")
     backtest.set_defaults(func=cmd_backtest)
+    for name, command in sub.choices.items():  # examples and exit codes at the end of each --help
+        command.epilog = epilog(**RULES_HELP[name])
+    parser.epilog = epilog([f"ticketpager rules {name} --help" for name in RULES_HELP], RULES_EXITS)
     return parser
 
 
@@ -100,8 +152,6 @@ def _load(
     """Load for a command; errors (and, with ``allow_missing_env``, env warnings) go to stderr. Given
     ``missing_env`` (``rules check``), unset ``${VAR}`` keys are collected there and printed after any errors
     as one notice grouped by variable, not as an error each."""
-    from rules.env_notice import missing_env_notice
-
     warnings = [] if allow_missing_env else missing_env
     try:
         ruleset = load_rules(path, env_warnings=warnings)
@@ -131,7 +181,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if missing_env:  # valid files, but `serve` would refuse them in this environment: a configuration problem
         return EXIT_USAGE
     timed = f", time rules: {', '.join(ruleset.time_rules)}" if ruleset.has_time_rules else ""
-    print(f"OK: {len(ruleset)} rules in {args.path} (digest {ruleset.digest}){timed}")
+    count = f"{len(ruleset)} rule" + ("" if len(ruleset) == 1 else "s")
+    print(f"OK: {count} in {args.path} (digest {ruleset.digest}){timed}")
     return EXIT_OK
 
 
@@ -288,7 +339,7 @@ def event_bodies(events: Sequence[PlannedEvent], ticket: Ticket) -> list[dict[st
 def cmd_test(args: argparse.Namespace) -> int:
     ruleset = _load(args.path, args.allow_missing_env)
     if ruleset is None:
-        return EXIT_USAGE
+        return EXIT_MISMATCH  # rule-file errors: exit 1 in every command, as `rules check` (sync/exitcodes.py)
     try:
         ticket, reported = _ticket(args.ticket, args.source)
         previous = _ticket(args.previous, args.source)[0] if args.previous else None
@@ -353,6 +404,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- backtest
 
 
+#: someone is waiting at a terminal: a vendor that is down is reported after a few seconds, not two minutes
+#: (a 429's Retry-After is still honoured, shown as a wait)
+BACKTEST_RETRY = RetryPolicy(max_attempts=3, max_total_seconds=60.0)
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     """Read recent tickets through the real connector and report what would have paged. No writes."""
     from connectors import connector_class
@@ -363,16 +419,19 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
     ruleset = _load(args.path)
     if ruleset is None:
-        return EXIT_USAGE
+        return EXIT_MISMATCH
     try:
         since = parse_duration(args.since)
     except OperatorArgError as exc:
         print(f"ticketpager rules backtest: --since: {exc}", file=sys.stderr)
         return EXIT_USAGE
     clock = SystemClock()
+    progress = progress_for(sys.stderr, args.source, clock)  # only on a terminal: pages, tickets, waits
     try:
         settings = Settings().connector(args.source)
-        connector = connector_class(args.source)(settings, clock=clock)
+        connector = connector_class(args.source)(
+            settings, clock=ReportingClock(clock, progress), retry=BACKTEST_RETRY
+        )
     except KeyError:
         print(f"ticketpager rules backtest: unknown source {args.source!r}", file=sys.stderr)
         return EXIT_USAGE
@@ -383,6 +442,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     versions = 0
     try:
         for page in connector.poll(connector.start_cursor(now - since)):
+            progress.page(tickets=len(seen) + len({c.ticket.id for c in page.changes} - seen.keys()))
             for change in page.changes:
                 ticket = change.ticket
                 previous = seen.get(ticket.id)
@@ -394,6 +454,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                 events = plan(results, links.get(ticket.id, {}), ticket)
                 links[ticket.id] = _links_after(events, links.get(ticket.id, {}))
                 seen[ticket.id] = ticket
+                if events:
+                    progress.done()  # the report line replaces the progress line; the next page redraws it
                 for event in events:
                     if event.action.value == "trigger":
                         pages[event.rule] += 1
@@ -407,8 +469,10 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             if versions >= args.limit:
                 break
     except TicketpagerError as exc:
-        print(f"ticketpager rules backtest: {args.source} failed: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        progress.done()
+        print(f"ticketpager rules backtest: {str(exc).rstrip('.')}.", file=sys.stderr)  # one sentence
+        return EXIT_MISMATCH
+    progress.done()
     print(
         f"{versions} ticket versions from {args.source} since {(now - since).isoformat()} "
         f"({len(seen)} tickets); would have paged:"

@@ -13,6 +13,7 @@ from typing import Any
 
 from sync import logs
 from sync.errors import ConfigError
+from sync.exitcodes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, epilog, overview
 from sync.redact import credentials, redact
 from sync.settings import Settings
 
@@ -29,30 +30,45 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "dry_run", False):
         settings.dry_run = True
     logs.configure(settings.log_level, settings.log_format, *credentials(settings))  # also sync.redact.SECRETS
-    _warn_unknown_env()
+    _warn_unknown_env(settings)
     return settings
 
 
-def _warn_unknown_env() -> None:
-    """A misspelled TICKETPAGER_ variable would be ignored silently: say so, with a suggestion."""
+def _warn_unknown_env(settings: Settings) -> None:
+    """A misspelled TICKETPAGER_ variable (or secret file) would be ignored silently: say so, with a suggestion."""
     import difflib
     import os
 
+    from sync.secretfiles import setting_files
     from sync.settings_doc import rows
 
     known = {env for env, *_ in rows()} | {"TICKETPAGER_TEST_POSTGRES_URL"}
     known |= {"TICKETPAGER_" + section for section in ("JIRA", "ZENDESK", "SERVICENOW", "PAGERDUTY", "ENGINE", "HTTP")}
-    for name in sorted(os.environ):
-        if name.upper().startswith("TICKETPAGER_") and name.upper() not in known:
-            close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            log.warning("unknown setting %s is ignored%s", name, hint)
+    files = setting_files(settings.secrets_dir) if settings.secrets_dir is not None else []
+    for kind, names in (("setting", sorted(os.environ)), (f"secret file in {settings.secrets_dir}:", files)):
+        for name in names:
+            if name.upper().startswith("TICKETPAGER_") and name.upper() not in known:
+                close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                log.warning("unknown %s %s is ignored%s", kind, name, hint)
+
+
+def _require_rules_path(settings: Settings) -> None:
+    """Outside dry run, pages go to real people: never on the bundled examples' placeholder keys by default."""
+    if settings.dry_run or "rules_path" in settings.model_fields_set:
+        return
+    raise ConfigError(
+        "TICKETPAGER_RULES_PATH is not set: outside --dry-run ticketpager pages with your own rule files "
+        "(set TICKETPAGER_RULES_PATH, or --rules, to a rule file or a directory of *.yaml). The bundled "
+        "examples in rules/examples have placeholder routing keys and run by default only with --dry-run."
+    )
 
 
 def _service(settings: Settings) -> Any:
     from sync.service import Service
     from sync.store import Store
 
+    _require_rules_path(settings)
     store = Store(settings.database_url)
     store.upgrade()
     try:
@@ -61,7 +77,7 @@ def _service(settings: Settings) -> Any:
         store.dispose()
         if isinstance(exc, ConfigError):
             print(f"ticketpager: rules in {settings.rules_path} do not load:\n{exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+            raise SystemExit(EXIT_USAGE) from None
         raise
 
 
@@ -122,7 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service.stop()
         service.store.dispose()
         log.info("stopped")
-    return 0
+    return EXIT_OK
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
@@ -138,13 +154,13 @@ def _poll(args: argparse.Namespace, service: Any) -> int:
     sources = [args.source] if args.source else service.pollable_sources()
     if args.source and not service.connector(args.source).can_poll:
         print(f"ticketpager: {args.source} has no API credentials configured; nothing to poll", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if not sources:
         print(
             "ticketpager: no source is enabled with API credentials (TICKETPAGER_<SOURCE>__ENABLED=true …)",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
     failed = False
 
     def progress(report: Any) -> None:
@@ -167,7 +183,7 @@ def _poll(args: argparse.Namespace, service: Any) -> int:
         f"pending {status.outbox_pending}, dead letters {status.dead_letters}",
         file=sys.stderr,
     )
-    return 1 if failed else 0
+    return EXIT_PROBLEM if failed else EXIT_OK
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -200,16 +216,39 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from sync.clock import SystemClock
+    from sync.statuscheck import problems
+
     store = _store(args)
     try:
-        data = store.status().to_json()
+        status = store.status()
     finally:
         store.dispose()
+    data = status.to_json()
+    found = problems(status, SystemClock().now(), args.max_outbox_age) if args.check else []
     if args.json:
+        if args.check:
+            data["problems"] = found
         print(json.dumps(data, indent=2))
-        return 0
+    elif args.check:  # only the problems: cron mails output, so a healthy check prints nothing
+        for problem in found:
+            print(f"PROBLEM: {problem}")
+    else:
+        _print_status(data)
+    return EXIT_PROBLEM if found else EXIT_OK
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    incidents = f"open incidents    {data['open_incidents']}"
+    waiting = [
+        (data["incidents_pending"], "trigger pending"),
+        (data["incidents_dead"], "dead letter"),
+        (data["incidents_dry_run"], "dry run, logged only"),
+    ]
+    if any(count for count, _ in waiting):
+        incidents += "   not opened " + ", ".join(f"{count} ({why})" for count, why in waiting if count)
     print(f"tickets tracked   {data['tickets_tracked']}")
-    print(f"open incidents    {data['open_incidents']}")
+    print(incidents)
     print(f"changes pending   {data['changes_pending']}   failed {data['changes_failed']}")
     print(f"outbox pending    {data['outbox_pending']}   oldest {data['outbox_oldest'] or '-'}")
     print(f"dead letters      {data['dead_letters']}")
@@ -218,7 +257,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         if c["last_error"]:
             line += f"   ERROR ({c['last_error_kind']}) {c['last_error']}"
         print(line)
-    return 0
 
 
 def cmd_deadletters(args: argparse.Namespace) -> int:
@@ -256,7 +294,7 @@ def _deadletters(args: argparse.Namespace, store: Any) -> int:
                     indent=2,
                 )
             )
-            return 0
+            return EXIT_OK
         if not rows:
             print("no dead letters")
         for r in rows:
@@ -264,10 +302,10 @@ def _deadletters(args: argparse.Namespace, store: Any) -> int:
                 f"#{r['id']} {r['kind']} {r['action']} {r['ticket_key']} rule={r['rule']} "
                 f"routing_key={mask(r['routing_key'])} attempts={r['attempts']}\n    {r['last_error']}"
             )
-        return 0
+        return EXIT_OK
     if not args.all and not args.ids:
         print("ticketpager: give dead-letter ids or --all", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if not args.all:
         known = {r["id"] for r in store.dead_letters(limit=1_000_000)}
         unknown = sorted(set(args.ids) - known)
@@ -277,7 +315,7 @@ def _deadletters(args: argparse.Namespace, store: Any) -> int:
                 "(see 'ticketpager deadletters list')",
                 file=sys.stderr,
             )
-            return 1
+            return EXIT_PROBLEM
     count, superseded = store.retry_dead(None if args.all else args.ids, SystemClock().now())
     print(f"{count} dead letter(s) queued again; a running 'serve' (or 'poll --once') delivers them")
     if superseded:
@@ -285,7 +323,7 @@ def _deadletters(args: argparse.Namespace, store: Any) -> int:
             f"{superseded} not re-sent: a later event of the same incident was already sent "
             "(re-sending would reopen it); marked superseded"
         )
-    return 0
+    return EXIT_OK
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -301,7 +339,7 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(f"database at revision {current_revision(store.engine)}{newer}")
     finally:
         store.dispose()
-    return 0
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,19 +352,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ticketpager",
         description="Page PagerDuty from Jira, Zendesk and ServiceNow tickets. Settings come from TICKETPAGER_* "
-        "environment variables (see the README).",
+        "environment variables (see the README). 'ticketpager COMMAND --help' shows examples for each.",
+        epilog=overview(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"ticketpager {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", parents=[common], help="run the webhook server, engine, delivery and pollers")
+    def command(parent: Any, name: str, help_text: str, description: str, **helps: Any) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = parent.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=description,
+            epilog=epilog(**helps) if helps else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        return made
+
+    serve = command(
+        sub,
+        "serve",
+        "run the webhook server, engine, delivery and pollers",
+        "Run everything in one process: the webhook server, the engine, the PagerDuty delivery workers, the\n"
+        "pollers, the time-rule scheduler and the rule reloader. Stops cleanly on SIGTERM, reloads rules on\n"
+        "SIGHUP. Outside --dry-run it needs TICKETPAGER_RULES_PATH (the bundled examples run only in dry run).",
+        examples=[
+            "TICKETPAGER_RULES_PATH=/etc/ticketpager/rules ticketpager serve --host 0.0.0.0",
+            "ticketpager serve --dry-run      # the bundled example rules; events are logged, not sent",
+        ],
+        exits={
+            EXIT_OK: "stopped by SIGTERM or SIGINT after finishing in-flight work",
+            EXIT_PROBLEM: "the database cannot be reached, or a migration failed",
+            EXIT_USAGE: "a setting is invalid, TICKETPAGER_RULES_PATH is not set outside --dry-run, or the rule "
+            "files do not load",
+        },
+    )
     serve.add_argument("--dry-run", action="store_true", help="log PagerDuty events instead of sending them")
     serve.add_argument("--host", help="listen address (default 127.0.0.1, TICKETPAGER_HOST)")
     serve.add_argument("--port", type=int, help="listen port (default 8080, TICKETPAGER_PORT)")
     serve.set_defaults(func=cmd_serve)
 
-    poll = sub.add_parser("poll", parents=[common], help="poll sources, process and deliver once (for cron)")
+    poll = command(
+        sub,
+        "poll",
+        "poll sources, process and deliver once (for cron)",
+        "One poll cycle of every enabled source (or --source), then process the changes and deliver what is\n"
+        "due, and exit: for cron, instead of a running 'serve'. Progress goes to stderr.",
+        examples=[
+            "ticketpager poll --once",
+            "ticketpager poll --once --source jira --dry-run",
+        ],
+        exits={
+            EXIT_OK: "every poll succeeded (dead letters are reported, see 'status --check')",
+            EXIT_PROBLEM: "a source's poll failed (the others still ran), or the database cannot be reached",
+            EXIT_USAGE: "no source is enabled with API credentials, a setting is invalid, TICKETPAGER_RULES_PATH is "
+            "not set outside --dry-run, or the rule files do not load",
+        },
+    )
     poll.add_argument("--once", action="store_true", required=True, help="one cycle, then exit")
     poll.add_argument(
         "--source", choices=["jira", "zendesk", "servicenow"], help="poll only this source (default: every enabled one)"
@@ -334,25 +418,107 @@ def build_parser() -> argparse.ArgumentParser:
     poll.add_argument("--dry-run", action="store_true", help="log PagerDuty events instead of sending them")
     poll.set_defaults(func=cmd_poll)
 
-    status = sub.add_parser(
-        "status", parents=[common], help="tickets, incidents, outbox, dead letters, last poll per source"
+    status = command(
+        sub,
+        "status",
+        "tickets, incidents, outbox, dead letters, last poll per source",
+        "What the database says: tickets tracked; incidents open at PagerDuty (trigger sent) apart from those\n"
+        "whose trigger is still pending or was refused (a dead letter); changes pending and failed; the\n"
+        "outbox; dead letters; each source's last poll and error. With --check: only the problems, one line\n"
+        "each, and exit 1 if there is any (nothing printed and exit 0 when all is well), for cron and\n"
+        "monitoring.",
+        examples=[
+            "ticketpager status",
+            "ticketpager status --check || echo 'ticketpager needs attention'",
+            "ticketpager status --json --check --max-outbox-age 15m",
+        ],
+        exits={
+            EXIT_OK: "the report was printed; with --check: no problem",
+            EXIT_PROBLEM: "--check found a problem (dead letters, an outbox that does not drain, failed changes, a "
+            "failing poll), or the database cannot be reached",
+            EXIT_USAGE: "no database or no ticketpager tables at TICKETPAGER_DATABASE_URL, or a setting is invalid",
+        },
     )
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--json", action="store_true", help="machine-readable output (with --check: a 'problems' list)")
+    status.add_argument(
+        "--check", action="store_true", help="print only the problems, one line each; exit 1 if there is any"
+    )
+    status.add_argument(
+        "--max-outbox-age",
+        type=_duration,
+        default=_duration("5m"),
+        metavar="DURATION",
+        help="with --check: a pending event older than this is a problem (default 5m, e.g. 90s, 15m, 1h)",
+    )
     status.set_defaults(func=cmd_status)
 
-    dead = sub.add_parser("deadletters", parents=[common], help="list or re-drive events PagerDuty refused")
+    dead_exits = {
+        EXIT_OK: "listed, or queued again",
+        EXIT_PROBLEM: "no dead letter with a given id, or the database cannot be reached",
+        EXIT_USAGE: "neither ids nor --all given, or no database at TICKETPAGER_DATABASE_URL",
+    }
+    dead_examples = [
+        "ticketpager deadletters list",
+        "ticketpager deadletters retry 17 18",
+        "ticketpager deadletters retry --all",
+    ]
+    dead = command(
+        sub,
+        "deadletters",
+        "list or re-drive events PagerDuty refused",
+        "Events PagerDuty refused (its 400 with the reason) or that ran out of retries, and ticket notes the\n"
+        "ticket system refused: list them with the error, and queue them again once the cause is fixed.",
+        examples=dead_examples,
+        exits=dead_exits,
+    )
     dsub = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dlist = dsub.add_parser("list", parents=[common], help="show dead letters with PagerDuty's error")
+    dlist = command(
+        dsub,
+        "list",
+        "show dead letters with PagerDuty's error",
+        "Show dead letters, oldest first, with the error that stopped them (routing keys masked).",
+        examples=["ticketpager deadletters list", "ticketpager deadletters list --json --limit 10"],
+        exits={code: dead_exits[code] for code in (EXIT_OK, EXIT_USAGE)},
+    )
     dlist.add_argument("--json", action="store_true", help="machine-readable output")
     dlist.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    dretry = dsub.add_parser("retry", parents=[common], help="queue dead letters again")
+    dretry = command(
+        dsub,
+        "retry",
+        "queue dead letters again",
+        "Queue dead letters again; a running 'serve' (or the next 'poll --once') sends them. A trigger whose\n"
+        "incident has moved on since (the ticket was resolved) is not re-sent but marked superseded.",
+        examples=dead_examples[1:],
+        exits=dead_exits,
+    )
     dretry.add_argument("ids", nargs="*", type=int, help="dead-letter ids from 'deadletters list'")
     dretry.add_argument("--all", action="store_true", help="every dead letter")
     dead.set_defaults(func=cmd_deadletters)
 
-    dbp = sub.add_parser("db", parents=[common], help="database maintenance")
+    db_exits = {
+        EXIT_OK: "the schema is current (or newer than this version, left as it is)",
+        EXIT_PROBLEM: "the database cannot be reached, or a migration failed",
+        EXIT_USAGE: "TICKETPAGER_DATABASE_URL is not a SQLite or PostgreSQL URL, or the driver is missing",
+    }
+    dbp = command(
+        sub,
+        "db",
+        "database maintenance",
+        "Database maintenance. Every command also migrates at start; run 'db upgrade' separately before a\n"
+        "rollout whose release notes call a migration long.",
+        examples=["TICKETPAGER_DATABASE_URL=postgresql://ticketpager@db:5432/ticketpager ticketpager db upgrade"],
+        exits=db_exits,
+    )
     dbsub = dbp.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    dbsub.add_parser("upgrade", parents=[common], help="apply migrations (safe with several replicas)")
+    command(
+        dbsub,
+        "upgrade",
+        "apply migrations (safe with several replicas)",
+        "Apply the migrations up to this version, under a PostgreSQL advisory lock (replicas starting together\n"
+        "migrate once).",
+        examples=["ticketpager db upgrade --database-url sqlite:////var/lib/ticketpager/ticketpager.db"],
+        exits=db_exits,
+    )
     dbp.set_defaults(func=cmd_db)
 
     try:
@@ -362,6 +528,16 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         register(sub)
     return parser
+
+
+def _duration(text: str) -> Any:
+    """argparse type of a duration (90s, 15m, 1h): the rule files' syntax."""
+    from rules.operators import OperatorArgError, parse_duration
+
+    try:
+        return parse_duration(text)
+    except OperatorArgError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _version() -> str:
@@ -412,27 +588,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             secret = any(str(part) in _SECRET_FIELDS for part in problem["loc"])
             shown = "" if isinstance(given, dict) or secret else f" (got {given!r})"
             print(f"ticketpager: {_env_name(problem['loc'])}: {problem['msg']}{shown}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except SettingsError as exc:
+        if "secrets_dir" in str(exc):  # pydantic-settings' own bounds on the secrets directory
+            print(f"ticketpager: TICKETPAGER_SECRETS_DIR: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         print(
             f"ticketpager: {exc}. Lists take a JSON list or comma-separated values; maps take a JSON object.",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"ticketpager: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except ModuleNotFoundError as exc:
         if exc.name in ("psycopg", "psycopg2"):
             print("ticketpager: PostgreSQL needs the driver: pip install 'ticketpager[postgres]'", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         if exc.name in _OTHER_DRIVERS:
             print(
                 f"ticketpager: TICKETPAGER_DATABASE_URL: ticketpager runs on SQLite or PostgreSQL "
                 f"(no driver {exc.name!r} for another database)",
                 file=sys.stderr,
             )
-            return 2
+            return EXIT_USAGE
         raise
     except (NoSuchModuleError, ArgumentError) as exc:  # a URL SQLAlchemy cannot parse or has no dialect for
         print(
@@ -440,20 +619,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "or postgresql://user@host:5432/db",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
     except CommandError as exc:  # Alembic: a migration that cannot run here
         print(f"ticketpager: database migration failed: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_PROBLEM
     except OperationalError as exc:  # the database is down, missing or refuses us: one line, not a traceback
         from sync.db import failure_reason
 
         print(f"ticketpager: cannot use the database: {failure_reason(exc)}", file=sys.stderr)
-        return 1
+        return EXIT_PROBLEM
     except BrokenPipeError:  # e.g. `ticketpager rules schema | head`
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return EXIT_OK
     return int(result or 0)
 
 

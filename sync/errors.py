@@ -14,11 +14,14 @@ the URL of the vendor document that says why. :func:`classify_response` applies 
 from __future__ import annotations
 
 import email.utils
+import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from sync.redact import MAX_SCAN_CHARS, redact
 
@@ -158,5 +161,42 @@ def classify_response(
 
 
 def network_error(vendor: str, exc: BaseException) -> RetryableError:
-    """Timeouts and connection failures: always retryable."""
-    return RetryableError(redact(f"{vendor} unreachable: {type(exc).__name__}: {exc}"), vendor=vendor)
+    """Timeouts and connection failures: always retryable, said in one sentence (not urllib3's reprs)."""
+    return RetryableError(redact(f"{vendor} unreachable: {network_reason(exc)}"), vendor=vendor)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it: ``__cause__`` / ``__context__`` and exceptions carried in ``args``
+    (requests wraps urllib3's ``MaxRetryError``, which carries the socket error as ``reason``)."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 20:
+        current = todo.pop(0)
+        if any(current is known for known in seen):
+            continue
+        seen.append(current)
+        nested = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        todo.extend(item for item in nested if isinstance(item, BaseException))
+    return seen
+
+
+def network_reason(exc: BaseException) -> str:
+    """Why a request got no answer, in words: refused, timed out, name not found, TLS, reset."""
+    url = getattr(getattr(exc, "request", None), "url", None)
+    where = urlsplit(url).netloc.rsplit("@", 1)[-1] if isinstance(url, str) else ""
+    chain = _chain(exc)
+    names = {type(item).__name__ for item in chain}
+    at = f" {where}" if where else ""
+    if any(isinstance(item, ConnectionRefusedError) for item in chain):
+        return f"connection refused by{at or ' the server'}"
+    if any(isinstance(item, socket.gaierror) for item in chain) or "NameResolutionError" in names:
+        return f"host name{at} not found (DNS)"
+    if any(isinstance(item, ssl.SSLError) for item in chain) or "SSLError" in names:
+        return f"TLS with{at or ' the server'} failed (certificate or protocol)"
+    if "ConnectTimeout" in names or "ConnectTimeoutError" in names:
+        return f"no connection to{at or ' the server'} within the timeout"
+    if any(isinstance(item, TimeoutError) for item in chain) or "ReadTimeout" in names:
+        return f"no answer from{at or ' the server'} within the timeout"
+    if any(isinstance(item, ConnectionResetError) for item in chain):
+        return f"connection reset by{at or ' the server'}"
+    return f"{type(exc).__name__} talking to{at or ' the server'}"

@@ -46,8 +46,11 @@ INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
 def load_rule_store(settings: Settings, clock: Clock) -> Any:
     """The hot-reloading rule holder; raises ``rules.RuleFileErrors`` if the first load fails."""
     from rules import RuleStore
+    from sync.secretfiles import EnvWithSecretFiles
 
-    return RuleStore(settings.rules_path, clock=clock)
+    # ${PD_...} routing keys from the environment, else from a file of that name in the secrets directory
+    env = EnvWithSecretFiles(settings.secrets_dir) if settings.secrets_dir is not None else None
+    return RuleStore(settings.rules_path, env=env, clock=clock)
 
 
 class Service:

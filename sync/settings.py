@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources import NestedSecretsSettingsSource
 
 # https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ (US) and the EU service region
 PAGERDUTY_EVENTS_URL_US = "https://events.pagerduty.com/v2/enqueue"
@@ -183,6 +184,7 @@ class Settings(BaseSettings):
     _format = field_validator("log_format", mode="before")(_lower)
     metrics_token: SecretStr = SecretStr("")  # if set, /metrics and /admin need "Authorization: Bearer …"
     public_url: str = ""  # how PagerDuty links back to ticketpager, if at all
+    secrets_dir: Path | None = None  # a directory of secret files named like these variables (docs/operations.md)
     retention_days: int = 30  # decision log and stored payloads are pruned after this many days
 
     pagerduty: PagerDutySettings = Field(default_factory=PagerDutySettings)
@@ -190,6 +192,25 @@ class Settings(BaseSettings):
     jira: JiraSettings = Field(default_factory=JiraSettings)
     zendesk: ZendeskSettings = Field(default_factory=ZendeskSettings)
     servicenow: ServiceNowSettings = Field(default_factory=ServiceNowSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Code, then the environment, then ``.env``, then the files of ``TICKETPAGER_SECRETS_DIR``: one file
+        per variable, named like it, nested settings included (``TICKETPAGER_JIRA__API_TOKEN``)."""
+        from sync.secretfiles import configured_dir
+
+        directory = configured_dir(getattr(init_settings, "init_kwargs", {}))
+        if directory is None:
+            return init_settings, env_settings, dotenv_settings
+        files = NestedSecretsSettingsSource(file_secret_settings, secrets_dir=directory, secrets_dir_missing="error")
+        return init_settings, env_settings, dotenv_settings, files
 
     def connector(self, source: str) -> ConnectorSettings:
         value = getattr(self, source, None)

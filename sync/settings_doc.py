@@ -31,7 +31,7 @@ MEANINGS = {
     "write_back": "leave a note on the ticket on trigger / acknowledge / resolve",
     "timeout_seconds": "HTTP timeout in seconds",
     "database_url": "SQLite (one process) or PostgreSQL (replicas), as an SQLAlchemy URL",
-    "rules_path": "a rule file or a directory of *.yaml",
+    "rules_path": "a rule file or a directory of *.yaml; required outside dry run",
     "host": "listen address",
     "port": "listen port",
     "dry_run": "log PagerDuty events instead of sending them",
@@ -78,9 +78,9 @@ def rows(model: type[BaseModel] = tree.Settings, prefix: str = PREFIX) -> Iterat
             yield from rows(annotation, env + "__")
             continue
         default = field.get_default(call_default_factory=True)
-        shown = "" if isinstance(default, SecretStr) else str(default)
+        shown = "" if isinstance(default, SecretStr) or default is None else str(default)
         if name == "rules_path":
-            shown = "rules/examples (bundled)"
+            shown = "rules/examples (bundled, dry run only)"
         kind = str(annotation)
         for noise in ("typing.", "<class '", "'>", "pydantic.types.", "pathlib.", "Annotated[", ", NoDecode]"):
             kind = kind.replace(noise, "")

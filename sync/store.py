@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Engine, and_, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import Connection, Dialect, Engine, and_, bindparam, case, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -197,8 +197,33 @@ def release_lease(conn: Connection, name: str, holder: str) -> None:
     conn.execute(delete(leases).where(leases.c.name == name, leases.c.holder == holder))
 
 
+def _trigger_is(*conditions: Any) -> Any:
+    """EXISTS an outbox trigger row of the link's incident (same dedup key: one per generation) such that …"""
+    return exists().where(
+        outbox.c.dedup_key == links.c.dedup_key, outbox.c.kind == "event", outbox.c.action == "trigger", *conditions
+    )
+
+
+#: Unresolved links by what became of their trigger. A sent trigger may since have been pruned by retention
+#: (only sent rows are), so a link without any trigger row left is open at PagerDuty too.
+_INCIDENT_STATE = case(
+    (_trigger_is(outbox.c.status == "sent", outbox.c.dry_run.is_(False)), "open"),
+    (_trigger_is(outbox.c.status == "sent"), "dry_run"),
+    (_trigger_is(outbox.c.status == "pending"), "pending"),
+    (_trigger_is(outbox.c.status == "dead"), "dead"),
+    else_="open",
+).label("incident")
+_OPEN_LINKS_BY_TRIGGER = (
+    select(_INCIDENT_STATE, func.count()).where(links.c.state != "resolved").group_by(_INCIDENT_STATE)
+)
+
+
 @dataclass(frozen=True)
 class Status:
+    """The ``status`` report. Incidents are counted by what PagerDuty was told: ``open_incidents`` only
+    those whose trigger was sent; a trigger still waiting in the outbox is ``incidents_pending``, one
+    PagerDuty refused (a dead letter) ``incidents_dead``, one only logged in dry run ``incidents_dry_run``."""
+
     tickets: int
     open_incidents: int
     changes_pending: int
@@ -207,11 +232,17 @@ class Status:
     outbox_oldest: datetime | None
     dead_letters: int
     cursors: list[dict[str, Any]]
+    incidents_pending: int = 0
+    incidents_dead: int = 0
+    incidents_dry_run: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "tickets_tracked": self.tickets,
             "open_incidents": self.open_incidents,
+            "incidents_pending": self.incidents_pending,
+            "incidents_dead": self.incidents_dead,
+            "incidents_dry_run": self.incidents_dry_run,
             "changes_pending": self.changes_pending,
             "changes_failed": self.changes_failed,
             "outbox_pending": self.outbox_pending,
@@ -319,9 +350,13 @@ class Store:
         with self.engine.connect() as conn:
             count = lambda stmt: int(conn.execute(stmt).scalar_one() or 0)  # noqa: E731
             cursor_rows = conn.execute(select(cursors).order_by(cursors.c.source)).mappings().all()
+            incidents = {str(k): int(n) for k, n in conn.execute(_OPEN_LINKS_BY_TRIGGER).all()}
             return Status(
                 tickets=count(select(func.count()).select_from(tickets)),
-                open_incidents=count(select(func.count()).select_from(links).where(links.c.state != "resolved")),
+                open_incidents=incidents.get("open", 0),
+                incidents_pending=incidents.get("pending", 0),
+                incidents_dead=incidents.get("dead", 0),
+                incidents_dry_run=incidents.get("dry_run", 0),
                 changes_pending=count(select(func.count()).select_from(changes).where(changes.c.status == "pending")),
                 changes_failed=count(select(func.count()).select_from(changes).where(changes.c.status == "failed")),
                 outbox_pending=count(select(func.count()).select_from(outbox).where(outbox.c.status == "pending")),

@@ -73,7 +73,7 @@ def test_db_upgrade_reports_the_revision(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_poll_without_any_source_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'tp.db'}"
-    code, _, err = run(capsys, "--database-url", url, "poll", "--once")
+    code, _, err = run(capsys, "--database-url", url, "poll", "--once", "--dry-run")
     assert code == 2 and "TICKETPAGER_<SOURCE>__ENABLED" in err
 
 

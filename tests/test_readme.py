@@ -62,7 +62,7 @@ def test_newcomer_walkthrough_dry_run(tmp_path: Path) -> None:
         while time.monotonic() < deadline:  # the event is "sent" (logged) by the delivery worker
             with urllib.request.urlopen(f"{serve.url}/admin/status", timeout=5) as resp:  # noqa: S310
                 report = json.loads(resp.read())
-            if report["open_incidents"] == 1 and report["outbox_pending"] == 0:
+            if report["incidents_dry_run"] == 1 and report["outbox_pending"] == 0:  # logged, not sent
                 break
             time.sleep(0.1)
     finally:
