@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, exists, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, exists, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import aliased
 
@@ -34,10 +34,13 @@ from sync.heartbeat import HeartbeatLike, claim_holder_dead
 from sync.metrics import METRICS
 from sync.model import EventAction, TicketRef
 from sync.retry import RetryPolicy
-from sync.schema import changes, outbox
+from sync.schema import UTCDateTime, changes, outbox
 from sync.store import Store
 
 log = logging.getLogger("ticketpager.delivery")
+
+_NOW = bindparam("now", type_=UTCDateTime())  # the claim's time
+_STALE = bindparam("stale", type_=UTCDateTime())  # a claimer whose heartbeat is older than this is dead
 
 WriteBackFn = Callable[[str, WriteBack], None]  # (source, note) -> None; raises sync.errors kinds
 
@@ -82,6 +85,12 @@ class Delivery:
         self.takeover_after = takeover_after
         self.heartbeat = heartbeat  # ours: no send while it is overdue (the others may think us dead)
         self._orphaned: list[int] = []  # rows of a batch a database error interrupted: handed back next claim
+        free = [outbox.c.claimed_until.is_(None), outbox.c.claimed_until < _NOW]
+        if takeover_after is not None:
+            free.append(claim_holder_dead(outbox.c.claimed_by, _STALE))
+        # built once: the idle read runs every idle_seconds per worker, and building it cost more than running it
+        self._due = (outbox.c.status == "pending", outbox.c.next_attempt_at <= _NOW, or_(*free))
+        self._anything_due = select(outbox.c.id).where(*self._due).limit(1)
         send_seconds = 3 * sink.timeout if sink is not None and not dry_run else 0.0
         self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
 
@@ -98,24 +107,21 @@ class Delivery:
             earlier.c.id < outbox.c.id,
             earlier.c.status == "pending",
         )
-        free = [outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now]
-        if self.takeover_after is not None:
-            free.append(claim_holder_dead(outbox.c.claimed_by, now - timedelta(seconds=self.takeover_after)))
-        due = (outbox.c.status == "pending", outbox.c.next_attempt_at <= now, or_(*free))
+        params = {"now": now, "stale": now - timedelta(seconds=self.takeover_after or 0.0)}
         with self.store.engine.connect() as conn:  # a read first: idle workers take no write lock
-            if conn.execute(select(outbox.c.id).where(*due).limit(1)).first() is None:
+            if conn.execute(self._anything_due, params).first() is None:
                 self._claimed = {}
                 return []
         with self.store.begin() as conn:
             stmt = (
                 select(outbox)
-                .where(*due, or_(outbox.c.kind != "event", ~blocked))
+                .where(*self._due, or_(outbox.c.kind != "event", ~blocked))
                 .order_by(outbox.c.next_attempt_at, outbox.c.id)
                 .limit(limit)
             )
             if conn.dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True, of=outbox)
-            rows = conn.execute(stmt).mappings().all()
+            rows = conn.execute(stmt, params).mappings().all()
             if rows:
                 conn.execute(
                     update(outbox)

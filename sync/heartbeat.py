@@ -40,7 +40,9 @@ class HeartbeatLike(Protocol):
         ...
 
 
-def claim_holder_dead(claimed_by: ColumnElement[Any], stale_before: datetime) -> ColumnElement[bool]:
+def claim_holder_dead(
+    claimed_by: ColumnElement[Any], stale_before: datetime | ColumnElement[Any]
+) -> ColumnElement[bool]:
     """SQL: the replica that holds this claim (``<instance>/<worker>``) stopped heartbeating before
     ``stale_before``."""
     prefix = replicas.c.instance + "/"
