@@ -5,6 +5,7 @@ real ``serve`` process."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -12,7 +13,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+import requests
+import responses
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import DBAPIError
 
 from sync.clock import FakeClock
 from sync.schema import outbox
@@ -236,3 +240,52 @@ def test_sigkill_of_a_replica_mid_send_is_recovered_in_about_the_heartbeat_timeo
         assert pd.events[0]["routing_key"] == ROUTING_KEY
         assert recovered < 15, f"recovery took {recovered:.1f} s"
         assert "took over 1 outbox row(s)" in b.output()
+
+
+def test_a_batch_cut_short_by_a_database_error_is_sent_again_at_once(
+    db_url: str, rules_path: Path, clock: FakeClock, rsps: responses.RequestsMock
+) -> None:
+    """The database fails right after PagerDuty accepted a page (the outbox table is gone for a moment):
+    the worker restarts with the rows of its batch still claimed by itself. They are handed back as soon as
+    the database answers again, not held for the 60 s claim."""
+    pd_url = "https://events.pagerduty.test/v2/enqueue"
+    svc = make_service(db_url, rules_path, pd_url, clock, engine={"claim_seconds": CLAIM})
+    svc.heartbeat.register()
+    other = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    sent: list[str] = []
+
+    def accept(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        body = json.loads(request.body or b"{}")
+        sent.append(body["event_action"])
+        if len(sent) == 1:  # the outage starts while the first send is in flight
+            with other.begin() as conn:
+                conn.execute(text("ALTER TABLE outbox RENAME TO outbox_away"))
+        return 202, {}, json.dumps({"status": "success", "dedup_key": body.get("dedup_key")})
+
+    rsps.add_callback("POST", pd_url, callback=accept)
+    try:
+        receive(svc, [change(ticket("50010")), change(ticket("50011"))])
+        assert svc.engine.drain() == 2
+        worker = svc.delivery("0", heartbeat=svc.heartbeat)
+        with pytest.raises(DBAPIError):
+            worker.run_once()
+        with other.begin() as conn:  # the database is back
+            conn.execute(text("ALTER TABLE outbox_away RENAME TO outbox"))
+        assert worker.run_once() == 2, "the interrupted batch waited for its claim to expire"
+        assert sent == ["trigger", "trigger", "trigger"]  # the first again (same dedup_key: one incident)
+        assert svc.store.status().outbox_pending == 0
+    finally:
+        other.dispose()
+        svc.store.dispose()
+
+
+def test_a_replica_timeout_shorter_than_two_heartbeats_is_refused_at_start() -> None:
+    """One late heartbeat must never make a live replica look dead."""
+    from pydantic import ValidationError
+
+    from sync.settings import Settings
+
+    with pytest.raises(ValidationError, match="at most half of engine.replica_timeout_seconds"):
+        Settings(_env_file=None, engine={"heartbeat_seconds": 6, "replica_timeout_seconds": 10})  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, engine={"heartbeat_seconds": 1, "replica_timeout_seconds": 3})  # type: ignore[call-arg]
+    assert settings.engine.replica_timeout_seconds == 3
