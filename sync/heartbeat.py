@@ -98,9 +98,10 @@ class Heartbeat:
         self.beat()
 
     def beat(self) -> None:
-        """Write the heartbeat (raises the database's error: the caller's loop retries)."""
+        """Write the heartbeat (raises the database's error: the caller's loop retries). On SQLite it goes
+        before background writers (one tiny UPDATE): a busy engine must not make this replica look dead."""
         now = self.clock.now()
-        with self.store.begin() as conn:
+        with self.store.begin(urgent=True) as conn:
             record_beat(conn, self.instance, now)
         if self.last_ok is None or now - self.last_ok >= self._margin:
             if self.last_ok is not None:
