@@ -289,3 +289,36 @@ def test_a_replica_timeout_shorter_than_two_heartbeats_is_refused_at_start() -> 
         Settings(_env_file=None, engine={"heartbeat_seconds": 6, "replica_timeout_seconds": 10})  # type: ignore[call-arg]
     settings = Settings(_env_file=None, engine={"heartbeat_seconds": 1, "replica_timeout_seconds": 3})  # type: ignore[call-arg]
     assert settings.engine.replica_timeout_seconds == 3
+
+
+@pytest.mark.postgres
+def test_a_lost_replicas_open_transaction_is_ended_by_the_server(postgres_url: str) -> None:
+    """A replica lost with its host or network (no FIN: the server's socket stays open) in the middle of an
+    engine batch holds its changes' row locks; SKIP LOCKED lets the others pass them by, but not process
+    them. PostgreSQL ends such an idle transaction after ``IDLE_TRANSACTION_SECONDS`` (1 s here), so the
+    change is free again instead of after the server's TCP keepalive (hours)."""
+    from sync.db import make_engine
+
+    lost = make_engine(postgres_url, idle_transaction_seconds=1)
+    alive = make_engine(postgres_url)
+    held = lost.connect()
+    try:
+        with alive.begin() as conn:
+            conn.execute(text("CREATE TABLE work (id int PRIMARY KEY)"))
+            conn.execute(text("INSERT INTO work VALUES (1)"))
+        held.begin()
+        assert held.execute(text("SELECT id FROM work FOR UPDATE")).scalar_one() == 1  # then silence
+
+        def free() -> list[int]:
+            with alive.begin() as conn:
+                return list(conn.execute(text("SELECT id FROM work FOR UPDATE SKIP LOCKED")).scalars())
+
+        assert free() == [], "the lost replica's lock is held while its transaction may still go on"
+        deadline = time.monotonic() + 10
+        while not free() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert free() == [1]
+    finally:
+        held.invalidate()  # the server closed that session (or the test failed): never back to the pool
+        lost.dispose()
+        alive.dispose()
