@@ -18,8 +18,12 @@ What it does (issue 7, section 2):
 * Zendesk trigger webhooks (issue 13, item 3), signed as Zendesk signs them: a few tickets are paged and
   solved, then their first request is replayed byte for byte with a new ``X-Zendesk-Webhook-Invocation-Id``
   (it must be stored as a duplicate and page nobody); pairs of one minute arrive out of order (nobody paged);
-* meanwhile: SIGKILL one replica and restart it, restart PostgreSQL once (``pg_ctlcluster``), make the
-  mock PagerDuty answer 500s, then 429 with ``Retry-After``;
+* meanwhile: SIGKILL a replica while it is sending (the mock PagerDuty slowed for a moment so its delivery
+  workers hold claimed rows in flight) and restart it, ``--kills`` times (one replica after another), and
+  measure the **time to recovery**: from the SIGKILL until every outbox row the killed replica had claimed
+  is sent by another (the heartbeat takeover, ``TICKETPAGER_ENGINE__REPLICA_TIMEOUT_SECONDS``; goal: p99
+  ≤ 15 s); then restart PostgreSQL once (``pg_ctlcluster``), make the mock PagerDuty answer 500s, then 429
+  with ``Retry-After``;
 * and all along, hostile connections at the HTTP edge (``bench/edge_attack.py``): header floods (64 MiB of
   an unfinished header each) and slowloris (a header line or a body byte per interval, or nothing), with the
   replicas' RSS sampled from /proc: the peak is the memory bound, reported next to the webhooks/s held;
@@ -28,7 +32,8 @@ What it does (issue 7, section 2):
   on one dedup key, so a raw re-send after a crash (at-least-once) is reported as a "redelivery after
   crash"; a *duplicate* is a repeat with a visible effect (a trigger after the resolve, a second incident).
 
-Exit status 0 only if nothing was lost, duplicated or reordered and every accepted webhook was stored.
+Exit status 0 only if nothing was lost, duplicated or reordered, every accepted webhook was stored and the
+recovery p99 met the goal.
 """
 
 from __future__ import annotations
@@ -102,6 +107,8 @@ SIGNATURE_HEADER = "X-Hub-Signature"
 DELIVERY_HEADER = "X-Atlassian-Webhook-Identifier"
 VENDOR_RETRY_SECONDS = 60.0  # how long a "vendor" keeps retrying one delivery before giving up
 RETRY_AFTER_SECONDS = "1"  # the mock PagerDuty's Retry-After during the 429 window
+RECOVERY_GOAL_SECONDS = 15.0  # issue 13: p99 of the time from a SIGKILL to its claimed rows sent elsewhere
+SLOW_SEND_SECONDS = 0.5  # the mock PagerDuty's latency just before a kill: the victim dies mid-send
 
 
 @dataclass
@@ -114,11 +121,15 @@ class Config:
     duplicate_rate: float = 0.15  # chance a delivery is re-sent with the same identifier
     out_of_order_rate: float = 0.15  # chance an older version is re-sent under a new identifier
     kill_replica: bool = True
+    kills: int = 2  # SIGKILLs, each of another replica, each after the previous one recovered
     restart_postgres: bool = True
     pagerduty_outage: bool = True
     outage_seconds: float = 3.0  # length of the 500 window, then of the 429 window
     kill_down_seconds: float = 2.0  # how long the killed replica stays down before it is restarted
-    claim_seconds: float = 3.0
+    claim_seconds: float = 60.0  # the default: a dead replica's rows come back through the heartbeat, not this
+    heartbeat_seconds: float = 2.0  # the defaults of engine.heartbeat_seconds / engine.replica_timeout_seconds
+    replica_timeout_seconds: float = 10.0
+    recovery_timeout: float = 40.0  # give up waiting for one kill's recovery after this (reported as a problem)
     drain_timeout: float = 90.0
     postgres_url: str = field(default_factory=lambda: os.environ.get("TICKETPAGER_TEST_POSTGRES_URL")
                               or DEFAULT_PG_URL)
@@ -173,6 +184,15 @@ class Report:
     zendesk_replays: int = 0  # replayed requests answered 202
     zendesk_replays_stored: int = 0  # of those, stored as a new change (must be 0: same signed bytes)
     edge: EdgeReport | None = None  # the edge attack's outcomes and the replicas' peak RSS
+    recoveries: list[float] = field(default_factory=list)  # per SIGKILL: seconds until its claimed rows were sent
+    rows_in_flight_at_kill: list[int] = field(default_factory=list)  # per SIGKILL: rows the victim had claimed
+
+    @property
+    def recovery_p99(self) -> float:
+        if not self.recoveries:
+            return float("nan")
+        ordered = sorted(self.recoveries)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
     @property
     def webhooks_per_second(self) -> float:
@@ -186,9 +206,11 @@ class Report:
 
     @property
     def ok(self) -> bool:
+        slow_recovery = bool(self.recoveries) and self.recovery_p99 > RECOVERY_GOAL_SECONDS
         return not (self.lost or self.duplicates or self.out_of_order or self.unexpected or self.wrong_routing
                     or self.stored_missing or self.dead_letters or self.failed_changes or self.tickets_given_up
-                    or not self.drained or self.problems or not self.tickets or self.zendesk_replays_stored)
+                    or not self.drained or self.problems or not self.tickets or self.zendesk_replays_stored
+                    or slow_recovery)
 
     def lines(self) -> list[str]:
         fails = ", ".join(f"{k} {v}" for k, v in sorted(self.failed_attempts.items())) or "none"
@@ -217,6 +239,7 @@ class Report:
             f"(same signature, new invocation id): {self.zendesk_replays} replays answered, "
             f"{self.zendesk_replays_stored} stored as new; {len(self.zendesk_quiet)} same-minute pairs sent out of "
             "order (solve first): must page nobody",
+            self.recovery_line(),
         ]
         if self.edge is not None:
             out += self.edge.lines()
@@ -225,8 +248,19 @@ class Report:
         out += [f"PROBLEM: {p}" for p in self.problems]
         out += [f"example: {e}" for e in self.examples[:10]]
         out += self.evidence
-        out.append("RESULT: " + ("OK (0 lost, 0 duplicated, 0 out of order)" if self.ok else "FAILED"))
+        verdict = f"OK (0 lost, 0 duplicated, 0 out of order, recovery p99 {self.recovery_p99:.1f} s)"
+        out.append("RESULT: " + (verdict if self.ok else "FAILED"))
         return out
+
+    def recovery_line(self) -> str:
+        if not self.recoveries:
+            return "time to recovery after SIGKILL: not measured"
+        ordered = sorted(self.recoveries)
+        return (
+            f"time to recovery after SIGKILL ({len(ordered)} kills, {sum(self.rows_in_flight_at_kill)} claimed rows "
+            f"in flight): p50 {ordered[len(ordered) // 2]:.1f} s, p99 {self.recovery_p99:.1f} s, "
+            f"max {ordered[-1]:.1f} s (goal p99 <= {RECOVERY_GOAL_SECONDS:.0f} s)"
+        )
 
 
 # -- Jira webhooks ------------------------------------------------------------------------------------
@@ -368,6 +402,33 @@ def change_history(engine: Engine, tid: str, source: str = "jira") -> list[str]:
     ]
 
 
+def claimed_by_pid(engine: Engine, pid: int) -> list[int]:
+    """Pending outbox rows claimed by the process ``pid`` (``claimed_by`` = ``<host>-<pid>-<hex6>/<worker>``)."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, claimed_by FROM outbox WHERE status = 'pending' "
+                                     "AND claimed_until IS NOT NULL AND claimed_by LIKE :p"),
+                            {"p": f"%-{pid}-%"}).all()
+    return [int(r[0]) for r in rows if re.search(rf"-{pid}-[0-9a-f]{{6}}/", str(r[1]))]
+
+
+def pending_among(engine: Engine, ids: list[int]) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM outbox WHERE status = 'pending' AND id = ANY(:ids)"),
+                                {"ids": ids}).scalar_one())
+
+
+def retry_db(query: Callable[[], Any], attempts: int = 60) -> Any:
+    """``query`` again every 0.5 s while the database is unavailable (PostgreSQL may be restarting)."""
+    for attempt in range(attempts):
+        try:
+            return query()
+        except Exception:  # noqa: BLE001
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    return None  # pragma: no cover - the loop returns or raises
+
+
 def stored_deliveries(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         return {str(r[0]) for r in conn.execute(text("SELECT delivery_id FROM changes WHERE source = 'jira'"))}
@@ -479,6 +540,8 @@ def replica_env(db_url: str, rules: Path, pd_url: str, cfg: Config) -> dict[str,
         "TICKETPAGER_PAGERDUTY__MAX_ATTEMPTS": "100000",  # with a 0.1 s base, 12 tries last ~5 s: the cap is time
         "TICKETPAGER_PAGERDUTY__RATE_LIMIT_PER_MINUTE": "100000",  # not a rate-limit test
         "TICKETPAGER_ENGINE__CLAIM_SECONDS": str(cfg.claim_seconds),
+        "TICKETPAGER_ENGINE__HEARTBEAT_SECONDS": str(cfg.heartbeat_seconds),
+        "TICKETPAGER_ENGINE__REPLICA_TIMEOUT_SECONDS": str(cfg.replica_timeout_seconds),
         "TICKETPAGER_ENGINE__IDLE_SECONDS": "0.05",
         "TICKETPAGER_LOG_LEVEL": "WARNING",
         "TICKETPAGER_HTTP__HEADER_TIMEOUT_SECONDS": str(cfg.edge_deadline_seconds),
@@ -710,9 +773,10 @@ class Faults(threading.Thread):
     """Injects the faults at fixed fractions of the load window and logs what it did."""
 
     def __init__(self, cfg: Config, replicas: list[Replica], pd: MockPagerDuty, start: float,
-                 report: Report) -> None:
+                 report: Report, engine: Engine) -> None:
         super().__init__(name="faults", daemon=True)
         self.cfg, self.replicas, self.pd, self.start_at, self.report = cfg, replicas, pd, start, report
+        self.engine = engine
         self.error: BaseException | None = None
 
     def note(self, text_: str) -> None:
@@ -725,6 +789,36 @@ class Faults(threading.Thread):
         if delay > 0:
             time.sleep(delay)
 
+    def _kill_and_recover(self, victim: Replica) -> None:
+        """SIGKILL ``victim`` mid-send, restart it, and wait until every row it had claimed is sent."""
+        cfg = self.cfg
+        self.pd.latency_seconds = SLOW_SEND_SECONDS  # every delivery worker is now inside a POST
+        time.sleep(SLOW_SEND_SECONDS)
+        pid = victim.proc.pid if victim.proc is not None else 0
+        victim.kill()
+        killed_at = time.monotonic()
+        self.pd.latency_seconds = 0.0
+        claimed = retry_db(lambda: claimed_by_pid(self.engine, pid))
+        self.note(f"SIGKILL replica {victim.index} (port {victim.port}) with {len(claimed)} claimed outbox rows")
+        time.sleep(cfg.kill_down_seconds)
+        victim.spawn()
+        victim.wait_healthy()
+        self.note(f"replica {victim.index} restarted and healthy")
+        if not claimed:
+            self.report.problems.append(f"replica {victim.index} held no claimed rows when killed: nothing measured")
+            return
+        while time.monotonic() - killed_at < cfg.recovery_timeout:
+            if not retry_db(lambda: pending_among(self.engine, claimed)):
+                recovery = time.monotonic() - killed_at
+                self.report.recoveries.append(recovery)
+                self.report.rows_in_flight_at_kill.append(len(claimed))
+                self.note(f"replica {victim.index}'s {len(claimed)} claimed rows sent by others: "
+                          f"recovered {recovery:.1f} s after the SIGKILL")
+                return
+            time.sleep(0.1)
+        self.report.problems.append(f"replica {victim.index}'s claimed rows not sent {cfg.recovery_timeout:.0f} s "
+                                    "after its SIGKILL")
+
     def run(self) -> None:
         try:
             self._run()
@@ -735,13 +829,8 @@ class Faults(threading.Thread):
         cfg = self.cfg
         if cfg.kill_replica:
             self.at(0.1)
-            victim = self.replicas[len(self.replicas) - 1]
-            victim.kill()
-            self.note(f"SIGKILL replica {victim.index} (port {victim.port})")
-            time.sleep(cfg.kill_down_seconds)
-            victim.spawn()
-            victim.wait_healthy()
-            self.note(f"replica {victim.index} restarted and healthy")
+            for kill in range(cfg.kills):
+                self._kill_and_recover(self.replicas[len(self.replicas) - 1 - kill % len(self.replicas)])
         else:
             self.report.skipped_faults.append("SIGKILL of a replica (disabled)")
         if cfg.restart_postgres:
@@ -899,7 +988,7 @@ def _load_and_check(cfg: Config, replicas: list[Replica], pd: MockPagerDuty, eng
     log = cfg.log
     offered = f"{cfg.rate:.0f} webhooks/s offered" if cfg.rate else "closed loop"
     log(f"load: {cfg.senders} senders for {cfg.seconds:.0f} s, {offered}")
-    faults = Faults(cfg, replicas, pd, start, report)
+    faults = Faults(cfg, replicas, pd, start, report, engine)
     faults.start()
     replay = ZendeskReplay(cfg, replicas, start, report)
     replay.start()
@@ -998,6 +1087,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout)
     parser.add_argument("--no-kill", action="store_true", help="do not SIGKILL a replica")
+    parser.add_argument("--kills", type=int, default=defaults.kills,
+                        help="SIGKILLs (each of another replica, after the previous one recovered)")
     parser.add_argument("--no-postgres-restart", action="store_true", help="do not restart PostgreSQL")
     parser.add_argument("--no-pagerduty-outage", action="store_true", help="no 500/429 window")
     parser.add_argument("--no-edge-attack", action="store_true", help="no header floods or slowloris")
@@ -1006,7 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(
         seconds=args.seconds, replicas=args.replicas, senders=args.senders, rate=args.rate, updates=args.updates,
         postgres_url=args.postgres_url, seed=args.seed, drain_timeout=args.drain_timeout,
-        kill_replica=not args.no_kill, restart_postgres=not args.no_postgres_restart,
+        kill_replica=not args.no_kill, kills=max(args.kills, 1), restart_postgres=not args.no_postgres_restart,
         pagerduty_outage=not args.no_pagerduty_outage, keep_logs=args.keep_logs,
         edge_attack=not args.no_edge_attack,
         log=lambda line: print(line, flush=True),

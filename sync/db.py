@@ -15,14 +15,22 @@ log = logging.getLogger("ticketpager.db")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 WRITE_OPTION = "ticketpager_write"  # execution option marking a write transaction (SQLite: BEGIN IMMEDIATE)
+# PostgreSQL ends a transaction of ours left idle this long. Ours never wait between statements (no network
+# call inside a transaction), so only a replica lost with its host or network leaves one: without this its
+# row locks (claimed changes, tickets) would last until the server's TCP keepalive notices, hours by default.
+# https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-IDLE-IN-TRANSACTION-SESSION-TIMEOUT
+IDLE_TRANSACTION_SECONDS = 60.0
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str, *, idle_transaction_seconds: float | None = IDLE_TRANSACTION_SECONDS, **kwargs: Any
+) -> Engine:
     """An engine with the settings ticketpager relies on.
 
     SQLite: WAL (readers never block the writer), ``synchronous=FULL`` (a change answered 202 survives a
     power cut; group commit keeps that cheap), a busy timeout, foreign keys. PostgreSQL: ``psycopg`` 3,
-    pre-ping so a restarted server costs one failed checkout, not an error.
+    pre-ping so a restarted server costs one failed checkout, not an error, and
+    ``idle_in_transaction_session_timeout`` (:data:`IDLE_TRANSACTION_SECONDS`) on every session.
     """
     if url.startswith("postgres://"):  # the Heroku / libpq spelling, which SQLAlchemy does not know
         url = "postgresql+psycopg://" + url[len("postgres://") :]
@@ -54,7 +62,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if idle_transaction_seconds:
+        milliseconds = int(idle_transaction_seconds * 1000)
+
+        @event.listens_for(engine, "connect")
+        def _idle_timeout(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
+            cur.close()
+            dbapi_conn.commit()  # a SET inside a transaction rolled back later would be undone
+
+    return engine
 
 
 def failure_reason(exc: BaseException) -> str:

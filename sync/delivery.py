@@ -2,7 +2,9 @@
 
 A claim marks rows with ``claimed_until`` (a visibility timeout) in a short transaction — on PostgreSQL
 with ``FOR UPDATE SKIP LOCKED`` so replicas never claim the same row — and the send happens outside any
-transaction. A replica that dies mid-send leaves its rows to be claimed again when the claim expires.
+transaction. A replica that dies mid-send leaves its rows to be claimed again when the claim expires, or
+sooner, once its heartbeat is older than ``takeover_after`` (:mod:`sync.heartbeat`); a live replica's claims
+are never taken before they expire.
 Events of one ``dedup_key`` go out in order: a row waits while an earlier row of its key is pending.
 
 Outcomes: 2xx → sent (and a write-back row is queued for the ticket); retryable (429, 5xx, network) →
@@ -22,7 +24,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, exists, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, exists, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import aliased
 
@@ -31,14 +33,18 @@ from connectors.pagerduty import PagerDutySink, RateLimiter, mask
 from sync import jsonutil
 from sync.clock import Clock
 from sync.errors import PermanentError, RetryableError, TicketpagerError, UnknownOutcome
+from sync.heartbeat import HeartbeatLike, claim_holder_dead
 from sync.metrics import METRICS
 from sync.model import EventAction, TicketRef
 from sync.redact import redact
 from sync.retry import RetryPolicy
-from sync.schema import changes, outbox
+from sync.schema import UTCDateTime, changes, outbox
 from sync.store import Store
 
 log = logging.getLogger("ticketpager.delivery")
+
+_NOW = bindparam("now", type_=UTCDateTime())  # the claim's time
+_STALE = bindparam("stale", type_=UTCDateTime())  # a claimer whose heartbeat is older than this is dead
 
 WriteBackFn = Callable[[str, WriteBack], None]  # (source, note) -> None; raises sync.errors kinds
 
@@ -82,6 +88,8 @@ class Delivery:
         write_back: WriteBackFn | None = None,
         write_back_sources: Mapping[str, bool] | None = None,
         rng: random.Random | None = None,
+        takeover_after: float | None = None,
+        heartbeat: HeartbeatLike | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -95,11 +103,24 @@ class Delivery:
         self.write_back_sources = dict(write_back_sources or {})
         self.rng = rng or random.Random()
         self._claimed: dict[int, datetime] = {}  # row id -> when this worker claimed it
+        # a claim whose replica has not heartbeaten for this long is taken over (None: only when it expires)
+        self.takeover_after = takeover_after
+        self.heartbeat = heartbeat  # ours: no send while it is overdue (the others may think us dead)
+        self._orphaned: list[int] = []  # rows of a batch a database error interrupted: handed back next claim
+        free = [outbox.c.claimed_until.is_(None), outbox.c.claimed_until < _NOW]
+        if takeover_after is not None:
+            free.append(claim_holder_dead(outbox.c.claimed_by, _STALE))
+        # built once: the idle read runs every idle_seconds per worker, and building it cost more than running it
+        self._due = (outbox.c.status == "pending", outbox.c.next_attempt_at <= _NOW, or_(*free))
+        self._anything_due = select(outbox.c.id).where(*self._due).limit(1)
         send_seconds = 3 * sink.timeout if sink is not None and not dry_run else 0.0
         self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
 
     # -- claiming --------------------------------------------------------------------------------
     def claim(self, limit: int = 10) -> list[RowMapping]:
+        if self._orphaned:  # ours, unsent: without this they would wait for their own claim to expire
+            self._unclaim(self._orphaned)
+            self._orphaned = []
         now = self.clock.now()
         earlier = aliased(outbox)
         blocked = exists().where(
@@ -108,25 +129,21 @@ class Delivery:
             earlier.c.id < outbox.c.id,
             earlier.c.status == "pending",
         )
-        due = (
-            outbox.c.status == "pending",
-            outbox.c.next_attempt_at <= now,
-            or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
-        )
+        params = {"now": now, "stale": now - timedelta(seconds=self.takeover_after or 0.0)}
         with self.store.engine.connect() as conn:  # a read first: idle workers take no write lock
-            if conn.execute(select(outbox.c.id).where(*due).limit(1)).first() is None:
+            if conn.execute(self._anything_due, params).first() is None:
                 self._claimed = {}
                 return []
         with self.store.begin() as conn:
             stmt = (
                 select(outbox)
-                .where(*due, or_(outbox.c.kind != "event", ~blocked))
+                .where(*self._due, or_(outbox.c.kind != "event", ~blocked))
                 .order_by(outbox.c.next_attempt_at, outbox.c.id)
                 .limit(limit)
             )
             if conn.dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True, of=outbox)
-            rows = conn.execute(stmt).mappings().all()
+            rows = conn.execute(stmt, params).mappings().all()
             if rows:
                 conn.execute(
                     update(outbox)
@@ -134,18 +151,32 @@ class Delivery:
                     .values(claimed_until=now + timedelta(seconds=self.claim_seconds), claimed_by=self.worker_id)
                 )
         self._claimed = {r["id"]: now for r in rows}  # this worker's latest batch (see deliver)
+        taken = [r for r in rows if r["claimed_until"] is not None and r["claimed_until"] >= now]
+        if taken:
+            log.warning(
+                "took over %d outbox row(s) claimed by %s: that replica stopped heartbeating",
+                len(taken),
+                ", ".join(sorted({str(r["claimed_by"]) for r in taken})),
+            )
         return list(rows)
 
     def run_once(self, limit: int = 10, stopping: Callable[[], bool] | None = None) -> int:
         """Claim up to ``limit`` due rows and send them. When ``stopping`` turns true (SIGTERM) the rows not
         yet sent are handed back at once rather than held until their claim expires: a shutdown waits for
-        at most the send in flight, and the next replica (or this one, restarted) sends the rest now."""
+        at most the send in flight, and the next replica (or this one, restarted) sends the rest now.
+        While this replica's heartbeat is overdue nothing is claimed (see :mod:`sync.heartbeat`)."""
+        if self.heartbeat is not None and not self.heartbeat.healthy():
+            return 0  # we may be presumed dead: claim nothing until our heartbeat gets through again
         rows = self.claim(limit)
         for index, row in enumerate(rows):
             if stopping is not None and stopping():
                 self._unclaim([r["id"] for r in rows[index:]])
                 return index
-            self.deliver(row)
+            try:
+                self.deliver(row)
+            except BaseException:  # the database went away mid-batch: the worker restarts with this object
+                self._orphaned = [r["id"] for r in rows[index:]]
+                raise
         return len(rows)
 
     def _unclaim(self, row_ids: list[int]) -> None:
@@ -168,6 +199,12 @@ class Delivery:
     # -- one row ---------------------------------------------------------------------------------
     def deliver(self, row: RowMapping) -> None:
         claimed = self._claimed.pop(row["id"], None)
+        if self.heartbeat is not None and not self.heartbeat.healthy():
+            # our heartbeat is overdue: another replica may take this row any moment; sending now could
+            # send it twice. The row stays claimed: ours again once the heartbeat gets through, or theirs.
+            log.warning("heartbeat overdue: outbox row %s is not sent by this replica for now", row["id"])
+            self._orphaned.append(row["id"])
+            return
         if row["kind"] == "writeback":  # several vendor calls: always renewed (and fenced if lost)
             if self._renew(row["id"]):
                 self._deliver_write_back(row)
@@ -192,6 +229,8 @@ class Delivery:
         base = self.sink.timeout if self.sink is not None else 0.0
         timeout = send_timeout(base, row["attempts"], self.claim_seconds)  # a retry waits longer for the answer,
         fresh = timeout <= base and claimed is not None and self.clock.now() - claimed < self._fresh_for
+        if fresh and self.heartbeat is not None:  # a heartbeat gap since the claim: it may be someone else's
+            fresh = claimed is not None and self.heartbeat.unbroken_since(claimed)
         if not fresh and not self._renew(row["id"]):  # so its claim is always renewed
             return
         if self.dry_run or self.sink is None:

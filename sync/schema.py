@@ -6,6 +6,7 @@
 * ``outbox``    — PagerDuty events and ticket write-backs: pending / sent / dead, attempts, next attempt.
 * ``cursors``   — poll cursors and the last poll error per source.
 * ``leases``    — which replica runs a singleton job (a poller, the time-rule scheduler) until when.
+* ``replicas``  — each running replica's heartbeat: a live one's claims and leases are never taken over.
 * ``decisions`` — the decision log: per change, every rule's verdict and why, and what was sent.
 """
 
@@ -201,6 +202,14 @@ leases = Table(
     Column("name", String(100), primary_key=True),
     Column("holder", String(100), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("instance", String(100), primary_key=True),  # Service.instance: host-pid-random, new per process
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("heartbeat_at", UTCDateTime(), nullable=False),
 )
 
 decisions = Table(

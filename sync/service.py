@@ -30,6 +30,7 @@ from sync.clock import Clock, SystemClock
 from sync.db import failure_reason
 from sync.delivery import Delivery, send_timeout
 from sync.engine import Engine
+from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
 from sync.metrics import METRICS, zero_series
 from sync.poller import poll_once
@@ -102,6 +103,13 @@ class Service:
             elsewhere=lambda key, since: self.store.sends_elsewhere(key, since, self.instance),
             # connect + read of the longest timeout a retry may use: the longest one POST can be in flight
             send_seconds=2 * send_timeout(pd.timeout_seconds, 1_000, settings.engine.claim_seconds),
+        )
+        self.heartbeat = Heartbeat(
+            self.store,
+            self.clock,
+            self.instance,
+            interval=settings.engine.heartbeat_seconds,
+            timeout=settings.engine.replica_timeout_seconds,
         )
         self._threads: list[threading.Thread] = []
         self._reload_failures_seen = 0
@@ -176,7 +184,9 @@ class Service:
                 )
             return self._write_back_connectors[source]
 
-    def delivery(self, worker: str = "0") -> Delivery:
+    def delivery(self, worker: str = "0", *, heartbeat: Heartbeat | None = None) -> Delivery:
+        """A delivery worker. It takes over the claims of replicas whose heartbeat stopped; ``heartbeat``
+        (this process's, when it runs) keeps it from sending while this replica may be presumed dead."""
         return Delivery(
             self.store,
             self._injected_sink or self._new_sink(),  # requests sessions are not shared between threads
@@ -188,6 +198,8 @@ class Service:
             dry_run=self.settings.dry_run,
             write_back=self._write_back,
             write_back_sources=self.write_back_sources(),
+            takeover_after=self.settings.engine.replica_timeout_seconds,
+            heartbeat=heartbeat,
         )
 
     # -- one-shot operations (CLI) ---------------------------------------------------------------
@@ -253,9 +265,15 @@ class Service:
     def start(self) -> None:
         """Start the writer and every background thread (the HTTP server is run by the caller)."""
         self.writer.start()
+        try:
+            self.heartbeat.register()  # before the workers: they send only while it is recent
+        except (OperationalError, InterfaceError) as exc:  # the heartbeat thread keeps trying
+            log.warning("first heartbeat failed (%s); retrying", failure_reason(exc)[:300])
+        self._spawn("heartbeat", self._heartbeat_loop)
         self._spawn("engine", self._engine_loop)
         for i in range(max(self.settings.pagerduty.workers, 1)):
-            self._spawn(f"delivery-{i}", functools.partial(self._delivery_loop, self.delivery(str(i))))
+            worker = self.delivery(str(i), heartbeat=self.heartbeat)
+            self._spawn(f"delivery-{i}", functools.partial(self._delivery_loop, worker))
         for source in self.pollable_sources():
             self._spawn(f"poll-{source}", functools.partial(self._poll_loop, source))
         self._spawn("scheduler", self._scheduler_loop)
@@ -272,6 +290,10 @@ class Service:
             stop_watch()
         for thread in self._threads:
             thread.join(timeout=15)
+        try:  # our claims are handed back: the others need not wait for our heartbeat to go stale
+            self.heartbeat.forget()
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("could not remove this replica's heartbeat (%s)", failure_reason(exc)[:300])
         self.writer.stop()
 
     def routing_key_problems(self) -> list[str]:
@@ -364,9 +386,18 @@ class Service:
                 continue
             self.outbox_wake.wait(self._idle())
 
+    def _heartbeat_loop(self) -> None:
+        """One small write every ``engine.heartbeat_seconds``; a database error restarts it (see _guard)."""
+        while not self.stopping.is_set():
+            self.heartbeat.beat()
+            self.stopping.wait(self.settings.engine.heartbeat_seconds)
+
     def _with_lease(self, name: str, seconds: float) -> bool:
+        """Take or renew a singleton job's lease; a dead replica's (stale heartbeat) is taken at once."""
+        now = self.clock.now()
+        stale_before = now - timedelta(seconds=self.settings.engine.replica_timeout_seconds)
         with self.store.begin() as conn:
-            return acquire_lease(conn, name, self.instance, self.clock.now(), seconds)
+            return acquire_lease(conn, name, self.instance, now, seconds, stale_before)
 
     def _poll_loop(self, source: str) -> None:
         interval = self.settings.connector(source).poll_interval_seconds

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import NestedSecretsSettingsSource
 
@@ -142,8 +142,19 @@ class EngineSettings(BaseModel):
     idle_seconds: float = 0.2  # how long workers wait when there is nothing to do
     recheck_interval_seconds: float = 60.0  # time rules: re-evaluate open, unpaged tickets this often
     lease_seconds: float = 30.0  # poller / scheduler leases between replicas
-    claim_seconds: float = 60.0  # an outbox row claimed by a replica that died is retried after this
+    claim_seconds: float = 60.0  # a claimed outbox row is retried after this even if its replica lives (a stalled send)
     gauge_interval_seconds: float = 5.0  # how often outbox / dead-letter / rules gauges are refreshed
+    heartbeat_seconds: float = 2.0  # how often each replica records in the database that it is alive
+    replica_timeout_seconds: float = 10.0  # a replica silent this long is dead: its claims and leases are taken over
+
+    @model_validator(mode="after")
+    def _heartbeat_fits(self) -> EngineSettings:
+        # a replica must miss at least two heartbeats before the others take its work
+        if not 0 < self.heartbeat_seconds <= self.replica_timeout_seconds / 2:
+            raise ValueError(
+                "engine.heartbeat_seconds must be above 0 and at most half of engine.replica_timeout_seconds"
+            )
+        return self
 
 
 class HttpSettings(BaseModel):

@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import PoolProxiedConnection
 
 from sync import db, jsonutil
+from sync.heartbeat import lease_holder_dead
 from sync.model import TicketChange, stored_delivery_id
 from sync.redact import redact
 from sync.schema import changes, cursors, decisions, leases, links, outbox, tickets
@@ -181,14 +182,18 @@ def record_poll_error(conn: Connection, source: str, message: str, kind: str, no
         conn.execute(_insert_ignore(conn, cursors), {"source": source, **values})
 
 
-def acquire_lease(conn: Connection, name: str, holder: str, now: datetime, seconds: float) -> bool:
-    """Take or renew the lease ``name`` for ``holder`` unless another holder's lease is still valid."""
+def acquire_lease(
+    conn: Connection, name: str, holder: str, now: datetime, seconds: float, stale_before: datetime | None = None
+) -> bool:
+    """Take or renew the lease ``name`` for ``holder`` unless another holder's lease is still valid. With
+    ``stale_before``, a lease whose holder's heartbeat is older than that is free too (the holder died)."""
     until = now + timedelta(seconds=seconds)
     conn.execute(_insert_ignore(conn, leases), {"name": name, "holder": holder, "expires_at": until})
+    free = [leases.c.holder == holder, leases.c.expires_at < now]
+    if stale_before is not None:
+        free.append(lease_holder_dead(leases.c.holder, stale_before))
     got = conn.execute(
-        update(leases)
-        .where(leases.c.name == name, or_(leases.c.holder == holder, leases.c.expires_at < now))
-        .values(holder=holder, expires_at=until)
+        update(leases).where(leases.c.name == name, or_(*free)).values(holder=holder, expires_at=until)
     )
     return bool(got.rowcount)
 

@@ -1,0 +1,127 @@
+"""Replica heartbeats: who is alive, so a dead replica's work is taken over in seconds, a live one's never.
+
+Each ``serve`` process writes ``replicas.heartbeat_at`` every ``engine.heartbeat_seconds`` (one UPDATE of one
+row). A replica whose heartbeat is older than ``engine.replica_timeout_seconds`` is dead (SIGKILL, OOM kill,
+lost node): the others then take over its outbox claims (``claimed_by`` = ``<instance>/<worker>``) and its
+leases (``holder`` = ``<instance>``) without waiting for the claim or lease to expire. A holder without a
+``replicas`` row (a one-shot CLI run, an older release during a rolling upgrade) is judged by the expiry only.
+
+A replica that cannot write its heartbeat for that long may be presumed dead while it still runs (a database
+partition, a frozen VM), so its delivery workers check :meth:`Heartbeat.healthy` before each send and stop
+sending until the heartbeat gets through again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlalchemy import ColumnElement, Connection, delete, exists, func, update
+
+from sync.clock import Clock
+from sync.schema import replicas
+
+if TYPE_CHECKING:
+    from sync.store import Store
+
+log = logging.getLogger("ticketpager.heartbeat")
+
+FORGET_AFTER = timedelta(hours=1)  # rows of replicas silent this long are deleted when a replica starts
+
+
+class HeartbeatLike(Protocol):
+    def healthy(self) -> bool:
+        """True while this replica's heartbeat is recent enough that no other replica can presume it dead."""
+        ...
+
+    def unbroken_since(self, when: datetime) -> bool:
+        """True if the heartbeat has been :meth:`healthy` without a gap since ``when``."""
+        ...
+
+
+def claim_holder_dead(
+    claimed_by: ColumnElement[Any], stale_before: datetime | ColumnElement[Any]
+) -> ColumnElement[bool]:
+    """SQL: the replica that holds this claim (``<instance>/<worker>``) stopped heartbeating before
+    ``stale_before``."""
+    prefix = replicas.c.instance + "/"
+    return exists().where(
+        replicas.c.heartbeat_at < stale_before,
+        func.substr(claimed_by, 1, func.length(prefix)) == prefix,
+    )
+
+
+def lease_holder_dead(holder: ColumnElement[Any], stale_before: datetime) -> ColumnElement[bool]:
+    """SQL: the replica holding this lease (``holder`` = its instance) stopped heartbeating before
+    ``stale_before``."""
+    return exists().where(replicas.c.instance == holder, replicas.c.heartbeat_at < stale_before)
+
+
+def record_beat(conn: Connection, instance: str, now: datetime) -> None:
+    """Upsert ``instance``'s heartbeat (an UPDATE; an INSERT only the first time)."""
+    from sync.store import _insert_ignore
+
+    done = conn.execute(update(replicas).where(replicas.c.instance == instance).values(heartbeat_at=now))
+    if not done.rowcount:
+        conn.execute(_insert_ignore(conn, replicas), {"instance": instance, "started_at": now, "heartbeat_at": now})
+
+
+class Heartbeat:
+    """This process's heartbeat. :meth:`beat` is called by the service's heartbeat thread; the delivery
+    workers ask :meth:`healthy` and :meth:`unbroken_since` (thread-safe: plain attribute reads)."""
+
+    def __init__(self, store: Store, clock: Clock, instance: str, *, interval: float, timeout: float) -> None:
+        self.store = store
+        self.clock = clock
+        self.instance = instance
+        self.interval = interval
+        self.timeout = timeout
+        self.last_ok: datetime | None = None  # the time written by the latest heartbeat that committed
+        self.resumed_at: datetime | None = None  # the first heartbeat after the latest gap (or the first ever)
+
+    def __repr__(self) -> str:
+        return f"<Heartbeat {self.instance}>"
+
+    @property
+    def _margin(self) -> timedelta:
+        """How old our last heartbeat may be while we still count as alive: the others take over at
+        ``timeout``; one interval earlier we stop sending."""
+        return timedelta(seconds=self.timeout - self.interval)
+
+    def register(self) -> None:
+        """First heartbeat at start; rows left by replicas gone for an hour are deleted (their claims and
+        leases have long expired)."""
+        now = self.clock.now()
+        with self.store.begin() as conn:
+            conn.execute(delete(replicas).where(replicas.c.heartbeat_at < now - FORGET_AFTER))
+        self.beat()
+
+    def beat(self) -> None:
+        """Write the heartbeat (raises the database's error: the caller's loop retries). On SQLite it goes
+        before background writers (one tiny UPDATE): a busy engine must not make this replica look dead."""
+        now = self.clock.now()
+        with self.store.begin(urgent=True) as conn:
+            record_beat(conn, self.instance, now)
+        if self.last_ok is None or now - self.last_ok >= self._margin:
+            if self.last_ok is not None:
+                log.warning(
+                    "heartbeat of %s resumed after %.1f s: claims may have been taken over meanwhile",
+                    self.instance,
+                    (now - self.last_ok).total_seconds(),
+                )
+            self.resumed_at = now
+        self.last_ok = now
+
+    def healthy(self) -> bool:
+        last = self.last_ok
+        return last is not None and self.clock.now() - last < self._margin
+
+    def unbroken_since(self, when: datetime) -> bool:
+        resumed = self.resumed_at
+        return self.healthy() and resumed is not None and resumed <= when
+
+    def forget(self) -> None:
+        """Clean stop: remove our row (our claims were handed back already)."""
+        with self.store.begin() as conn:
+            conn.execute(delete(replicas).where(replicas.c.instance == self.instance))
