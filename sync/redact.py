@@ -8,7 +8,8 @@ are logged, stored in the database (poll errors, dead letters) and shown by ``/r
 
 * every configured secret (API tokens, passwords, webhook secrets, bearer tokens, the metrics token,
   PagerDuty routing keys) in each encoding it travels in: raw, Basic auth (base64 of ``user:secret``,
-  and any base64 run containing it, whatever its alignment), URL-encoded, JSON- and ``repr``-escaped;
+  and any base64 run containing it, whatever its alignment), URL-encoded (hex in either case), JSON-
+  (``\\/``, ``\\u003d``), ``repr``- and HTML-escaped, each character in whichever escaping the echo chose;
 * anything shaped like a credential: an ``Authorization`` value, ``Bearer …`` / ``Basic …``,
   ``token=…``, ``api_key: …``, ``password=…``, the password in ``scheme://user:password@host``.
 
@@ -19,11 +20,11 @@ routing keys as they load; a call may add more (``extra``), e.g. the routing key
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import threading
 from collections.abc import Iterable
-from urllib.parse import quote, quote_plus
 
 from pydantic import BaseModel, SecretStr
 
@@ -84,20 +85,46 @@ def _base64_cores(secret: bytes) -> set[str]:
     return cores
 
 
+def _hex(value: int, width: int = 1) -> str:
+    """``value`` in hex as a pattern matching either case of its digits (``%2f`` and ``%2F``)."""
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{value:0{width}x}")
+
+
+def _escaped_char(char: str) -> str:
+    """A pattern for one character of a secret as any encoder may write it: raw; percent-encoded (RFC 3986
+    §2.1: hex in either case; ``+`` for a space in a form); JSON's ``\\uXXXX`` and ``\\/`` (RFC 8259 §7: Gson,
+    Go and Rails escape ``<>&='`` so, PHP escapes ``/``); a backslash escape (``repr``); an HTML character
+    reference (an error page). ASCII letters and digits are never escaped by these, so they match as is."""
+    if char.isascii() and char.isalnum():
+        return char
+    forms = {re.escape(char), re.escape(json.dumps(char)[1:-1]), re.escape(repr(char)[1:-1])}
+    forms.add("".join(f"%{_hex(byte, 2)}" for byte in char.encode()))
+    utf16 = char.encode("utf-16-be")
+    forms.add("".join(rf"\\u{_hex(int.from_bytes(utf16[i : i + 2]), 4)}" for i in range(0, len(utf16), 2)))
+    if char.isascii():
+        forms.add(re.escape("\\" + char))
+    if char == " ":
+        forms.add(r"\+")
+    forms.add(f"&#0{{0,8}}{ord(char)};")
+    forms.add(f"&#[xX]0{{0,8}}{_hex(ord(char))};")
+    forms.add(re.escape(html.escape(char)))
+    if char == "'":
+        forms.add("&apos;")
+    return "(?:" + "|".join(sorted(forms, key=lambda f: (-len(f), f))) + ")"
+
+
+def text_pattern(secret: str) -> str:
+    """A pattern for ``secret`` written in text: raw, or with any of its characters escaped by
+    :func:`_escaped_char` (several encoders may have taken turns, or escaped only some characters)."""
+    return "".join(_escaped_char(char) for char in secret)
+
+
 def variants(secret: str, users: Iterable[str] = ()) -> set[str]:
-    """Every form ``secret`` may travel in: raw, URL-encoded, JSON- and repr-escaped, Basic auth with each
-    known user, and base64 at any alignment."""
+    """The forms of ``secret`` that :func:`text_pattern` does not cover: Basic auth with each known user,
+    base64 at any alignment, and ``repr``'s control character escapes."""
     if len(secret) < MIN_SECRET_LENGTH:
         return set()
-    found = {
-        secret,
-        quote(secret, safe=""),
-        quote(secret),
-        quote_plus(secret),
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        repr(secret)[1:-1],
-    }
+    found = {repr(secret)[1:-1]}  # e.g. "\\x7f": repr escapes some control characters as JSON does not
     raw = secret.encode()
     for user in users:
         for suffix in _USER_SUFFIXES:
@@ -183,13 +210,18 @@ class Redactor:
 
 def _compile(secrets: Iterable[str], users: Iterable[str]) -> re.Pattern[str] | None:
     users = tuple(users)
+    secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=lambda s: (-len(s), s))
     forms: set[str] = set()
     for secret in secrets:
         forms |= variants(secret, users)
-    if not forms:
+    if not secrets:
         return None
+    texts = [text_pattern(s) for s in secrets]
+    written = re.compile("|".join(texts))
+    forms = {f for f in forms if not written.fullmatch(f)}  # an alternative less to try at every position
     # longest first: a whole Basic credential goes before the base64 core inside it
-    return re.compile("|".join(re.escape(f) for f in sorted(forms, key=lambda f: (-len(f), f))))
+    literals = [re.escape(f) for f in sorted(forms, key=lambda f: (-len(f), f))]
+    return re.compile("|".join(literals + texts))
 
 
 def _authorization(match: re.Match[str]) -> str:
