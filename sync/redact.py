@@ -34,6 +34,10 @@ MIN_BASE64_CORE = 6  # the base64 run that stands for a secret inside longer bas
 #: Vendors' error bodies are cut to a few hundred characters for storage: a secret is redacted before the
 #: cut (a cut through it would leave a fragment no longer recognisable), over at most this much text.
 MAX_SCAN_CHARS = 64 * 1024
+#: Longer text is read this much further, then cut to MAX_SCAN_CHARS once redacted: a secret across the bound
+#: is redacted whole instead of leaving its first characters (a secret of up to ~1,300 characters in its widest
+#: escaping, 12 characters each; the 1,024-character values of the credential shapes).
+SCAN_OVERLAP = 16 * 1024
 
 # settings fields holding the user half of a Basic credential (Jira Cloud, Zendesk, ServiceNow)
 _USER_FIELDS = frozenset({"email", "username"})
@@ -186,11 +190,15 @@ class Redactor:
         return self.redact(text, extra)
 
     def redact(self, text: str, extra: Iterable[str] = ()) -> str:
-        """``text`` without any secret or credential-shaped value (at most :data:`MAX_SCAN_CHARS` read)."""
+        """``text`` without any secret or credential-shaped value, cut to :data:`MAX_SCAN_CHARS` (once redacted:
+        see :data:`SCAN_OVERLAP`)."""
         if not text:
             return text
         if len(text) > MAX_SCAN_CHARS:
-            text = text[:MAX_SCAN_CHARS]
+            return self._redact(text[: MAX_SCAN_CHARS + SCAN_OVERLAP], extra)[:MAX_SCAN_CHARS]
+        return self._redact(text, extra)
+
+    def _redact(self, text: str, extra: Iterable[str]) -> str:
         pattern = self._pattern
         if pattern is not None:
             text = pattern.sub(REDACTED, text)
