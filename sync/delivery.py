@@ -158,6 +158,7 @@ class Delivery:
                 METRICS.events.labels(action, "rate_limited").inc()
             self._release(row["id"], wait)
             return
+        self.limiter.sent(row["id"])
         # An event whose claim still runs for longer than its one POST may take (connect + read timeouts,
         # with a margin) cannot be taken by another worker before we are done: renewing it would cost one
         # more write transaction per event for nothing. Older claims (rows behind slow sends of this batch,
