@@ -9,7 +9,7 @@ are logged, stored in the database (poll errors, dead letters) and shown by ``/r
 * every configured secret (API tokens, passwords, webhook secrets, bearer tokens, the metrics token,
   PagerDuty routing keys) in each encoding it travels in: raw, Basic auth (base64 of ``user:secret``,
   and any base64 run containing it, whatever its alignment), URL-encoded (hex in either case), JSON-
-  (``\\/``, ``\\u003d``), ``repr``- and HTML-escaped, each character in whichever escaping the echo chose;
+  (``\\/``, ``\\u003d``), ``repr``- and HTML-escaped (whichever characters the encoder escaped);
 * anything shaped like a credential: an ``Authorization`` value, ``Bearer …`` / ``Basic …``,
   ``token=…``, ``api_key: …``, ``password=…``, the password in ``scheme://user:password@host``.
 
@@ -94,33 +94,54 @@ def _hex(value: int, width: int = 1) -> str:
     return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{value:0{width}x}")
 
 
-def _escaped_char(char: str) -> str:
-    """A pattern for one character of a secret as any encoder may write it: raw; percent-encoded (RFC 3986
-    §2.1: hex in either case; ``+`` for a space in a form); JSON's ``\\uXXXX`` and ``\\/`` (RFC 8259 §7: Gson,
-    Go and Rails escape ``<>&='`` so, PHP escapes ``/``); a backslash escape (``repr``); an HTML character
-    reference (an error page). ASCII letters and digits are never escaped by these, so they match as is."""
-    if char.isascii() and char.isalnum():
-        return char
-    forms = {re.escape(char), re.escape(json.dumps(char)[1:-1]), re.escape(repr(char)[1:-1])}
-    forms.add("".join(f"%{_hex(byte, 2)}" for byte in char.encode()))
-    utf16 = char.encode("utf-16-be")
-    forms.add("".join(rf"\\u{_hex(int.from_bytes(utf16[i : i + 2]), 4)}" for i in range(0, len(utf16), 2)))
-    if char.isascii():
-        forms.add(re.escape("\\" + char))
-    if char == " ":
-        forms.add(r"\+")
-    forms.add(f"&#0{{0,8}}{ord(char)};")
-    forms.add(f"&#[xX]0{{0,8}}{_hex(ord(char))};")
+def _percent(char: str) -> str:
+    """``char`` percent-encoded (RFC 3986 §2.1: UTF-8 bytes, hex in either case)."""
+    return "".join(f"%{_hex(byte, 2)}" for byte in char.encode())
+
+
+def _url_forms(char: str) -> set[str]:
+    """Raw or percent-encoded (``+`` for a space in a form): encoders differ in what they leave raw."""
+    return {re.escape(char), _percent(char)} | ({r"\+"} if char == " " else set())
+
+
+def _json_forms(char: str) -> set[str]:
+    """In a JSON string (RFC 8259 §7): raw unless JSON must escape it, ``\\uXXXX`` (Gson, Go and Rails
+    escape ``<>&='`` so), the short escapes, ``\\/`` (PHP). Never a raw backslash: no two ways to split."""
+    units = char.encode("utf-16-be")
+    forms = {"".join(rf"\\u{_hex(int.from_bytes(units[i : i + 2]), 4)}" for i in range(0, len(units), 2))}
+    forms.add(re.escape(json.dumps(char, ensure_ascii=False)[1:-1]))
+    if char == "/":
+        forms.add(re.escape("\\/"))
+    return forms
+
+
+def _html_forms(char: str) -> set[str]:
+    """In an HTML page: raw, or a character reference (decimal, hex in either case, or named)."""
+    forms = {re.escape(char), f"&#0{{0,8}}{ord(char)};", f"&#[xX]0{{0,8}}{_hex(ord(char))};"}
     forms.add(re.escape(html.escape(char)))
-    if char == "'":
-        forms.add("&apos;")
-    return "(?:" + "|".join(sorted(forms, key=lambda f: (-len(f), f))) + ")"
+    return forms | ({"&apos;"} if char == "'" else set())
+
+
+# One encoding per echo: a character may be written either way within an encoding, never across two (so no
+# character has two forms of which one is the other's start, like a raw backslash and JSON's "\\": hostile
+# text with a run of them would be split 2^n ways).
+_ENCODINGS = (_url_forms, _json_forms, _html_forms)
 
 
 def text_pattern(secret: str) -> str:
-    """A pattern for ``secret`` written in text: raw, or with any of its characters escaped by
-    :func:`_escaped_char` (several encoders may have taken turns, or escaped only some characters)."""
-    return "".join(_escaped_char(char) for char in secret)
+    """A pattern for ``secret`` written in text: raw, URL-encoded (hex in either case), JSON-escaped or
+    HTML-escaped, any of its characters escaped or not. ASCII letters and digits match as they are."""
+
+    def one(forms: set[str]) -> str:
+        if len(forms) == 1:
+            return next(iter(forms))
+        return "(?:" + "|".join(sorted(forms, key=lambda f: (-len(f), f))) + ")"
+
+    written = {
+        "".join(char if char.isascii() and char.isalnum() else one(encoding(char)) for char in secret)
+        for encoding in _ENCODINGS
+    }
+    return one(written)
 
 
 def variants(secret: str, users: Iterable[str] = ()) -> set[str]:

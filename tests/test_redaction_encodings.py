@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 
 import pytest
 
@@ -49,3 +50,17 @@ def test_an_escaped_lookalike_is_not_redacted() -> None:
     """Only the secret's own characters, escaped, match: another value with the same letters does not."""
     other = "ATATT3x%2FJira%2BTok%3De9m"
     assert Redactor([TOKEN]).redact(other) == other
+
+
+@pytest.mark.parametrize("run", ["\\", "&", "%", "/", "'"])
+def test_runs_of_an_escapable_character_cost_no_backtracking(run: str) -> None:
+    """A secret with a run of one escapable character, against hostile text built from its forms that never
+    completes: bounded time (a pattern letting each character be raw *or* escaped would try 2^n splits)."""
+    secret = "a" + run * 24 + "b"
+    redactor = Redactor([secret])
+    forms = {"\\": "\\", "&": "&amp;", "%": "%25", "/": "\\/", "'": "&#39;"}
+    hostile = ("a" + (run + forms[run]) * 23 + "c ") * 40
+    start = time.process_time()
+    redactor.redact(hostile)
+    assert time.process_time() - start < 0.5, run
+    assert redactor.redact(f"x {secret} y") == f"x {REDACTED} y"
