@@ -274,7 +274,9 @@ class Reservation:
             self.end = self._clock.now()
 
 
-HELD_MEMORY = 100_000  # held-back events remembered by RateLimiter.first_hold (a few MB at most)
+# Held-back events remembered by RateLimiter.first_hold until sent (about 140 bytes each: 3 MB at most). Past it
+# the oldest are forgotten (e.g. held here, then sent by another replica): such an event may count twice.
+HELD_MEMORY = 20_000
 
 
 class RateLimiter:
@@ -292,7 +294,8 @@ class RateLimiter:
     :meth:`reserve` returns how long a send for ``key`` must wait (0 = go) and, to go, the
     :class:`Reservation` to mark :meth:`~Reservation.finished` when the POST is over. :meth:`wait_for` is
     ``reserve`` for a send whose end is not reported (it counts as ending ``send_seconds`` after it began).
-    :meth:`first_hold` tells whether an event is held back for the first time (the metric counts events).
+    :meth:`first_hold` tells whether an event is held back for the first time (the metric counts events), and
+    :meth:`sent` forgets it when it goes out.
     """
 
     def __init__(
@@ -336,7 +339,7 @@ class RateLimiter:
     def first_hold(self, event: object) -> bool:
         """True the first time ``event`` (an outbox row id) is held back. A held event is re-checked each time
         the window frees a slot, which another held event may take: counting every check would count a burst
-        of n held events about n²/2 times. Remembers the last :data:`HELD_MEMORY` events (of this process)."""
+        of n held events about n²/2 times. Remembers an event until :meth:`sent` (at most :data:`HELD_MEMORY`)."""
         with self._lock:
             if event in self._held:
                 self._held.move_to_end(event)
@@ -345,3 +348,8 @@ class RateLimiter:
             if len(self._held) > HELD_MEMORY:
                 self._held.popitem(last=False)
             return True
+
+    def sent(self, event: object) -> None:
+        """``event`` goes out now: forget it (an id the database hands out again is a new event)."""
+        with self._lock:
+            self._held.pop(event, None)

@@ -216,6 +216,7 @@ class Delivery:
                 METRICS.events.labels(action, "rate_limited").inc()
             self._release(row["id"], wait)
             return
+        self.limiter.sent(row["id"])
         try:
             self._deliver_event(row, action, claimed)
         finally:  # the event may have arrived any time until now: the limiter counts it from here

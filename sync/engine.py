@@ -41,6 +41,7 @@ from sync.model import (
     diff_tickets,
     merge_changes,
 )
+from sync.redact import redact
 from sync.schema import changes, decisions, links, outbox, tickets
 from sync.store import Store, _insert_ignore
 
@@ -228,7 +229,12 @@ class Engine:
                 conn.execute(
                     update(changes)
                     .where(changes.c.id == row["id"], changes.c.status == "pending")
-                    .values(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000], processed_at=self.clock.now())
+                    .values(
+                        status="failed",
+                        # redacted before the cut: a database error quotes its parameters (routing key, event body)
+                        error=redact(f"{type(exc).__name__}: {exc}")[:2000],
+                        processed_at=self.clock.now(),
+                    )
                 )
             return True
 

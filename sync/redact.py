@@ -8,7 +8,8 @@ are logged, stored in the database (poll errors, dead letters) and shown by ``/r
 
 * every configured secret (API tokens, passwords, webhook secrets, bearer tokens, the metrics token,
   PagerDuty routing keys) in each encoding it travels in: raw, Basic auth (base64 of ``user:secret``,
-  and any base64 run containing it, whatever its alignment), URL-encoded, JSON- and ``repr``-escaped;
+  and any base64 run containing it, whatever its alignment), URL-encoded (hex in either case), JSON-
+  (``\\/``, ``\\u003d``), ``repr``- and HTML-escaped (whichever characters the encoder escaped);
 * anything shaped like a credential: an ``Authorization`` value, ``Bearer …`` / ``Basic …``,
   ``token=…``, ``api_key: …``, ``password=…``, the password in ``scheme://user:password@host``.
 
@@ -19,11 +20,11 @@ routing keys as they load; a call may add more (``extra``), e.g. the routing key
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import threading
 from collections.abc import Iterable
-from urllib.parse import quote, quote_plus
 
 from pydantic import BaseModel, SecretStr
 
@@ -33,6 +34,10 @@ MIN_BASE64_CORE = 6  # the base64 run that stands for a secret inside longer bas
 #: Vendors' error bodies are cut to a few hundred characters for storage: a secret is redacted before the
 #: cut (a cut through it would leave a fragment no longer recognisable), over at most this much text.
 MAX_SCAN_CHARS = 64 * 1024
+#: Longer text is read this much further, then cut to MAX_SCAN_CHARS once redacted: a secret across the bound
+#: is redacted whole instead of leaving its first characters (a secret of up to ~1,300 characters in its widest
+#: escaping, 12 characters each; the 1,024-character values of the credential shapes).
+SCAN_OVERLAP = 16 * 1024
 
 # settings fields holding the user half of a Basic credential (Jira Cloud, Zendesk, ServiceNow)
 _USER_FIELDS = frozenset({"email", "username"})
@@ -84,20 +89,67 @@ def _base64_cores(secret: bytes) -> set[str]:
     return cores
 
 
+def _hex(value: int, width: int = 1) -> str:
+    """``value`` in hex as a pattern matching either case of its digits (``%2f`` and ``%2F``)."""
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{value:0{width}x}")
+
+
+def _percent(char: str) -> str:
+    """``char`` percent-encoded (RFC 3986 §2.1: UTF-8 bytes, hex in either case)."""
+    return "".join(f"%{_hex(byte, 2)}" for byte in char.encode())
+
+
+def _url_forms(char: str) -> set[str]:
+    """Raw or percent-encoded (``+`` for a space in a form): encoders differ in what they leave raw."""
+    return {re.escape(char), _percent(char)} | ({r"\+"} if char == " " else set())
+
+
+def _json_forms(char: str) -> set[str]:
+    """In a JSON string (RFC 8259 §7): raw unless JSON must escape it, ``\\uXXXX`` (Gson, Go and Rails
+    escape ``<>&='`` so), the short escapes, ``\\/`` (PHP). Never a raw backslash: no two ways to split."""
+    units = char.encode("utf-16-be")
+    forms = {"".join(rf"\\u{_hex(int.from_bytes(units[i : i + 2]), 4)}" for i in range(0, len(units), 2))}
+    forms.add(re.escape(json.dumps(char, ensure_ascii=False)[1:-1]))
+    if char == "/":
+        forms.add(re.escape("\\/"))
+    return forms
+
+
+def _html_forms(char: str) -> set[str]:
+    """In an HTML page: raw, or a character reference (decimal, hex in either case, or named)."""
+    forms = {re.escape(char), f"&#0{{0,8}}{ord(char)};", f"&#[xX]0{{0,8}}{_hex(ord(char))};"}
+    forms.add(re.escape(html.escape(char)))
+    return forms | ({"&apos;"} if char == "'" else set())
+
+
+# One encoding per echo: a character may be written either way within an encoding, never across two (so no
+# character has two forms of which one is the other's start, like a raw backslash and JSON's "\\": hostile
+# text with a run of them would be split 2^n ways).
+_ENCODINGS = (_url_forms, _json_forms, _html_forms)
+
+
+def text_pattern(secret: str) -> str:
+    """A pattern for ``secret`` written in text: raw, URL-encoded (hex in either case), JSON-escaped or
+    HTML-escaped, any of its characters escaped or not. ASCII letters and digits match as they are."""
+
+    def one(forms: set[str]) -> str:
+        if len(forms) == 1:
+            return next(iter(forms))
+        return "(?:" + "|".join(sorted(forms, key=lambda f: (-len(f), f))) + ")"
+
+    written = {
+        "".join(char if char.isascii() and char.isalnum() else one(encoding(char)) for char in secret)
+        for encoding in _ENCODINGS
+    }
+    return one(written)
+
+
 def variants(secret: str, users: Iterable[str] = ()) -> set[str]:
-    """Every form ``secret`` may travel in: raw, URL-encoded, JSON- and repr-escaped, Basic auth with each
-    known user, and base64 at any alignment."""
+    """The forms of ``secret`` that :func:`text_pattern` does not cover: Basic auth with each known user,
+    base64 at any alignment, and ``repr``'s control character escapes."""
     if len(secret) < MIN_SECRET_LENGTH:
         return set()
-    found = {
-        secret,
-        quote(secret, safe=""),
-        quote(secret),
-        quote_plus(secret),
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        repr(secret)[1:-1],
-    }
+    found = {repr(secret)[1:-1]}  # e.g. "\\x7f": repr escapes some control characters as JSON does not
     raw = secret.encode()
     for user in users:
         for suffix in _USER_SUFFIXES:
@@ -159,11 +211,15 @@ class Redactor:
         return self.redact(text, extra)
 
     def redact(self, text: str, extra: Iterable[str] = ()) -> str:
-        """``text`` without any secret or credential-shaped value (at most :data:`MAX_SCAN_CHARS` read)."""
+        """``text`` without any secret or credential-shaped value, cut to :data:`MAX_SCAN_CHARS` (once redacted:
+        see :data:`SCAN_OVERLAP`)."""
         if not text:
             return text
         if len(text) > MAX_SCAN_CHARS:
-            text = text[:MAX_SCAN_CHARS]
+            return self._redact(text[: MAX_SCAN_CHARS + SCAN_OVERLAP], extra)[:MAX_SCAN_CHARS]
+        return self._redact(text, extra)
+
+    def _redact(self, text: str, extra: Iterable[str]) -> str:
         pattern = self._pattern
         if pattern is not None:
             text = pattern.sub(REDACTED, text)
@@ -183,13 +239,18 @@ class Redactor:
 
 def _compile(secrets: Iterable[str], users: Iterable[str]) -> re.Pattern[str] | None:
     users = tuple(users)
+    secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=lambda s: (-len(s), s))
     forms: set[str] = set()
     for secret in secrets:
         forms |= variants(secret, users)
-    if not forms:
+    if not secrets:
         return None
+    texts = [text_pattern(s) for s in secrets]
+    written = re.compile("|".join(texts))
+    forms = {f for f in forms if not written.fullmatch(f)}  # an alternative less to try at every position
     # longest first: a whole Basic credential goes before the base64 core inside it
-    return re.compile("|".join(re.escape(f) for f in sorted(forms, key=lambda f: (-len(f), f))))
+    literals = [re.escape(f) for f in sorted(forms, key=lambda f: (-len(f), f))]
+    return re.compile("|".join(literals + texts))
 
 
 def _authorization(match: re.Match[str]) -> str:
