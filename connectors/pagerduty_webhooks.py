@@ -312,9 +312,7 @@ def parse_event(body: bytes) -> ParsedEvent:
     occurred_at, agent = _occurred_at(event.get("occurred_at")), _agent(event.get("agent"))
     if data_type == "incident":
         incident = _incident(data)
-        return IncidentEvent(
-            event_id, event_type, occurred_at, incident.id, incident.title, agent, incident=incident
-        )
+        return IncidentEvent(event_id, event_type, occurred_at, incident.id, incident.title, agent, incident=incident)
     ref = _reference(data.get("incident"), "event.data.incident")
     if ref is None:
         raise WebhookRejected(400, "event.data.incident must be a JSON object")
