@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import requests
 import responses
 from pydantic import SecretStr
 
 from connectors.pagerduty_rest import (
+    ACCEPT,
     EU_API_URL,
     RATE_LIMIT_FALLBACK_SECONDS,
     REQUESTS_PER_MINUTE,
@@ -32,7 +35,7 @@ from connectors.pagerduty_webhooks import (
     verify_signature,
 )
 from sync.clock import FakeClock
-from sync.errors import PermanentError, RetryableError
+from sync.errors import PermanentError, RetryableError, UnknownOutcome
 from sync.retry import RetryPolicy, call
 from tests.fakes.pagerduty_openapi import SHARED_SPEC_PATH, SPEC, SPEC_PATH
 from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, FakePagerDutyRest
@@ -129,6 +132,20 @@ def test_an_unknown_or_resolved_key_finds_nothing(pd: FakePagerDutyRest, clock: 
     assert client.find_incident(KEY) is None
     found = client.find_incident(KEY, open_only=False)
     assert found is not None and found.status == "resolved"
+
+
+def test_an_incident_older_than_a_month_is_still_found(pd: FakePagerDutyRest, clock: FakeClock) -> None:
+    incident_id = paged(pd)
+    pd.now += timedelta(days=40)  # PagerDuty searches only the last month unless told date_range=all
+    found = client_for(pd, clock).find_incident(KEY)
+    assert found is not None and found.id == incident_id
+    bare = requests.get(
+        f"{pd.url}/incidents",
+        params={"incident_key": KEY},
+        headers={"Authorization": f"Token token={TOKEN}", "Accept": ACCEPT, "Content-Type": "application/json"},
+        timeout=5,
+    )
+    assert bare.json()["incidents"] == [], "the fake keeps PagerDuty's default window"
 
 
 def test_an_empty_dedup_key_is_never_sent(pd: FakePagerDutyRest, clock: FakeClock) -> None:
@@ -229,6 +246,30 @@ def test_a_user_token_acts_as_its_user_without_from() -> None:
         event = only_event(pd)
         assert event.agent is not None and event.agent.id == "PUSER02"
         assert pd.spec_errors == []
+
+
+def test_a_persons_reassignment_and_a_timeout_arrive_as_their_events(pd: FakePagerDutyRest) -> None:
+    incident_id = paged(pd)
+    pd.reassign(incident_id, ["PUSER02"], by="PUSER01")
+    reassigned = only_event(pd)
+    assert reassigned.event_type is EventType.REASSIGNED and reassigned.incident is not None
+    assert [a.id for a in reassigned.incident.assignees] == ["PUSER02"] and not reassigned.is_echo(own_user_ids={BOT})
+    pd.acknowledge(incident_id, by="PUSER02")
+    pd.outbox.clear()
+    pd.unacknowledge(incident_id)
+    timed_out = only_event(pd)
+    assert timed_out.event_type is EventType.UNACKNOWLEDGED and timed_out.agent is None
+
+
+def test_a_write_without_an_answer_in_time_is_an_unknown_outcome(pd: FakePagerDutyRest, clock: FakeClock) -> None:
+    incident_id = paged(pd)
+    pd.latency_seconds = 0.5
+    client = client_for(pd, clock, timeout=0.1)
+    with pytest.raises(UnknownOutcome):
+        client.acknowledge(incident_id)  # PagerDuty may have acted: the caller re-reads before acting again
+    with pytest.raises(RetryableError) as caught:
+        client.get_incident(incident_id)
+    assert not isinstance(caught.value, UnknownOutcome), "a read has no outcome to be unsure of"
 
 
 # -- lookups and pagination --------------------------------------------------------------------------------------

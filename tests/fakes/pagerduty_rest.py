@@ -31,6 +31,7 @@ import hmac
 import itertools
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -136,6 +137,7 @@ class FakePagerDutyRest:
         self.outbox: list[Delivery] = []  # webhooks not delivered yet, in order
         self.delivered: list[Delivery] = []
         self._script: deque[tuple[int, dict[str, str], Any]] = deque()
+        self.latency_seconds = 0.0  # slept before every answer: a slow PagerDuty, for real socket timeouts
         self._ids = itertools.count(1)
         self._numbers = itertools.count(800)
         self._lock = threading.RLock()
@@ -311,6 +313,23 @@ class FakePagerDutyRest:
     def delegate(self, incident_id: str, policy_id: str, by: str = "PUSER01") -> None:
         with self._lock:
             self._delegate(self.state.incidents[incident_id], policy_id, self._user_agent(by))
+
+    def reassign(self, incident_id: str, user_ids: list[str], by: str = "PUSER01") -> None:
+        """A person hands the incident to users (``incident.reassigned``; escalation stops)."""
+        with self._lock:
+            incident = self.state.incidents[incident_id]
+            self._assign(incident, user_ids)
+            self._queue(
+                "incident.reassigned",
+                self._incident_data(incident),
+                str(incident["service"]["id"]),
+                self._user_agent(by),
+            )
+
+    def unacknowledge(self, incident_id: str) -> None:
+        """The acknowledgement timed out (``incident.unacknowledged``, no agent: automation)."""
+        with self._lock:
+            self._set_status(self.state.incidents[incident_id], "triggered", None)
 
     def emit(self, incident_id: str, event_type: str, agent: dict[str, Any] | None = None) -> None:
         """Queue a webhook of ``event_type`` for the incident as it is now (e.g. ``incident.escalated`` by a
@@ -537,6 +556,8 @@ class FakePagerDutyRest:
 
     # -- HTTP --------------------------------------------------------------------------------------------------
     def _handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any, dict[str, str]]:
+        if self.latency_seconds > 0:
+            time.sleep(self.latency_seconds)
         parts = urlsplit(target)
         path, query = parts.path.rstrip("/") or "/", parse_qs(parts.query, keep_blank_values=True)
         lower = {k.lower(): v for k, v in headers.items()}
