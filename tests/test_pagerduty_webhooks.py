@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from connectors.pagerduty_webhooks import (
@@ -276,3 +278,40 @@ def test_a_body_bigger_than_pagerduty_ever_sends_is_refused_413_before_parsing()
 def test_occurred_at_keeps_its_zone() -> None:
     event = parsed("resolved_events_api.json")
     assert event.occurred_at == datetime(2026, 9, 27, 10, 15, 2, 120000, tzinfo=UTC)
+
+
+# -- hostile input -----------------------------------------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+FIXTURE_NAMES = sorted(p.name for p in FIXTURES.glob("*.json"))
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _paths(value, (*prefix, i))
+    return found
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(FIXTURE_NAMES), pick=st.integers(min_value=0), value=JSON_VALUES)
+def test_any_value_anywhere_in_a_documented_payload_parses_or_is_refused_400(name: str, pick: int, value: Any) -> None:
+    raw = json.loads(body_of(name))
+    paths = _paths(raw)[1:]
+    path = paths[pick % len(paths)]
+    node = raw
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    try:
+        parse_event(json.dumps(raw).encode())
+    except WebhookRejected as exc:
+        assert exc.status == 400 and exc.reason
