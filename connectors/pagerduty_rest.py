@@ -341,6 +341,18 @@ class PagerDutyRestClient:
         }
         return _subscription(self._json("POST", "/webhook_subscriptions", json=body).get("webhook_subscription"))
 
+    def ensure_webhook_subscription(
+        self, url: str, events: Sequence[str], *, service_id: str | None = None, description: str = "ticketpager"
+    ) -> tuple[WebhookSubscription, bool]:
+        """The subscription of ``service_id`` (or the account) delivering to ``url``: the existing one (its secret
+        is not shown again), or a new one (``True``: store its secret now). Registering twice creates nothing,
+        and PagerDuty allows only 10 per scope."""
+        kind = "service" if service_id else "account"
+        for existing in self.list_webhook_subscriptions(kind, service_id):
+            if existing.url == url:
+                return existing, False
+        return self.create_webhook_subscription(url, events, service_id=service_id, description=description), True
+
     def ping(self, subscription_id: str) -> None:
         """PagerDuty sends the ``pagey.ping`` test event to the subscription's URL (202)."""
         self._send("POST", f"/webhook_subscriptions/{_seg(subscription_id)}/ping")

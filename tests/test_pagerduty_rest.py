@@ -357,6 +357,23 @@ def test_a_created_subscription_shows_its_secret_once_and_its_ping_arrives_signe
     assert isinstance(ping, IgnoredEvent) and ping.event_type == "pagey.ping"
 
 
+def test_registering_the_same_url_twice_creates_one_subscription(pd: FakePagerDutyRest, clock: FakeClock) -> None:
+    client = client_for(pd, clock)
+    first, created = client.ensure_webhook_subscription(
+        "https://tp.example/webhooks/pagerduty", ["incident.resolved"], service_id="PSVC001"
+    )
+    assert created and first.secret is not None
+    again, created_again = client.ensure_webhook_subscription(
+        "https://tp.example/webhooks/pagerduty", ["incident.resolved"], service_id="PSVC001"
+    )
+    assert not created_again and again.id == first.id and again.secret is None
+    assert len(pd.state.subscriptions) == 1
+    other, created_other = client.ensure_webhook_subscription(
+        "https://tp.example/webhooks/pagerduty", ["incident.resolved"]
+    )
+    assert created_other and other.filter_type == "account_reference" and len(pd.state.subscriptions) == 2
+
+
 def test_a_persons_actions_in_pagerduty_arrive_as_signed_webhooks_during_a_secret_rotation(
     pd: FakePagerDutyRest, receiver: Receiver
 ) -> None:
