@@ -6,6 +6,7 @@ Classes are imported lazily (the vendor clients are heavy); use :func:`connector
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from connectors import registry
@@ -13,10 +14,21 @@ from connectors import registry
 if TYPE_CHECKING:
     from connectors.base import Connector
 
-#: source name -> "module:Class", read from the registry (built-ins, then plug-ins)
-CONNECTORS: dict[str, str] = {system.name: system.connector for system in registry.systems()}
 
-SOURCES = tuple(CONNECTORS)
+class _Connectors(Mapping[str, str]):
+    """source name -> "module:Class", read from the registry on each use (plug-ins load on first use)."""
+
+    def __getitem__(self, source: str) -> str:
+        return registry.get(source).connector
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.names())
+
+    def __len__(self) -> int:
+        return len(registry.names())
+
+
+CONNECTORS: Mapping[str, str] = _Connectors()
 
 
 def connector_class(source: str) -> type[Connector]:
@@ -24,4 +36,4 @@ def connector_class(source: str) -> type[Connector]:
     return registry.get(source).connector_class()
 
 
-__all__ = ["CONNECTORS", "SOURCES", "connector_class"]
+__all__ = ["CONNECTORS", "connector_class"]

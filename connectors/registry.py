@@ -18,8 +18,10 @@ in the ``ticketpager.systems`` group naming its :class:`System`::
     [project.entry-points."ticketpager.systems"]
     acmedesk = "acmedesk_ticketpager:SYSTEM"
 
-Entry points are loaded when this module is first imported, before the settings tree is built from the
-registry; :func:`register` refuses a system once that happened (its settings could not be read any more).
+Entry points are loaded on the first question to the registry (:func:`systems`, :func:`names`, :func:`get`),
+which the application asks when it builds the settings tree at start-up (a plug-in module may itself import
+``connectors``: loading them on import would be circular); :func:`register` refuses a system once the
+settings tree is built (its settings could not be read any more).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ BUILTIN: tuple[System, ...] = (
 
 _SYSTEMS: dict[str, System] = {}
 _frozen = False
+_plugins = "not loaded"  # → "loading" → "loaded"
 
 
 def register(system: System) -> System:
@@ -96,20 +99,27 @@ def freeze() -> None:
 
 def systems() -> tuple[System, ...]:
     """Every registered system, built-ins first, in registration order."""
+    _load_plugins()
     return tuple(_SYSTEMS.values())
 
 
 def names() -> tuple[str, ...]:
     """The registered systems' names (the valid ``--source`` values)."""
-    return tuple(_SYSTEMS)
+    return tuple(system.name for system in systems())
 
 
 def get(name: str) -> System:
     """The system called ``name``; ``KeyError`` for an unknown one."""
+    _load_plugins()
     return _SYSTEMS[name]
 
 
 def _load_plugins() -> None:
+    """Register the systems of the ``ticketpager.systems`` entry points, once."""
+    global _plugins
+    if _plugins != "not loaded":
+        return
+    _plugins = "loading"
     for point in entry_points(group=ENTRY_POINT_GROUP):
         try:
             system = point.load()
@@ -121,10 +131,10 @@ def _load_plugins() -> None:
                 f"named {point.name!r}"
             )
         register(system)
+    _plugins = "loaded"
 
 
 for _builtin in BUILTIN:
     register(_builtin)
-_load_plugins()
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "System", "freeze", "get", "names", "register", "systems"]
