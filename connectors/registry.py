@@ -75,13 +75,13 @@ _plugins = "not loaded"  # → "loading" → "loaded"
 
 def register(system: System) -> System:
     """Add ``system`` to the registry (and its attributes to the rules' field vocabulary)."""
+    if not NAME_PATTERN.fullmatch(system.name) or system.name in RESERVED_NAMES:
+        raise ConfigError(f"system name {system.name!r} is not usable: lowercase letters, digits and _, not 'any'")
     if _frozen:
         raise ConfigError(
             f"system {system.name!r} registered after the settings tree was built: register it through the "
             f"{ENTRY_POINT_GROUP!r} entry point group instead"
         )
-    if not NAME_PATTERN.fullmatch(system.name) or system.name in RESERVED_NAMES:
-        raise ConfigError(f"system name {system.name!r} is not usable: lowercase letters, digits and _, not 'any'")
     if system.name in _SYSTEMS:
         raise ConfigError(f"system {system.name!r} is registered twice")
     if not (isinstance(system.settings, type) and issubclass(system.settings, ConnectorSettings)):
