@@ -1,31 +1,39 @@
-"""Connectors: one module per external system. :data:`CONNECTORS` maps a source name to its class.
+"""Connectors: one module per external system, each registered once in :mod:`connectors.registry`.
+:data:`CONNECTORS` maps a registered source name to its class ("module:Class").
 
 Classes are imported lazily (the vendor clients are heavy); use :func:`connector_class`.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
+
+from connectors import registry
 
 if TYPE_CHECKING:
     from connectors.base import Connector
 
-#: source name -> "module:Class"
-CONNECTORS: dict[str, str] = {
-    "jira": "connectors.jira:JiraConnector",
-    "zendesk": "connectors.zendesk:ZendeskConnector",
-    "servicenow": "connectors.servicenow:ServiceNowConnector",
-}
 
-SOURCES = tuple(CONNECTORS)
+class _Connectors(Mapping[str, str]):
+    """source name -> "module:Class", read from the registry on each use (plug-ins load on first use)."""
+
+    def __getitem__(self, source: str) -> str:
+        return registry.get(source).connector
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.names())
+
+    def __len__(self) -> int:
+        return len(registry.names())
+
+
+CONNECTORS: Mapping[str, str] = _Connectors()
 
 
 def connector_class(source: str) -> type[Connector]:
     """The connector class for ``source``; ``KeyError`` for an unknown source."""
-    module_name, _, class_name = CONNECTORS[source].partition(":")
-    cls: type[Connector] = getattr(importlib.import_module(module_name), class_name)
-    return cls
+    return registry.get(source).connector_class()
 
 
-__all__ = ["CONNECTORS", "SOURCES", "connector_class"]
+__all__ = ["CONNECTORS", "connector_class"]

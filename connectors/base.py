@@ -24,10 +24,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import requests
 
+from connectors.settings import ConnectorSettings
 from sync.clock import Clock, SystemClock
 from sync.model import EventAction, TicketChange, TicketRef
 from sync.retry import RetryPolicy
-from sync.settings import ConnectorSettings
 
 Headers = Mapping[str, str]  # lower-cased header names
 

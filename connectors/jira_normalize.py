@@ -14,6 +14,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sync.model import FieldChange, StatusCategory, Ticket
 
+#: the ``ticket.attributes`` this connector fills: the names rules with ``source: jira`` may use
+ATTRIBUTES: frozenset[str] = frozenset(
+    {
+        "project",  # project key, e.g. OPS
+        "project_name",
+        "issue_type",  # e.g. Bug, Incident
+        "components",  # list of component names
+        "resolution",  # resolution name or None
+        "status_id",
+        "priority_id",
+        "reporter",  # display name (also in requester)
+    }
+)
+
 SOURCE = "jira"
 
 # statusCategory.key values: new / indeterminate / done (and "undefined" for a broken workflow).

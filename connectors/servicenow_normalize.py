@@ -16,6 +16,23 @@ from typing import Any
 from sync.errors import ConfigError
 from sync.model import StatusCategory, Ticket
 
+#: the ``ticket.attributes`` this connector fills: the names rules with ``source: servicenow`` may use
+ATTRIBUTES: frozenset[str] = frozenset(
+    {
+        "number",  # INC0010001 (also the key)
+        "impact",  # 1..3 as int
+        "urgency",  # 1..3 as int
+        "priority_number",  # 1..5 as int (priority holds the label, e.g. "1 - Critical")
+        "state",  # raw state value as text, e.g. "2"
+        "category",
+        "subcategory",
+        "configuration_item",  # display name of cmdb_ci
+        "caller",  # display name of caller_id
+        "company",
+        "table",
+    }
+)
+
 SOURCE = "servicenow"
 
 # Raw date/time format of the Table API with sysparm_display_value=false (always UTC, no offset):

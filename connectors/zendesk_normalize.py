@@ -18,6 +18,22 @@ from typing import Any
 
 from sync.model import StatusCategory, Ticket, check_instant
 
+#: the ``ticket.attributes`` this connector fills: the names rules with ``source: zendesk`` may use
+ATTRIBUTES: frozenset[str] = frozenset(
+    {
+        "brand",  # brand name when known, else id as text
+        "brand_id",
+        "group_id",
+        "organization_id",
+        "organization_tags",  # tags of the requester's organization (VIP rules), list
+        "requester_id",
+        "requester_email",
+        "via_channel",  # web, email, api, …
+        "ticket_type",  # problem, incident, question, task
+        "custom_status_id",
+    }
+)
+
 SOURCE = "zendesk"
 
 # https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/ (status, priority values);

@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from connectors import registry
 from rules.backtest_progress import ReportingClock, progress_for
 from rules.env_notice import missing_env_notice
 from rules.evaluator import EvalContext, RuleResult, RuleSet
@@ -118,7 +119,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     test.add_argument("path", help="a rule file or a directory of *.yaml")
     test.add_argument("--ticket", required=True, help="normalized ticket JSON (Ticket.to_json), or a vendor payload")
     test.add_argument("--previous", help="the ticket before this update: its events set the incident state")
-    test.add_argument("--source", help="jira | zendesk | servicenow (parse --ticket as that vendor's webhook body)")
+    test.add_argument(
+        "--source", help=f"{' | '.join(registry.names())} (parse --ticket as that vendor's webhook body)"
+    )
     test.add_argument(
         "--now",
         help="evaluation time, ISO 8601 with a time zone, e.g. 2026-11-30T09:40:00Z (default: the ticket's update)",
@@ -133,7 +136,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     backtest = add("backtest", "evaluate recent real tickets and report what would have paged", BACKTEST_DESCRIPTION)
     backtest.add_argument("path", help="a rule file or a directory of *.yaml")
-    backtest.add_argument("--source", required=True, help="jira | zendesk | servicenow")
+    backtest.add_argument("--source", required=True, help=" | ".join(registry.names()))
     backtest.add_argument("--since", default="7d", help="how far back to read, e.g. 7d, 24h (default 7d)")
     backtest.add_argument("--limit", type=int, default=10_000, help="stop after this many ticket versions")
     backtest.set_defaults(func=cmd_backtest)

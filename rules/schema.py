@@ -3,7 +3,8 @@
 Editors use it for completion and early red squiggles (``# yaml-language-server: $schema=...``). It is
 derived from the operator registry so it never drifts; ``load_rules`` remains the authority (it also
 checks field names, regexes, templates, calendars and environment references, which a schema cannot).
-Regenerate with ``python -m rules.schema > rules/schema.json`` (a test fails when it is stale).
+Regenerate with ``ticketpager rules schema > rules/schema.json`` (a test fails when it is stale); the
+sources it lists come from the registry of systems (:mod:`connectors.registry`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from typing import Any
 
 from rules.operators import MODIFIERS, REGISTRY
-from rules.validation import CALENDAR_KEYS, RULE_SOURCES, TRIGGER_KEYS
+from rules.validation import CALENDAR_KEYS, TRIGGER_KEYS, rule_sources
 from sync.model import SEVERITIES
 
 SCHEMA_ID = "https://ticketpager.dev/schemas/rules-v1.json"
@@ -126,7 +127,7 @@ def build_schema() -> dict[str, Any]:
                 "properties": {
                     "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"},
                     "description": {"type": "string"},
-                    "source": {"enum": list(RULE_SOURCES)},
+                    "source": {"enum": list(rule_sources())},
                     "when": {"$ref": "#/$defs/conditions"},
                     "acknowledge_when": {"$ref": "#/$defs/conditions"},
                     "resolve_when": {"$ref": "#/$defs/conditions"},

@@ -22,7 +22,7 @@ from jinja2 import StrictUndefined, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from rules.operators import did_you_mean
-from sync.fields import ALL_ATTRIBUTES, SOURCE_ATTRIBUTES, TICKET_FIELDS
+from sync.fields import SOURCE_ATTRIBUTES, TICKET_FIELDS, all_attributes
 from sync.model import FieldChange, Ticket
 
 TEMPLATE_VARIABLES = frozenset({"ticket", "rule", "changes", "now"})
@@ -135,7 +135,7 @@ _MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
 
 def _check_ticket_attributes(tree: nodes.Template, source: str) -> None:
     """``ticket.attributes.<name>`` must be a connector attribute of the rule's source."""
-    allowed = ALL_ATTRIBUTES if source not in SOURCE_ATTRIBUTES else SOURCE_ATTRIBUTES[source]
+    allowed = all_attributes() if source not in SOURCE_ATTRIBUTES else SOURCE_ATTRIBUTES[source]
     called = {id(call.node): call for call in tree.find_all(nodes.Call)}
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         if not _is_ticket_attributes(getattr(node, "node", None)):
@@ -154,7 +154,7 @@ def _check_ticket_attributes(tree: nodes.Template, source: str) -> None:
         if name is None or name in allowed:
             continue
         field = f"ticket.attributes.{name}"
-        if name in ALL_ATTRIBUTES:
+        if name in all_attributes():
             owners = sorted(s for s, attrs in SOURCE_ATTRIBUTES.items() if name in attrs)
             raise TemplateProblem(
                 f"'{field}' is a field of {' and '.join(owners)} tickets; this rule's source is {source}"

@@ -41,10 +41,14 @@ from rules.spec import (
     TriggerTemplate,
 )
 from rules.templates import Template, TemplateProblem, compile_template
-from sync.fields import ALL_ATTRIBUTES, SOURCE_ATTRIBUTES, TICKET_FIELDS
+from sync.fields import SOURCE_ATTRIBUTES, TICKET_FIELDS, all_attributes
 from sync.model import SEVERITIES, StatusCategory, Ticket
 
-RULE_SOURCES = (*SOURCE_ATTRIBUTES, "any")
+
+def rule_sources() -> tuple[str, ...]:
+    """A rule's valid ``source`` values: every registered system (:mod:`connectors.registry`), and ``any``."""
+    return (*SOURCE_ATTRIBUTES, "any")
+
 TOP_KEYS = ("version", "calendars", "rules")
 RULE_KEYS = (
     "name",
@@ -254,12 +258,12 @@ class Validator:
             self.err(item.val_pos["description"], [*trail, "description"], "must be text")
             description = ""
         source = item.get("source", "any")
-        if source not in RULE_SOURCES:
+        if source not in rule_sources():
             self.err(
                 item.val_pos["source"],
                 [*trail, "source"],
-                f"unknown source {show(source)}{did_you_mean(str(source), RULE_SOURCES)}"
-                f" (use {' | '.join(RULE_SOURCES)})",
+                f"unknown source {show(source)}{did_you_mean(str(source), rule_sources())}"
+                f" (use {' | '.join(rule_sources())})",
             )
             source = "any"
         on_unmatch = item.get("on_unmatch", "keep")
@@ -690,7 +694,7 @@ def resolve_field(name: str, source: str) -> FieldRef | str:
         if not key:
             return "'custom.' needs a custom field name, e.g. custom.Tier"
         return FieldRef(name, _mapping_getter("custom_fields", key))
-    if name in ALL_ATTRIBUTES:
+    if name in all_attributes():
         if source != "any" and name not in SOURCE_ATTRIBUTES[source]:
             owners = sorted(s for s, attrs in SOURCE_ATTRIBUTES.items() if name in attrs)
             return f"'{name}' is a field of {' and '.join(owners)} tickets; this rule's source is {source}"
@@ -700,7 +704,7 @@ def resolve_field(name: str, source: str) -> FieldRef | str:
         if any(not p for p in parts):
             return f"bad dotted path '{name}'"
         return FieldRef(name, _raw_getter(parts))
-    candidates = set(TICKET_FIELDS) | (ALL_ATTRIBUTES if source == "any" else SOURCE_ATTRIBUTES[source])
+    candidates = set(TICKET_FIELDS) | (all_attributes() if source == "any" else SOURCE_ATTRIBUTES[source])
     candidates |= set(GROUP_KEYS) | set(NOW_OPERATORS)
     return (
         f"unknown field '{name}'{did_you_mean(name, candidates)} "

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from connectors import registry
 from sync import logs
 from sync.errors import ConfigError
 from sync.exitcodes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, epilog, overview
@@ -40,10 +41,10 @@ def _warn_unknown_env(settings: Settings) -> None:
     import os
 
     from sync.secretfiles import setting_files
-    from sync.settings_doc import rows
+    from sync.settings_doc import SECTIONS, rows
 
     known = {env for env, *_ in rows()} | {"TICKETPAGER_TEST_POSTGRES_URL"}
-    known |= {"TICKETPAGER_" + section for section in ("JIRA", "ZENDESK", "SERVICENOW", "PAGERDUTY", "ENGINE", "HTTP")}
+    known |= {"TICKETPAGER_" + section for section in SECTIONS}
     files = setting_files(settings.secrets_dir) if settings.secrets_dir is not None else []
     for kind, names in (("setting", sorted(os.environ)), (f"secret file in {settings.secrets_dir}:", files)):
         for name in names:
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     poll.add_argument("--once", action="store_true", required=True, help="one cycle, then exit")
     poll.add_argument(
-        "--source", choices=["jira", "zendesk", "servicenow"], help="poll only this source (default: every enabled one)"
+        "--source", choices=registry.names(), help="poll only this source (default: every enabled one)"
     )
     poll.add_argument("--dry-run", action="store_true", help="log PagerDuty events instead of sending them")
     poll.set_defaults(func=cmd_poll)

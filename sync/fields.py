@@ -30,48 +30,16 @@ TICKET_FIELDS: frozenset[str] = frozenset(
     }
 )
 
-SOURCE_ATTRIBUTES: dict[str, frozenset[str]] = {
-    "jira": frozenset(
-        {
-            "project",  # project key, e.g. OPS
-            "project_name",
-            "issue_type",  # e.g. Bug, Incident
-            "components",  # list of component names
-            "resolution",  # resolution name or None
-            "status_id",
-            "priority_id",
-            "reporter",  # display name (also in requester)
-        }
-    ),
-    "zendesk": frozenset(
-        {
-            "brand",  # brand name when known, else id as text
-            "brand_id",
-            "group_id",
-            "organization_id",
-            "organization_tags",  # tags of the requester's organization (VIP rules), list
-            "requester_id",
-            "requester_email",
-            "via_channel",  # web, email, api, …
-            "ticket_type",  # problem, incident, question, task
-            "custom_status_id",
-        }
-    ),
-    "servicenow": frozenset(
-        {
-            "number",  # INC0010001 (also the key)
-            "impact",  # 1..3 as int
-            "urgency",  # 1..3 as int
-            "priority_number",  # 1..5 as int (priority holds the label, e.g. "1 - Critical")
-            "state",  # raw state value as text, e.g. "2"
-            "category",
-            "subcategory",
-            "configuration_item",  # display name of cmdb_ci
-            "caller",  # display name of caller_id
-            "company",
-            "table",
-        }
-    ),
-}
+SOURCE_ATTRIBUTES: dict[str, frozenset[str]] = {}
+"""source name -> the attributes its connector fills, one entry per system registered in
+:mod:`connectors.registry` (which declares them here through :func:`declare_source` when it is imported)."""
 
-ALL_ATTRIBUTES: frozenset[str] = frozenset().union(*SOURCE_ATTRIBUTES.values())
+
+def declare_source(name: str, attributes: frozenset[str]) -> None:
+    """Record that source ``name`` exists and which ``ticket.attributes`` its connector fills."""
+    SOURCE_ATTRIBUTES[name] = frozenset(attributes)
+
+
+def all_attributes() -> frozenset[str]:
+    """Every attribute of every declared source (what a rule with ``source: any`` may read)."""
+    return frozenset().union(*SOURCE_ATTRIBUTES.values())

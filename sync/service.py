@@ -311,7 +311,7 @@ class Service:
     def unnamed_jira_fields(self) -> str | None:
         """Why rules reading Jira custom fields by display name cannot work here, if they cannot: the names
         come from Jira's API (``/rest/api/2/field``), which a webhook-only setup has no credentials for."""
-        jira = self.settings.jira
+        jira = self.settings.connector("jira")
         if not (jira.webhook_configured or self.settings.insecure_webhooks) or self.connector("jira").can_poll:
             return None
         by_name = display_name_fields(self._rule_custom_fields("jira"))

@@ -9,11 +9,19 @@ Tests build :class:`Settings` directly (``Settings(database_url=..., _env_file=N
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, create_model, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import NestedSecretsSettingsSource
+
+from connectors import registry
+from connectors.settings import (  # noqa: F401 (re-exported: the sections of the built-in systems)
+    ConnectorSettings,
+    JiraSettings,
+    ServiceNowSettings,
+    ZendeskSettings,
+)
 
 # https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ (US) and the EU service region
 PAGERDUTY_EVENTS_URL_US = "https://events.pagerduty.com/v2/enqueue"
@@ -28,92 +36,6 @@ def _lower(value: object) -> object:
 
 def _upper(value: object) -> object:
     return value.strip().upper() if isinstance(value, str) else value
-
-
-def _secret_list(value: object) -> object:
-    """Accept a JSON list, or one value / comma-separated values, from the environment."""
-    if isinstance(value, str):
-        if value.strip().startswith("["):
-            import json
-
-            try:
-                return json.loads(value)
-            except ValueError:  # never echo the value: these are secrets
-                raise ValueError(
-                    'not a JSON list: write ["first","second"] with double quotes, or first,second'
-                ) from None
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-class ConnectorSettings(BaseModel):
-    """What every connector has: on/off, webhook secrets (several, for rotation), polling, write-back."""
-
-    enabled: bool = False
-    webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    poll_interval_seconds: float = 60.0
-    lookback_seconds: float = 3600.0  # the first poll (no stored cursor yet) reads this far back
-    write_back: bool = True
-    timeout_seconds: float = 10.0
-
-    _split = field_validator("webhook_secrets", mode="before")(_secret_list)
-
-    @property
-    def webhook_configured(self) -> bool:
-        return any(s.get_secret_value() for s in self.webhook_secrets)
-
-
-class JiraSettings(ConnectorSettings):
-    url: str = ""  # https://example.atlassian.net or https://jira.example.com
-    deployment: Literal["auto", "cloud", "datacenter"] = "auto"  # auto asks /serverInfo; cloud or datacenter
-    email: str = ""  # Cloud: the API user's e-mail (basic auth with an API token)
-    api_token: SecretStr = SecretStr("")  # Cloud API token, or a Data Center personal access token
-    jql: str = ""  # the admin's filter, e.g. "project in (OPS, SUP)"
-    overlap_seconds: float = 300.0  # search is eventually consistent: re-read this much of the window
-    page_size: int = 100
-    comment_prefix: str = "[ticketpager]"  # starts every comment ticketpager writes (and is never re-paged)
-
-    _split_fields = field_validator("extra_fields", mode="before")(_secret_list)
-    extra_fields: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["*navigable"]
-    )  # polled besides the needed ones (comma-separated or a JSON list)
-
-
-class ZendeskSettings(ConnectorSettings):
-    subdomain: str = ""  # acme for https://acme.zendesk.com
-    url: str = ""  # optional full base URL (tests, proxies); overrides subdomain
-    email: str = ""
-    api_token: SecretStr = SecretStr("")
-    signature_tolerance_seconds: float = 300.0
-    custom_field_names: dict[str, str] = Field(default_factory=dict)  # field id -> name used in rules
-    group_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # only these groups (empty: all)
-    brand_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # only these brands (empty: all)
-    ratelimit_budget_seconds: float = 60.0  # a 429 asking to wait longer than this ends the poll (retried later)
-
-    _split_ids = field_validator("group_ids", "brand_ids", mode="before")(_secret_list)
-    fetch_canonical: bool = True  # trigger-connected webhooks: fetch the ticket when credentials exist
-    accept_test_secret: bool = False  # answer 202 (never store) webhooks signed with Zendesk's public test secret
-    note_prefix: str = "[ticketpager]"  # starts every internal note; changes that are only such a note never page
-    page_size: int = 1000  # incremental export per_page (Zendesk's maximum)
-    min_request_interval_seconds: float = 6.0  # incremental export allows 10 requests/minute
-    organization_cache_seconds: float = 600.0  # organization name + tags (VIP rules)
-
-
-class ServiceNowSettings(ConnectorSettings):
-    instance_url: str = ""  # https://acme.service-now.com
-    username: str = ""
-    password: SecretStr = SecretStr("")
-    table: str = "incident"
-    query: str = ""  # the admin's encoded query, e.g. "active=true^priority<=2"
-    page_size: int = 100
-    bearer_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)  # alternative webhook auth
-    signature_tolerance_seconds: float = 300.0
-    state_map: dict[str, str] = Field(default_factory=dict)  # state value -> new|in_progress|done|deleted
-    overlap_seconds: float = 60.0
-    work_note_prefix: str = "[ticketpager]"  # first text of every work note we write (echo detection)
-    priority_labels: dict[str, str] = Field(default_factory=dict)  # priority value -> label override
-
-    _split_tokens = field_validator("bearer_tokens", mode="before")(_secret_list)
 
 
 class PagerDutySettings(BaseModel):
@@ -169,8 +91,9 @@ class HttpSettings(BaseModel):
     linger_seconds: float = 2.0  # after a refusal, unread input is discarded this long so the answer is not lost
 
 
-class Settings(BaseSettings):
-    """Everything ticketpager can be told. See the README's settings table."""
+class SettingsBase(BaseSettings):
+    """Everything ticketpager can be told but the systems' sections (:data:`Settings` adds one per
+    registered system). See the README's settings table."""
 
     model_config = SettingsConfigDict(
         env_prefix="TICKETPAGER_",
@@ -200,9 +123,7 @@ class Settings(BaseSettings):
 
     pagerduty: PagerDutySettings = Field(default_factory=PagerDutySettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
-    jira: JiraSettings = Field(default_factory=JiraSettings)
-    zendesk: ZendeskSettings = Field(default_factory=ZendeskSettings)
-    servicenow: ServiceNowSettings = Field(default_factory=ServiceNowSettings)
+    # then one section per registered system (connectors.registry): jira, zendesk, servicenow, …
 
     @classmethod
     def settings_customise_sources(
@@ -228,3 +149,21 @@ class Settings(BaseSettings):
         if not isinstance(value, ConnectorSettings):
             raise KeyError(source)
         return value
+
+
+def _sections() -> dict[str, Any]:
+    """One ``TICKETPAGER_<NAME>__*`` section per registered system, in registry order."""
+    sections: dict[str, Any] = {}
+    for system in registry.systems():
+        if system.name in SettingsBase.model_fields:
+            raise ValueError(f"system {system.name!r} would replace the setting {system.name!r}: rename it")
+        sections[system.name] = (system.settings, Field(default_factory=system.settings))
+    registry.freeze()  # a system registered from now on could not have settings
+    return sections
+
+
+if TYPE_CHECKING:
+    Settings = SettingsBase
+else:
+    Settings = create_model("Settings", __base__=SettingsBase, __module__=__name__, **_sections())
+    Settings.__doc__ = "Everything ticketpager can be told. See the README's settings table."

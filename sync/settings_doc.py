@@ -1,7 +1,8 @@
 """Print the README settings table from the settings tree: ``python -m sync.settings_doc``.
 
 A test compares the README with this output, so the documented settings never drift from the code.
-The meaning column is the field's trailing ``# comment`` in ``sync/settings.py`` (or :data:`MEANINGS`).
+The meaning column is the field's trailing ``# comment`` in ``sync/settings.py`` or a system's settings
+model (``connectors/settings.py``, a plug-in's module), or :data:`MEANINGS`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from pydantic import BaseModel, SecretStr
 from sync import settings as tree
 
 PREFIX = "TICKETPAGER_"
-SECTIONS: dict[str, type[BaseModel]] = {
-    "JIRA": tree.JiraSettings,
-    "ZENDESK": tree.ZendeskSettings,
-    "SERVICENOW": tree.ServiceNowSettings,
-    "PAGERDUTY": tree.PagerDutySettings,
-    "ENGINE": tree.EngineSettings,
-    "HTTP": tree.HttpSettings,
-}
+
+
+
+def _sections(model: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """The nested sections of ``model`` (HTTP, PAGERDUTY, ENGINE, then one per registered system)."""
+    found: dict[str, type[BaseModel]] = {}
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found[name.upper()] = field.annotation
+    return found
+
+
+SECTIONS: dict[str, type[BaseModel]] = _sections(tree.Settings)
 MEANINGS = {
     "enabled": "turn polling and write-back on for this source (webhooks only need a secret)",
     "webhook_secrets": "webhook signing secret(s); comma-separated or a JSON list, several for rotation",
@@ -59,8 +65,10 @@ MEANINGS = {
 def _comments(cls: type[BaseModel]) -> dict[str, str]:
     found: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        if not (isinstance(klass, type) and issubclass(klass, BaseModel)) or klass.__module__ != tree.__name__:
-            continue
+        if not (isinstance(klass, type) and issubclass(klass, BaseModel)) or klass.__module__.startswith("pydantic"):
+            continue  # our models' own fields (a system's section may live in its plug-in's module)
+        if klass.__module__ == tree.__name__ and klass.__name__ == "Settings":
+            continue  # built from the registry: no source of its own
         for line in inspect.getsource(klass).splitlines():
             match = re.match(r"\s{4}(\w+):.*?#\s*(.*)$", line)
             if match:

@@ -15,6 +15,7 @@ import pytest
 import responses
 from sqlalchemy import create_engine, text
 
+from connectors import registry  # noqa: F401  (declares the systems' rule fields, as the application does)
 from sync.clock import FakeClock
 
 PG_URL = os.environ.get("TICKETPAGER_TEST_POSTGRES_URL", "")

@@ -1,0 +1,97 @@
+"""Settings models of the ticketing systems: what every connector has (:class:`ConnectorSettings`) and each
+built-in system's own section. The application's settings tree (``sync/settings.py``) nests one section per
+system registered in :mod:`connectors.registry` (``TICKETPAGER_<NAME>__<SETTING>``); the README settings
+table reads each field's trailing ``# comment``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+
+def _secret_list(value: object) -> object:
+    """Accept a JSON list, or one value / comma-separated values, from the environment."""
+    if isinstance(value, str):
+        if value.strip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError:  # never echo the value: these are secrets
+                raise ValueError(
+                    'not a JSON list: write ["first","second"] with double quotes, or first,second'
+                ) from None
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ConnectorSettings(BaseModel):
+    """What every connector has: on/off, webhook secrets (several, for rotation), polling, write-back."""
+
+    enabled: bool = False
+    webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    poll_interval_seconds: float = 60.0
+    lookback_seconds: float = 3600.0  # the first poll (no stored cursor yet) reads this far back
+    write_back: bool = True
+    timeout_seconds: float = 10.0
+
+    _split = field_validator("webhook_secrets", mode="before")(_secret_list)
+
+    @property
+    def webhook_configured(self) -> bool:
+        return any(s.get_secret_value() for s in self.webhook_secrets)
+
+
+class JiraSettings(ConnectorSettings):
+    url: str = ""  # https://example.atlassian.net or https://jira.example.com
+    deployment: Literal["auto", "cloud", "datacenter"] = "auto"  # auto asks /serverInfo; cloud or datacenter
+    email: str = ""  # Cloud: the API user's e-mail (basic auth with an API token)
+    api_token: SecretStr = SecretStr("")  # Cloud API token, or a Data Center personal access token
+    jql: str = ""  # the admin's filter, e.g. "project in (OPS, SUP)"
+    overlap_seconds: float = 300.0  # search is eventually consistent: re-read this much of the window
+    page_size: int = 100
+    comment_prefix: str = "[ticketpager]"  # starts every comment ticketpager writes (and is never re-paged)
+
+    _split_fields = field_validator("extra_fields", mode="before")(_secret_list)
+    extra_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*navigable"]
+    )  # polled besides the needed ones (comma-separated or a JSON list)
+
+
+class ZendeskSettings(ConnectorSettings):
+    subdomain: str = ""  # acme for https://acme.zendesk.com
+    url: str = ""  # optional full base URL (tests, proxies); overrides subdomain
+    email: str = ""
+    api_token: SecretStr = SecretStr("")
+    signature_tolerance_seconds: float = 300.0
+    custom_field_names: dict[str, str] = Field(default_factory=dict)  # field id -> name used in rules
+    group_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # only these groups (empty: all)
+    brand_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # only these brands (empty: all)
+    ratelimit_budget_seconds: float = 60.0  # a 429 asking to wait longer than this ends the poll (retried later)
+
+    _split_ids = field_validator("group_ids", "brand_ids", mode="before")(_secret_list)
+    fetch_canonical: bool = True  # trigger-connected webhooks: fetch the ticket when credentials exist
+    accept_test_secret: bool = False  # answer 202 (never store) webhooks signed with Zendesk's public test secret
+    note_prefix: str = "[ticketpager]"  # starts every internal note; changes that are only such a note never page
+    page_size: int = 1000  # incremental export per_page (Zendesk's maximum)
+    min_request_interval_seconds: float = 6.0  # incremental export allows 10 requests/minute
+    organization_cache_seconds: float = 600.0  # organization name + tags (VIP rules)
+
+
+class ServiceNowSettings(ConnectorSettings):
+    instance_url: str = ""  # https://acme.service-now.com
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    table: str = "incident"
+    query: str = ""  # the admin's encoded query, e.g. "active=true^priority<=2"
+    page_size: int = 100
+    bearer_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)  # alternative webhook auth
+    signature_tolerance_seconds: float = 300.0
+    state_map: dict[str, str] = Field(default_factory=dict)  # state value -> new|in_progress|done|deleted
+    overlap_seconds: float = 60.0
+    work_note_prefix: str = "[ticketpager]"  # first text of every work note we write (echo detection)
+    priority_labels: dict[str, str] = Field(default_factory=dict)  # priority value -> label override
+
+    _split_tokens = field_validator("bearer_tokens", mode="before")(_secret_list)
