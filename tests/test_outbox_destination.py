@@ -120,3 +120,38 @@ def test_pending_events_and_notes_of_a_0006_database_go_out_once_after_the_upgra
             ("writeback", "jira", "sent"),
         }
         svc.store.dispose()
+
+
+def test_a_row_an_older_replica_writes_mid_rollout_is_delivered_by_its_kind(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    """During a rolling upgrade a replica of the previous version still queues rows without a destination."""
+    key = "ticketpager/jira/10099/ops-highest/1"
+    with MockPagerDuty() as pd, FakeJira(deployment="Cloud") as jira:
+        for issue_id, ticket_key in (("10042", "OPS-12"), ("10099", "OPS-99")):
+            jira.put(make_issue(issue_id, ticket_key, updated=clock.now() - timedelta(hours=1), base_url=jira.url))
+        svc = make_service(
+            db_url,
+            rules_path,
+            pd.url,
+            clock,
+            jira={"enabled": True, "url": jira.url, "email": "bot@example.com", "api_token": "t0ken",
+                  "deployment": "cloud", "write_back": True},
+        )  # fmt: skip
+        with svc.store.begin() as conn:  # no destination column value: what the 0006 code inserts
+            conn.execute(
+                insert(outbox),
+                [
+                    _row(clock, kind="event", action="trigger", dedup_key=key, ticket_id="10099",
+                         ticket_key="OPS-99", body=_event(EventAction.TRIGGER, key)),
+                    _row(clock, kind="writeback", action="trigger", dedup_key=key, routing_key="",
+                         body=_note(key, f"tp:{key}:trigger:7")),
+                ],
+            )  # fmt: skip
+        svc.process_all()
+        assert [(e["event_action"], e["dedup_key"]) for e in pd.events] == [("trigger", key)]
+        assert [f"tp:{key}:trigger:7" in c["body"] for c in jira.comments["10042"]] == [True]  # to the source
+        assert [f"tp:{key}:trigger:" in c["body"] for c in jira.comments["10099"]] == [True]  # the event's note
+        with svc.store.engine.connect() as conn:
+            assert {r.status for r in conn.execute(select(outbox.c.status)).all()} == {"sent"}
+        svc.store.dispose()
