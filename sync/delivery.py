@@ -37,7 +37,7 @@ from sync.clock import Clock
 from sync.errors import PermanentError, RetryableError, TicketpagerError, UnknownOutcome
 from sync.heartbeat import HeartbeatLike, claim_holder_dead
 from sync.metrics import METRICS
-from sync.model import Destination, EventAction, Outbound, TicketRef, incident_note
+from sync.model import Destination, EventAction, Outbound, TicketNote, TicketRef, incident_note
 from sync.redact import redact
 from sync.retry import RetryPolicy
 from sync.schema import UTCDateTime, changes, outbox
@@ -48,9 +48,9 @@ log = logging.getLogger("ticketpager.delivery")
 _NOW = bindparam("now", type_=UTCDateTime())  # the claim's time
 _STALE = bindparam("stale", type_=UTCDateTime())  # a claimer whose heartbeat is older than this is dead
 
-#: A retry waits longer for the destination's answer than the attempt before (twice as long per earlier attempt, at
-#: most this many times ``TICKETPAGER_PAGERDUTY__TIMEOUT_SECONDS``): a PagerDuty slower than the timeout is
-#: waited out instead of timed out again and again.
+#: A retry waits longer for the destination's answer than the attempt before (twice as long per earlier attempt,
+#: at most this many times its timeout, e.g. ``TICKETPAGER_PAGERDUTY__TIMEOUT_SECONDS``): a destination slower
+#: than the timeout is waited out instead of timed out again and again.
 TIMEOUT_GROWTH_MAX = 4.0
 
 
@@ -253,12 +253,12 @@ class Delivery:
         self._send(row, item, destination, timeout)
 
     def _send(self, row: RowMapping, item: Outbound, destination: Destination, timeout: float | None) -> None:
-        if self.dry_run:
+        notes = row["kind"] == TicketNote.KIND
+        if self.dry_run and not notes:  # a note tells of an action that was sent for real: it is written
             log.info("dry run: would send %s", destination.preview(item))
             METRICS.events.labels(_label(row), "dry_run").inc()
             self._sent(row, dry_run=True)
             return
-        notes = row["kind"] == "writeback"
         try:
             destination.send(item, timeout=timeout)  # the stored bytes, as measured
         except TicketpagerError as exc:

@@ -43,7 +43,7 @@ class EventAction(StrEnum):
 
 
 class IncidentState(StrEnum):
-    """What we last told PagerDuty about one (ticket, rule) link."""
+    """What we last told the incident destination about one (ticket, rule) link."""
 
     TRIGGERED = "triggered"
     ACKNOWLEDGED = "acknowledged"
@@ -287,7 +287,7 @@ def merge_changes(reported: tuple[FieldChange, ...] | None, diffed: tuple[FieldC
 
 @dataclass(frozen=True, slots=True)
 class LinkState:
-    """ticket ↔ rule ↔ PagerDuty incident: what we last sent and under which dedup key.
+    """ticket ↔ rule ↔ incident: what we last sent and under which dedup key.
 
     ``generation`` grows on every new incident for the same (ticket, rule): a reopened ticket pages
     again under a new ``dedup_key``.
