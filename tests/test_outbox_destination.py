@@ -99,9 +99,8 @@ def test_pending_events_and_notes_of_a_0006_database_go_out_once_after_the_upgra
         svc.process_all()
         svc.process_all()  # a second round sends nothing again
 
-        stored = {
-            r.id: r.body for r in svc.store.engine.connect().execute(select(outbox.c.id, outbox.c.body)).all()
-        }
+        with svc.store.engine.connect() as conn:
+            stored = {r.id: r.body for r in conn.execute(select(outbox.c.id, outbox.c.body)).all()}
         assert [(e["event_action"], e["dedup_key"]) for e in pd.events] == [
             ("trigger", open_key),
             ("acknowledge", open_key),
