@@ -95,7 +95,7 @@ def run(name: str, url: str, rules: Path, rounds: int, in_flight: int) -> None:
     hold_rows(svc, in_flight)
     with_takeover = svc.delivery("bench")  # the takeover condition in its claim query
     without = Delivery(  # the claim query as it was before heartbeats (no takeover condition)
-        svc.store, None, svc.clock, policy=svc.policy, limiter=svc.limiter, worker_id=f"{svc.instance}/plain"
+        svc.store, {}, svc.clock, policy=svc.policy, worker_id=f"{svc.instance}/plain"
     )
     beat_cpu, beat_wall = cost(svc.heartbeat.beat, rounds)
     engine_cpu, _ = cost(svc.engine.run_once, rounds)

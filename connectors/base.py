@@ -25,8 +25,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 import requests
 
 from connectors.settings import ConnectorSettings
+from sync import jsonutil
 from sync.clock import Clock, SystemClock
-from sync.model import EventAction, TicketChange, TicketRef
+from sync.model import Action, EventAction, Outbound, Outcome, Rendered, TicketChange, TicketNote, TicketRef
 from sync.retry import RetryPolicy
 
 Headers = Mapping[str, str]  # lower-cased header names
@@ -50,20 +51,8 @@ class PollPage:
     malformed: int = 0  # of those, rows that are not a ticket we can read (each logged with its reason)
 
 
-@dataclass(frozen=True, slots=True)
-class WriteBack:
-    """A note for the ticket about what ticketpager did in PagerDuty.
-
-    ``marker`` is unique per (dedup_key, action, generation); connectors embed it in the note and skip
-    the write when a note with that marker already exists, so a retried step writes the note once.
-    """
-
-    ticket: TicketRef
-    action: EventAction
-    dedup_key: str
-    rule: str
-    marker: str
-    text: str
+#: A note for the ticket about what ticketpager did at the incident destination (the kernel's action).
+WriteBack = TicketNote
 
 
 SettingsT = TypeVar("SettingsT", bound=ConnectorSettings)
@@ -137,3 +126,54 @@ class Connector(ABC, Generic[SettingsT]):
     def can_poll(self) -> bool:
         """Whether credentials for the vendor API are configured (polling, write-back, canonical fetches)."""
         return False
+
+
+class NoteDestination:
+    """A ticketing system's write-back as a destination: :class:`TicketNote` actions, rendered as the JSON the
+    outbox has always stored for notes, sent through the connector's ``write_back`` (several vendor calls:
+    no single timeout, so the delivery worker renews the claim first; no rate limit of ours)."""
+
+    timeout = None
+    limiter = None
+
+    def __init__(self, name: str, connector: Callable[[], Connector[Any]], label: str | None = None) -> None:
+        self.name = name
+        self.label = label or name
+        self._connector = connector  # built on first use: a source without credentials never writes back
+
+    def __repr__(self) -> str:
+        return f"<NoteDestination {self.name}>"
+
+    def render(self, action: Action) -> Rendered:
+        if not isinstance(action, TicketNote):
+            raise TypeError(f"{self.name} write-back takes ticket notes, not {type(action).__name__}")
+        t = action.ticket
+        body = {
+            "ticket": {"source": t.source, "id": t.id, "key": t.key, "url": t.url},
+            "action": action.action.value,
+            "dedup_key": action.dedup_key,
+            "rule": action.rule,
+            "marker": action.marker,
+            "text": action.text,
+        }
+        return Rendered(jsonutil.dumps(body))
+
+    @staticmethod
+    def note(body: str) -> TicketNote:
+        data = jsonutil.loads(body)
+        return TicketNote(
+            ticket=TicketRef(**data["ticket"]),
+            action=EventAction(data["action"]),
+            dedup_key=data["dedup_key"],
+            rule=data["rule"],
+            marker=data["marker"],
+            text=data["text"],
+        )
+
+    def send(self, item: Outbound, *, timeout: float | None = None) -> Outcome:
+        self._connector().write_back(self.note(item.body))
+        return Outcome()
+
+    def preview(self, item: Outbound) -> str:
+        note = self.note(item.body)
+        return f"note on {note.ticket.key}: {note.text}"

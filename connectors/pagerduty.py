@@ -1,12 +1,14 @@
-"""The PagerDuty sink: build Events API v2 bodies within PagerDuty's limits, and ``send`` them.
+"""The PagerDuty destination: build Events API v2 bodies within PagerDuty's limits, and ``send`` them.
 
 Building is pure (:func:`build_event`) so ``rules test`` shows the exact body that would be sent; sending
 (:class:`PagerDutySink`) is one POST classified through :data:`STATUS_TABLE` — no retries here, the
 delivery worker owns them. :class:`RateLimiter` spaces events per routing key instead of provoking 429s.
+:class:`PagerDutyDestination` is all of it behind the kernel's ``Destination`` seam (incident actions).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -30,9 +32,18 @@ from sync.errors import (
     classify_status,
     network_error,
 )
-from sync.lifecycle import DEDUP_KEY_MAX, dedup_key_for
-from sync.model import SEVERITIES, EventAction, PlannedEvent, Ticket
-from sync.redact import redact
+from sync.model import (
+    SEVERITIES,
+    Action,
+    EventAction,
+    IncidentAction,
+    Outbound,
+    Outcome,
+    PlannedEvent,
+    Rendered,
+    Ticket,
+)
+from sync.redact import mask, redact
 
 log = logging.getLogger("ticketpager.pagerduty")
 
@@ -42,6 +53,8 @@ DOC_RATE_LIMITS = "https://developer.pagerduty.com/docs/events-api-v2/rate-limit
 
 #: payload.summary: "Maximum of 1024 characters" (DOC_TRIGGER)
 SUMMARY_MAX = 1024
+#: dedup_key: "Maximum of 255 characters" (DOC_TRIGGER); a longer key is hashed (:func:`fit_dedup_key`)
+DEDUP_KEY_MAX = 255
 #: "the total size of the payload must not exceed 512 KB" (DOC_OVERVIEW, "Size Limits"); a 524,328-byte body
 #: was answered 400 "event larger than 512 KB" (issue 13), so PagerDuty counts the bytes it receives
 EVENT_MAX_BYTES = 512 * 1024
@@ -66,11 +79,6 @@ STATUS_TABLE: StatusTable = {
 }
 
 
-def mask(secret: str) -> str:
-    """Show only the last 4 characters of a routing key (enough to tell services apart)."""
-    return "****" + secret[-4:] if len(secret) > 8 else "****"
-
-
 def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - len(TRUNCATION_MARK)] + TRUNCATION_MARK
 
@@ -82,6 +90,15 @@ def encode_event(body: Mapping[str, Any]) -> bytes:
     return jsonutil.dumps(body).encode("utf-8", "replace")
 
 
+def fit_dedup_key(dedup_key: str) -> str:
+    """``dedup_key`` within :data:`DEDUP_KEY_MAX`: unchanged, or hashed (planned keys are already short;
+    this defends against any caller)."""
+    if len(dedup_key) <= DEDUP_KEY_MAX:
+        return dedup_key
+    key = f"ticketpager/x/{dedup_key}//0"  # the spelling older versions hashed: the same key as before
+    return f"ticketpager/x/sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
 def build_event(event: PlannedEvent, ticket: Ticket | None = None) -> dict[str, Any]:
     """The exact Events API v2 JSON for ``event``, with PagerDuty's limits enforced so it is never a 400.
 
@@ -89,9 +106,7 @@ def build_event(event: PlannedEvent, ticket: Ticket | None = None) -> dict[str, 
     whole body ≤ :data:`EVENT_BUDGET_BYTES` as :func:`encode_event` sends it (custom details trimmed largest
     first, named in ``ticketpager_trimmed``).
     """
-    dedup_key = event.dedup_key
-    if len(dedup_key) > DEDUP_KEY_MAX:  # planned keys are already short; defend against any caller
-        dedup_key = dedup_key_for("x", dedup_key, "", 0)
+    dedup_key = fit_dedup_key(event.dedup_key)
     body: dict[str, Any] = {
         "routing_key": event.routing_key,
         "event_action": event.action.value,
@@ -353,3 +368,41 @@ class RateLimiter:
         """``event`` goes out now: forget it (an id the database hands out again is a new event)."""
         with self._lock:
             self._held.pop(event, None)
+
+class PagerDutyDestination:
+    """PagerDuty Events API v2 as a destination: incident actions rendered by :func:`build_event` (stored as
+    :func:`encode_event` bytes, posted as is), sent by a :class:`PagerDutySink`, spaced per routing key by a
+    :class:`RateLimiter` (shared by the delivery workers of one process)."""
+
+    name = "pagerduty"
+    label = "PagerDuty"
+
+    def __init__(self, sink: PagerDutySink, limiter: RateLimiter | None = None) -> None:
+        self.sink = sink
+        self._limiter = limiter
+
+    def __repr__(self) -> str:
+        return f"<PagerDutyDestination {self.sink.url}>"
+
+    @property
+    def timeout(self) -> float:
+        return self.sink.timeout
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        return self._limiter
+
+    def render(self, action: Action) -> Rendered:
+        if not isinstance(action, IncidentAction):
+            raise TypeError(f"PagerDuty takes incident actions, not {type(action).__name__}")
+        body = jsonutil.dumps(build_event(action.event, action.ticket))
+        return Rendered(body, limit_key=action.event.routing_key)
+
+    def send(self, item: Outbound, *, timeout: float | None = None) -> Outcome:
+        result = self.sink.send(item.body.encode("utf-8", "replace"), timeout=timeout)  # the stored bytes
+        return Outcome(result.status, result.message)
+
+    def preview(self, item: Outbound) -> str:
+        body = jsonutil.loads(item.body)
+        shown = dict(body, routing_key=mask(body.get("routing_key", "")))
+        return json.dumps(shown, sort_keys=True, default=str)

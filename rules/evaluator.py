@@ -25,9 +25,8 @@ from typing import Any, NamedTuple
 from rules.operators import failure_explainer, fold, folded_search
 from rules.spec import AllOf, AnyOf, Cond, Leaf, NotOf, RuleSetSpec, RuleSpec, SeveritySpec, field_names
 from rules.templates import Template, render_safely, template_context
-from sync.model import FieldChange, StatusCategory, Ticket, TriggerSpec
+from sync.model import SUMMARY_MAX, FieldChange, StatusCategory, Ticket, TriggerSpec
 
-PAGERDUTY_SUMMARY_MAX = 1024  # https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ (payload.summary)
 _REJECT_CACHE_MAX = 256  # cached explanations / "rejected by index" results per condition or rule
 
 
@@ -511,7 +510,7 @@ def render_trigger(spec: RuleSpec, ctx: EvalContext) -> tuple[TriggerSpec, list[
     rendered = TriggerSpec(
         routing_key=trig.routing_key,
         severity=_severity(trig.severity, ticket),
-        summary=summary.strip()[:PAGERDUTY_SUMMARY_MAX] or f"[{ticket.key}] {ticket.title}",
+        summary=summary.strip()[:SUMMARY_MAX] or f"[{ticket.key}] {ticket.title}",
         source=source.strip()[:255],
         component=text(trig.component, "component", None),
         group=text(trig.group, "group", None),

@@ -1,5 +1,10 @@
 """Delivery: claim due outbox rows and send them; classify the outcome once; never drop anything.
 
+Generic over destinations: each row names its destination (``outbox.destination``), which the application
+injects as a mapping name → :class:`~sync.model.Destination` (PagerDuty Events v2, each ticketing system's
+write-back notes, …). A destination sends one attempt and classifies the answer with its own status table;
+retries, rate-limit holds (the destination's limiter), timeouts, dead letters and fencing live here, once.
+
 A claim marks rows with ``claimed_until`` (a visibility timeout) in a short transaction — on PostgreSQL
 with ``FOR UPDATE SKIP LOCKED`` so replicas never claim the same row — and the send happens outside any
 transaction. A replica that dies mid-send leaves its rows to be claimed again when the claim expires, or
@@ -7,17 +12,17 @@ sooner, once its heartbeat is older than ``takeover_after`` (:mod:`sync.heartbea
 are never taken before they expire.
 Events of one ``dedup_key`` go out in order: a row waits while an earlier row of its key is pending.
 
-Outcomes: 2xx → sent (and a write-back row is queued for the ticket); retryable (429, 5xx, network) →
+Outcomes: 2xx → sent (and, after an incident action, a note for the ticket is queued to its source system's
+destination when write-back is on there); retryable (429, 5xx, network) →
 ``next_attempt_at`` by :class:`~sync.retry.RetryPolicy` honouring ``Retry-After`` ("later" answers use no
 attempts, only the time budget); a timeout → unknown outcome, retried with a longer wait and counted apart;
 permanent (400) or retries exhausted → dead letter with the reason and the error text (``deadletters retry``
-re-drives it). The stored body is posted as is: the bytes sent are the bytes measured against PagerDuty's
-size limit.
+re-drives it). The stored body is sent as is: the bytes sent are the bytes the destination measured against
+its size limit when it rendered them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -28,14 +33,11 @@ from sqlalchemy import Connection, bindparam, exists, insert, or_, select, updat
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import aliased
 
-from connectors.base import WriteBack
-from connectors.pagerduty import PagerDutySink, RateLimiter, mask
-from sync import jsonutil
 from sync.clock import Clock
 from sync.errors import PermanentError, RetryableError, TicketpagerError, UnknownOutcome
 from sync.heartbeat import HeartbeatLike, claim_holder_dead
 from sync.metrics import METRICS
-from sync.model import EventAction, TicketRef
+from sync.model import Destination, EventAction, Outbound, TicketNote, TicketRef, incident_note
 from sync.redact import redact
 from sync.retry import RetryPolicy
 from sync.schema import UTCDateTime, changes, outbox
@@ -46,18 +48,9 @@ log = logging.getLogger("ticketpager.delivery")
 _NOW = bindparam("now", type_=UTCDateTime())  # the claim's time
 _STALE = bindparam("stale", type_=UTCDateTime())  # a claimer whose heartbeat is older than this is dead
 
-WriteBackFn = Callable[[str, WriteBack], None]  # (source, note) -> None; raises sync.errors kinds
-
-NOTE_TEXT = {
-    EventAction.TRIGGER: "PagerDuty incident triggered by rule '{rule}'",
-    EventAction.ACKNOWLEDGE: "PagerDuty incident acknowledged (rule '{rule}')",
-    EventAction.RESOLVE: "PagerDuty incident resolved (rule '{rule}')",
-}
-
-
-#: A retry waits longer for PagerDuty's answer than the attempt before (twice as long per earlier attempt, at
-#: most this many times ``TICKETPAGER_PAGERDUTY__TIMEOUT_SECONDS``): a PagerDuty slower than the timeout is
-#: waited out instead of timed out again and again.
+#: A retry waits longer for the destination's answer than the attempt before (twice as long per earlier attempt,
+#: at most this many times its timeout, e.g. ``TICKETPAGER_PAGERDUTY__TIMEOUT_SECONDS``): a destination slower
+#: than the timeout is waited out instead of timed out again and again.
 TIMEOUT_GROWTH_MAX = 4.0
 
 
@@ -68,39 +61,37 @@ def send_timeout(base: float, attempts: int, claim_seconds: float) -> float:
     return max(base, min(grown, claim_seconds / 3))
 
 
-def encode_body(stored: str) -> bytes:
-    """An outbox event body as sent: the text the engine stored with ``encode_event`` (one serialization)."""
-    return stored.encode("utf-8", "replace")
-
-
 class Delivery:
+    """One delivery worker. ``destinations``: name → destination (the application's registry);
+    ``write_back_sources``: the sources whose tickets get a note after an incident action was sent (to the
+    destination named after the source); ``legacy_events``: the destination of incident-event rows an older
+    version wrote without one during a rolling upgrade (``None``: such rows become dead letters)."""
+
     def __init__(
         self,
         store: Store,
-        sink: PagerDutySink | None,
+        destinations: Mapping[str, Destination],
         clock: Clock,
         *,
         policy: RetryPolicy,
-        limiter: RateLimiter,
         worker_id: str,
         claim_seconds: float = 60.0,
         dry_run: bool = False,
-        write_back: WriteBackFn | None = None,
         write_back_sources: Mapping[str, bool] | None = None,
+        legacy_events: str | None = None,
         rng: random.Random | None = None,
         takeover_after: float | None = None,
         heartbeat: HeartbeatLike | None = None,
     ) -> None:
         self.store = store
-        self.sink = sink
+        self.destinations = dict(destinations)
         self.clock = clock
         self.policy = policy
-        self.limiter = limiter
         self.worker_id = worker_id
         self.claim_seconds = claim_seconds
         self.dry_run = dry_run
-        self.write_back = write_back
         self.write_back_sources = dict(write_back_sources or {})
+        self.legacy_events = legacy_events
         self.rng = rng or random.Random()
         self._claimed: dict[int, datetime] = {}  # row id -> when this worker claimed it
         # a claim whose replica has not heartbeaten for this long is taken over (None: only when it expires)
@@ -113,7 +104,8 @@ class Delivery:
         # built once: the idle read runs every idle_seconds per worker, and building it cost more than running it
         self._due = (outbox.c.status == "pending", outbox.c.next_attempt_at <= _NOW, or_(*free))
         self._anything_due = select(outbox.c.id).where(*self._due).limit(1)
-        send_seconds = 3 * sink.timeout if sink is not None and not dry_run else 0.0
+        timeouts = [d.timeout for d in self.destinations.values() if d.timeout is not None]
+        send_seconds = 3 * max(timeouts) if timeouts and not dry_run else 0.0
         self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
 
     # -- claiming --------------------------------------------------------------------------------
@@ -205,75 +197,85 @@ class Delivery:
             log.warning("heartbeat overdue: outbox row %s is not sent by this replica for now", row["id"])
             self._orphaned.append(row["id"])
             return
-        if row["kind"] == "writeback":  # several vendor calls: always renewed (and fenced if lost)
+        item = self.outbound(row)
+        destination = self.destinations.get(item.destination)
+        if destination is None:
             if self._renew(row["id"]):
-                self._deliver_write_back(row)
+                self._failed(row, PermanentError(f"no destination {item.destination!r} is configured"))
             return
-        action = row["action"]
-        wait, sending = self.limiter.reserve(row["routing_key"])  # may read the other replicas' sends: first
+        if destination.timeout is None:  # several vendor calls: always renewed (and fenced if lost)
+            if self._renew(row["id"]):
+                self._send(row, item, destination, None)
+            return
+        limiter = destination.limiter
+        if limiter is None:
+            self._deliver_timed(row, item, destination, claimed)
+            return
+        wait, sending = limiter.reserve(item.limit_key)  # may read the other replicas' sends: first
         if sending is None:  # spacing, not failure: no attempt is counted, and the event is counted once, not per check
-            if self.limiter.first_hold(row["id"]):
-                METRICS.events.labels(action, "rate_limited").inc()
+            if limiter.first_hold(row["id"]):
+                METRICS.events.labels(_label(row), "rate_limited").inc()
             self._release(row["id"], wait)
             return
-        self.limiter.sent(row["id"])
+        limiter.sent(row["id"])
         try:
-            self._deliver_event(row, action, claimed)
+            self._deliver_timed(row, item, destination, claimed)
         finally:  # the event may have arrived any time until now: the limiter counts it from here
             sending.finished()
 
-    def _deliver_event(self, row: RowMapping, action: str, claimed: datetime | None) -> None:
-        # An event whose claim still runs for longer than its one POST may take (connect + read timeouts,
+    def outbound(self, row: RowMapping) -> Outbound:
+        """A claimed row as its destination sends it."""
+        name = row["destination"] or (row["source"] if row["kind"] == "writeback" else self.legacy_events) or ""
+        return Outbound(
+            id=row["id"],
+            destination=name,
+            kind=row["kind"],
+            action=row["action"],
+            body=row["body"],
+            limit_key=row["routing_key"],
+            ticket_key=row["ticket_key"],
+            attempts=row["attempts"],
+        )
+
+    def _deliver_timed(
+        self, row: RowMapping, item: Outbound, destination: Destination, claimed: datetime | None
+    ) -> None:
+        # A row whose claim still runs for longer than its one send may take (connect + read timeouts,
         # with a margin) cannot be taken by another worker before we are done: renewing it would cost one
         # more write transaction per event for nothing. Older claims (rows behind slow sends of this batch,
         # a stalled worker) are renewed, and fenced if lost.
-        base = self.sink.timeout if self.sink is not None else 0.0
+        base = destination.timeout or 0.0
         timeout = send_timeout(base, row["attempts"], self.claim_seconds)  # a retry waits longer for the answer,
         fresh = timeout <= base and claimed is not None and self.clock.now() - claimed < self._fresh_for
         if fresh and self.heartbeat is not None:  # a heartbeat gap since the claim: it may be someone else's
             fresh = claimed is not None and self.heartbeat.unbroken_since(claimed)
         if not fresh and not self._renew(row["id"]):  # so its claim is always renewed
             return
-        if self.dry_run or self.sink is None:
-            body = jsonutil.loads(row["body"])
-            shown = dict(body, routing_key=mask(body.get("routing_key", "")))
-            log.info("dry run: would send %s", json.dumps(shown, sort_keys=True, default=str))
-            METRICS.events.labels(action, "dry_run").inc()
+        self._send(row, item, destination, timeout)
+
+    def _send(self, row: RowMapping, item: Outbound, destination: Destination, timeout: float | None) -> None:
+        notes = row["kind"] == TicketNote.KIND
+        if self.dry_run and not notes:  # a note tells of an action that was sent for real: it is written
+            log.info("dry run: would send %s", destination.preview(item))
+            METRICS.events.labels(_label(row), "dry_run").inc()
             self._sent(row, dry_run=True)
             return
         try:
-            self.sink.send(encode_body(row["body"]), timeout=timeout)  # the stored bytes, as measured
+            destination.send(item, timeout=timeout)  # the stored bytes, as measured
         except TicketpagerError as exc:
+            if notes:
+                METRICS.write_backs.labels(row["source"], exc.kind.value).inc()
             self._failed(row, exc)
             return
-        METRICS.events.labels(action, "sent").inc()
-        self._sent(row, dry_run=False)
-
-    def _deliver_write_back(self, row: RowMapping) -> None:
-        if self.write_back is None:
-            self._mark(row["id"], status="sent", sent_at=self.clock.now())
-            return
-        data = jsonutil.loads(row["body"])
-        note = WriteBack(
-            ticket=TicketRef(**data["ticket"]),
-            action=EventAction(data["action"]),
-            dedup_key=data["dedup_key"],
-            rule=data["rule"],
-            marker=data["marker"],
-            text=data["text"],
-        )
-        try:
-            self.write_back(row["source"], note)
-        except TicketpagerError as exc:
-            METRICS.write_backs.labels(row["source"], exc.kind.value).inc()
-            self._failed(row, exc)
-            return
-        except Exception as exc:  # noqa: BLE001 - a connector bug must not kill the worker
-            log.exception("write-back for %s failed unexpectedly", row["ticket_key"])
+        except Exception as exc:  # noqa: BLE001 - a destination's bug must not kill the worker
+            log.exception("%s %s for %s failed unexpectedly", item.destination, row["kind"], row["ticket_key"])
             self._failed(row, RetryableError(f"{type(exc).__name__}: {exc}"))
             return
-        METRICS.write_backs.labels(row["source"], "sent").inc()
-        self._mark(row["id"], status="sent", sent_at=self.clock.now(), last_error=None)
+        if notes:
+            METRICS.write_backs.labels(row["source"], "sent").inc()
+        else:
+            METRICS.events.labels(row["action"], "sent").inc()
+        self._sent(row, dry_run=False)
 
     def _renew(self, row_id: int) -> bool:
         """Extend our claim right before sending; False if the row is no longer ours (fencing: a claim
@@ -307,6 +309,8 @@ class Delivery:
             if not done.rowcount:
                 log.warning("outbox row %s was taken over while it was being sent", row["id"])
                 return
+            if row["kind"] == "writeback":  # a note: its own counter, nothing follows it
+                return
             received = None
             if row["change_id"] is not None:
                 received = conn.execute(
@@ -318,20 +322,24 @@ class Delivery:
                 self._queue_write_back(conn, row)
 
     def _queue_write_back(self, conn: Connection, row: RowMapping) -> None:
-        action = EventAction(row["action"])
-        marker = f"tp:{row['dedup_key']}:{action.value}:{row['id']}"
-        text = NOTE_TEXT[action].format(rule=row["rule"]) + f". dedup_key: {row['dedup_key']}. [{marker}]"
-        body = {
-            "ticket": {"source": row["source"], "id": row["ticket_id"], "key": row["ticket_key"], "url": None},
-            "action": action.value,
-            "dedup_key": row["dedup_key"],
-            "rule": row["rule"],
-            "marker": marker,
-            "text": text,
-        }
+        """Queue the note about a sent incident action for the ticket's source system (its destination renders
+        it now, like every action: the stored body is what is sent)."""
+        notes = self.destinations.get(row["source"])
+        if notes is None:
+            return
+        sent_by = self.destinations.get(self.outbound(row).destination)
+        note = incident_note(
+            sent_by.label if sent_by is not None else str(row["destination"]),
+            TicketRef(row["source"], row["ticket_id"], row["ticket_key"], None),
+            EventAction(row["action"]),
+            row["dedup_key"],
+            row["rule"],
+            row["id"],
+        )
         conn.execute(
             insert(outbox).values(
-                kind="writeback",
+                kind=note.KIND,
+                destination=notes.name,
                 source=row["source"],
                 ticket_id=row["ticket_id"],
                 ticket_key=row["ticket_key"],
@@ -340,7 +348,7 @@ class Delivery:
                 dedup_key=row["dedup_key"],
                 generation=row["generation"],
                 routing_key="",
-                body=json.dumps(body),
+                body=notes.render(note).body,
                 status="pending",
                 attempts=0,
                 next_attempt_at=self.clock.now(),
@@ -356,7 +364,7 @@ class Delivery:
         elapsed = (now - first).total_seconds()
         decision = self.policy.decide(attempts, elapsed, exc, self.rng)
         wait = decision.wait
-        action = row["action"] if row["kind"] == "event" else "writeback"
+        action = _label(row)
         if wait is None:
             why = "permanent" if isinstance(exc, PermanentError) else decision.reason
             log.error("%s %s for %s is a dead letter (%s): %s", row["kind"], action, row["ticket_key"], why, exc)
@@ -369,7 +377,7 @@ class Delivery:
                 first_attempt_at=first,
             )
             return
-        unknown = isinstance(exc, UnknownOutcome)  # not a failure: PagerDuty may have it; the retry is harmless
+        unknown = isinstance(exc, UnknownOutcome)  # not a failure: the destination may have it; the retry is harmless
         log.warning(
             "%s %s for %s %s (attempt %d), retry in %.1fs: %s",
             row["kind"],
@@ -400,3 +408,8 @@ class Delivery:
                 .where(outbox.c.id == row_id, outbox.c.status == "pending", outbox.c.claimed_by == self.worker_id)
                 .values(**values)
             )
+
+
+def _label(row: RowMapping) -> str:
+    """The ``action`` label of ``ticketpager_events_total`` for a row: its incident action, or ``writeback``."""
+    return str(row["action"]) if row["kind"] == "event" else "writeback"

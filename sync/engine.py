@@ -25,12 +25,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from connectors.pagerduty import build_event, mask
 from sync import jsonutil
 from sync.clock import Clock
 from sync.lifecycle import dedup_key_for, next_state, plan
 from sync.metrics import METRICS
 from sync.model import (
+    Destination,
+    IncidentAction,
     IncidentState,
     LinkState,
     Origin,
@@ -41,7 +42,7 @@ from sync.model import (
     diff_tickets,
     merge_changes,
 )
-from sync.redact import redact
+from sync.redact import mask, redact
 from sync.schema import changes, decisions, links, outbox, tickets
 from sync.store import Store, _insert_ignore
 
@@ -152,11 +153,13 @@ class Engine:
         rules: Callable[[], RuleSetLike],
         clock: Clock,
         *,
+        incidents: Destination,
         batch_size: int = 50,
     ) -> None:
         self.store = store
         self.rules = rules
         self.clock = clock
+        self.incidents = incidents  # renders incident actions when they are queued (the stored body is sent)
         self.batch_size = batch_size
 
     def _claim(self, conn: Connection, limit: int) -> list[RowMapping]:
@@ -380,10 +383,13 @@ class Engine:
         }
 
     def _enqueue(self, conn: Connection, event: PlannedEvent, ticket: Ticket, change_id: int | None, now: Any) -> None:
+        action = IncidentAction(event, ticket)
+        rendered = self.incidents.render(action)
         conn.execute(
             INSERT_OUTBOX,
             {
-                "kind": "event",
+                "kind": action.KIND,
+                "destination": self.incidents.name,
                 "source": ticket.source,
                 "ticket_id": ticket.id,
                 "ticket_key": ticket.key,
@@ -391,8 +397,8 @@ class Engine:
                 "action": event.action.value,
                 "dedup_key": event.dedup_key,
                 "generation": event.generation,
-                "routing_key": event.routing_key,
-                "body": jsonutil.dumps(build_event(event, ticket)),
+                "routing_key": rendered.limit_key,
+                "body": rendered.body,
                 "status": "pending",
                 "attempts": 0,
                 "next_attempt_at": now,

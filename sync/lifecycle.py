@@ -1,6 +1,6 @@
 """The incident lifecycle: from rule verdicts and current link states to the events to send. Pure.
 
-Per rule, given what the rules engine said and what we last told PagerDuty:
+Per rule, given what the rules engine said and what we last told the incident destination:
 
 =====================  ==========================================  =======================================
 link state             verdict                                     events
@@ -15,7 +15,7 @@ open, rule removed     ticket done or deleted                      resolve (an i
 anything else                                                      nothing
 =====================  ==========================================  =======================================
 
-Acknowledge and resolve always go to the routing key of the trigger (PagerDuty drops them otherwise).
+Acknowledge and resolve always go to the routing key of the trigger (the incident is known under it only).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from sync.model import EventAction, IncidentState, LinkState, PlannedEvent, StatusCategory, Ticket, TriggerSpec
 
-#: https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ — "dedup_key … Maximum of 255 characters"
+#: the ``dedup_key`` columns of the outbox and links (sync/schema.py); a destination fits its own limit
 DEDUP_KEY_MAX = 255
 
 
@@ -44,7 +44,7 @@ class RuleVerdict(Protocol):
 
 def dedup_key_for(source: str, ticket_id: str, rule: str, generation: int) -> str:
     """Stable per (ticket, rule, incident generation): duplicates of a change can never page twice,
-    while a reopened ticket (next generation) opens a new incident. Hashed when over PagerDuty's limit."""
+    while a reopened ticket (next generation) opens a new incident. Hashed when over :data:`DEDUP_KEY_MAX`."""
     key = f"ticketpager/{source}/{ticket_id}/{rule}/{generation}"
     if len(key) <= DEDUP_KEY_MAX:
         return key

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from sync import jsonutil
 
@@ -35,7 +35,7 @@ class Origin(StrEnum):
 
 
 class EventAction(StrEnum):
-    """PagerDuty Events API v2 ``event_action``."""
+    """What is done to an incident (an :class:`IncidentAction`); a destination renders it in its own terms."""
 
     TRIGGER = "trigger"
     ACKNOWLEDGE = "acknowledge"
@@ -43,7 +43,7 @@ class EventAction(StrEnum):
 
 
 class IncidentState(StrEnum):
-    """What we last told PagerDuty about one (ticket, rule) link."""
+    """What we last told the incident destination about one (ticket, rule) link."""
 
     TRIGGERED = "triggered"
     ACKNOWLEDGED = "acknowledged"
@@ -54,7 +54,8 @@ class IncidentState(StrEnum):
         return self is not IncidentState.RESOLVED
 
 
-SEVERITIES = ("critical", "error", "warning", "info")
+SEVERITIES = ("critical", "error", "warning", "info")  # the severities a rule may give an incident
+SUMMARY_MAX = 1024  # the longest incident summary a rule renders (characters; a destination may cut further)
 
 
 #: the instants a ticket may carry: every one of them can be shown in any time zone (±1 day of the limits of
@@ -286,7 +287,7 @@ def merge_changes(reported: tuple[FieldChange, ...] | None, diffed: tuple[FieldC
 
 @dataclass(frozen=True, slots=True)
 class LinkState:
-    """ticket ↔ rule ↔ PagerDuty incident: what we last sent and under which dedup key.
+    """ticket ↔ rule ↔ incident: what we last sent and under which dedup key.
 
     ``generation`` grows on every new incident for the same (ticket, rule): a reopened ticket pages
     again under a new ``dedup_key``.
@@ -301,7 +302,7 @@ class LinkState:
 
 @dataclass(frozen=True, slots=True)
 class TriggerSpec:
-    """The rendered trigger of a matching rule (what PagerDuty will show)."""
+    """The rendered trigger of a matching rule (what the incident destination will show)."""
 
     routing_key: str = field(repr=False)
     severity: str
@@ -317,7 +318,7 @@ class TriggerSpec:
 
 @dataclass(frozen=True, slots=True)
 class PlannedEvent:
-    """One event the engine decided to send: an outbox row before the PagerDuty limits are applied."""
+    """One incident action the engine decided on: an outbox row before its destination renders it."""
 
     rule: str
     action: EventAction
@@ -374,3 +375,130 @@ def unencodable_reason(change: TicketChange) -> str | None:
     except jsonutil.BadJSON as exc:
         return str(exc)
     return None
+
+
+# -- outbound actions as data, destinations as plug-ins ---------------------------------------------------
+# The engine decides *what* to do (an action below); a destination (PagerDuty Events v2, a ticketing system's
+# notes, …) renders it once, when it is queued (the outbox stores the rendered body, sent as is), and sends it.
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentAction:
+    """Trigger, acknowledge or resolve the incident of ``event`` (outbox kind ``event``)."""
+
+    KIND: ClassVar[str] = "event"
+    event: PlannedEvent
+    ticket: Ticket | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TicketNote:
+    """Add a note to a ticket about an incident action that was sent (outbox kind ``writeback``).
+
+    ``marker`` is unique per (dedup_key, action, generation); connectors embed it in the note and skip
+    the write when a note with that marker already exists, so a retried step writes the note once.
+    """
+
+    KIND: ClassVar[str] = "writeback"
+    ticket: TicketRef
+    action: EventAction
+    dedup_key: str
+    rule: str
+    marker: str
+    text: str
+
+
+#: Every action a destination may be asked to carry out (later: transition a ticket, reassign an incident).
+Action = IncidentAction | TicketNote
+
+NOTE_TEXT = {
+    EventAction.TRIGGER: "{label} incident triggered by rule '{rule}'",
+    EventAction.ACKNOWLEDGE: "{label} incident acknowledged (rule '{rule}')",
+    EventAction.RESOLVE: "{label} incident resolved (rule '{rule}')",
+}
+
+
+def incident_note(
+    label: str, ticket: TicketRef, action: EventAction, dedup_key: str, rule: str, row: int
+) -> TicketNote:
+    """The note left on ``ticket`` once incident action ``action`` (outbox row ``row``) went out to the
+    destination called ``label`` (e.g. "PagerDuty")."""
+    marker = f"tp:{dedup_key}:{action.value}:{row}"
+    text = NOTE_TEXT[action].format(label=label, rule=rule) + f". dedup_key: {dedup_key}. [{marker}]"
+    return TicketNote(ticket=ticket, action=action, dedup_key=dedup_key, rule=rule, marker=marker, text=text)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """An action as its destination will send it: ``body`` is stored in the outbox and sent as is;
+    ``limit_key`` is what the destination's rate limit counts by (PagerDuty: the routing key), a secret:
+    stored in the outbox's ``routing_key`` column and redacted from every stored error text."""
+
+    body: str
+    limit_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One outbox row handed to its destination to send."""
+
+    id: int
+    destination: str
+    kind: str
+    action: str
+    body: str = field(repr=False)
+    limit_key: str = field(repr=False)
+    ticket_key: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A send the destination accepted (a failure is raised as a :mod:`sync.errors` kind instead)."""
+
+    status: int | None = None
+    detail: str = ""
+
+
+class SendSlot(Protocol):
+    """A send a rate limiter counts; :meth:`finished` when the send is over, whatever its outcome."""
+
+    def finished(self) -> None: ...
+
+
+class SendLimiter(Protocol):
+    """A destination's rate limit: how long a send for ``key`` must wait (0 = go, with its slot)."""
+
+    def reserve(self, key: str) -> tuple[float, SendSlot | None]: ...
+
+    def first_hold(self, event: object) -> bool: ...
+
+    def sent(self, event: object) -> None: ...
+
+
+class Destination(Protocol):
+    """Where actions go. ``render`` is pure (``rules test`` shows its exact body); ``send`` is one attempt
+    (the delivery worker owns retries), classifies the answer through the destination's own status table and
+    raises ``RetryableError`` / ``PermanentError`` / ``UnknownOutcome``.
+
+    ``timeout``: seconds one send may wait for its answer (a retry may wait longer, see
+    :func:`sync.delivery.send_timeout`); ``None``: a send is several calls, its claim is renewed first.
+    ``label`` names the destination to people (ticket notes, logs).
+    """
+
+    name: str
+    label: str
+
+    @property
+    def timeout(self) -> float | None: ...
+
+    @property
+    def limiter(self) -> SendLimiter | None: ...
+
+    def render(self, action: Action) -> Rendered: ...
+
+    def send(self, item: Outbound, *, timeout: float | None) -> Outcome: ...
+
+    def preview(self, item: Outbound) -> str:
+        """The body as a dry run logs it, secrets masked."""
+        ...

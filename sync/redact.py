@@ -268,6 +268,11 @@ def _scheme_token(match: re.Match[str]) -> str:
 SECRETS = Redactor()
 
 
+def mask(secret: str) -> str:
+    """Show only the last 4 characters of a key (a routing key: enough to tell services apart)."""
+    return "****" + secret[-4:] if len(secret) > 8 else "****"
+
+
 def redact(text: str, *extra: str) -> str:
     """``text`` with every known secret (and ``extra`` ones, e.g. an outbox row's routing key) and anything
     credential-shaped replaced by ``[redacted]``."""

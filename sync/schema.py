@@ -3,7 +3,8 @@
 * ``changes``   — every received change, deduped on (source, delivery_id); the engine's work queue.
 * ``tickets``   — each ticket's last processed version (and its snapshot, for diffs and time rules).
 * ``links``     — ticket ↔ rule ↔ dedup_key ↔ routing key ↔ incident state, with a generation counter.
-* ``outbox``    — PagerDuty events and ticket write-backs: pending / sent / dead, attempts, next attempt.
+* ``outbox``    — outbound actions (incident events, ticket notes), each with its destination: pending /
+  sent / dead, attempts, next attempt.
 * ``cursors``   — poll cursors and the last poll error per source.
 * ``leases``    — which replica runs a singleton job (a poller, the time-rule scheduler) until when.
 * ``replicas``  — each running replica's heartbeat: a live one's claims and leases are never taken over.
@@ -172,6 +173,9 @@ outbox = Table(
     Column("sent_at", UTCDateTime(), nullable=True),
     Column("dry_run", Boolean, nullable=False, server_default=text("false")),
     Column("first_attempt_at", UTCDateTime(), nullable=True),  # the retry budget runs from here
+    # the destination that sends the row ('pagerduty', a source's write-back …); NULL: written by a version
+    # before 0007 during a rolling upgrade (delivered by its kind: see sync.delivery.Delivery.destination_of)
+    Column("destination", String(32), nullable=True),
     Index(
         "ix_outbox_due",
         "next_attempt_at",

@@ -22,9 +22,9 @@ from typing import Any
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from connectors import CONNECTORS, connector_class
-from connectors.base import Connector, WriteBack
+from connectors.base import Connector, NoteDestination
 from connectors.jira_normalize import display_name_fields
-from connectors.pagerduty import PagerDutySink, RateLimiter, mask
+from connectors.pagerduty import PagerDutyDestination, PagerDutySink, RateLimiter
 from sync import redact
 from sync.clock import Clock, SystemClock
 from sync.db import failure_reason
@@ -33,7 +33,9 @@ from sync.engine import Engine
 from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
 from sync.metrics import METRICS, zero_series
+from sync.model import Destination
 from sync.poller import poll_once
+from sync.redact import mask
 from sync.retry import RetryPolicy
 from sync.settings import Settings
 from sync.store import Store, acquire_lease, release_lease
@@ -42,6 +44,19 @@ log = logging.getLogger("ticketpager.service")
 
 #: "integration key … a 32 character" string (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/)
 INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
+
+
+def _pagerduty(svc: Service) -> Destination:
+    # requests sessions are not shared between threads: each delivery worker gets its own sink
+    return PagerDutyDestination(svc._injected_sink or svc._new_sink(), svc.limiter)
+
+
+#: The destinations incident actions can go to, by name: how the application builds each (per delivery
+#: worker). Adding a destination = its module + one line here. Ticket notes go to each source's write-back
+#: (:class:`~connectors.base.NoteDestination`, added for every connector).
+DESTINATIONS: dict[str, Callable[[Service], Destination]] = {
+    "pagerduty": _pagerduty,
+}
 
 
 def load_rule_store(settings: Settings, clock: Clock) -> Any:
@@ -64,6 +79,7 @@ class Service:
         rule_store: Any = None,
         sink: PagerDutySink | None = None,
         connectors: dict[str, Connector] | None = None,
+        incidents: str = "pagerduty",
     ) -> None:
         self.settings = settings
         redact.configure(settings)  # every error text this process stores, shows or logs is redacted
@@ -82,12 +98,10 @@ class Service:
         self.outbox_wake = threading.Event()  # set by the engine: events may be due
         self.stopping = threading.Event()
         self.writer = Writer(self.store, on_commit=self.wake.set)
-        self.engine = Engine(
-            self.store, lambda: self.rule_store.current, self.clock, batch_size=settings.engine.batch_size
-        )
         pd = settings.pagerduty
         self._injected_sink = sink  # tests may pass one; otherwise each delivery worker gets its own session
         self.sink = sink or self._new_sink()
+        self.incidents = incidents  # the destination (in DESTINATIONS) of incident actions
         self.policy = RetryPolicy(
             max_attempts=pd.max_attempts,
             max_total_seconds=pd.max_retry_seconds,
@@ -103,6 +117,13 @@ class Service:
             elsewhere=lambda key, since: self.store.sends_elsewhere(key, since, self.instance),
             # connect + read of the longest timeout a retry may use: the longest one POST can be in flight
             send_seconds=2 * send_timeout(pd.timeout_seconds, 1_000, settings.engine.claim_seconds),
+        )
+        self.engine = Engine(
+            self.store,
+            lambda: self.rule_store.current,
+            self.clock,
+            incidents=DESTINATIONS[incidents](self),
+            batch_size=settings.engine.batch_size,
         )
         self.heartbeat = Heartbeat(
             self.store,
@@ -165,8 +186,14 @@ class Service:
         pd = self.settings.pagerduty
         return PagerDutySink(pd.url, timeout=pd.timeout_seconds, clock=self.clock)
 
-    def _write_back(self, source: str, note: WriteBack) -> None:
-        self._write_back_connector(source).write_back(note)
+    def destinations(self) -> dict[str, Destination]:
+        """One delivery worker's destinations: the incident destination and every source's write-back."""
+        out: dict[str, Destination] = {
+            source: NoteDestination(source, functools.partial(self._write_back_connector, source))
+            for source in CONNECTORS
+        }
+        out[self.incidents] = DESTINATIONS[self.incidents](self)
+        return out
 
     def _write_back_connector(self, source: str) -> Connector:
         """The connector delivery workers write notes with: one attempt per call, because the outbox
@@ -189,15 +216,14 @@ class Service:
         (this process's, when it runs) keeps it from sending while this replica may be presumed dead."""
         return Delivery(
             self.store,
-            self._injected_sink or self._new_sink(),  # requests sessions are not shared between threads
+            self.destinations(),
             self.clock,
             policy=self.policy,
-            limiter=self.limiter,
             worker_id=f"{self.instance}/{worker}",
             claim_seconds=self.settings.engine.claim_seconds,
             dry_run=self.settings.dry_run,
-            write_back=self._write_back,
             write_back_sources=self.write_back_sources(),
+            legacy_events=PagerDutyDestination.name,  # incident rows written before migration 0007
             takeover_after=self.settings.engine.replica_timeout_seconds,
             heartbeat=heartbeat,
         )
