@@ -65,9 +65,13 @@ class PollFake(Protocol):
     def fail_next(self, count: int, status: int, headers: dict[str, str] | None = None) -> None:
         """Answer the next ``count`` API requests with ``status``."""
 
+    def served(self) -> int:
+        """How many API requests the fake has answered so far."""
+
 
 class Adapter(Protocol):
     name: str
+    echo_reason: str  # the ignored-reason label (a metric label) of :meth:`echo_body`
 
     def settings(self, secrets: Sequence[str]) -> dict[str, Any]:
         """Webhook-only settings values with ``secrets`` as the configured webhook secrets (rotation order)."""
@@ -99,9 +103,13 @@ class _JiraPoll:
     def fail_next(self, count: int, status: int, headers: dict[str, str] | None = None) -> None:
         self.fake.fail_next(count, status, headers)
 
+    def served(self) -> int:
+        return len(self.fake.requests)
+
 
 class JiraAdapter:
     name = "jira"
+    echo_reason = "own_comment"
     _updated = (FIXTURES / "jira" / "webhook_issue_updated_done.json").read_bytes()
 
     def settings(self, secrets: Sequence[str]) -> dict[str, Any]:
@@ -153,9 +161,13 @@ class _ZendeskPoll:
     def fail_next(self, count: int, status: int, headers: dict[str, str] | None = None) -> None:
         self.fake.fail_next(count, status, headers)
 
+    def served(self) -> int:
+        return len(self.fake.requests)
+
 
 class ZendeskAdapter:
     name = "zendesk"
+    echo_reason = "own_note"
 
     def settings(self, secrets: Sequence[str]) -> dict[str, Any]:
         return {"subdomain": "acme", "email": "api@acme.example", "webhook_secrets": list(secrets)}
@@ -201,9 +213,13 @@ class _ServiceNowPoll:
     def fail_next(self, count: int, status: int, headers: dict[str, str] | None = None) -> None:
         self.server.fake.fail_next(count, status, headers)
 
+    def served(self) -> int:
+        return len(self.server.fake.requests)
+
 
 class ServiceNowAdapter:
     name = "servicenow"
+    echo_reason = "own_write_back"
     _update = (FIXTURES / "servicenow" / "webhook_incident_update.json").read_bytes()
     USERNAME = "ticketpager"
 
