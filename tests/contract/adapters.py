@@ -71,6 +71,7 @@ class PollFake(Protocol):
 
 class Adapter(Protocol):
     name: str
+    flavours: tuple[str, ...]  # variants of the vendor's API the poll tests run against (Jira: Cloud, Data Center)
     echo_reason: str  # the ignored-reason label (a metric label) of :meth:`echo_body`
 
     def settings(self, secrets: Sequence[str]) -> dict[str, Any]:
@@ -85,8 +86,8 @@ class Adapter(Protocol):
     def sign(self, body: bytes, secret: str) -> dict[str, str]:
         """The headers the vendor sends with ``body`` signed with ``secret`` at :data:`NOW`."""
 
-    def polling(self, tmp_path: Path) -> AbstractContextManager[PollFake]:
-        """Start the local fake with :data:`TICKETS` tickets."""
+    def polling(self, tmp_path: Path, flavour: str) -> AbstractContextManager[PollFake]:
+        """Start the local fake (of API ``flavour``) with :data:`TICKETS` tickets."""
 
 
 # -- Jira ------------------------------------------------------------------------------------------------
@@ -110,6 +111,7 @@ class _JiraPoll:
 class JiraAdapter:
     name = "jira"
     echo_reason = "own_comment"
+    flavours = ("Cloud", "Server")  # Jira's serverInfo deploymentType: Cloud search/jql, Data Center search
     _updated = (FIXTURES / "jira" / "webhook_issue_updated_done.json").read_bytes()
 
     def settings(self, secrets: Sequence[str]) -> dict[str, Any]:
@@ -137,9 +139,9 @@ class JiraAdapter:
         }
 
     @contextmanager
-    def polling(self, tmp_path: Path) -> Iterator[_JiraPoll]:
+    def polling(self, tmp_path: Path, flavour: str) -> Iterator[_JiraPoll]:
         now = datetime.now(UTC).replace(microsecond=0)
-        with FakeJira(deployment="Cloud", time_zone="UTC") as jira:
+        with FakeJira(deployment=flavour, time_zone="UTC") as jira:
             ids = [str(10001 + n) for n in range(TICKETS)]
             for n, issue_id in enumerate(ids):
                 jira.put(make_issue(issue_id, f"OPS-{n + 1}", updated=now - timedelta(minutes=30 - n),
@@ -168,6 +170,7 @@ class _ZendeskPoll:
 class ZendeskAdapter:
     name = "zendesk"
     echo_reason = "own_note"
+    flavours = ("cloud",)
 
     def settings(self, secrets: Sequence[str]) -> dict[str, Any]:
         return {"subdomain": "acme", "email": "api@acme.example", "webhook_secrets": list(secrets)}
@@ -187,7 +190,7 @@ class ZendeskAdapter:
         }
 
     @contextmanager
-    def polling(self, tmp_path: Path) -> Iterator[_ZendeskPoll]:
+    def polling(self, tmp_path: Path, flavour: str) -> Iterator[_ZendeskPoll]:
         with FakeZendesk() as zd:
             ids = [str(tid) for tid in range(1, TICKETS + 1)]
             for tid in range(1, TICKETS + 1):  # older than the newest minute the export withholds
@@ -220,6 +223,7 @@ class _ServiceNowPoll:
 class ServiceNowAdapter:
     name = "servicenow"
     echo_reason = "own_write_back"
+    flavours = ("table-api",)
     _update = (FIXTURES / "servicenow" / "webhook_incident_update.json").read_bytes()
     USERNAME = "ticketpager"
 
@@ -241,7 +245,7 @@ class ServiceNowAdapter:
                 "content-type": "application/json"}
 
     @contextmanager
-    def polling(self, tmp_path: Path) -> Iterator[_ServiceNowPoll]:
+    def polling(self, tmp_path: Path, flavour: str) -> Iterator[_ServiceNowPoll]:
         now = datetime.now(UTC).replace(microsecond=0)
         ids = [f"sn-{n:02d}" for n in range(1, TICKETS + 1)]
         fake = FakeInstance([make_record(sys_id, f"INC{n:07d}", now - timedelta(minutes=30 - n))

@@ -5,14 +5,16 @@ a body changed after signing, or no configured secret (unless insecure) is 401; 
 or stored once; our own note echoing back pages nobody; a malformed body is 400, never a crash; secrets never
 show in a refusal or a ``repr``. Polling, against the system's local fake: every ticket once across pages, a
 restart from the stored cursor reads nothing again, a failed page never moves the cursor past unstored
-tickets, and a 429's ``Retry-After`` is waited on the injected clock. Vendor-specific behaviour stays in the
-per-vendor test files.
+tickets, and a 429's ``Retry-After`` is waited once on the injected clock. Polling runs against every API
+flavour an adapter names (Jira: Cloud and Data Center, which share one paginator). Vendor-specific behaviour
+stays in the per-vendor test files.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,15 @@ SYSTEMS = registry.names()
 @pytest.fixture(params=SYSTEMS)
 def adapter(request: pytest.FixtureRequest) -> Adapter:
     return ADAPTERS[request.param]
+
+
+@pytest.fixture(params=[pytest.param((name, flavour), id=f"{name}-{flavour}")
+                        for name in SYSTEMS if name in ADAPTERS for flavour in ADAPTERS[name].flavours])
+def fake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PollFake]:
+    """The system's local fake (each API flavour), running, with TICKETS tickets."""
+    name, flavour = request.param
+    with ADAPTERS[name].polling(tmp_path, flavour) as running:
+        yield running
 
 
 def connector(adapter: Adapter, secrets: list[str] | None = None, *, insecure: bool = False,
@@ -145,57 +156,53 @@ def stored(cursor: Any) -> dict[str, Any]:
     return result
 
 
-def test_a_poll_reads_every_ticket_once_across_pages(adapter: Adapter, tmp_path: Path) -> None:
-    with adapter.polling(tmp_path) as fake:
-        conn = fake.connector()
-        pages = list(conn.poll(first_cursor(fake, conn)))
+def test_a_poll_reads_every_ticket_once_across_pages(fake: PollFake) -> None:
+    conn = fake.connector()
+    pages = list(conn.poll(first_cursor(fake, conn)))
     assert len(pages) >= 2
     assert sorted(ticket_ids(pages)) == sorted(fake.ids)
 
 
-def test_a_restart_from_the_stored_cursor_reads_nothing_again(adapter: Adapter, tmp_path: Path) -> None:
-    with adapter.polling(tmp_path) as fake:
-        conn = fake.connector()
-        first = list(conn.poll(first_cursor(fake, conn)))
-        restarted = fake.connector()  # a new process: only the stored cursor survives
-        again = list(restarted.poll(stored(first[-1].cursor)))
+def test_a_restart_from_the_stored_cursor_reads_nothing_again(fake: PollFake) -> None:
+    conn = fake.connector()
+    first = list(conn.poll(first_cursor(fake, conn)))
+    restarted = fake.connector()  # a new process: only the stored cursor survives
+    again = list(restarted.poll(stored(first[-1].cursor)))
     assert sorted(ticket_ids(first)) == sorted(fake.ids)
     assert ticket_ids(again) == []
 
 
-def test_a_failed_page_never_moves_the_cursor_past_unstored_tickets(adapter: Adapter, tmp_path: Path) -> None:
+def test_a_failed_page_never_moves_the_cursor_past_unstored_tickets(fake: PollFake) -> None:
     """The poller stores each page's changes with its cursor; a page that fails stores neither, and the
     next poll from the stored cursor reads every ticket not stored yet."""
-    with adapter.polling(tmp_path) as fake:
-        conn = fake.connector(retry=RetryPolicy(max_attempts=1))
-        pages = conn.poll(first_cursor(fake, conn))
-        page = next(pages)
-        kept, cursor = list(ticket_ids([page])), stored(page.cursor)
-        assert 0 < len(kept) < TICKETS
-        fake.fail_next(5, 503)
-        with pytest.raises(RetryableError):
-            for page in pages:
-                kept += ticket_ids([page])
-                cursor = stored(page.cursor)
-        resumed = ticket_ids(list(fake.connector().poll(cursor)))
+    conn = fake.connector(retry=RetryPolicy(max_attempts=1))
+    pages = conn.poll(first_cursor(fake, conn))
+    page = next(pages)
+    kept, cursor = list(ticket_ids([page])), stored(page.cursor)
+    assert 0 < len(kept) < TICKETS
+    fake.fail_next(5, 503)
+    with pytest.raises(RetryableError):
+        for page in pages:
+            kept += ticket_ids([page])
+            cursor = stored(page.cursor)
+    resumed = ticket_ids(list(fake.connector().poll(cursor)))
     assert set(kept) | set(resumed) == set(fake.ids)
 
 
-def test_a_429_retry_after_is_waited_once_on_the_injected_clock(adapter: Adapter, tmp_path: Path) -> None:
+def test_a_429_retry_after_is_waited_once_on_the_injected_clock(fake: PollFake) -> None:
     """Our retry policy waits exactly what the vendor asked, on the injected clock; the vendor client does not
     retry on its own (one 429 costs exactly one more request than a poll without it)."""
-    with adapter.polling(tmp_path) as fake:
-        conn = fake.connector()
-        cursor = first_cursor(fake, conn)
-        before = fake.served()
-        list(conn.poll(cursor))
-        unthrottled = fake.served() - before
+    conn = fake.connector()
+    cursor = first_cursor(fake, conn)
+    before = fake.served()
+    list(conn.poll(cursor))
+    unthrottled = fake.served() - before
 
-        throttled = fake.connector()
-        fake.fail_next(1, 429, {"Retry-After": "7"})
-        before, started = fake.served(), time.monotonic()
-        pages = list(throttled.poll(cursor))
-        requests = fake.served() - before
+    throttled = fake.connector()
+    fake.fail_next(1, 429, {"Retry-After": "7"})
+    before, started = fake.served(), time.monotonic()
+    pages = list(throttled.poll(cursor))
+    requests = fake.served() - before
     assert time.monotonic() - started < 5  # no real sleeping: the wait went to the fake clock
     assert fake.clock.sleeps.count(7.0) == 1
     assert requests == unthrottled + 1
