@@ -327,73 +327,29 @@ class JiraConnector(Connector[JiraSettings]):
         self._load_fields(client, lookups)
         fields = self._poll_fields()
         since = state.watermark - timedelta(seconds=self.settings.overlap_seconds)
-        if lookups.cloud:
-            yield from self._poll_cloud(client, lookups, state, since, fields)
-        else:
-            yield from self._poll_datacenter(client, lookups, state, since, fields)
+        yield from self._paginate(client, lookups, state, since, fields, CLOUD if lookups.cloud else DATA_CENTER)
 
-    def _poll_cloud(
-        self, client: JIRA, lookups: _Lookups, state: JiraCursor, since: datetime, fields: list[str]
+    def _paginate(
+        self,
+        client: JIRA,
+        lookups: _Lookups,
+        state: JiraCursor,
+        since: datetime,
+        fields: list[str],
+        api: _SearchApi,
     ) -> Iterator[PollPage]:
-        """``/search/jql`` pages via ``nextPageToken`` (Cloud has no ``startAt`` and no ``total``)."""
-        jql = self._jql(jql_literal(since, lookups.zone))
-        token: str | None = None
-        while True:
-            result = self._call(
-                partial(
-                    client.enhanced_search_issues,
-                    jql,
-                    nextPageToken=token,
-                    maxResults=self.settings.page_size,
-                    fields=list(fields),
-                    json_result=True,
-                )
-            )
+        """The one search loop of both flavours: query, normalize the page, yield it (with the cursor after
+        it), and ask ``api`` for the next request (``None``: done). Only the call and the paging differ."""
+        request: _SearchRequest | None = _SearchRequest(since)
+        while request is not None:
+            jql = self._jql(jql_literal(request.lower, lookups.zone))
+            result = self._call(partial(api.search, client, jql, request, self.settings.page_size, list(fields)))
             if not isinstance(result, Mapping):
-                raise PermanentError("jira client returned no Cloud search result", vendor=VENDOR)
-            issues = result.get("issues") or []
-            page, state, _ = self._page(issues, state, lookups)
-            yield page
-            token = result.get("nextPageToken") or None
-            if not token or result.get("isLast") is True:
-                return
-
-    def _poll_datacenter(
-        self, client: JIRA, lookups: _Lookups, state: JiraCursor, since: datetime, fields: list[str]
-    ) -> Iterator[PollPage]:
-        """``/rest/api/2/search`` by keyset: each page re-queries from the minute of the newest issue seen.
-
-        Offset paging over ``ORDER BY updated`` skips an issue whenever an earlier one is updated
-        mid-scan (everything shifts left). Restarting from the last minute (re-reads are deduped) only
-        falls back to ``startAt`` inside one minute holding a full page of issues.
-        """
-        lower = since
-        start_at = 0
-        while True:
-            jql = self._jql(jql_literal(lower, lookups.zone))
-            offset = start_at
-            result = self._call(
-                partial(
-                    client.search_issues,
-                    jql,
-                    startAt=offset,
-                    maxResults=self.settings.page_size,
-                    fields=list(fields),
-                    json_result=True,
-                )
-            )
-            if not isinstance(result, Mapping):
-                raise PermanentError("jira client returned no search result", vendor=VENDOR)
+                raise PermanentError(f"jira client returned no {api.name} search result", vendor=VENDOR)
             issues = result.get("issues") or []
             page, state, newest = self._page(issues, state, lookups)
             yield page
-            total = result.get("total")
-            if not issues or (isinstance(total, int) and offset + len(issues) >= total):
-                return
-            if newest is not None and jql_literal(newest, lookups.zone) != jql_literal(lower, lookups.zone):
-                lower, start_at = newest, 0
-            else:
-                start_at = offset + len(issues)
+            request = api.next(request, result, issues, newest, lookups.zone)
 
     def _page(self, issues: Any, state: JiraCursor, lookups: _Lookups) -> tuple[PollPage, JiraCursor, datetime | None]:
         """Normalize one result page, drop overlap re-reads, and compute the cursor after it."""
@@ -619,3 +575,65 @@ def _header(headers: Headers, name: str) -> str | None:
 
 
 __all__ = ["STATUS_TABLE", "JiraConnector", "JiraCursor"]
+
+
+# -- search paging: one loop (JiraConnector._paginate), two flavours -------------------------------------
+@dataclass(frozen=True, slots=True)
+class _SearchRequest:
+    """One search call: the JQL window's lower bound and the position inside its results."""
+
+    lower: datetime
+    token: str | None = None  # Cloud's opaque nextPageToken
+    start_at: int = 0  # Data Center's offset (only inside one crowded minute)
+
+
+@dataclass(frozen=True, slots=True)
+class _SearchApi:
+    """How one Jira flavour searches (``search``) and pages (``next``: the request after a page, or ``None``)."""
+
+    name: str
+    search: Callable[[JIRA, str, _SearchRequest, int, list[str]], Any]
+    next: Callable[[_SearchRequest, Mapping[str, Any], Any, datetime | None, ZoneInfo | None], _SearchRequest | None]
+
+
+def _cloud_search(client: JIRA, jql: str, request: _SearchRequest, size: int, fields: list[str]) -> Any:
+    # https://developer.atlassian.com/cloud/jira/platform/rest/v2/api-group-issue-search/#api-rest-api-2-search-jql-get
+    return client.enhanced_search_issues(
+        jql, nextPageToken=request.token, maxResults=size, fields=fields, json_result=True
+    )
+
+
+def _cloud_next(
+    request: _SearchRequest, result: Mapping[str, Any], issues: Any, newest: datetime | None, zone: ZoneInfo | None
+) -> _SearchRequest | None:
+    """``/search/jql`` pages via ``nextPageToken`` (Cloud has no ``startAt`` and no ``total``)."""
+    token = result.get("nextPageToken") or None
+    if not token or result.get("isLast") is True:
+        return None
+    return replace(request, token=str(token))
+
+
+def _datacenter_search(client: JIRA, jql: str, request: _SearchRequest, size: int, fields: list[str]) -> Any:
+    # https://docs.atlassian.com/software/jira/docs/api/REST/9.12.0/#api/2/search-searchUsingSearchRequest
+    return client.search_issues(jql, startAt=request.start_at, maxResults=size, fields=fields, json_result=True)
+
+
+def _datacenter_next(
+    request: _SearchRequest, result: Mapping[str, Any], issues: Any, newest: datetime | None, zone: ZoneInfo | None
+) -> _SearchRequest | None:
+    """``/rest/api/2/search`` by keyset: each page re-queries from the minute of the newest issue seen.
+
+    Offset paging over ``ORDER BY updated`` skips an issue whenever an earlier one is updated mid-scan
+    (everything shifts left). Restarting from the last minute (re-reads are deduped) only falls back to
+    ``startAt`` inside one minute holding a full page of issues.
+    """
+    total = result.get("total")
+    if not issues or (isinstance(total, int) and request.start_at + len(issues) >= total):
+        return None
+    if newest is not None and jql_literal(newest, zone) != jql_literal(request.lower, zone):
+        return _SearchRequest(newest)
+    return replace(request, start_at=request.start_at + len(issues))
+
+
+CLOUD = _SearchApi("Cloud", _cloud_search, _cloud_next)
+DATA_CENTER = _SearchApi("Data Center", _datacenter_search, _datacenter_next)

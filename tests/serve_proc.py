@@ -1,4 +1,5 @@
-"""Run ``ticketpager serve`` as a real subprocess for crash and end-to-end tests."""
+"""Run ``ticketpager`` as a real subprocess for crash and end-to-end tests: ``serve`` (:class:`Serve`) and
+one-shot commands such as ``poll --once`` (:func:`run_cli`), in a clean environment (:func:`cli_env`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,29 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CLI = (sys.executable, "-m", "sync.cli")  # the ticketpager command, from this checkout
+#: variables of the caller's shell that would leak into a child's settings (zenpy reads ZENPY_*)
+FOREIGN_PREFIXES = ("TICKETPAGER_", "ZENPY_")
+
+
+def cli_env(tmp_path: Path, *, rules: Path, pagerduty_url: str, **variables: str) -> dict[str, str]:
+    """The environment of an end-to-end ``ticketpager`` child: none of the caller's settings, this checkout
+    importable, loopback never proxied, a fresh SQLite database in ``tmp_path``, ``rules`` and PagerDuty's
+    events URL, plus ``variables`` (``TICKETPAGER_JIRA__URL``, routing keys the rules read, …)."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_PREFIXES)},
+        "PYTHONPATH": str(ROOT),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "TICKETPAGER_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+        "TICKETPAGER_RULES_PATH": str(rules),
+        "TICKETPAGER_PAGERDUTY__EVENTS_URL": pagerduty_url,
+        **variables,
+    }
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """Run ``ticketpager <args>`` to completion (e.g. ``poll --once --source jira``)."""
+    return subprocess.run([*CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)  # noqa: S603
 
 
 def free_port() -> int:
@@ -29,7 +53,7 @@ class Serve:
 
     def start(self, timeout: float = 30.0) -> Serve:
         self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "sync.cli", "serve", *self.args],
+            [*CLI, "serve", *self.args],
             env=self.env,
             cwd=ROOT,
             stdout=subprocess.PIPE,

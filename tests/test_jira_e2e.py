@@ -8,9 +8,6 @@ comments (which bump the issue's ``updated``, as in Jira) page nobody.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,23 +15,13 @@ import pytest
 
 from tests.fakes.jira_server import FakeJira, jira_time, make_issue
 from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.serve_proc import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+POLL_ONCE = ("poll", "--once", "--source", "jira")
 FIXTURES = Path(__file__).parent / "fixtures" / "jira"
 PLATFORM_KEY = "R0PLATFORM000000000000000000000A"
-
-
-def run_poll(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sync.cli", "poll", "--once", "--source", "jira"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
 
 
 def test_poll_once_pages_two_p1s_and_done_resolves_one(tmp_path: Path) -> None:
@@ -56,24 +43,21 @@ def test_poll_once_pages_two_p1s_and_done_resolves_one(tmp_path: Path) -> None:
                     base_url=jira.url,
                 )
             )
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("TICKETPAGER_")},
-            "PYTHONPATH": str(ROOT),
-            "NO_PROXY": "127.0.0.1,localhost",
-            "TICKETPAGER_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
-            "TICKETPAGER_RULES_PATH": str(FIXTURES / "e2e_rules.yaml"),
-            "TICKETPAGER_PAGERDUTY__EVENTS_URL": pd.url,
-            "TICKETPAGER_JIRA__ENABLED": "true",
-            "TICKETPAGER_JIRA__URL": jira.url,
-            "TICKETPAGER_JIRA__EMAIL": "ticketpager-bot@acme.example",
-            "TICKETPAGER_JIRA__API_TOKEN": "e2e-api-token",
-            "TICKETPAGER_JIRA__WEBHOOK_SECRETS": "e2e-webhook-secret",
-            "TICKETPAGER_JIRA__JQL": "project = OPS",
-            "TICKETPAGER_JIRA__PAGE_SIZE": "3",
-            "PD_PLATFORM_KEY": PLATFORM_KEY,
-        }
+        env = cli_env(
+            tmp_path,
+            rules=FIXTURES / "e2e_rules.yaml",
+            pagerduty_url=pd.url,
+            TICKETPAGER_JIRA__ENABLED="true",
+            TICKETPAGER_JIRA__URL=jira.url,
+            TICKETPAGER_JIRA__EMAIL="ticketpager-bot@acme.example",
+            TICKETPAGER_JIRA__API_TOKEN="e2e-api-token",
+            TICKETPAGER_JIRA__WEBHOOK_SECRETS="e2e-webhook-secret",
+            TICKETPAGER_JIRA__JQL="project = OPS",
+            TICKETPAGER_JIRA__PAGE_SIZE="3",
+            PD_PLATFORM_KEY=PLATFORM_KEY,
+        )
 
-        first = run_poll(env, tmp_path)
+        first = run_cli(*POLL_ONCE, env=env, cwd=tmp_path)
         assert first.returncode == 0, first.stderr
 
         searches = [q for m, p, q in jira.requests if p == "/rest/api/2/search/jql"]
@@ -101,7 +85,7 @@ def test_poll_once_pages_two_p1s_and_done_resolves_one(tmp_path: Path) -> None:
         jira.put(done)
         assert done["fields"]["updated"] == jira_time(latest + timedelta(minutes=1))
 
-        second = run_poll(env, tmp_path)
+        second = run_cli(*POLL_ONCE, env=env, cwd=tmp_path)
         assert second.returncode == 0, second.stderr
 
         ops3 = next(e for e in triggers if "OPS-3" in e["payload"]["summary"])

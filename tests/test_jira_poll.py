@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from connectors.jira import JiraConnector, JiraCursor
 from sync.clock import FakeClock
-from sync.errors import ConfigError, PermanentError, RetryableError
+from sync.errors import ConfigError, PermanentError
 from sync.model import Origin
 from sync.retry import RetryPolicy
 from sync.settings import JiraSettings
@@ -174,21 +174,6 @@ def test_unknown_profile_zone_widens_the_window_instead_of_skipping(rsps: respon
     assert 'updated >= "2026/11/26 18:55"' in query(call.calls[0].request)["jql"][0]
 
 
-def test_429_retry_after_is_honoured_once_without_sleeping(rsps: responses.RequestsMock) -> None:
-    mock_lookups(rsps, cloud=True)
-    limited = rsps.get(
-        f"{API}/search/jql", status=429, headers={"Retry-After": "7"}, json={"errorMessages": ["Rate limited"]}
-    )
-    ok = rsps.get(f"{API}/search/jql", json={"issues": five_issues()[:1], "isLast": True})
-    clock = FakeClock(T0)
-
-    pages = list(make_connector(clock).poll(cursor_at(T0)))
-
-    assert [c.ticket.key for p in pages for c in p.changes] == ["OPS-1"]
-    assert clock.sleeps == [7.0]  # our policy waited exactly what Jira asked, on the fake clock
-    assert limited.call_count == 1 and ok.call_count == 1  # the client itself did not retry (max_retries=0)
-
-
 def test_401_is_permanent_with_a_clear_message_and_no_retry(rsps: responses.RequestsMock) -> None:
     rsps.get(f"{API}/serverInfo", status=401, json={"errorMessages": ["Client must be authenticated"]})
     clock = FakeClock(T0)
@@ -267,43 +252,6 @@ def test_cloud_issue_updated_during_a_poll_arrives_in_the_next_cycle(rsps: respo
     again = [(c.ticket.key, c.ticket.priority) for p in second for c in p.changes]
     assert again == [("OPS-1", "Highest")]  # the overlap re-read of OPS-2..4 is deduped
     assert sum(p.skipped for p in second) >= 1
-
-
-def test_cursor_survives_a_restart_and_dedupes_the_overlap(rsps: responses.RequestsMock) -> None:
-    mock_lookups(rsps, cloud=True, time_zone="UTC")
-    issues = five_issues()
-    rsps.add_callback("GET", f"{API}/search/jql", callback=cloud_search(lambda: issues, "UTC"))
-
-    first = list(make_connector().poll(cursor_at(T0)))
-    stored = json.loads(json.dumps(first[-1].cursor))  # what the database keeps
-    restarted = make_connector()  # a new process: nothing in memory
-    second = list(restarted.poll(stored))
-
-    assert sum(len(p.changes) for p in second) == 0
-    assert sum(p.skipped for p in second) == 5  # all in the overlap window, all already stored
-
-
-def test_a_failed_page_never_advances_the_cursor_past_unstored_issues(rsps: responses.RequestsMock) -> None:
-    mock_lookups(rsps, cloud=True, time_zone="UTC")
-    issues = five_issues()
-    rsps.get(
-        f"{API}/search/jql",
-        json={"issues": issues[:2], "nextPageToken": "tok-2", "isLast": False},
-    )
-    rsps.get(f"{API}/search/jql", status=500, json={"errorMessages": ["boom"]})
-    clock = FakeClock(T0)
-    stored: dict[str, Any] = {}
-
-    with pytest.raises(RetryableError):
-        for page in make_connector(clock).poll(cursor_at(T0)):
-            stored = dict(page.cursor)  # the poller stores page 1; page 2 never arrives
-
-    assert JiraCursor.from_json(stored).watermark == T0 + timedelta(minutes=1)
-    rsps.reset()
-    mock_lookups(rsps, cloud=True, time_zone="UTC")
-    rsps.add_callback("GET", f"{API}/search/jql", callback=cloud_search(lambda: issues, "UTC"))
-    resumed = list(make_connector().poll(stored))
-    assert [c.ticket.key for p in resumed for c in p.changes] == ["OPS-3", "OPS-4", "OPS-5"]
 
 
 def test_first_poll_without_cursor_looks_back_the_configured_time(rsps: responses.RequestsMock) -> None:

@@ -60,19 +60,6 @@ def payload(**changes: Any) -> dict[str, Any]:
 
 
 # -- signatures ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("secret", [OLD_SECRET, NEW_SECRET])
-def test_good_signature_with_any_configured_secret_is_accepted(secret: str) -> None:
-    connector().verify_webhook(headers(UPDATED_DONE, secret), UPDATED_DONE)
-
-
-def test_signature_is_over_the_raw_bytes_not_reserialized_json() -> None:
-    reformatted = json.dumps(json.loads(UPDATED_DONE)).encode()  # same JSON, different bytes
-    assert reformatted != UPDATED_DONE
-    with pytest.raises(WebhookRejected) as info:
-        connector().verify_webhook(headers(UPDATED_DONE), reformatted)
-    assert info.value.status == 401
-
-
 @pytest.mark.parametrize(
     ("header", "reason"),
     [
@@ -97,13 +84,6 @@ def test_bad_missing_or_wrongly_prefixed_signatures_are_401(header: str | None, 
 def test_uppercase_hex_and_header_case_are_tolerated() -> None:
     sig = sign(UPDATED_DONE)
     connector().verify_webhook({"X-Hub-Signature": "SHA256=" + sig.split("=", 1)[1].upper()}, UPDATED_DONE)
-
-
-def test_no_secret_configured_rejects_by_default_and_insecure_accepts() -> None:
-    with pytest.raises(WebhookRejected) as info:
-        connector([]).verify_webhook({}, UPDATED_DONE)
-    assert (info.value.status, info.value.reason) == (401, "webhook secret not configured")
-    connector([], insecure=True).verify_webhook({}, UPDATED_DONE)
 
 
 # -- parsing --------------------------------------------------------------------------------------------
@@ -191,19 +171,6 @@ def test_other_events_are_ignored_with_a_bounded_reason(event: str) -> None:
     body = json.dumps(data).encode()
     result = connector().parse_webhook(headers(body), body)
     assert result.changes == [] and result.ignored_reason == "unhandled_event"
-
-
-def test_our_own_comment_echoing_back_is_ignored() -> None:
-    data = payload(issue_event_type_name="issue_commented")
-    data.pop("changelog")
-    data["comment"] = {
-        "id": "10600",
-        "body": "[ticketpager] PagerDuty trigger (rule jira-ops-p1)\nDedup key: tp-1\nticketpager-marker: m-1",
-        "author": {"accountId": "5b10ac8d82e05b22cc7d4ef5"},
-    }
-    body = json.dumps(data).encode()
-    result = connector().parse_webhook(headers(body), body)
-    assert result.changes == [] and result.ignored_reason == "own_comment"
 
 
 def test_a_human_comment_or_a_comment_with_real_changes_is_not_an_echo() -> None:

@@ -7,9 +7,6 @@ incident on the next poll, and each event leaves exactly one work note.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,24 +14,14 @@ import pytest
 
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.fakes.servicenow_server import FakeInstance, FakeServiceNowServer, make_record
+from tests.serve_proc import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+POLL_ONCE = ("poll", "--once", "--source", "servicenow")
 RULES = Path(__file__).parent / "fixtures" / "servicenow" / "e2e_rules.yaml"
 NETWORK_KEY = "R0NETWORK0000000000000000000000A"
 DESK_KEY = "R0DESK000000000000000000000000AB"
-
-
-def run_poll(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sync.cli", "poll", "--once", "--source", "servicenow"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
 
 
 def test_poll_once_pages_network_p1_and_resolving_it_resolves(tmp_path: Path) -> None:
@@ -58,24 +45,21 @@ def test_poll_once_pages_network_p1_and_resolving_it_resolves(tmp_path: Path) ->
         ]
     )
     with MockPagerDuty() as pd, FakeServiceNowServer(fake, str(tmp_path)) as sn:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("TICKETPAGER_")},
-            "PYTHONPATH": str(ROOT),
-            "NO_PROXY": "127.0.0.1,localhost",
-            "REQUESTS_CA_BUNDLE": sn.ca_pem,
-            "TICKETPAGER_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
-            "TICKETPAGER_RULES_PATH": str(RULES),
-            "TICKETPAGER_PAGERDUTY__EVENTS_URL": pd.url,
-            "TICKETPAGER_SERVICENOW__ENABLED": "true",
-            "TICKETPAGER_SERVICENOW__INSTANCE_URL": sn.url,
-            "TICKETPAGER_SERVICENOW__USERNAME": fake.username,
-            "TICKETPAGER_SERVICENOW__PASSWORD": fake.password,
-            "TICKETPAGER_SERVICENOW__WEBHOOK_SECRETS": "e2e-webhook-secret",
-            "PD_NETWORK_KEY": NETWORK_KEY,
-            "PD_DESK_KEY": DESK_KEY,
-        }
+        env = cli_env(
+            tmp_path,
+            rules=RULES,
+            pagerduty_url=pd.url,
+            REQUESTS_CA_BUNDLE=sn.ca_pem,
+            TICKETPAGER_SERVICENOW__ENABLED="true",
+            TICKETPAGER_SERVICENOW__INSTANCE_URL=sn.url,
+            TICKETPAGER_SERVICENOW__USERNAME=fake.username,
+            TICKETPAGER_SERVICENOW__PASSWORD=fake.password,
+            TICKETPAGER_SERVICENOW__WEBHOOK_SECRETS="e2e-webhook-secret",
+            PD_NETWORK_KEY=NETWORK_KEY,
+            PD_DESK_KEY=DESK_KEY,
+        )
 
-        first = run_poll(env, tmp_path)
+        first = run_cli(*POLL_ONCE, env=env, cwd=tmp_path)
         assert first.returncode == 0, first.stderr
 
         triggers = {e["routing_key"]: e for e in pd.events if e["event_action"] == "trigger"}
@@ -90,7 +74,7 @@ def test_poll_once_pages_network_p1_and_resolving_it_resolves(tmp_path: Path) ->
         latest = max(datetime.strptime(r["sys_updated_on"], "%Y-%m-%d %H:%M:%S") for r in fake.records.values())
         fake.update("sn-net-1", latest.replace(tzinfo=UTC) + timedelta(minutes=1), state="6", active="false")
 
-        second = run_poll(env, tmp_path)
+        second = run_cli(*POLL_ONCE, env=env, cwd=tmp_path)
         assert second.returncode == 0, second.stderr
 
         resolves = [e for e in pd.events if e["event_action"] == "resolve"]

@@ -206,21 +206,6 @@ def test_v1_404_on_an_empty_result_is_not_an_error(rsps: Any) -> None:
     assert ServiceNowCursor.from_json(pages[-1].cursor).watermark == at(30)
 
 
-def test_429_waits_retry_after_on_the_injected_clock_without_stacking(rsps: Any) -> None:
-    fake = FakeInstance(records(2))
-    register_responses(rsps, fake)
-    clock = FakeClock(at(120))
-    conn = connector(clock)
-    conn.validate()
-    fake.fail_next(1, 429, {"Retry-After": "7"})
-
-    pages = drain(conn, conn.start_cursor(at(0)))
-
-    assert clock.sleeps == [7.0]  # our one policy decided; pysnc/urllib3 did not retry on their own
-    assert [c.ticket.key for p in pages for c in p.changes] == ["INC0000001", "INC0000002"]
-    assert len(fake.lists()) == 3  # probe + one 429 + one successful page
-
-
 def test_persistent_429_gives_up_as_retryable(rsps: Any) -> None:
     fake = FakeInstance(records(2))
     register_responses(rsps, fake)

@@ -52,31 +52,6 @@ def signed(raw: bytes, secret: str = SECRET, stamp: str = "1795770000") -> dict[
 
 
 # -- authentication ---------------------------------------------------------------------------------
-def test_valid_signature_is_accepted() -> None:
-    raw = FIXTURE.read_bytes()
-    connector().verify_webhook(signed(raw), raw)
-
-
-def test_signature_with_a_rotated_second_secret_is_accepted() -> None:
-    raw = FIXTURE.read_bytes()
-    connector(webhook_secrets=["old-secret", SECRET]).verify_webhook(signed(raw), raw)
-
-
-def test_signature_over_re_serialised_json_is_rejected() -> None:
-    raw = FIXTURE.read_bytes()
-    reserialised = json.dumps(json.loads(raw)).encode()  # same data, different bytes
-    assert reserialised != raw
-    with pytest.raises(WebhookRejected, match="invalid X-Signature") as info:
-        connector().verify_webhook(signed(raw), reserialised)
-    assert info.value.status == 401
-
-
-def test_wrong_secret_is_rejected() -> None:
-    raw = FIXTURE.read_bytes()
-    with pytest.raises(WebhookRejected, match="invalid X-Signature"):
-        connector().verify_webhook(signed(raw, secret="guess"), raw)
-
-
 def test_stale_timestamp_is_rejected_as_replay() -> None:
     raw = body(sent_at=1795769000)
     with pytest.raises(WebhookRejected, match="tolerance"):
@@ -102,12 +77,6 @@ def test_bearer_token_is_accepted_and_a_wrong_one_rejected() -> None:
     connector().verify_webhook({"authorization": f"Bearer {TOKEN}"}, raw)
     with pytest.raises(WebhookRejected, match="invalid bearer token") as info:
         connector().verify_webhook({"authorization": "Bearer nope"}, raw)
-    assert info.value.status == 401
-
-
-def test_no_credentials_in_request_is_rejected() -> None:
-    with pytest.raises(WebhookRejected, match="missing") as info:
-        connector().verify_webhook({}, FIXTURE.read_bytes())
     assert info.value.status == 401
 
 
@@ -150,13 +119,6 @@ def test_business_rule_payload_becomes_a_normalized_change() -> None:
     assert ticket.attributes["configuration_item"] == "core-router-01"
     assert ticket.attributes["table"] == "incident"
     assert ticket.raw["cmdb_ci"] == "b0c25d1bc0a800090168be1bfcdcd759"
-
-
-def test_our_own_work_note_update_is_ignored() -> None:
-    raw = body(record={"sys_updated_by": "ticketpager"})
-    result = connector().parse_webhook({}, raw)
-    assert result.changes == []
-    assert result.ignored_reason == "own_write_back"
 
 
 def test_other_table_is_ignored() -> None:

@@ -8,9 +8,6 @@ incident; each event leaves exactly one internal note, and those notes page nobo
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,24 +15,14 @@ import pytest
 
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.fakes.zendesk_server import FakeZendesk
+from tests.serve_proc import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+POLL_ONCE = ("poll", "--once", "--source", "zendesk")
 RULES = Path(__file__).parent / "fixtures" / "zendesk" / "e2e_rules.yaml"
 SUPPORT_KEY = "R0SUPPORT000000000000000000000AB"
 GOLD, OTHER = 509974, 600001
-
-
-def run_poll(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sync.cli", "poll", "--once", "--source", "zendesk"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
 
 
 def test_poll_once_pages_gold_urgent_and_solving_it_resolves(tmp_path: Path) -> None:
@@ -51,22 +38,19 @@ def test_poll_once_pages_gold_urgent_and_solving_it_resolves(tmp_path: Path) -> 
                       age_seconds=400)
         zd.add_ticket(4, subject="Payments failing", priority="urgent", status="new", organization_id=GOLD,
                       age_seconds=10)  # inside the newest minute: the export withholds it for now
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("TICKETPAGER_", "ZENPY_"))},
-            "PYTHONPATH": str(ROOT),
-            "NO_PROXY": "127.0.0.1,localhost",
-            "TICKETPAGER_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
-            "TICKETPAGER_RULES_PATH": str(RULES),
-            "TICKETPAGER_PAGERDUTY__EVENTS_URL": pd.url,
-            "TICKETPAGER_ZENDESK__ENABLED": "true",
-            "TICKETPAGER_ZENDESK__URL": zd.url,
-            "TICKETPAGER_ZENDESK__EMAIL": zd.email,
-            "TICKETPAGER_ZENDESK__API_TOKEN": zd.token,
-            "TICKETPAGER_ZENDESK__WEBHOOK_SECRETS": "e2e-webhook-secret",
-            "PD_SUPPORT_KEY": SUPPORT_KEY,
-        }
+        env = cli_env(
+            tmp_path,
+            rules=RULES,
+            pagerduty_url=pd.url,
+            TICKETPAGER_ZENDESK__ENABLED="true",
+            TICKETPAGER_ZENDESK__URL=zd.url,
+            TICKETPAGER_ZENDESK__EMAIL=zd.email,
+            TICKETPAGER_ZENDESK__API_TOKEN=zd.token,
+            TICKETPAGER_ZENDESK__WEBHOOK_SECRETS="e2e-webhook-secret",
+            PD_SUPPORT_KEY=SUPPORT_KEY,
+        )
 
-        first = run_poll(env, tmp_path)
+        first = run_cli(*POLL_ONCE, env=env, cwd=tmp_path)
         assert first.returncode == 0, first.stderr
         triggers = [e for e in pd.events if e["event_action"] == "trigger"]
         assert len(triggers) == 1, pd.events
@@ -81,7 +65,7 @@ def test_poll_once_pages_gold_urgent_and_solving_it_resolves(tmp_path: Path) -> 
         zd.update_ticket(1, status="solved")
         zd.advance(61)
 
-        second = run_poll(env, tmp_path)
+        second = run_cli(*POLL_ONCE, env=env, cwd=tmp_path)
         assert second.returncode == 0, second.stderr
         resolves = [e for e in pd.events if e["event_action"] == "resolve"]
         assert [e["dedup_key"] for e in resolves] == [page["dedup_key"]]
@@ -96,7 +80,7 @@ def test_poll_once_pages_gold_urgent_and_solving_it_resolves(tmp_path: Path) -> 
         assert [len(notes[t]) for t in (1, 2, 3, 4)] == [2, 0, 0, 1]
         assert all(not c["public"] and c["body"].startswith("[ticketpager]") for c in notes[1] + notes[4])
 
-        third = run_poll(env, tmp_path)  # nothing new: no events, no notes
+        third = run_cli(*POLL_ONCE, env=env, cwd=tmp_path)  # nothing new: no events, no notes
         assert third.returncode == 0, third.stderr
         assert len(pd.events) == 3
         assert sum(len(c) for c in zd.comments.values()) == 3
