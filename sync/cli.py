@@ -111,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if not settings.dry_run:
         for problem in service.routing_key_problems():
-            log.error("%s: its pages would be refused by PagerDuty (set the rule's ${ENV} key)", problem)
+            log.error("%s, so PagerDuty would refuse its pages (set the rule's ${ENV} key)", problem)
     unnamed = service.unnamed_jira_fields()
     if unnamed:
         log.warning("%s", unnamed)
