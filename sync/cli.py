@@ -478,7 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
         "show dead letters with PagerDuty's error",
         "Show dead letters, oldest first, with the error that stopped them (routing keys masked).",
         examples=["ticketpager deadletters list", "ticketpager deadletters list --json --limit 10"],
-        exits={code: dead_exits[code] for code in (EXIT_OK, EXIT_USAGE)},
+        exits={
+            EXIT_OK: "listed (also when there is none)",
+            EXIT_PROBLEM: "the database cannot be reached",
+            EXIT_USAGE: "no database or no ticketpager tables at TICKETPAGER_DATABASE_URL",
+        },
     )
     dlist.add_argument("--json", action="store_true", help="machine-readable output")
     dlist.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
