@@ -87,7 +87,8 @@ RULES_HELP: dict[str, dict[str, Any]] = {
         "exits": {
             EXIT_OK: "the report was printed",
             EXIT_MISMATCH: "the rule files have errors, or the vendor API failed (one sentence saying why)",
-            EXIT_USAGE: "wrong arguments: an unknown --source or a bad --since",
+            EXIT_USAGE: "wrong arguments (an unknown --source or a bad --since), or the source's API credentials "
+            "are not set (TICKETPAGER_<SOURCE>__…, as for polling)",
         },
     },
 }
@@ -471,7 +472,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     except TicketpagerError as exc:
         progress.done()
         print(f"ticketpager rules backtest: {str(exc).rstrip('.')}.", file=sys.stderr)  # one sentence
-        return EXIT_MISMATCH
+        # without API credentials the connector says which settings to set: configuration (exit 2, as `poll
+        # --once` with nothing to poll), not a vendor failing (1)
+        return EXIT_MISMATCH if connector.can_poll else EXIT_USAGE
     progress.done()
     print(
         f"{versions} ticket versions from {args.source} since {(now - since).isoformat()} "
