@@ -130,6 +130,24 @@ def _not_allowed_here(lines: list[str], line: int, col: int) -> tuple[int, int, 
     return None
 
 
+def unquoted_template(written: str) -> str:
+    """The sentence for ``summary: {{ ticket.title }}``: YAML reads an unquoted ``{`` as a mapping."""
+    quoted = written.strip().replace('"', '\\"')
+    return f"a template must be in quotes (YAML reads '{{{{' as the start of a mapping): write \"{quoted}\""
+
+
+def _template_line(lines: list[str], line: int) -> tuple[int, int, str] | None:
+    """Line ``line`` (1-based) gives a key a value that starts with ``{{`` without quotes."""
+    if not 0 < line <= len(lines):
+        return None
+    key = _KEY.match(lines[line - 1])
+    if key is None or not lines[line - 1][key.end() :].lstrip().startswith("{{"):
+        return None
+    value = lines[line - 1][key.end() :]
+    column = key.end() + len(value) - len(value.lstrip()) + 1
+    return line, column, unquoted_template(value.split(" #", 1)[0])
+
+
 def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
     """``(line, col, message)`` for a PyYAML error: a sentence for the common indentation mistakes, else
     PyYAML's own problem (with a hint for tabs)."""
@@ -143,6 +161,9 @@ def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
             return first + 1, _columns(lines[first])[0], (
                 f"line {first + 1} is indented: the top-level keys (version, calendars, rules) start in column 1"
             )
+    template = _template_line(lines, line)
+    if template is not None:  # `summary: {{ ticket.key }} {{ ticket.title }}`: not an indentation mistake
+        return template
     if problem.startswith("expected <block end>, but found "):
         found = problem.removeprefix("expected <block end>, but found ").strip("'")
         previous = _previous(lines, line - 1) if 0 < line <= len(lines) else None
