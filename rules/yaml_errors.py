@@ -148,6 +148,34 @@ def _template_line(lines: list[str], line: int) -> tuple[int, int, str] | None:
     return line, column, unquoted_template(value.split(" #", 1)[0])
 
 
+_OPENERS = {"[": "a list", "{": "a mapping"}
+
+
+def _value_goes_on(lines: list[str], line: int, col: int) -> tuple[int, int, str] | None:
+    """``expected <block end>`` in the middle of a line, not where it starts: a quoted or bracketed value
+    with more text after it (``summary: [OPS] down``, ``summary: "Ticket" {{ … }}``); not indentation."""
+    if not 0 < line <= len(lines) or col in _columns(lines[line - 1]):
+        return None
+    text = lines[line - 1]
+    key = _KEY.match(text)
+    start = key.end() if key is not None else _columns(text)[-1] - 1
+    value = text[start:].split(" #", 1)[0].strip()
+    if not value or start >= col - 1:
+        return None
+    at = start + len(text[start:]) - len(text[start:].lstrip()) + 1
+    if value[0] in _OPENERS:
+        quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+        return line, at, (
+            f"the value on line {line} starts with '{value[0]}', which YAML reads as {_OPENERS[value[0]]}: put the "
+            f'whole value in quotes, e.g. "{quoted}"'
+        )
+    if value[0] in "'\"":
+        return line, at, (
+            f"the value on line {line} goes on after its closing quote: put the closing quote at the end of the value"
+        )
+    return None
+
+
 def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
     """``(line, col, message)`` for a PyYAML error: a sentence for the common indentation mistakes, else
     PyYAML's own problem (with a hint for tabs)."""
@@ -164,6 +192,9 @@ def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
     template = _template_line(lines, line)
     if template is not None:  # `summary: {{ ticket.key }} {{ ticket.title }}`: not an indentation mistake
         return template
+    goes_on = _value_goes_on(lines, line, col) if problem.startswith("expected <block end>") else None
+    if goes_on is not None:
+        return goes_on
     if problem.startswith("expected <block end>, but found "):
         found = problem.removeprefix("expected <block end>, but found ").strip("'")
         previous = _previous(lines, line - 1) if 0 < line <= len(lines) else None
