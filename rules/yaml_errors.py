@@ -189,6 +189,13 @@ def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
             return first + 1, _columns(lines[first])[0], (
                 f"line {first + 1} is indented: the top-level keys (version, calendars, rules) start in column 1"
             )
+    if exc.context == "while scanning a quoted scalar" and exc.context_mark is not None:  # never closed
+        start = exc.context_mark
+        quote = text[start.index] if start.index < len(text) else '"'
+        return start.line + 1, start.column + 1, (
+            f"the quote ({quote}) that starts the value on line {start.line + 1} is never closed: end the value "
+            "with the same quote"
+        )
     template = _template_line(lines, line)
     if template is not None:  # `summary: {{ ticket.key }} {{ ticket.title }}`: not an indentation mistake
         return template
