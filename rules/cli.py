@@ -52,7 +52,9 @@ RULES_EXITS = {
     EXIT_OK: "the rule files are valid (and, for test --expect, the result matches)",
     EXIT_MISMATCH: "the rule files have errors (each printed as file:line:col), a test --expect mismatch, or "
     "the vendor API failed during backtest",
-    EXIT_USAGE: "wrong arguments, or a file given with --ticket / --previous / --expect that cannot be read",
+    EXIT_USAGE: "wrong arguments, a file given with --ticket / --previous / --expect that cannot be read, or "
+    "valid files whose routing-key variables are unset here (check and test: one notice by variable; "
+    "--allow-missing-env accepts them)",
 }
 RULES_HELP: dict[str, dict[str, Any]] = {
     "check": {
@@ -148,7 +150,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _load(
-    path: str, allow_missing_env: bool = False, missing_env: list[RuleFileError] | None = None
+    path: str,
+    allow_missing_env: bool = False,
+    missing_env: list[RuleFileError] | None = None,
+    command: str = "check",
 ) -> RuleSet | None:
     """Load for a command; errors (and, with ``allow_missing_env``, env warnings) go to stderr. Given
     ``missing_env`` (``rules check``), unset ``${VAR}`` keys are collected there and printed after any errors
@@ -160,11 +165,11 @@ def _load(
         _print_warnings(warnings if allow_missing_env else None)
         print(str(exc), file=sys.stderr)
         print(f"{len(exc.errors)} error(s) in {path}", file=sys.stderr)
-        for line in missing_env_notice(path, missing_env or (), valid=False):
+        for line in missing_env_notice(path, missing_env or (), valid=False, command=command):
             print(line, file=sys.stderr)
         return None
     _print_warnings(warnings if allow_missing_env else None)
-    for line in missing_env_notice(path, missing_env or (), valid=True):
+    for line in missing_env_notice(path, missing_env or (), valid=True, command=command):
         print(line, file=sys.stderr)
     return ruleset
 
@@ -338,9 +343,12 @@ def event_bodies(events: Sequence[PlannedEvent], ticket: Ticket) -> list[dict[st
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    ruleset = _load(args.path, args.allow_missing_env)
+    missing_env: list[RuleFileError] = []
+    ruleset = _load(args.path, args.allow_missing_env, None if args.allow_missing_env else missing_env, "test")
     if ruleset is None:
         return EXIT_MISMATCH  # rule-file errors: exit 1 in every command, as `rules check` (sync/exitcodes.py)
+    if missing_env:  # valid files, incomplete environment: exit 2 with one notice, as `rules check`
+        return EXIT_USAGE
     try:
         ticket, reported = _ticket(args.ticket, args.source)
         previous = _ticket(args.previous, args.source)[0] if args.previous else None
