@@ -52,7 +52,8 @@ RULES_EXITS = {
     EXIT_OK: "the rule files are valid (and, for test --expect, the result matches)",
     EXIT_MISMATCH: "the rule files have errors (each printed as file:line:col), a test --expect mismatch, or "
     "the vendor API failed during backtest",
-    EXIT_USAGE: "wrong arguments, a file given with --ticket / --previous / --expect that cannot be read, or "
+    EXIT_USAGE: "wrong arguments, a rule path that does not exist, a file given with --ticket / --previous / "
+    "--expect that cannot be read, or "
     "valid files whose routing-key variables are unset here (check and test: one notice by variable; "
     "--allow-missing-env accepts them)",
 }
@@ -65,7 +66,8 @@ RULES_HELP: dict[str, dict[str, Any]] = {
         "exits": {
             EXIT_OK: "the rule files are valid",
             EXIT_MISMATCH: "the rule files have errors (each printed as file:line:col)",
-            EXIT_USAGE: "wrong arguments, or valid files whose routing-key variables are unset here "
+            EXIT_USAGE: "wrong arguments, a path that does not exist, or valid files whose routing-key variables "
+            "are unset here "
             "(one notice by variable; --allow-missing-env accepts them)",
         },
     },
@@ -89,7 +91,8 @@ RULES_HELP: dict[str, dict[str, Any]] = {
         "exits": {
             EXIT_OK: "the report was printed",
             EXIT_MISMATCH: "the rule files have errors, or the vendor API failed (one sentence saying why)",
-            EXIT_USAGE: "wrong arguments (an unknown --source or a bad --since), or the source's API credentials "
+            EXIT_USAGE: "wrong arguments (an unknown --source or a bad --since, a path that does not exist), or "
+            "the source's API credentials "
             "are not set (TICKETPAGER_<SOURCE>__…, as for polling)",
         },
     },
@@ -179,7 +182,17 @@ def _print_warnings(warnings: list[RuleFileError] | None) -> None:
         print(f"{warning.path}:{warning.line}:{warning.col}: warning: {warning.message}", file=sys.stderr)
 
 
+def _missing(path: str, command: str) -> bool:
+    """A rule path that does not exist: a usage problem (exit 2, as a missing --ticket file), said once."""
+    if Path(path).exists():
+        return False
+    print(f"ticketpager rules {command}: {path}: no such file or directory", file=sys.stderr)
+    return True
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    if _missing(args.path, "check"):
+        return EXIT_USAGE
     missing_env: list[RuleFileError] = []
     ruleset = _load(args.path, args.allow_missing_env, None if args.allow_missing_env else missing_env)
     if ruleset is None:
@@ -343,6 +356,8 @@ def event_bodies(events: Sequence[PlannedEvent], ticket: Ticket) -> list[dict[st
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    if _missing(args.path, "test"):
+        return EXIT_USAGE
     missing_env: list[RuleFileError] = []
     ruleset = _load(args.path, args.allow_missing_env, None if args.allow_missing_env else missing_env, "test")
     if ruleset is None:
@@ -426,6 +441,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from sync.lifecycle import plan
     from sync.settings import Settings
 
+    if _missing(args.path, "backtest"):
+        return EXIT_USAGE
     ruleset = _load(args.path, allow_missing_env=True)  # sends nothing, prints no key: the keys are not needed
     if ruleset is None:
         return EXIT_MISMATCH
