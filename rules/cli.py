@@ -441,16 +441,16 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from sync.lifecycle import plan
     from sync.settings import Settings
 
-    if _missing(args.path, "backtest"):
-        return EXIT_USAGE
-    ruleset = _load(args.path, allow_missing_env=True)  # sends nothing, prints no key: the keys are not needed
-    if ruleset is None:
-        return EXIT_MISMATCH
     try:
         since = parse_duration(args.since)
     except OperatorArgError as exc:
         print(f"ticketpager rules backtest: --since: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if _missing(args.path, "backtest"):
+        return EXIT_USAGE
+    ruleset = _load(args.path, allow_missing_env=True)  # sends nothing, prints no key: the keys are not needed
+    if ruleset is None:
+        return EXIT_MISMATCH
     clock = SystemClock()
     progress = progress_for(sys.stderr, args.source, clock)  # only on a terminal: pages, tickets, waits
     try:

@@ -40,3 +40,14 @@ def test_the_help_says_so(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["rules", "backtest", "--help"])
     codes = capsys.readouterr().out.split("exit codes:", 1)[1]
     assert "2  " in codes and "credentials" in codes.split("2  ", 1)[1], codes
+
+
+def test_a_bad_since_is_exit_2_before_the_rule_files_are_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Wrong arguments are reported first, as argparse does for the others: exit 2, not the files' exit 1."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nrules: [oops]\n")
+    assert cli.main(["rules", "backtest", str(rules), "--source", "jira", "--since", "7x"]) == 2
+    err = capsys.readouterr().err
+    assert "--since: bad duration '7x'" in err and "rules.yaml:" not in err, err
