@@ -217,5 +217,7 @@ def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
         if explained is not None:
             return explained
     if "'\\t'" in problem or "\t" in problem:
+        if 0 < line <= len(lines) and lines[line - 1][: col - 1].strip(" \t"):  # after text, not indentation
+            return line, col, f"line {line} has a tab in column {col}: replace it with spaces"
         problem += TAB_HINT
     return line, col, problem
