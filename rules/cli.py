@@ -163,7 +163,7 @@ def _load(
     as one notice grouped by variable, not as an error each."""
     warnings = [] if allow_missing_env else missing_env
     try:
-        ruleset = load_rules(path, env_warnings=warnings)
+        ruleset = load_rules(path, env=_rule_env(), env_warnings=warnings)
     except RuleFileErrors as exc:
         _print_warnings(warnings if allow_missing_env else None)
         print(str(exc), file=sys.stderr)
@@ -175,6 +175,15 @@ def _load(
     for line in missing_env_notice(path, missing_env or (), valid=True, command=command):
         print(line, file=sys.stderr)
     return ruleset
+
+
+def _rule_env() -> Mapping[str, str] | None:
+    """``${VAR}`` as ``serve`` resolves it: the environment, then a file of that name in TICKETPAGER_SECRETS_DIR
+    (docs/operations.md); a missing directory raises ``ConfigError`` (exit 2)."""
+    from sync.secretfiles import EnvWithSecretFiles, configured_dir
+
+    directory = configured_dir({})
+    return EnvWithSecretFiles(directory) if directory is not None else None
 
 
 def _print_warnings(warnings: list[RuleFileError] | None) -> None:
@@ -521,7 +530,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if words[:1] != ["rules"]:
         words.insert(0, "rules")
     args = parser.parse_args(words)
-    result: int = args.func(args)
+    from sync.errors import ConfigError
+
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:  # e.g. TICKETPAGER_SECRETS_DIR names no directory: configuration, exit 2
+        print(f"ticketpager: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return result
 
 
