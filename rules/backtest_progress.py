@@ -42,12 +42,14 @@ class TerminalProgress:
         self.started = clock.monotonic()
         self.pages = 0
         self.tickets = 0
+        self.shown = False  # a line is on the terminal (a wait before the first page shows one too)
 
     def _show(self, extra: str = "") -> None:
         elapsed = int(self.clock.monotonic() - self.started)
         line = f"{self.source}: page {self.pages}, {self.tickets} tickets, {elapsed} s{extra}"
         self.stream.write(f"\r\x1b[K{line}")
         self.stream.flush()
+        self.shown = True
 
     def page(self, tickets: int) -> None:
         self.pages += 1
@@ -59,9 +61,10 @@ class TerminalProgress:
         self._show(f" — waiting {shown} s for {self.source} (its rate limit, or a retry)")
 
     def done(self) -> None:
-        if self.pages:
+        if self.shown:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+            self.shown = False
 
 
 def progress_for(stream: TextIO, source: str, clock: Clock) -> Progress:

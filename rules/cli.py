@@ -53,7 +53,10 @@ RULES_EXITS = {
     EXIT_OK: "the rule files are valid (and, for test --expect, the result matches)",
     EXIT_MISMATCH: "the rule files have errors (each printed as file:line:col), a test --expect mismatch, or "
     "the vendor API failed during backtest",
-    EXIT_USAGE: "wrong arguments, or a file given with --ticket / --previous / --expect that cannot be read",
+    EXIT_USAGE: "wrong arguments, a rule path that does not exist, a file given with --ticket / --previous / "
+    "--expect that cannot be read, or "
+    "valid files whose routing-key variables are unset here (check and test: one notice by variable; "
+    "--allow-missing-env accepts them)",
 }
 RULES_HELP: dict[str, dict[str, Any]] = {
     "check": {
@@ -64,7 +67,8 @@ RULES_HELP: dict[str, dict[str, Any]] = {
         "exits": {
             EXIT_OK: "the rule files are valid",
             EXIT_MISMATCH: "the rule files have errors (each printed as file:line:col)",
-            EXIT_USAGE: "wrong arguments, or valid files whose routing-key variables are unset here "
+            EXIT_USAGE: "wrong arguments, a path that does not exist, or valid files whose routing-key variables "
+            "are unset here "
             "(one notice by variable; --allow-missing-env accepts them)",
         },
     },
@@ -88,7 +92,9 @@ RULES_HELP: dict[str, dict[str, Any]] = {
         "exits": {
             EXIT_OK: "the report was printed",
             EXIT_MISMATCH: "the rule files have errors, or the vendor API failed (one sentence saying why)",
-            EXIT_USAGE: "wrong arguments: an unknown --source or a bad --since",
+            EXIT_USAGE: "wrong arguments (an unknown --source or a bad --since, a path that does not exist), or "
+            "the source's API credentials "
+            "are not set (TICKETPAGER_<SOURCE>__…, as for polling)",
         },
     },
 }
@@ -150,25 +156,37 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _load(
-    path: str, allow_missing_env: bool = False, missing_env: list[RuleFileError] | None = None
+    path: str,
+    allow_missing_env: bool = False,
+    missing_env: list[RuleFileError] | None = None,
+    command: str = "check",
 ) -> RuleSet | None:
     """Load for a command; errors (and, with ``allow_missing_env``, env warnings) go to stderr. Given
     ``missing_env`` (``rules check``), unset ``${VAR}`` keys are collected there and printed after any errors
     as one notice grouped by variable, not as an error each."""
     warnings = [] if allow_missing_env else missing_env
     try:
-        ruleset = load_rules(path, env_warnings=warnings)
+        ruleset = load_rules(path, env=_rule_env(), env_warnings=warnings)
     except RuleFileErrors as exc:
         _print_warnings(warnings if allow_missing_env else None)
         print(str(exc), file=sys.stderr)
         print(f"{len(exc.errors)} error(s) in {path}", file=sys.stderr)
-        for line in missing_env_notice(path, missing_env or (), valid=False):
+        for line in missing_env_notice(path, missing_env or (), valid=False, command=command):
             print(line, file=sys.stderr)
         return None
     _print_warnings(warnings if allow_missing_env else None)
-    for line in missing_env_notice(path, missing_env or (), valid=True):
+    for line in missing_env_notice(path, missing_env or (), valid=True, command=command):
         print(line, file=sys.stderr)
     return ruleset
+
+
+def _rule_env() -> Mapping[str, str] | None:
+    """``${VAR}`` as ``serve`` resolves it: the environment, then a file of that name in TICKETPAGER_SECRETS_DIR
+    (docs/operations.md); a missing directory raises ``ConfigError`` (exit 2)."""
+    from sync.secretfiles import EnvWithSecretFiles, configured_dir
+
+    directory = configured_dir({})
+    return EnvWithSecretFiles(directory) if directory is not None else None
 
 
 def _print_warnings(warnings: list[RuleFileError] | None) -> None:
@@ -176,7 +194,17 @@ def _print_warnings(warnings: list[RuleFileError] | None) -> None:
         print(f"{warning.path}:{warning.line}:{warning.col}: warning: {warning.message}", file=sys.stderr)
 
 
+def _missing(path: str, command: str) -> bool:
+    """A rule path that does not exist: a usage problem (exit 2, as a missing --ticket file), said once."""
+    if Path(path).exists():
+        return False
+    print(f"ticketpager rules {command}: {path}: no such file or directory", file=sys.stderr)
+    return True
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    if _missing(args.path, "check"):
+        return EXIT_USAGE
     missing_env: list[RuleFileError] = []
     ruleset = _load(args.path, args.allow_missing_env, None if args.allow_missing_env else missing_env)
     if ruleset is None:
@@ -340,9 +368,14 @@ def event_bodies(events: Sequence[PlannedEvent], ticket: Ticket) -> list[dict[st
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    ruleset = _load(args.path, args.allow_missing_env)
+    if _missing(args.path, "test"):
+        return EXIT_USAGE
+    missing_env: list[RuleFileError] = []
+    ruleset = _load(args.path, args.allow_missing_env, None if args.allow_missing_env else missing_env, "test")
     if ruleset is None:
         return EXIT_MISMATCH  # rule-file errors: exit 1 in every command, as `rules check` (sync/exitcodes.py)
+    if missing_env:  # valid files, incomplete environment: exit 2 with one notice, as `rules check`
+        return EXIT_USAGE
     try:
         ticket, reported = _ticket(args.ticket, args.source)
         previous = _ticket(args.previous, args.source)[0] if args.previous else None
@@ -420,14 +453,16 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from sync.lifecycle import plan
     from sync.settings import Settings
 
-    ruleset = _load(args.path)
-    if ruleset is None:
-        return EXIT_MISMATCH
     try:
         since = parse_duration(args.since)
     except OperatorArgError as exc:
         print(f"ticketpager rules backtest: --since: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if _missing(args.path, "backtest"):
+        return EXIT_USAGE
+    ruleset = _load(args.path, allow_missing_env=True)  # sends nothing, prints no key: the keys are not needed
+    if ruleset is None:
+        return EXIT_MISMATCH
     clock = SystemClock()
     progress = progress_for(sys.stderr, args.source, clock)  # only on a terminal: pages, tickets, waits
     try:
@@ -474,7 +509,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     except TicketpagerError as exc:
         progress.done()
         print(f"ticketpager rules backtest: {str(exc).rstrip('.')}.", file=sys.stderr)  # one sentence
-        return EXIT_MISMATCH
+        # without API credentials the connector says which settings to set: configuration (exit 2, as `poll
+        # --once` with nothing to poll), not a vendor failing (1)
+        return EXIT_MISMATCH if connector.can_poll else EXIT_USAGE
     progress.done()
     print(
         f"{versions} ticket versions from {args.source} since {(now - since).isoformat()} "
@@ -496,7 +533,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if words[:1] != ["rules"]:
         words.insert(0, "rules")
     args = parser.parse_args(words)
-    result: int = args.func(args)
+    from sync.errors import ConfigError
+
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:  # e.g. TICKETPAGER_SECRETS_DIR names no directory: configuration, exit 2
+        print(f"ticketpager: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return result
 
 

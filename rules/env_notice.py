@@ -12,8 +12,16 @@ from collections.abc import Sequence
 from rules.loader import RuleFileError
 from rules.validation import MissingEnv
 
+#: what each command's own ``--allow-missing-env`` does, for the notice's last line
+ALLOW = {
+    "check": "run 'rules check --allow-missing-env' to check the files alone (exit 0)",
+    "test": "run 'rules test --allow-missing-env' to test them with placeholder keys",
+}
 
-def missing_env_notice(path: str, warnings: Sequence[RuleFileError], valid: bool) -> list[str]:
+
+def missing_env_notice(
+    path: str, warnings: Sequence[RuleFileError], valid: bool, command: str = "check"
+) -> list[str]:
     """The grouped notice, one line per variable (empty when nothing is missing)."""
     by_variable: dict[str, list[MissingEnv]] = {}
     for warning in warnings:
@@ -29,6 +37,6 @@ def missing_env_notice(path: str, warnings: Sequence[RuleFileError], valid: bool
         lines.append(f"  {variable} {state} (used at {where})")
     lines.append(
         "'ticketpager serve' refuses to load these rules until they are set: set them where the service runs, "
-        "or run 'rules check --allow-missing-env' to check the files alone (exit 0)."
+        f"or {ALLOW[command]}."
     )
     return lines

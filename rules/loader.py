@@ -140,6 +140,10 @@ class _Converter:
         if isinstance(node, MappingNode):
             if node.tag != "tag:yaml.org,2002:map":
                 self.errors.append(RuleFileError.at(self.pos(node), f"unsupported YAML tag {node.tag!r}"))
+            written = self._unquoted_template(node)
+            if written is not None:  # `summary: {{ ticket.title }}` read as {{ticket.title: null}: null}
+                self.errors.append(RuleFileError.at(self.pos(node), yaml_errors.unquoted_template(written)))
+                return written
             mapping = YMap(self.pos(node))
             merged: list[YMap] = []
             for key_node, value_node in node.value:
@@ -168,6 +172,18 @@ class _Converter:
             return mapping
         self.errors.append(RuleFileError.at(self.pos(node), "unsupported YAML node"))
         return None
+
+    @staticmethod
+    def _unquoted_template(node: MappingNode) -> str | None:
+        """The text of a flow mapping whose one key is itself a flow mapping: ``{{ ... }}`` written unquoted."""
+        if not (node.flow_style and len(node.value) == 1):
+            return None
+        key_node = node.value[0][0]
+        if not (isinstance(key_node, MappingNode) and key_node.flow_style):
+            return None
+        start, end = node.start_mark, node.end_mark
+        buffer = getattr(start, "buffer", None)
+        return str(buffer[start.index : end.index]) if buffer else "{{ … }}"
 
     def _merge_sources(self, node: Node) -> list[YMap]:
         value = self.convert(node)

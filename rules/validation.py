@@ -12,7 +12,7 @@ import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any, NamedTuple
 
 from connectors.servicenow_normalize import DEFAULT_PRIORITY_LABELS
@@ -606,6 +606,11 @@ class Validator:
             return self.template(value, pos, trail, source)
         if value is None or isinstance(value, bool | int | float):
             return value
+        if isinstance(value, datetime):  # YAML 1.1 reads `2026-12-24 10:00:00` as an instant, YAML 1.2 as text
+            self.err(pos, trail, f"a date and time ({show(value)}): write it in quotes to send it as text")
+            return None
+        if isinstance(value, date):  # an unquoted `2026-12-24`: sent as written, the text YAML 1.2 reads
+            return self.template(value.isoformat(), pos, trail, source)
         self.err(pos, trail, f"unsupported value {show(value)} (use text, numbers, lists or mappings)")
         return None
 

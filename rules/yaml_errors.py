@@ -130,6 +130,52 @@ def _not_allowed_here(lines: list[str], line: int, col: int) -> tuple[int, int, 
     return None
 
 
+def unquoted_template(written: str) -> str:
+    """The sentence for ``summary: {{ ticket.title }}``: YAML reads an unquoted ``{`` as a mapping."""
+    quoted = written.strip().replace('"', '\\"')
+    return f"a template must be in quotes (YAML reads '{{{{' as the start of a mapping): write \"{quoted}\""
+
+
+def _template_line(lines: list[str], line: int) -> tuple[int, int, str] | None:
+    """Line ``line`` (1-based) gives a key a value that starts with ``{{`` without quotes."""
+    if not 0 < line <= len(lines):
+        return None
+    key = _KEY.match(lines[line - 1])
+    if key is None or not lines[line - 1][key.end() :].lstrip().startswith("{{"):
+        return None
+    value = lines[line - 1][key.end() :]
+    column = key.end() + len(value) - len(value.lstrip()) + 1
+    return line, column, unquoted_template(value.split(" #", 1)[0])
+
+
+_OPENERS = {"[": "a list", "{": "a mapping"}
+
+
+def _value_goes_on(lines: list[str], line: int, col: int) -> tuple[int, int, str] | None:
+    """``expected <block end>`` in the middle of a line, not where it starts: a quoted or bracketed value
+    with more text after it (``summary: [OPS] down``, ``summary: "Ticket" {{ … }}``); not indentation."""
+    if not 0 < line <= len(lines) or col in _columns(lines[line - 1]):
+        return None
+    text = lines[line - 1]
+    key = _KEY.match(text)
+    start = key.end() if key is not None else _columns(text)[-1] - 1
+    value = text[start:].split(" #", 1)[0].strip()
+    if not value or start >= col - 1:
+        return None
+    at = start + len(text[start:]) - len(text[start:].lstrip()) + 1
+    if value[0] in _OPENERS:
+        quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+        return line, at, (
+            f"the value on line {line} starts with '{value[0]}', which YAML reads as {_OPENERS[value[0]]}: put the "
+            f'whole value in quotes, e.g. "{quoted}"'
+        )
+    if value[0] in "'\"":
+        return line, at, (
+            f"the value on line {line} goes on after its closing quote: put the closing quote at the end of the value"
+        )
+    return None
+
+
 def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
     """``(line, col, message)`` for a PyYAML error: a sentence for the common indentation mistakes, else
     PyYAML's own problem (with a hint for tabs)."""
@@ -143,6 +189,19 @@ def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
             return first + 1, _columns(lines[first])[0], (
                 f"line {first + 1} is indented: the top-level keys (version, calendars, rules) start in column 1"
             )
+    if exc.context == "while scanning a quoted scalar" and exc.context_mark is not None:  # never closed
+        start = exc.context_mark
+        quote = text[start.index] if start.index < len(text) else '"'
+        return start.line + 1, start.column + 1, (
+            f"the quote ({quote}) that starts the value on line {start.line + 1} is never closed: end the value "
+            "with the same quote"
+        )
+    template = _template_line(lines, line)
+    if template is not None:  # `summary: {{ ticket.key }} {{ ticket.title }}`: not an indentation mistake
+        return template
+    goes_on = _value_goes_on(lines, line, col) if problem.startswith("expected <block end>") else None
+    if goes_on is not None:
+        return goes_on
     if problem.startswith("expected <block end>, but found "):
         found = problem.removeprefix("expected <block end>, but found ").strip("'")
         previous = _previous(lines, line - 1) if 0 < line <= len(lines) else None
@@ -158,5 +217,7 @@ def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
         if explained is not None:
             return explained
     if "'\\t'" in problem or "\t" in problem:
+        if 0 < line <= len(lines) and lines[line - 1][: col - 1].strip(" \t"):  # after text, not indentation
+            return line, col, f"line {line} has a tab in column {col}: replace it with spaces"
         problem += TAB_HINT
     return line, col, problem

@@ -112,7 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if not settings.dry_run:
         for problem in service.routing_key_problems():
-            log.error("%s: its pages would be refused by PagerDuty (set the rule's ${ENV} key)", problem)
+            log.error("%s, so PagerDuty would refuse its pages (set the rule's ${ENV} key)", problem)
     unnamed = service.unnamed_jira_fields()
     if unnamed:
         log.warning("%s", unnamed)
@@ -479,7 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
         "show dead letters with PagerDuty's error",
         "Show dead letters, oldest first, with the error that stopped them (routing keys masked).",
         examples=["ticketpager deadletters list", "ticketpager deadletters list --json --limit 10"],
-        exits={code: dead_exits[code] for code in (EXIT_OK, EXIT_USAGE)},
+        exits={
+            EXIT_OK: "listed (also when there is none)",
+            EXIT_PROBLEM: "the database cannot be reached",
+            EXIT_USAGE: "no database or no ticketpager tables at TICKETPAGER_DATABASE_URL",
+        },
     )
     dlist.add_argument("--json", action="store_true", help="machine-readable output")
     dlist.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")

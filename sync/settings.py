@@ -125,6 +125,15 @@ class SettingsBase(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     # then one section per registered system (connectors.registry): jira, zendesk, servicenow, …
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_rules_path_is_unset(cls, data: object) -> object:
+        """``TICKETPAGER_RULES_PATH=`` (compose) or ``value: ""`` (Kubernetes) means not set, as for
+        ``TICKETPAGER_SECRETS_DIR``: never ``Path("")``, the working directory's ``*.yaml`` files as rules."""
+        if isinstance(data, dict) and isinstance(data.get("rules_path"), str) and not data["rules_path"].strip():
+            return {name: value for name, value in data.items() if name != "rules_path"}
+        return data
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -301,7 +301,7 @@ def test_rules_test_allow_missing_env(tmp_path: Path) -> None:
     rule_file = tmp_path / "r.yaml"
     rule_file.write_text(text.replace("${PD_SUPPORT_KEY:-dry-run-support}", "${PD_SUPPORT_KEY}"))
     ticket = str(EXAMPLES / "zendesk-vip-urgent.ticket.json")
-    assert cli("test", str(rule_file), "--ticket", ticket).returncode == 1  # rule-file error: 1
+    assert cli("test", str(rule_file), "--ticket", ticket).returncode == 2  # valid files, an unset key: exit 2
     done = cli("test", str(rule_file), "--ticket", ticket, "--allow-missing-env")
     assert done.returncode == 0, done.stderr
     assert "warning: rule 'zendesk-vip-urgent' → trigger → routing_key: environment variable PD_SUPPORT_KEY" in (
