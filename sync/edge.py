@@ -6,6 +6,10 @@ header, or hold connections open forever one byte at a time (issue 13, items 1 a
 adds, per connection (every limit a setting, ``TICKETPAGER_HTTP__*``, listed in docs/operations.md):
 
 * a header-block limit counted on the raw bytes *before* they reach the parser: past it, 431;
+* a limit on header fields per request, trailers included (a one-byte field costs ~150 bytes once parsed):
+  past it, 431;
+* a limit on what a chunked body's framing and trailers add to its data (the parser buffers a trailer whole,
+  and the header limit only counted the header block): past it, 431;
 * a deadline for the whole header block (from the first byte of a request, or from the connect) and one for
   the whole body (from the end of the headers): past them, 408;
 * the idle keep-alive timeout (uvicorn's own timer, set from the settings);
@@ -40,7 +44,11 @@ from sync.settings import HttpSettings
 log = logging.getLogger("ticketpager.http")
 
 #: the ``reason`` label values of ``ticketpager_http_refused_total``
-REASONS = ("header_too_large", "header_timeout", "body_timeout", "too_many_connections", "bad_request")
+REASONS = ("header_too_large", "too_many_header_fields", "trailers_too_large", "header_timeout", "body_timeout",
+           "too_many_connections", "bad_request")
+#: a chunked body's framing and trailers may add this share of its data on top of ``max_header_bytes``: chunks of
+#: 100 bytes or more stay within it; the parser's buffer for an endless trailer stays within the sum
+FRAMING_SHARE = 16
 LOG_EVERY_SECONDS = 1.0  # a flood of refusals logs one line per reason per second, with the count
 
 
@@ -53,6 +61,10 @@ def refusal(status: int, message: str) -> bytes:
         len(body),
         body,
     )
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing a request already refused."""
 
 
 class _RefusalLog:
@@ -84,6 +96,9 @@ class EdgeProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = self.limits.keepalive_timeout_seconds  # type: ignore[assignment]
         self._in_head = True  # reading a request line and headers (or waiting for the first byte of one)
         self._head_bytes = 0  # raw bytes of the current header block fed to the parser so far
+        self._fields = 0  # header fields (and trailers) of the current request parsed so far
+        self._raw_body = 0  # raw bytes fed after the header block (body, chunk framing, trailers)
+        self._body_seen = 0  # body bytes the parser delivered of them
         self._due: float | None = None  # loop time by which the current header block or body must be in
         self._due_body = False  # the deadline is the body's (else the headers')
         self._timer: asyncio.TimerHandle | None = None  # checks the deadline; fires at ``_timer_at``
@@ -129,7 +144,12 @@ class EdgeProtocol(HttpToolsProtocol):
                 self._refuse(431, "header_too_large", f"request headers larger than {limit} bytes")
                 return
         if data:  # body bytes (a pipelined request's header bytes in the same read are counted from the next)
+            self._raw_body += len(data)
             self._feed(data)
+            limit = self.limits.max_header_bytes
+            if (not self._refused and not self._in_head
+                    and self._raw_body - self._body_seen > limit + self._body_seen // FRAMING_SHARE):
+                self._refuse(431, "trailers_too_large", f"chunk framing and trailers larger than {limit} bytes")
 
     def _feed(self, data: bytes) -> None:
         """What uvicorn's ``data_received`` does, with the parser's reason in a JSON 400."""
@@ -137,7 +157,8 @@ class EdgeProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._refuse(400, "bad_request", f"invalid HTTP request: {exc}")
+            if not self._refused:  # else a callback refused and stopped the parser (too many fields)
+                self._refuse(400, "bad_request", f"invalid HTTP request: {exc}")
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
@@ -145,8 +166,22 @@ class EdgeProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
 
     # -- parser callbacks -----------------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > self.limits.max_header_fields:
+            if not self._refused:
+                cap = self.limits.max_header_fields
+                self._refuse(431, "too_many_header_fields", f"more than {cap} request header fields")
+            raise _Stop  # the parser stops here: feed_data raises, and the rest of the read is dropped
+        super().on_header(name, value)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
+        super().on_body(body)
+
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._raw_body = self._body_seen = 0
         self._set_deadline(self.limits.body_timeout_seconds, body=True)
         super().on_headers_complete()
 
@@ -154,7 +189,7 @@ class EdgeProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._due = None  # the app's own time is not the client's: no deadline until the next request starts
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = self._fields = 0
 
     # -- deadlines ---------------------------------------------------------------------------------------
     # Setting a deadline is two stores; one timer per connection checks it when it fires and re-arms for the
