@@ -14,6 +14,8 @@ adds, per connection (every limit a setting, ``TICKETPAGER_HTTP__*``, listed in 
   the whole body (from the end of the headers): past them, 408;
 * the idle keep-alive timeout (uvicorn's own timer, set from the settings);
 * a cap on open connections, checked at connect: past it, 503 before anything is read;
+* a cap on requests pipelined behind the one being answered (each parsed one is queued with its scope):
+  past it, the connection is closed without an answer;
 * a JSON body for every answer it gives itself, also the 400 for what the parser refuses (a malformed
   ``Content-Length``, say), which uvicorn answers in plain text.
 
@@ -36,7 +38,8 @@ from typing import ClassVar
 
 import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from sync.metrics import METRICS
 from sync.settings import HttpSettings
@@ -45,10 +48,13 @@ log = logging.getLogger("ticketpager.http")
 
 #: the ``reason`` label values of ``ticketpager_http_refused_total``
 REASONS = ("header_too_large", "too_many_header_fields", "trailers_too_large", "header_timeout", "body_timeout",
-           "too_many_connections", "bad_request")
+           "too_many_connections", "too_deeply_pipelined", "bad_request")
 #: a chunked body's framing and trailers may add this share of its data on top of ``max_header_bytes``: chunks of
 #: 100 bytes or more stay within it; the parser's buffer for an endless trailer stays within the sum
 FRAMING_SHARE = 16
+#: requests parsed and queued behind the one being answered; nobody pipelines this deep (browsers and vendors'
+#: senders do not pipeline at all), and each queued one holds its scope until answered
+MAX_PIPELINED = 32
 LOG_EVERY_SECONDS = 1.0  # a flood of refusals logs one line per reason per second, with the count
 
 
@@ -82,7 +88,7 @@ class _RefusalLog:
         self.last[reason] = now
         more = self.quiet.pop(reason, 0)
         also = f" (and {more} more since the last line)" if more else ""
-        log.warning("refused a connection from %s (%d): %s%s", client, status, message, also)
+        log.warning("refused a connection from %s (%s): %s%s", client, status or "closed unanswered", message, also)
 
 
 class EdgeProtocol(HttpToolsProtocol):
@@ -104,6 +110,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None  # checks the deadline; fires at ``_timer_at``
         self._timer_at = 0.0
         self._linger: asyncio.TimerHandle | None = None
+        self._running: RequestResponseCycle | None = None  # the cycle being answered (not ``cycle`` if pipelined)
+        self._completed = 0  # requests whose last byte was parsed (a pipelined one may end mid-read)
         self._refused = False
 
     # -- connection ---------------------------------------------------------------------------------
@@ -136,10 +144,13 @@ class EdgeProtocol(HttpToolsProtocol):
                 return
             if room > 0:  # the end of the header block may still be in the bytes the limit allows
                 self._head_bytes = limit
+                completed = self._completed
                 self._feed(data[:room])
                 data = data[room:]
                 if self._refused or self.transport.is_closing():
                     return
+                if self._completed != completed:  # pipelined: those bytes held whole requests, not one header
+                    continue
             if self._in_head:
                 self._refuse(431, "header_too_large", f"request headers larger than {limit} bytes")
                 return
@@ -184,9 +195,17 @@ class EdgeProtocol(HttpToolsProtocol):
         self._raw_body = self._body_seen = 0
         self._set_deadline(self.limits.body_timeout_seconds, body=True)
         super().on_headers_complete()
+        if len(self.pipeline) > MAX_PIPELINED:
+            self._refuse(0, "too_deeply_pipelined", f"more than {MAX_PIPELINED} requests pipelined")
+            raise _Stop
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._completed += 1
         self._due = None  # the app's own time is not the client's: no deadline until the next request starts
         self._in_head = True
         self._head_bytes = self._fields = 0
@@ -223,16 +242,20 @@ class EdgeProtocol(HttpToolsProtocol):
 
     # -- refusal --------------------------------------------------------------------------------------------
     def _refuse(self, status: int, reason: str, message: str) -> None:
-        """Answer ``status`` if no response has started, half-close, discard input, close after the linger."""
+        """Answer ``status`` (0: no answer) if no response has started, half-close, discard input, close after the
+        linger."""
         self._refused = True
         self._due = None
         METRICS.http_refused.labels(reason).inc()
         self.refused_log(reason, status, message, self.client and self.client[0])
         cycle = self.cycle
-        answerable = cycle is None or cycle.response_complete or not cycle.response_started
-        if cycle is not None and not cycle.response_complete:
-            cycle.disconnected = True  # the app's receive() returns http.disconnect and its send() is a no-op
-            cycle.message_event.set()
+        answerable = status and (cycle is None or cycle.response_complete or not cycle.response_started)
+        queued = [queued for queued, _ in self.pipeline]
+        self.pipeline.clear()  # never started now: their scopes go at once
+        for each in {id(c): c for c in (self._running, cycle, *queued) if c is not None}.values():
+            if not each.response_complete:
+                each.disconnected = True  # the app's receive() returns http.disconnect and its send() is a no-op
+                each.message_event.set()
         transport = self.transport
         if transport.is_closing():
             return

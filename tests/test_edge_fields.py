@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 from tests.serve_proc import Serve
 from tests.test_app import jira_body, sign
-from tests.test_edge_limits import connect, read_response, rss_bytes, serve
+from tests.test_edge_limits import connect, read_response, rss_bytes, serve, serve_env
 
 __all__ = ["serve"]  # the module-scoped serve fixture, shared with tests/test_edge_limits.py
 
@@ -118,3 +119,60 @@ def test_a_chunked_webhook_with_a_trailer_is_served(serve: Serve) -> None:
         sock.sendall(head + chunks + b"0\r\nX-Checksum: abc\r\n\r\n")
         status, _, answer = read_response(sock)
     assert status == 202, answer
+
+
+def test_a_deep_pipeline_never_read_is_cut_off_and_memory_stays_bounded(tmp_path: Path) -> None:
+    """Thousands of pipelined requests in one write, answers never read: each parsed request was queued (about
+    1.7 MiB per connection, past the documented bound at the connection cap), a false 431 cut some (the header
+    limit counted whole requests), and the refusal's half-close made the request being answered log a
+    traceback. Past a pipeline depth the connection is closed; a client that pipelines a few is still served."""
+    serve = Serve(serve_env(tmp_path)).start()
+    assert serve.proc is not None
+    baseline = rss_bytes(serve.proc.pid)
+    request = b"POST /webhooks/nope HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    socks = [connect(serve) for _ in range(60)]
+    peak = baseline
+    try:
+        for s in socks:
+            s.sendall(request * 3500)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            peak = max(peak, rss_bytes(serve.proc.pid))
+            time.sleep(0.02)
+        closed = 0
+        for s in socks:
+            s.settimeout(3)
+            try:
+                while s.recv(65536):
+                    pass
+                closed += 1
+            except ConnectionError:
+                closed += 1
+    finally:
+        for s in socks:
+            s.close()
+        assert serve.stop() == 0, serve.output()
+    growth = peak - baseline
+    assert growth < 40 * 1024 * 1024, f"RSS grew {growth / 2**20:.1f} MiB"
+    assert closed == len(socks)
+    output = serve.output()
+    assert "Traceback" not in output and "(431)" not in output, output
+    assert "(closed unanswered): more than 32 requests pipelined" in output
+
+
+def test_a_few_pipelined_webhooks_are_all_answered_in_order(serve: Serve) -> None:
+    requests = b""
+    for n in range(8):
+        body = jira_body(issue_id=f"2020{n}")
+        requests += (f"POST /webhooks/jira HTTP/1.1\r\nHost: x\r\nX-Hub-Signature: {sign(body)}\r\n"
+                     f"X-Atlassian-Webhook-Identifier: edge-pipe-{n}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        requests += body
+    with connect(serve) as sock, sock.makefile("rb") as answers:
+        sock.sendall(requests)
+        for _ in range(8):
+            assert answers.readline().startswith(b"HTTP/1.1 202 ")
+            length = 0
+            while (line := answers.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            assert json.loads(answers.read(length))["stored"] == 1
