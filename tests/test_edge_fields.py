@@ -176,3 +176,13 @@ def test_a_few_pipelined_webhooks_are_all_answered_in_order(serve: Serve) -> Non
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
             assert json.loads(answers.read(length))["stored"] == 1
+
+
+def test_expect_100_continue_with_an_over_limit_length_gets_the_413_not_an_invitation(serve: Serve) -> None:
+    """A client asking before sending 5 MB is told no at once, not invited to send it to be discarded."""
+    with connect(serve) as sock:
+        sock.sendall(b"POST /webhooks/jira HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        status, headers, body = read_response(sock)
+    assert status == 413, body
+    assert headers["connection"] == "close"
