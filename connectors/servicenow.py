@@ -25,6 +25,7 @@ rows outside the requested window stop the poll with a :class:`~sync.errors.Conf
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterator, Mapping
@@ -463,7 +464,7 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
         event = payload.get("event")
         if event == "delete":
             ticket = replace(ticket, status_category=StatusCategory.DELETED)
-        delivery = headers.get(DELIVERY_HEADER) or payload.get("delivery_id")
+        delivery = self._delivery(headers, body, payload)
         if not isinstance(delivery, str) or not delivery:
             delivery = f"{ticket.id}:{record.get('sys_mod_count', '')}:{record.get('sys_updated_on')}"
         change = TicketChange(
@@ -475,6 +476,17 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
             event_type=str(event) if isinstance(event, str) else None,
         )
         return WebhookResult(changes=[change])
+
+    def _delivery(self, headers: Headers, body: bytes, payload: Mapping[str, Any]) -> object:
+        """The delivery id: from what is signed when the body is HMAC-signed (the signed body's ``delivery_id``,
+        else a digest of the body), never the unsigned ``X-Ticketpager-Delivery`` header, or a replay inside the
+        window with a new header value would be a new delivery (and ``sys_updated_on`` has one-second
+        resolution, so it could be processed again). A bearer request may name it in the header."""
+        hmac_signed = any(s.get_secret_value() for s in self.settings.webhook_secrets)
+        if hmac_signed and headers.get(SIGNATURE_HEADER) is not None:
+            signed = payload.get("delivery_id")
+            return signed if isinstance(signed, str) and signed else "sha256:" + hashlib.sha256(body).hexdigest()
+        return headers.get(DELIVERY_HEADER) or payload.get("delivery_id")
 
     # -- write-back -------------------------------------------------------------------------------
     def note_text(self, note: WriteBack) -> str:

@@ -46,12 +46,15 @@ class _Disconnected(Exception):
     """The client went away before its body arrived: nothing to store, nobody to answer."""
 
 
-async def read_body(receive: Receive, declared: str | None, limit: int, drain: int = 0) -> bytes:
+async def read_body(
+    receive: Receive, declared: str | None, limit: int, drain: int = 0, *, expects_continue: bool = False
+) -> bytes:
     """The request body, refused once it is known to exceed ``limit`` (declared or while streaming).
 
     A body over the limit but within ``drain`` bytes is read to its end and discarded first: senders that
     write the whole body before reading (Python's urllib, many vendors') would otherwise see a reset
-    instead of the 413. Anything larger is refused at once.
+    instead of the 413. Anything larger is refused at once, and so is a declared over-limit body whose sender
+    waits for ``100 Continue`` (reading would invite it to send the body only to have it discarded).
     """
     if declared is not None:
         try:
@@ -59,6 +62,8 @@ async def read_body(receive: Receive, declared: str | None, limit: int, drain: i
         except ValueError:
             raise WebhookRejected(400, "invalid Content-Length header") from None
         if length > limit:
+            if expects_continue:
+                raise BodyTooLarge(drained=True)  # nothing was sent: nothing left unread
             if length > drain:
                 raise BodyTooLarge(drained=False)
             await _discard(receive, 0, drain)
@@ -159,7 +164,9 @@ class Webhooks:
             return 404, {"error": f"unknown source '{source[:40]}'; expected one of: {', '.join(CONNECTORS)}"}
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            body = await read_body(receive, headers.get("content-length"), self.limit, self.drain)
+            expects = headers.get("expect", "").strip().lower() == "100-continue"
+            body = await read_body(receive, headers.get("content-length"), self.limit, self.drain,
+                                   expects_continue=expects)
         except BodyTooLarge as exc:
             count(METRICS.webhooks, source, "too_large")
             unread = "" if exc.drained else f", not read (over TICKETPAGER_HTTP__DRAIN_BYTES={self.drain})"

@@ -6,10 +6,16 @@ header, or hold connections open forever one byte at a time (issue 13, items 1 a
 adds, per connection (every limit a setting, ``TICKETPAGER_HTTP__*``, listed in docs/operations.md):
 
 * a header-block limit counted on the raw bytes *before* they reach the parser: past it, 431;
+* a limit on header fields per request, trailers included (a one-byte field costs ~150 bytes once parsed):
+  past it, 431;
+* a limit on what a chunked body's framing and trailers add to its data (the parser buffers a trailer whole,
+  and the header limit only counted the header block): past it, 431;
 * a deadline for the whole header block (from the first byte of a request, or from the connect) and one for
   the whole body (from the end of the headers): past them, 408;
 * the idle keep-alive timeout (uvicorn's own timer, set from the settings);
 * a cap on open connections, checked at connect: past it, 503 before anything is read;
+* a cap on requests pipelined behind the one being answered (each parsed one is queued with its scope):
+  past it, the connection is closed without an answer;
 * a JSON body for every answer it gives itself, also the 400 for what the parser refuses (a malformed
   ``Content-Length``, say), which uvicorn answers in plain text.
 
@@ -32,7 +38,8 @@ from typing import ClassVar
 
 import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from sync.metrics import METRICS
 from sync.settings import HttpSettings
@@ -40,7 +47,14 @@ from sync.settings import HttpSettings
 log = logging.getLogger("ticketpager.http")
 
 #: the ``reason`` label values of ``ticketpager_http_refused_total``
-REASONS = ("header_too_large", "header_timeout", "body_timeout", "too_many_connections", "bad_request")
+REASONS = ("header_too_large", "too_many_header_fields", "trailers_too_large", "header_timeout", "body_timeout",
+           "too_many_connections", "too_deeply_pipelined", "bad_request")
+#: a chunked body's framing and trailers may add this share of its data on top of ``max_header_bytes``: chunks of
+#: 100 bytes or more stay within it; the parser's buffer for an endless trailer stays within the sum
+FRAMING_SHARE = 16
+#: requests parsed and queued behind the one being answered; nobody pipelines this deep (browsers and vendors'
+#: senders do not pipeline at all), and each queued one holds its scope until answered
+MAX_PIPELINED = 32
 LOG_EVERY_SECONDS = 1.0  # a flood of refusals logs one line per reason per second, with the count
 
 
@@ -53,6 +67,10 @@ def refusal(status: int, message: str) -> bytes:
         len(body),
         body,
     )
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing a request already refused."""
 
 
 class _RefusalLog:
@@ -70,7 +88,7 @@ class _RefusalLog:
         self.last[reason] = now
         more = self.quiet.pop(reason, 0)
         also = f" (and {more} more since the last line)" if more else ""
-        log.warning("refused a connection from %s (%d): %s%s", client, status, message, also)
+        log.warning("refused a connection from %s (%s): %s%s", client, status or "closed unanswered", message, also)
 
 
 class EdgeProtocol(HttpToolsProtocol):
@@ -84,11 +102,16 @@ class EdgeProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = self.limits.keepalive_timeout_seconds  # type: ignore[assignment]
         self._in_head = True  # reading a request line and headers (or waiting for the first byte of one)
         self._head_bytes = 0  # raw bytes of the current header block fed to the parser so far
+        self._fields = 0  # header fields (and trailers) of the current request parsed so far
+        self._raw_body = 0  # raw bytes fed after the header block (body, chunk framing, trailers)
+        self._body_seen = 0  # body bytes the parser delivered of them
         self._due: float | None = None  # loop time by which the current header block or body must be in
         self._due_body = False  # the deadline is the body's (else the headers')
         self._timer: asyncio.TimerHandle | None = None  # checks the deadline; fires at ``_timer_at``
         self._timer_at = 0.0
         self._linger: asyncio.TimerHandle | None = None
+        self._running: RequestResponseCycle | None = None  # the cycle being answered (not ``cycle`` if pipelined)
+        self._completed = 0  # requests whose last byte was parsed (a pipelined one may end mid-read)
         self._refused = False
 
     # -- connection ---------------------------------------------------------------------------------
@@ -121,15 +144,23 @@ class EdgeProtocol(HttpToolsProtocol):
                 return
             if room > 0:  # the end of the header block may still be in the bytes the limit allows
                 self._head_bytes = limit
+                completed = self._completed
                 self._feed(data[:room])
                 data = data[room:]
                 if self._refused or self.transport.is_closing():
                     return
+                if self._completed != completed:  # pipelined: those bytes held whole requests, not one header
+                    continue
             if self._in_head:
                 self._refuse(431, "header_too_large", f"request headers larger than {limit} bytes")
                 return
         if data:  # body bytes (a pipelined request's header bytes in the same read are counted from the next)
+            self._raw_body += len(data)
             self._feed(data)
+            limit = self.limits.max_header_bytes
+            if (not self._refused and not self._in_head
+                    and self._raw_body - self._body_seen > limit + self._body_seen // FRAMING_SHARE):
+                self._refuse(431, "trailers_too_large", f"chunk framing and trailers larger than {limit} bytes")
 
     def _feed(self, data: bytes) -> None:
         """What uvicorn's ``data_received`` does, with the parser's reason in a JSON 400."""
@@ -137,7 +168,8 @@ class EdgeProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._refuse(400, "bad_request", f"invalid HTTP request: {exc}")
+            if not self._refused:  # else a callback refused and stopped the parser (too many fields)
+                self._refuse(400, "bad_request", f"invalid HTTP request: {exc}")
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
@@ -145,16 +177,38 @@ class EdgeProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
 
     # -- parser callbacks -----------------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > self.limits.max_header_fields:
+            if not self._refused:
+                cap = self.limits.max_header_fields
+                self._refuse(431, "too_many_header_fields", f"more than {cap} request header fields")
+            raise _Stop  # the parser stops here: feed_data raises, and the rest of the read is dropped
+        super().on_header(name, value)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
+        super().on_body(body)
+
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._raw_body = self._body_seen = 0
         self._set_deadline(self.limits.body_timeout_seconds, body=True)
         super().on_headers_complete()
+        if len(self.pipeline) > MAX_PIPELINED:
+            self._refuse(0, "too_deeply_pipelined", f"more than {MAX_PIPELINED} requests pipelined")
+            raise _Stop
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._completed += 1
         self._due = None  # the app's own time is not the client's: no deadline until the next request starts
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = self._fields = 0
 
     # -- deadlines ---------------------------------------------------------------------------------------
     # Setting a deadline is two stores; one timer per connection checks it when it fires and re-arms for the
@@ -188,16 +242,20 @@ class EdgeProtocol(HttpToolsProtocol):
 
     # -- refusal --------------------------------------------------------------------------------------------
     def _refuse(self, status: int, reason: str, message: str) -> None:
-        """Answer ``status`` if no response has started, half-close, discard input, close after the linger."""
+        """Answer ``status`` (0: no answer) if no response has started, half-close, discard input, close after the
+        linger."""
         self._refused = True
         self._due = None
         METRICS.http_refused.labels(reason).inc()
         self.refused_log(reason, status, message, self.client and self.client[0])
         cycle = self.cycle
-        answerable = cycle is None or cycle.response_complete or not cycle.response_started
-        if cycle is not None and not cycle.response_complete:
-            cycle.disconnected = True  # the app's receive() returns http.disconnect and its send() is a no-op
-            cycle.message_event.set()
+        answerable = status and (cycle is None or cycle.response_complete or not cycle.response_started)
+        queued = [queued for queued, _ in self.pipeline]
+        self.pipeline.clear()  # never started now: their scopes go at once
+        for each in {id(c): c for c in (self._running, cycle, *queued) if c is not None}.values():
+            if not each.response_complete:
+                each.disconnected = True  # the app's receive() returns http.disconnect and its send() is a no-op
+                each.message_event.set()
         transport = self.transport
         if transport.is_closing():
             return

@@ -83,6 +83,7 @@ class HttpSettings(BaseModel):
     """Limits of the HTTP edge, enforced before any signature check (see :mod:`sync.edge`)."""
 
     max_header_bytes: int = 65536  # request line + headers over this get 431 and the connection closes
+    max_header_fields: int = 100  # header fields (trailers included) per request; past this 431, closed
     header_timeout_seconds: float = 10.0  # the whole header block must arrive within this (else 408, closed)
     body_timeout_seconds: float = 30.0  # the whole body must arrive within this after the headers (else 408)
     keepalive_timeout_seconds: float = 5.0  # an idle keep-alive connection is closed after this
