@@ -69,19 +69,19 @@ def wait_ready(port: int, path: str = "/healthz", timeout: float = 30.0) -> None
     raise RuntimeError(f"server on port {port} did not become ready")
 
 
-def jira_payload(n: int) -> bytes:
+def jira_payload(n: int, *, project: str = "OPS", priority: str = "Highest") -> bytes:
     updated = datetime(2026, 11, 27, 9, 0, tzinfo=UTC) + timedelta(milliseconds=n)
     stamp = updated.strftime("%Y-%m-%dT%H:%M:%S.") + f"{updated.microsecond // 1000:03d}+0000"
     issue = {
         "id": str(100000 + n),
-        "key": f"OPS-{n}",
+        "key": f"{project}-{n}",
         "self": f"https://acme.atlassian.net/rest/api/2/issue/{100000 + n}",
         "fields": {
             "summary": f"Checkout API errors in eu-west ({n})",
             "description": "Customers see HTTP 502 on /checkout. " * 20,
             "issuetype": {"id": "10004", "name": "Incident"},
-            "project": {"id": "10000", "key": "OPS", "name": "Operations"},
-            "priority": {"id": "1", "name": "Highest"},
+            "project": {"id": "10000", "key": project, "name": "Operations"},
+            "priority": {"id": "1", "name": priority},
             "status": {"id": "1", "name": "To Do", "statusCategory": {"id": 2, "key": "new", "name": "To Do"}},
             "labels": ["customer-impact"],
             "components": [{"id": "10100", "name": "checkout"}],

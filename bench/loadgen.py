@@ -1,4 +1,4 @@
-"""A small closed-loop HTTP/1.1 load generator (asyncio, raw keep-alive sockets, pre-built requests).
+"""Small HTTP/1.1 load generators (asyncio, raw keep-alive sockets, pre-built requests): closed and open loop.
 
 Used for both the baseline and ticketpager in the same run, so the ratio between them is fair even though
 the generator shares the machine's cores with the server. Prints nothing; returns figures.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -20,6 +20,7 @@ class LoadResult:
     seconds: float
     latencies: list[float]
     statuses: dict[int, int]
+    started: float = 0.0  # time.perf_counter() when the first request was due (open loop)
 
     @property
     def rps(self) -> float:
@@ -85,3 +86,56 @@ async def _run(host: str, port: int, requests: Sequence[bytes], seconds: float, 
 
 def run(host: str, port: int, requests: Sequence[bytes], seconds: float = 10.0, connections: int = 32) -> LoadResult:
     return asyncio.run(_run(host, port, requests, seconds, connections))
+
+
+async def _open_loop(
+    host: str, port: int, make: Callable[[int], bytes], rate: float, count: int, max_connections: int
+) -> LoadResult:
+    """Request ``i`` is due at ``start + i / rate`` whatever happened to the ones before (open loop); its
+    latency runs from that due time, so a stalled server is not hidden by requests that were never sent
+    (no coordinated omission). Idle keep-alive connections are reused; a new one is opened when all are
+    busy, up to ``max_connections`` (beyond that a request waits, and the wait counts)."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = 0
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    slots = asyncio.Semaphore(max_connections)
+
+    async def one(raw: bytes, due: float) -> None:
+        nonlocal errors
+        async with slots:
+            conn = idle.pop() if idle else await asyncio.open_connection(host, port)
+            reader, writer = conn
+            try:
+                writer.write(raw)
+                status = await _read_response(reader)
+            except (OSError, asyncio.IncompleteReadError):
+                errors += 1
+                writer.close()
+                return
+            latencies.append(time.perf_counter() - due)
+            statuses[status] = statuses.get(status, 0) + 1
+            if status >= 300:
+                errors += 1
+            idle.append(conn)
+
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter()
+    for i in range(count):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(make(i), due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    for _, writer in idle:
+        writer.close()
+    return LoadResult(len(latencies), errors, elapsed, latencies, statuses, started=start)
+
+
+def open_loop(
+    host: str, port: int, make: Callable[[int], bytes], rate: float, count: int, max_connections: int = 256
+) -> LoadResult:
+    """Send ``count`` requests (``make(i)`` builds the i-th) at a fixed ``rate`` per second, open loop."""
+    return asyncio.run(_open_loop(host, port, make, rate, count, max_connections))

@@ -1,0 +1,43 @@
+"""The pipeline bench (bench/pipeline.py) runs end to end with tiny figures, so it cannot rot unnoticed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from bench import pipeline
+
+
+def test_cpu_seconds_counts_this_process_cpu_from_proc() -> None:
+    before = pipeline.cpu_seconds(os.getpid())
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    assert pipeline.cpu_seconds(os.getpid()) - before >= 0.15
+
+
+def test_the_bench_drives_serve_through_every_phase_and_prints_each_goal() -> None:
+    cfg = pipeline.Config(
+        idle_seconds=0.3, seconds=0.5, rates=(20.0,), page_every=2, keepup_count=10, keepup_rate=40.0,
+        workers=(2,), delivery_seconds=0.5, settle_seconds=0.1,
+    )  # fmt: skip
+    lines: list[str] = []
+    out = pipeline.run(cfg, print_=lines.append)
+
+    [report] = out["reports"]["now"]
+    assert list(report.phases) == ["idle", "20/s", "keep-up", "delivery x2"]
+    for phase in report.phases.values():
+        assert phase.errors == 0, phase
+        assert phase.drained, phase
+        assert phase.pages_accepted == phase.pages_expected, phase
+    assert report.phases["20/s"].sent == 10 and report.phases["20/s"].pages_expected == 5
+    assert report.phases["keep-up"].pages_expected == 10
+    assert report.phases["delivery x2"].pages_expected == 10  # 2 workers / 0.1 s x 0.5 s
+    assert report.phases["keep-up"].cpu_total > 0  # the server's CPU, read from /proc
+    [ceiling] = out["ceilings"]
+    assert ceiling.sent == 10 and ceiling.errors == 0
+    text = "\n".join(lines)
+    for goal in ("1. idle", "1. cores at 20/s", "2. CPU s per 1,000", "3. 10 pages at 40/s", "4. webhook p50",
+                 "5. delivery, 2 workers"):  # fmt: skip
+        assert goal in text
+    assert text.rstrip().endswith("0 / 0 / 0  0 / 0 / 0")
