@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, bindparam, exists, insert, select, tuple_, update
+from sqlalchemy import Connection, Select, bindparam, exists, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -87,6 +87,30 @@ UPDATE_TICKET = (
     .values({name: _B(name) for name in TICKET_COLUMNS})
 )
 FINISH_CHANGE = update(changes).where(changes.c.id == _B("i")).values(status=_B("status"), processed_at=_B("at"))
+ANY_PENDING = select(changes.c.id).where(changes.c.status == "pending").limit(1)
+
+
+def claim_statement(limit: int, *, skip_locked: bool) -> Select[Any]:
+    """The oldest claimable pending changes: a ticket's changes are processed in arrival order, so a change
+    is never claimed while an earlier change of the same ticket is still pending (maybe claimed by another
+    replica). Built once per (limit, dialect) by :class:`Engine`: building it cost more than the query when
+    the engine woke for every webhook commit (issue 19)."""
+    earlier = changes.alias("earlier")
+    stmt = (
+        select(changes.c.id, changes.c.source, changes.c.ticket_id, changes.c.payload)
+        .where(
+            changes.c.status == "pending",
+            ~exists().where(
+                earlier.c.source == changes.c.source,
+                earlier.c.ticket_id == changes.c.ticket_id,
+                earlier.c.status == "pending",
+                earlier.c.id < changes.c.id,
+            ),
+        )
+        .order_by(changes.c.id)
+        .limit(limit)
+    )
+    return stmt.with_for_update(skip_locked=True) if skip_locked else stmt
 
 __all__ = ["Engine", "RuleSetLike", "dedup_key_for", "evaluate_change", "plan"]
 
@@ -155,33 +179,24 @@ class Engine:
         *,
         incidents: Destination,
         batch_size: int = 50,
+        on_queued: Callable[[], None] | None = None,
     ) -> None:
+        """``on_queued`` is called after a :meth:`run_once` that committed at least one outbox row (the
+        service wakes its delivery workers then, and only then)."""
         self.store = store
         self.rules = rules
         self.clock = clock
         self.incidents = incidents  # renders incident actions when they are queued (the stored body is sent)
         self.batch_size = batch_size
+        self.on_queued = on_queued
+        self._queued = 0  # outbox rows written by the current run_once
+        self._claims: dict[tuple[int, bool], Select[Any]] = {}
 
     def _claim(self, conn: Connection, limit: int) -> list[RowMapping]:
-        earlier = changes.alias("earlier")
-        stmt = (
-            select(changes.c.id, changes.c.source, changes.c.ticket_id, changes.c.payload)
-            .where(
-                changes.c.status == "pending",
-                # a ticket's changes are processed in arrival order: never claim one while an earlier
-                # change of the same ticket is still pending (maybe claimed by another replica)
-                ~exists().where(
-                    earlier.c.source == changes.c.source,
-                    earlier.c.ticket_id == changes.c.ticket_id,
-                    earlier.c.status == "pending",
-                    earlier.c.id < changes.c.id,
-                ),
-            )
-            .order_by(changes.c.id)
-            .limit(limit)
-        )
-        if conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
+        key = (limit, conn.dialect.name == "postgresql")
+        stmt = self._claims.get(key)
+        if stmt is None:
+            stmt = self._claims[key] = claim_statement(limit, skip_locked=key[1])
         return list(conn.execute(stmt).mappings().all())
 
     def run_once(self) -> int:
@@ -192,8 +207,15 @@ class Engine:
         are not the change's fault: they propagate and the whole batch is retried later.
         """
         with self.store.engine.connect() as conn:  # a read first: an idle engine takes no write lock
-            if conn.execute(select(changes.c.id).where(changes.c.status == "pending").limit(1)).first() is None:
+            if conn.execute(ANY_PENDING).first() is None:
                 return 0
+        self._queued = 0
+        handled = self._run_batches()
+        if self._queued and self.on_queued is not None:
+            self.on_queued()
+        return handled
+
+    def _run_batches(self) -> int:
         try:
             with self.store.begin() as conn:
                 rows = self._claim(conn, self.batch_size)
@@ -325,6 +347,7 @@ class Engine:
         now: Any,
     ) -> int:
         """Queue the planned events and move their links on; returns the ticket's open incidents after."""
+        self._queued += len(events)
         for event in events:
             self._enqueue(conn, event, ticket, change_id, now)
             self._save_link(conn, event, ticket, now)

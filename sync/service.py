@@ -42,6 +42,10 @@ from sync.store import Store, acquire_lease, release_lease
 
 log = logging.getLogger("ticketpager.service")
 
+#: After a wake-up the engine lets the webhook commits of the next few milliseconds join its batch: one claim
+#: for several changes instead of one per group commit (issue 19, docs/performance.md). Capped by the idle wait.
+ENGINE_COALESCE_SECONDS = 0.02
+
 #: "integration key … a 32 character" string (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/)
 INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
 
@@ -95,7 +99,7 @@ class Service:
         self._pollable: list[str] | None = None
         self._connector_lock = threading.Lock()
         self.wake = threading.Event()  # set by the webhook writer and pollers: changes are waiting
-        self.outbox_wake = threading.Event()  # set by the engine: events may be due
+        self.outbox_wake = threading.Event()  # set when the engine (or a recheck) queued outbox rows
         self.stopping = threading.Event()
         self.writer = Writer(self.store, on_commit=self.wake.set)
         pd = settings.pagerduty
@@ -124,6 +128,7 @@ class Service:
             self.clock,
             incidents=DESTINATIONS[incidents](self),
             batch_size=settings.engine.batch_size,
+            on_queued=self.outbox_wake.set,  # a batch that queued nothing wakes no delivery worker
         )
         self.heartbeat = Heartbeat(
             self.store,
@@ -398,12 +403,13 @@ class Service:
         return self.settings.engine.idle_seconds
 
     def _engine_loop(self) -> None:
+        coalesce = min(ENGINE_COALESCE_SECONDS, self._idle())
         while not self.stopping.is_set():
             self.wake.clear()
-            if self.engine.run_once():
-                self.outbox_wake.set()
+            if self.engine.run_once():  # wakes the delivery workers itself if it queued anything
                 continue
-            self.wake.wait(self._idle())
+            if self.wake.wait(self._idle()) and coalesce > 0:
+                self.stopping.wait(coalesce)  # let the next commits join this batch
 
     def _delivery_loop(self, delivery: Delivery) -> None:
         while not self.stopping.is_set():
