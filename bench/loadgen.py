@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -21,6 +21,7 @@ class LoadResult:
     latencies: list[float]
     statuses: dict[int, int]
     started: float = 0.0  # time.perf_counter() when the first request was due (open loop)
+    failed: list[int] = field(default_factory=list)  # open loop: indexes not answered 2xx
 
     @property
     def rps(self) -> float:
@@ -101,7 +102,9 @@ async def _open_loop(
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     slots = asyncio.Semaphore(max_connections)
 
-    async def one(raw: bytes, due: float) -> None:
+    failed: list[int] = []
+
+    async def one(index: int, raw: bytes, due: float) -> None:
         nonlocal errors
         async with slots:
             conn = idle.pop() if idle else await asyncio.open_connection(host, port)
@@ -111,12 +114,14 @@ async def _open_loop(
                 status = await _read_response(reader)
             except (OSError, asyncio.IncompleteReadError):
                 errors += 1
+                failed.append(index)
                 writer.close()
                 return
             latencies.append(time.perf_counter() - due)
             statuses[status] = statuses.get(status, 0) + 1
             if status >= 300:
                 errors += 1
+                failed.append(index)
             idle.append(conn)
 
     tasks: list[asyncio.Task[None]] = []
@@ -126,12 +131,12 @@ async def _open_loop(
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(make(i), due)))
+        tasks.append(asyncio.create_task(one(i, make(i), due)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
     for _, writer in idle:
         writer.close()
-    return LoadResult(len(latencies), errors, elapsed, latencies, statuses, started=start)
+    return LoadResult(len(latencies), errors, elapsed, latencies, statuses, started=start, failed=failed)
 
 
 def open_loop(

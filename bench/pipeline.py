@@ -115,13 +115,14 @@ class Phase:
     wall: float = 0.0  # seconds of the load itself (idle: the window)
     cpu_load: float = 0.0  # server CPU seconds during the load
     cpu_total: float = 0.0  # server CPU seconds from the first post until everything was processed
-    pages_expected: int = 0
+    pages_expected: int = 0  # pages of the webhooks answered 2xx
     pages_accepted: int = 0
     keep_up: float = float("nan")  # first post due -> last page accepted by the mock, seconds
     e2e_p50_ms: float = float("nan")  # webhook due -> the mock's 202 for its page
     e2e_p99_ms: float = float("nan")
     first_to_last: float = float("nan")  # first page accepted -> last page accepted (delivery phases)
     drained: bool = True
+    statuses: dict[int, int] = field(default_factory=dict)  # answers other than 202, and "no answer" as 0
 
     @property
     def cores(self) -> float:
@@ -248,6 +249,7 @@ def load_phase(
         "127.0.0.1", server.port, lambda i: webhook(server.port, first + i, (first + i) in pages), rate, count
     )
     cpu_load = server.cpu() - cpu0
+    pages -= {first + i for i in result.failed}  # a webhook not answered 2xx was not taken: no page expected
     drained = wait_done(server, mock, mark, len(pages), cfg.drain_timeout)
     cpu_total = server.cpu() - cpu0
     accepted = [(n, t) for n, t in mock.accepted_since(mark) if n in pages]
@@ -268,7 +270,15 @@ def load_phase(
         e2e_p99_ms=percentile(e2e, 0.99),
         first_to_last=(max(t for _, t in accepted) - min(t for _, t in accepted)) if accepted else float("nan"),
         drained=drained,
+        statuses=_odd_answers(result, count),
     )
+
+
+def _odd_answers(result: loadgen.LoadResult, count: int) -> dict[int, int]:
+    odd = {status: n for status, n in result.statuses.items() if status != 202}
+    if count > result.requests:
+        odd[0] = count - result.requests
+    return odd
 
 
 def idle_phase(server: Server, seconds: float) -> Phase:
@@ -455,6 +465,8 @@ def phase_table(report: TreeReport) -> list[str]:
     out = [f"[{report.label}]  {'phase':14}{'sent':>7}{'err':>5}{'p50 ms':>9}{'p99 ms':>9}{'cores':>8}"
            f"{'CPU s':>8}{'pages':>11}{'e2e p99':>10}"]  # fmt: skip
     for p in report.phases.values():
+        if p.statuses:
+            out.append(f"{'':{len(report.label) + 4}}{p.name}: answers {p.statuses}")
         out.append(
             f"{'':{len(report.label) + 4}}{p.name:14}{p.sent:>7}{p.errors:>5}{p.p50_ms:>9.1f}{p.p99_ms:>9.1f}"
             f"{p.cores:>8.3f}{p.cpu_total:>8.2f}{f'{p.pages_accepted}/{p.pages_expected}':>11}{p.e2e_p99_ms:>10.1f}"
