@@ -406,7 +406,7 @@ def goal_lines(reports: list[TreeReport], ceilings: list[Phase], cfg: Config) ->
     ceil = [c.cpu_total / c.sent * 1000 for c in ceilings if c.sent]
     row("2. CPU s per 1,000 webhooks fully processed (all page)", f"<= {CPU_PER_1000_GOAL}", _span(keep, ".2f"))
     row("   minimal durable endpoint, same 1,000 requests", "-", _span(ceil, ".2f"))
-    if keep and ceil:
+    if keep and ceil and min(ceil) > 0:  # /proc counts in 10 ms ticks: a tiny run may read 0
         row("   ratio ticketpager / minimal durable endpoint", "-", _span([k / min(ceil) for k in keep], ".1f"))
     row(
         f"3. {cfg.keepup_count} pages at {cfg.keepup_rate:g}/s: first post -> last 202, s",
