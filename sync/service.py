@@ -14,7 +14,6 @@ import os
 import re
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -102,8 +101,6 @@ class Service:
         self.wake = threading.Event()  # set by the webhook writer and pollers: changes are waiting
         self.outbox_wake = threading.Event()  # set when the engine (or a recheck) queued outbox rows
         self.stopping = threading.Event()
-        self._outbox_polled_at = 0.0  # time.monotonic() of the delivery workers' latest look at the outbox
-        self._outbox_poll_lock = threading.Lock()
         self.writer = Writer(self.store, on_commit=self.wake.set)
         pd = settings.pagerduty
         self._injected_sink = sink  # tests may pass one; otherwise each delivery worker gets its own session
@@ -417,28 +414,9 @@ class Service:
     def _delivery_loop(self, delivery: Delivery) -> None:
         while not self.stopping.is_set():
             self.outbox_wake.clear()
-            looked_at = time.monotonic()
             if delivery.run_once(stopping=self.stopping.is_set):
                 continue
-            with self._outbox_poll_lock:
-                self._outbox_polled_at = max(self._outbox_polled_at, looked_at)
-            self._wait_for_outbox()
-
-    def _wait_for_outbox(self) -> None:
-        """Wait until woken (the engine queued rows) or until it is this worker's turn to look: the idle
-        workers share one look per ``idle_seconds`` instead of each looking on its own timer (one claim
-        query per worker five times a second while nothing happens). Rows coming due later (retries,
-        another replica's) are still seen within ``idle_seconds``."""
-        idle = self._idle()
-        while not self.stopping.is_set():
-            with self._outbox_poll_lock:
-                now = time.monotonic()
-                left = self._outbox_polled_at + idle - now
-                if left <= 0:
-                    self._outbox_polled_at = now  # this worker takes this period's look
-                    return
-            if self.outbox_wake.wait(left):
-                return
+            self.outbox_wake.wait(self._idle())
 
     def _heartbeat_loop(self) -> None:
         """One small write every ``engine.heartbeat_seconds``; a database error restarts it (see _guard)."""

@@ -6,12 +6,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from sync.clock import FakeClock
+from sync.service import Service
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
@@ -56,27 +55,3 @@ def test_a_page_is_sent_at_once_although_the_workers_idle_poll_is_long(
     finally:
         service.stop()
         service.store.dispose()
-
-
-def test_idle_delivery_workers_share_one_outbox_poll_per_idle_period(
-    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
-) -> None:
-    service = make_service(db_url, rules_path, pd.url, clock, engine={"idle_seconds": 0.1}, pagerduty={"workers": 4})
-    polls: list[float] = []
-
-    @event.listens_for(service.store.engine, "before_cursor_execute")
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().startswith("SELECT outbox.id") and "FROM outbox" in statement:
-            polls.append(time.monotonic())  # the "is anything due?" read of an idle delivery worker
-
-    service.start()
-    try:
-        time.sleep(0.5)
-        start = len(polls)
-        time.sleep(1.0)
-        in_one_second = len(polls) - start
-    finally:
-        service.stop()
-        service.store.dispose()
-    # one poll per 0.1 s for all four workers together (each on its own timer: about 40)
-    assert 5 <= in_one_second <= 20
