@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from sync.clock import FakeClock
-from sync.service import Service
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
