@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exists, insert, or_, select, update
+from sqlalchemy import Connection, Select, bindparam, exists, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import aliased
 
@@ -104,6 +104,7 @@ class Delivery:
         # built once: the idle read runs every idle_seconds per worker, and building it cost more than running it
         self._due = (outbox.c.status == "pending", outbox.c.next_attempt_at <= _NOW, or_(*free))
         self._anything_due = select(outbox.c.id).where(*self._due).limit(1)
+        self._claim_statements: dict[tuple[str, int], Select[Any]] = {}
         timeouts = [d.timeout for d in self.destinations.values() if d.timeout is not None]
         send_seconds = 3 * max(timeouts) if timeouts and not dry_run else 0.0
         self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
@@ -114,27 +115,13 @@ class Delivery:
             self._unclaim(self._orphaned)
             self._orphaned = []
         now = self.clock.now()
-        earlier = aliased(outbox)
-        blocked = exists().where(
-            earlier.c.dedup_key == outbox.c.dedup_key,
-            earlier.c.kind == "event",
-            earlier.c.id < outbox.c.id,
-            earlier.c.status == "pending",
-        )
         params = {"now": now, "stale": now - timedelta(seconds=self.takeover_after or 0.0)}
         with self.store.engine.connect() as conn:  # a read first: idle workers take no write lock
             if conn.execute(self._anything_due, params).first() is None:
                 self._claimed = {}
                 return []
         with self.store.begin() as conn:
-            stmt = (
-                select(outbox)
-                .where(*self._due, or_(outbox.c.kind != "event", ~blocked))
-                .order_by(outbox.c.next_attempt_at, outbox.c.id)
-                .limit(limit)
-            )
-            if conn.dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True, of=outbox)
+            stmt = self._claim_statement(conn.dialect.name, limit)
             rows = conn.execute(stmt, params).mappings().all()
             if rows:
                 conn.execute(
@@ -151,6 +138,30 @@ class Delivery:
                 ", ".join(sorted({str(r["claimed_by"]) for r in taken})),
             )
         return list(rows)
+
+    def _claim_statement(self, dialect: str, limit: int) -> Select[Any]:
+        """The claim query, built once per dialect and batch size (building it cost more than an idle read):
+        due rows, oldest first, an event only when no earlier event of its ``dedup_key`` is pending."""
+        key = (dialect, limit)
+        stmt = self._claim_statements.get(key)
+        if stmt is None:
+            earlier = aliased(outbox)
+            blocked = exists().where(
+                earlier.c.dedup_key == outbox.c.dedup_key,
+                earlier.c.kind == "event",
+                earlier.c.id < outbox.c.id,
+                earlier.c.status == "pending",
+            )
+            stmt = (
+                select(outbox)
+                .where(*self._due, or_(outbox.c.kind != "event", ~blocked))
+                .order_by(outbox.c.next_attempt_at, outbox.c.id)
+                .limit(limit)
+            )
+            if dialect == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True, of=outbox)
+            self._claim_statements[key] = stmt
+        return stmt
 
     def run_once(self, limit: int = 10, stopping: Callable[[], bool] | None = None) -> int:
         """Claim up to ``limit`` due rows and send them. When ``stopping`` turns true (SIGTERM) the rows not
