@@ -24,7 +24,7 @@ parser.add_argument("--rounds", type=int, default=3)
 args = parser.parse_args()
 sys.path.insert(0, str(args.root.resolve()))
 
-from sync.clock import FakeClock  # noqa: E402
+from kernel.clock import FakeClock  # noqa: E402
 from tests.factories import RULES, change, ticket  # noqa: E402
 from tests.fakes.pagerduty_server import MockPagerDuty  # noqa: E402
 from tests.harness import make_service, receive  # noqa: E402

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 
 from connectors.pagerduty import PagerDutySink, RateLimiter, build_event
-from sync import jsonutil
-from sync.clock import FakeClock
-from sync.model import EventAction, PlannedEvent, TriggerSpec
+from kernel import jsonutil
+from kernel.clock import FakeClock
+from kernel.model import EventAction, PlannedEvent, TriggerSpec
 from tests.factories import ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 

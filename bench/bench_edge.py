@@ -19,8 +19,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from sync import edge
-from sync.settings import HttpSettings
+from ticketpager import edge
+from ticketpager.settings import HttpSettings
 
 BODY = b'{"issue": {"fields": {"summary": "' + b"x" * 3000 + b'"}}}'
 REQUEST = (

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sync.clock import SystemClock  # noqa: E402
+from kernel.clock import SystemClock  # noqa: E402
 from tests.conftest import _pg_schema_url  # noqa: E402
 from tests.factories import RULES, change, ticket  # noqa: E402
 from tests.harness import make_service, receive  # noqa: E402

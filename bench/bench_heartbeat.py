@@ -37,14 +37,14 @@ from sqlalchemy import create_engine, insert, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sync.clock import SystemClock  # noqa: E402
+from kernel.clock import SystemClock  # noqa: E402
 from sync.delivery import Delivery  # noqa: E402
 from sync.heartbeat import record_beat  # noqa: E402
 from sync.schema import outbox  # noqa: E402
-from sync.service import Service  # noqa: E402
 from tests.conftest import _pg_schema_url  # noqa: E402
 from tests.factories import RULES  # noqa: E402
 from tests.harness import make_service  # noqa: E402
+from ticketpager.service import Service  # noqa: E402
 
 HEARTBEAT_SECONDS = 2.0  # the defaults of engine.heartbeat_seconds, engine.idle_seconds, pagerduty.workers
 IDLE_SECONDS = 0.2

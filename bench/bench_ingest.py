@@ -148,7 +148,7 @@ def baseline(app: str, bodies: list[bytes], seconds: float, connections: int) ->
             stop(proc)
 
 
-SERVE = [sys.executable, "-m", "sync.cli", "serve"]
+SERVE = [sys.executable, "-m", "ticketpager.cli", "serve"]
 SERVE_VARIANT = [sys.executable, "-m", "bench.serve_variant"]
 
 
@@ -221,7 +221,7 @@ def end_to_end(count: int, rate: float) -> list[float]:
                 "TICKETPAGER_PAGERDUTY__RATE_LIMIT_PER_MINUTE": "1000000",
             },
         )
-        proc = start([sys.executable, "-m", "sync.cli", "serve"], env)
+        proc = start([sys.executable, "-m", "ticketpager.cli", "serve"], env)
         sent: dict[str, float] = {}
         try:
             wait_ready(port)

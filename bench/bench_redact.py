@@ -11,8 +11,8 @@ import base64
 import logging
 import time
 
-from sync.logs import RedactSecrets
-from sync.redact import Redactor
+from kernel.logs import RedactSecrets
+from kernel.redact import Redactor
 
 SECRETS = ["ATATT3xFfGF0-jira-api-token-0123456789", "zendesk-api-token-abcdef0123", "jira-webhook-secret-0001"]
 USERS = ["ticketpager-bot@acme.example", "api@acme.example"]

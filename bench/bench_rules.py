@@ -26,9 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from kernel.model import StatusCategory, Ticket  # noqa: E402
 from rules import EvalContext, load_rules  # noqa: E402
 from rules.templates import compile_template, template_context  # noqa: E402
-from sync.model import StatusCategory, Ticket  # noqa: E402
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 PRIORITIES = {

@@ -23,7 +23,7 @@ LOOP = r"""
 import hashlib, hmac, json, sys, time
 from pathlib import Path
 from connectors.jira import JiraConnector
-from sync.settings import JiraSettings
+from ticketpager.settings import JiraSettings
 from sync.store import Store
 n, secret = int(sys.argv[1]), sys.argv[2]
 doc = json.loads((Path("tests/fixtures/jira/webhook_issue_updated_done.json")).read_text())

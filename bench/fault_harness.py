@@ -464,7 +464,7 @@ class Replica:
         self._log.write(f"--- incarnation {self.incarnations} ---\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sync.cli", "serve"], env=self.env, cwd=ROOT,
+            [sys.executable, "-m", "ticketpager.cli", "serve"], env=self.env, cwd=ROOT,
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         self.pids.append(self.proc.pid)

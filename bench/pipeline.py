@@ -159,8 +159,9 @@ class Server:
         )
         self._log: IO[bytes] = (tmp / "serve.log").open("wb")
         self.logfile = tmp / "serve.log"
+        cli = "ticketpager.cli" if (tree / "ticketpager" / "cli.py").exists() else "sync.cli"  # older trees: sync.cli
         self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "sync.cli", "serve"], env=env, cwd=tree, stdout=self._log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", cli, "serve"], env=env, cwd=tree, stdout=self._log, stderr=subprocess.STDOUT
         )
         try:
             wait_ready(self.port)

@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from sync import cli
+from ticketpager import cli
 
 VARIANT = os.environ.get("BENCH_HTTP", "httptools")
 _config_init = uvicorn.Config.__init__

@@ -25,10 +25,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 import requests
 
 from connectors.settings import ConnectorSettings
-from sync import jsonutil
-from sync.clock import Clock, SystemClock
-from sync.model import Action, EventAction, Outbound, Outcome, Rendered, TicketChange, TicketNote, TicketRef
-from sync.retry import RetryPolicy
+from kernel import jsonutil
+from kernel.clock import Clock, SystemClock
+from kernel.model import Action, EventAction, Outbound, Outcome, Rendered, TicketChange, TicketNote, TicketRef
+from kernel.retry import RetryPolicy
 
 Headers = Mapping[str, str]  # lower-cased header names
 

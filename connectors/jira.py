@@ -42,9 +42,10 @@ from connectors.jira_normalize import (
     parse_jira_time,
     user_zone,
 )
+from connectors.settings import JiraSettings
 from connectors.signing import hex_signatures, matches_any
-from sync import jsonutil
-from sync.errors import (
+from kernel import jsonutil
+from kernel.errors import (
     ConfigError,
     Kind,
     PermanentError,
@@ -55,10 +56,9 @@ from sync.errors import (
     classify_response,
     network_error,
 )
-from sync.model import Origin, Ticket, TicketChange
-from sync.redact import redact
-from sync.retry import RetryPolicy, call
-from sync.settings import JiraSettings
+from kernel.model import Origin, Ticket, TicketChange
+from kernel.redact import redact
+from kernel.retry import RetryPolicy, call
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

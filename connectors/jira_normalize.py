@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sync.model import FieldChange, StatusCategory, Ticket
+from kernel.model import FieldChange, StatusCategory, Ticket
 
 #: the ``ticket.attributes`` this connector fills: the names rules with ``source: jira`` may use
 ATTRIBUTES: frozenset[str] = frozenset(

@@ -21,9 +21,9 @@ from typing import Any
 import requests
 import urllib3
 
-from sync import jsonutil
-from sync.clock import Clock
-from sync.errors import (
+from kernel import jsonutil
+from kernel.clock import Clock
+from kernel.errors import (
     Kind,
     PermanentError,
     StatusRule,
@@ -32,7 +32,7 @@ from sync.errors import (
     classify_status,
     network_error,
 )
-from sync.model import (
+from kernel.model import (
     SEVERITIES,
     Action,
     EventAction,
@@ -43,7 +43,7 @@ from sync.model import (
     Rendered,
     Ticket,
 )
-from sync.redact import mask, redact
+from kernel.redact import mask, redact
 
 log = logging.getLogger("ticketpager.pagerduty")
 

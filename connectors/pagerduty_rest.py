@@ -23,8 +23,8 @@ import urllib3
 from pydantic import SecretStr
 
 from connectors.pagerduty_webhooks import Incident, Reference
-from sync.clock import Clock, SystemClock
-from sync.errors import (
+from kernel.clock import Clock, SystemClock
+from kernel.errors import (
     ConfigError,
     Kind,
     PermanentError,
@@ -37,7 +37,7 @@ from sync.errors import (
     network_error,
     parse_retry_after,
 )
-from sync.redact import redact
+from kernel.redact import redact
 
 VENDOR = "PagerDuty REST"
 

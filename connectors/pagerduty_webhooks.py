@@ -24,8 +24,8 @@ from typing import Any
 from pydantic import SecretStr
 
 from connectors.signing import hex_signatures, matches_any
-from sync import jsonutil
-from sync.errors import WebhookRejected
+from kernel import jsonutil
+from kernel.errors import WebhookRejected
 
 DOC_OVERVIEW = "https://developer.pagerduty.com/docs/webhooks/v3-overview/"
 DOC_SIGNATURES = "https://developer.pagerduty.com/docs/webhooks/webhook-signatures/"

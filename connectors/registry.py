@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 
 from connectors import jira_normalize, servicenow_normalize, zendesk_normalize
 from connectors.settings import ConnectorSettings, JiraSettings, ServiceNowSettings, ZendeskSettings
-from sync.errors import ConfigError
-from sync.fields import declare_source
+from kernel.errors import ConfigError
+from kernel.fields import declare_source
 
 if TYPE_CHECKING:
     from connectors.base import Connector

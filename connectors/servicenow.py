@@ -45,10 +45,11 @@ from connectors.servicenow_normalize import (
     format_sn_datetime,
     parse_sn_datetime,
 )
+from connectors.settings import ServiceNowSettings
 from connectors.signing import b64_signatures, check_timestamp, matches_any
-from sync import jsonutil
-from sync.clock import Clock
-from sync.errors import (
+from kernel import jsonutil
+from kernel.clock import Clock
+from kernel.errors import (
     ConfigError,
     Kind,
     PermanentError,
@@ -60,9 +61,8 @@ from sync.errors import (
     classify_response,
     network_error,
 )
-from sync.model import Origin, StatusCategory, TicketChange
-from sync.retry import call
-from sync.settings import ServiceNowSettings
+from kernel.model import Origin, StatusCategory, TicketChange
+from kernel.retry import call
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sync.errors import ConfigError
-from sync.model import StatusCategory, Ticket
+from kernel.errors import ConfigError
+from kernel.model import StatusCategory, Ticket
 
 #: the ``ticket.attributes`` this connector fills: the names rules with ``source: servicenow`` may use
 ATTRIBUTES: frozenset[str] = frozenset(

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from pydantic import SecretStr
 
-from sync.errors import WebhookRejected
+from kernel.errors import WebhookRejected
 
 
 def hmac_sha256(secret: str, message: bytes) -> bytes:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import requests
 
 from connectors.base import Connector, Headers, PollPage, WebhookResult, WriteBack
+from connectors.settings import ZendeskSettings
 from connectors.signing import b64_signatures, check_timestamp, hmac_sha256, matches_any, signed_instant
 from connectors.zendesk_normalize import (
     BadTicket,
@@ -35,8 +36,8 @@ from connectors.zendesk_normalize import (
     as_id,
     organization_from_json,
 )
-from sync import jsonutil
-from sync.errors import (
+from kernel import jsonutil
+from kernel.errors import (
     ConfigError,
     Kind,
     PermanentError,
@@ -49,9 +50,8 @@ from sync.errors import (
     classify_response,
     network_error,
 )
-from sync.model import Origin, StatusCategory, Ticket, TicketChange
-from sync.retry import call
-from sync.settings import ZendeskSettings
+from kernel.model import Origin, StatusCategory, Ticket, TicketChange
+from kernel.retry import call
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sync.model import StatusCategory, Ticket, check_instant
+from kernel.model import StatusCategory, Ticket, check_instant
 
 #: the ``ticket.attributes`` this connector fills: the names rules with ``source: zendesk`` may use
 ATTRIBUTES: frozenset[str] = frozenset(

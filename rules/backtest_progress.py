@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, TextIO
 
-from sync.clock import Clock
+from kernel.clock import Clock
 
 
 class Progress(Protocol):

@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from kernel.model import SUMMARY_MAX, FieldChange, StatusCategory, Ticket, TriggerSpec
 from rules.operators import failure_explainer, fold, folded_search
 from rules.spec import AllOf, AnyOf, Cond, Leaf, NotOf, RuleSetSpec, RuleSpec, SeveritySpec, field_names
 from rules.templates import Template, render_safely, template_context
-from sync.model import SUMMARY_MAX, FieldChange, StatusCategory, Ticket, TriggerSpec
 
 _REJECT_CACHE_MAX = 256  # cached explanations / "rejected by index" results per condition or rule
 

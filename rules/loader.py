@@ -17,9 +17,9 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from kernel.errors import ConfigError
 from rules import yaml_errors
 from rules.yaml11 import version_problem
-from sync.errors import ConfigError
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 1024 * 1024  # a rule file bigger than this is a mistake, not a rule set

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from kernel.model import FieldChange
 from rules.calendars import Calendar
-from sync.model import FieldChange
 
 Scalar = str | int | float | bool | None
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
+from kernel.clock import Clock, SystemClock
 from rules.evaluator import RuleSet
 from rules.load import load_rules
 from rules.loader import RULE_FILE_SUFFIXES, RuleFileErrors
-from sync.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 

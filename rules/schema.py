@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kernel.model import SEVERITIES
 from rules.operators import MODIFIERS, REGISTRY
 from rules.validation import CALENDAR_KEYS, TRIGGER_KEYS, rule_sources
-from sync.model import SEVERITIES
 
 SCHEMA_ID = "https://ticketpager.dev/schemas/rules-v1.json"
 

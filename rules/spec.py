@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from kernel.model import Ticket
 from rules.calendars import Calendar
 from rules.loader import Pos
 from rules.operators import Operator
 from rules.templates import Template
-from sync.model import Ticket
 
 Getter = Callable[[Ticket], Any]
 

@@ -21,9 +21,9 @@ import jinja2
 from jinja2 import StrictUndefined, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
+from kernel.fields import SOURCE_ATTRIBUTES, TICKET_FIELDS, all_attributes
+from kernel.model import FieldChange, Ticket
 from rules.operators import did_you_mean
-from sync.fields import SOURCE_ATTRIBUTES, TICKET_FIELDS, all_attributes
-from sync.model import FieldChange, Ticket
 
 TEMPLATE_VARIABLES = frozenset({"ticket", "rule", "changes", "now"})
 TICKET_VARIABLES = TICKET_FIELDS | {"custom", "attributes", "raw"}

@@ -16,6 +16,8 @@ from datetime import date, datetime
 from typing import Any, NamedTuple
 
 from connectors.servicenow_normalize import DEFAULT_PRIORITY_LABELS
+from kernel.fields import SOURCE_ATTRIBUTES, TICKET_FIELDS, all_attributes
+from kernel.model import SEVERITIES, StatusCategory, Ticket
 from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_range, parse_timezone
 from rules.loader import Pos, RuleFileError, YList, YMap
 from rules.operators import (
@@ -41,8 +43,6 @@ from rules.spec import (
     TriggerTemplate,
 )
 from rules.templates import Template, TemplateProblem, compile_template
-from sync.fields import SOURCE_ATTRIBUTES, TICKET_FIELDS, all_attributes
-from sync.model import SEVERITIES, StatusCategory, Ticket
 
 
 def rule_sources() -> tuple[str, ...]:

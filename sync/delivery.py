@@ -33,13 +33,13 @@ from sqlalchemy import Connection, Select, bindparam, exists, insert, or_, selec
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import aliased
 
-from sync.clock import Clock
-from sync.errors import PermanentError, RetryableError, TicketpagerError, UnknownOutcome
+from kernel.clock import Clock
+from kernel.errors import PermanentError, RetryableError, TicketpagerError, UnknownOutcome
+from kernel.model import Destination, EventAction, Outbound, TicketNote, TicketRef, incident_note
+from kernel.redact import redact
+from kernel.retry import RetryPolicy
 from sync.heartbeat import HeartbeatLike, claim_holder_dead
 from sync.metrics import METRICS
-from sync.model import Destination, EventAction, Outbound, TicketNote, TicketRef, incident_note
-from sync.redact import redact
-from sync.retry import RetryPolicy
 from sync.schema import UTCDateTime, changes, outbox
 from sync.store import Store
 

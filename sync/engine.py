@@ -25,11 +25,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from sync import jsonutil
-from sync.clock import Clock
-from sync.lifecycle import dedup_key_for, next_state, plan
-from sync.metrics import METRICS
-from sync.model import (
+from kernel import jsonutil
+from kernel.clock import Clock
+from kernel.lifecycle import dedup_key_for, next_state, plan
+from kernel.model import (
     Destination,
     IncidentAction,
     IncidentState,
@@ -42,7 +41,8 @@ from sync.model import (
     diff_tickets,
     merge_changes,
 )
-from sync.redact import mask, redact
+from kernel.redact import mask, redact
+from sync.metrics import METRICS
 from sync.schema import changes, decisions, links, outbox, tickets
 from sync.store import Store, _insert_ignore
 

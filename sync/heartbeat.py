@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import ColumnElement, Connection, delete, exists, func, update
 
-from sync.clock import Clock
+from kernel.clock import Clock
 from sync.schema import replicas
 
 if TYPE_CHECKING:

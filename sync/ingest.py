@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kernel.model import TicketChange
 from sync.metrics import METRICS
-from sync.model import TicketChange
 from sync.store import Store
 
 log = logging.getLogger("ticketpager.ingest")

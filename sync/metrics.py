@@ -20,8 +20,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from sync.errors import Kind
-from sync.model import EventAction
+from kernel.errors import Kind
+from kernel.model import EventAction
 
 disable_created_metrics()  # process-wide in prometheus_client; read when a scrape is rendered
 

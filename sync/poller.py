@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from connectors.base import Connector
-from sync.clock import Clock
-from sync.errors import TicketpagerError
+from kernel.clock import Clock
+from kernel.errors import TicketpagerError
+from kernel.model import unencodable_reason, unstorable_reason
 from sync.metrics import METRICS
-from sync.model import unencodable_reason, unstorable_reason
 from sync.store import Store, insert_changes, load_cursor, record_poll_error, save_cursor
 
 log = logging.getLogger("ticketpager.poller")

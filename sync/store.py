@@ -18,10 +18,11 @@ from sqlalchemy import Connection, Dialect, Engine, and_, bindparam, case, delet
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import PoolProxiedConnection
 
-from sync import db, jsonutil
+from kernel import jsonutil
+from kernel.model import TicketChange, stored_delivery_id
+from kernel.redact import redact
+from sync import db
 from sync.heartbeat import lease_holder_dead
-from sync.model import TicketChange, stored_delivery_id
-from sync.redact import redact
 from sync.schema import changes, cursors, decisions, leases, links, outbox, tickets
 from sync.writelock import PriorityLock
 

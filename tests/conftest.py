@@ -16,7 +16,7 @@ import responses
 from sqlalchemy import create_engine, text
 
 from connectors import registry  # noqa: F401  (declares the systems' rule fields, as the application does)
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 
 PG_URL = os.environ.get("TICKETPAGER_TEST_POSTGRES_URL", "")
 PG_SKIP = "PostgreSQL tests need TICKETPAGER_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync.model import FieldChange, Origin, StatusCategory, Ticket, TicketChange
+from kernel.model import FieldChange, Origin, StatusCategory, Ticket, TicketChange
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sync.clock import FakeClock
-from sync.model import TicketChange
-from sync.service import Service
-from sync.settings import Settings
+from kernel.clock import FakeClock
+from kernel.model import TicketChange
 from sync.store import Store
+from ticketpager.service import Service
+from ticketpager.settings import Settings
 
 
 def make_service(db_url: str, rules_path: Path, pd_url: str, clock: FakeClock, **settings: Any) -> Service:

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = (sys.executable, "-m", "sync.cli")  # the ticketpager command, from this checkout
+CLI = (sys.executable, "-m", "ticketpager.cli")  # the ticketpager command, from this checkout
 #: variables of the caller's shell that would leak into a child's settings (zenpy reads ZENPY_*)
 FOREIGN_PREFIXES = ("TICKETPAGER_", "ZENPY_")
 

@@ -18,13 +18,13 @@ import responses
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from sync.app import build_app
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from sync.schema import changes
-from sync.service import Service
 from sync.store import record_poll_error, save_cursor
 from tests.factories import ROUTING_KEY
 from tests.harness import make_service
+from ticketpager.app import build_app
+from ticketpager.service import Service
 
 SECRET = "jira-webhook-secret-0001"
 FIXTURES = Path(__file__).parent / "fixtures" / "jira"

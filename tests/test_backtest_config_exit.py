@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sync import cli
 from tests.factories import RULES
+from ticketpager import cli
 
 CREDENTIALS = {
     "jira": "TICKETPAGER_JIRA__URL",

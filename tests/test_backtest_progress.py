@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sync import cli
 from tests.fakes.zendesk_server import FakeZendesk
+from ticketpager import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules" / "examples" / "zendesk-vip-urgent.yaml"
@@ -42,7 +42,7 @@ def run_on_a_terminal(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[
     """The real CLI with stderr on a pseudo-terminal (stdout piped): what an admin at a shell sees."""
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "sync.cli", *argv],
+        [sys.executable, "-m", "ticketpager.cli", *argv],
         cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=secondary,
     )
     os.close(secondary)
@@ -125,7 +125,7 @@ def test_a_server_that_never_answers_is_one_sentence_too() -> None:
 
     import requests
 
-    from sync.errors import network_error
+    from kernel.errors import network_error
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

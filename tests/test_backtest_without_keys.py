@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sync import cli
 from tests.fakes.jira_server import FakeJira, make_issue
+from ticketpager import cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jira"
 

@@ -25,13 +25,11 @@ from starlette.testclient import TestClient
 
 from connectors.servicenow import ServiceNowConnector
 from connectors.zendesk import ZendeskConnector
-from sync import jsonutil
-from sync.app import build_app
-from sync.clock import FakeClock
+from kernel import jsonutil
+from kernel.clock import FakeClock
 from sync.metrics import METRICS
 from sync.poller import poll_once
 from sync.schema import changes
-from sync.settings import ServiceNowSettings, ZendeskSettings
 from sync.store import Store, load_cursor
 from tests.factories import ROUTING_KEY, RULES
 from tests.fakes.jira_server import make_issue
@@ -44,6 +42,8 @@ from tests.test_zendesk_poll import EXPORT as ZD_EXPORT
 from tests.test_zendesk_poll import NOW as ZD_NOW
 from tests.test_zendesk_poll import page as zd_page
 from tests.test_zendesk_poll import ticket as zd_ticket
+from ticketpager.app import build_app
+from ticketpager.settings import ServiceNowSettings, ZendeskSettings
 
 SURROGATE = "\ud800"  # json.dumps writes it as the escape "\ud800": valid JSON syntax, not text
 EARLY, LATE = "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"

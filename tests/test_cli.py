@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from sync import cli
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from tests.factories import ROUTING_KEY, RULES, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
+from ticketpager import cli
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -98,7 +98,7 @@ def test_bad_settings_name_the_environment_variable(
 
 
 def test_lists_and_region_are_forgiving(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sync.settings import Settings
+    from ticketpager.settings import Settings
 
     monkeypatch.setenv("TICKETPAGER_PAGERDUTY__REGION", "EU")
     monkeypatch.setenv("TICKETPAGER_ZENDESK__GROUP_IDS", "11, 12")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sync import cli
-from sync.exitcodes import TABLE, markdown_table
 from tests.factories import RULES
+from ticketpager import cli
+from ticketpager.exitcodes import TABLE, markdown_table
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sync import cli
+from ticketpager import cli
 
 
 def _exit_codes(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from sync.metrics import METRICS
 from sync.schema import outbox
 from tests.factories import change, ticket

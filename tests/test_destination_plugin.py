@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 import requests
 
-from sync import jsonutil
-from sync.clock import Clock, FakeClock
-from sync.errors import Kind, StatusRule, StatusTable, classify_status, network_error
-from sync.model import Action, IncidentAction, Outbound, Outcome, Rendered
-from sync.service import DESTINATIONS, Service
-from sync.settings import Settings
+from kernel import jsonutil
+from kernel.clock import Clock, FakeClock
+from kernel.errors import Kind, StatusRule, StatusTable, classify_status, network_error
+from kernel.model import Action, IncidentAction, Outbound, Outcome, Rendered
 from sync.store import Store
 from tests.factories import change, ticket
 from tests.harness import receive
+from ticketpager.service import DESTINATIONS, Service
+from ticketpager.settings import Settings
 
 # -- the plug-in: what adding a destination takes ----------------------------------------------------------
 CHAT_STATUS: StatusTable = {  # the chat's own answers (an invented vendor: Slack-like incoming webhooks)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-#: the generic modules, by import name (a module moved to the kernel is found under its new name)
-GENERIC = ["sync.delivery", "sync.engine", "sync.lifecycle", "sync.model|kernel.model", "rules.evaluator"]
+#: the generic modules, by import name
+GENERIC = ["sync.delivery", "sync.engine", "kernel.lifecycle", "kernel.model", "rules.evaluator"]
 
 
 def _path(names: str) -> Path:

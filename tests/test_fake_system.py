@@ -21,7 +21,7 @@ import pytest
 from connectors import registry
 from rules.load import load_rules
 from rules.loader import RuleFileErrors
-from sync.settings import Settings
+from ticketpager.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ROOT / "tests" / "fake_system" / "checks.py"

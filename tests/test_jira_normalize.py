@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from connectors.jira_normalize import issue_to_ticket, jql_literal, parse_jira_time, user_zone
-from sync.fields import SOURCE_ATTRIBUTES
-from sync.model import StatusCategory
+from kernel.fields import SOURCE_ATTRIBUTES
+from kernel.model import StatusCategory
 from tests.fakes.jira_server import make_issue
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)

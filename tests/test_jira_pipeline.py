@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from sync.app import build_app
-from sync.clock import FakeClock
-from sync.service import Service
+from kernel.clock import FakeClock
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service
+from ticketpager.app import build_app
+from ticketpager.service import Service
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jira"
 SECRET = "pipeline-webhook-secret"

@@ -16,12 +16,12 @@ import responses
 from pydantic import SecretStr
 
 from connectors.jira import JiraConnector, JiraCursor
-from sync.clock import FakeClock
-from sync.errors import ConfigError, PermanentError
-from sync.model import Origin
-from sync.retry import RetryPolicy
-from sync.settings import JiraSettings
+from kernel.clock import FakeClock
+from kernel.errors import ConfigError, PermanentError
+from kernel.model import Origin
+from kernel.retry import RetryPolicy
 from tests.fakes.jira_server import make_issue, search
+from ticketpager.settings import JiraSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jira"
 BASE = "https://acme.atlassian.net"

@@ -16,11 +16,11 @@ import responses
 from pydantic import SecretStr
 
 from connectors.jira import JiraConnector
-from sync.clock import FakeClock
-from sync.errors import WebhookRejected
-from sync.fields import SOURCE_ATTRIBUTES
-from sync.model import FieldChange, Origin, StatusCategory
-from sync.settings import JiraSettings
+from kernel.clock import FakeClock
+from kernel.errors import WebhookRejected
+from kernel.fields import SOURCE_ATTRIBUTES
+from kernel.model import FieldChange, Origin, StatusCategory
+from ticketpager.settings import JiraSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jira"
 UPDATED_DONE = (FIXTURES / "webhook_issue_updated_done.json").read_bytes()

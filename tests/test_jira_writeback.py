@@ -14,11 +14,11 @@ from pydantic import SecretStr
 
 from connectors.base import WriteBack
 from connectors.jira import JiraConnector
-from sync.clock import FakeClock
-from sync.errors import PermanentError, RetryableError, SkippableError
-from sync.model import EventAction, TicketRef
-from sync.retry import RetryPolicy
-from sync.settings import JiraSettings
+from kernel.clock import FakeClock
+from kernel.errors import PermanentError, RetryableError, SkippableError
+from kernel.model import EventAction, TicketRef
+from kernel.retry import RetryPolicy
+from ticketpager.settings import JiraSettings
 
 BASE = "https://jira.example.com"
 API = f"{BASE}/rest/api/2"

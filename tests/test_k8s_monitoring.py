@@ -17,11 +17,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from sync.app import build_app
-from sync.clock import FakeClock
-from sync.service import Service
+from kernel.clock import FakeClock
 from tests.factories import change, ticket
 from tests.harness import make_service, receive
+from ticketpager.app import build_app
+from ticketpager.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sync.clock import FakeClock
-from sync.model import StatusCategory
+from kernel.clock import FakeClock
+from kernel.model import StatusCategory
 from tests.factories import ROUTING_KEY, RULES, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
@@ -56,8 +56,8 @@ def test_rule_caches_stay_bounded_under_ever_new_values(tmp_path: Path) -> None:
     import itertools
     import json
 
+    from kernel.model import Ticket
     from rules import EvalContext, load_rules
-    from sync.model import Ticket
     from tests.factories import T0
 
     rules = [

@@ -12,13 +12,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from sync.app import build_app
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from sync.metrics import METRICS
-from sync.service import Service
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
+from ticketpager.app import build_app
+from ticketpager.service import Service
 
 
 @pytest.fixture

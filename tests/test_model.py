@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta, timezone
 
-from sync import jsonutil
-from sync.model import FieldChange, Origin, StatusCategory, Ticket, TicketChange
+from kernel import jsonutil
+from kernel.model import FieldChange, Origin, StatusCategory, Ticket, TicketChange
 from tests.factories import T0, change, ticket
 
 

@@ -11,9 +11,10 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from connectors.pagerduty import build_event
-from sync import db, jsonutil
-from sync.clock import FakeClock
-from sync.model import EventAction, PlannedEvent, TriggerSpec
+from kernel import jsonutil
+from kernel.clock import FakeClock
+from kernel.model import EventAction, PlannedEvent, TriggerSpec
+from sync import db
 from sync.schema import outbox
 from sync.store import Store
 from tests.factories import ROUTING_KEY

@@ -20,10 +20,10 @@ from connectors.pagerduty import (
     build_event,
     mask,
 )
-from sync.clock import FakeClock
-from sync.errors import PermanentError, RetryableError
-from sync.lifecycle import DEDUP_KEY_MAX, dedup_key_for
-from sync.model import EventAction, PlannedEvent, TriggerSpec
+from kernel.clock import FakeClock
+from kernel.errors import PermanentError, RetryableError
+from kernel.lifecycle import DEDUP_KEY_MAX, dedup_key_for
+from kernel.model import EventAction, PlannedEvent, TriggerSpec
 from tests.factories import ticket
 from tests.fakes.pagerduty_server import EVENT_SCHEMA, SHARED_SPEC_PATH, SPEC_PATH, validate_event
 

@@ -34,9 +34,9 @@ from connectors.pagerduty_webhooks import (
     parse_event,
     verify_signature,
 )
-from sync.clock import FakeClock
-from sync.errors import PermanentError, RetryableError, UnknownOutcome
-from sync.retry import RetryPolicy, call
+from kernel.clock import FakeClock
+from kernel.errors import PermanentError, RetryableError, UnknownOutcome
+from kernel.retry import RetryPolicy, call
 from tests.fakes.pagerduty_openapi import SHARED_SPEC_PATH, SPEC, SPEC_PATH
 from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, FakePagerDutyRest
 

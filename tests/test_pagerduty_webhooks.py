@@ -25,7 +25,7 @@ from connectors.pagerduty_webhooks import (
     verify_signature,
     webhook_id,
 )
-from sync.errors import WebhookRejected
+from kernel.errors import WebhookRejected
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pagerduty" / "webhooks"
 OLD, NEW = "old-webhook-secret-1", "new-webhook-secret-2"

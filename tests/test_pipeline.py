@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from sync.clock import FakeClock
-from sync.model import FieldChange, StatusCategory
-from sync.service import Service
+from kernel.clock import FakeClock
+from kernel.model import FieldChange, StatusCategory
 from tests.factories import ROUTING_KEY, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty, validate_event
 from tests.harness import make_service, receive
+from ticketpager.service import Service
 
 
 @pytest.fixture

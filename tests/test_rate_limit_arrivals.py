@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from connectors.pagerduty import RateLimiter
-from sync.clock import FakeClock
-from sync.service import Service
+from kernel.clock import FakeClock
 from tests.factories import ROUTING_KEY, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
+from ticketpager.service import Service
 
 LIMIT = 120
 EVENTS = 130

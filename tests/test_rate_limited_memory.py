@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from connectors.pagerduty import RateLimiter
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from sync.metrics import METRICS
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sync.settings_doc import table
+from ticketpager.settings_doc import table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -25,7 +25,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_settings_table_matches_the_settings_tree() -> None:
     start = README.index("<!-- settings-table:start -->\n") + len("<!-- settings-table:start -->\n")
     end = README.index("<!-- settings-table:end -->")
-    assert README[start:end] == table(), "run: python -m sync.settings_doc and paste it into README.md"
+    assert README[start:end] == table(), "run: python -m ticketpager.settings_doc and paste it into README.md"
 
 
 def test_sample_webhook_file_exists() -> None:

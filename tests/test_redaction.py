@@ -27,8 +27,8 @@ import pytest
 import requests
 import responses
 
-from sync.errors import classify_response
-from sync.redact import REDACTED, Redactor
+from kernel.errors import classify_response
+from kernel.redact import REDACTED, Redactor
 from tests.fakes.jira_server import FakeJira
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.fakes.zendesk_server import FakeZendesk
@@ -97,8 +97,8 @@ def test_every_encoding_of_a_configured_secret_is_redacted() -> None:
 def test_the_settings_secrets_and_their_basic_forms_are_learned_from_the_settings() -> None:
     """ServiceNow's Basic credential is ``username:password``, Jira Cloud's ``email:token``; the metrics token
     and webhook secrets are secrets too: all come from the one settings tree."""
-    from sync.redact import credentials
-    from sync.settings import Settings
+    from kernel.redact import credentials
+    from ticketpager.settings import Settings
 
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
@@ -163,7 +163,7 @@ def test_hostile_vendor_text_is_redacted_in_bounded_time() -> None:
 def test_a_secret_across_the_cut_of_a_vendor_body_leaves_no_fragment() -> None:
     """The stored vendor text is the body's first 300 characters: a secret straddling the cut must be
     redacted whole first, not leave a prefix that no longer matches."""
-    from sync import redact
+    from kernel import redact
 
     redact.SECRETS.add([JIRA_TOKEN])
     body = "x" * 290 + f" {JIRA_TOKEN} tail"
@@ -179,7 +179,7 @@ def test_a_pagerduty_400_repeating_a_routing_key_no_rule_has_any_more_is_redacte
     """An outbox row may carry a routing key its rule no longer has (edited since): the sink knows the key
     it sent and redacts it from PagerDuty's answer itself."""
     from connectors.pagerduty import PagerDutySink
-    from sync.errors import PermanentError
+    from kernel.errors import PermanentError
 
     key = "R0NEVERREGISTERED000000000000042"
     url = "https://events.pagerduty.example/v2/enqueue"
@@ -214,7 +214,7 @@ def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> No
 
 def _cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "sync.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ticketpager.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     return done.stdout + done.stderr

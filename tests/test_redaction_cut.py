@@ -4,7 +4,7 @@ bound, shows neither the secret nor its first characters."""
 
 from __future__ import annotations
 
-from sync.redact import MAX_SCAN_CHARS, REDACTED, Redactor
+from kernel.redact import MAX_SCAN_CHARS, REDACTED, Redactor
 
 TOKEN = "ATATT3xJiraTok0e9nQ"  # noqa: S105 - a test credential
 

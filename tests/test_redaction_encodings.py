@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sync.redact import REDACTED, Redactor
+from kernel.redact import REDACTED, Redactor
 
 TOKEN = "ATATT3x/Jira+Tok=e9n<&>'"  # noqa: S105 - a test credential with the characters encoders escape
 

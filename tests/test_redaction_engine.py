@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from tests.factories import ROUTING_KEY, change, ticket
 from tests.harness import make_service, receive
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sync.redact import Redactor
+from kernel.redact import Redactor
 
 CASES = {
     "Authorization: SSWS 00QCjAl4MlV-WPXM0abc": ("00QCjAl4MlV-WPXM0abc", "Authorization: SSWS [redacted]"),

@@ -10,8 +10,8 @@ import pytest
 
 from connectors import registry
 from connectors.settings import JiraSettings
-from sync.errors import ConfigError
-from sync.settings import Settings
+from kernel.errors import ConfigError
+from ticketpager.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN = {system.name for system in registry.BUILTIN}

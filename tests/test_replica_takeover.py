@@ -18,9 +18,8 @@ import responses
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from sync.schema import outbox
-from sync.service import Service
 from sync.store import Store, acquire_lease
 from tests.factories import ROUTING_KEY, RULES, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
@@ -28,6 +27,7 @@ from tests.harness import make_service, receive
 from tests.serve_proc import Serve
 from tests.test_app import jira_body, sign
 from tests.test_crash_recovery import serve_env
+from ticketpager.service import Service
 
 TIMEOUT = 10.0  # engine.replica_timeout_seconds
 BEAT = 2.0  # engine.heartbeat_seconds
@@ -283,7 +283,7 @@ def test_a_replica_timeout_shorter_than_two_heartbeats_is_refused_at_start() -> 
     """One late heartbeat must never make a live replica look dead."""
     from pydantic import ValidationError
 
-    from sync.settings import Settings
+    from ticketpager.settings import Settings
 
     with pytest.raises(ValidationError, match="at most half of engine.replica_timeout_seconds"):
         Settings(_env_file=None, engine={"heartbeat_seconds": 6, "replica_timeout_seconds": 10})  # type: ignore[call-arg]

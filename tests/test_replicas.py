@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from sync.clock import FakeClock, SystemClock
-from sync.model import StatusCategory
-from sync.service import Service
+from kernel.clock import FakeClock, SystemClock
+from kernel.model import StatusCategory
 from sync.store import acquire_lease, release_lease
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
+from ticketpager.service import Service
 
 pytestmark = pytest.mark.postgres
 
@@ -133,7 +133,7 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
 
     env = {**os.environ, "TICKETPAGER_DATABASE_URL": postgres_url}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "sync.cli", "db", "upgrade"], env=env,  # noqa: S603
+        subprocess.Popen([sys.executable, "-m", "ticketpager.cli", "db", "upgrade"], env=env,  # noqa: S603
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(8)
     ]

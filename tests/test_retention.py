@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from sync.schema import changes, decisions, links, outbox, tickets
 from tests.factories import ROUTING_KEY, RULES, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty

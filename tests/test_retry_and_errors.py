@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sync import retry
-from sync.clock import FakeClock
-from sync.errors import (
+from kernel import retry
+from kernel.clock import FakeClock
+from kernel.errors import (
     Kind,
     PermanentError,
     RetryableError,

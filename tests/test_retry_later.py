@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sync.clock import FakeClock
-from sync.errors import PermanentError, RetryableError
-from sync.retry import RetryPolicy
+from kernel.clock import FakeClock
+from kernel.errors import PermanentError, RetryableError
+from kernel.retry import RetryPolicy
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive

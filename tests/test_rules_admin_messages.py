@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rules import RuleFileErrors, load_rules
-from rules.cli import main
 from rules.reload import RuleStore
+from ticketpager.rules_cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 TWO_KEYS = """\

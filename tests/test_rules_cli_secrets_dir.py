@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sync import cli
+from ticketpager import cli
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 KEY = "R0OPS0000000000000000000000fromf"

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kernel.model import FieldChange, StatusCategory, Ticket
 from rules import EvalContext, RuleFileErrors, RuleSet, load_rules
-from sync.model import FieldChange, StatusCategory, Ticket
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 KEY = "0123456789abcdef0123456789abcdef"

@@ -15,10 +15,10 @@ import jsonschema
 import pytest
 import yaml
 
+from kernel.model import Ticket
 from rules import load_rules
-from rules.cli import simulate
 from rules.schema import build_schema, schema_text
-from sync.model import Ticket
+from ticketpager.rules_cli import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "rules" / "examples"
@@ -36,8 +36,11 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PD_")}
 
 
-def cli(*args: str, env: dict[str, str] | None = None, module: str = "rules.cli") -> subprocess.CompletedProcess[str]:
-    """Run a CLI (``rules.cli``, or ``sync.cli`` — the ``ticketpager`` console script) from the repository root."""
+def cli(
+    *args: str, env: dict[str, str] | None = None, module: str = "ticketpager.rules_cli"
+) -> subprocess.CompletedProcess[str]:
+    """Run a CLI (``ticketpager.rules_cli``, or ``ticketpager.cli`` — the ``ticketpager`` console script) from the
+    repository root."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,
@@ -228,7 +231,7 @@ def test_rules_test_json_lists_verdicts_in_file_order(tmp_path: Path) -> None:
 
 
 def test_rules_command_is_registered_in_the_service_cli() -> None:
-    done = cli("rules", "check", str(EXAMPLES), module="sync.cli")
+    done = cli("rules", "check", str(EXAMPLES), module="ticketpager.cli")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK: 5 rules")
 
@@ -274,8 +277,8 @@ def test_example_header_commands_work_exactly_as_written(name: str) -> None:
     extra = [arg.replace(str(ROOT) + "/", "") for arg in GOLDEN[name]]
     assert all(arg in tests[0] for arg in extra), (name, tests[0])
     for words in commands:
-        # `ticketpager` is the console script for sync.cli:main; run it the same way from the repository root
-        done = cli(*words[1:], module="sync.cli")
+        # `ticketpager` is the console script for ticketpager.cli:main; run it the same way from the repository root
+        done = cli(*words[1:], module="ticketpager.cli")
         assert done.returncode == 0, (" ".join(words), done.stdout + done.stderr)
 
 
@@ -329,7 +332,7 @@ def test_rules_test_now_needs_a_time_zone() -> None:
 
 @pytest.mark.parametrize("command", [[], ["check"], ["test"], ["schema"], ["backtest"]])
 def test_rules_help_is_for_users(command: list[str]) -> None:
-    done = cli("rules", *command, "--help", module="sync.cli")
+    done = cli("rules", *command, "--help", module="ticketpager.cli")
     assert done.returncode == 0, done.stderr
     for developer_text in ("register(", "subparsers", "sync/cli.py", "python -m rules.cli", "``"):
         assert developer_text not in done.stdout

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from kernel.lifecycle import next_state
+from kernel.model import EventAction, LinkState, StatusCategory, Ticket, diff_tickets
 from rules import EvalContext, RuleSet, load_rules
 from sync.engine import plan
-from sync.lifecycle import next_state
-from sync.model import EventAction, LinkState, StatusCategory, Ticket, diff_tickets
 
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 KEY = "0123456789abcdef0123456789abcdef"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rules.cli import main
+from ticketpager.rules_cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 

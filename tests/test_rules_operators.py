@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from kernel.model import FieldChange, StatusCategory, Ticket
 from rules import EvalContext, load_rules
 from rules.operators import REGISTRY, failure_explainer
-from sync.model import FieldChange, StatusCategory, Ticket
 
 NOW = datetime(2026, 11, 30, 7, 30, tzinfo=UTC)  # a Monday, 08:30 in Berlin
 CALENDARS = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sync import cli
+from ticketpager import cli
 
 # a rule file that happens to be in the working directory (without `when`, so that the code before the fix
 # fails fast on it instead of serving it)

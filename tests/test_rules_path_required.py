@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sync import cli
 from tests.serve_proc import Serve
+from ticketpager import cli
 
 
 @pytest.mark.parametrize("argv", [["serve"], ["poll", "--once"]])

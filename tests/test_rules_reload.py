@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kernel.clock import FakeClock
 from rules import RuleFileErrors, RuleStore
-from sync.clock import FakeClock
 
 GOOD = (
     "version: 1\nrules:\n  - name: {name}\n    when: {{priority: P1}}\n"

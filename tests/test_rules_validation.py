@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kernel.errors import ConfigError
 from rules import RuleFileError, RuleFileErrors, load_rules
-from sync.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rules"
 ENV = {"PD_KEY": "0123456789abcdef0123456789abcdef"}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from rules import RuleFileErrors, load_rules
-from rules.cli import main
 from rules.loader import parse_text
+from ticketpager.rules_cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 

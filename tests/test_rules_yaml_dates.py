@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rules import RuleFileErrors, load_rules
-from rules.cli import main
+from ticketpager.rules_cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 RULE = (

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rules.cli import main
+from ticketpager.rules_cli import main
 
 TEXT = (
     "version: 1\nrules:\n  - name: r1\n    when:\n      project: OPS\t# the Jira key\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rules.cli import main
+from ticketpager.rules_cli import main
 
 TEXT = (
     "version: 1\nrules:\n  - name: r1\n    when: {project: OPS}\n    trigger:\n"

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
-from sync.clock import FakeClock
-from sync.service import Service
+from kernel.clock import FakeClock
 from tests.factories import ROUTING_KEY, RULES, T0, change, ticket
 from tests.harness import make_service, receive
+from ticketpager.service import Service
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

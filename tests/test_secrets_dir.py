@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from sync import cli
-from sync.settings import Settings
 from tests.factories import RULES
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.serve_proc import Serve
 from tests.test_app import jira_body, sign
+from ticketpager import cli
+from ticketpager.settings import Settings
 
 WEBHOOK_SECRET = "webhook-secret-from-file-5150"
 ROUTING_KEY = "R0FILEKEY0000000000000000000000A"
@@ -154,7 +154,7 @@ def test_a_bad_secret_file_is_named_without_its_value_and_a_misspelled_one_is_re
 def test_a_rotated_routing_key_file_is_used_after_the_next_rule_reload(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sync.clock import FakeClock
+    from kernel.clock import FakeClock
     from tests.factories import change, ticket
     from tests.harness import make_service, receive
 

@@ -10,11 +10,11 @@ import requests
 import responses
 
 from connectors.servicenow import ServiceNowConnector, ServiceNowCursor, query_field_names
-from sync.clock import FakeClock
-from sync.errors import ConfigError, PermanentError, RetryableError
-from sync.retry import RetryPolicy
-from sync.settings import ServiceNowSettings
+from kernel.clock import FakeClock
+from kernel.errors import ConfigError, PermanentError, RetryableError
+from kernel.retry import RetryPolicy
 from tests.fakes.servicenow_server import INSTANCE, FakeInstance, make_record, register_responses, sn_time
+from ticketpager.settings import ServiceNowSettings
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 LIST_URL = f"{INSTANCE}/api/now/table/incident"

@@ -22,11 +22,11 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from sync.app import build_app
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from sync.schema import outbox
-from sync.service import Service
 from tests.test_webhook_fuzz import make_service
+from ticketpager.app import build_app
+from ticketpager.service import Service
 
 SECRET = "servicenow-replay-secret-1"
 NOC_KEY = "R0NOC0000000000000000000000000AB"

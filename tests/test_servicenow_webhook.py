@@ -14,11 +14,11 @@ import pytest
 
 from connectors.servicenow import ServiceNowConnector
 from connectors.servicenow_normalize import Normalizer
-from sync.clock import FakeClock
-from sync.errors import ConfigError, WebhookRejected
-from sync.fields import SOURCE_ATTRIBUTES
-from sync.model import Origin, StatusCategory
-from sync.settings import ServiceNowSettings
+from kernel.clock import FakeClock
+from kernel.errors import ConfigError, WebhookRejected
+from kernel.fields import SOURCE_ATTRIBUTES
+from kernel.model import Origin, StatusCategory
+from ticketpager.settings import ServiceNowSettings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "servicenow" / "webhook_incident_update.json"
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)  # the fixture's sent_at

@@ -13,11 +13,11 @@ import responses
 
 from connectors.base import WriteBack
 from connectors.servicenow import ServiceNowConnector
-from sync.clock import FakeClock
-from sync.errors import ConfigError, PermanentError, SkippableError
-from sync.model import EventAction, TicketRef
-from sync.settings import ServiceNowSettings
+from kernel.clock import FakeClock
+from kernel.errors import ConfigError, PermanentError, SkippableError
+from kernel.model import EventAction, TicketRef
 from tests.fakes.servicenow_server import INSTANCE, FakeInstance, make_record, register_responses
+from ticketpager.settings import ServiceNowSettings
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 PASSWORD = "s3cret-pw"

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from sync import logs
-from sync.settings import PAGERDUTY_EVENTS_URL_EU, PAGERDUTY_EVENTS_URL_US, Settings
+from kernel import logs
+from ticketpager.settings import PAGERDUTY_EVENTS_URL_EU, PAGERDUTY_EVENTS_URL_US, Settings
 
 SECRET = "s3cr3t-webhook-value-123"
 TOKEN = "jira-api-token-abcdef987"
@@ -71,7 +71,7 @@ def test_json_log_lines_carry_utc_milliseconds_and_redact_secrets() -> None:
     import logging
     import re
 
-    from sync import logs
+    from kernel import logs
 
     stream = io.StringIO()
     logs.FILTER.add(["json-secret-4711"])

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from sync import cli
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from sync.store import record_poll_error
 from tests.factories import ROUTING_KEY, RULES, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
+from ticketpager import cli
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sync.clock import FakeClock
-from sync.model import Ticket
+from kernel.clock import FakeClock
+from kernel.model import Ticket
 from tests.factories import change
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive

@@ -35,14 +35,14 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from sync.app import build_app
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from sync.metrics import METRICS
 from sync.schema import changes
-from sync.service import Service
-from sync.settings import Settings
 from sync.store import Store
 from tests.factories import ROUTING_KEY, RULES
+from ticketpager.app import build_app
+from ticketpager.service import Service
+from ticketpager.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "fuzz-webhook-secret-0001"

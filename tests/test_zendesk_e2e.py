@@ -92,8 +92,8 @@ def test_connector_against_the_fake_server_pages_throttles_and_resumes() -> None
     from pydantic import SecretStr
 
     from connectors.zendesk import ZendeskConnector
-    from sync.clock import FakeClock
-    from sync.settings import ZendeskSettings
+    from kernel.clock import FakeClock
+    from ticketpager.settings import ZendeskSettings
 
     with FakeZendesk() as zd:
         zd.add_organization(GOLD, "Gold Customer Ltd", ["gold"])

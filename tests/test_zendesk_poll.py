@@ -12,12 +12,12 @@ import responses
 from responses import matchers
 
 from connectors.zendesk import ZendeskConnector, ZendeskCursor
-from sync.clock import FakeClock
-from sync.errors import PermanentError, RetryableError
-from sync.fields import SOURCE_ATTRIBUTES
-from sync.model import Origin, StatusCategory
-from sync.settings import ZendeskSettings
+from kernel.clock import FakeClock
+from kernel.errors import PermanentError, RetryableError
+from kernel.fields import SOURCE_ATTRIBUTES
+from kernel.model import Origin, StatusCategory
 from tests.fakes.zendesk_server import fixture
+from ticketpager.settings import ZendeskSettings
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 EXPORT = "https://acme.zendesk.com/api/v2/incremental/tickets/cursor.json"

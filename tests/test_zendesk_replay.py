@@ -21,12 +21,12 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from sync.app import build_app
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 from sync.schema import links, outbox
-from sync.service import Service
 from tests.fakes.zendesk_server import FakeZendesk, sign
 from tests.test_webhook_fuzz import make_service
+from ticketpager.app import build_app
+from ticketpager.service import Service
 
 SECRET = "zendesk-replay-secret-1"
 SUPPORT_KEY = "R0SUPPORT000000000000000000000AB"

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 
 from connectors.base import WebhookResult
 from connectors.zendesk import TEST_SIGNING_SECRET, ZendeskConnector
-from sync.clock import FakeClock
-from sync.errors import WebhookRejected
-from sync.model import Origin, StatusCategory
-from sync.settings import ZendeskSettings
+from kernel.clock import FakeClock
+from kernel.errors import WebhookRejected
+from kernel.model import Origin, StatusCategory
 from tests.fakes.zendesk_server import fixture, sign
+from ticketpager.settings import ZendeskSettings
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 SECRET = "whsec-Zendesk-signing-secret-1"

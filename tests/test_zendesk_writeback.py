@@ -12,11 +12,11 @@ import responses
 
 from connectors.base import WriteBack
 from connectors.zendesk import ZendeskConnector
-from sync.clock import FakeClock
-from sync.errors import PermanentError, SkippableError
-from sync.model import EventAction, TicketRef
-from sync.settings import ZendeskSettings
+from kernel.clock import FakeClock
+from kernel.errors import PermanentError, SkippableError
+from kernel.model import EventAction, TicketRef
 from tests.fakes.zendesk_server import fixture
+from ticketpager.settings import ZendeskSettings
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 BASE = "https://acme.zendesk.com/api/v2"

@@ -25,8 +25,8 @@ import requests
 
 from connectors import registry
 from connectors.base import Connector
-from sync.clock import FakeClock
-from sync.retry import RetryPolicy
+from kernel.clock import FakeClock
+from kernel.retry import RetryPolicy
 from tests.fakes.jira_server import FakeJira, make_issue
 from tests.fakes.servicenow_server import FakeInstance, FakeServiceNowServer, make_record
 from tests.fakes.zendesk_server import FakeZendesk

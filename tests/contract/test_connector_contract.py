@@ -23,9 +23,9 @@ import pytest
 
 from connectors import registry
 from connectors.base import Connector, PollPage, WebhookResult
-from sync.clock import FakeClock
-from sync.errors import RetryableError, WebhookRejected
-from sync.retry import RetryPolicy
+from kernel.clock import FakeClock
+from kernel.errors import RetryableError, WebhookRejected
+from kernel.retry import RetryPolicy
 from tests.contract.adapters import ADAPTERS, NOW, TICKETS, Adapter, PollFake, build
 
 OLD_SECRET, NEW_SECRET = "contract-old-rotating-secret", "contract-new-rotating-secret"

@@ -23,8 +23,8 @@ from connectors.base import Connector, Headers, PollPage, WebhookResult, WriteBa
 from connectors.registry import System
 from connectors.settings import ConnectorSettings
 from connectors.signing import hex_signatures, matches_any
-from sync.errors import PermanentError, WebhookRejected
-from sync.model import Origin, StatusCategory, Ticket, TicketChange
+from kernel.errors import PermanentError, WebhookRejected
+from kernel.model import Origin, StatusCategory, Ticket, TicketChange
 
 NAME = "fakedesk"
 SIGNATURE_HEADER = "x-fakedesk-signature"

@@ -14,19 +14,19 @@ import pytest
 import responses
 from starlette.testclient import TestClient
 
+from kernel.clock import FakeClock
 from rules.load import load_rules
 from rules.loader import RuleFileErrors
 from rules.schema import build_schema
-from sync import cli
-from sync.app import build_app
-from sync.clock import FakeClock
-from sync.service import Service
-from sync.settings import Settings
-from sync.settings_doc import table
 from tests.factories import ROUTING_KEY
 from tests.fake_system import FakedeskSettings
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service
+from ticketpager import cli
+from ticketpager.app import build_app
+from ticketpager.service import Service
+from ticketpager.settings import Settings
+from ticketpager.settings_doc import table
 
 SECRET = "fakedesk-webhook-secret-0001"
 TOKEN = "fakedesk-api-token-0001"

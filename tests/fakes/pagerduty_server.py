@@ -23,7 +23,7 @@ from typing import Any
 
 import jsonschema
 
-from sync.clock import FakeClock
+from kernel.clock import FakeClock
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "fixtures" / "pagerduty" / "events-v2.openapi.json"
 SHARED_SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "specs" / "pagerduty-events-v2.openapi.json"

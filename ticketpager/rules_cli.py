@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from connectors import registry
+from kernel.model import FieldChange, LinkState, PlannedEvent, Ticket, diff_tickets, merge_changes
+from kernel.retry import RetryPolicy
 from rules.backtest_progress import ReportingClock, progress_for
 from rules.env_notice import missing_env_notice
 from rules.evaluator import EvalContext, RuleResult, RuleSet
 from rules.load import load_rules
 from rules.loader import RuleFileError, RuleFileErrors
 from rules.operators import OperatorArgError, parse_duration
-from sync.exitcodes import epilog
-from sync.model import FieldChange, LinkState, PlannedEvent, Ticket, diff_tickets, merge_changes
-from sync.retry import RetryPolicy
+from ticketpager.exitcodes import epilog
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
@@ -183,7 +183,7 @@ def _load(
 def _rule_env() -> Mapping[str, str] | None:
     """``${VAR}`` as ``serve`` resolves it: the environment, then a file of that name in TICKETPAGER_SECRETS_DIR
     (docs/operations.md); a missing directory raises ``ConfigError`` (exit 2)."""
-    from sync.secretfiles import EnvWithSecretFiles, configured_dir
+    from ticketpager.secretfiles import EnvWithSecretFiles, configured_dir
 
     directory = configured_dir({})
     return EnvWithSecretFiles(directory) if directory is not None else None
@@ -252,8 +252,8 @@ def _ticket(path: str, source: str | None) -> tuple[Ticket, tuple[FieldChange, .
 def _vendor_ticket(path: str, source: str, data: Any) -> tuple[Ticket, tuple[FieldChange, ...] | None]:
     """Parse a raw vendor webhook body with the real connector (no signature check, no network)."""
     from connectors import connector_class
-    from sync.errors import TicketpagerError
-    from sync.settings import Settings
+    from kernel.errors import TicketpagerError
+    from ticketpager.settings import Settings
 
     try:
         settings = Settings().connector(source)
@@ -311,7 +311,7 @@ def _now(text: str | None, ticket: Ticket) -> datetime:
 
 def _links_after(events: Sequence[PlannedEvent], links: Mapping[str, LinkState]) -> dict[str, LinkState]:
     """The incident states after ``events`` were sent (what the service would store)."""
-    from sync.lifecycle import next_state
+    from kernel.lifecycle import next_state
 
     out = dict(links)
     for event in events:
@@ -344,7 +344,7 @@ def simulate(
 ) -> tuple[list[RuleResult], list[PlannedEvent]]:
     """Evaluate (previous first, to derive incident states) and plan the events for ``ticket``; what
     changed is what the engine sees: the webhook's own change list (``reported``) plus the diff."""
-    from sync.lifecycle import plan
+    from kernel.lifecycle import plan
 
     links: dict[str, LinkState] = {}
     if previous is not None:
@@ -448,10 +448,10 @@ BACKTEST_RETRY = RetryPolicy(max_attempts=3, max_total_seconds=60.0)
 def cmd_backtest(args: argparse.Namespace) -> int:
     """Read recent tickets through the real connector and report what would have paged. No writes."""
     from connectors import connector_class
-    from sync.clock import SystemClock
-    from sync.errors import TicketpagerError
-    from sync.lifecycle import plan
-    from sync.settings import Settings
+    from kernel.clock import SystemClock
+    from kernel.errors import TicketpagerError
+    from kernel.lifecycle import plan
+    from ticketpager.settings import Settings
 
     try:
         since = parse_duration(args.since)
@@ -533,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if words[:1] != ["rules"]:
         words.insert(0, "rules")
     args = parser.parse_args(words)
-    from sync.errors import ConfigError
+    from kernel.errors import ConfigError
 
     try:
         result: int = args.func(args)

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from connectors import registry
-from sync import logs
-from sync.errors import ConfigError
-from sync.exitcodes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, epilog, overview
-from sync.redact import credentials, redact
-from sync.settings import Settings
+from kernel import logs
+from kernel.errors import ConfigError
+from kernel.redact import credentials, redact
+from ticketpager.exitcodes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, epilog, overview
+from ticketpager.settings import Settings
 
 log = logging.getLogger("ticketpager.cli")
 
@@ -40,8 +40,8 @@ def _warn_unknown_env(settings: Settings) -> None:
     import difflib
     import os
 
-    from sync.secretfiles import setting_files
-    from sync.settings_doc import SECTIONS, rows
+    from ticketpager.secretfiles import setting_files
+    from ticketpager.settings_doc import SECTIONS, rows
 
     known = {env for env, *_ in rows()} | {"TICKETPAGER_TEST_POSTGRES_URL"}
     known |= {"TICKETPAGER_" + section for section in SECTIONS}
@@ -66,8 +66,8 @@ def _require_rules_path(settings: Settings) -> None:
 
 
 def _service(settings: Settings) -> Any:
-    from sync.service import Service
     from sync.store import Store
+    from ticketpager.service import Service
 
     _require_rules_path(settings)
     store = Store(settings.database_url)
@@ -85,8 +85,8 @@ def _service(settings: Settings) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from sync import edge
-    from sync.app import build_app
+    from ticketpager import edge
+    from ticketpager.app import build_app
 
     settings = _settings(args)
     if args.host:
@@ -217,8 +217,8 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sync.clock import SystemClock
-    from sync.statuscheck import problems
+    from kernel.clock import SystemClock
+    from ticketpager.statuscheck import problems
 
     store = _store(args)
     try:
@@ -270,7 +270,7 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
 
 def _deadletters(args: argparse.Namespace, store: Any) -> int:
     from connectors.pagerduty import mask
-    from sync.clock import SystemClock
+    from kernel.clock import SystemClock
 
     if args.action == "list":
         rows = store.dead_letters(limit=args.limit)
@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     dbp.set_defaults(func=cmd_db)
 
     try:
-        from rules.cli import register
+        from ticketpager.rules_cli import register
     except ImportError:  # pragma: no cover - the rules CLI is part of the distribution
         pass
     else:

@@ -146,7 +146,7 @@ class SettingsBase(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Code, then the environment, then ``.env``, then the files of ``TICKETPAGER_SECRETS_DIR``: one file
         per variable, named like it, nested settings included (``TICKETPAGER_JIRA__API_TOKEN``)."""
-        from sync.secretfiles import configured_dir
+        from ticketpager.secretfiles import configured_dir
 
         directory = configured_dir(getattr(init_settings, "init_kwargs", {}))
         if directory is None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
-from sync import jsonutil
+from kernel import jsonutil
 
 
 class StatusCategory(StrEnum):

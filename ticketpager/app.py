@@ -23,13 +23,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from connectors import CONNECTORS
-from sync.errors import WebhookRejected
-from sync.jsonutil import BadJSON
+from kernel.errors import WebhookRejected
+from kernel.jsonutil import BadJSON
+from kernel.model import unstorable_reason
 from sync.metrics import METRICS
-from sync.model import unstorable_reason
 
 if TYPE_CHECKING:
-    from sync.service import Service
+    from ticketpager.service import Service
 
 log = logging.getLogger("ticketpager.http")
 

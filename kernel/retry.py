@@ -16,8 +16,8 @@ from typing import TypeVar
 
 import tenacity
 
-from sync.clock import Clock
-from sync.errors import RetryableError
+from kernel.clock import Clock
+from kernel.errors import RetryableError
 
 T = TypeVar("T")
 

@@ -42,7 +42,7 @@ from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from sync.metrics import METRICS
-from sync.settings import HttpSettings
+from ticketpager.settings import HttpSettings
 
 log = logging.getLogger("ticketpager.http")
 

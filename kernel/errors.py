@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from sync.redact import MAX_SCAN_CHARS, redact
+from kernel.redact import MAX_SCAN_CHARS, redact
 
 
 class Kind(StrEnum):

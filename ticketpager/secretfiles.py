@@ -16,8 +16,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from sync import logs
-from sync.errors import ConfigError
+from kernel import logs
+from kernel.errors import ConfigError
 
 ENV_NAME = "TICKETPAGER_SECRETS_DIR"
 #: the names a rule's ``${NAME}`` may have (rules/validation.py ENV_REF): never a path

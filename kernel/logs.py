@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
-from sync.redact import REDACTED, SECRETS, Redactor, credentials
+from kernel.redact import REDACTED, SECRETS, Redactor, credentials
 
 __all__ = ["FILTER", "REDACTED", "JsonFormatter", "RedactSecrets", "configure", "secret_values"]
 

@@ -1,4 +1,4 @@
-"""Print the README settings table from the settings tree: ``python -m sync.settings_doc``.
+"""Print the README settings table from the settings tree: ``python -m ticketpager.settings_doc``.
 
 A test compares the README with this output, so the documented settings never drift from the code.
 The meaning column is the field's trailing ``# comment`` in ``sync/settings.py`` or a system's settings
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from sync import settings as tree
+from ticketpager import settings as tree
 
 PREFIX = "TICKETPAGER_"
 

@@ -25,20 +25,20 @@ from connectors import CONNECTORS, connector_class
 from connectors.base import Connector, NoteDestination
 from connectors.jira_normalize import display_name_fields
 from connectors.pagerduty import PagerDutyDestination, PagerDutySink, RateLimiter
-from sync import redact
-from sync.clock import Clock, SystemClock
+from kernel import redact
+from kernel.clock import Clock, SystemClock
+from kernel.model import Destination
+from kernel.redact import mask
+from kernel.retry import RetryPolicy
 from sync.db import failure_reason
 from sync.delivery import Delivery, send_timeout
 from sync.engine import Engine
 from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
 from sync.metrics import METRICS, zero_series
-from sync.model import Destination
 from sync.poller import poll_once
-from sync.redact import mask
-from sync.retry import RetryPolicy
-from sync.settings import Settings
 from sync.store import Store, acquire_lease, release_lease
+from ticketpager.settings import Settings
 
 log = logging.getLogger("ticketpager.service")
 
@@ -66,7 +66,7 @@ DESTINATIONS: dict[str, Callable[[Service], Destination]] = {
 def load_rule_store(settings: Settings, clock: Clock) -> Any:
     """The hot-reloading rule holder; raises ``rules.RuleFileErrors`` if the first load fails."""
     from rules import RuleStore
-    from sync.secretfiles import EnvWithSecretFiles
+    from ticketpager.secretfiles import EnvWithSecretFiles
 
     # ${PD_...} routing keys from the environment, else from a file of that name in the secrets directory
     env = EnvWithSecretFiles(settings.secrets_dir) if settings.secrets_dir is not None else None
