@@ -1,11 +1,11 @@
-"""CPU cost of the HTTP edge limits (sync/edge.py) per request, isolated from everything else.
+"""CPU cost of the HTTP edge limits (ticketpager/edge.py) per request, isolated from everything else.
 
 Run from the repository root:  python -m bench.bench_edge [--requests 20000] [--rounds 5]
 
 One keep-alive connection, in process, no sockets: a signed-webhook-sized request (3 KB body) is fed to the
 protocol as one read, the ASGI app reads the body and answers 202, the event loop runs the task; repeated
 ``--requests`` times. Measured for uvicorn's own httptools protocol (the baseline, in the same run) and for
-:class:`sync.edge.EdgeProtocol`, alternating, best round of each (CPU time of this process).
+:class:`ticketpager.edge.EdgeProtocol`, alternating, best round of each (CPU time of this process).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Run from the repository root:  python -m bench.bench_ingest [--seconds 10] [--co
    body group-committed to SQLite with the stdlib driver), i.e. what this machine allows in this run.
 2. ticketpager: ``ticketpager serve --dry-run`` on a fresh SQLite file, signed Jira webhooks (HMAC
    verified, parsed, normalized, durably group-committed before the 202), every request a new change.
-   The same run also measures serve without the HTTP edge limits of sync/edge.py (uvicorn's own httptools
+   The same run also measures serve without the HTTP edge limits of ticketpager/edge.py (uvicorn's own httptools
    protocol) and on uvicorn's h11 protocol with its header limit (``bench/serve_variant.py``): the cost of
    the edge guard is the ratio between the first two, in req/s and in the server's CPU time per request
    (``/proc/<pid>/stat``, over the load window and a short settle after it: far less sensitive to other
@@ -273,7 +273,7 @@ def main() -> None:
         print(f"{name:36}{r.rps:>10.0f}{r.pct(0.5):>10.2f}{r.pct(0.99):>10.2f}{r.errors:>10}")
     print(f"ratio ticketpager / bare: {ours.rps / base.rps:.2f}  (goal >= 0.50, p99 < 25 ms)")
     print(
-        f"edge limits (sync/edge.py): serve / serve without them: {ours.rps / unguarded.rps:.3f} req/s, "
+        f"edge limits (ticketpager/edge.py): serve / serve without them: {ours.rps / unguarded.rps:.3f} req/s, "
         f"{cpu_ours / cpu_unguarded:.3f} CPU per request (best rounds: {cpu_ours:.0f} vs {cpu_unguarded:.0f} µs); "
         f"h11 instead: {h11.rps / unguarded.rps:.3f} req/s, {cpu_h11 / cpu_unguarded:.3f} CPU per request"
     )

@@ -1,4 +1,4 @@
-"""``ticketpager serve`` on another HTTP protocol than sync/edge.py's, for bench_ingest's before/after figures.
+"""``ticketpager serve`` on another HTTP protocol than ticketpager/edge.py's, for bench_ingest's before/after figures.
 
 ``BENCH_HTTP=httptools``: uvicorn's own httptools protocol, i.e. serve without the edge limits (the "before");
 ``BENCH_HTTP=h11``: uvicorn's h11 protocol with ``h11_max_incomplete_event_size`` (the header limit uvicorn

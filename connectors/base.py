@@ -3,14 +3,14 @@
 A connector does four jobs and nothing else:
 
 * ``verify_webhook`` + ``parse_webhook``: check a request's signature over the raw body, then turn the
-  body into :class:`~sync.model.TicketChange` s (or say why it is ignored);
+  body into :class:`~kernel.model.TicketChange` s (or say why it is ignored);
 * ``poll``: read changes incrementally from a stored cursor, one :class:`PollPage` at a time; the caller
   stores a page's changes *and* its cursor in one transaction, so the cursor never runs ahead of data;
 * ``write_back``: leave a note on the ticket (idempotent: the note carries a marker, written once);
 * ``check``: prove the credentials work (readiness).
 
-Failures are raised as :mod:`sync.errors` kinds; HTTP statuses are classified through the connector's own
-status table. Connectors never retry by themselves beyond what :func:`sync.retry.call` decides, and build
+Failures are raised as :mod:`kernel.errors` kinds; HTTP statuses are classified through the connector's own
+status table. Connectors never retry by themselves beyond what :func:`kernel.retry.call` decides, and build
 vendor clients with the client's own retries switched off.
 """
 
@@ -93,7 +93,7 @@ class Connector(ABC, Generic[SettingsT]):
     # -- webhooks ---------------------------------------------------------------------------------
     @abstractmethod
     def verify_webhook(self, headers: Headers, body: bytes) -> None:
-        """Raise :class:`~sync.errors.WebhookRejected` (401) unless the request is authentic and fresh."""
+        """Raise :class:`~kernel.errors.WebhookRejected` (401) unless the request is authentic and fresh."""
 
     @abstractmethod
     def parse_webhook(self, headers: Headers, body: bytes) -> WebhookResult:
@@ -115,7 +115,7 @@ class Connector(ABC, Generic[SettingsT]):
 
     @abstractmethod
     def check(self) -> None:
-        """Raise :class:`~sync.errors.PermanentError` with a clear message if credentials/config are wrong."""
+        """Raise :class:`~kernel.errors.PermanentError` with a clear message if credentials/config are wrong."""
 
     @property
     def parse_may_block(self) -> bool:

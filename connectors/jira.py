@@ -12,7 +12,7 @@
 * Write-back: one comment per ``WriteBack.marker``; our own comments are recognised and never page.
 
 The ``jira`` client is built lazily (webhook-only deployments have no API credentials), with its own
-retries off (``max_retries=0``); every call runs under :func:`sync.retry.call` and every HTTP error is
+retries off (``max_retries=0``); every call runs under :func:`kernel.retry.call` and every HTTP error is
 classified through :data:`STATUS_TABLE`.
 """
 

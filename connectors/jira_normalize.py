@@ -1,4 +1,4 @@
-"""Jira issue JSON → :class:`~sync.model.Ticket`, changelog → :class:`~sync.model.FieldChange`, JQL dates.
+"""Jira issue JSON → :class:`~kernel.model.Ticket`, changelog → :class:`~kernel.model.FieldChange`, JQL dates.
 
 Pure functions (no I/O), shared by the webhook and the polling paths of :mod:`connectors.jira`, so an
 issue reads the same whichever way it reached us.
@@ -250,7 +250,7 @@ def changelog_changes(changelog: Any, field_names: Mapping[str, str]) -> tuple[F
     """``changelog.items`` as normalized :class:`FieldChange` s (what this update changed).
 
     Status changes carry the status names; the category is not in the changelog, so a category change
-    comes from the engine's diff against the stored version (:func:`sync.model.merge_changes`). Custom
+    comes from the engine's diff against the stored version (:func:`kernel.model.merge_changes`). Custom
     fields are listed by id and by display name. Unknown system fields are dropped.
     """
     if not isinstance(changelog, Mapping):

@@ -198,7 +198,7 @@ class PagerDutySink:
         not built by :func:`build_event`, or stored by an older version) are fitted first, never sent to a 400.
 
         ``timeout`` (connect and read, default :attr:`timeout`): no answer in time after the event was sent
-        raises :class:`~sync.errors.UnknownOutcome` — PagerDuty may have the event."""
+        raises :class:`~kernel.errors.UnknownOutcome` — PagerDuty may have the event."""
         timeout = self.timeout if timeout is None else timeout
         data = body if isinstance(body, bytes) else encode_event(body)
         if len(data) > EVENT_BUDGET_BYTES:

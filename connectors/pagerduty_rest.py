@@ -2,7 +2,7 @@
 (acknowledge, resolve, reassign to an escalation policy, note, add responders) and manage the v3 webhook
 subscription. One ``requests.Session`` per token, paced to PagerDuty's documented limit, every failure
 classified through :data:`STATUS_TABLE`. No retries here: callers run a method under
-:func:`sync.retry.call` (a 429 is a :class:`~sync.errors.RetryableError` with ``retry_after``).
+:func:`kernel.retry.call` (a 429 is a :class:`~kernel.errors.RetryableError` with ``retry_after``).
 
 Facts and their sources: ``shared/notes/pagerduty-two-way.md`` §2, the operations in
 ``shared/specs/pagerduty-rest-subset.openapi.json``.

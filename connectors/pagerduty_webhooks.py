@@ -4,7 +4,7 @@ Pure functions, no I/O: :func:`verify_signature` (HMAC-SHA256 of the raw body, s
 during a secret rotation and several configured secrets, any match accepts, constant time) and
 :func:`parse_event` (the ``{"event": {...}}`` envelope into a frozen :class:`IncidentEvent`, or an
 :class:`IgnoredEvent` for the types the two-way sync does not act on). Refusals are
-:class:`~sync.errors.WebhookRejected` with the status to answer and a reason safe to send back.
+:class:`~kernel.errors.WebhookRejected` with the status to answer and a reason safe to send back.
 
 Echoes: our own Events-API acknowledge/resolve comes back with an ``inbound_integration_reference`` agent,
 our own REST writes with the ``From`` user as agent (``notes/pagerduty-two-way.md`` §1.3);

@@ -6,10 +6,10 @@ A :class:`System` names the system (``jira``: the webhook path ``/webhooks/jira`
 ``ticket.attributes`` its connector fills (the field vocabulary of its rules) and its connector class, which
 verifies and parses webhooks, polls, and writes notes back (see :class:`connectors.base.Connector`).
 
-Readers: the settings tree and its README table (``sync/settings.py``, ``sync/settings_doc.py``), the CLI's
-``--source`` choices, rule validation and the rules JSON Schema (through :data:`sync.fields.SOURCE_ATTRIBUTES`,
-which :func:`register` fills), the HTTP app's webhook routes and the service's pollers and readiness (through
-:data:`connectors.CONNECTORS`).
+Readers: the settings tree and its README table (``ticketpager/settings.py``, ``ticketpager/settings_doc.py``),
+the CLI's ``--source`` choices, rule validation and the rules JSON Schema (through
+:data:`kernel.fields.SOURCE_ATTRIBUTES`, which :func:`register` fills), the HTTP app's webhook routes and the
+service's pollers and readiness (through :data:`connectors.CONNECTORS`).
 
 Adding a system: a package with its settings model, attributes and connector, plus ONE registration line:
 a line in :data:`BUILTIN` for a system shipped with ticketpager, or, from a separate package, an entry point

@@ -20,7 +20,7 @@ the next query starts at the last ``sys_updated_on`` read; rows are deduped on (
 When a full page shares one second, that second is finished by ``sys_id`` order. Each run re-reads
 ``overlap_seconds`` (long transactions commit with an earlier ``sys_updated_on``). ServiceNow silently
 ignores invalid query parts, so field names are validated at start-up by a ``sysparm_limit=1`` probe and
-rows outside the requested window stop the poll with a :class:`~sync.errors.ConfigError`.
+rows outside the requested window stop the poll with a :class:`~kernel.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -470,7 +470,7 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
         change = TicketChange(
             ticket=ticket,
             origin=Origin.WEBHOOK,
-            delivery_id=f"webhook:{delivery}",  # a long one is hashed when stored (sync.model)
+            delivery_id=f"webhook:{delivery}",  # a long one is hashed when stored (kernel.model)
             received_at=self.clock.now(),
             actor=author,
             event_type=str(event) if isinstance(event, str) else None,

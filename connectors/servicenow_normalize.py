@@ -1,4 +1,4 @@
-"""ServiceNow record → :class:`~sync.model.Ticket`: values, labels, state categories, UTC dates.
+"""ServiceNow record → :class:`~kernel.model.Ticket`: values, labels, state categories, UTC dates.
 
 Records are read in raw mode (``sysparm_display_value=false``): every value is the stored value, and
 dates are ``YYYY-MM-DD HH:MM:SS`` in UTC without an offset. The names humans use for reference fields

@@ -1,5 +1,5 @@
 """Settings models of the ticketing systems: what every connector has (:class:`ConnectorSettings`) and each
-built-in system's own section. The application's settings tree (``sync/settings.py``) nests one section per
+built-in system's own section. The application's settings tree (``ticketpager/settings.py``) nests one section per
 system registered in :mod:`connectors.registry` (``TICKETPAGER_<NAME>__<SETTING>``); the README settings
 table reads each field's trailing ``# comment``.
 """

@@ -3,8 +3,8 @@ incremental export through ``zenpy``, and idempotent internal notes.
 
 Retries: ``zenpy`` would sleep on a 429 for as long as ``Retry-After`` says, in a loop, with real
 ``time.sleep``. We build it with ``ratelimit_budget=0`` (it never sleeps) and, before ``zenpy`` even sees a
-429 from our Zendesk, a response hook turns it into :class:`~sync.errors.RetryableError` carrying
-``Retry-After``; :func:`sync.retry.call` (with the injected clock) owns every retry.
+429 from our Zendesk, a response hook turns it into :class:`~kernel.errors.RetryableError` carrying
+``Retry-After``; :func:`kernel.retry.call` (with the injected clock) owns every retry.
 Normalization lives in :mod:`connectors.zendesk_normalize`.
 """
 
@@ -206,7 +206,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         return error or PermanentError(f"zendesk answered HTTP {response.status_code} unexpectedly", vendor=VENDOR)
 
     def _call(self, fn: Callable[[], T], *, attempts: int | None = None) -> T:
-        """Run one zenpy operation under our retry policy; vendor failures become sync.errors kinds."""
+        """Run one zenpy operation under our retry policy; vendor failures become kernel.errors kinds."""
         from zenpy.lib.exception import APIException, RatelimitBudgetExceeded, ZenpyException
 
         def attempt() -> T:

@@ -1,4 +1,4 @@
-"""Zendesk ticket JSON → :class:`sync.model.Ticket`, for the three shapes Zendesk hands us.
+"""Zendesk ticket JSON → :class:`kernel.model.Ticket`, for the three shapes Zendesk hands us.
 
 * the API ticket (incremental export, ``GET /tickets/{id}.json``): integer ids, lower-case values;
 * an event subscription's ``detail`` snapshot: ids as strings, status/priority possibly upper-case;

@@ -21,7 +21,7 @@ def secret_values(model: BaseModel) -> set[str]:
 
 
 class RedactSecrets(logging.Filter):
-    """Passes every record through :mod:`sync.redact` (its own redactor, or the process-wide one)."""
+    """Passes every record through :mod:`kernel.redact` (its own redactor, or the process-wide one)."""
 
     def __init__(self, secrets: Iterable[str] = (), redactor: Redactor | None = None) -> None:
         super().__init__()

@@ -368,7 +368,7 @@ def unencodable_reason(change: TicketChange) -> str | None:
 
     Costs one serialization: the poller asks it of every change, because vendor clients parse API pages with
     the stdlib (which lets ``"\\ud800"`` through) and one such ticket must not fail its whole page forever.
-    Webhook bodies are refused earlier, by :func:`sync.jsonutil.loads`.
+    Webhook bodies are refused earlier, by :func:`kernel.jsonutil.loads`.
     """
     try:
         jsonutil.dumps(change.to_json())
@@ -454,7 +454,7 @@ class Outbound:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A send the destination accepted (a failure is raised as a :mod:`sync.errors` kind instead)."""
+    """A send the destination accepted (a failure is raised as a :mod:`kernel.errors` kind instead)."""
 
     status: int | None = None
     detail: str = ""

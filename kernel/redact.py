@@ -4,7 +4,7 @@ Vendors (and the proxies in front of them) may echo a request's credentials in a
 the ``Authorization`` header, a 400 repeating the routing key. Those bodies become error messages that
 are logged, stored in the database (poll errors, dead letters) and shown by ``/readyz``,
 ``/admin/status``, ``ticketpager status`` and ``deadletters list``. Each of those paths calls
-:func:`redact` (the log filter in :mod:`sync.logs` included), which removes
+:func:`redact` (the log filter in :mod:`kernel.logs` included), which removes
 
 * every configured secret (API tokens, passwords, webhook secrets, bearer tokens, the metrics token,
   PagerDuty routing keys) in each encoding it travels in: raw, Basic auth (base64 of ``user:secret``,

@@ -1,6 +1,6 @@
 """Retry as a pure decision, plus one runner that applies it.
 
-:class:`RetryPolicy` names what it retries (only :class:`~sync.errors.RetryableError`), caps attempts
+:class:`RetryPolicy` names what it retries (only :class:`~kernel.errors.RetryableError`), caps attempts
 and total time, backs off exponentially with full jitter, and honours ``retry_after`` from the vendor.
 :meth:`RetryPolicy.delay` is pure: given the attempt number, elapsed time and the error it returns the
 wait or ``None`` (give up). :func:`call` runs a function under a policy with an injected clock (tests

@@ -1,6 +1,6 @@
 """Trigger templates: sandboxed Jinja2, compiled once at load, variables checked at load.
 
-Templates see ``ticket`` (every field of :data:`sync.fields.TICKET_FIELDS` plus ``custom``, ``attributes``
+Templates see ``ticket`` (every field of :data:`kernel.fields.TICKET_FIELDS` plus ``custom``, ``attributes``
 and ``raw``), ``rule`` (``name``, ``description``), ``changes`` (list of ``{field, old, new}``) and ``now``.
 ``StrictUndefined`` makes a typo an error instead of an empty string; unknown names are rejected at load
 (``ticket.titel`` → "did you mean 'title'?"), and so are unknown filters and tests (``| upperr``) and
@@ -82,7 +82,7 @@ def compile_template(text: str, source: str = "any") -> Template:
     """Compile and check a template; raises :class:`TemplateProblem` with an admin-readable message.
 
     ``source`` is the rule's source (jira | zendesk | servicenow | any): ``ticket.attributes.<name>`` must
-    be one of that source's attributes (:data:`sync.fields.SOURCE_ATTRIBUTES`; ``any``: of any source).
+    be one of that source's attributes (:data:`kernel.fields.SOURCE_ATTRIBUTES`; ``any``: of any source).
     """
     if "{{" not in text and "{%" not in text and "{#" not in text:
         return Template(text, None)

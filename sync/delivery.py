@@ -1,7 +1,7 @@
 """Delivery: claim due outbox rows and send them; classify the outcome once; never drop anything.
 
 Generic over destinations: each row names its destination (``outbox.destination``), which the application
-injects as a mapping name → :class:`~sync.model.Destination` (PagerDuty Events v2, each ticketing system's
+injects as a mapping name → :class:`~kernel.model.Destination` (PagerDuty Events v2, each ticketing system's
 write-back notes, …). A destination sends one attempt and classifies the answer with its own status table;
 retries, rate-limit holds (the destination's limiter), timeouts, dead letters and fencing live here, once.
 
@@ -14,7 +14,7 @@ Events of one ``dedup_key`` go out in order: a row waits while an earlier row of
 
 Outcomes: 2xx → sent (and, after an incident action, a note for the ticket is queued to its source system's
 destination when write-back is on there); retryable (429, 5xx, network) →
-``next_attempt_at`` by :class:`~sync.retry.RetryPolicy` honouring ``Retry-After`` ("later" answers use no
+``next_attempt_at`` by :class:`~kernel.retry.RetryPolicy` honouring ``Retry-After`` ("later" answers use no
 attempts, only the time budget); a timeout → unknown outcome, retried with a longer wait and counted apart;
 permanent (400) or retries exhausted → dead letter with the reason and the error text (``deadletters retry``
 re-drives it). The stored body is sent as is: the bytes sent are the bytes the destination measured against

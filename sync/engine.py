@@ -6,7 +6,7 @@
 1. ignore it if it is older than the ticket's last processed version (webhooks arrive out of order), or
    the very version already processed (a poll re-reading what a webhook brought);
 2. evaluate the rules (pure) against the ticket, the previous version and what changed;
-3. :func:`sync.lifecycle.plan` the events from the verdicts and the current link states;
+3. :func:`kernel.lifecycle.plan` the events from the verdicts and the current link states;
 4. write outbox rows, link states, the ticket's new version and the decision log together.
 
 On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` and each ticket row is locked (in a fixed order)

@@ -115,7 +115,7 @@ class Metrics:
         self.rules_loaded = Gauge("ticketpager_rules_loaded", "Rules in the active rule set", registry=r)
         self.http_refused = Counter(
             "ticketpager_http_refused_total",
-            "Connections or requests refused at the HTTP edge, by reason (sync/edge.py)",
+            "Connections or requests refused at the HTTP edge, by reason (ticketpager/edge.py)",
             ["reason"],
             registry=r,
         )

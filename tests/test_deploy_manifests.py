@@ -1,7 +1,7 @@
 """The deployment manifests in ``deploy/`` (and the env examples in the docs) against the real settings tree.
 
 No container engine or cluster runs here, so these tests read the files: every ``TICKETPAGER_*`` variable
-a manifest or doc uses must name a real field of :class:`sync.settings.Settings` (prefix ``TICKETPAGER_``,
+a manifest or doc uses must name a real field of :class:`ticketpager.settings.Settings` (prefix ``TICKETPAGER_``,
 nested delimiter ``__``, case-insensitive) — pydantic-settings silently ignores unknown variables, so a
 typo would otherwise be a setting that quietly never applies. Literal values are loaded through
 pydantic-settings and must land in that field. The Kubernetes, compose, Dockerfile and systemd checks

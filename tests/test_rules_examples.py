@@ -334,7 +334,7 @@ def test_rules_test_now_needs_a_time_zone() -> None:
 def test_rules_help_is_for_users(command: list[str]) -> None:
     done = cli("rules", *command, "--help", module="ticketpager.cli")
     assert done.returncode == 0, done.stderr
-    for developer_text in ("register(", "subparsers", "sync/cli.py", "python -m rules.cli", "``"):
+    for developer_text in ("register(", "subparsers", "ticketpager/cli.py", "python -m ticketpager.rules_cli", "``"):
         assert developer_text not in done.stdout
     first = done.stdout.split("\n\n")[1]  # usage, blank line, then the description
     expected = {

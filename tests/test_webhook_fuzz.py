@@ -1,7 +1,7 @@
 """Bad input never crashes a webhook: property-based tests against the REAL HTTP app.
 
 For each source (jira, zendesk, servicenow) hypothesis feeds ``POST /webhooks/{source}`` of the real
-Starlette app (a real :class:`~sync.service.Service` on a temporary SQLite database, real connectors)
+Starlette app (a real :class:`~ticketpager.service.Service` on a temporary SQLite database, real connectors)
 arbitrary bodies — binary, JSON of any shape, and the vendors' documented payloads with fields deleted or
 replaced by values of the wrong type — with arbitrary extra headers, either
 

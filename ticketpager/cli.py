@@ -30,7 +30,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings(**overrides)
     if getattr(args, "dry_run", False):
         settings.dry_run = True
-    logs.configure(settings.log_level, settings.log_format, *credentials(settings))  # also sync.redact.SECRETS
+    logs.configure(settings.log_level, settings.log_format, *credentials(settings))  # also kernel.redact.SECRETS
     _warn_unknown_env(settings)
     return settings
 
@@ -131,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,  # uvicorn's lines go through our handler: same format, same secret redaction
         lifespan="off",
         timeout_graceful_shutdown=10,
-        http=edge.protocol(settings.http),  # header size, header/body deadlines, connection cap (sync/edge.py)
+        http=edge.protocol(settings.http),  # header size, header/body deadlines, connection cap (ticketpager/edge.py)
     )
     try:
         uvicorn.Server(config).run()  # returns on SIGTERM / SIGINT after in-flight requests finish

@@ -92,7 +92,7 @@ class _RefusalLog:
 
 
 class EdgeProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the limits of :class:`~sync.settings.HttpSettings`."""
+    """uvicorn's httptools protocol with the limits of :class:`~ticketpager.settings.HttpSettings`."""
 
     limits: ClassVar[HttpSettings] = HttpSettings()
     refused_log: ClassVar[_RefusalLog] = _RefusalLog()

@@ -1,7 +1,7 @@
 """``ticketpager rules check | test | schema | backtest``: the admin's tools for rule files.
 
-``register(subparsers)`` adds the ``rules`` command to the service CLI (``sync/cli.py``);
-``python -m rules.cli ...`` runs the same commands standalone. Nothing here writes anywhere: ``test`` and
+``register(subparsers)`` adds the ``rules`` command to the service CLI (``ticketpager/cli.py``);
+``python -m ticketpager.rules_cli ...`` runs the same commands standalone. Nothing here writes anywhere: ``test`` and
 ``backtest`` only print what would be sent, with routing keys masked (``****abcd``).
 """
 
@@ -373,7 +373,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     missing_env: list[RuleFileError] = []
     ruleset = _load(args.path, args.allow_missing_env, None if args.allow_missing_env else missing_env, "test")
     if ruleset is None:
-        return EXIT_MISMATCH  # rule-file errors: exit 1 in every command, as `rules check` (sync/exitcodes.py)
+        return EXIT_MISMATCH  # rule-file errors: exit 1 in every command, as `rules check` (ticketpager/exitcodes.py)
     if missing_env:  # valid files, incomplete environment: exit 2 with one notice, as `rules check`
         return EXIT_USAGE
     try:
@@ -526,7 +526,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rules.cli check PATH`` (or ``... rules check PATH``, as under ``ticketpager``)."""
+    """``python -m ticketpager.rules_cli check PATH`` (or ``... rules check PATH``, as under ``ticketpager``)."""
     parser = argparse.ArgumentParser(prog="ticketpager", description=RULES_DESCRIPTION)
     register(parser.add_subparsers(dest="command", required=True))
     words = list(sys.argv[1:] if argv is None else argv)

@@ -80,7 +80,7 @@ class EngineSettings(BaseModel):
 
 
 class HttpSettings(BaseModel):
-    """Limits of the HTTP edge, enforced before any signature check (see :mod:`sync.edge`)."""
+    """Limits of the HTTP edge, enforced before any signature check (see :mod:`ticketpager.edge`)."""
 
     max_header_bytes: int = 65536  # request line + headers over this get 431 and the connection closes
     max_header_fields: int = 100  # header fields (trailers included) per request; past this 431, closed

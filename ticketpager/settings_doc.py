@@ -1,7 +1,7 @@
 """Print the README settings table from the settings tree: ``python -m ticketpager.settings_doc``.
 
 A test compares the README with this output, so the documented settings never drift from the code.
-The meaning column is the field's trailing ``# comment`` in ``sync/settings.py`` or a system's settings
+The meaning column is the field's trailing ``# comment`` in ``ticketpager/settings.py`` or a system's settings
 model (``connectors/settings.py``, a plug-in's module), or :data:`MEANINGS`.
 """
 
