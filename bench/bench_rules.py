@@ -26,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from connectors import registry  # noqa: E402, F401  (declares the systems' rule fields, as the application does)
 from kernel.model import StatusCategory, Ticket  # noqa: E402
 from rules import EvalContext, load_rules  # noqa: E402
 from rules.templates import compile_template, template_context  # noqa: E402

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kernel.errors import ConfigError
+from kernel.fields import SERVICENOW_PRIORITY_LABELS
 from kernel.model import StatusCategory, Ticket
 
 #: the ``ticket.attributes`` this connector fills: the names rules with ``source: servicenow`` may use
@@ -57,15 +58,7 @@ DEFAULT_STATE_MAP: dict[str, StatusCategory] = {
     "7": StatusCategory.DONE,
     "8": StatusCategory.DONE,
 }
-# Priority is computed from impact × urgency; 1..5 with these labels on a stock instance
-# (https://www.servicenow.com/docs/bundle/zurich-it-service-management/page/product/incident-management/reference/r_PrioritizationOfIncidents.html).
-DEFAULT_PRIORITY_LABELS: dict[str, str] = {
-    "1": "1 - Critical",
-    "2": "2 - High",
-    "3": "3 - Moderate",
-    "4": "4 - Low",
-    "5": "5 - Planning",
-}
+DEFAULT_PRIORITY_LABELS = SERVICENOW_PRIORITY_LABELS  # a stock instance's labels (kernel.fields)
 
 # Reference fields whose *name* rules need: requested as "<field>.name" next to the raw sys_id.
 REFERENCE_NAMES: dict[str, str] = {

@@ -43,3 +43,14 @@ def declare_source(name: str, attributes: frozenset[str]) -> None:
 def all_attributes() -> frozenset[str]:
     """Every attribute of every declared source (what a rule with ``source: any`` may read)."""
     return frozenset().union(*SOURCE_ATTRIBUTES.values())
+
+
+# ServiceNow priority is computed from impact × urgency; 1..5 with these labels on a stock instance
+# (https://www.servicenow.com/docs/bundle/zurich-it-service-management/page/product/incident-management/reference/r_PrioritizationOfIncidents.html).
+SERVICENOW_PRIORITY_LABELS: dict[str, str] = {
+    "1": "1 - Critical",
+    "2": "2 - High",
+    "3": "3 - Moderate",
+    "4": "4 - Low",
+    "5": "5 - Planning",
+}

@@ -19,28 +19,15 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from kernel.model import SUMMARY_MAX, FieldChange, StatusCategory, Ticket, TriggerSpec
+from kernel.ports import EvalContext
 from rules.operators import failure_explainer, fold, folded_search
 from rules.spec import AllOf, AnyOf, Cond, Leaf, NotOf, RuleSetSpec, RuleSpec, SeveritySpec, field_names
 from rules.templates import Template, render_safely, template_context
 
 _REJECT_CACHE_MAX = 256  # cached explanations / "rejected by index" results per condition or rule
-
-
-class EvalContext(NamedTuple):
-    """What one evaluation sees: the ticket, its previous version, what this update changed, and now.
-
-    (Immutable; a named tuple rather than a frozen dataclass because one is built per evaluation and a
-    frozen dataclass's ``__init__`` costs several times more.)
-    """
-
-    ticket: Ticket
-    previous: Ticket | None
-    changes: tuple[FieldChange, ...]
-    now: datetime
 
 
 class RuleResult:

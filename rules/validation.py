@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
-from connectors.servicenow_normalize import DEFAULT_PRIORITY_LABELS
-from kernel.fields import SOURCE_ATTRIBUTES, TICKET_FIELDS, all_attributes
+from kernel.fields import SERVICENOW_PRIORITY_LABELS, SOURCE_ATTRIBUTES, TICKET_FIELDS, all_attributes
 from kernel.model import SEVERITIES, StatusCategory, Ticket
 from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_range, parse_timezone
 from rules.loader import Pos, RuleFileError, YList, YMap
@@ -747,7 +746,7 @@ class Vocabulary(NamedTuple):
         return vocabulary_problem(self.noun, value, self.values)
 
 
-SERVICENOW_LABELLED_PRIORITIES = frozenset(DEFAULT_PRIORITY_LABELS)  # stored as "1 - Critical" … "5 - Planning"
+SERVICENOW_LABELLED_PRIORITIES = frozenset(SERVICENOW_PRIORITY_LABELS)  # stored as "1 - Critical" … "5 - Planning"
 _SERVICENOW_PRIORITY = Vocabulary(
     "ServiceNow priority",
     numbers="ServiceNow's priority is its label, e.g. '1 - Critical': for the number use priority_number: 1",

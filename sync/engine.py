@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Connection, Select, bindparam, exists, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -30,6 +30,7 @@ from kernel.clock import Clock
 from kernel.lifecycle import dedup_key_for, next_state, plan
 from kernel.model import (
     Destination,
+    FieldChange,
     IncidentAction,
     IncidentState,
     LinkState,
@@ -41,6 +42,7 @@ from kernel.model import (
     diff_tickets,
     merge_changes,
 )
+from kernel.ports import EvalContext, RuleSet, Verdict
 from kernel.redact import mask, redact
 from sync.metrics import METRICS
 from sync.schema import changes, decisions, links, outbox, tickets
@@ -112,7 +114,7 @@ def claim_statement(limit: int, *, skip_locked: bool) -> Select[Any]:
     )
     return stmt.with_for_update(skip_locked=True) if skip_locked else stmt
 
-__all__ = ["Engine", "RuleSetLike", "dedup_key_for", "evaluate_change", "plan"]
+__all__ = ["Engine", "dedup_key_for", "evaluate_change", "plan"]
 
 
 SELECT_PAYLOAD = select(changes.c.payload).where(changes.c.id == _B("i"))
@@ -128,32 +130,23 @@ def _sent_at(conn: Connection, change_id: int | None) -> datetime | None:
     return TicketChange.from_json(jsonutil.loads(payload)).sent_at
 
 
-class RuleSetLike(Protocol):
-    digest: str
-    has_time_rules: bool
-
-    def evaluate(self, ctx: Any) -> list[Any]: ...
-
-
 def evaluate_change(
-    ruleset: RuleSetLike, ticket: Ticket, previous: Ticket | None, changed: Sequence[Any], now: Any
-) -> list[Any]:
+    ruleset: RuleSet, ticket: Ticket, previous: Ticket | None, changed: Sequence[FieldChange], now: datetime
+) -> Sequence[Verdict]:
     """Run the rules on one ticket version (pure)."""
-    from rules import EvalContext
-
     return ruleset.evaluate(EvalContext(ticket=ticket, previous=previous, changes=tuple(changed), now=now))
 
 
-def verdict_json(result: Any) -> dict[str, Any]:
-    out = {
+def verdict_json(result: Verdict) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "rule": result.rule,
         "matched": result.matched,
-        "applies": getattr(result, "applies", True),
+        "applies": result.applies,
         "why": list(result.explanation),
         "acknowledge": result.acknowledge,
         "resolve": result.resolve,
     }
-    if getattr(result, "rendered", False) and result.problems:  # only triggers actually built are rendered
+    if result.rendered and result.problems:  # only triggers actually built are rendered
         out["template_problems"] = list(result.problems)
     return out
 
@@ -174,7 +167,7 @@ class Engine:
     def __init__(
         self,
         store: Store,
-        rules: Callable[[], RuleSetLike],
+        rules: Callable[[], RuleSet],
         clock: Clock,
         *,
         incidents: Destination,
@@ -294,7 +287,7 @@ class Engine:
         self,
         conn: Connection,
         row: RowMapping,
-        ruleset: RuleSetLike,
+        ruleset: RuleSet,
         finished: list[dict[str, Any]],
         decided: list[dict[str, Any]],
     ) -> None:
@@ -514,7 +507,7 @@ class Engine:
                     if self.store.should_yield():
                         break  # commit; the webhook writer goes first; the walk resumes after `after`
 
-    def _recheck_one(self, conn: Connection, source: str, ticket_id: str, ruleset: RuleSetLike) -> int:
+    def _recheck_one(self, conn: Connection, source: str, ticket_id: str, ruleset: RuleSet) -> int:
         current = self._lock_ticket(conn, source, ticket_id)
         if current is None or not current["recheck"]:
             return 0

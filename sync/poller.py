@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from connectors.base import Connector
 from kernel.clock import Clock
 from kernel.errors import TicketpagerError
 from kernel.model import unencodable_reason, unstorable_reason
+from kernel.ports import Source
 from sync.metrics import METRICS
 from sync.store import Store, insert_changes, load_cursor, record_poll_error, save_cursor
 
@@ -33,7 +33,7 @@ class PollReport:
 
 def poll_once(
     store: Store,
-    connector: Connector,
+    connector: Source,
     clock: Clock,
     *,
     lookback: timedelta | None = None,

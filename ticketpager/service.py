@@ -30,6 +30,7 @@ from kernel.clock import Clock, SystemClock
 from kernel.model import Destination
 from kernel.redact import mask
 from kernel.retry import RetryPolicy
+from rules import RuleStore
 from sync.db import failure_reason
 from sync.delivery import Delivery, send_timeout
 from sync.engine import Engine
@@ -38,6 +39,7 @@ from sync.ingest import Writer
 from sync.metrics import METRICS, zero_series
 from sync.poller import poll_once
 from sync.store import Store, acquire_lease, release_lease
+from ticketpager.secretfiles import EnvWithSecretFiles
 from ticketpager.settings import Settings
 
 log = logging.getLogger("ticketpager.service")
@@ -63,11 +65,8 @@ DESTINATIONS: dict[str, Callable[[Service], Destination]] = {
 }
 
 
-def load_rule_store(settings: Settings, clock: Clock) -> Any:
+def load_rule_store(settings: Settings, clock: Clock) -> RuleStore:
     """The hot-reloading rule holder; raises ``rules.RuleFileErrors`` if the first load fails."""
-    from rules import RuleStore
-    from ticketpager.secretfiles import EnvWithSecretFiles
-
     # ${PD_...} routing keys from the environment, else from a file of that name in the secrets directory
     env = EnvWithSecretFiles(settings.secrets_dir) if settings.secrets_dir is not None else None
     return RuleStore(settings.rules_path, env=env, clock=clock)
@@ -80,7 +79,7 @@ class Service:
         *,
         clock: Clock | None = None,
         store: Store | None = None,
-        rule_store: Any = None,
+        rule_store: RuleStore | None = None,
         sink: PagerDutySink | None = None,
         connectors: dict[str, Connector] | None = None,
         incidents: str = "pagerduty",
@@ -161,8 +160,7 @@ class Service:
             return self._connectors[source]
 
     def _rule_custom_fields(self, source: str) -> frozenset[str]:
-        rules = getattr(self.rule_store, "current", None)
-        return rules.custom_fields(source) if rules is not None else frozenset()
+        return self.rule_store.current.custom_fields(source)
 
     def pollable_sources(self) -> list[str]:
         """Enabled sources with API credentials (settings do not change while the process runs: worked
@@ -308,17 +306,13 @@ class Service:
         for source in self.pollable_sources():
             self._spawn(f"poll-{source}", functools.partial(self._poll_loop, source))
         self._spawn("scheduler", self._scheduler_loop)
-        watch = getattr(self.rule_store, "start_watching", None)
-        if callable(watch):
-            watch()
+        self.rule_store.start_watching()
 
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
         self.outbox_wake.set()
-        stop_watch = getattr(self.rule_store, "stop", None)
-        if callable(stop_watch):
-            stop_watch()
+        self.rule_store.stop()
         for thread in self._threads:
             thread.join(timeout=15)
         try:  # our claims are handed back: the others need not wait for our heartbeat to go stale
@@ -363,20 +357,18 @@ class Service:
     def _learn_routing_keys(self) -> None:
         """Routing keys live in the rules, not the settings: the redaction learns them as rules load
         (PagerDuty may echo one in a 400; a rule file's error may quote one)."""
-        rules = getattr(self.rule_store, "current", None)
-        spec = getattr(rules, "spec", None)
-        keys = [rule.trigger.routing_key for rule in getattr(spec, "rules", ())]
+        keys = [rule.trigger.routing_key for rule in self.rule_store.current.spec.rules]
         redact.SECRETS.add(key for key in keys if isinstance(key, str))
 
     def _update_rule_metrics(self) -> None:
         self._learn_routing_keys()  # after every reload (cheap when no key is new)
         store = self.rule_store
         METRICS.rules_loaded.set(len(store.current.names))
-        failures = int(getattr(store, "reload_failures", 0))
+        failures = store.reload_failures
         if failures > self._reload_failures_seen:
             METRICS.rules_reload_failures.inc(failures - self._reload_failures_seen)
             self._reload_failures_seen = failures
-        METRICS.rules_last_reload_ok.set(0 if getattr(store, "last_error", None) else 1)
+        METRICS.rules_last_reload_ok.set(0 if store.last_error else 1)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=self._guard(name, target), name=f"ticketpager-{name}", daemon=True)
@@ -462,7 +454,7 @@ class Service:
             if now_m >= next_recheck:
                 next_recheck = now_m + eng.recheck_interval_seconds
                 rules = self.rule_store.current
-                if getattr(rules, "has_time_rules", False) and self._with_lease(
+                if rules.has_time_rules and self._with_lease(
                     "recheck", eng.recheck_interval_seconds
                 ):
                     if self.engine.recheck():

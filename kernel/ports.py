@@ -1,0 +1,105 @@
+"""The typed seams through which the pipeline (``sync/``) talks to rules and connectors without importing them.
+
+The application (``ticketpager/``) wires the real implementations in: the rule set of ``rules/`` satisfies
+:class:`RuleSet`, a connector of ``connectors/`` satisfies :class:`Source`. Outbound, the pipeline talks to a
+:class:`kernel.model.Destination` (PagerDuty Events v2, a ticketing system's notes). Each Protocol names only
+what the pipeline uses, so a test fake or another system fits without subclassing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol
+
+from kernel.model import FieldChange, Ticket, TicketChange, TriggerSpec
+
+
+class EvalContext(NamedTuple):
+    """What one evaluation sees: the ticket, its previous version, what this update changed, and now.
+
+    (Immutable; a named tuple rather than a frozen dataclass because one is built per evaluation and a
+    frozen dataclass's ``__init__`` costs several times more.)
+    """
+
+    ticket: Ticket
+    previous: Ticket | None
+    changes: tuple[FieldChange, ...]
+    now: datetime
+
+
+class Verdict(Protocol):
+    """One rule's verdict on one ticket version (``rules.RuleResult``): what the lifecycle plans from and the
+    decision log records."""
+
+    @property
+    def rule(self) -> str: ...
+    @property
+    def applies(self) -> bool: ...  # False: the rule is for another source (never matched, never planned)
+    @property
+    def matched(self) -> bool: ...
+    @property
+    def explanation(self) -> tuple[str, ...]: ...
+    @property
+    def acknowledge(self) -> bool: ...
+    @property
+    def resolve(self) -> bool: ...
+    @property
+    def on_unmatch(self) -> str: ...
+    @property
+    def trigger(self) -> TriggerSpec | None: ...  # rendered on first access
+    @property
+    def rendered(self) -> bool: ...
+    @property
+    def problems(self) -> tuple[str, ...]: ...
+
+
+class RuleSet(Protocol):
+    """A compiled, immutable rule set (``rules.RuleSet``)."""
+
+    @property
+    def digest(self) -> str: ...
+    @property
+    def has_time_rules(self) -> bool: ...
+
+    def evaluate(self, ctx: EvalContext) -> Sequence[Verdict]: ...
+
+
+class SourceSettings(Protocol):
+    """The part of a connector's settings the poll loop reads."""
+
+    @property
+    def lookback_seconds(self) -> float: ...  # the first poll (no stored cursor yet) reads this far back
+
+
+class Source(Protocol):
+    """What the poll loop needs of a ticketing system's connector (``connectors.base.Connector``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def settings(self) -> SourceSettings: ...
+
+    def start_cursor(self, since: datetime) -> Mapping[str, Any]: ...
+    def poll(self, cursor: Mapping[str, Any] | None) -> Iterator[PollPage]: ...
+
+
+class PollPage(Protocol):
+    """One page of a poll: the changes it read and the cursor to store with them."""
+
+    @property
+    def changes(self) -> Sequence[TicketChange]: ...
+    @property
+    def cursor(self) -> Mapping[str, Any]: ...
+    @property
+    def malformed(self) -> int: ...  # rows that are not a ticket we can read (each logged by the connector)
+
+
+__all__ = [
+    "EvalContext",
+    "PollPage",
+    "RuleSet",
+    "Source",
+    "SourceSettings",
+    "Verdict",
+]
