@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import ColumnElement, Connection, delete, exists, func, update
 
 from kernel.clock import Clock
+from sync.db import insert_ignore
 from sync.schema import replicas
 
 if TYPE_CHECKING:
@@ -60,11 +61,9 @@ def lease_holder_dead(holder: ColumnElement[Any], stale_before: datetime) -> Col
 
 def record_beat(conn: Connection, instance: str, now: datetime) -> None:
     """Upsert ``instance``'s heartbeat (an UPDATE; an INSERT only the first time)."""
-    from sync.store import _insert_ignore
-
     done = conn.execute(update(replicas).where(replicas.c.instance == instance).values(heartbeat_at=now))
     if not done.rowcount:
-        conn.execute(_insert_ignore(conn, replicas), {"instance": instance, "started_at": now, "heartbeat_at": now})
+        conn.execute(insert_ignore(conn, replicas), {"instance": instance, "started_at": now, "heartbeat_at": now})
 
 
 class Heartbeat:

@@ -15,23 +15,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Engine, and_, bindparam, case, delete, exists, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import PoolProxiedConnection
 
 from kernel import jsonutil
 from kernel.model import TicketChange, stored_delivery_id
 from kernel.redact import redact
 from sync import db
+from sync.db import insert_ignore as _insert_ignore  # the engine's and delivery's name for it
 from sync.heartbeat import lease_holder_dead
 from sync.schema import changes, cursors, decisions, leases, links, outbox, tickets
 from sync.writelock import PriorityLock
-
-
-def _insert_ignore(conn: Connection, table: Any) -> Any:
-    """``INSERT … ON CONFLICT DO NOTHING`` for the connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    return sqlite.insert(table).on_conflict_do_nothing()
 
 
 def change_row(change: TicketChange) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from connectors.settings import (  # noqa: F401 (re-exported: the sections of th
     ServiceNowSettings,
     ZendeskSettings,
 )
+from ticketpager.secretfiles import configured_dir
 
 # https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ (US) and the EU service region
 PAGERDUTY_EVENTS_URL_US = "https://events.pagerduty.com/v2/enqueue"
@@ -146,8 +147,6 @@ class SettingsBase(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Code, then the environment, then ``.env``, then the files of ``TICKETPAGER_SECRETS_DIR``: one file
         per variable, named like it, nested settings included (``TICKETPAGER_JIRA__API_TOKEN``)."""
-        from ticketpager.secretfiles import configured_dir
-
         directory = configured_dir(getattr(init_settings, "init_kwargs", {}))
         if directory is None:
             return init_settings, env_settings, dotenv_settings
