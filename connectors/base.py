@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
 import requests
+import urllib3
 
 from connectors.settings import ConnectorSettings
 from kernel import jsonutil
@@ -31,6 +32,17 @@ from kernel.model import Action, EventAction, Outbound, Outcome, Rendered, Ticke
 from kernel.retry import RetryPolicy
 
 Headers = Mapping[str, str]  # lower-cased header names
+
+
+def timed_out_after_sending(exc: requests.RequestException) -> bool:
+    """A read timeout (the request went out; the answer did not come), as requests raises it while waiting
+    for the headers (``ReadTimeout``) or while reading the body (a ``ConnectionError`` around urllib3's): the
+    vendor may have acted on the request, so the outcome is unknown."""
+    if isinstance(exc, requests.ReadTimeout):
+        return True
+    return isinstance(exc, requests.ConnectionError) and isinstance(
+        exc.args[0] if exc.args else None, urllib3.exceptions.ReadTimeoutError
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import requests
-import urllib3
 
+from connectors.base import timed_out_after_sending
 from kernel import jsonutil
 from kernel.clock import Clock
 from kernel.errors import (
@@ -211,7 +211,7 @@ class PagerDutySink:
                 self.url, data=data, headers={"Content-Type": "application/json"}, timeout=timeout
             )
         except requests.RequestException as exc:
-            if _timed_out_after_sending(exc):
+            if timed_out_after_sending(exc):
                 raise UnknownOutcome(
                     f"PagerDuty timed out: no answer within {timeout:g} s (outcome unknown: PagerDuty may have the "
                     "event)",
@@ -254,14 +254,6 @@ def _routing_key(body: Mapping[str, Any] | bytes) -> str:
     return str(body.get("routing_key") or "")
 
 
-def _timed_out_after_sending(exc: requests.RequestException) -> bool:
-    """A read timeout (the request went out; the answer did not come), as requests raises it while waiting
-    for the headers (``ReadTimeout``) or while reading the body (a ``ConnectionError`` around urllib3's)."""
-    if isinstance(exc, requests.ReadTimeout):
-        return True
-    return isinstance(exc, requests.ConnectionError) and isinstance(
-        exc.args[0] if exc.args else None, urllib3.exceptions.ReadTimeoutError
-    )
 
 
 WINDOW = timedelta(seconds=60)  # PagerDuty counts events per routing key over a rolling minute (DOC_RATE_LIMITS)

@@ -19,9 +19,9 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
-import urllib3
 from pydantic import SecretStr
 
+from connectors.base import timed_out_after_sending
 from connectors.pagerduty_webhooks import Incident, Reference
 from kernel.clock import Clock, SystemClock
 from kernel.errors import (
@@ -393,7 +393,7 @@ class PagerDutyRestClient:
                 method, self.base_url + path, headers=headers, timeout=self.timeout, **kwargs
             )
         except requests.RequestException as exc:
-            if method != "GET" and _timed_out_after_sending(exc):
+            if method != "GET" and timed_out_after_sending(exc):
                 raise UnknownOutcome(
                     f"{VENDOR} timed out: no answer to {method} {path} within {self.timeout:g} s (it may have acted)",
                     vendor=VENDOR,
@@ -478,9 +478,3 @@ def _subscription(data: Any) -> WebhookSubscription:
     )
 
 
-def _timed_out_after_sending(exc: requests.RequestException) -> bool:
-    if isinstance(exc, requests.ReadTimeout):
-        return True
-    return isinstance(exc, requests.ConnectionError) and isinstance(
-        exc.args[0] if exc.args else None, urllib3.exceptions.ReadTimeoutError
-    )
