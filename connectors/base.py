@@ -28,10 +28,30 @@ import urllib3
 from connectors.settings import ConnectorSettings
 from kernel import jsonutil
 from kernel.clock import Clock, SystemClock
+from kernel.errors import WebhookRejected
 from kernel.model import Action, EventAction, Outbound, Outcome, Rendered, TicketChange, TicketNote, TicketRef
 from kernel.retry import RetryPolicy
 
 Headers = Mapping[str, str]  # lower-cased header names
+
+
+def webhook_json(body: bytes) -> Any:
+    """A webhook body parsed as JSON, or :class:`WebhookRejected` 400 with the reason (a lone surrogate or
+    nesting past the limit is named; anything else is "not valid JSON")."""
+    try:
+        return jsonutil.loads(body)
+    except jsonutil.BadJSON as exc:
+        raise WebhookRejected(400, f"body is not valid JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise WebhookRejected(400, "body is not valid JSON") from None
+
+
+def webhook_json_object(body: bytes) -> dict[str, Any]:
+    """A webhook body that must be a JSON object, or :class:`WebhookRejected` 400."""
+    payload = webhook_json(body)
+    if not isinstance(payload, dict):
+        raise WebhookRejected(400, "body is not a JSON object")
+    return payload
 
 
 def timed_out_after_sending(exc: requests.RequestException) -> bool:

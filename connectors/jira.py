@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 import requests
 from jira import JIRA, JIRAError
 
-from connectors.base import Connector, Headers, PollPage, WebhookResult, WriteBack
+from connectors.base import Connector, Headers, PollPage, WebhookResult, WriteBack, webhook_json_object
 from connectors.jira_normalize import (
     WIDEST_OFFSET,
     adf_text,
@@ -44,7 +44,6 @@ from connectors.jira_normalize import (
 )
 from connectors.settings import JiraSettings
 from connectors.signing import hex_signatures, matches_any
-from kernel import jsonutil
 from kernel.errors import (
     ConfigError,
     Kind,
@@ -216,14 +215,7 @@ class JiraConnector(Connector[JiraSettings]):
             raise WebhookRejected(401, "invalid X-Hub-Signature")
 
     def parse_webhook(self, headers: Headers, body: bytes) -> WebhookResult:
-        try:
-            payload = jsonutil.loads(body)
-        except jsonutil.BadJSON as exc:
-            raise WebhookRejected(400, f"body is not valid JSON: {exc}") from None
-        except (ValueError, UnicodeDecodeError):
-            raise WebhookRejected(400, "body is not valid JSON") from None
-        if not isinstance(payload, dict):
-            raise WebhookRejected(400, "body is not a JSON object")
+        payload = webhook_json_object(body)
         event = payload.get("webhookEvent")
         if not isinstance(event, str) or not event:
             raise WebhookRejected(400, "missing webhookEvent")

@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from connectors.base import webhook_json
 from connectors.signing import hex_signatures, matches_any
-from kernel import jsonutil
 from kernel.errors import WebhookRejected
 
 DOC_OVERVIEW = "https://developer.pagerduty.com/docs/webhooks/v3-overview/"
@@ -291,12 +291,7 @@ def parse_event(body: bytes) -> ParsedEvent:
     a body that is not a v3 event or lacks what a handled type needs (the reason names the field)."""
     if len(body) > MAX_BODY_BYTES:
         raise WebhookRejected(413, f"body larger than {MAX_BODY_BYTES // 1024} KB (PagerDuty drops those)")
-    try:
-        payload = jsonutil.loads(body)
-    except jsonutil.BadJSON as exc:
-        raise WebhookRejected(400, f"body is not valid JSON: {exc}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise WebhookRejected(400, "body is not valid JSON") from None
+    payload = webhook_json(body)
     event = _object(_object(payload, "body").get("event"), "event")
     event_id = _text(event.get("id"), "event.id")
     raw_type = _text(event.get("event_type"), "event.event_type")

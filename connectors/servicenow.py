@@ -37,7 +37,7 @@ import requests
 from pysnc import ServiceNowClient
 from pysnc.client import TableAPI
 
-from connectors.base import Connector, Headers, PollPage, WebhookResult, WriteBack
+from connectors.base import Connector, Headers, PollPage, WebhookResult, WriteBack, webhook_json_object
 from connectors.servicenow_normalize import (
     ALL_FIELDS,
     REQUIRED_FIELDS,
@@ -47,7 +47,6 @@ from connectors.servicenow_normalize import (
 )
 from connectors.settings import ServiceNowSettings
 from connectors.signing import b64_signatures, check_timestamp, matches_any
-from kernel import jsonutil
 from kernel.clock import Clock
 from kernel.errors import (
     ConfigError,
@@ -434,7 +433,7 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
             if not matches_any(signature.strip(), b64_signatures(secrets, body)):
                 raise WebhookRejected(401, "invalid X-Signature")
             # the timestamp header is not signed; the signed body's sent_at must repeat it
-            sent_at = _json_object(body).get("sent_at")
+            sent_at = webhook_json_object(body).get("sent_at")
             if str(sent_at) != str(stamp).strip():
                 raise WebhookRejected(401, "X-Timestamp does not match the signed body's sent_at")
             return
@@ -447,7 +446,7 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
         raise WebhookRejected(401, "missing X-Signature/X-Timestamp or Authorization: Bearer header")
 
     def parse_webhook(self, headers: Headers, body: bytes) -> WebhookResult:
-        payload = _json_object(body)
+        payload = webhook_json_object(body)
         record = payload.get("record")
         if not isinstance(record, dict):
             raise WebhookRejected(400, "body has no 'record' object")
@@ -565,17 +564,6 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
         except Exception as exc:  # noqa: BLE001 - readiness must report, not crash
             raise PermanentError(f"servicenow check failed: {type(exc).__name__}") from None
 
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        payload = jsonutil.loads(body)
-    except jsonutil.BadJSON as exc:
-        raise WebhookRejected(400, f"body is not valid JSON: {exc}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise WebhookRejected(400, "body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise WebhookRejected(400, "body is not a JSON object")
-    return payload
 
 
 def _str_or_none(value: Any) -> str | None:

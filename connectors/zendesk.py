@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from connectors.base import Connector, Headers, PollPage, WebhookResult, WriteBack
+from connectors.base import Connector, Headers, PollPage, WebhookResult, WriteBack, webhook_json
 from connectors.settings import ZendeskSettings
 from connectors.signing import b64_signatures, check_timestamp, hmac_sha256, matches_any, signed_instant
 from connectors.zendesk_normalize import (
@@ -36,7 +36,6 @@ from connectors.zendesk_normalize import (
     as_id,
     organization_from_json,
 )
-from kernel import jsonutil
 from kernel.errors import (
     ConfigError,
     Kind,
@@ -284,12 +283,7 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             raise WebhookRejected(400, "empty body")
         if self._signed_with_test_secret(headers, body):
             return WebhookResult(ignored_reason="test_secret")  # anyone can forge these: never stored
-        try:
-            data = jsonutil.loads(body)
-        except jsonutil.BadJSON as exc:
-            raise WebhookRejected(400, f"body is not valid JSON: {exc}") from None
-        except (ValueError, UnicodeDecodeError):
-            raise WebhookRejected(400, "body is not valid JSON") from None
+        data = webhook_json(body)
         if not isinstance(data, dict):
             raise WebhookRejected(400, "body must be a JSON object")
         kind = data.get("type")
