@@ -15,10 +15,8 @@ Payload shape: https://developer.pagerduty.com/docs/webhooks/v3-overview/ (no JS
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import SecretStr
@@ -26,6 +24,34 @@ from pydantic import SecretStr
 from connectors.base import webhook_json
 from connectors.signing import hex_signatures, matches_any
 from kernel.errors import WebhookRejected
+from kernel.incidents import (
+    INTEGRATION_AGENT,
+    Agent,
+    EventType,
+    IgnoredEvent,
+    Incident,
+    IncidentEvent,
+    Note,
+    ParsedEvent,
+    Reference,
+    Responder,
+)
+
+__all__ = [
+    "INTEGRATION_AGENT",
+    "Agent",
+    "EventType",
+    "IgnoredEvent",
+    "Incident",
+    "IncidentEvent",
+    "Note",
+    "ParsedEvent",
+    "Reference",
+    "Responder",
+    "parse_event",
+    "verify_signature",
+    "webhook_id",
+]
 
 DOC_OVERVIEW = "https://developer.pagerduty.com/docs/webhooks/v3-overview/"
 DOC_SIGNATURES = "https://developer.pagerduty.com/docs/webhooks/webhook-signatures/"
@@ -41,24 +67,6 @@ SUBSCRIPTION_HEADER = "x-webhook-subscription"
 MAX_BODY_BYTES = 256 * 1024
 #: at most this many signatures are checked in one header (rotation needs two; hostile input is bounded)
 MAX_SIGNATURES = 8
-#: the agent of an action taken through an Events API integration: ours, for the incidents we page
-INTEGRATION_AGENT = "inbound_integration_reference"
-
-
-class EventType(StrEnum):
-    """The v3 event types issue 16 acts on (DOC_OVERVIEW, "Event Types")."""
-
-    TRIGGERED = "incident.triggered"
-    ACKNOWLEDGED = "incident.acknowledged"
-    UNACKNOWLEDGED = "incident.unacknowledged"
-    RESOLVED = "incident.resolved"
-    REOPENED = "incident.reopened"
-    REASSIGNED = "incident.reassigned"  # another user
-    DELEGATED = "incident.delegated"  # another escalation policy
-    ESCALATED = "incident.escalated"  # another user at the same level
-    ANNOTATED = "incident.annotated"  # a note was added
-    RESPONDER_ADDED = "incident.responder.added"
-    PRIORITY_UPDATED = "incident.priority_updated"
 
 
 #: ``data.type`` for each handled event type (DOC_OVERVIEW event table)
@@ -67,102 +75,6 @@ _DATA_TYPES: Mapping[EventType, str] = {
     EventType.ANNOTATED: "incident_note",
     EventType.RESPONDER_ADDED: "incident_responder",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Reference:
-    """A PagerDuty ``*_reference`` object: enough to name and link it."""
-
-    id: str
-    type: str
-    summary: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Agent(Reference):
-    """Who acted: a user (person or our ``From`` bot user) or an integration (an Events API action)."""
-
-    @property
-    def is_integration(self) -> bool:
-        return self.type == INTEGRATION_AGENT
-
-
-@dataclass(frozen=True, slots=True)
-class Incident:
-    """The incident as an ``incident``-typed event carries it (a hint: re-read it through REST for truth).
-
-    ``incident_key`` is null for Events-API incidents (the key lives on the alert, §0.1 of the notes)."""
-
-    id: str
-    number: int | None
-    html_url: str
-    status: str
-    title: str
-    service_id: str | None
-    escalation_policy_id: str | None
-    priority: str | None  # the priority's summary, e.g. "P2"
-    assignees: tuple[Reference, ...]
-    incident_key: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """``incident.annotated``: ``trimmed`` means the content was cut; read it with ``GET …/notes``."""
-
-    id: str
-    content: str
-    trimmed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Responder:
-    """``incident.responder.added``: the user or escalation policy asked to help, and the request's message."""
-
-    state: str
-    message: str
-    user: Reference | None
-    escalation_policy: Reference | None
-
-
-@dataclass(frozen=True, slots=True)
-class IncidentEvent:
-    """One handled webhook event. ``incident`` is set for ``incident``-typed data; notes and responders carry
-    only the incident's id (and its summary in ``incident_summary``)."""
-
-    event_id: str
-    event_type: EventType
-    occurred_at: datetime
-    incident_id: str
-    incident_summary: str
-    agent: Agent | None  # None: automation or a timeout (DOC_OVERVIEW)
-    incident: Incident | None = None
-    note: Note | None = None
-    responder: Responder | None = None
-
-    def is_echo(self, own_user_ids: Iterable[str] = (), own_integration_ids: Iterable[str] | None = None) -> bool:
-        """Our own action coming back: the agent is our ``From`` bot user, or an Events API integration (one
-        of ``own_integration_ids`` when they are known; any integration otherwise, as for an incident we paged
-        an integration's action can only be ours)."""
-        agent = self.agent
-        if agent is None:
-            return False
-        if agent.id in set(own_user_ids):
-            return True
-        if not agent.is_integration:
-            return False
-        return own_integration_ids is None or agent.id in set(own_integration_ids)
-
-
-@dataclass(frozen=True, slots=True)
-class IgnoredEvent:
-    """A valid event of a type the sync does not act on (``pagey.ping`` included): answered 2xx and counted,
-    as a 4xx would count towards disabling the subscription (DOC_BEHAVIOR)."""
-
-    event_id: str
-    event_type: str
-
-
-ParsedEvent = IncidentEvent | IgnoredEvent
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:

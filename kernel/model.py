@@ -408,8 +408,58 @@ class TicketNote:
     text: str
 
 
-#: Every action a destination may be asked to carry out (later: transition a ticket, reassign an incident).
-Action = IncidentAction | TicketNote
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Move a ticket to a status: by the target status's name (``status``) or by its category (the first
+    status of that category the workflow offers); ``fields`` fills what the move requires (Jira
+    ``resolution``, ServiceNow ``close_code`` / ``close_notes``). A connector explains clearly when the
+    ticket's workflow has no direct way there."""
+
+    status: str | None = None
+    category: StatusCategory | None = None
+    fields: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TicketUpdate:
+    """What PagerDuty's side did, written onto the ticket (outbox kind ``ticket_update``): a comment (public,
+    or an internal note / work note), optionally a transition and a new assignment group.
+
+    ``marker`` is unique per (incident, webhook event, rule); connectors embed it in the comment and skip a
+    write whose marker is already on the ticket (a retried step writes once), and the ticket webhook that
+    echoes our own write is recognised by it. ``incident_url`` is linked from the comment (and, on the
+    first update, a Jira remote link idempotent by global id)."""
+
+    KIND: ClassVar[str] = "ticket_update"
+    ticket: TicketRef
+    marker: str
+    comment: str | None = None
+    public: bool = False
+    transition: Transition | None = None
+    group: str | None = None
+    incident_id: str = ""
+    incident_url: str = ""
+    incident_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentUpdate:
+    """A change made to an open incident through PagerDuty's REST API (outbox kind ``incident_update``):
+    reassign it to an escalation policy (never to a user, which stops escalation), ask an escalation
+    policy's responders to help, or add a note. ``marker`` makes the step idempotent and its echo
+    recognisable."""
+
+    KIND: ClassVar[str] = "incident_update"
+    incident_id: str
+    dedup_key: str
+    marker: str
+    reassign_to_policy: str | None = None
+    responder_policies: tuple[str, ...] = ()
+    note: str | None = None
+
+
+#: Every action a destination may be asked to carry out.
+Action = IncidentAction | TicketNote | TicketUpdate | IncidentUpdate
 
 NOTE_TEXT = {
     EventAction.TRIGGER: "{label} incident triggered by rule '{rule}'",

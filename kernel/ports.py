@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-from kernel.model import FieldChange, Ticket, TicketChange, TriggerSpec
+from kernel.incidents import IncidentEvent
+from kernel.model import FieldChange, IncidentUpdate, LinkState, Ticket, TicketChange, TicketUpdate, TriggerSpec
 
 
 class EvalContext(NamedTuple):
@@ -65,6 +66,40 @@ class RuleSet(Protocol):
     def evaluate(self, ctx: EvalContext) -> Sequence[Verdict]: ...
 
 
+class IncidentContext(NamedTuple):
+    """What one reverse decision sees: a person's action in PagerDuty (echoes of our own writes never get
+    here), the ticket whose rule paged that incident (its last stored version) and that rule's link."""
+
+    event: IncidentEvent
+    ticket: Ticket
+    link: LinkState
+    now: datetime
+
+
+class SyncPlan(Protocol):
+    """One rule's two-way decision: the ticket updates / incident updates to queue, and why (decision log,
+    ``rules test``). ``actions`` is empty when the rule configures nothing for this event."""
+
+    @property
+    def rule(self) -> str: ...
+    @property
+    def actions(self) -> tuple[TicketUpdate | IncidentUpdate, ...]: ...
+    @property
+    def explanation(self) -> tuple[str, ...]: ...
+
+
+class TwoWayRules(Protocol):
+    """The reverse direction of a rule set (``rules.RuleSet`` satisfies it too). Pure, no I/O.
+
+    ``on_incident``: what the rule that paged ``ctx.link`` writes onto the ticket for a PagerDuty event.
+    ``on_ticket_change``: what a ticket change does to that rule's open incident ``incident_id`` (a new
+    assignment group → reassign to the mapped escalation policy, or add it as responders)."""
+
+    def on_incident(self, ctx: IncidentContext) -> SyncPlan: ...
+
+    def on_ticket_change(self, ctx: EvalContext, link: LinkState, incident_id: str) -> SyncPlan: ...
+
+
 class SourceSettings(Protocol):
     """The part of a connector's settings the poll loop reads."""
 
@@ -97,9 +132,12 @@ class PollPage(Protocol):
 
 __all__ = [
     "EvalContext",
+    "IncidentContext",
     "PollPage",
     "RuleSet",
     "Source",
     "SourceSettings",
+    "SyncPlan",
+    "TwoWayRules",
     "Verdict",
 ]
