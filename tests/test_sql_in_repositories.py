@@ -111,7 +111,9 @@ def test_sql_built_outside_a_repository_is_named_with_its_line(tmp_path: Path) -
                 "from sqlalchemy.dialects import postgresql\nfrom sqlalchemy import exists\n"
                 "X = postgresql.insert(None)\nY = exists()\n"
             ),
-            "sync/repos/outbox.py": "from sqlalchemy import update\nfrom sync.schema import outbox\nQ = update(outbox)\n",
+            "sync/repos/outbox.py": (
+                "from sqlalchemy import update\nfrom sync.schema import outbox\nQ = update(outbox)\n"
+            ),
             "sync/db.py": "from sqlalchemy import text\nQ = text('SELECT 1')\n",
         },
     )
