@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from kernel.clock import SystemClock  # noqa: E402
 from sync.delivery import Delivery  # noqa: E402
-from sync.heartbeat import record_beat  # noqa: E402
+from sync.repos.cursors import record_beat  # noqa: E402
 from sync.schema import outbox  # noqa: E402
 from tests.conftest import _pg_schema_url  # noqa: E402
 from tests.factories import RULES  # noqa: E402

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import func, select, text  # noqa: E402
 
+from sync.repos.tickets import OPEN_LINKS_BY_TRIGGER as _OPEN_LINKS_BY_TRIGGER  # noqa: E402
 from sync.schema import links  # noqa: E402
-from sync.store import _OPEN_LINKS_BY_TRIGGER, Store  # noqa: E402
+from sync.store import Store  # noqa: E402
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 OLD_OPEN_COUNT = select(func.count()).select_from(links).where(links.c.state != "resolved")

@@ -23,23 +23,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
 
-from kernel.model import EventAction, IncidentState, LinkState, PlannedEvent, StatusCategory, Ticket, TriggerSpec
+from kernel.model import EventAction, IncidentState, LinkState, PlannedEvent, StatusCategory, Ticket
+from kernel.ports import Verdict
 
 #: the ``dedup_key`` columns of the outbox and links (sync/schema.py); a destination fits its own limit
 DEDUP_KEY_MAX = 255
-
-
-class RuleVerdict(Protocol):
-    """What :func:`plan` needs of a rule result (``rules.RuleResult`` satisfies it)."""
-
-    rule: str
-    matched: bool
-    acknowledge: bool
-    resolve: bool
-    on_unmatch: str
-    trigger: TriggerSpec | None
 
 
 def dedup_key_for(source: str, ticket_id: str, rule: str, generation: int) -> str:
@@ -52,7 +41,7 @@ def dedup_key_for(source: str, ticket_id: str, rule: str, generation: int) -> st
     return f"ticketpager/{source}/sha256:{digest}"
 
 
-def plan(results: Sequence[Any], links: Mapping[str, LinkState], ticket: Ticket) -> list[PlannedEvent]:
+def plan(results: Sequence[Verdict], links: Mapping[str, LinkState], ticket: Ticket) -> list[PlannedEvent]:
     """The events this ticket version calls for, in the order they must be sent."""
     events: list[PlannedEvent] = []
     gone = ticket.status_category is StatusCategory.DELETED

@@ -29,24 +29,20 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, exists, insert, or_, select, update
+from sqlalchemy import Connection
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.orm import aliased
 
 from kernel.clock import Clock
 from kernel.errors import PermanentError, RetryableError, TicketpagerError, UnknownOutcome
 from kernel.model import Destination, EventAction, Outbound, TicketNote, TicketRef, incident_note
 from kernel.redact import redact
 from kernel.retry import RetryPolicy
-from sync.heartbeat import HeartbeatLike, claim_holder_dead
+from sync.heartbeat import HeartbeatLike
 from sync.metrics import METRICS
-from sync.schema import UTCDateTime, changes, outbox
+from sync.repos import changes, outbox
 from sync.store import Store
 
 log = logging.getLogger("ticketpager.delivery")
-
-_NOW = bindparam("now", type_=UTCDateTime())  # the claim's time
-_STALE = bindparam("stale", type_=UTCDateTime())  # a claimer whose heartbeat is older than this is dead
 
 #: A retry waits longer for the destination's answer than the attempt before (twice as long per earlier attempt,
 #: at most this many times its timeout, e.g. ``TICKETPAGER_PAGERDUTY__TIMEOUT_SECONDS``): a destination slower
@@ -98,13 +94,7 @@ class Delivery:
         self.takeover_after = takeover_after
         self.heartbeat = heartbeat  # ours: no send while it is overdue (the others may think us dead)
         self._orphaned: list[int] = []  # rows of a batch a database error interrupted: handed back next claim
-        free = [outbox.c.claimed_until.is_(None), outbox.c.claimed_until < _NOW]
-        if takeover_after is not None:
-            free.append(claim_holder_dead(outbox.c.claimed_by, _STALE))
-        # built once: the idle read runs every idle_seconds per worker, and building it cost more than running it
-        self._due = (outbox.c.status == "pending", outbox.c.next_attempt_at <= _NOW, or_(*free))
-        self._anything_due = select(outbox.c.id).where(*self._due).limit(1)
-        self._claim_statements: dict[tuple[str, int], Select[Any]] = {}
+        self._claims = outbox.Claims(takeover=takeover_after is not None)  # its statements are built once
         timeouts = [d.timeout for d in self.destinations.values() if d.timeout is not None]
         send_seconds = 3 * max(timeouts) if timeouts and not dry_run else 0.0
         self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
@@ -115,20 +105,14 @@ class Delivery:
             self._unclaim(self._orphaned)
             self._orphaned = []
         now = self.clock.now()
-        params = {"now": now, "stale": now - timedelta(seconds=self.takeover_after or 0.0)}
+        stale = now - timedelta(seconds=self.takeover_after or 0.0)
         with self.store.engine.connect() as conn:  # a read first: idle workers take no write lock
-            if conn.execute(self._anything_due, params).first() is None:
+            if not self._claims.anything_due(conn, now, stale):
                 self._claimed = {}
                 return []
+        until = now + timedelta(seconds=self.claim_seconds)
         with self.store.begin() as conn:
-            stmt = self._claim_statement(conn.dialect.name, limit)
-            rows = conn.execute(stmt, params).mappings().all()
-            if rows:
-                conn.execute(
-                    update(outbox)
-                    .where(outbox.c.id.in_([r["id"] for r in rows]))
-                    .values(claimed_until=now + timedelta(seconds=self.claim_seconds), claimed_by=self.worker_id)
-                )
+            rows = self._claims.claim(conn, limit, now, stale, worker=self.worker_id, until=until)
         self._claimed = {r["id"]: now for r in rows}  # this worker's latest batch (see deliver)
         taken = [r for r in rows if r["claimed_until"] is not None and r["claimed_until"] >= now]
         if taken:
@@ -138,30 +122,6 @@ class Delivery:
                 ", ".join(sorted({str(r["claimed_by"]) for r in taken})),
             )
         return list(rows)
-
-    def _claim_statement(self, dialect: str, limit: int) -> Select[Any]:
-        """The claim query, built once per dialect and batch size (building it cost more than an idle read):
-        due rows, oldest first, an event only when no earlier event of its ``dedup_key`` is pending."""
-        key = (dialect, limit)
-        stmt = self._claim_statements.get(key)
-        if stmt is None:
-            earlier = aliased(outbox)
-            blocked = exists().where(
-                earlier.c.dedup_key == outbox.c.dedup_key,
-                earlier.c.kind == "event",
-                earlier.c.id < outbox.c.id,
-                earlier.c.status == "pending",
-            )
-            stmt = (
-                select(outbox)
-                .where(*self._due, or_(outbox.c.kind != "event", ~blocked))
-                .order_by(outbox.c.next_attempt_at, outbox.c.id)
-                .limit(limit)
-            )
-            if dialect == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True, of=outbox)
-            self._claim_statements[key] = stmt
-        return stmt
 
     def run_once(self, limit: int = 10, stopping: Callable[[], bool] | None = None) -> int:
         """Claim up to ``limit`` due rows and send them. When ``stopping`` turns true (SIGTERM) the rows not
@@ -184,11 +144,7 @@ class Delivery:
 
     def _unclaim(self, row_ids: list[int]) -> None:
         with self.store.begin() as conn:
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.id.in_(row_ids), outbox.c.claimed_by == self.worker_id, outbox.c.status == "pending")
-                .values(claimed_until=None)
-            )
+            outbox.unclaim(conn, row_ids, self.worker_id)
 
     def drain(self, max_rounds: int = 10_000) -> int:
         total = 0
@@ -293,40 +249,22 @@ class Delivery:
         that expired while earlier rows of the batch were slow must not lead to a second send)."""
         until = self.clock.now() + timedelta(seconds=self.claim_seconds)
         with self.store.begin() as conn:
-            done = conn.execute(
-                update(outbox)
-                .where(outbox.c.id == row_id, outbox.c.claimed_by == self.worker_id, outbox.c.status == "pending")
-                .values(claimed_until=until)
-            )
-        if not done.rowcount:  # our claim expired and another worker took the row: leave it to them
+            ours = outbox.renew(conn, row_id, self.worker_id, until)
+        if not ours:  # our claim expired and another worker took the row: leave it to them
             log.warning("outbox row %s was claimed by another worker meanwhile; skipping it", row_id)
-        return bool(done.rowcount)
+        return ours
 
     def _sent(self, row: RowMapping, *, dry_run: bool) -> None:
         now = self.clock.now()
         with self.store.begin() as conn:
-            done = conn.execute(
-                update(outbox)
-                .where(outbox.c.id == row["id"], outbox.c.claimed_by == self.worker_id, outbox.c.status == "pending")
-                .values(
-                    status="sent",
-                    sent_at=now,
-                    dry_run=dry_run,
-                    last_error=None,
-                    claimed_until=None,
-                    attempts=outbox.c.attempts + 1,
-                )
-            )
-            if not done.rowcount:
+            if not outbox.mark_sent(conn, row["id"], self.worker_id, now, dry_run=dry_run):
                 log.warning("outbox row %s was taken over while it was being sent", row["id"])
                 return
             if row["kind"] == "writeback":  # a note: its own counter, nothing follows it
                 return
             received = None
             if row["change_id"] is not None:
-                received = conn.execute(
-                    select(changes.c.received_at).where(changes.c.id == row["change_id"])
-                ).scalar_one_or_none()
+                received = changes.received_at(conn, row["change_id"])
             if received is not None:
                 METRICS.delivery_latency.observe(max((now - received).total_seconds(), 0.0))
             if self.write_back_sources.get(row["source"]) and not dry_run:
@@ -347,25 +285,21 @@ class Delivery:
             row["rule"],
             row["id"],
         )
-        conn.execute(
-            insert(outbox).values(
-                kind=note.KIND,
-                destination=notes.name,
-                source=row["source"],
-                ticket_id=row["ticket_id"],
-                ticket_key=row["ticket_key"],
-                rule=row["rule"],
-                action=row["action"],
-                dedup_key=row["dedup_key"],
-                generation=row["generation"],
-                routing_key="",
-                body=notes.render(note).body,
-                status="pending",
-                attempts=0,
-                next_attempt_at=self.clock.now(),
-                change_id=row["change_id"],
-                created_at=self.clock.now(),
-            )
+        outbox.enqueue(
+            conn,
+            kind=note.KIND,
+            destination=notes.name,
+            source=row["source"],
+            ticket_id=row["ticket_id"],
+            ticket_key=row["ticket_key"],
+            rule=row["rule"],
+            action=row["action"],
+            dedup_key=row["dedup_key"],
+            generation=row["generation"],
+            limit_key="",
+            body=notes.render(note).body,
+            change_id=row["change_id"],
+            now=self.clock.now(),
         )
 
     def _failed(self, row: RowMapping, exc: TicketpagerError) -> None:
@@ -412,13 +346,8 @@ class Delivery:
         self._mark(row_id, next_attempt_at=self.clock.now() + timedelta(seconds=wait))
 
     def _mark(self, row_id: int, **values: Any) -> None:
-        values.setdefault("claimed_until", None)
         with self.store.begin() as conn:
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.id == row_id, outbox.c.status == "pending", outbox.c.claimed_by == self.worker_id)
-                .values(**values)
-            )
+            outbox.mark(conn, row_id, self.worker_id, **values)
 
 
 def _label(row: RowMapping) -> str:

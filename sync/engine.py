@@ -10,18 +10,18 @@
 4. write outbox rows, link states, the ticket's new version and the decision log together.
 
 On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` and each ticket row is locked (in a fixed order)
-before it is read, so two replicas never process two changes of one ticket at the same time.
+before it is read, so two replicas never process two changes of one ticket at the same time. The SQL lives
+in the repositories :mod:`sync.repos.changes`, :mod:`sync.repos.tickets` and :mod:`sync.repos.outbox`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, exists, insert, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Connection
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -32,7 +32,6 @@ from kernel.model import (
     Destination,
     FieldChange,
     IncidentAction,
-    IncidentState,
     LinkState,
     Origin,
     PlannedEvent,
@@ -45,86 +44,19 @@ from kernel.model import (
 from kernel.ports import EvalContext, RuleSet, Verdict
 from kernel.redact import mask, redact
 from sync.metrics import METRICS
-from sync.schema import changes, decisions, links, outbox, tickets
-from sync.store import Store, _insert_ignore
+from sync.repos import changes, outbox, tickets
+from sync.store import Store
 
 log = logging.getLogger("ticketpager.engine")
 
-NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # "updated" of a ticket row that only holds a lock
-
-# Statements built once with bind parameters; values come with each execute. (Building a statement with
-# literal ``.values(...)`` per change cost more than the database work: SQLAlchemy re-derives its cache key.)
-_B = bindparam
-SELECT_TICKET = select(tickets).where(tickets.c.source == _B("s"), tickets.c.ticket_id == _B("t"))
-_lock_insert = pg_insert(tickets).values(
-    source=_B("s"), ticket_id=_B("t"), key="", status_category="new", updated=NEVER, version_hash="",
-    snapshot=None, processed_at=_B("at"),
-)  # fmt: skip
-# ON CONFLICT DO UPDATE takes the row lock (a no-op update) and RETURNING hands back the current row
-LOCK_TICKET_PG = _lock_insert.on_conflict_do_update(
-    index_elements=[tickets.c.source, tickets.c.ticket_id], set_={"source": _lock_insert.excluded.source}
-).returning(*tickets.c)
-SELECT_LINKS = select(links).where(links.c.source == _B("s"), links.c.ticket_id == _B("t"))
-INSERT_OUTBOX = insert(outbox)
-INSERT_LINK = insert(links)
-INSERT_DECISION = insert(decisions)
-UPDATE_LINK = (
-    update(links)
-    .where(links.c.source == _B("s"), links.c.ticket_id == _B("t"), links.c.rule == _B("r"))
-    .values(
-        generation=_B("generation"),
-        dedup_key=_B("dedup_key"),
-        routing_key=_B("routing_key"),
-        state=_B("state"),
-        updated_at=_B("updated_at"),
-    )
-)
-TICKET_COLUMNS = (
-    "key", "status_category", "updated", "version_hash", "snapshot", "last_change_id", "open_incidents",
-    "recheck", "processed_at",
-)  # fmt: skip
-UPDATE_TICKET = (
-    update(tickets)
-    .where(tickets.c.source == _B("s"), tickets.c.ticket_id == _B("t"))
-    .values({name: _B(name) for name in TICKET_COLUMNS})
-)
-FINISH_CHANGE = update(changes).where(changes.c.id == _B("i")).values(status=_B("status"), processed_at=_B("at"))
-ANY_PENDING = select(changes.c.id).where(changes.c.status == "pending").limit(1)
-
-
-def claim_statement(limit: int, *, skip_locked: bool) -> Select[Any]:
-    """The oldest claimable pending changes: a ticket's changes are processed in arrival order, so a change
-    is never claimed while an earlier change of the same ticket is still pending (maybe claimed by another
-    replica). Built once per (limit, dialect) by :class:`Engine`: building it cost more than the query when
-    the engine woke for every webhook commit (issue 19)."""
-    earlier = changes.alias("earlier")
-    stmt = (
-        select(changes.c.id, changes.c.source, changes.c.ticket_id, changes.c.payload)
-        .where(
-            changes.c.status == "pending",
-            ~exists().where(
-                earlier.c.source == changes.c.source,
-                earlier.c.ticket_id == changes.c.ticket_id,
-                earlier.c.status == "pending",
-                earlier.c.id < changes.c.id,
-            ),
-        )
-        .order_by(changes.c.id)
-        .limit(limit)
-    )
-    return stmt.with_for_update(skip_locked=True) if skip_locked else stmt
-
 __all__ = ["Engine", "dedup_key_for", "evaluate_change", "plan"]
-
-
-SELECT_PAYLOAD = select(changes.c.payload).where(changes.c.id == _B("i"))
 
 
 def _sent_at(conn: Connection, change_id: int | None) -> datetime | None:
     """The signed send time of the change a ticket's current version came from (``None``: not known)."""
     if change_id is None:
         return None
-    payload = conn.execute(SELECT_PAYLOAD, {"i": change_id}).scalar_one_or_none()
+    payload = changes.payload(conn, change_id)
     if payload is None:  # pruned by retention, or processed before send times were kept
         return None
     return TicketChange.from_json(jsonutil.loads(payload)).sent_at
@@ -183,14 +115,6 @@ class Engine:
         self.batch_size = batch_size
         self.on_queued = on_queued
         self._queued = 0  # outbox rows written by the current run_once
-        self._claims: dict[tuple[int, bool], Select[Any]] = {}
-
-    def _claim(self, conn: Connection, limit: int) -> list[RowMapping]:
-        key = (limit, conn.dialect.name == "postgresql")
-        stmt = self._claims.get(key)
-        if stmt is None:
-            stmt = self._claims[key] = claim_statement(limit, skip_locked=key[1])
-        return list(conn.execute(stmt).mappings().all())
 
     def run_once(self) -> int:
         """Process one batch of pending changes in one transaction; returns how many were handled.
@@ -200,7 +124,7 @@ class Engine:
         are not the change's fault: they propagate and the whole batch is retried later.
         """
         with self.store.engine.connect() as conn:  # a read first: an idle engine takes no write lock
-            if conn.execute(ANY_PENDING).first() is None:
+            if not changes.any_pending(conn):
                 return 0
         self._queued = 0
         handled = self._run_batches()
@@ -211,7 +135,7 @@ class Engine:
     def _run_batches(self) -> int:
         try:
             with self.store.begin() as conn:
-                rows = self._claim(conn, self.batch_size)
+                rows = changes.claim(conn, self.batch_size)
                 if not rows:
                     return 0
                 return self._process_batch(conn, rows)
@@ -230,7 +154,7 @@ class Engine:
         row: RowMapping | None = None
         try:
             with self.store.begin() as conn:
-                rows = self._claim(conn, 1)
+                rows = changes.claim(conn, 1)
                 if not rows:
                     return False
                 row = rows[0]
@@ -244,16 +168,8 @@ class Engine:
             log.exception("change %s (%s %s) failed", row["id"], row["source"], row["ticket_id"])
             METRICS.changes_processed.labels(row["source"], "failed").inc()
             with self.store.begin() as conn:
-                conn.execute(
-                    update(changes)
-                    .where(changes.c.id == row["id"], changes.c.status == "pending")
-                    .values(
-                        status="failed",
-                        # redacted before the cut: a database error quotes its parameters (routing key, event body)
-                        error=redact(f"{type(exc).__name__}: {exc}")[:2000],
-                        processed_at=self.clock.now(),
-                    )
-                )
+                # redacted before the cut: a database error quotes its parameters (routing key, event body)
+                changes.fail(conn, row["id"], redact(f"{type(exc).__name__}: {exc}")[:2000], self.clock.now())
             return True
 
     def _process_batch(self, conn: Connection, rows: list[RowMapping]) -> int:
@@ -268,9 +184,9 @@ class Engine:
             done += 1
             self._process(conn, row, ruleset, finished, decided)
         if finished:
-            conn.execute(FINISH_CHANGE, finished)
+            changes.finish(conn, finished)
         if decided:
-            conn.execute(INSERT_DECISION, decided)
+            tickets.insert_decisions(conn, decided)
         return done
 
     def drain(self, limit: int = 1_000_000) -> int:
@@ -294,25 +210,25 @@ class Engine:
         change = TicketChange.from_json(jsonutil.loads(row["payload"]))
         ticket = change.ticket
         now = self.clock.now()
-        current = self._lock_ticket(conn, ticket.source, ticket.id)
+        current = tickets.lock(conn, ticket.source, ticket.id, now)
         version = ticket.version_hash()
         outcome = self._staleness(conn, current, change, version)
         if outcome is not None:
-            finished.append({"i": row["id"], "status": outcome, "at": now})
+            finished.append(changes.finished(row["id"], outcome, now))
             decided.append(self._decision(row["id"], ticket, outcome, ruleset.digest, {"why": outcome}))
             METRICS.changes_processed.labels(ticket.source, outcome).inc()
             return
         previous = Ticket.from_json(jsonutil.loads(current["snapshot"])) if current and current["snapshot"] else None
         changed = merge_changes(change.changes, diff_tickets(previous, ticket))
         results = evaluate_change(ruleset, ticket, previous, changed, now)
-        link_states = self._links(conn, ticket)
+        link_states = tickets.links_of(conn, ticket.source, ticket.id)
         events = plan(results, link_states, ticket)
         open_count = self._apply(conn, events, link_states, ticket, row["id"], now)
         done = ticket.status_category in (StatusCategory.DONE, StatusCategory.DELETED)
         self._save_ticket(
             conn, current, ticket, version, row["id"], open_count, ruleset.has_time_rules and not done, now
         )
-        finished.append({"i": row["id"], "status": "processed", "at": now})
+        finished.append(changes.finished(row["id"], "processed", now))
         outcome = "paged" if events else "no_action"
         decided.append(
             self._decision(
@@ -372,55 +288,24 @@ class Engine:
                     return "stale"
         return None
 
-    def _lock_ticket(self, conn: Connection, source: str, ticket_id: str) -> RowMapping | None:
-        """Lock this ticket's row for the rest of the transaction; ``None`` if it was never processed.
-
-        On PostgreSQL a placeholder row is inserted if there is none (a lock on a row that does not exist
-        yet would not serialize two replicas processing the first two changes of a new ticket).
-        """
-        row: RowMapping | None
-        if conn.dialect.name == "postgresql":  # insert-or-lock and read in one round trip
-            row = conn.execute(LOCK_TICKET_PG, {"s": source, "t": ticket_id, "at": self.clock.now()}).mappings().one()
-        else:  # SQLite: this process holds the only write lock already
-            row = conn.execute(SELECT_TICKET, {"s": source, "t": ticket_id}).mappings().one_or_none()
-        return None if row is None or row["snapshot"] is None else row
-
-    def _links(self, conn: Connection, ticket: Ticket) -> dict[str, LinkState]:
-        rows = conn.execute(SELECT_LINKS, {"s": ticket.source, "t": ticket.id}).mappings()
-        return {
-            r["rule"]: LinkState(
-                rule=r["rule"],
-                dedup_key=r["dedup_key"],
-                routing_key=r["routing_key"],
-                state=IncidentState(r["state"]),
-                generation=r["generation"],
-            )
-            for r in rows
-        }
-
     def _enqueue(self, conn: Connection, event: PlannedEvent, ticket: Ticket, change_id: int | None, now: Any) -> None:
         action = IncidentAction(event, ticket)
         rendered = self.incidents.render(action)
-        conn.execute(
-            INSERT_OUTBOX,
-            {
-                "kind": action.KIND,
-                "destination": self.incidents.name,
-                "source": ticket.source,
-                "ticket_id": ticket.id,
-                "ticket_key": ticket.key,
-                "rule": event.rule,
-                "action": event.action.value,
-                "dedup_key": event.dedup_key,
-                "generation": event.generation,
-                "routing_key": rendered.limit_key,
-                "body": rendered.body,
-                "status": "pending",
-                "attempts": 0,
-                "next_attempt_at": now,
-                "change_id": change_id,
-                "created_at": now,
-            },
+        outbox.enqueue(
+            conn,
+            kind=action.KIND,
+            destination=self.incidents.name,
+            source=ticket.source,
+            ticket_id=ticket.id,
+            ticket_key=ticket.key,
+            rule=event.rule,
+            action=event.action.value,
+            dedup_key=event.dedup_key,
+            generation=event.generation,
+            limit_key=rendered.limit_key,
+            body=rendered.body,
+            change_id=change_id,
+            now=now,
         )
 
     def _save_link(self, conn: Connection, event: PlannedEvent, ticket: Ticket, now: Any) -> None:
@@ -431,12 +316,7 @@ class Engine:
             "state": next_state(event.action).value,
             "updated_at": now,
         }
-        done = conn.execute(UPDATE_LINK, {"s": ticket.source, "t": ticket.id, "r": event.rule, **values})
-        if not done.rowcount:
-            conn.execute(
-                INSERT_LINK,
-                {"source": ticket.source, "ticket_id": ticket.id, "rule": event.rule, "created_at": now, **values},
-            )
+        tickets.save_link(conn, ticket.source, ticket.id, event.rule, values, now)
 
     def _save_ticket(
         self,
@@ -460,9 +340,8 @@ class Engine:
             "recheck": recheck and open_count == 0,
             "processed_at": now,
         }
-        if current is None:  # new ticket (or the placeholder row of _lock_ticket): insert-or-ignore, then update
-            conn.execute(_insert_ignore(conn, tickets), {"source": ticket.source, "ticket_id": ticket.id, **values})
-        conn.execute(UPDATE_TICKET, {"s": ticket.source, "t": ticket.id, **values})
+        # a new ticket (or the placeholder row of tickets.lock) is inserted first
+        tickets.save(conn, ticket.source, ticket.id, values, new=current is None)
 
     def _decision(
         self, change_id: int | None, ticket: Ticket, outcome: str, digest: str | None, detail: Mapping[str, Any]
@@ -492,12 +371,7 @@ class Engine:
         after = ("", "")
         while True:
             with self.store.engine.connect() as conn:
-                keys = conn.execute(
-                    select(tickets.c.source, tickets.c.ticket_id)
-                    .where(tickets.c.recheck.is_(True), tuple_(tickets.c.source, tickets.c.ticket_id) > tuple_(*after))
-                    .order_by(tickets.c.source, tickets.c.ticket_id)
-                    .limit(chunk)
-                ).all()
+                keys = tickets.recheck_keys(conn, after, chunk)
             if not keys:
                 return planned
             with self.store.begin() as conn:
@@ -508,26 +382,22 @@ class Engine:
                         break  # commit; the webhook writer goes first; the walk resumes after `after`
 
     def _recheck_one(self, conn: Connection, source: str, ticket_id: str, ruleset: RuleSet) -> int:
-        current = self._lock_ticket(conn, source, ticket_id)
+        now = self.clock.now()
+        current = tickets.lock(conn, source, ticket_id, now)
         if current is None or not current["recheck"]:
             return 0
         ticket = Ticket.from_json(jsonutil.loads(current["snapshot"]))
-        now = self.clock.now()
         results = evaluate_change(ruleset, ticket, ticket, (), now)
-        link_states = self._links(conn, ticket)
+        link_states = tickets.links_of(conn, ticket.source, ticket.id)
         events = plan(results, link_states, ticket)
         if not events:
             return 0
         open_count = self._apply(conn, events, link_states, ticket, None, now)
-        conn.execute(
-            update(tickets)
-            .where(tickets.c.source == source, tickets.c.ticket_id == ticket_id)
-            .values(open_incidents=open_count, recheck=open_count == 0)
-        )
+        tickets.set_open_incidents(conn, source, ticket_id, open_count)
         detail = {
             "origin": Origin.RECHECK.value,
             "verdicts": [verdict_json(r) for r in results],
             "events": [event_json(e) for e in events],
         }
-        conn.execute(INSERT_DECISION, self._decision(None, ticket, "paged", ruleset.digest, detail))
+        tickets.insert_decisions(conn, [self._decision(None, ticket, "paged", ruleset.digest, detail)])
         return len(events)

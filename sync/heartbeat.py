@@ -15,16 +15,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
-
-from sqlalchemy import ColumnElement, Connection, delete, exists, func, update
+from typing import Protocol
 
 from kernel.clock import Clock
-from sync.db import insert_ignore
-from sync.schema import replicas
-
-if TYPE_CHECKING:
-    from sync.store import Store
+from sync.repos import cursors
+from sync.store import Store
 
 log = logging.getLogger("ticketpager.heartbeat")
 
@@ -39,31 +34,6 @@ class HeartbeatLike(Protocol):
     def unbroken_since(self, when: datetime) -> bool:
         """True if the heartbeat has been :meth:`healthy` without a gap since ``when``."""
         ...
-
-
-def claim_holder_dead(
-    claimed_by: ColumnElement[Any], stale_before: datetime | ColumnElement[Any]
-) -> ColumnElement[bool]:
-    """SQL: the replica that holds this claim (``<instance>/<worker>``) stopped heartbeating before
-    ``stale_before``."""
-    prefix = replicas.c.instance + "/"
-    return exists().where(
-        replicas.c.heartbeat_at < stale_before,
-        func.substr(claimed_by, 1, func.length(prefix)) == prefix,
-    )
-
-
-def lease_holder_dead(holder: ColumnElement[Any], stale_before: datetime) -> ColumnElement[bool]:
-    """SQL: the replica holding this lease (``holder`` = its instance) stopped heartbeating before
-    ``stale_before``."""
-    return exists().where(replicas.c.instance == holder, replicas.c.heartbeat_at < stale_before)
-
-
-def record_beat(conn: Connection, instance: str, now: datetime) -> None:
-    """Upsert ``instance``'s heartbeat (an UPDATE; an INSERT only the first time)."""
-    done = conn.execute(update(replicas).where(replicas.c.instance == instance).values(heartbeat_at=now))
-    if not done.rowcount:
-        conn.execute(insert_ignore(conn, replicas), {"instance": instance, "started_at": now, "heartbeat_at": now})
 
 
 class Heartbeat:
@@ -93,7 +63,7 @@ class Heartbeat:
         leases have long expired)."""
         now = self.clock.now()
         with self.store.begin() as conn:
-            conn.execute(delete(replicas).where(replicas.c.heartbeat_at < now - FORGET_AFTER))
+            cursors.forget_silent_replicas(conn, now - FORGET_AFTER)
         self.beat()
 
     def beat(self) -> None:
@@ -101,7 +71,7 @@ class Heartbeat:
         before background writers (one tiny UPDATE): a busy engine must not make this replica look dead."""
         now = self.clock.now()
         with self.store.begin(urgent=True) as conn:
-            record_beat(conn, self.instance, now)
+            cursors.record_beat(conn, self.instance, now)
         if self.last_ok is None or now - self.last_ok >= self._margin:
             if self.last_ok is not None:
                 log.warning(
@@ -123,4 +93,4 @@ class Heartbeat:
     def forget(self) -> None:
         """Clean stop: remove our row (our claims were handed back already)."""
         with self.store.begin() as conn:
-            conn.execute(delete(replicas).where(replicas.c.instance == self.instance))
+            cursors.forget_replica(conn, self.instance)

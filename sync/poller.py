@@ -16,7 +16,9 @@ from kernel.errors import TicketpagerError
 from kernel.model import unencodable_reason, unstorable_reason
 from kernel.ports import Source
 from sync.metrics import METRICS
-from sync.store import Store, insert_changes, load_cursor, record_poll_error, save_cursor
+from sync.repos.changes import insert_changes
+from sync.repos.cursors import load_cursor, record_poll_error, save_cursor
+from sync.store import Store
 
 log = logging.getLogger("ticketpager.poller")
 

@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from kernel.clock import FakeClock
+from sync.repos.cursors import record_poll_error, save_cursor
 from sync.schema import changes
-from sync.store import record_poll_error, save_cursor
 from tests.factories import ROUTING_KEY
 from tests.harness import make_service
 from ticketpager.app import build_app

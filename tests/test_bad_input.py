@@ -29,8 +29,9 @@ from kernel import jsonutil
 from kernel.clock import FakeClock
 from sync.metrics import METRICS
 from sync.poller import poll_once
+from sync.repos.cursors import load_cursor
 from sync.schema import changes
-from sync.store import Store, load_cursor
+from sync.store import Store
 from tests.factories import ROUTING_KEY, RULES
 from tests.fakes.jira_server import make_issue
 from tests.fakes.servicenow_server import INSTANCE, FakeInstance, make_record, register_responses

@@ -73,7 +73,8 @@ def test_long_delivery_ids_sharing_a_prefix_are_not_duplicates(serve: Serve) -> 
 def test_long_delivery_ids_are_hashed_not_cut_in_both_stores(db_url: str) -> None:
     """The same at the store, on SQLite and PostgreSQL: ids over the column's 255 characters that share a
     prefix stay distinct, and an exact repeat is still a duplicate."""
-    from sync.store import Store, insert_changes
+    from sync.repos.changes import insert_changes
+    from sync.store import Store
     from tests.factories import change, ticket
 
     store = Store(db_url)

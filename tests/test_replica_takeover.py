@@ -19,8 +19,9 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
 from kernel.clock import FakeClock
+from sync.repos.cursors import acquire_lease
 from sync.schema import outbox
-from sync.store import Store, acquire_lease
+from sync.store import Store
 from tests.factories import ROUTING_KEY, RULES, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive

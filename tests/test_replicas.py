@@ -12,7 +12,7 @@ import pytest
 
 from kernel.clock import FakeClock, SystemClock
 from kernel.model import StatusCategory
-from sync.store import acquire_lease, release_lease
+from sync.repos.cursors import acquire_lease, release_lease
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive

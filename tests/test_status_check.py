@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kernel.clock import FakeClock
-from sync.store import record_poll_error
+from sync.repos.cursors import record_poll_error
 from tests.factories import ROUTING_KEY, RULES, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive

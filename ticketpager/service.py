@@ -38,7 +38,8 @@ from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
 from sync.metrics import METRICS, zero_series
 from sync.poller import poll_once
-from sync.store import Store, acquire_lease, release_lease
+from sync.repos.cursors import acquire_lease, release_lease
+from sync.store import Store
 from ticketpager.secretfiles import EnvWithSecretFiles
 from ticketpager.settings import Settings
 
@@ -117,7 +118,9 @@ class Service:
         self.limiter = RateLimiter(  # per routing key across the replicas: theirs are read from the outbox
             pd.rate_limit_per_minute,
             self.clock,
-            elsewhere=lambda key, since: self.store.sends_elsewhere(key, since, self.instance),
+            elsewhere=lambda key, since: self.store.sends_elsewhere(
+                PagerDutyDestination.name, key, since, self.instance
+            ),
             # connect + read of the longest timeout a retry may use: the longest one POST can be in flight
             send_seconds=2 * send_timeout(pd.timeout_seconds, 1_000, settings.engine.claim_seconds),
         )
@@ -260,27 +263,24 @@ class Service:
         except Exception as exc:  # noqa: BLE001
             report["ready"] = False
             report["database"] = f"unreachable: {type(exc).__name__}"
-        rules = getattr(self.rule_store, "current", None)
+        rules = self.rule_store.current  # a service never runs without a good rule set (the first load raises)
         report["rules"] = {
-            "loaded": rules is not None,
-            "count": len(getattr(rules, "names", ()) or ()),
-            "digest": getattr(rules, "digest", None),
-            "last_reload_error": _redacted(getattr(self.rule_store, "last_error", None)),
+            "loaded": True,
+            "count": len(rules.names),
+            "digest": rules.digest,
+            "last_reload_error": _redacted(self.rule_store.last_error),
         }
-        if rules is None:
-            report["ready"] = False
-        else:
-            if report["rules"]["last_reload_error"]:  # serving the last good set: an edit did not take
+        if report["rules"]["last_reload_error"]:  # serving the last good set: an edit did not take
+            report["degraded"] = True
+        if not self.settings.dry_run:
+            keys = self.routing_key_problems()  # every page of these rules would be a dead letter
+            if keys:
+                report["rules"]["routing_key_problems"] = keys
                 report["degraded"] = True
-            if not self.settings.dry_run:
-                keys = self.routing_key_problems()  # every page of these rules would be a dead letter
-                if keys:
-                    report["rules"]["routing_key_problems"] = keys
-                    report["degraded"] = True
-            unnamed = self.unnamed_jira_fields()
-            if unnamed:
-                report["rules"]["jira_custom_field_names"] = unnamed
-                report["degraded"] = True
+        unnamed = self.unnamed_jira_fields()
+        if unnamed:
+            report["rules"]["jira_custom_field_names"] = unnamed
+            report["degraded"] = True
         if report["database"] == "ok":
             problems = self.store.permanent_poll_errors()
             if not detail:

@@ -1,0 +1,246 @@
+"""SQL of the outbox: outbound actions queued by the engine (and write-back notes queued by delivery), claimed
+and sent by the delivery workers, dead letters and their re-drive, and what the rate limiter and the metrics
+read of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.orm import aliased
+
+from kernel.redact import redact
+from sync.repos.cursors import claim_holder_dead
+from sync.schema import UTCDateTime, links, outbox
+
+_B = bindparam
+_NOW = bindparam("now", type_=UTCDateTime())  # the claim's time
+_STALE = bindparam("stale", type_=UTCDateTime())  # a claimer whose heartbeat is older than this is dead
+
+INSERT = insert(outbox)
+#: a row this worker claimed and that is still pending: every write after the claim is fenced with it
+_OURS = (outbox.c.id == _B("i"), outbox.c.claimed_by == _B("worker"), outbox.c.status == "pending")
+RENEW = update(outbox).where(*_OURS).values(claimed_until=_B("until"))
+MARK_SENT = (
+    update(outbox)
+    .where(*_OURS)
+    .values(
+        status="sent",
+        sent_at=_B("now"),
+        dry_run=_B("dry_run"),
+        last_error=None,
+        claimed_until=None,
+        attempts=outbox.c.attempts + 1,
+    )
+)
+TAKE = (
+    update(outbox)
+    .where(outbox.c.id.in_(_B("ids", expanding=True)))
+    .values(claimed_until=_B("until"), claimed_by=_B("worker"))
+)
+UNCLAIM = (
+    update(outbox)
+    .where(
+        outbox.c.id.in_(_B("ids", expanding=True)), outbox.c.claimed_by == _B("worker"), outbox.c.status == "pending"
+    )
+    .values(claimed_until=None)
+)
+SENDS_ELSEWHERE = select(outbox.c.sent_at).where(
+    outbox.c.routing_key == _B("key"),
+    outbox.c.sent_at > _B("since"),
+    outbox.c.destination == _B("destination"),
+    ~outbox.c.claimed_by.like(_B("mine")),
+)
+
+
+# -- the engine's side -----------------------------------------------------------------------------
+def enqueue(
+    conn: Connection,
+    *,
+    kind: str,
+    destination: str,
+    source: str,
+    ticket_id: str,
+    ticket_key: str,
+    rule: str,
+    action: str,
+    dedup_key: str,
+    generation: int,
+    limit_key: str,
+    body: str,
+    change_id: int | None,
+    now: datetime,
+) -> None:
+    """Queue one rendered action for ``destination``, due now. ``limit_key``: the destination's rate-limit key
+    (stored as ``routing_key``)."""
+    conn.execute(
+        INSERT,
+        {
+            "kind": kind,
+            "destination": destination,
+            "source": source,
+            "ticket_id": ticket_id,
+            "ticket_key": ticket_key,
+            "rule": rule,
+            "action": action,
+            "dedup_key": dedup_key,
+            "generation": generation,
+            "routing_key": limit_key,
+            "body": body,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "change_id": change_id,
+            "created_at": now,
+        },
+    )
+
+
+# -- the delivery workers' side --------------------------------------------------------------------
+class Claims:
+    """A delivery worker's claim queries, built once (the idle read runs every ``idle_seconds`` per worker,
+    and building it cost more than running it). ``takeover``: rows claimed by a replica that stopped
+    heartbeating are free too, not only expired claims."""
+
+    def __init__(self, *, takeover: bool) -> None:
+        free = [outbox.c.claimed_until.is_(None), outbox.c.claimed_until < _NOW]
+        if takeover:
+            free.append(claim_holder_dead(outbox.c.claimed_by, _STALE))
+        self._due = (outbox.c.status == "pending", outbox.c.next_attempt_at <= _NOW, or_(*free))
+        self._anything_due = select(outbox.c.id).where(*self._due).limit(1)
+        self._statements: dict[tuple[str, int], Select[Any]] = {}
+
+    def anything_due(self, conn: Connection, now: datetime, stale: datetime) -> bool:
+        return conn.execute(self._anything_due, {"now": now, "stale": stale}).first() is not None
+
+    def claim(
+        self, conn: Connection, limit: int, now: datetime, stale: datetime, *, worker: str, until: datetime
+    ) -> list[RowMapping]:
+        """Claim up to ``limit`` due rows for ``worker`` until ``until``; returns them as they were before the
+        claim (``claimed_by`` / ``claimed_until`` tell whose claim was taken over)."""
+        rows = conn.execute(self.statement(conn.dialect.name, limit), {"now": now, "stale": stale}).mappings().all()
+        if rows:
+            conn.execute(TAKE, {"ids": [r["id"] for r in rows], "until": until, "worker": worker})
+        return list(rows)
+
+    def statement(self, dialect: str, limit: int) -> Select[Any]:
+        """The claim query, built once per dialect and batch size: due rows, oldest first, an event only when
+        no earlier event of its ``dedup_key`` is pending."""
+        key = (dialect, limit)
+        stmt = self._statements.get(key)
+        if stmt is None:
+            earlier = aliased(outbox)
+            blocked = exists().where(
+                earlier.c.dedup_key == outbox.c.dedup_key,
+                earlier.c.kind == "event",
+                earlier.c.id < outbox.c.id,
+                earlier.c.status == "pending",
+            )
+            stmt = (
+                select(outbox)
+                .where(*self._due, or_(outbox.c.kind != "event", ~blocked))
+                .order_by(outbox.c.next_attempt_at, outbox.c.id)
+                .limit(limit)
+            )
+            if dialect == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True, of=outbox)
+            self._statements[key] = stmt
+        return stmt
+
+
+def unclaim(conn: Connection, row_ids: Sequence[int], worker: str) -> None:
+    """Hand ``worker``'s still pending rows back at once (their claim ends now)."""
+    conn.execute(UNCLAIM, {"ids": list(row_ids), "worker": worker})
+
+
+def renew(conn: Connection, row_id: int, worker: str, until: datetime) -> bool:
+    """Extend ``worker``'s claim; False if the row is no longer its own (fencing)."""
+    return bool(conn.execute(RENEW, {"i": row_id, "worker": worker, "until": until}).rowcount)
+
+
+def mark_sent(conn: Connection, row_id: int, worker: str, now: datetime, *, dry_run: bool) -> bool:
+    """Record a send (one more attempt); False if the row was taken over meanwhile."""
+    return bool(conn.execute(MARK_SENT, {"i": row_id, "worker": worker, "now": now, "dry_run": dry_run}).rowcount)
+
+
+def mark(conn: Connection, row_id: int, worker: str, **values: Any) -> None:
+    """Update a row ``worker`` still holds (a retry's next attempt, a dead letter, a rate-limit hold); its claim
+    ends unless ``values`` say otherwise."""
+    values.setdefault("claimed_until", None)
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == row_id, outbox.c.status == "pending", outbox.c.claimed_by == worker)
+        .values(**values)
+    )
+
+
+def sends_elsewhere(conn: Connection, destination: str, limit_key: str, since: datetime, mine: str) -> list[datetime]:
+    """When rows of ``destination`` for ``limit_key`` were sent after ``since`` by workers whose ``claimed_by``
+    does not start with ``mine``."""
+    params = {"key": limit_key, "since": since, "destination": destination, "mine": f"{mine}/%"}
+    return [sent for (sent,) in conn.execute(SENDS_ELSEWHERE, params).all()]
+
+
+# -- dead letters ----------------------------------------------------------------------------------
+def dead_letters(conn: Connection, limit: int) -> list[dict[str, Any]]:
+    rows = conn.execute(select(outbox).where(outbox.c.status == "dead").order_by(outbox.c.id).limit(limit)).mappings()
+    # redacted as shown, too: rows stored by a version that did not redact them
+    return [{**r, "last_error": r["last_error"] and redact(r["last_error"], r["routing_key"])} for r in rows.all()]
+
+
+def retry_dead(conn: Connection, ids: Sequence[int] | None, now: datetime) -> tuple[int, int]:
+    """Put dead letters back in the queue (all of them when ``ids`` is None); see
+    :meth:`sync.store.Store.retry_dead`. Returns (queued, superseded)."""
+    cond = outbox.c.status == "dead"
+    if ids is not None:
+        cond = and_(cond, outbox.c.id.in_(list(ids)))
+    moved_on = exists().where(
+        links.c.source == outbox.c.source,
+        links.c.ticket_id == outbox.c.ticket_id,
+        links.c.rule == outbox.c.rule,
+        or_(links.c.generation > outbox.c.generation, links.c.state == "resolved"),
+    )
+    superseded = conn.execute(
+        update(outbox)
+        .where(cond, outbox.c.kind == "event", outbox.c.action != "resolve", moved_on)
+        .values(status="superseded", claimed_until=None)
+    )
+    done = conn.execute(
+        update(outbox)
+        .where(cond)
+        .values(
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            claimed_until=None,
+            claimed_by=None,
+            first_attempt_at=None,
+        )
+    )
+    return int(done.rowcount or 0), int(superseded.rowcount or 0)
+
+
+def dead_letter_counts(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(outbox.c.kind, func.count()).where(outbox.c.status == "dead").group_by(outbox.c.kind))
+    return {"event": 0, "writeback": 0} | {str(kind): int(n) for kind, n in rows.all()}
+
+
+# -- read side and retention -----------------------------------------------------------------------
+def count(conn: Connection, status: str) -> int:
+    return int(conn.execute(select(func.count()).select_from(outbox).where(outbox.c.status == status)).scalar_one())
+
+
+def depth(conn: Connection) -> tuple[int, datetime | None]:
+    """(pending rows, when the oldest was queued)."""
+    row = conn.execute(select(func.count(), func.min(outbox.c.created_at)).where(outbox.c.status == "pending")).one()
+    return int(row[0] or 0), row[1]
+
+
+def prune(conn: Connection, before: datetime, chunk: int) -> int:
+    """Delete up to ``chunk`` sent (or superseded) rows queued before ``before``; returns how many."""
+    cond = and_(outbox.c.status.in_(("sent", "superseded")), outbox.c.created_at < before)
+    ids = select(outbox.c.id).where(cond).limit(chunk).scalar_subquery()
+    return int(conn.execute(delete(outbox).where(outbox.c.id.in_(ids))).rowcount or 0)

@@ -1,0 +1,187 @@
+"""SQL of a ticket's aggregate: its last processed version (``tickets``), its links to incidents (``links``,
+one per rule) and the decision log (``decisions``).
+
+On PostgreSQL :func:`lock` takes the ticket's row lock (inserting a placeholder row for a new ticket), so two
+replicas never process two changes of one ticket at the same time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, case, delete, exists, func, insert, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import RowMapping
+
+from kernel.model import IncidentState, LinkState
+from sync.db import insert_ignore
+from sync.schema import decisions, links, outbox, tickets
+
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # "updated" of a ticket row that only holds a lock
+
+# Statements built once with bind parameters; values come with each execute. (Building a statement with
+# literal ``.values(...)`` per change cost more than the database work: SQLAlchemy re-derives its cache key.)
+_B = bindparam
+SELECT_TICKET = select(tickets).where(tickets.c.source == _B("s"), tickets.c.ticket_id == _B("t"))
+_lock_insert = pg_insert(tickets).values(
+    source=_B("s"), ticket_id=_B("t"), key="", status_category="new", updated=NEVER, version_hash="",
+    snapshot=None, processed_at=_B("at"),
+)  # fmt: skip
+# ON CONFLICT DO UPDATE takes the row lock (a no-op update) and RETURNING hands back the current row
+LOCK_TICKET_PG = _lock_insert.on_conflict_do_update(
+    index_elements=[tickets.c.source, tickets.c.ticket_id], set_={"source": _lock_insert.excluded.source}
+).returning(*tickets.c)
+TICKET_COLUMNS = (
+    "key", "status_category", "updated", "version_hash", "snapshot", "last_change_id", "open_incidents",
+    "recheck", "processed_at",
+)  # fmt: skip
+UPDATE_TICKET = (
+    update(tickets)
+    .where(tickets.c.source == _B("s"), tickets.c.ticket_id == _B("t"))
+    .values({name: _B(name) for name in TICKET_COLUMNS})
+)
+SET_OPEN_INCIDENTS = (
+    update(tickets)
+    .where(tickets.c.source == _B("s"), tickets.c.ticket_id == _B("t"))
+    .values(open_incidents=_B("open_incidents"), recheck=_B("recheck"))
+)
+SELECT_LINKS = select(links).where(links.c.source == _B("s"), links.c.ticket_id == _B("t"))
+INSERT_LINK = insert(links)
+UPDATE_LINK = (
+    update(links)
+    .where(links.c.source == _B("s"), links.c.ticket_id == _B("t"), links.c.rule == _B("r"))
+    .values(
+        generation=_B("generation"),
+        dedup_key=_B("dedup_key"),
+        routing_key=_B("routing_key"),
+        state=_B("state"),
+        updated_at=_B("updated_at"),
+    )
+)
+INSERT_DECISION = insert(decisions)
+
+
+# -- tickets ---------------------------------------------------------------------------------------
+def lock(conn: Connection, source: str, ticket_id: str, now: datetime) -> RowMapping | None:
+    """Lock this ticket's row for the rest of the transaction and read it; ``None`` if it was never processed.
+
+    On PostgreSQL a placeholder row is inserted if there is none (a lock on a row that does not exist yet
+    would not serialize two replicas processing the first two changes of a new ticket).
+    """
+    row: RowMapping | None
+    if conn.dialect.name == "postgresql":  # insert-or-lock and read in one round trip
+        row = conn.execute(LOCK_TICKET_PG, {"s": source, "t": ticket_id, "at": now}).mappings().one()
+    else:  # SQLite: this process holds the only write lock already
+        row = conn.execute(SELECT_TICKET, {"s": source, "t": ticket_id}).mappings().one_or_none()
+    return None if row is None or row["snapshot"] is None else row
+
+
+def save(conn: Connection, source: str, ticket_id: str, values: Mapping[str, Any], *, new: bool) -> None:
+    """Store a processed version (``values``: every column of :data:`TICKET_COLUMNS`). ``new``: the ticket was
+    never processed (or only has :func:`lock`'s placeholder row): insert-or-ignore first, then update."""
+    if new:
+        conn.execute(insert_ignore(conn, tickets), {"source": source, "ticket_id": ticket_id, **values})
+    conn.execute(UPDATE_TICKET, {"s": source, "t": ticket_id, **values})
+
+
+def set_open_incidents(conn: Connection, source: str, ticket_id: str, open_count: int) -> None:
+    """After a recheck paged: the ticket's open incidents; it stays flagged for rechecks only with none open."""
+    conn.execute(
+        SET_OPEN_INCIDENTS, {"s": source, "t": ticket_id, "open_incidents": open_count, "recheck": open_count == 0}
+    )
+
+
+def recheck_keys(conn: Connection, after: tuple[str, str], chunk: int) -> list[tuple[str, str]]:
+    """Up to ``chunk`` (source, ticket id) of tickets flagged for rechecks, in key order after ``after``."""
+    rows = conn.execute(
+        select(tickets.c.source, tickets.c.ticket_id)
+        .where(tickets.c.recheck.is_(True), tuple_(tickets.c.source, tickets.c.ticket_id) > tuple_(*after))
+        .order_by(tickets.c.source, tickets.c.ticket_id)
+        .limit(chunk)
+    ).all()
+    return [(str(source), str(ticket_id)) for source, ticket_id in rows]
+
+
+def count(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(tickets)).scalar_one() or 0)
+
+
+# -- links -----------------------------------------------------------------------------------------
+def links_of(conn: Connection, source: str, ticket_id: str) -> dict[str, LinkState]:
+    """The ticket's links by rule."""
+    rows = conn.execute(SELECT_LINKS, {"s": source, "t": ticket_id}).mappings()
+    return {
+        r["rule"]: LinkState(
+            rule=r["rule"],
+            dedup_key=r["dedup_key"],
+            routing_key=r["routing_key"],
+            state=IncidentState(r["state"]),
+            generation=r["generation"],
+        )
+        for r in rows
+    }
+
+
+def save_link(
+    conn: Connection, source: str, ticket_id: str, rule: str, values: Mapping[str, Any], now: datetime
+) -> None:
+    """Move a link on (``values``: generation, dedup_key, routing_key, state, updated_at), creating it the
+    first time."""
+    done = conn.execute(UPDATE_LINK, {"s": source, "t": ticket_id, "r": rule, **values})
+    if not done.rowcount:
+        conn.execute(INSERT_LINK, {"source": source, "ticket_id": ticket_id, "rule": rule, "created_at": now, **values})
+
+
+def _trigger_is(*conditions: Any) -> Any:
+    """EXISTS an outbox trigger row of the link's incident (same dedup key: one per generation) such that …"""
+    return exists().where(
+        outbox.c.dedup_key == links.c.dedup_key, outbox.c.kind == "event", outbox.c.action == "trigger", *conditions
+    )
+
+
+#: Unresolved links by what became of their trigger. A sent trigger may since have been pruned by retention
+#: (only sent rows are), so a link without any trigger row left is open at PagerDuty too.
+_INCIDENT_STATE = case(
+    (_trigger_is(outbox.c.status == "sent", outbox.c.dry_run.is_(False)), "open"),
+    (_trigger_is(outbox.c.status == "sent"), "dry_run"),
+    (_trigger_is(outbox.c.status == "pending"), "pending"),
+    (_trigger_is(outbox.c.status == "dead"), "dead"),
+    else_="open",
+).label("incident")
+OPEN_LINKS_BY_TRIGGER = (
+    select(_INCIDENT_STATE, func.count()).where(links.c.state != "resolved").group_by(_INCIDENT_STATE)
+)
+
+
+def open_links_by_trigger(conn: Connection) -> dict[str, int]:
+    """Unresolved links counted by their trigger's fate: ``open``, ``dry_run``, ``pending``, ``dead``."""
+    return {str(k): int(n) for k, n in conn.execute(OPEN_LINKS_BY_TRIGGER).all()}
+
+
+# -- decisions -------------------------------------------------------------------------------------
+def insert_decisions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append decision-log rows (one executemany)."""
+    conn.execute(INSERT_DECISION, list(rows))
+
+
+def decisions_for(conn: Connection, source: str, ticket_id: str, limit: int) -> list[dict[str, Any]]:
+    """A ticket's latest decisions, newest first."""
+    rows = (
+        conn.execute(
+            select(decisions)
+            .where(decisions.c.source == source, decisions.c.ticket_id == ticket_id)
+            .order_by(decisions.c.id.desc())
+            .limit(limit)
+        )
+        .mappings()
+        .all()
+    )
+    return [dict(r) for r in rows]
+
+
+def prune_decisions(conn: Connection, before: datetime, chunk: int) -> int:
+    """Delete up to ``chunk`` decision-log rows older than ``before``; returns how many."""
+    ids = select(decisions.c.id).where(and_(decisions.c.at < before)).limit(chunk).scalar_subquery()
+    return int(conn.execute(delete(decisions).where(decisions.c.id.in_(ids))).rowcount or 0)
