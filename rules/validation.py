@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
-from kernel.fields import SERVICENOW_PRIORITY_LABELS, SOURCE_ATTRIBUTES, TICKET_FIELDS, all_attributes
+from kernel.fields import (
+    SERVICENOW_PRIORITY_LABELS,
+    SOURCE_ATTRIBUTES,
+    TICKET_FIELDS,
+    all_attributes,
+    connection_systems,
+)
 from kernel.model import SEVERITIES, StatusCategory, Ticket
 from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_range, parse_timezone
 from rules.loader import Pos, RuleFileError, YList, YMap
@@ -757,6 +763,9 @@ def fixed_vocabulary(field_name: str, source: str) -> Vocabulary | None:
     """The values a rule's field can hold, where they are known (else None)."""
     if field_name == "status_category":
         return Vocabulary("status category", STATUS_CATEGORIES)
+    if field_name == "connection":  # the configured connections (of the rule's source, if it names one)
+        known = connection_systems()
+        return Vocabulary("connection", tuple(n for n, system in known.items() if source in ("any", system)))
     if source == "zendesk" and field_name == "priority":
         return Vocabulary("Zendesk priority", ZENDESK_PRIORITIES)
     if source == "zendesk" and field_name == "status":
@@ -766,7 +775,7 @@ def fixed_vocabulary(field_name: str, source: str) -> Vocabulary | None:
     return None
 
 
-_PLURALS = {"status category": "status categories", "Zendesk priority": "Zendesk priorities"}
+_PLURALS = {"status category": "status categories", "Zendesk priority": "Zendesk priorities", "connection": "connections"}
 
 
 def vocabulary_problem(noun: str, value: Any, values: tuple[str, ...]) -> str:
