@@ -775,7 +775,11 @@ def fixed_vocabulary(field_name: str, source: str) -> Vocabulary | None:
     return None
 
 
-_PLURALS = {"status category": "status categories", "Zendesk priority": "Zendesk priorities", "connection": "connections"}
+_PLURALS = {
+    "status category": "status categories",
+    "Zendesk priority": "Zendesk priorities",
+    "connection": "connections",
+}
 
 
 def vocabulary_problem(noun: str, value: Any, values: tuple[str, ...]) -> str:

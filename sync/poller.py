@@ -1,4 +1,5 @@
-"""One poll cycle of one connection (an instance of a source system): read pages from the connector, store each page with its cursor.
+"""One poll cycle of one connection (an instance of a source system): read pages from the connector, store
+each page with its cursor (keyed by the connection's name: a system's default connection is named after it).
 
 The cursor is saved in the same transaction as the page's changes, so it never runs ahead of stored
 data; a failure records the error (``status``, ``/readyz``) and leaves the cursor where it was.

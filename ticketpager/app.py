@@ -2,9 +2,10 @@
 (Starlette).
 
 ``POST /webhooks/{source}`` (the system's default connection) and ``POST /webhooks/{source}/{connection}``
-(a named connection of it, see :mod:`ticketpager.connections`) answer 202 only after the change is committed (group commit, see
-:mod:`sync.ingest`); processing happens after the answer. Rejections carry a JSON ``{"error": reason}``
-and store nothing: unknown source 404, missing/wrong signature 401, malformed body 400, too large 413.
+(a named connection of it, see :mod:`ticketpager.connections`) answer 202 only after the change is committed
+(group commit, see :mod:`sync.ingest`); processing happens after the answer. Rejections carry a JSON
+``{"error": reason}`` and store nothing: unknown source or connection 404, missing/wrong signature 401,
+malformed body 400, too large 413.
 """
 
 from __future__ import annotations

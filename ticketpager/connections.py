@@ -122,8 +122,10 @@ class _Reader:
             return {}
         for key in data:
             if key not in TOP_KEYS:
-                self.err(data.key_pos[key], f"unknown key '{key}'{did_you_mean(str(key), TOP_KEYS)} (allowed: "
-                                            f"{', '.join(TOP_KEYS)})")
+                self.err(
+                    data.key_pos[key],
+                    f"unknown key '{key}'{did_you_mean(str(key), TOP_KEYS)} (allowed: {', '.join(TOP_KEYS)})",
+                )
         if "version" in data and data["version"] != 1:
             self.err(data.val_pos["version"], "version must be 1")
         items = data.get("connections")
@@ -138,8 +140,10 @@ class _Reader:
                 continue
             if connection.name in first_at:
                 where = first_at[connection.name]
-                self.err(item.val_pos["name"], f"connection '{connection.name}' is defined twice (first at line "
-                                               f"{where.line})")
+                self.err(
+                    item.val_pos["name"],
+                    f"connection '{connection.name}' is defined twice (first at line {where.line})",
+                )
                 continue
             first_at[connection.name] = item.val_pos["name"]
             found[connection.name] = connection
@@ -160,8 +164,10 @@ class _Reader:
             if key in IDENTITY_KEYS:
                 continue
             if key not in model.model_fields:
-                self.err(item.key_pos[key], f"connection '{name}': unknown {system} setting '{key}'"
-                                            f"{did_you_mean(str(key), allowed)}")
+                self.err(
+                    item.key_pos[key],
+                    f"connection '{name}': unknown {system} setting '{key}'{did_you_mean(str(key), allowed)}",
+                )
                 ok = False
                 continue
             resolved = self.resolve(value, item.val_pos[key], name, key)
@@ -190,19 +196,27 @@ class _Reader:
         if not isinstance(name, str):
             self.err(item.val_pos.get("name", item.pos), "a connection needs a name (e.g. acme-zendesk)")
         elif not NAME.fullmatch(name):
-            self.err(item.val_pos["name"], f"connection name '{name[:40]}' is not usable: lowercase letters, "
-                                           "digits and '-', starting with a letter, at most 40 characters")
+            self.err(
+                item.val_pos["name"],
+                f"connection name '{name[:40]}' is not usable: lowercase letters, "
+                "digits and '-', starting with a letter, at most 40 characters",
+            )
         elif name in registry.names():
-            self.err(item.val_pos["name"], f"connection name '{name}' is the default {name} connection (the "
-                                           f"TICKETPAGER_{name.upper()}__* settings): choose another name")
+            self.err(
+                item.val_pos["name"],
+                f"connection name '{name}' is the default {name} connection (the "
+                f"TICKETPAGER_{name.upper()}__* settings): choose another name",
+            )
         else:
             ok_name = name
         systems = registry.names()
         if not isinstance(system, str):
             self.err(item.val_pos.get("system", item.pos), f"a connection needs a system ({' | '.join(systems)})")
         elif system not in systems:
-            self.err(item.val_pos["system"], f"unknown system '{system[:40]}'{did_you_mean(system, systems)} "
-                                             f"(use {' | '.join(systems)})")
+            self.err(
+                item.val_pos["system"],
+                f"unknown system '{system[:40]}'{did_you_mean(system, systems)} (use {' | '.join(systems)})",
+            )
         else:
             ok_system = system
         return ok_name, ok_system
@@ -213,8 +227,10 @@ class _Reader:
             out = {k: self.resolve(v, value.val_pos[k], name, f"{key}.{k}") for k, v in value.items()}
             return _MISSING if _MISSING in out.values() else out
         if isinstance(value, YList):
-            items = [self.resolve(v, p, name, f"{key}[{i + 1}]") for i, (v, p) in
-                     enumerate(zip(value, value.item_pos, strict=True))]
+            items = [
+                self.resolve(v, p, name, f"{key}[{i + 1}]")
+                for i, (v, p) in enumerate(zip(value, value.item_pos, strict=True))
+            ]
             return _MISSING if _MISSING in items else items
         if not isinstance(value, str) or "${" not in value:
             return value
