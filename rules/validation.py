@@ -271,6 +271,7 @@ class Validator:
                 f" (use {' | '.join(rule_sources())})",
             )
             source = "any"
+        spec_source, source = source, source if source != "any" else connections_system(item.get("when"))
         on_unmatch = item.get("on_unmatch", "keep")
         if on_unmatch not in ON_UNMATCH:
             self.err(
@@ -306,7 +307,7 @@ class Validator:
         return RuleSpec(
             name=name,
             description=description,
-            source=source,
+            source=spec_source,
             when=when,
             trigger=trigger,
             acknowledge_when=ack,
@@ -691,6 +692,16 @@ _CATEGORY_TEXT = {category: category.value for category in StatusCategory}
 
 def _status_category(ticket: Ticket) -> str:
     return _CATEGORY_TEXT[ticket.status_category]  # plain text, so comparisons take the fast path
+
+
+def connections_system(when: Any) -> str:
+    """The system of every connection a rule's ``when: {connection: …}`` names, if they share one, else ``any``:
+    a rule for one client's Zendesk is checked with Zendesk's vocabulary even without ``source: zendesk``."""
+    named = when.get("connection") if isinstance(when, YMap) else None
+    names = named if isinstance(named, list) else [named]
+    known = connection_systems()
+    systems = {known.get(n) if isinstance(n, str) else None for n in names}
+    return str(systems.pop()) if len(systems) == 1 and None not in systems else "any"
 
 
 def resolve_field(name: str, source: str) -> FieldRef | str:

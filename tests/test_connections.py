@@ -186,3 +186,32 @@ def test_without_a_spread_every_connection_polls_at_once() -> None:
     names = [f"client-{i:02d}" for i in range(50)]
     starts = poll_starts(dict.fromkeys(names, 0.0), dict.fromkeys(names, 60.0), horizon=60.0)
     assert {at for at, _ in starts} == {0.0}
+
+
+# -- the README's MSP example is a working configuration -----------------------------------------------------------
+def readme_blocks() -> dict[str, str]:
+    """The README's YAML blocks of the MSP section, by the path in their first comment line."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Several instances of a system (MSPs)") :]
+    section = section[: section.index("\n## ")]
+    blocks = [b.split("```", 1)[0] for b in section.split("```yaml\n")[1:]]
+    return {b.splitlines()[0].removeprefix("# "): b for b in blocks}
+
+
+def test_the_readme_msp_example_loads(tmp_path: Path) -> None:
+    from rules import load_rules
+
+    blocks = readme_blocks()
+    connections = write(tmp_path, blocks.pop("/etc/ticketpager/connections.yaml"))
+    variables = {word.strip("${}") for word in connections.read_text().split() if word.startswith("${")}
+    found = load_file(connections, dict.fromkeys(variables, "secret-value-123"))
+    assert sorted(found) == ["acme-zendesk", "globex-snow", "globex-zendesk", "initech-jira"]
+    declare(found)
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    assert sorted(blocks) == [f"/etc/ticketpager/rules/{c}.yaml" for c in ("acme", "globex", "initech")]
+    for path, text in blocks.items():
+        (rules_dir / Path(path).name).write_text(text)
+    keys = {name: f"{name[3:].lower():0<32}"[:32] for name in ("PD_ACME_KEY", "PD_GLOBEX_KEY", "PD_INITECH_KEY")}
+    ruleset = load_rules(rules_dir, env=keys)
+    assert ruleset.names == ("acme-urgent", "globex-p1", "initech-highest")

@@ -252,3 +252,19 @@ def test_a_connection_that_does_not_exist_or_is_of_another_system_is_a_rule_file
         # a rule for zendesk: zendesk's connections only
         "rule 'the-others' → when → connection: unknown connection 'eng-jira' (use zendesk | acme-zendesk)",
     ]
+
+
+def test_a_rule_for_one_connection_is_checked_with_its_systems_vocabulary(tmp_path: Path) -> None:
+    declare_connections({"acme-zendesk": "zendesk", "globex-zendesk": "zendesk", "eng-jira": "jira"})
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES.replace("priority: urgent", "priority: Urgent"))
+    with pytest.raises(RuleFileErrors) as caught:
+        load_rules(path, env={"PD_KEY": KEY})
+    assert [e.message for e in caught.value.errors] == [
+        "rule 'acme-p1' → when → priority: Zendesk priorities are lowercase: did you mean 'urgent'? "
+        "(or add ignore_case: true)"
+    ]
+    # the rule still applies to any source: only its connection decides (a jira ticket never matches it)
+    path.write_text(RULES)
+    ruleset = load_rules(path, env={"PD_KEY": KEY})
+    assert ruleset.spec.rules[0].source == "any"
