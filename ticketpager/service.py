@@ -97,7 +97,9 @@ class Service:
         self.rule_store = rule_store if rule_store is not None else load_rule_store(settings, self.clock)
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.started_at = self.clock.now()  # a source that never polled successfully lags from here
-        zero_series(tuple(CONNECTORS))  # failure counters exist from the start, so alerts see the first one
+        # failure counters exist from the start, so alerts see the first one (per connection: the webhook and poll
+        # series are labelled with the connection's name, which for a default connection is its system's)
+        zero_series(tuple(self.connections))
         self._connectors: dict[str, Connector] = dict(connectors or {})
         self._injected: dict[str, Connector] = dict(connectors or {})
         self._write_back_connectors: dict[str, Connector] = {}
