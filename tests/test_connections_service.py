@@ -268,3 +268,33 @@ def test_a_rule_for_one_connection_is_checked_with_its_systems_vocabulary(tmp_pa
     path.write_text(RULES)
     ruleset = load_rules(path, env={"PD_KEY": KEY})
     assert ruleset.spec.rules[0].source == "any"
+
+
+def test_a_connections_file_with_errors_stops_poll_with_its_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "connections.yaml"
+    bad.write_text("connections:\n  - name: acme-zendesk\n    system: zendesk\n    subdomian: acme\n")
+    monkeypatch.setenv("TICKETPAGER_CONNECTIONS_FILE", str(bad))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--database-url", f"sqlite:///{tmp_path / 'tp.db'}", "poll", "--once", "--dry-run"])
+    assert exit_info.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"the connections file {bad} does not load" in err
+    assert f"{bad}:4:5: connection 'acme-zendesk': unknown zendesk setting 'subdomian'" in err
+    assert not (tmp_path / "tp.db").exists(), "nothing was created for a configuration that does not load"
+
+
+def test_rules_check_knows_the_connections_of_the_connections_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "connections.yaml").write_text(CONNECTIONS)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES.replace("acme-zendesk", "globex-zendesk"))
+    monkeypatch.setenv("PD_KEY", KEY)
+    monkeypatch.setenv("ENG_JIRA_WEBHOOK", ENG_SECRET)
+    monkeypatch.setenv("GLOBEX_ZD_TOKEN", "globex-token-4242")
+    assert cli.main(["rules", "check", str(rules)]) == 1, "without the file, globex-zendesk is unknown"
+    assert "unknown connection 'globex-zendesk'" in capsys.readouterr().err
+    monkeypatch.setenv("TICKETPAGER_CONNECTIONS_FILE", str(tmp_path / "connections.yaml"))
+    assert cli.main(["rules", "check", str(rules)]) == 0
