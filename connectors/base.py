@@ -105,8 +105,12 @@ class Connector(ABC, Generic[SettingsT]):
         retry: RetryPolicy | None = None,
         insecure: bool = False,
         rule_custom_fields: Callable[[], Collection[str]] | None = None,
+        connection: str | None = None,
     ) -> None:
         self.settings = settings
+        # the named connection this instance serves (docs/architecture.md, "Connections"): its cursor, lease
+        # and poll errors are keyed by it, and the tickets it reads carry it; the default one is the system's name
+        self.connection: str = connection or self.name
         self.clock = clock or SystemClock()
         self.session = session or requests.Session()
         self.retry = retry or RetryPolicy()
@@ -120,6 +124,8 @@ class Connector(ABC, Generic[SettingsT]):
         """The connector's own state (clients built lazily, caches, locks); ``self.settings`` is set."""
 
     def __repr__(self) -> str:  # never show settings (secrets) in logs
+        if self.connection != self.name:
+            return f"<{type(self).__name__} {self.connection}>"
         return f"<{type(self).__name__}>"
 
     # -- webhooks ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 TICKET_FIELDS: frozenset[str] = frozenset(
     {
         "source",
+        "connection",
         "id",
         "key",
         "url",
@@ -38,6 +39,22 @@ SOURCE_ATTRIBUTES: dict[str, frozenset[str]] = {}
 def declare_source(name: str, attributes: frozenset[str]) -> None:
     """Record that source ``name`` exists and which ``ticket.attributes`` its connector fills."""
     SOURCE_ATTRIBUTES[name] = frozenset(attributes)
+
+
+CONNECTIONS: dict[str, str] = {}
+"""connection name -> its system, for the connections the application configured beyond the default ones
+(each system's default connection is named after it and always exists); rule validation reads it."""
+
+
+def declare_connections(connections: dict[str, str]) -> None:
+    """Record the configured connections (name -> system), replacing any earlier declaration."""
+    CONNECTIONS.clear()
+    CONNECTIONS.update(connections)
+
+
+def connection_systems() -> dict[str, str]:
+    """Every known connection -> its system: the default ones (one per declared source) and the declared."""
+    return {name: name for name in SOURCE_ATTRIBUTES} | CONNECTIONS
 
 
 def all_attributes() -> frozenset[str]:

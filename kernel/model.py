@@ -119,8 +119,13 @@ class Ticket:
     attributes: Mapping[str, Any] = field(default_factory=dict)
     created: datetime | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    #: the named connection (instance of ``source``) the ticket came from; "" means the default connection,
+    #: which is named after the system (see docs/architecture.md, "Connections")
+    connection: str = ""
 
     def __post_init__(self) -> None:
+        if not self.connection:
+            object.__setattr__(self, "connection", self.source)
         if self.updated.tzinfo is None:
             raise ValueError("Ticket.updated must be timezone-aware")
         if self.created is not None and self.created.tzinfo is None:
@@ -156,7 +161,7 @@ class Ticket:
             "attributes": dict(self.attributes),
             "created": _dt_to_json(self.created),
             "raw": dict(self.raw),
-        }
+        } | ({"connection": self.connection} if self.connection != self.source else {})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Ticket:
@@ -249,6 +254,17 @@ class TicketChange:
 
     def with_changes(self, changes: tuple[FieldChange, ...]) -> TicketChange:
         return replace(self, changes=changes)
+
+    @property
+    def connection(self) -> str:
+        """The named connection this change came through (its ticket's)."""
+        return self.ticket.connection
+
+    def in_connection(self, connection: str) -> TicketChange:
+        """This change as received through ``connection`` (itself when it already says so)."""
+        if self.ticket.connection == connection:
+            return self
+        return replace(self, ticket=replace(self.ticket, connection=connection))
 
 
 def diff_tickets(old: Ticket | None, new: Ticket) -> tuple[FieldChange, ...]:

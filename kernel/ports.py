@@ -111,7 +111,9 @@ class Source(Protocol):
     """What the poll loop needs of a ticketing system's connector (``connectors.base.Connector``)."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str: ...  # the system (jira, zendesk, …)
+    @property
+    def connection(self) -> str: ...  # the named instance of it: cursors, errors and tickets are keyed by it
     @property
     def settings(self) -> SourceSettings: ...
 

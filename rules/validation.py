@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
-from kernel.fields import SERVICENOW_PRIORITY_LABELS, SOURCE_ATTRIBUTES, TICKET_FIELDS, all_attributes
+from kernel.fields import (
+    SERVICENOW_PRIORITY_LABELS,
+    SOURCE_ATTRIBUTES,
+    TICKET_FIELDS,
+    all_attributes,
+    connection_systems,
+)
 from kernel.model import SEVERITIES, StatusCategory, Ticket
 from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_range, parse_timezone
 from rules.loader import Pos, RuleFileError, YList, YMap
@@ -265,6 +271,7 @@ class Validator:
                 f" (use {' | '.join(rule_sources())})",
             )
             source = "any"
+        spec_source, source = source, source if source != "any" else connections_system(item.get("when"))
         on_unmatch = item.get("on_unmatch", "keep")
         if on_unmatch not in ON_UNMATCH:
             self.err(
@@ -300,7 +307,7 @@ class Validator:
         return RuleSpec(
             name=name,
             description=description,
-            source=source,
+            source=spec_source,
             when=when,
             trigger=trigger,
             acknowledge_when=ack,
@@ -687,6 +694,16 @@ def _status_category(ticket: Ticket) -> str:
     return _CATEGORY_TEXT[ticket.status_category]  # plain text, so comparisons take the fast path
 
 
+def connections_system(when: Any) -> str:
+    """The system of every connection a rule's ``when: {connection: …}`` names, if they share one, else ``any``:
+    a rule for one client's Zendesk is checked with Zendesk's vocabulary even without ``source: zendesk``."""
+    named = when.get("connection") if isinstance(when, YMap) else None
+    names = named if isinstance(named, list) else [named]
+    known = connection_systems()
+    systems = {known.get(n) if isinstance(n, str) else None for n in names}
+    return str(systems.pop()) if len(systems) == 1 and None not in systems else "any"
+
+
 def resolve_field(name: str, source: str) -> FieldRef | str:
     """The :class:`FieldRef` for a rule field name, or an error message (never raises)."""
     if name in TICKET_FIELDS:
@@ -757,6 +774,9 @@ def fixed_vocabulary(field_name: str, source: str) -> Vocabulary | None:
     """The values a rule's field can hold, where they are known (else None)."""
     if field_name == "status_category":
         return Vocabulary("status category", STATUS_CATEGORIES)
+    if field_name == "connection":  # the configured connections (of the rule's source, if it names one)
+        known = connection_systems()
+        return Vocabulary("connection", tuple(n for n, system in known.items() if source in ("any", system)))
     if source == "zendesk" and field_name == "priority":
         return Vocabulary("Zendesk priority", ZENDESK_PRIORITIES)
     if source == "zendesk" and field_name == "status":
@@ -766,7 +786,11 @@ def fixed_vocabulary(field_name: str, source: str) -> Vocabulary | None:
     return None
 
 
-_PLURALS = {"status category": "status categories", "Zendesk priority": "Zendesk priorities"}
+_PLURALS = {
+    "status category": "status categories",
+    "Zendesk priority": "Zendesk priorities",
+    "connection": "connections",
+}
 
 
 def vocabulary_problem(noun: str, value: Any, values: tuple[str, ...]) -> str:

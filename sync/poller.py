@@ -1,4 +1,5 @@
-"""One poll cycle of one source: read pages from the connector, store each page with its cursor.
+"""One poll cycle of one connection (an instance of a source system): read pages from the connector, store
+each page with its cursor (keyed by the connection's name: a system's default connection is named after it).
 
 The cursor is saved in the same transaction as the page's changes, so it never runs ahead of stored
 data; a failure records the error (``status``, ``/readyz``) and leaves the cursor where it was.
@@ -42,7 +43,7 @@ def poll_once(
     keep_going: Callable[[], bool] = lambda: True,
     on_page: Callable[[PollReport], None] | None = None,
 ) -> PollReport:
-    source = connector.name
+    source = connector.connection  # the default connection is named after its system: today's cursor key
     report = PollReport(source)
     with store.begin() as conn:
         cursor = load_cursor(conn, source)
@@ -52,7 +53,8 @@ def poll_once(
             cursor = dict(connector.start_cursor(clock.now() - since))
         for page in connector.poll(cursor):
             storable = []
-            for change in page.changes:
+            for received in page.changes:
+                change = received.in_connection(source)  # tickets carry the connection they were read through
                 problem = unstorable_reason(change) or unencodable_reason(change)
                 if problem is None:
                     storable.append(change)

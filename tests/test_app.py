@@ -339,9 +339,12 @@ def test_http_errors_are_json_and_trailing_slash_is_accepted(client: TestClient,
     assert client.get("/webhooks/jira/").status_code == 405
     nowhere = client.get("/nope")
     assert nowhere.status_code == 404 and nowhere.json() == {"error": "Not Found"}
-    for path in ("/webhooks/", "/webhooks/jira/extra", "/webhooks//"):
+    for path in ("/webhooks/", "/webhooks/jira/extra/more", "/webhooks//"):
         response = client.post(path, content=b"{}")
         assert response.status_code == 404 and response.json() == {"error": "Not Found"}, path
+    # /webhooks/{system}/{connection}: a connection that is not configured is named in the 404
+    response = client.post("/webhooks/jira/extra", content=b"{}")
+    assert response.status_code == 404 and response.json() == {"error": "unknown jira connection 'extra'"}
     body = jira_body()
     response = client.post("/webhooks/jira/", content=body, follow_redirects=False,
                            headers={"X-Hub-Signature": sign(body), "X-Atlassian-Webhook-Identifier": "slash"})

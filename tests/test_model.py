@@ -27,12 +27,31 @@ def full_ticket() -> Ticket:
             raw={"issue": {"id": "10042", "fields": {"big": 2**70}}},
         ),
         created=(T0 - timedelta(hours=2)).astimezone(berlin),
+        connection="eng-jira",
     )
 
 
 def test_every_ticket_field_is_stored() -> None:
     stored = full_ticket().to_json()
     assert set(stored) == {f.name for f in dataclasses.fields(Ticket)}
+
+
+def test_the_default_connection_is_the_system_and_is_stored_as_before() -> None:
+    plain = ticket("10042")
+    assert plain.connection == plain.source == "jira"
+    assert "connection" not in plain.to_json()  # stored JSON and version hashes of existing tickets unchanged
+    assert Ticket.from_json(plain.to_json()).connection == "jira"
+    named = dataclasses.replace(plain, connection="eng-jira")
+    assert named.to_json()["connection"] == "eng-jira"
+    assert named.version_hash() != plain.version_hash()
+
+
+def test_a_change_is_stamped_with_the_connection_it_came_through() -> None:
+    original = change(ticket("7"))
+    assert original.connection == "jira" and original.in_connection("jira") is original
+    stamped = original.in_connection("eng-jira")
+    assert stamped.connection == "eng-jira" and stamped.ticket.id == "7"
+    assert TicketChange.from_json(jsonutil.loads(jsonutil.dumps(stamped.to_json()))).connection == "eng-jira"
 
 
 def test_ticket_round_trips_through_stored_json() -> None:

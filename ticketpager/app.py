@@ -1,9 +1,11 @@
 """The HTTP app: webhooks in (a plain ASGI endpoint, the hot path), health, readiness and metrics out
 (Starlette).
 
-``POST /webhooks/{source}`` answers 202 only after the change is committed (group commit, see
-:mod:`sync.ingest`); processing happens after the answer. Rejections carry a JSON ``{"error": reason}``
-and store nothing: unknown source 404, missing/wrong signature 401, malformed body 400, too large 413.
+``POST /webhooks/{source}`` (the system's default connection) and ``POST /webhooks/{source}/{connection}``
+(a named connection of it, see :mod:`ticketpager.connections`) answer 202 only after the change is committed
+(group commit, see :mod:`sync.ingest`); processing happens after the answer. Rejections carry a JSON
+``{"error": reason}`` and store nothing: unknown source or connection 404, missing/wrong signature 401,
+malformed body 400, too large 413.
 """
 
 from __future__ import annotations
@@ -140,28 +142,39 @@ class Webhooks:
         if amount:
             child.inc(amount)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, source: str) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, source: str, connection: str | None = None
+    ) -> None:
         if scope["method"] != "POST":
             await send_json(send, 405, {"error": "Method Not Allowed"}, ((b"allow", b"POST"),))
             return
         try:
-            status, content = await self.accept(scope, receive, source)
+            status, content = await self.accept(scope, receive, source, connection)
         except _Disconnected:
             return
         except Exception:  # never a bare 500 page: log it, count it, answer JSON
             log.exception("webhook %s failed", source[:40])
-            self.count(METRICS.webhooks, source if source in CONNECTORS else "unknown", "error")
+            known = self.service.connection_of(source, connection)
+            self.count(METRICS.webhooks, known or "unknown", "error")
             status, content = 500, {"error": "internal error; retry later"}
         # a refused body was not read (or only drained): the connection cannot carry another request
         await send_json(send, status, content, CLOSE if status == 413 else ())
 
-    async def accept(self, scope: Scope, receive: Receive, source: str) -> tuple[int, dict[str, Any]]:
-        """Verify, parse and durably store one webhook; the status and JSON body to answer with."""
+    async def accept(
+        self, scope: Scope, receive: Receive, system: str, connection: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Verify, parse and durably store one webhook of ``system`` for ``connection`` (``None``: the system's
+        default connection); the status and JSON body to answer with."""
         count = self.count
-        if source not in CONNECTORS:
+        if system not in CONNECTORS:
             count(METRICS.webhooks, "unknown", "unknown_source")
-            log.info("webhook for unknown source %r rejected (404)", source[:40])
-            return 404, {"error": f"unknown source '{source[:40]}'; expected one of: {', '.join(CONNECTORS)}"}
+            log.info("webhook for unknown source %r rejected (404)", system[:40])
+            return 404, {"error": f"unknown source '{system[:40]}'; expected one of: {', '.join(CONNECTORS)}"}
+        source = self.service.connection_of(system, connection)  # from here on: the connection's name
+        if source is None:
+            count(METRICS.webhooks, "unknown", "unknown_connection")
+            log.info("webhook for unknown %s connection %r rejected (404)", system, str(connection)[:40])
+            return 404, {"error": f"unknown {system} connection '{str(connection)[:40]}'"}
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             expects = headers.get("expect", "").strip().lower() == "100-continue"
@@ -195,7 +208,10 @@ class Webhooks:
             count(METRICS.webhooks, source, "unavailable" if status >= 500 else f"rejected_{status}")
             reason = exc.reason
             if reason == "webhook secret not configured":  # an operator's mistake, not a caller's
-                reason += f": set TICKETPAGER_{source.upper()}__WEBHOOK_SECRETS"
+                if source == system:
+                    reason += f": set TICKETPAGER_{source.upper()}__WEBHOOK_SECRETS"
+                else:
+                    reason += f": set webhook_secrets of connection '{source}' in the connections file"
                 log.warning("webhook %s rejected (401): %s", source, reason)
             elif status >= 500:  # ours to fix or wait out, not the caller's: worth a warning
                 log.warning("webhook %s refused (%d): %s", source, status, reason)
@@ -206,17 +222,18 @@ class Webhooks:
             count(METRICS.webhooks, source, "unparseable")
             log.exception("webhook %s could not be parsed", source)
             return 400, {"error": f"could not parse the payload ({type(exc).__name__})"}
-        for change in result.changes:
+        changes = [change.in_connection(source) for change in result.changes]  # the instance they came from
+        for change in changes:
             problem = unstorable_reason(change)
             if problem is not None:
                 count(METRICS.webhooks, source, "rejected_400")
                 log.info("webhook %s rejected (400): %s", source, problem)
                 return 400, {"error": problem}
-        if not result.changes:
+        if not changes:
             count(METRICS.webhooks, source, "ignored")
             return 202, {"status": "ignored", "reason": result.ignored_reason or "nothing to do"}
         try:
-            stored = await service.writer.submit(result.changes)
+            stored = await service.writer.submit(changes)
         except BadJSON as exc:  # serialized before queueing: text that cannot be stored is the sender's, not a 503
             count(METRICS.webhooks, source, "rejected_400")
             log.info("webhook %s rejected (400): %s", source, exc)
@@ -225,7 +242,7 @@ class Webhooks:
             log.error("storing webhook from %s failed: %s", source, exc)
             count(METRICS.webhooks, source, "store_failed")
             return 503, {"error": "could not store the change; retry later"}
-        duplicates = len(result.changes) - stored
+        duplicates = len(changes) - stored
         count(METRICS.webhooks, source, "accepted")
         count(METRICS.changes_received, source, "webhook", "stored", amount=stored)
         count(METRICS.changes_received, source, "webhook", "duplicate", amount=duplicates)
@@ -249,11 +266,12 @@ class App:
             if root and path.startswith(root):  # behind --root-path or a mount, as Starlette's router does
                 path = path[len(root) :]
             if path.startswith(WEBHOOK_PREFIX):
-                source = path[len(WEBHOOK_PREFIX) :]
-                if source.endswith("/"):  # vendors do not follow a 307 with a POST
-                    source = source[:-1]
-                if source and "/" not in source:
-                    await self.webhooks(scope, receive, send, source)
+                rest = path[len(WEBHOOK_PREFIX) :]
+                if rest.endswith("/"):  # vendors do not follow a 307 with a POST
+                    rest = rest[:-1]
+                source, _, connection = rest.partition("/")  # /webhooks/{system}[/{connection}]
+                if source and "/" not in connection and (connection or not rest.endswith("/")):
+                    await self.webhooks(scope, receive, send, source, connection or None)
                     return
         await self.rest(scope, receive, send)
 

@@ -67,13 +67,19 @@ def _require_rules_path(settings: Settings) -> None:
 
 def _service(settings: Settings) -> Any:
     from sync.store import Store
+    from ticketpager.connections import load_connections
     from ticketpager.service import Service
 
     _require_rules_path(settings)
+    try:
+        connections = load_connections(settings)
+    except ConfigError as exc:
+        print(f"ticketpager: the connections file {settings.connections_file} does not load:\n{exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
     store = Store(settings.database_url)
     store.upgrade()
     try:
-        return Service(settings, store=store)
+        return Service(settings, store=store, connections=connections)
     except Exception as exc:
         store.dispose()
         if isinstance(exc, ConfigError):
@@ -152,9 +158,14 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
 
 def _poll(args: argparse.Namespace, service: Any) -> int:
-    sources = [args.source] if args.source else service.pollable_sources()
-    if args.source and not service.connector(args.source).can_poll:
-        print(f"ticketpager: {args.source} has no API credentials configured; nothing to poll", file=sys.stderr)
+    chosen = getattr(args, "connection", None) or args.source  # a system's name is its default connection
+    if chosen and chosen not in service.connections:
+        known = ", ".join(service.connections)
+        print(f"ticketpager: no connection named {chosen!r} (connections: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    sources = [chosen] if chosen else service.pollable_sources()
+    if chosen and not service.connector(chosen).can_poll:
+        print(f"ticketpager: {chosen} has no API credentials configured; nothing to poll", file=sys.stderr)
         return EXIT_USAGE
     if not sources:
         print(
@@ -404,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         examples=[
             "ticketpager poll --once",
             "ticketpager poll --once --source jira --dry-run",
+            "ticketpager poll --once --connection acme-zendesk",
         ],
         exits={
             EXIT_OK: "every poll succeeded (dead letters are reported, see 'status --check')",
@@ -413,8 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
         },
     )
     poll.add_argument("--once", action="store_true", required=True, help="one cycle, then exit")
-    poll.add_argument(
+    only = poll.add_mutually_exclusive_group()
+    only.add_argument(
         "--source", choices=registry.names(), help="poll only this source (default: every enabled one)"
+    )
+    only.add_argument(
+        "--connection", metavar="NAME", help="poll only this connection (a name of the connections file, or a system)"
     )
     poll.add_argument("--dry-run", action="store_true", help="log PagerDuty events instead of sending them")
     poll.set_defaults(func=cmd_poll)

@@ -165,6 +165,7 @@ def _load(
     ``missing_env`` (``rules check``), unset ``${VAR}`` keys are collected there and printed after any errors
     as one notice grouped by variable, not as an error each."""
     warnings = [] if allow_missing_env else missing_env
+    _declare_connections()
     try:
         ruleset = load_rules(path, env=_rule_env(), env_warnings=warnings)
     except RuleFileErrors as exc:
@@ -187,6 +188,21 @@ def _rule_env() -> Mapping[str, str] | None:
 
     directory = configured_dir({})
     return EnvWithSecretFiles(directory) if directory is not None else None
+
+
+def _declare_connections() -> None:
+    """``connection:`` conditions are checked against the connections ``serve`` would have: those of
+    TICKETPAGER_CONNECTIONS_FILE, if set (a file that does not load raises ``ConfigError``, exit 2)."""
+    import os
+
+    from ticketpager.connections import ENV_NAME, declare, default_connections, load_file
+    from ticketpager.settings import Settings
+
+    given = next((value for name, value in os.environ.items() if name.upper() == ENV_NAME and value.strip()), None)
+    if given is None:
+        return
+    env = _rule_env() or os.environ
+    declare(default_connections(Settings()) | load_file(Path(given.strip()), env))
 
 
 def _print_warnings(warnings: list[RuleFileError] | None) -> None:

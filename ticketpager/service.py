@@ -15,7 +15,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +40,8 @@ from sync.metrics import METRICS, zero_series
 from sync.poller import poll_once
 from sync.repos.cursors import acquire_lease, release_lease
 from sync.store import Store
+from ticketpager.connections import Connection, declare, load_connections
+from ticketpager.schedule import poll_offset
 from ticketpager.secretfiles import EnvWithSecretFiles
 from ticketpager.settings import Settings
 
@@ -84,15 +86,21 @@ class Service:
         sink: PagerDutySink | None = None,
         connectors: dict[str, Connector] | None = None,
         incidents: str = "pagerduty",
+        connections: Mapping[str, Connection] | None = None,
     ) -> None:
         self.settings = settings
         redact.configure(settings)  # every error text this process stores, shows or logs is redacted
+        # every instance of every system, by name (the default ones are named after their system)
+        self.connections: dict[str, Connection] = dict(connections or load_connections(settings))
+        declare(self.connections)  # before the rules load: their connection: conditions are checked against them
         self.clock = clock or SystemClock()
         self.store = store or Store(settings.database_url)
         self.rule_store = rule_store if rule_store is not None else load_rule_store(settings, self.clock)
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.started_at = self.clock.now()  # a source that never polled successfully lags from here
-        zero_series(tuple(CONNECTORS))  # failure counters exist from the start, so alerts see the first one
+        # failure counters exist from the start, so alerts see the first one (per connection: the webhook and poll
+        # series are labelled with the connection's name, which for a default connection is its system's)
+        zero_series(tuple(self.connections))
         self._connectors: dict[str, Connector] = dict(connectors or {})
         self._injected: dict[str, Connector] = dict(connectors or {})
         self._write_back_connectors: dict[str, Connector] = {}
@@ -147,18 +155,27 @@ class Service:
         return f"<Service {self.instance}>"
 
     # -- connectors ------------------------------------------------------------------------------
+    def connection_of(self, system: str, name: str | None) -> str | None:
+        """The connection a webhook of ``system`` addressed to ``name`` (``None``: the default one) is for,
+        or ``None`` if there is no such connection of that system."""
+        found = self.connections.get(name or system)
+        return found.name if found is not None and found.system == system else None
+
     def connector(self, source: str) -> Connector:
+        """The connector of connection ``source`` (a system's name: its default connection), built once."""
         found = self._connectors.get(source)  # every webhook asks: no lock once it exists
         if found is not None:
             return found
         with self._connector_lock:
             if source not in self._connectors:
-                cls = connector_class(source)
+                connection = self.connections[source]
+                cls = connector_class(connection.system)
                 self._connectors[source] = cls(
-                    self.settings.connector(source),
+                    connection.settings,
                     clock=self.clock,
                     insecure=self.settings.insecure_webhooks,
-                    rule_custom_fields=functools.partial(self._rule_custom_fields, source),
+                    rule_custom_fields=functools.partial(self._rule_custom_fields, connection.system),
+                    connection=connection.name,
                 )
             return self._connectors[source]
 
@@ -174,8 +191,8 @@ class Service:
 
     def _find_pollable(self) -> list[str]:
         out = []
-        for source in CONNECTORS:
-            if not self.settings.connector(source).enabled:
+        for source, connection in self.connections.items():
+            if not connection.settings.enabled:
                 continue
             if self.connector(source).can_poll:
                 out.append(source)
@@ -184,9 +201,16 @@ class Service:
         return out
 
     def write_back_sources(self) -> dict[str, bool]:
+        """The sources whose tickets get notes. Only default connections for now: the outbox names a ticket's
+        system, not its connection, until the identity step (docs/architecture.md, "Connections") — a note
+        for another connection's ticket would land on the wrong instance."""
         if self.settings.dry_run:
             return {}
-        return {s: self.settings.connector(s).write_back for s in self.pollable_sources()}
+        return {
+            s: self.connections[s].settings.write_back
+            for s in self.pollable_sources()
+            if self.connections[s].is_default
+        }
 
     def _new_sink(self) -> PagerDutySink:
         pd = self.settings.pagerduty
@@ -194,7 +218,7 @@ class Service:
 
     def destinations(self) -> dict[str, Destination]:
         """One delivery worker's destinations: the incident destination and every source's write-back."""
-        out: dict[str, Destination] = {
+        out: dict[str, Destination] = {  # default connections only: see write_back_sources
             source: NoteDestination(source, functools.partial(self._write_back_connector, source))
             for source in CONNECTORS
         }
@@ -209,11 +233,13 @@ class Service:
             if source in self._injected:
                 return self._injected[source]
             if source not in self._write_back_connectors:
-                self._write_back_connectors[source] = connector_class(source)(
-                    self.settings.connector(source),
+                connection = self.connections[source]
+                self._write_back_connectors[source] = connector_class(connection.system)(
+                    connection.settings,
                     clock=self.clock,
                     retry=RetryPolicy(max_attempts=1),
                     insecure=self.settings.insecure_webhooks,
+                    connection=connection.name,
                 )
             return self._write_back_connectors[source]
 
@@ -288,6 +314,14 @@ class Service:
             report["sources"] = {"permanent_errors": problems}
             if problems:
                 report["degraded"] = True
+            # one line per polled connection: one client's expired token shows on its connection only
+            report["connections"] = {
+                name: {
+                    "system": self.connections[name].system,
+                    "state": "degraded" if name in problems else "ok",
+                }
+                for name in self.pollable_sources()
+            }
         return report
 
     # -- the long-running service ----------------------------------------------------------------
@@ -303,8 +337,10 @@ class Service:
         for i in range(max(self.settings.pagerduty.workers, 1)):
             worker = self.delivery(str(i), heartbeat=self.heartbeat)
             self._spawn(f"delivery-{i}", functools.partial(self._delivery_loop, worker))
-        for source in self.pollable_sources():
-            self._spawn(f"poll-{source}", functools.partial(self._poll_loop, source))
+        pollable = self.pollable_sources()
+        spread = [s for s in pollable if not self.connections[s].is_default]  # the file's: started apart
+        for source in pollable:
+            self._spawn(f"poll-{source}", functools.partial(self._poll_loop, source, spread))
         self._spawn("scheduler", self._scheduler_loop)
         self.rule_store.start_watching()
 
@@ -423,11 +459,14 @@ class Service:
         with self.store.begin() as conn:
             return acquire_lease(conn, name, self.instance, now, seconds, stale_before)
 
-    def _poll_loop(self, source: str) -> None:
-        interval = self.settings.connector(source).poll_interval_seconds
+    def _poll_loop(self, source: str, spread: list[str]) -> None:
+        """Poll connection ``source`` every poll interval under its own lease (``poll:<connection>``: replicas
+        spread the connections between them), starting at its offset so connections do not poll together."""
+        interval = self.connections[source].settings.poll_interval_seconds
         lease = max(self.settings.engine.lease_seconds, interval * 2)
         name = f"poll:{source}"
         try:
+            self.stopping.wait(poll_offset(source, spread, interval))
             while not self.stopping.is_set():
                 if self._with_lease(name, lease):
                     report = poll_once(

@@ -106,6 +106,7 @@ class SettingsBase(BaseSettings):
 
     database_url: str = "sqlite:///ticketpager.db"
     rules_path: Path = EXAMPLE_RULES
+    connections_file: Path | None = None  # YAML of named connections beyond one per system (README "Several instances")
     host: str = "127.0.0.1"
     port: int = 8080
     dry_run: bool = False
@@ -132,9 +133,10 @@ class SettingsBase(BaseSettings):
     def _empty_rules_path_is_unset(cls, data: object) -> object:
         """``TICKETPAGER_RULES_PATH=`` (compose) or ``value: ""`` (Kubernetes) means not set, as for
         ``TICKETPAGER_SECRETS_DIR``: never ``Path("")``, the working directory's ``*.yaml`` files as rules."""
-        if isinstance(data, dict) and isinstance(data.get("rules_path"), str) and not data["rules_path"].strip():
-            return {name: value for name, value in data.items() if name != "rules_path"}
-        return data
+        if not isinstance(data, dict):
+            return data
+        empty = {"rules_path", "connections_file"}
+        return {n: v for n, v in data.items() if not (n in empty and isinstance(v, str) and not v.strip())}
 
     @classmethod
     def settings_customise_sources(
