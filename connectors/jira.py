@@ -10,6 +10,7 @@
   mid-scan cannot shift another one out of the result. Re-reads of the overlap are deduped on
   ``(issue id, updated)`` through :class:`JiraCursor`.
 * Write-back: one comment per ``WriteBack.marker``; our own comments are recognised and never page.
+  Ticket updates from PagerDuty's side (comment, transition, group, remote link): :mod:`connectors.jira_update`.
 
 The ``jira`` client is built lazily (webhook-only deployments have no API credentials), with its own
 retries off (``max_retries=0``); every call runs under :func:`kernel.retry.call` and every HTTP error is
@@ -42,6 +43,7 @@ from connectors.jira_normalize import (
     parse_jira_time,
     user_zone,
 )
+from connectors.jira_update import JiraUpdater
 from connectors.settings import JiraSettings
 from connectors.signing import hex_signatures, matches_any
 from kernel.errors import (
@@ -55,7 +57,7 @@ from kernel.errors import (
     classify_response,
     network_error,
 )
-from kernel.model import Origin, Ticket, TicketChange
+from kernel.model import Origin, Ticket, TicketChange, TicketUpdate
 from kernel.redact import redact
 from kernel.retry import RetryPolicy, call
 
@@ -410,6 +412,17 @@ class JiraConnector(Connector[JiraSettings]):
             client.add_comment(issue, body)
 
         self._call(once)
+
+    def update_ticket(self, update: TicketUpdate) -> None:
+        """A PagerDuty-side change written onto the issue (comment, transition, group, remote link), once:
+        see :mod:`connectors.jira_update`."""
+        if not self.can_poll:
+            raise PermanentError(
+                f"jira: cannot update {update.ticket.key}: TICKETPAGER_JIRA__URL and __API_TOKEN are not set",
+                vendor=VENDOR,
+            )
+        client, _ = self._ready()
+        JiraUpdater(self.settings, self._call).apply(client, update)
 
     def comment_body(self, note: WriteBack) -> str:
         """The comment text: prefix, what happened, the dedup key, and the idempotency marker."""

@@ -476,5 +476,3 @@ def _subscription(data: Any) -> WebhookSubscription:
         active=data.get("active") is not False,
         secret=SecretStr(secret) if isinstance(secret, str) and secret else None,
     )
-
-

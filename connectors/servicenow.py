@@ -565,7 +565,6 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
             raise PermanentError(f"servicenow check failed: {type(exc).__name__}") from None
 
 
-
 def _str_or_none(value: Any) -> str | None:
     if isinstance(value, Mapping):
         value = value.get("value")
