@@ -45,6 +45,7 @@ from connectors.servicenow_normalize import (
     format_sn_datetime,
     parse_sn_datetime,
 )
+from connectors.servicenow_update import ServiceNowUpdater
 from connectors.settings import ServiceNowSettings
 from connectors.signing import b64_signatures, check_timestamp, matches_any
 from kernel.clock import Clock
@@ -60,7 +61,7 @@ from kernel.errors import (
     classify_response,
     network_error,
 )
-from kernel.model import Origin, StatusCategory, TicketChange
+from kernel.model import Origin, StatusCategory, TicketChange, TicketUpdate
 from kernel.retry import call
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,13 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
         )
         self._client: ServiceNowClient | None = None
         self._fields: list[str] | None = None  # validated sysparm_fields (after the start-up probe)
+        self._updater = ServiceNowUpdater(
+            self.settings,
+            lambda: self.client().instance,
+            lambda request: self.client().table_api._send(request),
+            lambda fn: call(fn, self.retry, self.clock),
+            self.clock,
+        )
 
     @property
     def can_poll(self) -> bool:
@@ -528,6 +536,13 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
             gr.update()
 
         call(once, self.retry, self.clock)
+
+    def update_ticket(self, update: TicketUpdate) -> None:
+        """A PagerDuty-side change written onto the record (work note or comment, state with its close code and
+        notes, assignment group) in one PATCH, once: see :mod:`connectors.servicenow_update`."""
+        table = self._table_from(update.ticket.url or "") or self.settings.table
+        self.client()  # a clear ConfigError without credentials
+        self._updater.apply(table, update.ticket.id, update.ticket.key, update)
 
     def _has_note(self, sys_id: str, marker: str) -> bool:
         """Whether a work note carrying ``marker`` already exists (journal entries live in sys_journal_field)."""
