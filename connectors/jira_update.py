@@ -79,6 +79,10 @@ def comment_text(update: TicketUpdate, prefix: str) -> str:
     return "\n".join(lines)
 
 
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def choose_transition(issue: str, transitions: Any, move: Transition) -> Choice | None:
     """The transition towards ``move`` among ``transitions`` (the GET answer with ``transitions.fields``), or
     ``None`` if the issue is already in the target status. Raises :class:`PermanentError` listing what exists
@@ -87,10 +91,10 @@ def choose_transition(issue: str, transitions: Any, move: Transition) -> Choice 
     target = _describe(move)
 
     def goes_there(t: Mapping[str, Any]) -> bool:
-        to = t.get("to") if isinstance(t.get("to"), Mapping) else {}
+        to = _map(t.get("to"))
         if move.status:
             return str(to.get("name") or "").casefold() == move.status.casefold()
-        category = to.get("statusCategory") if isinstance(to.get("statusCategory"), Mapping) else {}
+        category = _map(to.get("statusCategory"))
         return move.category is not None and category.get("key") == JIRA_CATEGORY.get(move.category)
 
     candidates = [t for t in offered if goes_there(t) and t.get("isAvailable") is not False]
@@ -120,11 +124,11 @@ def choose_transition(issue: str, transitions: Any, move: Transition) -> Choice 
 def _fill(transition: Mapping[str, Any], given: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     """The fields to send (every given value the transition's screen has, required or not) and the names of
     required fields that have neither a value nor a default."""
-    fields = transition.get("fields") if isinstance(transition.get("fields"), Mapping) else {}
+    fields = _map(transition.get("fields"))
     out: dict[str, Any] = {}
     missing: list[str] = []
     for field_id, meta in fields.items():
-        meta = meta if isinstance(meta, Mapping) else {}
+        meta = _map(meta)
         name = str(meta.get("name") or field_id)
         value = given.get(str(field_id).casefold(), given.get(name.casefold()))
         if value is not None:
@@ -157,9 +161,9 @@ def _describe(move: Transition) -> str:
 
 def _status(issue: Mapping[str, Any]) -> tuple[str, str]:
     """(status name, status category key) of an issue's JSON."""
-    fields = issue.get("fields") if isinstance(issue.get("fields"), Mapping) else {}
-    status = fields.get("status") if isinstance(fields.get("status"), Mapping) else {}
-    category = status.get("statusCategory") if isinstance(status.get("statusCategory"), Mapping) else {}
+    fields = _map(issue.get("fields"))
+    status = _map(fields.get("status"))
+    category = _map(status.get("statusCategory"))
     return str(status.get("name") or ""), str(category.get("key") or "")
 
 
@@ -190,7 +194,7 @@ class JiraUpdater:
             return
         if update.transition is not None or update.group:
             current = client._get_json(f"issue/{quote(issue, safe='')}", params={"fields": self._read_fields()})
-            current = current if isinstance(current, Mapping) else {}
+            current = _map(current)
             if update.transition is not None and not _already_there(current, update.transition):
                 self._transition(client, issue, update.transition)
             if update.group:
@@ -218,7 +222,7 @@ class JiraUpdater:
                 "(components, or a select-list custom field id such as customfield_10050)",
                 vendor=VENDOR,
             )
-        fields = current.get("fields") if isinstance(current.get("fields"), Mapping) else {}
+        fields = _map(current.get("fields"))
         now = fields.get(name)
         if name == "components":
             if isinstance(now, list) and [c.get("name") for c in now if isinstance(c, Mapping)] == [group]:

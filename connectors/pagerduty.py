@@ -254,6 +254,8 @@ def _routing_key(body: Mapping[str, Any] | bytes) -> str:
     return str(body.get("routing_key") or "")
 
 
+
+
 WINDOW = timedelta(seconds=60)  # PagerDuty counts events per routing key over a rolling minute (DOC_RATE_LIMITS)
 #: Added to the window: PagerDuty's clock, ours and the other replicas' differ a little, and an event may be
 #: counted there a moment after our send ended. Costs ~2% of the throughput of one routing key at the limit.
@@ -358,7 +360,6 @@ class RateLimiter:
         """``event`` goes out now: forget it (an id the database hands out again is a new event)."""
         with self._lock:
             self._held.pop(event, None)
-
 
 class PagerDutyDestination:
     """PagerDuty Events API v2 as a destination: incident actions rendered by :func:`build_event` (stored as

@@ -476,3 +476,5 @@ def _subscription(data: Any) -> WebhookSubscription:
         active=data.get("active") is not False,
         secret=SecretStr(secret) if isinstance(secret, str) and secret else None,
     )
+
+

@@ -65,9 +65,7 @@ class System:
 BUILTIN: tuple[System, ...] = (
     System("jira", JiraSettings, jira_normalize.ATTRIBUTES, "connectors.jira:JiraConnector"),
     System("zendesk", ZendeskSettings, zendesk_normalize.ATTRIBUTES, "connectors.zendesk:ZendeskConnector"),
-    System(
-        "servicenow", ServiceNowSettings, servicenow_normalize.ATTRIBUTES, "connectors.servicenow:ServiceNowConnector"
-    ),  # noqa: E501
+    System("servicenow", ServiceNowSettings, servicenow_normalize.ATTRIBUTES, "connectors.servicenow:ServiceNowConnector"),  # noqa: E501
 )
 
 _SYSTEMS: dict[str, System] = {}

@@ -16,7 +16,6 @@ from connectors.pagerduty_rest import PagerDutyRestClient
 from connectors.pagerduty_update import PagerDutyUpdateDestination
 from kernel.clock import FakeClock
 from kernel.errors import PermanentError, RetryableError
-from kernel.incidents import EventType
 from kernel.model import EventAction, IncidentUpdate, Outbound, TicketNote, TicketRef
 from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, FakePagerDutyRest
 from tests.test_pagerduty_rest import paged
@@ -65,7 +64,10 @@ def test_reassigns_to_the_policy_and_notes_once(pd: FakePagerDutyRest) -> None:
     assert writes(pd) == [("PUT", f"/incidents/{incident_id}"), ("POST", f"/incidents/{incident_id}/notes")]
     put = next(r for r in pd.requests if r.method == "PUT")
     assert put.body == {
-        "incident": {"type": "incident_reference", "escalation_policy": {"id": "PEP0002", "type": "escalation_policy_reference"}}
+        "incident": {
+            "type": "incident_reference",
+            "escalation_policy": {"id": "PEP0002", "type": "escalation_policy_reference"},
+        }
     }
     assert "assignments" not in put.body["incident"]  # a user assignment would stop escalation
     assert put.headers["From"] == BOT_EMAIL
@@ -111,7 +113,10 @@ def test_without_a_requester_id_an_account_token_gets_a_clear_error(pd: FakePage
 def test_a_user_token_requests_responders_as_its_user() -> None:
     with FakePagerDutyRest(token_users={"user-token-abcdef": "PUSER02"}) as pd:
         incident_id = paged(pd)
-        send(destination(pd, requester_id="", token="user-token-abcdef"), update(incident_id, responder_policies=("PEP0002",)))
+        send(
+            destination(pd, requester_id="", token="user-token-abcdef"),
+            update(incident_id, responder_policies=("PEP0002",)),
+        )
         request = next(r for r in pd.requests if r.path.endswith("/responder_requests"))
         assert request.body["requester_id"] == "PUSER02"
         assert pd.spec_errors == []

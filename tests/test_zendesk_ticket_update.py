@@ -61,7 +61,9 @@ def comments(*bodies: str) -> dict[str, Any]:
 
 
 def ticket(updated: str = "2026-11-27T08:59:00Z", status: str = "open", group_id: int | None = 11) -> dict[str, Any]:
-    return {"ticket": fixture("ticket_urgent_gold.json") | {"updated_at": updated, "status": status, "group_id": group_id}}
+    return {
+        "ticket": fixture("ticket_urgent_gold.json") | {"updated_at": updated, "status": status, "group_id": group_id}
+    }
 
 
 def audit(updated: str = "2026-11-27T09:00:03Z") -> dict[str, Any]:

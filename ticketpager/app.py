@@ -165,15 +165,13 @@ class Webhooks:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             expects = headers.get("expect", "").strip().lower() == "100-continue"
-            body = await read_body(
-                receive, headers.get("content-length"), self.limit, self.drain, expects_continue=expects
-            )
+            body = await read_body(receive, headers.get("content-length"), self.limit, self.drain,
+                                   expects_continue=expects)
         except BodyTooLarge as exc:
             count(METRICS.webhooks, source, "too_large")
             unread = "" if exc.drained else f", not read (over TICKETPAGER_HTTP__DRAIN_BYTES={self.drain})"
-            log.warning(
-                "webhook %s rejected (413): body over TICKETPAGER_MAX_BODY_BYTES=%d%s", source, self.limit, unread
-            )
+            log.warning("webhook %s rejected (413): body over TICKETPAGER_MAX_BODY_BYTES=%d%s", source, self.limit,
+                        unread)
             return 413, {"error": f"body larger than {self.limit} bytes"}
         except WebhookRejected as exc:
             count(METRICS.webhooks, source, f"rejected_{exc.status}")

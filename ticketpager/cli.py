@@ -413,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
         },
     )
     poll.add_argument("--once", action="store_true", required=True, help="one cycle, then exit")
-    poll.add_argument("--source", choices=registry.names(), help="poll only this source (default: every enabled one)")
+    poll.add_argument(
+        "--source", choices=registry.names(), help="poll only this source (default: every enabled one)"
+    )
     poll.add_argument("--dry-run", action="store_true", help="log PagerDuty events instead of sending them")
     poll.set_defaults(func=cmd_poll)
 

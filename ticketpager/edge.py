@@ -47,16 +47,8 @@ from ticketpager.settings import HttpSettings
 log = logging.getLogger("ticketpager.http")
 
 #: the ``reason`` label values of ``ticketpager_http_refused_total``
-REASONS = (
-    "header_too_large",
-    "too_many_header_fields",
-    "trailers_too_large",
-    "header_timeout",
-    "body_timeout",
-    "too_many_connections",
-    "too_deeply_pipelined",
-    "bad_request",
-)
+REASONS = ("header_too_large", "too_many_header_fields", "trailers_too_large", "header_timeout", "body_timeout",
+           "too_many_connections", "too_deeply_pipelined", "bad_request")
 #: a chunked body's framing and trailers may add this share of its data on top of ``max_header_bytes``: chunks of
 #: 100 bytes or more stay within it; the parser's buffer for an endless trailer stays within the sum
 FRAMING_SHARE = 16
@@ -166,11 +158,8 @@ class EdgeProtocol(HttpToolsProtocol):
             self._raw_body += len(data)
             self._feed(data)
             limit = self.limits.max_header_bytes
-            if (
-                not self._refused
-                and not self._in_head
-                and self._raw_body - self._body_seen > limit + self._body_seen // FRAMING_SHARE
-            ):
+            if (not self._refused and not self._in_head
+                    and self._raw_body - self._body_seen > limit + self._body_seen // FRAMING_SHARE):
                 self._refuse(431, "trailers_too_large", f"chunk framing and trailers larger than {limit} bytes")
 
     def _feed(self, data: bytes) -> None:

@@ -125,7 +125,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     test.add_argument("path", help="a rule file or a directory of *.yaml")
     test.add_argument("--ticket", required=True, help="normalized ticket JSON (Ticket.to_json), or a vendor payload")
     test.add_argument("--previous", help="the ticket before this update: its events set the incident state")
-    test.add_argument("--source", help=f"{' | '.join(registry.names())} (parse --ticket as that vendor's webhook body)")
+    test.add_argument(
+        "--source", help=f"{' | '.join(registry.names())} (parse --ticket as that vendor's webhook body)"
+    )
     test.add_argument(
         "--now",
         help="evaluation time, ISO 8601 with a time zone, e.g. 2026-11-30T09:40:00Z (default: the ticket's update)",
@@ -465,7 +467,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     progress = progress_for(sys.stderr, args.source, clock)  # only on a terminal: pages, tickets, waits
     try:
         settings = Settings().connector(args.source)
-        connector = connector_class(args.source)(settings, clock=ReportingClock(clock, progress), retry=BACKTEST_RETRY)
+        connector = connector_class(args.source)(
+            settings, clock=ReportingClock(clock, progress), retry=BACKTEST_RETRY
+        )
     except KeyError:
         print(f"ticketpager rules backtest: unknown source {args.source!r}", file=sys.stderr)
         return EXIT_USAGE

@@ -479,7 +479,9 @@ class Service:
             if now_m >= next_recheck:
                 next_recheck = now_m + eng.recheck_interval_seconds
                 rules = self.rule_store.current
-                if rules.has_time_rules and self._with_lease("recheck", eng.recheck_interval_seconds):
+                if rules.has_time_rules and self._with_lease(
+                    "recheck", eng.recheck_interval_seconds
+                ):
                     if self.engine.recheck():
                         self.outbox_wake.set()
             if now_m >= next_prune:

@@ -19,6 +19,7 @@ from ticketpager import settings as tree
 PREFIX = "TICKETPAGER_"
 
 
+
 def _sections(model: type[BaseModel]) -> dict[str, type[BaseModel]]:
     """The nested sections of ``model`` (HTTP, PAGERDUTY, ENGINE, then one per registered system)."""
     found: dict[str, type[BaseModel]] = {}

@@ -42,7 +42,8 @@ def problems(status: Status, now: datetime, max_outbox_age: timedelta = DEFAULT_
         )
     if status.changes_failed:
         found.append(
-            f"{_plural(status.changes_failed, 'ticket change')} could not be processed (see the log: 'change … failed')"
+            f"{_plural(status.changes_failed, 'ticket change')} could not be processed (see the log: "
+            "'change … failed')"
         )
     for cursor in status.cursors:
         if cursor["last_error"]:
