@@ -72,7 +72,8 @@ STATUS_TABLE: StatusTable = {
     400: StatusRule(
         Kind.PERMANENT,
         "https://developer.atlassian.com/cloud/jira/platform/rest/v2/api-group-issue-search/",
-        "Jira rejected the request: check TICKETPAGER_JIRA__JQL",
+        "Jira rejected the request: check TICKETPAGER_JIRA__JQL (polls), or a ticket update's transition "
+        "fields / TICKETPAGER_JIRA__GROUP_FIELD value (a field not on the screen, an unknown option)",
     ),
     401: StatusRule(
         Kind.PERMANENT,
@@ -82,7 +83,8 @@ STATUS_TABLE: StatusTable = {
     403: StatusRule(
         Kind.PERMANENT,
         _REST,
-        "the API user lacks a permission (Browse projects, Add comments) or CAPTCHA blocks it",
+        "the API user lacks a permission (Browse projects, Add comments; ticket updates: Transition issues, "
+        "Edit issues, Link issues) or CAPTCHA blocks it",
     ),
     404: StatusRule(Kind.SKIPPABLE, _REST, "issue not found or not visible to the API user"),
     # CHANGE-2046: Cloud removed /rest/api/{2,3}/search; it answers 410 Gone.

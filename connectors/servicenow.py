@@ -85,7 +85,10 @@ STATUS_TABLE: StatusTable = {
     400: StatusRule(Kind.PERMANENT, STATUS_CODES_DOC, "bad request: check the table name and query"),
     401: StatusRule(Kind.PERMANENT, STATUS_CODES_DOC, "authentication failed: check username and password"),
     403: StatusRule(
-        Kind.PERMANENT, STATUS_CODES_DOC, "forbidden: the integration user lacks a role or ACL on the table"
+        Kind.PERMANENT,
+        STATUS_CODES_DOC,
+        "forbidden: the integration user lacks a role or ACL on the table (resolving needs itil, closing "
+        "itil_admin; group look-ups read sys_user_group)",
     ),
     404: StatusRule(Kind.SKIPPABLE, TABLE_API_DOC, "record not found (API v1 also answers 404 for an empty list)"),
     429: StatusRule(Kind.RETRYABLE, RATE_LIMIT_DOC, "rate limited"),
