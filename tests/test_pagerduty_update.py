@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from connectors.pagerduty_rest import PagerDutyRestClient
 from connectors.pagerduty_update import PagerDutyUpdateDestination
 from kernel.clock import FakeClock
-from kernel.errors import PermanentError, RetryableError
+from kernel.errors import ConfigError, PermanentError, RetryableError
 from kernel.model import EventAction, IncidentUpdate, Outbound, TicketNote, TicketRef
 from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, FakePagerDutyRest
 from tests.test_pagerduty_rest import paged
@@ -158,3 +158,10 @@ def test_the_token_never_shows(pd: FakePagerDutyRest, caplog: pytest.LogCaptureF
         send(dest, update("Q1ABCDEF"))
     for text in (str(info.value), repr(info.value), caplog.text, repr(dest), repr(dest.client())):
         assert TOKEN not in text
+
+
+def test_without_a_rest_token_a_send_is_a_clear_configuration_error() -> None:
+    dest = PagerDutyUpdateDestination(lambda: PagerDutyRestClient(SecretStr("")))
+    rendered = dest.render(IncidentUpdate("Q1", "dk", "tp:m", reassign_to_policy="PEP0002"))  # rendering needs none
+    with pytest.raises(ConfigError, match="TICKETPAGER_PAGERDUTY__API_TOKEN"):
+        dest.send(Outbound(1, "pagerduty_rest", IncidentUpdate.KIND, "reassign", rendered.body, "", "OPS-1", 0))
