@@ -7,6 +7,8 @@ A connector does four jobs and nothing else:
 * ``poll``: read changes incrementally from a stored cursor, one :class:`PollPage` at a time; the caller
   stores a page's changes *and* its cursor in one transaction, so the cursor never runs ahead of data;
 * ``write_back``: leave a note on the ticket (idempotent: the note carries a marker, written once);
+* ``update_ticket``: carry out a :class:`~kernel.model.TicketUpdate` (what PagerDuty's side did: a comment,
+  optionally a transition and a new assignment group), idempotent on its marker too;
 * ``check``: prove the credentials work (readiness).
 
 Failures are raised as :mod:`kernel.errors` kinds; HTTP statuses are classified through the connector's own
@@ -28,8 +30,20 @@ import urllib3
 from connectors.settings import ConnectorSettings
 from kernel import jsonutil
 from kernel.clock import Clock, SystemClock
-from kernel.errors import WebhookRejected
-from kernel.model import Action, EventAction, Outbound, Outcome, Rendered, TicketChange, TicketNote, TicketRef
+from kernel.errors import PermanentError, WebhookRejected
+from kernel.model import (
+    Action,
+    EventAction,
+    Outbound,
+    Outcome,
+    Rendered,
+    StatusCategory,
+    TicketChange,
+    TicketNote,
+    TicketRef,
+    TicketUpdate,
+    Transition,
+)
 from kernel.retry import RetryPolicy
 
 Headers = Mapping[str, str]  # lower-cased header names
@@ -151,6 +165,10 @@ class Connector(ABC, Generic[SettingsT]):
     def write_back(self, note: WriteBack) -> None:
         """Leave ``note`` on the ticket once (idempotent on ``note.marker``)."""
 
+    def update_ticket(self, update: TicketUpdate) -> None:
+        """Carry out ``update`` once (idempotent on ``update.marker``). Systems without ticket updates refuse."""
+        raise PermanentError(f"{self.name} does not support ticket updates from PagerDuty", vendor=self.name)
+
     @abstractmethod
     def check(self) -> None:
         """Raise :class:`~kernel.errors.PermanentError` with a clear message if credentials/config are wrong."""
@@ -166,10 +184,55 @@ class Connector(ABC, Generic[SettingsT]):
         return False
 
 
+def ticket_update_to_json(update: TicketUpdate) -> dict[str, Any]:
+    """A :class:`TicketUpdate` as the outbox stores it (plain JSON; :func:`ticket_update_from_json` reads it)."""
+    t, move = update.ticket, update.transition
+    return {
+        "ticket": {"source": t.source, "id": t.id, "key": t.key, "url": t.url},
+        "marker": update.marker,
+        "comment": update.comment,
+        "public": update.public,
+        "transition": None
+        if move is None
+        else {
+            "status": move.status,
+            "category": move.category.value if move.category else None,
+            "fields": [list(pair) for pair in move.fields],
+        },
+        "group": update.group,
+        "incident_id": update.incident_id,
+        "incident_url": update.incident_url,
+        "incident_number": update.incident_number,
+    }
+
+
+def ticket_update_from_json(data: Mapping[str, Any]) -> TicketUpdate:
+    move = data.get("transition")
+    return TicketUpdate(
+        ticket=TicketRef(**data["ticket"]),
+        marker=data["marker"],
+        comment=data.get("comment"),
+        public=bool(data.get("public")),
+        transition=None
+        if not move
+        else Transition(
+            status=move.get("status"),
+            category=StatusCategory(move["category"]) if move.get("category") else None,
+            fields=tuple((str(k), str(v)) for k, v in move.get("fields") or ()),
+        ),
+        group=data.get("group"),
+        incident_id=data.get("incident_id") or "",
+        incident_url=data.get("incident_url") or "",
+        incident_number=data.get("incident_number"),
+    )
+
+
 class NoteDestination:
-    """A ticketing system's write-back as a destination: :class:`TicketNote` actions, rendered as the JSON the
-    outbox has always stored for notes, sent through the connector's ``write_back`` (several vendor calls:
-    no single timeout, so the delivery worker renews the claim first; no rate limit of ours)."""
+    """A ticketing system as a destination (named after the source): :class:`TicketNote` actions (outbox kind
+    ``writeback``), rendered as the JSON the outbox has always stored for notes and sent through the
+    connector's ``write_back``; and :class:`TicketUpdate` actions (kind ``ticket_update``), sent through its
+    ``update_ticket``. Several vendor calls per send: no single timeout, so the delivery worker renews the
+    claim first; no rate limit of ours."""
 
     timeout = None
     limiter = None
@@ -183,8 +246,10 @@ class NoteDestination:
         return f"<NoteDestination {self.name}>"
 
     def render(self, action: Action) -> Rendered:
+        if isinstance(action, TicketUpdate):
+            return Rendered(jsonutil.dumps(ticket_update_to_json(action)))
         if not isinstance(action, TicketNote):
-            raise TypeError(f"{self.name} write-back takes ticket notes, not {type(action).__name__}")
+            raise TypeError(f"{self.name} takes ticket notes and ticket updates, not {type(action).__name__}")
         t = action.ticket
         body = {
             "ticket": {"source": t.source, "id": t.id, "key": t.key, "url": t.url},
@@ -208,10 +273,32 @@ class NoteDestination:
             text=data["text"],
         )
 
+    @staticmethod
+    def update(body: str) -> TicketUpdate:
+        return ticket_update_from_json(jsonutil.loads(body))
+
     def send(self, item: Outbound, *, timeout: float | None = None) -> Outcome:
-        self._connector().write_back(self.note(item.body))
+        if item.kind == TicketUpdate.KIND:
+            self._connector().update_ticket(self.update(item.body))
+        else:
+            self._connector().write_back(self.note(item.body))
         return Outcome()
 
     def preview(self, item: Outbound) -> str:
+        if item.kind == TicketUpdate.KIND:
+            update = self.update(item.body)
+            parts = (
+                [f"comment ({'public' if update.public else 'internal'}): {update.comment}"] if update.comment else []
+            )
+            if update.transition is not None:
+                move = update.transition
+                parts.append(f"transition to {move.status or (move.category.value if move.category else '?')}")
+            if update.group:
+                parts.append(f"group {update.group}")
+            return f"update of {update.ticket.key}: {'; '.join(parts) or 'nothing'}"
         note = self.note(item.body)
         return f"note on {note.ticket.key}: {note.text}"
+
+
+#: The same class under the name of what it now carries (notes and updates of a ticketing system).
+TicketDestination = NoteDestination

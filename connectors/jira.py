@@ -10,6 +10,7 @@
   mid-scan cannot shift another one out of the result. Re-reads of the overlap are deduped on
   ``(issue id, updated)`` through :class:`JiraCursor`.
 * Write-back: one comment per ``WriteBack.marker``; our own comments are recognised and never page.
+  Ticket updates from PagerDuty's side (comment, transition, group, remote link): :mod:`connectors.jira_update`.
 
 The ``jira`` client is built lazily (webhook-only deployments have no API credentials), with its own
 retries off (``max_retries=0``); every call runs under :func:`kernel.retry.call` and every HTTP error is
@@ -42,6 +43,7 @@ from connectors.jira_normalize import (
     parse_jira_time,
     user_zone,
 )
+from connectors.jira_update import JiraUpdater
 from connectors.settings import JiraSettings
 from connectors.signing import hex_signatures, matches_any
 from kernel.errors import (
@@ -55,7 +57,7 @@ from kernel.errors import (
     classify_response,
     network_error,
 )
-from kernel.model import Origin, Ticket, TicketChange
+from kernel.model import Origin, Ticket, TicketChange, TicketUpdate
 from kernel.redact import redact
 from kernel.retry import RetryPolicy, call
 
@@ -70,7 +72,8 @@ STATUS_TABLE: StatusTable = {
     400: StatusRule(
         Kind.PERMANENT,
         "https://developer.atlassian.com/cloud/jira/platform/rest/v2/api-group-issue-search/",
-        "Jira rejected the request: check TICKETPAGER_JIRA__JQL",
+        "Jira rejected the request: check TICKETPAGER_JIRA__JQL (polls), or a ticket update's transition "
+        "fields / TICKETPAGER_JIRA__GROUP_FIELD value (a field not on the screen, an unknown option)",
     ),
     401: StatusRule(
         Kind.PERMANENT,
@@ -80,7 +83,8 @@ STATUS_TABLE: StatusTable = {
     403: StatusRule(
         Kind.PERMANENT,
         _REST,
-        "the API user lacks a permission (Browse projects, Add comments) or CAPTCHA blocks it",
+        "the API user lacks a permission (Browse projects, Add comments; ticket updates: Transition issues, "
+        "Edit issues, Link issues) or CAPTCHA blocks it",
     ),
     404: StatusRule(Kind.SKIPPABLE, _REST, "issue not found or not visible to the API user"),
     # CHANGE-2046: Cloud removed /rest/api/{2,3}/search; it answers 410 Gone.
@@ -410,6 +414,17 @@ class JiraConnector(Connector[JiraSettings]):
             client.add_comment(issue, body)
 
         self._call(once)
+
+    def update_ticket(self, update: TicketUpdate) -> None:
+        """A PagerDuty-side change written onto the issue (comment, transition, group, remote link), once:
+        see :mod:`connectors.jira_update`."""
+        if not self.can_poll:
+            raise PermanentError(
+                f"jira: cannot update {update.ticket.key}: TICKETPAGER_JIRA__URL and __API_TOKEN are not set",
+                vendor=VENDOR,
+            )
+        client, _ = self._ready()
+        JiraUpdater(self.settings, self._call).apply(client, update)
 
     def comment_body(self, note: WriteBack) -> str:
         """The comment text: prefix, what happened, the dedup key, and the idempotency marker."""

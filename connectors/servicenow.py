@@ -45,6 +45,7 @@ from connectors.servicenow_normalize import (
     format_sn_datetime,
     parse_sn_datetime,
 )
+from connectors.servicenow_update import ServiceNowUpdater
 from connectors.settings import ServiceNowSettings
 from connectors.signing import b64_signatures, check_timestamp, matches_any
 from kernel.clock import Clock
@@ -60,7 +61,7 @@ from kernel.errors import (
     classify_response,
     network_error,
 )
-from kernel.model import Origin, StatusCategory, TicketChange
+from kernel.model import Origin, StatusCategory, TicketChange, TicketUpdate
 from kernel.retry import call
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,10 @@ STATUS_TABLE: StatusTable = {
     400: StatusRule(Kind.PERMANENT, STATUS_CODES_DOC, "bad request: check the table name and query"),
     401: StatusRule(Kind.PERMANENT, STATUS_CODES_DOC, "authentication failed: check username and password"),
     403: StatusRule(
-        Kind.PERMANENT, STATUS_CODES_DOC, "forbidden: the integration user lacks a role or ACL on the table"
+        Kind.PERMANENT,
+        STATUS_CODES_DOC,
+        "forbidden: the integration user lacks a role or ACL on the table (resolving needs itil, closing "
+        "itil_admin; group look-ups read sys_user_group)",
     ),
     404: StatusRule(Kind.SKIPPABLE, TABLE_API_DOC, "record not found (API v1 also answers 404 for an empty list)"),
     429: StatusRule(Kind.RETRYABLE, RATE_LIMIT_DOC, "rate limited"),
@@ -213,6 +217,13 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
         )
         self._client: ServiceNowClient | None = None
         self._fields: list[str] | None = None  # validated sysparm_fields (after the start-up probe)
+        self._updater = ServiceNowUpdater(
+            self.settings,
+            lambda: self.client().instance,
+            lambda request: self.client().table_api._send(request),
+            lambda fn: call(fn, self.retry, self.clock),
+            self.clock,
+        )
 
     @property
     def can_poll(self) -> bool:
@@ -529,6 +540,13 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
 
         call(once, self.retry, self.clock)
 
+    def update_ticket(self, update: TicketUpdate) -> None:
+        """A PagerDuty-side change written onto the record (work note or comment, state with its close code and
+        notes, assignment group) in one PATCH, once: see :mod:`connectors.servicenow_update`."""
+        table = self._table_from(update.ticket.url or "") or self.settings.table
+        self.client()  # a clear ConfigError without credentials
+        self._updater.apply(table, update.ticket.id, update.ticket.key, update)
+
     def _has_note(self, sys_id: str, marker: str) -> bool:
         """Whether a work note carrying ``marker`` already exists (journal entries live in sys_journal_field)."""
         escaped = marker.replace("^", "^^")
@@ -563,7 +581,6 @@ class ServiceNowConnector(Connector[ServiceNowSettings]):
             raise
         except Exception as exc:  # noqa: BLE001 - readiness must report, not crash
             raise PermanentError(f"servicenow check failed: {type(exc).__name__}") from None
-
 
 
 def _str_or_none(value: Any) -> str | None:

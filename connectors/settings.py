@@ -53,6 +53,8 @@ class JiraSettings(ConnectorSettings):
     overlap_seconds: float = 300.0  # search is eventually consistent: re-read this much of the window
     page_size: int = 100
     comment_prefix: str = "[ticketpager]"  # starts every comment ticketpager writes (and is never re-paged)
+    group_field: str = ""  # where a rule's assignment group goes: components, or a select-list custom field id
+    internal_comment_role: str = ""  # internal comments outside JSM: restrict them to this project role
 
     _split_fields = field_validator("extra_fields", mode="before")(_secret_list)
     extra_fields: Annotated[list[str], NoDecode] = Field(

@@ -36,6 +36,7 @@ from connectors.zendesk_normalize import (
     as_id,
     organization_from_json,
 )
+from connectors.zendesk_update import ZendeskUpdater
 from kernel.errors import (
     ConfigError,
     Kind,
@@ -49,7 +50,7 @@ from kernel.errors import (
     classify_response,
     network_error,
 )
-from kernel.model import Origin, StatusCategory, Ticket, TicketChange
+from kernel.model import Origin, StatusCategory, Ticket, TicketChange, TicketUpdate
 from kernel.retry import call
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,9 @@ STATUS_TABLE: StatusTable = {
     401: StatusRule(Kind.PERMANENT, _AUTH_DOC, "check the API user's e-mail and API token"),
     403: StatusRule(Kind.PERMANENT, _AUTH_DOC, "the API user lacks permission (agent or admin needed)"),
     404: StatusRule(Kind.SKIPPABLE, _REQUESTS_DOC, "ticket or record not found (deleted?)"),
-    409: StatusRule(Kind.RETRYABLE, _TICKETS_DOC, "update conflict; try again"),
+    # 409: a safe_update whose updated_stamp is stale (an agent edited the ticket since we read it), or a
+    # transient DatabaseConflict: nothing was applied; the retried attempt re-reads the ticket first
+    409: StatusRule(Kind.RETRYABLE, _TICKETS_DOC + "#protecting-against-ticket-update-collisions", "update conflict"),
     422: StatusRule(Kind.SKIPPABLE, _COMMENTS_DOC, "unprocessable: closed ticket or 5000-comment limit"),
     429: StatusRule(Kind.RETRYABLE, _RATE_DOC, "rate limited; honour Retry-After"),
     500: StatusRule(Kind.RETRYABLE, _REQUESTS_DOC),
@@ -146,6 +149,9 @@ class ZendeskConnector(Connector[ZendeskSettings]):
         self._own_versions: OrderedDict[tuple[str, str], None] = OrderedDict()  # (id, updated) of our notes
         self._api_user_id: int | None = None
         self._normalizer = Normalizer(self.base_url, dict(self.settings.custom_field_names))
+        self._updater = ZendeskUpdater(
+            self._zenpy, self._call, self._get_json, self._remember_own_write, self.clock, self.settings.note_prefix
+        )
 
     # -- configuration -----------------------------------------------------------------------------
     @property
@@ -529,6 +535,14 @@ class ZendeskConnector(Connector[ZendeskSettings]):
             self._remember_own_write(ticket_id, audit)
 
         self._call(attempt)
+
+    def update_ticket(self, update: TicketUpdate) -> None:
+        """A PagerDuty-side change written onto the ticket (comment, status, group) in one ``safe_update`` PUT,
+        once: see :mod:`connectors.zendesk_update`."""
+        ticket_id = as_id(update.ticket.id)
+        if ticket_id is None:
+            raise PermanentError(f"zendesk ticket id {update.ticket.id!r} is not a number", vendor=VENDOR)
+        self._updater.apply(ticket_id, update)
 
     def _remember_own_write(self, ticket_id: int, audit: Any) -> None:
         """The ticket version our note created is an echo: a poll that sees exactly it skips it."""

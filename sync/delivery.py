@@ -34,7 +34,7 @@ from sqlalchemy.engine import RowMapping
 
 from kernel.clock import Clock
 from kernel.errors import PermanentError, RetryableError, TicketpagerError, UnknownOutcome
-from kernel.model import Destination, EventAction, Outbound, TicketNote, TicketRef, incident_note
+from kernel.model import Destination, EventAction, Outbound, TicketNote, TicketRef, TicketUpdate, incident_note
 from kernel.redact import redact
 from kernel.retry import RetryPolicy
 from sync.heartbeat import HeartbeatLike
@@ -222,6 +222,7 @@ class Delivery:
 
     def _send(self, row: RowMapping, item: Outbound, destination: Destination, timeout: float | None) -> None:
         notes = row["kind"] == TicketNote.KIND
+        ticket_side = notes or row["kind"] == TicketUpdate.KIND  # counted per source system
         if self.dry_run and not notes:  # a note tells of an action that was sent for real: it is written
             log.info("dry run: would send %s", destination.preview(item))
             METRICS.events.labels(_label(row), "dry_run").inc()
@@ -230,7 +231,7 @@ class Delivery:
         try:
             destination.send(item, timeout=timeout)  # the stored bytes, as measured
         except TicketpagerError as exc:
-            if notes:
+            if ticket_side:
                 METRICS.write_backs.labels(row["source"], exc.kind.value).inc()
             self._failed(row, exc)
             return
@@ -238,10 +239,10 @@ class Delivery:
             log.exception("%s %s for %s failed unexpectedly", item.destination, row["kind"], row["ticket_key"])
             self._failed(row, RetryableError(f"{type(exc).__name__}: {exc}"))
             return
-        if notes:
+        if ticket_side:
             METRICS.write_backs.labels(row["source"], "sent").inc()
         else:
-            METRICS.events.labels(row["action"], "sent").inc()
+            METRICS.events.labels(_label(row), "sent").inc()
         self._sent(row, dry_run=False)
 
     def _renew(self, row_id: int) -> bool:
@@ -260,7 +261,7 @@ class Delivery:
             if not outbox.mark_sent(conn, row["id"], self.worker_id, now, dry_run=dry_run):
                 log.warning("outbox row %s was taken over while it was being sent", row["id"])
                 return
-            if row["kind"] == "writeback":  # a note: its own counter, nothing follows it
+            if row["kind"] != "event":  # a note, a ticket or incident update: nothing follows it
                 return
             received = None
             if row["change_id"] is not None:
@@ -351,5 +352,6 @@ class Delivery:
 
 
 def _label(row: RowMapping) -> str:
-    """The ``action`` label of ``ticketpager_events_total`` for a row: its incident action, or ``writeback``."""
-    return str(row["action"]) if row["kind"] == "event" else "writeback"
+    """The ``action`` label of ``ticketpager_events_total`` for a row: its incident action, or its kind
+    (``writeback``, ``ticket_update``, ``incident_update``)."""
+    return str(row["action"]) if row["kind"] == "event" else str(row["kind"])

@@ -25,6 +25,8 @@ from connectors import CONNECTORS, connector_class
 from connectors.base import Connector, NoteDestination
 from connectors.jira_normalize import display_name_fields
 from connectors.pagerduty import PagerDutyDestination, PagerDutySink, RateLimiter
+from connectors.pagerduty_rest import Pacer, PagerDutyRestClient, Region
+from connectors.pagerduty_update import PagerDutyUpdateDestination
 from kernel import redact
 from kernel.clock import Clock, SystemClock
 from kernel.model import Destination
@@ -60,11 +62,32 @@ def _pagerduty(svc: Service) -> Destination:
     return PagerDutyDestination(svc._injected_sink or svc._new_sink(), svc.limiter)
 
 
-#: The destinations incident actions can go to, by name: how the application builds each (per delivery
-#: worker). Adding a destination = its module + one line here. Ticket notes go to each source's write-back
-#: (:class:`~connectors.base.NoteDestination`, added for every connector).
+def _pagerduty_rest(svc: Service) -> Destination:
+    # a client (session) per delivery worker, built on first send; one pacer per process: PagerDuty counts per token
+    pd = svc.settings.pagerduty
+
+    def client() -> PagerDutyRestClient:
+        built = PagerDutyRestClient(
+            pd.api_token,
+            region=Region(pd.region),
+            api_url=pd.api_url or None,
+            from_email=pd.from_email or None,
+            timeout=pd.timeout_seconds,
+            clock=svc.clock,
+        )
+        built.pacer = svc.rest_pacer
+        return built
+
+    return PagerDutyUpdateDestination(client, requester_id=pd.requester_id)
+
+
+#: The destinations actions can go to, by name: how the application builds each (per delivery worker; every
+#: delivery worker has them all). Adding a destination = its module + one line here. Ticket notes and ticket
+#: updates go to each source's destination (:class:`~connectors.base.NoteDestination`, added for every
+#: connector); incident updates (outbox kind ``incident_update``) to ``pagerduty_rest``.
 DESTINATIONS: dict[str, Callable[[Service], Destination]] = {
     "pagerduty": _pagerduty,
+    "pagerduty_rest": _pagerduty_rest,
 }
 
 
@@ -114,6 +137,7 @@ class Service:
         self._injected_sink = sink  # tests may pass one; otherwise each delivery worker gets its own session
         self.sink = sink or self._new_sink()
         self.incidents = incidents  # the destination (in DESTINATIONS) of incident actions
+        self.rest_pacer = Pacer(self.clock)  # PagerDuty REST: one per process, shared by the workers' clients
         self.policy = RetryPolicy(
             max_attempts=pd.max_attempts,
             max_total_seconds=pd.max_retry_seconds,
@@ -217,12 +241,13 @@ class Service:
         return PagerDutySink(pd.url, timeout=pd.timeout_seconds, clock=self.clock)
 
     def destinations(self) -> dict[str, Destination]:
-        """One delivery worker's destinations: the incident destination and every source's write-back."""
+        """One delivery worker's destinations: every source's notes and updates, and each of DESTINATIONS."""
         out: dict[str, Destination] = {  # default connections only: see write_back_sources
             source: NoteDestination(source, functools.partial(self._write_back_connector, source))
             for source in CONNECTORS
         }
-        out[self.incidents] = DESTINATIONS[self.incidents](self)
+        for name, build in DESTINATIONS.items():
+            out[name] = build(self)
         return out
 
     def _write_back_connector(self, source: str) -> Connector:

@@ -52,6 +52,10 @@ class PagerDutySettings(BaseModel):
     backoff_cap_seconds: float = 300.0
     workers: int = 4
     source_name: str = "ticketpager"  # payload.source fallback
+    api_token: SecretStr = SecretStr("")  # REST API token: incident updates (reassign, responders, notes)
+    api_url: str = ""  # overrides the region's REST base URL; e.g. a proxy or a fake
+    from_email: str = ""  # the PagerDuty user recorded as acting on REST writes (needed with an account token)
+    requester_id: str = ""  # that user's id (P…): responder requests need it (a user token finds its own)
 
     @property
     def url(self) -> str:

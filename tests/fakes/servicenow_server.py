@@ -1,4 +1,5 @@
-"""A fake ServiceNow instance: Table API lists, single-record GET/PATCH, work-note journal, over TLS.
+"""A fake ServiceNow instance: Table API lists, single-record GET/PATCH, work-note and comment journal,
+assignment groups (``sys_user_group``), over TLS.
 
 It behaves like the vendor where connectors trip: encoded queries with ``>=``/``>``/``=``/``<=``/``<``,
 ``^OR`` and ``ORDERBY``; **unknown fields in ``sysparm_query`` and ``sysparm_fields`` are silently
@@ -86,6 +87,8 @@ class FakeInstance:
         self.table = table
         self.records: dict[str, dict[str, str]] = {r["sys_id"]: dict(r) for r in records or []}
         self.journal: list[dict[str, str]] = []
+        # assignment groups (sys_user_group), by sys_id and name
+        self.groups = [{"sys_id": k, "name": v} for k, v in NAMES.items() if k.startswith("grp-")]
         self.username = username
         self.password = password
         self.empty_404 = empty_404
@@ -133,6 +136,8 @@ class FakeInstance:
             if method == "GET" and sys_id is None:
                 if table == "sys_journal_field":
                     return self._list(self.journal, query)
+                if table == "sys_user_group":
+                    return self._list(self.groups, query)
                 if table != self.table:
                     return _error(400, f"Invalid table {table}", "")
                 hooks = list(self.on_list)
@@ -147,17 +152,18 @@ class FakeInstance:
                 return _ok({"result": self._project(record, query.get("sysparm_fields", ""))})
             if method in ("PATCH", "PUT"):
                 data = json.loads(body or b"{}")
-                note = data.pop("work_notes", None)
-                if note:
-                    self.journal.append(
-                        {
-                            "sys_id": f"j{len(self.journal) + 1:031d}",
-                            "element_id": sys_id,
-                            "element": "work_notes",
-                            "name": table,
-                            "value": str(note),
-                        }
-                    )
+                for element in JOURNAL_FIELDS:  # journal fields append an entry; the record reads back empty
+                    note = data.pop(element, None)
+                    if note:
+                        self.journal.append(
+                            {
+                                "sys_id": f"j{len(self.journal) + 1:031d}",
+                                "element_id": sys_id,
+                                "element": element,
+                                "name": table,
+                                "value": str(note),
+                            }
+                        )
                 record.update({k: str(v) for k, v in data.items()})
                 latest = max(datetime.strptime(r["sys_updated_on"], SN_FORMAT) for r in self.records.values())
                 record["sys_updated_on"] = (latest + timedelta(seconds=1)).strftime(SN_FORMAT)
