@@ -107,6 +107,9 @@ SIGNATURE_HEADER = "X-Hub-Signature"
 DELIVERY_HEADER = "X-Atlassian-Webhook-Identifier"
 VENDOR_RETRY_SECONDS = 60.0  # how long a "vendor" keeps retrying one delivery before giving up
 RETRY_AFTER_SECONDS = "1"  # the mock PagerDuty's Retry-After during the 429 window
+#: an outage window stays open until this many sends were answered with its status (at most OUTAGE_MAX_SECONDS)
+OUTAGE_MIN_FAILURES = 3
+OUTAGE_MAX_SECONDS = 30.0
 RECOVERY_GOAL_SECONDS = 15.0  # issue 13: p99 of the time from a SIGKILL to its claimed rows sent elsewhere
 SLOW_SEND_SECONDS = 0.5  # the mock PagerDuty's latency just before a kill: the victim dies mid-send
 
@@ -784,6 +787,17 @@ class Faults(threading.Thread):
         self.report.faults.append(line)
         self.cfg.log(f"  {line}")
 
+    def _outage(self, status: int) -> None:
+        """Keep the mock's ``status`` window open for ``outage_seconds`` and until it has answered
+        :data:`OUTAGE_MIN_FAILURES` sends with it (a loaded machine may send nothing in the first seconds), at
+        most :data:`OUTAGE_MAX_SECONDS`; the verdict then checks the outage really hit deliveries."""
+        opened = time.monotonic()
+        time.sleep(self.cfg.outage_seconds)
+        while (
+            self.pd.failed.get(status, 0) < OUTAGE_MIN_FAILURES and time.monotonic() - opened < OUTAGE_MAX_SECONDS
+        ):
+            time.sleep(0.1)
+
     def at(self, fraction: float) -> None:
         delay = self.start_at + self.cfg.seconds * fraction - time.monotonic()
         if delay > 0:
@@ -849,12 +863,13 @@ class Faults(threading.Thread):
             self.report.skipped_faults.append("PostgreSQL restart (disabled)")
         if cfg.pagerduty_outage:
             self.at(0.6)
-            self.pd.fail_for(cfg.outage_seconds, 500)
+            self.pd.fail_for(OUTAGE_MAX_SECONDS, 500)
             self.note(f"mock PagerDuty answers 500 for {cfg.outage_seconds:.0f} s")
-            time.sleep(cfg.outage_seconds)
-            self.pd.fail_for(cfg.outage_seconds, 429, {"Retry-After": RETRY_AFTER_SECONDS})
+            self._outage(500)
+            self.pd.fail_for(OUTAGE_MAX_SECONDS, 429, {"Retry-After": RETRY_AFTER_SECONDS})
             self.note(f"mock PagerDuty answers 429 Retry-After {RETRY_AFTER_SECONDS} for {cfg.outage_seconds:.0f} s")
-            time.sleep(cfg.outage_seconds)
+            self._outage(429)
+            self.pd.fail_for(0, 200)
             self.note("mock PagerDuty healthy again")
         else:
             self.report.skipped_faults.append("PagerDuty 500/429 outage (disabled)")
