@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from kernel import jsonutil
 from kernel.model import EventAction, IncidentState, LinkState, PlannedEvent, StatusCategory, Ticket, TriggerSpec
 
 #: the ``dedup_key`` columns of the outbox and links (sync/schema.py); a destination fits its own limit
@@ -50,6 +51,19 @@ def dedup_key_for(source: str, ticket_id: str, rule: str, generation: int) -> st
         return key
     digest = hashlib.sha256(key.encode()).hexdigest()
     return f"ticketpager/{source}/sha256:{digest}"
+
+
+def content_digest(ticket: Ticket) -> str:
+    """What the rules can see of ``ticket``, without ``updated`` (and ``raw``): equal digests mean the ticket did
+    not change in any way a rule could notice — a comment or note, ours included, only moves ``updated``.
+
+    The hold rule: when a person resolves our incident in PagerDuty while the ticket still matches, the link
+    records this digest (``links.hold_version``) and no new incident is opened for that rule while the
+    ticket's digest is the same; any other change to the ticket ends the hold."""
+    body = ticket.to_json()
+    body.pop("raw", None)
+    body.pop("updated", None)
+    return hashlib.sha256(jsonutil.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def plan(results: Sequence[Any], links: Mapping[str, LinkState], ticket: Ticket) -> list[PlannedEvent]:
