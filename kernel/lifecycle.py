@@ -12,6 +12,7 @@ open                   not matched and ``on_unmatch: resolve``     resolve
 triggered              acknowledge_when holds                      acknowledge
 acknowledged           acknowledge_when holds                      nothing (already acknowledged)
 open, rule removed     ticket done or deleted                      resolve (an incident never stays orphaned)
+resolved in PagerDuty  matched, ticket unchanged since (the hold)  nothing (see :func:`content_digest`)
 anything else                                                      nothing
 =====================  ==========================================  =======================================
 
@@ -85,6 +86,8 @@ def plan(results: Sequence[Any], links: Mapping[str, LinkState], ticket: Ticket)
                 events.append(_follow_up(link, EventAction.ACKNOWLEDGE, "acknowledge_when holds"))
             continue
         if result.matched and not result.resolve and not gone and result.trigger is not None:
+            if link is not None and link.hold_version is not None and link.hold_version == content_digest(ticket):
+                continue  # a person resolved it in PagerDuty and the ticket has not changed since: no new page
             generation = (link.generation + 1) if link is not None else 1
             dedup_key = dedup_key_for(ticket.source, ticket.id, result.rule, generation)
             why = "matched" if link is None else f"matched again after resolve (incident #{generation})"

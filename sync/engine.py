@@ -77,6 +77,7 @@ UPDATE_LINK = (
         routing_key=_B("routing_key"),
         state=_B("state"),
         updated_at=_B("updated_at"),
+        hold_version=None,  # a new event for the link ends a hold (see kernel.lifecycle.content_digest)
     )
 )
 TICKET_COLUMNS = (
@@ -394,6 +395,7 @@ class Engine:
                 routing_key=r["routing_key"],
                 state=IncidentState(r["state"]),
                 generation=r["generation"],
+                hold_version=r["hold_version"],
             )
             for r in rows
         }

@@ -105,13 +105,12 @@ def finish_event(
 
 
 def inbox_status(conn: Connection) -> InboxStatus:
-    counts: dict[str, int] = dict(
-        conn.execute(
-            select(pagerduty_inbox.c.status, func.count())
-            .where(pagerduty_inbox.c.status.in_(("pending", "failed")))
-            .group_by(pagerduty_inbox.c.status)
-        ).tuples()
-    )
+    rows = conn.execute(
+        select(pagerduty_inbox.c.status, func.count())
+        .where(pagerduty_inbox.c.status.in_(("pending", "failed")))
+        .group_by(pagerduty_inbox.c.status)
+    ).all()
+    counts = {str(status): int(n) for status, n in rows}
     last = conn.execute(
         select(pagerduty_inbox.c.received_at, pagerduty_inbox.c.event_type)
         .order_by(pagerduty_inbox.c.id.desc())
@@ -237,6 +236,7 @@ def link_by_dedup_key(conn: Connection, dedup_key: str) -> LinkRow | None:
         routing_key=row["routing_key"],
         state=IncidentState(row["state"]),
         generation=row["generation"],
+        hold_version=row["hold_version"],
     )
     return LinkRow(row["source"], row["ticket_id"], link, row["hold_version"])
 
