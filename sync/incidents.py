@@ -79,8 +79,8 @@ def insert_event(
         "body": body.decode("utf-8"),
         "status": "pending",
     }
-    done = conn.execute(insert_ignore(conn, pagerduty_inbox), row)
-    return bool(done.rowcount)
+    # RETURNING says whether the row went in (a driver's rowcount for ON CONFLICT DO NOTHING is not reliable)
+    return conn.execute(insert_ignore(conn, pagerduty_inbox).returning(pagerduty_inbox.c.id), row).first() is not None
 
 
 def pending_events(conn: Connection, limit: int) -> list[InboxRow]:

@@ -407,9 +407,7 @@ def link_row_generation(svc: Service) -> tuple[int, str | None]:
     return int(row[0]), row[1]
 
 
-def test_a_ticket_done_when_the_person_resolves_is_not_held(
-    db_url: str, rules_path: Path, clock: FakeClock
-) -> None:
+def test_a_ticket_done_when_the_person_resolves_is_not_held(db_url: str, rules_path: Path, clock: FakeClock) -> None:
     with FakePagerDutyRest() as pd:
         svc = build(db_url, rules_path, clock)
         pd.subscribe(URL, SECRET)
@@ -490,3 +488,14 @@ def test_migration_0008_adds_the_inbox_and_incidents_and_keeps_existing_links(db
         assert conn.execute(select(func.count()).select_from(pagerduty_inbox)).scalar_one() == 1
     store.dispose()
 
+
+def test_the_new_secrets_never_show_in_the_settings_or_the_rest_clients_repr(
+    db_url: str, rules_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = build(db_url, rules_path, clock, api_token=TOKEN, api_url="http://127.0.0.1:9")
+    shown = f"{svc.settings!r} {svc.settings.pagerduty!r} {svc.rest!r} {svc.reverse!r}"
+    assert SECRET not in shown and TOKEN not in shown
+    with TestClient(build_app(svc)) as c:  # a refused webhook's log line does not quote the configured secret
+        assert post(c, fixture("resolved_by_user.json"), secrets=("wrong-secret-0000000",)).status_code == 401
+    assert caplog.records and SECRET not in caplog.text
+    svc.store.dispose()

@@ -218,15 +218,21 @@ def _store(args: argparse.Namespace) -> Any:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from kernel.clock import SystemClock
+    from sync.incidents import read_inbox_status
     from ticketpager.statuscheck import problems
 
     store = _store(args)
     try:
         status = store.status()
+        inbox = read_inbox_status(store)
     finally:
         store.dispose()
-    data = status.to_json()
+    data = status.to_json() | {"pagerduty_inbox": inbox.to_json()}
     found = problems(status, SystemClock().now(), args.max_outbox_age) if args.check else []
+    if args.check and inbox.failed:
+        found.append(
+            f"{inbox.failed} PagerDuty webhook(s) could not be handled (see the log: 'PagerDuty webhook … failed')"
+        )
     if args.json:
         if args.check:
             data["problems"] = found
@@ -253,6 +259,12 @@ def _print_status(data: dict[str, Any]) -> None:
     print(f"changes pending   {data['changes_pending']}   failed {data['changes_failed']}")
     print(f"outbox pending    {data['outbox_pending']}   oldest {data['outbox_oldest'] or '-'}")
     print(f"dead letters      {data['dead_letters']}")
+    inbox = data["pagerduty_inbox"]
+    if inbox["last_received_at"] or inbox["pending"] or inbox["failed"]:
+        print(
+            f"pagerduty inbox   {inbox['pending']} pending   failed {inbox['failed']}   last "
+            f"{inbox['last_event_type']} at {inbox['last_received_at']}"
+        )
     for c in data["cursors"]:
         line = f"source {c['source']:<11} last poll {c['last_success_at'] or 'never'}"
         if c["last_error"]:
