@@ -96,12 +96,19 @@ def pending_events(conn: Connection, limit: int) -> list[InboxRow]:
 
 def finish_event(
     conn: Connection, row_id: int, outcome: str, now: datetime, *, failed: bool = False, error: str | None = None
-) -> None:
-    conn.execute(
+) -> bool:
+    """Mark a pending webhook handled; False when it no longer is pending (another replica finished it: the
+    caller's transaction must then write nothing). On PostgreSQL the update locks the row until commit."""
+    done = conn.execute(
         update(pagerduty_inbox)
         .where(pagerduty_inbox.c.id == row_id, pagerduty_inbox.c.status == "pending")
         .values(status="failed" if failed else "done", outcome=outcome, processed_at=now, error=error)
     )
+    return bool(done.rowcount)
+
+
+def set_outcome(conn: Connection, row_id: int, outcome: str) -> None:
+    conn.execute(update(pagerduty_inbox).where(pagerduty_inbox.c.id == row_id).values(outcome=outcome))
 
 
 def inbox_status(conn: Connection) -> InboxStatus:

@@ -233,6 +233,8 @@ class ReverseWorker:
     def _apply(
         self, conn: Connection, row: repo.InboxRow, event: IncidentEvent, found: Correlation, now: datetime
     ) -> int:
+        if not repo.finish_event(conn, row.id, "applying", now):
+            return 0  # handled meanwhile by another replica (its lease expired mid-batch): write nothing
         found_link = repo.link_by_dedup_key(conn, found.dedup_key)
         if found_link is None:  # the link moved on to a newer incident: remember the old one, nothing else
             return self._done(conn, row, event, "old_incident", now)
@@ -349,7 +351,7 @@ class ReverseWorker:
         detail: Mapping[str, Any] | None = None,
         queued: int = 0,
     ) -> int:
-        repo.finish_event(conn, row.id, outcome, now)
+        repo.set_outcome(conn, row.id, outcome)
         if ticket is not None:
             repo.record_decision(
                 conn,

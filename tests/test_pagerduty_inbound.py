@@ -499,3 +499,27 @@ def test_the_new_secrets_never_show_in_the_settings_or_the_rest_clients_repr(
         assert post(c, fixture("resolved_by_user.json"), secrets=("wrong-secret-0000000",)).status_code == 401
     assert caplog.records and SECRET not in caplog.text
     svc.store.dispose()
+
+
+def test_a_webhook_another_replica_handled_meanwhile_is_not_applied_twice(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    """Two replicas' workers read the same pending webhook (the first one's lease ran out mid-batch): the one
+    that comes second writes nothing, so the ticket gets one update."""
+    with FakePagerDutyRest() as pd:
+        svc = build(db_url, rules_path, clock)
+        pd.subscribe(URL, SECRET)
+        page(svc)
+        incident = trigger_at_pagerduty(pd)
+        pd.acknowledge(incident)
+        with TestClient(build_app(svc)) as c:
+            deliver(pd, c)
+        with svc.store.engine.connect() as conn:
+            read_by_first = repo.pending_events(conn, 10)
+        second, first = NoteEveryEvent(), NoteEveryEvent()
+        assert worker(svc, second).drain() == 2
+        late = worker(svc, first)
+        assert [late._process(row) for row in read_by_first] == [0, 0]
+        assert len(queued(svc, "ticket_update")) == 1
+        assert [i["outcome"] for i in inbox(svc)] == ["echo", "applied"]
+        svc.store.dispose()
