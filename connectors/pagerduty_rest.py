@@ -241,6 +241,12 @@ class PagerDutyRestClient:
                 return incident
         return None
 
+    def alert_keys(self, incident_id: str) -> list[str]:
+        """The ``alert_key`` of every alert of the incident: for an Events-API incident, the ``dedup_key``s it
+        grouped (how the reverse direction learns which incident a webhook is about; ``kernel.ports``)."""
+        alerts = self._paginate(f"/incidents/{_seg(incident_id)}/alerts", "alerts", {})
+        return [a["alert_key"] for a in alerts if isinstance(a, dict) and isinstance(a.get("alert_key"), str)]
+
     def get_incident(self, incident_id: str) -> Incident:
         return incident_from_json(self._json("GET", f"/incidents/{_seg(incident_id)}").get("incident"))
 
@@ -476,5 +482,3 @@ def _subscription(data: Any) -> WebhookSubscription:
         active=data.get("active") is not False,
         secret=SecretStr(secret) if isinstance(secret, str) and secret else None,
     )
-
-

@@ -8,7 +8,7 @@ One send, every step checked before it writes, the marker note last:
    never ``assignments``: a user assignment stops escalation, ``shared/notes/pagerduty-two-way.md`` §0.3)
    unless it is on that policy already; a resolved incident is neither reassigned nor given responders;
 3. responder requests for the other policies (``POST /incidents/{id}/responder_requests``; ``requester_id`` is
-   the ``From`` user's id: ``TICKETPAGER_PAGERDUTY__REQUESTER_ID``, or the token's user for a user token);
+   the ``From`` user's id: ``TICKETPAGER_PAGERDUTY__FROM_USER_ID``, or the token's user for a user token);
 4. the note (``POST /incidents/{id}/notes``): the rule's text, or what was done, ending with the marker (our
    webhook's echo filter knows it, and the mirror of notes back to the ticket skips it).
 
@@ -132,7 +132,7 @@ class PagerDutyUpdateDestination:
                 if exc.status not in (400, 401, 403):
                     raise
                 raise PermanentError(
-                    "responder requests need the id of the From user: set TICKETPAGER_PAGERDUTY__REQUESTER_ID "
+                    "responder requests need the id of the From user: set TICKETPAGER_PAGERDUTY__FROM_USER_ID "
                     "(an account-level token has no user of its own)",
                     vendor=VENDOR,
                 ) from None

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 
-def _secret_list(value: object) -> object:
+def secret_list(value: object) -> object:
     """Accept a JSON list, or one value / comma-separated values, from the environment."""
     if isinstance(value, str):
         if value.strip().startswith("["):
@@ -37,7 +37,7 @@ class ConnectorSettings(BaseModel):
     write_back: bool = True
     timeout_seconds: float = 10.0
 
-    _split = field_validator("webhook_secrets", mode="before")(_secret_list)
+    _split = field_validator("webhook_secrets", mode="before")(secret_list)
 
     @property
     def webhook_configured(self) -> bool:
@@ -56,7 +56,7 @@ class JiraSettings(ConnectorSettings):
     group_field: str = ""  # where a rule's assignment group goes: components, or a select-list custom field id
     internal_comment_role: str = ""  # internal comments outside JSM: restrict them to this project role
 
-    _split_fields = field_validator("extra_fields", mode="before")(_secret_list)
+    _split_fields = field_validator("extra_fields", mode="before")(secret_list)
     extra_fields: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*navigable"]
     )  # polled besides the needed ones (comma-separated or a JSON list)
@@ -73,7 +73,7 @@ class ZendeskSettings(ConnectorSettings):
     brand_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # only these brands (empty: all)
     ratelimit_budget_seconds: float = 60.0  # a 429 asking to wait longer than this ends the poll (retried later)
 
-    _split_ids = field_validator("group_ids", "brand_ids", mode="before")(_secret_list)
+    _split_ids = field_validator("group_ids", "brand_ids", mode="before")(secret_list)
     fetch_canonical: bool = True  # trigger-connected webhooks: fetch the ticket when credentials exist
     accept_test_secret: bool = False  # answer 202 (never store) webhooks signed with Zendesk's public test secret
     note_prefix: str = "[ticketpager]"  # starts every internal note; changes that are only such a note never page
@@ -96,4 +96,4 @@ class ServiceNowSettings(ConnectorSettings):
     work_note_prefix: str = "[ticketpager]"  # first text of every work note we write (echo detection)
     priority_labels: dict[str, str] = Field(default_factory=dict)  # priority value -> label override
 
-    _split_tokens = field_validator("bearer_tokens", mode="before")(_secret_list)
+    _split_tokens = field_validator("bearer_tokens", mode="before")(secret_list)

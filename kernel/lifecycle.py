@@ -12,6 +12,7 @@ open                   not matched and ``on_unmatch: resolve``     resolve
 triggered              acknowledge_when holds                      acknowledge
 acknowledged           acknowledge_when holds                      nothing (already acknowledged)
 open, rule removed     ticket done or deleted                      resolve (an incident never stays orphaned)
+resolved in PagerDuty  matched, ticket unchanged since (the hold)  nothing (see :func:`content_digest`)
 anything else                                                      nothing
 =====================  ==========================================  =======================================
 
@@ -24,6 +25,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from kernel import jsonutil
 from kernel.model import EventAction, IncidentState, LinkState, PlannedEvent, StatusCategory, Ticket
 from kernel.ports import Verdict
 
@@ -39,6 +41,19 @@ def dedup_key_for(source: str, ticket_id: str, rule: str, generation: int) -> st
         return key
     digest = hashlib.sha256(key.encode()).hexdigest()
     return f"ticketpager/{source}/sha256:{digest}"
+
+
+def content_digest(ticket: Ticket) -> str:
+    """What the rules can see of ``ticket``, without ``updated`` (and ``raw``): equal digests mean the ticket did
+    not change in any way a rule could notice — a comment or note, ours included, only moves ``updated``.
+
+    The hold rule: when a person resolves our incident in PagerDuty while the ticket still matches, the link
+    records this digest (``links.hold_version``) and no new incident is opened for that rule while the
+    ticket's digest is the same; any other change to the ticket ends the hold."""
+    body = ticket.to_json()
+    body.pop("raw", None)
+    body.pop("updated", None)
+    return hashlib.sha256(jsonutil.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def plan(results: Sequence[Verdict], links: Mapping[str, LinkState], ticket: Ticket) -> list[PlannedEvent]:
@@ -60,6 +75,8 @@ def plan(results: Sequence[Verdict], links: Mapping[str, LinkState], ticket: Tic
                 events.append(_follow_up(link, EventAction.ACKNOWLEDGE, "acknowledge_when holds"))
             continue
         if result.matched and not result.resolve and not gone and result.trigger is not None:
+            if link is not None and link.hold_version is not None and link.hold_version == content_digest(ticket):
+                continue  # a person resolved it in PagerDuty and the ticket has not changed since: no new page
             generation = (link.generation + 1) if link is not None else 1
             dedup_key = dedup_key_for(ticket.source, ticket.id, result.rule, generation)
             why = "matched" if link is None else f"matched again after resolve (incident #{generation})"

@@ -314,6 +314,9 @@ class LinkState:
     routing_key: str = field(repr=False)
     state: IncidentState
     generation: int
+    #: set when a person resolved the incident in PagerDuty while the ticket still matched: the ticket's
+    #: :func:`kernel.lifecycle.content_digest` then. No new incident while the ticket still has that digest.
+    hold_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,15 @@ class TwoWayRules(Protocol):
     def on_ticket_change(self, ctx: EvalContext, link: LinkState, incident_id: str) -> SyncPlan: ...
 
 
+class IncidentLookup(Protocol):
+    """What the reverse worker asks PagerDuty when it meets an incident it has not correlated yet: the
+    ``alert_key`` of each of its alerts (one of them is our ``dedup_key`` for an incident we paged). The
+    application wires the REST client in when ``TICKETPAGER_PAGERDUTY__API_TOKEN`` is set; raises a
+    :mod:`kernel.errors` kind on failure."""
+
+    def alert_keys(self, incident_id: str) -> Sequence[str]: ...
+
+
 class SourceSettings(Protocol):
     """The part of a connector's settings the poll loop reads."""
 
@@ -135,6 +144,7 @@ class PollPage(Protocol):
 __all__ = [
     "EvalContext",
     "IncidentContext",
+    "IncidentLookup",
     "PollPage",
     "RuleSet",
     "Source",

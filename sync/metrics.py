@@ -119,6 +119,28 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # the way back from PagerDuty (issue 16)
+        self.pagerduty_webhooks = Counter(
+            "ticketpager_pagerduty_webhooks_total",
+            "PagerDuty v3 webhook requests by event type and outcome (accepted, duplicate, ignored, rejected_*)",
+            ["event_type", "outcome"],
+            registry=r,
+        )
+        self.pagerduty_webhooks_processed = Counter(
+            "ticketpager_pagerduty_events_processed_total",
+            "PagerDuty webhooks handled by the reverse worker by event type and outcome",
+            ["event_type", "outcome"],
+            registry=r,
+        )
+        self.echoes_suppressed = Counter(
+            "ticketpager_echoes_suppressed_total",
+            "PagerDuty webhooks that were our own action coming back (nothing written back), by event type",
+            ["event_type"],
+            registry=r,
+        )
+        self.pagerduty_inbox = Gauge(
+            "ticketpager_pagerduty_inbox_pending", "PagerDuty webhooks stored and not yet handled", registry=r
+        )
 
 
 # The outcomes alerts look for, created at zero when a source is set up: a counter series that first

@@ -9,6 +9,10 @@
 * ``leases``    — which replica runs a singleton job (a poller, the time-rule scheduler) until when.
 * ``replicas``  — each running replica's heartbeat: a live one's claims and leases are never taken over.
 * ``decisions`` — the decision log: per change, every rule's verdict and why, and what was sent.
+* ``pagerduty_inbox`` — PagerDuty v3 webhooks as received (verified raw body), deduped on ``X-Webhook-Id``: the
+  reverse worker's work queue (:mod:`sync.reverse`).
+* ``incidents`` — PagerDuty incident ↔ our ``dedup_key`` (learned once: PagerDuty does not put the key on an
+  Events-API incident's webhook), with what the last event said of the incident.
 """
 
 from __future__ import annotations
@@ -138,6 +142,9 @@ links = Table(
     Column("state", String(16), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # a person resolved the incident in PagerDuty while the ticket still matched: the content digest
+    # (kernel.lifecycle.content_digest) of the ticket then; no new page while the ticket still has it
+    Column("hold_version", String(64), nullable=True),
     UniqueConstraint("source", "ticket_id", "rule"),
     Index("ix_links_dedup_key", "dedup_key"),
     Index(
@@ -230,4 +237,44 @@ decisions = Table(
     Column("detail", Text, nullable=True),  # JSON: verdicts with explanations, events planned (keys masked)
     Index("ix_decisions_ticket", "source", "ticket_id", "id"),
     Index("ix_decisions_at", "at"),
+)
+
+pagerduty_inbox = Table(
+    "pagerduty_inbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("webhook_id", String(255), nullable=False),  # X-Webhook-Id: the same on every retry of one delivery
+    Column("event_id", String(255), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("incident_id", String(64), nullable=True),
+    Column("occurred_at", UTCDateTime(), nullable=True),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("body", Text, nullable=False),  # the verified raw body (at most 256 KB), parsed again by the worker
+    Column("status", String(16), nullable=False, server_default="pending"),  # pending | done | failed
+    Column("outcome", String(32), nullable=True),  # applied, echo, not_ours, failed …
+    Column("processed_at", UTCDateTime(), nullable=True),
+    Column("error", Text, nullable=True),
+    UniqueConstraint("webhook_id"),
+    Index(
+        "ix_pagerduty_inbox_pending",
+        "id",
+        sqlite_where=text("status = 'pending'"),
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index("ix_pagerduty_inbox_received_at", "received_at"),
+)
+
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("incident_id", String(64), primary_key=True),
+    Column("dedup_key", String(255), nullable=False),
+    Column("number", Integer, nullable=True),
+    Column("html_url", Text, nullable=True),
+    Column("status", String(16), nullable=True),
+    Column("escalation_policy_id", String(64), nullable=True),
+    Column("learned_by", String(16), nullable=False),  # rest | incident_key | title
+    Column("last_event_at", UTCDateTime(), nullable=True),  # occurred_at of the newest event applied
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_incidents_dedup_key", "dedup_key"),
 )

@@ -104,7 +104,7 @@ def test_responders_are_requested_by_the_from_user(pd: FakePagerDutyRest) -> Non
 
 def test_without_a_requester_id_an_account_token_gets_a_clear_error(pd: FakePagerDutyRest) -> None:
     incident_id = paged(pd)
-    with pytest.raises(PermanentError, match="TICKETPAGER_PAGERDUTY__REQUESTER_ID"):
+    with pytest.raises(PermanentError, match="TICKETPAGER_PAGERDUTY__FROM_USER_ID"):
         send(destination(pd, requester_id=""), update(incident_id, responder_policies=("PEP0002",)))
     assert pd.state.notes[incident_id] == []  # the marker note is last: the fixed retry does the whole update
     pd.spec_errors.clear()  # GET /users/me with an account key: refused, as PagerDuty does

@@ -88,7 +88,7 @@ def test_only_the_repositories_build_sql() -> None:
 def test_the_repositories_are_seen_building_sql() -> None:
     """The scan recognises the repositories' own statements (it would pass vacuously otherwise)."""
     found = {path.name for path in (ROOT / "sync" / "repos").glob("*.py") if sql_built_in(ast.parse(path.read_text()))}
-    assert found == {"changes.py", "tickets.py", "outbox.py", "cursors.py"}
+    assert {"changes.py", "tickets.py", "outbox.py", "cursors.py", "incidents.py"} <= found
 
 
 # -- the checker catches what it is for (a planted tree) ---------------------------------------------------

@@ -50,7 +50,7 @@ def test_ticket_and_incident_updates_go_to_their_destinations_once(
             rules_path,
             events.url,
             clock,
-            pagerduty={"api_url": pd.url, "api_token": TOKEN, "from_email": BOT_EMAIL, "requester_id": "PBOT001"},
+            pagerduty={"api_url": pd.url, "api_token": TOKEN, "from_email": BOT_EMAIL, "from_user_id": "PBOT001"},
             jira={"enabled": True, "url": jira.url, "email": "bot@example.com", "api_token": "t0ken",
                   "deployment": "cloud", "write_back": True},
         )  # fmt: skip

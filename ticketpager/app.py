@@ -25,7 +25,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from connectors import CONNECTORS
+from connectors import pagerduty_webhooks as pdw
 from kernel.errors import WebhookRejected
+from kernel.incidents import IgnoredEvent
 from kernel.jsonutil import BadJSON
 from kernel.model import unstorable_reason
 from sync.metrics import METRICS
@@ -249,15 +251,90 @@ class Webhooks:
         return 202, {"status": "accepted", "stored": stored, "duplicates": duplicates}
 
 
+PAGERDUTY = "pagerduty"  # POST /webhooks/pagerduty: PagerDuty's v3 webhooks, the way back (issue 16)
+
+
+class PagerDutyWebhooks:
+    """``POST /webhooks/pagerduty``: verify (``X-PagerDuty-Signature``, any configured secret), parse, and store
+    in the PagerDuty inbox (deduped on ``X-Webhook-Id``) before answering 202; the reverse worker handles it
+    afterwards. PagerDuty waits 5 s and disables a subscription after three dropped deliveries, so nothing but
+    the insert happens before the answer. Refusals as for the other sources: 401 signature, 400 malformed,
+    413 over PagerDuty's own 256 KB; event types the sync does not act on are answered 202 and counted."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.drain = service.settings.http.drain_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await send_json(send, 405, {"error": "Method Not Allowed"}, ((b"allow", b"POST"),))
+            return
+        try:
+            status, content = await self.accept(scope, receive)
+        except _Disconnected:
+            return
+        except Exception:  # never a bare 500 page: log it, count it, answer JSON
+            log.exception("webhook pagerduty failed")
+            METRICS.pagerduty_webhooks.labels("unknown", "error").inc()
+            status, content = 500, {"error": "internal error; retry later"}
+        await send_json(send, status, content, CLOSE if status == 413 else ())
+
+    async def accept(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
+        count = METRICS.pagerduty_webhooks
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        limit = pdw.MAX_BODY_BYTES
+        try:
+            expects = headers.get("expect", "").strip().lower() == "100-continue"
+            body = await read_body(receive, headers.get("content-length"), limit, self.drain, expects_continue=expects)
+        except BodyTooLarge:
+            count.labels("unknown", "too_large").inc()
+            log.warning("webhook pagerduty rejected (413): body over %d KB", limit // 1024)
+            return 413, {"error": f"body larger than {limit // 1024} KB (PagerDuty drops those)"}
+        except WebhookRejected as exc:
+            count.labels("unknown", f"rejected_{exc.status}").inc()
+            return exc.status or 400, {"error": exc.reason}
+        settings = self.service.settings.pagerduty
+        try:
+            if settings.webhook_configured or not self.service.settings.insecure_webhooks:
+                try:
+                    pdw.verify_signature(headers, body, settings.webhook_secrets)
+                except WebhookRejected as exc:
+                    if exc.reason.endswith("not configured"):
+                        raise WebhookRejected(
+                            401, f"{exc.reason}: set TICKETPAGER_PAGERDUTY__WEBHOOK_SECRETS"
+                        ) from None
+                    raise
+            webhook_id = pdw.webhook_id(headers)
+            event = pdw.parse_event(body)
+        except WebhookRejected as exc:
+            status = exc.status or 400
+            count.labels("unknown", f"rejected_{status}").inc()
+            (log.warning if status == 401 else log.info)("webhook pagerduty rejected (%d): %s", status, exc.reason)
+            return status, {"error": exc.reason}
+        if isinstance(event, IgnoredEvent):
+            count.labels("other", "ignored").inc()
+            return 202, {"status": "ignored", "reason": f"event type {event.event_type[:100]!r} is not acted on"}
+        label = event.event_type.value
+        try:
+            new = await run_in_threadpool(self.service.store_pagerduty_webhook, webhook_id, event, body)
+        except Exception as exc:  # noqa: BLE001
+            log.error("storing the PagerDuty webhook failed: %s", exc)
+            count.labels(label, "store_failed").inc()
+            return 503, {"error": "could not store the webhook; retry later"}
+        count.labels(label, "accepted" if new else "duplicate").inc()
+        return 202, {"status": "accepted" if new else "duplicate"}
+
+
 WEBHOOK_PREFIX = "/webhooks/"
 
 
 class App:
     """The ASGI app ``serve`` runs: webhooks straight to :class:`Webhooks`, everything else to Starlette."""
 
-    def __init__(self, webhooks: Webhooks, rest: Starlette) -> None:
+    def __init__(self, webhooks: Webhooks, rest: Starlette, pagerduty: PagerDutyWebhooks | None = None) -> None:
         self.webhooks = webhooks
         self.rest = rest
+        self.pagerduty = pagerduty
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -269,6 +346,9 @@ class App:
                 rest = path[len(WEBHOOK_PREFIX) :]
                 if rest.endswith("/"):  # vendors do not follow a 307 with a POST
                     rest = rest[:-1]
+                if rest == PAGERDUTY and self.pagerduty is not None:
+                    await self.pagerduty(scope, receive, send)
+                    return
                 source, _, connection = rest.partition("/")  # /webhooks/{system}[/{connection}]
                 if source and "/" not in connection and (connection or not rest.endswith("/")):
                     await self.webhooks(scope, receive, send, source, connection or None)
@@ -304,7 +384,7 @@ def build_app(service: Service) -> App:
     async def status(request: Request) -> Response:
         if not authorized(request):
             return error(401, "admin endpoints need 'Authorization: Bearer <metrics_token>'")
-        return JSONResponse((await run_in_threadpool(service.store.status)).to_json())
+        return JSONResponse(await run_in_threadpool(service.status_report))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -319,4 +399,4 @@ def build_app(service: Service) -> App:
             Route("/admin/status", status, methods=["GET"]),
         ],
     )
-    return App(Webhooks(service), rest)
+    return App(Webhooks(service), rest, PagerDutyWebhooks(service))

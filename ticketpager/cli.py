@@ -229,15 +229,21 @@ def _store(args: argparse.Namespace) -> Any:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from kernel.clock import SystemClock
+    from sync.repos.incidents import read_inbox_status
     from ticketpager.statuscheck import problems
 
     store = _store(args)
     try:
         status = store.status()
+        inbox = read_inbox_status(store)
     finally:
         store.dispose()
-    data = status.to_json()
+    data = status.to_json() | {"pagerduty_inbox": inbox.to_json()}
     found = problems(status, SystemClock().now(), args.max_outbox_age) if args.check else []
+    if args.check and inbox.failed:
+        found.append(
+            f"{inbox.failed} PagerDuty webhook(s) could not be handled (see the log: 'PagerDuty webhook … failed')"
+        )
     if args.json:
         if args.check:
             data["problems"] = found
@@ -264,6 +270,12 @@ def _print_status(data: dict[str, Any]) -> None:
     print(f"changes pending   {data['changes_pending']}   failed {data['changes_failed']}")
     print(f"outbox pending    {data['outbox_pending']}   oldest {data['outbox_oldest'] or '-'}")
     print(f"dead letters      {data['dead_letters']}")
+    inbox = data["pagerduty_inbox"]
+    if inbox["last_received_at"] or inbox["pending"] or inbox["failed"]:
+        print(
+            f"pagerduty inbox   {inbox['pending']} pending   failed {inbox['failed']}   last "
+            f"{inbox['last_event_type']} at {inbox['last_received_at']}"
+        )
     for c in data["cursors"]:
         line = f"source {c['source']:<11} last poll {c['last_success_at'] or 'never'}"
         if c["last_error"]:
@@ -352,6 +364,90 @@ def cmd_db(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     return EXIT_OK
+
+
+PAGERDUTY_WEBHOOK_PATH = "/webhooks/pagerduty"
+
+
+def _rest_client(settings: Settings) -> Any:
+    from connectors.pagerduty_rest import PagerDutyRestClient
+
+    pd = settings.pagerduty
+    if not pd.api_token.get_secret_value():
+        raise ConfigError("'ticketpager pagerduty' needs a REST API key: set TICKETPAGER_PAGERDUTY__API_TOKEN")
+    return PagerDutyRestClient(
+        pd.api_token, api_url=pd.rest_url, from_email=pd.from_email or None, timeout=pd.timeout_seconds
+    )
+
+
+def _webhook_url(args: argparse.Namespace, settings: Settings) -> str:
+    if args.url:
+        return str(args.url)
+    if settings.public_url:
+        return settings.public_url.rstrip("/") + PAGERDUTY_WEBHOOK_PATH
+    raise ConfigError(
+        f"give --url (e.g. https://ticketpager.example.com{PAGERDUTY_WEBHOOK_PATH}) or set TICKETPAGER_PUBLIC_URL"
+    )
+
+
+def cmd_pagerduty_subscribe(args: argparse.Namespace) -> int:
+    """Create the v3 webhook subscription(s) for the services given (or the account), printing each new
+    subscription's secret once: PagerDuty shows it only in the answer to the create."""
+    from kernel.errors import TicketpagerError
+    from kernel.incidents import EventType
+
+    settings = _settings(args)
+    url = _webhook_url(args, settings)
+    events = [t.value for t in EventType]
+    scopes: list[str | None] = list(args.service) or [None]
+    if args.dry_run:
+        for scope in scopes:
+            where = f"service {scope}" if scope else "the whole account"
+            print(f"would subscribe {url} to {len(events)} event types for {where}: {', '.join(events)}")
+        return EXIT_OK
+    client = _rest_client(settings)
+    for scope in scopes:
+        where = f"service {scope}" if scope else "the whole account"
+        try:  # an existing subscription to the URL is found first: running it again creates nothing
+            sub, created = client.ensure_webhook_subscription(url, events, service_id=scope)
+        except TicketpagerError as exc:
+            print(f"ticketpager: subscribing {url} for {where} failed: {redact(str(exc))}", file=sys.stderr)
+            return EXIT_PROBLEM
+        if not created:
+            print(f"{sub.id}: {url} is already subscribed for {where} (its secret is not shown again)")
+            continue
+        secret = sub.secret.get_secret_value() if sub.secret else ""
+        print(f"{sub.id}: subscribed {url} for {where}")
+        print(f"  secret (shown once; add it to TICKETPAGER_PAGERDUTY__WEBHOOK_SECRETS now): {secret}")
+    return EXIT_OK
+
+
+def cmd_pagerduty_ping(args: argparse.Namespace) -> int:
+    """Ask PagerDuty to send ``pagey.ping`` to every subscription delivering to the URL."""
+    from kernel.errors import TicketpagerError
+
+    settings = _settings(args)
+    url = _webhook_url(args, settings)
+    client = _rest_client(settings)
+    try:
+        subs = [s for s in client.list_webhook_subscriptions() if s.url == url]
+        for sub in subs:
+            client.ping(sub.id)
+    except TicketpagerError as exc:
+        print(f"ticketpager: PagerDuty: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if not subs:
+        print(f"no PagerDuty webhook subscription delivers to {url} (create one: ticketpager pagerduty subscribe)")
+        return EXIT_PROBLEM
+    for sub in subs:
+        state = "" if sub.active else " (the subscription is INACTIVE: PagerDuty will not deliver)"
+        print(f"{sub.id}: PagerDuty is sending pagey.ping to {url}{state}")
+    print(
+        "a running 'serve' answers it 202 and counts it in "
+        'ticketpager_pagerduty_webhooks_total{event_type="other",outcome="ignored"}; a 401 there means the '
+        "secret in TICKETPAGER_PAGERDUTY__WEBHOOK_SECRETS is not this subscription's"
+    )
+    return EXIT_OK if all(s.active for s in subs) else EXIT_PROBLEM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -541,6 +637,55 @@ def build_parser() -> argparse.ArgumentParser:
         exits=db_exits,
     )
     dbp.set_defaults(func=cmd_db)
+
+    pd_exits = {
+        EXIT_OK: "done",
+        EXIT_PROBLEM: "PagerDuty refused or did not answer, or (ping) no active subscription delivers to the URL",
+        EXIT_USAGE: "no TICKETPAGER_PAGERDUTY__API_TOKEN, no --url and no TICKETPAGER_PUBLIC_URL, or a setting is "
+        "invalid",
+    }
+    pdp = command(
+        sub,
+        "pagerduty",
+        "PagerDuty webhook subscription: subscribe, ping",
+        "The way back from PagerDuty: the v3 webhook subscription that delivers incident events to\n"
+        f"POST {PAGERDUTY_WEBHOOK_PATH}. Needs TICKETPAGER_PAGERDUTY__API_TOKEN (a REST API key).",
+        examples=[
+            "ticketpager pagerduty subscribe --url https://tp.example.com/webhooks/pagerduty --service PSVC001",
+            "ticketpager pagerduty ping --url https://tp.example.com/webhooks/pagerduty",
+        ],
+        exits=pd_exits,
+    )
+    pdsub = pdp.add_subparsers(dest="pd_command", required=True, metavar="ACTION")
+    subscribe = command(
+        pdsub,
+        "subscribe",
+        "create the v3 webhook subscription (prints its secret once)",
+        "Create a v3 webhook subscription for each --service (the services your rules' routing keys belong to),\n"
+        "or for the whole account without --service. PagerDuty shows a subscription's secret only when it is\n"
+        "created: it is printed once; put it in TICKETPAGER_PAGERDUTY__WEBHOOK_SECRETS. A URL already subscribed\n"
+        "is left as it is.",
+        examples=["ticketpager pagerduty subscribe --url https://tp.example.com/webhooks/pagerduty --dry-run"],
+        exits=pd_exits,
+    )
+    default_url = f"TICKETPAGER_PUBLIC_URL + {PAGERDUTY_WEBHOOK_PATH}"
+    subscribe.add_argument("--url", help=f"where PagerDuty delivers (default {default_url})")
+    subscribe.add_argument(
+        "--service", action="append", default=[], metavar="ID", help="a PagerDuty service id (repeat)"
+    )
+    subscribe.add_argument("--dry-run", action="store_true", help="print what would be created; call nothing")
+    subscribe.set_defaults(func=cmd_pagerduty_subscribe)
+    ping = command(
+        pdsub,
+        "ping",
+        "ask PagerDuty to send a test event to ticketpager",
+        "Ask PagerDuty to send its pagey.ping test event through every subscription delivering to the URL: the\n"
+        "end-to-end path from PagerDuty to a running 'serve'.",
+        examples=["ticketpager pagerduty ping --url https://tp.example.com/webhooks/pagerduty"],
+        exits=pd_exits,
+    )
+    ping.add_argument("--url", help=f"the subscribed URL (default {default_url})")
+    ping.set_defaults(func=cmd_pagerduty_ping)
 
     try:
         from ticketpager.rules_cli import register

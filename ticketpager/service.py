@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -25,11 +25,14 @@ from connectors import CONNECTORS, connector_class
 from connectors.base import Connector, NoteDestination
 from connectors.jira_normalize import display_name_fields
 from connectors.pagerduty import PagerDutyDestination, PagerDutySink, RateLimiter
-from connectors.pagerduty_rest import Pacer, PagerDutyRestClient, Region
+from connectors.pagerduty_rest import Pacer, PagerDutyRestClient
 from connectors.pagerduty_update import PagerDutyUpdateDestination
+from connectors.pagerduty_webhooks import parse_event
 from kernel import redact
 from kernel.clock import Clock, SystemClock
+from kernel.incidents import IncidentEvent
 from kernel.model import Destination
+from kernel.ports import IncidentContext, SyncPlan, TwoWayRules
 from kernel.redact import mask
 from kernel.retry import RetryPolicy
 from rules import RuleStore
@@ -40,7 +43,9 @@ from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
 from sync.metrics import METRICS, zero_series
 from sync.poller import poll_once
+from sync.repos import incidents as pd_inbox
 from sync.repos.cursors import acquire_lease, release_lease
+from sync.reverse import ReverseWorker
 from sync.store import Store
 from ticketpager.connections import Connection, declare, load_connections
 from ticketpager.schedule import poll_offset
@@ -66,19 +71,7 @@ def _pagerduty_rest(svc: Service) -> Destination:
     # a client (session) per delivery worker, built on first send; one pacer per process: PagerDuty counts per token
     pd = svc.settings.pagerduty
 
-    def client() -> PagerDutyRestClient:
-        built = PagerDutyRestClient(
-            pd.api_token,
-            region=Region(pd.region),
-            api_url=pd.api_url or None,
-            from_email=pd.from_email or None,
-            timeout=pd.timeout_seconds,
-            clock=svc.clock,
-        )
-        built.pacer = svc.rest_pacer
-        return built
-
-    return PagerDutyUpdateDestination(client, requester_id=pd.requester_id)
+    return PagerDutyUpdateDestination(svc.rest_client, requester_id=pd.from_user_id)
 
 
 #: The destinations actions can go to, by name: how the application builds each (per delivery worker; every
@@ -89,6 +82,28 @@ DESTINATIONS: dict[str, Callable[[Service], Destination]] = {
     "pagerduty": _pagerduty,
     "pagerduty_rest": _pagerduty_rest,
 }
+
+
+#: how long the reverse worker waits before asking PagerDuty's REST API again after it failed to answer
+REVERSE_RETRY_SECONDS = 5.0
+
+
+class _NoPlan:
+    """The plan of a rule set without a two-way section: nothing to write back."""
+
+    rule = ""
+    actions: tuple[()] = ()
+    explanation = ("the rules configure no ticket updates for PagerDuty events",)
+
+
+class _OneWayRules:
+    """Stands in for the reverse half of a rule set that has none (link state is still followed)."""
+
+    def on_incident(self, ctx: IncidentContext) -> SyncPlan:
+        return _NoPlan()
+
+    def on_ticket_change(self, ctx: Any, link: Any, incident_id: str) -> SyncPlan:
+        return _NoPlan()
 
 
 def load_rule_store(settings: Settings, clock: Clock) -> RuleStore:
@@ -171,6 +186,9 @@ class Service:
             interval=settings.engine.heartbeat_seconds,
             timeout=settings.engine.replica_timeout_seconds,
         )
+        self.reverse_wake = threading.Event()  # set when a PagerDuty webhook was stored
+        self.rest: PagerDutyRestClient | None = None  # the reverse worker's, built with it (a token is set)
+        self.reverse = self._reverse_worker()
         self._threads: list[threading.Thread] = []
         self._reload_failures_seen = 0
         self._learn_routing_keys()
@@ -285,19 +303,84 @@ class Service:
             heartbeat=heartbeat,
         )
 
+    # -- the way back from PagerDuty (issue 16) ----------------------------------------------------
+    def rest_client(self) -> PagerDutyRestClient:
+        """A new REST client (one per thread: a ``requests`` session is not shared); ConfigError without a token."""
+        pd = self.settings.pagerduty
+        client = PagerDutyRestClient(
+            pd.api_token,
+            api_url=pd.rest_url,
+            from_email=pd.from_email or None,
+            timeout=pd.timeout_seconds,
+            clock=self.clock,
+        )
+        client.pacer = self.rest_pacer  # one pace per process: PagerDuty counts requests per token
+        return client
+
+    def _reverse_worker(self) -> ReverseWorker:
+        pd = self.settings.pagerduty
+        if pd.api_token.get_secret_value():
+            self.rest = self.rest_client()
+        return ReverseWorker(
+            self.store,
+            self._two_way_rules,
+            self.clock,
+            parse=parse_event,
+            destinations=self._reverse_destinations,
+            lookup=self.rest,
+            own_user_ids=[pd.from_user_id] if pd.from_user_id else [],
+            batch_size=self.settings.engine.batch_size,
+            on_queued=self.outbox_wake.set,
+        )
+
+    def _two_way_rules(self) -> TwoWayRules:
+        rules = self.rule_store.current
+        if callable(getattr(rules, "on_incident", None)):
+            return cast(TwoWayRules, rules)
+        return _OneWayRules()
+
+    def _reverse_destinations(self) -> dict[str, Destination]:
+        """What renders the reverse worker's actions: each ticketing system's write-back, and every named
+        destination (``pagerduty_rest`` for incident updates, once registered in ``DESTINATIONS``)."""
+        out = self.destinations()
+        for name, build in DESTINATIONS.items():
+            out.setdefault(name, build(self))
+        return out
+
+    def store_pagerduty_webhook(self, webhook_id: str, event: IncidentEvent, body: bytes) -> bool:
+        """Store one verified PagerDuty webhook (False: its ``X-Webhook-Id`` was stored before); wakes the
+        reverse worker. Runs in the HTTP server's thread pool, before the 202."""
+        new = pd_inbox.store_event(
+            self.store,
+            webhook_id=webhook_id,
+            event_id=event.event_id,
+            event_type=event.event_type.value,
+            incident_id=event.incident_id,
+            occurred_at=event.occurred_at,
+            received_at=self.clock.now(),
+            body=body,
+        )
+        if new:
+            self.reverse_wake.set()
+        return new
+
+    def status_report(self) -> dict[str, Any]:
+        """``/admin/status`` and ``ticketpager status``: the store's report and the PagerDuty inbox."""
+        return self.store.status().to_json() | {"pagerduty_inbox": pd_inbox.read_inbox_status(self.store).to_json()}
+
     # -- one-shot operations (CLI) ---------------------------------------------------------------
     def poll_source(self, source: str, on_page: Callable[[Any], None] | None = None) -> Any:
         return poll_once(self.store, self.connector(source), self.clock, on_page=on_page)
 
     def process_all(self) -> tuple[int, int]:
         """Run the engine and delivery until nothing is due (``poll --once``, tests)."""
-        processed = self.engine.drain()
+        processed = self.engine.drain() + self.reverse.drain()
         delivery = self.delivery()
         delivered = 0
         for _ in range(100):
             n = delivery.drain()
             delivered += n
-            more = self.engine.drain()
+            more = self.engine.drain() + self.reverse.drain()
             processed += more
             if not n and not more:
                 break
@@ -359,6 +442,7 @@ class Service:
             log.warning("first heartbeat failed (%s); retrying", failure_reason(exc)[:300])
         self._spawn("heartbeat", self._heartbeat_loop)
         self._spawn("engine", self._engine_loop)
+        self._spawn("reverse", self._reverse_loop)
         for i in range(max(self.settings.pagerduty.workers, 1)):
             worker = self.delivery(str(i), heartbeat=self.heartbeat)
             self._spawn(f"delivery-{i}", functools.partial(self._delivery_loop, worker))
@@ -373,6 +457,7 @@ class Service:
         self.stopping.set()
         self.wake.set()
         self.outbox_wake.set()
+        self.reverse_wake.set()
         self.rule_store.stop()
         for thread in self._threads:
             thread.join(timeout=15)
@@ -471,6 +556,24 @@ class Service:
                 continue
             self.outbox_wake.wait(self._idle())
 
+    def _reverse_loop(self) -> None:
+        """The PagerDuty inbox, one replica at a time (a lease: webhooks of one incident are handled in
+        order); woken by the webhook's commit, else it looks every ``engine.idle_seconds``."""
+        lease = self.settings.engine.lease_seconds
+        try:
+            while not self.stopping.is_set():
+                self.reverse_wake.clear()
+                if pd_inbox.has_pending(self.store) and self._with_lease("reverse", lease):
+                    if self.reverse.run_once():
+                        continue
+                    if self.reverse.blocked:  # PagerDuty's REST API did not answer: not 5 times a second
+                        self.stopping.wait(REVERSE_RETRY_SECONDS)
+                        continue
+                self.reverse_wake.wait(self._idle())
+        finally:
+            with self.store.begin() as conn:
+                release_lease(conn, "reverse", self.instance)
+
     def _heartbeat_loop(self) -> None:
         """One small write every ``engine.heartbeat_seconds``; a database error restarts it (see _guard)."""
         while not self.stopping.is_set():
@@ -518,15 +621,16 @@ class Service:
             if now_m >= next_recheck:
                 next_recheck = now_m + eng.recheck_interval_seconds
                 rules = self.rule_store.current
-                if rules.has_time_rules and self._with_lease(
-                    "recheck", eng.recheck_interval_seconds
-                ):
+                if rules.has_time_rules and self._with_lease("recheck", eng.recheck_interval_seconds):
                     if self.engine.recheck():
                         self.outbox_wake.set()
             if now_m >= next_prune:
                 next_prune = now_m + 3600
                 if self._with_lease("retention", 3600):
-                    self.store.prune(self.clock.now() - timedelta(days=self.settings.retention_days))
+                    before = self.clock.now() - timedelta(days=self.settings.retention_days)
+                    self.store.prune(before)
+                    with self.store.begin() as conn:
+                        pd_inbox.prune_events(conn, before)
             self.stopping.wait(self.settings.engine.gauge_interval_seconds)
 
     def update_gauges(self) -> None:
@@ -535,6 +639,7 @@ class Service:
         depth, age = self.store.outbox_depth(self.clock.now())
         METRICS.outbox_depth.set(depth)
         METRICS.outbox_oldest.set(age)
+        METRICS.pagerduty_inbox.set(pd_inbox.read_inbox_status(self.store).pending)
         for kind, count in self.store.dead_letter_counts().items():
             METRICS.dead_letters.labels(kind).set(count)
         now = self.clock.now()

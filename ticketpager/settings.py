@@ -9,10 +9,10 @@ Tests build :class:`Settings` directly (``Settings(database_url=..., _env_file=N
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, create_model, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import NestedSecretsSettingsSource
 
 from connectors import registry
@@ -21,12 +21,16 @@ from connectors.settings import (  # noqa: F401 (re-exported: the sections of th
     JiraSettings,
     ServiceNowSettings,
     ZendeskSettings,
+    secret_list,
 )
 from ticketpager.secretfiles import configured_dir
 
 # https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ (US) and the EU service region
 PAGERDUTY_EVENTS_URL_US = "https://events.pagerduty.com/v2/enqueue"
 PAGERDUTY_EVENTS_URL_EU = "https://events.eu.pagerduty.com/v2/enqueue"
+# REST API v2 base URLs per service region (connectors.pagerduty_rest.API_URLS, DOC_REGIONS there)
+PAGERDUTY_API_URL_US = "https://api.pagerduty.com"
+PAGERDUTY_API_URL_EU = "https://api.eu.pagerduty.com"
 
 EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 
@@ -52,16 +56,33 @@ class PagerDutySettings(BaseModel):
     backoff_cap_seconds: float = 300.0
     workers: int = 4
     source_name: str = "ticketpager"  # payload.source fallback
-    api_token: SecretStr = SecretStr("")  # REST API token: incident updates (reassign, responders, notes)
-    api_url: str = ""  # overrides the region's REST base URL; e.g. a proxy or a fake
-    from_email: str = ""  # the PagerDuty user recorded as acting on REST writes (needed with an account token)
-    requester_id: str = ""  # that user's id (P…): responder requests need it (a user token finds its own)
+    # the way back (PagerDuty webhooks v3 and REST API v2, issue 16)
+    webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list
+    )  # v3 webhook signing secret(s) for POST /webhooks/pagerduty; comma-separated or a JSON list, two while rotating
+    api_token: SecretStr = SecretStr("")  # REST API key: learns which incident is ours, subscribe, ping, updates
+    from_email: str = ""  # the PagerDuty user REST writes act as (From header); its actions are our own echoes
+    from_user_id: str = ""  # that user's id (PXXXXXX): our REST writes come back as echoes; responders need it
+    api_url: str = ""  # overrides the region's REST API base URL; e.g. a proxy or a mock
+
+    _split_secrets = field_validator("webhook_secrets", mode="before")(secret_list)
 
     @property
     def url(self) -> str:
         if self.events_url:
             return self.events_url
         return PAGERDUTY_EVENTS_URL_EU if self.region == "eu" else PAGERDUTY_EVENTS_URL_US
+
+    @property
+    def rest_url(self) -> str:
+        """The REST API v2 base URL: ``api_url`` if set, else the region's."""
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        return PAGERDUTY_API_URL_EU if self.region == "eu" else PAGERDUTY_API_URL_US
+
+    @property
+    def webhook_configured(self) -> bool:
+        return any(s.get_secret_value() for s in self.webhook_secrets)
 
 
 class EngineSettings(BaseModel):

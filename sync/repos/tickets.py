@@ -58,6 +58,7 @@ UPDATE_LINK = (
         routing_key=_B("routing_key"),
         state=_B("state"),
         updated_at=_B("updated_at"),
+        hold_version=None,  # a new event for the link ends a hold (see kernel.lifecycle.content_digest)
     )
 )
 INSERT_DECISION = insert(decisions)
@@ -119,6 +120,7 @@ def links_of(conn: Connection, source: str, ticket_id: str) -> dict[str, LinkSta
             routing_key=r["routing_key"],
             state=IncidentState(r["state"]),
             generation=r["generation"],
+            hold_version=r["hold_version"],
         )
         for r in rows
     }

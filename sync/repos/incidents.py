@@ -1,0 +1,280 @@
+"""The reverse direction's SQL, in one place: the PagerDuty webhook inbox and the incident correlation table
+(``pagerduty_inbox`` and ``incidents`` in :mod:`sync.schema`), and the few reads and writes of links, tickets,
+outbox and decision log the reverse worker (:mod:`sync.reverse`) needs.
+
+Every function takes the caller's connection, so the worker's writes for one webhook (incident row, link
+state, outbox rows, decision, inbox row done) commit together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from kernel import jsonutil
+from kernel.model import IncidentState, LinkState, Ticket
+from sync.db import insert_ignore
+from sync.schema import decisions, incidents, links, outbox, pagerduty_inbox, tickets
+from sync.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    id: int
+    webhook_id: str
+    event_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRow:
+    """A link found by its ``dedup_key``: which ticket and the link state."""
+
+    source: str
+    ticket_id: str
+    link: LinkState
+    hold_version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class InboxStatus:
+    pending: int
+    failed: int
+    last_received_at: datetime | None
+    last_event_type: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pending": self.pending,
+            "failed": self.failed,
+            "last_received_at": self.last_received_at.isoformat() if self.last_received_at else None,
+            "last_event_type": self.last_event_type,
+        }
+
+
+# -- inbox ---------------------------------------------------------------------------------------------------
+def insert_event(
+    conn: Connection,
+    *,
+    webhook_id: str,
+    event_id: str,
+    event_type: str,
+    incident_id: str | None,
+    occurred_at: datetime | None,
+    received_at: datetime,
+    body: bytes,
+) -> bool:
+    """Store one verified webhook; False when its ``X-Webhook-Id`` is already stored (a redelivery)."""
+    row = {
+        "webhook_id": webhook_id,
+        "event_id": event_id,
+        "event_type": event_type,
+        "incident_id": incident_id,
+        "occurred_at": occurred_at,
+        "received_at": received_at,
+        "body": body.decode("utf-8"),
+        "status": "pending",
+    }
+    # RETURNING says whether the row went in (a driver's rowcount for ON CONFLICT DO NOTHING is not reliable)
+    return conn.execute(insert_ignore(conn, pagerduty_inbox).returning(pagerduty_inbox.c.id), row).first() is not None
+
+
+def pending_events(conn: Connection, limit: int) -> list[InboxRow]:
+    """The oldest pending webhooks, in arrival order (PagerDuty keeps order per subscription and incident)."""
+    rows = conn.execute(
+        select(pagerduty_inbox.c.id, pagerduty_inbox.c.webhook_id, pagerduty_inbox.c.event_type, pagerduty_inbox.c.body)
+        .where(pagerduty_inbox.c.status == "pending")
+        .order_by(pagerduty_inbox.c.id)
+        .limit(limit)
+    ).all()
+    return [InboxRow(int(r.id), str(r.webhook_id), str(r.event_type), str(r.body).encode("utf-8")) for r in rows]
+
+
+def finish_event(
+    conn: Connection, row_id: int, outcome: str, now: datetime, *, failed: bool = False, error: str | None = None
+) -> bool:
+    """Mark a pending webhook handled; False when it no longer is pending (another replica finished it: the
+    caller's transaction must then write nothing). On PostgreSQL the update locks the row until commit."""
+    done = conn.execute(
+        update(pagerduty_inbox)
+        .where(pagerduty_inbox.c.id == row_id, pagerduty_inbox.c.status == "pending")
+        .values(status="failed" if failed else "done", outcome=outcome, processed_at=now, error=error)
+    )
+    return bool(done.rowcount)
+
+
+def set_outcome(conn: Connection, row_id: int, outcome: str) -> None:
+    conn.execute(update(pagerduty_inbox).where(pagerduty_inbox.c.id == row_id).values(outcome=outcome))
+
+
+def inbox_status(conn: Connection) -> InboxStatus:
+    rows = conn.execute(
+        select(pagerduty_inbox.c.status, func.count())
+        .where(pagerduty_inbox.c.status.in_(("pending", "failed")))
+        .group_by(pagerduty_inbox.c.status)
+    ).all()
+    counts = {str(status): int(n) for status, n in rows}
+    last = conn.execute(
+        select(pagerduty_inbox.c.received_at, pagerduty_inbox.c.event_type)
+        .order_by(pagerduty_inbox.c.id.desc())
+        .limit(1)
+    ).first()
+    return InboxStatus(
+        pending=int(counts.get("pending", 0)),
+        failed=int(counts.get("failed", 0)),
+        last_received_at=last.received_at if last else None,
+        last_event_type=str(last.event_type) if last else None,
+    )
+
+
+def read_inbox_status(store: Store) -> InboxStatus:
+    """The ``status`` report's ``pagerduty_inbox`` section."""
+    with store.engine.connect() as conn:
+        return inbox_status(conn)
+
+
+def has_pending(store: Store) -> bool:
+    with store.engine.connect() as conn:
+        found = conn.execute(select(pagerduty_inbox.c.id).where(pagerduty_inbox.c.status == "pending").limit(1))
+        return found.first() is not None
+
+
+def store_event(store: Store, **values: Any) -> bool:
+    """:func:`insert_event` in its own transaction, served before background work (the webhook waits)."""
+    with store.begin(urgent=True) as conn:
+        return insert_event(conn, **values)
+
+
+def prune_events(conn: Connection, before: datetime) -> int:
+    """Retention: processed webhooks received before ``before`` (pending and failed ones stay)."""
+    gone = conn.execute(
+        delete(pagerduty_inbox).where(pagerduty_inbox.c.received_at < before, pagerduty_inbox.c.status == "done")
+    )
+    return int(gone.rowcount or 0)
+
+
+# -- correlation ---------------------------------------------------------------------------------------------
+def incident_dedup_key(conn: Connection, incident_id: str) -> str | None:
+    return conn.execute(
+        select(incidents.c.dedup_key).where(incidents.c.incident_id == incident_id)
+    ).scalar_one_or_none()
+
+
+def last_event_at(conn: Connection, incident_id: str) -> datetime | None:
+    return conn.execute(
+        select(incidents.c.last_event_at).where(incidents.c.incident_id == incident_id)
+    ).scalar_one_or_none()
+
+
+def save_incident(
+    conn: Connection,
+    incident_id: str,
+    dedup_key: str,
+    learned_by: str,
+    now: datetime,
+    *,
+    occurred_at: datetime | None = None,
+    number: int | None = None,
+    html_url: str | None = None,
+    status: str | None = None,
+    escalation_policy_id: str | None = None,
+) -> None:
+    """Create or update the incident's row; fields given as None keep their stored value. ``occurred_at`` moves
+    ``last_event_at`` forward only (a retried older event never moves the incident backwards)."""
+    conn.execute(
+        insert_ignore(conn, incidents),
+        {"incident_id": incident_id, "dedup_key": dedup_key, "learned_by": learned_by, "updated_at": now},
+    )
+    values: dict[str, Any] = {"updated_at": now}
+    for name, value in (
+        ("number", number),
+        ("html_url", html_url or None),
+        ("status", status or None),
+        ("escalation_policy_id", escalation_policy_id),
+    ):
+        if value is not None:
+            values[name] = value
+    stmt = update(incidents).where(incidents.c.incident_id == incident_id)
+    if occurred_at is not None:
+        conn.execute(stmt.values(**values))
+        conn.execute(
+            stmt.where((incidents.c.last_event_at.is_(None)) | (incidents.c.last_event_at < occurred_at)).values(
+                last_event_at=occurred_at
+            )
+        )
+    else:
+        conn.execute(stmt.values(**values))
+
+
+def known_dedup_keys(conn: Connection, keys: Iterable[str]) -> list[str]:
+    """Which of ``keys`` are the dedup key of one of our links (any state)."""
+    wanted = sorted({k for k in keys if k})
+    if not wanted:
+        return []
+    found = conn.execute(select(links.c.dedup_key).where(links.c.dedup_key.in_(wanted))).scalars().all()
+    return sorted(set(found))
+
+
+def open_dedup_keys_by_ticket_key(conn: Connection, ticket_keys: Iterable[str]) -> list[str]:
+    """The dedup keys of the unresolved links of tickets whose key is one of ``ticket_keys``."""
+    wanted = sorted({k for k in ticket_keys if k})
+    if not wanted:
+        return []
+    rows = conn.execute(
+        select(links.c.dedup_key)
+        .join(tickets, (tickets.c.source == links.c.source) & (tickets.c.ticket_id == links.c.ticket_id))
+        .where(tickets.c.key.in_(wanted), links.c.state != IncidentState.RESOLVED.value)
+    ).scalars()
+    return sorted(set(rows))
+
+
+def link_by_dedup_key(conn: Connection, dedup_key: str) -> LinkRow | None:
+    """The link whose *current* incident has ``dedup_key`` (None: no such link, or it moved to a newer one)."""
+    row = conn.execute(select(links).where(links.c.dedup_key == dedup_key).limit(1)).mappings().first()
+    if row is None:
+        return None
+    link = LinkState(
+        rule=row["rule"],
+        dedup_key=row["dedup_key"],
+        routing_key=row["routing_key"],
+        state=IncidentState(row["state"]),
+        generation=row["generation"],
+        hold_version=row["hold_version"],
+    )
+    return LinkRow(row["source"], row["ticket_id"], link, row["hold_version"])
+
+
+def set_link_state(
+    conn: Connection, dedup_key: str, state: IncidentState, now: datetime, *, hold_version: str | None
+) -> None:
+    """What PagerDuty says of the link's incident; ``hold_version`` set or cleared with it (see
+    :func:`kernel.lifecycle.content_digest`)."""
+    conn.execute(
+        update(links)
+        .where(links.c.dedup_key == dedup_key)
+        .values(state=state.value, hold_version=hold_version, updated_at=now)
+    )
+
+
+def lock_ticket(conn: Connection, source: str, ticket_id: str) -> Ticket | None:
+    """The ticket's last processed version, its row locked on PostgreSQL (the engine locks it too: the two
+    never move one ticket's links at the same time); None if it was never processed."""
+    stmt = select(tickets.c.snapshot).where(tickets.c.source == source, tickets.c.ticket_id == ticket_id)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    snapshot = conn.execute(stmt).scalar_one_or_none()
+    return Ticket.from_json(jsonutil.loads(snapshot)) if snapshot else None
+
+
+# -- what the worker writes ----------------------------------------------------------------------------------
+def enqueue(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(outbox), list(rows))
+
+
+def record_decision(conn: Connection, row: Mapping[str, Any]) -> None:
+    conn.execute(insert(decisions), dict(row))

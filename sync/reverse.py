@@ -1,0 +1,401 @@
+"""The reverse worker: PagerDuty webhooks in the inbox → link state, ticket updates and incident updates in the
+outbox, with a decision-log entry each.
+
+Per stored webhook, in arrival order (the service runs one worker at a time, under a lease):
+
+1. **Correlate** the incident to our link by ``dedup_key``. Known incidents are in the ``incidents`` table.
+   An unknown one is learned once: from the incident's alerts through REST (:class:`kernel.ports.IncidentLookup`,
+   when an API token is configured), from ``incident_key`` when the webhook carries one, and without a token
+   from what the webhook carries: our ``dedup_key`` or the key of a ticket with an open link in the incident's
+   title. An incident that matches none of our links (a manual one, another integration) is ignored.
+2. **Echo suppression.** Our own Events-API actions come back with an integration agent, our REST writes
+   with the ``From`` user as agent: they update the link and incident state and write nothing back.
+3. **Link state** follows what a person did: acknowledged, resolved (with the *hold*: while the ticket's
+   content stays as it was, the forward engine opens no new incident for that rule, see
+   :func:`kernel.lifecycle.content_digest`), reopened / unacknowledged back to triggered.
+4. **Rules**: :meth:`kernel.ports.TwoWayRules.on_incident` decides the ticket updates / incident updates,
+   rendered by their destination and queued in the outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from kernel import jsonutil
+from kernel.clock import Clock
+from kernel.errors import RetryableError, TicketpagerError, UnknownOutcome, WebhookRejected
+from kernel.incidents import EventType, IgnoredEvent, IncidentEvent, ParsedEvent
+from kernel.lifecycle import content_digest
+from kernel.model import (
+    Destination,
+    IncidentState,
+    IncidentUpdate,
+    StatusCategory,
+    Ticket,
+    TicketUpdate,
+)
+from kernel.ports import IncidentContext, IncidentLookup, SyncPlan, TwoWayRules
+from kernel.redact import redact
+from sync.metrics import METRICS
+from sync.repos import incidents as repo
+from sync.store import Store
+
+log = logging.getLogger("ticketpager.reverse")
+
+#: the destination of :class:`~kernel.model.IncidentUpdate` rows (PagerDuty's REST API); ticket updates go to
+#: the ticket's own system (its source name)
+INCIDENT_UPDATES = "pagerduty_rest"
+#: our dedup keys as :func:`kernel.lifecycle.dedup_key_for` makes them, found in an incident's title
+_DEDUP_KEY = re.compile(r"ticketpager/[^\s\]\[)(,;\"']+")
+#: ticket keys as people see them: OPS-12, #4711, INC0010001 (matched against tickets with an open link only)
+_TICKET_KEY = re.compile(r"#?[A-Za-z][A-Za-z0-9_]*-\d+|#\d+|[A-Za-z]{2,}\d{4,}")
+
+#: what each event does to the link's state: (states it applies in, the new state)
+_STATE_MOVES: Mapping[EventType, tuple[frozenset[IncidentState], IncidentState]] = {
+    EventType.ACKNOWLEDGED: (frozenset({IncidentState.TRIGGERED}), IncidentState.ACKNOWLEDGED),
+    EventType.UNACKNOWLEDGED: (frozenset({IncidentState.ACKNOWLEDGED}), IncidentState.TRIGGERED),
+    EventType.RESOLVED: (frozenset({IncidentState.TRIGGERED, IncidentState.ACKNOWLEDGED}), IncidentState.RESOLVED),
+    EventType.REOPENED: (frozenset({IncidentState.RESOLVED}), IncidentState.TRIGGERED),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    dedup_key: str
+    learned_by: str  # known | rest | incident_key | title
+
+
+class Retry(Exception):
+    """PagerDuty's REST API could not answer now: the webhook stays pending and is retried."""
+
+
+class ReverseWorker:
+    """Processes the PagerDuty inbox. ``parse`` turns a stored body into an event (the connector's parser);
+    ``destinations`` render the queued actions (by destination name); ``lookup`` is None without an API token;
+    ``own_user_ids`` are the users our REST writes act as (``FROM_USER_ID``)."""
+
+    def __init__(
+        self,
+        store: Store,
+        rules: Callable[[], TwoWayRules],
+        clock: Clock,
+        *,
+        parse: Callable[[bytes], ParsedEvent],
+        destinations: Callable[[], Mapping[str, Destination]],
+        lookup: IncidentLookup | None = None,
+        own_user_ids: Collection[str] = (),
+        own_integration_ids: Collection[str] | None = None,
+        batch_size: int = 50,
+        on_queued: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.rules = rules
+        self.clock = clock
+        self.parse = parse
+        self._destinations = destinations
+        self._rendering: Mapping[str, Destination] | None = None
+        self.lookup = lookup
+        self.own_user_ids = frozenset(own_user_ids)
+        self.own_integration_ids = None if own_integration_ids is None else frozenset(own_integration_ids)
+        self.batch_size = batch_size
+        self.on_queued = on_queued
+        self.blocked = False  # the last run stopped at a webhook waiting for PagerDuty's REST API
+
+    def __repr__(self) -> str:
+        return f"<ReverseWorker lookup={'rest' if self.lookup else 'webhook only'}>"
+
+    @property
+    def destinations(self) -> Mapping[str, Destination]:
+        if self._rendering is None:
+            self._rendering = self._destinations()
+        return self._rendering
+
+    def run_once(self) -> int:
+        """Process up to ``batch_size`` pending webhooks, one transaction each; how many were finished."""
+        with self.store.engine.connect() as conn:
+            rows = repo.pending_events(conn, self.batch_size)
+        done = queued = 0
+        self.blocked = False
+        for row in rows:
+            try:
+                queued += self._process(row)
+            except Retry:
+                self.blocked = True
+                break  # keep the order: the rest waits for this one
+            done += 1
+        if queued and self.on_queued is not None:
+            self.on_queued()
+        return done
+
+    def drain(self, limit: int = 100_000) -> int:
+        total = 0
+        while total < limit:
+            n = self.run_once()
+            if not n:
+                break
+            total += n
+        return total
+
+    # -- one webhook ---------------------------------------------------------------------------------------
+    def _process(self, row: repo.InboxRow) -> int:
+        """Handle one inbox row; returns how many outbox rows it queued. A bug fails only this row."""
+        now = self.clock.now()
+        try:
+            event = self.parse(row.body)
+        except WebhookRejected as exc:  # verified when received: a parser that changed since
+            return self._finish(row, "unparseable", now, failed=True, error=exc.reason)
+        if isinstance(event, IgnoredEvent):
+            return self._finish(row, "ignored", now)
+        found = self._correlate(event)  # Retry: PagerDuty's REST API is down, the row stays pending
+        if found is None:
+            log.info("PagerDuty incident %s is not one we paged: %s ignored", event.incident_id[:64], event.event_type)
+            return self._finish(row, "not_ours", now, event=event)
+        try:
+            with self.store.begin() as conn:
+                queued = self._apply(conn, row, event, found, now)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad webhook must not block the rest
+            log.exception("PagerDuty webhook %s (%s) failed", row.webhook_id[:64], row.event_type)
+            return self._finish(
+                row, "failed", now, failed=True, error=redact(f"{type(exc).__name__}: {exc}")[:2000], event=event
+            )
+        return queued
+
+    def _finish(
+        self,
+        row: repo.InboxRow,
+        outcome: str,
+        now: datetime,
+        *,
+        failed: bool = False,
+        error: str | None = None,
+        event: IncidentEvent | None = None,
+    ) -> int:
+        with self.store.begin() as conn:
+            repo.finish_event(conn, row.id, outcome, now, failed=failed, error=error)
+        METRICS.pagerduty_webhooks_processed.labels(_type_label(row.event_type, event), outcome).inc()
+        return 0
+
+    def _correlate(self, event: IncidentEvent) -> Correlation | None:
+        with self.store.engine.connect() as conn:
+            known = repo.incident_dedup_key(conn, event.incident_id)
+            if known is not None:
+                return Correlation(known, "known")
+            incident_key = event.incident.incident_key if event.incident else None
+            if incident_key and repo.known_dedup_keys(conn, [incident_key]):
+                return Correlation(incident_key, "incident_key")
+        if self.lookup is not None:
+            try:
+                keys = list(self.lookup.alert_keys(event.incident_id))
+            except (RetryableError, UnknownOutcome) as exc:
+                log.warning("PagerDuty REST: alerts of %s not read (%s); retrying", event.incident_id[:64], exc)
+                raise Retry from None
+            except TicketpagerError as exc:  # refused (token, role): fall back to what the webhook carries
+                log.warning("PagerDuty REST refused the alerts of %s (%s)", event.incident_id[:64], exc)
+            else:
+                with self.store.engine.connect() as conn:
+                    ours = repo.known_dedup_keys(conn, keys)
+                if ours:
+                    return Correlation(ours[-1], "rest")
+                return None  # PagerDuty says which alerts it has: none is ours
+        return self._by_title(event)
+
+    def _by_title(self, event: IncidentEvent) -> Correlation | None:
+        """Without a token: our dedup key, else the key of a ticket with exactly one open link, in the title."""
+        title = event.incident.title if event.incident else ""
+        text = f"{title} {event.incident_summary}"
+        with self.store.engine.connect() as conn:
+            ours = repo.known_dedup_keys(conn, _DEDUP_KEY.findall(text))
+            if len(ours) == 1:
+                return Correlation(ours[0], "title")
+            keys = {k.lstrip("#") for k in _TICKET_KEY.findall(text)} | set(_TICKET_KEY.findall(text))
+            candidates = repo.open_dedup_keys_by_ticket_key(conn, keys)
+        if len(candidates) == 1:
+            return Correlation(candidates[0], "title")
+        if len(candidates) > 1:
+            log.warning(
+                "PagerDuty incident %s names %d open incidents of ours; set TICKETPAGER_PAGERDUTY__API_TOKEN to tell "
+                "them apart",
+                event.incident_id[:64],
+                len(candidates),
+            )
+        return None
+
+    def _apply(
+        self, conn: Connection, row: repo.InboxRow, event: IncidentEvent, found: Correlation, now: datetime
+    ) -> int:
+        if not repo.finish_event(conn, row.id, "applying", now):
+            return 0  # handled meanwhile by another replica (its lease expired mid-batch): write nothing
+        found_link = repo.link_by_dedup_key(conn, found.dedup_key)
+        if found_link is None:  # the link moved on to a newer incident: remember the old one, nothing else
+            return self._done(conn, row, event, "old_incident", now)
+        ticket = repo.lock_ticket(conn, found_link.source, found_link.ticket_id)
+        link = repo.link_by_dedup_key(conn, found.dedup_key)  # read again under the ticket's lock
+        if ticket is None or link is None:
+            return self._done(conn, row, event, "no_ticket", now)
+        previous_event = repo.last_event_at(conn, event.incident_id)
+        stale = previous_event is not None and event.occurred_at < previous_event
+        inc = event.incident
+        repo.save_incident(
+            conn,
+            event.incident_id,
+            found.dedup_key,
+            found.learned_by,
+            now,
+            occurred_at=event.occurred_at,
+            number=inc.number if inc else None,
+            html_url=inc.html_url if inc else None,
+            status=None if stale or inc is None else inc.status,
+            escalation_policy_id=inc.escalation_policy_id if inc else None,
+        )
+        echo = event.is_echo(self.own_user_ids, self.own_integration_ids)
+        moved = None if stale else self._move_link(conn, found.dedup_key, link.link.state, event, ticket, echo, now)
+        detail: dict[str, Any] = {
+            "origin": "pagerduty",
+            "event_type": event.event_type.value,
+            "incident_id": event.incident_id,
+            "learned_by": found.learned_by,
+            "agent": {"id": event.agent.id, "type": event.agent.type} if event.agent else None,
+            "rule": link.link.rule,
+            "link_state": moved.value if moved else link.link.state.value,
+        }
+        if stale:
+            detail["stale"] = True
+        if echo:
+            METRICS.echoes_suppressed.labels(event.event_type.value).inc()
+            detail["why"] = ["our own action coming back (echo): link state updated, nothing written back"]
+            return self._done(conn, row, event, "echo", now, ticket=ticket, detail=detail)
+        state_now = moved or link.link.state
+        ctx = IncidentContext(event=event, ticket=ticket, link=replace(link.link, state=state_now), now=now)
+        plan = self.rules().on_incident(ctx)
+        rows = [self._outbox_row(action, plan, ticket, link, event, now) for action in plan.actions]
+        repo.enqueue(conn, rows)
+        detail["why"] = list(plan.explanation)
+        detail["actions"] = [_action_json(a) for a in plan.actions]
+        outcome = "applied" if rows else "no_action"
+        return self._done(conn, row, event, outcome, now, ticket=ticket, detail=detail, queued=len(rows))
+
+    def _move_link(
+        self,
+        conn: Connection,
+        dedup_key: str,
+        state: IncidentState,
+        event: IncidentEvent,
+        ticket: Ticket,
+        echo: bool,
+        now: datetime,
+    ) -> IncidentState | None:
+        move = _STATE_MOVES.get(event.event_type)
+        if move is None or state not in move[0]:
+            return None
+        new_state = move[1]
+        if new_state is IncidentState.RESOLVED:
+            # a person closed it while the ticket is still open: no new page until the ticket changes
+            open_ticket = ticket.status_category not in (StatusCategory.DONE, StatusCategory.DELETED)
+            hold = content_digest(ticket) if open_ticket and not echo else None
+        else:
+            hold = None
+        repo.set_link_state(conn, dedup_key, new_state, now, hold_version=hold)
+        return new_state
+
+    def _outbox_row(
+        self,
+        action: TicketUpdate | IncidentUpdate,
+        plan: SyncPlan,
+        ticket: Ticket,
+        link: repo.LinkRow,
+        event: IncidentEvent,
+        now: datetime,
+    ) -> dict[str, Any]:
+        destination = ticket.source if isinstance(action, TicketUpdate) else INCIDENT_UPDATES
+        target = self.destinations.get(destination)
+        if target is None:
+            raise LookupError(f"no destination {destination!r} for {action.KIND} actions")
+        rendered = target.render(action)
+        return {
+            "kind": action.KIND,
+            "destination": destination,
+            "source": ticket.source,
+            "ticket_id": ticket.id,
+            "ticket_key": ticket.key,
+            "rule": plan.rule or link.link.rule,
+            "action": event.event_type.value.removeprefix("incident.")[:16],
+            "dedup_key": link.link.dedup_key,
+            "generation": link.link.generation,
+            "routing_key": rendered.limit_key,
+            "body": rendered.body,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+
+    def _done(
+        self,
+        conn: Connection,
+        row: repo.InboxRow,
+        event: IncidentEvent,
+        outcome: str,
+        now: datetime,
+        *,
+        ticket: Ticket | None = None,
+        detail: Mapping[str, Any] | None = None,
+        queued: int = 0,
+    ) -> int:
+        repo.set_outcome(conn, row.id, outcome)
+        if ticket is not None:
+            repo.record_decision(
+                conn,
+                {
+                    "change_id": None,
+                    "source": ticket.source,
+                    "ticket_id": ticket.id,
+                    "ticket_key": ticket.key,
+                    "at": now,
+                    "outcome": f"pagerduty_{outcome}"[:32],
+                    "rules_digest": None,
+                    "detail": jsonutil.dumps(dict(detail or {})),
+                },
+            )
+        METRICS.pagerduty_webhooks_processed.labels(event.event_type.value, outcome).inc()
+        return queued
+
+
+def _type_label(raw: str, event: IncidentEvent | None) -> str:
+    if event is not None:
+        return event.event_type.value
+    try:
+        return EventType(raw).value
+    except ValueError:
+        return "other"
+
+
+def _action_json(action: TicketUpdate | IncidentUpdate) -> dict[str, Any]:
+    if isinstance(action, TicketUpdate):
+        return {
+            "kind": action.KIND,
+            "ticket": action.ticket.key,
+            "marker": action.marker,
+            "comment": bool(action.comment),
+            "transition": (action.transition.status or (action.transition.category or "").__str__())
+            if action.transition
+            else None,
+            "group": action.group,
+        }
+    return {
+        "kind": action.KIND,
+        "incident_id": action.incident_id,
+        "marker": action.marker,
+        "reassign_to_policy": action.reassign_to_policy,
+        "responder_policies": list(action.responder_policies),
+        "note": bool(action.note),
+    }

@@ -1,0 +1,525 @@
+"""The way back from PagerDuty, inbound: ``POST /webhooks/pagerduty`` stores a verified v3 webhook before its 202
+(deduped on ``X-Webhook-Id``), and the reverse worker correlates it to the link we paged (through REST with a
+token, from the webhook's title without), follows a person's acknowledge / resolve on the link, suppresses the
+echoes of our own actions, and queues what the two-way rules decide. PagerDuty is the local REST fake, which
+also builds and signs the v3 webhooks; the rules' reverse half is a small fake at its Protocol."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import func, insert, inspect, select
+from starlette.testclient import TestClient
+
+from connectors.pagerduty_rest import PagerDutyRestClient
+from connectors.pagerduty_webhooks import parse_event
+from kernel.clock import FakeClock
+from kernel.incidents import EventType
+from kernel.lifecycle import content_digest
+from kernel.model import (
+    Action,
+    Destination,
+    IncidentState,
+    IncidentUpdate,
+    Outbound,
+    Outcome,
+    Rendered,
+    StatusCategory,
+    TicketUpdate,
+)
+from kernel.ports import IncidentContext, SyncPlan
+from sync import db
+from sync.metrics import METRICS
+from sync.repos import incidents as repo
+from sync.reverse import ReverseWorker
+from sync.schema import incidents, links, outbox, pagerduty_inbox
+from sync.store import Store
+from tests.factories import ROUTING_KEY, change, ticket
+from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, FakePagerDutyRest, sign
+from tests.harness import make_service, receive
+from ticketpager.app import build_app
+from ticketpager.service import Service
+
+SECRET, OLD_SECRET = "pd-webhook-secret-new-0001", "pd-webhook-secret-old-0002"
+FIXTURES = Path(__file__).parent / "fixtures" / "pagerduty" / "webhooks"
+URL = "http://testserver/webhooks/pagerduty"
+KEY = "ticketpager/jira/10001/ops-highest/1"  # what the engine pages ticket OPS-10001 under
+TOKEN_SECRET = SecretStr(TOKEN)
+
+
+# -- a tiny two-way rule set and destinations (fakes at the boundary of the reverse worker) -------------------
+@dataclass(frozen=True)
+class Plan:
+    rule: str
+    actions: tuple[TicketUpdate | IncidentUpdate, ...]
+    explanation: tuple[str, ...]
+
+
+@dataclass
+class NoteEveryEvent:
+    """Writes one internal comment on the ticket for every event a person causes."""
+
+    seen: list[IncidentContext] = field(default_factory=list)
+
+    def on_incident(self, ctx: IncidentContext) -> SyncPlan:
+        self.seen.append(ctx)
+        who = ctx.event.agent.summary if ctx.event.agent else "PagerDuty"
+        update = TicketUpdate(
+            ticket=ctx.ticket.ref,
+            marker=f"tp:{ctx.event.incident_id}:{ctx.event.event_id}",
+            comment=f"{who}: {ctx.event.event_type.value}",
+            incident_id=ctx.event.incident_id,
+        )
+        return Plan(ctx.link.rule, (update,), (f"{ctx.event.event_type.value} → comment",))
+
+    def on_ticket_change(self, ctx: Any, link: Any, incident_id: str) -> SyncPlan:
+        return Plan(link.rule, (), ())
+
+
+class JsonDestination:
+    """Renders an action as JSON (what the writers' destinations will send); never sends."""
+
+    timeout = None
+    limiter = None
+
+    def __init__(self, name: str) -> None:
+        self.name = self.label = name
+
+    def render(self, action: Action) -> Rendered:
+        assert isinstance(action, TicketUpdate | IncidentUpdate)
+        return Rendered(json.dumps({"kind": action.KIND, "marker": action.marker}))
+
+    def send(self, item: Outbound, *, timeout: float | None) -> Outcome:
+        raise AssertionError("the reverse worker only queues")
+
+    def preview(self, item: Outbound) -> str:
+        return item.body
+
+
+def destinations() -> dict[str, Destination]:
+    return {"jira": JsonDestination("jira"), "pagerduty_rest": JsonDestination("pagerduty_rest")}
+
+
+# -- set-up ----------------------------------------------------------------------------------------------------
+def build(db_url: str, rules_path: Path, clock: FakeClock, **pagerduty: Any) -> Service:
+    settings: dict[str, Any] = {"webhook_secrets": [SECRET]} | pagerduty
+    return make_service(db_url, rules_path, "http://127.0.0.1:9/v2/enqueue", clock, pagerduty=settings)
+
+
+@pytest.fixture
+def service(db_url: str, rules_path: Path, clock: FakeClock) -> Iterator[Service]:
+    svc = build(db_url, rules_path, clock)
+    yield svc
+    svc.store.dispose()
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[TestClient]:
+    with TestClient(build_app(service)) as c:
+        yield c
+
+
+def worker(svc: Service, rules: NoteEveryEvent, **kwargs: Any) -> ReverseWorker:
+    kwargs.setdefault("own_user_ids", ["PBOT001"])
+    return ReverseWorker(svc.store, lambda: rules, svc.clock, parse=parse_event, destinations=destinations, **kwargs)
+
+
+def page(svc: Service, **t: Any) -> None:
+    """Ticket OPS-10001 matches the rule: the engine queues its trigger under :data:`KEY`."""
+    receive(svc, [change(ticket("10001", **t))])
+    svc.engine.drain()
+
+
+def post(client: TestClient, body: bytes, *, webhook_id: str = "wh-1", secrets: tuple[str, ...] = (SECRET,)) -> Any:
+    headers = {"Content-Type": "application/json", "X-Webhook-Id": webhook_id}
+    if secrets:
+        headers["X-PagerDuty-Signature"] = ",".join(sign(s, body) for s in secrets)
+    return client.post("/webhooks/pagerduty", content=body, headers=headers)
+
+
+def deliver(pd: FakePagerDutyRest, client: TestClient) -> list[int]:
+    """POST the fake's queued webhooks, signed and in order, to the app."""
+    queue, pd.outbox = pd.outbox, []
+    return [client.post("/webhooks/pagerduty", content=d.body, headers=d.headers).status_code for d in queue]
+
+
+def inbox(svc: Service) -> list[dict[str, Any]]:
+    with svc.store.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(pagerduty_inbox).order_by(pagerduty_inbox.c.id)).mappings()]
+
+
+def link_row(svc: Service) -> dict[str, Any]:
+    with svc.store.engine.connect() as conn:
+        return dict(conn.execute(select(links).where(links.c.dedup_key == KEY)).mappings().one())
+
+
+def queued(svc: Service, kind: str) -> list[dict[str, Any]]:
+    with svc.store.engine.connect() as conn:
+        rows = conn.execute(select(outbox).where(outbox.c.kind == kind).order_by(outbox.c.id)).mappings()
+        return [dict(r) for r in rows]
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def trigger_at_pagerduty(pd: FakePagerDutyRest, summary: str = "[OPS-10001] Checkout is down") -> str:
+    """What delivery's trigger does at PagerDuty: an incident with one alert whose alert_key is our dedup key."""
+    return pd.apply_event({"dedup_key": KEY, "event_action": "trigger", "payload": {"summary": summary}})
+
+
+# -- the endpoint ----------------------------------------------------------------------------------------------
+def test_a_signed_webhook_is_stored_before_the_202_and_a_redelivery_is_stored_once(
+    client: TestClient, service: Service
+) -> None:
+    body = fixture("acknowledged_by_user.json")
+    first = post(client, body, webhook_id="wh-same")
+    assert (first.status_code, first.json()) == (202, {"status": "accepted"})
+    [row] = inbox(service)  # durable when the 202 is sent: no worker has run
+    assert (row["webhook_id"], row["event_type"], row["incident_id"], row["status"]) == (
+        "wh-same",
+        "incident.acknowledged",
+        "Q1ABCDEF",
+        "pending",
+    )
+    assert row["body"].encode() == body
+    again = post(client, body, webhook_id="wh-same")  # PagerDuty retries with the same X-Webhook-Id
+    assert (again.status_code, again.json()) == (202, {"status": "duplicate"})
+    assert len(inbox(service)) == 1
+    assert service.status_report()["pagerduty_inbox"]["pending"] == 1
+    assert service.status_report()["pagerduty_inbox"]["last_event_type"] == "incident.acknowledged"
+
+
+def test_during_a_secret_rotation_either_secret_is_accepted(db_url: str, rules_path: Path, clock: FakeClock) -> None:
+    svc = build(db_url, rules_path, clock, webhook_secrets=[OLD_SECRET, SECRET])
+    body = fixture("resolved_by_user.json")
+    with TestClient(build_app(svc)) as c:
+        assert post(c, body, webhook_id="a", secrets=(OLD_SECRET,)).status_code == 202  # not yet rotated
+        assert post(c, body, webhook_id="b", secrets=(OLD_SECRET, SECRET)).status_code == 202  # both signatures
+        assert post(c, body, webhook_id="c", secrets=(SECRET,)).status_code == 202  # rotated
+        refused = post(c, body, webhook_id="d", secrets=("someone-elses-secret-000",))
+        assert (refused.status_code, refused.json()) == (401, {"error": "invalid X-PagerDuty-Signature"})
+    assert [r["webhook_id"] for r in inbox(svc)] == ["a", "b", "c"]
+    svc.store.dispose()
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "reason"),
+    [
+        ({"X-Webhook-Id": "w"}, None, 401, "missing X-PagerDuty-Signature header"),
+        ({"X-PagerDuty-Signature": "sha256=abc", "X-Webhook-Id": "w"}, None, 401, "X-PagerDuty-Signature must be"),
+        ({"X-Webhook-Id": "w", "sign": True}, b"{not json", 400, ""),
+        ({"sign": True}, None, 400, "missing X-Webhook-Id header"),
+        ({"X-Webhook-Id": "w", "sign": True}, b'{"event": {"id": "E1"}}', 400, "event.event_type"),
+    ],
+    ids=["unsigned", "other-scheme", "malformed-json", "no-webhook-id", "not-an-event"],
+)
+def test_refusals_store_nothing_and_say_why(
+    client: TestClient, service: Service, headers: dict[str, Any], body: bytes | None, status: int, reason: str
+) -> None:
+    raw = body if body is not None else fixture("acknowledged_by_user.json")
+    sent = {k: v for k, v in headers.items() if k != "sign"}
+    if headers.get("sign"):
+        sent["X-PagerDuty-Signature"] = sign(SECRET, raw)
+    response = client.post("/webhooks/pagerduty", content=raw, headers=sent)
+    assert response.status_code == status
+    assert reason in response.json()["error"]
+    assert inbox(service) == []
+
+
+def test_without_a_configured_secret_every_webhook_is_refused_naming_the_setting(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    svc = build(db_url, rules_path, clock, webhook_secrets=[])
+    with TestClient(build_app(svc)) as c:
+        response = post(c, fixture("acknowledged_by_user.json"))
+    assert response.status_code == 401
+    assert "TICKETPAGER_PAGERDUTY__WEBHOOK_SECRETS" in response.json()["error"]
+    assert inbox(svc) == []
+    svc.store.dispose()
+
+
+def test_an_event_type_the_sync_does_not_act_on_is_accepted_counted_and_not_stored(
+    client: TestClient, service: Service
+) -> None:
+    counter = METRICS.pagerduty_webhooks.labels("other", "ignored")
+    before = counter._value.get()
+    response = post(client, fixture("ping.json"))
+    assert response.status_code == 202 and response.json()["status"] == "ignored"
+    assert counter._value.get() == before + 1
+    assert inbox(service) == []
+
+
+def test_a_body_over_pagerdutys_256_kb_gets_413(client: TestClient, service: Service) -> None:
+    response = post(client, b"{" + b" " * (256 * 1024) + b"}")
+    assert response.status_code == 413
+    assert inbox(service) == []
+
+
+# -- correlation, echoes, link state -----------------------------------------------------------------------------
+def test_with_a_token_the_incident_is_learned_from_its_alerts_and_our_own_trigger_is_an_echo(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    with FakePagerDutyRest() as pd:
+        svc = build(db_url, rules_path, clock, api_token=TOKEN, api_url=pd.url, from_email=BOT_EMAIL)
+        pd.subscribe(URL, SECRET)
+        page(svc)
+        incident = trigger_at_pagerduty(pd, summary="Checkout is down")  # the title names no ticket
+        rules = NoteEveryEvent()
+        reverse = worker(svc, rules, lookup=svc.rest)  # the service's own REST client (a token is set)
+        echoes = METRICS.echoes_suppressed.labels("incident.triggered")
+        before = echoes._value.get()
+        with TestClient(build_app(svc)) as c:
+            assert deliver(pd, c) == [202]
+            assert reverse.drain() == 1
+            with svc.store.engine.connect() as conn:
+                row = conn.execute(select(incidents)).mappings().one()
+            assert (row["incident_id"], row["dedup_key"], row["learned_by"], row["status"]) == (
+                incident,
+                KEY,
+                "rest",
+                "triggered",
+            )
+            assert row["number"] == 800 and row["html_url"].endswith(f"/incidents/{incident}")
+            assert echoes._value.get() == before + 1  # our own trigger: nothing written back
+            assert rules.seen == [] and queued(svc, "ticket_update") == []
+
+            pd.acknowledge(incident, by="PUSER01")  # Jane acknowledges in PagerDuty
+            assert deliver(pd, c) == [202]
+            assert reverse.drain() == 1
+        assert link_row(svc)["state"] == "acknowledged"
+        [ctx] = rules.seen
+        assert (ctx.event.event_type, ctx.link.state, ctx.ticket.key) == (
+            EventType.ACKNOWLEDGED,
+            IncidentState.ACKNOWLEDGED,
+            "OPS-10001",
+        )
+        [update] = queued(svc, "ticket_update")
+        assert (update["destination"], update["ticket_key"], update["dedup_key"], update["action"]) == (
+            "jira",
+            "OPS-10001",
+            KEY,
+            "acknowledged",
+        )
+        assert [i["outcome"] for i in inbox(svc)] == ["echo", "applied"]
+        alert_reads = [r for r in pd.requests if r.path.endswith("/alerts")]
+        assert len(alert_reads) == 1, "learned once, then known"
+        decisions = svc.store.decisions_for("jira", "10001")
+        assert decisions[0]["outcome"] == "pagerduty_applied"
+        assert "acknowledged → comment" in decisions[0]["detail"]
+        svc.store.dispose()
+
+
+def test_without_a_token_the_incident_is_matched_by_the_ticket_key_in_its_title_and_others_are_ignored(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    with FakePagerDutyRest() as pd:
+        svc = build(db_url, rules_path, clock)
+        pd.subscribe(URL, SECRET)
+        page(svc)
+        ours = trigger_at_pagerduty(pd)  # "[OPS-10001] Checkout is down"
+        manual = pd.apply_event(
+            {"dedup_key": "someone-else", "event_action": "trigger", "payload": {"summary": "OPS-999 disk full"}}
+        )
+        rules = NoteEveryEvent()
+        reverse = worker(svc, rules)
+        with TestClient(build_app(svc)) as c:
+            pd.acknowledge(manual)
+            pd.resolve(ours)  # a person resolves ours while the ticket is still open
+            assert deliver(pd, c) == [202, 202, 202, 202]
+        assert reverse.drain() == 4
+        assert [(i["incident_id"], i["outcome"]) for i in inbox(svc)] == [
+            (ours, "echo"),
+            (manual, "not_ours"),
+            (manual, "not_ours"),
+            (ours, "applied"),
+        ]
+        with svc.store.engine.connect() as conn:
+            learned = conn.execute(select(incidents.c.incident_id, incidents.c.learned_by)).all()
+        assert [tuple(r) for r in learned] == [(ours, "title")]
+        assert [c.event.event_type for c in rules.seen] == [EventType.RESOLVED]
+        assert link_row(svc)["state"] == "resolved"
+        svc.store.dispose()
+
+
+def test_our_own_rest_write_and_events_api_resolve_come_back_as_echoes_that_write_nothing(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    with FakePagerDutyRest() as pd:
+        svc = build(db_url, rules_path, clock)
+        pd.subscribe(URL, SECRET)
+        page(svc)
+        incident = trigger_at_pagerduty(pd)
+        pd.acknowledge(incident, by="PBOT001")  # our REST write (the From user) …
+        pd.apply_event({"dedup_key": KEY, "event_action": "resolve"})  # … and our Events API resolve
+        rules = NoteEveryEvent()
+        with TestClient(build_app(svc)) as c:
+            assert deliver(pd, c) == [202, 202, 202]
+        assert worker(svc, rules).drain() == 3
+        assert [i["outcome"] for i in inbox(svc)] == ["echo", "echo", "echo"]
+        assert rules.seen == [] and queued(svc, "ticket_update") == []
+        row = link_row(svc)
+        assert (row["state"], row["hold_version"]) == ("resolved", None)  # our resolve: no hold
+        svc.store.dispose()
+
+
+def test_after_a_person_resolves_in_pagerduty_no_new_page_until_the_ticket_changes_again(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    with FakePagerDutyRest() as pd:
+        svc = build(db_url, rules_path, clock)
+        pd.subscribe(URL, SECRET)
+        page(svc)
+        incident = trigger_at_pagerduty(pd)
+        pd.resolve(incident, by="PUSER01")
+        rules = NoteEveryEvent()
+        with TestClient(build_app(svc)) as c:
+            deliver(pd, c)
+        worker(svc, rules).drain()
+        row = link_row(svc)
+        assert row["state"] == "resolved"
+        assert row["hold_version"] == content_digest(ticket("10001"))
+
+        # the ticket webhook of our own comment (only `updated` moved): the ticket still matches, no new page
+        receive(svc, [change(ticket("10001", minutes=1), "wh-our-comment")])
+        svc.engine.drain()
+        triggers = [r for r in queued(svc, "event") if r["action"] == "trigger"]
+        assert len(triggers) == 1
+
+        # a person changes the ticket (its title): it still matches, so it pages again, as a new incident
+        receive(svc, [change(ticket("10001", minutes=2, title="Checkout is down again"), "wh-edit")])
+        svc.engine.drain()
+        triggers = [r for r in queued(svc, "event") if r["action"] == "trigger"]
+        assert [t["generation"] for t in triggers] == [1, 2]
+        assert link_row_generation(svc) == (2, None)
+        svc.store.dispose()
+
+
+def link_row_generation(svc: Service) -> tuple[int, str | None]:
+    with svc.store.engine.connect() as conn:
+        row = conn.execute(select(links.c.generation, links.c.hold_version)).one()
+    return int(row[0]), row[1]
+
+
+def test_a_ticket_done_when_the_person_resolves_is_not_held(db_url: str, rules_path: Path, clock: FakeClock) -> None:
+    with FakePagerDutyRest() as pd:
+        svc = build(db_url, rules_path, clock)
+        pd.subscribe(URL, SECRET)
+        page(svc)
+        incident = trigger_at_pagerduty(pd)
+        receive(svc, [change(ticket("10001", minutes=1, status="Done", category=StatusCategory.DONE), "wh-done")])
+        svc.engine.drain()  # the engine resolves: our resolve is queued, the link is resolved
+        pd.resolve(incident, by="PUSER01")  # and someone resolves it in PagerDuty too, before ours arrives
+        with TestClient(build_app(svc)) as c:
+            deliver(pd, c)
+        worker(svc, NoteEveryEvent()).drain()
+        assert (link_row(svc)["state"], link_row(svc)["hold_version"]) == ("resolved", None)
+        svc.store.dispose()
+
+
+def test_when_pagerdutys_rest_api_is_down_the_webhook_waits_and_is_handled_later(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    with FakePagerDutyRest() as pd:
+        svc = build(db_url, rules_path, clock)
+        pd.subscribe(URL, SECRET)
+        page(svc)
+        incident = trigger_at_pagerduty(pd, summary="Checkout is down")
+        pd.acknowledge(incident)
+        with TestClient(build_app(svc)) as c:
+            deliver(pd, c)
+        rules = NoteEveryEvent()
+        reverse = worker(svc, rules, lookup=PagerDutyRestClient(TOKEN_SECRET, api_url=pd.url, clock=clock))
+        pd.fail_next(1, 503)
+        assert reverse.run_once() == 0 and reverse.blocked
+        assert [i["status"] for i in inbox(svc)] == ["pending", "pending"]  # kept, in order
+        assert reverse.drain() == 2
+        assert [i["outcome"] for i in inbox(svc)] == ["echo", "applied"]
+        assert len(rules.seen) == 1
+        svc.store.dispose()
+
+
+def test_the_service_runs_the_reverse_worker_with_the_rules_it_has(service: Service, client: TestClient) -> None:
+    """Without a two-way section in the rules, a person's acknowledge still moves the link; nothing is queued."""
+    with FakePagerDutyRest() as pd:
+        pd.subscribe(URL, SECRET)
+        page(service)
+        incident = trigger_at_pagerduty(pd)
+        pd.acknowledge(incident)
+        deliver(pd, client)
+        service.process_all()
+    assert link_row(service)["state"] == "acknowledged"
+    assert [i["outcome"] for i in inbox(service)] == ["echo", "no_action"]
+    assert queued(service, "ticket_update") == []
+
+
+# -- the migration -----------------------------------------------------------------------------------------------
+def test_migration_0008_adds_the_inbox_and_incidents_and_keeps_existing_links(db_url: str, clock: FakeClock) -> None:
+    store = Store(db_url)
+    db.upgrade(store.engine, "0007")
+    now = clock.now()
+    with store.engine.begin() as conn:  # a link the 0007 engine left
+        conn.execute(
+            insert(links).values(
+                source="jira", ticket_id="10001", rule="ops-highest", generation=1, dedup_key=KEY,
+                routing_key=ROUTING_KEY, state="triggered", created_at=now, updated_at=now,
+            )
+        )  # fmt: skip
+    store.upgrade()
+    names = set(inspect(store.engine).get_table_names())
+    assert {"pagerduty_inbox", "incidents"} <= names
+    with store.engine.connect() as conn:
+        assert conn.execute(select(links.c.dedup_key, links.c.hold_version)).one() == (KEY, None)
+    assert repo.store_event(
+        store, webhook_id="w1", event_id="e1", event_type="incident.acknowledged", incident_id="Q1",
+        occurred_at=now, received_at=now, body=b"{}",
+    )  # fmt: skip
+    assert not repo.store_event(
+        store, webhook_id="w1", event_id="e1", event_type="incident.acknowledged", incident_id="Q1",
+        occurred_at=now, received_at=now, body=b"{}",
+    )  # fmt: skip
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(pagerduty_inbox)).scalar_one() == 1
+    store.dispose()
+
+
+def test_the_new_secrets_never_show_in_the_settings_or_the_rest_clients_repr(
+    db_url: str, rules_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = build(db_url, rules_path, clock, api_token=TOKEN, api_url="http://127.0.0.1:9")
+    shown = f"{svc.settings!r} {svc.settings.pagerduty!r} {svc.rest!r} {svc.reverse!r}"
+    assert SECRET not in shown and TOKEN not in shown
+    with TestClient(build_app(svc)) as c:  # a refused webhook's log line does not quote the configured secret
+        assert post(c, fixture("resolved_by_user.json"), secrets=("wrong-secret-0000000",)).status_code == 401
+    assert caplog.records and SECRET not in caplog.text
+    svc.store.dispose()
+
+
+def test_a_webhook_another_replica_handled_meanwhile_is_not_applied_twice(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    """Two replicas' workers read the same pending webhook (the first one's lease ran out mid-batch): the one
+    that comes second writes nothing, so the ticket gets one update."""
+    with FakePagerDutyRest() as pd:
+        svc = build(db_url, rules_path, clock)
+        pd.subscribe(URL, SECRET)
+        page(svc)
+        incident = trigger_at_pagerduty(pd)
+        pd.acknowledge(incident)
+        with TestClient(build_app(svc)) as c:
+            deliver(pd, c)
+        with svc.store.engine.connect() as conn:
+            read_by_first = repo.pending_events(conn, 10)
+        second, first = NoteEveryEvent(), NoteEveryEvent()
+        assert worker(svc, second).drain() == 2
+        late = worker(svc, first)
+        assert [late._process(row) for row in read_by_first] == [0, 0]
+        assert len(queued(svc, "ticket_update")) == 1
+        assert [i["outcome"] for i in inbox(svc)] == ["echo", "applied"]
+        svc.store.dispose()
