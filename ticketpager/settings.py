@@ -52,6 +52,9 @@ class PagerDutySettings(BaseModel):
     backoff_cap_seconds: float = 300.0
     workers: int = 4
     source_name: str = "ticketpager"  # payload.source fallback
+    api_token: SecretStr = SecretStr("")  # REST API key (two-way sync, rules check --online)
+    api_url: str = ""  # overrides the region's REST base URL; e.g. a proxy or a fake
+    from_email: str = ""  # the user PagerDuty records as acting on REST updates and notes
 
     @property
     def url(self) -> str:
