@@ -21,8 +21,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kernel.model import SUMMARY_MAX, FieldChange, StatusCategory, Ticket, TriggerSpec
-from kernel.ports import EvalContext
+from kernel.model import SUMMARY_MAX, FieldChange, LinkState, StatusCategory, Ticket, TriggerSpec
+from kernel.ports import EvalContext, IncidentContext
+from rules import twoway
+from rules.loader import Pos
 from rules.operators import failure_explainer, fold, folded_search
 from rules.spec import AllOf, AnyOf, Cond, Leaf, NotOf, RuleSetSpec, RuleSpec, SeveritySpec, field_names
 from rules.templates import Template, render_safely, template_context
@@ -630,6 +632,7 @@ class RuleSet:
         self._rules = compiled
         self._plans: dict[str, _SourcePlan] = {}
         self._custom_fields: dict[str, frozenset[str]] = {}
+        self._by_name: dict[str, RuleSpec] = {r.name: r for r in spec.rules}
 
     def __repr__(self) -> str:
         return f"RuleSet(digest={self.digest!r}, rules={len(self.names)})"
@@ -660,6 +663,30 @@ class RuleSet:
             if rule.name == name:
                 return rule
         raise KeyError(name)
+
+    # -- the reverse direction (kernel.ports.TwoWayRules) -------------------------------------------------
+
+    @property
+    def two_way(self) -> bool:
+        """Whether any rule writes back (``sync_back:``) or maps groups to escalation policies."""
+        return any(r.sync_back is not None or r.policies is not None for r in self.spec.rules)
+
+    def policy_positions(self) -> dict[str, Pos]:
+        """Every escalation policy id the rules name, and where it is first written (``rules check --online``)."""
+        out: dict[str, Pos] = {}
+        for rule in self.spec.rules:
+            if rule.policies is not None:
+                for pid, pos in rule.policies.positions.items():
+                    out.setdefault(pid, pos)
+        return out
+
+    def on_incident(self, ctx: IncidentContext) -> twoway.TwoWayPlan:
+        """What the rule that paged ``ctx.link`` writes onto the ticket for a person's action in PagerDuty."""
+        return twoway.on_incident(self._by_name.get(ctx.link.rule), ctx.link.rule, ctx)
+
+    def on_ticket_change(self, ctx: EvalContext, link: LinkState, incident_id: str) -> twoway.TwoWayPlan:
+        """What a change of the ticket's group does to that rule's open incident ``incident_id``."""
+        return twoway.on_ticket_change(self._by_name.get(link.rule), link.rule, ctx, link, incident_id)
 
     def _share(self, cond: Cond) -> str:
         key = cond.describe()

@@ -14,6 +14,8 @@ from typing import Any
 
 from kernel.model import SEVERITIES
 from rules.operators import MODIFIERS, REGISTRY
+from rules.twoway import KINDS, ON_GROUP_CHANGE
+from rules.twoway_validation import POLICY_ID, TRANSITION_CATEGORIES, VISIBILITY
 from rules.validation import CALENDAR_KEYS, TRIGGER_KEYS, rule_sources
 
 SCHEMA_ID = "https://ticketpager.dev/schemas/rules-v1.json"
@@ -72,6 +74,55 @@ def build_schema() -> dict[str, Any]:
         },
     }
     hours = {"type": "string", "pattern": r"^\s*\d{1,2}:\d{2}\s*-\s*\d{1,2}:\d{2}\s*$"}
+    policy_id = {"type": "string", "pattern": POLICY_ID.pattern, "description": "escalation policy id, e.g. PNET001"}
+    visibility = {"enum": list(VISIBILITY), "description": "internal note / work note, or a public comment"}
+    transition = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "status": {"type": "string", "description": "target status name"},
+            "category": {"enum": list(TRANSITION_CATEGORIES)},
+            "fields": {"type": "object", "additionalProperties": template},
+        },
+        "oneOf": [{"required": ["status"]}, {"required": ["category"]}],
+    }
+    reaction = {
+        "anyOf": [
+            {"type": "boolean"},
+            {**template, "description": "the comment (sandboxed Jinja2 template)"},
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "comment": {"anyOf": [{"type": "boolean"}, template]},
+                    "visibility": visibility,
+                    "transition": transition,
+                    "set_group": {"type": "boolean", "description": "delegated only: the group of the new policy"},
+                },
+            },
+        ]
+    }
+    sync_back = {
+        "type": "object",
+        "description": "what a person's action in PagerDuty writes onto the ticket (absent: nothing)",
+        "additionalProperties": False,
+        "properties": {"visibility": visibility, **{kind: {"$ref": "#/$defs/sync_reaction"} for kind in KINDS}},
+    }
+    escalation_policies = {
+        "type": "object",
+        "description": "ticket group <-> PagerDuty escalation policy",
+        "additionalProperties": False,
+        "properties": {
+            "field": {"type": "string", "description": "the ticket's group field (default assignment_group)"},
+            "groups": {"type": "object", "additionalProperties": policy_id},
+            "on_group_change": {"enum": list(ON_GROUP_CHANGE)},
+            "reverse": {
+                "type": "object",
+                "propertyNames": policy_id,
+                "additionalProperties": {"type": "string"},
+            },
+        },
+    }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
@@ -82,6 +133,13 @@ def build_schema() -> dict[str, Any]:
         "properties": {
             "version": {"const": 1},
             "calendars": {"type": "object", "additionalProperties": {"$ref": "#/$defs/calendar"}},
+            "groups": {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": {"type": "string"},
+                "description": "your assignment group names: escalation_policies maps are checked against them",
+            },
             "rules": {"type": "array", "items": {"$ref": "#/$defs/rule"}},
         },
         "$defs": {
@@ -97,6 +155,7 @@ def build_schema() -> dict[str, Any]:
                 },
                 "propertyNames": {"enum": list(CALENDAR_KEYS)},
             },
+            "sync_reaction": reaction,
             "conditions": {
                 "type": "object",
                 "minProperties": 1,
@@ -133,6 +192,8 @@ def build_schema() -> dict[str, Any]:
                     "resolve_when": {"$ref": "#/$defs/conditions"},
                     "on_unmatch": {"enum": ["keep", "resolve"]},
                     "continue": {"type": "boolean"},
+                    "sync_back": sync_back,
+                    "escalation_policies": escalation_policies,
                     "trigger": {
                         "type": "object",
                         "required": ["routing_key", "severity", "summary"],

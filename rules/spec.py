@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from kernel.model import Ticket
+from kernel.model import StatusCategory, Ticket
 from rules.calendars import Calendar
 from rules.loader import Pos
 from rules.operators import Operator
@@ -127,6 +127,50 @@ class TriggerTemplate:
 
 
 @dataclass(frozen=True, slots=True)
+class TransitionSpec:
+    """``transition:`` of a sync-back reaction: a target status by name, or a status category; ``fields``
+    fills what the move requires (values are templates: ``close_notes: "Resolved by {{ agent.name }}"``)."""
+
+    status: str | None
+    category: StatusCategory | None
+    fields: tuple[tuple[str, Template], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """What a rule writes onto its ticket for one kind of PagerDuty event (``sync_back: <kind>:``).
+
+    ``comment`` None: no comment; ``default_text``: the comment is the built-in text for the kind."""
+
+    kind: str
+    comment: Template | None
+    default_text: bool
+    public: bool
+    transition: TransitionSpec | None = None
+    set_group: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SyncBackSpec:
+    """A rule's ``sync_back:`` block: event kind → reaction (a kind not listed writes nothing)."""
+
+    reactions: Mapping[str, Reaction]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyMapSpec:
+    """A rule's ``escalation_policies:`` block (Central Ops): ticket group → escalation policy, what a group
+    change does to the open incident, and policy → group for a move made in PagerDuty. ``positions``: where
+    each policy id is written (``rules check --online`` points at it)."""
+
+    group_field: FieldRef
+    groups: Mapping[str, str]
+    reverse: Mapping[str, str]
+    on_group_change: str  # reassign | add_responders | none
+    positions: Mapping[str, Pos] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class RuleSpec:
     """One validated rule."""
 
@@ -140,6 +184,8 @@ class RuleSpec:
     on_unmatch: str
     continue_: bool
     pos: Pos
+    sync_back: SyncBackSpec | None = None  # None: nothing is written back (the default)
+    policies: PolicyMapSpec | None = None
 
     @property
     def is_time_rule(self) -> bool:
@@ -150,3 +196,4 @@ class RuleSpec:
 class RuleSetSpec:
     rules: tuple[RuleSpec, ...]
     calendars: Mapping[str, Calendar]
+    groups: tuple[str, ...] = ()  # the top-level ``groups:`` vocabulary (empty: not declared)

@@ -28,6 +28,9 @@ from rules.operators import did_you_mean
 TEMPLATE_VARIABLES = frozenset({"ticket", "rule", "changes", "now"})
 TICKET_VARIABLES = TICKET_FIELDS | {"custom", "attributes", "raw"}
 RULE_VARIABLES = frozenset({"name", "description"})
+#: what a template may name: variable → its fields checked at load (None: free, e.g. ``changes``, ``now``)
+Variables = Mapping[str, frozenset[str] | None]
+TRIGGER_VARIABLES: Variables = {"ticket": TICKET_VARIABLES, "rule": RULE_VARIABLES, "changes": None, "now": None}
 MAX_REPEAT = 10_000  # longest string/list a template may build with '*'
 
 
@@ -78,11 +81,12 @@ class Template:
         return self.compiled.render(context)
 
 
-def compile_template(text: str, source: str = "any") -> Template:
+def compile_template(text: str, source: str = "any", variables: Variables = TRIGGER_VARIABLES) -> Template:
     """Compile and check a template; raises :class:`TemplateProblem` with an admin-readable message.
 
     ``source`` is the rule's source (jira | zendesk | servicenow | any): ``ticket.attributes.<name>`` must
     be one of that source's attributes (:data:`kernel.fields.SOURCE_ATTRIBUTES`; ``any``: of any source).
+    ``variables``: what the template may name (a trigger's by default; a sync-back comment sees others).
     """
     if "{{" not in text and "{%" not in text and "{#" not in text:
         return Template(text, None)
@@ -95,14 +99,16 @@ def compile_template(text: str, source: str = "any") -> Template:
         undeclared = meta.find_undeclared_variables(tree)
     except jinja2.TemplateError as exc:  # the analysis compiles the template: any other compile-time error
         raise TemplateProblem(f"template does not compile: {_message(exc)}") from None
-    unknown = sorted(undeclared - TEMPLATE_VARIABLES)
+    unknown = sorted(undeclared - set(variables))
     if unknown:
         name = unknown[0]
         raise TemplateProblem(
-            f"template uses unknown variable '{name}'{did_you_mean(name, TEMPLATE_VARIABLES)}"
-            f" (known: {', '.join(sorted(TEMPLATE_VARIABLES))})"
+            f"template uses unknown variable '{name}'{did_you_mean(name, variables)}"
+            f" (known: {', '.join(sorted(variables))})"
         )
-    for owner, allowed in (("ticket", TICKET_VARIABLES), ("rule", RULE_VARIABLES)):
+    for owner, allowed in variables.items():
+        if allowed is None:
+            continue
         for attr in _attributes_of(tree, owner):
             if attr not in allowed:
                 raise TemplateProblem(f"template uses unknown field '{owner}.{attr}'{did_you_mean(attr, allowed)}")

@@ -47,14 +47,16 @@ from rules.spec import (
     SeveritySpec,
     TriggerTemplate,
 )
-from rules.templates import Template, TemplateProblem, compile_template
+from rules.templates import TRIGGER_VARIABLES, Template, TemplateProblem, Variables, compile_template
+from rules.twoway_validation import TwoWayValidation, uses_set_group
 
 
 def rule_sources() -> tuple[str, ...]:
     """A rule's valid ``source`` values: every registered system (:mod:`connectors.registry`), and ``any``."""
     return (*SOURCE_ATTRIBUTES, "any")
 
-TOP_KEYS = ("version", "calendars", "rules")
+
+TOP_KEYS = ("version", "calendars", "groups", "rules")
 RULE_KEYS = (
     "name",
     "description",
@@ -65,6 +67,8 @@ RULE_KEYS = (
     "resolve_when",
     "on_unmatch",
     "continue",
+    "sync_back",
+    "escalation_policies",
 )
 TRIGGER_KEYS = (
     "routing_key",
@@ -119,7 +123,7 @@ def _trail(trail: list[str]) -> str:
     return " → ".join(trail)
 
 
-class Validator:
+class Validator(TwoWayValidation):
     """Validates a whole file set; :attr:`errors` collects every problem."""
 
     def __init__(self, env: Mapping[str, str], allow_missing_env: bool = False, incomplete: bool = False) -> None:
@@ -131,6 +135,7 @@ class Validator:
         self.calendars: dict[str, Calendar] = {}
         self._calendar_pos: dict[str, Pos] = {}
         self._names: dict[str, Pos] = {}
+        self.groups: dict[str, Pos] = {}  # the top-level groups: vocabulary, across files
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -161,10 +166,12 @@ class Validator:
                 self.err(doc.pos, [], "missing 'version: 1'")
             elif doc["version"] != 1 or isinstance(doc["version"], bool):
                 self.err(doc.val_pos["version"], ["version"], f"unsupported version {show(doc['version'])} (use 1)")
-            if "rules" not in doc and "calendars" not in doc:
+            if "rules" not in doc and "calendars" not in doc and "groups" not in doc:
                 self.err(doc.pos, [], "missing 'rules:'")
             if "calendars" in doc:
                 self.calendars_section(doc["calendars"], doc.val_pos["calendars"])
+            if "groups" in doc:
+                self.groups_section(doc["groups"], doc.val_pos["groups"])
             bodies.append((path, doc))
         rules: list[RuleSpec] = []
         for _path, doc in bodies:
@@ -178,7 +185,7 @@ class Validator:
                 spec = self.rule(item, items.item_pos[index], index + 1)
                 if spec is not None:
                     rules.append(spec)
-        return RuleSetSpec(tuple(rules), dict(self.calendars))
+        return RuleSetSpec(tuple(rules), dict(self.calendars), tuple(self.groups))
 
     def calendars_section(self, value: Any, pos: Pos) -> None:
         if not isinstance(value, YMap):
@@ -301,6 +308,25 @@ class Validator:
             self.err(item.pos, trail, "missing 'trigger' (routing_key, severity, summary)")
         else:
             trigger = self.trigger(item["trigger"], item.val_pos["trigger"], [*trail, "trigger"], source)
+        policies = None
+        if "escalation_policies" in item:
+            policies = self.escalation_policies(
+                item["escalation_policies"],
+                item.val_pos["escalation_policies"],
+                [*trail, "escalation_policies"],
+                source,
+                uses_set_group(item.get("sync_back")),
+            )
+        sync_back = None
+        if "sync_back" in item:
+            sync_back = self.sync_back(
+                item["sync_back"],
+                item.val_pos["sync_back"],
+                [*trail, "sync_back"],
+                source,
+                policies,
+                "escalation_policies" in item,
+            )
         if len(self.errors) != errors_before or when is None or trigger is None or resolve is None:
             return None
         assert isinstance(name, str)
@@ -315,6 +341,8 @@ class Validator:
             on_unmatch=str(on_unmatch),
             continue_=bool(cont),
             pos=item.pos,
+            sync_back=sync_back,
+            policies=policies,
         )
 
     # -- conditions -----------------------------------------------------------------------------------
@@ -593,12 +621,14 @@ class Validator:
             return None
         return SeveritySpec(source=fref, mapping=mapping, default=str(default))
 
-    def template(self, value: Any, pos: Pos, trail: list[str], source: str) -> Template | None:
+    def template(
+        self, value: Any, pos: Pos, trail: list[str], source: str, variables: Variables | None = None
+    ) -> Template | None:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             self.err(pos, trail, "must be text (a Jinja2 template)")
             return None
         try:
-            return compile_template(str(value), source)
+            return compile_template(str(value), source, TRIGGER_VARIABLES if variables is None else variables)
         except TemplateProblem as exc:
             self.err(pos, trail, str(exc))
             return None
@@ -619,6 +649,11 @@ class Validator:
             return self.template(value.isoformat(), pos, trail, source)
         self.err(pos, trail, f"unsupported value {show(value)} (use text, numbers, lists or mappings)")
         return None
+
+    def status_problem(self, source: str, value: str) -> str | None:
+        """Why ``value`` is never a status of ``source`` (where the statuses are known), else None."""
+        vocabulary = fixed_vocabulary("status", source)
+        return None if vocabulary is None else vocabulary.problem(value)
 
     def link_list(
         self, kind: str, value: Any, pos: Pos, trail: list[str], source: str

@@ -28,6 +28,7 @@ GOLDEN = {
     "zendesk-vip-urgent": [],
     "servicenow-p1-p2": [],
     "support-unassigned-p2": ["--now", "2026-11-30T09:40:00Z"],
+    "servicenow-central-ops": ["--pagerduty-event", str(EXAMPLES / "servicenow-central-ops.pagerduty.json")],
 }
 
 
@@ -58,7 +59,7 @@ def test_examples_are_all_covered() -> None:
 def test_examples_directory_passes_rules_check_without_any_keys() -> None:
     done = cli("check", str(EXAMPLES))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("OK: 5 rules in")
+    assert done.stdout.startswith("OK: 6 rules in")
     assert "time rules: support-p2-unassigned-30m" in done.stdout
 
 
@@ -233,7 +234,7 @@ def test_rules_test_json_lists_verdicts_in_file_order(tmp_path: Path) -> None:
 def test_rules_command_is_registered_in_the_service_cli() -> None:
     done = cli("rules", "check", str(EXAMPLES), module="ticketpager.cli")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("OK: 5 rules")
+    assert done.stdout.startswith("OK: 6 rules")
 
 
 @pytest.mark.parametrize(

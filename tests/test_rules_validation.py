@@ -142,11 +142,11 @@ EXPECTED: dict[str, list[str]] = {
         "7:32: rule 'r1' → when → priority: unknown operator 'ignorecase' (did you mean 'ignore_case'?)",
     ],
     "unknown_rule_key": [
-        "5:5: rule 'r1': unknown key 'contine' (did you mean 'continue'?) (allowed: name, description, source, when, trigger, acknowledge_when, resolve_when, on_unmatch, continue)",
+        "5:5: rule 'r1': unknown key 'contine' (did you mean 'continue'?) (allowed: name, description, source, when, trigger, acknowledge_when, resolve_when, on_unmatch, continue, sync_back, escalation_policies)",
     ],
     "unknown_top_key": [
         "1:1: missing 'rules:'",
-        "2:1: unknown key 'rule' (did you mean 'rules'?) (allowed: version, calendars, rules)",
+        "2:1: unknown key 'rule' (did you mean 'rules'?) (allowed: version, calendars, groups, rules)",
     ],
     "wrong_source_attribute": [
         "6:7: rule 'r1' → when → organization_tags: 'organization_tags' is a field of zendesk tickets; this rule's source is jira",
@@ -224,7 +224,9 @@ def test_missing_path_and_empty_directory(tmp_path: Path) -> None:
     assert [str(e) for e in _errors(tmp_path / "nope.yaml").errors] == [
         f"{tmp_path / 'nope.yaml'}:1:1: no such file or directory"
     ]
-    assert [str(e) for e in _errors(tmp_path).errors] == [f"{tmp_path}:1:1: no *.yaml or *.yml rule files in this directory"]
+    assert [str(e) for e in _errors(tmp_path).errors] == [
+        f"{tmp_path}:1:1: no *.yaml or *.yml rule files in this directory"
+    ]
 
 
 def test_env_value_never_appears_in_errors(tmp_path: Path) -> None:
@@ -397,7 +399,7 @@ def test_a_tab_and_a_broken_calendar_are_explained(tmp_path: Path) -> None:
     ]
     cal = tmp_path / "cal.yaml"
     cal.write_text(
-        "version: 1\ncalendars:\n  bad-tz: {timezone: Mars/Base, days: [mon], hours: \"08:00-18:00\"}\n"
+        'version: 1\ncalendars:\n  bad-tz: {timezone: Mars/Base, days: [mon], hours: "08:00-18:00"}\n'
         "rules:\n  - name: x\n    when: {during: bad-tz}\n    trigger: {routing_key: k, severity: info, summary: s}\n"
     )
     assert [str(e) for e in _errors(cal, {}).errors] == [
@@ -410,9 +412,9 @@ def test_operators_a_field_kind_never_satisfies_are_errors(tmp_path: Path) -> No
     path = tmp_path / "ts.yaml"
     path.write_text(
         "version: 1\nrules:\n"
-        "  - name: x\n    when: {created: \"2026-11-30T09:00:00Z\"}\n"
+        '  - name: x\n    when: {created: "2026-11-30T09:00:00Z"}\n'
         "    trigger: {routing_key: k, severity: info, summary: s}\n"
-        "  - name: y\n    when: {priority: {older_than: 1h}, created: {in: [\"2026-11-30T09:00:00Z\"]}}\n"
+        '  - name: y\n    when: {priority: {older_than: 1h}, created: {in: ["2026-11-30T09:00:00Z"]}}\n'
         "    trigger: {routing_key: k, severity: info, summary: s}\n"
         "  - name: fine\n    when: {created: {older_than: 30m}, updated: null, custom.Since: {older_than: 1d}}\n"
         "    trigger: {routing_key: k, severity: info, summary: s}\n"
@@ -432,7 +434,7 @@ def test_an_impossible_date_is_one_error_that_names_where_it_is(tmp_path: Path) 
     path = tmp_path / "hol.yaml"
     path.write_text(
         "version: 1\ncalendars:\n"
-        "  c: {timezone: UTC, days: [mon], hours: \"08:00-18:00\", holidays: [2026-02-30, 2026-12-24]}\n"
+        '  c: {timezone: UTC, days: [mon], hours: "08:00-18:00", holidays: [2026-02-30, 2026-12-24]}\n'
         "rules:\n  - name: x\n    when: {during: c}\n    trigger: {routing_key: k, severity: info, summary: s}\n"
     )
     assert [str(e) for e in _errors(path, {}).errors] == [

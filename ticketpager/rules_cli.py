@@ -12,13 +12,24 @@ import difflib
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from connectors import registry
-from kernel.model import FieldChange, LinkState, PlannedEvent, Ticket, diff_tickets, merge_changes
+from kernel.incidents import IncidentEvent
+from kernel.model import (
+    FieldChange,
+    IncidentUpdate,
+    LinkState,
+    PlannedEvent,
+    Ticket,
+    TicketUpdate,
+    diff_tickets,
+    merge_changes,
+)
+from kernel.ports import IncidentContext
 from kernel.retry import RetryPolicy
 from rules.backtest_progress import ReportingClock, progress_for
 from rules.env_notice import missing_env_notice
@@ -26,6 +37,7 @@ from rules.evaluator import EvalContext, RuleResult, RuleSet
 from rules.load import load_rules
 from rules.loader import RuleFileError, RuleFileErrors
 from rules.operators import OperatorArgError, parse_duration
+from rules.twoway import TwoWayPlan
 from ticketpager.exitcodes import epilog
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
@@ -35,10 +47,13 @@ Check, test and back-test the rule files that decide which tickets page whom (se
 Nothing here sends a page: 'test' and 'backtest' only print what would be sent, routing keys masked."""
 CHECK_DESCRIPTION = """\
 Validate a rule file or a directory of *.yaml rule files. Prints "OK: N rules ..." and exits 0, or
-prints every problem as file:line:col: message and exits 1."""
+prints every problem as file:line:col: message and exits 1. With --online, also asks PagerDuty's REST
+API (TICKETPAGER_PAGERDUTY__API_TOKEN) whether every escalation policy id the rules name exists."""
 TEST_DESCRIPTION = """\
 Evaluate the rules against one ticket: each rule's verdict and why, and the exact PagerDuty events
-that would be sent. With --expect, exit 1 with a diff when the result differs from a golden file."""
+that would be sent. With --pagerduty-event, also what the rules write back onto the ticket for that
+PagerDuty webhook (comment, transition, group); with --previous, what a group change does to the open
+incident. With --expect, exit 1 with a diff when the result differs from a golden file."""
 SCHEMA_DESCRIPTION = "Print the JSON Schema of rule files (for editor completion and checks)."
 BACKTEST_DESCRIPTION = """\
 Read recent tickets through the configured connector and report what the rules would have paged.
@@ -63,13 +78,16 @@ RULES_HELP: dict[str, dict[str, Any]] = {
         "examples": [
             "ticketpager rules check /etc/ticketpager/rules",
             "ticketpager rules check rules/ --allow-missing-env      # in CI, without the routing keys",
+            "ticketpager rules check rules/ --online                 # escalation policy ids exist in PagerDuty",
         ],
         "exits": {
             EXIT_OK: "the rule files are valid",
-            EXIT_MISMATCH: "the rule files have errors (each printed as file:line:col)",
-            EXIT_USAGE: "wrong arguments, a path that does not exist, or valid files whose routing-key variables "
+            EXIT_MISMATCH: "the rule files have errors (each printed as file:line:col), or, with --online, an "
+            "escalation policy PagerDuty does not have or a PagerDuty API failure",
+            EXIT_USAGE: "wrong arguments, a path that does not exist, valid files whose routing-key variables "
             "are unset here "
-            "(one notice by variable; --allow-missing-env accepts them)",
+            "(one notice by variable; --allow-missing-env accepts them), or --online without "
+            "TICKETPAGER_PAGERDUTY__API_TOKEN",
         },
     },
     "test": {
@@ -77,6 +95,7 @@ RULES_HELP: dict[str, dict[str, Any]] = {
             "ticketpager rules test rules/examples/jira-ops-p1.yaml --ticket rules/examples/jira-ops-p1.ticket.json",
             "ticketpager rules test rules/ --ticket t.json --previous p.json --now 2026-11-30T09:40:00Z",
             "ticketpager rules test rules/ --ticket t.json --expect t.expect.json     # a golden test in CI",
+            "ticketpager rules test rules/ --ticket t.json --pagerduty-event acknowledged.json  # the write-back",
         ],
         "exits": RULES_EXITS,
     },
@@ -119,18 +138,25 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     check = add("check", "validate rule files; exit 1 with every error", CHECK_DESCRIPTION)
     check.add_argument("path", help="a rule file or a directory of *.yaml")
     check.add_argument("--allow-missing-env", action="store_true", help=ALLOW_MISSING_ENV_HELP)
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also check every escalation policy id against PagerDuty's REST API (TICKETPAGER_PAGERDUTY__API_TOKEN)",
+    )
     check.set_defaults(func=cmd_check)
 
     test = add("test", "show each rule's verdict and the exact PagerDuty events for a ticket", TEST_DESCRIPTION)
     test.add_argument("path", help="a rule file or a directory of *.yaml")
     test.add_argument("--ticket", required=True, help="normalized ticket JSON (Ticket.to_json), or a vendor payload")
     test.add_argument("--previous", help="the ticket before this update: its events set the incident state")
-    test.add_argument(
-        "--source", help=f"{' | '.join(registry.names())} (parse --ticket as that vendor's webhook body)"
-    )
+    test.add_argument("--source", help=f"{' | '.join(registry.names())} (parse --ticket as that vendor's webhook body)")
     test.add_argument(
         "--now",
         help="evaluation time, ISO 8601 with a time zone, e.g. 2026-11-30T09:40:00Z (default: the ticket's update)",
+    )
+    test.add_argument(
+        "--pagerduty-event",
+        help="a PagerDuty v3 webhook body (JSON): show what the rules write back onto the ticket for it",
     )
     test.add_argument("--expect", help="golden JSON: exit 1 with a diff if verdicts or events differ")
     test.add_argument("--json", action="store_true", help="print the result as JSON (the --expect format)")
@@ -229,7 +255,55 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     timed = f", time rules: {', '.join(ruleset.time_rules)}" if ruleset.has_time_rules else ""
     count = f"{len(ruleset)} rule" + ("" if len(ruleset) == 1 else "s")
+    if args.online:
+        status = check_policies_online(ruleset)
+        if status != EXIT_OK:
+            return status
     print(f"OK: {count} in {args.path} (digest {ruleset.digest}){timed}")
+    return EXIT_OK
+
+
+def check_policies_online(ruleset: RuleSet, client: Any = None) -> int:
+    """``rules check --online``: every escalation policy id of the rules exists in PagerDuty (one list call,
+    paginated). Unknown ids are printed as ``file:line:col`` errors; exit 2 without a token, 1 on an unknown id
+    or an API failure."""
+    from connectors.pagerduty_rest import PagerDutyRestClient, Region
+    from kernel.errors import ConfigError, TicketpagerError
+    from ticketpager.settings import Settings
+
+    positions = ruleset.policy_positions()
+    if not positions:
+        print("--online: the rules name no escalation policy", file=sys.stderr)
+        return EXIT_OK
+    try:
+        if client is None:
+            pd = Settings().pagerduty
+            client = PagerDutyRestClient(
+                pd.api_token,
+                region=Region(pd.region),
+                api_url=pd.api_url or None,
+                from_email=pd.from_email or None,
+                timeout=pd.timeout_seconds,
+            )
+        known = {ref.id: ref.summary for ref in client.list_escalation_policies()}
+    except ConfigError as exc:
+        print(f"ticketpager rules check --online: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TicketpagerError as exc:
+        print(f"ticketpager rules check --online: PagerDuty: {str(exc).rstrip('.')}.", file=sys.stderr)
+        return EXIT_MISMATCH
+    missing = [(pid, pos) for pid, pos in positions.items() if pid not in known]
+    for pid, pos in sorted(missing, key=lambda item: (item[1].path, item[1].line, item[1].col)):
+        print(
+            f"{pos.path}:{pos.line}:{pos.col}: escalation policy {pid} does not exist in PagerDuty "
+            f"(or the API token cannot see it; {len(known)} policies found)",
+            file=sys.stderr,
+        )
+    if missing:
+        print(f"{len(missing)} error(s): unknown escalation policies", file=sys.stderr)
+        return EXIT_MISMATCH
+    names = ", ".join(f"{pid} ({known[pid]})" for pid in sorted(positions))
+    print(f"escalation policies found in PagerDuty: {names}")
     return EXIT_OK
 
 
@@ -360,6 +434,28 @@ def simulate(
 ) -> tuple[list[RuleResult], list[PlannedEvent]]:
     """Evaluate (previous first, to derive incident states) and plan the events for ``ticket``; what
     changed is what the engine sees: the webhook's own change list (``reported``) plus the diff."""
+    run = simulate_run(ruleset, ticket, previous, now, reported)
+    return run.results, run.events
+
+
+class SimulatedRun(NamedTuple):
+    """One simulated update: verdicts, events, what changed and the incident links before and after it."""
+
+    results: list[RuleResult]
+    events: list[PlannedEvent]
+    changed: tuple[FieldChange, ...]
+    links_before: dict[str, LinkState]
+    links_after: dict[str, LinkState]
+
+
+def simulate_run(
+    ruleset: RuleSet,
+    ticket: Ticket,
+    previous: Ticket | None,
+    now: datetime,
+    reported: tuple[FieldChange, ...] | None = None,
+) -> SimulatedRun:
+    """:func:`simulate`, keeping the links (the two-way part of ``rules test`` acts on them)."""
     from kernel.lifecycle import plan
 
     links: dict[str, LinkState] = {}
@@ -368,7 +464,57 @@ def simulate(
         links = _links_after(plan(before, {}, previous), {})
     changed = merge_changes(reported, diff_tickets(previous, ticket))
     results = ruleset.evaluate(EvalContext(ticket, previous, changed, now))
-    return results, plan(results, links, ticket)
+    events = plan(results, links, ticket)
+    return SimulatedRun(results, events, changed, links, _links_after(events, links))
+
+
+def _pagerduty_event(path: str) -> IncidentEvent:
+    """``--pagerduty-event``: a v3 webhook body, parsed as the service parses it (no signature check)."""
+    from connectors.pagerduty_webhooks import parse_event
+    from kernel.errors import WebhookRejected
+
+    _read_json(path)  # a JSON problem is reported with its line and column
+    try:
+        parsed = parse_event(Path(path).read_bytes())
+    except WebhookRejected as exc:
+        raise CliError(f"{path}: not a PagerDuty v3 webhook the service would accept: {exc}") from None
+    if not isinstance(parsed, IncidentEvent):
+        raise CliError(f"{path}: PagerDuty event type {parsed.event_type!r} is accepted and ignored by the service")
+    return parsed
+
+
+def two_way_plans(
+    ruleset: RuleSet, ticket: Ticket, run: SimulatedRun, now: datetime, event: IncidentEvent | None
+) -> list[TwoWayPlan]:
+    """What the rules write back for ``event`` (each linked rule), and what this update's group change does to
+    each incident that was open before it."""
+    plans: list[TwoWayPlan] = []
+    if event is not None:
+        for link in run.links_after.values():
+            plans.append(ruleset.on_incident(IncidentContext(event, ticket, link, now)))
+    for rule, before in run.links_before.items():
+        link = run.links_after.get(rule, before)
+        incident = event.incident_id if event is not None else f"<incident of {link.dedup_key}>"
+        plan = ruleset.on_ticket_change(EvalContext(ticket, None, run.changed, now), link, incident)
+        if plan.actions:
+            plans.append(plan)
+    return plans
+
+
+def action_json(action: TicketUpdate | IncidentUpdate) -> dict[str, Any]:
+    """An action as ``rules test`` shows it (and golden files hold it)."""
+    body = asdict(action)
+    if isinstance(action, TicketUpdate):
+        body["ticket"] = action.ticket.key
+        if action.transition is not None:
+            body["transition"] = {
+                "status": action.transition.status,
+                "category": action.transition.category.value if action.transition.category else None,
+                "fields": dict(action.transition.fields),
+            }
+    else:
+        body["responder_policies"] = list(action.responder_policies)
+    return {"kind": action.KIND, **body}
 
 
 def event_bodies(events: Sequence[PlannedEvent], ticket: Ticket) -> list[dict[str, Any]]:
@@ -396,6 +542,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         ticket, reported = _ticket(args.ticket, args.source)
         previous = _ticket(args.previous, args.source)[0] if args.previous else None
         now = _now(args.now, ticket)
+        incident_event = _pagerduty_event(args.pagerduty_event) if args.pagerduty_event else None
         expected = _read_json(args.expect) if args.expect else None
     except CliError as exc:
         print(f"ticketpager rules test: {exc}", file=sys.stderr)
@@ -403,11 +550,15 @@ def cmd_test(args: argparse.Namespace) -> int:
     note = _unnamed_fields_note(ruleset, ticket)
     if note:
         print(note, file=sys.stderr)
-    results, events = simulate(ruleset, ticket, previous, now, reported)
-    actual = {
+    run = simulate_run(ruleset, ticket, previous, now, reported)
+    results, events = run.results, run.events
+    plans = two_way_plans(ruleset, ticket, run, now, incident_event)
+    actual: dict[str, Any] = {
         "verdicts": {r.rule: verdict(r) for r in results},
         "events": event_bodies(events, ticket),
     }
+    if incident_event is not None or any(p.actions for p in plans):  # older golden files have no such key
+        actual["write_back"] = [action_json(a) for p in plans for a in p.actions]
     if args.json:
         print(json.dumps(actual, indent=2, ensure_ascii=False))  # verdicts in file order, as the rules run
     else:
@@ -430,6 +581,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         for event, body in zip(events, actual["events"], strict=True):
             print(f"  # {event.rule}: {event.action.value} ({event.reason})")
             print("  " + json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False).replace("\n", "\n  "))
+        _print_write_back(plans, incident_event, run)
     if expected is None:
         return EXIT_OK
     want = json.dumps(expected, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
@@ -441,6 +593,24 @@ def cmd_test(args: argparse.Namespace) -> int:
     for line in difflib.unified_diff(want, got, fromfile=args.expect, tofile="actual", lineterm=""):
         print(line, file=sys.stderr)
     return EXIT_MISMATCH
+
+
+def _print_write_back(plans: Sequence[TwoWayPlan], event: IncidentEvent | None, run: SimulatedRun) -> None:
+    """The two-way part of ``rules test``: each rule's decision, why, and the actions."""
+    if event is not None and not run.links_after:
+        print(f"write-back: none ({event.event_type.value}: no rule paged this ticket, so no incident is linked)")
+        return
+    if not plans:
+        return
+    count = sum(len(p.actions) for p in plans)
+    print(f"write-back ({count}):" if count else "write-back: none")
+    for plan in plans:
+        print(f"  # {plan.rule}")
+        for line in (*plan.explanation, *plan.problems):
+            print(f"      {line}")
+        for action in plan.actions:
+            text = json.dumps(action_json(action), indent=2, sort_keys=True, ensure_ascii=False)
+            print("  " + text.replace("\n", "\n  "))
 
 
 # ------------------------------------------------------------------------------------------------- schema
@@ -483,9 +653,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     progress = progress_for(sys.stderr, args.source, clock)  # only on a terminal: pages, tickets, waits
     try:
         settings = Settings().connector(args.source)
-        connector = connector_class(args.source)(
-            settings, clock=ReportingClock(clock, progress), retry=BACKTEST_RETRY
-        )
+        connector = connector_class(args.source)(settings, clock=ReportingClock(clock, progress), retry=BACKTEST_RETRY)
     except KeyError:
         print(f"ticketpager rules backtest: unknown source {args.source!r}", file=sys.stderr)
         return EXIT_USAGE
@@ -563,4 +731,14 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["event_bodies", "main", "register", "simulate", "verdict"]
+__all__ = [
+    "action_json",
+    "check_policies_online",
+    "event_bodies",
+    "main",
+    "register",
+    "simulate",
+    "simulate_run",
+    "two_way_plans",
+    "verdict",
+]

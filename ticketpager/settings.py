@@ -60,7 +60,7 @@ class PagerDutySettings(BaseModel):
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list
     )  # v3 webhook signing secret(s) for POST /webhooks/pagerduty; comma-separated or a JSON list, two while rotating
-    api_token: SecretStr = SecretStr("")  # REST API key: learns which incident is ours, subscribe, ping, updates
+    api_token: SecretStr = SecretStr("")  # REST API key: which incident is ours; subscribe, ping, updates, --online
     from_email: str = ""  # the PagerDuty user REST writes act as (From header); its actions are our own echoes
     from_user_id: str = ""  # that user's id (PXXXXXX): our REST writes come back as echoes; responders need it
     api_url: str = ""  # overrides the region's REST API base URL; e.g. a proxy or a mock
