@@ -9,6 +9,7 @@ Nothing here writes: the console's one action (retry dead letters) goes through 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -320,10 +321,21 @@ def _shown_outbox(row: dict[str, Any]) -> dict[str, Any]:
     key = str(row.get("routing_key") or "")
     extra = (key,) if key else ()
     row["last_error"] = row["last_error"] and redact(row["last_error"], *extra)
-    if "body" in row:
-        row["body"] = redact(row["body"], *extra) if row["body"] else row["body"]
+    if row.get("body"):
+        row["body"] = _shown_body(row["body"], extra)
     row["routing_key"] = mask(key) if key else ""
     return row
+
+
+def _shown_body(body: str, keys: tuple[str, ...]) -> str:
+    """A stored body as the console shows it: JSON pretty-printed with its routing key masked, redacted."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return redact(body, *keys)
+    if isinstance(data, dict) and "routing_key" in data:
+        data["routing_key"] = mask(str(data["routing_key"]))
+    return redact(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False), *keys)
 
 
 # ---------------------------------------------------------------------------------------------- dead letters

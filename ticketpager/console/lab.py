@@ -9,6 +9,7 @@ ones (nothing is sent), and show every routing key masked. The evaluation is ``t
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,22 @@ def load_text(text: str, env: Mapping[str, str] | None) -> tuple[RuleSet | None,
         except RuleFileErrors as exc:
             return None, [_short(e, tmp) for e in exc.errors], [_short(w, tmp) for w in warnings]
     return ruleset, [], [_short(w, tmp) for w in warnings]
+
+
+_VARIABLE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\}")
+
+
+def shown_rule_text(text: str) -> str:
+    """A rule file as the console shows it: redacted (a routing key written in the file is a secret), but
+    ``${VAR}`` references kept: they name a variable, not its value, and the playground needs them back."""
+    found: list[str] = []
+
+    def hold(match: re.Match[str]) -> str:
+        found.append(match.group(0))
+        return f"\n\x01{len(found) - 1}\x02"  # a line break: never read as the value of `routing_key:`
+
+    shown = redact(_VARIABLE.sub(hold, text.replace("\x01", "")))
+    return re.sub("\n\x01(\\d+)\x02", lambda m: found[int(m.group(1))], shown)
 
 
 def _short(error: RuleFileError, directory: str) -> str:

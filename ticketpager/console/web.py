@@ -9,9 +9,9 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import Connection
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -25,7 +25,7 @@ from connectors import CONNECTORS
 from kernel import jsonutil
 from kernel.lifecycle import dedup_key_for
 from kernel.model import FieldChange, StatusCategory, Ticket, TicketChange, diff_tickets
-from kernel.redact import mask, redact
+from kernel.redact import redact
 from sync import audit
 from sync import console_queries as q
 from ticketpager.console import lab
@@ -58,7 +58,6 @@ def _env() -> Environment:
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=True,
-        undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
@@ -140,7 +139,7 @@ class Console:
                     return self.redirect(request, "/login?" + urlencode({"next": target}))
                 return self.refuse(request, 403, "log in first", None)
             if request.method == "POST":
-                form = await request.form()
+                form = await read_form(request)
                 if not csrf_ok(session.csrf, form.get("csrf")):
                     log.warning("console: %s %s refused: missing or wrong CSRF token", request.method, request.url.path)
                     return self.refuse(
@@ -168,7 +167,7 @@ class Console:
         return response
 
     async def login(self, request: Request) -> Response:
-        form = await request.form()
+        form = await read_form(request)
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not csrf_ok(expected, form.get("csrf")):
             return self.refuse(request, 403, "missing or wrong CSRF token: reload the login page", None)
@@ -360,7 +359,7 @@ class Console:
                 text = file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 text = f"# cannot read: {type(exc).__name__}"
-            shown.append({"name": file.name, "text": redact(text)})
+            shown.append({"name": file.name, "text": lab.shown_rule_text(text)})
         error = redact(store.last_error) if store.last_error else None
         context: dict[str, Any] = {
             "files": shown,
@@ -469,7 +468,6 @@ def _timeline(conn: Connection, source: str, ticket_id: str, before: int | None)
     sent = q.outbox_of(conn, keys)
     by_change: dict[int | None, list[dict[str, Any]]] = {}
     for item in sent:
-        item["shown_body"] = _pretty(item["body"]) if item["kind"] == "event" else item["body"]
         by_change.setdefault(item["change_id"], []).append(item)
     entries = []
     previous = _ticket_of(oldest)
@@ -502,7 +500,7 @@ def _timeline(conn: Connection, source: str, ticket_id: str, before: int | None)
         "ticket": row,
         "title": redact(str(snapshot.get("title", ""))),
         "url": snapshot.get("url"),
-        "status": snapshot.get("status", ""),
+        "ticket_status": snapshot.get("status", ""),
         "entries": entries,
         "links": links,
         "sent": sent,
@@ -525,14 +523,22 @@ def _short(value: Any) -> str:
     return text if len(text) <= 300 else text[:300] + "…"
 
 
-def _pretty(body: str) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body
-    if isinstance(data, dict) and "routing_key" in data:
-        data["routing_key"] = mask(str(data["routing_key"]))
-    return redact(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+#: the largest form the console reads (a pasted rule file and ticket fit easily)
+MAX_FORM_BYTES = 1024 * 1024
+
+
+async def read_form(request: Request) -> FormData:
+    """An ``application/x-www-form-urlencoded`` body (the only kind the console's forms send), without
+    python-multipart: at most :data:`MAX_FORM_BYTES`, anything else is an empty form (then refused by CSRF)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        return FormData()
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return FormData()
+    return FormData(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
 
 
 def _text(form: FormData, name: str) -> str:
