@@ -15,7 +15,7 @@ from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import Connection
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -538,7 +538,8 @@ async def read_form(request: Request) -> FormData:
         body += chunk
         if len(body) > MAX_FORM_BYTES:
             return FormData()
-    return FormData(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+    pairs: list[tuple[str, str | UploadFile]] = list(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    return FormData(pairs)
 
 
 def _text(form: FormData, name: str) -> str:
