@@ -201,7 +201,11 @@ def search_tickets(
     if key:
         stmt = stmt.where(tickets.c.key.startswith(key.strip(), autoescape=True))
     if title:
-        stmt = stmt.where(title_col.ilike(f"%{_escape_like(title.strip())}%", escape="\\"))
+        pattern = f"%{_escape_like(title.strip())}%"
+        stmt = stmt.where(title_col.ilike(pattern, escape="\\"))
+        if not any(c in title for c in '"\\') and title.isprintable():  # spelled the same inside the JSON text:
+            # the snapshot's text is matched first (cheap), the title (parses the JSON) only on the rows left
+            stmt = stmt.where(tickets.c.snapshot.ilike(pattern, escape="\\"))
     if source:
         stmt = stmt.where(tickets.c.source == source)
     if state:
