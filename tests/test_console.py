@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from kernel.clock import FakeClock
+from kernel.model import StatusCategory
 from sync.schema import audit_log, outbox
 from tests.factories import ROUTING_KEY, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
@@ -119,6 +120,17 @@ def test_why_a_ticket_paged_and_why_another_did_not(client: TestClient, service:
     quiet = html.unescape(client.get("/console/tickets/jira/2").text)
     assert "no action" in quiet and "no match" in quiet and "priority" in quiet  # the explanation says which
     assert "This ticket never paged." in quiet
+
+
+def test_timeline_shows_what_changed_between_versions(client: TestClient, service: Service, pd: MockPagerDuty) -> None:
+    seed(service, pd)
+    receive(service, [change(ticket("1", status="In Progress", category=StatusCategory.IN_PROGRESS, minutes=5))])
+    service.process_all()
+    login(client)
+    page = html.unescape(client.get("/console/tickets/jira/1").text)
+    diff = page[page.index("What changed") :]
+    assert re.search(r"status</th><td><del>To Do</del></td><td><ins>In Progress</ins>", diff)
+    assert '"event_action": "acknowledge"' in page and "acknowledge_when holds" in page
 
 
 def test_dead_letter_retry_needs_confirmation_csrf_and_the_full_role(

@@ -79,9 +79,7 @@ def serve(tmp_path: Path, pd: MockPagerDuty) -> Iterator[Serve]:
     secrets.mkdir()
     (secrets / "TICKETPAGER_CONSOLE__TOKEN").write_text(TOKEN)  # the token from a secret file
     (secrets / "PD_PLATFORM_KEY").write_text(ROUTING_KEY)
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("TICKETPAGER_", "PD_"))
-    } | {
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TICKETPAGER_", "PD_"))} | {
         "TICKETPAGER_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
         "TICKETPAGER_RULES_PATH": str(rules),
         "TICKETPAGER_SECRETS_DIR": str(secrets),
