@@ -287,7 +287,7 @@ class Console:
             session,
             rows=rows,
             more=more,
-            done=request.query_params.get("done"),
+            done=_done(request),
         )
 
     async def retry_confirm(self, request: Request, session: Session) -> Response:
@@ -338,9 +338,7 @@ class Console:
         queued, superseded = await run_in_threadpool(run)
         self.service.outbox_wake.set()
         log.info("console: %s retried dead letters: %d queued, %d superseded", session.who, queued, superseded)
-        return self.redirect(
-            request, "/deadletters?" + urlencode({"done": f"{queued} queued again, {superseded} superseded"})
-        )
+        return self.redirect(request, "/deadletters?" + urlencode({"queued": queued, "superseded": superseded}))
 
     async def rules(self, request: Request, session: Session) -> Response:
         return self.render(request, "rules.html", session, **self._rules_context())
@@ -540,6 +538,14 @@ async def read_form(request: Request) -> FormData:
             return FormData()
     pairs: list[tuple[str, str | UploadFile]] = list(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     return FormData(pairs)
+
+
+def _done(request: Request) -> str | None:
+    """The outcome of a retry, from the redirect's numbers only (no text from the URL is shown as is)."""
+    queued, superseded = _int(request.query_params.get("queued")), _int(request.query_params.get("superseded"))
+    if queued is None or superseded is None:
+        return None
+    return f"{queued} queued again, {superseded} superseded"
 
 
 def _text(form: FormData, name: str) -> str:
