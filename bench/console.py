@@ -40,13 +40,14 @@ PROPOSED = (
     "CREATE INDEX ix_tickets_key ON tickets (key text_pattern_ops)",
     "CREATE INDEX ix_decisions_paged_at ON decisions (at) WHERE outcome = 'paged'",
     "CREATE INDEX ix_outbox_sent_at ON outbox (sent_at) WHERE kind = 'event'",
+    "CREATE INDEX ix_tickets_source_state ON tickets (source, status_category, updated, ticket_id)",
 )
 
 
 def fill(conn: Connection, tickets: int, decisions: int) -> None:
     """Tickets spread over 30 days; decisions spread over the tickets (ticket 1 gets many: a noisy one) and
-    30 days, 2 % of them pages; one outbox event per page (sent), 500 dead letters, 200 pending; a link per
-    paged ticket; the last change of every ticket with its payload."""
+    30 days, 2 % of them pages; a link and an outbox event per paged ticket (one in 1000 dead, one in 1000
+    pending); the last change of every ticket with its payload."""
     p = {"n": tickets, "d": decisions, "now": NOW}
     steps = [
         (
@@ -54,7 +55,7 @@ def fill(conn: Connection, tickets: int, decisions: int) -> None:
             """INSERT INTO tickets (source, ticket_id, key, status_category, updated, version_hash, snapshot,
                                    last_change_id, open_incidents, recheck, processed_at)
                SELECT (ARRAY['jira','zendesk','servicenow'])[g % 3 + 1], g::text, 'OPS-' || g,
-                      (ARRAY['new','in_progress','done'])[g % 3 + 1],
+                      (ARRAY['new','in_progress','done'])[(g::bigint * 2654435761 % 97) % 3 + 1],
                       :now - (g * interval '2.5 seconds'), md5(g::text),
                       json_build_object('source', (ARRAY['jira','zendesk','servicenow'])[g % 3 + 1],
                           'id', g::text, 'key', 'OPS-' || g,
