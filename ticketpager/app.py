@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from connectors import CONNECTORS
@@ -31,6 +31,7 @@ from kernel.incidents import IgnoredEvent
 from kernel.jsonutil import BadJSON
 from kernel.model import unstorable_reason
 from sync.metrics import METRICS
+from ticketpager.console import build_console
 
 if TYPE_CHECKING:
     from ticketpager.service import Service
@@ -390,13 +391,13 @@ def build_app(service: Service) -> App:
         assert isinstance(exc, HTTPException)
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
-    rest = Starlette(
-        exception_handlers={HTTPException: http_error},
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-            Route("/admin/status", status, methods=["GET"]),
-        ],
-    )
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/admin/status", status, methods=["GET"]),
+    ]
+    if settings.console.enabled:  # off unless asked for (the settings refuse it without a way to log in)
+        routes.append(Mount("/console", app=build_console(service)))
+    rest = Starlette(exception_handlers={HTTPException: http_error}, routes=routes)
     return App(Webhooks(service), rest, PagerDutyWebhooks(service))

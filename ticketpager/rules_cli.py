@@ -631,12 +631,44 @@ def cmd_schema(args: argparse.Namespace) -> int:
 BACKTEST_RETRY = RetryPolicy(max_attempts=3, max_total_seconds=60.0)
 
 
+class Replay:
+    """What a rule set would have sent for a stream of ticket versions, oldest first: the core of every
+    backtest (``rules backtest`` over a vendor's API, the console's over stored changes). Pure: no writes."""
+
+    def __init__(self, ruleset: RuleSet, now: datetime) -> None:
+        self.ruleset = ruleset
+        self.now = now
+        self.seen: dict[str, Ticket] = {}
+        self.links: dict[str, dict[str, LinkState]] = {}
+        self.pages: dict[str, int] = {name: 0 for name in ruleset.names}
+        self.paged: set[str] = set()  # ticket ids that would have paged (a trigger)
+        self.versions = 0
+
+    def feed(self, ticket: Ticket, reported: tuple[FieldChange, ...] | None) -> list[PlannedEvent] | None:
+        """The events this version would have caused; None for a version not newer than the last one seen."""
+        from kernel.lifecycle import plan
+
+        previous = self.seen.get(ticket.id)
+        if previous is not None and ticket.updated <= previous.updated:
+            return None
+        self.versions += 1
+        changes = reported if reported is not None else diff_tickets(previous, ticket)
+        results = self.ruleset.evaluate(EvalContext(ticket, previous, changes, max(self.now, ticket.updated)))
+        events = plan(results, self.links.get(ticket.id, {}), ticket)
+        self.links[ticket.id] = _links_after(events, self.links.get(ticket.id, {}))
+        self.seen[ticket.id] = ticket
+        for event in events:
+            if event.action.value == "trigger":
+                self.pages[event.rule] += 1
+                self.paged.add(ticket.id)
+        return events
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     """Read recent tickets through the real connector and report what would have paged. No writes."""
     from connectors import connector_class
     from kernel.clock import SystemClock
     from kernel.errors import TicketpagerError
-    from kernel.lifecycle import plan
     from ticketpager.settings import Settings
 
     try:
@@ -658,37 +690,27 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         print(f"ticketpager rules backtest: unknown source {args.source!r}", file=sys.stderr)
         return EXIT_USAGE
     now = clock.now()
-    seen: dict[str, Ticket] = {}
-    links: dict[str, dict[str, LinkState]] = {}
-    pages: dict[str, int] = {name: 0 for name in ruleset.names}
-    versions = 0
+    replay = Replay(ruleset, now)
+    seen, pages = replay.seen, replay.pages
     try:
         for page in connector.poll(connector.start_cursor(now - since)):
             progress.page(tickets=len(seen) + len({c.ticket.id for c in page.changes} - seen.keys()))
             for change in page.changes:
                 ticket = change.ticket
-                previous = seen.get(ticket.id)
-                if previous is not None and ticket.updated <= previous.updated:
+                events = replay.feed(ticket, change.changes)
+                if events is None:
                     continue
-                versions += 1
-                changes = change.changes if change.changes is not None else diff_tickets(previous, ticket)
-                results = ruleset.evaluate(EvalContext(ticket, previous, changes, max(now, ticket.updated)))
-                events = plan(results, links.get(ticket.id, {}), ticket)
-                links[ticket.id] = _links_after(events, links.get(ticket.id, {}))
-                seen[ticket.id] = ticket
                 if events:
                     progress.done()  # the report line replaces the progress line; the next page redraws it
                 for event in events:
-                    if event.action.value == "trigger":
-                        pages[event.rule] += 1
                     severity = event.trigger.severity if event.trigger else ""
                     print(
                         f"{ticket.updated.isoformat()}  {ticket.key:<14} {event.rule:<28} {event.action.value:<11} "
                         f"{severity:<8} {event.reason}"
                     )
-                if versions >= args.limit:
+                if replay.versions >= args.limit:
                     break
-            if versions >= args.limit:
+            if replay.versions >= args.limit:
                 break
     except TicketpagerError as exc:
         progress.done()
@@ -698,7 +720,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         return EXIT_MISMATCH if connector.can_poll else EXIT_USAGE
     progress.done()
     print(
-        f"{versions} ticket versions from {args.source} since {(now - since).isoformat()} "
+        f"{replay.versions} ticket versions from {args.source} since {(now - since).isoformat()} "
         f"({len(seen)} tickets); would have paged:"
     )
     for name, count in pages.items():
@@ -732,6 +754,7 @@ if __name__ == "__main__":
 
 
 __all__ = [
+    "Replay",
     "action_json",
     "check_policies_online",
     "event_bodies",

@@ -118,6 +118,37 @@ class HttpSettings(BaseModel):
     linger_seconds: float = 2.0  # after a refusal, unread input is discarded this long so the answer is not lost
 
 
+class ConsoleSettings(BaseModel):
+    """The admin console under ``/console`` (see :mod:`ticketpager.console` and docs/console.md)."""
+
+    enabled: bool = False  # serve the admin console at /console (off by default; needs a token or a user below)
+    token: SecretStr = SecretStr("")  # log in with this token: full access (retry dead letters)
+    readonly_token: SecretStr = SecretStr("")  # log in with this token: read-only (pages and the playground)
+    username: str = ""  # log in with this user name and the password whose hash is password_hash
+    password_hash: SecretStr = SecretStr("")  # pbkdf2_sha256$… from `python -m ticketpager.console.auth`
+    user_readonly: bool = False  # the username login is read-only
+    session_secret: SecretStr = SecretStr("")  # signs session cookies (same on every replica); empty: from the above
+    session_hours: float = 12.0  # a login lasts this long
+    trust_proxy_headers: bool = False  # honour X-Forwarded-Prefix / -Proto (only behind your own reverse proxy)
+
+    @model_validator(mode="after")
+    def _login_configured(self) -> ConsoleSettings:
+        if self.enabled and not self.has_login:
+            raise ValueError(
+                "console.enabled needs a way to log in: TICKETPAGER_CONSOLE__TOKEN, __READONLY_TOKEN, or "
+                "__USERNAME with __PASSWORD_HASH"
+            )
+        return self
+
+    @property
+    def has_login(self) -> bool:
+        return bool(
+            self.token.get_secret_value()
+            or self.readonly_token.get_secret_value()
+            or (self.username and self.password_hash.get_secret_value())
+        )
+
+
 class SettingsBase(BaseSettings):
     """Everything ticketpager can be told but the systems' sections (:data:`Settings` adds one per
     registered system). See the README's settings table."""
@@ -151,6 +182,7 @@ class SettingsBase(BaseSettings):
 
     pagerduty: PagerDutySettings = Field(default_factory=PagerDutySettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     # then one section per registered system (connectors.registry): jira, zendesk, servicenow, …
 
     @model_validator(mode="before")

@@ -1,0 +1,226 @@
+"""The admin console in a real browser (Debian's headless Chromium driven by Playwright) against a real
+``serve`` on a socket and the PagerDuty fake: log in with the keyboard, find a ticket, read why it paged and
+why another did not, retry a dead letter and see it reach PagerDuty, try a rule in the playground; a POST
+without the CSRF token is refused; no secret in any page's HTML; labels and headings. Screenshots of each
+page go to a temporary folder, or to ``docs/console/`` (shown in the README) when
+``TICKETPAGER_SCREENSHOTS=docs/console`` is set, so an ordinary run leaves the checkout clean.
+
+Skips, saying why, without the ``playwright`` package or a ``chromium`` binary (``.ci/run`` installs both;
+no browser is ever downloaded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.factories import ROUTING_KEY, RULES
+from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.serve_proc import ROOT, Serve
+from tests.test_app import SECRET, sign
+
+sync_api: Any
+try:
+    from playwright import sync_api
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_api = None
+
+CHROMIUM = os.environ.get("TICKETPAGER_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(sync_api is None, reason="browser tests need the playwright package (pip install playwright)"),
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="browser tests need Chromium (Debian: apt-get install chromium; .ci/run does)"
+    ),
+]
+
+TOKEN = "browser-console-token-0123456789abcdef"
+SHOTS = Path(os.environ["TICKETPAGER_SCREENSHOTS"]) if os.environ.get("TICKETPAGER_SCREENSHOTS") else None
+FIXTURE = ROOT / "tests" / "fixtures" / "jira" / "webhook_issue_updated_done.json"
+
+
+def jira_issue(issue_id: str, key: str, title: str, priority: str) -> bytes:
+    payload = json.loads(FIXTURE.read_text())
+    issue = payload["issue"]
+    issue["id"], issue["key"] = issue_id, key
+    issue["fields"]["summary"] = title
+    issue["fields"]["priority"]["name"] = priority
+    issue["fields"]["status"]["statusCategory"]["key"] = "new"
+    return json.dumps(payload).encode()
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def pd() -> Iterator[MockPagerDuty]:
+    with MockPagerDuty() as mock:
+        yield mock
+
+
+@pytest.fixture
+def serve(tmp_path: Path, pd: MockPagerDuty) -> Iterator[Serve]:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "ops.yaml").write_text(RULES)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "TICKETPAGER_CONSOLE__TOKEN").write_text(TOKEN)  # the token from a secret file
+    (secrets / "PD_PLATFORM_KEY").write_text(ROUTING_KEY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TICKETPAGER_", "PD_"))} | {
+        "TICKETPAGER_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+        "TICKETPAGER_RULES_PATH": str(rules),
+        "TICKETPAGER_SECRETS_DIR": str(secrets),
+        "TICKETPAGER_PAGERDUTY__EVENTS_URL": pd.url,
+        "TICKETPAGER_PAGERDUTY__MAX_ATTEMPTS": "1",
+        "TICKETPAGER_JIRA__WEBHOOK_SECRETS": SECRET,
+        "TICKETPAGER_CONSOLE__ENABLED": "true",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    server = Serve(env)
+    server.env = env | {"TICKETPAGER_PORT": str(server.port), "PYTHONPATH": str(ROOT)}
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def webhook(serve: Serve, body: bytes, delivery: str) -> None:
+    status, answer = serve.post(
+        "/webhooks/jira", body, {"X-Hub-Signature": sign(body), "X-Atlassian-Webhook-Identifier": delivery}
+    )
+    assert status == 202, answer
+
+
+def triggers(pd: MockPagerDuty) -> list[str]:
+    return [e["dedup_key"] for e in pd.events if e["event_action"] == "trigger"]
+
+
+def check_accessible(page: Any, name: str) -> None:
+    """One h1; every visible form field has a label; the page has a language."""
+    assert page.locator("h1").count() == 1, name
+    assert page.get_attribute("html", "lang") == "en"
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+                 .filter(e => e.labels.length === 0).map(e => e.outerHTML)"""
+    )
+    assert unlabelled == [], f"{name}: fields without a label: {unlabelled}"
+
+
+def test_console_in_a_browser(serve: Serve, pd: MockPagerDuty, tmp_path: Path) -> None:
+    webhook(serve, jira_issue("501", "OPS-501", "Checkout API down in eu-west", "Highest"), "b-1")
+    webhook(serve, jira_issue("502", "OPS-502", "Typo on the pricing page", "Low"), "b-2")
+    assert wait_for(lambda: len(triggers(pd)) == 1), "OPS-501 did not page"
+    pd.fail_next(1, 400)  # PagerDuty refuses the next event for good: a dead letter
+    webhook(serve, jira_issue("503", "OPS-503", "Payments slow", "Highest"), "b-3")
+    assert wait_for(lambda: len(pd.requests) == 2)
+    shots = SHOTS or tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    html: dict[str, str] = {}
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        try:
+            # log in with the keyboard only
+            page.goto(f"{serve.url}/console/tickets")
+            assert "/console/login" in page.url
+            check_accessible(page, "login")
+            html["login"] = page.content()
+            page.screenshot(path=str(shots / "login.png"))
+            for _ in range(10):
+                if page.evaluate("document.activeElement && document.activeElement.id") == "token":
+                    break
+                page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.id") == "token", "the token field is reachable by Tab"
+            page.keyboard.type(TOKEN)
+            page.keyboard.press("Enter")
+            page.wait_for_url("**/console/tickets")
+
+            page.goto(f"{serve.url}/console/")
+            assert page.get_by_role("heading", name="Overview").is_visible()
+            assert page.locator("svg.chart").count() == 1
+            check_accessible(page, "overview")
+            html["overview"] = page.content()
+            page.screenshot(path=str(shots / "overview.png"), full_page=True)
+
+            # find a ticket and read why it paged
+            page.goto(f"{serve.url}/console/tickets")
+            page.get_by_label("Key starts with").fill("OPS-50")
+            page.get_by_label("Key starts with").press("Enter")
+            page.wait_for_url("**key=OPS-50**")
+            check_accessible(page, "tickets")
+            html["tickets"] = page.content()
+            page.screenshot(path=str(shots / "tickets.png"), full_page=True)
+            page.get_by_role("link", name="OPS-501").click()
+            timeline = page.locator("main").text_content() or ""
+            assert "paged" in timeline and "ops-highest: matched" in timeline
+            assert "Vendor's answer: accepted" in timeline
+            check_accessible(page, "ticket")
+            html["ticket-paged"] = page.content()
+            page.screenshot(path=str(shots / "ticket-paged.png"), full_page=True)
+
+            # and why another did not
+            page.goto(f"{serve.url}/console/tickets?title=pricing")
+            page.get_by_role("link", name="OPS-502").click()
+            quiet = page.locator("main").text_content() or ""
+            assert "no action" in quiet and "ops-highest: no match" in quiet and "priority" in quiet
+            assert "This ticket never paged." in quiet
+            html["ticket-quiet"] = page.content()
+            page.screenshot(path=str(shots / "ticket-not-paged.png"), full_page=True)
+
+            # a POST without the CSRF token is refused, even with the session cookie
+            refused = page.request.post(f"{serve.url}/console/deadletters/retry", form={"all": "1"})
+            assert refused.status == 403
+
+            # retry the dead letter, with confirmation
+            page.goto(f"{serve.url}/console/deadletters")
+            assert "OPS-503" in page.locator("main").text_content() or ""
+            check_accessible(page, "dead letters")
+            html["deadletters"] = page.content()
+            page.screenshot(path=str(shots / "deadletters.png"), full_page=True)
+            page.get_by_role("link", name="Retry dead letter").first.click()
+            html["confirm"] = page.content()
+            page.get_by_role("button", name="Yes, retry").click()
+            assert "1 queued again" in page.locator("main").text_content() or ""
+            assert wait_for(lambda: len(triggers(pd)) == 2), "the retried trigger did not reach PagerDuty"
+            assert any("503" in key for key in triggers(pd))
+            page.goto(f"{serve.url}/console/audit")
+            assert "deadletter.retry" in page.locator("main").text_content() or ""
+            html["audit"] = page.content()
+            page.screenshot(path=str(shots / "audit.png"), full_page=True)
+
+            # try a rule in the playground: Low tickets page too
+            page.goto(f"{serve.url}/console/rules")
+            check_accessible(page, "rules")
+            box = page.get_by_label("Rule file (YAML)").first
+            box.fill(box.input_value().replace("[Highest, P1]", "[Highest, Low]"))
+            page.get_by_label("Source").first.select_option("jira")
+            page.get_by_label("Ticket id").fill("502")
+            page.get_by_role("button", name="Evaluate").click()
+            result = page.locator("main").text_content() or ""
+            assert "ops-highest: matched" in result and '"event_action": "trigger"' in result
+            assert "Typo on the pricing page" in result
+            html["playground"] = page.content()
+            page.screenshot(path=str(shots / "rules-playground.png"), full_page=True)
+        finally:
+            browser.close()
+
+    assert len(triggers(pd)) == 2, "the playground sent nothing"
+    for name, text in html.items():
+        for secret in (TOKEN, ROUTING_KEY, SECRET):
+            assert secret not in text, f"{name} shows a secret"

@@ -1,0 +1,591 @@
+"""The console's routes: each handler reads through :mod:`sync.repos.console` in a worker thread and
+renders one template. Mounted by :func:`ticketpager.app.build_app` at ``/console``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, quote, urlencode
+
+from jinja2 import Environment, FileSystemLoader
+from sqlalchemy import Connection
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from connectors import CONNECTORS
+from kernel import jsonutil
+from kernel.lifecycle import dedup_key_for
+from kernel.model import FieldChange, StatusCategory, Ticket, TicketChange, diff_tickets
+from kernel.redact import redact
+from sync.repos import audit
+from sync.repos import console as q
+from ticketpager.console import lab
+from ticketpager.console.auth import COOKIE, LOGIN_COOKIE, Auth, Session, csrf_ok
+from ticketpager.console.charts import hourly_svg
+
+if TYPE_CHECKING:
+    from ticketpager.service import Service
+
+log = logging.getLogger("ticketpager.console")
+HERE = Path(__file__).resolve().parent
+T = TypeVar("T")
+
+#: every console answer: nothing cached, nothing framed, no script at all, no referrer leaves the site
+SECURITY_HEADERS = {
+    "cache-control": "no-store",
+    "content-security-policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",
+}
+STATES = [c.value for c in StatusCategory]
+MAX_TIMELINE_KEYS = 200  # dedup keys looked up per ticket (rules × incident generations)
+
+
+def _env() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = lambda d: d.strftime("%Y-%m-%d %H:%M:%S UTC") if d else "—"
+    env.filters["seconds"] = _seconds
+    env.filters["q"] = lambda s: quote(str(s), safe="")
+    return env
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.0f} min"
+    return f"{value / 3600:.1f} h"
+
+
+class Console:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.settings = service.settings.console
+        self.auth = Auth(self.settings)
+        self.templates = _env()
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def base(self, request: Request) -> str:
+        """The console's URL path as the browser sees it: a trusted proxy's prefix + our mount point."""
+        prefix = ""
+        if self.settings.trust_proxy_headers:
+            prefix = request.headers.get("x-forwarded-prefix", "").strip().rstrip("/")
+            if prefix and not prefix.startswith("/"):
+                prefix = ""
+        return prefix + request.scope.get("root_path", "")
+
+    def https(self, request: Request) -> bool:
+        if self.settings.trust_proxy_headers:
+            proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+            if proto:
+                return proto == "https"
+        return request.url.scheme == "https"
+
+    def session(self, request: Request) -> Session | None:
+        return self.auth.read(request.cookies.get(COOKIE))
+
+    def render(
+        self, request: Request, template: str, session: Session | None, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        body = self.templates.get_template(template).render(
+            base=self.base(request), session=session, path=request.url.path, **context
+        )
+        return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+
+    def refuse(self, request: Request, status: int, reason: str, session: Session | None) -> HTMLResponse:
+        return self.render(request, "error.html", session, status=status, reason=reason)
+
+    def redirect(self, request: Request, where: str) -> Response:
+        return RedirectResponse(self.base(request) + where, status_code=303, headers=SECURITY_HEADERS)
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self.service.store.engine.connect() as conn:
+                return fn(conn)
+
+        return await run_in_threadpool(run)
+
+    def page(self, handler: Callable[[Request, Session], Any]) -> Callable[[Request], Any]:
+        """A page that needs a login: a visitor without one is sent to the login form (a GET) or refused
+        (403 for anything else); a POST needs the session's CSRF token."""
+
+        async def endpoint(request: Request) -> Response:
+            session = self.session(request)
+            if session is None:
+                if request.method == "GET":
+                    target = request.url.path[len(request.scope.get("root_path", "")) :] or "/"
+                    if request.url.query:
+                        target += "?" + request.url.query
+                    return self.redirect(request, "/login?" + urlencode({"next": target}))
+                return self.refuse(request, 403, "log in first", None)
+            if request.method == "POST":
+                form = await read_form(request)
+                if not csrf_ok(session.csrf, form.get("csrf")):
+                    log.warning("console: %s %s refused: missing or wrong CSRF token", request.method, request.url.path)
+                    return self.refuse(
+                        request, 403, "missing or wrong CSRF token: reload the page and try again", session
+                    )
+                request.state.form = form
+            response: Response = await handler(request, session)
+            return response
+
+        return endpoint
+
+    # -- login -----------------------------------------------------------------------------------
+    async def login_form(self, request: Request) -> Response:
+        token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
+        response = self.render(
+            request,
+            "login.html",
+            None,
+            login_csrf=token,
+            next=request.query_params.get("next", "/"),
+            error=None,
+            users=bool(self.settings.username),
+        )
+        self._cookie(request, response, LOGIN_COOKIE, token, 600)
+        return response
+
+    async def login(self, request: Request) -> Response:
+        form = await read_form(request)
+        expected = request.cookies.get(LOGIN_COOKIE, "")
+        if not csrf_ok(expected, form.get("csrf")):
+            return self.refuse(request, 403, "missing or wrong CSRF token: reload the login page", None)
+        who = await run_in_threadpool(
+            self.auth.login, _text(form, "token"), _text(form, "username"), _text(form, "password")
+        )
+        target = _local(_text(form, "next"))
+        if who is None:
+            log.warning("console: failed login from %s", request.client.host if request.client else "?")
+            return self.render(
+                request,
+                "login.html",
+                None,
+                status=401,
+                login_csrf=expected,
+                next=target,
+                error="wrong token, user name or password",
+                users=bool(self.settings.username),
+            )
+        log.info("console: %s logged in (%s)", who[0], who[1])
+        response: Response = self.redirect(request, target)
+        self._cookie(request, response, COOKIE, self.auth.issue(*who), int(self.settings.session_hours * 3600))
+        response.delete_cookie(LOGIN_COOKIE, path=self.base(request) or "/")
+        return response
+
+    async def logout(self, request: Request, session: Session) -> Response:
+        response = self.redirect(request, "/login")
+        response.delete_cookie(COOKIE, path=self.base(request) or "/")
+        return response
+
+    def _cookie(self, request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+        response.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            path=self.base(request) or "/",
+            secure=self.https(request),
+            httponly=True,
+            samesite="lax",
+        )
+
+    # -- pages -----------------------------------------------------------------------------------
+    async def overview(self, request: Request, session: Session) -> Response:
+        now = self.service.clock.now()
+
+        def load(conn: Connection) -> dict[str, Any]:
+            return {
+                "sources": q.source_health(conn, now),
+                "backlog": q.backlog(conn, now),
+                "hours": q.hourly(conn, now),
+            }
+
+        data = await self.read(load)
+        store = self.service.rule_store
+        rules = store.current
+        return self.render(
+            request,
+            "overview.html",
+            session,
+            now=now,
+            chart=hourly_svg(data["hours"]),
+            **data,
+            rules={
+                "count": len(rules),
+                "digest": rules.digest,
+                "loaded_at": getattr(store, "loaded_at", None),
+                "last_error": redact(store.last_error) if store.last_error else None,
+                "failures": store.reload_failures,
+            },
+        )
+
+    async def tickets(self, request: Request, session: Session) -> Response:
+        params = request.query_params
+        filters = {name: params.get(name, "").strip()[:200] for name in ("key", "title", "source", "state")}
+        after = q.parse_cursor(params.get("after", "")) if params.get("after") else None
+        rows = await self.read(
+            lambda conn: q.search_tickets(
+                conn,
+                key=filters["key"],
+                title=filters["title"],
+                source=filters["source"],
+                state=filters["state"],
+                after=after,
+            )
+        )
+        more = None
+        if len(rows) == q.PAGE:
+            more = urlencode({**{k: v for k, v in filters.items() if v}, "after": rows[-1].cursor})
+        sources = await self.read(q.known_sources)
+        return self.render(
+            request,
+            "tickets.html",
+            session,
+            rows=rows,
+            filters=filters,
+            more=more,
+            states=STATES,
+            sources=sorted(set(sources) | set(CONNECTORS)),
+        )
+
+    async def ticket(self, request: Request, session: Session) -> Response:
+        source = request.path_params["source"]
+        ticket_id = request.path_params["ticket_id"]
+        before = _int(request.query_params.get("before"))
+        data = await self.read(lambda conn: _timeline(conn, source, ticket_id, before))
+        if data is None:
+            return self.refuse(request, 404, f"no ticket {source}/{ticket_id} is stored", session)
+        return self.render(request, "ticket.html", session, **data)
+
+    async def deadletters(self, request: Request, session: Session) -> Response:
+        after = _int(request.query_params.get("after"))
+        rows = await self.read(lambda conn: q.dead_letters(conn, after))
+        more = rows[-1]["id"] if len(rows) == q.PAGE else None
+        return self.render(
+            request,
+            "deadletters.html",
+            session,
+            rows=rows,
+            more=more,
+            done=_done(request),
+        )
+
+    async def retry_confirm(self, request: Request, session: Session) -> Response:
+        if not session.can_act:
+            return self.refuse(request, 403, "read-only login: retrying needs the full role", session)
+        everything = request.query_params.get("all") == "1"
+        ids = [i for i in (_int(v) for v in request.query_params.getlist("id")) if i is not None]
+        rows = (
+            []
+            if everything
+            else await self.read(lambda conn: [r for r in q.dead_letters(conn, None, 10_000) if r["id"] in ids])
+        )
+        if not everything and not rows:
+            return self.refuse(request, 404, "no such dead letter (already retried?)", session)
+        return self.render(request, "retry_confirm.html", session, everything=everything, rows=rows)
+
+    async def retry(self, request: Request, session: Session) -> Response:
+        if not session.can_act:
+            return self.refuse(request, 403, "read-only login: retrying needs the full role", session)
+        form: FormData = request.state.form
+        everything = form.get("all") == "1"
+        ids = [i for i in (_int(v) for v in form.getlist("id")) if i is not None]
+        if not everything and not ids:
+            return self.refuse(request, 400, "no dead letter chosen", session)
+        now = self.service.clock.now()
+        store = self.service.store
+
+        def run() -> tuple[int, int]:
+            if not everything:
+                with store.engine.connect() as conn:
+                    known = q.dead_letter_ids(conn, ids)
+                if not known:
+                    return 0, 0
+                queued, superseded = store.retry_dead(sorted(known), now)
+            else:
+                queued, superseded = store.retry_dead(None, now)
+            with store.begin() as conn:
+                audit.record(
+                    conn,
+                    session.who,
+                    "deadletter.retry",
+                    "outbox:all" if everything else "outbox:" + ",".join(map(str, sorted(ids)))[:240],
+                    {"queued": queued, "superseded": superseded, "role": session.role},
+                    now,
+                )
+            return queued, superseded
+
+        queued, superseded = await run_in_threadpool(run)
+        self.service.outbox_wake.set()
+        log.info("console: %s retried dead letters: %d queued, %d superseded", session.who, queued, superseded)
+        return self.redirect(request, "/deadletters?" + urlencode({"queued": queued, "superseded": superseded}))
+
+    async def rules(self, request: Request, session: Session) -> Response:
+        return self.render(request, "rules.html", session, **self._rules_context())
+
+    def _rules_context(self, **extra: Any) -> dict[str, Any]:
+        store = self.service.rule_store
+        path = Path(store.path)
+        files = (
+            sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
+            if path.is_dir()
+            else [path]
+        )
+        shown = []
+        for file in files:
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                text = f"# cannot read: {type(exc).__name__}"
+            shown.append({"name": file.name, "text": lab.shown_rule_text(text)})
+        error = redact(store.last_error) if store.last_error else None
+        context: dict[str, Any] = {
+            "files": shown,
+            "digest": store.current.digest,
+            "names": list(store.current.names),
+            "last_error": error,
+            "playground_rules": shown[0]["text"] if shown else "",
+            "playground_ticket": "",
+            "pick_source": "",
+            "pick_id": "",
+            "result": None,
+            "errors": [],
+            "warnings": [],
+            "backtest": None,
+            "days": 7,
+            "sources": list(CONNECTORS),
+        }
+        context.update(extra)
+        return context
+
+    async def playground(self, request: Request, session: Session) -> Response:
+        form: FormData = request.state.form
+        rules_text = _text(form, "rules")[:200_000]
+        ticket_text = _text(form, "ticket")[:500_000]
+        pick_source, pick_id = _text(form, "pick_source").strip(), _text(form, "pick_id").strip()
+        env = self.service.rule_store.env
+        ruleset, errors, warnings = await run_in_threadpool(lab.load_text, rules_text, env)
+        result = None
+        if pick_source and pick_id:
+            row = await self.read(lambda conn: q.ticket_snapshot(conn, pick_source, pick_id))
+            if row is None:
+                errors.append(f"no stored ticket {pick_source}/{pick_id}")
+            else:
+                ticket_text = lab.ticket_json(row["snapshot"])
+        if ruleset is not None and not errors:
+            try:
+                ticket = lab.parse_ticket(ticket_text)
+                result = await run_in_threadpool(lab.evaluate, ruleset, ticket)
+            except lab.LabError as exc:
+                errors.append(str(exc))
+        return self.render(
+            request,
+            "rules.html",
+            session,
+            **self._rules_context(
+                playground_rules=rules_text,
+                playground_ticket=ticket_text,
+                result=result,
+                errors=errors,
+                warnings=warnings,
+                pick_source="",
+                pick_id="",
+            ),
+        )
+
+    async def backtest(self, request: Request, session: Session) -> Response:
+        form: FormData = request.state.form
+        rules_text = _text(form, "rules")[:200_000]
+        days = max(1, min(_int(_text(form, "days")) or 7, 90))
+        source = _text(form, "source").strip()
+        ruleset, errors, warnings = await run_in_threadpool(lab.load_text, rules_text, self.service.rule_store.env)
+        result = None
+        if not source:
+            errors.append("choose a source")
+        if ruleset is not None and not errors:
+            now = self.service.clock.now()
+            result = await run_in_threadpool(lab.backtest, self.service.store.engine, ruleset, source, days, now)
+        return self.render(
+            request,
+            "rules.html",
+            session,
+            **self._rules_context(
+                playground_rules=rules_text,
+                backtest=result,
+                errors=errors,
+                warnings=warnings,
+                days=days,
+            ),
+        )
+
+    async def audit_log(self, request: Request, session: Session) -> Response:
+        before = _int(request.query_params.get("before"))
+        entries = await self.read(lambda conn: audit.list_entries(conn, q.PAGE, before))
+        more = entries[-1].id if len(entries) == q.PAGE else None
+        return self.render(request, "audit.html", session, entries=entries, more=more)
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        return self.refuse(request, 404, "no such page", self.session(request))
+
+
+def _timeline(conn: Connection, source: str, ticket_id: str, before: int | None) -> dict[str, Any] | None:
+    """Everything the console shows about one ticket, newest decision first."""
+    row = q.ticket_snapshot(conn, source, ticket_id)
+    decisions = q.decisions_of(conn, source, ticket_id, before)
+    if row is None and not decisions:
+        return None
+    snapshot = jsonutil.loads(row["snapshot"]) if row and row["snapshot"] else {}
+    payloads = q.change_payloads(conn, [int(d["change_id"]) for d in decisions if d["change_id"] is not None])
+    oldest = q.change_before(conn, source, ticket_id, decisions[-1]["id"]) if decisions else None
+    links = q.links_of(conn, source, ticket_id)
+    keys = [
+        dedup_key_for(source, ticket_id, link["rule"], g)
+        for link in links
+        for g in range(max(1, link["generation"] - 20), link["generation"] + 1)
+    ][:MAX_TIMELINE_KEYS]
+    sent = q.outbox_of(conn, keys)
+    by_change: dict[int | None, list[dict[str, Any]]] = {}
+    for item in sent:
+        by_change.setdefault(item["change_id"], []).append(item)
+    entries = []
+    previous = _ticket_of(oldest)
+    for d in reversed(decisions):  # oldest first, for the diffs
+        change = payloads.get(int(d["change_id"])) if d["change_id"] is not None else None
+        current = _ticket_of(change)
+        diff: list[FieldChange] = []
+        if current is not None:
+            diff = [c for c in diff_tickets(previous, current) if c.field != "raw"]
+            previous = current
+        detail = jsonutil.loads(d["detail"]) if d["detail"] else {}
+        entries.append(
+            {
+                "decision": d,
+                "origin": detail.get("origin") or (change or {}).get("origin") or "",
+                "received_at": (change or {}).get("received_at"),
+                "diff": [{"field": c.field, "old": _short(c.old), "new": _short(c.new)} for c in diff],
+                "changed_fields": detail.get("changes", []),
+                "verdicts": detail.get("verdicts", []),
+                "events": detail.get("events", []),
+                "why": detail.get("why"),
+                "sent": by_change.get(d["change_id"], []) if d["change_id"] is not None else [],
+                "pruned": d["change_id"] is not None and change is None,
+            }
+        )
+    entries.reverse()
+    return {
+        "source": source,
+        "ticket_id": ticket_id,
+        "ticket": row,
+        "title": redact(str(snapshot.get("title", ""))),
+        "url": snapshot.get("url"),
+        "ticket_status": snapshot.get("status", ""),
+        "entries": entries,
+        "links": links,
+        "sent": sent,
+        "older": decisions[-1]["id"] if len(decisions) == q.PAGE else None,
+    }
+
+
+def _ticket_of(change: dict[str, Any] | None) -> Ticket | None:
+    if not change or not change.get("payload"):
+        return None
+    try:
+        return TicketChange.from_json(jsonutil.loads(change["payload"])).ticket
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    text = redact(text)
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+#: the largest form the console reads (a pasted rule file and ticket fit easily)
+MAX_FORM_BYTES = 1024 * 1024
+
+
+async def read_form(request: Request) -> FormData:
+    """An ``application/x-www-form-urlencoded`` body (the only kind the console's forms send), without
+    python-multipart: at most :data:`MAX_FORM_BYTES`, anything else is an empty form (then refused by CSRF)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        return FormData()
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return FormData()
+    pairs: list[tuple[str, str | UploadFile]] = list(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    return FormData(pairs)
+
+
+def _done(request: Request) -> str | None:
+    """The outcome of a retry, from the redirect's numbers only (no text from the URL is shown as is)."""
+    queued, superseded = _int(request.query_params.get("queued")), _int(request.query_params.get("superseded"))
+    if queued is None or superseded is None:
+        return None
+    return f"{queued} queued again, {superseded} superseded"
+
+
+def _text(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(str(value)) if value is not None and str(value).strip() else None
+    except ValueError:
+        return None
+
+
+def _local(target: str) -> str:
+    """A redirect target inside the console only (never another site: ``//evil``, ``http:``)."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target or "://" in target:
+        return "/"
+    return target
+
+
+def build_console(service: Service) -> Starlette:
+    console = Console(service)
+    page = console.page
+    return Starlette(
+        routes=[
+            Route("/", page(console.overview), methods=["GET"]),
+            Route("/login", console.login_form, methods=["GET"]),
+            Route("/login", console.login, methods=["POST"]),
+            Route("/logout", page(console.logout), methods=["POST"]),
+            Route("/tickets", page(console.tickets), methods=["GET"]),
+            Route("/tickets/{source}/{ticket_id:path}", page(console.ticket), methods=["GET"]),
+            Route("/deadletters", page(console.deadletters), methods=["GET"]),
+            Route("/deadletters/retry", page(console.retry_confirm), methods=["GET"]),
+            Route("/deadletters/retry", page(console.retry), methods=["POST"]),
+            Route("/rules", page(console.rules), methods=["GET"]),
+            Route("/rules/playground", page(console.playground), methods=["POST"]),
+            Route("/rules/backtest", page(console.backtest), methods=["POST"]),
+            Route("/audit", page(console.audit_log), methods=["GET"]),
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        ],
+        exception_handlers={404: console.not_found},
+    )
