@@ -9,6 +9,9 @@
 * ``leases``    — which replica runs a singleton job (a poller, the time-rule scheduler) until when.
 * ``replicas``  — each running replica's heartbeat: a live one's claims and leases are never taken over.
 * ``decisions`` — the decision log: per change, every rule's verdict and why, and what was sent.
+* ``silences``  — mute paging for tickets matching a rule condition, for a time window (``sync/silences.py``).
+* ``silenced_tickets`` — tickets whose trigger a silence held, until when: re-evaluated once it ends.
+* ``audit_log`` — who did what and when (silences, retries), for the admin console (``sync/audit.py``).
 """
 
 from __future__ import annotations
@@ -230,4 +233,41 @@ decisions = Table(
     Column("detail", Text, nullable=True),  # JSON: verdicts with explanations, events planned (keys masked)
     Index("ix_decisions_ticket", "source", "ticket_id", "id"),
     Index("ix_decisions_at", "at"),
+)
+
+silences = Table(
+    "silences",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("matchers", Text, nullable=False),  # JSON: a rule's `when` mapping (validated by rules/ when added)
+    Column("starts_at", UTCDateTime(), nullable=False),
+    Column("ends_at", UTCDateTime(), nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("author", String(200), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expired_at", UTCDateTime(), nullable=True),  # set when expired before ends_at
+    Column("expired_by", String(200), nullable=True),
+    Index("ix_silences_ends_at", "ends_at"),  # the active ones: ends_at > now (a range, never a full scan)
+)
+
+silenced_tickets = Table(
+    "silenced_tickets",
+    metadata,
+    Column("silence_id", BigInteger, primary_key=True),
+    Column("source", String(32), primary_key=True),
+    Column("ticket_id", String(255), primary_key=True),
+    Column("until", UTCDateTime(), nullable=False),  # the silence's end (moved to now when it is expired)
+    Column("at", UTCDateTime(), nullable=False),  # first held
+    Index("ix_silenced_tickets_until", "until"),  # due re-evaluations: until <= now
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False),  # silence.add | silence.expire | deadletter.retry …
+    Column("target", String(255), nullable=False),  # silence:3, outbox:17 …
+    Column("detail", Text, nullable=True),  # JSON
 )
