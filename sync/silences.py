@@ -185,12 +185,9 @@ def expire_silence(conn: Connection, silence_id: int, now: datetime, actor: str)
 
 def hold(conn: Connection, silence: Silence, ticket: Ticket, now: datetime) -> bool:
     """Remember that ``silence`` held a trigger of ``ticket`` (once per silence and ticket); whether it is new."""
-    done = conn.execute(
-        insert_ignore(conn, silenced_tickets),
-        {"silence_id": silence.id, "source": ticket.source, "ticket_id": ticket.id, "until": silence.ended_at(),
-         "at": now},
-    )  # fmt: skip
-    return bool(done.rowcount)
+    stmt = insert_ignore(conn, silenced_tickets).returning(silenced_tickets.c.silence_id)  # rowcount: not portable
+    values = {"source": ticket.source, "ticket_id": ticket.id, "until": silence.ended_at(), "at": now}
+    return conn.execute(stmt, {"silence_id": silence.id, **values}).first() is not None
 
 
 def due_releases(conn: Connection, now: datetime, limit: int) -> list[tuple[int, str, str]]:
