@@ -28,6 +28,7 @@ from kernel import jsonutil
 from kernel.errors import ConfigError
 from kernel.model import EventAction, PlannedEvent, Ticket
 from kernel.ports import SilenceMatcher, SilenceMatchers
+from kernel.redact import redact
 from sync.db import insert_ignore
 from sync.schema import silenced_tickets, silences
 
@@ -132,7 +133,7 @@ def add_silence(
         "matchers": jsonutil.dumps(dict(matchers), sort_keys=True),
         "starts_at": starts_at,
         "ends_at": ends_at,
-        "comment": _text(comment, "comment", COMMENT_MAX),
+        "comment": redact(_text(comment, "comment", COMMENT_MAX)),  # a pasted token stays out of pages and lists
         "author": _text(author, "author", AUTHOR_MAX),
         "created_at": now,
     }

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kernel import redact
 from kernel.clock import FakeClock
 from kernel.model import StatusCategory
 from rules.silence_match import MatcherErrors, compile_matchers, load_match_file, parse_match
@@ -230,6 +231,21 @@ def test_audit_entries_page_newest_first(service: Service, clock: FakeClock) -> 
         assert [e.detail["n"] for e in page] == [4, 3, 2]
         rest = audit.list_entries(conn, 3, before_id=page[-1].id)
         assert [e.target for e in rest] == ["silence:1", "silence:0"]
+
+
+def test_a_secret_pasted_into_a_comment_is_stored_redacted(service: Service, clock: FakeClock) -> None:
+    secret = "sil3nce-T0ken-9f8e7d6c5b4a"
+    redact.SECRETS.add([secret])
+    with service.store.begin() as conn:
+        added = add_silence(
+            conn, OPS, clock.now(), clock.now() + timedelta(hours=1), f"token {secret}", "a", clock.now()
+        )
+        audit.record(conn, "alice", "silence.add", f"silence:{added.id}", added.to_json(clock.now()), clock.now())
+    with service.store.engine.connect() as conn:
+        stored = list_silences(conn, clock.now())[0]
+        entry = audit.list_entries(conn, 1)[0]
+    assert secret not in stored.comment and "[redacted]" in stored.comment
+    assert secret not in json.dumps(entry.detail)
 
 
 # -------------------------------------------------------------------------------------------- the CLI
