@@ -109,6 +109,20 @@ class IncidentLookup(Protocol):
     def alert_keys(self, incident_id: str) -> Sequence[str]: ...
 
 
+class SilenceMatcher(Protocol):
+    """A silence's stored matchers, compiled by the rules language (``rules.silence_match``): whether a ticket,
+    as it is now, is muted by it. Pure; evaluated only when a rule is about to trigger."""
+
+    def matches(self, ticket: Ticket) -> bool: ...
+
+
+class SilenceMatchers(Protocol):
+    """Compiles stored matchers (a rule's ``when`` mapping, as JSON) into a :class:`SilenceMatcher`; raises
+    :class:`kernel.errors.ConfigError` for matchers the current rules language no longer accepts."""
+
+    def __call__(self, matchers: Mapping[str, Any]) -> SilenceMatcher: ...
+
+
 class SourceSettings(Protocol):
     """The part of a connector's settings the poll loop reads."""
 
@@ -147,6 +161,8 @@ __all__ = [
     "IncidentLookup",
     "PollPage",
     "RuleSet",
+    "SilenceMatcher",
+    "SilenceMatchers",
     "Source",
     "SourceSettings",
     "SyncPlan",

@@ -7,7 +7,8 @@
    the very version already processed (a poll re-reading what a webhook brought);
 2. evaluate the rules (pure) against the ticket, the previous version and what changed;
 3. :func:`kernel.lifecycle.plan` the events from the verdicts and the current link states;
-4. write outbox rows, link states, the ticket's new version and the decision log together.
+4. hold a planned trigger if an active silence matches the ticket (:mod:`sync.repos.silences`);
+5. write outbox rows, link states, the ticket's new version and the decision log together.
 
 On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` and each ticket row is locked (in a fixed order)
 before it is read, so two replicas never process two changes of one ticket at the same time. The SQL lives
@@ -45,6 +46,7 @@ from kernel.ports import EvalContext, RuleSet, Verdict
 from kernel.redact import mask, redact
 from sync.metrics import METRICS
 from sync.repos import changes, outbox, tickets
+from sync.repos.silences import BatchSilences, SilenceBook, due_releases, release
 from sync.store import Store
 
 log = logging.getLogger("ticketpager.engine")
@@ -105,6 +107,7 @@ class Engine:
         incidents: Destination,
         batch_size: int = 50,
         on_queued: Callable[[], None] | None = None,
+        silences: SilenceBook | None = None,
     ) -> None:
         """``on_queued`` is called after a :meth:`run_once` that committed at least one outbox row (the
         service wakes its delivery workers then, and only then)."""
@@ -114,6 +117,7 @@ class Engine:
         self.incidents = incidents  # renders incident actions when they are queued (the stored body is sent)
         self.batch_size = batch_size
         self.on_queued = on_queued
+        self.silences = silences  # None: nothing is ever silenced (no query either)
         self._queued = 0  # outbox rows written by the current run_once
 
     def run_once(self) -> int:
@@ -174,6 +178,7 @@ class Engine:
 
     def _process_batch(self, conn: Connection, rows: list[RowMapping]) -> int:
         ruleset = self.rules()
+        held = BatchSilences(self.silences, conn, self.clock.now())  # read on the batch's first trigger
         finished: list[dict[str, Any]] = []
         decided: list[dict[str, Any]] = []
         done = 0
@@ -182,7 +187,7 @@ class Engine:
             if done and self.store.should_yield():
                 break  # commit what is done; the webhook writer is waiting (the rest stays pending)
             done += 1
-            self._process(conn, row, ruleset, finished, decided)
+            self._process(conn, row, ruleset, finished, decided, held)
         if finished:
             changes.finish(conn, finished)
         if decided:
@@ -206,6 +211,7 @@ class Engine:
         ruleset: RuleSet,
         finished: list[dict[str, Any]],
         decided: list[dict[str, Any]],
+        held: BatchSilences,
     ) -> None:
         change = TicketChange.from_json(jsonutil.loads(row["payload"]))
         ticket = change.ticket
@@ -222,28 +228,23 @@ class Engine:
         changed = merge_changes(change.changes, diff_tickets(previous, ticket))
         results = evaluate_change(ruleset, ticket, previous, changed, now)
         link_states = tickets.links_of(conn, ticket.source, ticket.id)
-        events = plan(results, link_states, ticket)
+        events, silenced = held.hold(plan(results, link_states, ticket), ticket)
         open_count = self._apply(conn, events, link_states, ticket, row["id"], now)
         done = ticket.status_category in (StatusCategory.DONE, StatusCategory.DELETED)
         self._save_ticket(
             conn, current, ticket, version, row["id"], open_count, ruleset.has_time_rules and not done, now
         )
         finished.append(changes.finished(row["id"], "processed", now))
-        outcome = "paged" if events else "no_action"
-        decided.append(
-            self._decision(
-                row["id"],
-                ticket,
-                outcome,
-                ruleset.digest,
-                {
-                    "origin": change.origin.value,
-                    "changes": [c.field for c in changed],
-                    "verdicts": [verdict_json(r) for r in results],
-                    "events": [event_json(e) for e in events],
-                },
-            )
-        )
+        outcome = "paged" if events else "silenced" if silenced else "no_action"
+        detail = {
+            "origin": change.origin.value,
+            "changes": [c.field for c in changed],
+            "verdicts": [verdict_json(r) for r in results],
+            "events": [event_json(e) for e in events],
+        }
+        if silenced:
+            detail["silenced"] = silenced
+        decided.append(self._decision(row["id"], ticket, outcome, ruleset.digest, detail))
         METRICS.changes_processed.labels(ticket.source, outcome).inc()
 
     def _apply(
@@ -375,29 +376,63 @@ class Engine:
             if not keys:
                 return planned
             with self.store.begin() as conn:
+                held = BatchSilences(self.silences, conn, self.clock.now())
                 for source, ticket_id in keys:
-                    planned += self._recheck_one(conn, source, ticket_id, ruleset)
+                    planned += self._recheck_one(conn, source, ticket_id, ruleset, held)
                     after = (source, ticket_id)
                     if self.store.should_yield():
                         break  # commit; the webhook writer goes first; the walk resumes after `after`
 
-    def _recheck_one(self, conn: Connection, source: str, ticket_id: str, ruleset: RuleSet) -> int:
+    def _recheck_one(
+        self,
+        conn: Connection,
+        source: str,
+        ticket_id: str,
+        ruleset: RuleSet,
+        held: BatchSilences,
+        ended: int | None = None,
+    ) -> int:
+        """Re-evaluate a stored ticket (a time-rule pass, or ``ended``: the silence that held it ended)."""
+        if ended is not None and not tickets.stored(conn, source, ticket_id):
+            return 0  # pruned by retention since (no placeholder row for it)
         now = self.clock.now()
         current = tickets.lock(conn, source, ticket_id, now)
-        if current is None or not current["recheck"]:
+        if current is None or not (current["recheck"] or ended is not None):
             return 0
         ticket = Ticket.from_json(jsonutil.loads(current["snapshot"]))
         results = evaluate_change(ruleset, ticket, ticket, (), now)
         link_states = tickets.links_of(conn, ticket.source, ticket.id)
-        events = plan(results, link_states, ticket)
-        if not events:
-            return 0
-        open_count = self._apply(conn, events, link_states, ticket, None, now)
-        tickets.set_open_incidents(conn, source, ticket_id, open_count)
-        detail = {
-            "origin": Origin.RECHECK.value,
-            "verdicts": [verdict_json(r) for r in results],
-            "events": [event_json(e) for e in events],
-        }
-        tickets.insert_decisions(conn, [self._decision(None, ticket, "paged", ruleset.digest, detail)])
+        events, silenced = held.hold(plan(results, link_states, ticket), ticket)
+        detail: dict[str, Any] = {"origin": Origin.RECHECK.value}
+        if ended is not None:
+            detail["why"] = f"silence #{ended} ended"
+        elif not events and not (silenced and held.new_hold):
+            return 0  # nothing to say (a pass over a ticket a silence already holds says nothing again)
+        detail |= {"verdicts": [verdict_json(r) for r in results], "events": [event_json(e) for e in events]}
+        if silenced:
+            detail["silenced"] = silenced
+        outcome = "paged" if events else "silenced" if silenced else "no_action"
+        if events:
+            open_count = self._apply(conn, events, link_states, ticket, None, now)
+            tickets.set_open_incidents(conn, source, ticket_id, open_count, keep_recheck=bool(current["recheck"]))
+        tickets.insert_decisions(conn, [self._decision(None, ticket, outcome, ruleset.digest, detail)])
         return len(events)
+
+    def release_silences(self, chunk: int = 200) -> int:
+        """Re-evaluate, once, each ticket a silence held whose silence has ended (expired, or its end passed):
+        one that still matches a rule pages now. Reads only the due rows (an index range on their end), in
+        chunks; returns how many events were planned."""
+        if self.silences is None:
+            return 0
+        ruleset = self.rules()
+        planned = 0
+        while True:
+            with self.store.begin() as conn:
+                now = self.clock.now()
+                due = due_releases(conn, now, chunk)
+                if not due:
+                    return planned
+                held = BatchSilences(self.silences, conn, now)
+                for silence_id, source, ticket_id in due:
+                    planned += self._recheck_one(conn, source, ticket_id, ruleset, held, ended=silence_id)
+                release(conn, due)

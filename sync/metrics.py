@@ -51,7 +51,8 @@ class Metrics:
         )
         self.changes_processed = Counter(
             "ticketpager_changes_processed_total",
-            "Changes processed by the engine by source and outcome (paged, no_action, stale, same_version, failed)",
+            "Changes processed by the engine by source and outcome "
+            "(paged, silenced, no_action, stale, same_version, failed)",
             ["source", "outcome"],
             registry=r,
         )

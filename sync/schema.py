@@ -13,7 +13,7 @@
   reverse worker's work queue (:mod:`sync.reverse`).
 * ``incidents`` — PagerDuty incident ↔ our ``dedup_key`` (learned once: PagerDuty does not put the key on an
   Events-API incident's webhook), with what the last event said of the incident.
-* ``silences``  — mute paging for tickets matching a rule condition, for a time window (``sync/silences.py``).
+* ``silences``  — mute paging for tickets matching a rule condition, for a time window (``sync/repos/silences.py``).
 * ``silenced_tickets`` — tickets whose trigger a silence held, until when: re-evaluated once it ends.
 * ``audit_log`` — who did what and when (silences, retries), for the admin console (``sync/repos/audit.py``).
 """

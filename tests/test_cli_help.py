@@ -27,6 +27,10 @@ COMMANDS = [
     ["rules", "test"],
     ["rules", "schema"],
     ["rules", "backtest"],
+    ["silence"],
+    ["silence", "add"],
+    ["silence", "list"],
+    ["silence", "expire"],
 ]
 
 

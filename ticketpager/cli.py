@@ -693,6 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    from ticketpager.silence_cli import register as register_silence
+
+    register_silence(sub, command, _store)
     return parser
 
 

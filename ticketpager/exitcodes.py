@@ -20,7 +20,7 @@ TABLE: tuple[tuple[int, str], ...] = (
         "the command ran and found a problem: rule files with errors (`rules check`, `rules test`, "
         "`rules backtest`), a `rules test --expect` mismatch, problems found by `status --check`, a failed poll "
         "(`poll --once`), a vendor API failing during `rules backtest`, the database unreachable or a migration "
-        "failing, an unknown dead-letter id",
+        "failing, an unknown dead-letter or silence id (or a silence already ended)",
     ),
     (
         EXIT_USAGE,

@@ -36,6 +36,7 @@ from kernel.ports import IncidentContext, SyncPlan, TwoWayRules
 from kernel.redact import mask
 from kernel.retry import RetryPolicy
 from rules import RuleStore
+from rules.silence_match import compile_matchers
 from sync.db import failure_reason
 from sync.delivery import Delivery, send_timeout
 from sync.engine import Engine
@@ -45,6 +46,7 @@ from sync.metrics import METRICS, zero_series
 from sync.poller import poll_once
 from sync.repos import incidents as pd_inbox
 from sync.repos.cursors import acquire_lease, release_lease
+from sync.repos.silences import SilenceBook
 from sync.reverse import ReverseWorker
 from sync.store import Store
 from ticketpager.connections import Connection, declare, load_connections
@@ -178,6 +180,7 @@ class Service:
             incidents=DESTINATIONS[incidents](self),
             batch_size=settings.engine.batch_size,
             on_queued=self.outbox_wake.set,  # a batch that queued nothing wakes no delivery worker
+            silences=SilenceBook(compile_matchers),  # silences' matchers, compiled by the rules language
         )
         self.heartbeat = Heartbeat(
             self.store,
@@ -374,6 +377,7 @@ class Service:
 
     def process_all(self) -> tuple[int, int]:
         """Run the engine and delivery until nothing is due (``poll --once``, tests)."""
+        self.engine.release_silences()  # tickets held by a silence that has ended page now
         processed = self.engine.drain() + self.reverse.drain()
         delivery = self.delivery()
         delivered = 0
@@ -624,6 +628,9 @@ class Service:
                 if rules.has_time_rules and self._with_lease("recheck", eng.recheck_interval_seconds):
                     if self.engine.recheck():
                         self.outbox_wake.set()
+                # tickets a silence held whose silence has ended (an index range: cheap when there is none)
+                if self._with_lease("silences", eng.recheck_interval_seconds) and self.engine.release_silences():
+                    self.outbox_wake.set()
             if now_m >= next_prune:
                 next_prune = now_m + 3600
                 if self._with_lease("retention", 3600):

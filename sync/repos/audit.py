@@ -1,53 +1,76 @@
-"""The audit log: who did what and when in the admin console (retries, silences). Table ``audit_log``.
+"""The audit log: who did what and when (a silence added or expired, a dead letter retried …). All its SQL.
 
-Minimal version written by the console branch (the silences branch owns this module: on a merge conflict,
-keep that one — the interface is the same: :func:`record` and :func:`list_entries`).
+:func:`record` is called in the same transaction as the action it records, so an action is never without its
+entry (nor an entry without its action). Detail text is redacted: a secret pasted into a comment stays out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
+from sqlalchemy.engine import RowMapping
 
 from kernel import jsonutil
 from kernel.redact import redact
 from sync.schema import audit_log
 
+ACTOR_MAX = 200
+ACTION_MAX = 64
+TARGET_MAX = 255
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     id: int
     at: datetime
     actor: str
     action: str
     target: str
-    detail: dict[str, Any] | None
+    detail: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "detail": dict(self.detail),
+        }
 
 
-def record(conn: Connection, actor: str, action: str, target: str, detail: Any, now: datetime) -> None:
-    """Append one entry inside the caller's transaction; the detail is stored as JSON, redacted."""
-    text = None if detail is None else redact(jsonutil.dumps(detail))
-    conn.execute(
-        insert(audit_log).values(at=now, actor=actor[:200], action=action[:64], target=target[:255], detail=text)
-    )
+def _entry(row: RowMapping) -> AuditEntry:
+    detail = jsonutil.loads(row["detail"]) if row["detail"] else {}
+    return AuditEntry(row["id"], row["at"], row["actor"], row["action"], row["target"], detail)
 
 
-def list_entries(conn: Connection, limit: int = 50, before_id: int | None = None) -> list[AuditEntry]:
-    """The newest entries first, ``limit`` of them, older than ``before_id`` if given (keyset pagination)."""
+def record(
+    conn: Connection, actor: str, action: str, target: str, detail: Mapping[str, Any], now: datetime
+) -> AuditEntry:
+    """Append one entry (``action`` such as ``silence.add``, ``target`` such as ``silence:3``)."""
+    name = actor.strip()
+    if not name:
+        raise ValueError("an audit entry needs an actor")
+    entry = {
+        "actor": redact(name)[:ACTOR_MAX],
+        "action": action[:ACTION_MAX],
+        "target": target[:TARGET_MAX],
+        "detail": redact(jsonutil.dumps(dict(detail))),
+    }
+    new_id = conn.execute(insert(audit_log).returning(audit_log.c.id), {"at": now, **entry}).scalar_one()
+    return AuditEntry(new_id, now, entry["actor"], entry["action"], entry["target"], jsonutil.loads(entry["detail"]))
+
+
+def list_entries(conn: Connection, limit: int, before_id: int | None = None) -> list[AuditEntry]:
+    """The newest ``limit`` entries, newest first; the next page starts ``before_id`` the last one (keyset)."""
     stmt = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
     if before_id is not None:
         stmt = stmt.where(audit_log.c.id < before_id)
-    return [
-        AuditEntry(
-            id=int(r["id"]),
-            at=r["at"],
-            actor=r["actor"],
-            action=r["action"],
-            target=r["target"],
-            detail=None if r["detail"] is None else jsonutil.loads(r["detail"]),
-        )
-        for r in conn.execute(stmt).mappings()
-    ]
+    return [_entry(r) for r in conn.execute(stmt).mappings()]
+
+
+__all__ = ["AuditEntry", "list_entries", "record"]

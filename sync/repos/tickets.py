@@ -87,11 +87,18 @@ def save(conn: Connection, source: str, ticket_id: str, values: Mapping[str, Any
     conn.execute(UPDATE_TICKET, {"s": source, "t": ticket_id, **values})
 
 
-def set_open_incidents(conn: Connection, source: str, ticket_id: str, open_count: int) -> None:
-    """After a recheck paged: the ticket's open incidents; it stays flagged for rechecks only with none open."""
-    conn.execute(
-        SET_OPEN_INCIDENTS, {"s": source, "t": ticket_id, "open_incidents": open_count, "recheck": open_count == 0}
-    )
+def set_open_incidents(
+    conn: Connection, source: str, ticket_id: str, open_count: int, *, keep_recheck: bool = True
+) -> None:
+    """After a recheck paged: the ticket's open incidents; it stays flagged for rechecks only with none open
+    (and only if it was flagged: a ticket re-evaluated because its silence ended keeps its flag as it was)."""
+    recheck = keep_recheck and open_count == 0
+    conn.execute(SET_OPEN_INCIDENTS, {"s": source, "t": ticket_id, "open_incidents": open_count, "recheck": recheck})
+
+
+def stored(conn: Connection, source: str, ticket_id: str) -> bool:
+    """Whether the ticket has a stored row (retention may have pruned it)."""
+    return conn.execute(SELECT_TICKET, {"s": source, "t": ticket_id}).first() is not None
 
 
 def recheck_keys(conn: Connection, after: tuple[str, str], chunk: int) -> list[tuple[str, str]]:

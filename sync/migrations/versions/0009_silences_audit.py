@@ -2,7 +2,7 @@
 tickets a silence held, re-evaluated once it ends) and audit_log (who did what, when) — issue 18
 
 Revision ID: 0009
-Revises: 0008 (to be re-pointed at 0008 when the PagerDuty inbound tables merge)
+Revises: 0008
 Create Date: 2026-12-04
 """
 
