@@ -28,7 +28,7 @@ import urllib3
 from connectors.settings import ConnectorSettings
 from kernel import jsonutil
 from kernel.clock import Clock, SystemClock
-from kernel.errors import WebhookRejected
+from kernel.errors import PermanentError, WebhookRejected
 from kernel.model import Action, EventAction, Outbound, Outcome, Rendered, TicketChange, TicketNote, TicketRef
 from kernel.retry import RetryPolicy
 
@@ -187,7 +187,9 @@ class NoteDestination:
             raise TypeError(f"{self.name} write-back takes ticket notes, not {type(action).__name__}")
         t = action.ticket
         body = {
-            "ticket": {"source": t.source, "id": t.id, "key": t.key, "url": t.url},
+            # the connection only when not the default one: a default connection's body is as before
+            "ticket": {"source": t.source, "id": t.id, "key": t.key, "url": t.url}
+            | ({"connection": t.connection} if t.connection != t.source else {}),
             "action": action.action.value,
             "dedup_key": action.dedup_key,
             "rule": action.rule,
@@ -209,7 +211,12 @@ class NoteDestination:
         )
 
     def send(self, item: Outbound, *, timeout: float | None = None) -> Outcome:
-        self._connector().write_back(self.note(item.body))
+        note = self.note(item.body)
+        if note.ticket.connection != self.name:  # never on another instance's ticket of the same id
+            raise PermanentError(
+                f"a note for a ticket of connection {note.ticket.connection!r} reached the write-back of {self.name!r}"
+            )
+        self._connector().write_back(note)
         return Outcome()
 
     def preview(self, item: Outbound) -> str:

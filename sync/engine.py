@@ -9,15 +9,16 @@
 3. :func:`kernel.lifecycle.plan` the events from the verdicts and the current link states;
 4. write outbox rows, link states, the ticket's new version and the decision log together.
 
-On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` and each ticket row is locked (in a fixed order)
-before it is read, so two replicas never process two changes of one ticket at the same time. The SQL lives
+A ticket is (source, connection, id): the same id on two instances of one system is two tickets, with their
+own row, links, dedup keys and decisions. On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` and each
+ticket row is locked (in a fixed order) before it is read, so two replicas never process two changes of one ticket at the same time. The SQL lives
 in the repositories :mod:`sync.repos.changes`, :mod:`sync.repos.tickets` and :mod:`sync.repos.outbox`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -105,9 +106,12 @@ class Engine:
         incidents: Destination,
         batch_size: int = 50,
         on_queued: Callable[[], None] | None = None,
+        connections: Collection[str] | None = None,
     ) -> None:
         """``on_queued`` is called after a :meth:`run_once` that committed at least one outbox row (the
-        service wakes its delivery workers then, and only then)."""
+        service wakes its delivery workers then, and only then). ``connections``: the configured connection
+        names, which label the metrics (a change of any other counts as ``unknown``: the label set stays
+        bounded); ``None``: every connection is its own label."""
         self.store = store
         self.rules = rules
         self.clock = clock
@@ -115,6 +119,11 @@ class Engine:
         self.batch_size = batch_size
         self.on_queued = on_queued
         self._queued = 0  # outbox rows written by the current run_once
+        self.connections = None if connections is None else frozenset(connections)
+
+    def _label(self, connection: str) -> str:
+        """The ``source`` label of the engine's metrics: the connection's name, bounded by the configured ones."""
+        return connection if self.connections is None or connection in self.connections else "unknown"
 
     def run_once(self) -> int:
         """Process one batch of pending changes in one transaction; returns how many were handled.
@@ -165,8 +174,8 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - one bad change must not block the rest
             if row is None:
                 raise
-            log.exception("change %s (%s %s) failed", row["id"], row["source"], row["ticket_id"])
-            METRICS.changes_processed.labels(row["source"], "failed").inc()
+            log.exception("change %s (%s %s) failed", row["id"], row["connection"], row["ticket_id"])
+            METRICS.changes_processed.labels(self._label(row["connection"]), "failed").inc()
             with self.store.begin() as conn:
                 # redacted before the cut: a database error quotes its parameters (routing key, event body)
                 changes.fail(conn, row["id"], redact(f"{type(exc).__name__}: {exc}")[:2000], self.clock.now())
@@ -178,7 +187,7 @@ class Engine:
         decided: list[dict[str, Any]] = []
         done = 0
         # fixed lock order across replicas (no deadlocks); a batch holds at most one change per ticket
-        for row in sorted(rows, key=lambda r: (r["source"], r["ticket_id"], r["id"])):
+        for row in sorted(rows, key=lambda r: (r["source"], r["connection"], r["ticket_id"], r["id"])):
             if done and self.store.should_yield():
                 break  # commit what is done; the webhook writer is waiting (the rest stays pending)
             done += 1
@@ -210,18 +219,18 @@ class Engine:
         change = TicketChange.from_json(jsonutil.loads(row["payload"]))
         ticket = change.ticket
         now = self.clock.now()
-        current = tickets.lock(conn, ticket.source, ticket.id, now)
+        current = tickets.lock(conn, ticket.source, ticket.connection, ticket.id, now)
         version = ticket.version_hash()
         outcome = self._staleness(conn, current, change, version)
         if outcome is not None:
             finished.append(changes.finished(row["id"], outcome, now))
             decided.append(self._decision(row["id"], ticket, outcome, ruleset.digest, {"why": outcome}))
-            METRICS.changes_processed.labels(ticket.source, outcome).inc()
+            METRICS.changes_processed.labels(self._label(ticket.connection), outcome).inc()
             return
         previous = Ticket.from_json(jsonutil.loads(current["snapshot"])) if current and current["snapshot"] else None
         changed = merge_changes(change.changes, diff_tickets(previous, ticket))
         results = evaluate_change(ruleset, ticket, previous, changed, now)
-        link_states = tickets.links_of(conn, ticket.source, ticket.id)
+        link_states = tickets.links_of(conn, ticket.source, ticket.connection, ticket.id)
         events = plan(results, link_states, ticket)
         open_count = self._apply(conn, events, link_states, ticket, row["id"], now)
         done = ticket.status_category in (StatusCategory.DONE, StatusCategory.DELETED)
@@ -244,7 +253,7 @@ class Engine:
                 },
             )
         )
-        METRICS.changes_processed.labels(ticket.source, outcome).inc()
+        METRICS.changes_processed.labels(self._label(ticket.connection), outcome).inc()
 
     def _apply(
         self,
@@ -296,6 +305,7 @@ class Engine:
             kind=action.KIND,
             destination=self.incidents.name,
             source=ticket.source,
+            connection=ticket.connection,
             ticket_id=ticket.id,
             ticket_key=ticket.key,
             rule=event.rule,
@@ -316,7 +326,7 @@ class Engine:
             "state": next_state(event.action).value,
             "updated_at": now,
         }
-        tickets.save_link(conn, ticket.source, ticket.id, event.rule, values, now)
+        tickets.save_link(conn, ticket.source, ticket.connection, ticket.id, event.rule, values, now)
 
     def _save_ticket(
         self,
@@ -341,7 +351,7 @@ class Engine:
             "processed_at": now,
         }
         # a new ticket (or the placeholder row of tickets.lock) is inserted first
-        tickets.save(conn, ticket.source, ticket.id, values, new=current is None)
+        tickets.save(conn, ticket.source, ticket.connection, ticket.id, values, new=current is None)
 
     def _decision(
         self, change_id: int | None, ticket: Ticket, outcome: str, digest: str | None, detail: Mapping[str, Any]
@@ -350,6 +360,7 @@ class Engine:
         return {
             "change_id": change_id,
             "source": ticket.source,
+            "connection": ticket.connection,
             "ticket_id": ticket.id,
             "ticket_key": ticket.key,
             "at": self.clock.now(),
@@ -368,32 +379,33 @@ class Engine:
         """
         ruleset = self.rules()
         planned = 0
-        after = ("", "")
+        after = ("", "", "")
         while True:
             with self.store.engine.connect() as conn:
                 keys = tickets.recheck_keys(conn, after, chunk)
             if not keys:
                 return planned
             with self.store.begin() as conn:
-                for source, ticket_id in keys:
-                    planned += self._recheck_one(conn, source, ticket_id, ruleset)
-                    after = (source, ticket_id)
+                for key in keys:
+                    planned += self._recheck_one(conn, key, ruleset)
+                    after = key
                     if self.store.should_yield():
                         break  # commit; the webhook writer goes first; the walk resumes after `after`
 
-    def _recheck_one(self, conn: Connection, source: str, ticket_id: str, ruleset: RuleSet) -> int:
+    def _recheck_one(self, conn: Connection, key: tuple[str, str, str], ruleset: RuleSet) -> int:
+        """Re-evaluate the ticket ``key`` (source, connection, id)."""
         now = self.clock.now()
-        current = tickets.lock(conn, source, ticket_id, now)
+        current = tickets.lock(conn, *key, now)
         if current is None or not current["recheck"]:
             return 0
         ticket = Ticket.from_json(jsonutil.loads(current["snapshot"]))
         results = evaluate_change(ruleset, ticket, ticket, (), now)
-        link_states = tickets.links_of(conn, ticket.source, ticket.id)
+        link_states = tickets.links_of(conn, *key)
         events = plan(results, link_states, ticket)
         if not events:
             return 0
         open_count = self._apply(conn, events, link_states, ticket, None, now)
-        tickets.set_open_incidents(conn, source, ticket_id, open_count)
+        tickets.set_open_incidents(conn, *key, open_count)
         detail = {
             "origin": Origin.RECHECK.value,
             "verdicts": [verdict_json(r) for r in results],

@@ -1,11 +1,15 @@
 """The state store's tables (SQLAlchemy Core). Alembic migrations in ``sync/migrations`` create them.
 
-* ``changes``   — every received change, deduped on (source, delivery_id); the engine's work queue.
+* ``changes``   — every received change, deduped on (source, connection, delivery_id); the engine's work queue.
 * ``tickets``   — each ticket's last processed version (and its snapshot, for diffs and time rules).
 * ``links``     — ticket ↔ rule ↔ dedup_key ↔ routing key ↔ incident state, with a generation counter.
 * ``outbox``    — outbound actions (incident events, ticket notes), each with its destination: pending /
   sent / dead, attempts, next attempt.
-* ``cursors``   — poll cursors and the last poll error per source.
+* ``cursors``   — poll cursors and the last poll error per connection (the ``source`` column holds its name).
+
+A ticket is (source, connection, ticket_id) everywhere: ``source`` is its system, ``connection`` the instance
+of that system it came from (the default connection is named after the system; docs/architecture.md,
+"Connections").
 * ``leases``    — which replica runs a singleton job (a poller, the time-rule scheduler) until when.
 * ``replicas``  — each running replica's heartbeat: a live one's claims and leases are never taken over.
 * ``decisions`` — the decision log: per change, every rule's verdict and why, and what was sent.
@@ -41,6 +45,9 @@ metadata = MetaData(
     }
 )
 
+#: a connection's name (ticketpager/connections.py: at most 40 characters), with room to spare
+CONNECTION = String(64)
+
 Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite only auto-increments INTEGER PRIMARY KEY
 
 
@@ -69,6 +76,7 @@ changes = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("source", String(32), nullable=False),
+    Column("connection", CONNECTION, nullable=False),
     Column("delivery_id", String(255), nullable=False),
     Column("ticket_id", String(255), nullable=False),
     Column("ticket_updated", UTCDateTime(), nullable=False),
@@ -78,7 +86,7 @@ changes = Table(
     Column("status", String(16), nullable=False, server_default="pending"),
     Column("processed_at", UTCDateTime(), nullable=True),
     Column("error", Text, nullable=True),
-    UniqueConstraint("source", "delivery_id"),
+    UniqueConstraint("source", "connection", "delivery_id"),
     Index(
         "ix_changes_pending",
         "id",
@@ -89,6 +97,7 @@ changes = Table(
     Index(
         "ix_changes_ticket_pending",
         "source",
+        "connection",
         "ticket_id",
         "id",
         sqlite_where=text("status = 'pending'"),
@@ -106,6 +115,7 @@ tickets = Table(
     "tickets",
     metadata,
     Column("source", String(32), primary_key=True),
+    Column("connection", CONNECTION, primary_key=True),
     Column("ticket_id", String(255), primary_key=True),
     Column("key", String(255), nullable=False),
     Column("status_category", String(16), nullable=False),
@@ -119,6 +129,7 @@ tickets = Table(
     Index(
         "ix_tickets_recheck",
         "source",
+        "connection",
         "ticket_id",
         sqlite_where=text("recheck"),
         postgresql_where=text("recheck"),
@@ -130,6 +141,7 @@ links = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("source", String(32), nullable=False),
+    Column("connection", CONNECTION, nullable=False),
     Column("ticket_id", String(255), nullable=False),
     Column("rule", String(200), nullable=False),
     Column("generation", Integer, nullable=False),
@@ -138,7 +150,7 @@ links = Table(
     Column("state", String(16), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
-    UniqueConstraint("source", "ticket_id", "rule"),
+    UniqueConstraint("source", "connection", "ticket_id", "rule"),
     Index("ix_links_dedup_key", "dedup_key"),
     Index(
         "ix_links_open",
@@ -154,6 +166,7 @@ outbox = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("kind", String(16), nullable=False),  # event | writeback
     Column("source", String(32), nullable=False),
+    Column("connection", CONNECTION, nullable=False),
     Column("ticket_id", String(255), nullable=False),
     Column("ticket_key", String(255), nullable=False),
     Column("rule", String(200), nullable=False),
@@ -173,9 +186,10 @@ outbox = Table(
     Column("sent_at", UTCDateTime(), nullable=True),
     Column("dry_run", Boolean, nullable=False, server_default=text("false")),
     Column("first_attempt_at", UTCDateTime(), nullable=True),  # the retry budget runs from here
-    # the destination that sends the row ('pagerduty', a source's write-back …); NULL: written by a version
-    # before 0007 during a rolling upgrade (delivered by its kind: see sync.delivery.Delivery.destination_of)
-    Column("destination", String(32), nullable=True),
+    # the destination that sends the row ('pagerduty', a connection's write-back, named after the connection);
+    # NULL: written by a version before 0007 during a rolling upgrade (delivered by its kind: see
+    # sync.delivery.Delivery.outbound)
+    Column("destination", CONNECTION, nullable=True),
     Index(
         "ix_outbox_due",
         "next_attempt_at",
@@ -191,7 +205,7 @@ outbox = Table(
 cursors = Table(
     "cursors",
     metadata,
-    Column("source", String(32), primary_key=True),
+    Column("source", CONNECTION, primary_key=True),  # the connection's name
     Column("cursor", Text, nullable=True),
     Column("updated_at", UTCDateTime(), nullable=True),
     Column("last_success_at", UTCDateTime(), nullable=True),
@@ -222,12 +236,13 @@ decisions = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("change_id", BigInteger, nullable=True),
     Column("source", String(32), nullable=False),
+    Column("connection", CONNECTION, nullable=False),
     Column("ticket_id", String(255), nullable=False),
     Column("ticket_key", String(255), nullable=False),
     Column("at", UTCDateTime(), nullable=False),
     Column("outcome", String(32), nullable=False),
     Column("rules_digest", String(64), nullable=True),
     Column("detail", Text, nullable=True),  # JSON: verdicts with explanations, events planned (keys masked)
-    Index("ix_decisions_ticket", "source", "ticket_id", "id"),
+    Index("ix_decisions_ticket", "source", "connection", "ticket_id", "id"),
     Index("ix_decisions_at", "at"),
 )

@@ -61,8 +61,8 @@ def _pagerduty(svc: Service) -> Destination:
 
 
 #: The destinations incident actions can go to, by name: how the application builds each (per delivery
-#: worker). Adding a destination = its module + one line here. Ticket notes go to each source's write-back
-#: (:class:`~connectors.base.NoteDestination`, added for every connector).
+#: worker). Adding a destination = its module + one line here. Ticket notes go to each connection's write-back
+#: (:class:`~connectors.base.NoteDestination`, one per connection, named after it).
 DESTINATIONS: dict[str, Callable[[Service], Destination]] = {
     "pagerduty": _pagerduty,
 }
@@ -139,6 +139,7 @@ class Service:
             incidents=DESTINATIONS[incidents](self),
             batch_size=settings.engine.batch_size,
             on_queued=self.outbox_wake.set,  # a batch that queued nothing wakes no delivery worker
+            connections=tuple(self.connections),  # the metrics' labels: configured names only
         )
         self.heartbeat = Heartbeat(
             self.store,
@@ -201,26 +202,23 @@ class Service:
         return out
 
     def write_back_sources(self) -> dict[str, bool]:
-        """The sources whose tickets get notes. Only default connections for now: the outbox names a ticket's
-        system, not its connection, until the identity step (docs/architecture.md, "Connections") — a note
-        for another connection's ticket would land on the wrong instance."""
+        """The connections whose tickets get notes (each outbox row names its ticket's connection, whose own
+        write-back destination writes the note on that instance)."""
         if self.settings.dry_run:
             return {}
-        return {
-            s: self.connections[s].settings.write_back
-            for s in self.pollable_sources()
-            if self.connections[s].is_default
-        }
+        return {s: self.connections[s].settings.write_back for s in self.pollable_sources()}
 
     def _new_sink(self) -> PagerDutySink:
         pd = self.settings.pagerduty
         return PagerDutySink(pd.url, timeout=pd.timeout_seconds, clock=self.clock)
 
     def destinations(self) -> dict[str, Destination]:
-        """One delivery worker's destinations: the incident destination and every source's write-back."""
-        out: dict[str, Destination] = {  # default connections only: see write_back_sources
-            source: NoteDestination(source, functools.partial(self._write_back_connector, source))
-            for source in CONNECTORS
+        """One delivery worker's destinations: the incident destination and every connection's write-back
+        (named after the connection; a default connection's is named after its system, as rows queued before
+        named connections say)."""
+        out: dict[str, Destination] = {
+            name: NoteDestination(name, functools.partial(self._write_back_connector, name))
+            for name in (*CONNECTORS, *self.connections)
         }
         out[self.incidents] = DESTINATIONS[self.incidents](self)
         return out
