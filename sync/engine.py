@@ -11,8 +11,9 @@
 
 A ticket is (source, connection, id): the same id on two instances of one system is two tickets, with their
 own row, links, dedup keys and decisions. On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` and each
-ticket row is locked (in a fixed order) before it is read, so two replicas never process two changes of one ticket at the same time. The SQL lives
-in the repositories :mod:`sync.repos.changes`, :mod:`sync.repos.tickets` and :mod:`sync.repos.outbox`.
+ticket row is locked (in a fixed order) before it is read, so two replicas never process two changes of one
+ticket at the same time. The SQL lives in the repositories :mod:`sync.repos.changes`, :mod:`sync.repos.tickets`
+and :mod:`sync.repos.outbox`.
 """
 
 from __future__ import annotations

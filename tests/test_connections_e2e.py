@@ -106,9 +106,11 @@ def test_two_connections_of_each_system_are_two_instances_end_to_end(
             fake.put(make_issue(JIRA_ID, "OPS-1", updated=now - timedelta(minutes=5), summary=f"{who} jira down",
                                 base_url=fake.url))  # fmt: skip
         for zd, who in ((zendesk, "default"), (acme_zendesk, "acme")):
-            zd.add_ticket(ZENDESK_ID, subject=f"{who} zendesk down", priority="urgent", status="open", age_seconds=600)
+            zd.add_ticket(ZENDESK_ID, subject=f"{who} zendesk down", priority="urgent", status="open",
+                          age_seconds=600)  # fmt: skip
         for sn, who in ((servicenow, "default"), (acme_servicenow, "acme")):
-            sn.fake.put(make_record(SN_ID, "INC0010001", now - timedelta(minutes=5), short_description=f"{who} sn down"))
+            record = make_record(SN_ID, "INC0010001", now - timedelta(minutes=5), short_description=f"{who} sn down")
+            sn.fake.put(record)
         bundle = tmp_path / "ca-bundle.pem"
         bundle.write_text(Path(servicenow.ca_pem).read_text() + Path(acme_servicenow.ca_pem).read_text())
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))

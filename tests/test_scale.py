@@ -45,7 +45,8 @@ def populate(service: Service) -> None:
             " FROM generate_series(1, :n / 5) g"), {"t0": T0, "rk": ROUTING_KEY, "n": N})
         conn.execute(text(
             "INSERT INTO changes (source, connection, delivery_id, ticket_id, ticket_updated, origin, received_at,"
-            " payload, status) SELECT 'jira', 'jira', 'd' || g, (100000000 + g)::text, :t0, 'webhook', :t0, NULL, 'processed'"
+            " payload, status) SELECT 'jira', 'jira', 'd' || g, (100000000 + g)::text, :t0, 'webhook', :t0, NULL,"
+            " 'processed'"
             " FROM generate_series(1, :n / 5) g"), {"t0": T0, "n": N})
     with service.store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("ANALYZE"))

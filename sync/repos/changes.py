@@ -175,8 +175,8 @@ def any_pending(conn: Connection) -> bool:
 
 
 def claim(conn: Connection, limit: int) -> list[RowMapping]:
-    """Up to ``limit`` claimable changes (id, source, connection, ticket_id, payload); on PostgreSQL locked, skipping rows
-    another replica holds."""
+    """Up to ``limit`` claimable changes (id, source, connection, ticket_id, payload); on PostgreSQL locked,
+    skipping rows another replica holds."""
     stmt = _claim(limit, skip_locked=conn.dialect.name == "postgresql")
     return list(conn.execute(stmt).mappings().all())
 

@@ -28,26 +28,21 @@ _B = bindparam
 _THIS_TICKET = (tickets.c.source == _B("s"), tickets.c.connection == _B("c"), tickets.c.ticket_id == _B("t"))
 SELECT_TICKET = select(tickets).where(*_THIS_TICKET)
 _lock_insert = pg_insert(tickets).values(
-    source=_B("s"), connection=_B("c"), ticket_id=_B("t"), key="", status_category="new", updated=NEVER, version_hash="",
-    snapshot=None, processed_at=_B("at"),
+    source=_B("s"), connection=_B("c"), ticket_id=_B("t"), key="", status_category="new", updated=NEVER,
+    version_hash="", snapshot=None, processed_at=_B("at"),
 )  # fmt: skip
 # ON CONFLICT DO UPDATE takes the row lock (a no-op update) and RETURNING hands back the current row
 LOCK_TICKET_PG = _lock_insert.on_conflict_do_update(
-    index_elements=[tickets.c.source, tickets.c.connection, tickets.c.ticket_id], set_={"source": _lock_insert.excluded.source}
+    index_elements=[tickets.c.source, tickets.c.connection, tickets.c.ticket_id],
+    set_={"source": _lock_insert.excluded.source},
 ).returning(*tickets.c)
 TICKET_COLUMNS = (
     "key", "status_category", "updated", "version_hash", "snapshot", "last_change_id", "open_incidents",
     "recheck", "processed_at",
 )  # fmt: skip
-UPDATE_TICKET = (
-    update(tickets)
-    .where(*_THIS_TICKET)
-    .values({name: _B(name) for name in TICKET_COLUMNS})
-)
+UPDATE_TICKET = update(tickets).where(*_THIS_TICKET).values({name: _B(name) for name in TICKET_COLUMNS})
 SET_OPEN_INCIDENTS = (
-    update(tickets)
-    .where(*_THIS_TICKET)
-    .values(open_incidents=_B("open_incidents"), recheck=_B("recheck"))
+    update(tickets).where(*_THIS_TICKET).values(open_incidents=_B("open_incidents"), recheck=_B("recheck"))
 )
 _THIS_TICKETS_LINKS = (links.c.source == _B("s"), links.c.connection == _B("c"), links.c.ticket_id == _B("t"))
 SELECT_LINKS = select(links).where(*_THIS_TICKETS_LINKS)
@@ -177,21 +172,10 @@ def insert_decisions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> Non
     conn.execute(INSERT_DECISION, list(rows))
 
 
-def decisions_for(
-    conn: Connection, source: str, connection: str, ticket_id: str, limit: int
-) -> list[dict[str, Any]]:
+def decisions_for(conn: Connection, source: str, connection: str, ticket_id: str, limit: int) -> list[dict[str, Any]]:
     """A ticket's latest decisions, newest first."""
     this = (decisions.c.source == source, decisions.c.connection == connection, decisions.c.ticket_id == ticket_id)
-    rows = (
-        conn.execute(
-            select(decisions)
-            .where(*this)
-            .order_by(decisions.c.id.desc())
-            .limit(limit)
-        )
-        .mappings()
-        .all()
-    )
+    rows = conn.execute(select(decisions).where(*this).order_by(decisions.c.id.desc()).limit(limit)).mappings().all()
     return [dict(r) for r in rows]
 
 
