@@ -5,9 +5,11 @@ ticket id on two connections of one system is two tickets."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Column, MetaData, Table, func, insert, select
 
 from connectors.pagerduty import build_event
@@ -20,6 +22,7 @@ from sync.store import Store
 from tests.factories import ROUTING_KEY, T0, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
+from ticketpager import cli
 
 OPEN = 25  # tickets with an open incident before the upgrade
 RULE = "ops-highest"
@@ -154,3 +157,25 @@ def test_the_same_ticket_id_on_two_connections_is_two_tickets(db_url: str, rules
             ]
         finally:
             service.store.dispose()
+
+
+def test_dead_letters_name_the_connection_of_their_ticket(
+    db_url: str, rules_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with MockPagerDuty() as pd:
+        service = make_service(db_url, rules_path, pd.url, clock)
+        try:
+            pd.fail_next(2, 400)
+            receive(service, [change(ticket("7")), change(ticket("7", connection="eng-jira"))])
+            service.process_all()
+        finally:
+            service.store.dispose()
+    assert cli.main(["--database-url", db_url, "deadletters", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted((d["ticket"], d["connection"]) for d in listed) == [("OPS-7", "eng-jira"), ("OPS-7", "jira")]
+    assert cli.main(["--database-url", db_url, "deadletters", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split(" rule=")[0].split(" ", 3)[3] for line in lines if line.startswith("#")) == [
+        "OPS-7",
+        "OPS-7 (eng-jira)",
+    ]
