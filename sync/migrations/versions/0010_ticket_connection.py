@@ -13,6 +13,7 @@ Create Date: 2026-12-04
 
 import sqlalchemy as sa
 from alembic import op
+from alembic.operations import BatchOperations
 
 revision = "0010"
 down_revision = "0007"
@@ -26,8 +27,8 @@ PENDING = sa.text("status = 'pending'")
 RECHECK = sa.text("recheck")
 
 
-def _partial(batch_op: object, name: str, columns: list[str], where: sa.TextClause) -> None:
-    batch_op.create_index(name, columns, unique=False, sqlite_where=where, postgresql_where=where)  # type: ignore[attr-defined]
+def _partial(batch_op: BatchOperations, name: str, columns: list[str], where: sa.TextClause) -> None:
+    batch_op.create_index(name, columns, unique=False, sqlite_where=where, postgresql_where=where)
 
 
 def upgrade() -> None:
