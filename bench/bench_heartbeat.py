@@ -81,7 +81,8 @@ def hold_rows(svc: Service, n: int) -> None:
         if not n:
             return
         conn.execute(insert(outbox), [
-            {"kind": "event", "source": "jira", "ticket_id": str(i), "ticket_key": f"OPS-{i}", "rule": "r",
+            {"kind": "event", "source": "jira", "connection": "jira",
+             "ticket_id": str(i), "ticket_key": f"OPS-{i}", "rule": "r",
              "action": "trigger", "dedup_key": f"k{i}", "generation": 1, "routing_key": "r", "body": "{}",
              "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
              "claimed_until": now + timedelta(hours=1), "claimed_by": "other-replica/0"}

@@ -41,19 +41,21 @@ def populate(store: Store, n: int) -> None:
     with store.begin() as conn:
         conn.execute(
             text(
-                f"{series} INSERT INTO links (source, ticket_id, rule, generation, dedup_key, routing_key, state,"
-                f" created_at, updated_at) SELECT 'jira', CAST(g AS TEXT), 'ops', 1, 'ticketpager/jira/' || g ||"
-                " '/ops/1', 'rk', CASE WHEN g % 5 = 0 THEN 'triggered' ELSE 'resolved' END, :t0, :t0 FROM series"
+                f"{series} INSERT INTO links (source, connection, ticket_id, rule, generation, dedup_key, routing_key,"
+                f" state, created_at, updated_at) SELECT 'jira', 'jira', CAST(g AS TEXT), 'ops', 1,"
+                " 'ticketpager/jira/' || g || '/ops/1', 'rk', CASE WHEN g % 5 = 0 THEN 'triggered' ELSE 'resolved' END,"
+                " :t0, :t0 FROM series"
             ),
             {"n": n, "t0": T0},
         )
         conn.execute(
             text(
-                f"{series} INSERT INTO outbox (kind, source, ticket_id, ticket_key, rule, action, dedup_key,"
-                " generation, routing_key, body, status, attempts, next_attempt_at, created_at, dry_run)"
-                " SELECT 'event', 'jira', CAST(g AS TEXT), 'OPS-' || g, 'ops', 'trigger', 'ticketpager/jira/' || g"
-                " || '/ops/1', 1, 'rk', '{}', CASE WHEN g % 250 = 0 THEN 'dead' WHEN g % 250 = 5 THEN 'pending'"
-                " ELSE 'sent' END, 1, :t0, :t0, false FROM series"
+                f"{series} INSERT INTO outbox (kind, source, connection, ticket_id, ticket_key, rule, action,"
+                " dedup_key, generation, routing_key, body, status, attempts, next_attempt_at, created_at, dry_run)"
+                " SELECT 'event', 'jira', 'jira', CAST(g AS TEXT), 'OPS-' || g, 'ops', 'trigger',"
+                " 'ticketpager/jira/' || g || '/ops/1', 1, 'rk', '{}',"
+                " CASE WHEN g % 250 = 0 THEN 'dead' WHEN g % 250 = 5 THEN 'pending' ELSE 'sent' END,"
+                " 1, :t0, :t0, false FROM series"
             ),
             {"n": n, "t0": T0},
         )

@@ -188,7 +188,8 @@ def ticket_update_to_json(update: TicketUpdate) -> dict[str, Any]:
     """A :class:`TicketUpdate` as the outbox stores it (plain JSON; :func:`ticket_update_from_json` reads it)."""
     t, move = update.ticket, update.transition
     return {
-        "ticket": {"source": t.source, "id": t.id, "key": t.key, "url": t.url},
+        "ticket": {"source": t.source, "id": t.id, "key": t.key, "url": t.url}
+        | ({"connection": t.connection} if t.connection != t.source else {}),
         "marker": update.marker,
         "comment": update.comment,
         "public": update.public,
@@ -252,7 +253,9 @@ class NoteDestination:
             raise TypeError(f"{self.name} takes ticket notes and ticket updates, not {type(action).__name__}")
         t = action.ticket
         body = {
-            "ticket": {"source": t.source, "id": t.id, "key": t.key, "url": t.url},
+            # the connection only when not the default one: a default connection's body is as before
+            "ticket": {"source": t.source, "id": t.id, "key": t.key, "url": t.url}
+            | ({"connection": t.connection} if t.connection != t.source else {}),
             "action": action.action.value,
             "dedup_key": action.dedup_key,
             "rule": action.rule,
@@ -279,10 +282,22 @@ class NoteDestination:
 
     def send(self, item: Outbound, *, timeout: float | None = None) -> Outcome:
         if item.kind == TicketUpdate.KIND:
-            self._connector().update_ticket(self.update(item.body))
+            update = self.update(item.body)
+            self._same_connection(update.ticket)
+            self._connector().update_ticket(update)
         else:
-            self._connector().write_back(self.note(item.body))
+            note = self.note(item.body)
+            self._same_connection(note.ticket)
+            self._connector().write_back(note)
         return Outcome()
+
+    def _same_connection(self, ticket: TicketRef) -> None:
+        """Never write on another instance's ticket of the same id (issue 17: the outbox row names the
+        connection; a row reaching the wrong connection's destination is a bug, not a retry)."""
+        if ticket.connection != self.name:
+            raise PermanentError(
+                f"a write for a ticket of connection {ticket.connection!r} reached the write-back of {self.name!r}"
+            )
 
     def preview(self, item: Outbound) -> str:
         if item.kind == TicketUpdate.KIND:

@@ -33,14 +33,19 @@ from kernel.ports import Verdict
 DEDUP_KEY_MAX = 255
 
 
-def dedup_key_for(source: str, ticket_id: str, rule: str, generation: int) -> str:
+def dedup_key_for(source: str, ticket_id: str, rule: str, generation: int, connection: str | None = None) -> str:
     """Stable per (ticket, rule, incident generation): duplicates of a change can never page twice,
-    while a reopened ticket (next generation) opens a new incident. Hashed when over :data:`DEDUP_KEY_MAX`."""
-    key = f"ticketpager/{source}/{ticket_id}/{rule}/{generation}"
+    while a reopened ticket (next generation) opens a new incident. Hashed when over :data:`DEDUP_KEY_MAX`.
+
+    A ticket of a named connection has its connection in the key (``ticketpager/<system>/<connection>/<id>/…``:
+    the same id on two instances is two incidents); a default connection's key (``connection`` ``None`` or the
+    system's name) is the one every earlier version wrote, so open incidents keep theirs."""
+    prefix = f"ticketpager/{source}" if connection in (None, "", source) else f"ticketpager/{source}/{connection}"
+    key = f"{prefix}/{ticket_id}/{rule}/{generation}"
     if len(key) <= DEDUP_KEY_MAX:
         return key
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return f"ticketpager/{source}/sha256:{digest}"
+    return f"{prefix}/sha256:{digest}"
 
 
 def content_digest(ticket: Ticket) -> str:
@@ -78,7 +83,7 @@ def plan(results: Sequence[Verdict], links: Mapping[str, LinkState], ticket: Tic
             if link is not None and link.hold_version is not None and link.hold_version == content_digest(ticket):
                 continue  # a person resolved it in PagerDuty and the ticket has not changed since: no new page
             generation = (link.generation + 1) if link is not None else 1
-            dedup_key = dedup_key_for(ticket.source, ticket.id, result.rule, generation)
+            dedup_key = dedup_key_for(ticket.source, ticket.id, result.rule, generation, ticket.connection)
             why = "matched" if link is None else f"matched again after resolve (incident #{generation})"
             trigger = PlannedEvent(
                 rule=result.rule,

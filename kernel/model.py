@@ -136,7 +136,7 @@ class Ticket:
 
     @property
     def ref(self) -> TicketRef:
-        return TicketRef(self.source, self.id, self.key, self.url)
+        return TicketRef(self.source, self.id, self.key, self.url, self.connection)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types, one key per field (spelled out: this runs once per stored change, on the
@@ -182,12 +182,19 @@ class Ticket:
 
 @dataclass(frozen=True, slots=True)
 class TicketRef:
-    """Just enough to address a ticket for write-back and logs."""
+    """Just enough to address a ticket for write-back and logs: (``source``, ``connection``, ``id``) is its
+    identity; ``connection`` defaults to the system's default connection (named after it), as in
+    :class:`Ticket`. Write-back goes to the instance ``connection`` names."""
 
     source: str
     id: str
     key: str
     url: str | None = None
+    connection: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.connection:
+            object.__setattr__(self, "connection", self.source)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,9 @@ sooner, once its heartbeat is older than ``takeover_after`` (:mod:`sync.heartbea
 are never taken before they expire.
 Events of one ``dedup_key`` go out in order: a row waits while an earlier row of its key is pending.
 
-Outcomes: 2xx → sent (and, after an incident action, a note for the ticket is queued to its source system's
-destination when write-back is on there); retryable (429, 5xx, network) →
+Outcomes: 2xx → sent (and, after an incident action, a note for the ticket is queued to the write-back
+destination of the ticket's connection, named after it, when write-back is on there: a note always goes back
+to the instance the ticket came from); retryable (429, 5xx, network) →
 ``next_attempt_at`` by :class:`~kernel.retry.RetryPolicy` honouring ``Retry-After`` ("later" answers use no
 attempts, only the time budget); a timeout → unknown outcome, retried with a longer wait and counted apart;
 permanent (400) or retries exhausted → dead letter with the reason and the error text (``deadletters retry``
@@ -59,8 +60,8 @@ def send_timeout(base: float, attempts: int, claim_seconds: float) -> float:
 
 class Delivery:
     """One delivery worker. ``destinations``: name → destination (the application's registry);
-    ``write_back_sources``: the sources whose tickets get a note after an incident action was sent (to the
-    destination named after the source); ``legacy_events``: the destination of incident-event rows an older
+    ``write_back_sources``: the connections whose tickets get a note after an incident action was sent (to the
+    destination named after the connection); ``legacy_events``: the destination of incident-event rows an older
     version wrote without one during a rolling upgrade (``None``: such rows become dead letters)."""
 
     def __init__(
@@ -192,7 +193,7 @@ class Delivery:
 
     def outbound(self, row: RowMapping) -> Outbound:
         """A claimed row as its destination sends it."""
-        name = row["destination"] or (row["source"] if row["kind"] == "writeback" else self.legacy_events) or ""
+        name = row["destination"] or (row["connection"] if row["kind"] == "writeback" else self.legacy_events) or ""
         return Outbound(
             id=row["id"],
             destination=name,
@@ -232,7 +233,7 @@ class Delivery:
             destination.send(item, timeout=timeout)  # the stored bytes, as measured
         except TicketpagerError as exc:
             if ticket_side:
-                METRICS.write_backs.labels(row["source"], exc.kind.value).inc()
+                METRICS.write_backs.labels(self._connection_label(row), exc.kind.value).inc()
             self._failed(row, exc)
             return
         except Exception as exc:  # noqa: BLE001 - a destination's bug must not kill the worker
@@ -240,10 +241,15 @@ class Delivery:
             self._failed(row, RetryableError(f"{type(exc).__name__}: {exc}"))
             return
         if ticket_side:
-            METRICS.write_backs.labels(row["source"], "sent").inc()
+            METRICS.write_backs.labels(self._connection_label(row), "sent").inc()
         else:
             METRICS.events.labels(_label(row), "sent").inc()
         self._sent(row, dry_run=False)
+
+    def _connection_label(self, row: RowMapping) -> str:
+        """The ``source`` label of a note's metrics: its connection, one of the configured destinations'
+        names (bounded), else ``unknown``."""
+        return str(row["connection"]) if row["connection"] in self.destinations else "unknown"
 
     def _renew(self, row_id: int) -> bool:
         """Extend our claim right before sending; False if the row is no longer ours (fencing: a claim
@@ -268,19 +274,19 @@ class Delivery:
                 received = changes.received_at(conn, row["change_id"])
             if received is not None:
                 METRICS.delivery_latency.observe(max((now - received).total_seconds(), 0.0))
-            if self.write_back_sources.get(row["source"]) and not dry_run:
+            if self.write_back_sources.get(row["connection"]) and not dry_run:
                 self._queue_write_back(conn, row)
 
     def _queue_write_back(self, conn: Connection, row: RowMapping) -> None:
-        """Queue the note about a sent incident action for the ticket's source system (its destination renders
-        it now, like every action: the stored body is what is sent)."""
-        notes = self.destinations.get(row["source"])
+        """Queue the note about a sent incident action for the ticket, to its connection's write-back (that
+        destination renders it now, like every action: the stored body is what is sent)."""
+        notes = self.destinations.get(row["connection"])
         if notes is None:
             return
         sent_by = self.destinations.get(self.outbound(row).destination)
         note = incident_note(
             sent_by.label if sent_by is not None else str(row["destination"]),
-            TicketRef(row["source"], row["ticket_id"], row["ticket_key"], None),
+            TicketRef(row["source"], row["ticket_id"], row["ticket_key"], None, row["connection"]),
             EventAction(row["action"]),
             row["dedup_key"],
             row["rule"],
@@ -291,6 +297,7 @@ class Delivery:
             kind=note.KIND,
             destination=notes.name,
             source=row["source"],
+            connection=row["connection"],
             ticket_id=row["ticket_id"],
             ticket_key=row["ticket_key"],
             rule=row["rule"],

@@ -10,15 +10,17 @@
 4. hold a planned trigger if an active silence matches the ticket (:mod:`sync.repos.silences`);
 5. write outbox rows, link states, the ticket's new version and the decision log together.
 
-On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` and each ticket row is locked (in a fixed order)
-before it is read, so two replicas never process two changes of one ticket at the same time. The SQL lives
-in the repositories :mod:`sync.repos.changes`, :mod:`sync.repos.tickets` and :mod:`sync.repos.outbox`.
+A ticket is (source, connection, id): the same id on two instances of one system is two tickets, with their
+own row, links, dedup keys and decisions. On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` and each
+ticket row is locked (in a fixed order) before it is read, so two replicas never process two changes of one
+ticket at the same time. The SQL lives in the repositories :mod:`sync.repos.changes`, :mod:`sync.repos.tickets`
+and :mod:`sync.repos.outbox`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -108,9 +110,12 @@ class Engine:
         batch_size: int = 50,
         on_queued: Callable[[], None] | None = None,
         silences: SilenceBook | None = None,
+        connections: Collection[str] | None = None,
     ) -> None:
         """``on_queued`` is called after a :meth:`run_once` that committed at least one outbox row (the
-        service wakes its delivery workers then, and only then)."""
+        service wakes its delivery workers then, and only then). ``connections``: the configured connection
+        names, which label the metrics (a change of any other counts as ``unknown``: the label set stays
+        bounded); ``None``: every connection is its own label."""
         self.store = store
         self.rules = rules
         self.clock = clock
@@ -119,6 +124,11 @@ class Engine:
         self.on_queued = on_queued
         self.silences = silences  # None: nothing is ever silenced (no query either)
         self._queued = 0  # outbox rows written by the current run_once
+        self.connections = None if connections is None else frozenset(connections)
+
+    def _label(self, connection: str) -> str:
+        """The ``source`` label of the engine's metrics: the connection's name, bounded by the configured ones."""
+        return connection if self.connections is None or connection in self.connections else "unknown"
 
     def run_once(self) -> int:
         """Process one batch of pending changes in one transaction; returns how many were handled.
@@ -169,8 +179,8 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - one bad change must not block the rest
             if row is None:
                 raise
-            log.exception("change %s (%s %s) failed", row["id"], row["source"], row["ticket_id"])
-            METRICS.changes_processed.labels(row["source"], "failed").inc()
+            log.exception("change %s (%s %s) failed", row["id"], row["connection"], row["ticket_id"])
+            METRICS.changes_processed.labels(self._label(row["connection"]), "failed").inc()
             with self.store.begin() as conn:
                 # redacted before the cut: a database error quotes its parameters (routing key, event body)
                 changes.fail(conn, row["id"], redact(f"{type(exc).__name__}: {exc}")[:2000], self.clock.now())
@@ -183,7 +193,7 @@ class Engine:
         decided: list[dict[str, Any]] = []
         done = 0
         # fixed lock order across replicas (no deadlocks); a batch holds at most one change per ticket
-        for row in sorted(rows, key=lambda r: (r["source"], r["ticket_id"], r["id"])):
+        for row in sorted(rows, key=lambda r: (r["source"], r["connection"], r["ticket_id"], r["id"])):
             if done and self.store.should_yield():
                 break  # commit what is done; the webhook writer is waiting (the rest stays pending)
             done += 1
@@ -216,18 +226,18 @@ class Engine:
         change = TicketChange.from_json(jsonutil.loads(row["payload"]))
         ticket = change.ticket
         now = self.clock.now()
-        current = tickets.lock(conn, ticket.source, ticket.id, now)
+        current = tickets.lock(conn, ticket.source, ticket.connection, ticket.id, now)
         version = ticket.version_hash()
         outcome = self._staleness(conn, current, change, version)
         if outcome is not None:
             finished.append(changes.finished(row["id"], outcome, now))
             decided.append(self._decision(row["id"], ticket, outcome, ruleset.digest, {"why": outcome}))
-            METRICS.changes_processed.labels(ticket.source, outcome).inc()
+            METRICS.changes_processed.labels(self._label(ticket.connection), outcome).inc()
             return
         previous = Ticket.from_json(jsonutil.loads(current["snapshot"])) if current and current["snapshot"] else None
         changed = merge_changes(change.changes, diff_tickets(previous, ticket))
         results = evaluate_change(ruleset, ticket, previous, changed, now)
-        link_states = tickets.links_of(conn, ticket.source, ticket.id)
+        link_states = tickets.links_of(conn, ticket.source, ticket.connection, ticket.id)
         events, silenced = held.hold(plan(results, link_states, ticket), ticket)
         open_count = self._apply(conn, events, link_states, ticket, row["id"], now)
         done = ticket.status_category in (StatusCategory.DONE, StatusCategory.DELETED)
@@ -245,7 +255,7 @@ class Engine:
         if silenced:
             detail["silenced"] = silenced
         decided.append(self._decision(row["id"], ticket, outcome, ruleset.digest, detail))
-        METRICS.changes_processed.labels(ticket.source, outcome).inc()
+        METRICS.changes_processed.labels(self._label(ticket.connection), outcome).inc()
 
     def _apply(
         self,
@@ -297,6 +307,7 @@ class Engine:
             kind=action.KIND,
             destination=self.incidents.name,
             source=ticket.source,
+            connection=ticket.connection,
             ticket_id=ticket.id,
             ticket_key=ticket.key,
             rule=event.rule,
@@ -317,7 +328,7 @@ class Engine:
             "state": next_state(event.action).value,
             "updated_at": now,
         }
-        tickets.save_link(conn, ticket.source, ticket.id, event.rule, values, now)
+        tickets.save_link(conn, ticket.source, ticket.connection, ticket.id, event.rule, values, now)
 
     def _save_ticket(
         self,
@@ -342,7 +353,7 @@ class Engine:
             "processed_at": now,
         }
         # a new ticket (or the placeholder row of tickets.lock) is inserted first
-        tickets.save(conn, ticket.source, ticket.id, values, new=current is None)
+        tickets.save(conn, ticket.source, ticket.connection, ticket.id, values, new=current is None)
 
     def _decision(
         self, change_id: int | None, ticket: Ticket, outcome: str, digest: str | None, detail: Mapping[str, Any]
@@ -351,6 +362,7 @@ class Engine:
         return {
             "change_id": change_id,
             "source": ticket.source,
+            "connection": ticket.connection,
             "ticket_id": ticket.id,
             "ticket_key": ticket.key,
             "at": self.clock.now(),
@@ -369,7 +381,7 @@ class Engine:
         """
         ruleset = self.rules()
         planned = 0
-        after = ("", "")
+        after = ("", "", "")
         while True:
             with self.store.engine.connect() as conn:
                 keys = tickets.recheck_keys(conn, after, chunk)
@@ -377,31 +389,31 @@ class Engine:
                 return planned
             with self.store.begin() as conn:
                 held = BatchSilences(self.silences, conn, self.clock.now())
-                for source, ticket_id in keys:
-                    planned += self._recheck_one(conn, source, ticket_id, ruleset, held)
-                    after = (source, ticket_id)
+                for key in keys:
+                    planned += self._recheck_one(conn, key, ruleset, held)
+                    after = key
                     if self.store.should_yield():
                         break  # commit; the webhook writer goes first; the walk resumes after `after`
 
     def _recheck_one(
         self,
         conn: Connection,
-        source: str,
-        ticket_id: str,
+        key: tuple[str, str, str],
         ruleset: RuleSet,
         held: BatchSilences,
         ended: int | None = None,
     ) -> int:
-        """Re-evaluate a stored ticket (a time-rule pass, or ``ended``: the silence that held it ended)."""
-        if ended is not None and not tickets.stored(conn, source, ticket_id):
+        """Re-evaluate the stored ticket ``key`` (source, connection, id): a time-rule pass, or ``ended``: the
+        silence that held it ended."""
+        if ended is not None and not tickets.stored(conn, *key):
             return 0  # pruned by retention since (no placeholder row for it)
         now = self.clock.now()
-        current = tickets.lock(conn, source, ticket_id, now)
+        current = tickets.lock(conn, *key, now)
         if current is None or not (current["recheck"] or ended is not None):
             return 0
         ticket = Ticket.from_json(jsonutil.loads(current["snapshot"]))
         results = evaluate_change(ruleset, ticket, ticket, (), now)
-        link_states = tickets.links_of(conn, ticket.source, ticket.id)
+        link_states = tickets.links_of(conn, *key)
         events, silenced = held.hold(plan(results, link_states, ticket), ticket)
         detail: dict[str, Any] = {"origin": Origin.RECHECK.value}
         if ended is not None:
@@ -414,7 +426,7 @@ class Engine:
         outcome = "paged" if events else "silenced" if silenced else "no_action"
         if events:
             open_count = self._apply(conn, events, link_states, ticket, None, now)
-            tickets.set_open_incidents(conn, source, ticket_id, open_count, keep_recheck=bool(current["recheck"]))
+            tickets.set_open_incidents(conn, *key, open_count, keep_recheck=bool(current["recheck"]))
         tickets.insert_decisions(conn, [self._decision(None, ticket, outcome, ruleset.digest, detail)])
         return len(events)
 
@@ -433,6 +445,7 @@ class Engine:
                 if not due:
                     return planned
                 held = BatchSilences(self.silences, conn, now)
-                for silence_id, source, ticket_id in due:
-                    planned += self._recheck_one(conn, source, ticket_id, ruleset, held, ended=silence_id)
+                for silence_id, *key in due:
+                    ticket_key = (key[0], key[1], key[2])
+                    planned += self._recheck_one(conn, ticket_key, ruleset, held, ended=silence_id)
                 release(conn, due)

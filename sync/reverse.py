@@ -238,7 +238,7 @@ class ReverseWorker:
         found_link = repo.link_by_dedup_key(conn, found.dedup_key)
         if found_link is None:  # the link moved on to a newer incident: remember the old one, nothing else
             return self._done(conn, row, event, "old_incident", now)
-        ticket = repo.lock_ticket(conn, found_link.source, found_link.ticket_id)
+        ticket = repo.lock_ticket(conn, found_link.source, found_link.connection, found_link.ticket_id)
         link = repo.link_by_dedup_key(conn, found.dedup_key)  # read again under the ticket's lock
         if ticket is None or link is None:
             return self._done(conn, row, event, "no_ticket", now)
@@ -316,7 +316,8 @@ class ReverseWorker:
         event: IncidentEvent,
         now: datetime,
     ) -> dict[str, Any]:
-        destination = ticket.source if isinstance(action, TicketUpdate) else INCIDENT_UPDATES
+        # a ticket update goes to the instance the ticket came from (its connection's destination)
+        destination = ticket.connection if isinstance(action, TicketUpdate) else INCIDENT_UPDATES
         target = self.destinations.get(destination)
         if target is None:
             raise LookupError(f"no destination {destination!r} for {action.KIND} actions")
@@ -325,6 +326,7 @@ class ReverseWorker:
             "kind": action.KIND,
             "destination": destination,
             "source": ticket.source,
+            "connection": ticket.connection,
             "ticket_id": ticket.id,
             "ticket_key": ticket.key,
             "rule": plan.rule or link.link.rule,
@@ -358,6 +360,7 @@ class ReverseWorker:
                 {
                     "change_id": None,
                     "source": ticket.source,
+                    "connection": ticket.connection,
                     "ticket_id": ticket.id,
                     "ticket_key": ticket.key,
                     "at": now,

@@ -1,11 +1,15 @@
 """The state store's tables (SQLAlchemy Core). Alembic migrations in ``sync/migrations`` create them.
 
-* ``changes``   — every received change, deduped on (source, delivery_id); the engine's work queue.
+* ``changes``   — every received change, deduped on (source, connection, delivery_id); the engine's work queue.
 * ``tickets``   — each ticket's last processed version (and its snapshot, for diffs and time rules).
 * ``links``     — ticket ↔ rule ↔ dedup_key ↔ routing key ↔ incident state, with a generation counter.
 * ``outbox``    — outbound actions (incident events, ticket notes), each with its destination: pending /
   sent / dead, attempts, next attempt.
-* ``cursors``   — poll cursors and the last poll error per source.
+* ``cursors``   — poll cursors and the last poll error per connection (the ``source`` column holds its name).
+
+A ticket is (source, connection, ticket_id) everywhere: ``source`` is its system, ``connection`` the instance
+of that system it came from (the default connection is named after the system; docs/architecture.md,
+"Connections").
 * ``leases``    — which replica runs a singleton job (a poller, the time-rule scheduler) until when.
 * ``replicas``  — each running replica's heartbeat: a live one's claims and leases are never taken over.
 * ``decisions`` — the decision log: per change, every rule's verdict and why, and what was sent.
@@ -48,6 +52,9 @@ metadata = MetaData(
     }
 )
 
+#: a connection's name (ticketpager/connections.py: at most 40 characters), with room to spare
+CONNECTION = String(64)
+
 Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite only auto-increments INTEGER PRIMARY KEY
 
 
@@ -76,6 +83,7 @@ changes = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("source", String(32), nullable=False),
+    Column("connection", CONNECTION, nullable=False),
     Column("delivery_id", String(255), nullable=False),
     Column("ticket_id", String(255), nullable=False),
     Column("ticket_updated", UTCDateTime(), nullable=False),
@@ -85,7 +93,7 @@ changes = Table(
     Column("status", String(16), nullable=False, server_default="pending"),
     Column("processed_at", UTCDateTime(), nullable=True),
     Column("error", Text, nullable=True),
-    UniqueConstraint("source", "delivery_id"),
+    UniqueConstraint("source", "connection", "delivery_id"),
     Index(
         "ix_changes_pending",
         "id",
@@ -96,6 +104,7 @@ changes = Table(
     Index(
         "ix_changes_ticket_pending",
         "source",
+        "connection",
         "ticket_id",
         "id",
         sqlite_where=text("status = 'pending'"),
@@ -113,6 +122,7 @@ tickets = Table(
     "tickets",
     metadata,
     Column("source", String(32), primary_key=True),
+    Column("connection", CONNECTION, primary_key=True),
     Column("ticket_id", String(255), primary_key=True),
     Column("key", String(255), nullable=False),
     Column("status_category", String(16), nullable=False),
@@ -126,6 +136,7 @@ tickets = Table(
     Index(
         "ix_tickets_recheck",
         "source",
+        "connection",
         "ticket_id",
         sqlite_where=text("recheck"),
         postgresql_where=text("recheck"),
@@ -137,6 +148,7 @@ links = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("source", String(32), nullable=False),
+    Column("connection", CONNECTION, nullable=False),
     Column("ticket_id", String(255), nullable=False),
     Column("rule", String(200), nullable=False),
     Column("generation", Integer, nullable=False),
@@ -148,7 +160,7 @@ links = Table(
     # a person resolved the incident in PagerDuty while the ticket still matched: the content digest
     # (kernel.lifecycle.content_digest) of the ticket then; no new page while the ticket still has it
     Column("hold_version", String(64), nullable=True),
-    UniqueConstraint("source", "ticket_id", "rule"),
+    UniqueConstraint("source", "connection", "ticket_id", "rule"),
     Index("ix_links_dedup_key", "dedup_key"),
     Index(
         "ix_links_open",
@@ -164,6 +176,7 @@ outbox = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("kind", String(16), nullable=False),  # event | writeback
     Column("source", String(32), nullable=False),
+    Column("connection", CONNECTION, nullable=False),
     Column("ticket_id", String(255), nullable=False),
     Column("ticket_key", String(255), nullable=False),
     Column("rule", String(200), nullable=False),
@@ -183,9 +196,10 @@ outbox = Table(
     Column("sent_at", UTCDateTime(), nullable=True),
     Column("dry_run", Boolean, nullable=False, server_default=text("false")),
     Column("first_attempt_at", UTCDateTime(), nullable=True),  # the retry budget runs from here
-    # the destination that sends the row ('pagerduty', a source's write-back …); NULL: written by a version
-    # before 0007 during a rolling upgrade (delivered by its kind: see sync.delivery.Delivery.destination_of)
-    Column("destination", String(32), nullable=True),
+    # the destination that sends the row ('pagerduty', a connection's write-back, named after the connection);
+    # NULL: written by a version before 0007 during a rolling upgrade (delivered by its kind: see
+    # sync.delivery.Delivery.outbound)
+    Column("destination", CONNECTION, nullable=True),
     Index(
         "ix_outbox_due",
         "next_attempt_at",
@@ -201,7 +215,7 @@ outbox = Table(
 cursors = Table(
     "cursors",
     metadata,
-    Column("source", String(32), primary_key=True),
+    Column("source", CONNECTION, primary_key=True),  # the connection's name
     Column("cursor", Text, nullable=True),
     Column("updated_at", UTCDateTime(), nullable=True),
     Column("last_success_at", UTCDateTime(), nullable=True),
@@ -232,13 +246,14 @@ decisions = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("change_id", BigInteger, nullable=True),
     Column("source", String(32), nullable=False),
+    Column("connection", CONNECTION, nullable=False),
     Column("ticket_id", String(255), nullable=False),
     Column("ticket_key", String(255), nullable=False),
     Column("at", UTCDateTime(), nullable=False),
     Column("outcome", String(32), nullable=False),
     Column("rules_digest", String(64), nullable=True),
     Column("detail", Text, nullable=True),  # JSON: verdicts with explanations, events planned (keys masked)
-    Index("ix_decisions_ticket", "source", "ticket_id", "id"),
+    Index("ix_decisions_ticket", "source", "connection", "ticket_id", "id"),
     Index("ix_decisions_at", "at"),
 )
 
@@ -302,6 +317,7 @@ silenced_tickets = Table(
     metadata,
     Column("silence_id", BigInteger, primary_key=True),
     Column("source", String(32), primary_key=True),
+    Column("connection", CONNECTION, primary_key=True),
     Column("ticket_id", String(255), primary_key=True),
     Column("until", UTCDateTime(), nullable=False),  # the silence's end (moved to now when it is expired)
     Column("at", UTCDateTime(), nullable=False),  # first held

@@ -222,9 +222,13 @@ class Store:
             pending, oldest = outbox.depth(conn)
         return pending, (now - oldest).total_seconds() if oldest else 0.0
 
-    def decisions_for(self, source: str, ticket_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    def decisions_for(
+        self, source: str, ticket_id: str, limit: int = 20, *, connection: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The latest decisions about ticket ``ticket_id`` of ``connection`` (default: the system's default
+        connection, named after it), newest first."""
         with self.engine.connect() as conn:
-            return tickets.decisions_for(conn, source, ticket_id, limit)
+            return tickets.decisions_for(conn, source, connection or source, ticket_id, limit)
 
     def prune(self, before: datetime, chunk: int = 5000) -> tuple[int, int]:
         """Retention: drop decision-log rows, processed change payloads and sent events older than ``before``.

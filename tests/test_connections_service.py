@@ -165,11 +165,10 @@ def test_tickets_polled_through_a_named_connection_carry_it(service: Service) ->
         assert load_cursor(conn, "globex-zendesk") == {"after_cursor": "G1", "start_time": None}
 
 
-def test_notes_go_back_only_through_default_connections_until_the_outbox_names_connections(
-    service: Service,
-) -> None:
-    assert "globex-zendesk" not in service.write_back_sources()
-    assert service.write_back_sources()["zendesk"] is True
+def test_every_polled_connection_writes_notes_back_through_its_own_destination(service: Service) -> None:
+    assert service.write_back_sources() == {"zendesk": True, "globex-zendesk": True}
+    destinations = service.destinations()
+    assert destinations["globex-zendesk"].name == "globex-zendesk" and destinations["zendesk"].name == "zendesk"
 
 
 def test_poll_once_connection_refuses_an_unknown_name(

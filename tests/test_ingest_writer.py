@@ -65,7 +65,8 @@ def test_the_writer_stores_datetimes_exactly_as_sqlalchemy_does(tmp_path: Path) 
                 conn.execute(
                     changes.insert(),
                     {
-                        "source": "jira", "delivery_id": delivery, "ticket_id": t.id, "ticket_updated": t.updated,
+                        "source": "jira", "connection": "jira", "delivery_id": delivery, "ticket_id": t.id,
+                        "ticket_updated": t.updated,
                         "origin": "webhook", "received_at": t.updated, "payload": "{}", "status": "pending",
                     },
                 )

@@ -143,9 +143,9 @@ def test_a_row_an_older_replica_writes_mid_rollout_is_delivered_by_its_kind(
                 insert(outbox),
                 [
                     _row(clock, kind="event", action="trigger", dedup_key=key, ticket_id="10099",
-                         ticket_key="OPS-99", body=_event(EventAction.TRIGGER, key)),
+                         ticket_key="OPS-99", body=_event(EventAction.TRIGGER, key), connection="jira"),
                     _row(clock, kind="writeback", action="trigger", dedup_key=key, routing_key="",
-                         body=_note(key, f"tp:{key}:trigger:7")),
+                         body=_note(key, f"tp:{key}:trigger:7"), connection="jira"),
                 ],
             )  # fmt: skip
         svc.process_all()

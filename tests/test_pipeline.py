@@ -215,7 +215,7 @@ def test_a_poison_change_is_isolated_and_the_batch_still_pages(
     with service.store.begin() as conn:
         conn.execute(
             insert(changes).values(
-                source="jira", delivery_id="poison", ticket_id="2", ticket_updated=clock.now(),
+                source="jira", connection="jira", delivery_id="poison", ticket_id="2", ticket_updated=clock.now(),
                 origin="webhook", received_at=clock.now(), payload="{not json", status="pending",
             )
         )

@@ -19,7 +19,8 @@ def test_sends_elsewhere_counts_only_the_destinations_own_sends(db_url: str) -> 
         with store.begin() as conn:
             for destination in ("pagerduty", "opsgenie"):
                 outbox.enqueue(
-                    conn, kind="event", destination=destination, source="jira", ticket_id="1", ticket_key="OPS-1",
+                    conn, kind="event", destination=destination, source="jira", connection="jira", ticket_id="1",
+                    ticket_key="OPS-1",
                     rule="r", action="trigger", dedup_key=f"dk-{destination}", generation=1, limit_key=KEY,
                     body="{}", change_id=None, now=T0,
                 )  # fmt: skip

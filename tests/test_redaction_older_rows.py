@@ -31,7 +31,8 @@ def test_old_rows_are_redacted_when_shown(db_url: str) -> None:
             )
             conn.execute(
                 insert(outbox).values(
-                    kind="event", source="jira", ticket_id="1", ticket_key="OPS-1", rule="r", action="trigger",
+                    kind="event", source="jira", connection="jira", ticket_id="1", ticket_key="OPS-1", rule="r",
+                    action="trigger",
                     dedup_key="d", generation=1, routing_key=ROUTING_KEY, body="{}", status="dead",
                     next_attempt_at=NOW, created_at=NOW,
                     last_error=f"PagerDuty answered HTTP 400: routing key {ROUTING_KEY} unknown",

@@ -27,25 +27,26 @@ def populate(service: Service) -> None:
     snapshot = json.dumps(ticket("0").to_json())
     with service.store.begin() as conn:
         conn.execute(text(
-            "INSERT INTO tickets (source, ticket_id, key, status_category, updated, version_hash, snapshot,"
-            " open_incidents, recheck, processed_at) SELECT 'jira', (100000000 + g)::text, 'OPS-' || g,"
+            "INSERT INTO tickets (source, connection, ticket_id, key, status_category, updated, version_hash, snapshot,"
+            " open_incidents, recheck, processed_at) SELECT 'jira', 'jira', (100000000 + g)::text, 'OPS-' || g,"
             " CASE WHEN g % 5 = 0 THEN 'new' ELSE 'done' END, :t0, 'h', :snap, (g % 5 = 0)::int, false, :t0"
             " FROM generate_series(1, :n) g"), {"t0": T0, "snap": snapshot, "n": N})
         conn.execute(text(
-            "INSERT INTO links (source, ticket_id, rule, generation, dedup_key, routing_key, state, created_at,"
-            " updated_at) SELECT 'jira', (100000000 + g)::text, 'ops-highest', 1,"
+            "INSERT INTO links (source, connection, ticket_id, rule, generation, dedup_key, routing_key, state,"
+            " created_at, updated_at) SELECT 'jira', 'jira', (100000000 + g)::text, 'ops-highest', 1,"
             " 'ticketpager/jira/' || (100000000 + g) || '/ops-highest/1', :rk,"
             " CASE WHEN g % 5 = 0 THEN 'triggered' ELSE 'resolved' END, :t0, :t0 FROM generate_series(1, :n) g"),
             {"t0": T0, "rk": ROUTING_KEY, "n": N})
         conn.execute(text(
-            "INSERT INTO outbox (kind, source, ticket_id, ticket_key, rule, action, dedup_key, generation,"
-            " routing_key, body, status, attempts, next_attempt_at, created_at) SELECT 'event', 'jira',"
+            "INSERT INTO outbox (kind, source, connection, ticket_id, ticket_key, rule, action, dedup_key, generation,"
+            " routing_key, body, status, attempts, next_attempt_at, created_at) SELECT 'event', 'jira', 'jira',"
             " (100000000 + g)::text, 'OPS-' || g, 'ops-highest', 'trigger',"
             " 'ticketpager/jira/' || (100000000 + g) || '/ops-highest/1', 1, :rk, '{}', 'sent', 1, :t0, :t0"
             " FROM generate_series(1, :n / 5) g"), {"t0": T0, "rk": ROUTING_KEY, "n": N})
         conn.execute(text(
-            "INSERT INTO changes (source, delivery_id, ticket_id, ticket_updated, origin, received_at, payload,"
-            " status) SELECT 'jira', 'd' || g, (100000000 + g)::text, :t0, 'webhook', :t0, NULL, 'processed'"
+            "INSERT INTO changes (source, connection, delivery_id, ticket_id, ticket_updated, origin, received_at,"
+            " payload, status) SELECT 'jira', 'jira', 'd' || g, (100000000 + g)::text, :t0, 'webhook', :t0, NULL,"
+            " 'processed'"
             " FROM generate_series(1, :n / 5) g"), {"t0": T0, "n": N})
     with service.store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("ANALYZE"))

@@ -24,6 +24,7 @@ from ticketpager.service import DESTINATIONS
 def _row(clock: FakeClock, **values: Any) -> dict[str, Any]:
     row = {
         "source": "jira",
+        "connection": "jira",
         "ticket_id": "10042",
         "ticket_key": "OPS-12",
         "rule": "ops-highest",

@@ -283,6 +283,13 @@ def _print_status(data: dict[str, Any]) -> None:
         print(line)
 
 
+def _ticket_label(row: Any) -> str:
+    """A ticket as people read it: its key, and the connection it came from when that is not its system's
+    default one (the same key may exist on two instances)."""
+    named = row["connection"] != row["source"]
+    return f"{row['ticket_key']} ({row['connection']})" if named else str(row["ticket_key"])
+
+
 def cmd_deadletters(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
@@ -306,6 +313,7 @@ def _deadletters(args: argparse.Namespace, store: Any) -> int:
                             "kind": r["kind"],
                             "action": r["action"],
                             "ticket": r["ticket_key"],
+                            "connection": r["connection"],
                             "rule": r["rule"],
                             "dedup_key": r["dedup_key"],
                             "routing_key": mask(r["routing_key"]),
@@ -323,7 +331,7 @@ def _deadletters(args: argparse.Namespace, store: Any) -> int:
             print("no dead letters")
         for r in rows:
             print(
-                f"#{r['id']} {r['kind']} {r['action']} {r['ticket_key']} rule={r['rule']} "
+                f"#{r['id']} {r['kind']} {r['action']} {_ticket_label(r)} rule={r['rule']} "
                 f"routing_key={mask(r['routing_key'])} attempts={r['attempts']}\n    {r['last_error']}"
             )
         return EXIT_OK

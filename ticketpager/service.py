@@ -78,8 +78,8 @@ def _pagerduty_rest(svc: Service) -> Destination:
 
 #: The destinations actions can go to, by name: how the application builds each (per delivery worker; every
 #: delivery worker has them all). Adding a destination = its module + one line here. Ticket notes and ticket
-#: updates go to each source's destination (:class:`~connectors.base.NoteDestination`, added for every
-#: connector); incident updates (outbox kind ``incident_update``) to ``pagerduty_rest``.
+#: updates go to each connection's destination (:class:`~connectors.base.NoteDestination`, one per
+#: connection, named after it); incident updates (outbox kind ``incident_update``) to ``pagerduty_rest``.
 DESTINATIONS: dict[str, Callable[[Service], Destination]] = {
     "pagerduty": _pagerduty,
     "pagerduty_rest": _pagerduty_rest,
@@ -181,6 +181,7 @@ class Service:
             batch_size=settings.engine.batch_size,
             on_queued=self.outbox_wake.set,  # a batch that queued nothing wakes no delivery worker
             silences=SilenceBook(compile_matchers),  # silences' matchers, compiled by the rules language
+            connections=tuple(self.connections),  # the metrics' labels: configured names only
         )
         self.heartbeat = Heartbeat(
             self.store,
@@ -246,26 +247,23 @@ class Service:
         return out
 
     def write_back_sources(self) -> dict[str, bool]:
-        """The sources whose tickets get notes. Only default connections for now: the outbox names a ticket's
-        system, not its connection, until the identity step (docs/architecture.md, "Connections") — a note
-        for another connection's ticket would land on the wrong instance."""
+        """The connections whose tickets get notes (each outbox row names its ticket's connection, whose own
+        write-back destination writes the note on that instance)."""
         if self.settings.dry_run:
             return {}
-        return {
-            s: self.connections[s].settings.write_back
-            for s in self.pollable_sources()
-            if self.connections[s].is_default
-        }
+        return {s: self.connections[s].settings.write_back for s in self.pollable_sources()}
 
     def _new_sink(self) -> PagerDutySink:
         pd = self.settings.pagerduty
         return PagerDutySink(pd.url, timeout=pd.timeout_seconds, clock=self.clock)
 
     def destinations(self) -> dict[str, Destination]:
-        """One delivery worker's destinations: every source's notes and updates, and each of DESTINATIONS."""
-        out: dict[str, Destination] = {  # default connections only: see write_back_sources
-            source: NoteDestination(source, functools.partial(self._write_back_connector, source))
-            for source in CONNECTORS
+        """One delivery worker's destinations: every connection's notes and ticket updates
+        (named after the connection; a default connection's is named after its system, as rows queued before
+        named connections say)."""
+        out: dict[str, Destination] = {
+            name: NoteDestination(name, functools.partial(self._write_back_connector, name))
+            for name in (*CONNECTORS, *self.connections)
         }
         for name, build in DESTINATIONS.items():
             out[name] = build(self)

@@ -1,4 +1,6 @@
-"""SQL of the ``changes`` table: the changes received (webhooks, polls), claimed and processed by the engine."""
+"""SQL of the ``changes`` table: the changes received (webhooks, polls), claimed and processed by the engine.
+A change is deduplicated per (source, connection, delivery id): two instances of one system may send the same
+delivery id (a poll's ``poll:<id>:<updated>``) for two different tickets."""
 
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ FAIL = (
 SELECT_PAYLOAD = select(changes.c.payload).where(changes.c.id == _B("i"))
 SELECT_RECEIVED = select(changes.c.received_at).where(changes.c.id == _B("i"))
 _SQLITE_INSERT = (
-    "INSERT INTO changes (source, delivery_id, ticket_id, ticket_updated, origin, received_at, payload, status) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending') ON CONFLICT DO NOTHING"
+    "INSERT INTO changes (source, connection, delivery_id, ticket_id, ticket_updated, origin, received_at, payload, "
+    "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending') ON CONFLICT DO NOTHING"
 )
 
 
@@ -36,6 +38,7 @@ _SQLITE_INSERT = (
 def change_row(change: TicketChange) -> dict[str, Any]:
     return {
         "source": change.ticket.source,
+        "connection": change.ticket.connection,
         "delivery_id": stored_delivery_id(change.delivery_id),
         "ticket_id": change.ticket.id,
         "ticket_updated": change.ticket.updated,
@@ -47,7 +50,8 @@ def change_row(change: TicketChange) -> dict[str, Any]:
 
 
 def insert_changes(conn: Connection, batch: Sequence[TicketChange]) -> int:
-    """Store changes, skipping ones already received (same source and delivery id). Returns how many are new."""
+    """Store changes, skipping ones already received (same source, connection and delivery id). Returns how many
+    are new."""
     return insert_changes_each(conn, [batch])[0]
 
 
@@ -86,15 +90,15 @@ def insert_rows_returning(conn: Connection, groups: Sequence[Sequence[dict[str, 
     if not rows:
         return [0] * len(groups)
     # RETURNING names what was inserted (executemany rowcount is unreliable on psycopg)
-    stmt = insert_ignore(conn, changes).returning(changes.c.source, changes.c.delivery_id)
-    inserted = {(source, delivery) for source, delivery in conn.execute(stmt, rows).all()}
+    stmt = insert_ignore(conn, changes).returning(changes.c.source, changes.c.connection, changes.c.delivery_id)
+    inserted = {(source, connection, delivery) for source, connection, delivery in conn.execute(stmt, rows).all()}
     counts: list[int] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str]] = set()
     index = 0
     for group in groups:
         new = 0
         for _row in group:
-            key = (rows[index]["source"], rows[index]["delivery_id"])
+            key = (rows[index]["source"], rows[index]["connection"], rows[index]["delivery_id"])
             index += 1
             if key in inserted and key not in seen:
                 new += 1
@@ -109,6 +113,7 @@ def sqlite_change_row(change: TicketChange, stamp: Callable[[Any], Any]) -> tupl
     ticket = change.ticket
     return (
         ticket.source,
+        ticket.connection,
         stored_delivery_id(change.delivery_id),
         ticket.id,
         stamp(ticket.updated),
@@ -143,11 +148,12 @@ def claim_statement(limit: int, *, skip_locked: bool) -> Select[Any]:
     replica)."""
     earlier = changes.alias("earlier")
     stmt = (
-        select(changes.c.id, changes.c.source, changes.c.ticket_id, changes.c.payload)
+        select(changes.c.id, changes.c.source, changes.c.connection, changes.c.ticket_id, changes.c.payload)
         .where(
             changes.c.status == "pending",
             ~exists().where(
                 earlier.c.source == changes.c.source,
+                earlier.c.connection == changes.c.connection,
                 earlier.c.ticket_id == changes.c.ticket_id,
                 earlier.c.status == "pending",
                 earlier.c.id < changes.c.id,
@@ -169,8 +175,8 @@ def any_pending(conn: Connection) -> bool:
 
 
 def claim(conn: Connection, limit: int) -> list[RowMapping]:
-    """Up to ``limit`` claimable changes (id, source, ticket_id, payload); on PostgreSQL locked, skipping rows
-    another replica holds."""
+    """Up to ``limit`` claimable changes (id, source, connection, ticket_id, payload); on PostgreSQL locked,
+    skipping rows another replica holds."""
     stmt = _claim(limit, skip_locked=conn.dialect.name == "postgresql")
     return list(conn.execute(stmt).mappings().all())
 

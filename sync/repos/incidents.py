@@ -35,6 +35,7 @@ class LinkRow:
     """A link found by its ``dedup_key``: which ticket and the link state."""
 
     source: str
+    connection: str
     ticket_id: str
     link: LinkState
     hold_version: str | None
@@ -226,7 +227,12 @@ def open_dedup_keys_by_ticket_key(conn: Connection, ticket_keys: Iterable[str]) 
         return []
     rows = conn.execute(
         select(links.c.dedup_key)
-        .join(tickets, (tickets.c.source == links.c.source) & (tickets.c.ticket_id == links.c.ticket_id))
+        .join(
+            tickets,
+            (tickets.c.source == links.c.source)
+            & (tickets.c.connection == links.c.connection)
+            & (tickets.c.ticket_id == links.c.ticket_id),
+        )
         .where(tickets.c.key.in_(wanted), links.c.state != IncidentState.RESOLVED.value)
     ).scalars()
     return sorted(set(rows))
@@ -245,7 +251,7 @@ def link_by_dedup_key(conn: Connection, dedup_key: str) -> LinkRow | None:
         generation=row["generation"],
         hold_version=row["hold_version"],
     )
-    return LinkRow(row["source"], row["ticket_id"], link, row["hold_version"])
+    return LinkRow(row["source"], row["connection"], row["ticket_id"], link, row["hold_version"])
 
 
 def set_link_state(
@@ -260,10 +266,12 @@ def set_link_state(
     )
 
 
-def lock_ticket(conn: Connection, source: str, ticket_id: str) -> Ticket | None:
+def lock_ticket(conn: Connection, source: str, connection: str, ticket_id: str) -> Ticket | None:
     """The ticket's last processed version, its row locked on PostgreSQL (the engine locks it too: the two
     never move one ticket's links at the same time); None if it was never processed."""
-    stmt = select(tickets.c.snapshot).where(tickets.c.source == source, tickets.c.ticket_id == ticket_id)
+    stmt = select(tickets.c.snapshot).where(
+        tickets.c.source == source, tickets.c.connection == connection, tickets.c.ticket_id == ticket_id
+    )
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     snapshot = conn.execute(stmt).scalar_one_or_none()

@@ -63,6 +63,7 @@ def enqueue(
     kind: str,
     destination: str,
     source: str,
+    connection: str,
     ticket_id: str,
     ticket_key: str,
     rule: str,
@@ -74,14 +75,15 @@ def enqueue(
     change_id: int | None,
     now: datetime,
 ) -> None:
-    """Queue one rendered action for ``destination``, due now. ``limit_key``: the destination's rate-limit key
-    (stored as ``routing_key``)."""
+    """Queue one rendered action for ``destination``, due now, about the ticket (``source``, ``connection``,
+    ``ticket_id``). ``limit_key``: the destination's rate-limit key (stored as ``routing_key``)."""
     conn.execute(
         INSERT,
         {
             "kind": kind,
             "destination": destination,
             "source": source,
+            "connection": connection,
             "ticket_id": ticket_id,
             "ticket_key": ticket_key,
             "rule": rule,
@@ -199,6 +201,7 @@ def retry_dead(conn: Connection, ids: Sequence[int] | None, now: datetime) -> tu
         cond = and_(cond, outbox.c.id.in_(list(ids)))
     moved_on = exists().where(
         links.c.source == outbox.c.source,
+        links.c.connection == outbox.c.connection,
         links.c.ticket_id == outbox.c.ticket_id,
         links.c.rule == outbox.c.rule,
         or_(links.c.generation > outbox.c.generation, links.c.state == "resolved"),

@@ -187,27 +187,34 @@ def expire_silence(conn: Connection, silence_id: int, now: datetime, actor: str)
 def hold(conn: Connection, silence: Silence, ticket: Ticket, now: datetime) -> bool:
     """Remember that ``silence`` held a trigger of ``ticket`` (once per silence and ticket); whether it is new."""
     stmt = insert_ignore(conn, silenced_tickets).returning(silenced_tickets.c.silence_id)  # rowcount: not portable
-    values = {"source": ticket.source, "ticket_id": ticket.id, "until": silence.ended_at(), "at": now}
+    values = {
+        "source": ticket.source,
+        "connection": ticket.connection,
+        "ticket_id": ticket.id,
+        "until": silence.ended_at(),
+        "at": now,
+    }
     return conn.execute(stmt, {"silence_id": silence.id, **values}).first() is not None
 
 
-def due_releases(conn: Connection, now: datetime, limit: int) -> list[tuple[int, str, str]]:
-    """(silence id, source, ticket id) of held tickets whose silence has ended, oldest end first."""
+def due_releases(conn: Connection, now: datetime, limit: int) -> list[tuple[int, str, str, str]]:
+    """(silence id, source, connection, ticket id) of held tickets whose silence has ended, oldest end first."""
     c = silenced_tickets.c
     stmt = (
-        select(c.silence_id, c.source, c.ticket_id)
+        select(c.silence_id, c.source, c.connection, c.ticket_id)
         .where(c.until <= now)
-        .order_by(c.until, c.silence_id, c.source, c.ticket_id)
+        .order_by(c.until, c.silence_id, c.source, c.connection, c.ticket_id)
         .limit(limit)
     )
-    return [(int(s), src, tid) for s, src, tid in conn.execute(stmt).all()]
+    return [(int(s), src, con, tid) for s, src, con, tid in conn.execute(stmt).all()]
 
 
-def release(conn: Connection, keys: Sequence[tuple[int, str, str]]) -> None:
+def release(conn: Connection, keys: Sequence[tuple[int, str, str, str]]) -> None:
     """Forget held tickets once re-evaluated."""
     if keys:
         c = silenced_tickets.c
-        conn.execute(delete(silenced_tickets).where(tuple_(c.silence_id, c.source, c.ticket_id).in_(list(keys))))
+        held = tuple_(c.silence_id, c.source, c.connection, c.ticket_id)
+        conn.execute(delete(silenced_tickets).where(held.in_(list(keys))))
 
 
 # ------------------------------------------------------------------------------- the engine's view

@@ -1,5 +1,6 @@
 """SQL of a ticket's aggregate: its last processed version (``tickets``), its links to incidents (``links``,
-one per rule) and the decision log (``decisions``).
+one per rule) and the decision log (``decisions``). A ticket is (source, connection, ticket_id): its system,
+the instance of that system it came from, and the vendor's id.
 
 On PostgreSQL :func:`lock` takes the ticket's row lock (inserting a placeholder row for a new ticket), so two
 replicas never process two changes of one ticket at the same time.
@@ -24,34 +25,31 @@ NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # "updated" of a ticket row that only 
 # Statements built once with bind parameters; values come with each execute. (Building a statement with
 # literal ``.values(...)`` per change cost more than the database work: SQLAlchemy re-derives its cache key.)
 _B = bindparam
-SELECT_TICKET = select(tickets).where(tickets.c.source == _B("s"), tickets.c.ticket_id == _B("t"))
+_THIS_TICKET = (tickets.c.source == _B("s"), tickets.c.connection == _B("c"), tickets.c.ticket_id == _B("t"))
+SELECT_TICKET = select(tickets).where(*_THIS_TICKET)
 _lock_insert = pg_insert(tickets).values(
-    source=_B("s"), ticket_id=_B("t"), key="", status_category="new", updated=NEVER, version_hash="",
-    snapshot=None, processed_at=_B("at"),
+    source=_B("s"), connection=_B("c"), ticket_id=_B("t"), key="", status_category="new", updated=NEVER,
+    version_hash="", snapshot=None, processed_at=_B("at"),
 )  # fmt: skip
 # ON CONFLICT DO UPDATE takes the row lock (a no-op update) and RETURNING hands back the current row
 LOCK_TICKET_PG = _lock_insert.on_conflict_do_update(
-    index_elements=[tickets.c.source, tickets.c.ticket_id], set_={"source": _lock_insert.excluded.source}
+    index_elements=[tickets.c.source, tickets.c.connection, tickets.c.ticket_id],
+    set_={"source": _lock_insert.excluded.source},
 ).returning(*tickets.c)
 TICKET_COLUMNS = (
     "key", "status_category", "updated", "version_hash", "snapshot", "last_change_id", "open_incidents",
     "recheck", "processed_at",
 )  # fmt: skip
-UPDATE_TICKET = (
-    update(tickets)
-    .where(tickets.c.source == _B("s"), tickets.c.ticket_id == _B("t"))
-    .values({name: _B(name) for name in TICKET_COLUMNS})
-)
+UPDATE_TICKET = update(tickets).where(*_THIS_TICKET).values({name: _B(name) for name in TICKET_COLUMNS})
 SET_OPEN_INCIDENTS = (
-    update(tickets)
-    .where(tickets.c.source == _B("s"), tickets.c.ticket_id == _B("t"))
-    .values(open_incidents=_B("open_incidents"), recheck=_B("recheck"))
+    update(tickets).where(*_THIS_TICKET).values(open_incidents=_B("open_incidents"), recheck=_B("recheck"))
 )
-SELECT_LINKS = select(links).where(links.c.source == _B("s"), links.c.ticket_id == _B("t"))
+_THIS_TICKETS_LINKS = (links.c.source == _B("s"), links.c.connection == _B("c"), links.c.ticket_id == _B("t"))
+SELECT_LINKS = select(links).where(*_THIS_TICKETS_LINKS)
 INSERT_LINK = insert(links)
 UPDATE_LINK = (
     update(links)
-    .where(links.c.source == _B("s"), links.c.ticket_id == _B("t"), links.c.rule == _B("r"))
+    .where(*_THIS_TICKETS_LINKS, links.c.rule == _B("r"))
     .values(
         generation=_B("generation"),
         dedup_key=_B("dedup_key"),
@@ -65,7 +63,7 @@ INSERT_DECISION = insert(decisions)
 
 
 # -- tickets ---------------------------------------------------------------------------------------
-def lock(conn: Connection, source: str, ticket_id: str, now: datetime) -> RowMapping | None:
+def lock(conn: Connection, source: str, connection: str, ticket_id: str, now: datetime) -> RowMapping | None:
     """Lock this ticket's row for the rest of the transaction and read it; ``None`` if it was never processed.
 
     On PostgreSQL a placeholder row is inserted if there is none (a lock on a row that does not exist yet
@@ -73,43 +71,46 @@ def lock(conn: Connection, source: str, ticket_id: str, now: datetime) -> RowMap
     """
     row: RowMapping | None
     if conn.dialect.name == "postgresql":  # insert-or-lock and read in one round trip
-        row = conn.execute(LOCK_TICKET_PG, {"s": source, "t": ticket_id, "at": now}).mappings().one()
+        row = conn.execute(LOCK_TICKET_PG, {"s": source, "c": connection, "t": ticket_id, "at": now}).mappings().one()
     else:  # SQLite: this process holds the only write lock already
-        row = conn.execute(SELECT_TICKET, {"s": source, "t": ticket_id}).mappings().one_or_none()
+        row = conn.execute(SELECT_TICKET, {"s": source, "c": connection, "t": ticket_id}).mappings().one_or_none()
     return None if row is None or row["snapshot"] is None else row
 
 
-def save(conn: Connection, source: str, ticket_id: str, values: Mapping[str, Any], *, new: bool) -> None:
+def save(
+    conn: Connection, source: str, connection: str, ticket_id: str, values: Mapping[str, Any], *, new: bool
+) -> None:
     """Store a processed version (``values``: every column of :data:`TICKET_COLUMNS`). ``new``: the ticket was
     never processed (or only has :func:`lock`'s placeholder row): insert-or-ignore first, then update."""
     if new:
-        conn.execute(insert_ignore(conn, tickets), {"source": source, "ticket_id": ticket_id, **values})
-    conn.execute(UPDATE_TICKET, {"s": source, "t": ticket_id, **values})
+        row = {"source": source, "connection": connection, "ticket_id": ticket_id, **values}
+        conn.execute(insert_ignore(conn, tickets), row)
+    conn.execute(UPDATE_TICKET, {"s": source, "c": connection, "t": ticket_id, **values})
 
 
 def set_open_incidents(
-    conn: Connection, source: str, ticket_id: str, open_count: int, *, keep_recheck: bool = True
+    conn: Connection, source: str, connection: str, ticket_id: str, open_count: int, *, keep_recheck: bool = True
 ) -> None:
     """After a recheck paged: the ticket's open incidents; it stays flagged for rechecks only with none open
     (and only if it was flagged: a ticket re-evaluated because its silence ended keeps its flag as it was)."""
+    key = {"s": source, "c": connection, "t": ticket_id}
     recheck = keep_recheck and open_count == 0
-    conn.execute(SET_OPEN_INCIDENTS, {"s": source, "t": ticket_id, "open_incidents": open_count, "recheck": recheck})
+    conn.execute(SET_OPEN_INCIDENTS, {**key, "open_incidents": open_count, "recheck": recheck})
 
 
-def stored(conn: Connection, source: str, ticket_id: str) -> bool:
+def stored(conn: Connection, source: str, connection: str, ticket_id: str) -> bool:
     """Whether the ticket has a stored row (retention may have pruned it)."""
-    return conn.execute(SELECT_TICKET, {"s": source, "t": ticket_id}).first() is not None
+    return conn.execute(SELECT_TICKET, {"s": source, "c": connection, "t": ticket_id}).first() is not None
 
 
-def recheck_keys(conn: Connection, after: tuple[str, str], chunk: int) -> list[tuple[str, str]]:
-    """Up to ``chunk`` (source, ticket id) of tickets flagged for rechecks, in key order after ``after``."""
+def recheck_keys(conn: Connection, after: tuple[str, str, str], chunk: int) -> list[tuple[str, str, str]]:
+    """Up to ``chunk`` (source, connection, ticket id) of tickets flagged for rechecks, in key order after
+    ``after``."""
+    key = (tickets.c.source, tickets.c.connection, tickets.c.ticket_id)
     rows = conn.execute(
-        select(tickets.c.source, tickets.c.ticket_id)
-        .where(tickets.c.recheck.is_(True), tuple_(tickets.c.source, tickets.c.ticket_id) > tuple_(*after))
-        .order_by(tickets.c.source, tickets.c.ticket_id)
-        .limit(chunk)
+        select(*key).where(tickets.c.recheck.is_(True), tuple_(*key) > tuple_(*after)).order_by(*key).limit(chunk)
     ).all()
-    return [(str(source), str(ticket_id)) for source, ticket_id in rows]
+    return [(str(source), str(connection), str(ticket_id)) for source, connection, ticket_id in rows]
 
 
 def count(conn: Connection) -> int:
@@ -117,9 +118,9 @@ def count(conn: Connection) -> int:
 
 
 # -- links -----------------------------------------------------------------------------------------
-def links_of(conn: Connection, source: str, ticket_id: str) -> dict[str, LinkState]:
+def links_of(conn: Connection, source: str, connection: str, ticket_id: str) -> dict[str, LinkState]:
     """The ticket's links by rule."""
-    rows = conn.execute(SELECT_LINKS, {"s": source, "t": ticket_id}).mappings()
+    rows = conn.execute(SELECT_LINKS, {"s": source, "c": connection, "t": ticket_id}).mappings()
     return {
         r["rule"]: LinkState(
             rule=r["rule"],
@@ -134,13 +135,20 @@ def links_of(conn: Connection, source: str, ticket_id: str) -> dict[str, LinkSta
 
 
 def save_link(
-    conn: Connection, source: str, ticket_id: str, rule: str, values: Mapping[str, Any], now: datetime
+    conn: Connection,
+    source: str,
+    connection: str,
+    ticket_id: str,
+    rule: str,
+    values: Mapping[str, Any],
+    now: datetime,
 ) -> None:
     """Move a link on (``values``: generation, dedup_key, routing_key, state, updated_at), creating it the
     first time."""
-    done = conn.execute(UPDATE_LINK, {"s": source, "t": ticket_id, "r": rule, **values})
+    done = conn.execute(UPDATE_LINK, {"s": source, "c": connection, "t": ticket_id, "r": rule, **values})
     if not done.rowcount:
-        conn.execute(INSERT_LINK, {"source": source, "ticket_id": ticket_id, "rule": rule, "created_at": now, **values})
+        key = {"source": source, "connection": connection, "ticket_id": ticket_id, "rule": rule}
+        conn.execute(INSERT_LINK, {**key, "created_at": now, **values})
 
 
 def _trigger_is(*conditions: Any) -> Any:
@@ -175,18 +183,10 @@ def insert_decisions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> Non
     conn.execute(INSERT_DECISION, list(rows))
 
 
-def decisions_for(conn: Connection, source: str, ticket_id: str, limit: int) -> list[dict[str, Any]]:
+def decisions_for(conn: Connection, source: str, connection: str, ticket_id: str, limit: int) -> list[dict[str, Any]]:
     """A ticket's latest decisions, newest first."""
-    rows = (
-        conn.execute(
-            select(decisions)
-            .where(decisions.c.source == source, decisions.c.ticket_id == ticket_id)
-            .order_by(decisions.c.id.desc())
-            .limit(limit)
-        )
-        .mappings()
-        .all()
-    )
+    this = (decisions.c.source == source, decisions.c.connection == connection, decisions.c.ticket_id == ticket_id)
+    rows = conn.execute(select(decisions).where(*this).order_by(decisions.c.id.desc()).limit(limit)).mappings().all()
     return [dict(r) for r in rows]
 
 

@@ -36,10 +36,13 @@ def upgrade() -> None:
         "silenced_tickets",
         sa.Column("silence_id", sa.BigInteger(), nullable=False),
         sa.Column("source", sa.String(length=32), nullable=False),
+        sa.Column("connection", sa.String(length=64), nullable=False),  # issue 17: (system, connection, id)
         sa.Column("ticket_id", sa.String(length=255), nullable=False),
         sa.Column("until", sa.DateTime(timezone=True), nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("silence_id", "source", "ticket_id", name=op.f("pk_silenced_tickets")),
+        sa.PrimaryKeyConstraint(
+            "silence_id", "source", "connection", "ticket_id", name=op.f("pk_silenced_tickets")
+        ),
     )
     op.create_index("ix_silenced_tickets_until", "silenced_tickets", ["until"], unique=False)
     op.create_table(
