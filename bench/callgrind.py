@@ -31,8 +31,10 @@ from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# the code tree measured: this checkout, or (``--root``, the pipeline bench's ``--baseline``) another one
+TREE = Path(os.environ.get("BENCH_TREE", ROOT))
+if str(TREE) not in sys.path:
+    sys.path.insert(0, str(TREE))
 
 COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 PASSES = (1, 3)
@@ -101,22 +103,23 @@ WORKLOADS = {
 }
 
 
-def collected(workload: str, units: int, passes: int) -> int:
-    """Instructions counted by callgrind for one child run."""
+def collected(workload: str, units: int, passes: int, tree: Path = ROOT) -> int:
+    """Instructions counted by callgrind for one child run (this script, the code imported from ``tree``)."""
     env = {**os.environ, "PYTHONHASHSEED": "0", "PD_PLATFORM_KEY": "benchbenchbenchbenchbenchbench00"}
+    env["BENCH_TREE"] = str(tree)
     cmd = [
         "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-        sys.executable, "-m", "bench.callgrind", "--inner", workload, str(units), str(passes),
+        sys.executable, str(Path(__file__).resolve()), "--inner", workload, str(units), str(passes),
     ]  # fmt: skip
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=False)  # noqa: S603
     found = COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"callgrind run failed ({' '.join(cmd)}):\n{done.stderr[-3000:]}")
     return int(found.group(1))
 
 
-def measure(workload: str, units: int) -> Count:
-    low, high = (collected(workload, units, passes) for passes in PASSES)
+def measure(workload: str, units: int, tree: Path = ROOT) -> Count:
+    low, high = (collected(workload, units, passes, tree) for passes in PASSES)
     return Count(workload, WORKLOADS[workload][1], units, (high - low) / ((PASSES[1] - PASSES[0]) * units))
 
 
@@ -124,21 +127,26 @@ def available() -> bool:
     return shutil.which("valgrind") is not None
 
 
-def run(tickets: int = 1000, changes: int = 200, only: str | None = None) -> list[Count]:
-    """Count each workload (or ``only`` one); [] if valgrind is absent."""
+def run(tickets: int = 1000, changes: int = 200, only: str | None = None, tree: Path = ROOT) -> list[Count]:
+    """Count each workload (or ``only`` one) for the code in ``tree``; [] if valgrind is absent."""
     if not available():
         return []
     sizes = {"rules": tickets, "engine": changes}
-    return [measure(name, sizes[name]) for name in WORKLOADS if only in (None, name)]
+    return [measure(name, sizes[name], tree) for name in WORKLOADS if only in (None, name)]
 
 
-def lines(counts: list[Count]) -> list[str]:
+def lines(counts: list[Count], before: list[Count] | None = None) -> list[str]:
+    """One line per workload; with ``before`` (the same workloads of another tree) its count and the ratio."""
     if not counts:
         return ["6. instruction counts: skipped (valgrind is not installed)"]
-    return [
-        f"6. instructions per {c.unit} ({c.name}, callgrind, {c.units} per pass){'':4}{c.per_unit:>14,.0f}"
-        for c in counts
-    ]
+    old = {c.name: c.per_unit for c in before or []}
+    out = []
+    for c in counts:
+        line = f"6. instructions per {c.unit} ({c.name}, callgrind, {c.units} per pass): {c.per_unit:,.0f}"
+        if c.name in old:
+            line += f"; before {old[c.name]:,.0f}, after / before {c.per_unit / old[c.name]:.3f}"
+        out.append(line)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,8 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tickets", type=int, default=1000, help="rule evaluations per pass")
     parser.add_argument("--changes", type=int, default=200, help="engine changes per pass (a multiple of 50)")
     parser.add_argument("--only", choices=tuple(WORKLOADS))
+    parser.add_argument("--root", type=Path, default=ROOT, help="the code tree to measure (default: this one)")
     args = parser.parse_args(argv)
-    for line in lines(run(args.tickets, args.changes, args.only)):
+    for line in lines(run(args.tickets, args.changes, args.only, args.root.resolve())):
         print(line)
 
 
