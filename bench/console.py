@@ -34,7 +34,12 @@ from ticketpager.console.web import _timeline  # noqa: E402
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 SOURCES = ("jira", "zendesk", "servicenow")
 
-#: the indexes docs/console.md proposes (a later migration); created here only with --proposed
+#: the console's indexes, created by migration 0011; with --proposed the bench drops them first, measures
+#: without them ("before"), then creates them again ("after"), so both figures come from one run
+DROP_PROPOSED = tuple(f"DROP INDEX IF EXISTS {sql.split()[2]}" for sql in (
+    "CREATE INDEX ix_tickets_updated", "CREATE INDEX ix_tickets_key", "CREATE INDEX ix_decisions_paged_at",
+    "CREATE INDEX ix_outbox_sent_at", "CREATE INDEX ix_tickets_source_state",
+))  # fmt: skip
 PROPOSED = (
     "CREATE INDEX ix_tickets_updated ON tickets (updated, source, ticket_id)",
     "CREATE INDEX ix_tickets_key ON tickets (key text_pattern_ops)",
@@ -190,6 +195,10 @@ def main() -> int:
         print(f"schema {schema}: {args.tickets:,} tickets, {args.decisions:,} decisions", flush=True)
         with store.engine.begin() as conn:
             fill(conn, args.tickets, args.decisions)
+        if args.proposed:
+            with store.engine.begin() as conn:
+                for sql in DROP_PROPOSED:
+                    conn.execute(text(sql))
         with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM ANALYZE"))
         with store.engine.connect() as conn:

@@ -814,10 +814,31 @@ class Faults(threading.Thread):
         self.pd.latency_seconds = 0.0
         claimed = retry_db(lambda: claimed_by_pid(self.engine, pid))
         self.note(f"SIGKILL replica {victim.index} (port {victim.port}) with {len(claimed)} claimed outbox rows")
-        time.sleep(cfg.kill_down_seconds)
-        victim.spawn()
-        victim.wait_healthy()
-        self.note(f"replica {victim.index} restarted and healthy")
+        # the restart runs beside the recovery watch: on a loaded machine a restart can take longer than the
+        # takeover, and the recovery measured after it would be the restart's time, not the takeover's
+        failed: list[BaseException] = []
+
+        def restart() -> None:
+            time.sleep(cfg.kill_down_seconds)
+            try:
+                victim.spawn()
+                victim.wait_healthy()
+            except BaseException as exc:  # noqa: BLE001 - raised below, in this thread
+                failed.append(exc)
+                return
+            self.note(f"replica {victim.index} restarted and healthy")
+
+        restarter = threading.Thread(target=restart, name="restart", daemon=True)
+        restarter.start()
+        try:
+            self._watch_recovery(victim, claimed, killed_at)
+        finally:
+            restarter.join()
+        if failed:
+            raise failed[0]
+
+    def _watch_recovery(self, victim: Replica, claimed: list[int], killed_at: float) -> None:
+        cfg = self.cfg
         if not claimed:
             self.report.problems.append(f"replica {victim.index} held no claimed rows when killed: nothing measured")
             return

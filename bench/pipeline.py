@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bench import loadgen
+from bench import callgrind, loadgen
 from bench.bench_ingest import SECRET, free_port, jira_headers, jira_payload, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +101,7 @@ class Config:
     drain_timeout: float = 120.0
     baseline: str | None = None
     rounds: int = 1
+    callgrind: bool = True  # goal 6: instruction counts (skipped with a note when valgrind is absent)
 
 
 @dataclass
@@ -492,14 +493,21 @@ def run(cfg: Config, print_: Callable[[str], None] = print) -> dict[str, Any]:
                 for line in phase_table(report):
                     print_(line)
             ceilings.append(ceiling_phase(cfg))
-    for label, reports in results.items():
-        print_(f"--- {label}{f' ({cfg.baseline})' if label == 'before' else ''}, {len(reports)} round(s)")
-        for line in goal_lines(reports, ceilings, cfg):
-            print_(line)
-    if cfg.baseline:
-        for line in ratio_lines(results["before"], results["now"], cfg):
-            print_(line)
-    return {"reports": results, "ceilings": ceilings}
+        for label, reports in results.items():
+            print_(f"--- {label}{f' ({cfg.baseline})' if label == 'before' else ''}, {len(reports)} round(s)")
+            for line in goal_lines(reports, ceilings, cfg):
+                print_(line)
+        if cfg.baseline:
+            for line in ratio_lines(results["before"], results["now"], cfg):
+                print_(line)
+        counts: dict[str, list[callgrind.Count]] = {}
+        if cfg.callgrind:  # after the load phases: valgrind's own CPU must not share their cores
+            counts["now"] = callgrind.run()
+            if base_tree is not None and counts["now"]:
+                counts["before"] = callgrind.run(tree=base_tree)
+            for line in callgrind.lines(counts["now"], counts.get("before")):
+                print_(line)
+    return {"reports": results, "ceilings": ceilings, "instructions": counts}
 
 
 @contextmanager
@@ -527,6 +535,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settle-seconds", type=float, default=d.settle_seconds)
     parser.add_argument("--baseline", default=None, help="git revision to measure in the same run (before)")
     parser.add_argument("--rounds", type=int, default=d.rounds)
+    parser.add_argument(
+        "--no-callgrind", dest="callgrind", action="store_false", help="skip goal 6 (instruction counts, ~5 min)"
+    )
     args = parser.parse_args(argv)
     run(Config(**{k: v for k, v in vars(args).items()}))
 

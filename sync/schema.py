@@ -141,6 +141,10 @@ tickets = Table(
         sqlite_where=text("recheck"),
         postgresql_where=text("recheck"),
     ),
+    # the console's reads (migration 0011; bench/console.py): newest first, key prefix, by source and state
+    Index("ix_tickets_updated", "updated", "source", "ticket_id"),
+    Index("ix_tickets_key", "key", postgresql_ops={"key": "text_pattern_ops"}),
+    Index("ix_tickets_source_state", "source", "status_category", "updated", "ticket_id"),
 )
 
 links = Table(
@@ -210,6 +214,13 @@ outbox = Table(
     Index("ix_outbox_dedup_key", "dedup_key", "id"),
     Index("ix_outbox_routing_key_sent_at", "routing_key", "sent_at"),  # the rate limiter's window
     Index("ix_outbox_dead", "id", sqlite_where=text("status = 'dead'"), postgresql_where=text("status = 'dead'")),
+    # delivery latency over 24 h (the console's chart; migration 0011)
+    Index(
+        "ix_outbox_sent_at",
+        "sent_at",
+        sqlite_where=text("kind = 'event'"),
+        postgresql_where=text("kind = 'event'"),
+    ),
 )
 
 cursors = Table(
@@ -255,6 +266,13 @@ decisions = Table(
     Column("detail", Text, nullable=True),  # JSON: verdicts with explanations, events planned (keys masked)
     Index("ix_decisions_ticket", "source", "connection", "ticket_id", "id"),
     Index("ix_decisions_at", "at"),
+    # pages per hour (the console's chart) and the backtest's "what paged" (migration 0011)
+    Index(
+        "ix_decisions_paged_at",
+        "at",
+        sqlite_where=text("outcome = 'paged'"),
+        postgresql_where=text("outcome = 'paged'"),
+    ),
 )
 
 pagerduty_inbox = Table(

@@ -19,7 +19,7 @@ def test_cpu_seconds_counts_this_process_cpu_from_proc() -> None:
 def test_the_bench_drives_serve_through_every_phase_and_prints_each_goal() -> None:
     cfg = pipeline.Config(
         idle_seconds=0.3, seconds=0.5, rates=(20.0,), page_every=2, keepup_count=10, keepup_rate=40.0,
-        workers=(2,), delivery_seconds=0.5, settle_seconds=0.1,
+        workers=(2,), delivery_seconds=0.5, settle_seconds=0.1, callgrind=False,
     )  # fmt: skip
     lines: list[str] = []
     out = pipeline.run(cfg, print_=lines.append)

@@ -4,7 +4,7 @@ engine batch; they are woken without waiting for their idle poll."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +26,14 @@ def test_delivery_is_woken_by_a_batch_that_queued_a_page_and_only_by_such_a_batc
 ) -> None:
     service = make_service(db_url, rules_path, pd.url, clock)
     try:
+        woken = service.outbox_wake.count
         receive(service, [change(ticket("1", priority="Low"))])  # no rule matches: nothing to deliver
         assert service.engine.run_once() == 1
-        assert not service.outbox_wake.is_set()
+        assert service.outbox_wake.count == woken
 
         receive(service, [change(ticket("2"))])  # pages
         assert service.engine.run_once() == 1
-        assert service.outbox_wake.is_set()
+        assert service.outbox_wake.count == woken + 1
     finally:
         service.store.dispose()
 
@@ -54,3 +55,52 @@ def test_a_page_is_sent_at_once_although_the_workers_idle_poll_is_long(
     finally:
         service.stop()
         service.store.dispose()
+
+
+def _wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> float:
+    started = time.monotonic()
+    while not predicate() and time.monotonic() - started < seconds:
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_a_retry_is_sent_when_it_comes_due_without_any_worker_polling(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    # the workers' own look is 30 s away: only the delivery timer, which sleeps until the next due row, sends it
+    service = make_service(db_url, rules_path, pd.url, clock, engine={"idle_seconds": 0.05})
+    pd.fail_next(1, 500)
+    service.start()
+    try:
+        receive(service, [change(ticket("4"))])
+        service.wake.set()
+        _wait_for(lambda: len(pd.requests) == 1)
+        time.sleep(0.3)  # the failure is recorded: the row waits for its retry (fake clock)
+        assert pd.events == []
+        assert len(pd.requests) == 1
+        clock.advance(300)  # the retry comes due
+        waited = _wait_for(lambda: bool(pd.events))
+        assert [e["event_action"] for e in pd.events] == ["trigger"]
+        assert waited < 5  # not the workers' 30 s fallback
+    finally:
+        service.stop()
+        service.store.dispose()
+
+
+def test_a_row_queued_by_another_replica_is_sent_within_the_idle_bound(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    service = make_service(db_url, rules_path, pd.url, clock, engine={"idle_seconds": 0.2})
+    other = make_service(db_url, rules_path, pd.url, clock)  # not started: it queues, it never sends
+    service.start()
+    try:
+        time.sleep(0.3)  # every worker of the running replica waits for a wake-up
+        receive(other, [change(ticket("5"))])
+        assert other.engine.run_once() == 1  # wakes the other replica's (absent) workers, not ours
+        waited = _wait_for(lambda: bool(pd.events))
+        assert [e["event_action"] for e in pd.events] == ["trigger"]
+        assert waited < 5  # found by the delivery timer's look (0.2 s here), not the workers' 30 s fallback
+    finally:
+        service.stop()
+        service.store.dispose()
+        other.store.dispose()

@@ -91,7 +91,7 @@ def _service(settings: Settings) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ticketpager import edge
+    from ticketpager import edge, httpserver
     from ticketpager.app import build_app
 
     settings = _settings(args)
@@ -140,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http=edge.protocol(settings.http),  # header size, header/body deadlines, connection cap (ticketpager/edge.py)
     )
     try:
-        uvicorn.Server(config).run()  # returns on SIGTERM / SIGINT after in-flight requests finish
+        httpserver.Server(config).run()  # returns on SIGTERM / SIGINT after in-flight requests finish
     finally:
         service.stop()
         service.store.dispose()

@@ -46,6 +46,7 @@ from sync.metrics import METRICS, zero_series
 from sync.poller import poll_once
 from sync.repos import incidents as pd_inbox
 from sync.repos.cursors import acquire_lease, release_lease
+from sync.repos.outbox import next_due, next_due_statement
 from sync.repos.silences import SilenceBook
 from sync.reverse import ReverseWorker
 from sync.store import Store
@@ -53,12 +54,17 @@ from ticketpager.connections import Connection, declare, load_connections
 from ticketpager.schedule import poll_offset
 from ticketpager.secretfiles import EnvWithSecretFiles
 from ticketpager.settings import Settings
+from ticketpager.wakeups import Wakeups
 
 log = logging.getLogger("ticketpager.service")
 
 #: After a wake-up the engine lets the webhook commits of the next few milliseconds join its batch: one claim
 #: for several changes instead of one per group commit (issue 19, docs/performance.md). Capped by the idle wait.
 ENGINE_COALESCE_SECONDS = 0.02
+
+#: An idle delivery worker waits for a wake-up (the engine queued rows, the delivery timer saw a row come due)
+#: and looks by itself only this often: a safety net should a wake-up ever be missed, not a poll.
+WORKER_FALLBACK_SECONDS = 30.0
 
 #: "integration key … a 32 character" string (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/)
 INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
@@ -147,7 +153,8 @@ class Service:
         self._pollable: list[str] | None = None
         self._connector_lock = threading.Lock()
         self.wake = threading.Event()  # set by the webhook writer and pollers: changes are waiting
-        self.outbox_wake = threading.Event()  # set when the engine (or a recheck) queued outbox rows
+        # every delivery worker's own wake-up: the engine (or a recheck) queued rows, or the timer saw one due
+        self.outbox_wake = Wakeups()
         self.stopping = threading.Event()
         self.writer = Writer(self.store, on_commit=self.wake.set)
         pd = settings.pagerduty
@@ -447,7 +454,8 @@ class Service:
         self._spawn("reverse", self._reverse_loop)
         for i in range(max(self.settings.pagerduty.workers, 1)):
             worker = self.delivery(str(i), heartbeat=self.heartbeat)
-            self._spawn(f"delivery-{i}", functools.partial(self._delivery_loop, worker))
+            self._spawn(f"delivery-{i}", functools.partial(self._delivery_loop, worker, self.outbox_wake.new()))
+        self._spawn("delivery-timer", self._delivery_timer_loop)
         pollable = self.pollable_sources()
         spread = [s for s in pollable if not self.connections[s].is_default]  # the file's: started apart
         for source in pollable:
@@ -543,6 +551,8 @@ class Service:
         return self.settings.engine.idle_seconds
 
     def _engine_loop(self) -> None:
+        """Woken by the webhook writer's commits and the pollers; looks by itself every ``idle_seconds`` only
+        for changes stored by another replica that it did not process (it died, or its engine lags)."""
         coalesce = min(ENGINE_COALESCE_SECONDS, self._idle())
         while not self.stopping.is_set():
             self.wake.clear()
@@ -551,12 +561,33 @@ class Service:
             if self.wake.wait(self._idle()) and coalesce > 0:
                 self.stopping.wait(coalesce)  # let the next commits join this batch
 
-    def _delivery_loop(self, delivery: Delivery) -> None:
+    def _delivery_loop(self, delivery: Delivery, wake: threading.Event) -> None:
+        """One worker: claim and send while rows are due, then sleep on its own event until woken."""
         while not self.stopping.is_set():
-            self.outbox_wake.clear()
+            wake.clear()  # before the claim: a wake-up during it makes the next wait return at once
             if delivery.run_once(stopping=self.stopping.is_set):
                 continue
-            self.outbox_wake.wait(self._idle())
+            wake.wait(WORKER_FALLBACK_SECONDS)
+
+    def _delivery_timer_loop(self) -> None:
+        """The one idle look at the outbox for all of this process's workers: sleep until the next row comes due
+        (a retry, a rate-limit hold), at most ``idle_seconds``, and wake the workers when one is due. So a row
+        queued by another replica, freed by an expired claim or taken over from a dead replica is claimed here
+        within ``idle_seconds`` (plus the claim's own time), one queued by this replica's engine at once."""
+        takeover = self.settings.engine.replica_timeout_seconds
+        statement = next_due_statement(takeover=True)
+        while not self.stopping.is_set():
+            now = self.clock.now()
+            with self.store.engine.connect() as conn:
+                due = next_due(conn, statement, now, takeover)
+            wait = self._idle()
+            if due is not None:
+                ahead = (due - now).total_seconds()
+                if ahead <= 0:
+                    self.outbox_wake.set()
+                else:
+                    wait = min(wait, ahead)
+            self.stopping.wait(wait)
 
     def _reverse_loop(self) -> None:
         """The PagerDuty inbox, one replica at a time (a lease: webhooks of one incident are handled in

@@ -5,7 +5,7 @@ read of it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Select, and_, bindparam, delete, exists, func, insert, or_, select, update
@@ -247,3 +247,34 @@ def prune(conn: Connection, before: datetime, chunk: int) -> int:
     cond = and_(outbox.c.status.in_(("sent", "superseded")), outbox.c.created_at < before)
     ids = select(outbox.c.id).where(cond).limit(chunk).scalar_subquery()
     return int(conn.execute(delete(outbox).where(outbox.c.id.in_(ids))).rowcount or 0)
+
+
+# -- when the next row comes due (issue 19) ------------------------------------------------------------
+def next_due_statement(takeover: bool) -> Select[Any]:
+    """The earliest ``next_attempt_at`` of a pending row a worker could claim once it is due: unclaimed, its
+    claim expired (or, with ``takeover``, its holder's heartbeat older than ``:stale``), and not waiting for
+    an earlier pending event of its ``dedup_key``. Binds ``now`` (and ``stale``). The service's delivery timer
+    runs it to sleep until then instead of polling (the partial index ``ix_outbox_due`` serves the order)."""
+    free = [outbox.c.claimed_until.is_(None), outbox.c.claimed_until < _NOW]
+    if takeover:
+        free.append(claim_holder_dead(outbox.c.claimed_by, _STALE))
+    earlier = aliased(outbox)
+    blocked = exists().where(
+        earlier.c.dedup_key == outbox.c.dedup_key,
+        earlier.c.kind == "event",
+        earlier.c.id < outbox.c.id,
+        earlier.c.status == "pending",
+    )
+    return (
+        select(outbox.c.next_attempt_at)
+        .where(outbox.c.status == "pending", or_(*free), or_(outbox.c.kind != "event", ~blocked))
+        .order_by(outbox.c.next_attempt_at, outbox.c.id)
+        .limit(1)
+    )
+
+
+def next_due(conn: Connection, statement: Select[Any], now: datetime, takeover_after: float | None) -> datetime | None:
+    """When the next claimable row comes due (maybe already past); ``None`` when nothing is pending."""
+    params = {"now": now, "stale": now - timedelta(seconds=takeover_after or 0.0)}
+    due: datetime | None = conn.execute(statement, params).scalar_one_or_none()
+    return due

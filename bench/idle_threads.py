@@ -1,0 +1,103 @@
+"""Where an idle ``serve`` spends its CPU, per thread (issue 19, goal 1): py-spy is not available here, so
+each thread's utime + stime is read from ``/proc/<pid>/task/<tid>/stat`` before and after an idle window.
+
+    python -m bench.idle_threads [--seconds 20] [--root TREE]
+
+``serve`` runs from ``TREE`` (default: this checkout) on a fresh SQLite file with the pipeline bench's 100
+paging rules, its Python threads named at the OS level (``prctl``, a start-up shim in this process only) so
+``/proc/…/comm`` tells them apart. /proc counts in 10 ms ticks: use a window of 20 s or more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.bench_ingest import SECRET, free_port, stop, wait_ready
+from bench.pipeline import CLK_TCK, ROOT, rules_text
+
+# run as ``python -c SHIM`` in the tree: every Python thread sets its OS name (15 bytes) as it starts
+SHIM = """
+import ctypes, sys, threading
+libc = ctypes.CDLL(None)
+_run = threading.Thread.run
+def run(self):
+    libc.prctl(15, self.name.replace("ticketpager-", "")[:15].encode(), 0, 0, 0)
+    _run(self)
+threading.Thread.run = run
+from ticketpager.cli import main
+sys.exit(main(["serve"]))
+"""
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (threads of one name summed)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def measure(
+    tree: Path, seconds: float, settle: float = 3.0, extra: dict[str, str] | None = None
+) -> tuple[dict[str, float], float]:
+    with tempfile.TemporaryDirectory(prefix="tp-idle-") as tmp:
+        port = free_port()
+        (Path(tmp) / "rules.yaml").write_text(rules_text())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TICKETPAGER_")}
+        env.update(
+            {
+                "TICKETPAGER_DATABASE_URL": f"sqlite:///{tmp}/idle.db",
+                "TICKETPAGER_RULES_PATH": f"{tmp}/rules.yaml",
+                "TICKETPAGER_JIRA__WEBHOOK_SECRETS": SECRET,
+                "TICKETPAGER_PORT": str(port),
+                "TICKETPAGER_LOG_LEVEL": "WARNING",
+                "TICKETPAGER_DRY_RUN": "true",
+                **(extra or {}),
+            }
+        )
+        log = (Path(tmp) / "serve.log").open("wb")
+        proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-c", SHIM], env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=log
+        )
+        try:
+            try:
+                wait_ready(port)
+            except RuntimeError:
+                raise RuntimeError((Path(tmp) / "serve.log").read_text()[-3000:]) from None
+            time.sleep(settle)
+            before, t0 = thread_cpu(proc.pid), time.perf_counter()
+            time.sleep(seconds)
+            after, wall = thread_cpu(proc.pid), time.perf_counter() - t0
+        finally:
+            stop(proc)
+            log.close()
+    return {name: after[name] - before.get(name, 0.0) for name in after}, wall
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--root", type=Path, default=ROOT, help="the code tree to run serve from")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a TICKETPAGER_ setting")
+    args = parser.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.set)
+    used, wall = measure(args.root, args.seconds, extra=extra)
+    total = sum(used.values())
+    print(f"idle serve, {wall:.1f} s: {total / wall:.4f} cores ({total * 1000 / wall:.2f} CPU-ms/s)")
+    for name, cpu in sorted(used.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:16}{cpu * 1000 / wall:8.2f} CPU-ms/s")
+
+
+if __name__ == "__main__":
+    main()

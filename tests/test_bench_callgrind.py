@@ -1,0 +1,32 @@
+"""The instruction-count bench (bench/callgrind.py, issue 19 goal 6): its workloads do the work they are
+named after, and without valgrind the pipeline bench says so instead of failing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import callgrind
+
+
+def test_the_engine_workload_processes_exactly_its_changes_per_pass() -> None:
+    callgrind.inner_engine(50, 1)  # raises if a pass handled more or fewer changes than it counts
+
+
+def test_the_rules_workload_evaluates_the_pipeline_rule_set() -> None:
+    callgrind.inner_rules(20, 1)
+
+
+def test_without_valgrind_the_counts_are_skipped_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no valgrind on it
+    assert callgrind.run(tickets=10, changes=50) == []
+    assert callgrind.lines([]) == ["6. instruction counts: skipped (valgrind is not installed)"]
+
+
+def test_a_count_is_reported_per_unit_with_the_ratio_to_the_baseline() -> None:
+    now = [callgrind.Count("engine", "change", 200, 1_500_000.0)]
+    before = [callgrind.Count("engine", "change", 200, 2_000_000.0)]
+    [line] = callgrind.lines(now, before)
+    assert "instructions per change (engine" in line
+    assert "1,500,000" in line and "before 2,000,000" in line and "after / before 0.750" in line
