@@ -1,0 +1,286 @@
+"""End to end, both ways, per ticketing system (issue 16): the real service in-process (HTTP app, engine, reverse
+worker, delivery) on an injected clock, against local fakes of the ticketing system, PagerDuty's Events API and
+PagerDuty's REST API (which sends the signed v3 webhooks).
+
+ticket webhook → page (the Events API fake gets the trigger; the REST fake opens the incident from it) → a
+person acknowledges in PagerDuty → the ticket gets a note and the configured transition → a person adds a
+PagerDuty note → it is mirrored once (a redelivery with the same ``X-Webhook-Id``, and one with a new id, still
+once) → the ticket is done → the resolve goes to the Events API → the echo of our own resolve writes nothing.
+Our own comment and transition coming back as ticket webhooks page, acknowledge and resolve nothing. Every
+write is counted at the vendor fake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from kernel.clock import FakeClock
+from sync.schema import pagerduty_inbox
+from tests.fakes.jira_server import FakeJira, make_issue
+from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, Delivery, FakePagerDutyRest
+from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.harness import make_service
+from ticketpager.app import build_app
+from ticketpager.service import Service
+
+PD_SECRET = "pd-webhook-secret-e2e-0001"
+ROUTING_KEY = "R0TWOWAYE2E00000000000000000000A"
+
+
+@dataclass
+class Rig:
+    """The service with its HTTP app, the two PagerDuty fakes, and the bridge between them: what the Events
+    API fake accepts is applied to the REST fake's incidents (as PagerDuty does), whose webhooks come back."""
+
+    svc: Service
+    client: TestClient
+    events: MockPagerDuty
+    pd: FakePagerDutyRest
+    clock: FakeClock
+    applied: int = 0
+    webhooks: int = 0
+    sent: list[Delivery] = field(default_factory=list)
+
+    def settle(self) -> None:
+        """Run the service until nothing is due and every PagerDuty consequence has come back."""
+        for _ in range(20):
+            self.svc.process_all()
+            new = self.events.events[self.applied :]
+            self.applied = len(self.events.events)
+            for event in new:
+                self.pd.apply_event(event)
+            if not new and not self.pd.outbox:
+                return
+            self.deliver()
+        raise AssertionError("the two streams did not settle")
+
+    def deliver(self) -> list[int]:
+        """POST the REST fake's queued webhooks to the app, signed, in order."""
+        queue, self.pd.outbox = self.pd.outbox, []
+        statuses = []
+        for d in queue:
+            statuses.append(self.client.post("/webhooks/pagerduty", content=d.body, headers=d.headers).status_code)
+            self.sent.append(d)
+        return statuses
+
+    def post_again(self, delivery: Delivery, webhook_id: str | None = None) -> Any:
+        headers = dict(delivery.headers)
+        if webhook_id is not None:
+            headers["X-Webhook-Id"] = webhook_id
+        return self.client.post("/webhooks/pagerduty", content=delivery.body, headers=headers).json()
+
+    def actions(self, action: str) -> list[dict[str, Any]]:
+        return [e for e in self.events.events if e["event_action"] == action]
+
+    def incident(self) -> str:
+        [incident_id] = self.pd.state.incidents
+        return incident_id
+
+    def inbox_outcomes(self) -> list[tuple[str, str]]:
+        with self.svc.store.engine.connect() as conn:
+            rows = conn.execute(
+                select(pagerduty_inbox.c.event_type, pagerduty_inbox.c.outcome).order_by(pagerduty_inbox.c.id)
+            ).all()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def last_sent(self, event_type: str) -> Delivery:
+        return [d for d in self.sent if json.loads(d.body)["event"]["event_type"] == event_type][-1]
+
+
+@contextmanager
+def rig(db_url: str, rules: Path, clock: FakeClock, **system: Any) -> Iterator[Rig]:
+    with MockPagerDuty() as events, FakePagerDutyRest() as pd:
+        pd.subscribe("http://testserver/webhooks/pagerduty", PD_SECRET)
+        pagerduty = {
+            "webhook_secrets": [PD_SECRET],
+            "api_url": pd.url,
+            "api_token": TOKEN,
+            "from_email": BOT_EMAIL,
+            "from_user_id": "PBOT001",
+        }
+        svc = make_service(db_url, rules, events.url, clock, pagerduty=pagerduty, **system)
+        svc.writer.start()  # the ticket webhooks' writer thread, as `serve` runs it (the workers run in settle)
+        try:
+            with TestClient(build_app(svc)) as client:
+                yield Rig(svc, client, events, pd, clock)
+        finally:
+            svc.writer.stop()
+            svc.store.dispose()
+
+
+def rules_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Path:
+    monkeypatch.setenv("PD_E2E_KEY", ROUTING_KEY)
+    path = tmp_path / "rules-e2e"
+    path.mkdir()
+    (path / "two-way.yaml").write_text(text)
+    return path
+
+
+def run_scenario(
+    r: Rig,
+    *,
+    open_ticket: Callable[[], None],
+    writes: Callable[[], int],
+    notes: Callable[[], list[str]],
+    acknowledged_on_ticket: Callable[[], bool],
+    ack_writes: int,
+    echo_ticket_webhooks: Callable[[], None],
+    close_ticket: Callable[[], None],
+) -> None:
+    """The common story; each system's test supplies how its ticket is opened, read and closed."""
+    # ticket webhook → one page, and PagerDuty's echo of our own trigger writes nothing back
+    open_ticket()
+    r.settle()
+    [trigger] = r.actions("trigger")
+    assert trigger["routing_key"] == ROUTING_KEY
+    incident = r.incident()
+    assert r.inbox_outcomes() == [("incident.triggered", "echo")]
+    base_writes, base_notes = writes(), len(notes())
+
+    # a person acknowledges in PagerDuty → one note naming them, with the incident's link, and the transition
+    r.pd.acknowledge(incident, by="PUSER01")
+    r.settle()
+    ack_notes = notes()[base_notes:]
+    assert len(ack_notes) == 1, ack_notes
+    assert "acknowledged by Jane Doe" in ack_notes[0]
+    assert f"/incidents/{incident}" in ack_notes[0]
+    assert acknowledged_on_ticket()
+    assert r.actions("acknowledge") == []  # PagerDuty already knows: nothing is sent back to it
+    after_ack = writes()
+    assert after_ack == base_writes + ack_writes
+
+    # our own comment and transition come back as ticket webhooks: no page, no acknowledge, no resolve
+    echo_ticket_webhooks()
+    r.settle()
+    assert [e["event_action"] for e in r.events.events] == ["trigger"]
+    assert writes() == after_ack
+
+    # a person adds a note in PagerDuty → mirrored once, with its text
+    r.pd.add_note(incident, "Rolled back release 2026.12.1; error rate falling", by="PUSER01")
+    r.settle()
+    mirrored = notes()[base_notes + 1 :]
+    assert len(mirrored) == 1 and "Rolled back release 2026.12.1" in mirrored[0], mirrored
+    assert "Jane Doe" in mirrored[0]
+    assert f"/incidents/{incident}" in mirrored[0]  # a note's webhook carries no link: the stored incident's
+    assert all("[tp:" in n for n in notes()[base_notes:]), "each carries its bracketed marker"
+    after_note = writes()
+    assert after_note == after_ack + 1  # one write for one note
+    annotated = r.last_sent("incident.annotated")
+    assert r.post_again(annotated) == {"status": "duplicate"}  # PagerDuty's retry: same X-Webhook-Id
+    assert r.post_again(annotated, webhook_id="wh-redelivered-elsewhere")["status"] == "accepted"
+    r.settle()
+    assert writes() == after_note and len(notes()) == base_notes + 2  # the marker on the ticket: still once
+
+    # a note that carries one of our markers is ours (e.g. a group-change note): never mirrored back
+    r.pd.add_note(incident, "OPS moved to group 'Network' [tp:grp-0123456789abcdef:rule]", by="PUSER01")
+    r.settle()
+    assert writes() == after_note
+
+    # the ticket is done → one resolve to the Events API (and the one-way write-back note of the resolve);
+    # the echo of that resolve writes nothing, though the rule writes back a person's resolve
+    close_ticket()
+    r.settle()
+    [resolve] = r.actions("resolve")
+    assert resolve["dedup_key"] == trigger["dedup_key"]
+    assert r.pd.state.incidents[incident]["status"] == "resolved"
+    after_resolve = writes()
+    assert after_resolve == after_note + 1, "only the resolve's own write-back note"
+    assert r.inbox_outcomes()[-1] == ("incident.resolved", "echo")
+    resolved = r.last_sent("incident.resolved")
+    assert r.post_again(resolved, webhook_id="wh-resolved-again")["status"] == "accepted"
+    r.settle()
+    assert writes() == after_resolve
+    assert [e["event_action"] for e in r.events.events] == ["trigger", "resolve"]
+    assert r.pd.spec_errors == []
+
+
+# -- Jira ---------------------------------------------------------------------------------------------------------
+JIRA_RULES = """
+version: 1
+rules:
+  - name: jira-ops-p1
+    source: jira
+    when: {project: OPS, priority: Highest}
+    trigger:
+      routing_key: ${PD_E2E_KEY}
+      severity: critical
+      summary: "[{{ ticket.key }}] {{ ticket.title }}"
+    acknowledge_when: {status_category: in_progress}
+    resolve_when: {status_category: done}
+    sync_back:
+      acknowledged: {comment: true, transition: {category: in_progress}}
+      annotated: true
+      resolved: {comment: true, transition: {category: done, fields: {resolution: Done}}}
+"""
+JIRA_SECRET = "jira-webhook-secret-e2e"
+
+
+def jira_webhook(r: Rig, issue: dict[str, Any], event: str = "jira:issue_updated", **extra: Any) -> None:
+    body = json.dumps(
+        {"timestamp": int(r.clock.now().timestamp() * 1000), "webhookEvent": event, "issue": issue, **extra}
+    ).encode()
+    r.webhooks += 1
+    headers = {
+        "x-hub-signature": "sha256=" + hmac.new(JIRA_SECRET.encode(), body, hashlib.sha256).hexdigest(),
+        "x-atlassian-webhook-identifier": f"jira-delivery-{r.webhooks}",
+        "content-type": "application/json",
+    }
+    response = r.client.post("/webhooks/jira", content=body, headers=headers)
+    assert response.status_code in (200, 202), response.text
+
+
+@pytest.mark.slow
+def test_jira_both_ways(db_url: str, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = rules_dir(tmp_path, monkeypatch, JIRA_RULES)
+    with FakeJira(deployment="Cloud") as jira:
+        jira.put(make_issue("10042", "OPS-12", updated=clock.now(), summary="Checkout is down", priority="Highest",
+                            priority_id="1", base_url=jira.url))  # fmt: skip
+        settings = {"enabled": True, "url": jira.url, "email": "bot@acme.example", "api_token": "jira-token",
+                    "deployment": "cloud", "webhook_secrets": [JIRA_SECRET]}  # fmt: skip
+        with rig(db_url, rules, clock, jira=settings) as r:
+
+            def issue() -> dict[str, Any]:
+                return jira.issues["10042"]
+
+            def writes() -> int:
+                return sum(1 for m, _, _ in jira.requests if m in ("POST", "PUT"))
+
+            def notes() -> list[str]:
+                return [str(c["body"]) for c in jira.comments.get("10042", [])]
+
+            def echoes() -> None:
+                for comment in jira.comments["10042"]:
+                    jira_webhook(r, issue(), "comment_created", comment=comment)
+                jira_webhook(r, issue())  # the transition we made
+
+            def close() -> None:
+                clock.advance(60)
+                done = make_issue("10042", "OPS-12", updated=clock.now(), summary="Checkout is down",
+                                  priority="Highest", priority_id="1", status="Done", category="done",
+                                  base_url=jira.url)  # fmt: skip
+                jira.put(done)
+                jira_webhook(r, done)
+
+            run_scenario(
+                r,
+                open_ticket=lambda: jira_webhook(r, issue(), "jira:issue_created"),
+                writes=writes,
+                notes=notes,
+                acknowledged_on_ticket=lambda: issue()["fields"]["status"]["name"] == "In Progress",
+                ack_writes=3,  # the transition, the incident's remote link, the comment
+                echo_ticket_webhooks=echoes,
+                close_ticket=close,
+            )
+            assert jira.transitioned == [("10042", "In Progress")]  # done by the person, not by us
+            assert list(jira.remote_links["10042"]) == [f"pagerduty:incident:{r.incident()}"]
