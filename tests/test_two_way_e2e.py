@@ -30,6 +30,8 @@ from sync.schema import pagerduty_inbox
 from tests.fakes.jira_server import FakeJira, make_issue
 from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, Delivery, FakePagerDutyRest
 from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.fakes.zendesk_server import API_USER_ID, FakeZendesk
+from tests.fakes.zendesk_server import sign as zendesk_sign
 from tests.harness import make_service
 from ticketpager.app import build_app
 from ticketpager.service import Service
@@ -148,6 +150,7 @@ def run_scenario(
     assert r.inbox_outcomes() == [("incident.triggered", "echo")]
     base_writes, base_notes = writes(), len(notes())
 
+    r.clock.advance(30)
     # a person acknowledges in PagerDuty → one note naming them, with the incident's link, and the transition
     r.pd.acknowledge(incident, by="PUSER01")
     r.settle()
@@ -160,12 +163,14 @@ def run_scenario(
     after_ack = writes()
     assert after_ack == base_writes + ack_writes
 
+    r.clock.advance(30)
     # our own comment and transition come back as ticket webhooks: no page, no acknowledge, no resolve
     echo_ticket_webhooks()
     r.settle()
     assert [e["event_action"] for e in r.events.events] == ["trigger"]
     assert writes() == after_ack
 
+    r.clock.advance(30)
     # a person adds a note in PagerDuty → mirrored once, with its text
     r.pd.add_note(incident, "Rolled back release 2026.12.1; error rate falling", by="PUSER01")
     r.settle()
@@ -187,6 +192,7 @@ def run_scenario(
     r.settle()
     assert writes() == after_note
 
+    r.clock.advance(30)
     # the ticket is done → one resolve to the Events API (and the one-way write-back note of the resolve);
     # the echo of that resolve writes nothing, though the rule writes back a person's resolve
     close_ticket()
@@ -284,3 +290,100 @@ def test_jira_both_ways(db_url: str, clock: FakeClock, tmp_path: Path, monkeypat
             )
             assert jira.transitioned == [("10042", "In Progress")]  # done by the person, not by us
             assert list(jira.remote_links["10042"]) == [f"pagerduty:incident:{r.incident()}"]
+
+
+# -- Zendesk ------------------------------------------------------------------------------------------------------
+ZENDESK_RULES = """
+version: 1
+rules:
+  - name: zendesk-urgent
+    source: zendesk
+    when: {priority: urgent}
+    trigger:
+      routing_key: ${PD_E2E_KEY}
+      severity: critical
+      summary: "[Zendesk {{ ticket.key }}] {{ ticket.title }}"
+    acknowledge_when: {status_category: in_progress}
+    resolve_when: {status_category: done}
+    sync_back:
+      acknowledged: {comment: true, transition: {status: open}}
+      annotated: true
+      resolved: {comment: true, transition: {status: solved}}
+"""
+ZENDESK_SECRET = "zendesk-webhook-secret-e2e"
+
+
+def zendesk_event(r: Rig, zd: FakeZendesk, ticket_id: int, kind: str, **event: Any) -> None:
+    """An event-subscription webhook (``zen:event-type:ticket.*``) with the ticket as Zendesk has it now."""
+    ticket = zd.tickets[ticket_id]
+    detail = {
+        k: ticket[k]
+        for k in (
+            "id",
+            "subject",
+            "description",
+            "priority",
+            "status",
+            "tags",
+            "group_id",
+            "organization_id",
+            "requester_id",
+            "assignee_id",
+            "created_at",
+            "updated_at",
+        )
+    }
+    detail |= {"id": str(ticket_id), "priority": str(ticket["priority"]).upper(), "status": ticket["status"].upper()}
+    r.webhooks += 1
+    body = json.dumps(
+        {"id": f"zd-event-{r.webhooks}", "type": f"zen:event-type:ticket.{kind}", "subject": f"zen:ticket:{ticket_id}",
+         "time": ticket["updated_at"], "detail": detail, "event": event, "zendesk_event_version": "2022-11-06"}
+    ).encode()  # fmt: skip
+    stamp = r.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    headers = {
+        "x-zendesk-webhook-signature": zendesk_sign(ZENDESK_SECRET, stamp, body),
+        "x-zendesk-webhook-signature-timestamp": stamp,
+        "x-zendesk-webhook-id": f"01ZDHOOK{r.webhooks:04d}",
+        "content-type": "application/json",
+    }
+    response = r.client.post("/webhooks/zendesk", content=body, headers=headers)
+    assert response.status_code in (200, 202), response.text
+
+
+@pytest.mark.slow
+def test_zendesk_both_ways(db_url: str, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = rules_dir(tmp_path, monkeypatch, ZENDESK_RULES)
+    with FakeZendesk(now=lambda: clock.now().timestamp()) as zd:
+        zd.add_ticket(35436, subject="Checkout is down", priority="urgent", status="new", age_seconds=0)
+        settings = {"enabled": True, "url": zd.url, "email": zd.email, "api_token": zd.token,
+                    "webhook_secrets": [ZENDESK_SECRET]}  # fmt: skip
+        with rig(db_url, rules, clock, zendesk=settings) as r:
+
+            def writes() -> int:
+                return sum(1 for m, _ in zd.requests if m in ("POST", "PUT"))
+
+            def notes() -> list[str]:
+                return [str(c["body"]) for c in zd.comments[35436]]
+
+            def echoes() -> None:
+                for comment in zd.comments[35436]:
+                    zendesk_event(r, zd, 35436, "comment_added",
+                                  comment={"id": str(comment["id"]), "body": comment["body"], "is_public": False,
+                                           "author": {"id": str(API_USER_ID), "is_staff": True}})  # fmt: skip
+                zendesk_event(r, zd, 35436, "status_changed", previous="NEW", current="OPEN")  # our status change
+
+            def close() -> None:
+                zd.update_ticket(35436, status="solved")
+                zendesk_event(r, zd, 35436, "status_changed", previous="OPEN", current="SOLVED")
+
+            run_scenario(
+                r,
+                open_ticket=lambda: zendesk_event(r, zd, 35436, "created"),
+                writes=writes,
+                notes=notes,
+                acknowledged_on_ticket=lambda: zd.tickets[35436]["status"] == "open",
+                ack_writes=1,  # one safe_update PUT: the internal note and the status together
+                echo_ticket_webhooks=echoes,
+                close_ticket=close,
+            )
+            assert all(c["public"] is False for c in zd.comments[35436])  # internal notes
