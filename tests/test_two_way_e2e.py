@@ -12,6 +12,7 @@ write is counted at the vendor fake.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -30,6 +31,7 @@ from sync.schema import pagerduty_inbox
 from tests.fakes.jira_server import FakeJira, make_issue
 from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, Delivery, FakePagerDutyRest
 from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.fakes.servicenow_server import FakeInstance, FakeServiceNowServer, make_record
 from tests.fakes.zendesk_server import API_USER_ID, FakeZendesk
 from tests.fakes.zendesk_server import sign as zendesk_sign
 from tests.harness import make_service
@@ -387,3 +389,78 @@ def test_zendesk_both_ways(db_url: str, clock: FakeClock, tmp_path: Path, monkey
                 close_ticket=close,
             )
             assert all(c["public"] is False for c in zd.comments[35436])  # internal notes
+
+
+# -- ServiceNow ---------------------------------------------------------------------------------------------------
+SERVICENOW_RULES = """
+version: 1
+rules:
+  - name: sn-p1
+    source: servicenow
+    when: {priority_number: 1}
+    trigger:
+      routing_key: ${PD_E2E_KEY}
+      severity: critical
+      summary: "[{{ ticket.key }}] {{ ticket.title }}"
+    acknowledge_when: {status_category: in_progress}
+    resolve_when: {status_category: done}
+    sync_back:
+      acknowledged: {comment: true, transition: {category: in_progress}}
+      annotated: true
+      resolved:
+        comment: true
+        transition: {status: Resolved, fields: {close_code: Solved (Permanently), close_notes: "{{ agent.name }}"}}
+"""
+SERVICENOW_SECRET = "servicenow-webhook-secret-e2e"
+SYS_ID = "sn-e2e-0000000000000000000000001"
+
+
+def servicenow_webhook(r: Rig, fake: FakeInstance) -> None:
+    """The business rule's outbound message: the record as the instance has it now, HMAC-signed."""
+    r.webhooks += 1
+    sent_at = int(r.clock.now().timestamp())
+    body = json.dumps(
+        {"event": "update", "table": "incident", "delivery_id": f"{SYS_ID}:{r.webhooks}", "sent_at": sent_at,
+         "instance": "https://acme.service-now.com", "record": dict(fake.records[SYS_ID]), "last_work_note": ""}
+    ).encode()  # fmt: skip
+    signature = base64.b64encode(hmac.new(SERVICENOW_SECRET.encode(), body, hashlib.sha256).digest()).decode()
+    headers = {"x-signature": signature, "x-timestamp": str(sent_at), "content-type": "application/json"}
+    response = r.client.post("/webhooks/servicenow", content=body, headers=headers)
+    assert response.status_code in (200, 202), response.text
+
+
+@pytest.mark.slow
+def test_servicenow_both_ways(db_url: str, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = rules_dir(tmp_path, monkeypatch, SERVICENOW_RULES)
+    record = make_record(SYS_ID, "INC0010042", clock.now(), short_description="Core router down", priority="1",
+                         impact="1", urgency="1", state="1")  # fmt: skip
+    fake = FakeInstance([record])
+    with FakeServiceNowServer(fake, str(tmp_path)) as sn:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", sn.ca_pem)  # the fake instance's throwaway CA (TLS, as pysnc needs)
+        settings = {"enabled": True, "instance_url": sn.url, "username": fake.username, "password": fake.password,
+                    "webhook_secrets": [SERVICENOW_SECRET]}  # fmt: skip
+        with rig(db_url, rules, clock, servicenow=settings) as r:
+
+            def writes() -> int:
+                return sum(1 for m, _, _ in fake.requests if m in ("PATCH", "PUT", "POST"))
+
+            def notes() -> list[str]:
+                return [j["value"] for j in fake.journal if j["element_id"] == SYS_ID]
+
+            def close() -> None:
+                clock.advance(60)
+                fake.update(SYS_ID, clock.now(), state="6", active="false", sys_updated_by="alice.admin",
+                            close_code="Solved (Permanently)", close_notes="Router replaced")  # fmt: skip
+                servicenow_webhook(r, fake)
+
+            run_scenario(
+                r,
+                open_ticket=lambda: servicenow_webhook(r, fake),
+                writes=writes,
+                notes=notes,
+                acknowledged_on_ticket=lambda: fake.records[SYS_ID]["state"] == "2",
+                ack_writes=1,  # one PATCH: the work note and the state together
+                echo_ticket_webhooks=lambda: servicenow_webhook(r, fake),  # updated by us: the state we set
+                close_ticket=close,
+            )
+            assert {j["element"] for j in fake.journal} == {"work_notes"}  # internal: work notes only
