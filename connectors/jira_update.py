@@ -75,7 +75,7 @@ def comment_text(update: TicketUpdate, prefix: str) -> str:
     if update.incident_url and update.incident_url not in (update.comment or ""):
         number = f" #{update.incident_number}" if update.incident_number is not None else ""
         lines.append(f"PagerDuty incident{number}: {update.incident_url}")
-    lines.append(f"{MARKER_LABEL}: {update.marker}")
+    lines.append(f"{MARKER_LABEL}: [{update.marker}]")  # bracketed: a copy into PagerDuty is never mirrored back
     return "\n".join(lines)
 
 

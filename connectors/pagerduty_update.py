@@ -62,7 +62,7 @@ def update_from_json(data: Mapping[str, Any]) -> IncidentUpdate:
 def note_content(update: IncidentUpdate, done: list[str]) -> str:
     """The rule's note, or what was done; the marker last."""
     text = (update.note or "").strip() or ("ticketpager: " + "; ".join(done) if done else "ticketpager")
-    tail = f"\n{MARKER_LABEL} {update.marker}"
+    tail = f"\n{MARKER_LABEL} [{update.marker}]"  # `[tp:`: the rules never mirror this note onto the ticket
     return text[: NOTE_MAX - len(tail)] + tail
 
 

@@ -73,7 +73,7 @@ def note_text(update: TicketUpdate, prefix: str) -> str:
     if update.incident_url and update.incident_url not in text:
         number = f" #{update.incident_number}" if update.incident_number is not None else ""
         text += f"\nPagerDuty incident{number}: {update.incident_url}"
-    return f"{text}\n{update.marker}"
+    return f"{text}\n[{update.marker}]"  # bracketed: a copy into PagerDuty is never mirrored back
 
 
 class ServiceNowUpdater:

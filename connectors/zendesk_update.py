@@ -56,7 +56,7 @@ def comment_body(update: TicketUpdate, prefix: str) -> str:
     if update.incident_url and update.incident_url not in text:
         number = f" #{update.incident_number}" if update.incident_number is not None else ""
         text += f"\n\nPagerDuty incident{number}: {update.incident_url}"
-    return f"{text}\n\n{MARKER_LABEL} {update.marker}"
+    return f"{text}\n\n{MARKER_LABEL} [{update.marker}]"  # bracketed: a copy into PagerDuty is never mirrored back
 
 
 class ZendeskUpdater:

@@ -277,10 +277,11 @@ class ReverseWorker:
         state_now = moved or link.link.state
         ctx = IncidentContext(event=event, ticket=ticket, link=replace(link.link, state=state_now), now=now)
         plan = self.rules().on_incident(ctx)
-        rows = [self._outbox_row(action, plan, ticket, link, event, now) for action in plan.actions]
+        actions = _with_incident_url(conn, event.incident_id, plan.actions)
+        rows = [self._outbox_row(action, plan, ticket, link, event, now) for action in actions]
         repo.enqueue(conn, rows)
         detail["why"] = list(plan.explanation)
-        detail["actions"] = [_action_json(a) for a in plan.actions]
+        detail["actions"] = [_action_json(a) for a in actions]
         outcome = "applied" if rows else "no_action"
         return self._done(conn, row, event, outcome, now, ticket=ticket, detail=detail, queued=len(rows))
 
@@ -371,6 +372,21 @@ class ReverseWorker:
             )
         METRICS.pagerduty_webhooks_processed.labels(event.event_type.value, outcome).inc()
         return queued
+
+
+def _with_incident_url(
+    conn: Connection, incident_id: str, actions: tuple[TicketUpdate | IncidentUpdate, ...]
+) -> tuple[TicketUpdate | IncidentUpdate, ...]:
+    """Note and responder webhooks carry only the incident's reference, not its link: a ticket update without
+    one gets the link stored from the incident's earlier webhooks, so every comment links the incident."""
+    if all(not isinstance(a, TicketUpdate) or a.incident_url for a in actions):
+        return actions
+    url = repo.incident_url(conn, incident_id)
+    if not url:
+        return actions
+    return tuple(
+        replace(a, incident_url=url) if isinstance(a, TicketUpdate) and not a.incident_url else a for a in actions
+    )
 
 
 def _type_label(raw: str, event: IncidentEvent | None) -> str:

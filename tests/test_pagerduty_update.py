@@ -73,7 +73,7 @@ def test_reassigns_to_the_policy_and_notes_once(pd: FakePagerDutyRest) -> None:
     assert put.headers["From"] == BOT_EMAIL
     assert pd.state.incidents[incident_id]["escalation_policy"]["id"] == "PEP0002"
     (note,) = pd.state.notes[incident_id]
-    assert note["content"] == "OPS-123 moved to the DB team (Jira)\nticketpager-marker: tp:m1"
+    assert note["content"] == "OPS-123 moved to the DB team (Jira)\nticketpager-marker: [tp:m1]"
     types = [d.body for d in pd.outbox]
     assert any(b"incident.delegated" in b for b in types) and any(b"incident.annotated" in b for b in types)
 
@@ -99,7 +99,7 @@ def test_responders_are_requested_by_the_from_user(pd: FakePagerDutyRest) -> Non
     }
     assert any(b"incident.responder.added" in d.body for d in pd.outbox)
     (note,) = pd.state.notes[incident_id]
-    assert note["content"].endswith("ticketpager-marker: tp:m1")
+    assert note["content"].endswith("ticketpager-marker: [tp:m1]")
 
 
 def test_without_a_requester_id_an_account_token_gets_a_clear_error(pd: FakePagerDutyRest) -> None:

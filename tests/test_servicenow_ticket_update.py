@@ -86,7 +86,7 @@ def test_work_note_once_with_link_and_marker(fake: FakeInstance) -> None:
     assert entry["element"] == "work_notes" and entry["element_id"] == "id01"
     assert entry["value"].startswith("[ticketpager] Acknowledged in PagerDuty by Jane Doe")
     assert f"PagerDuty incident #812: {INCIDENT_URL}" in entry["value"]
-    assert entry["value"].endswith("tp:Q1ABCDEF:PEV0001:sn-p1")
+    assert entry["value"].endswith("[tp:Q1ABCDEF:PEV0001:sn-p1]")
     assert len(patches(fake)) == 1
 
 

@@ -102,7 +102,7 @@ def test_one_safe_update_put_with_note_status_and_group(rsps: responses.Requests
     assert body["comment"]["public"] is False
     text = body["comment"]["body"]
     assert text.startswith("[ticketpager] Acknowledged in PagerDuty by Jane Doe")
-    assert "PagerDuty incident #812: " + INCIDENT_URL in text and text.endswith(MARKER)
+    assert "PagerDuty incident #812: " + INCIDENT_URL in text and text.endswith(f"[{MARKER}]")
     assert listed.call_count == 1
 
 

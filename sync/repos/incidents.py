@@ -171,6 +171,11 @@ def last_event_at(conn: Connection, incident_id: str) -> datetime | None:
     ).scalar_one_or_none()
 
 
+def incident_url(conn: Connection, incident_id: str) -> str | None:
+    """The incident's link as stored from an earlier webhook (note and responder webhooks carry none)."""
+    return conn.execute(select(incidents.c.html_url).where(incidents.c.incident_id == incident_id)).scalar_one_or_none()
+
+
 def save_incident(
     conn: Connection,
     incident_id: str,

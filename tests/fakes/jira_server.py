@@ -2,9 +2,11 @@
 
 It behaves like the parts of Jira ticketpager uses: ``/serverInfo``, ``/myself`` (with a profile time
 zone), ``/field``, Cloud ``/search/jql`` with ``nextPageToken`` (and ``/search`` answering 410 Gone on
-Cloud, as after CHANGE-2046), Data Center ``/search`` with ``startAt``/``total``, issue comments, and
-injected failures (``fail_next``: e.g. 429 + ``Retry-After``). JQL support is exactly what the
-connector sends: ``updated >= "yyyy/MM/dd HH:mm"`` read in the user's zone, ``ORDER BY updated, key``.
+Cloud, as after CHANGE-2046), Data Center ``/search`` with ``startAt``/``total``, issue comments, an
+issue's transitions (a small workflow: To Do → In Progress → Done, Done requiring a resolution), remote links
+(one per ``globalId``, updated on a repost) and field edits (``PUT /issue``), and injected failures
+(``fail_next``: e.g. 429 + ``Retry-After``). JQL support is exactly what the connector sends:
+``updated >= "yyyy/MM/dd HH:mm"`` read in the user's zone, ``ORDER BY updated, key``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ from zoneinfo import ZoneInfo
 
 from tests.fakes.echo import credential_echo
 
+#: the fake's workflow: every transition is offered from any other status (``fields``: its screen)
+WORKFLOW: list[dict[str, Any]] = [
+    {"id": "11", "name": "Start work", "to": {"name": "In Progress", "statusCategory": {"key": "indeterminate"}},
+     "fields": {}},
+    {"id": "21", "name": "Reopen", "to": {"name": "To Do", "statusCategory": {"key": "new"}}, "fields": {}},
+    {"id": "31", "name": "Close issue", "to": {"name": "Done", "statusCategory": {"key": "done"}},
+     "fields": {"resolution": {"required": True, "name": "Resolution", "hasDefaultValue": False,
+                               "allowedValues": [{"id": "10000", "name": "Done"}]}}},
+]  # fmt: skip
 CATEGORY = {"new": (2, "To Do"), "indeterminate": (4, "In Progress"), "done": (3, "Done")}
 
 
@@ -103,6 +114,8 @@ class FakeJira:
         self.fields = fields if fields is not None else []
         self.issues: dict[str, dict[str, Any]] = {}
         self.comments: dict[str, list[dict[str, Any]]] = {}
+        self.remote_links: dict[str, dict[str, dict[str, Any]]] = {}  # issue id -> globalId -> link
+        self.transitioned: list[tuple[str, str]] = []  # (issue id, new status) per transition performed
         self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
         self._failures: list[tuple[int, dict[str, str]]] = []
         self.echo_credentials = False  # answer 401 echoing the request's credentials (as some proxies do)
@@ -171,6 +184,13 @@ class FakeJira:
             size = int(query.get("maxResults", ["50"])[0])
             page = issues[start : start + size]
             return 200, {"startAt": start, "maxResults": size, "total": len(issues), "issues": page}
+        match = re.fullmatch(r"issue/([^/]+)(?:/(transitions|remotelink))?", tail)
+        if match:
+            with self._lock:
+                issue = self._issue(match.group(1))
+                if issue is None:
+                    return 404, {"errorMessages": ["Issue does not exist or you do not have permission to see it."]}
+                return self._issue_route(method, issue, match.group(2), body)
         match = re.fullmatch(r"issue/([^/]+)/comment", tail)
         if match:
             ref = match.group(1)
@@ -195,6 +215,58 @@ class FakeJira:
                 return 200, {"startAt": 0, "maxResults": total, "total": total, "comments": newest_first}
         return 404, {"errorMessages": [f"no route for {method} {path}"]}
 
+    def _issue(self, ref: str) -> dict[str, Any] | None:
+        return self.issues.get(ref) or next((i for i in self.issues.values() if i["key"] == ref), None)
+
+    def _issue_route(self, method: str, issue: dict[str, Any], part: str | None, body: Any) -> tuple[int, Any]:
+        """``GET/PUT issue/{id}``, ``GET/POST …/transitions``, ``POST …/remotelink`` (caller holds the lock)."""
+        fields = issue["fields"]
+        if part is None:
+            if method == "GET":
+                return 200, copy.deepcopy(issue)
+            if method == "PUT":
+                fields.update((body or {}).get("fields") or {})
+                self._bump(issue)
+                return 204, None
+        elif part == "transitions":
+            offered = [t for t in WORKFLOW if t["to"]["name"] != fields["status"]["name"]]
+            if method == "GET":
+                return 200, {"expand": "transitions", "transitions": copy.deepcopy(offered)}
+            if method == "POST":
+                wanted = str(((body or {}).get("transition") or {}).get("id"))
+                chosen = next((t for t in offered if t["id"] == wanted), None)
+                if chosen is None:
+                    return 400, {"errorMessages": [f"Transition id '{wanted}' is not valid for this issue."]}
+                given = (body or {}).get("fields") or {}
+                missing = [k for k, m in chosen["fields"].items() if m.get("required") and k not in given]
+                if missing:
+                    return 400, {"errors": {k: f"{k} is required." for k in missing}}
+                category = chosen["to"]["statusCategory"]["key"]
+                cat_id, _ = CATEGORY[category]
+                fields["status"] = {
+                    "id": str(10000 + cat_id),
+                    "name": chosen["to"]["name"],
+                    "statusCategory": {"id": cat_id, "key": category, "name": CATEGORY[category][1]},
+                }
+                if "resolution" in given:
+                    fields["resolution"] = {"id": "10000", **given["resolution"]}
+                self.transitioned.append((str(issue["id"]), chosen["to"]["name"]))
+                self._bump(issue)
+                return 204, None
+        elif part == "remotelink" and method == "POST":
+            links = self.remote_links.setdefault(str(issue["id"]), {})
+            global_id = str((body or {}).get("globalId") or f"link-{len(links)}")
+            existed = global_id in links
+            links[global_id] = dict(body or {})
+            return (200 if existed else 201), {"id": 30000 + len(links), "self": f"{self.url}/remotelink"}
+        return 405, {"errorMessages": [f"{method} is not allowed here"]}
+
+    @staticmethod
+    def _bump(issue: dict[str, Any]) -> None:
+        """Like Jira, every edit moves the issue's ``updated`` (what could echo into a page)."""
+        bumped = datetime.fromisoformat(issue["fields"]["updated"]) + timedelta(seconds=1)
+        issue["fields"]["updated"] = jira_time(bumped)
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
@@ -217,7 +289,7 @@ class FakeJira:
                 else:
                     headers = {}
                     status, payload = fake._route(method, parsed.path, query, body)
-                data = json.dumps(payload).encode()
+                data = b"" if payload is None else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -232,6 +304,9 @@ class FakeJira:
             def do_POST(self) -> None:  # noqa: N802
                 self._serve("POST")
 
+            def do_PUT(self) -> None:  # noqa: N802
+                self._serve("PUT")
+
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
                 return
 
@@ -240,4 +315,3 @@ class FakeJira:
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
-
