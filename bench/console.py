@@ -152,6 +152,9 @@ def cases(conn: Connection) -> list[tuple[str, Callable[[], Any]]]:
         ("tickets: source + state", lambda: q.search_tickets(conn, source="zendesk", state="done")),
         ("tickets: title contains 'VPN'", lambda: q.search_tickets(conn, title="VPN")),
         ("tickets: title, no match", lambda: q.search_tickets(conn, title="no such words")),
+        # what the console runs for a title search: one window of SCAN_WINDOW tickets per page, newest first
+        ("tickets: title contains 'VPN', one window", lambda: windowed(conn, "VPN")),
+        ("tickets: title, no match, one window", lambda: windowed(conn, "no such words")),
         ("timeline: noisy ticket (1 % of rows)", lambda: _timeline(conn, "zendesk", "1", None)),
         ("timeline: ordinary ticket", lambda: _timeline(conn, "jira", "4242", None)),
         ("dead letters: first page", lambda: q.dead_letters(conn)),
@@ -159,6 +162,12 @@ def cases(conn: Connection) -> list[tuple[str, Callable[[], Any]]]:
         ("backtest: one page of stored changes", lambda: q.stored_versions(conn, "jira", since, None)),
         ("backtest: tickets paged in 1 day", lambda: q.paged_tickets(conn, "jira", since)),
     ]
+
+
+def windowed(conn: Connection, title: str) -> list[q.TicketRow]:
+    """A console title search's first page: the window's end from the index, then the search inside it."""
+    window = q.title_search_window(conn)
+    return q.search_tickets(conn, title=title, until=window.until)
 
 
 def measure(conn: Connection, runs: int) -> dict[str, float]:

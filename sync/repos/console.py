@@ -171,6 +171,50 @@ def parse_cursor(text: str) -> tuple[datetime, str, str] | None:
         return None
 
 
+#: a title search without a key prefix reads at most this many tickets per page (newest first), so a search
+#: that matches nothing answers in bounded time on a million tickets; the page then offers to search older ones
+SCAN_WINDOW = 20_000
+
+
+@dataclass(frozen=True)
+class TicketSearchWindow:
+    """How far a title search read: ``until`` is the keyset position of the last ticket it read (the next page
+    searches older tickets from there), None when it read to the end."""
+
+    until: tuple[datetime, str, str] | None
+
+    @property
+    def cursor(self) -> str | None:
+        if self.until is None:
+            return None
+        when, source, ticket_id = self.until
+        return f"{when.isoformat()}|{source}|{ticket_id}"
+
+
+def title_search_window(
+    conn: Connection,
+    *,
+    source: str = "",
+    state: str = "",
+    after: tuple[datetime, str, str] | None = None,
+    window: int = SCAN_WINDOW,
+) -> TicketSearchWindow:
+    """The keyset position of the ``window``-th ticket after ``after`` (same order and source/state filters as
+    :func:`search_tickets`), read from the index alone (``ix_tickets_updated`` / ``ix_tickets_source_state``);
+    the window a title search may read."""
+    order = (tickets.c.updated, tickets.c.source, tickets.c.ticket_id)
+    stmt = select(*order)
+    if source:
+        stmt = stmt.where(tickets.c.source == source)
+    if state:
+        stmt = stmt.where(tickets.c.status_category == state)
+    if after is not None:
+        stmt = stmt.where(tuple_(*order) < tuple_(*after))
+    stmt = stmt.order_by(*(c.desc() for c in order)).offset(window - 1).limit(1)
+    row = conn.execute(stmt).first()
+    return TicketSearchWindow(None if row is None else (row[0], row[1], row[2]))
+
+
 def search_tickets(
     conn: Connection,
     *,
@@ -180,6 +224,7 @@ def search_tickets(
     state: str = "",
     after: tuple[datetime, str, str] | None = None,
     limit: int = PAGE,
+    until: tuple[datetime, str, str] | None = None,
 ) -> list[TicketRow]:
     """Tickets, most recently updated first, filtered; the next page starts ``after`` the last row's key.
 
@@ -212,6 +257,8 @@ def search_tickets(
         stmt = stmt.where(tickets.c.status_category == state)
     if after is not None:
         stmt = stmt.where(tuple_(tickets.c.updated, tickets.c.source, tickets.c.ticket_id) < tuple_(*after))
+    if until is not None:  # the window of a title search (title_search_window): no further back than this
+        stmt = stmt.where(tuple_(tickets.c.updated, tickets.c.source, tickets.c.ticket_id) >= tuple_(*until))
     stmt = stmt.order_by(tickets.c.updated.desc(), tickets.c.source.desc(), tickets.c.ticket_id.desc()).limit(limit)
     return [
         TicketRow(

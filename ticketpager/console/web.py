@@ -243,19 +243,33 @@ class Console:
         params = request.query_params
         filters = {name: params.get(name, "").strip()[:200] for name in ("key", "title", "source", "state")}
         after = q.parse_cursor(params.get("after", "")) if params.get("after") else None
-        rows = await self.read(
-            lambda conn: q.search_tickets(
+        windowed = bool(filters["title"]) and not filters["key"]  # a title substring reads snapshots: bounded
+
+        def search(conn: Connection) -> tuple[list[q.TicketRow], q.TicketSearchWindow | None]:
+            window = (
+                q.title_search_window(conn, source=filters["source"], state=filters["state"], after=after)
+                if windowed
+                else None
+            )
+            found = q.search_tickets(
                 conn,
                 key=filters["key"],
                 title=filters["title"],
                 source=filters["source"],
                 state=filters["state"],
                 after=after,
+                until=window.until if window else None,
             )
-        )
-        more = None
+            return found, window
+
+        rows, window = await self.read(search)
+        more = searched_until = None
+        kept = {k: v for k, v in filters.items() if v}
         if len(rows) == q.PAGE:
-            more = urlencode({**{k: v for k, v in filters.items() if v}, "after": rows[-1].cursor})
+            more = urlencode({**kept, "after": rows[-1].cursor})
+        elif window is not None and window.cursor is not None:  # the window ended before the page filled
+            more = urlencode({**kept, "after": window.cursor})
+            searched_until = window.until[0] if window.until else None
         sources = await self.read(q.known_sources)
         return self.render(
             request,
@@ -264,6 +278,8 @@ class Console:
             rows=rows,
             filters=filters,
             more=more,
+            searched_until=searched_until,
+            window_size=q.SCAN_WINDOW,
             states=STATES,
             sources=sorted(set(sources) | set(CONNECTORS)),
         )
