@@ -224,6 +224,7 @@ def pages(client: TestClient) -> dict[str, Any]:
         "/console/tickets/jira/3",
         "/console/deadletters",
         "/console/rules",
+        "/console/silences",
         "/console/audit",
     ):
         answer = client.get(path)

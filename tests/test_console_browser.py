@@ -1,6 +1,7 @@
 """The admin console in a real browser (Debian's headless Chromium driven by Playwright) against a real
 ``serve`` on a socket and the PagerDuty fake: log in with the keyboard, find a ticket, read why it paged and
-why another did not, retry a dead letter and see it reach PagerDuty, try a rule in the playground; a POST
+why another did not, retry a dead letter and see it reach PagerDuty, add a silence and see a matching ticket not page
+(then page once when it is expired), try a rule in the playground; a POST
 without the CSRF token is refused; no secret in any page's HTML; labels and headings. Screenshots of each
 page go to a temporary folder, or to ``docs/console/`` (shown in the README) when
 ``TICKETPAGER_SCREENSHOTS=docs/console`` is set, so an ordinary run leaves the checkout clean.
@@ -88,6 +89,9 @@ def serve(tmp_path: Path, pd: MockPagerDuty) -> Iterator[Serve]:
         "TICKETPAGER_PAGERDUTY__MAX_ATTEMPTS": "1",
         "TICKETPAGER_JIRA__WEBHOOK_SECRETS": SECRET,
         "TICKETPAGER_CONSOLE__ENABLED": "true",
+        # the scheduler's silence release pass runs every second (not every minute) so the test sees it
+        "TICKETPAGER_ENGINE__RECHECK_INTERVAL_SECONDS": "1",
+        "TICKETPAGER_ENGINE__GAUGE_INTERVAL_SECONDS": "0.5",
         "NO_PROXY": "127.0.0.1,localhost",
     }
     server = Serve(env)
@@ -129,6 +133,7 @@ def test_console_in_a_browser(serve: Serve, pd: MockPagerDuty, tmp_path: Path) -
     webhook(serve, jira_issue("503", "OPS-503", "Payments slow", "Highest"), "b-3")
     assert wait_for(lambda: len(pd.requests) == 2)
     shots = SHOTS or tmp_path
+    held_key = "ticketpager/jira/504/ops-highest/1"
     shots.mkdir(parents=True, exist_ok=True)
     html: dict[str, str] = {}
 
@@ -199,8 +204,51 @@ def test_console_in_a_browser(serve: Serve, pd: MockPagerDuty, tmp_path: Path) -
             assert "1 queued again" in page.locator("main").text_content() or ""
             assert wait_for(lambda: len(triggers(pd)) == 2), "the retried trigger did not reach PagerDuty"
             assert any("503" in key for key in triggers(pd))
+
+            # silence ACME's tickets from the console, with the keyboard; a typo is refused next to the form
+            page.goto(f"{serve.url}/console/silences")
+            check_accessible(page, "silences")
+            matchers = page.get_by_label("Matchers, one per line (all must hold)")
+            matchers.focus()
+            page.keyboard.type("projct=OPS")
+            page.keyboard.press("Tab")
+            page.keyboard.type("2h")
+            page.get_by_label("Comment (why)").focus()
+            page.keyboard.type("ACME migration tonight")
+            page.keyboard.press("Enter")
+            refused_form = page.locator("[role=alert]").text_content() or ""
+            assert "unknown field 'projct' (did you mean 'project'?)" in refused_form
+            assert page.get_by_label("Comment (why)").input_value() == "ACME migration tonight", "what was typed stays"
+            matchers.fill("project=OPS\ntitle=~ACME")
+            page.get_by_role("button", name="Add silence").focus()
+            page.keyboard.press("Enter")
+            page.wait_for_url("**/console/silences?added=*")
+            listing = page.locator("main").text_content() or ""
+            assert "Silence #1 added" in listing and "title: {regex: ACME}" in listing and "ACME migration" in listing
+            check_accessible(page, "silences")
+            html["silences"] = page.content()
+            page.screenshot(path=str(shots / "silences.png"), full_page=True)
+
+            # a matching ticket does not page: the timeline says why
+            webhook(serve, jira_issue("504", "OPS-504", "ACME checkout migration failing", "Highest"), "b-4")
+            timeline_url = f"{serve.url}/console/tickets/jira/504"
+            assert wait_for(lambda: "silenced by #1" in page.request.get(timeline_url).text()), "not held"
+            assert held_key not in triggers(pd), "OPS-504 paged through its silence"
+            page.goto(timeline_url)
+            assert "Nothing sent: silenced by #1" in (page.locator("main").text_content() or "")
+            html["ticket-silenced"] = page.content()
+
+            # expire it, with confirmation: the ticket pages, once
+            page.goto(f"{serve.url}/console/silences")
+            page.get_by_role("link", name="Expire silence 1").click()
+            check_accessible(page, "expire")
+            page.get_by_role("button", name="Yes, expire").click()
+            assert "Silence #1 expired" in (page.locator("main").text_content() or "")
+            assert wait_for(lambda: held_key in triggers(pd)), "OPS-504 did not page when its silence ended"
+
             page.goto(f"{serve.url}/console/audit")
-            assert "deadletter.retry" in page.locator("main").text_content() or ""
+            audit_text = page.locator("main").text_content() or ""
+            assert "deadletter.retry" in audit_text and "silence.add" in audit_text and "silence.expire" in audit_text
             html["audit"] = page.content()
             page.screenshot(path=str(shots / "audit.png"), full_page=True)
 
@@ -220,7 +268,8 @@ def test_console_in_a_browser(serve: Serve, pd: MockPagerDuty, tmp_path: Path) -
         finally:
             browser.close()
 
-    assert len(triggers(pd)) == 2, "the playground sent nothing"
+    assert len(triggers(pd)) == 3, "the playground sent nothing"
+    assert triggers(pd).count(held_key) == 1, "the silenced ticket paged exactly once"
     for name, text in html.items():
         for secret in (TOKEN, ROUTING_KEY, SECRET):
             assert secret not in text, f"{name} shows a secret"

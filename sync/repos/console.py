@@ -4,7 +4,8 @@ Read-only, one function per question, each taking a ``Connection``. Lists are pa
 ``before`` a row's sort key, never OFFSET) so the 1000th page costs what the first does, and every query is
 answered by an index (``bench/console.py`` times them on 1 M tickets and 10 M decision-log rows). The few that
 need an index the schema does not have yet name it in their docstring (see docs/console.md, "Indexes").
-Nothing here writes: the console's one action (retry dead letters) goes through ``sync.store.Store.retry_dead``.
+Nothing here writes: the console's actions go through their aggregates' repositories (``sync.repos.outbox.retry_dead``,
+``sync.repos.silences``), each with its ``sync.repos.audit`` entry in the same transaction.
 """
 
 from __future__ import annotations

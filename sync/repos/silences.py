@@ -161,6 +161,13 @@ def list_silences(conn: Connection, now: datetime, include_expired: bool = False
     return [_silence(r) for r in conn.execute(stmt).mappings()]
 
 
+def silences_since(conn: Connection, since: datetime, limit: int) -> list[Silence]:
+    """Silences that had not ended by ``since`` (active, pending, and those that ended after it), newest
+    first, at most ``limit``: the console's list of current and recently ended silences."""
+    stmt = select(silences).where(_not_ended(since)).order_by(silences.c.id.desc()).limit(limit)
+    return [_silence(r) for r in conn.execute(stmt).mappings()]
+
+
 def active_silences(conn: Connection, now: datetime) -> list[Silence]:
     """The silences muting now, oldest first (an index range on ``ends_at``)."""
     stmt = select(silences).where(_not_ended(now), silences.c.starts_at <= now).order_by(silences.c.id)
@@ -310,4 +317,5 @@ __all__ = [
     "hold",
     "list_silences",
     "release",
+    "silences_since",
 ]

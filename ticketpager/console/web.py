@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -26,11 +27,13 @@ from kernel import jsonutil
 from kernel.lifecycle import dedup_key_for
 from kernel.model import FieldChange, StatusCategory, Ticket, TicketChange, diff_tickets
 from kernel.redact import redact
-from sync.repos import audit
+from sync.repos import audit, outbox
 from sync.repos import console as q
 from ticketpager.console import lab
 from ticketpager.console.auth import COOKIE, LOGIN_COOKIE, Auth, Session, csrf_ok
 from ticketpager.console.charts import hourly_svg
+from ticketpager.console.ratelimit import LOGINS, LoginLimiter
+from ticketpager.console.silences import SilencePages
 
 if TYPE_CHECKING:
     from ticketpager.service import Service
@@ -82,6 +85,7 @@ class Console:
         self.service = service
         self.settings = service.settings.console
         self.auth = Auth(self.settings)
+        self.limiter = LoginLimiter(service.clock)
         self.templates = _env()
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -167,6 +171,19 @@ class Console:
         return response
 
     async def login(self, request: Request) -> Response:
+        address = self.client_address(request)
+        wait = self.limiter.blocked(address)
+        if wait > 0:
+            LOGINS.labels("rate_limited").inc()
+            log.warning("console: login from %s refused: too many failed logins (%.0f s left)", address, wait)
+            return self._login_page(
+                request,
+                request.cookies.get(LOGIN_COOKIE, ""),
+                _local(request.query_params.get("next", "/")),
+                f"too many failed logins from your address: try again in {_seconds(wait)}",
+                status=429,
+                headers={"retry-after": str(math.ceil(wait))},
+            )
         form = await read_form(request)
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not csrf_ok(expected, form.get("csrf")):
@@ -176,22 +193,46 @@ class Console:
         )
         target = _local(_text(form, "next"))
         if who is None:
-            log.warning("console: failed login from %s", request.client.host if request.client else "?")
-            return self.render(
-                request,
-                "login.html",
-                None,
-                status=401,
-                login_csrf=expected,
-                next=target,
-                error="wrong token, user name or password",
-                users=bool(self.settings.username),
+            LOGINS.labels("failed").inc()
+            now_blocked = self.limiter.failed(address)
+            log.warning(
+                "console: failed login from %s%s",
+                address,
+                f"; it gets 429 for {self.limiter.block:.0f} s" if now_blocked else "",
             )
+            return self._login_page(request, expected, target, "wrong token, user name or password", status=401)
+        LOGINS.labels("ok").inc()
+        self.limiter.succeeded(address)
         log.info("console: %s logged in (%s)", who[0], who[1])
         response: Response = self.redirect(request, target)
         self._cookie(request, response, COOKIE, self.auth.issue(*who), int(self.settings.session_hours * 3600))
         response.delete_cookie(LOGIN_COOKIE, path=self.base(request) or "/")
         return response
+
+    def _login_page(
+        self, request: Request, csrf: str, target: str, error: str, status: int, headers: dict[str, str] | None = None
+    ) -> Response:
+        response = self.render(
+            request,
+            "login.html",
+            None,
+            status=status,
+            login_csrf=csrf,
+            next=target,
+            error=error,
+            users=bool(self.settings.username),
+        )
+        response.headers.update(headers or {})
+        return response
+
+    def client_address(self, request: Request) -> str:
+        """Who is logging in, for the rate limit: the peer, or behind a trusted proxy the address it appended
+        last to ``X-Forwarded-For`` (the earlier ones are whatever the client sent)."""
+        if self.settings.trust_proxy_headers:
+            forwarded = request.headers.get("x-forwarded-for", "").split(",")[-1].strip()
+            if forwarded:
+                return forwarded[:64]
+        return request.client.host if request.client else "?"
 
     async def logout(self, request: Request, session: Session) -> Response:
         response = self.redirect(request, "/login")
@@ -332,20 +373,19 @@ class Console:
         store = self.service.store
 
         def run() -> tuple[int, int]:
-            if not everything:
-                with store.engine.connect() as conn:
-                    known = q.dead_letter_ids(conn, ids)
-                if not known:
-                    return 0, 0
-                queued, superseded = store.retry_dead(sorted(known), now)
-            else:
-                queued, superseded = store.retry_dead(None, now)
+            # the retry and its audit entry commit together, or neither does
             with store.begin() as conn:
+                chosen: list[int] | None = None
+                if not everything:
+                    chosen = sorted(q.dead_letter_ids(conn, ids))
+                    if not chosen:
+                        return 0, 0
+                queued, superseded = outbox.retry_dead(conn, chosen, now)
                 audit.record(
                     conn,
                     session.who,
                     "deadletter.retry",
-                    "outbox:all" if everything else "outbox:" + ",".join(map(str, sorted(ids)))[:240],
+                    "outbox:all" if chosen is None else "outbox:" + ",".join(map(str, chosen))[:240],
                     {"queued": queued, "superseded": superseded, "role": session.role},
                     now,
                 )
@@ -503,6 +543,7 @@ def _timeline(conn: Connection, source: str, ticket_id: str, before: int | None)
                 "verdicts": detail.get("verdicts", []),
                 "events": detail.get("events", []),
                 "why": detail.get("why"),
+                "silenced": [str(note.get("why", "")) for note in detail.get("silenced", []) if isinstance(note, dict)],
                 "sent": by_change.get(d["change_id"], []) if d["change_id"] is not None else [],
                 "pruned": d["change_id"] is not None and change is None,
             }
@@ -586,6 +627,7 @@ def _local(target: str) -> str:
 def build_console(service: Service) -> Starlette:
     console = Console(service)
     page = console.page
+    silences = SilencePages(console)
     return Starlette(
         routes=[
             Route("/", page(console.overview), methods=["GET"]),
@@ -600,6 +642,10 @@ def build_console(service: Service) -> Starlette:
             Route("/rules", page(console.rules), methods=["GET"]),
             Route("/rules/playground", page(console.playground), methods=["POST"]),
             Route("/rules/backtest", page(console.backtest), methods=["POST"]),
+            Route("/silences", page(silences.page), methods=["GET"]),
+            Route("/silences", page(silences.add), methods=["POST"]),
+            Route("/silences/{silence_id:int}/expire", page(silences.confirm), methods=["GET"]),
+            Route("/silences/{silence_id:int}/expire", page(silences.expire), methods=["POST"]),
             Route("/audit", page(console.audit_log), methods=["GET"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
