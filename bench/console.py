@@ -57,9 +57,11 @@ def fill(conn: Connection, tickets: int, decisions: int) -> None:
     steps = [
         (
             "tickets",
-            """INSERT INTO tickets (source, ticket_id, key, status_category, updated, version_hash, snapshot,
-                                   last_change_id, open_incidents, recheck, processed_at)
-               SELECT (ARRAY['jira','zendesk','servicenow'])[g % 3 + 1], g::text, 'OPS-' || g,
+            """INSERT INTO tickets (source, connection, ticket_id, key, status_category, updated, version_hash,
+                                   snapshot, last_change_id, open_incidents, recheck, processed_at)
+               SELECT (ARRAY['jira','zendesk','servicenow'])[g % 3 + 1],
+                      (ARRAY['jira','zendesk','servicenow'])[g % 3 + 1],
+                      g::text, 'OPS-' || g,
                       (ARRAY['new','in_progress','done'])[(g::bigint * 2654435761 % 97) % 3 + 1],
                       :now - (g * interval '2.5 seconds'), md5(g::text),
                       json_build_object('source', (ARRAY['jira','zendesk','servicenow'])[g % 3 + 1],
@@ -75,9 +77,10 @@ def fill(conn: Connection, tickets: int, decisions: int) -> None:
         ),
         (
             "changes",
-            """INSERT INTO changes (id, source, delivery_id, ticket_id, ticket_updated, origin, received_at,
-                                   payload, status, processed_at)
-               SELECT t.ticket_id::bigint, t.source, 'd-' || t.ticket_id, t.ticket_id, t.updated, 'webhook', t.updated,
+            """INSERT INTO changes (id, source, connection, delivery_id, ticket_id, ticket_updated, origin,
+                                   received_at, payload, status, processed_at)
+               SELECT t.ticket_id::bigint, t.source, t.source, 'd-' || t.ticket_id, t.ticket_id, t.updated,
+                      'webhook', t.updated,
                       json_build_object('ticket', t.snapshot::json, 'origin', 'webhook',
                           'delivery_id', 'd-' || t.ticket_id,
                           'received_at', to_char(t.updated, 'YYYY-MM-DD"T"HH24\\:MI\\:SS+00\\:00'),
@@ -87,8 +90,11 @@ def fill(conn: Connection, tickets: int, decisions: int) -> None:
         ),
         (
             "decisions",
-            """INSERT INTO decisions (change_id, source, ticket_id, ticket_key, at, outcome, rules_digest, detail)
-               SELECT t, (ARRAY['jira','zendesk','servicenow'])[t % 3 + 1], t::text, 'OPS-' || t,
+            """INSERT INTO decisions (change_id, source, connection, ticket_id, ticket_key, at, outcome,
+                                     rules_digest, detail)
+               SELECT t, (ARRAY['jira','zendesk','servicenow'])[t % 3 + 1],
+                      (ARRAY['jira','zendesk','servicenow'])[t % 3 + 1],
+                      t::text, 'OPS-' || t,
                       :now - (g * (interval '30 days' / :d)),
                       CASE WHEN g % 50 = 0 THEN 'paged' ELSE 'no_action' END, 'bench',
                       json_build_object('origin', 'webhook', 'changes', json_build_array('status'),
@@ -102,9 +108,9 @@ def fill(conn: Connection, tickets: int, decisions: int) -> None:
         ),
         (
             "links",
-            """INSERT INTO links (source, ticket_id, rule, generation, dedup_key, routing_key, state, created_at,
-                                 updated_at)
-               SELECT DISTINCT ON (source, ticket_id) source, ticket_id, 'ops-highest', 1,
+            """INSERT INTO links (source, connection, ticket_id, rule, generation, dedup_key, routing_key, state,
+                                 created_at, updated_at)
+               SELECT DISTINCT ON (source, ticket_id) source, source, ticket_id, 'ops-highest', 1,
                       'ticketpager/' || source || '/' || ticket_id || '/ops-highest/1',
                       'R0UT1NGKEY0000000000000000000000', CASE WHEN id % 5 = 0 THEN 'triggered' ELSE 'resolved' END,
                       at, at
@@ -112,10 +118,12 @@ def fill(conn: Connection, tickets: int, decisions: int) -> None:
         ),
         (
             "outbox",
-            """INSERT INTO outbox (kind, destination, source, ticket_id, ticket_key, rule, action, dedup_key,
-                                  generation, routing_key, body, status, attempts, next_attempt_at, change_id,
+            """INSERT INTO outbox (kind, destination, source, connection, ticket_id, ticket_key, rule, action,
+                                  dedup_key, generation, routing_key, body, status, attempts, next_attempt_at,
+                                  change_id,
                                   created_at, sent_at, last_error)
-               SELECT 'event', 'pagerduty', source, ticket_id, 'OPS-' || ticket_id, rule, 'trigger', dedup_key, 1,
+               SELECT 'event', 'pagerduty', source, source, ticket_id, 'OPS-' || ticket_id, rule, 'trigger',
+                      dedup_key, 1,
                       routing_key, '{"event_action":"trigger","routing_key":"R0UT1NGKEY0000000000000000000000"}',
                       CASE WHEN id % 1000 = 0 THEN 'dead' WHEN id % 1000 = 1 THEN 'pending' ELSE 'sent' END,
                       1, created_at, ticket_id::bigint, created_at,
