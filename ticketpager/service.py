@@ -45,7 +45,7 @@ from sync.metrics import METRICS, zero_series
 from sync.poller import poll_once
 from sync.repos import incidents as pd_inbox
 from sync.repos.cursors import acquire_lease, release_lease
-from sync.reverse import ReverseWorker
+from sync.reverse import INCIDENT_UPDATES, ReverseWorker
 from sync.store import Store
 from ticketpager.connections import Connection, declare, load_connections
 from ticketpager.schedule import poll_offset
@@ -176,6 +176,8 @@ class Service:
             lambda: self.rule_store.current,
             self.clock,
             incidents=DESTINATIONS[incidents](self),
+            # a ticket's group change → its open incident (renders only: the delivery workers send)
+            incident_updates=DESTINATIONS[INCIDENT_UPDATES](self) if INCIDENT_UPDATES in DESTINATIONS else None,
             batch_size=settings.engine.batch_size,
             on_queued=self.outbox_wake.set,  # a batch that queued nothing wakes no delivery worker
         )
