@@ -54,8 +54,7 @@ rules:
       delegated: {set_group: true}
       resolved:
         comment: "Resolved in PagerDuty by {{ agent.name }}"
-        transition: {category: done}
-"""
+%(transition)s"""
 
 
 @dataclass
@@ -66,6 +65,7 @@ class World:
     events: MockPagerDuty
     forwarded: int = 0
     triggers: Counter[str] = field(default_factory=Counter)
+    agents: dict[str, str] = field(default_factory=dict)  # PagerDuty event id → who acted (user or integration id)
 
     # -- the two streams ----------------------------------------------------------------------------------------
     def ticket_webhook(self, change: TicketChange) -> None:
@@ -73,7 +73,9 @@ class World:
 
     def pagerduty_webhook(self, delivery: Delivery) -> None:
         """Store one v3 webhook as ``POST /webhooks/pagerduty`` does (deduplicated by ``X-Webhook-Id``)."""
-        self.svc.store_pagerduty_webhook(delivery.headers["X-Webhook-Id"], parse_event(delivery.body), delivery.body)
+        event = parse_event(delivery.body)
+        self.agents[event.event_id] = event.agent.id if event.agent else ""
+        self.svc.store_pagerduty_webhook(delivery.headers["X-Webhook-Id"], event, delivery.body)
 
     def forward_pages(self) -> int:
         """What PagerDuty does with the Events API events the service sent since the last call."""
@@ -139,10 +141,12 @@ class World:
             return [dict(r) | {"detail": json.loads(r["detail"] or "{}")} for r in rows]
 
 
-def rules_dir(tmp: Path, on_group_change: str = "reassign") -> Path:
+def rules_dir(tmp: Path, on_group_change: str = "reassign", *, resolved_transition: bool = True) -> Path:
+    """The rule file; ``resolved_transition``: a resolve in PagerDuty also moves the ticket to done."""
     path = tmp / "rules"
     path.mkdir(exist_ok=True)
-    (path / "ops.yaml").write_text(RULES % {"on_group_change": on_group_change})
+    transition = "        transition: {category: done}\n" if resolved_transition else ""
+    (path / "ops.yaml").write_text(RULES % {"on_group_change": on_group_change, "transition": transition})
     return path
 
 
