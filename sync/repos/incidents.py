@@ -1,6 +1,8 @@
 """The reverse direction's SQL, in one place: the PagerDuty webhook inbox and the incident correlation table
 (``pagerduty_inbox`` and ``incidents`` in :mod:`sync.schema`), and the few reads and writes of links, tickets,
-outbox and decision log the reverse worker (:mod:`sync.reverse`) needs.
+outbox and decision log the reverse worker (:mod:`sync.reverse`) needs; and the engine's look-up of a link's
+incident and escalation policy when a ticket's group changes (:func:`incidents_by_dedup_key`,
+:func:`expect_policy`).
 
 Every function takes the caller's connection, so the worker's writes for one webhook (incident row, link
 state, outbox rows, decision, inbox row done) commit together.
