@@ -288,11 +288,11 @@ class Engine:
         """Ask the rules what this change does to each open incident of the ticket whose id is known, and queue
         it (destination ``pagerduty_rest``); returns the decision-log entries (empty: nothing to decide)."""
         target = self.incident_updates
-        if target is None or not isinstance(ruleset, TwoWayRules):
+        if target is None or not link_states:
             return []
         after = {e.rule: next_state(e.action) for e in events}
         still_open = [link for rule, link in link_states.items() if after.get(rule, link.state).is_open]
-        if not still_open:
+        if not still_open or not isinstance(ruleset, TwoWayRules):
             return []
         known = known_incidents.incidents_by_dedup_key(conn, [link.dedup_key for link in still_open])
         entries: list[dict[str, Any]] = []

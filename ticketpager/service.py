@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -337,9 +337,7 @@ class Service:
 
     def _two_way_rules(self) -> TwoWayRules:
         rules = self.rule_store.current
-        if callable(getattr(rules, "on_incident", None)):
-            return cast(TwoWayRules, rules)
-        return _OneWayRules()
+        return rules if isinstance(rules, TwoWayRules) else _OneWayRules()
 
     def _reverse_destinations(self) -> dict[str, Destination]:
         """What renders the reverse worker's actions: each ticketing system's write-back, and every named
