@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from kernel.incidents import IncidentEvent
 from kernel.model import FieldChange, IncidentUpdate, LinkState, Ticket, TicketChange, TicketUpdate, TriggerSpec
@@ -88,12 +88,16 @@ class SyncPlan(Protocol):
     def explanation(self) -> tuple[str, ...]: ...
 
 
+@runtime_checkable
 class TwoWayRules(Protocol):
     """The reverse direction of a rule set (``rules.RuleSet`` satisfies it too). Pure, no I/O.
 
     ``on_incident``: what the rule that paged ``ctx.link`` writes onto the ticket for a PagerDuty event.
     ``on_ticket_change``: what a ticket change does to that rule's open incident ``incident_id`` (a new
-    assignment group → reassign to the mapped escalation policy, or add it as responders)."""
+    assignment group → reassign to the mapped escalation policy, or add it as responders).
+
+    Runtime-checkable: the engine asks ``isinstance(ruleset, TwoWayRules)`` to know whether a rule set has the
+    reverse half at all (a one-way rule set, or a test's, has not)."""
 
     def on_incident(self, ctx: IncidentContext) -> SyncPlan: ...
 

@@ -277,6 +277,10 @@ def _reverse_group(
     if current == group or (isinstance(current, list | tuple) and group in current):
         why.append(f"set_group: the ticket is already in group '{group}' (policy {policy})")
         return None
+    mapped_here = [g for g in _values(current) if rule.policies.groups.get(g) == policy]
+    if mapped_here:  # two groups on one policy: moving the ticket to the other would be ServiceNow's loop
+        why.append(f"set_group: the ticket's group '{mapped_here[0]}' already maps to policy {policy}: the group stays")
+        return None
     why.append(f"set_group: {rule.policies.group_field.name} → '{group}' (policy {policy} in the map)")
     return group
 

@@ -8,7 +8,12 @@
 2. evaluate the rules (pure) against the ticket, the previous version and what changed;
 3. :func:`kernel.lifecycle.plan` the events from the verdicts and the current link states;
 4. hold a planned trigger if an active silence matches the ticket (:mod:`sync.repos.silences`);
-5. write outbox rows, link states, the ticket's new version and the decision log together.
+5. write outbox rows, link states, the ticket's new version and the decision log together;
+6. a ticket with an open incident whose id is known (the reverse worker learned it): ask the rules'
+   :meth:`kernel.ports.TwoWayRules.on_ticket_change` what a group change does to it, and queue those
+   incident updates for ``pagerduty_rest`` — unless the incident is already on that escalation policy
+   (PagerDuty moved it there and our ``set_group`` wrote the ticket's group: the echo; see
+   docs/two-way.md, "Why there is no loop").
 
 A ticket is (source, connection, id): the same id on two instances of one system is two tickets, with their
 own row, links, dedup keys and decisions. On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` and each
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +41,7 @@ from kernel.model import (
     Destination,
     FieldChange,
     IncidentAction,
+    IncidentUpdate,
     LinkState,
     Origin,
     PlannedEvent,
@@ -44,10 +51,11 @@ from kernel.model import (
     diff_tickets,
     merge_changes,
 )
-from kernel.ports import EvalContext, RuleSet, Verdict
+from kernel.ports import EvalContext, RuleSet, TwoWayRules, Verdict
 from kernel.redact import mask, redact
 from sync.metrics import METRICS
 from sync.repos import changes, outbox, tickets
+from sync.repos import incidents as known_incidents
 from sync.repos.silences import BatchSilences, SilenceBook, due_releases, release
 from sync.store import Store
 
@@ -107,6 +115,7 @@ class Engine:
         clock: Clock,
         *,
         incidents: Destination,
+        incident_updates: Destination | None = None,
         batch_size: int = 50,
         on_queued: Callable[[], None] | None = None,
         silences: SilenceBook | None = None,
@@ -115,11 +124,14 @@ class Engine:
         """``on_queued`` is called after a :meth:`run_once` that committed at least one outbox row (the
         service wakes its delivery workers then, and only then). ``connections``: the configured connection
         names, which label the metrics (a change of any other counts as ``unknown``: the label set stays
-        bounded); ``None``: every connection is its own label."""
+        bounded); ``None``: every connection is its own label.
+        ``incident_updates`` renders the :class:`~kernel.model.IncidentUpdate` of a group change
+        (``pagerduty_rest``); None: none are queued."""
         self.store = store
         self.rules = rules
         self.clock = clock
         self.incidents = incidents  # renders incident actions when they are queued (the stored body is sent)
+        self.incident_updates = incident_updates
         self.batch_size = batch_size
         self.on_queued = on_queued
         self.silences = silences  # None: nothing is ever silenced (no query either)
@@ -240,13 +252,18 @@ class Engine:
         link_states = tickets.links_of(conn, ticket.source, ticket.connection, ticket.id)
         events, silenced = held.hold(plan(results, link_states, ticket), ticket)
         open_count = self._apply(conn, events, link_states, ticket, row["id"], now)
+        ctx = EvalContext(ticket=ticket, previous=previous, changes=tuple(changed), now=now)
+        updates = self._incident_updates(conn, ruleset, ctx, link_states, events, row["id"])
         done = ticket.status_category in (StatusCategory.DONE, StatusCategory.DELETED)
         self._save_ticket(
             conn, current, ticket, version, row["id"], open_count, ruleset.has_time_rules and not done, now
         )
         finished.append(changes.finished(row["id"], "processed", now))
-        outcome = "paged" if events else "silenced" if silenced else "no_action"
-        detail = {
+        queued_updates = any(u["queued"] for u in updates)
+        outcome = (
+            "paged" if events else "silenced" if silenced else "incident_update" if queued_updates else "no_action"
+        )
+        detail: dict[str, Any] = {
             "origin": change.origin.value,
             "changes": [c.field for c in changed],
             "verdicts": [verdict_json(r) for r in results],
@@ -254,6 +271,8 @@ class Engine:
         }
         if silenced:
             detail["silenced"] = silenced
+        if updates:
+            detail["incident_updates"] = updates
         decided.append(self._decision(row["id"], ticket, outcome, ruleset.digest, detail))
         METRICS.changes_processed.labels(self._label(ticket.connection), outcome).inc()
 
@@ -276,6 +295,102 @@ class Engine:
             e.rule: next_state(e.action).is_open for e in events
         }
         return sum(open_after.values())
+
+    # -- a ticket change → its open incidents (issue 16 item 5) ------------------------------------------------
+    def _incident_updates(
+        self,
+        conn: Connection,
+        ruleset: RuleSet,
+        ctx: EvalContext,
+        link_states: Mapping[str, LinkState],
+        events: Sequence[PlannedEvent],
+        change_id: int,
+    ) -> list[dict[str, Any]]:
+        """Ask the rules what this change does to each open incident of the ticket whose id is known, and queue
+        it (destination ``pagerduty_rest``); returns the decision-log entries (empty: nothing to decide)."""
+        target = self.incident_updates
+        if target is None or not link_states:
+            return []
+        after = {e.rule: next_state(e.action) for e in events}
+        still_open = [link for rule, link in link_states.items() if after.get(rule, link.state).is_open]
+        if not still_open or not isinstance(ruleset, TwoWayRules):
+            return []
+        known = known_incidents.incidents_by_dedup_key(conn, [link.dedup_key for link in still_open])
+        entries: list[dict[str, Any]] = []
+        for link in still_open:
+            incident = known.get(link.dedup_key)
+            if incident is None:
+                continue  # no webhook of it yet: PagerDuty's incident id is not known (nothing to address)
+            decided = ruleset.on_ticket_change(ctx, link, incident.incident_id)
+            if not decided.actions:
+                continue  # the usual case (the group did not change): no entry for every change
+            why = list(decided.explanation)
+            queued: list[dict[str, Any]] = []
+            for action in decided.actions:
+                if not isinstance(action, IncidentUpdate):
+                    why.append(f"{action.KIND} from a ticket change: not queued (only incident updates are)")
+                    continue
+                wanted = self._not_there_yet(action, incident.escalation_policy_id, why)
+                if wanted is None:
+                    METRICS.echoes_suppressed.labels("ticket.group_changed").inc()
+                    continue
+                self._enqueue_update(conn, target, wanted, link, ctx.ticket, decided.rule or link.rule, change_id)
+                queued.append({"marker": wanted.marker, "reassign_to_policy": wanted.reassign_to_policy,
+                               "responder_policies": list(wanted.responder_policies)})  # fmt: skip
+            entries.append(
+                {"rule": decided.rule or link.rule, "incident_id": incident.incident_id, "why": why, "queued": queued}
+            )
+        return entries
+
+    @staticmethod
+    def _not_there_yet(update: IncidentUpdate, current: str | None, why: list[str]) -> IncidentUpdate | None:
+        """``update`` without the moves the incident has made already (``current``: the escalation policy it is
+        on); None when nothing is left. This is what keeps a move made in PagerDuty, written onto the ticket's
+        group by ``set_group``, from coming back as a reassignment (and a note) when that ticket change arrives."""
+        if current is None:
+            return update
+        reassign = update.reassign_to_policy if update.reassign_to_policy != current else None
+        responders = tuple(p for p in update.responder_policies if p != current)
+        if reassign is None and not responders:
+            why.append(
+                f"the incident is already on escalation policy {current} (moved in PagerDuty, or asked by us "
+                "before): nothing sent (no loop)"
+            )
+            return None
+        return replace(update, reassign_to_policy=reassign, responder_policies=responders)
+
+    def _enqueue_update(
+        self,
+        conn: Connection,
+        target: Destination,
+        update: IncidentUpdate,
+        link: LinkState,
+        ticket: Ticket,
+        rule: str,
+        change_id: int,
+    ) -> None:
+        rendered = target.render(update)
+        now = self.clock.now()
+        outbox.enqueue(
+            conn,
+            kind=update.KIND,
+            destination=target.name,
+            source=ticket.source,
+            connection=ticket.connection,
+            ticket_id=ticket.id,
+            ticket_key=ticket.key,
+            rule=rule,
+            action="reassign" if update.reassign_to_policy else "add_responders",
+            dedup_key=link.dedup_key,
+            generation=link.generation,
+            limit_key=rendered.limit_key,
+            body=rendered.body,
+            change_id=change_id,
+            now=now,
+        )
+        if update.reassign_to_policy:  # where the incident is going: a second move before the echo compares to it
+            known_incidents.expect_policy(conn, update.incident_id, update.reassign_to_policy, now)
+        self._queued += 1
 
     @staticmethod
     def _staleness(conn: Connection, current: RowMapping | None, change: TicketChange, version: str) -> str | None:

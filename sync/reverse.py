@@ -255,7 +255,8 @@ class ReverseWorker:
             number=inc.number if inc else None,
             html_url=inc.html_url if inc else None,
             status=None if stale or inc is None else inc.status,
-            escalation_policy_id=inc.escalation_policy_id if inc else None,
+            # an older event (delivered late) never moves the policy back: the engine compares group changes to it
+            escalation_policy_id=None if stale or inc is None else inc.escalation_policy_id,
         )
         echo = event.is_echo(self.own_user_ids, self.own_integration_ids)
         moved = None if stale else self._move_link(conn, found.dedup_key, link.link.state, event, ticket, echo, now)

@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -48,7 +48,7 @@ from sync.repos import incidents as pd_inbox
 from sync.repos.cursors import acquire_lease, release_lease
 from sync.repos.outbox import next_due, next_due_statement
 from sync.repos.silences import SilenceBook
-from sync.reverse import ReverseWorker
+from sync.reverse import INCIDENT_UPDATES, ReverseWorker
 from sync.store import Store
 from ticketpager.connections import Connection, declare, load_connections
 from ticketpager.schedule import poll_offset
@@ -185,6 +185,8 @@ class Service:
             lambda: self.rule_store.current,
             self.clock,
             incidents=DESTINATIONS[incidents](self),
+            # a ticket's group change → its open incident (renders only: the delivery workers send)
+            incident_updates=DESTINATIONS[INCIDENT_UPDATES](self) if INCIDENT_UPDATES in DESTINATIONS else None,
             batch_size=settings.engine.batch_size,
             on_queued=self.outbox_wake.set,  # a batch that queued nothing wakes no delivery worker
             silences=SilenceBook(compile_matchers),  # silences' matchers, compiled by the rules language
@@ -343,9 +345,7 @@ class Service:
 
     def _two_way_rules(self) -> TwoWayRules:
         rules = self.rule_store.current
-        if callable(getattr(rules, "on_incident", None)):
-            return cast(TwoWayRules, rules)
-        return _OneWayRules()
+        return rules if isinstance(rules, TwoWayRules) else _OneWayRules()
 
     def _reverse_destinations(self) -> dict[str, Destination]:
         """What renders the reverse worker's actions: each ticketing system's write-back, and every named

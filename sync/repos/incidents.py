@@ -1,6 +1,8 @@
 """The reverse direction's SQL, in one place: the PagerDuty webhook inbox and the incident correlation table
 (``pagerduty_inbox`` and ``incidents`` in :mod:`sync.schema`), and the few reads and writes of links, tickets,
-outbox and decision log the reverse worker (:mod:`sync.reverse`) needs.
+outbox and decision log the reverse worker (:mod:`sync.reverse`) needs; and the engine's look-up of a link's
+incident and escalation policy when a ticket's group changes (:func:`incidents_by_dedup_key`,
+:func:`expect_policy`).
 
 Every function takes the caller's connection, so the worker's writes for one webhook (incident row, link
 state, outbox rows, decision, inbox row done) commit together.
@@ -214,6 +216,40 @@ def save_incident(
         )
     else:
         conn.execute(stmt.values(**values))
+
+
+@dataclass(frozen=True, slots=True)
+class KnownIncident:
+    """What the engine needs of a link's incident: its id and the escalation policy it is on (as PagerDuty last
+    said, or as we last asked: see :func:`expect_policy`)."""
+
+    incident_id: str
+    escalation_policy_id: str | None
+
+
+def incidents_by_dedup_key(conn: Connection, dedup_keys: Iterable[str]) -> dict[str, KnownIncident]:
+    """The known incident of each of ``dedup_keys`` (the engine's forward reassignment); the most recently
+    updated one if PagerDuty ever made two for one key."""
+    wanted = sorted({k for k in dedup_keys if k})
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        select(incidents.c.dedup_key, incidents.c.incident_id, incidents.c.escalation_policy_id)
+        .where(incidents.c.dedup_key.in_(wanted))
+        .order_by(incidents.c.updated_at, incidents.c.incident_id)
+    ).all()
+    return {str(r.dedup_key): KnownIncident(str(r.incident_id), r.escalation_policy_id) for r in rows}
+
+
+def expect_policy(conn: Connection, incident_id: str, policy_id: str, now: datetime) -> None:
+    """The engine queued a move of ``incident_id`` to ``policy_id``: record it as the incident's policy now, so a
+    second group change before the echo arrives compares with where the incident is going (its echo, or any
+    newer webhook, then says where it is)."""
+    conn.execute(
+        update(incidents)
+        .where(incidents.c.incident_id == incident_id)
+        .values(escalation_policy_id=policy_id, updated_at=now)
+    )
 
 
 def known_dedup_keys(conn: Connection, keys: Iterable[str]) -> list[str]:

@@ -1,0 +1,135 @@
+"""Central Ops, both ways (issue 16 item 5), through the real service against the PagerDuty REST fake: a ticket
+moved to another assignment group reassigns its open incident to the mapped escalation policy (``PUT
+/incidents/{id}``) or asks that policy to help (``responder_requests``); a person moving the incident in
+PagerDuty sets the ticket's group from the reverse map; and neither comes back as the other (no loop, including
+ServiceNow's documented one: two groups on one policy)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kernel.clock import FakeClock
+from tests.factories import ROUTING_KEY, ticket
+from tests.fakes.pagerduty_rest import FakePagerDutyRest
+from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.twoway_world import World, build, rules_dir
+
+KEY = "ticketpager/jira/10001/ops-highest/1"
+
+
+@pytest.fixture
+def world(
+    db_url: str, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[World]:
+    monkeypatch.setenv("PD_PLATFORM_KEY", ROUTING_KEY)
+    on_change = getattr(request, "param", "reassign")
+    with MockPagerDuty() as events, FakePagerDutyRest() as pd:
+        w = build(db_url, rules_dir(tmp_path, on_change), clock, pd, events)
+        yield w
+        w.svc.store.dispose()
+
+
+def paged(world: World, group: str = "Service Desk") -> str:
+    """OPS-10001 in ``group`` pages; PagerDuty's triggered webhook tells us its incident id."""
+    world.desk.put(ticket("10001", attributes={"project": "OPS"}, assignment_group=group))
+    world.settle()
+    incident = world.incident_of(KEY)
+    assert incident is not None and incident["status"] == "triggered"
+    return str(incident["id"])
+
+
+def policy(world: World, incident_id: str) -> str:
+    return str(world.pd.state.incidents[incident_id]["escalation_policy"]["id"])
+
+
+def test_a_group_change_reassigns_the_open_incident_once_and_its_echo_writes_nothing(world: World) -> None:
+    incident_id = paged(world)
+    assert policy(world, incident_id) == "PEP0001"
+
+    world.desk.edit("10001", assignment_group="Network")
+    redelivered = world.desk.webhooks[-1]
+    world.settle()
+    world.ticket_webhook(redelivered)  # the ticketing system sends the same change again
+    world.settle()
+
+    assert policy(world, incident_id) == "PEP0002"  # an escalation policy, never a user: escalation goes on
+    puts = world.rest_calls("PUT", f"/incidents/{incident_id}")
+    assert [p.body["incident"]["escalation_policy"]["id"] for p in puts] == ["PEP0002"]
+    assert world.pd_markers() and set(world.pd_markers().values()) == {1}  # one note, with our marker
+    # the incident.delegated echo (agent: our From user) wrote nothing onto the ticket: only the page's note
+    assert [m for m in world.desk.marked("10001") if "delegated" in m or "grp" in m] == []
+    assert world.desk.tickets["10001"].assignment_group == "Network"
+    decided = [d for d in world.decisions() if d["outcome"] == "incident_update"]
+    assert len(decided) == 1
+    [entry] = decided[0]["detail"]["incident_updates"]
+    assert entry["incident_id"] == incident_id and entry["queued"][0]["reassign_to_policy"] == "PEP0002"
+    assert world.outbox_counts().get("pending", 0) == 0 and world.pd.spec_errors == []
+
+
+@pytest.mark.parametrize("world", ["add_responders"], indirect=True)
+def test_add_responders_asks_the_mapped_policy_to_help(world: World) -> None:
+    incident_id = paged(world)
+
+    world.desk.edit("10001", assignment_group="Network")
+    world.settle()
+
+    [request] = world.pd.state.responder_requests[incident_id]
+    targets = [t["responder_request_target"] for t in request["responder_request_targets"]]
+    assert targets == [{"id": "PEP0002", "type": "escalation_policy_reference"}]
+    assert request["requester"]["id"] == "PBOT001"
+    assert policy(world, incident_id) == "PEP0001"  # the incident stays where it was
+    assert world.rest_calls("PUT", f"/incidents/{incident_id}") == []
+
+
+def test_a_move_in_pagerduty_sets_the_ticket_group_and_the_ticket_webhook_does_not_move_it_again(
+    world: World,
+) -> None:
+    incident_id = paged(world)
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")  # Central Ops moves it to the DB on-call
+    world.settle()
+
+    assert world.desk.tickets["10001"].assignment_group == "Network"  # PEP0002 → Network (reverse map)
+    moved = [c for c in world.desk.comments["10001"] if "moved to escalation policy PEP0002 by Jane Doe" in c]
+    assert len(moved) == 1 and set(world.desk.marked("10001").values()) == {1}
+    # the ticket webhook of our own group change came back: no PUT, no note on the incident
+    assert world.rest_calls("PUT") == [] and world.pd_markers() == {}
+    assert policy(world, incident_id) == "PEP0002"
+    skipped = [
+        e
+        for d in world.decisions()
+        for e in d["detail"].get("incident_updates", [])
+        if any("already on escalation policy PEP0002" in w for w in e["why"])
+    ]
+    assert len(skipped) == 1 and skipped[0]["queued"] == []
+
+
+def test_two_groups_on_one_policy_never_bounce_servicenows_feedback_loop(world: World) -> None:
+    """ServiceNow's documented loop: a business rule moves group A to B, both on one policy, and each delegate
+    webhook moves the ticket back to A. Here: neither side moves anything."""
+    incident_id = paged(world, group="Network")
+    assert world.rest_calls("PUT") == []  # paged straight on the service's policy; nothing to reassign yet
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")
+    world.settle()
+    world.desk.edit("10001", assignment_group="Network Ops")  # the "business rule": same policy
+    world.settle()
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER02")  # moved again to the policy it is on
+    world.settle()
+
+    assert world.desk.tickets["10001"].assignment_group == "Network Ops"  # not bounced back to Network
+    assert world.rest_calls("PUT") == [] and world.pd_markers() == {}
+    assert policy(world, incident_id) == "PEP0002"
+
+
+def test_a_quick_move_and_back_before_the_echo_ends_on_the_first_policy(world: World) -> None:
+    incident_id = paged(world)
+    world.desk.edit("10001", assignment_group="Network")
+    world.desk.edit("10001", assignment_group="Service Desk")  # both reach us before PagerDuty's echo
+    world.settle()
+
+    assert policy(world, incident_id) == "PEP0001"
+    puts = world.rest_calls("PUT", f"/incidents/{incident_id}")
+    assert [p.body["incident"]["escalation_policy"]["id"] for p in puts] == ["PEP0002", "PEP0001"]
+    assert world.desk.tickets["10001"].assignment_group == "Service Desk"
