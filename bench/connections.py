@@ -340,11 +340,14 @@ def report(runs: list[Run], print_: Callable[[str], None] = print) -> dict[str, 
             f"| {mx} · {mean:.2f} ({mx2} · {mean2:.2f}) | {r.pct(0.5):.1f} / {r.pct(0.99):.1f} / "
             f"{max(r.latencies_ms, default=float('nan')):.1f} | {r.paged}/{r.sent} |"
         )
-    by = {r.label.split("#")[0]: r for r in runs}
     out: dict[str, Any] = {}
-    if {"bad", "healthy", "no-poll"} <= set(by):
+    rounds = sorted({r.label.split("#")[1] for r in runs if "#" in r.label})
+    for rnd in rounds:
+        by = {r.label.split("#")[0]: r for r in runs if r.label.endswith(f"#{rnd}")}
+        if not {"bad", "healthy", "no-poll"} <= set(by):
+            continue
         bad, ok, base = by["bad"], by["healthy"], by["no-poll"]
-        out = {
+        out[rnd] = figures = {
             "p50_ratio": bad.pct(0.5) / ok.pct(0.5),
             "p99_ratio": bad.pct(0.99) / ok.pct(0.99),
             "threads_added": ok.threads - base.threads,
@@ -352,9 +355,9 @@ def report(runs: list[Run], print_: Callable[[str], None] = print) -> dict[str, 
             "cpu_ms_per_cycle": (ok.cpu - base.cpu) / max(ok.cycles(), 1) * 1000,
         }
         print_(
-            f"bad/healthy webhook→page: p50 {out['p50_ratio']:.2f}×, p99 {out['p99_ratio']:.2f}× · polling adds "
-            f"{out['threads_added']} threads and {out['rss_added_mib']:.1f} MiB RSS over no-poll · "
-            f"{out['cpu_ms_per_cycle']:.1f} CPU-ms per poll cycle (healthy − no-poll)"
+            f"round {rnd}: bad/healthy webhook→page p50 {figures['p50_ratio']:.2f}×, p99 {figures['p99_ratio']:.2f}× · "
+            f"polling adds {figures['threads_added']} threads, {figures['rss_added_mib']:.1f} MiB RSS over no-poll · "
+            f"{figures['cpu_ms_per_cycle']:.1f} CPU-ms per poll cycle (healthy − no-poll)"
         )
     return out
 
