@@ -22,8 +22,8 @@ from kernel.clock import FakeClock
 from kernel.fields import declare_connections
 from kernel.model import StatusCategory, Ticket, TicketChange
 from rules import EvalContext, RuleFileErrors, load_rules
-from sync.schema import changes
 from sync.repos.cursors import load_cursor
+from sync.schema import changes
 from tests.harness import make_service
 from tests.test_zendesk_poll import page
 from tests.test_zendesk_poll import ticket as zendesk_ticket
