@@ -86,9 +86,15 @@ def declare(connections: Mapping[str, Connection]) -> None:
     """Tell rule validation which connections exist (``connection:`` conditions are checked against them)
     and the redaction filter their secrets."""
     declare_connections({c.name: c.system for c in connections.values() if not c.is_default})
+    # one add for all of them: each add recompiles the pattern of every secret known so far, so one add per
+    # connection took 58 s of start-up for 50 connections (docs/performance.md, "50 connections")
+    secrets: set[str] = set()
+    users: set[str] = set()
     for connection in connections.values():
-        secrets, users = redact.credentials(connection.settings)
-        redact.SECRETS.add(secrets, users)
+        more, who = redact.credentials(connection.settings)
+        secrets |= more
+        users |= who
+    redact.SECRETS.add(secrets, users)
 
 
 def load_file(path: Path, env: Mapping[str, str]) -> dict[str, Connection]:
