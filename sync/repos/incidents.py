@@ -20,6 +20,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from kernel import jsonutil
 from kernel.model import IncidentState, LinkState, Ticket
 from sync.db import insert_ignore
+from sync.repos.tickets import link_state
 from sync.schema import decisions, incidents, links, outbox, pagerduty_inbox, tickets
 from sync.store import Store
 
@@ -284,15 +285,7 @@ def link_by_dedup_key(conn: Connection, dedup_key: str) -> LinkRow | None:
     row = conn.execute(select(links).where(links.c.dedup_key == dedup_key).limit(1)).mappings().first()
     if row is None:
         return None
-    link = LinkState(
-        rule=row["rule"],
-        dedup_key=row["dedup_key"],
-        routing_key=row["routing_key"],
-        state=IncidentState(row["state"]),
-        generation=row["generation"],
-        hold_version=row["hold_version"],
-    )
-    return LinkRow(row["source"], row["connection"], row["ticket_id"], link, row["hold_version"])
+    return LinkRow(row["source"], row["connection"], row["ticket_id"], link_state(row), row["hold_version"])
 
 
 def set_link_state(

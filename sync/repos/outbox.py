@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Exists, Select, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import aliased
 
@@ -134,13 +134,7 @@ class Claims:
         key = (dialect, limit)
         stmt = self._statements.get(key)
         if stmt is None:
-            earlier = aliased(outbox)
-            blocked = exists().where(
-                earlier.c.dedup_key == outbox.c.dedup_key,
-                earlier.c.kind == "event",
-                earlier.c.id < outbox.c.id,
-                earlier.c.status == "pending",
-            )
+            blocked = _waits_for_an_earlier_event()
             stmt = (
                 select(outbox)
                 .where(*self._due, or_(outbox.c.kind != "event", ~blocked))
@@ -258,13 +252,7 @@ def next_due_statement(takeover: bool) -> Select[Any]:
     free = [outbox.c.claimed_until.is_(None), outbox.c.claimed_until < _NOW]
     if takeover:
         free.append(claim_holder_dead(outbox.c.claimed_by, _STALE))
-    earlier = aliased(outbox)
-    blocked = exists().where(
-        earlier.c.dedup_key == outbox.c.dedup_key,
-        earlier.c.kind == "event",
-        earlier.c.id < outbox.c.id,
-        earlier.c.status == "pending",
-    )
+    blocked = _waits_for_an_earlier_event()
     return (
         select(outbox.c.next_attempt_at)
         .where(outbox.c.status == "pending", or_(*free), or_(outbox.c.kind != "event", ~blocked))
@@ -278,3 +266,15 @@ def next_due(conn: Connection, statement: Select[Any], now: datetime, takeover_a
     params = {"now": now, "stale": now - timedelta(seconds=takeover_after or 0.0)}
     due: datetime | None = conn.execute(statement, params).scalar_one_or_none()
     return due
+
+
+def _waits_for_an_earlier_event() -> Exists:
+    """An outbox row that waits: an earlier event of its ``dedup_key`` is still pending (a resolve never
+    overtakes its trigger)."""
+    earlier = aliased(outbox)
+    return exists().where(
+        earlier.c.dedup_key == outbox.c.dedup_key,
+        earlier.c.kind == "event",
+        earlier.c.id < outbox.c.id,
+        earlier.c.status == "pending",
+    )

@@ -121,17 +121,19 @@ def count(conn: Connection) -> int:
 def links_of(conn: Connection, source: str, connection: str, ticket_id: str) -> dict[str, LinkState]:
     """The ticket's links by rule."""
     rows = conn.execute(SELECT_LINKS, {"s": source, "c": connection, "t": ticket_id}).mappings()
-    return {
-        r["rule"]: LinkState(
-            rule=r["rule"],
-            dedup_key=r["dedup_key"],
-            routing_key=r["routing_key"],
-            state=IncidentState(r["state"]),
-            generation=r["generation"],
-            hold_version=r["hold_version"],
-        )
-        for r in rows
-    }
+    return {r["rule"]: link_state(r) for r in rows}
+
+
+def link_state(row: RowMapping) -> LinkState:
+    """A ``links`` row as the lifecycle sees it."""
+    return LinkState(
+        rule=row["rule"],
+        dedup_key=row["dedup_key"],
+        routing_key=row["routing_key"],
+        state=IncidentState(row["state"]),
+        generation=row["generation"],
+        hold_version=row["hold_version"],
+    )
 
 
 def save_link(
