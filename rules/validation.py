@@ -21,6 +21,7 @@ from kernel.fields import (
     TICKET_FIELDS,
     all_attributes,
     connection_systems,
+    connection_vocabulary,
 )
 from kernel.model import SEVERITIES, StatusCategory, Ticket
 from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_range, parse_timezone
@@ -136,6 +137,7 @@ class Validator(TwoWayValidation):
         self._calendar_pos: dict[str, Pos] = {}
         self._names: dict[str, Pos] = {}
         self.groups: dict[str, Pos] = {}  # the top-level groups: vocabulary, across files
+        self.custom_names: CustomNames | None = None  # the current rule's connections' custom fields, if known
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -279,6 +281,7 @@ class Validator(TwoWayValidation):
             )
             source = "any"
         spec_source, source = source, source if source != "any" else connections_system(item.get("when"))
+        self.custom_names = connections_custom_names(item.get("when"))
         on_unmatch = item.get("on_unmatch", "keep")
         if on_unmatch not in ON_UNMATCH:
             self.err(
@@ -327,6 +330,7 @@ class Validator(TwoWayValidation):
                 policies,
                 "escalation_policies" in item,
             )
+        self.custom_names = None
         if len(self.errors) != errors_before or when is None or trigger is None or resolve is None:
             return None
         assert isinstance(name, str)
@@ -493,6 +497,11 @@ class Validator(TwoWayValidation):
         if isinstance(ref, str):
             self.err(pos, trail[:-1] + [name], ref)
             return None
+        if self.custom_names is not None and name.startswith("custom."):
+            problem = self.custom_names.problem(name[len("custom.") :])
+            if problem is not None:
+                self.err(pos, trail[:-1] + [name], problem)
+                return None
         return ref
 
     # -- trigger --------------------------------------------------------------------------------------
@@ -737,6 +746,37 @@ def connections_system(when: Any) -> str:
     known = connection_systems()
     systems = {known.get(n) if isinstance(n, str) else None for n in names}
     return str(systems.pop()) if len(systems) == 1 and None not in systems else "any"
+
+
+class CustomNames(NamedTuple):
+    """The custom field names the connections a rule names declare (a Zendesk's ``custom_field_names``)."""
+
+    connections: tuple[str, ...]
+    names: frozenset[str]
+
+    def problem(self, key: str) -> str | None:
+        """Why ``custom.<key>`` is never filled on these connections, else None (a field id always is)."""
+        if key in self.names or key.isdigit():
+            return None
+        whose = " or ".join(f"'{c}'" for c in self.connections)
+        return (
+            f"no custom field '{key}' on connection {whose}{did_you_mean(key, self.names)} "
+            f"(custom_field_names: {', '.join(sorted(self.names))}; or custom.<field id>)"
+        )
+
+
+def connections_custom_names(when: Any) -> CustomNames | None:
+    """The custom field names of the connections a rule's ``when: {connection: …}`` names, when every one
+    of them declares some; None otherwise (an instance without configured names accepts any name)."""
+    named = when.get("connection") if isinstance(when, YMap) else None
+    given = list(named) if isinstance(named, list) else [named]
+    names = [n for n in given if isinstance(n, str) and n in connection_systems()]
+    if not names or len(names) != len(given):  # an unknown one has its own error
+        return None
+    declared = [connection_vocabulary(n).custom_field_names for n in names]
+    if not all(declared):
+        return None
+    return CustomNames(tuple(dict.fromkeys(names)), frozenset().union(*declared))
 
 
 def resolve_field(name: str, source: str) -> FieldRef | str:

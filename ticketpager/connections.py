@@ -32,9 +32,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from connectors import registry
-from connectors.settings import ConnectorSettings
+from connectors.settings import ConnectorSettings, ZendeskSettings
 from kernel import redact
-from kernel.fields import declare_connections
+from kernel.fields import ConnectionVocabulary, declare_connections
 from rules.loader import Pos, RuleFileError, RuleFileErrors, YList, YMap, parse_text, read_file
 from rules.operators import did_you_mean
 from ticketpager.secretfiles import EnvWithSecretFiles
@@ -84,11 +84,23 @@ def load_connections(settings: Settings, environ: Mapping[str, str] = os.environ
 
 def declare(connections: Mapping[str, Connection]) -> None:
     """Tell rule validation which connections exist (``connection:`` conditions are checked against them)
+    and what each one's settings name (a rule naming connections is checked against their vocabulary),
     and the redaction filter their secrets."""
-    declare_connections({c.name: c.system for c in connections.values() if not c.is_default})
+    declare_connections(
+        {c.name: c.system for c in connections.values() if not c.is_default},
+        {c.name: vocabulary(c.settings) for c in connections.values()},
+    )
     for connection in connections.values():
         secrets, users = redact.credentials(connection.settings)
         redact.SECRETS.add(secrets, users)
+
+
+def vocabulary(settings: ConnectorSettings) -> ConnectionVocabulary:
+    """What a connection's settings say its tickets hold: a Zendesk's ``custom_field_names`` (the names
+    ``custom.<name>`` can read; Jira's display names come from Jira at run time, so none are declared)."""
+    if isinstance(settings, ZendeskSettings):
+        return ConnectionVocabulary(custom_field_names=frozenset(n for n in settings.custom_field_names.values() if n))
+    return ConnectionVocabulary()
 
 
 def load_file(path: Path, env: Mapping[str, str]) -> dict[str, Connection]:
