@@ -138,6 +138,7 @@ class Validator(TwoWayValidation):
         self._names: dict[str, Pos] = {}
         self.groups: dict[str, Pos] = {}  # the top-level groups: vocabulary, across files
         self.custom_names: CustomNames | None = None  # the current rule's connections' custom fields, if known
+        self.category_limit: CategoryLimit | None = None  # the categories they can report, if limited
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -282,6 +283,7 @@ class Validator(TwoWayValidation):
             source = "any"
         spec_source, source = source, source if source != "any" else connections_system(item.get("when"))
         self.custom_names = connections_custom_names(item.get("when"))
+        self.category_limit = connections_categories(item.get("when"))
         on_unmatch = item.get("on_unmatch", "keep")
         if on_unmatch not in ON_UNMATCH:
             self.err(
@@ -330,7 +332,7 @@ class Validator(TwoWayValidation):
                 policies,
                 "escalation_policies" in item,
             )
-        self.custom_names = None
+        self.custom_names = self.category_limit = None
         if len(self.errors) != errors_before or when is None or trigger is None or resolve is None:
             return None
         assert isinstance(name, str)
@@ -482,10 +484,11 @@ class Validator(TwoWayValidation):
         vocabulary = fixed_vocabulary(fref.name, source)
         if vocabulary is None:
             return True
+        limit = self.category_limit if fref.name == "status_category" else None
         items = list(zip(arg, arg.item_pos, strict=True)) if isinstance(arg, YList) else [(arg, pos)]
         ok = True
         for value, where in items:
-            problem = vocabulary.problem(value)
+            problem = vocabulary.problem(value) or (limit.problem(value) if limit is not None else None)
             if problem is not None:
                 self.err(where, trail, problem)
                 ok = False
@@ -765,18 +768,50 @@ class CustomNames(NamedTuple):
         )
 
 
-def connections_custom_names(when: Any) -> CustomNames | None:
-    """The custom field names of the connections a rule's ``when: {connection: …}`` names, when every one
-    of them declares some; None otherwise (an instance without configured names accepts any name)."""
+def named_connections(when: Any) -> tuple[str, ...]:
+    """The known connections a rule's ``when: {connection: …}`` names; none when it names an unknown one
+    (that has its own error) or no connection at all."""
     named = when.get("connection") if isinstance(when, YMap) else None
     given = list(named) if isinstance(named, list) else [named]
     names = [n for n in given if isinstance(n, str) and n in connection_systems()]
-    if not names or len(names) != len(given):  # an unknown one has its own error
-        return None
+    return tuple(dict.fromkeys(names)) if names and len(names) == len(given) else ()
+
+
+def connections_custom_names(when: Any) -> CustomNames | None:
+    """The custom field names of the connections a rule's ``when: {connection: …}`` names, when every one
+    of them declares some; None otherwise (an instance without configured names accepts any name)."""
+    names = named_connections(when)
     declared = [connection_vocabulary(n).custom_field_names for n in names]
-    if not all(declared):
+    if not declared or not all(declared):
         return None
-    return CustomNames(tuple(dict.fromkeys(names)), frozenset().union(*declared))
+    return CustomNames(names, frozenset().union(*declared))
+
+
+class CategoryLimit(NamedTuple):
+    """The status categories the connections a rule names can report (a ServiceNow ``state_map`` may
+    map every state that was ``new`` elsewhere)."""
+
+    connections: tuple[str, ...]
+    categories: frozenset[str]
+
+    def problem(self, value: Any) -> str | None:
+        if not isinstance(value, str) or value not in STATUS_CATEGORIES or value in self.categories:
+            return None  # not a category at all: the status category vocabulary says so
+        whose = " or ".join(f"'{c}'" for c in self.connections)
+        possible = " | ".join(c for c in STATUS_CATEGORIES if c in self.categories)
+        return (
+            f"status category '{value}' never occurs on connection {whose}: its state_map maps no state to "
+            f"{value} (possible: {possible})"
+        )
+
+
+def connections_categories(when: Any) -> CategoryLimit | None:
+    """The status categories the named connections can report, when every one of them limits them."""
+    names = named_connections(when)
+    limits = [connection_vocabulary(n).status_categories for n in names]
+    if not limits or any(limit is None for limit in limits):
+        return None
+    return CategoryLimit(names, frozenset().union(*(limit for limit in limits if limit is not None)))
 
 
 def resolve_field(name: str, source: str) -> FieldRef | str:

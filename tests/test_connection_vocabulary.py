@@ -141,3 +141,55 @@ def test_the_default_connections_custom_field_names_come_from_the_environment(
         "rule 'acme-gold' → when → custom.Teir: no custom field 'Teir' on connection 'zendesk' "
         "(did you mean 'Tier'?) (custom_field_names: Tier; or custom.<field id>)"
     ]
+
+
+SERVICENOW = """\
+version: 1
+connections:
+  - name: acme-sn
+    system: servicenow
+    instance_url: https://acme.service-now.com
+    state_map: {"1": in_progress, "10": done}
+  - name: globex-sn
+    system: servicenow
+    instance_url: https://globex.service-now.com
+"""
+
+SERVICENOW_RULES = """\
+version: 1
+rules:
+  - name: acme-new
+    when:
+      connection: acme-sn
+      status_category: [in_progress, new]
+    trigger:
+      routing_key: ${PD_KEY}
+      severity: critical
+      summary: "{{ ticket.title }}"
+  - name: both
+    when:
+      connection: [acme-sn, globex-sn]
+      status_category: new
+    trigger:
+      routing_key: ${PD_KEY}
+      severity: critical
+      summary: "{{ ticket.title }}"
+"""
+
+
+def test_a_category_a_servicenow_state_map_leaves_unused_is_an_error_for_its_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "connections.yaml").write_text(SERVICENOW)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SERVICENOW_RULES)
+    monkeypatch.setenv("PD_KEY", KEY)
+    monkeypatch.setenv("TICKETPAGER_CONNECTIONS_FILE", str(tmp_path / "connections.yaml"))
+    assert cli.main(["rules", "check", str(rules)]) == 1
+    lines = [line.replace(str(rules), "R") for line in capsys.readouterr().err.splitlines()]
+    assert [line for line in lines if line.startswith("R:")] == [
+        "R:6:38: rule 'acme-new' → when → status_category: status category 'new' never occurs on connection "
+        "'acme-sn': its state_map maps no state to new (possible: in_progress | done | deleted)"
+    ], "globex-sn has the stock states: a rule naming it too may ask for new"
+    rules.write_text(SERVICENOW_RULES.replace("[in_progress, new]", "in_progress"))
+    assert cli.main(["rules", "check", str(rules)]) == 0
