@@ -9,6 +9,9 @@ can never silently stop a rule from matching. Connectors must fill exactly these
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 TICKET_FIELDS: frozenset[str] = frozenset(
     {
         "source",
@@ -46,10 +49,39 @@ CONNECTIONS: dict[str, str] = {}
 (each system's default connection is named after it and always exists); rule validation reads it."""
 
 
-def declare_connections(connections: dict[str, str]) -> None:
-    """Record the configured connections (name -> system), replacing any earlier declaration."""
+@dataclass(frozen=True, slots=True)
+class ConnectionVocabulary:
+    """What one connection's settings say its tickets hold, beyond its system's stock vocabulary.
+
+    ``custom_field_names``: the names its ``custom.<name>`` fields carry (Zendesk's ``custom_field_names``);
+    empty means not configured, so any name is accepted. ``status_categories``: the categories its tickets
+    can have (a ServiceNow ``state_map`` may leave a stock category unused); None means all of them."""
+
+    custom_field_names: frozenset[str] = frozenset()
+    status_categories: frozenset[str] | None = None
+
+
+VOCABULARIES: dict[str, ConnectionVocabulary] = {}
+"""connection name (default ones included) -> its :class:`ConnectionVocabulary`; absent: nothing known."""
+
+
+def declare_connections(
+    connections: dict[str, str], vocabularies: Mapping[str, ConnectionVocabulary] | None = None
+) -> None:
+    """Record the configured connections (name -> system) and what each one's settings say its tickets
+    hold, replacing any earlier declaration."""
     CONNECTIONS.clear()
     CONNECTIONS.update(connections)
+    VOCABULARIES.clear()
+    VOCABULARIES.update(vocabularies or {})
+
+
+def connection_vocabulary(name: str) -> ConnectionVocabulary:
+    """What connection ``name``'s settings declared (nothing, if it declared nothing)."""
+    return VOCABULARIES.get(name, _NOTHING_KNOWN)
+
+
+_NOTHING_KNOWN = ConnectionVocabulary()
 
 
 def connection_systems() -> dict[str, str]:

@@ -21,6 +21,7 @@ from kernel.fields import (
     TICKET_FIELDS,
     all_attributes,
     connection_systems,
+    connection_vocabulary,
 )
 from kernel.model import SEVERITIES, StatusCategory, Ticket
 from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_range, parse_timezone
@@ -136,6 +137,8 @@ class Validator(TwoWayValidation):
         self._calendar_pos: dict[str, Pos] = {}
         self._names: dict[str, Pos] = {}
         self.groups: dict[str, Pos] = {}  # the top-level groups: vocabulary, across files
+        self.custom_names: CustomNames | None = None  # the current rule's connections' custom fields, if known
+        self.category_limit: CategoryLimit | None = None  # the categories they can report, if limited
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -279,6 +282,8 @@ class Validator(TwoWayValidation):
             )
             source = "any"
         spec_source, source = source, source if source != "any" else connections_system(item.get("when"))
+        self.custom_names = connections_custom_names(item.get("when"))
+        self.category_limit = connections_categories(item.get("when"))
         on_unmatch = item.get("on_unmatch", "keep")
         if on_unmatch not in ON_UNMATCH:
             self.err(
@@ -327,6 +332,7 @@ class Validator(TwoWayValidation):
                 policies,
                 "escalation_policies" in item,
             )
+        self.custom_names = self.category_limit = None
         if len(self.errors) != errors_before or when is None or trigger is None or resolve is None:
             return None
         assert isinstance(name, str)
@@ -478,10 +484,11 @@ class Validator(TwoWayValidation):
         vocabulary = fixed_vocabulary(fref.name, source)
         if vocabulary is None:
             return True
+        limit = self.category_limit if fref.name == "status_category" else None
         items = list(zip(arg, arg.item_pos, strict=True)) if isinstance(arg, YList) else [(arg, pos)]
         ok = True
         for value, where in items:
-            problem = vocabulary.problem(value)
+            problem = vocabulary.problem(value) or (limit.problem(value) if limit is not None else None)
             if problem is not None:
                 self.err(where, trail, problem)
                 ok = False
@@ -493,6 +500,11 @@ class Validator(TwoWayValidation):
         if isinstance(ref, str):
             self.err(pos, trail[:-1] + [name], ref)
             return None
+        if self.custom_names is not None and name.startswith("custom."):
+            problem = self.custom_names.problem(name[len("custom.") :])
+            if problem is not None:
+                self.err(pos, trail[:-1] + [name], problem)
+                return None
         return ref
 
     # -- trigger --------------------------------------------------------------------------------------
@@ -737,6 +749,69 @@ def connections_system(when: Any) -> str:
     known = connection_systems()
     systems = {known.get(n) if isinstance(n, str) else None for n in names}
     return str(systems.pop()) if len(systems) == 1 and None not in systems else "any"
+
+
+class CustomNames(NamedTuple):
+    """The custom field names the connections a rule names declare (a Zendesk's ``custom_field_names``)."""
+
+    connections: tuple[str, ...]
+    names: frozenset[str]
+
+    def problem(self, key: str) -> str | None:
+        """Why ``custom.<key>`` is never filled on these connections, else None (a field id always is)."""
+        if key in self.names or key.isdigit():
+            return None
+        whose = " or ".join(f"'{c}'" for c in self.connections)
+        return (
+            f"no custom field '{key}' on connection {whose}{did_you_mean(key, self.names)} "
+            f"(custom_field_names: {', '.join(sorted(self.names))}; or custom.<field id>)"
+        )
+
+
+def named_connections(when: Any) -> tuple[str, ...]:
+    """The known connections a rule's ``when: {connection: …}`` names; none when it names an unknown one
+    (that has its own error) or no connection at all."""
+    named = when.get("connection") if isinstance(when, YMap) else None
+    given = list(named) if isinstance(named, list) else [named]
+    names = [n for n in given if isinstance(n, str) and n in connection_systems()]
+    return tuple(dict.fromkeys(names)) if names and len(names) == len(given) else ()
+
+
+def connections_custom_names(when: Any) -> CustomNames | None:
+    """The custom field names of the connections a rule's ``when: {connection: …}`` names, when every one
+    of them declares some; None otherwise (an instance without configured names accepts any name)."""
+    names = named_connections(when)
+    declared = [connection_vocabulary(n).custom_field_names for n in names]
+    if not declared or not all(declared):
+        return None
+    return CustomNames(names, frozenset().union(*declared))
+
+
+class CategoryLimit(NamedTuple):
+    """The status categories the connections a rule names can report (a ServiceNow ``state_map`` may
+    map every state that was ``new`` elsewhere)."""
+
+    connections: tuple[str, ...]
+    categories: frozenset[str]
+
+    def problem(self, value: Any) -> str | None:
+        if not isinstance(value, str) or value not in STATUS_CATEGORIES or value in self.categories:
+            return None  # not a category at all: the status category vocabulary says so
+        whose = " or ".join(f"'{c}'" for c in self.connections)
+        possible = " | ".join(c for c in STATUS_CATEGORIES if c in self.categories)
+        return (
+            f"status category '{value}' never occurs on connection {whose}: its state_map maps no state to "
+            f"{value} (possible: {possible})"
+        )
+
+
+def connections_categories(when: Any) -> CategoryLimit | None:
+    """The status categories the named connections can report, when every one of them limits them."""
+    names = named_connections(when)
+    limits = [connection_vocabulary(n).status_categories for n in names]
+    if not limits or any(limit is None for limit in limits):
+        return None
+    return CategoryLimit(names, frozenset().union(*(limit for limit in limits if limit is not None)))
 
 
 def resolve_field(name: str, source: str) -> FieldRef | str:

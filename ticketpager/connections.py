@@ -32,9 +32,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from connectors import registry
-from connectors.settings import ConnectorSettings
+from connectors.servicenow_normalize import build_state_map
+from connectors.settings import ConnectorSettings, ServiceNowSettings, ZendeskSettings
 from kernel import redact
-from kernel.fields import declare_connections
+from kernel.errors import ConfigError
+from kernel.fields import ConnectionVocabulary, declare_connections
+from kernel.model import StatusCategory
 from rules.loader import Pos, RuleFileError, RuleFileErrors, YList, YMap, parse_text, read_file
 from rules.operators import did_you_mean
 from ticketpager.secretfiles import EnvWithSecretFiles
@@ -84,8 +87,12 @@ def load_connections(settings: Settings, environ: Mapping[str, str] = os.environ
 
 def declare(connections: Mapping[str, Connection]) -> None:
     """Tell rule validation which connections exist (``connection:`` conditions are checked against them)
+    and what each one's settings name (a rule naming connections is checked against their vocabulary),
     and the redaction filter their secrets."""
-    declare_connections({c.name: c.system for c in connections.values() if not c.is_default})
+    declare_connections(
+        {c.name: c.system for c in connections.values() if not c.is_default},
+        {c.name: vocabulary(c.settings) for c in connections.values()},
+    )
     # one add for all of them: each add recompiles the pattern of every secret known so far, so one add per
     # connection took 58 s of start-up for 50 connections (docs/performance.md, "50 connections")
     secrets: set[str] = set()
@@ -95,6 +102,26 @@ def declare(connections: Mapping[str, Connection]) -> None:
         secrets |= more
         users |= who
     redact.SECRETS.add(secrets, users)
+
+
+def vocabulary(settings: ConnectorSettings) -> ConnectionVocabulary:
+    """What a connection's settings say its tickets hold: a Zendesk's ``custom_field_names`` (the names
+    ``custom.<name>`` can read; Jira's display names come from Jira at run time, so none are declared) and
+    the status categories a ServiceNow's ``state_map`` leaves possible."""
+    if isinstance(settings, ZendeskSettings):
+        return ConnectionVocabulary(custom_field_names=frozenset(n for n in settings.custom_field_names.values() if n))
+    if isinstance(settings, ServiceNowSettings) and settings.state_map:
+        try:
+            mapped = build_state_map(settings.state_map)
+        except ConfigError:  # the connector reports it when it starts; validation knows nothing then
+            return ConnectionVocabulary()
+        return ConnectionVocabulary(status_categories=frozenset(c.value for c in mapped.values()) | ALWAYS_POSSIBLE)
+    return ConnectionVocabulary()
+
+
+#: what a ServiceNow ticket can be whatever its state_map says: a state the map lacks falls back to the
+#: record's ``active`` flag (in_progress or done), a delete event is deleted (connectors/servicenow*.py)
+ALWAYS_POSSIBLE = frozenset({StatusCategory.IN_PROGRESS.value, StatusCategory.DONE.value, StatusCategory.DELETED.value})
 
 
 def load_file(path: Path, env: Mapping[str, str]) -> dict[str, Connection]:
