@@ -257,7 +257,7 @@ def test_console_in_a_browser(serve: Serve, pd: MockPagerDuty, tmp_path: Path) -
             check_accessible(page, "rules")
             box = page.get_by_label("Rule file (YAML)").first
             box.fill(box.input_value().replace("[Highest, P1]", "[Highest, Low]"))
-            page.get_by_label("Source").first.select_option("jira")
+            page.get_by_label("Connection").first.select_option("jira")
             page.get_by_label("Ticket id").fill("502")
             page.get_by_role("button", name="Evaluate").click()
             result = page.locator("main").text_content() or ""

@@ -151,6 +151,7 @@ def _title(conn: Connection) -> ColumnElement[Any]:
 @dataclass(frozen=True)
 class TicketRow:
     source: str
+    connection: str
     ticket_id: str
     key: str
     title: str
@@ -160,16 +161,31 @@ class TicketRow:
 
     @property
     def cursor(self) -> str:
-        """The keyset position after this row (``updated|source|ticket_id``)."""
-        return f"{self.updated.isoformat()}|{self.source}|{self.ticket_id}"
+        """The keyset position after this row (``updated|source|connection|ticket_id``)."""
+        return _cursor((self.updated, self.source, self.ticket_id, self.connection))
 
 
-def parse_cursor(text: str) -> tuple[datetime, str, str] | None:
+#: a ticket's keyset position in the list: (updated, source, ticket_id, connection) — the connection last, so
+#: ``ix_tickets_updated`` (updated, source, ticket_id) still orders the rows (two connections of one system may
+#: share an id: the connection tells them apart)
+Position = tuple[datetime, str, str, str]
+
+
+def _cursor(position: Position) -> str:
+    when, source, ticket_id, connection = position
+    return f"{when.isoformat()}|{source}|{connection}|{ticket_id}"
+
+
+def parse_cursor(text: str) -> Position | None:
     try:
-        when, source, ticket_id = text.split("|", 2)
-        return datetime.fromisoformat(when), source, ticket_id
+        when, source, connection, ticket_id = text.split("|", 3)
+        return datetime.fromisoformat(when), source, ticket_id, connection
     except ValueError:
         return None
+
+
+#: the list's order, newest first (see :data:`Position`)
+_ORDER = (tickets.c.updated, tickets.c.source, tickets.c.ticket_id, tickets.c.connection)
 
 
 #: a title search without a key prefix reads at most this many tickets per page (newest first), so a search
@@ -182,38 +198,38 @@ class TicketSearchWindow:
     """How far a title search read: ``until`` is the keyset position of the last ticket it read (the next page
     searches older tickets from there), None when it read to the end."""
 
-    until: tuple[datetime, str, str] | None
+    until: Position | None
 
     @property
     def cursor(self) -> str | None:
-        if self.until is None:
-            return None
-        when, source, ticket_id = self.until
-        return f"{when.isoformat()}|{source}|{ticket_id}"
+        return None if self.until is None else _cursor(self.until)
 
 
 def title_search_window(
     conn: Connection,
     *,
     source: str = "",
+    connection: str = "",
     state: str = "",
-    after: tuple[datetime, str, str] | None = None,
+    after: Position | None = None,
     window: int = SCAN_WINDOW,
 ) -> TicketSearchWindow:
     """The keyset position of the ``window``-th ticket after ``after`` (same order and source/state filters as
     :func:`search_tickets`), read from the index alone (``ix_tickets_updated`` / ``ix_tickets_source_state``);
     the window a title search may read."""
-    order = (tickets.c.updated, tickets.c.source, tickets.c.ticket_id)
+    order = _ORDER
     stmt = select(*order)
     if source:
         stmt = stmt.where(tickets.c.source == source)
+    if connection:
+        stmt = stmt.where(tickets.c.connection == connection)
     if state:
         stmt = stmt.where(tickets.c.status_category == state)
     if after is not None:
         stmt = stmt.where(tuple_(*order) < tuple_(*after))
     stmt = stmt.order_by(*(c.desc() for c in order)).offset(window - 1).limit(1)
     row = conn.execute(stmt).first()
-    return TicketSearchWindow(None if row is None else (row[0], row[1], row[2]))
+    return TicketSearchWindow(None if row is None else (row[0], row[1], row[2], row[3]))
 
 
 def search_tickets(
@@ -222,10 +238,11 @@ def search_tickets(
     key: str = "",
     title: str = "",
     source: str = "",
+    connection: str = "",
     state: str = "",
-    after: tuple[datetime, str, str] | None = None,
+    after: Position | None = None,
     limit: int = PAGE,
-    until: tuple[datetime, str, str] | None = None,
+    until: Position | None = None,
 ) -> list[TicketRow]:
     """Tickets, most recently updated first, filtered; the next page starts ``after`` the last row's key.
 
@@ -237,6 +254,7 @@ def search_tickets(
     title_col = _title(conn)
     stmt = select(
         tickets.c.source,
+        tickets.c.connection,
         tickets.c.ticket_id,
         tickets.c.key,
         title_col.label("title"),
@@ -254,16 +272,19 @@ def search_tickets(
             stmt = stmt.where(tickets.c.snapshot.ilike(pattern, escape="\\"))
     if source:
         stmt = stmt.where(tickets.c.source == source)
+    if connection:
+        stmt = stmt.where(tickets.c.connection == connection)
     if state:
         stmt = stmt.where(tickets.c.status_category == state)
     if after is not None:
-        stmt = stmt.where(tuple_(tickets.c.updated, tickets.c.source, tickets.c.ticket_id) < tuple_(*after))
+        stmt = stmt.where(tuple_(*_ORDER) < tuple_(*after))
     if until is not None:  # the window of a title search (title_search_window): no further back than this
-        stmt = stmt.where(tuple_(tickets.c.updated, tickets.c.source, tickets.c.ticket_id) >= tuple_(*until))
-    stmt = stmt.order_by(tickets.c.updated.desc(), tickets.c.source.desc(), tickets.c.ticket_id.desc()).limit(limit)
+        stmt = stmt.where(tuple_(*_ORDER) >= tuple_(*until))
+    stmt = stmt.order_by(*(c.desc() for c in _ORDER)).limit(limit)
     return [
         TicketRow(
             source=r["source"],
+            connection=r["connection"],
             ticket_id=r["ticket_id"],
             key=r["key"],
             title=r["title"] or "",
@@ -279,10 +300,28 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def ticket_snapshot(conn: Connection, source: str, ticket_id: str) -> dict[str, Any] | None:
+def system_of(conn: Connection, connection: str, ticket_id: str, systems: Sequence[str]) -> str | None:
+    """The system (``source``) of a stored ticket of ``connection``, by primary key or ``ix_decisions_ticket``:
+    connection names are unique across systems, so at most one of ``systems`` has it."""
+    for table in (tickets, decisions):
+        found = conn.execute(
+            select(table.c.source)
+            .where(table.c.source.in_(list(systems)), table.c.connection == connection, table.c.ticket_id == ticket_id)
+            .limit(1)
+        ).scalar_one_or_none()
+        if found is not None:
+            return str(found)
+    return None
+
+
+def ticket_snapshot(conn: Connection, source: str, connection: str, ticket_id: str) -> dict[str, Any] | None:
     """The ticket's row with its last processed snapshot (JSON text), by primary key."""
     row = (
-        conn.execute(select(tickets).where(tickets.c.source == source, tickets.c.ticket_id == ticket_id))
+        conn.execute(
+            select(tickets).where(
+                tickets.c.source == source, tickets.c.connection == connection, tickets.c.ticket_id == ticket_id
+            )
+        )
         .mappings()
         .one_or_none()
     )
@@ -290,10 +329,12 @@ def ticket_snapshot(conn: Connection, source: str, ticket_id: str) -> dict[str, 
 
 
 def decisions_of(
-    conn: Connection, source: str, ticket_id: str, before_id: int | None = None, limit: int = PAGE
+    conn: Connection, source: str, connection: str, ticket_id: str, before_id: int | None = None, limit: int = PAGE
 ) -> list[dict[str, Any]]:
     """The ticket's decision-log rows, newest first (``ix_decisions_ticket``)."""
-    stmt = select(decisions).where(decisions.c.source == source, decisions.c.ticket_id == ticket_id)
+    stmt = select(decisions).where(
+        decisions.c.source == source, decisions.c.connection == connection, decisions.c.ticket_id == ticket_id
+    )
     if before_id is not None:
         stmt = stmt.where(decisions.c.id < before_id)
     return [dict(r) for r in conn.execute(stmt.order_by(decisions.c.id.desc()).limit(limit)).mappings()]
@@ -311,12 +352,15 @@ def change_payloads(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str,
     return {int(r["id"]): dict(r) for r in rows}
 
 
-def change_before(conn: Connection, source: str, ticket_id: str, decision_id: int) -> dict[str, Any] | None:
+def change_before(
+    conn: Connection, source: str, connection: str, ticket_id: str, decision_id: int
+) -> dict[str, Any] | None:
     """The change of the ticket's last decision before ``decision_id`` (for the diff of the oldest one shown)."""
     change_id = conn.execute(
         select(decisions.c.change_id)
         .where(
             decisions.c.source == source,
+            decisions.c.connection == connection,
             decisions.c.ticket_id == ticket_id,
             decisions.c.id < decision_id,
             decisions.c.change_id.is_not(None),
@@ -327,16 +371,19 @@ def change_before(conn: Connection, source: str, ticket_id: str, decision_id: in
     return None if change_id is None else change_payloads(conn, [int(change_id)]).get(int(change_id))
 
 
-def links_of(conn: Connection, source: str, ticket_id: str) -> list[dict[str, Any]]:
-    """The ticket's incident links, one per rule (``uq_links_source_ticket_id_rule``); routing keys masked."""
+def links_of(conn: Connection, source: str, connection: str, ticket_id: str) -> list[dict[str, Any]]:
+    """The ticket's incident links, one per rule (``uq_links_source_connection_ticket_id_rule``); keys masked."""
     rows = conn.execute(
-        select(links).where(links.c.source == source, links.c.ticket_id == ticket_id).order_by(links.c.rule)
+        select(links)
+        .where(links.c.source == source, links.c.connection == connection, links.c.ticket_id == ticket_id)
+        .order_by(links.c.rule)
     ).mappings()
     return [{**r, "routing_key": mask(r["routing_key"])} for r in rows]
 
 
-def outbox_of(conn: Connection, dedup_keys: Sequence[str], limit: int = 500) -> list[dict[str, Any]]:
-    """Every event and note sent (or waiting) for these incidents, oldest first (``ix_outbox_dedup_key``).
+def outbox_of(conn: Connection, connection: str, dedup_keys: Sequence[str], limit: int = 500) -> list[dict[str, Any]]:
+    """Every event and note sent (or waiting) for these incidents of ``connection``'s ticket, oldest first
+    (``ix_outbox_dedup_key``).
 
     The keys come from the ticket's links (every generation of each), so no scan by ticket is needed.
     Routing keys are masked and stored error text redacted again (rows written before redaction existed).
@@ -362,7 +409,7 @@ def outbox_of(conn: Connection, dedup_keys: Sequence[str], limit: int = 500) -> 
             outbox.c.sent_at,
             outbox.c.dry_run,
         )
-        .where(outbox.c.dedup_key.in_(list(dedup_keys)))
+        .where(outbox.c.dedup_key.in_(list(dedup_keys)), outbox.c.connection == connection)
         .order_by(outbox.c.id)
         .limit(limit)
     ).mappings()
@@ -400,6 +447,7 @@ def dead_letters(conn: Connection, after_id: int | None = None, limit: int = PAG
         outbox.c.kind,
         outbox.c.destination,
         outbox.c.source,
+        outbox.c.connection,
         outbox.c.ticket_id,
         outbox.c.ticket_key,
         outbox.c.rule,
@@ -426,16 +474,27 @@ def dead_letter_ids(conn: Connection, ids: Sequence[int]) -> set[int]:
 
 
 def stored_versions(
-    conn: Connection, source: str, since: datetime, after_id: int | None, limit: int = 1000
+    conn: Connection,
+    source: str,
+    since: datetime,
+    after_id: int | None,
+    limit: int = 1000,
+    *,
+    connection: str | None = None,
 ) -> list[tuple[int, str]]:
-    """(change id, payload JSON) of ``source``'s stored changes received since ``since``, by id (keyset).
+    """(change id, payload JSON) of the stored changes of connection ``connection`` of system ``source`` (its
+    default connection, named after it, when ``None``) received since ``since``, by id (keyset).
 
     The first page finds where ``since`` starts with ``ix_changes_received_at``; later pages walk the
     primary key. Payloads of processed changes are kept for ``retention_days``.
     """
     if after_id is None:
         first = conn.execute(
-            select(changes.c.id).where(changes.c.received_at >= since).order_by(changes.c.received_at).limit(1)
+            # the lowest id among the earliest received (changes received at one instant come in any id order)
+            select(changes.c.id)
+            .where(changes.c.received_at >= since)
+            .order_by(changes.c.received_at, changes.c.id)
+            .limit(1)
         ).scalar_one_or_none()
         if first is None:
             return []
@@ -446,6 +505,7 @@ def stored_versions(
             changes.c.id > after_id,
             changes.c.received_at >= since,
             changes.c.source == source,
+            changes.c.connection == (connection or source),
             changes.c.payload.is_not(None),
         )
         .order_by(changes.c.id)
@@ -454,11 +514,17 @@ def stored_versions(
     return [(int(i), str(p)) for i, p in rows]
 
 
-def paged_tickets(conn: Connection, source: str, since: datetime) -> set[str]:
-    """Ticket ids of ``source`` that paged since ``since`` (decision outcome ``paged``; ``ix_decisions_at``)."""
+def paged_tickets(conn: Connection, source: str, since: datetime, *, connection: str | None = None) -> set[str]:
+    """Ticket ids of connection ``connection`` of system ``source`` (its default one when ``None``) that paged
+    since ``since`` (decision outcome ``paged``; ``ix_decisions_at``)."""
     rows = conn.execute(
         select(decisions.c.ticket_id)
-        .where(decisions.c.at >= since, decisions.c.outcome == "paged", decisions.c.source == source)
+        .where(
+            decisions.c.at >= since,
+            decisions.c.outcome == "paged",
+            decisions.c.source == source,
+            decisions.c.connection == (connection or source),
+        )
         .distinct()
     ).scalars()
     return {str(t) for t in rows}

@@ -140,17 +140,21 @@ class Backtest:
     truncated: bool
 
 
-def backtest(engine: Engine, ruleset: RuleSet, source: str, days: int, now: datetime) -> Backtest:
-    """Replay the stored changes of ``source`` from the last ``days`` through ``ruleset``, oldest first, and
+def backtest(
+    engine: Engine, ruleset: RuleSet, source: str, days: int, now: datetime, connection: str | None = None
+) -> Backtest:
+    """Replay the stored changes of connection ``connection`` (of system ``source``; the default connection,
+    named after it, when ``None``) from the last ``days`` through ``ruleset``, oldest first, and
     compare with what the live rules paged in the same window. Reads pages of 1000 changes by keyset."""
     since = now - timedelta(days=days)
+    connection = connection or source
     replay = Replay(ruleset, now)
     keys: dict[str, str] = {}
     after: int | None = None
     truncated = False
     with engine.connect() as conn:
         while True:
-            page = q.stored_versions(conn, source, since, after)
+            page = q.stored_versions(conn, source, since, after, connection=connection)
             if not page:
                 break
             for change_id, payload in page:
@@ -161,10 +165,10 @@ def backtest(engine: Engine, ruleset: RuleSet, source: str, days: int, now: date
             if replay.versions >= BACKTEST_MAX_VERSIONS:
                 truncated = True
                 break
-        live = q.paged_tickets(conn, source, since)
+        live = q.paged_tickets(conn, source, since, connection=connection)
     would = sorted(replay.paged)
     return Backtest(
-        source=source,
+        source=connection,
         days=days,
         versions=replay.versions,
         tickets=len(replay.seen),

@@ -122,6 +122,18 @@ class Console:
     def redirect(self, request: Request, where: str) -> Response:
         return RedirectResponse(self.base(request) + where, status_code=303, headers=SECURITY_HEADERS)
 
+    def system_of(self, connection: str) -> str | None:
+        """The system of a configured connection (a default one is named after its system), else ``None``."""
+        configured = self.service.connections.get(connection)
+        if configured is not None:
+            return configured.system
+        return connection if connection in CONNECTORS else None
+
+    async def connections(self) -> list[str]:
+        """Every connection the list can filter by: the configured ones and those that ever polled (cursors)."""
+        polled = await self.read(q.known_sources)
+        return sorted(set(polled) | set(self.service.connections))
+
     async def read(self, fn: Callable[[Connection], T]) -> T:
         def run() -> T:
             with self.service.store.engine.connect() as conn:
@@ -282,13 +294,21 @@ class Console:
 
     async def tickets(self, request: Request, session: Session) -> Response:
         params = request.query_params
-        filters = {name: params.get(name, "").strip()[:200] for name in ("key", "title", "source", "state")}
+        filters = {
+            name: params.get(name, "").strip()[:200] for name in ("key", "title", "source", "connection", "state")
+        }
         after = q.parse_cursor(params.get("after", "")) if params.get("after") else None
         windowed = bool(filters["title"]) and not filters["key"]  # a title substring reads snapshots: bounded
 
+        # a connection is of one system: its source narrows the read to that system's rows (the indexes lead by it)
+        system = (self.system_of(filters["connection"]) or "") if filters["connection"] else ""
+        source = filters["source"] or system
+
         def search(conn: Connection) -> tuple[list[q.TicketRow], q.TicketSearchWindow | None]:
             window = (
-                q.title_search_window(conn, source=filters["source"], state=filters["state"], after=after)
+                q.title_search_window(
+                    conn, source=source, connection=filters["connection"], state=filters["state"], after=after
+                )
                 if windowed
                 else None
             )
@@ -296,7 +316,8 @@ class Console:
                 conn,
                 key=filters["key"],
                 title=filters["title"],
-                source=filters["source"],
+                source=source,
+                connection=filters["connection"],
                 state=filters["state"],
                 after=after,
                 until=window.until if window else None,
@@ -311,7 +332,7 @@ class Console:
         elif window is not None and window.cursor is not None:  # the window ended before the page filled
             more = urlencode({**kept, "after": window.cursor})
             searched_until = window.until[0] if window.until else None
-        sources = await self.read(q.known_sources)
+        connections = await self.connections()
         return self.render(
             request,
             "tickets.html",
@@ -322,16 +343,26 @@ class Console:
             searched_until=searched_until,
             window_size=q.SCAN_WINDOW,
             states=STATES,
-            sources=sorted(set(sources) | set(CONNECTORS)),
+            sources=sorted(CONNECTORS),
+            connections=connections,
         )
 
     async def ticket(self, request: Request, session: Session) -> Response:
-        source = request.path_params["source"]
+        """One ticket's timeline, addressed by its connection and id (the connection names its system; a default
+        connection is named after its system, so ``/tickets/<system>/<id>`` links still open its tickets)."""
+        connection = request.path_params["connection"]
         ticket_id = request.path_params["ticket_id"]
         before = _int(request.query_params.get("before"))
-        data = await self.read(lambda conn: _timeline(conn, source, ticket_id, before))
+        system = self.system_of(connection)
+
+        def load(conn: Connection) -> dict[str, Any] | None:
+            # a connection no longer configured: its stored tickets still say which system they are of
+            source = system or q.system_of(conn, connection, ticket_id, list(CONNECTORS))
+            return None if source is None else _timeline(conn, source, connection, ticket_id, before)
+
+        data = await self.read(load)
         if data is None:
-            return self.refuse(request, 404, f"no ticket {source}/{ticket_id} is stored", session)
+            return self.refuse(request, 404, f"no ticket {connection}/{ticket_id} is stored", session)
         return self.render(request, "ticket.html", session, **data)
 
     async def deadletters(self, request: Request, session: Session) -> Response:
@@ -422,14 +453,14 @@ class Console:
             "last_error": error,
             "playground_rules": shown[0]["text"] if shown else "",
             "playground_ticket": "",
-            "pick_source": "",
+            "pick_connection": "",
             "pick_id": "",
             "result": None,
             "errors": [],
             "warnings": [],
             "backtest": None,
             "days": 7,
-            "sources": list(CONNECTORS),
+            "connections": sorted(set(CONNECTORS) | set(self.service.connections)),
         }
         context.update(extra)
         return context
@@ -438,14 +469,21 @@ class Console:
         form: FormData = request.state.form
         rules_text = _text(form, "rules")[:200_000]
         ticket_text = _text(form, "ticket")[:500_000]
-        pick_source, pick_id = _text(form, "pick_source").strip(), _text(form, "pick_id").strip()
+        # the stored ticket to evaluate: its connection (``pick_source`` before connections existed) and id
+        pick_connection = (_text(form, "pick_connection") or _text(form, "pick_source")).strip()
+        pick_id = _text(form, "pick_id").strip()
+        pick_system = self.system_of(pick_connection)
         env = self.service.rule_store.env
         ruleset, errors, warnings = await run_in_threadpool(lab.load_text, rules_text, env)
         result = None
-        if pick_source and pick_id:
-            row = await self.read(lambda conn: q.ticket_snapshot(conn, pick_source, pick_id))
+        if pick_connection and pick_id:
+            row = (
+                await self.read(lambda conn: q.ticket_snapshot(conn, pick_system, pick_connection, pick_id))
+                if pick_system
+                else None
+            )
             if row is None:
-                errors.append(f"no stored ticket {pick_source}/{pick_id}")
+                errors.append(f"no stored ticket {pick_connection}/{pick_id}")
             else:
                 ticket_text = lab.ticket_json(row["snapshot"])
         if ruleset is not None and not errors:
@@ -464,7 +502,7 @@ class Console:
                 result=result,
                 errors=errors,
                 warnings=warnings,
-                pick_source="",
+                pick_connection="",
                 pick_id="",
             ),
         )
@@ -473,14 +511,20 @@ class Console:
         form: FormData = request.state.form
         rules_text = _text(form, "rules")[:200_000]
         days = max(1, min(_int(_text(form, "days")) or 7, 90))
-        source = _text(form, "source").strip()
+        # the connection whose stored changes are replayed (``source`` before connections existed)
+        connection = (_text(form, "connection") or _text(form, "source")).strip()
+        source = self.system_of(connection)
         ruleset, errors, warnings = await run_in_threadpool(lab.load_text, rules_text, self.service.rule_store.env)
         result = None
-        if not source:
-            errors.append("choose a source")
-        if ruleset is not None and not errors:
+        if not connection:
+            errors.append("choose a connection")
+        elif source is None:
+            errors.append(f"no connection {connection} is configured")
+        if ruleset is not None and source is not None and not errors:
             now = self.service.clock.now()
-            result = await run_in_threadpool(lab.backtest, self.service.store.engine, ruleset, source, days, now)
+            result = await run_in_threadpool(
+                lab.backtest, self.service.store.engine, ruleset, source, days, now, connection
+            )
         return self.render(
             request,
             "rules.html",
@@ -504,22 +548,25 @@ class Console:
         return self.refuse(request, 404, "no such page", self.session(request))
 
 
-def _timeline(conn: Connection, source: str, ticket_id: str, before: int | None) -> dict[str, Any] | None:
-    """Everything the console shows about one ticket, newest decision first."""
-    row = q.ticket_snapshot(conn, source, ticket_id)
-    decisions = q.decisions_of(conn, source, ticket_id, before)
+def _timeline(
+    conn: Connection, source: str, connection: str, ticket_id: str, before: int | None
+) -> dict[str, Any] | None:
+    """Everything the console shows about one ticket (of ``connection`` of system ``source``), newest decision
+    first: every read is by the whole identity, so another connection's ticket with the same id never shows."""
+    row = q.ticket_snapshot(conn, source, connection, ticket_id)
+    decisions = q.decisions_of(conn, source, connection, ticket_id, before)
     if row is None and not decisions:
         return None
     snapshot = jsonutil.loads(row["snapshot"]) if row and row["snapshot"] else {}
     payloads = q.change_payloads(conn, [int(d["change_id"]) for d in decisions if d["change_id"] is not None])
-    oldest = q.change_before(conn, source, ticket_id, decisions[-1]["id"]) if decisions else None
-    links = q.links_of(conn, source, ticket_id)
+    oldest = q.change_before(conn, source, connection, ticket_id, decisions[-1]["id"]) if decisions else None
+    links = q.links_of(conn, source, connection, ticket_id)
     keys = [
-        dedup_key_for(source, ticket_id, link["rule"], g)
+        dedup_key_for(source, ticket_id, link["rule"], g, connection)
         for link in links
         for g in range(max(1, link["generation"] - 20), link["generation"] + 1)
     ][:MAX_TIMELINE_KEYS]
-    sent = q.outbox_of(conn, keys)
+    sent = q.outbox_of(conn, connection, keys)
     by_change: dict[int | None, list[dict[str, Any]]] = {}
     for item in sent:
         by_change.setdefault(item["change_id"], []).append(item)
@@ -551,6 +598,7 @@ def _timeline(conn: Connection, source: str, ticket_id: str, before: int | None)
     entries.reverse()
     return {
         "source": source,
+        "connection": connection,
         "ticket_id": ticket_id,
         "ticket": row,
         "title": redact(str(snapshot.get("title", ""))),
@@ -635,7 +683,7 @@ def build_console(service: Service) -> Starlette:
             Route("/login", console.login, methods=["POST"]),
             Route("/logout", page(console.logout), methods=["POST"]),
             Route("/tickets", page(console.tickets), methods=["GET"]),
-            Route("/tickets/{source}/{ticket_id:path}", page(console.ticket), methods=["GET"]),
+            Route("/tickets/{connection}/{ticket_id:path}", page(console.ticket), methods=["GET"]),
             Route("/deadletters", page(console.deadletters), methods=["GET"]),
             Route("/deadletters/retry", page(console.retry_confirm), methods=["GET"]),
             Route("/deadletters/retry", page(console.retry), methods=["POST"]),
