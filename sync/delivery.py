@@ -40,7 +40,7 @@ from kernel.redact import redact
 from kernel.retry import RetryPolicy
 from sync.heartbeat import HeartbeatLike
 from sync.metrics import METRICS
-from sync.repos import changes, outbox
+from sync.repos import outbox
 from sync.store import Store
 
 log = logging.getLogger("ticketpager.delivery")
@@ -269,9 +269,7 @@ class Delivery:
                 return
             if row["kind"] != "event":  # a note, a ticket or incident update: nothing follows it
                 return
-            received = None
-            if row["change_id"] is not None:
-                received = changes.received_at(conn, row["change_id"])
+            received = row.get("change_received_at")  # read with the claim
             if received is not None:
                 METRICS.delivery_latency.observe(max((now - received).total_seconds(), 0.0))
             if self.write_back_sources.get(row["connection"]) and not dry_run:

@@ -180,6 +180,34 @@ def test_rate_limiter_counts_the_other_replicas_sends() -> None:
     assert limiter.wait_for("k") == 0
 
 
+def test_rate_limiter_reads_the_other_replicas_sends_once_a_second_while_far_from_the_limit() -> None:
+    """120 per minute: while most of the minute is free, a burst of sends reads the shared outbox once per
+    second, not once per send; within a tenth of the limit every send reads it again, so a replica that sent
+    meanwhile is counted at once and the limit holds exactly."""
+    clock = FakeClock()
+    now = clock.now()
+    others: list[Any] = []
+    reads: list[Any] = []
+
+    def elsewhere(key: str, since: Any) -> list[Any]:
+        reads.append(clock.now())
+        return [t for t in others if t > since]
+
+    limiter = RateLimiter(120, clock, elsewhere=elsewhere)
+    assert all(limiter.wait_for("k") == 0 for _ in range(50))
+    assert len(reads) == 1, "one read for a burst far from the limit"
+    clock.advance(1)
+    assert limiter.wait_for("k") == 0
+    assert len(reads) == 2, "read again after a second"
+    others.extend([now] * 50)  # another replica sent 50 meanwhile
+    assert all(limiter.wait_for("k") == 0 for _ in range(8))
+    assert len(reads) == 2, "still within the second and, by the last read, far from the limit (59 of 120)"
+    clock.advance(1)
+    assert all(limiter.wait_for("k") == 0 for _ in range(11)), "59 here + 50 elsewhere + 11 = 120 exactly"
+    assert limiter.wait_for("k") > 0, "the 121st waits"
+    assert len(reads) == 2 + 12, "near the limit, every send read the other replicas' sends again"
+
+
 def test_rate_limiter_keeps_paging_when_the_other_replicas_sends_cannot_be_read(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

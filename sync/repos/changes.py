@@ -27,7 +27,6 @@ FAIL = (
     .values(status="failed", error=_B("error"), processed_at=_B("at"))
 )
 SELECT_PAYLOAD = select(changes.c.payload).where(changes.c.id == _B("i"))
-SELECT_RECEIVED = select(changes.c.received_at).where(changes.c.id == _B("i"))
 _SQLITE_INSERT = (
     "INSERT INTO changes (source, connection, delivery_id, ticket_id, ticket_updated, origin, received_at, payload, "
     "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending') ON CONFLICT DO NOTHING"
@@ -202,12 +201,6 @@ def payload(conn: Connection, change_id: int) -> str | None:
     return None if value is None else str(value)
 
 
-def received_at(conn: Connection, change_id: int) -> datetime | None:
-    value: datetime | None = conn.execute(SELECT_RECEIVED, {"i": change_id}).scalar_one_or_none()
-    return value
-
-
-# -- read side and retention -----------------------------------------------------------------------
 def count(conn: Connection, status: str) -> int:
     return int(conn.execute(select(func.count()).select_from(changes).where(changes.c.status == status)).scalar_one())
 

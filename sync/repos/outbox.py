@@ -14,7 +14,7 @@ from sqlalchemy.orm import aliased
 
 from kernel.redact import redact
 from sync.repos.cursors import claim_holder_dead
-from sync.schema import UTCDateTime, links, outbox
+from sync.schema import UTCDateTime, changes, links, outbox
 
 _B = bindparam
 _NOW = bindparam("now", type_=UTCDateTime())  # the claim's time
@@ -122,7 +122,8 @@ class Claims:
         self, conn: Connection, limit: int, now: datetime, stale: datetime, *, worker: str, until: datetime
     ) -> list[RowMapping]:
         """Claim up to ``limit`` due rows for ``worker`` until ``until``; returns them as they were before the
-        claim (``claimed_by`` / ``claimed_until`` tell whose claim was taken over)."""
+        claim (``claimed_by`` / ``claimed_until`` tell whose claim was taken over), each with the
+        ``change_received_at`` of the change that queued it (None for rows without one)."""
         rows = conn.execute(self.statement(conn.dialect.name, limit), {"now": now, "stale": stale}).mappings().all()
         if rows:
             conn.execute(TAKE, {"ids": [r["id"] for r in rows], "until": until, "worker": worker})
@@ -135,8 +136,12 @@ class Claims:
         stmt = self._statements.get(key)
         if stmt is None:
             blocked = _waits_for_an_earlier_event()
+            # the change's arrival rides along (the delivery-latency metric): no query per sent event for it
+            received = (
+                select(changes.c.received_at).where(changes.c.id == outbox.c.change_id).scalar_subquery()
+            ).label("change_received_at")
             stmt = (
-                select(outbox)
+                select(outbox, received)
                 .where(*self._due, or_(outbox.c.kind != "event", ~blocked))
                 .order_by(outbox.c.next_attempt_at, outbox.c.id)
                 .limit(limit)
