@@ -13,7 +13,9 @@ Per code tree (the working tree, and with ``--baseline`` a ``git archive`` of RE
    burst of ``workers / latency × --delivery-seconds`` pages, first post → last 202.
 
 Baseline for goal 2 in the same run: ``bench/ceiling_app.py`` (the minimal durable endpoint) receiving the
-same keep-up requests at the same rate, its CPU read the same way. CPU is utime + stime of the server's
+same keep-up requests at the same rate, its CPU read the same way, plus ``bench/bare_sends.py`` (a bare
+``requests`` session POSTing as many pages to the same mock): their sum is the floor of any design that
+stores each webhook durably and pages through ``requests``. CPU is utime + stime of the server's
 process (all its threads) from ``/proc/<pid>/stat``; the load generator and the mock run in this process
 and are not counted. Every webhook is a signed Jira ``issue_created`` of a new ticket.
 """
@@ -123,6 +125,7 @@ class Phase:
     e2e_p99_ms: float = float("nan")
     first_to_last: float = float("nan")  # first page accepted -> last page accepted (delivery phases)
     drained: bool = True
+    sends_cpu: float = float("nan")  # the floor phase: CPU of bare requests POSTs of the same number of pages
     statuses: dict[int, int] = field(default_factory=dict)  # answers other than 202, and "no answer" as 0
 
     @property
@@ -323,8 +326,19 @@ def run_tree(label: str, tree: Path, mock: Mock, cfg: Config) -> TreeReport:
     return report
 
 
-def ceiling_phase(cfg: Config) -> Phase:
-    """The minimal durable endpoint (bench/ceiling_app.py) receiving the keep-up requests at the same rate."""
+def bare_sends_cpu(url: str, count: int) -> float:
+    """CPU seconds of a bare ``requests`` session POSTing ``count`` events to the mock (bench/bare_sends.py),
+    in a process of its own."""
+    out = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "bench.bare_sends", "--url", url, "--count", str(count)],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return float(out.strip().splitlines()[-1])
+
+
+def ceiling_phase(cfg: Config, mock: Mock | None = None) -> Phase:
+    """The floor of goal 2: the minimal durable endpoint (bench/ceiling_app.py) receiving the keep-up requests
+    at the same rate, and (given the ``mock``) a bare ``requests`` POST of as many pages to it."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="tp-ceiling-") as tmp:
         proc = subprocess.Popen(  # noqa: S603
@@ -344,9 +358,10 @@ def ceiling_phase(cfg: Config) -> Phase:
             used = cpu_seconds(proc.pid) - cpu0
         finally:
             stop(proc)
+    sends = bare_sends_cpu(mock.url, cfg.keepup_count) if mock is not None else float("nan")
     return Phase(
         "ceiling", sent=result.requests, errors=result.errors, p50_ms=result.pct(0.5), p99_ms=result.pct(0.99),
-        wall=result.seconds, cpu_load=used, cpu_total=used,
+        wall=result.seconds, cpu_load=used, cpu_total=used, sends_cpu=sends,
     )  # fmt: skip
 
 
@@ -410,6 +425,13 @@ def goal_lines(reports: list[TreeReport], ceilings: list[Phase], cfg: Config) ->
     row("   minimal durable endpoint, same 1,000 requests", "-", _span(ceil, ".2f"))
     if keep and ceil and min(ceil) > 0:  # /proc counts in 10 ms ticks: a tiny run may read 0
         row("   ratio ticketpager / minimal durable endpoint", "-", _span([k / min(ceil) for k in keep], ".1f"))
+    sends = [c.sends_cpu / c.sent * 1000 for c in ceilings if c.sent and c.sends_cpu == c.sends_cpu]
+    floor = [c + s for c, s in zip(ceil, sends, strict=False)]
+    if floor:
+        row("   bare requests POST of 1,000 pages to the same mock", "-", _span(sends, ".2f"))
+        row("   floor: durable endpoint + bare POSTs", "-", _span(floor, ".2f"))
+        if keep and min(floor) > 0:
+            row("   ratio ticketpager / floor", "-", _span([k / min(floor) for k in keep], ".1f"))
     row(
         f"3. {cfg.keepup_count} pages at {cfg.keepup_rate:g}/s: first post -> last 202, s",
         f"<= {cfg.keepup_count / cfg.keepup_rate + KEEP_UP_SLACK_SECONDS:g}",
@@ -492,7 +514,7 @@ def run(cfg: Config, print_: Callable[[str], None] = print) -> dict[str, Any]:
                 results[label].append(report)
                 for line in phase_table(report):
                     print_(line)
-            ceilings.append(ceiling_phase(cfg))
+            ceilings.append(ceiling_phase(cfg, mock))
         for label, reports in results.items():
             print_(f"--- {label}{f' ({cfg.baseline})' if label == 'before' else ''}, {len(reports)} round(s)")
             for line in goal_lines(reports, ceilings, cfg):

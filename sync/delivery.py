@@ -51,6 +51,10 @@ log = logging.getLogger("ticketpager.delivery")
 TIMEOUT_GROWTH_MAX = 4.0
 
 
+#: rows one claim takes: a worker sends them one after another (each send's claim is renewed if it aged)
+CLAIM_BATCH = 10
+
+
 def send_timeout(base: float, attempts: int, claim_seconds: float) -> float:
     """The timeout of a send after ``attempts`` failed attempts of its row, within the claim: connect and read
     (each up to the timeout) must end before the claim could pass to another replica."""
@@ -101,7 +105,7 @@ class Delivery:
         self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
 
     # -- claiming --------------------------------------------------------------------------------
-    def claim(self, limit: int = 10) -> list[RowMapping]:
+    def claim(self, limit: int = CLAIM_BATCH) -> list[RowMapping]:
         if self._orphaned:  # ours, unsent: without this they would wait for their own claim to expire
             self._unclaim(self._orphaned)
             self._orphaned = []
@@ -124,7 +128,7 @@ class Delivery:
             )
         return list(rows)
 
-    def run_once(self, limit: int = 10, stopping: Callable[[], bool] | None = None) -> int:
+    def run_once(self, limit: int = CLAIM_BATCH, stopping: Callable[[], bool] | None = None) -> int:
         """Claim up to ``limit`` due rows and send them. When ``stopping`` turns true (SIGTERM) the rows not
         yet sent are handed back at once rather than held until their claim expires: a shutdown waits for
         at most the send in flight, and the next replica (or this one, restarted) sends the rest now.

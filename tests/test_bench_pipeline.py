@@ -36,8 +36,10 @@ def test_the_bench_drives_serve_through_every_phase_and_prints_each_goal() -> No
     assert report.phases["keep-up"].cpu_total > 0  # the server's CPU, read from /proc
     [ceiling] = out["ceilings"]
     assert ceiling.sent == 10 and ceiling.errors == 0
+    assert ceiling.sends_cpu > 0, "the bare requests POSTs of the floor ran against the mock"
     text = "\n".join(lines)
-    for goal in ("1. idle", "1. cores at 20/s", "2. CPU s per 1,000", "3. 10 pages at 40/s", "4. webhook p50",
+    for goal in ("1. idle", "1. cores at 20/s", "2. CPU s per 1,000", "floor: durable endpoint + bare POSTs",
+                 "3. 10 pages at 40/s", "4. webhook p50",
                  "5. delivery, 2 workers"):  # fmt: skip
         assert goal in text
     assert text.rstrip().endswith("0 / 0 / 0  0 / 0 / 0")

@@ -3,6 +3,7 @@ engine batch; they are woken without waiting for their idle poll."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from kernel.clock import FakeClock
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
+from ticketpager.wakeups import Wakeups
 
 
 @pytest.fixture
@@ -104,3 +106,72 @@ def test_a_row_queued_by_another_replica_is_sent_within_the_idle_bound(
         service.stop()
         service.store.dispose()
         other.store.dispose()
+
+
+# -- how many workers a wake-up wakes (ticketpager/wakeups.py) ---------------------------------------------
+def _waiters(wakeups: Wakeups, n: int) -> tuple[list[threading.Event], list[int], list[threading.Thread]]:
+    """``n`` threads, each waiting once on its own event; returns their events, who returned, the threads."""
+    events = [wakeups.new() for _ in range(n)]
+    woken: list[int] = []
+
+    def wait(i: int) -> None:
+        if wakeups.wait(events[i], 5.0):
+            woken.append(i)
+
+    threads = [threading.Thread(target=wait, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    _wait_for(lambda: wakeups.idle == n)
+    return events, woken, threads
+
+
+def test_one_wake_up_wakes_one_idle_worker_not_all() -> None:
+    wakeups = Wakeups()
+    _, woken, threads = _waiters(wakeups, 4)
+    wakeups.wake()
+    _wait_for(lambda: len(woken) == 1)
+    time.sleep(0.1)
+    assert len(woken) == 1, "one page: one worker's claim probe, not four"
+    assert wakeups.idle == 3
+    wakeups.set()  # shutdown wakes every one
+    for t in threads:
+        t.join(5)
+    assert sorted(woken) == [0, 1, 2, 3]
+
+
+def test_a_wake_up_that_finds_every_worker_busy_is_not_lost() -> None:
+    """All workers are between their claim and their wait when the engine queues a page: the next worker
+    that would wait claims again at once instead of sleeping through it."""
+    wakeups = Wakeups()
+    mine = wakeups.new()
+    other = wakeups.new()
+    wakeups.wake()  # nobody waits
+    started = time.monotonic()
+    assert wakeups.wait(mine, 5.0) is True
+    assert time.monotonic() - started < 1
+    assert wakeups.wait(other, 0.05) is False, "one wake-up was owed, taken once"
+
+
+def test_a_burst_brings_every_worker_in(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """One wake-up per engine batch, yet 60 pages are spread over the 4 workers: a worker whose claim came back
+    full wakes the next."""
+    pd.latency_seconds = 0.05
+    service = make_service(
+        db_url, rules_path, pd.url, clock, engine={"idle_seconds": 30.0},
+        pagerduty={"rate_limit_per_minute": 10_000},
+    )  # fmt: skip
+    service.start()
+    try:
+        time.sleep(0.3)  # every worker waits
+        receive(service, [change(ticket(str(100 + i))) for i in range(60)])
+        service.wake.set()
+        _wait_for(lambda: len(pd.events) == 60, 30)
+        assert len(pd.events) == 60
+        with service.store.engine.connect() as conn:
+            workers = conn.exec_driver_sql("SELECT COUNT(DISTINCT claimed_by) FROM outbox").scalar()
+        assert workers == 4
+    finally:
+        service.stop()
+        service.store.dispose()

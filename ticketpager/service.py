@@ -38,7 +38,7 @@ from kernel.retry import RetryPolicy
 from rules import RuleStore
 from rules.silence_match import compile_matchers
 from sync.db import failure_reason
-from sync.delivery import Delivery, send_timeout
+from sync.delivery import CLAIM_BATCH, Delivery, send_timeout
 from sync.engine import Engine
 from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
@@ -188,7 +188,7 @@ class Service:
             # a ticket's group change → its open incident (renders only: the delivery workers send)
             incident_updates=DESTINATIONS[INCIDENT_UPDATES](self) if INCIDENT_UPDATES in DESTINATIONS else None,
             batch_size=settings.engine.batch_size,
-            on_queued=self.outbox_wake.set,  # a batch that queued nothing wakes no delivery worker
+            on_queued=self.outbox_wake.wake,  # one idle worker; a batch that queued nothing wakes none
             silences=SilenceBook(compile_matchers),  # silences' matchers, compiled by the rules language
             connections=tuple(self.connections),  # the metrics' labels: configured names only
         )
@@ -340,7 +340,7 @@ class Service:
             lookup=self.rest,
             own_user_ids=[pd.from_user_id] if pd.from_user_id else [],
             batch_size=self.settings.engine.batch_size,
-            on_queued=self.outbox_wake.set,
+            on_queued=self.outbox_wake.wake,
         )
 
     def _two_way_rules(self) -> TwoWayRules:
@@ -562,12 +562,16 @@ class Service:
                 self.stopping.wait(coalesce)  # let the next commits join this batch
 
     def _delivery_loop(self, delivery: Delivery, wake: threading.Event) -> None:
-        """One worker: claim and send while rows are due, then sleep on its own event until woken."""
+        """One worker: claim and send while rows are due, then sleep on its own event until woken. A claim that
+        came back full wakes one more idle worker: a burst brings them all in, one page wakes one."""
         while not self.stopping.is_set():
             wake.clear()  # before the claim: a wake-up during it makes the next wait return at once
-            if delivery.run_once(stopping=self.stopping.is_set):
+            sent = delivery.run_once(CLAIM_BATCH, stopping=self.stopping.is_set)
+            if sent:
+                if sent >= CLAIM_BATCH:
+                    self.outbox_wake.wake()
                 continue
-            wake.wait(WORKER_FALLBACK_SECONDS)
+            self.outbox_wake.wait(wake, WORKER_FALLBACK_SECONDS)
 
     def _delivery_timer_loop(self) -> None:
         """The one idle look at the outbox for all of this process's workers: sleep until the next row comes due
@@ -584,7 +588,7 @@ class Service:
             if due is not None:
                 ahead = (due - now).total_seconds()
                 if ahead <= 0:
-                    self.outbox_wake.set()
+                    self.outbox_wake.wake()  # one worker; it wakes the next if its claim comes back full
                 else:
                     wait = min(wait, ahead)
             self.stopping.wait(wait)
@@ -656,10 +660,10 @@ class Service:
                 rules = self.rule_store.current
                 if rules.has_time_rules and self._with_lease("recheck", eng.recheck_interval_seconds):
                     if self.engine.recheck():
-                        self.outbox_wake.set()
+                        self.outbox_wake.wake()
                 # tickets a silence held whose silence has ended (an index range: cheap when there is none)
                 if self._with_lease("silences", eng.recheck_interval_seconds) and self.engine.release_silences():
-                    self.outbox_wake.set()
+                    self.outbox_wake.wake()
             if now_m >= next_prune:
                 next_prune = now_m + 3600
                 if self._with_lease("retention", 3600):

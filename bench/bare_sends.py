@@ -1,0 +1,61 @@
+"""The floor of one page's send: a bare ``requests.Session`` POSTing ``--count`` Events API bodies, one after
+another, to ``--url`` (the bench's PagerDuty mock), and this process's CPU seconds for them printed.
+
+``bench.pipeline`` runs it beside the minimal durable endpoint: together they are what any design that stores
+each webhook durably and then POSTs its page with ``requests`` (the project's one HTTP stack) costs at the
+least, so the pipeline's CPU per 1,000 reads against that floor. Its session does not re-read the
+environment's proxy settings per request (``trust_env`` off), as the events sink does not.
+
+Run:  python -m bench.bare_sends --url http://127.0.0.1:PORT/v2/enqueue [--count 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import requests
+
+ID_BASE = 100000  # bench.pipeline's ticket numbers: the mock's bookkeeping parses them from the dedup key
+
+
+def body(n: int) -> bytes:
+    """An event of the pipeline's size and shape (a triggered Jira page)."""
+    event = {
+        "routing_key": f"benchkey{n % 100:03d}".ljust(32, "0"),
+        "event_action": "trigger",
+        "dedup_key": f"tp/jira/{ID_BASE + n}/bare",
+        "payload": {
+            "summary": f"[P{n % 100:03d}-{n}] Checkout fails for every customer paying by card, bench ticket {n}",
+            "source": "jira",
+            "severity": "critical",
+            "custom_details": {"ticket": f"P{n % 100:03d}-{n}", "status": "Open", "priority": "Highest"},
+        },
+        "links": [{"href": f"https://example.atlassian.net/browse/P{n % 100:03d}-{n}", "text": "ticket"}],
+        "client": "ticketpager",
+    }
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def cpu_for(url: str, count: int) -> float:
+    session = requests.Session()
+    session.trust_env = False
+    bodies = [body(n) for n in range(count)]
+    session.post(url, data=bodies[0], headers={"Content-Type": "application/json"}, timeout=10)  # connect first
+    start = time.process_time()
+    for data in bodies:
+        session.post(url, data=data, headers={"Content-Type": "application/json"}, timeout=10).raise_for_status()
+    return time.process_time() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--count", type=int, default=1000)
+    args = parser.parse_args()
+    print(f"{cpu_for(args.url, args.count):.4f}")
+
+
+if __name__ == "__main__":
+    main()
