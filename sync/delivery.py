@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,7 +35,17 @@ from sqlalchemy.engine import RowMapping
 
 from kernel.clock import Clock
 from kernel.errors import PermanentError, RetryableError, TicketpagerError, UnknownOutcome
-from kernel.model import Destination, EventAction, Outbound, TicketNote, TicketRef, TicketUpdate, incident_note
+from kernel.model import (
+    Destination,
+    EventAction,
+    IncidentAction,
+    IncidentUpdate,
+    Outbound,
+    TicketNote,
+    TicketRef,
+    TicketUpdate,
+    incident_note,
+)
 from kernel.redact import redact
 from kernel.retry import RetryPolicy
 from sync.heartbeat import HeartbeatLike
@@ -50,6 +60,12 @@ log = logging.getLogger("ticketpager.delivery")
 #: than the timeout is waited out instead of timed out again and again.
 TIMEOUT_GROWTH_MAX = 4.0
 
+
+#: what PagerDuty is sent (incident events, incident updates) and what the ticketing systems are sent (notes,
+#: ticket updates): the service runs separate workers for each, so a ticketing system that hangs never holds
+#: a page up behind one of its notes (issue 17)
+INCIDENT_KINDS = frozenset({IncidentAction.KIND, IncidentUpdate.KIND})
+TICKET_KINDS = frozenset({TicketNote.KIND, TicketUpdate.KIND})
 
 #: rows one claim takes: a worker sends them one after another (each send's claim is renewed if it aged)
 CLAIM_BATCH = 10
@@ -66,7 +82,9 @@ class Delivery:
     """One delivery worker. ``destinations``: name → destination (the application's registry);
     ``write_back_sources``: the connections whose tickets get a note after an incident action was sent (to the
     destination named after the connection); ``legacy_events``: the destination of incident-event rows an older
-    version wrote without one during a rolling upgrade (``None``: such rows become dead letters)."""
+    version wrote without one during a rolling upgrade (``None``: such rows become dead letters). ``kinds``: the
+    outbox kinds it claims (``INCIDENT_KINDS``, ``TICKET_KINDS``; None: all); ``on_write_back`` is called after
+    a send queued a note for the ticket (the service wakes a ticket worker)."""
 
     def __init__(
         self,
@@ -83,6 +101,8 @@ class Delivery:
         rng: random.Random | None = None,
         takeover_after: float | None = None,
         heartbeat: HeartbeatLike | None = None,
+        kinds: Collection[str] | None = None,
+        on_write_back: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.destinations = dict(destinations)
@@ -99,7 +119,8 @@ class Delivery:
         self.takeover_after = takeover_after
         self.heartbeat = heartbeat  # ours: no send while it is overdue (the others may think us dead)
         self._orphaned: list[int] = []  # rows of a batch a database error interrupted: handed back next claim
-        self._claims = outbox.Claims(takeover=takeover_after is not None)  # its statements are built once
+        self._claims = outbox.Claims(takeover=takeover_after is not None, kinds=kinds)  # statements built once
+        self.on_write_back = on_write_back
         timeouts = [d.timeout for d in self.destinations.values() if d.timeout is not None]
         send_seconds = 3 * max(timeouts) if timeouts and not dry_run else 0.0
         self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
@@ -267,6 +288,7 @@ class Delivery:
 
     def _sent(self, row: RowMapping, *, dry_run: bool) -> None:
         now = self.clock.now()
+        queued = False
         with self.store.begin() as conn:
             if not outbox.mark_sent(conn, row["id"], self.worker_id, now, dry_run=dry_run):
                 log.warning("outbox row %s was taken over while it was being sent", row["id"])
@@ -277,14 +299,17 @@ class Delivery:
             if received is not None:
                 METRICS.delivery_latency.observe(max((now - received).total_seconds(), 0.0))
             if self.write_back_sources.get(row["connection"]) and not dry_run:
-                self._queue_write_back(conn, row)
+                queued = self._queue_write_back(conn, row)
+        if queued and self.on_write_back is not None:  # committed: a ticket worker can claim it now
+            self.on_write_back()
 
-    def _queue_write_back(self, conn: Connection, row: RowMapping) -> None:
+    def _queue_write_back(self, conn: Connection, row: RowMapping) -> bool:
         """Queue the note about a sent incident action for the ticket, to its connection's write-back (that
-        destination renders it now, like every action: the stored body is what is sent)."""
+        destination renders it now, like every action: the stored body is what is sent); False if the
+        connection has no write-back."""
         notes = self.destinations.get(row["connection"])
         if notes is None:
-            return
+            return False
         sent_by = self.destinations.get(self.outbound(row).destination)
         note = incident_note(
             sent_by.label if sent_by is not None else str(row["destination"]),
@@ -311,6 +336,7 @@ class Delivery:
             change_id=row["change_id"],
             now=self.clock.now(),
         )
+        return True
 
     def _failed(self, row: RowMapping, exc: TicketpagerError) -> None:
         now = self.clock.now()

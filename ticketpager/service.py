@@ -15,7 +15,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -38,7 +38,7 @@ from kernel.retry import RetryPolicy
 from rules import RuleStore
 from rules.silence_match import compile_matchers
 from sync.db import failure_reason
-from sync.delivery import CLAIM_BATCH, Delivery, send_timeout
+from sync.delivery import CLAIM_BATCH, INCIDENT_KINDS, TICKET_KINDS, Delivery, send_timeout
 from sync.engine import Engine
 from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
@@ -154,7 +154,8 @@ class Service:
         self._connector_lock = threading.Lock()
         self.wake = threading.Event()  # set by the webhook writer and pollers: changes are waiting
         # every delivery worker's own wake-up: the engine (or a recheck) queued rows, or the timer saw one due
-        self.outbox_wake = Wakeups()
+        self.outbox_wake = Wakeups()  # the workers that send to PagerDuty
+        self.write_back_wake = Wakeups()  # the workers that send notes and updates to the tickets
         self.stopping = threading.Event()
         self.writer = Writer(self.store, on_commit=self.wake.set)
         pd = settings.pagerduty
@@ -296,9 +297,12 @@ class Service:
                 )
             return self._write_back_connectors[source]
 
-    def delivery(self, worker: str = "0", *, heartbeat: Heartbeat | None = None) -> Delivery:
+    def delivery(
+        self, worker: str = "0", *, heartbeat: Heartbeat | None = None, kinds: Collection[str] | None = None
+    ) -> Delivery:
         """A delivery worker. It takes over the claims of replicas whose heartbeat stopped; ``heartbeat``
-        (this process's, when it runs) keeps it from sending while this replica may be presumed dead."""
+        (this process's, when it runs) keeps it from sending while this replica may be presumed dead;
+        ``kinds``: the outbox kinds it sends (None: all)."""
         return Delivery(
             self.store,
             self.destinations(),
@@ -310,6 +314,8 @@ class Service:
             write_back_sources=self.write_back_sources(),
             legacy_events=PagerDutyDestination.name,  # incident rows written before migration 0007
             takeover_after=self.settings.engine.replica_timeout_seconds,
+            kinds=kinds,
+            on_write_back=self.write_back_wake.wake,
             heartbeat=heartbeat,
         )
 
@@ -340,8 +346,13 @@ class Service:
             lookup=self.rest,
             own_user_ids=[pd.from_user_id] if pd.from_user_id else [],
             batch_size=self.settings.engine.batch_size,
-            on_queued=self.outbox_wake.wake,
+            on_queued=self._reverse_queued,
         )
+
+    def _reverse_queued(self) -> None:
+        """The reverse worker queued ticket updates or incident updates: one worker of each kind looks."""
+        self.outbox_wake.wake()
+        self.write_back_wake.wake()
 
     def _two_way_rules(self) -> TwoWayRules:
         rules = self.rule_store.current
@@ -452,9 +463,17 @@ class Service:
         self._spawn("heartbeat", self._heartbeat_loop)
         self._spawn("engine", self._engine_loop)
         self._spawn("reverse", self._reverse_loop)
+        # PagerDuty's workers and the tickets' apart: a ticketing system that hangs holds up its own notes only
+        ticket_workers = self.settings.engine.write_back_workers
+        page_kinds = INCIDENT_KINDS if ticket_workers > 0 else None  # 0: PagerDuty's workers send notes too
         for i in range(max(self.settings.pagerduty.workers, 1)):
-            worker = self.delivery(str(i), heartbeat=self.heartbeat)
-            self._spawn(f"delivery-{i}", functools.partial(self._delivery_loop, worker, self.outbox_wake.new()))
+            worker = self.delivery(str(i), heartbeat=self.heartbeat, kinds=page_kinds)
+            loop = functools.partial(self._delivery_loop, worker, self.outbox_wake.new(), self.outbox_wake)
+            self._spawn(f"delivery-{i}", loop)
+        for i in range(max(ticket_workers, 0)):
+            worker = self.delivery(f"t{i}", heartbeat=self.heartbeat, kinds=TICKET_KINDS)
+            loop = functools.partial(self._delivery_loop, worker, self.write_back_wake.new(), self.write_back_wake)
+            self._spawn(f"write-back-{i}", loop)
         self._spawn("delivery-timer", self._delivery_timer_loop)
         pollable = self.pollable_sources()
         spread = [s for s in pollable if not self.connections[s].is_default]  # the file's: started apart
@@ -463,10 +482,15 @@ class Service:
         self._spawn("scheduler", self._scheduler_loop)
         self.rule_store.start_watching()
 
+    def wake_senders(self) -> None:
+        """Wake every delivery worker (rows were freed at once: dead letters retried)."""
+        self.outbox_wake.set()
+        self.write_back_wake.set()
+
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
-        self.outbox_wake.set()
+        self.wake_senders()
         self.reverse_wake.set()
         self.rule_store.stop()
         for thread in self._threads:
@@ -561,7 +585,7 @@ class Service:
             if self.wake.wait(self._idle()) and coalesce > 0:
                 self.stopping.wait(coalesce)  # let the next commits join this batch
 
-    def _delivery_loop(self, delivery: Delivery, wake: threading.Event) -> None:
+    def _delivery_loop(self, delivery: Delivery, wake: threading.Event, group: Wakeups) -> None:
         """One worker: claim and send while rows are due, then sleep on its own event until woken. A claim that
         came back full wakes one more idle worker: a burst brings them all in, one page wakes one."""
         while not self.stopping.is_set():
@@ -569,9 +593,9 @@ class Service:
             sent = delivery.run_once(CLAIM_BATCH, stopping=self.stopping.is_set)
             if sent:
                 if sent >= CLAIM_BATCH:
-                    self.outbox_wake.wake()
+                    group.wake()
                 continue
-            self.outbox_wake.wait(wake, WORKER_FALLBACK_SECONDS)
+            group.wait(wake, WORKER_FALLBACK_SECONDS)
 
     def _delivery_timer_loop(self) -> None:
         """The one idle look at the outbox for all of this process's workers: sleep until the next row comes due
@@ -587,8 +611,9 @@ class Service:
             wait = self._idle()
             if due is not None:
                 ahead = (due - now).total_seconds()
-                if ahead <= 0:
-                    self.outbox_wake.wake()  # one worker; it wakes the next if its claim comes back full
+                if ahead <= 0:  # one worker of each kind; it wakes the next if its claim comes back full
+                    self.outbox_wake.wake()
+                    self.write_back_wake.wake()
                 else:
                     wait = min(wait, ahead)
             self.stopping.wait(wait)

@@ -94,6 +94,7 @@ class EngineSettings(BaseModel):
     gauge_interval_seconds: float = 5.0  # how often outbox / dead-letter / rules gauges are refreshed
     heartbeat_seconds: float = 2.0  # how often each replica records in the database that it is alive
     replica_timeout_seconds: float = 10.0  # a replica silent this long is dead: its claims and leases are taken over
+    write_back_workers: int = 2  # workers for notes and updates to tickets, apart from PagerDuty's (pagerduty.workers)
 
     @model_validator(mode="after")
     def _heartbeat_fits(self) -> EngineSettings:

@@ -4,7 +4,7 @@ read of it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -107,11 +107,15 @@ class Claims:
     and building it cost more than running it). ``takeover``: rows claimed by a replica that stopped
     heartbeating are free too, not only expired claims."""
 
-    def __init__(self, *, takeover: bool) -> None:
+    def __init__(self, *, takeover: bool, kinds: Collection[str] | None = None) -> None:
+        """``kinds``: the outbox kinds this worker sends (None: all)."""
         free = [outbox.c.claimed_until.is_(None), outbox.c.claimed_until < _NOW]
         if takeover:
             free.append(claim_holder_dead(outbox.c.claimed_by, _STALE))
-        self._due = (outbox.c.status == "pending", outbox.c.next_attempt_at <= _NOW, or_(*free))
+        due = [outbox.c.status == "pending", outbox.c.next_attempt_at <= _NOW, or_(*free)]
+        if kinds is not None:
+            due.append(outbox.c.kind.in_(sorted(kinds)))
+        self._due = tuple(due)
         self._anything_due = select(outbox.c.id).where(*self._due).limit(1)
         self._statements: dict[tuple[str, int], Select[Any]] = {}
 

@@ -423,7 +423,7 @@ class Console:
             return queued, superseded
 
         queued, superseded = await run_in_threadpool(run)
-        self.service.outbox_wake.set()
+        self.service.wake_senders()
         log.info("console: %s retried dead letters: %d queued, %d superseded", session.who, queued, superseded)
         return self.redirect(request, "/deadletters?" + urlencode({"queued": queued, "superseded": superseded}))
 

@@ -1,0 +1,114 @@
+"""A ticketing system that hangs never holds a page up (issue 17): notes and updates to tickets have their own
+delivery workers (``engine.write_back_workers``), apart from the workers that send to PagerDuty. Real threads,
+a real socket that accepts and never answers (the hung Jira), the PagerDuty mock; no sleeps but bounded polls."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kernel.clock import FakeClock
+from tests.factories import change, ticket
+from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.harness import make_service, receive
+
+NOTE_TIMEOUT = 2.0  # the hung Jira's connector timeout: each note blocks its worker this long
+
+
+class HungServer:
+    """Accepts TCP connections and reads their requests, but never answers: a ticketing system that hangs.
+    ``requests`` holds the request lines read so far."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self.requests: list[str] = []
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            return
+        self.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def hung() -> Iterator[HungServer]:
+    server = HungServer()
+    yield server
+    server.close()
+
+
+def _wait_for(predicate: Callable[[], bool], seconds: float) -> float:
+    started = time.monotonic()
+    while not predicate() and time.monotonic() - started < seconds:
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def _second_wave_latency(
+    tmp_path: Path, rules_path: Path, clock: FakeClock, hung: HungServer, write_back_workers: int
+) -> float:
+    """One PagerDuty worker. Page 4 tickets (their notes to Jira then hang), then 8 more: how long until the 8
+    pages are accepted."""
+    with MockPagerDuty() as pd:
+        service = make_service(  # threads, not the database, are under test: SQLite only
+            f"sqlite:///{tmp_path / 'tp.db'}", rules_path, pd.url, clock,
+            jira={
+                "enabled": True, "url": hung.url, "deployment": "datacenter", "api_token": "pat-token",
+                "webhook_secrets": ["s3cret"], "poll_interval_seconds": 3600, "timeout_seconds": NOTE_TIMEOUT,
+                "write_back": True,
+            },
+            engine={"idle_seconds": 0.2, "write_back_workers": write_back_workers},
+            pagerduty={"rate_limit_per_minute": 10_000, "workers": 1},
+        )  # fmt: skip
+        service.start()
+        try:
+            receive(service, [change(ticket(str(100 + i))) for i in range(4)])
+            service.wake.set()
+            assert _wait_for(lambda: len(pd.events) == 4, 10) < 10
+            notes = lambda: [r for r in hung.requests if "/comment" in r]  # noqa: E731
+            assert _wait_for(lambda: bool(notes()), 5) < 5, "a note to the hung Jira is in flight"
+            receive(service, [change(ticket(str(200 + i))) for i in range(8)])
+            service.wake.set()
+            return _wait_for(lambda: len(pd.events) == 12, 30)
+        finally:
+            service.stop()
+            service.store.dispose()
+
+
+def test_pages_do_not_wait_behind_notes_to_a_ticketing_system_that_hangs(
+    tmp_path: Path, rules_path: Path, clock: FakeClock, hung: HungServer
+) -> None:
+    assert _second_wave_latency(tmp_path, rules_path, clock, hung, write_back_workers=2) < NOTE_TIMEOUT / 2
+
+
+def test_with_no_ticket_workers_the_pagerduty_workers_send_notes_too_and_pages_wait(
+    tmp_path: Path, rules_path: Path, clock: FakeClock, hung: HungServer
+) -> None:
+    """``write_back_workers: 0`` keeps one pool: the PagerDuty worker is stuck in the notes, the pages wait (the
+    contrast that shows what the split buys)."""
+    assert _second_wave_latency(tmp_path, rules_path, clock, hung, write_back_workers=0) >= NOTE_TIMEOUT / 2
