@@ -1,0 +1,187 @@
+"""End to end through a real ``ticketpager serve`` process, the reverse direction included (issue 16).
+
+``tests/test_two_way_e2e.py`` runs the service in-process on an injected clock, so the threads ``serve``
+starts (the ticket webhooks' writer, the engine, the delivery workers and the reverse worker draining the
+PagerDuty inbox) never run there as they do in production. Here they do: ``serve`` is a child process on the
+real clock, with a Jira connection to a local fake Jira, the Events API pointed at the Events API fake, the
+REST API (``TICKETPAGER_PAGERDUTY__API_URL``) at the PagerDuty REST fake, and a v3 webhook secret.
+
+signed Jira webhook → one trigger at the Events API fake (which the test hands to the REST fake, as PagerDuty
+opens an incident from it; its ``incident.triggered`` echo is delivered, signed) → a person acknowledges in
+PagerDuty → the signed ``incident.acknowledged`` webhook is POSTed to the serve port → the reverse worker
+learns the incident's dedup key over REST and the issue gets the comment and the ``In Progress`` transition
+→ a person resolves in PagerDuty → the issue gets the comment and the ``Done`` transition with its
+resolution; nothing more is sent to the Events API (PagerDuty already knows). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.fakes.jira_server import FakeJira, make_issue
+from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, FakePagerDutyRest
+from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.serve_proc import Serve, cli_env
+
+pytestmark = pytest.mark.slow
+
+PD_SECRET = "pd-webhook-secret-serve-0001"
+JIRA_SECRET = "jira-webhook-secret-serve"
+ROUTING_KEY = "R0TWOWAYSERVE0000000000000000000"
+WAIT_SECONDS = 15.0  # per step; a healthy run takes well under a second per step
+RULES = """
+version: 1
+rules:
+  - name: jira-ops-p1
+    source: jira
+    when: {project: OPS, priority: Highest}
+    trigger:
+      routing_key: ${PD_SERVE_KEY}
+      severity: critical
+      summary: "[{{ ticket.key }}] {{ ticket.title }}"
+    acknowledge_when: {status_category: in_progress}
+    resolve_when: {status_category: done}
+    sync_back:
+      acknowledged: {comment: true, transition: {category: in_progress}}
+      annotated: true
+      resolved: {comment: true, transition: {category: done, fields: {resolution: Done}}}
+"""
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], serve: Serve, timeout: float = WAIT_SECONDS) -> T:
+    """Poll ``probe`` every 50 ms until it returns something truthy; fail naming ``what`` (with the
+    process's log) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        if serve.proc is not None and serve.proc.poll() is not None:
+            pytest.fail(f"serve exited while waiting for {what}:\n{serve.output()}")
+        if time.monotonic() > deadline:
+            serve.stop()
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; serve's log:\n{serve.output()}")
+        time.sleep(0.05)
+
+
+def inbox(serve: Serve) -> dict[str, Any]:
+    """``/admin/status``'s PagerDuty inbox: webhooks stored and not yet handled by the reverse worker."""
+    with urllib.request.urlopen(f"{serve.url}/admin/status", timeout=5) as resp:  # noqa: S310 - loopback
+        return dict(json.loads(resp.read())["pagerduty_inbox"])
+
+
+def post_jira(serve: Serve, issue: dict[str, Any], event: str, delivery: str) -> None:
+    body = json.dumps(
+        {"timestamp": int(time.time() * 1000), "webhookEvent": event, "issue": issue}
+    ).encode()
+    headers = {
+        "X-Hub-Signature": "sha256=" + hmac.new(JIRA_SECRET.encode(), body, hashlib.sha256).hexdigest(),
+        "X-Atlassian-Webhook-Identifier": delivery,
+    }
+    code, answer = serve.post("/webhooks/jira", body, headers)
+    assert code == 202, (code, answer)
+
+
+def deliver(pd: FakePagerDutyRest, expected: list[str]) -> None:
+    """POST the REST fake's queued v3 webhooks (signed with the subscription's secret) to serve; each is
+    stored before the answer (202)."""
+    assert [e["event_type"] for e in pd.events()] == expected
+    assert pd.deliver() == [202] * len(expected)
+
+
+@contextmanager
+def running(db_url: str, tmp_path: Path) -> Iterator[tuple[Serve, FakeJira, MockPagerDuty, FakePagerDutyRest]]:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "two-way.yaml").write_text(RULES)
+    with FakeJira(deployment="Cloud") as jira, MockPagerDuty() as events, FakePagerDutyRest() as pd:
+        env = cli_env(
+            tmp_path,
+            rules=rules,
+            pagerduty_url=events.url,
+            TICKETPAGER_DATABASE_URL=db_url,
+            PD_SERVE_KEY=ROUTING_KEY,
+            TICKETPAGER_JIRA__ENABLED="true",
+            TICKETPAGER_JIRA__URL=jira.url,
+            TICKETPAGER_JIRA__DEPLOYMENT="cloud",
+            TICKETPAGER_JIRA__EMAIL="ticketpager-bot@acme.example",
+            TICKETPAGER_JIRA__API_TOKEN="serve-jira-token",
+            TICKETPAGER_JIRA__WEBHOOK_SECRETS=JIRA_SECRET,
+            TICKETPAGER_JIRA__POLL_INTERVAL_SECONDS="3600",  # one poll at start; the rest comes by webhook
+            TICKETPAGER_PAGERDUTY__API_URL=pd.url,
+            TICKETPAGER_PAGERDUTY__API_TOKEN=TOKEN,
+            TICKETPAGER_PAGERDUTY__FROM_EMAIL=BOT_EMAIL,
+            TICKETPAGER_PAGERDUTY__FROM_USER_ID="PBOT001",
+            TICKETPAGER_PAGERDUTY__WEBHOOK_SECRETS=PD_SECRET,
+            TICKETPAGER_ENGINE__IDLE_SECONDS="0.2",
+        )
+        serve = Serve(env)
+        pd.subscribe(f"{serve.url}/webhooks/pagerduty", PD_SECRET)  # the port is chosen before the start
+        serve.start()
+        try:
+            yield serve, jira, events, pd
+        finally:
+            serve.stop()
+
+
+def test_serve_jira_ticket_pages_and_a_persons_ack_and_resolve_reach_the_issue(db_url: str, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with running(db_url, tmp_path) as (serve, jira, events, pd):
+        # the start-up poll has run (the issue is created after it: this ticket arrives by webhook only)
+        wait_for("serve's first Jira poll", lambda: any(p == "/rest/api/2/search/jql" for p in jira.paths()), serve)
+        issue = make_issue("10042", "OPS-12", updated=datetime.now(UTC), summary="Checkout is down",
+                           priority="Highest", priority_id="1", base_url=jira.url)  # fmt: skip
+        jira.put(issue)
+
+        # 1. a signed Jira webhook → one trigger at the Events API
+        post_jira(serve, issue, "jira:issue_created", "serve-jira-1")
+        [trigger] = wait_for("the trigger at the Events API", lambda: events.events[:1], serve)
+        assert trigger["event_action"] == "trigger" and trigger["routing_key"] == ROUTING_KEY
+        assert trigger["payload"]["summary"] == "[OPS-12] Checkout is down"
+        incident = pd.apply_event(trigger)  # PagerDuty opens the incident; the alert carries the dedup key
+        deliver(pd, ["incident.triggered"])  # our own trigger's echo (agent: the Events API integration)
+        wait_for("the triggered echo handled", lambda: inbox(serve)["pending"] == 0, serve)
+
+        # 2. a person acknowledges in PagerDuty → comment naming them with the link, and the transition
+        pd.acknowledge(incident, by="PUSER01")
+        deliver(pd, ["incident.acknowledged"])
+        wait_for("the acknowledgement on the issue",
+                 lambda: jira.issues["10042"]["fields"]["status"]["name"] == "In Progress", serve)  # fmt: skip
+        acked = wait_for("the acknowledgement's comment",
+                         lambda: [c["body"] for c in jira.comments.get("10042", []) if "acknowledged" in c["body"]],
+                         serve)  # fmt: skip
+        assert len(acked) == 1, acked
+        assert "Jane Doe" in acked[0] and f"/incidents/{incident}" in acked[0], acked[0]
+        assert jira.transitioned == [("10042", "In Progress")]
+        # the reverse worker learnt which incident is ours over REST (the webhook carries no dedup key)
+        assert any(r.path == f"/incidents/{incident}/alerts" for r in pd.requests), [r.path for r in pd.requests]
+
+        # 3. a person resolves in PagerDuty → comment, and the Done transition with its resolution
+        pd.resolve(incident, by="PUSER01")
+        deliver(pd, ["incident.resolved"])
+        wait_for("the resolution on the issue",
+                 lambda: jira.issues["10042"]["fields"]["status"]["name"] == "Done", serve)  # fmt: skip
+        resolved = wait_for("the resolve's comment",
+                            lambda: [c["body"] for c in jira.comments.get("10042", []) if "resolved" in c["body"]],
+                            serve)  # fmt: skip
+        assert len(resolved) == 1 and "Jane Doe" in resolved[0], resolved
+        assert jira.issues["10042"]["fields"]["resolution"]["name"] == "Done"
+        assert jira.transitioned == [("10042", "In Progress"), ("10042", "Done")]
+        # PagerDuty acted, so nothing goes back to it: the one trigger is all the Events API ever got
+        assert [e["event_action"] for e in events.events] == ["trigger"]
+        assert pd.spec_errors == []
+        assert inbox(serve)["failed"] == 0
+    assert time.monotonic() - started < 30
