@@ -83,10 +83,17 @@ def inbox(serve: Serve) -> dict[str, Any]:
         return dict(json.loads(resp.read())["pagerduty_inbox"])
 
 
-def post_jira(serve: Serve, issue: dict[str, Any], event: str, delivery: str) -> None:
-    body = json.dumps(
-        {"timestamp": int(time.time() * 1000), "webhookEvent": event, "issue": issue}
-    ).encode()
+def quiet(serve: Serve) -> dict[str, Any] | None:
+    """``/admin/status`` once every stored ticket change is handled by the engine and every outbox row is
+    sent (a row stays pending until its send has returned), else None."""
+    with urllib.request.urlopen(f"{serve.url}/admin/status", timeout=5) as resp:  # noqa: S310 - loopback
+        report = dict(json.loads(resp.read()))
+    return report if report["changes_pending"] == 0 and report["outbox_pending"] == 0 else None
+
+
+def post_jira(serve: Serve, issue: dict[str, Any], event: str, delivery: str, **extra: Any) -> None:
+    payload = {"timestamp": int(time.time() * 1000), "webhookEvent": event, "issue": issue, **extra}
+    body = json.dumps(payload).encode()
     headers = {
         "X-Hub-Signature": "sha256=" + hmac.new(JIRA_SECRET.encode(), body, hashlib.sha256).hexdigest(),
         "X-Atlassian-Webhook-Identifier": delivery,
@@ -180,6 +187,15 @@ def test_serve_jira_ticket_pages_and_a_persons_ack_and_resolve_reach_the_issue(d
         assert len(resolved) == 1 and "Jane Doe" in resolved[0], resolved
         assert jira.issues["10042"]["fields"]["resolution"]["name"] == "Done"
         assert jira.transitioned == [("10042", "In Progress"), ("10042", "Done")]
+
+        # 4. our own transition and comments come back as Jira webhooks: the issue is Done, its incident is
+        # already resolved, so nothing is sent (and no new page)
+        done = jira.issues["10042"]
+        post_jira(serve, done, "jira:issue_updated", "serve-jira-2")
+        for n, comment in enumerate(jira.comments["10042"]):
+            post_jira(serve, done, "comment_created", f"serve-jira-c{n}", comment=comment)
+        report = wait_for("the echoes handled", lambda: quiet(serve), serve)
+        assert (report["changes_failed"], report["dead_letters"]) == (0, 0), report
         # PagerDuty acted, so nothing goes back to it: the one trigger is all the Events API ever got
         assert [e["event_action"] for e in events.events] == ["trigger"]
         assert pd.spec_errors == []
