@@ -3,15 +3,17 @@
 ``tests/test_two_way_e2e.py`` runs the service in-process on an injected clock, so the threads ``serve``
 starts (the ticket webhooks' writer, the engine, the delivery workers and the reverse worker draining the
 PagerDuty inbox) never run there as they do in production. Here they do: ``serve`` is a child process on the
-real clock, with a Jira connection to a local fake Jira, the Events API pointed at the Events API fake, the
-REST API (``TICKETPAGER_PAGERDUTY__API_URL``) at the PagerDuty REST fake, and a v3 webhook secret.
+real clock, with a connection to a local fake of the ticketing system, the Events API pointed at the Events
+API fake, the REST API (``TICKETPAGER_PAGERDUTY__API_URL``) at the PagerDuty REST fake, and a v3 webhook secret.
 
-signed Jira webhook → one trigger at the Events API fake (which the test hands to the REST fake, as PagerDuty
-opens an incident from it; its ``incident.triggered`` echo is delivered, signed) → a person acknowledges in
-PagerDuty → the signed ``incident.acknowledged`` webhook is POSTed to the serve port → the reverse worker
-learns the incident's dedup key over REST and the issue gets the comment and the ``In Progress`` transition
-→ a person resolves in PagerDuty → the issue gets the comment and the ``Done`` transition with its
-resolution; nothing more is sent to the Events API (PagerDuty already knows). Every wait is bounded.
+Per system (Jira here; Zendesk below, with its statuses): signed ticket webhook → one trigger at the Events
+API fake (which the test hands to the REST fake, as PagerDuty opens an incident from it; its
+``incident.triggered`` echo is delivered, signed) → a person acknowledges in PagerDuty → the signed
+``incident.acknowledged`` webhook is POSTed to the serve port → the reverse worker learns the incident's dedup
+key over REST and the ticket gets the note and the ``In Progress`` transition → a person resolves in PagerDuty
+→ the ticket gets the note and the ``Done`` transition with its resolution → the ticket webhooks of our own
+writes come back; nothing more is sent to the Events API (PagerDuty already knows). Every wait is bounded and
+fails naming what it waited for, with serve's log.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import pytest
 from tests.fakes.jira_server import FakeJira, make_issue
 from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, FakePagerDutyRest
 from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.fakes.zendesk_server import API_USER_ID, FakeZendesk
+from tests.fakes.zendesk_server import sign as zendesk_sign
 from tests.serve_proc import Serve, cli_env
 
 pytestmark = pytest.mark.slow
@@ -40,7 +44,7 @@ PD_SECRET = "pd-webhook-secret-serve-0001"
 JIRA_SECRET = "jira-webhook-secret-serve"
 ROUTING_KEY = "R0TWOWAYSERVE0000000000000000000"
 WAIT_SECONDS = 15.0  # per step; a healthy run takes well under a second per step
-RULES = """
+JIRA_RULES = """
 version: 1
 rules:
   - name: jira-ops-p1
@@ -110,43 +114,83 @@ def deliver(pd: FakePagerDutyRest, expected: list[str]) -> None:
 
 
 @contextmanager
-def running(db_url: str, tmp_path: Path) -> Iterator[tuple[Serve, FakeJira, MockPagerDuty, FakePagerDutyRest]]:
+def running(
+    db_url: str, tmp_path: Path, rules_text: str, **system: str
+) -> Iterator[tuple[Serve, MockPagerDuty, FakePagerDutyRest]]:
+    """``serve`` with the rules, the ticketing system's settings ``system``, the Events API fake, and the REST
+    fake (subscribed to serve's ``/webhooks/pagerduty`` with :data:`PD_SECRET`)."""
     rules = tmp_path / "rules"
     rules.mkdir()
-    (rules / "two-way.yaml").write_text(RULES)
-    with FakeJira(deployment="Cloud") as jira, MockPagerDuty() as events, FakePagerDutyRest() as pd:
+    (rules / "two-way.yaml").write_text(rules_text)
+    with MockPagerDuty() as events, FakePagerDutyRest() as pd:
         env = cli_env(
             tmp_path,
             rules=rules,
             pagerduty_url=events.url,
             TICKETPAGER_DATABASE_URL=db_url,
             PD_SERVE_KEY=ROUTING_KEY,
-            TICKETPAGER_JIRA__ENABLED="true",
-            TICKETPAGER_JIRA__URL=jira.url,
-            TICKETPAGER_JIRA__DEPLOYMENT="cloud",
-            TICKETPAGER_JIRA__EMAIL="ticketpager-bot@acme.example",
-            TICKETPAGER_JIRA__API_TOKEN="serve-jira-token",
-            TICKETPAGER_JIRA__WEBHOOK_SECRETS=JIRA_SECRET,
-            TICKETPAGER_JIRA__POLL_INTERVAL_SECONDS="3600",  # one poll at start; the rest comes by webhook
             TICKETPAGER_PAGERDUTY__API_URL=pd.url,
             TICKETPAGER_PAGERDUTY__API_TOKEN=TOKEN,
             TICKETPAGER_PAGERDUTY__FROM_EMAIL=BOT_EMAIL,
             TICKETPAGER_PAGERDUTY__FROM_USER_ID="PBOT001",
             TICKETPAGER_PAGERDUTY__WEBHOOK_SECRETS=PD_SECRET,
             TICKETPAGER_ENGINE__IDLE_SECONDS="0.2",
+            **system,
         )
         serve = Serve(env)
         pd.subscribe(f"{serve.url}/webhooks/pagerduty", PD_SECRET)  # the port is chosen before the start
         serve.start()
         try:
-            yield serve, jira, events, pd
+            yield serve, events, pd
         finally:
             serve.stop()
 
 
+def page_and_echo(serve: Serve, events: MockPagerDuty, pd: FakePagerDutyRest, summary: str) -> str:
+    """The one trigger at the Events API; PagerDuty opens the incident from it (its alert carries the dedup
+    key) and the ``incident.triggered`` echo (agent: the Events API integration) is delivered and handled.
+    Returns the incident id."""
+    [trigger] = wait_for("the trigger at the Events API", lambda: events.events[:1], serve)
+    assert trigger["event_action"] == "trigger" and trigger["routing_key"] == ROUTING_KEY
+    assert trigger["payload"]["summary"] == summary
+    incident = pd.apply_event(trigger)
+    deliver(pd, ["incident.triggered"])
+    wait_for("the triggered echo handled", lambda: inbox(serve)["pending"] == 0, serve)
+    return incident
+
+
+def person_acts(serve: Serve, pd: FakePagerDutyRest, incident: str, action: str) -> None:
+    """Jane Doe acknowledges or resolves the incident in PagerDuty; its signed v3 webhook goes to serve."""
+    getattr(pd, action)(incident, by="PUSER01")
+    deliver(pd, [f"incident.{'acknowledged' if action == 'acknowledge' else 'resolved'}"])
+
+
+def finish(serve: Serve, events: MockPagerDuty, pd: FakePagerDutyRest) -> None:
+    """Once quiet: PagerDuty acted, so nothing went back to it (the one trigger is all the Events API got),
+    every request to the REST fake met its spec, and nothing failed."""
+    report = wait_for("the echoes handled", lambda: quiet(serve), serve)
+    assert (report["changes_failed"], report["dead_letters"]) == (0, 0), report
+    assert [e["event_action"] for e in events.events] == ["trigger"]
+    assert pd.spec_errors == []
+    assert inbox(serve)["failed"] == 0
+
+
+JIRA = {
+    "TICKETPAGER_JIRA__ENABLED": "true",
+    "TICKETPAGER_JIRA__DEPLOYMENT": "cloud",
+    "TICKETPAGER_JIRA__EMAIL": "ticketpager-bot@acme.example",
+    "TICKETPAGER_JIRA__API_TOKEN": "serve-jira-token",
+    "TICKETPAGER_JIRA__WEBHOOK_SECRETS": JIRA_SECRET,
+    "TICKETPAGER_JIRA__POLL_INTERVAL_SECONDS": "3600",  # one poll at start; the rest comes by webhook
+}
+
+
 def test_serve_jira_ticket_pages_and_a_persons_ack_and_resolve_reach_the_issue(db_url: str, tmp_path: Path) -> None:
     started = time.monotonic()
-    with running(db_url, tmp_path) as (serve, jira, events, pd):
+    with (
+        FakeJira(deployment="Cloud") as jira,
+        running(db_url, tmp_path, JIRA_RULES, TICKETPAGER_JIRA__URL=jira.url, **JIRA) as (serve, events, pd),
+    ):
         # the start-up poll has run (the issue is created after it: this ticket arrives by webhook only)
         wait_for("serve's first Jira poll", lambda: any(p == "/rest/api/2/search/jql" for p in jira.paths()), serve)
         issue = make_issue("10042", "OPS-12", updated=datetime.now(UTC), summary="Checkout is down",
@@ -155,16 +199,10 @@ def test_serve_jira_ticket_pages_and_a_persons_ack_and_resolve_reach_the_issue(d
 
         # 1. a signed Jira webhook → one trigger at the Events API
         post_jira(serve, issue, "jira:issue_created", "serve-jira-1")
-        [trigger] = wait_for("the trigger at the Events API", lambda: events.events[:1], serve)
-        assert trigger["event_action"] == "trigger" and trigger["routing_key"] == ROUTING_KEY
-        assert trigger["payload"]["summary"] == "[OPS-12] Checkout is down"
-        incident = pd.apply_event(trigger)  # PagerDuty opens the incident; the alert carries the dedup key
-        deliver(pd, ["incident.triggered"])  # our own trigger's echo (agent: the Events API integration)
-        wait_for("the triggered echo handled", lambda: inbox(serve)["pending"] == 0, serve)
+        incident = page_and_echo(serve, events, pd, "[OPS-12] Checkout is down")
 
         # 2. a person acknowledges in PagerDuty → comment naming them with the link, and the transition
-        pd.acknowledge(incident, by="PUSER01")
-        deliver(pd, ["incident.acknowledged"])
+        person_acts(serve, pd, incident, "acknowledge")
         wait_for("the acknowledgement on the issue",
                  lambda: jira.issues["10042"]["fields"]["status"]["name"] == "In Progress", serve)  # fmt: skip
         acked = wait_for("the acknowledgement's comment",
@@ -177,8 +215,7 @@ def test_serve_jira_ticket_pages_and_a_persons_ack_and_resolve_reach_the_issue(d
         assert any(r.path == f"/incidents/{incident}/alerts" for r in pd.requests), [r.path for r in pd.requests]
 
         # 3. a person resolves in PagerDuty → comment, and the Done transition with its resolution
-        pd.resolve(incident, by="PUSER01")
-        deliver(pd, ["incident.resolved"])
+        person_acts(serve, pd, incident, "resolve")
         wait_for("the resolution on the issue",
                  lambda: jira.issues["10042"]["fields"]["status"]["name"] == "Done", serve)  # fmt: skip
         resolved = wait_for("the resolve's comment",
@@ -190,14 +227,97 @@ def test_serve_jira_ticket_pages_and_a_persons_ack_and_resolve_reach_the_issue(d
 
         # 4. our own transition and comments come back as Jira webhooks: the issue is Done, its incident is
         # already resolved, so nothing is sent (and no new page)
-        done = jira.issues["10042"]
+        done, written = jira.issues["10042"], len(jira.comments["10042"])
         post_jira(serve, done, "jira:issue_updated", "serve-jira-2")
         for n, comment in enumerate(jira.comments["10042"]):
             post_jira(serve, done, "comment_created", f"serve-jira-c{n}", comment=comment)
-        report = wait_for("the echoes handled", lambda: quiet(serve), serve)
-        assert (report["changes_failed"], report["dead_letters"]) == (0, 0), report
-        # PagerDuty acted, so nothing goes back to it: the one trigger is all the Events API ever got
-        assert [e["event_action"] for e in events.events] == ["trigger"]
-        assert pd.spec_errors == []
-        assert inbox(serve)["failed"] == 0
+        finish(serve, events, pd)
+        assert len(jira.comments["10042"]) == written == 3  # the trigger's write-back, the ack, the resolve
+    assert time.monotonic() - started < 30
+
+
+# -- Zendesk ------------------------------------------------------------------------------------------------------
+ZENDESK_RULES = """
+version: 1
+rules:
+  - name: zendesk-urgent
+    source: zendesk
+    when: {priority: urgent}
+    trigger:
+      routing_key: ${PD_SERVE_KEY}
+      severity: critical
+      summary: "[Zendesk {{ ticket.key }}] {{ ticket.title }}"
+    acknowledge_when: {status_category: in_progress}
+    resolve_when: {status_category: done}
+    sync_back:
+      acknowledged: {comment: true, transition: {status: open}}
+      annotated: true
+      resolved: {comment: true, transition: {status: solved}}
+"""
+ZENDESK_SECRET = "zendesk-webhook-secret-serve"
+
+
+def post_zendesk(serve: Serve, zd: FakeZendesk, ticket_id: int, kind: str, delivery: str, **event: Any) -> None:
+    """A signed event-subscription webhook (``zen:event-type:ticket.*``) with the ticket as Zendesk has it now."""
+    ticket = zd.tickets[ticket_id]
+    fields = ("subject", "description", "tags", "group_id", "organization_id", "requester_id", "assignee_id",
+              "created_at", "updated_at")  # fmt: skip
+    detail = {k: ticket[k] for k in fields} | {
+        "id": str(ticket_id),
+        "priority": str(ticket["priority"]).upper(),
+        "status": str(ticket["status"]).upper(),
+    }
+    body = json.dumps(
+        {"id": delivery, "type": f"zen:event-type:ticket.{kind}", "subject": f"zen:ticket:{ticket_id}",
+         "time": ticket["updated_at"], "detail": detail, "event": event, "zendesk_event_version": "2022-11-06"}
+    ).encode()  # fmt: skip
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    headers = {
+        "X-Zendesk-Webhook-Signature": zendesk_sign(ZENDESK_SECRET, stamp, body),
+        "X-Zendesk-Webhook-Signature-Timestamp": stamp,
+        "X-Zendesk-Webhook-Id": delivery,
+    }
+    code, answer = serve.post("/webhooks/zendesk", body, headers)
+    assert code == 202, (code, answer)
+
+
+def test_serve_zendesk_ticket_pages_and_a_persons_ack_and_resolve_reach_the_ticket(db_url: str, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with FakeZendesk() as zd:
+        system = {
+            "TICKETPAGER_ZENDESK__ENABLED": "true",
+            "TICKETPAGER_ZENDESK__URL": zd.url,
+            "TICKETPAGER_ZENDESK__EMAIL": zd.email,
+            "TICKETPAGER_ZENDESK__API_TOKEN": zd.token,
+            "TICKETPAGER_ZENDESK__WEBHOOK_SECRETS": ZENDESK_SECRET,
+            "TICKETPAGER_ZENDESK__POLL_INTERVAL_SECONDS": "3600",
+        }
+        with running(db_url, tmp_path, ZENDESK_RULES, **system) as (serve, events, pd):
+            wait_for("serve's first Zendesk poll", lambda: any("incremental" in p for _, p in zd.requests), serve)
+            zd.add_ticket(35436, subject="Checkout is down", priority="urgent", status="new", age_seconds=0)
+
+            post_zendesk(serve, zd, 35436, "created", "zd-serve-1")
+            incident = page_and_echo(serve, events, pd, "[Zendesk #35436] Checkout is down")
+
+            person_acts(serve, pd, incident, "acknowledge")
+            wait_for("the acknowledgement on the ticket", lambda: zd.tickets[35436]["status"] == "open", serve)
+            acked = [str(c["body"]) for c in zd.comments[35436] if "acknowledged" in str(c["body"])]
+            assert len(acked) == 1 and "acknowledged by Jane Doe" in acked[0], acked
+            assert f"/incidents/{incident}" in acked[0], acked[0]
+
+            person_acts(serve, pd, incident, "resolve")
+            wait_for("the resolution on the ticket", lambda: zd.tickets[35436]["status"] == "solved", serve)
+            resolved = [str(c["body"]) for c in zd.comments[35436] if "resolved" in str(c["body"])]
+            assert len(resolved) == 1 and "Jane Doe" in resolved[0], resolved
+            written = len(zd.comments[35436])
+            assert all(c["public"] is False for c in zd.comments[35436])  # internal notes
+
+            # our own status change and notes come back as Zendesk webhooks: nothing is sent
+            post_zendesk(serve, zd, 35436, "status_changed", "zd-serve-2", previous="OPEN", current="SOLVED")
+            for n, comment in enumerate(zd.comments[35436]):
+                post_zendesk(serve, zd, 35436, "comment_added", f"zd-serve-c{n}",
+                             comment={"id": str(comment["id"]), "body": comment["body"], "is_public": False,
+                                      "author": {"id": str(API_USER_ID), "is_staff": True}})  # fmt: skip
+            finish(serve, events, pd)
+            assert len(zd.comments[35436]) == written
     assert time.monotonic() - started < 30
