@@ -6,9 +6,9 @@ PagerDuty inbox) never run there as they do in production. Here they do: ``serve
 real clock, with a connection to a local fake of the ticketing system, the Events API pointed at the Events
 API fake, the REST API (``TICKETPAGER_PAGERDUTY__API_URL``) at the PagerDuty REST fake, and a v3 webhook secret.
 
-Per system (Jira here; Zendesk below, with its statuses): signed ticket webhook → one trigger at the Events
-API fake (which the test hands to the REST fake, as PagerDuty opens an incident from it; its
-``incident.triggered`` echo is delivered, signed) → a person acknowledges in PagerDuty → the signed
+Per system (Jira here; Zendesk and ServiceNow below, with their statuses): signed ticket webhook → one
+trigger at the Events API fake (which the test hands to the REST fake, as PagerDuty opens an incident from it;
+its ``incident.triggered`` echo is delivered, signed) → a person acknowledges in PagerDuty → the signed
 ``incident.acknowledged`` webhook is POSTed to the serve port → the reverse worker learns the incident's dedup
 key over REST and the ticket gets the note and the ``In Progress`` transition → a person resolves in PagerDuty
 → the ticket gets the note and the ``Done`` transition with its resolution → the ticket webhooks of our own
@@ -18,6 +18,7 @@ fails naming what it waited for, with serve's log.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -34,6 +35,7 @@ import pytest
 from tests.fakes.jira_server import FakeJira, make_issue
 from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, FakePagerDutyRest
 from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.fakes.servicenow_server import FakeInstance, FakeServiceNowServer, make_record
 from tests.fakes.zendesk_server import API_USER_ID, FakeZendesk
 from tests.fakes.zendesk_server import sign as zendesk_sign
 from tests.serve_proc import Serve, cli_env
@@ -320,4 +322,88 @@ def test_serve_zendesk_ticket_pages_and_a_persons_ack_and_resolve_reach_the_tick
                                       "author": {"id": str(API_USER_ID), "is_staff": True}})  # fmt: skip
             finish(serve, events, pd)
             assert len(zd.comments[35436]) == written
+    assert time.monotonic() - started < 30
+
+
+# -- ServiceNow ---------------------------------------------------------------------------------------------------
+SERVICENOW_RULES = """
+version: 1
+rules:
+  - name: sn-p1
+    source: servicenow
+    when: {priority_number: 1}
+    trigger:
+      routing_key: ${PD_SERVE_KEY}
+      severity: critical
+      summary: "[{{ ticket.key }}] {{ ticket.title }}"
+    acknowledge_when: {status_category: in_progress}
+    resolve_when: {status_category: done}
+    sync_back:
+      acknowledged: {comment: true, transition: {category: in_progress}}
+      annotated: true
+      resolved:
+        comment: true
+        transition: {status: Resolved, fields: {close_code: Solved (Permanently), close_notes: "{{ agent.name }}"}}
+"""
+SERVICENOW_SECRET = "servicenow-webhook-secret-serve"
+SYS_ID = "sn-serve-000000000000000000000001"
+
+
+def post_servicenow(serve: Serve, fake: FakeInstance, delivery: str) -> None:
+    """The business rule's outbound message: the record as the instance has it now, HMAC-signed."""
+    sent_at = int(time.time())
+    body = json.dumps(
+        {"event": "update", "table": "incident", "delivery_id": delivery, "sent_at": sent_at,
+         "instance": "https://acme.service-now.com", "record": dict(fake.records[SYS_ID]), "last_work_note": ""}
+    ).encode()  # fmt: skip
+    signature = base64.b64encode(hmac.new(SERVICENOW_SECRET.encode(), body, hashlib.sha256).digest()).decode()
+    code, answer = serve.post("/webhooks/servicenow", body, {"X-Signature": signature, "X-Timestamp": str(sent_at)})
+    assert code == 202, (code, answer)
+
+
+def test_serve_servicenow_record_pages_and_a_persons_ack_and_resolve_reach_the_record(
+    db_url: str, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    fake = FakeInstance()
+    with FakeServiceNowServer(fake, str(tmp_path)) as sn:
+        system = {
+            "REQUESTS_CA_BUNDLE": sn.ca_pem,  # the fake instance's throwaway CA (TLS, as pysnc needs)
+            "TICKETPAGER_SERVICENOW__ENABLED": "true",
+            "TICKETPAGER_SERVICENOW__INSTANCE_URL": sn.url,
+            "TICKETPAGER_SERVICENOW__USERNAME": fake.username,
+            "TICKETPAGER_SERVICENOW__PASSWORD": fake.password,
+            "TICKETPAGER_SERVICENOW__WEBHOOK_SECRETS": SERVICENOW_SECRET,
+            "TICKETPAGER_SERVICENOW__POLL_INTERVAL_SECONDS": "3600",
+        }
+        with running(db_url, tmp_path, SERVICENOW_RULES, **system) as (serve, events, pd):
+            wait_for("serve's first ServiceNow poll", fake.lists, serve)
+            fake.put(make_record(SYS_ID, "INC0010042", datetime.now(UTC), short_description="Core router down",
+                                 priority="1", impact="1", urgency="1", state="1"))  # fmt: skip
+
+            def notes() -> list[str]:
+                return [j["value"] for j in fake.journal if j["element_id"] == SYS_ID]
+
+            post_servicenow(serve, fake, f"{SYS_ID}:1")
+            incident = page_and_echo(serve, events, pd, "[INC0010042] Core router down")
+
+            person_acts(serve, pd, incident, "acknowledge")
+            wait_for("the acknowledgement on the record", lambda: fake.records[SYS_ID]["state"] == "2", serve)
+            acked = [n for n in notes() if "acknowledged" in n]
+            assert len(acked) == 1 and "acknowledged by Jane Doe" in acked[0], notes()
+            assert f"/incidents/{incident}" in acked[0], acked[0]
+
+            person_acts(serve, pd, incident, "resolve")
+            wait_for("the resolution on the record", lambda: fake.records[SYS_ID]["state"] == "6", serve)
+            resolved = [n for n in notes() if "resolved" in n]
+            assert len(resolved) == 1 and "Jane Doe" in resolved[0], notes()
+            record = fake.records[SYS_ID]
+            assert (record["close_code"], record["close_notes"]) == ("Solved (Permanently)", "Jane Doe")
+            assert {j["element"] for j in fake.journal} == {"work_notes"}  # internal: work notes only
+            written = len(fake.journal)
+
+            # our own PATCH comes back as the business rule's message (updated by us): nothing is sent
+            post_servicenow(serve, fake, f"{SYS_ID}:2")
+            finish(serve, events, pd)
+            assert len(fake.journal) == written
     assert time.monotonic() - started < 30
