@@ -48,7 +48,7 @@ MEANINGS = {
     "max_attempts": "delivery attempts before a dead letter",
     "backoff_base_seconds": "first retry delay (exponential, full jitter)",
     "backoff_cap_seconds": "largest retry delay",
-    "workers": "delivery worker threads per process",
+    "workers": "threads per process sending to PagerDuty (events, incident updates); tickets have their own",
     "batch_size": "changes per engine transaction",
     "page_size": "records per API page",
     "table": "the ServiceNow table to poll",
