@@ -74,3 +74,28 @@ def test_a_batch_of_new_paging_tickets_costs_as_many_statements_as_one(db_url: s
 
 def test_a_batch_of_follow_ups_costs_as_many_statements_as_one(db_url: str, rules_path: Path) -> None:
     _same_for_1_and_50(lambda n: statements_of_one_batch(db_url, rules_path, n, follow_up=True))
+
+
+def test_the_batch_reads_return_only_the_tickets_asked_for(db_url: str) -> None:
+    """:func:`tickets.lock_many` and :func:`tickets.links_of_many` search the key index with one list per key
+    column: a stored ticket that the lists' cross product also names (another connection's ticket 2) is left
+    out."""
+    from sync.store import Store
+
+    store = Store(db_url)
+    try:
+        store.upgrade()
+        a1, a2, b1, b2 = ("jira", "a", "1"), ("jira", "a", "2"), ("jira", "b", "1"), ("jira", "b", "2")
+        values = {"key": "OPS-1", "status_category": "new", "updated": T0, "version_hash": "v", "snapshot": "{}",
+                  "last_change_id": None, "open_incidents": 0, "recheck": False, "processed_at": T0}  # fmt: skip
+        link = {"generation": 1, "dedup_key": "dk", "routing_key": "rk", "state": "triggered", "updated_at": T0}
+        with store.begin() as conn:
+            tickets.save_tickets(conn, [tickets.ticket_row(k, values) for k in (a1, a2, b1, b2)])
+            new = [tickets.link_row(k, "r", {**link, "dedup_key": "-".join(k), "created_at": T0}) for k in (a2, b1)]
+            tickets.save_links(conn, new, [])
+        with store.begin() as conn:
+            assert set(tickets.lock_many(conn, [a1, b2], T0)) == {a1, b2}
+            assert tickets.links_of_many(conn, [a1, b2]) == {a1: {}, b2: {}}
+            assert tickets.links_of_many(conn, [a2])[a2]["r"].dedup_key == "jira-a-2"
+    finally:
+        store.dispose()

@@ -32,9 +32,29 @@ TicketKey = tuple[str, str, str]  # (source, connection, ticket_id)
 _B = bindparam
 _THIS_TICKET = (tickets.c.source == _B("s"), tickets.c.connection == _B("c"), tickets.c.ticket_id == _B("t"))
 SELECT_TICKET = select(tickets).where(*_THIS_TICKET)
-SELECT_TICKETS = select(tickets).where(
-    tuple_(tickets.c.source, tickets.c.connection, tickets.c.ticket_id).in_(_B("keys", expanding=True))
-)
+
+
+def _of_tickets(table: Any) -> tuple[Any, ...]:
+    """Rows of ``table`` whose (source, connection, ticket_id) is in the cross product of :func:`_any_of`'s lists:
+    SQLite searches its key index for these (``(a, b, c) IN (VALUES …)`` is a full scan there); the caller keeps
+    the keys it asked for."""
+    return (
+        table.c.source.in_(_B("sources", expanding=True)),
+        table.c.connection.in_(_B("connections", expanding=True)),
+        table.c.ticket_id.in_(_B("ids", expanding=True)),
+    )
+
+
+def _any_of(keys: Sequence[TicketKey]) -> dict[str, list[str]]:
+    """The parameters of :func:`_of_tickets` for ``keys``."""
+    return {
+        "sources": sorted({k[0] for k in keys}),
+        "connections": sorted({k[1] for k in keys}),
+        "ids": sorted({k[2] for k in keys}),
+    }
+
+
+SELECT_TICKETS = select(tickets).where(*_of_tickets(tickets))
 _lock_insert = pg_insert(tickets).values(
     source=_B("s"), connection=_B("c"), ticket_id=_B("t"), key="", status_category="new", updated=NEVER,
     version_hash="", snapshot=None, processed_at=_B("at"),
@@ -64,9 +84,7 @@ SET_OPEN_INCIDENTS = (
 )
 _THIS_TICKETS_LINKS = (links.c.source == _B("s"), links.c.connection == _B("c"), links.c.ticket_id == _B("t"))
 SELECT_LINKS = select(links).where(*_THIS_TICKETS_LINKS)
-SELECT_LINKS_OF_TICKETS = select(links).where(
-    tuple_(links.c.source, links.c.connection, links.c.ticket_id).in_(_B("keys", expanding=True))
-)
+SELECT_LINKS_OF_TICKETS = select(links).where(*_of_tickets(links))
 INSERT_LINK = insert(links)
 LINK_VALUES = ("generation", "dedup_key", "routing_key", "state", "updated_at")  # what an event moves on
 UPDATE_LINK = (
@@ -112,8 +130,10 @@ def lock_many(conn: Connection, keys: Sequence[TicketKey], now: datetime) -> dic
         params = [{"s": s, "c": c, "t": t, "at": now} for s, c, t in keys]
         rows = conn.execute(LOCK_TICKET_PG, params).mappings().all()
     else:  # SQLite: this process holds the only write lock already
-        rows = conn.execute(SELECT_TICKETS, {"keys": list(keys)}).mappings().all()
-    return {(r["source"], r["connection"], r["ticket_id"]): r for r in rows if r["snapshot"] is not None}
+        rows = conn.execute(SELECT_TICKETS, _any_of(keys)).mappings().all()
+    wanted = set(keys)
+    found = {(r["source"], r["connection"], r["ticket_id"]): r for r in rows if r["snapshot"] is not None}
+    return {key: row for key, row in found.items() if key in wanted}
 
 
 def ticket_row(key: TicketKey, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,8 +190,10 @@ def links_of_many(conn: Connection, keys: Sequence[TicketKey]) -> dict[TicketKey
     an empty mapping)."""
     found: dict[TicketKey, dict[str, LinkState]] = {key: {} for key in keys}
     if keys:
-        for r in conn.execute(SELECT_LINKS_OF_TICKETS, {"keys": list(keys)}).mappings():
-            found[(r["source"], r["connection"], r["ticket_id"])][r["rule"]] = link_state(r)
+        for r in conn.execute(SELECT_LINKS_OF_TICKETS, _any_of(keys)).mappings():
+            states = found.get((r["source"], r["connection"], r["ticket_id"]))
+            if states is not None:  # not a ticket of another key that the lists' cross product names
+                states[r["rule"]] = link_state(r)
     return found
 
 
