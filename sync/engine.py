@@ -1,14 +1,17 @@
 """The engine step: stored change → rules → lifecycle plan → outbox rows, link state and decision log.
 
-:meth:`Engine.run_once` claims a batch of pending changes and processes each in the batch's transaction
-(a savepoint per change, so one bad change never blocks the others):
+:meth:`Engine.run_once` claims a batch of pending changes (at most one per ticket) and processes them in one
+transaction; a batch that raises is rolled back and redone one change per transaction, so one bad change never
+blocks the others. The batch's tickets and their links are read up front in one statement each, and its writes
+are executed together at its end, one executemany per table (SQLAlchemy's cost per statement was most of the
+engine's CPU per change: issue 19). Each change:
 
 1. ignore it if it is older than the ticket's last processed version (webhooks arrive out of order), or
    the very version already processed (a poll re-reading what a webhook brought);
 2. evaluate the rules (pure) against the ticket, the previous version and what changed;
 3. :func:`kernel.lifecycle.plan` the events from the verdicts and the current link states;
 4. hold a planned trigger if an active silence matches the ticket (:mod:`sync.repos.silences`);
-5. write outbox rows, link states, the ticket's new version and the decision log together;
+5. queue its outbox rows, link states, the ticket's new version and its decision for the batch's writes;
 6. a ticket with an open incident whose id is known (the reverse worker learned it): ask the rules'
    :meth:`kernel.ports.TwoWayRules.on_ticket_change` what a group change does to it, and queue those
    incident updates for ``pagerduty_rest`` — unless the incident is already on that escalation policy
@@ -16,17 +19,17 @@
    docs/two-way.md, "Why there is no loop").
 
 A ticket is (source, connection, id): the same id on two instances of one system is two tickets, with their
-own row, links, dedup keys and decisions. On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` and each
-ticket row is locked (in a fixed order) before it is read, so two replicas never process two changes of one
-ticket at the same time. The SQL lives in the repositories :mod:`sync.repos.changes`, :mod:`sync.repos.tickets`
-and :mod:`sync.repos.outbox`.
+own row, links, dedup keys and decisions. On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` and the
+batch's ticket rows are locked (in a fixed order, by one statement) before they and their links are read, so two
+replicas never process two changes of one ticket at the same time. The SQL lives in the repositories
+:mod:`sync.repos.changes`, :mod:`sync.repos.tickets` and :mod:`sync.repos.outbox`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -57,6 +60,7 @@ from sync.metrics import METRICS
 from sync.repos import changes, outbox, tickets
 from sync.repos import incidents as known_incidents
 from sync.repos.silences import BatchSilences, SilenceBook, due_releases, release
+from sync.repos.tickets import TicketKey
 from sync.store import Store
 
 log = logging.getLogger("ticketpager.engine")
@@ -103,6 +107,82 @@ def event_json(event: PlannedEvent) -> dict[str, Any]:
         "routing_key": mask(event.routing_key),
         "reason": event.reason,
     }
+
+
+def _ticket_key(row: RowMapping) -> TicketKey:
+    """The (source, connection, ticket id) of a claimed change."""
+    return (row["source"], row["connection"], row["ticket_id"])
+
+
+@dataclass
+class _Writes:
+    """The writes of one engine transaction, gathered while its changes are processed and executed together
+    just before it commits: one executemany per table instead of a statement per change and row (issue 19).
+
+    The outbox rows keep the order they were planned in (their ids: the delivery workers send one
+    ``dedup_key``'s events in id order). Links are kept per (ticket, rule), the last event's values winning
+    (a trigger and an acknowledge planned together leave the link acknowledged, as two writes did)."""
+
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    links: dict[tuple[TicketKey, str], dict[str, Any]] = field(default_factory=dict)
+    new_links: set[tuple[TicketKey, str]] = field(default_factory=set)  # of ``links``: not stored yet
+    tickets: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[dict[str, Any]] = field(default_factory=list)
+    decided: list[dict[str, Any]] = field(default_factory=list)
+
+    def link(self, key: TicketKey, rule: str, values: dict[str, Any], *, exists: bool, now: Any) -> None:
+        """Move the link of (``key``, ``rule``) on to ``values``; ``exists``: it has a stored row (read with the
+        ticket's row locked)."""
+        if (key, rule) not in self.links and not exists:
+            self.new_links.add((key, rule))
+            values = {**values, "created_at": now}
+        elif (key, rule) in self.new_links:
+            values = {**values, "created_at": self.links[(key, rule)]["created_at"]}
+        self.links[(key, rule)] = tickets.link_row(key, rule, values)
+
+    def flush(self, conn: Connection) -> int:
+        """Execute the gathered writes; returns how many outbox rows were queued."""
+        outbox.enqueue_rows(conn, self.outbox)
+        if self.links:
+            new = [row for at, row in self.links.items() if at in self.new_links]
+            moved = [row for at, row in self.links.items() if at not in self.new_links]
+            tickets.save_links(conn, new, moved)
+        tickets.save_tickets(conn, self.tickets)
+        if self.finished:
+            changes.finish(conn, self.finished)
+        if self.decided:
+            tickets.insert_decisions(conn, self.decided)
+        return len(self.outbox)
+
+
+class _KnownIncidents:
+    """The known incidents (:func:`sync.repos.incidents.incidents_by_dedup_key`) of every link of a batch's
+    tickets, read in one statement on the batch's first need: none for a batch that asks nothing of the
+    incidents (new tickets, no two-way rules)."""
+
+    def __init__(self, conn: Connection, links: Mapping[TicketKey, Mapping[str, LinkState]]) -> None:
+        self._conn = conn
+        self._links = links
+        self._known: dict[str, known_incidents.KnownIncident] | None = None
+
+    def get(self) -> Mapping[str, known_incidents.KnownIncident]:
+        """The known incident of each link's dedup key (absent: PagerDuty's incident id is not known yet)."""
+        if self._known is None:
+            keys = [link.dedup_key for states in self._links.values() for link in states.values()]
+            self._known = known_incidents.incidents_by_dedup_key(self._conn, keys)
+        return self._known
+
+
+@dataclass
+class _Batch:
+    """What one engine transaction read up front (its tickets, locked on PostgreSQL, and their links), reads at
+    most once (silences, known incidents), and writes at its end."""
+
+    current: Mapping[TicketKey, RowMapping]  # processed tickets only (absent: never processed)
+    links: Mapping[TicketKey, Mapping[str, LinkState]]
+    incidents: _KnownIncidents
+    silences: BatchSilences
+    writes: _Writes = field(default_factory=_Writes)
 
 
 class Engine:
@@ -199,21 +279,35 @@ class Engine:
             return True
 
     def _process_batch(self, conn: Connection, rows: list[RowMapping]) -> int:
+        """Process the claimed ``rows`` in ``conn``'s transaction; returns how many were (the rest stay pending).
+
+        The batch's tickets and their links are read (on PostgreSQL: locked) up front, in two statements, and its
+        writes are executed together at its end (:class:`_Writes`): SQLAlchemy's cost per statement was most of
+        the engine's CPU per change (issue 19). A batch holds at most one change per ticket
+        (:func:`sync.repos.changes.claim_statement`), so no change of the batch reads what another one wrote.
+        """
         ruleset = self.rules()
-        held = BatchSilences(self.silences, conn, self.clock.now())  # read on the batch's first trigger
-        finished: list[dict[str, Any]] = []
-        decided: list[dict[str, Any]] = []
+        now = self.clock.now()
+        # fixed lock order across replicas (no deadlocks)
+        ordered = sorted(rows, key=lambda r: (r["source"], r["connection"], r["ticket_id"], r["id"]))
+        keys = [_ticket_key(row) for row in ordered]
+        if len(set(keys)) != len(keys):  # never claimed so; the batch is redone one change at a time
+            raise RuntimeError("a batch holds two changes of one ticket")
+        current = tickets.lock_many(conn, keys, now)  # locked before their links are read
+        links = tickets.links_of_many(conn, keys)
+        batch = _Batch(
+            current=current,
+            links=links,
+            incidents=_KnownIncidents(conn, links),
+            silences=BatchSilences(self.silences, conn, now),  # read on the batch's first trigger
+        )
         done = 0
-        # fixed lock order across replicas (no deadlocks); a batch holds at most one change per ticket
-        for row in sorted(rows, key=lambda r: (r["source"], r["connection"], r["ticket_id"], r["id"])):
+        for row in ordered:
             if done and self.store.should_yield():
                 break  # commit what is done; the webhook writer is waiting (the rest stays pending)
             done += 1
-            self._process(conn, row, ruleset, finished, decided, held)
-        if finished:
-            changes.finish(conn, finished)
-        if decided:
-            tickets.insert_decisions(conn, decided)
+            self._process(conn, row, ruleset, batch)
+        self._queued += batch.writes.flush(conn)
         return done
 
     def drain(self, limit: int = 1_000_000) -> int:
@@ -226,39 +320,33 @@ class Engine:
         return total
 
     # -- one change ------------------------------------------------------------------------------
-    def _process(
-        self,
-        conn: Connection,
-        row: RowMapping,
-        ruleset: RuleSet,
-        finished: list[dict[str, Any]],
-        decided: list[dict[str, Any]],
-        held: BatchSilences,
-    ) -> None:
+    def _process(self, conn: Connection, row: RowMapping, ruleset: RuleSet, batch: _Batch) -> None:
+        """Decide one change: its outbox rows, links, ticket version and decision join ``batch.writes``."""
         change = TicketChange.from_json(jsonutil.loads(row["payload"]))
         ticket = change.ticket
         now = self.clock.now()
-        current = tickets.lock(conn, ticket.source, ticket.connection, ticket.id, now)
+        key = _ticket_key(row)
+        current = batch.current.get(key)
         version = ticket.version_hash()
+        writes = batch.writes
         outcome = self._staleness(conn, current, change, version)
         if outcome is not None:
-            finished.append(changes.finished(row["id"], outcome, now))
-            decided.append(self._decision(row["id"], ticket, outcome, ruleset.digest, {"why": outcome}))
+            writes.finished.append(changes.finished(row["id"], outcome, now))
+            writes.decided.append(self._decision(row["id"], ticket, outcome, ruleset.digest, {"why": outcome}))
             METRICS.changes_processed.labels(self._label(ticket.connection), outcome).inc()
             return
         previous = Ticket.from_json(jsonutil.loads(current["snapshot"])) if current and current["snapshot"] else None
         changed = merge_changes(change.changes, diff_tickets(previous, ticket))
         results = evaluate_change(ruleset, ticket, previous, changed, now)
-        link_states = tickets.links_of(conn, ticket.source, ticket.connection, ticket.id)
-        events, silenced = held.hold(plan(results, link_states, ticket), ticket)
-        open_count = self._apply(conn, events, link_states, ticket, row["id"], now)
+        link_states = batch.links[key]
+        events, silenced = batch.silences.hold(plan(results, link_states, ticket), ticket)
+        open_count = self._apply(writes, events, link_states, ticket, row["id"], now)
         ctx = EvalContext(ticket=ticket, previous=previous, changes=tuple(changed), now=now)
-        updates = self._incident_updates(conn, ruleset, ctx, link_states, events, row["id"])
+        updates = self._incident_updates(conn, batch, ruleset, ctx, link_states, events, row["id"])
         done = ticket.status_category in (StatusCategory.DONE, StatusCategory.DELETED)
-        self._save_ticket(
-            conn, current, ticket, version, row["id"], open_count, ruleset.has_time_rules and not done, now
-        )
-        finished.append(changes.finished(row["id"], "processed", now))
+        recheck = ruleset.has_time_rules and not done
+        writes.tickets.append(self._ticket_row(key, ticket, version, row["id"], open_count, recheck, now))
+        writes.finished.append(changes.finished(row["id"], "processed", now))
         queued_updates = any(u["queued"] for u in updates)
         outcome = (
             "paged" if events else "silenced" if silenced else "incident_update" if queued_updates else "no_action"
@@ -273,23 +361,24 @@ class Engine:
             detail["silenced"] = silenced
         if updates:
             detail["incident_updates"] = updates
-        decided.append(self._decision(row["id"], ticket, outcome, ruleset.digest, detail))
+        writes.decided.append(self._decision(row["id"], ticket, outcome, ruleset.digest, detail))
         METRICS.changes_processed.labels(self._label(ticket.connection), outcome).inc()
 
     def _apply(
         self,
-        conn: Connection,
+        writes: _Writes,
         events: list[PlannedEvent],
         link_states: Mapping[str, LinkState],
         ticket: Ticket,
         change_id: int | None,
         now: Any,
     ) -> int:
-        """Queue the planned events and move their links on; returns the ticket's open incidents after."""
-        self._queued += len(events)
+        """Queue the planned events and move their links on (in ``writes``); returns the ticket's open incidents
+        after."""
+        key = (ticket.source, ticket.connection, ticket.id)
         for event in events:
-            self._enqueue(conn, event, ticket, change_id, now)
-            self._save_link(conn, event, ticket, now)
+            writes.outbox.append(self._event_row(event, ticket, change_id, now))
+            writes.link(key, event.rule, self._link_values(event, now), exists=event.rule in link_states, now=now)
             METRICS.rule_matches.labels(event.rule, event.action.value).inc()
         open_after = {rule: link.state.is_open for rule, link in link_states.items()} | {
             e.rule: next_state(e.action).is_open for e in events
@@ -300,6 +389,7 @@ class Engine:
     def _incident_updates(
         self,
         conn: Connection,
+        batch: _Batch,
         ruleset: RuleSet,
         ctx: EvalContext,
         link_states: Mapping[str, LinkState],
@@ -315,7 +405,7 @@ class Engine:
         still_open = [link for rule, link in link_states.items() if after.get(rule, link.state).is_open]
         if not still_open or not isinstance(ruleset, TwoWayRules):
             return []
-        known = known_incidents.incidents_by_dedup_key(conn, [link.dedup_key for link in still_open])
+        known = batch.incidents.get()
         entries: list[dict[str, Any]] = []
         for link in still_open:
             incident = known.get(link.dedup_key)
@@ -334,7 +424,8 @@ class Engine:
                 if wanted is None:
                     METRICS.echoes_suppressed.labels("ticket.group_changed").inc()
                     continue
-                self._enqueue_update(conn, target, wanted, link, ctx.ticket, decided.rule or link.rule, change_id)
+                self._enqueue_update(conn, batch.writes, target, wanted, link, ctx.ticket, decided.rule or link.rule,
+                                     change_id)  # fmt: skip
                 queued.append({"marker": wanted.marker, "reassign_to_policy": wanted.reassign_to_policy,
                                "responder_policies": list(wanted.responder_policies)})  # fmt: skip
             entries.append(
@@ -362,6 +453,7 @@ class Engine:
     def _enqueue_update(
         self,
         conn: Connection,
+        writes: _Writes,
         target: Destination,
         update: IncidentUpdate,
         link: LinkState,
@@ -371,26 +463,26 @@ class Engine:
     ) -> None:
         rendered = target.render(update)
         now = self.clock.now()
-        outbox.enqueue(
-            conn,
-            kind=update.KIND,
-            destination=target.name,
-            source=ticket.source,
-            connection=ticket.connection,
-            ticket_id=ticket.id,
-            ticket_key=ticket.key,
-            rule=rule,
-            action="reassign" if update.reassign_to_policy else "add_responders",
-            dedup_key=link.dedup_key,
-            generation=link.generation,
-            limit_key=rendered.limit_key,
-            body=rendered.body,
-            change_id=change_id,
-            now=now,
+        writes.outbox.append(
+            outbox.row(
+                kind=update.KIND,
+                destination=target.name,
+                source=ticket.source,
+                connection=ticket.connection,
+                ticket_id=ticket.id,
+                ticket_key=ticket.key,
+                rule=rule,
+                action="reassign" if update.reassign_to_policy else "add_responders",
+                dedup_key=link.dedup_key,
+                generation=link.generation,
+                limit_key=rendered.limit_key,
+                body=rendered.body,
+                change_id=change_id,
+                now=now,
+            )
         )
         if update.reassign_to_policy:  # where the incident is going: a second move before the echo compares to it
             known_incidents.expect_policy(conn, update.incident_id, update.reassign_to_policy, now)
-        self._queued += 1
 
     @staticmethod
     def _staleness(conn: Connection, current: RowMapping | None, change: TicketChange, version: str) -> str | None:
@@ -414,11 +506,11 @@ class Engine:
                     return "stale"
         return None
 
-    def _enqueue(self, conn: Connection, event: PlannedEvent, ticket: Ticket, change_id: int | None, now: Any) -> None:
+    def _event_row(self, event: PlannedEvent, ticket: Ticket, change_id: int | None, now: Any) -> dict[str, Any]:
+        """The outbox row of a planned incident event, rendered for the incidents destination."""
         action = IncidentAction(event, ticket)
         rendered = self.incidents.render(action)
-        outbox.enqueue(
-            conn,
+        return outbox.row(
             kind=action.KIND,
             destination=self.incidents.name,
             source=ticket.source,
@@ -435,27 +527,22 @@ class Engine:
             now=now,
         )
 
-    def _save_link(self, conn: Connection, event: PlannedEvent, ticket: Ticket, now: Any) -> None:
-        values = {
+    @staticmethod
+    def _link_values(event: PlannedEvent, now: Any) -> dict[str, Any]:
+        """What ``event`` makes of its link (:data:`sync.repos.tickets.LINK_VALUES`)."""
+        return {
             "generation": event.generation,
             "dedup_key": event.dedup_key,
             "routing_key": event.routing_key,
             "state": next_state(event.action).value,
             "updated_at": now,
         }
-        tickets.save_link(conn, ticket.source, ticket.connection, ticket.id, event.rule, values, now)
 
-    def _save_ticket(
-        self,
-        conn: Connection,
-        current: RowMapping | None,
-        ticket: Ticket,
-        version: str,
-        change_id: int,
-        open_count: int,
-        recheck: bool,
-        now: Any,
-    ) -> None:
+    @staticmethod
+    def _ticket_row(
+        key: TicketKey, ticket: Ticket, version: str, change_id: int, open_count: int, recheck: bool, now: Any
+    ) -> dict[str, Any]:
+        """The ticket's row as this change leaves it (:func:`sync.repos.tickets.save_tickets`)."""
         values = {
             "key": ticket.key,
             "status_category": ticket.status_category.value,
@@ -467,8 +554,7 @@ class Engine:
             "recheck": recheck and open_count == 0,
             "processed_at": now,
         }
-        # a new ticket (or the placeholder row of tickets.lock) is inserted first
-        tickets.save(conn, ticket.source, ticket.connection, ticket.id, values, new=current is None)
+        return tickets.ticket_row(key, values)
 
     def _decision(
         self, change_id: int | None, ticket: Ticket, outcome: str, digest: str | None, detail: Mapping[str, Any]
@@ -540,7 +626,9 @@ class Engine:
             detail["silenced"] = silenced
         outcome = "paged" if events else "silenced" if silenced else "no_action"
         if events:
-            open_count = self._apply(conn, events, link_states, ticket, None, now)
+            writes = _Writes()  # written at once: the same ticket may come again in this transaction
+            open_count = self._apply(writes, events, link_states, ticket, None, now)
+            self._queued += writes.flush(conn)
             tickets.set_open_incidents(conn, *key, open_count, keep_recheck=bool(current["recheck"]))
         tickets.insert_decisions(conn, [self._decision(None, ticket, outcome, ruleset.digest, detail)])
         return len(events)

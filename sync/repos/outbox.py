@@ -57,8 +57,12 @@ SENDS_ELSEWHERE = select(outbox.c.sent_at).where(
 
 
 # -- the engine's side -----------------------------------------------------------------------------
-def enqueue(
-    conn: Connection,
+def enqueue(conn: Connection, **values: Any) -> None:
+    """Queue one rendered action (the keywords of :func:`row`)."""
+    enqueue_rows(conn, [row(**values)])
+
+
+def row(
     *,
     kind: str,
     destination: str,
@@ -74,31 +78,36 @@ def enqueue(
     body: str,
     change_id: int | None,
     now: datetime,
-) -> None:
-    """Queue one rendered action for ``destination``, due now, about the ticket (``source``, ``connection``,
-    ``ticket_id``). ``limit_key``: the destination's rate-limit key (stored as ``routing_key``)."""
-    conn.execute(
-        INSERT,
-        {
-            "kind": kind,
-            "destination": destination,
-            "source": source,
-            "connection": connection,
-            "ticket_id": ticket_id,
-            "ticket_key": ticket_key,
-            "rule": rule,
-            "action": action,
-            "dedup_key": dedup_key,
-            "generation": generation,
-            "routing_key": limit_key,
-            "body": body,
-            "status": "pending",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "change_id": change_id,
-            "created_at": now,
-        },
-    )
+) -> dict[str, Any]:
+    """One rendered action for ``destination``, due now, about the ticket (``source``, ``connection``,
+    ``ticket_id``), as :func:`enqueue_rows` takes it. ``limit_key``: the destination's rate-limit key (stored as
+    ``routing_key``)."""
+    return {
+        "kind": kind,
+        "destination": destination,
+        "source": source,
+        "connection": connection,
+        "ticket_id": ticket_id,
+        "ticket_key": ticket_key,
+        "rule": rule,
+        "action": action,
+        "dedup_key": dedup_key,
+        "generation": generation,
+        "routing_key": limit_key,
+        "body": body,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "change_id": change_id,
+        "created_at": now,
+    }
+
+
+def enqueue_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Queue rows from :func:`row` in one executemany. Their ids follow the order of ``rows`` (the delivery
+    workers send the events of one ``dedup_key`` in id order: pass them in the order they were planned)."""
+    if rows:
+        conn.execute(INSERT, list(rows))
 
 
 # -- the delivery workers' side --------------------------------------------------------------------
