@@ -18,7 +18,10 @@ RULE = (
     "version: 1\nrules:\n  - name: {name}\n    when: {{priority: P1}}\n"
     "    trigger: {{routing_key: '${{PD_KEY}}', severity: critical, summary: hi}}\n"
 )
-BAD = "version: 1\nrules:\n  - name: acme-typo\n    when: {priorty: P1}\n    trigger: {routing_key: x, severity: info}\n"
+BAD = (
+    "version: 1\nrules:\n  - name: acme-typo\n    when: {priorty: P1}\n"
+    "    trigger: {routing_key: x, severity: info}\n"
+)
 
 
 def write(path: Path, text: str, bump: int = 0) -> None:
