@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rules.evaluator import RuleSet
-from rules.loader import RuleFileError, RuleFileErrors, parse_text, read_file, rule_files
+from rules.loader import RuleFileError, RuleFileErrors, parse_text, read_file, relative_name, rule_files
 from rules.validation import Validator
 
 
@@ -18,13 +18,15 @@ def load_rules(
 ) -> RuleSet:
     """Load, validate and compile a rule set; raises :class:`RuleFileErrors` listing every problem.
 
-    ``path`` is one file or a directory of ``*.yaml`` files merged in name order. ``env`` (default
+    ``path`` is one file or a directory of ``*.yaml`` files, its subfolders' too, merged in the order of their
+    relative paths. ``env`` (default
     ``os.environ``) resolves ``${VAR}`` / ``${VAR:-default}`` routing keys. With ``env_warnings`` (a list,
     for ``rules check --allow-missing-env``), an unset or empty ``${VAR}`` is not an error: it is appended
     there as a warning and the rule gets a placeholder routing key.
     """
     environment: Mapping[str, str] = os.environ if env is None else env
-    files, errors = rule_files(Path(path))
+    root = Path(path)
+    files, errors = rule_files(root)
     digest = hashlib.sha256(b"ticketpager-rules-v1\0")
     documents: list[tuple[str, Any]] = []
     order: dict[str, int] = {}
@@ -34,7 +36,7 @@ def load_rules(
         errors.extend(problems)
         if text is None:
             continue
-        digest.update(file.name.encode() + b"\0" + text.encode() + b"\0")
+        digest.update(relative_name(file, root).encode() + b"\0" + text.encode() + b"\0")
         value, problems = parse_text(text, str(file))
         errors.extend(problems)
         if value is not None:

@@ -219,16 +219,52 @@ def parse_text(text: str, path: str) -> tuple[Any, list[RuleFileError]]:
     return value, converter.errors
 
 
+def _skipped(name: str) -> bool:
+    """A hidden file or folder (``.git``, Kubernetes' ``..data``, ``.#p1.yaml``) or an editor's backup/lock."""
+    return name.startswith((".", "#", "~")) or name.endswith(("~", "#"))
+
+
+def _walk(folder: Path, seen: set[Path]) -> list[Path]:
+    """Rule files under ``folder``, every subfolder included (a folder per client: ``rules/acme/*.yaml``)."""
+    try:
+        real = folder.resolve()
+        if real in seen:  # a symlink back up the tree: read once
+            return []
+        seen.add(real)
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    out: list[Path] = []
+    for entry in entries:
+        if _skipped(entry.name):
+            continue
+        if entry.is_dir():
+            out.extend(_walk(entry, seen))
+        elif entry.is_file() and entry.suffix in RULE_FILE_SUFFIXES:
+            out.append(entry)
+    return out
+
+
 def rule_files(path: Path) -> tuple[list[Path], list[RuleFileError]]:
-    """The files of a rule set: ``path`` itself, or a directory's ``*.yaml``/``*.yml`` in name order."""
+    """The files of a rule set: ``path`` itself, or every ``*.yaml``/``*.yml`` under a directory, its
+    subfolders included, in the order of their paths relative to it (``acme/p1.yaml`` before ``globex.yaml``).
+    Hidden files and folders and editors' backups are skipped."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in RULE_FILE_SUFFIXES)
+        files = sorted(_walk(path, set()), key=lambda p: p.relative_to(path).parts)
         if not files:
-            return [], [RuleFileError(str(path), 1, 1, "no *.yaml or *.yml rule files in this directory")]
+            return [], [RuleFileError(str(path), 1, 1, "no *.yaml or *.yml rule files in this directory or below")]
         return files, []
     if not path.exists():
         return [], [RuleFileError(str(path), 1, 1, "no such file or directory")]
     return [path], []
+
+
+def relative_name(file: Path, root: Path) -> str:
+    """``file``'s name within the rule set at ``root`` (``acme/p1.yaml``; a single rule file: its name)."""
+    try:
+        return file.relative_to(root).as_posix() if root.is_dir() else file.name
+    except ValueError:
+        return file.name
 
 
 def read_file(path: Path) -> tuple[str | None, list[RuleFileError]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from kernel.clock import Clock, SystemClock
 from rules.evaluator import RuleSet
 from rules.load import load_rules
-from rules.loader import RULE_FILE_SUFFIXES, RuleFileErrors
+from rules.loader import RuleFileErrors, relative_name, rule_files
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +26,14 @@ Signature = tuple[tuple[str, int, int], ...]
 
 
 def files_signature(path: Path) -> Signature:
-    """(name, mtime_ns, size) of every rule file under ``path``; changes when any file does."""
+    """(relative path, mtime_ns, size) of every rule file under ``path``, subfolders included (the files
+    :func:`rules.loader.rule_files` reads); changes when any file does, or one is added or removed."""
     try:
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in RULE_FILE_SUFFIXES)
-        else:
-            files = [path]
+        files, _ = rule_files(path)
         out = []
         for file in files:
             stat = file.stat()
-            out.append((file.name, stat.st_mtime_ns, stat.st_size))
+            out.append((relative_name(file, path), stat.st_mtime_ns, stat.st_size))
         return tuple(out)
     except OSError:
         return ()

@@ -12,6 +12,7 @@ lacks) renders a fallback so the page still goes out, and the problem is reporte
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +33,8 @@ RULE_VARIABLES = frozenset({"name", "description"})
 Variables = Mapping[str, frozenset[str] | None]
 TRIGGER_VARIABLES: Variables = {"ticket": TICKET_VARIABLES, "rule": RULE_VARIABLES, "changes": None, "now": None}
 MAX_REPEAT = 10_000  # longest string/list a template may build with '*'
+#: ``${...}`` in a template's text: the environment-reference syntax of a routing key, printed as written here
+DOLLAR_BRACE = re.compile(r"\$\{([^{}\n]*)\}")
 
 
 class TemplateProblem(ValueError):
@@ -89,11 +92,14 @@ def compile_template(text: str, source: str = "any", variables: Variables = TRIG
     ``variables``: what the template may name (a trigger's by default; a sync-back comment sees others).
     """
     if "{{" not in text and "{%" not in text and "{#" not in text:
+        _check_dollar_brace(text)
         return Template(text, None)
     try:
         tree = ENVIRONMENT.parse(text)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateProblem(f"template does not compile: {exc.message} (template line {exc.lineno})") from None
+    for data in tree.find_all(nodes.TemplateData):  # the text around {{ }}; "${x}" inside {{ }} is a string
+        _check_dollar_brace(data.data)
     _check_filters_and_tests(tree)
     try:
         undeclared = meta.find_undeclared_variables(tree)
@@ -118,6 +124,24 @@ def compile_template(text: str, source: str = "any", variables: Variables = TRIG
     except jinja2.TemplateError as exc:
         raise TemplateProblem(f"template does not compile: {_message(exc)}") from None
     return Template(text, compiled)
+
+
+def _check_dollar_brace(text: str) -> None:
+    """``[${connection}] Down``: ``${...}`` is how a routing key reads the environment; a template would print
+    it as written, so it is an error naming what to write instead (``{{ ticket.connection }}``)."""
+    found = DOLLAR_BRACE.search(text)
+    if found is None:
+        return
+    written = found.group(0)
+    name = found.group(1).strip().removeprefix("ticket.")
+    if name in TICKET_VARIABLES:
+        hint = f"use {{{{ ticket.{name} }}}}"
+    else:
+        hint = (
+            "a template cannot read the environment (${NAME} works only as a whole routing_key);"
+            " a ticket's fields are {{ ticket.<field> }}, e.g. {{ ticket.connection }}"
+        )
+    raise TemplateProblem(f"'{written}' is not template syntax and would be sent as written: {hint}")
 
 
 def _message(exc: jinja2.TemplateError) -> str:

@@ -210,9 +210,15 @@ def test_the_readme_msp_example_loads(tmp_path: Path) -> None:
     declare(found)
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
-    assert sorted(blocks) == [f"/etc/ticketpager/rules/{c}.yaml" for c in ("acme", "globex", "initech")]
-    for path, text in blocks.items():
-        (rules_dir / Path(path).name).write_text(text)
+    assert sorted(blocks) == [
+        "/etc/ticketpager/rules/acme/urgent.yaml",
+        "/etc/ticketpager/rules/globex/p1.yaml",
+        "/etc/ticketpager/rules/initech/highest.yaml",
+    ]
+    for path, text in blocks.items():  # a folder per client, as shown
+        file = rules_dir / Path(path).relative_to("/etc/ticketpager/rules")
+        file.parent.mkdir()
+        file.write_text(text)
     keys = {name: f"{name[3:].lower():0<32}"[:32] for name in ("PD_ACME_KEY", "PD_GLOBEX_KEY", "PD_INITECH_KEY")}
     ruleset = load_rules(rules_dir, env=keys)
     assert ruleset.names == ("acme-urgent", "globex-p1", "initech-highest")

@@ -225,7 +225,7 @@ def test_missing_path_and_empty_directory(tmp_path: Path) -> None:
         f"{tmp_path / 'nope.yaml'}:1:1: no such file or directory"
     ]
     assert [str(e) for e in _errors(tmp_path).errors] == [
-        f"{tmp_path}:1:1: no *.yaml or *.yml rule files in this directory"
+        f"{tmp_path}:1:1: no *.yaml or *.yml rule files in this directory or below"
     ]
 
 

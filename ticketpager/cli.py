@@ -276,8 +276,9 @@ def _print_status(data: dict[str, Any]) -> None:
             f"pagerduty inbox   {inbox['pending']} pending   failed {inbox['failed']}   last "
             f"{inbox['last_event_type']} at {inbox['last_received_at']}"
         )
-    for c in data["cursors"]:
-        line = f"source {c['source']:<11} last poll {c['last_success_at'] or 'never'}"
+    width = max((len(c["source"]) for c in data["cursors"]), default=0)
+    for c in data["cursors"]:  # one line per connection (the cursor's `source` is the connection's name)
+        line = f"connection {c['source']:<{width}}  last poll {c['last_success_at'] or 'never'}"
         if c["last_error"]:
             line += f"   ERROR ({c['last_error_kind']}) {c['last_error']}"
         print(line)

@@ -27,6 +27,7 @@ from kernel import jsonutil
 from kernel.lifecycle import dedup_key_for
 from kernel.model import FieldChange, StatusCategory, Ticket, TicketChange, diff_tickets
 from kernel.redact import redact
+from rules.loader import relative_name, rule_files
 from sync.repos import audit, outbox
 from sync.repos import console as q
 from ticketpager.console import lab
@@ -433,18 +434,14 @@ class Console:
     def _rules_context(self, **extra: Any) -> dict[str, Any]:
         store = self.service.rule_store
         path = Path(store.path)
-        files = (
-            sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
-            if path.is_dir()
-            else [path]
-        )
+        files, _ = rule_files(path)  # the files the rule store reads, a folder per client's too
         shown = []
         for file in files:
             try:
                 text = file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 text = f"# cannot read: {type(exc).__name__}"
-            shown.append({"name": file.name, "text": lab.shown_rule_text(text)})
+            shown.append({"name": relative_name(file, path), "text": lab.shown_rule_text(text)})
         error = redact(store.last_error) if store.last_error else None
         context: dict[str, Any] = {
             "files": shown,
