@@ -66,6 +66,7 @@ class World:
     forwarded: int = 0
     triggers: Counter[str] = field(default_factory=Counter)
     agents: dict[str, str] = field(default_factory=dict)  # PagerDuty event id → who acted (user or integration id)
+    kinds: dict[str, str] = field(default_factory=dict)  # PagerDuty event id → its event type
 
     # -- the two streams ----------------------------------------------------------------------------------------
     def ticket_webhook(self, change: TicketChange) -> None:
@@ -75,6 +76,7 @@ class World:
         """Store one v3 webhook as ``POST /webhooks/pagerduty`` does (deduplicated by ``X-Webhook-Id``)."""
         event = parse_event(delivery.body)
         self.agents[event.event_id] = event.agent.id if event.agent else ""
+        self.kinds[event.event_id] = event.event_type.value
         self.svc.store_pagerduty_webhook(delivery.headers["X-Webhook-Id"], event, delivery.body)
 
     def forward_pages(self) -> int:
