@@ -303,7 +303,9 @@ def test_jira_both_ways(db_url: str, clock: FakeClock, tmp_path: Path, monkeypat
                 ack_writes=3,  # the transition, the incident's remote link, the comment
                 echo_ticket_webhooks=echoes,
                 close_ticket=close,
-                remote_links=lambda: [(g, str(link["object"]["url"])) for g, link in jira.remote_links.get("10042", {}).items()],
+                remote_links=lambda: [
+                    (g, str(link["object"]["url"])) for g, link in jira.remote_links.get("10042", {}).items()
+                ],
             )
             assert jira.transitioned == [("10042", "In Progress")]  # done by the person, not by us
             assert list(jira.remote_links["10042"]) == [f"pagerduty:incident:{r.incident()}"]

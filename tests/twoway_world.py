@@ -152,7 +152,16 @@ def rules_dir(tmp: Path, on_group_change: str = "reassign", *, resolved_transiti
     return path
 
 
-def build(db_url: str, rules: Path, clock: FakeClock, pd: FakePagerDutyRest, events: MockPagerDuty) -> World:
+def build(
+    db_url: str,
+    rules: Path,
+    clock: FakeClock,
+    pd: FakePagerDutyRest,
+    events: MockPagerDuty,
+    *,
+    from_user_id: str = "PBOT001",
+) -> World:
+    """``from_user_id=""``: only FROM_EMAIL is configured; the service resolves the id itself."""
     desk = MemoryDesk(clock)
     pd.subscribe("http://testserver/webhooks/pagerduty", "pd-webhook-secret-loop")
     config = Settings(
@@ -164,7 +173,7 @@ def build(db_url: str, rules: Path, clock: FakeClock, pd: FakePagerDutyRest, eve
             "api_url": pd.url,
             "api_token": TOKEN,
             "from_email": BOT_EMAIL,
-            "from_user_id": "PBOT001",
+            "from_user_id": from_user_id,
             "webhook_secrets": ["pd-webhook-secret-loop"],
         },
         jira={"enabled": True, "write_back": True},

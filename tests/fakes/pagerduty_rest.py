@@ -607,7 +607,7 @@ class FakePagerDutyRest:
             return 200, {"user": self.state.users[actor]}
         if seg == ["users"]:  # listUsers: ``query`` matches names and emails, in part and ignoring case
             needle = query.get("query", [""])[0].casefold()
-            users = [u for u in self.state.users.values() if needle in u["name"].casefold() + " " + u["email"].casefold()]
+            users = [u for u in self.state.users.values() if needle in f"{u['name']} {u['email']}".casefold()]
             return self._page("users", users, query)
         if seg == ["escalation_policies"]:
             items = [
