@@ -315,6 +315,17 @@ class PagerDutyRestClient:
             ),
         )
 
+    def user_id_by_email(self, email: str) -> str:
+        """The id of the user with exactly this email (``GET /users?query=``, which also matches names and parts
+        of emails); LookupError if there is none."""
+        wanted = email.strip().casefold()
+        if not wanted:
+            raise LookupError("no email to look up")
+        for user in self._paginate("/users", "users", {"query": email.strip()}):
+            if isinstance(user, dict) and str(user.get("email") or "").casefold() == wanted and user.get("id"):
+                return str(user["id"])
+        raise LookupError(f"no PagerDuty user has the email {email} (GET /users?query=…, exact match)")
+
     def current_user(self) -> Reference:
         """The token's user (user-level tokens only; an account key is answered 400)."""
         ref = _reference(self._json("GET", "/users/me").get("user"))

@@ -50,6 +50,9 @@ KIND_HINTS: Mapping[str, str] = {
 }
 #: the only kind that changes the incident's escalation policy, so the only one that may set the ticket's group
 SET_GROUP_KIND = "delegated"
+#: the page's own webhook (agent: our Events API integration): the first write-back, with the incident's number
+#: and link (and Jira's remote link). On by default in every ``sync_back:`` block; ``triggered: false`` turns it off
+FIRST_KIND = "triggered"
 #: a ticket change on the group field → this is done to the open incident
 ON_GROUP_CHANGE = ("reassign", "add_responders", "none")
 MARKER_PREFIX = "tp:"
@@ -221,7 +224,8 @@ def on_incident(rule: RuleSpec | None, rule_name: str, ctx: IncidentContext) -> 
         return TwoWayPlan(rule.name, explanation=(heard, "the rule has no sync_back: nothing is written back"))
     reaction = rule.sync_back.reactions.get(kind)
     if reaction is None:
-        return TwoWayPlan(rule.name, explanation=(heard, f"sync_back has no '{kind}': nothing is written back"))
+        off = " (triggered: false)" if kind == FIRST_KIND else ""
+        return TwoWayPlan(rule.name, explanation=(heard, f"sync_back has no '{kind}'{off}: nothing is written back"))
     if kind == "annotated" and event.note is not None and OWN_MARKER in event.note.content:
         return TwoWayPlan(rule.name, explanation=(heard, "the note carries a ticketpager marker (ours): not mirrored"))
     why = [heard]
@@ -239,6 +243,8 @@ def on_incident(rule: RuleSpec | None, rule_name: str, ctx: IncidentContext) -> 
                 problems.append(f"template error in sync_back → {kind} → comment: {problem} (default text written)")
             comment = comment.strip() or fallback
         why.append(f"sync_back → {kind}: {'public comment' if reaction.public else 'internal comment'}")
+        if kind == FIRST_KIND:
+            why.append("the page's first write-back: the incident's number and link (Jira: a remote link too)")
     transition = _transition(reaction.transition, ticket, context, kind, why, problems)
     if comment is None and transition is None and group is None:
         why.append("nothing to write")

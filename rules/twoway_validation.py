@@ -16,7 +16,7 @@ from rules.loader import Pos, RuleFileError, YList, YMap
 from rules.operators import did_you_mean, show
 from rules.spec import FieldRef, PolicyMapSpec, Reaction, SyncBackSpec, TransitionSpec
 from rules.templates import Template, Variables
-from rules.twoway import KIND_HINTS, KINDS, ON_GROUP_CHANGE, SET_GROUP_KIND, SYNC_VARIABLES
+from rules.twoway import FIRST_KIND, KIND_HINTS, KINDS, ON_GROUP_CHANGE, SET_GROUP_KIND, SYNC_VARIABLES
 
 #: PagerDuty object ids: "P" and six upper-case letters or digits (e.g. PNET001 in a policy's URL,
 #: https://acme.pagerduty.com/escalation_policies/PNET001)
@@ -232,6 +232,8 @@ class TwoWayValidation:
             )
             if reaction is not None:
                 reactions[kind] = reaction
+        if FIRST_KIND not in value:  # the page's own write-back (incident number and link) unless `triggered: false`
+            reactions[FIRST_KIND] = Reaction(FIRST_KIND, Template("", None), True, public)
         if len(self.errors) != before:
             return None
         return SyncBackSpec(reactions)

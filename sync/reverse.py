@@ -23,7 +23,7 @@ import logging
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
@@ -77,10 +77,70 @@ class Retry(Exception):
     """PagerDuty's REST API could not answer now: the webhook stays pending and is retried."""
 
 
+class OwnUser:
+    """The PagerDuty user our REST writes act as, when only its email is configured (``FROM_EMAIL`` without
+    ``FROM_USER_ID``): its actions are our echoes, so the reverse worker must know its id before it writes
+    anything, or a person's quick move A → B → A loops (our reassignment's webhook taken for a person's).
+
+    ``resolve`` asks PagerDuty once (``GET /users?query=<email>``, exact email match) and the id is cached.
+    Until it is known, ``problem`` says why (readiness shows it) and the worker leaves the inbox pending; a
+    failed look-up is tried again after ``retry_seconds`` (a REST API that did not answer: sooner)."""
+
+    def __init__(
+        self,
+        email: str,
+        resolve: Callable[[], str],
+        clock: Clock,
+        *,
+        retry_seconds: float = 60.0,
+        unavailable_retry_seconds: float = 5.0,
+    ) -> None:
+        self.email = email
+        self._resolve = resolve
+        self.clock = clock
+        self.retry_seconds = retry_seconds
+        self.unavailable_retry_seconds = unavailable_retry_seconds
+        self.user_id: str | None = None
+        self.problem: str | None = None
+        self._next_try: datetime | None = None
+
+    def __repr__(self) -> str:
+        return f"<OwnUser {self.user_id or 'unresolved'}>"
+
+    def ensure(self) -> bool:
+        """Whether the id is known, asking PagerDuty if it is not and a try is due."""
+        if self.user_id:
+            return True
+        now = self.clock.now()
+        if self._next_try is not None and now < self._next_try:
+            return False
+        try:
+            user_id = self._resolve()
+        except (RetryableError, UnknownOutcome) as exc:
+            self._failed(now, f"PagerDuty's REST API did not answer ({exc})", self.unavailable_retry_seconds)
+            return False
+        except (TicketpagerError, LookupError) as exc:
+            self._failed(now, str(exc), self.retry_seconds)
+            return False
+        self.user_id, self.problem, self._next_try = user_id, None, None
+        log.info("PagerDuty: our REST writes act as user %s (%s); their webhooks are echoes", user_id, self.email)
+        return True
+
+    def _failed(self, now: datetime, why: str, retry: float) -> None:
+        self.problem = redact(
+            f"the PagerDuty user of TICKETPAGER_PAGERDUTY__FROM_EMAIL ({self.email}) is not known: {why}; "
+            "PagerDuty webhooks wait unprocessed (our own REST writes could not be told from a person's). "
+            "Set TICKETPAGER_PAGERDUTY__FROM_USER_ID, or fix the email or the token's access to GET /users"
+        )[:1000]
+        self._next_try = now + timedelta(seconds=retry)
+        log.warning("%s", self.problem)
+
+
 class ReverseWorker:
     """Processes the PagerDuty inbox. ``parse`` turns a stored body into an event (the connector's parser);
     ``destinations`` render the queued actions (by destination name); ``lookup`` is None without an API token;
-    ``own_user_ids`` are the users our REST writes act as (``FROM_USER_ID``)."""
+    ``own_user_ids`` are the users our REST writes act as (``FROM_USER_ID``); ``own_user``, when only their
+    email is configured, resolves that user first (:class:`OwnUser`)."""
 
     def __init__(
         self,
@@ -93,6 +153,7 @@ class ReverseWorker:
         lookup: IncidentLookup | None = None,
         own_user_ids: Collection[str] = (),
         own_integration_ids: Collection[str] | None = None,
+        own_user: OwnUser | None = None,
         batch_size: int = 50,
         on_queued: Callable[[], None] | None = None,
     ) -> None:
@@ -105,12 +166,18 @@ class ReverseWorker:
         self.lookup = lookup
         self.own_user_ids = frozenset(own_user_ids)
         self.own_integration_ids = None if own_integration_ids is None else frozenset(own_integration_ids)
+        self.own_user = own_user  # FROM_USER_ID not configured: resolved from FROM_EMAIL before anything is written
         self.batch_size = batch_size
         self.on_queued = on_queued
         self.blocked = False  # the last run stopped at a webhook waiting for PagerDuty's REST API
 
     def __repr__(self) -> str:
         return f"<ReverseWorker lookup={'rest' if self.lookup else 'webhook only'}>"
+
+    def _own_users(self) -> frozenset[str]:
+        if self.own_user is not None and self.own_user.user_id:
+            return self.own_user_ids | {self.own_user.user_id}
+        return self.own_user_ids
 
     @property
     def destinations(self) -> Mapping[str, Destination]:
@@ -120,10 +187,13 @@ class ReverseWorker:
 
     def run_once(self) -> int:
         """Process up to ``batch_size`` pending webhooks, one transaction each; how many were finished."""
+        self.blocked = False
+        if self.own_user is not None and not self.own_user.ensure():
+            self.blocked = True  # our own REST writes would not be recognised: nothing is processed (no loop)
+            return 0
         with self.store.engine.connect() as conn:
             rows = repo.pending_events(conn, self.batch_size)
         done = queued = 0
-        self.blocked = False
         for row in rows:
             try:
                 queued += self._process(row)
@@ -258,7 +328,10 @@ class ReverseWorker:
             # an older event (delivered late) never moves the policy back: the engine compares group changes to it
             escalation_policy_id=None if stale or inc is None else inc.escalation_policy_id,
         )
-        echo = event.is_echo(self.own_user_ids, self.own_integration_ids)
+        echo = event.is_echo(self._own_users(), self.own_integration_ids)
+        # our own page coming back is still the first news of the incident: its number and link go onto the
+        # ticket (once, by the event's marker); every other echo writes nothing back
+        own_page = echo and event.event_type is EventType.TRIGGERED
         moved = None if stale else self._move_link(conn, found.dedup_key, link.link.state, event, ticket, echo, now)
         detail: dict[str, Any] = {
             "origin": "pagerduty",
@@ -271,7 +344,7 @@ class ReverseWorker:
         }
         if stale:
             detail["stale"] = True
-        if echo:
+        if echo and not own_page:
             METRICS.echoes_suppressed.labels(event.event_type.value).inc()
             detail["why"] = ["our own action coming back (echo): link state updated, nothing written back"]
             return self._done(conn, row, event, "echo", now, ticket=ticket, detail=detail)
@@ -281,7 +354,7 @@ class ReverseWorker:
         actions = _with_incident_url(conn, event.incident_id, plan.actions)
         rows = [self._outbox_row(action, plan, ticket, link, event, now) for action in actions]
         repo.enqueue(conn, rows)
-        detail["why"] = list(plan.explanation)
+        detail["why"] = (["our own page (its first write-back)"] if own_page else []) + list(plan.explanation)
         detail["actions"] = [_action_json(a) for a in actions]
         outcome = "applied" if rows else "no_action"
         return self._done(conn, row, event, outcome, now, ticket=ticket, detail=detail, queued=len(rows))

@@ -68,6 +68,8 @@ class NoteEveryEvent:
     seen: list[IncidentContext] = field(default_factory=list)
 
     def on_incident(self, ctx: IncidentContext) -> SyncPlan:
+        if ctx.event.event_type is EventType.TRIGGERED:  # our own page (it reaches the rules): nothing here
+            return Plan(ctx.link.rule, (), ("our own page: no comment",))
         self.seen.append(ctx)
         who = ctx.event.agent.summary if ctx.event.agent else "PagerDuty"
         update = TicketUpdate(
@@ -263,7 +265,7 @@ def test_a_body_over_pagerdutys_256_kb_gets_413(client: TestClient, service: Ser
 
 
 # -- correlation, echoes, link state -----------------------------------------------------------------------------
-def test_with_a_token_the_incident_is_learned_from_its_alerts_and_our_own_trigger_is_an_echo(
+def test_with_a_token_the_incident_is_learned_from_its_alerts_and_our_own_trigger_is_no_echo_to_suppress(
     db_url: str, rules_path: Path, clock: FakeClock
 ) -> None:
     with FakePagerDutyRest() as pd:
@@ -287,7 +289,8 @@ def test_with_a_token_the_incident_is_learned_from_its_alerts_and_our_own_trigge
                 "triggered",
             )
             assert row["number"] == 800 and row["html_url"].endswith(f"/incidents/{incident}")
-            assert echoes._value.get() == before + 1  # our own trigger: nothing written back
+            # our own trigger is the page's first news (its number and link): the rules decide, it is not suppressed
+            assert echoes._value.get() == before
             assert rules.seen == [] and queued(svc, "ticket_update") == []
 
             pd.acknowledge(incident, by="PUSER01")  # Jane acknowledges in PagerDuty
@@ -307,7 +310,7 @@ def test_with_a_token_the_incident_is_learned_from_its_alerts_and_our_own_trigge
             KEY,
             "acknowledged",
         )
-        assert [i["outcome"] for i in inbox(svc)] == ["echo", "applied"]
+        assert [i["outcome"] for i in inbox(svc)] == ["no_action", "applied"]
         alert_reads = [r for r in pd.requests if r.path.endswith("/alerts")]
         assert len(alert_reads) == 1, "learned once, then known"
         decisions = svc.store.decisions_for("jira", "10001")
@@ -335,7 +338,7 @@ def test_without_a_token_the_incident_is_matched_by_the_ticket_key_in_its_title_
             assert deliver(pd, c) == [202, 202, 202, 202]
         assert reverse.drain() == 4
         assert [(i["incident_id"], i["outcome"]) for i in inbox(svc)] == [
-            (ours, "echo"),
+            (ours, "no_action"),  # our own page: the rules write nothing for it here
             (manual, "not_ours"),
             (manual, "not_ours"),
             (ours, "applied"),
@@ -362,7 +365,7 @@ def test_our_own_rest_write_and_events_api_resolve_come_back_as_echoes_that_writ
         with TestClient(build_app(svc)) as c:
             assert deliver(pd, c) == [202, 202, 202]
         assert worker(svc, rules).drain() == 3
-        assert [i["outcome"] for i in inbox(svc)] == ["echo", "echo", "echo"]
+        assert [i["outcome"] for i in inbox(svc)] == ["no_action", "echo", "echo"]  # the page, then two echoes
         assert rules.seen == [] and queued(svc, "ticket_update") == []
         row = link_row(svc)
         assert (row["state"], row["hold_version"]) == ("resolved", None)  # our resolve: no hold
@@ -440,7 +443,7 @@ def test_when_pagerdutys_rest_api_is_down_the_webhook_waits_and_is_handled_later
         assert reverse.run_once() == 0 and reverse.blocked
         assert [i["status"] for i in inbox(svc)] == ["pending", "pending"]  # kept, in order
         assert reverse.drain() == 2
-        assert [i["outcome"] for i in inbox(svc)] == ["echo", "applied"]
+        assert [i["outcome"] for i in inbox(svc)] == ["no_action", "applied"]
         assert len(rules.seen) == 1
         svc.store.dispose()
 
@@ -455,7 +458,7 @@ def test_the_service_runs_the_reverse_worker_with_the_rules_it_has(service: Serv
         deliver(pd, client)
         service.process_all()
     assert link_row(service)["state"] == "acknowledged"
-    assert [i["outcome"] for i in inbox(service)] == ["echo", "no_action"]
+    assert [i["outcome"] for i in inbox(service)] == ["no_action", "no_action"]
     assert queued(service, "ticket_update") == []
 
 
@@ -521,5 +524,5 @@ def test_a_webhook_another_replica_handled_meanwhile_is_not_applied_twice(
         late = worker(svc, first)
         assert [late._process(row) for row in read_by_first] == [0, 0]
         assert len(queued(svc, "ticket_update")) == 1
-        assert [i["outcome"] for i in inbox(svc)] == ["echo", "applied"]
+        assert [i["outcome"] for i in inbox(svc)] == ["no_action", "applied"]
         svc.store.dispose()

@@ -508,3 +508,21 @@ def test_the_client_paces_its_requests_on_the_injected_clock(pd: FakePagerDutyRe
 def test_a_missing_token_is_a_configuration_error() -> None:
     with pytest.raises(PermanentError, match="API_TOKEN"):
         PagerDutyRestClient(SecretStr(""))
+
+
+def test_the_from_users_id_is_found_by_its_exact_email(pd: FakePagerDutyRest, clock: FakeClock) -> None:
+    """``GET /users?query=`` also matches parts of other emails and names: only the exact email counts."""
+    pd.add_user("PROBOT1", "Robot", "robot-" + BOT_EMAIL)  # contains the bot's email
+    pd.add_user("PNAMED1", BOT_EMAIL, "someone@acme.example")  # named like it
+    api = client_for(pd, clock)
+    assert api.user_id_by_email(BOT_EMAIL.upper()) == "PBOT001"
+    with pytest.raises(LookupError, match="no PagerDuty user has the email nobody@acme.example"):
+        api.user_id_by_email("nobody@acme.example")
+    [first, _] = [r for r in pd.requests if r.path == "/users"]
+    assert first.query["query"] == [BOT_EMAIL.upper()]
+    assert pd.spec_errors == []
+    # the operation is PagerDuty's own (listUsers, from api-schema), and the checker refuses what it does not declare
+    operation = SPEC.find("GET", "/users")
+    assert operation is not None and operation.spec["operationId"] == "listUsers"
+    headers = {"Accept": "application/vnd.pagerduty+json;version=2", "Content-Type": "application/json"}
+    assert SPEC.check_request("GET", "/users", {"email": [BOT_EMAIL]}, headers, None) != []

@@ -133,3 +133,57 @@ def test_a_quick_move_and_back_before_the_echo_ends_on_the_first_policy(world: W
     puts = world.rest_calls("PUT", f"/incidents/{incident_id}")
     assert [p.body["incident"]["escalation_policy"]["id"] for p in puts] == ["PEP0002", "PEP0001"]
     assert world.desk.tickets["10001"].assignment_group == "Service Desk"
+
+
+@pytest.fixture
+def world_without_user_id(
+    db_url: str, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[World]:
+    """Only FROM_EMAIL configured (no TICKETPAGER_PAGERDUTY__FROM_USER_ID)."""
+    monkeypatch.setenv("PD_PLATFORM_KEY", ROUTING_KEY)
+    with MockPagerDuty() as events, FakePagerDutyRest() as pd:
+        w = build(db_url, rules_dir(tmp_path), clock, pd, events, from_user_id="")
+        yield w
+        w.svc.store.dispose()
+
+
+def test_without_from_user_id_the_user_is_found_by_email_and_a_quick_move_and_back_does_not_loop(
+    world_without_user_id: World,
+) -> None:
+    world = world_without_user_id
+    incident_id = paged(world)
+    world.desk.edit("10001", assignment_group="Network")
+    world.desk.edit("10001", assignment_group="Service Desk")
+    world.settle()
+
+    puts = world.rest_calls("PUT", f"/incidents/{incident_id}")
+    assert [p.body["incident"]["escalation_policy"]["id"] for p in puts] == ["PEP0002", "PEP0001"]  # not 3
+    assert world.desk.tickets["10001"].assignment_group == "Service Desk"  # not flipped back by our own echo
+    assert policy(world, incident_id) == "PEP0001"
+    [lookup] = world.rest_calls("GET", "/users")  # once, at the first run
+    assert lookup.query == {"query": ["ticketpager-bot@acme.example"], "limit": ["100"], "offset": ["0"]}
+    assert world.svc.reverse.own_user is not None and world.svc.reverse.own_user.user_id == "PBOT001"
+    assert "pagerduty" not in world.svc.readiness() and world.pd.spec_errors == []
+
+
+def test_an_unresolved_from_user_makes_readiness_degraded_and_the_reverse_worker_write_nothing(
+    world_without_user_id: World, clock: FakeClock
+) -> None:
+    world = world_without_user_id
+    world.pd.fail_next(1, 403, body={"error": {"message": "Access Denied", "code": 2010}})  # the first GET /users
+    world.desk.put(ticket("10001", attributes={"project": "OPS"}, assignment_group="Service Desk"))
+    world.settle()  # paged; PagerDuty's webhooks wait: our own writes could not be told from a person's
+    report = world.svc.readiness()
+    assert report["degraded"] is True and report["ready"] is True
+    assert "TICKETPAGER_PAGERDUTY__FROM_EMAIL" in report["pagerduty"]["from_user"]
+    assert "Access Denied" in report["pagerduty"]["from_user"]
+    assert world.svc.readiness(detail=False)["pagerduty"] == {"from_user": "unresolved"}
+    assert world.svc.reverse.blocked
+    assert world.svc.status_report()["pagerduty_inbox"]["pending"] == 1  # kept, not lost
+    assert not any("Paged in PagerDuty" in c for c in world.desk.comments.get("10001", []))
+
+    clock.advance(61)  # tried again a minute later: found, and the waiting webhook is handled
+    world.settle()
+    assert "pagerduty" not in world.svc.readiness()
+    assert world.svc.status_report()["pagerduty_inbox"]["pending"] == 0
+    assert sum("Paged in PagerDuty" in c for c in world.desk.comments["10001"]) == 1

@@ -548,3 +548,25 @@ def test_rules_check_online_needs_a_token_and_never_shows_it(rule_file: Path, pa
     done = cli("check", str(rule_file), "--online", env=env)
     assert done.returncode == 1 and "PagerDuty" in done.stderr
     assert wrong not in done.stdout + done.stderr
+
+
+def test_our_own_page_brings_the_first_write_back_by_default_and_triggered_false_turns_it_off(
+    tmp_path: Path,
+) -> None:
+    """The page's ``incident.triggered`` (agent: our Events API integration) writes the incident's number and link
+    for any rule with ``sync_back:``, though the block does not list ``triggered``."""
+    actions, why = write_back(load(tmp_path, FULL), "triggered_events_api")
+    [update] = actions
+    page = event("triggered_events_api")
+    assert page.incident is not None and page.agent is not None and page.agent.is_integration
+    number, url = page.incident.number, page.incident.html_url
+    assert update.comment == f"Paged in PagerDuty: PagerDuty incident #{number} — {url}"
+    assert (update.incident_number, update.incident_url) == (page.incident.number, page.incident.html_url)
+    assert update.marker == f"tp:{page.event_id}:sn-p1" and update.public is False
+    assert any("first write-back" in w for w in why)
+
+    off = FULL.replace("    sync_back:\n", "    sync_back:\n      triggered: false\n")
+    actions, why = write_back(load(tmp_path, off), "triggered_events_api")
+    assert actions == [] and "sync_back has no 'triggered' (triggered: false): nothing is written back" in why
+    actions, why = write_back(load(tmp_path, HEAD), "triggered_events_api")  # no sync_back: nothing, as before
+    assert actions == [] and "the rule has no sync_back: nothing is written back" in why

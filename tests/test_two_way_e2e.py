@@ -2,8 +2,9 @@
 worker, delivery) on an injected clock, against local fakes of the ticketing system, PagerDuty's Events API and
 PagerDuty's REST API (which sends the signed v3 webhooks).
 
-ticket webhook → page (the Events API fake gets the trigger; the REST fake opens the incident from it) → a
-person acknowledges in PagerDuty → the ticket gets a note and the configured transition → a person adds a
+ticket webhook → page (the Events API fake gets the trigger; the REST fake opens the incident from it) → the
+webhook of our own trigger writes the incident's number and link onto the ticket once (Jira: and a remote link)
+→ a person acknowledges in PagerDuty → the ticket gets a note and the configured transition → a person adds a
 PagerDuty note → it is mirrored once (a redelivery with the same ``X-Webhook-Id``, and one with a new id, still
 once) → the ticket is done → the resolve goes to the Events API → the echo of our own resolve writes nothing.
 Our own comment and transition coming back as ticket webhooks page, acknowledge and resolve nothing. Every
@@ -141,16 +142,29 @@ def run_scenario(
     ack_writes: int,
     echo_ticket_webhooks: Callable[[], None],
     close_ticket: Callable[[], None],
+    remote_links: Callable[[], list[tuple[str, str]]] | None = None,
 ) -> None:
     """The common story; each system's test supplies how its ticket is opened, read and closed."""
-    # ticket webhook → one page, and PagerDuty's echo of our own trigger writes nothing back
+    # ticket webhook → one page; PagerDuty's webhook of our own trigger brings the first write-back: the
+    # incident's number and link (and, for Jira, a remote link to the incident), once
     open_ticket()
     r.settle()
     [trigger] = r.actions("trigger")
     assert trigger["routing_key"] == ROUTING_KEY
     incident = r.incident()
-    assert r.inbox_outcomes() == [("incident.triggered", "echo")]
+    number = r.pd.state.incidents[incident]["incident_number"]
+    html_url = r.pd.state.incidents[incident]["html_url"]
+    assert r.inbox_outcomes() == [("incident.triggered", "applied")]
+    paged = [n for n in notes() if html_url in n]
+    assert len(paged) == 1, notes()
+    assert f"#{number}" in paged[0] and "Paged in PagerDuty" in paged[0] and "[tp:" in paged[0]
+    if remote_links is not None:
+        assert remote_links() == [(f"pagerduty:incident:{incident}", html_url)]
     base_writes, base_notes = writes(), len(notes())
+    triggered = r.last_sent("incident.triggered")  # PagerDuty redelivers it under a new X-Webhook-Id: no new write
+    assert r.post_again(triggered, webhook_id="wh-triggered-again")["status"] == "accepted"
+    r.settle()
+    assert writes() == base_writes and len(notes()) == base_notes
 
     r.clock.advance(30)
     # a person acknowledges in PagerDuty → one note naming them, with the incident's link, and the transition
@@ -289,6 +303,9 @@ def test_jira_both_ways(db_url: str, clock: FakeClock, tmp_path: Path, monkeypat
                 ack_writes=3,  # the transition, the incident's remote link, the comment
                 echo_ticket_webhooks=echoes,
                 close_ticket=close,
+                remote_links=lambda: [
+                    (g, str(link["object"]["url"])) for g, link in jira.remote_links.get("10042", {}).items()
+                ],
             )
             assert jira.transitioned == [("10042", "In Progress")]  # done by the person, not by us
             assert list(jira.remote_links["10042"]) == [f"pagerduty:incident:{r.incident()}"]

@@ -128,9 +128,12 @@ def check(world: World) -> None:
     assert set(world.desk.marked("10001").values()) <= {1}
     assert set(world.desk.attempts.values()) <= {1}, [m for m, n in world.desk.attempts.items() if n > 1]
     assert set(world.pd_markers().values()) <= {1}
-    # what reached the ticket from PagerDuty was a person's doing, never our own action coming back
+    # what reached the ticket from PagerDuty was a person's doing, never our own action coming back — except
+    # the page's own first write-back (its number and link), once per incident
     from_pagerduty = [m.split(":")[1] for m in world.desk.marked("10001") if m.split(":")[1] in world.agents]
-    assert {world.agents[e] for e in from_pagerduty} <= {"PUSER01", "PUSER02"}
+    pages = [e for e in from_pagerduty if world.kinds[e] == "incident.triggered"]
+    assert {world.agents[e] for e in from_pagerduty if e not in pages} <= {"PUSER01", "PUSER02"}
+    assert len(pages) <= len(world.pd.state.incidents)
     # link, incident and ticket agree
     links = world.link_rows()
     if not links:  # done before its first version was processed: never paged

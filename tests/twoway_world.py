@@ -66,6 +66,7 @@ class World:
     forwarded: int = 0
     triggers: Counter[str] = field(default_factory=Counter)
     agents: dict[str, str] = field(default_factory=dict)  # PagerDuty event id → who acted (user or integration id)
+    kinds: dict[str, str] = field(default_factory=dict)  # PagerDuty event id → its event type
 
     # -- the two streams ----------------------------------------------------------------------------------------
     def ticket_webhook(self, change: TicketChange) -> None:
@@ -75,6 +76,7 @@ class World:
         """Store one v3 webhook as ``POST /webhooks/pagerduty`` does (deduplicated by ``X-Webhook-Id``)."""
         event = parse_event(delivery.body)
         self.agents[event.event_id] = event.agent.id if event.agent else ""
+        self.kinds[event.event_id] = event.event_type.value
         self.svc.store_pagerduty_webhook(delivery.headers["X-Webhook-Id"], event, delivery.body)
 
     def forward_pages(self) -> int:
@@ -150,7 +152,16 @@ def rules_dir(tmp: Path, on_group_change: str = "reassign", *, resolved_transiti
     return path
 
 
-def build(db_url: str, rules: Path, clock: FakeClock, pd: FakePagerDutyRest, events: MockPagerDuty) -> World:
+def build(
+    db_url: str,
+    rules: Path,
+    clock: FakeClock,
+    pd: FakePagerDutyRest,
+    events: MockPagerDuty,
+    *,
+    from_user_id: str = "PBOT001",
+) -> World:
+    """``from_user_id=""``: only FROM_EMAIL is configured; the service resolves the id itself."""
     desk = MemoryDesk(clock)
     pd.subscribe("http://testserver/webhooks/pagerduty", "pd-webhook-secret-loop")
     config = Settings(
@@ -162,7 +173,7 @@ def build(db_url: str, rules: Path, clock: FakeClock, pd: FakePagerDutyRest, eve
             "api_url": pd.url,
             "api_token": TOKEN,
             "from_email": BOT_EMAIL,
-            "from_user_id": "PBOT001",
+            "from_user_id": from_user_id,
             "webhook_secrets": ["pd-webhook-secret-loop"],
         },
         jira={"enabled": True, "write_back": True},

@@ -48,7 +48,7 @@ from sync.repos import incidents as pd_inbox
 from sync.repos.cursors import acquire_lease, release_lease
 from sync.repos.outbox import next_due, next_due_statement
 from sync.repos.silences import SilenceBook
-from sync.reverse import INCIDENT_UPDATES, ReverseWorker
+from sync.reverse import INCIDENT_UPDATES, OwnUser, ReverseWorker
 from sync.store import Store
 from ticketpager.connections import Connection, declare, load_connections
 from ticketpager.schedule import poll_offset
@@ -335,8 +335,12 @@ class Service:
 
     def _reverse_worker(self) -> ReverseWorker:
         pd = self.settings.pagerduty
+        own_user = None
         if pd.api_token.get_secret_value():
             self.rest = self.rest_client()
+            if pd.from_email and not pd.from_user_id:  # our REST writes' echoes need the From user's id
+                rest, email = self.rest, pd.from_email
+                own_user = OwnUser(email, lambda: rest.user_id_by_email(email), self.clock)
         return ReverseWorker(
             self.store,
             self._two_way_rules,
@@ -345,6 +349,7 @@ class Service:
             destinations=self._reverse_destinations,
             lookup=self.rest,
             own_user_ids=[pd.from_user_id] if pd.from_user_id else [],
+            own_user=own_user,
             batch_size=self.settings.engine.batch_size,
             on_queued=self._reverse_queued,
         )
@@ -431,6 +436,10 @@ class Service:
             if keys:
                 report["rules"]["routing_key_problems"] = keys
                 report["degraded"] = True
+        own_user = self.reverse.own_user
+        if own_user is not None and own_user.problem and not own_user.user_id:  # the reverse worker writes nothing
+            report["pagerduty"] = {"from_user": own_user.problem if detail else "unresolved"}
+            report["degraded"] = True
         unnamed = self.unnamed_jira_fields()
         if unnamed:
             report["rules"]["jira_custom_field_names"] = unnamed
@@ -622,6 +631,8 @@ class Service:
         """The PagerDuty inbox, one replica at a time (a lease: webhooks of one incident are handled in
         order); woken by the webhook's commit, else it looks every ``engine.idle_seconds``."""
         lease = self.settings.engine.lease_seconds
+        if self.reverse.own_user is not None:  # at start-up, not at the first webhook: readiness tells at once
+            self.reverse.own_user.ensure()
         try:
             while not self.stopping.is_set():
                 self.reverse_wake.clear()

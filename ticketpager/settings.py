@@ -62,7 +62,7 @@ class PagerDutySettings(BaseModel):
     )  # v3 webhook signing secret(s) for POST /webhooks/pagerduty; comma-separated or a JSON list, two while rotating
     api_token: SecretStr = SecretStr("")  # REST API key: which incident is ours; subscribe, ping, updates, --online
     from_email: str = ""  # the PagerDuty user REST writes act as (From header); its actions are our own echoes
-    from_user_id: str = ""  # that user's id (PXXXXXX): our REST writes come back as echoes; responders need it
+    from_user_id: str = ""  # that user's id (PXXXXXX; empty: looked up by FROM_EMAIL): its actions are our echoes
     api_url: str = ""  # overrides the region's REST API base URL; e.g. a proxy or a mock
 
     _split_secrets = field_validator("webhook_secrets", mode="before")(secret_list)

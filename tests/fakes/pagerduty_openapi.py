@@ -23,6 +23,8 @@ import jsonschema
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "fixtures" / "pagerduty" / "rest-subset.openapi.json"
 SHARED_SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "specs" / "pagerduty-rest-subset.openapi.json"
+#: operations the subset lacks, copied from the same upstream file (``GET /users``; see the fixtures' README)
+ADDENDA = (SPEC_PATH.with_name("rest-users.openapi.json"),)
 
 #: "Generic error response from the PagerDuty API" (the schema every documented error answer uses)
 GENERIC_ERROR = {"$ref": "#/components/responses/Conflict/content/application~1json/schema"}
@@ -59,8 +61,17 @@ class Operation:
 class OpenApi:
     """The vendored spec, ready to check one request or answer at a time (each check returns error texts)."""
 
-    def __init__(self, path: Path = SPEC_PATH) -> None:
+    def __init__(self, path: Path = SPEC_PATH, addenda: tuple[Path, ...] = ADDENDA) -> None:
         raw = json.loads(path.read_text())
+        for extra in addenda:  # more operations of the same upstream file: paths and components added, none replaced
+            more = json.loads(extra.read_text())
+            for template, item in more["paths"].items():
+                assert template not in raw["paths"], f"{extra.name}: {template} is already in {path.name}"
+                raw["paths"][template] = item
+            for section, entries in more.get("components", {}).items():
+                for name, entry in entries.items():
+                    assert name not in raw["components"].get(section, {}), f"{extra.name}: {section}.{name} twice"
+                    raw["components"].setdefault(section, {})[name] = entry
         self.raw = raw
         self._modes = {mode: _translate(copy.deepcopy(raw), mode) for mode in ("request", "response")}
         self.operations: list[Operation] = []

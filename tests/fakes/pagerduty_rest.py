@@ -10,7 +10,8 @@ REST (a real HTTP server on 127.0.0.1; each request and each answer is checked a
   /incidents/{id}`` (acknowledge, resolve with ``resolution``, reopen, reassign to an escalation policy or
   to users, escalate, priority by object or name); ``GET …/alerts`` (``alert_key``); ``GET/POST …/notes``;
   ``POST …/responder_requests``; ``GET /escalation_policies``; ``GET /services/{id}``
-  (``include[]=integrations``); ``GET /users/me`` (user tokens only); ``GET/POST /webhook_subscriptions``
+  (``include[]=integrations``); ``GET /users`` (``query`` on names and
+  emails); ``GET /users/me`` (user tokens only); ``GET/POST /webhook_subscriptions``
   (the secret is in the create answer only) and ``POST …/{id}/ping`` (202, queues ``pagey.ping``).
 * ``Authorization: Token token=<key>`` (401 otherwise); ``From: <user email>`` where the spec requires it,
   unless the token belongs to a user (400 otherwise); scripted failures (``fail_next``), 429 with
@@ -604,6 +605,10 @@ class FakePagerDutyRest:
             if actor is None or not self.token_users:
                 return _error(400, "Invalid Input Provided", 2001, ["GET /users/me needs a user-level token"])
             return 200, {"user": self.state.users[actor]}
+        if seg == ["users"]:  # listUsers: ``query`` matches names and emails, in part and ignoring case
+            needle = query.get("query", [""])[0].casefold()
+            users = [u for u in self.state.users.values() if needle in f"{u['name']} {u['email']}".casefold()]
+            return self._page("users", users, query)
         if seg == ["escalation_policies"]:
             items = [
                 p for p in self.state.policies.values() if query.get("query", [""])[0].lower() in p["name"].lower()
