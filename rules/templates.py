@@ -35,6 +35,9 @@ TRIGGER_VARIABLES: Variables = {"ticket": TICKET_VARIABLES, "rule": RULE_VARIABL
 MAX_REPEAT = 10_000  # longest string/list a template may build with '*'
 #: ``${...}`` in a template's text: the environment-reference syntax of a routing key, printed as written here
 DOLLAR_BRACE = re.compile(r"\$\{([^{}\n]*)\}")
+#: ``${connection}`` (or ``${ticket.connection}``) in a template's text: the ticket's connection (issue 17 names
+#: this spelling for an MSP's summaries), the same as ``{{ ticket.connection }}``
+CONNECTION_REF = re.compile(r"\$\{\s*(?:ticket\.)?connection\s*\}")
 
 
 class TemplateProblem(ValueError):
@@ -91,13 +94,14 @@ def compile_template(text: str, source: str = "any", variables: Variables = TRIG
     be one of that source's attributes (:data:`kernel.fields.SOURCE_ATTRIBUTES`; ``any``: of any source).
     ``variables``: what the template may name (a trigger's by default; a sync-back comment sees others).
     """
-    if "{{" not in text and "{%" not in text and "{#" not in text:
+    if "{{" not in text and "{%" not in text and "{#" not in text and not CONNECTION_REF.search(text):
         _check_dollar_brace(text)
         return Template(text, None)
     try:
         tree = ENVIRONMENT.parse(text)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateProblem(f"template does not compile: {exc.message} (template line {exc.lineno})") from None
+    _connection_refs(tree)
     for data in tree.find_all(nodes.TemplateData):  # the text around {{ }}; "${x}" inside {{ }} is a string
         _check_dollar_brace(data.data)
     _check_filters_and_tests(tree)
@@ -126,9 +130,27 @@ def compile_template(text: str, source: str = "any", variables: Variables = TRIG
     return Template(text, compiled)
 
 
+def _connection_refs(tree: nodes.Template) -> None:
+    """``${connection}`` in the text around ``{{ }}`` becomes the expression ``ticket.connection`` (in a
+    string inside ``{{ }}`` it stays text)."""
+    for output in tree.find_all(nodes.Output):
+        parts: list[nodes.Expr] = []
+        for node in output.nodes:
+            if not (isinstance(node, nodes.TemplateData) and CONNECTION_REF.search(node.data)):
+                parts.append(node)
+                continue
+            texts = CONNECTION_REF.split(node.data)
+            for i, piece in enumerate(texts):
+                if i:
+                    parts.append(nodes.Getattr(nodes.Name("ticket", "load"), "connection", "load"))
+                if piece:
+                    parts.append(nodes.TemplateData(piece))
+        output.nodes = parts
+
+
 def _check_dollar_brace(text: str) -> None:
-    """``[${connection}] Down``: ``${...}`` is how a routing key reads the environment; a template would print
-    it as written, so it is an error naming what to write instead (``{{ ticket.connection }}``)."""
+    """``[${key}] Down``: ``${...}`` (other than ``${connection}``) is how a routing key reads the environment;
+    a template would print it as written, so it is an error naming what to write instead (``{{ ticket.key }}``)."""
     found = DOLLAR_BRACE.search(text)
     if found is None:
         return

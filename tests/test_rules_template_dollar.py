@@ -1,6 +1,7 @@
-"""``${connection}`` in a template (issue 17): ``${NAME}`` is the environment-reference syntax of a routing key,
-so in a template's text it would be sent as written ("[${connection}] Down"). It is a load error at the
-value's file:line:col naming what to write (``{{ ticket.connection }}``); ``${ENV}`` routing keys stay legal."""
+"""``${...}`` in a template (issue 17): ``${connection}`` is the ticket's connection, as the issue spells it; any
+other ``${NAME}`` is the environment-reference syntax of a routing key, which a template would send as written
+("[${key}] Down"): a load error at the value's file:line:col naming what to write (``{{ ticket.key }}``).
+``${ENV}`` routing keys stay legal."""
 
 from __future__ import annotations
 
@@ -38,19 +39,34 @@ def load_errors(tmp_path: Path, text: str) -> list[str]:
     return [str(e).replace(str(path), "R") for e in caught.value.errors]
 
 
-def test_dollar_connection_in_a_summary_is_an_error_that_names_the_template_syntax(tmp_path: Path) -> None:
-    assert load_errors(tmp_path, rules('"[${connection}] {{ ticket.title }}"')) == [
-        "R:8:16: rule 'acme-p1' → trigger → summary: '${connection}' is not template syntax and would be sent as "
-        "written: use {{ ticket.connection }}"
+def _acme_ticket() -> Ticket:
+    return Ticket(
+        source="zendesk", id="4711", key="4711", title="Checkout down", status="new",
+        status_category=StatusCategory.NEW, created=NOW, updated=NOW, priority="urgent", connection="acme-zendesk",
+    )  # fmt: skip
+
+
+def test_dollar_connection_in_a_summary_is_the_tickets_connection(tmp_path: Path) -> None:
+    """Issue 17's spelling: ``${connection}`` (and ``${ticket.connection}``) in a template is the connection's
+    name, with or without other template syntax around it."""
+    path = tmp_path / "rules.yaml"
+    for summary, expected in [
+        ('"[${connection}] Down"', "[acme-zendesk] Down"),
+        ('"[${ticket.connection}] {{ ticket.title }}"', "[acme-zendesk] Checkout down"),
+    ]:
+        path.write_text(rules(summary))
+        [result] = load_rules(path, env={"PD_KEY": KEY}).evaluate(EvalContext(_acme_ticket(), None, (), NOW))
+        assert result.trigger is not None and result.trigger.summary == expected
+
+
+def test_any_other_dollar_brace_is_an_error_that_names_the_template_syntax(tmp_path: Path) -> None:
+    assert load_errors(tmp_path, rules('"[${key}] {{ ticket.title }}"')) == [
+        "R:8:16: rule 'acme-p1' → trigger → summary: '${key}' is not template syntax and would be sent as "
+        "written: use {{ ticket.key }}"
     ]
-
-
-def test_without_any_jinja_too_and_for_any_ticket_field(tmp_path: Path) -> None:
-    [error] = load_errors(tmp_path, rules("'[${ticket.connection}] Down'"))
-    assert error.startswith("R:8:16: rule 'acme-p1' → trigger → summary: '${ticket.connection}'"), error
-    assert error.endswith("use {{ ticket.connection }}")
-    [error] = load_errors(tmp_path, rules("Down ${key}"))
-    assert error.endswith("use {{ ticket.key }}"), error
+    [error] = load_errors(tmp_path, rules("'[${ticket.priority}] Down'"))
+    assert error.startswith("R:8:16: rule 'acme-p1' → trigger → summary: '${ticket.priority}'"), error
+    assert error.endswith("use {{ ticket.priority }}")
 
 
 def test_an_environment_variable_in_a_template_says_templates_cannot_read_the_environment(tmp_path: Path) -> None:
@@ -66,7 +82,7 @@ def test_rules_check_fails_on_it_and_env_routing_keys_still_load(
 ) -> None:
     monkeypatch.setenv("PD_KEY", KEY)
     path = tmp_path / "rules.yaml"
-    path.write_text(rules('"[${connection}] Down"'))
+    path.write_text(rules('"[${key}] Down"'))
     assert cli.main(["rules", "check", str(path)]) == 1
     assert f"{path}:8:16:" in capsys.readouterr().err
     path.write_text(rules('"[{{ ticket.connection }}] Down {{ \'${x}\' }}"'))  # a string inside {{ }} is text
