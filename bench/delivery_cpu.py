@@ -1,0 +1,83 @@
+"""CPU time per page delivered (issue 19, goal 2): one delivery worker's ``drain()`` of N queued triggers to the
+local PagerDuty mock (tests/fakes, real HTTP on loopback), timed with ``time.thread_time()`` — the worker's
+thread only: the mock answers from its own threads and is not counted. Claim, rate limiter, the POST through
+``requests``, and the durable ``sent`` mark are all in it.
+
+    python -m bench.delivery_cpu [--events 1000] [--repeats 3] [--root PATH]
+
+``--root``: measure the code of another tree (a worktree or archive of main) for a before figure in the same
+run. Each repeat is a fresh database; the lowest figure is reported (the least disturbed by this shared VM),
+with the median beside it. Beside it, the same number of bare ``requests`` POSTs of a stored body to the same
+mock: the floor of any send through the project's HTTP stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def once(n: int) -> tuple[float, float]:
+    """CPU seconds of one worker delivering ``n`` stored triggers, and of ``n`` bare POSTs of one of them."""
+    import requests
+
+    from kernel.clock import FakeClock
+    from tests.factories import RULES, T0, change, ticket
+    from tests.fakes.pagerduty_server import MockPagerDuty
+    from tests.harness import make_service, receive
+
+    with tempfile.TemporaryDirectory() as tmp, MockPagerDuty() as pd:
+        rules = Path(tmp) / "rules.yaml"
+        rules.write_text(RULES)
+        svc = make_service(
+            f"sqlite:///{tmp}/delivery.db", rules, pd.url, FakeClock(T0), pagerduty={"rate_limit_per_minute": 10**6}
+        )
+        batch = [change(ticket(str(100000 + i))) for i in range(n)]
+        for i in range(0, n, 50):  # the writer's group commits
+            receive(svc, batch[i : i + 50])
+        assert svc.engine.drain() == n
+        worker = svc.delivery()
+        start = time.thread_time()
+        sent = worker.drain()
+        spent = time.thread_time() - start
+        assert sent == n and len(pd.events) == n, (sent, len(pd.events))
+        session = requests.Session()
+        session.trust_env = False
+        data = json.dumps(pd.events[0], separators=(",", ":")).encode()  # one page as it was sent
+        start = time.thread_time()
+        for _ in range(n):
+            session.post(pd.url, data=data, headers={"Content-Type": "application/json"}, timeout=10)
+        bare = time.thread_time() - start
+        svc.store.dispose()
+    return spent, bare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--root", type=Path, default=None, help="the code tree to measure (default: this one)")
+    args = parser.parse_args()
+    if args.root is not None:
+        sys.path.insert(0, str(args.root.resolve()))
+    os.environ.setdefault("PD_PLATFORM_KEY", "benchbenchbenchbenchbenchbench00")
+    import sync  # noqa: PLC0415 - after --root is on the path
+
+    runs = [once(args.events) for _ in range(args.repeats)]
+    ms = [1000 * s / args.events for s, _ in runs]
+    bare = [1000 * b / args.events for _, b in runs]
+    tree = Path(sync.__file__).resolve().parent.parent
+    print(
+        f"{tree}: delivery CPU {min(ms):.3f} ms/event (median {statistics.median(ms):.3f}); bare requests POST"
+        f" {min(bare):.3f} ms (median {statistics.median(bare):.3f}); {args.events} events"
+    )
+
+
+if __name__ == "__main__":
+    main()
