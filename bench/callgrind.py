@@ -1,14 +1,17 @@
 """Instruction counts of the pure CPU parts, by callgrind (issue 19, goal 6): figures this shared VM's noise
 cannot blur (its CPU speed swings ±40 % between runs; the number of instructions executed does not move).
 
-    python -m bench.callgrind [--tickets 1000] [--changes 200] [--only rules|engine]
+    python -m bench.callgrind [--tickets 1000] [--changes 200] [--events 200] [--only rules|engine|delivery]
 
 * **rules**: one evaluation of the pipeline bench's rule set (100 rules, one per routing key: project and
   priority, a templated summary) against a new Jira ticket, every other one matching — instructions per
   evaluation;
 * **engine**: one engine step on an in-memory SQLite database: a stored new-ticket change claimed, its
   ticket locked and read, the rules evaluated, one trigger rendered and queued in the outbox (every other
-  change pages), the ticket, link and decision written, the change marked done — instructions per change.
+  change pages), the ticket, link and decision written, the change marked done — instructions per change;
+* **delivery**: one page sent by one delivery worker to the local PagerDuty mock (in a process of its own, not
+  counted): its share of the claim, the rate limiter, the POST through ``requests``, the durable ``sent``
+  mark — instructions per page.
 
 Each workload runs twice under ``valgrind --tool=callgrind`` in a child process, with 1 and with 3 passes
 of its units after the same set-up (imports, migrations, rule loading, one warm pass);
@@ -97,9 +100,61 @@ def inner_engine(units: int, passes: int) -> None:
         svc.store.dispose()
 
 
+_MOCK = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from tests.fakes.pagerduty_server import MockPagerDuty
+with MockPagerDuty() as pd:
+    print(pd.url, flush=True)
+    sys.stdin.read()  # until the parent closes it
+"""
+
+
+def inner_delivery(units: int, passes: int) -> None:
+    """``(1 + passes) × units`` queued triggers (100 routing keys), one warm pass, then ``passes`` passes of
+    ``units`` sends by one delivery worker: claim, rate limiter, the POST through ``requests`` to the local
+    PagerDuty mock, the durable ``sent`` mark. The mock runs in a process of its own (valgrind does not
+    follow it), so only the sender's instructions are counted."""
+    with subprocess.Popen(  # noqa: S603
+        [sys.executable, "-c", _MOCK, str(TREE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as mock:
+        assert mock.stdout is not None and mock.stdin is not None
+        url = mock.stdout.readline().strip()
+        try:
+            _deliver(url, units, passes)
+        finally:
+            mock.stdin.close()  # the mock stops when its stdin ends
+
+
+def _deliver(url: str, units: int, passes: int) -> None:
+    from bench.pipeline import rules_text
+    from kernel.clock import FakeClock
+    from tests.factories import T0, change
+    from tests.harness import make_service, receive
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rules.yaml"
+        path.write_text(rules_text())
+        clock = FakeClock(T0 + timedelta(hours=1))
+        svc = make_service(f"sqlite:///{tmp}/d.db", path, url, clock, pagerduty={"rate_limit_per_minute": 10**6})
+        total = (1 + passes) * units
+        batch = [change(_ticket(n, True)) for n in range(total)]  # type: ignore[arg-type]
+        for i in range(0, total, 50):  # the writer's group commits
+            receive(svc, batch[i : i + 50])
+        assert svc.engine.drain() == total
+        worker = svc.delivery()
+        for _ in range(1 + passes):
+            sent = 0
+            while sent < units:
+                sent += worker.run_once(min(10, units - sent))
+        assert worker.run_once() == 0, "every page was sent"
+        svc.store.dispose()
+
+
 WORKLOADS = {
     "rules": (inner_rules, "evaluation"),
     "engine": (inner_engine, "change"),
+    "delivery": (inner_delivery, "page sent"),
 }
 
 
@@ -138,11 +193,13 @@ def available() -> bool:
     return shutil.which("valgrind") is not None
 
 
-def run(tickets: int = 1000, changes: int = 200, only: str | None = None, tree: Path = ROOT) -> list[Count]:
+def run(
+    tickets: int = 1000, changes: int = 200, only: str | None = None, tree: Path = ROOT, events: int = 200
+) -> list[Count]:
     """Count each workload (or ``only`` one) for the code in ``tree``; [] if valgrind is absent."""
     if not available():
         return []
-    sizes = {"rules": tickets, "engine": changes}
+    sizes = {"rules": tickets, "engine": changes, "delivery": events}
     return [measure(name, sizes[name], tree) for name in WORKLOADS if only in (None, name)]
 
 
@@ -168,10 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tickets", type=int, default=1000, help="rule evaluations per pass")
     parser.add_argument("--changes", type=int, default=200, help="engine changes per pass (a multiple of 50)")
+    parser.add_argument("--events", type=int, default=200, help="pages sent per pass by one delivery worker")
     parser.add_argument("--only", choices=tuple(WORKLOADS))
     parser.add_argument("--root", type=Path, default=ROOT, help="the code tree to measure (default: this one)")
     args = parser.parse_args(argv)
-    for line in lines(run(args.tickets, args.changes, args.only, args.root.resolve())):
+    for line in lines(run(args.tickets, args.changes, args.only, args.root.resolve(), args.events)):
         print(line)
 
 

@@ -18,6 +18,10 @@ def test_the_rules_workload_evaluates_the_pipeline_rule_set() -> None:
     callgrind.inner_rules(20, 1)
 
 
+def test_the_delivery_workload_sends_its_pages_to_a_mock_in_its_own_process() -> None:
+    callgrind.inner_delivery(20, 1)  # raises if the engine or the worker handled a different number
+
+
 def test_without_valgrind_the_counts_are_skipped_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no valgrind on it
     assert callgrind.run(tickets=10, changes=50) == []
