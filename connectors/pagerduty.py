@@ -269,8 +269,6 @@ def _routing_key(body: Mapping[str, Any] | bytes) -> str:
     return str(body.get("routing_key") or "")
 
 
-
-
 WINDOW = timedelta(seconds=60)  # PagerDuty counts events per routing key over a rolling minute (DOC_RATE_LIMITS)
 #: Added to the window: PagerDuty's clock, ours and the other replicas' differ a little, and an event may be
 #: counted there a moment after our send ended. Costs ~2% of the throughput of one routing key at the limit.
@@ -325,7 +323,8 @@ class RateLimiter:
     :class:`Reservation` to mark :meth:`~Reservation.finished` when the POST is over. :meth:`wait_for` is
     ``reserve`` for a send whose end is not reported (it counts as ending ``send_seconds`` after it began).
     :meth:`first_hold` tells whether an event is held back for the first time (the metric counts events), and
-    :meth:`sent` forgets it when it goes out.
+    :meth:`sent` forgets it when it goes out. :meth:`slots` is when the next sends for a key could go (a held
+    backlog's schedule).
     """
 
     def __init__(
@@ -362,6 +361,32 @@ class RateLimiter:
             ends = sorted([*(r.end for r in mine), *(t for t in others if t > since)])
             frees_at = ends[len(ends) - self.per_minute] + WINDOW + WINDOW_MARGIN  # the exit that leaves a slot
             return max((frees_at - now).total_seconds(), 0.001), None
+
+    def slots(self, key: str, n: int) -> list[datetime]:
+        """When each of the next ``n`` sends for ``key`` could go, earliest first: the schedule of a backlog held
+        back (:meth:`sync.delivery.Delivery.deliver` reschedules it in one statement rather than re-checking
+        every held event each time a slot frees).
+
+        E = the ends of the last ``per_minute`` sends counted (this replica's, in flight included, and the
+        others'), oldest first; with ``p = per_minute`` and ``W = WINDOW + WINDOW_MARGIN``, slot ``k`` frees at
+        ``E[k % p] + (k // p + 1) × W`` (never before now): the first is when :meth:`reserve` would let a send
+        go, the next ``p - 1`` when the later counted sends leave the window, and each one after when the send
+        of the slot ``p`` earlier leaves it, counted as ending at its slot. Sends end a little after their
+        slot, so times past the first ``p`` are early estimates: an event due then that :meth:`reserve` still
+        holds is rescheduled again (the window then holds the real ends). Fewer than ``p`` counted: the free
+        slots are now. Reads the other replicas' sends as :meth:`reserve` just did (its read, when recent)."""
+        now = self.clock.now()
+        span = WINDOW + WINDOW_MARGIN
+        since = now - span
+        with self._lock:
+            cached = self._others.get(key)
+        others = cached[1] if cached is not None and now - cached[0] < OTHERS_TTL else self._others_for(key, now, since)
+        with self._lock:
+            mine = [r.end for r in self._sent.get(key, []) if r.end > since]
+        p = self.per_minute
+        ends = sorted([*mine, *(t for t in others if t > since)])[-p:]
+        ends = [now - span] * (p - len(ends)) + ends  # a free slot: as if its send left the window just now
+        return [max(ends[k % p] + (k // p + 1) * span, now) for k in range(max(n, 0))]
 
     def _others_for(self, key: str, now: datetime, since: datetime) -> list[datetime]:
         """The other replicas' sends for ``key`` since ``since``: the last read while it is recent and the key
@@ -403,6 +428,7 @@ class RateLimiter:
         """``event`` goes out now: forget it (an id the database hands out again is a new event)."""
         with self._lock:
             self._held.pop(event, None)
+
 
 class PagerDutyDestination:
     """PagerDuty Events API v2 as a destination: incident actions rendered by :func:`build_event` (stored as

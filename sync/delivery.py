@@ -11,6 +11,8 @@ transaction. A replica that dies mid-send leaves its rows to be claimed again wh
 sooner, once its heartbeat is older than ``takeover_after`` (:mod:`sync.heartbeat`); a live replica's claims
 are never taken before they expire.
 Events of one ``dedup_key`` go out in order: a row waits while an earlier row of its key is pending.
+A row its destination's rate limit holds back reschedules its key's whole backlog to the limiter's slots in
+one transaction (:meth:`Delivery._hold`): a backlog costs nothing while it waits.
 
 Outcomes: 2xx → sent (and, after an incident action, a note for the ticket is queued to the write-back
 destination of the ticket's connection, named after it, when write-back is on there: a note always goes back
@@ -41,6 +43,7 @@ from kernel.model import (
     IncidentAction,
     IncidentUpdate,
     Outbound,
+    SendLimiter,
     TicketNote,
     TicketRef,
     TicketUpdate,
@@ -69,6 +72,10 @@ TICKET_KINDS = frozenset({TicketNote.KIND, TicketUpdate.KIND})
 
 #: rows one claim takes: a worker sends them one after another (each send's claim is renewed if it aged)
 CLAIM_BATCH = 10
+
+#: rows of one rate-limit key one hold reschedules (one executemany); the backlog past them is moved after
+#: their last slot in one statement and rescheduled by a later hold (at 120 a minute: ~8 minutes of sends)
+RESCHEDULE_MAX = 1000
 
 
 def send_timeout(base: float, attempts: int, claim_seconds: float) -> float:
@@ -119,6 +126,8 @@ class Delivery:
         self.takeover_after = takeover_after
         self.heartbeat = heartbeat  # ours: no send while it is overdue (the others may think us dead)
         self._orphaned: list[int] = []  # rows of a batch a database error interrupted: handed back next claim
+        # (destination, limit key) -> rows a hold of this batch rescheduled: skipped, no transaction (see _hold)
+        self._rescheduled: dict[tuple[str, str], set[int]] = {}
         self._claims = outbox.Claims(takeover=takeover_after is not None, kinds=kinds)  # statements built once
         self.on_write_back = on_write_back
         timeouts = [d.timeout for d in self.destinations.values() if d.timeout is not None]
@@ -130,6 +139,7 @@ class Delivery:
         if self._orphaned:  # ours, unsent: without this they would wait for their own claim to expire
             self._unclaim(self._orphaned)
             self._orphaned = []
+        self._rescheduled = {}
         now = self.clock.now()
         stale = now - timedelta(seconds=self.takeover_after or 0.0)
         with self.store.engine.connect() as conn:  # a read first: idle workers take no write lock
@@ -204,11 +214,11 @@ class Delivery:
         if limiter is None:
             self._deliver_timed(row, item, destination, claimed)
             return
+        if row["id"] in self._rescheduled.get((item.destination, item.limit_key), ()):
+            return  # a hold of this batch rescheduled it (and ended our claim): nothing to write
         wait, sending = limiter.reserve(item.limit_key)  # may read the other replicas' sends: first
         if sending is None:  # spacing, not failure: no attempt is counted, and the event is counted once, not per check
-            if limiter.first_hold(row["id"]):
-                METRICS.events.labels(_label(row), "rate_limited").inc()
-            self._release(row["id"], wait)
+            self._hold(row, item, limiter, wait)
             return
         limiter.sent(row["id"])
         try:
@@ -377,6 +387,38 @@ class Delivery:
             next_attempt_at=now + timedelta(seconds=wait),
             first_attempt_at=first,
         )
+
+    def _hold(self, row: RowMapping, item: Outbound, limiter: SendLimiter, wait: float) -> None:
+        """``row`` must wait for its rate limit: the key's whole backlog (up to :data:`RESCHEDULE_MAX` rows
+        free to this worker, in claim order) is rescheduled to the limiter's slots in one transaction — each
+        row due when it could go, not all of them when the next slot frees (a 14,000-row backlog was claimed
+        and released again row by row every minute: issue 19, docs/performance.md). The rows of this batch
+        it covered are skipped without another transaction. Every event rescheduled is held back by the
+        limit: ``rate_limited`` counts it once (:meth:`~connectors.pagerduty.RateLimiter.first_hold`). A row
+        whose slot comes while the limiter still says wait (the slots are estimates) is held again."""
+        times = limiter.slots(item.limit_key, RESCHEDULE_MAX)
+        with self.store.begin() as conn:
+            rows = outbox.reschedule(
+                conn,
+                destination=row["destination"],
+                kind=row["kind"],
+                limit_key=item.limit_key,
+                worker=self.worker_id,
+                now=self.clock.now(),
+                times=times,
+            )
+        ids = {r["id"] for r in rows}
+        self._rescheduled[(item.destination, item.limit_key)] = ids
+        held: dict[str, int] = {}
+        for r in rows:
+            if limiter.first_hold(r["id"]):
+                held[_label(r)] = held.get(_label(r), 0) + 1
+        for label, n in held.items():
+            METRICS.events.labels(label, "rate_limited").inc(n)
+        if row["id"] not in ids:  # not ours any more (taken over meanwhile), or past the bound: as before
+            if limiter.first_hold(row["id"]):
+                METRICS.events.labels(_label(row), "rate_limited").inc()
+            self._release(row["id"], wait)
 
     def _release(self, row_id: int, wait: float) -> None:
         self._mark(row_id, next_attempt_at=self.clock.now() + timedelta(seconds=wait))

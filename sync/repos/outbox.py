@@ -191,6 +191,90 @@ def mark(conn: Connection, row_id: int, worker: str, **values: Any) -> None:
     )
 
 
+#: a row free to ``worker``: unclaimed, its claim expired, or ``worker``'s own (never one another live worker holds)
+_FREE_TO_WORKER = or_(
+    outbox.c.claimed_until.is_(None), outbox.c.claimed_until < _NOW, outbox.c.claimed_by == _B("worker")
+)
+#: one row of a held backlog to its slot, fenced: still pending and free to the worker; the worker's claim ends
+RESCHEDULE = (
+    update(outbox)
+    .where(outbox.c.id == _B("i"), outbox.c.status == "pending", _FREE_TO_WORKER)
+    .values(next_attempt_at=_B("at", type_=UTCDateTime()), claimed_until=None)
+)
+
+
+def reschedule(
+    conn: Connection,
+    *,
+    destination: str | None,
+    kind: str,
+    limit_key: str,
+    worker: str,
+    now: datetime,
+    times: Sequence[datetime],
+) -> list[RowMapping]:
+    """Reschedule the held backlog of ``destination`` for ``limit_key`` (a rate limit's key) to ``times`` (the
+    limiter's slots, earliest first): its pending rows free to ``worker`` (unclaimed, claim expired, or
+    ``worker``'s own: never a row another live worker holds), in claim order (``next_attempt_at``, ``id``), get
+    one slot each, and ``worker``'s claim on them ends. At most ``len(times)`` rows: the rows after them that
+    would come due before the last slot are moved to after it (a slot span later), left to a later hold.
+    ``destination`` None: rows an older version wrote without one (of ``kind``).
+
+    Three statements at most: the read of the rows, one UPDATE of the rest, one executemany of (id, time) for
+    the rows whose time changes. On PostgreSQL rows other transactions have locked are skipped. Returns the
+    rows rescheduled (``id``, ``kind``, ``action``)."""
+    if not times:
+        return []
+    if destination is None:
+        which = and_(outbox.c.destination.is_(None), outbox.c.kind == kind)
+    else:
+        which = outbox.c.destination == destination
+    cond = (outbox.c.status == "pending", outbox.c.routing_key == limit_key, which, _FREE_TO_WORKER)
+    params = {"now": now, "worker": worker}
+    pg = conn.dialect.name == "postgresql"
+    stmt = (
+        select(
+            outbox.c.id,
+            outbox.c.next_attempt_at,
+            outbox.c.kind,
+            outbox.c.action,
+            outbox.c.claimed_by,
+            outbox.c.claimed_until,
+        )
+        .where(*cond)
+        .order_by(outbox.c.next_attempt_at, outbox.c.id)
+        .limit(len(times))
+    )
+    if pg:
+        stmt = stmt.with_for_update(skip_locked=True, of=outbox)
+    rows = conn.execute(stmt, params).mappings().all()
+    if not rows:
+        return []
+    if len(rows) == len(times):  # maybe more: those due before the last slot go after it, not with the first ones
+        last, end = rows[-1], times[-1]
+        after = or_(
+            outbox.c.next_attempt_at > last["next_attempt_at"],
+            and_(outbox.c.next_attempt_at == last["next_attempt_at"], outbox.c.id > last["id"]),
+        )
+        rest = select(outbox.c.id).where(*cond, after, outbox.c.next_attempt_at < end)
+        if pg:
+            rest = rest.with_for_update(skip_locked=True, of=outbox)
+        conn.execute(
+            update(outbox)
+            .where(outbox.c.id.in_(rest.scalar_subquery()))
+            .values(next_attempt_at=end + (end - times[0]), claimed_until=None),
+            params,
+        )
+    moved = [
+        {"i": r["id"], "at": at, "now": now, "worker": worker}
+        for r, at in zip(rows, times, strict=False)
+        if r["next_attempt_at"] != at or (r["claimed_by"] == worker and r["claimed_until"] is not None)
+    ]
+    if moved:
+        conn.execute(RESCHEDULE, moved)
+    return list(rows)
+
+
 def sends_elsewhere(conn: Connection, destination: str, limit_key: str, since: datetime, mine: str) -> list[datetime]:
     """When rows of ``destination`` for ``limit_key`` were sent after ``since`` by workers whose ``claimed_by``
     does not start with ``mine``."""
