@@ -221,7 +221,7 @@ def fill_rows(conn: Connection, tickets: int, decisions: int) -> None:
         if g % 50 == 0:
             paged.setdefault((source, connection, str(t)), (g, at))
     conn.execute(decisions_t.insert(), decision_rows)
-    for n, ((source, connection, ticket_id), (g, at)) in enumerate(sorted(paged.items()), start=1):
+    for n, ((source, connection, ticket_id), (_g, at)) in enumerate(sorted(paged.items()), start=1):
         prefix = source if connection == source else f"{source}/{connection}"
         dedup_key = f"ticketpager/{prefix}/{ticket_id}/ops-highest/1"
         conn.execute(links_t.insert(), {

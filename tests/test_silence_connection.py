@@ -115,7 +115,10 @@ def test_a_silence_on_a_connection_holds_its_ticket_not_the_same_id_on_the_defau
     clock.advance(3 * 3600)  # the silence ends: acme's ticket, still urgent, pages once
     service.process_all()
     service.process_all()
-    assert triggers(pd) == ["ticketpager/zendesk/7/zendesk-urgent/1", "ticketpager/zendesk/acme-zendesk/7/zendesk-urgent/1"]
+    assert triggers(pd) == [
+        "ticketpager/zendesk/7/zendesk-urgent/1",
+        "ticketpager/zendesk/acme-zendesk/7/zendesk-urgent/1",
+    ]
 
 
 def test_a_list_of_connections_holds_each_of_them(service: Service, pd: MockPagerDuty, clock: FakeClock) -> None:
