@@ -60,8 +60,10 @@ def test_the_incident_link_and_its_pagerduty_state_once_known(
 ) -> None:
     assert "not known yet" in incident_cell(client)
     with service.store.begin() as conn:  # what the reverse worker stores from PagerDuty's incident.triggered
-        incidents.save_incident(conn, "Q1ABCDEF", KEY, "incident_key", clock.now(), number=42,
-                                html_url="https://acme.pagerduty.com/incidents/Q1ABCDEF", status="triggered")  # fmt: skip
+        incidents.save_incident(
+            conn, "Q1ABCDEF", KEY, "incident_key", clock.now(),
+            number=42, html_url="https://acme.pagerduty.com/incidents/Q1ABCDEF", status="triggered",
+        )  # fmt: skip
     cell = incident_cell(client)
     assert '<a href="https://acme.pagerduty.com/incidents/Q1ABCDEF" rel="noreferrer">incident #42</a>' in cell
     assert "<strong>triggered</strong>" in cell
