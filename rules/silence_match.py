@@ -1,9 +1,12 @@
 """A silence's matchers: a rule's ``when`` conditions, validated and compiled by the rules language itself.
 
 A silence mutes paging for the tickets its matchers match (``project: OPS``, ``priority: {in: [P1]}``,
-``source: zendesk``, ``labels: {contains: db}``, ``any:`` / ``not:`` …): the same fields, operators, value
-checks and error messages as a rule's ``when`` (:class:`rules.validation.Validator`), so a typo is refused
-when the silence is created, never a silence that silently mutes nothing. Two things a rule may say are
+``source: zendesk``, ``connection: acme-zendesk``, ``labels: {contains: db}``, ``any:`` / ``not:`` …): the same
+fields, operators, value checks and error messages as a rule's ``when`` (:class:`rules.validation.Validator`),
+so a typo is refused when the silence is created, never a silence that silently mutes nothing. A
+``connection`` (one name or a list) is checked against the configured connections (the connections file,
+``kernel.fields.declare_connections``), and a silence naming connections of one system is checked with that
+system's and those connections' vocabulary, as a rule naming them is. Two things a rule may say are
 refused: conditions on time (``older_than``, ``during`` …: a silence has its own window) and on what an
 update changed (``changed_to`` …: a silence holds a ticket as it is, also when it is re-evaluated after the
 silence ends).
@@ -31,7 +34,7 @@ from rules.evaluator import compile_condition
 from rules.loader import Pos, RuleFileError, YList, YMap, parse_text, read_file
 from rules.operators import did_you_mean, show
 from rules.spec import Cond
-from rules.validation import Validator
+from rules.validation import Validator, connections_categories, connections_custom_names, connections_system
 
 #: operators a silence refuses: a silence has its own window, and matches a ticket as it is
 TIME_KEYS = ("during", "outside", "older_than", "newer_than")
@@ -41,7 +44,6 @@ _NOT_CHANGE = (
     "a silence matches what a ticket is, not what one update changed (it is checked again when it ends): "
     "match the field's value instead"
 )
-_CONNECTION = "'connection' is not a ticket field yet (one connection per source today): match on source"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # evaluation time: no silence condition reads it
 _FORM = re.compile(r"^\s*(?P<field>[^\s=!~:\[\]{}]+)\s*(?P<op>!=|=~|!~|=|\s+not\s+in\s+|\s+in\s+)(?P<value>.*)$")
 _OPERATORS = {"=": "equals", "!=": "not_equals", "=~": "regex", "!~": "not_regex", "in": "in", "not in": "not_in"}
@@ -199,6 +201,13 @@ def _validate(value: YMap, pos: Pos) -> tuple[Cond | None, list[RuleFileError]]:
     if errors:
         return None, errors
     validator = Validator({})
+    # as for a rule naming connections: their system's vocabulary, their custom field names and categories
+    named = YMap(value.pos)
+    named["connection"] = _names(value.get("connection"))
+    if source == "any":
+        source = connections_system(named)
+    validator.custom_names = connections_custom_names(named)
+    validator.category_limit = connections_categories(named)
     cond = validator.conditions(value, pos, [], source)
     return cond, validator.errors
 
@@ -216,20 +225,15 @@ def _refused(value: Any, trail: list[str], errors: list[RuleFileError]) -> None:
             errors.append(RuleFileError.at(value.key_pos[key], f"{here}: {_NOT_TIME}"))
         elif key in CHANGE_KEYS:
             errors.append(RuleFileError.at(value.key_pos[key], f"{here}: {_NOT_CHANGE}"))
-        elif key == "connection" and not trail:
-            errors.append(RuleFileError.at(value.key_pos[key], _CONNECTION))
         else:
             _refused(item, [*trail, key], errors)
 
 
 def _source_scope(value: YMap, errors: list[RuleFileError]) -> str:
     """The one source a silence names (its fields and values are checked as that source's), else ``any``."""
-    given = value.get("source")
-    if given is None:
+    if value.get("source") is None:
         return "any"
-    if isinstance(given, YMap):
-        given = given.get("equals", given.get("in"))
-    names = list(given) if isinstance(given, list) else [given]
+    names = _names(value.get("source"))
     known = tuple(SOURCE_ATTRIBUTES)
     for name in names:
         if not isinstance(name, str) or name not in SOURCE_ATTRIBUTES:
@@ -237,6 +241,18 @@ def _source_scope(value: YMap, errors: list[RuleFileError]) -> str:
             message = f"source: unknown source {show(name)}{hint} (use {' | '.join(known)})"
             errors.append(RuleFileError.at(value.val_pos["source"], message))
     return names[0] if len(names) == 1 and isinstance(names[0], str) and names[0] in SOURCE_ATTRIBUTES else "any"
+
+
+def _names(given: Any) -> list[Any]:
+    """The values a top-level ``source`` / ``connection`` matcher requires (``x``, ``[x, y]``, ``{equals: x}``,
+    ``{in: [x, y]}``); none for any other form (``not_equals`` …: it does not narrow the scope)."""
+    if given is None:
+        return []
+    if isinstance(given, YMap):
+        given = given.get("equals", given.get("in"))
+        if given is None:
+            return []
+    return list(given) if isinstance(given, list) else [given]
 
 
 def _positioned(value: Any, pos: Pos) -> Any:

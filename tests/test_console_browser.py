@@ -114,6 +114,21 @@ def triggers(pd: MockPagerDuty) -> list[str]:
     return [e["dedup_key"] for e in pd.events if e["event_action"] == "trigger"]
 
 
+def tab_to(page: Any, what: str, matches: Any, limit: int = 60) -> None:
+    """Press Tab until the focused element is the one ``matches`` (given its id, tag, text and aria-label)
+    accepts: the element is reachable with the keyboard alone."""
+    for _ in range(limit):
+        focused = page.evaluate(
+            """() => { const e = document.activeElement || document.body;
+                       return {id: e.id, tag: e.tagName.toLowerCase(), text: (e.textContent || '').trim(),
+                               label: e.getAttribute('aria-label') || ''}; }"""
+        )
+        if matches(focused):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"{what} is not reachable with Tab ({limit} presses)")
+
+
 def check_accessible(page: Any, name: str) -> None:
     """One h1; every visible form field has a label; the page has a language."""
     assert page.locator("h1").count() == 1, name
@@ -198,9 +213,15 @@ def test_console_in_a_browser(serve: Serve, pd: MockPagerDuty, tmp_path: Path) -
             check_accessible(page, "dead letters")
             html["deadletters"] = page.content()
             page.screenshot(path=str(shots / "deadletters.png"), full_page=True)
-            page.get_by_role("link", name="Retry dead letter").first.click()
+            # with the keyboard: Tab to the row's "Retry…" link, Enter; Tab to "Yes, retry", Enter
+            tab_to(page, "the retry link", lambda e: e["tag"] == "a" and e["label"].startswith("Retry dead letter"))
+            with page.expect_navigation():
+                page.keyboard.press("Enter")
+            check_accessible(page, "retry confirmation")
             html["confirm"] = page.content()
-            page.get_by_role("button", name="Yes, retry").click()
+            tab_to(page, "the confirm button", lambda e: e["tag"] == "button" and e["text"] == "Yes, retry")
+            with page.expect_navigation():
+                page.keyboard.press("Enter")
             assert "1 queued again" in page.locator("main").text_content() or ""
             assert wait_for(lambda: len(triggers(pd)) == 2), "the retried trigger did not reach PagerDuty"
             assert any("503" in key for key in triggers(pd))
@@ -256,10 +277,23 @@ def test_console_in_a_browser(serve: Serve, pd: MockPagerDuty, tmp_path: Path) -
             page.goto(f"{serve.url}/console/rules")
             check_accessible(page, "rules")
             box = page.get_by_label("Rule file (YAML)").first
-            box.fill(box.input_value().replace("[Highest, P1]", "[Highest, Low]"))
-            page.get_by_label("Connection").first.select_option("jira")
-            page.get_by_label("Ticket id").fill("502")
-            page.get_by_role("button", name="Evaluate").click()
+            edited = box.input_value().replace("[Highest, P1]", "[Highest, Low]")
+            # with the keyboard only: Tab into the rule file, replace it, Tab through the ticket box to the
+            # stored-ticket picker (type-ahead selects a connection), its id, and Enter on "Evaluate"
+            tab_to(page, "the playground's rule file", lambda e: e["id"] == "rules-text")
+            page.keyboard.press("Control+A")
+            page.keyboard.insert_text(edited)
+            page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.id") == "ticket-text", "Tab goes on to the ticket box"
+            tab_to(page, "the stored ticket's connection", lambda e: e["id"] == "pick-connection")
+            page.keyboard.type("jira")
+            assert page.get_by_label("Connection").first.input_value() == "jira", "type-ahead picks the connection"
+            page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.id") == "pick-id"
+            page.keyboard.type("502")
+            tab_to(page, "the Evaluate button", lambda e: e["tag"] == "button" and e["text"] == "Evaluate")
+            with page.expect_navigation():
+                page.keyboard.press("Enter")
             result = page.locator("main").text_content() or ""
             assert "ops-highest: matched" in result and '"event_action": "trigger"' in result
             assert "Typo on the pricing page" in result

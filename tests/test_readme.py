@@ -72,3 +72,12 @@ def test_newcomer_walkthrough_dry_run(tmp_path: Path) -> None:
     assert len(sent) == 1, log
     assert '"summary": "[OPS-12] Checkout API down in eu-west"' in sent[0]
     assert '"event_action": "trigger"' in sent[0]
+
+
+def test_every_console_screenshot_is_shown_in_the_readme() -> None:
+    """The browser tests write one screenshot per page to docs/console/; the README shows each of them."""
+    shots = sorted(p.name for p in (ROOT / "docs" / "console").glob("*.png"))
+    assert len(shots) >= 9
+    section = README[README.index("## Admin console") : README.index("## Settings")]
+    missing = [name for name in shots if f"(docs/console/{name})" not in section]
+    assert missing == [], f"README's 'Admin console' section does not show {missing}"

@@ -328,7 +328,7 @@ def test_cli_refuses_an_invalid_matcher_saying_why(
         (["updated: {older_than: 1h}"], "a silence matches what a ticket is, not when"),
         (["status: {changed_to: Done}"], "not what one update changed"),
         (["during: business-hours"], "not when"),
-        (["connection=eu"], "'connection' is not a ticket field yet"),
+        (["connection=eu"], "unknown connection 'eu' (use jira | zendesk | servicenow)"),
         (["source=jria"], "unknown source 'jria' (did you mean 'jira'?)"),
         (["source=zendesk", "priority=Urgent"], "Zendesk priorities are lowercase: did you mean 'urgent'?"),
         (["priority in P1"], "'in' takes a list in brackets, e.g. priority in [P1]"),

@@ -191,7 +191,7 @@ def _load(
     ``missing_env`` (``rules check``), unset ``${VAR}`` keys are collected there and printed after any errors
     as one notice grouped by variable, not as an error each."""
     warnings = [] if allow_missing_env else missing_env
-    _declare_connections()
+    declare_configured_connections()
     try:
         ruleset = load_rules(path, env=_rule_env(), env_warnings=warnings)
     except RuleFileErrors as exc:
@@ -216,7 +216,7 @@ def _rule_env() -> Mapping[str, str] | None:
     return EnvWithSecretFiles(directory) if directory is not None else None
 
 
-def _declare_connections() -> None:
+def declare_configured_connections() -> None:
     """``connection:`` conditions are checked against the connections ``serve`` would have: those of
     TICKETPAGER_CONNECTIONS_FILE, if set (a file that does not load raises ``ConfigError``, exit 2)."""
     import os

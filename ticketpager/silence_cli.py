@@ -35,6 +35,7 @@ DESCRIPTION = (
 EXAMPLES = [
     "ticketpager silence add --match 'project=OPS' --match 'priority in [P1]' --duration 2h "
     "--comment 'ACME migration' --author alice",
+    "ticketpager silence add --match 'connection=acme-zendesk' --duration 3h --comment 'ACME migration'",
     "ticketpager silence list",
     "ticketpager silence expire 3",
 ]
@@ -82,7 +83,8 @@ def register(sub: Any, command: Command, open_store: OpenStore) -> None:
         "mute paging for tickets matching --match, for --duration",
         "Add a silence: while it is active, tickets matching every --match open no new incident.\n"
         f"A --match is {MATCH_SYNTAX}.\n"
-        "Fields, operators and values are checked as in a rule's 'when' (docs/rules.md).",
+        "Fields, operators and values are checked as in a rule's 'when' (docs/rules.md); a 'connection'\n"
+        "must be one of TICKETPAGER_CONNECTIONS_FILE's (or a system's default connection, named after it).",
         examples=[EXAMPLES[0], "ticketpager silence add --match-file acme.yaml --ends 2026-12-05T06:00:00Z "
                   "--comment 'ACME migration' --author alice"],
         exits=exits,
@@ -136,10 +138,13 @@ def _show(silence: Any, now: datetime) -> str:
 def _add(args: argparse.Namespace, open_store: OpenStore) -> int:
     from sync.repos import audit
     from sync.repos.silences import SilenceError, add_silence
+    from ticketpager.rules_cli import declare_configured_connections
 
     if bool(args.match) == bool(args.match_file):
         print(f"ticketpager: give --match (one or more: {MATCH_SYNTAX}) or --match-file", file=sys.stderr)
         return EXIT_USAGE
+    # a `connection` matcher names one of the connections serve has: those of TICKETPAGER_CONNECTIONS_FILE
+    declare_configured_connections()
     try:
         matchers = load_match_file(args.match_file) if args.match_file else parse_match(args.match)
     except MatcherErrors as exc:

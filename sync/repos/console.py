@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, Connection, cast, func, select, tuple_
 from sqlalchemy.dialects.postgresql import JSONB
 
 from kernel.redact import mask, redact
-from sync.schema import changes, cursors, decisions, links, outbox, tickets
+from sync.schema import changes, cursors, decisions, incidents, links, outbox, tickets
 
 #: rows per page of every list
 PAGE = 50
@@ -379,6 +379,38 @@ def links_of(conn: Connection, source: str, connection: str, ticket_id: str) -> 
         .order_by(links.c.rule)
     ).mappings()
     return [{**r, "routing_key": mask(r["routing_key"])} for r in rows]
+
+
+def pagerduty_incidents(conn: Connection, dedup_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """What PagerDuty told us (its webhooks, or the REST lookups of two-way sync) about the incident of each of
+    ``dedup_keys``: id, number, status, link (``http(s)`` only, else None), when; the most recently updated if
+    PagerDuty ever made two for one key. Keys it never told us about are absent (``ix_incidents_dedup_key``)."""
+    wanted = sorted({k for k in dedup_keys if k})
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        select(
+            incidents.c.dedup_key,
+            incidents.c.incident_id,
+            incidents.c.number,
+            incidents.c.status,
+            incidents.c.html_url,
+            incidents.c.updated_at,
+        )
+        .where(incidents.c.dedup_key.in_(wanted))
+        .order_by(incidents.c.updated_at, incidents.c.incident_id)
+    ).mappings()
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        url = r["html_url"] or ""
+        out[str(r["dedup_key"])] = {
+            "incident_id": r["incident_id"],
+            "number": r["number"],
+            "status": r["status"] or "",
+            "html_url": url if url.startswith(("https://", "http://")) else None,
+            "updated_at": r["updated_at"],
+        }
+    return out
 
 
 def outbox_of(conn: Connection, connection: str, dedup_keys: Sequence[str], limit: int = 500) -> list[dict[str, Any]]:

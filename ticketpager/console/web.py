@@ -558,6 +558,8 @@ def _timeline(
     payloads = q.change_payloads(conn, [int(d["change_id"]) for d in decisions if d["change_id"] is not None])
     oldest = q.change_before(conn, source, connection, ticket_id, decisions[-1]["id"]) if decisions else None
     links = q.links_of(conn, source, connection, ticket_id)
+    known = q.pagerduty_incidents(conn, [link["dedup_key"] for link in links])
+    links = [{**link, "pagerduty": known.get(link["dedup_key"])} for link in links]
     keys = [
         dedup_key_for(source, ticket_id, link["rule"], g, connection)
         for link in links
