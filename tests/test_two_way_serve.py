@@ -202,6 +202,12 @@ def test_serve_jira_ticket_pages_and_a_persons_ack_and_resolve_reach_the_issue(d
         # 1. a signed Jira webhook → one trigger at the Events API
         post_jira(serve, issue, "jira:issue_created", "serve-jira-1")
         incident = page_and_echo(serve, events, pd, "[OPS-12] Checkout is down")
+        # our own page's incident.triggered brings the first write-back: the incident's number and link
+        paged = wait_for("the incident's link on the issue",
+                         lambda: [c["body"] for c in jira.comments.get("10042", [])
+                                  if "Paged in PagerDuty" in c["body"] and f"/incidents/{incident}" in c["body"]],
+                         serve)  # fmt: skip
+        assert len(paged) == 1, paged
 
         # 2. a person acknowledges in PagerDuty → comment naming them with the link, and the transition
         person_acts(serve, pd, incident, "acknowledge")
@@ -234,7 +240,8 @@ def test_serve_jira_ticket_pages_and_a_persons_ack_and_resolve_reach_the_issue(d
         for n, comment in enumerate(jira.comments["10042"]):
             post_jira(serve, done, "comment_created", f"serve-jira-c{n}", comment=comment)
         finish(serve, events, pd)
-        assert len(jira.comments["10042"]) == written == 3  # the trigger's write-back, the ack, the resolve
+        # the one-way trigger note, the incident's number and link, the ack, the resolve
+        assert len(jira.comments["10042"]) == written == 4
     assert time.monotonic() - started < 30
 
 
