@@ -1,7 +1,7 @@
 """Where an idle ``serve`` spends its CPU, per thread (issue 19, goal 1): py-spy is not available here, so
 each thread's utime + stime is read from ``/proc/<pid>/task/<tid>/stat`` before and after an idle window.
 
-    python -m bench.idle_threads [--seconds 20] [--root TREE]
+    python -m bench.idle_threads [--seconds 20] [--root TREE] [--rate 100]
 
 ``serve`` runs from ``TREE`` (default: this checkout) on a fresh SQLite file with the pipeline bench's 100
 paging rules, its Python threads named at the OS level (``prctl``, a start-up shim in this process only) so
@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import loadgen
 from bench.bench_ingest import SECRET, free_port, stop, wait_ready
-from bench.pipeline import CLK_TCK, ROOT, rules_text
+from bench.pipeline import CLK_TCK, ROOT, rules_text, webhook
 
 # run as ``python -c SHIM`` in the tree: every Python thread sets its OS name (15 bytes) as it starts
 SHIM = """
@@ -49,8 +50,10 @@ def thread_cpu(pid: int) -> dict[str, float]:
 
 
 def measure(
-    tree: Path, seconds: float, settle: float = 3.0, extra: dict[str, str] | None = None
+    tree: Path, seconds: float, settle: float = 3.0, extra: dict[str, str] | None = None, rate: float = 0.0
 ) -> tuple[dict[str, float], float]:
+    """CPU seconds per thread over ``seconds`` of idleness, or (``rate``) of an open-loop load of new Jira
+    tickets at ``rate``/s, 1 in 10 paging (dry run: pages are marked sent, not posted)."""
     with tempfile.TemporaryDirectory(prefix="tp-idle-") as tmp:
         port = free_port()
         (Path(tmp) / "rules.yaml").write_text(rules_text())
@@ -77,7 +80,13 @@ def measure(
                 raise RuntimeError((Path(tmp) / "serve.log").read_text()[-3000:]) from None
             time.sleep(settle)
             before, t0 = thread_cpu(proc.pid), time.perf_counter()
-            time.sleep(seconds)
+            if rate > 0:
+                loadgen.open_loop(
+                    "127.0.0.1", port, lambda i: webhook(port, i, i % 10 == 0), rate, int(rate * seconds)
+                )
+                time.sleep(1.0)  # the last changes and pages
+            else:
+                time.sleep(seconds)
             after, wall = thread_cpu(proc.pid), time.perf_counter() - t0
         finally:
             stop(proc)
@@ -90,11 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--root", type=Path, default=ROOT, help="the code tree to run serve from")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a TICKETPAGER_ setting")
+    parser.add_argument("--rate", type=float, default=0.0, help="webhooks/s during the window (0: idle)")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.set)
-    used, wall = measure(args.root, args.seconds, extra=extra)
+    used, wall = measure(args.root, args.seconds, extra=extra, rate=args.rate)
     total = sum(used.values())
-    print(f"idle serve, {wall:.1f} s: {total / wall:.4f} cores ({total * 1000 / wall:.2f} CPU-ms/s)")
+    what = f"serve at {args.rate:g} webhooks/s" if args.rate else "idle serve"
+    print(f"{what}, {wall:.1f} s: {total / wall:.4f} cores ({total * 1000 / wall:.2f} CPU-ms/s)")
     for name, cpu in sorted(used.items(), key=lambda kv: -kv[1]):
         print(f"  {name:16}{cpu * 1000 / wall:8.2f} CPU-ms/s")
 

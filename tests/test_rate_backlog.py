@@ -238,3 +238,67 @@ def test_slots_start_where_reserve_says_and_follow_the_window(clock: FakeClock) 
         [2 + span, 4 + span, 6 + span, 2 + 2 * span, 4 + 2 * span, 6 + 2 * span, 2 + 3 * span]
     )
     assert RateLimiter(3, clock).slots("free", 4) == [clock.now()] * 3 + [clock.now() + WINDOW + WINDOW_MARGIN]
+
+
+def test_a_new_event_for_a_held_key_waits_behind_the_backlog_and_moves_nothing(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """Events keep arriving for a key whose backlog is held (what makes a backlog): a new one goes after the
+    events already waiting, in arrival order, and its hold rewrites few rows, not the whole backlog."""
+    svc = make_service(db_url, rules_path, pd.url, clock, pagerduty={"rate_limit_per_minute": LIMIT})
+    try:
+        backlog(svc, 300, 0)
+        worker = svc.delivery()
+        run([svc], [worker], clock, pd, LIMIT)  # the first minute's worth went
+        worker.run_once()  # claims the next rows: held, the 180 left now wait at their slots
+        receive(svc, [change(ticket("20002"))])
+        svc.engine.drain()
+        writes = Writes(svc.store.engine)
+        updates: list[int] = []
+        event.listen(
+            svc.store.engine, "before_cursor_execute",
+            lambda conn, cur, stmt, params, ctx, many: updates.append(len(params) if many else 1)
+            if stmt.lstrip().upper().startswith("UPDATE OUTBOX") else None,
+        )  # fmt: skip
+        clock.advance(0.001)
+        worker.run_once()  # claims the new event (due now), holds it: its hold reschedules
+        assert sum(updates) <= 5, f"{sum(updates)} outbox rows rewritten for one new event"
+        assert writes.commits <= 3
+        run([svc], [worker], clock, pd, 301)
+    finally:
+        svc.store.dispose()
+    tickets = [int(e["dedup_key"].split("/")[2]) for e in pd.events if e["event_action"] == "trigger"]
+    assert tickets[-1] == 20002, "the newest event went last"
+    assert tickets == sorted(tickets), "in arrival order"
+
+
+def test_a_hold_never_brings_a_retry_forward(db_url: str, clock: FakeClock) -> None:
+    """A row waiting for its retry (a backoff, PagerDuty's Retry-After) keeps its time when a hold of its key
+    reschedules the backlog: only rows due earlier than their slot are moved, and only later."""
+    from sync.store import Store
+
+    store = Store(db_url)
+    try:
+        store.upgrade()
+        now = clock.now()
+        with store.begin() as conn:
+            for n in range(3):
+                outbox.enqueue(
+                    conn, kind="event", destination="pagerduty", source="jira", connection="jira",
+                    ticket_id=str(n), ticket_key=f"OPS-{n}", rule="r", action="trigger", dedup_key=f"dk-{n}",
+                    generation=1, limit_key="K", body="{}", change_id=None, now=now,
+                )  # fmt: skip
+        retry_at = now + timedelta(minutes=10)
+        with store.begin() as conn:
+            first = min(r["id"] for r in conn.execute(outbox_table.select()).mappings())
+            conn.execute(outbox_table.update().where(outbox_table.c.id == first).values(next_attempt_at=retry_at))
+            slot = [now + timedelta(seconds=k + 1) for k in range(3)]
+            outbox.reschedule(
+                conn, destination="pagerduty", kind="event", limit_key="K", worker="me/0", now=now, times=slot
+            )
+        with store.engine.connect() as conn:
+            got = [r["next_attempt_at"] for r in conn.execute(outbox_table.select().order_by(outbox_table.c.id))
+                   .mappings()]  # fmt: skip
+        assert got == [retry_at, slot[1], slot[2]]
+    finally:
+        store.dispose()

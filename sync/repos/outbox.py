@@ -215,9 +215,11 @@ def reschedule(
 ) -> list[RowMapping]:
     """Reschedule the held backlog of ``destination`` for ``limit_key`` (a rate limit's key) to ``times`` (the
     limiter's slots, earliest first): its pending rows free to ``worker`` (unclaimed, claim expired, or
-    ``worker``'s own: never a row another live worker holds), in claim order (``next_attempt_at``, ``id``), get
-    one slot each, and ``worker``'s claim on them ends. At most ``len(times)`` rows: the rows after them that
-    would come due before the last slot are moved to after it (a slot span later), left to a later hold.
+    ``worker``'s own: never a row another live worker holds), in arrival order (``id``: a new event waits behind
+    the backlog, and the backlog's rows keep their slots as it drains), get one slot each — never earlier than
+    they were already due (a retry's backoff, a ``Retry-After``) — and ``worker``'s claim on them ends. At most
+    ``len(times)`` rows: the rows after them that would come due before the last slot are moved to after it (a
+    slot span later), left to a later hold.
     ``destination`` None: rows an older version wrote without one (of ``kind``).
 
     Three statements at most: the read of the rows, one UPDATE of the rest, one executemany of (id, time) for
@@ -242,7 +244,7 @@ def reschedule(
             outbox.c.claimed_until,
         )
         .where(*cond)
-        .order_by(outbox.c.next_attempt_at, outbox.c.id)
+        .order_by(outbox.c.id)
         .limit(len(times))
     )
     if pg:
@@ -252,11 +254,7 @@ def reschedule(
         return []
     if len(rows) == len(times):  # maybe more: those due before the last slot go after it, not with the first ones
         last, end = rows[-1], times[-1]
-        after = or_(
-            outbox.c.next_attempt_at > last["next_attempt_at"],
-            and_(outbox.c.next_attempt_at == last["next_attempt_at"], outbox.c.id > last["id"]),
-        )
-        rest = select(outbox.c.id).where(*cond, after, outbox.c.next_attempt_at < end)
+        rest = select(outbox.c.id).where(*cond, outbox.c.id > last["id"], outbox.c.next_attempt_at < end)
         if pg:
             rest = rest.with_for_update(skip_locked=True, of=outbox)
         conn.execute(
@@ -265,9 +263,10 @@ def reschedule(
             .values(next_attempt_at=end + (end - times[0]), claimed_until=None),
             params,
         )
+    slots = [max(at, r["next_attempt_at"]) for r, at in zip(rows, times, strict=False)]  # never pulled forward
     moved = [
         {"i": r["id"], "at": at, "now": now, "worker": worker}
-        for r, at in zip(rows, times, strict=False)
+        for r, at in zip(rows, slots, strict=False)
         if r["next_attempt_at"] != at or (r["claimed_by"] == worker and r["claimed_until"] is not None)
     ]
     if moved:
