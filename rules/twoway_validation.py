@@ -232,8 +232,9 @@ class TwoWayValidation:
             )
             if reaction is not None:
                 reactions[kind] = reaction
-        if FIRST_KIND not in value:  # the page's own write-back (incident number and link) unless `triggered: false`
-            reactions[FIRST_KIND] = Reaction(FIRST_KIND, Template("", None), True, public)
+        if FIRST_KIND not in value:  # the page's own write-back (incident number and link) unless `triggered: false`:
+            # always internal — a `visibility: public` block must not start mailing a requester the incident's link
+            reactions[FIRST_KIND] = Reaction(FIRST_KIND, Template("", None), True, False)
         if len(self.errors) != before:
             return None
         return SyncBackSpec(reactions)

@@ -570,3 +570,12 @@ def test_our_own_page_brings_the_first_write_back_by_default_and_triggered_false
     assert actions == [] and "sync_back has no 'triggered' (triggered: false): nothing is written back" in why
     actions, why = write_back(load(tmp_path, HEAD), "triggered_events_api")  # no sync_back: nothing, as before
     assert actions == [] and "the rule has no sync_back: nothing is written back" in why
+
+    # a block whose notes are public still writes the incident's number and link internally: turning the first
+    # write-back on by default must not start mailing the requester (Zendesk) the internal incident's link
+    public = FULL.replace("    sync_back:\n", "    sync_back:\n      visibility: public\n")
+    [update], _ = write_back(load(tmp_path, public), "triggered_events_api")
+    assert update.public is False
+    explicit = FULL.replace("    sync_back:\n", "    sync_back:\n      visibility: public\n      triggered: {comment: true}\n")
+    [update], _ = write_back(load(tmp_path, explicit), "triggered_events_api")
+    assert update.public is True, "an explicit triggered: follows the block's visibility"
