@@ -299,8 +299,11 @@ class Reservation:
 HELD_MEMORY = 20_000
 #: how long the other replicas' sends for a routing key, once read, are trusted while the key is far from its
 #: limit: the read is one query per send otherwise (~0.3 ms of CPU, a fifth of a send). Within
-#: :data:`OTHERS_HEADROOM` of the limit every send reads them again, so the spacing there stays exact.
+#: :data:`OTHERS_HEADROOM` of the limit every send reads them again, so the spacing there stays exact; and a
+#: read is trusted for at most :data:`OTHERS_REUSE` of this replica's sends of the key, so a cluster's
+#: replicas starting on an idle key together go over the limit by at most (replicas − 1) × that many.
 OTHERS_TTL = timedelta(seconds=1)
+OTHERS_REUSE = 5
 #: "far from the limit": at least this share of ``per_minute`` (and at least one event) still free by our count
 OTHERS_HEADROOM = 0.1
 
@@ -316,8 +319,9 @@ class RateLimiter:
     own are kept here, in flight included. Another replica's send that is in flight at that moment is not
     seen yet, so a cluster can go over by the sends in flight at once; PagerDuty then answers 429 and the
     event is retried. While a key is far from its limit (more than :data:`OTHERS_HEADROOM` of it free) the
-    other replicas' sends are read at most once per :data:`OTHERS_TTL`, not on every send; near the limit,
-    on every send.
+    other replicas' sends are read at most once per :data:`OTHERS_TTL` or :data:`OTHERS_REUSE` sends of this
+    replica, whichever comes first, not on every send; near the limit, on every send. So the cluster can go
+    over by the sends in flight plus (replicas − 1) × :data:`OTHERS_REUSE`.
 
     :meth:`reserve` returns how long a send for ``key`` must wait (0 = go) and, to go, the
     :class:`Reservation` to mark :meth:`~Reservation.finished` when the POST is over. :meth:`wait_for` is
@@ -342,6 +346,7 @@ class RateLimiter:
         self._sent: dict[str, list[Reservation]] = {}
         self._held: OrderedDict[object, None] = OrderedDict()  # events held back lately, oldest first
         self._others: dict[str, tuple[datetime, list[datetime]]] = {}  # key → (read at, other replicas' sends)
+        self._reused: dict[str, int] = {}  # key → this replica's sends since that read
         self._headroom = max(1, int(self.per_minute * OTHERS_HEADROOM))
         self._lock = threading.Lock()
 
@@ -357,6 +362,7 @@ class RateLimiter:
             if len(mine) + sum(1 for t in others if t > since) < self.per_minute:
                 reservation = Reservation(self.clock, now + self.send_seconds)
                 mine.append(reservation)
+                self._reused[key] = self._reused.get(key, 0) + 1
                 return 0.0, reservation
             ends = sorted([*(r.end for r in mine), *(t for t in others if t > since)])
             frees_at = ends[len(ends) - self.per_minute] + WINDOW + WINDOW_MARGIN  # the exit that leaves a slot
@@ -395,7 +401,7 @@ class RateLimiter:
             return []
         with self._lock:
             cached = self._others.get(key)
-            if cached is not None and now - cached[0] < OTHERS_TTL:
+            if cached is not None and now - cached[0] < OTHERS_TTL and self._reused.get(key, 0) < OTHERS_REUSE:
                 counted = sum(1 for r in self._sent.get(key, []) if r.end > since)
                 counted += sum(1 for t in cached[1] if t > since)
                 if counted + self._headroom < self.per_minute:
@@ -408,7 +414,9 @@ class RateLimiter:
         with self._lock:
             if len(self._others) >= HELD_MEMORY:  # bounded: routing keys come from rules, but stay safe
                 self._others.clear()
+                self._reused.clear()
             self._others[key] = (now, others)
+            self._reused[key] = 0
         return others
 
     def first_hold(self, event: object) -> bool:
