@@ -576,6 +576,8 @@ def test_our_own_page_brings_the_first_write_back_by_default_and_triggered_false
     public = FULL.replace("    sync_back:\n", "    sync_back:\n      visibility: public\n")
     [update], _ = write_back(load(tmp_path, public), "triggered_events_api")
     assert update.public is False
-    explicit = public.replace("      visibility: public\n", "      visibility: public\n      triggered: {comment: true}\n")
+    explicit = FULL.replace(
+        "    sync_back:\n", "    sync_back:\n      visibility: public\n      triggered: {comment: true}\n"
+    )
     [update], _ = write_back(load(tmp_path, explicit), "triggered_events_api")
     assert update.public is True, "an explicit triggered: follows the block's visibility"
