@@ -224,22 +224,31 @@ def _skipped(name: str) -> bool:
     return name.startswith((".", "#", "~")) or name.endswith(("~", "#"))
 
 
-def _walk(folder: Path, seen: set[Path]) -> list[Path]:
-    """Rule files under ``folder``, every subfolder included (a folder per client: ``rules/acme/*.yaml``)."""
+#: how deep rule folders may nest (a folder per client, per team): deeper is a mistake, e.g. a symlink to ``/``
+MAX_RULE_DEPTH = 8
+
+
+def _walk(folder: Path, seen: set[Path], errors: list[RuleFileError], depth: int = 0) -> list[Path]:
+    """Rule files under ``folder``, every subfolder included (a folder per client: ``rules/acme/*.yaml``), in
+    name order. A folder that cannot be read is an error, not a silent skip: a client's rules would be missing."""
     try:
         real = folder.resolve()
         if real in seen:  # a symlink back up the tree: read once
             return []
         seen.add(real)
-        entries = list(folder.iterdir())
-    except OSError:
+        entries = sorted(folder.iterdir(), key=lambda e: e.name)
+    except OSError as exc:
+        errors.append(RuleFileError(str(folder), 1, 1, f"cannot read this rule folder: {exc.strerror or exc}"))
         return []
     out: list[Path] = []
     for entry in entries:
         if _skipped(entry.name):
             continue
         if entry.is_dir():
-            out.extend(_walk(entry, seen))
+            if depth + 1 > MAX_RULE_DEPTH:
+                errors.append(RuleFileError(str(entry), 1, 1, f"rule folders nest more than {MAX_RULE_DEPTH} deep"))
+                continue
+            out.extend(_walk(entry, seen, errors, depth + 1))
         elif entry.is_file() and entry.suffix in RULE_FILE_SUFFIXES:
             out.append(entry)
     return out
@@ -250,7 +259,10 @@ def rule_files(path: Path) -> tuple[list[Path], list[RuleFileError]]:
     subfolders included, in the order of their paths relative to it (``acme/p1.yaml`` before ``globex.yaml``).
     Hidden files and folders and editors' backups are skipped."""
     if path.is_dir():
-        files = sorted(_walk(path, set()), key=lambda p: p.relative_to(path).parts)
+        errors: list[RuleFileError] = []
+        files = sorted(_walk(path, set(), errors), key=lambda p: p.relative_to(path).parts)
+        if errors:
+            return files, errors
         if not files:
             return [], [RuleFileError(str(path), 1, 1, "no *.yaml or *.yml rule files in this directory or below")]
         return files, []

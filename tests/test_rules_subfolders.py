@@ -118,3 +118,35 @@ def test_the_watcher_notices_a_change_a_new_file_and_a_removal_in_a_subfolder(tm
     write(tmp_path / "acme" / ".zendesk.yaml.swp", "binary junk")
     write(tmp_path / "acme" / "zendesk.yaml~", BAD)
     assert store.check_for_changes() is None, "an editor's files are no change to the rule set"
+
+
+def test_a_client_folder_that_cannot_be_read_is_an_error_not_a_rule_set_without_that_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file system refuses one folder (permissions, an I/O error; faked at the file system, as root reads
+    everything): the rule set does not load without Acme's rules, it fails naming the folder."""
+    root = client_folders(tmp_path / "rules")
+    listing = Path.iterdir
+
+    def iterdir(self: Path):  # type: ignore[no-untyped-def]
+        if self.name == "acme":
+            raise PermissionError(13, "Permission denied")
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(RuleFileErrors) as caught:
+        load_rules(root, env={"PD_KEY": KEY})
+    [error] = caught.value.errors
+    assert str(error) == f"{root / 'acme'}:1:1: cannot read this rule folder: Permission denied"
+
+
+def test_rule_folders_nested_past_the_bound_are_an_error(tmp_path: Path) -> None:
+    """A symlink to ``/`` or a runaway tree is not walked without end."""
+    root = tmp_path / "rules"
+    write(root / "top.yaml", RULE.format(name="top"))
+    deep = root.joinpath(*[f"d{n}" for n in range(10)])
+    write(deep / "p1.yaml", RULE.format(name="deep"))
+    with pytest.raises(RuleFileErrors) as caught:
+        load_rules(root, env={"PD_KEY": KEY})
+    [error] = caught.value.errors
+    assert "rule folders nest more than 8 deep" in str(error)
