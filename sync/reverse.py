@@ -352,6 +352,10 @@ class ReverseWorker:
         ctx = IncidentContext(event=event, ticket=ticket, link=replace(link.link, state=state_now), now=now)
         plan = self.rules().on_incident(ctx)
         actions = _with_incident_url(conn, event.incident_id, plan.actions)
+        if own_page and stale:  # our page's news arriving after later events: its note, never a move back
+            actions = tuple(
+                replace(a, transition=None, group=None) if isinstance(a, TicketUpdate) else a for a in actions
+            )
         rows = [self._outbox_row(action, plan, ticket, link, event, now) for action in actions]
         repo.enqueue(conn, rows)
         detail["why"] = (["our own page (its first write-back)"] if own_page else []) + list(plan.explanation)

@@ -32,6 +32,7 @@ from kernel.model import (
     Rendered,
     StatusCategory,
     TicketUpdate,
+    Transition,
 )
 from kernel.ports import IncidentContext, SyncPlan
 from sync import db
@@ -525,4 +526,53 @@ def test_a_webhook_another_replica_handled_meanwhile_is_not_applied_twice(
         assert [late._process(row) for row in read_by_first] == [0, 0]
         assert len(queued(svc, "ticket_update")) == 1
         assert [i["outcome"] for i in inbox(svc)] == ["no_action", "applied"]
+        svc.store.dispose()
+
+
+@dataclass
+class MoveOnOurPage(NoteEveryEvent):
+    """A rule whose ``sync_back: triggered:`` also moves the ticket (to In Progress) when the page comes back."""
+
+    def on_incident(self, ctx: IncidentContext) -> SyncPlan:
+        if ctx.event.event_type is not EventType.TRIGGERED:
+            return super().on_incident(ctx)
+        update = TicketUpdate(
+            ticket=ctx.ticket.ref, marker=f"tp:{ctx.event.event_id}:ops-highest", comment="Paged in PagerDuty",
+            transition=Transition(category=StatusCategory.IN_PROGRESS), incident_id=ctx.event.incident_id,
+        )  # fmt: skip
+        return Plan(ctx.link.rule, (update,), ("triggered → comment, transition",))
+
+
+class ShowsTransition(JsonDestination):
+    def render(self, action: Action) -> Rendered:
+        assert isinstance(action, TicketUpdate | IncidentUpdate)
+        moved = action.transition is not None if isinstance(action, TicketUpdate) else False
+        return Rendered(json.dumps({"kind": action.KIND, "marker": action.marker, "transition": moved}))
+
+
+def test_our_own_page_arriving_after_the_resolve_writes_its_note_but_never_moves_the_ticket_back(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    """PagerDuty delivers our page's ``incident.triggered`` late, after a person acknowledged and resolved: its
+    note (the incident's number and link) is still written, its transition is not: the ticket stays done."""
+    with FakePagerDutyRest() as pd:
+        svc = build(db_url, rules_path, clock, api_token=TOKEN, api_url=pd.url, from_email=BOT_EMAIL)
+        pd.subscribe(URL, SECRET)
+        page(svc)
+        incident = trigger_at_pagerduty(pd)
+        pd.acknowledge(incident, by="PUSER01")
+        pd.resolve(incident, by="PUSER01")
+        triggered, *later = pd.outbox
+        pd.outbox = [*later, triggered]  # the page's own news arrives last
+        reverse = ReverseWorker(
+            svc.store, MoveOnOurPage, svc.clock, parse=parse_event, lookup=svc.rest, own_user_ids=["PBOT001"],
+            destinations=lambda: {"jira": ShowsTransition("jira"), "pagerduty_rest": JsonDestination("pagerduty_rest")},
+        )  # fmt: skip
+        with TestClient(build_app(svc)) as c:
+            assert deliver(pd, c) == [202, 202, 202]
+            assert reverse.drain() == 3
+        bodies = [json.loads(u["body"]) for u in queued(svc, "ticket_update")]
+        own = [b for b in bodies if b["marker"].endswith(":ops-highest")]
+        assert len(own) == 1, bodies
+        assert own[0]["transition"] is False, "a late page never moves a resolved ticket back"
         svc.store.dispose()

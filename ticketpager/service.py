@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from datetime import timedelta
@@ -65,6 +66,8 @@ ENGINE_COALESCE_SECONDS = 0.02
 #: An idle delivery worker waits for a wake-up (the engine queued rows, the delivery timer saw a row come due)
 #: and looks by itself only this often: a safety net should a wake-up ever be missed, not a poll.
 WORKER_FALLBACK_SECONDS = 30.0
+#: how long ``stop`` waits for the background threads together (a send in flight finishes within its timeout)
+STOP_SECONDS = 15.0
 
 #: "integration key … a 32 character" string (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/)
 INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
@@ -502,8 +505,11 @@ class Service:
         self.wake_senders()
         self.reverse_wake.set()
         self.rule_store.stop()
+        # one bound for all the threads (real time: the OS's join, not the business clock): threads stuck in a
+        # send to a hung system wait out their timeouts side by side, not one after another
+        deadline = time.monotonic() + STOP_SECONDS
         for thread in self._threads:
-            thread.join(timeout=15)
+            thread.join(timeout=max(deadline - time.monotonic(), 0.1))
         try:  # our claims are handed back: the others need not wait for our heartbeat to go stale
             self.heartbeat.forget()
         except (OperationalError, InterfaceError) as exc:
