@@ -616,19 +616,29 @@ class Service:
         """The one idle look at the outbox for all of this process's workers: sleep until the next row comes due
         (a retry, a rate-limit hold), at most ``idle_seconds``, and wake the workers when one is due. So a row
         queued by another replica, freed by an expired claim or taken over from a dead replica is claimed here
-        within ``idle_seconds`` (plus the claim's own time), one queued by this replica's engine at once."""
+        within ``idle_seconds`` (plus the claim's own time), one queued by this replica's engine at once.
+        PagerDuty's rows and the tickets' are looked at apart (their own workers): notes due but stuck behind a
+        hung ticketing system neither wake PagerDuty's workers nor keep the timer from sleeping until a page's
+        retry."""
         takeover = self.settings.engine.replica_timeout_seconds
-        statement = next_due_statement(takeover=True)
+        if self.settings.engine.write_back_workers > 0:
+            groups = [
+                (next_due_statement(takeover=True, kinds=INCIDENT_KINDS), self.outbox_wake),
+                (next_due_statement(takeover=True, kinds=TICKET_KINDS), self.write_back_wake),
+            ]
+        else:
+            groups = [(next_due_statement(takeover=True), self.outbox_wake)]
         while not self.stopping.is_set():
             now = self.clock.now()
             with self.store.engine.connect() as conn:
-                due = next_due(conn, statement, now, takeover)
+                dues = [(next_due(conn, statement, now, takeover), wakeups) for statement, wakeups in groups]
             wait = self._idle()
-            if due is not None:
+            for due, wakeups in dues:
+                if due is None:
+                    continue
                 ahead = (due - now).total_seconds()
-                if ahead <= 0:  # one worker of each kind; it wakes the next if its claim comes back full
-                    self.outbox_wake.wake()
-                    self.write_back_wake.wake()
+                if ahead <= 0:  # one worker; it wakes the next if its claim comes back full
+                    wakeups.wake()
                 else:
                     wait = min(wait, ahead)
             self.stopping.wait(wait)

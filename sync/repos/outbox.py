@@ -345,18 +345,20 @@ def prune(conn: Connection, before: datetime, chunk: int) -> int:
 
 
 # -- when the next row comes due (issue 19) ------------------------------------------------------------
-def next_due_statement(takeover: bool) -> Select[Any]:
+def next_due_statement(takeover: bool, kinds: Collection[str] | None = None) -> Select[Any]:
     """The earliest ``next_attempt_at`` of a pending row a worker could claim once it is due: unclaimed, its
     claim expired (or, with ``takeover``, its holder's heartbeat older than ``:stale``), and not waiting for
-    an earlier pending event of its ``dedup_key``. Binds ``now`` (and ``stale``). The service's delivery timer
-    runs it to sleep until then instead of polling (the partial index ``ix_outbox_due`` serves the order)."""
+    an earlier pending event of its ``dedup_key``; of ``kinds`` only (None: any). Binds ``now`` (and
+    ``stale``). The service's delivery timer runs it to sleep until then instead of polling (the partial index
+    ``ix_outbox_due`` serves the order)."""
     free = [outbox.c.claimed_until.is_(None), outbox.c.claimed_until < _NOW]
     if takeover:
         free.append(claim_holder_dead(outbox.c.claimed_by, _STALE))
     blocked = _waits_for_an_earlier_event()
+    which = [] if kinds is None else [outbox.c.kind.in_(sorted(kinds))]
     return (
         select(outbox.c.next_attempt_at)
-        .where(outbox.c.status == "pending", or_(*free), or_(outbox.c.kind != "event", ~blocked))
+        .where(outbox.c.status == "pending", or_(*free), or_(outbox.c.kind != "event", ~blocked), *which)
         .order_by(outbox.c.next_attempt_at, outbox.c.id)
         .limit(1)
     )
