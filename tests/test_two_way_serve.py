@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests import test_two_way_e2e as e2e
 from tests.fakes.jira_server import FakeJira, make_issue
 from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, FakePagerDutyRest
 from tests.fakes.pagerduty_server import MockPagerDuty
@@ -46,23 +47,7 @@ PD_SECRET = "pd-webhook-secret-serve-0001"
 JIRA_SECRET = "jira-webhook-secret-serve"
 ROUTING_KEY = "R0TWOWAYSERVE0000000000000000000"
 WAIT_SECONDS = 15.0  # per step; a healthy run takes well under a second per step
-JIRA_RULES = """
-version: 1
-rules:
-  - name: jira-ops-p1
-    source: jira
-    when: {project: OPS, priority: Highest}
-    trigger:
-      routing_key: ${PD_SERVE_KEY}
-      severity: critical
-      summary: "[{{ ticket.key }}] {{ ticket.title }}"
-    acknowledge_when: {status_category: in_progress}
-    resolve_when: {status_category: done}
-    sync_back:
-      acknowledged: {comment: true, transition: {category: in_progress}}
-      annotated: true
-      resolved: {comment: true, transition: {category: done, fields: {resolution: Done}}}
-"""
+JIRA_RULES = e2e.JIRA_RULES.replace("PD_E2E_KEY", "PD_SERVE_KEY")  # the same rule, this file's key
 
 T = TypeVar("T")
 
