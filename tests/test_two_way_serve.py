@@ -231,23 +231,7 @@ def test_serve_jira_ticket_pages_and_a_persons_ack_and_resolve_reach_the_issue(d
 
 
 # -- Zendesk ------------------------------------------------------------------------------------------------------
-ZENDESK_RULES = """
-version: 1
-rules:
-  - name: zendesk-urgent
-    source: zendesk
-    when: {priority: urgent}
-    trigger:
-      routing_key: ${PD_SERVE_KEY}
-      severity: critical
-      summary: "[Zendesk {{ ticket.key }}] {{ ticket.title }}"
-    acknowledge_when: {status_category: in_progress}
-    resolve_when: {status_category: done}
-    sync_back:
-      acknowledged: {comment: true, transition: {status: open}}
-      annotated: true
-      resolved: {comment: true, transition: {status: solved}}
-"""
+ZENDESK_RULES = e2e.ZENDESK_RULES.replace("PD_E2E_KEY", "PD_SERVE_KEY")
 ZENDESK_SECRET = "zendesk-webhook-secret-serve"
 
 
@@ -318,25 +302,7 @@ def test_serve_zendesk_ticket_pages_and_a_persons_ack_and_resolve_reach_the_tick
 
 
 # -- ServiceNow ---------------------------------------------------------------------------------------------------
-SERVICENOW_RULES = """
-version: 1
-rules:
-  - name: sn-p1
-    source: servicenow
-    when: {priority_number: 1}
-    trigger:
-      routing_key: ${PD_SERVE_KEY}
-      severity: critical
-      summary: "[{{ ticket.key }}] {{ ticket.title }}"
-    acknowledge_when: {status_category: in_progress}
-    resolve_when: {status_category: done}
-    sync_back:
-      acknowledged: {comment: true, transition: {category: in_progress}}
-      annotated: true
-      resolved:
-        comment: true
-        transition: {status: Resolved, fields: {close_code: Solved (Permanently), close_notes: "{{ agent.name }}"}}
-"""
+SERVICENOW_RULES = e2e.SERVICENOW_RULES.replace("PD_E2E_KEY", "PD_SERVE_KEY")
 SERVICENOW_SECRET = "servicenow-webhook-secret-serve"
 SYS_ID = "sn-serve-000000000000000000000001"
 
