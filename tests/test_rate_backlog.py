@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from sync.delivery import Delivery
 from sync.repos import outbox
 from sync.schema import outbox as outbox_table
 from tests.factories import ROUTING_KEY, change, ticket
-from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.fakes.pagerduty_server import MockPagerDuty, most_in_any_minute
 from tests.harness import make_service, receive
 from ticketpager.service import Service
 
@@ -54,15 +54,6 @@ def two_keys(rules_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (rules_path / "web.yaml").write_text(WEB_RULE)
     return rules_path
 
-
-def most_in_any_window(arrivals: list[datetime]) -> int:
-    times = sorted(arrivals)
-    most, start = 0, 0
-    for end, at in enumerate(times):
-        while times[start] <= at - WINDOW:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 class Writes:
@@ -152,7 +143,7 @@ def test_every_event_of_a_backlog_goes_once_in_order_within_the_limit(
     for e in pd.events:
         order.setdefault(e["dedup_key"], []).append(e["event_action"])
     assert sorted(order.values()) == sorted([["trigger", "resolve"]] * 50 + [["trigger"]] * 450)
-    assert most_in_any_window(pd.arrived_at) <= LIMIT
+    assert most_in_any_minute(pd.arrived_at) <= LIMIT
     assert minutes < 550 / LIMIT * (61 / 60), "the limit is used, not wasted by the schedule (as fast as before: 4.2)"
     commits = sum(w.commits for w in writes)
     assert commits <= 2.2 * 550 + 20, f"{commits} write transactions for 550 sends"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ import pytest
 from connectors.pagerduty import RateLimiter
 from kernel.clock import FakeClock
 from tests.factories import ROUTING_KEY, change, ticket
-from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.fakes.pagerduty_server import MockPagerDuty, most_in_any_minute
 from tests.harness import make_service, receive
 from ticketpager.service import Service
 
@@ -38,15 +38,6 @@ def pd(clock: FakeClock) -> Iterator[MockPagerDuty]:
     with MockPagerDuty(clock=clock, latency=latency) as mock:
         yield mock
 
-
-def _most_in_any_window(arrivals: list[datetime]) -> int:
-    times = sorted(arrivals)
-    most, start = 0, 0
-    for end, at in enumerate(times):
-        while times[start] <= at - WINDOW:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 @pytest.mark.parametrize(("replicas", "threads"), [(1, 1), (2, 1), (1, 4)])
@@ -73,7 +64,7 @@ def test_no_60s_window_at_pagerduty_holds_more_than_the_limit(
         svc.store.dispose()
     assert len(pd.events) == EVENTS and {e["routing_key"] for e in pd.events} == {ROUTING_KEY}
     assert len({e["dedup_key"] for e in pd.events}) == EVENTS, "each event once"
-    assert _most_in_any_window(pd.arrived_at) <= LIMIT
+    assert most_in_any_minute(pd.arrived_at) <= LIMIT
 
 
 def test_a_send_counts_from_when_it_ended_not_from_when_it_was_decided(clock: FakeClock) -> None:

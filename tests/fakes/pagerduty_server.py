@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,18 @@ def _load_event_schema() -> dict[str, Any]:
 
 
 EVENT_SCHEMA: dict[str, Any] | None = _load_event_schema()
+
+
+def most_in_any_minute(arrivals: list[datetime]) -> int:
+    """The most arrivals in any rolling 60 s: what PagerDuty's per-routing-key limit (120 a minute) counts."""
+    window = timedelta(seconds=60)
+    times = sorted(arrivals)
+    most, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
 
 
 def validate_event(event: Any, raw: bytes | None = None) -> list[str]:
