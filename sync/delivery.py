@@ -72,6 +72,10 @@ TICKET_KINDS = frozenset({TicketNote.KIND, TicketUpdate.KIND})
 
 #: rows one claim takes: a worker sends them one after another (each send's claim is renewed if it aged)
 CLAIM_BATCH = 10
+#: how much sending one claim should hold when sends are slow: a worker sends its claimed rows one after
+#: another, so 10 rows to a PagerDuty answering in 100 ms hold a second of work another idle worker could share
+#: (the tail of a burst); :meth:`Delivery.claim_size` fits the claim to this from the sends' recent duration
+CLAIM_SECONDS_OF_WORK = 0.25
 
 #: rows of one rate-limit key one hold reschedules (one executemany); the backlog past them is moved after
 #: their last slot in one statement and rescheduled by a later hold (at 120 a minute: ~8 minutes of sends)
@@ -130,6 +134,7 @@ class Delivery:
         self._rescheduled: dict[tuple[str, str], set[int]] = {}
         self._claims = outbox.Claims(takeover=takeover_after is not None, kinds=kinds)  # statements built once
         self.on_write_back = on_write_back
+        self._send_seconds: float | None = None  # recent duration of one send (moving average; None: none yet)
         timeouts = [d.timeout for d in self.destinations.values() if d.timeout is not None]
         send_seconds = 3 * max(timeouts) if timeouts and not dry_run else 0.0
         self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
@@ -158,6 +163,13 @@ class Delivery:
                 ", ".join(sorted({str(r["claimed_by"]) for r in taken})),
             )
         return list(rows)
+
+    def claim_size(self) -> int:
+        """How many rows the next claim should take: :data:`CLAIM_BATCH`, fewer when sends are slow, so a claim
+        holds about :data:`CLAIM_SECONDS_OF_WORK` of sending and the workers share a burst to its end."""
+        if not self._send_seconds:
+            return CLAIM_BATCH
+        return max(1, min(CLAIM_BATCH, int(CLAIM_SECONDS_OF_WORK / self._send_seconds)))
 
     def run_once(self, limit: int = CLAIM_BATCH, stopping: Callable[[], bool] | None = None) -> int:
         """Claim up to ``limit`` due rows and send them. When ``stopping`` turns true (SIGTERM) the rows not
@@ -264,9 +276,11 @@ class Delivery:
             METRICS.events.labels(_label(row), "dry_run").inc()
             self._sent(row, dry_run=True)
             return
+        started = self.clock.monotonic()
         try:
             destination.send(item, timeout=timeout)  # the stored bytes, as measured
         except TicketpagerError as exc:
+            self._timed(started)
             if ticket_side:
                 METRICS.write_backs.labels(self._connection_label(row), exc.kind.value).inc()
             self._failed(row, exc)
@@ -275,11 +289,17 @@ class Delivery:
             log.exception("%s %s for %s failed unexpectedly", item.destination, row["kind"], row["ticket_key"])
             self._failed(row, RetryableError(f"{type(exc).__name__}: {exc}"))
             return
+        self._timed(started)
         if ticket_side:
             METRICS.write_backs.labels(self._connection_label(row), "sent").inc()
         else:
             METRICS.events.labels(_label(row), "sent").inc()
         self._sent(row, dry_run=False)
+
+    def _timed(self, started: float) -> None:
+        """Fold one send's duration into the moving average :meth:`claim_size` reads."""
+        took = max(self.clock.monotonic() - started, 0.0)
+        self._send_seconds = took if self._send_seconds is None else 0.7 * self._send_seconds + 0.3 * took
 
     def _connection_label(self, row: RowMapping) -> str:
         """The ``source`` label of a note's metrics: its connection, one of the configured destinations'

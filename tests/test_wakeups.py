@@ -175,3 +175,33 @@ def test_a_burst_brings_every_worker_in(
     finally:
         service.stop()
         service.store.dispose()
+
+
+def test_a_claim_holds_about_a_quarter_second_of_sends_when_pagerduty_is_slow(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    """A worker sends its claimed rows one after another: with PagerDuty answering in 100 ms a claim of 10 would
+    hold a second of work the idle workers could share (the tail of a burst). After slow sends a worker claims
+    2 rows; after fast ones, 10."""
+    with MockPagerDuty(clock=clock, latency=lambda n: 0.1) as slow:
+        service = make_service(db_url, rules_path, slow.url, clock, pagerduty={"rate_limit_per_minute": 10_000})
+        try:
+            receive(service, [change(ticket(str(300 + i))) for i in range(30)])
+            service.engine.drain()
+            worker = service.delivery()
+            assert worker.claim_size() == 10, "nothing measured yet"
+            assert worker.run_once(worker.claim_size()) == 10
+            assert worker.claim_size() == 2
+            assert worker.run_once(worker.claim_size()) == 2, "the other 18 stay for the other workers"
+        finally:
+            service.store.dispose()
+    with MockPagerDuty(clock=clock, latency=lambda n: 0.005) as fast:
+        service = make_service(db_url, rules_path, fast.url, clock, pagerduty={"rate_limit_per_minute": 10_000})
+        try:
+            receive(service, [change(ticket(str(400 + i))) for i in range(20)])
+            service.engine.drain()
+            worker = service.delivery()
+            worker.run_once(worker.claim_size())
+            assert worker.claim_size() == 10
+        finally:
+            service.store.dispose()

@@ -39,7 +39,7 @@ from kernel.retry import RetryPolicy
 from rules import RuleStore
 from rules.silence_match import compile_matchers
 from sync.db import failure_reason
-from sync.delivery import CLAIM_BATCH, INCIDENT_KINDS, TICKET_KINDS, Delivery, send_timeout
+from sync.delivery import INCIDENT_KINDS, TICKET_KINDS, Delivery, send_timeout
 from sync.engine import Engine
 from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
@@ -605,9 +605,10 @@ class Service:
         came back full wakes one more idle worker: a burst brings them all in, one page wakes one."""
         while not self.stopping.is_set():
             wake.clear()  # before the claim: a wake-up during it makes the next wait return at once
-            sent = delivery.run_once(CLAIM_BATCH, stopping=self.stopping.is_set)
+            limit = delivery.claim_size()  # fewer rows while sends are slow: the others share the burst
+            sent = delivery.run_once(limit, stopping=self.stopping.is_set)
             if sent:
-                if sent >= CLAIM_BATCH:
+                if sent >= limit:
                     group.wake()
                 continue
             group.wait(wake, WORKER_FALLBACK_SECONDS)
