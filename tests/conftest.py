@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 
 from connectors import registry  # noqa: F401  (declares the systems' rule fields, as the application does)
 from kernel.clock import FakeClock
+from tests.fakes.pagerduty_server import MockPagerDuty
 
 PG_URL = os.environ.get("TICKETPAGER_TEST_POSTGRES_URL", "")
 PG_SKIP = "PostgreSQL tests need TICKETPAGER_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)"
@@ -55,6 +56,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def pd() -> Iterator[MockPagerDuty]:
+    """A local PagerDuty Events API (a module may define its own ``pd``: a slow one, one on the fake clock)."""
+    with MockPagerDuty() as mock:
+        yield mock
 
 
 @pytest.fixture

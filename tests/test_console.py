@@ -38,12 +38,6 @@ SECRETS = (TOKEN, READONLY, PASSWORD, ROUTING_KEY, CONSOLE["password_hash"])
 
 
 @pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
-
-
-@pytest.fixture
 def service(db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock) -> Iterator[Service]:
     svc = make_service(db_url, rules_path, pd.url, clock, console=CONSOLE)
     yield svc

@@ -67,12 +67,6 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
 
 
 @pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
-
-
-@pytest.fixture
 def serve(tmp_path: Path, pd: MockPagerDuty) -> Iterator[Serve]:
     rules = tmp_path / "rules"
     rules.mkdir()

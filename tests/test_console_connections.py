@@ -37,12 +37,6 @@ def _forget_connections() -> Iterator[None]:
 
 
 @pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
-
-
-@pytest.fixture
 def service(db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock, tmp_path: Path) -> Iterator[Service]:
     (tmp_path / "connections.yaml").write_text(CONNECTIONS)
     svc = make_service(

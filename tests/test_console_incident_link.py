@@ -25,12 +25,6 @@ KEY = "ticketpager/jira/1/ops-highest/1"
 
 
 @pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
-
-
-@pytest.fixture
 def service(db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock) -> Iterator[Service]:
     svc = make_service(db_url, rules_path, pd.url, clock, console=CONSOLE)
     receive(svc, [change(ticket("1", title="Checkout is down"))])

@@ -25,12 +25,6 @@ from ticketpager.service import Service
 
 
 @pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
-
-
-@pytest.fixture
 def service(db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock) -> Iterator[Service]:
     svc = make_service(db_url, rules_path, pd.url, clock, console=CONSOLE)
     yield svc

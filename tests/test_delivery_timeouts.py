@@ -9,10 +9,8 @@ schedule runs on the injected clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from kernel.clock import FakeClock
@@ -21,12 +19,6 @@ from sync.schema import outbox
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
-
-
-@pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
 
 
 def _count(outcome: str) -> float:

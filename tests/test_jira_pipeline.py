@@ -24,12 +24,6 @@ PLATFORM_KEY = "R0PLATFORM000000000000000000000A"
 
 
 @pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
-
-
-@pytest.fixture
 def service(tmp_path: Path, pd: MockPagerDuty, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
     monkeypatch.setenv("PD_PLATFORM_KEY", PLATFORM_KEY)
     svc = make_service(

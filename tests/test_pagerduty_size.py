@@ -8,7 +8,6 @@ limit to the bytes it receives, as PagerDuty does.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,12 +15,6 @@ from connectors.pagerduty import EVENT_BUDGET_BYTES, PagerDutySink, build_event,
 from tests.factories import ticket
 from tests.fakes.pagerduty_server import PAGERDUTY_MAX_BYTES, MockPagerDuty, validate_event
 from tests.test_pagerduty_event import trigger
-
-
-@pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
 
 
 def _largest_description(char: str) -> str:

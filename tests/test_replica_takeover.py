@@ -36,12 +36,6 @@ CLAIM = 60.0  # engine.claim_seconds (the default): what recovery waited for bef
 
 
 @pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
-
-
-@pytest.fixture
 def pair(db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock) -> Iterator[tuple[Service, Service]]:
     engine = {"replica_timeout_seconds": TIMEOUT, "heartbeat_seconds": BEAT, "claim_seconds": CLAIM}
     a = make_service(db_url, rules_path, pd.url, clock, engine=engine)

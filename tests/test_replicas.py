@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,6 @@ from tests.harness import make_service, receive
 from ticketpager.service import Service
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
 
 
 def replicas(postgres_url: str, rules_path: Path, pd: MockPagerDuty, n: int = 2) -> list[Service]:

@@ -4,10 +4,7 @@ sends it. ``Retry-After`` is always honoured as given: never retried earlier."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from kernel.clock import FakeClock
 from kernel.errors import PermanentError, RetryableError
@@ -15,12 +12,6 @@ from kernel.retry import RetryPolicy
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
-
-
-@pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
 
 
 def test_repeated_429s_do_not_use_up_the_attempts(

@@ -55,12 +55,6 @@ def _forget_connections() -> Iterator[None]:
 
 
 @pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
-
-
-@pytest.fixture
 def connections_file(tmp_path: Path) -> Path:
     path = tmp_path / "connections.yaml"
     path.write_text(CONNECTIONS)

@@ -31,12 +31,6 @@ OPS = {"project": {"equals": "OPS"}}
 
 
 @pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
-
-
-@pytest.fixture
 def service(db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock) -> Iterator[Service]:
     svc = make_service(db_url, rules_path, pd.url, clock)
     yield svc

@@ -4,7 +4,6 @@ store (durable across restarts), and pages once even when several replicas sched
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,12 +17,6 @@ from tests.harness import make_service, receive
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 SUPPORT_KEY = "supportsupportsupportsupport0001"
-
-
-@pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
 
 
 def unassigned_p2() -> Ticket:

@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from kernel.clock import FakeClock
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
 from ticketpager.wakeups import Wakeups
-
-
-@pytest.fixture
-def pd() -> Iterator[MockPagerDuty]:
-    with MockPagerDuty() as mock:
-        yield mock
 
 
 def test_delivery_is_woken_by_a_batch_that_queued_a_page_and_only_by_such_a_batch(
