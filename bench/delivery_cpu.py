@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.engine_cpu import measured_tree
 
 
 def once(n: int) -> tuple[float, float]:
@@ -64,15 +64,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--root", type=Path, default=None, help="the code tree to measure (default: this one)")
     args = parser.parse_args()
-    if args.root is not None:
-        sys.path.insert(0, str(args.root.resolve()))
-    os.environ.setdefault("PD_PLATFORM_KEY", "benchbenchbenchbenchbenchbench00")
-    import sync  # noqa: PLC0415 - after --root is on the path
-
+    tree = measured_tree(args.root)
     runs = [once(args.events) for _ in range(args.repeats)]
     ms = [1000 * s / args.events for s, _ in runs]
     bare = [1000 * b / args.events for _, b in runs]
-    tree = Path(sync.__file__).resolve().parent.parent
     print(
         f"{tree}: delivery CPU {min(ms):.3f} ms/event (median {statistics.median(ms):.3f}); bare requests POST"
         f" {min(bare):.3f} ms (median {statistics.median(bare):.3f}); {args.events} events"

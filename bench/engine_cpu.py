@@ -41,19 +41,25 @@ def once(n: int) -> float:
     return spent
 
 
+def measured_tree(root: Path | None) -> Path:
+    """Put ``root`` (another tree: a worktree or archive) first on the import path, set the bench rules' routing
+    key, and return the tree whose code is measured."""
+    if root is not None:
+        sys.path.insert(0, str(root.resolve()))
+    os.environ.setdefault("PD_PLATFORM_KEY", "benchbenchbenchbenchbenchbench00")
+    import sync  # noqa: PLC0415 - after --root is on the path
+
+    return Path(sync.__file__).resolve().parent.parent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--changes", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--root", type=Path, default=None, help="the code tree to measure (default: this one)")
     args = parser.parse_args()
-    if args.root is not None:
-        sys.path.insert(0, str(args.root.resolve()))
-    os.environ.setdefault("PD_PLATFORM_KEY", "benchbenchbenchbenchbenchbench00")
-    import sync  # noqa: PLC0415 - after --root is on the path
-
+    tree = measured_tree(args.root)
     ms = [1000 * once(args.changes) / args.changes for _ in range(args.repeats)]
-    tree = Path(sync.__file__).resolve().parent.parent
     print(f"{tree}: engine CPU {min(ms):.3f} ms/change (median {statistics.median(ms):.3f}, {args.changes} changes)")
 
 
