@@ -111,6 +111,16 @@ def enqueue_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 
 
 # -- the delivery workers' side --------------------------------------------------------------------
+def _claimable(takeover: bool, kinds: Collection[str] | None) -> list[Any]:
+    """A pending row a worker may claim (once due): unclaimed or its claim expired (or, with ``takeover``, its
+    holder's heartbeat older than ``:stale``); of ``kinds`` only (None: any). Binds ``now`` (and ``stale``)."""
+    free = [outbox.c.claimed_until.is_(None), outbox.c.claimed_until < _NOW]
+    if takeover:
+        free.append(claim_holder_dead(outbox.c.claimed_by, _STALE))
+    which = [] if kinds is None else [outbox.c.kind.in_(sorted(kinds))]
+    return [outbox.c.status == "pending", or_(*free), *which]
+
+
 class Claims:
     """A delivery worker's claim queries, built once (the idle read runs every ``idle_seconds`` per worker,
     and building it cost more than running it). ``takeover``: rows claimed by a replica that stopped
@@ -118,13 +128,7 @@ class Claims:
 
     def __init__(self, *, takeover: bool, kinds: Collection[str] | None = None) -> None:
         """``kinds``: the outbox kinds this worker sends (None: all)."""
-        free = [outbox.c.claimed_until.is_(None), outbox.c.claimed_until < _NOW]
-        if takeover:
-            free.append(claim_holder_dead(outbox.c.claimed_by, _STALE))
-        due = [outbox.c.status == "pending", outbox.c.next_attempt_at <= _NOW, or_(*free)]
-        if kinds is not None:
-            due.append(outbox.c.kind.in_(sorted(kinds)))
-        self._due = tuple(due)
+        self._due = (*_claimable(takeover, kinds), outbox.c.next_attempt_at <= _NOW)
         self._anything_due = select(outbox.c.id).where(*self._due).limit(1)
         self._statements: dict[tuple[str, int], Select[Any]] = {}
 
@@ -351,14 +355,10 @@ def next_due_statement(takeover: bool, kinds: Collection[str] | None = None) -> 
     an earlier pending event of its ``dedup_key``; of ``kinds`` only (None: any). Binds ``now`` (and
     ``stale``). The service's delivery timer runs it to sleep until then instead of polling (the partial index
     ``ix_outbox_due`` serves the order)."""
-    free = [outbox.c.claimed_until.is_(None), outbox.c.claimed_until < _NOW]
-    if takeover:
-        free.append(claim_holder_dead(outbox.c.claimed_by, _STALE))
     blocked = _waits_for_an_earlier_event()
-    which = [] if kinds is None else [outbox.c.kind.in_(sorted(kinds))]
     return (
         select(outbox.c.next_attempt_at)
-        .where(outbox.c.status == "pending", or_(*free), or_(outbox.c.kind != "event", ~blocked), *which)
+        .where(*_claimable(takeover, kinds), or_(outbox.c.kind != "event", ~blocked))
         .order_by(outbox.c.next_attempt_at, outbox.c.id)
         .limit(1)
     )
