@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -71,6 +71,17 @@ STOP_SECONDS = 15.0
 
 #: "integration key … a 32 character" string (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/)
 INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
+
+
+class _Senders(NamedTuple):
+    """One group of delivery workers: its threads' and worker ids' names, how many, the outbox kinds they send
+    (None: all) and their wake-ups."""
+
+    thread: str
+    worker_prefix: str
+    workers: int
+    kinds: frozenset[str] | None
+    wakeups: Wakeups
 
 
 def _pagerduty(svc: Service) -> Destination:
@@ -475,17 +486,10 @@ class Service:
         self._spawn("heartbeat", self._heartbeat_loop)
         self._spawn("engine", self._engine_loop)
         self._spawn("reverse", self._reverse_loop)
-        # PagerDuty's workers and the tickets' apart: a ticketing system that hangs holds up its own notes only
-        ticket_workers = self.settings.engine.write_back_workers
-        page_kinds = INCIDENT_KINDS if ticket_workers > 0 else None  # 0: PagerDuty's workers send notes too
-        for i in range(max(self.settings.pagerduty.workers, 1)):
-            worker = self.delivery(str(i), heartbeat=self.heartbeat, kinds=page_kinds)
-            loop = functools.partial(self._delivery_loop, worker, self.outbox_wake.new(), self.outbox_wake)
-            self._spawn(f"delivery-{i}", loop)
-        for i in range(max(ticket_workers, 0)):
-            worker = self.delivery(f"t{i}", heartbeat=self.heartbeat, kinds=TICKET_KINDS)
-            loop = functools.partial(self._delivery_loop, worker, self.write_back_wake.new(), self.write_back_wake)
-            self._spawn(f"write-back-{i}", loop)
+        for group in self._senders():
+            for i in range(group.workers):
+                worker = self.delivery(f"{group.worker_prefix}{i}", heartbeat=self.heartbeat, kinds=group.kinds)
+                self._spawn(f"{group.thread}-{i}", functools.partial(self._delivery_loop, worker, group.wakeups))
         self._spawn("delivery-timer", self._delivery_timer_loop)
         pollable = self.pollable_sources()
         spread = [s for s in pollable if not self.connections[s].is_default]  # the file's: started apart
@@ -493,6 +497,19 @@ class Service:
             self._spawn(f"poll-{source}", functools.partial(self._poll_loop, source, spread))
         self._spawn("scheduler", self._scheduler_loop)
         self.rule_store.start_watching()
+
+    def _senders(self) -> list[_Senders]:
+        """The delivery workers by what they send: PagerDuty's and the tickets' apart, so a ticketing system that
+        hangs holds up its own notes only; with no ticket workers (``write_back_workers: 0``) PagerDuty's send
+        everything."""
+        pages = max(self.settings.pagerduty.workers, 1)
+        tickets = self.settings.engine.write_back_workers
+        if tickets <= 0:
+            return [_Senders("delivery", "", pages, None, self.outbox_wake)]
+        return [
+            _Senders("delivery", "", pages, INCIDENT_KINDS, self.outbox_wake),
+            _Senders("write-back", "t", tickets, TICKET_KINDS, self.write_back_wake),
+        ]
 
     def wake_senders(self) -> None:
         """Wake every delivery worker (rows were freed at once: dead letters retried)."""
@@ -600,9 +617,10 @@ class Service:
             if self.wake.wait(self._idle()) and coalesce > 0:
                 self.stopping.wait(coalesce)  # let the next commits join this batch
 
-    def _delivery_loop(self, delivery: Delivery, wake: threading.Event, group: Wakeups) -> None:
+    def _delivery_loop(self, delivery: Delivery, group: Wakeups) -> None:
         """One worker: claim and send while rows are due, then sleep on its own event until woken. A claim that
-        came back full wakes one more idle worker: a burst brings them all in, one page wakes one."""
+        came back full wakes one more idle worker of its group: a burst brings them all in, one page wakes one."""
+        wake = group.new()
         while not self.stopping.is_set():
             wake.clear()  # before the claim: a wake-up during it makes the next wait return at once
             limit = delivery.claim_size()  # fewer rows while sends are slow: the others share the burst
@@ -622,13 +640,7 @@ class Service:
         hung ticketing system neither wake PagerDuty's workers nor keep the timer from sleeping until a page's
         retry."""
         takeover = self.settings.engine.replica_timeout_seconds
-        if self.settings.engine.write_back_workers > 0:
-            groups = [
-                (next_due_statement(takeover=True, kinds=INCIDENT_KINDS), self.outbox_wake),
-                (next_due_statement(takeover=True, kinds=TICKET_KINDS), self.write_back_wake),
-            ]
-        else:
-            groups = [(next_due_statement(takeover=True), self.outbox_wake)]
+        groups = [(next_due_statement(takeover=True, kinds=s.kinds), s.wakeups) for s in self._senders()]
         while not self.stopping.is_set():
             now = self.clock.now()
             with self.store.engine.connect() as conn:
