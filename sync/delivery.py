@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -410,7 +411,7 @@ class Delivery:
 
     def _hold(self, row: RowMapping, item: Outbound, limiter: SendLimiter, wait: float) -> None:
         """``row`` must wait for its rate limit: the key's whole backlog (up to :data:`RESCHEDULE_MAX` rows
-        free to this worker, in claim order) is rescheduled to the limiter's slots in one transaction — each
+        free to this worker, in arrival order) is rescheduled to the limiter's slots in one transaction — each
         row due when it could go, not all of them when the next slot frees (a 14,000-row backlog was claimed
         and released again row by row every minute: issue 19, docs/performance.md). The rows of this batch
         it covered are skipped without another transaction. Every event rescheduled is held back by the
@@ -429,10 +430,7 @@ class Delivery:
             )
         ids = {r["id"] for r in rows}
         self._rescheduled[(item.destination, item.limit_key)] = ids
-        held: dict[str, int] = {}
-        for r in rows:
-            if limiter.first_hold(r["id"]):
-                held[_label(r)] = held.get(_label(r), 0) + 1
+        held = Counter(_label(r) for r in rows if limiter.first_hold(r["id"]))
         for label, n in held.items():
             METRICS.events.labels(label, "rate_limited").inc(n)
         if row["id"] not in ids:  # not ours any more (taken over meanwhile), or past the bound: as before
