@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from bench import loadgen
@@ -88,10 +89,32 @@ def measure(
             else:
                 time.sleep(seconds)
             after, wall = thread_cpu(proc.pid), time.perf_counter() - t0
+            for name, mean in histogram_means(port).items():
+                print(f"  mean {name}: {mean:.2f}")
         finally:
             stop(proc)
             log.close()
     return {name: after[name] - before.get(name, 0.0) for name in after}, wall
+
+
+#: the histograms whose mean per observation tells how the fixed costs are shared (absent in older trees)
+BATCH_HISTOGRAMS = ("ticketpager_engine_batch_changes", "ticketpager_webhook_commit_requests")
+
+
+def histogram_means(port: int) -> dict[str, float]:
+    """The mean of each of :data:`BATCH_HISTOGRAMS` that the server exports, from its ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:  # noqa: S310 - local
+        text = resp.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.endswith(("_sum", "_count")) and name.rsplit("_", 1)[0] in BATCH_HISTOGRAMS:
+            values[name] = float(value)
+    return {
+        name: values[f"{name}_sum"] / values[f"{name}_count"]
+        for name in BATCH_HISTOGRAMS
+        if values.get(f"{name}_count")
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -141,17 +141,20 @@ class Delivery:
         self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
 
     # -- claiming --------------------------------------------------------------------------------
-    def claim(self, limit: int = CLAIM_BATCH) -> list[RowMapping]:
+    def claim(self, limit: int = CLAIM_BATCH, *, woken: bool = False) -> list[RowMapping]:
+        """Claim up to ``limit`` due rows. ``woken``: the caller was just told rows were queued or came due, so
+        the read-only look that keeps an idle worker from taking the write lock is skipped (issue 19)."""
         if self._orphaned:  # ours, unsent: without this they would wait for their own claim to expire
             self._unclaim(self._orphaned)
             self._orphaned = []
         self._rescheduled = {}
         now = self.clock.now()
         stale = now - timedelta(seconds=self.takeover_after or 0.0)
-        with self.store.engine.connect() as conn:  # a read first: idle workers take no write lock
-            if not self._claims.anything_due(conn, now, stale):
-                self._claimed = {}
-                return []
+        if not woken:
+            with self.store.engine.connect() as conn:  # a read first: idle workers take no write lock
+                if not self._claims.anything_due(conn, now, stale):
+                    self._claimed = {}
+                    return []
         until = now + timedelta(seconds=self.claim_seconds)
         with self.store.begin() as conn:
             rows = self._claims.claim(conn, limit, now, stale, worker=self.worker_id, until=until)
@@ -172,14 +175,17 @@ class Delivery:
             return CLAIM_BATCH
         return max(1, min(CLAIM_BATCH, int(CLAIM_SECONDS_OF_WORK / self._send_seconds)))
 
-    def run_once(self, limit: int = CLAIM_BATCH, stopping: Callable[[], bool] | None = None) -> int:
+    def run_once(
+        self, limit: int = CLAIM_BATCH, stopping: Callable[[], bool] | None = None, *, woken: bool = False
+    ) -> int:
         """Claim up to ``limit`` due rows and send them. When ``stopping`` turns true (SIGTERM) the rows not
         yet sent are handed back at once rather than held until their claim expires: a shutdown waits for
         at most the send in flight, and the next replica (or this one, restarted) sends the rest now.
-        While this replica's heartbeat is overdue nothing is claimed (see :mod:`sync.heartbeat`)."""
+        While this replica's heartbeat is overdue nothing is claimed (see :mod:`sync.heartbeat`). ``woken``: see
+        :meth:`claim`."""
         if self.heartbeat is not None and not self.heartbeat.healthy():
             return 0  # we may be presumed dead: claim nothing until our heartbeat gets through again
-        rows = self.claim(limit)
+        rows = self.claim(limit, woken=woken)
         for index, row in enumerate(rows):
             if stopping is not None and stopping():
                 self._unclaim([r["id"] for r in rows[index:]])

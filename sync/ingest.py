@@ -51,12 +51,13 @@ def _resolve(items: list[_Item], results: list[int | BaseException]) -> None:
 
 
 class Writer:
-    """The single writer thread. ``on_commit`` is called after each commit (wakes the engine)."""
+    """The single writer thread. ``on_commit`` is called after each commit with how many changes it stored
+    (wakes the engine; duplicates are not counted)."""
 
     def __init__(
         self,
         store: Store,
-        on_commit: Callable[[], None] | None = None,
+        on_commit: Callable[[int], None] | None = None,
         *,
         submit_timeout: float = SUBMIT_TIMEOUT_SECONDS,
     ) -> None:
@@ -127,7 +128,7 @@ class Writer:
         METRICS.webhook_commit_requests.observe(len(items))
         self.rows += sum(len(i.rows) for i, r in zip(items, results, strict=True) if isinstance(r, int))
         if self.on_commit and any(isinstance(r, int) for r in results):
-            self.on_commit()
+            self.on_commit(sum(r for r in results if isinstance(r, int)))
         self._resolve_all(items, results)
 
     def _commit_one(self, item: _Item) -> int | BaseException:

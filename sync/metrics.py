@@ -93,6 +93,12 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
             registry=r,
         )
+        self.engine_batch_changes = Histogram(
+            "ticketpager_engine_batch_changes",
+            "Changes decided by one engine transaction (its fixed cost is shared by them: issue 19)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
         self.webhook_commit_requests = Histogram(
             "ticketpager_webhook_commit_requests",
             "Webhook requests stored by one group commit",

@@ -5,18 +5,19 @@ effects, the stored-ticket backtest, a path prefix behind a proxy, and no secret
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
 from kernel.clock import FakeClock
 from kernel.model import StatusCategory
-from sync.schema import audit_log, outbox
+from sync.schema import audit_log, decisions, outbox
 from tests.factories import ROUTING_KEY, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
@@ -114,6 +115,24 @@ def test_why_a_ticket_paged_and_why_another_did_not(client: TestClient, service:
     quiet = html.unescape(client.get("/console/tickets/jira/2").text)
     assert "no action" in quiet and "no match" in quiet and "priority" in quiet  # the explanation says which
     assert "This ticket never paged." in quiet
+
+
+def test_decisions_stored_by_an_older_release_read_as_they_did(client: TestClient, service: Service) -> None:
+    """Verdicts are stored compactly (a rule that did not match: its name and why); rows an older release wrote
+    carry every flag. The timeline reads both alike."""
+    receive(service, [change(ticket("2", priority="Low", title="Typo on the pricing page"))])
+    service.process_all()
+    login(client)
+    compact = html.unescape(client.get("/console/tickets/jira/2").text)
+    assert "no match" in compact and "not applicable" not in compact
+    full = {"rule": "ops-highest", "matched": False, "applies": False, "why": ["source: 'zendesk' only"],
+            "acknowledge": False, "resolve": True}  # fmt: skip
+    detail = {"origin": "webhook", "changes": [], "verdicts": [full], "events": []}
+    with service.store.begin() as conn:
+        conn.execute(update(decisions).values(detail=json.dumps(detail)))
+    older = html.unescape(client.get("/console/tickets/jira/2").text)
+    assert "not applicable" in older and "resolve_when holds" in older and "source: 'zendesk' only" in older
+    assert "no match" not in older and "acknowledge_when holds" not in older
 
 
 def test_timeline_shows_what_changed_between_versions(client: TestClient, service: Service, pd: MockPagerDuty) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from kernel.clock import FakeClock
 from kernel.model import FieldChange, StatusCategory
+from sync.engine import verdict_of
 from tests.factories import ROUTING_KEY, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty, validate_event
 from tests.harness import make_service, receive
@@ -191,8 +192,10 @@ def test_non_matching_ticket_is_explained_in_the_decision_log(service: Service, 
     service.process_all()
     assert pd.events == []
     detail = json.loads(service.store.decisions_for("jira", "10001")[0]["detail"])
-    verdict = detail["verdicts"][0]
-    assert verdict["rule"] == "ops-highest" and verdict["matched"] is False
+    stored = detail["verdicts"][0]
+    assert set(stored) == {"rule", "why"}, "a rule that did not match is stored as its name and why only"
+    verdict = verdict_of(stored)
+    assert verdict["rule"] == "ops-highest" and verdict["matched"] is False and verdict["applies"] is True
     assert any("priority" in why for why in verdict["why"])
 
 

@@ -12,7 +12,7 @@ from kernel.clock import FakeClock
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
-from ticketpager.wakeups import Wakeups
+from ticketpager.wakeups import Arrivals, Wakeups
 
 
 def test_delivery_is_woken_by_a_batch_that_queued_a_page_and_only_by_such_a_batch(
@@ -197,3 +197,59 @@ def test_a_claim_holds_about_a_quarter_second_of_sends_when_pagerduty_is_slow(
             assert worker.claim_size() == 10
         finally:
             service.store.dispose()
+
+
+# -- the engine's batches (issue 19: a batch's fixed cost shared by the changes of its window) -----------------
+def test_a_backlog_is_decided_batch_after_batch_on_one_wake_up(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """After a batch that was not full the engine waits for the next wake-up; after a full one it claims again
+    at once, so a backlog never waits for the idle look (30 s here) between batches."""
+    service = make_service(db_url, rules_path, pd.url, clock, engine={"idle_seconds": 30.0, "batch_size": 5})
+    service.start()
+    try:
+        time.sleep(0.2)  # the engine waits for a wake-up
+        receive(service, [change(ticket(str(500 + i)), delivery_id=f"backlog-{i}") for i in range(23)])
+        service.writer.on_commit(23)  # what the webhook writer does after its commit
+        waited = _wait_for(lambda: len(pd.events) == 23, 20)
+        assert len(pd.events) == 23
+        assert waited < 10, "5 batches on one wake-up, not one batch per idle look"
+    finally:
+        service.stop()
+        service.store.dispose()
+
+
+def test_the_engine_says_when_its_batch_left_changes_behind(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    service = make_service(db_url, rules_path, pd.url, clock, engine={"batch_size": 2})
+    try:
+        assert service.engine.run_once(woken=True) == 0, "woken for nothing (another replica took it): no error"
+        receive(service, [change(ticket(str(600 + i))) for i in range(3)])
+        assert service.engine.run_once(woken=True) == 2 and service.engine.left_pending
+        assert service.engine.run_once() == 1 and not service.engine.left_pending
+        assert service.engine.run_once() == 0 and not service.engine.left_pending
+    finally:
+        service.store.dispose()
+
+
+def test_arrivals_end_the_engines_wait_once_enough_changes_are_there() -> None:
+    arrivals = Arrivals()
+    started = time.monotonic()
+    assert arrivals.gather(8, 0.05) == 0, "nothing arrived: the window runs out"
+    assert time.monotonic() - started >= 0.04
+
+    def commits() -> None:
+        for _ in range(4):
+            time.sleep(0.01)
+            arrivals.add(2)  # group commits of two webhooks each
+
+    writer = threading.Thread(target=commits)
+    started = time.monotonic()
+    writer.start()
+    assert arrivals.gather(8, 30.0) == 8
+    assert time.monotonic() - started < 10, "ended by the eighth change, not by the window"
+    writer.join()
+    assert arrivals.gather(8, 30.0) == 8, "already there: no wait"
+    arrivals.reset()
+    assert arrivals.gather(1, 0.01) == 0, "claimed: counted from zero again"

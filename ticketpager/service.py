@@ -55,13 +55,16 @@ from ticketpager.connections import Connection, declare, load_connections
 from ticketpager.schedule import poll_offset
 from ticketpager.secretfiles import EnvWithSecretFiles
 from ticketpager.settings import Settings
-from ticketpager.wakeups import Wakeups
+from ticketpager.wakeups import Arrivals, Wakeups
 
 log = logging.getLogger("ticketpager.service")
 
-#: After a wake-up the engine lets the webhook commits of the next few milliseconds join its batch: one claim
-#: for several changes instead of one per group commit (issue 19, docs/performance.md). Capped by the idle wait.
-ENGINE_COALESCE_SECONDS = 0.02
+#: After a wake-up the engine lets the webhook commits of the next few milliseconds join its batch, until
+#: ``ENGINE_GATHER_CHANGES`` changes are there: one transaction for several changes instead of one per group
+#: commit. A batch's fixed cost is most of the engine's CPU at low rates: 1.6 ms against 0.3 ms per change
+#: (``bench.engine_cpu --batch``; issue 19, docs/performance.md). Capped by the idle wait.
+ENGINE_COALESCE_SECONDS = 0.05
+ENGINE_GATHER_CHANGES = 8
 
 #: An idle delivery worker waits for a wake-up (the engine queued rows, the delivery timer saw a row come due)
 #: and looks by itself only this often: a safety net should a wake-up ever be missed, not a poll.
@@ -167,11 +170,12 @@ class Service:
         self._pollable: list[str] | None = None
         self._connector_lock = threading.Lock()
         self.wake = threading.Event()  # set by the webhook writer and pollers: changes are waiting
+        self.arrivals = Arrivals()  # how many the webhook writer stored since the engine's last claim
         # every delivery worker's own wake-up: the engine (or a recheck) queued rows, or the timer saw one due
         self.outbox_wake = Wakeups()  # the workers that send to PagerDuty
         self.write_back_wake = Wakeups()  # the workers that send notes and updates to the tickets
         self.stopping = threading.Event()
-        self.writer = Writer(self.store, on_commit=self.wake.set)
+        self.writer = Writer(self.store, on_commit=self._stored)
         pd = settings.pagerduty
         self._injected_sink = sink  # tests may pass one; otherwise each delivery worker gets its own session
         self.sink = sink or self._new_sink()
@@ -606,30 +610,47 @@ class Service:
     def _idle(self) -> float:
         return self.settings.engine.idle_seconds
 
+    def _stored(self, changes: int) -> None:
+        """The webhook writer committed ``changes`` new changes: wake the engine."""
+        self.arrivals.add(changes)
+        self.wake.set()
+
     def _engine_loop(self) -> None:
         """Woken by the webhook writer's commits and the pollers; looks by itself every ``idle_seconds`` only
-        for changes stored by another replica that it did not process (it died, or its engine lags)."""
+        for changes stored by another replica that it did not process (it died, or its engine lags).
+
+        After a wake-up it lets the commits of the next ``ENGINE_COALESCE_SECONDS`` join one batch (less once
+        ``ENGINE_GATHER_CHANGES`` have arrived), and after a batch that left nothing claimable behind it waits
+        for the next wake-up again rather than claiming the one or two changes stored meanwhile: a batch's fixed
+        cost is then shared by every change of the window (issue 19). A backlog is claimed batch after batch.
+        """
         coalesce = min(ENGINE_COALESCE_SECONDS, self._idle())
+        woken = False
         while not self.stopping.is_set():
             self.wake.clear()
-            if self.engine.run_once():  # wakes the delivery workers itself if it queued anything
+            self.arrivals.reset()
+            handled = self.engine.run_once(woken=woken)  # wakes the delivery workers itself if it queued anything
+            if handled and self.engine.left_pending:
                 continue
-            if self.wake.wait(self._idle()) and coalesce > 0:
-                self.stopping.wait(coalesce)  # let the next commits join this batch
+            woken = self.wake.wait(self._idle())
+            if woken and coalesce > 0 and not self.stopping.is_set():
+                self.arrivals.gather(ENGINE_GATHER_CHANGES, coalesce)  # let the next commits join this batch
 
     def _delivery_loop(self, delivery: Delivery, group: Wakeups) -> None:
         """One worker: claim and send while rows are due, then sleep on its own event until woken. A claim that
         came back full wakes one more idle worker of its group: a burst brings them all in, one page wakes one."""
         wake = group.new()
+        woken = False
         while not self.stopping.is_set():
             wake.clear()  # before the claim: a wake-up during it makes the next wait return at once
             limit = delivery.claim_size()  # fewer rows while sends are slow: the others share the burst
-            sent = delivery.run_once(limit, stopping=self.stopping.is_set)
+            sent = delivery.run_once(limit, stopping=self.stopping.is_set, woken=woken)
+            woken = False
             if sent:
                 if sent >= limit:
                     group.wake()
                 continue
-            group.wait(wake, WORKER_FALLBACK_SECONDS)
+            woken = group.wait(wake, WORKER_FALLBACK_SECONDS)  # woken: rows are there, no look first
 
     def _delivery_timer_loop(self) -> None:
         """The one idle look at the outbox for all of this process's workers: sleep until the next row comes due

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, tuple_, update
 from sqlalchemy.engine import RowMapping
 
 from kernel import jsonutil
@@ -30,7 +30,7 @@ from kernel.model import EventAction, PlannedEvent, Ticket
 from kernel.ports import SilenceMatcher, SilenceMatchers
 from kernel.redact import redact
 from sync.db import insert_ignore
-from sync.schema import silenced_tickets, silences
+from sync.schema import UTCDateTime, silenced_tickets, silences
 
 log = logging.getLogger("ticketpager.silences")
 
@@ -149,7 +149,8 @@ def get_silence(conn: Connection, silence_id: int) -> Silence:
     return _silence(row)
 
 
-def _not_ended(now: datetime) -> Any:
+def _not_ended(now: Any) -> Any:
+    """Not ended by ``now`` (a datetime, or a bound parameter)."""
     return and_(silences.c.ends_at > now, or_(silences.c.expired_at.is_(None), silences.c.expired_at > now))
 
 
@@ -168,10 +169,15 @@ def silences_since(conn: Connection, since: datetime, limit: int) -> list[Silenc
     return [_silence(r) for r in conn.execute(stmt).mappings()]
 
 
+#: the engine asks on every batch that plans a trigger: built once, ``now`` bound (building it cost more than
+#: running it, issue 19)
+_NOW = bindparam("now", type_=UTCDateTime())
+ACTIVE_SILENCES = select(silences).where(_not_ended(_NOW), silences.c.starts_at <= _NOW).order_by(silences.c.id)
+
+
 def active_silences(conn: Connection, now: datetime) -> list[Silence]:
     """The silences muting now, oldest first (an index range on ``ends_at``)."""
-    stmt = select(silences).where(_not_ended(now), silences.c.starts_at <= now).order_by(silences.c.id)
-    return [_silence(r) for r in conn.execute(stmt).mappings()]
+    return [_silence(r) for r in conn.execute(ACTIVE_SILENCES, {"now": now}).mappings()]
 
 
 def expire_silence(conn: Connection, silence_id: int, now: datetime, actor: str) -> Silence:

@@ -28,6 +28,7 @@ from kernel.lifecycle import dedup_key_for
 from kernel.model import FieldChange, StatusCategory, Ticket, TicketChange, diff_tickets
 from kernel.redact import redact
 from rules.loader import relative_name, rule_files
+from sync.engine import verdict_of
 from sync.repos import audit, outbox
 from sync.repos import console as q
 from ticketpager.console import lab
@@ -586,7 +587,7 @@ def _timeline(
                 "received_at": (change or {}).get("received_at"),
                 "diff": [{"field": c.field, "old": _short(c.old), "new": _short(c.new)} for c in diff],
                 "changed_fields": detail.get("changes", []),
-                "verdicts": detail.get("verdicts", []),
+                "verdicts": [verdict_of(v) for v in detail.get("verdicts", []) if isinstance(v, dict)],
                 "events": detail.get("events", []),
                 "why": detail.get("why"),
                 "silenced": [str(note.get("why", "")) for note in detail.get("silenced", []) if isinstance(note, dict)],
