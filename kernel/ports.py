@@ -53,6 +53,16 @@ class Verdict(Protocol):
     def rendered(self) -> bool: ...
     @property
     def problems(self) -> tuple[str, ...]: ...
+    def to_json(self) -> dict[str, Any]:
+        """The verdict as the decision log stores it: ``rule``, ``why``, and only the flags that differ from
+        :data:`VERDICT_DEFAULTS` (plus ``template_problems`` of a rendered trigger). Shared: not to be changed."""
+        ...
+
+
+#: what a stored verdict (:meth:`Verdict.to_json`) is unless it says otherwise: most verdicts are rules that did
+#: not match, stored as their name and why only (a change's decision of 100 rules was 13 KB with every flag,
+#: written with every change: issue 19); readers fill these back in
+VERDICT_DEFAULTS: Mapping[str, Any] = {"matched": False, "applies": True, "acknowledge": False, "resolve": False}
 
 
 class RuleSet(Protocol):

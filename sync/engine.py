@@ -54,7 +54,7 @@ from kernel.model import (
     diff_tickets,
     merge_changes,
 )
-from kernel.ports import EvalContext, RuleSet, TwoWayRules, Verdict
+from kernel.ports import VERDICT_DEFAULTS, EvalContext, RuleSet, TwoWayRules, Verdict
 from kernel.redact import mask, redact
 from sync.metrics import METRICS
 from sync.repos import changes, outbox, tickets
@@ -85,27 +85,10 @@ def evaluate_change(
     return ruleset.evaluate(EvalContext(ticket=ticket, previous=previous, changes=tuple(changed), now=now))
 
 
-#: what a verdict in the decision log is unless it says otherwise: most of a change's verdicts are rules that did not
-#: match, so only their name and why are stored (a change's decision of 100 rules was 13 KB, written to the WAL
-#: with every change: issue 19). Readers fill these back in (:func:`verdict_of`).
-VERDICT_DEFAULTS: dict[str, Any] = {"matched": False, "applies": True, "acknowledge": False, "resolve": False}
-
-
 def verdict_json(result: Verdict) -> dict[str, Any]:
-    """A verdict as the decision log stores it: the rule, why, and the flags that differ from
-    :data:`VERDICT_DEFAULTS`."""
-    out: dict[str, Any] = {"rule": result.rule, "why": list(result.explanation)}
-    if result.matched:
-        out["matched"] = True
-    if not result.applies:
-        out["applies"] = False
-    if result.acknowledge:
-        out["acknowledge"] = True
-    if result.resolve:
-        out["resolve"] = True
-    if result.rendered and result.problems:  # only triggers actually built are rendered
-        out["template_problems"] = list(result.problems)
-    return out
+    """A verdict as the decision log stores it (compact: a rule that did not match is its name and why; a
+    change's decision of 100 rules was 13 KB with every flag, written with every change: issue 19)."""
+    return result.to_json()
 
 
 def verdict_of(stored: Mapping[str, Any]) -> dict[str, Any]:

@@ -140,6 +140,21 @@ def test_template_runtime_error_falls_back_and_is_explained(ruleset: RuleSet) ->
     assert any("template error in custom_details.tier: UndefinedError" in e for e in result.problems)
 
 
+def test_the_stored_verdict_names_its_template_problems_once_the_trigger_is_rendered(ruleset: RuleSet) -> None:
+    """The decision log's form of a verdict is built once per result; the template problems found by a later
+    render still reach it."""
+    by = run(ruleset, ticket(custom_fields={}))
+    result = by["jira-p1"]
+    before = result.to_json()
+    assert before == {"rule": "jira-p1", "why": list(result.explanation), "matched": True}
+    assert result.trigger is not None  # the engine renders the trigger of an incident it opens
+    after = result.to_json()
+    assert any("UndefinedError" in problem for problem in after["template_problems"])
+    assert "template_problems" not in before, "the shared form is not changed under an earlier reader"
+    quiet = run(ruleset, ticket(priority="Low"))["jira-p1"].to_json()
+    assert set(quiet) == {"rule", "why"} and quiet["why"]
+
+
 def test_acknowledge_and_resolve_flags(ruleset: RuleSet) -> None:
     by = run(ruleset, ticket(status_category=StatusCategory.IN_PROGRESS))
     assert by["jira-p1"].acknowledge and not by["jira-p1"].resolve
