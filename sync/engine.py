@@ -213,8 +213,9 @@ class Engine:
         self.on_queued = on_queued
         self.silences = silences  # None: nothing is ever silenced (no query either)
         self._queued = 0  # outbox rows written by the current run_once
-        #: the last :meth:`run_once` left claimable changes behind (its claim came back full, or it yielded to
-        #: the webhook writer): its caller runs again at once instead of waiting for the next wake-up
+        #: the last :meth:`run_once` left claimable changes behind (its claim came back full, it yielded to the
+        #: webhook writer, or a ticket of the batch has a later change: a claim takes one per ticket): its caller
+        #: runs again at once instead of waiting for the next wake-up
         self.left_pending = False
         self.connections = None if connections is None else frozenset(connections)
 
@@ -251,8 +252,12 @@ class Engine:
                 if not rows:
                     return 0
                 done = self._process_batch(conn, rows)
-                self.left_pending = len(rows) >= self.batch_size or done < len(rows)
-                return done
+                # a full claim, a batch cut short for the webhook writer, or a later change of one of the batch's
+                # tickets (a claim takes one change per ticket): claimable at once, so the caller runs again
+                more = changes.any_pending(conn)  # one statement whatever the batch (tests/test_engine_statements.py)
+                self.left_pending = more or len(rows) >= self.batch_size or done < len(rows)
+            METRICS.engine_batch_changes.observe(done)  # committed
+            return done
         except (OperationalError, InterfaceError):
             raise
         except Exception:  # noqa: BLE001 - isolate the change that failed
@@ -317,7 +322,6 @@ class Engine:
             done += 1
             self._process(conn, row, ruleset, batch)
         self._queued += batch.writes.flush(conn)
-        METRICS.engine_batch_changes.observe(done)
         return done
 
     def drain(self, limit: int = 1_000_000) -> int:

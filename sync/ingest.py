@@ -51,8 +51,8 @@ def _resolve(items: list[_Item], results: list[int | BaseException]) -> None:
 
 
 class Writer:
-    """The single writer thread. ``on_commit`` is called after each commit with how many changes it stored
-    (wakes the engine; duplicates are not counted)."""
+    """The single writer thread. ``on_commit`` is called after each commit that stored new changes, with how
+    many (wakes the engine; duplicates are not counted)."""
 
     def __init__(
         self,
@@ -127,8 +127,9 @@ class Writer:
         METRICS.webhook_commit.observe(time.perf_counter() - started)  # a slow disk shows here first
         METRICS.webhook_commit_requests.observe(len(items))
         self.rows += sum(len(i.rows) for i, r in zip(items, results, strict=True) if isinstance(r, int))
-        if self.on_commit and any(isinstance(r, int) for r in results):
-            self.on_commit(sum(r for r in results if isinstance(r, int)))
+        stored = sum(r for r in results if isinstance(r, int))
+        if self.on_commit and stored:  # duplicates only (a vendor's retries): nothing for the engine
+            self.on_commit(stored)
         self._resolve_all(items, results)
 
     def _commit_one(self, item: _Item) -> int | BaseException:

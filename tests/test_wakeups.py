@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kernel.clock import FakeClock
+from kernel.model import StatusCategory
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
@@ -214,6 +215,27 @@ def test_a_backlog_is_decided_batch_after_batch_on_one_wake_up(
         waited = _wait_for(lambda: len(pd.events) == 23, 20)
         assert len(pd.events) == 23
         assert waited < 10, "5 batches on one wake-up, not one batch per idle look"
+    finally:
+        service.stop()
+        service.store.dispose()
+
+
+def test_a_tickets_later_change_is_decided_at_once_not_at_the_idle_look(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """A claim takes one change per ticket: a ticket created and updated within one window needs two batches,
+    the second at once (it used to wait for the idle look, 30 s here)."""
+    service = make_service(db_url, rules_path, pd.url, clock, engine={"idle_seconds": 30.0})
+    service.start()
+    try:
+        time.sleep(0.2)  # the engine waits for a wake-up
+        opened = ticket("700")
+        done = ticket("700", status="Done", category=StatusCategory.DONE, minutes=5)
+        receive(service, [change(opened, delivery_id="create-700"), change(done, delivery_id="done-700")])
+        service.writer.on_commit(2)  # what the webhook writer does after its commit
+        waited = _wait_for(lambda: [e["event_action"] for e in pd.events] == ["trigger", "resolve"], 20)
+        assert [e["event_action"] for e in pd.events] == ["trigger", "resolve"]
+        assert waited < 10, "the second change waited for the idle look"
     finally:
         service.stop()
         service.store.dispose()

@@ -523,6 +523,7 @@ class Service:
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
+        self.arrivals.stop()
         self.wake_senders()
         self.reverse_wake.set()
         self.rule_store.stop()

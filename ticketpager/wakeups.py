@@ -85,6 +85,7 @@ class Arrivals:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._count = 0
+        self._stopped = False
 
     def add(self, n: int) -> None:
         """``n`` changes were stored (the webhook writer's commit)."""
@@ -101,5 +102,11 @@ class Arrivals:
         """Wait until ``enough`` changes arrived since :meth:`reset`, at most ``timeout`` seconds (real time: a
         few milliseconds of batching, not business time); how many arrived."""
         with self._cond:
-            self._cond.wait_for(lambda: self._count >= enough, timeout)
+            self._cond.wait_for(lambda: self._count >= enough or self._stopped, timeout)
             return self._count
+
+    def stop(self) -> None:
+        """Shutdown: every :meth:`gather`, now and later, returns at once."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
