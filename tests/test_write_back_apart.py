@@ -112,3 +112,35 @@ def test_with_no_ticket_workers_the_pagerduty_workers_send_notes_too_and_pages_w
     """``write_back_workers: 0`` keeps one pool: the PagerDuty worker is stuck in the notes, the pages wait (the
     contrast that shows what the split buys)."""
     assert _second_wave_latency(tmp_path, rules_path, clock, hung, write_back_workers=0) >= NOTE_TIMEOUT / 2
+
+
+def test_notes_due_behind_a_hung_ticketing_system_wake_only_the_ticket_workers(
+    tmp_path: Path, rules_path: Path, clock: FakeClock, hung: HungServer
+) -> None:
+    """The delivery timer looks at PagerDuty's rows and the tickets' apart: notes that stay due (both ticket
+    workers are stuck in the hung Jira) wake the ticket workers on every look, never PagerDuty's, which sleep
+    until a page is there."""
+    with MockPagerDuty() as pd:
+        service = make_service(
+            f"sqlite:///{tmp_path / 'tp.db'}", rules_path, pd.url, clock,
+            jira={
+                "enabled": True, "url": hung.url, "deployment": "datacenter", "api_token": "pat-token",
+                "webhook_secrets": ["s3cret"], "poll_interval_seconds": 3600, "timeout_seconds": 3.0,
+                "write_back": True,
+            },
+            engine={"idle_seconds": 0.1, "write_back_workers": 2},
+            pagerduty={"rate_limit_per_minute": 10_000},
+        )  # fmt: skip
+        service.start()
+        try:
+            receive(service, [change(ticket(str(300 + i))) for i in range(4)])
+            service.wake.set()
+            assert _wait_for(lambda: len(pd.events) == 4, 10) < 10
+            assert _wait_for(lambda: len([r for r in hung.requests if "/comment" in r]) == 2, 5) < 5
+            pages, notes = service.outbox_wake.count, service.write_back_wake.count
+            time.sleep(1.0)  # ten of the timer's looks, with two notes due and unclaimed throughout
+            assert service.write_back_wake.count >= notes + 5, "the due notes wake the ticket workers"
+            assert service.outbox_wake.count == pages, "nothing of PagerDuty's is due: its workers sleep"
+        finally:
+            service.stop()
+            service.store.dispose()
