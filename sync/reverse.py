@@ -312,16 +312,18 @@ class ReverseWorker:
         link = repo.link_by_dedup_key(conn, found.dedup_key)  # read again under the ticket's lock
         if ticket is None or link is None:
             return self._done(conn, row, event, "no_ticket", now)
-        previous_event = repo.last_event_at(conn, event.incident_id)
-        stale = previous_event is not None and event.occurred_at < previous_event
         inc = event.incident
+        # only events that carry the incident's state (its status, policy) order it: a note or a responder
+        # request says nothing of the state, so one delivered early must not make an older resolve look stale
+        previous_event = repo.last_event_at(conn, event.incident_id) if inc is not None else None
+        stale = previous_event is not None and event.occurred_at < previous_event
         repo.save_incident(
             conn,
             event.incident_id,
             found.dedup_key,
             found.learned_by,
             now,
-            occurred_at=event.occurred_at,
+            occurred_at=event.occurred_at if inc is not None else None,
             number=inc.number if inc else None,
             html_url=inc.html_url if inc else None,
             status=None if stale or inc is None else inc.status,

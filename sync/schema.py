@@ -310,7 +310,7 @@ incidents = Table(
     Column("status", String(16), nullable=True),
     Column("escalation_policy_id", String(64), nullable=True),
     Column("learned_by", String(16), nullable=False),  # rest | incident_key | title
-    Column("last_event_at", UTCDateTime(), nullable=True),  # occurred_at of the newest event applied
+    Column("last_event_at", UTCDateTime(), nullable=True),  # occurred_at of the newest state-bearing event applied
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_incidents_dedup_key", "dedup_key"),
 )

@@ -576,3 +576,35 @@ def test_our_own_page_arriving_after_the_resolve_writes_its_note_but_never_moves
         assert len(own) == 1, bodies
         assert own[0]["transition"] is False, "a late page never moves a resolved ticket back"
         svc.store.dispose()
+
+
+def test_a_note_delivered_before_the_resolve_does_not_make_the_resolve_look_stale(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    """A person acknowledges, resolves, then adds a note; PagerDuty delivers the note before the resolve (it keeps
+    no order across event types). The note carries no incident state, so it is no newer news of the state: the
+    resolve still resolves the link (found by the two-way loop test: the link stayed acknowledged)."""
+    with FakePagerDutyRest() as pd:
+        svc = build(db_url, rules_path, clock)
+        pd.subscribe(URL, SECRET)
+        page(svc)
+        incident = trigger_at_pagerduty(pd)
+        pd.acknowledge(incident, by="PUSER01")
+        pd.resolve(incident, by="PUSER01")
+        pd.add_note(incident, "root cause: a full disk", by="PUSER02")
+        triggered, acknowledged, resolved, annotated = pd.outbox
+        assert json.loads(resolved.body)["event"]["event_type"] == "incident.resolved"
+        pd.outbox = [triggered, acknowledged, annotated, resolved]
+        with TestClient(build_app(svc)) as c:
+            assert deliver(pd, c) == [202, 202, 202, 202]
+        worker(svc, NoteEveryEvent()).drain()
+        row = link_row(svc)
+        assert (row["state"], row["hold_version"]) == ("resolved", content_digest(ticket("10001")))
+        # an older state event delivered after the resolve still does not move the link back
+        pd.outbox = [acknowledged]
+        with TestClient(build_app(svc)) as c:
+            acknowledged.headers["X-Webhook-Id"] = "wh-late-ack"
+            assert deliver(pd, c) == [202]
+        worker(svc, NoteEveryEvent()).drain()
+        assert link_row(svc)["state"] == "resolved"
+        svc.store.dispose()
