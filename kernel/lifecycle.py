@@ -66,10 +66,10 @@ def plan(results: Sequence[Verdict], links: Mapping[str, LinkState], ticket: Tic
     events: list[PlannedEvent] = []
     gone = ticket.status_category is StatusCategory.DELETED
     done = gone or ticket.status_category is StatusCategory.DONE
-    seen: set[str] = set()
     for result in results:
-        seen.add(result.rule)
-        link = links.get(result.rule)
+        link = links.get(result.rule) if links else None
+        if link is None and not result.matched:
+            continue  # most of a change's verdicts (issue 19): a rule that did not match, and no incident of it
         if link is not None and link.state.is_open:
             if gone or result.resolve:
                 why = "ticket deleted" if gone else "resolve_when holds"
@@ -98,9 +98,11 @@ def plan(results: Sequence[Verdict], links: Mapping[str, LinkState], ticket: Tic
             if result.acknowledge:  # the same incident, acknowledged right after it opens
                 ack_reason = "acknowledge_when already holds"
                 events.append(replace(trigger, action=EventAction.ACKNOWLEDGE, reason=ack_reason, trigger=None))
-    for rule, link in links.items():
-        if rule not in seen and link.state.is_open and done:
-            events.append(_follow_up(link, EventAction.RESOLVE, "rule no longer configured; ticket is done"))
+    if done and links:
+        seen = {result.rule for result in results}
+        for rule, link in links.items():
+            if rule not in seen and link.state.is_open:
+                events.append(_follow_up(link, EventAction.RESOLVE, "rule no longer configured; ticket is done"))
     return events
 
 

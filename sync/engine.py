@@ -253,9 +253,10 @@ class Engine:
                     return 0
                 done = self._process_batch(conn, rows)
                 # a full claim, a batch cut short for the webhook writer, or a later change of one of the batch's
-                # tickets (a claim takes one change per ticket): claimable at once, so the caller runs again
-                more = changes.any_pending(conn)  # one statement whatever the batch (tests/test_engine_statements.py)
-                self.left_pending = more or len(rows) >= self.batch_size or done < len(rows)
+                # tickets (a claim takes one change per ticket): claimable at once, so the caller runs again. The
+                # look (one statement whatever the batch: tests/test_engine_statements.py) only when the batch
+                # itself does not say so: under load batches are full
+                self.left_pending = len(rows) >= self.batch_size or done < len(rows) or changes.any_pending(conn)
             METRICS.engine_batch_changes.observe(done)  # committed
             return done
         except (OperationalError, InterfaceError):
@@ -368,7 +369,7 @@ class Engine:
         detail: dict[str, Any] = {
             "origin": change.origin.value,
             "changes": [c.field for c in changed],
-            "verdicts": [verdict_json(r) for r in results],
+            "verdicts": [r.to_json() for r in results],  # verdict_json, without a call per verdict
             "events": [event_json(e) for e in events],
         }
         if silenced:
