@@ -313,10 +313,13 @@ class ReverseWorker:
         if ticket is None or link is None:
             return self._done(conn, row, event, "no_ticket", now)
         inc = event.incident
-        # only events that carry the incident's state (its status, policy) order it: a note or a responder
-        # request says nothing of the state, so one delivered early must not make an older resolve look stale
-        previous_event = repo.last_event_at(conn, event.incident_id) if inc is not None else None
-        stale = previous_event is not None and event.occurred_at < previous_event
+        # PagerDuty keeps no order across event types, so an incident's news is ordered by occurred_at, on two
+        # marks: the row's snapshot (status, policy) by every event that carries the incident, and the link's
+        # state by the events that moved it. A note carries neither, and a priority change or a reassignment
+        # delivered before an earlier acknowledge, resolve or reopen must not make that move look stale.
+        snapshot_at, moved_at = repo.event_marks(conn, event.incident_id) if inc is not None else (None, None)
+        stale = snapshot_at is not None and event.occurred_at < snapshot_at
+        stale_move = moved_at is not None and event.occurred_at < moved_at
         repo.save_incident(
             conn,
             event.incident_id,
@@ -334,7 +337,12 @@ class ReverseWorker:
         # our own page coming back is still the first news of the incident: its number and link go onto the
         # ticket (once, by the event's marker); every other echo writes nothing back
         own_page = echo and event.event_type is EventType.TRIGGERED
-        moved = None if stale else self._move_link(conn, found.dedup_key, link.link.state, event, ticket, echo, now)
+        moved = None
+        if not stale_move and event.event_type in _STATE_MOVES:
+            moved = self._move_link(conn, found.dedup_key, link.link.state, event, ticket, echo, now)
+            # the newest news of the link's state even when it moves nothing (a second resolve): an older reopen
+            # delivered after it must not reopen the link
+            repo.mark_state_event(conn, event.incident_id, event.occurred_at)
         detail: dict[str, Any] = {
             "origin": "pagerduty",
             "event_type": event.event_type.value,
@@ -344,7 +352,7 @@ class ReverseWorker:
             "rule": link.link.rule,
             "link_state": moved.value if moved else link.link.state.value,
         }
-        if stale:
+        if stale or stale_move:
             detail["stale"] = True
         if echo and not own_page:
             METRICS.echoes_suppressed.labels(event.event_type.value).inc()

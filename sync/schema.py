@@ -310,7 +310,10 @@ incidents = Table(
     Column("status", String(16), nullable=True),
     Column("escalation_policy_id", String(64), nullable=True),
     Column("learned_by", String(16), nullable=False),  # rest | incident_key | title
-    Column("last_event_at", UTCDateTime(), nullable=True),  # occurred_at of the newest state-bearing event applied
+    # occurred_at of the newest applied event that carried the incident (its status and policy: the row's snapshot)
+    Column("last_event_at", UTCDateTime(), nullable=True),
+    # … and of the newest that moved the link (acknowledged, unacknowledged, resolved, reopened; migration 0012)
+    Column("state_event_at", UTCDateTime(), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_incidents_dedup_key", "dedup_key"),
 )

@@ -43,6 +43,7 @@ def statements_of_one_batch(db_url: str, rules_path: Path, n: int, follow_up: bo
     paging (a trigger, a new link), or (``follow_up``) the same tickets moved to in progress (an acknowledge,
     a link moved on)."""
     svc = make_service(db_url, rules_path, "http://127.0.0.1:9/v2/enqueue", FakeClock(T0), dry_run=True)
+    assert svc.engine.batch_size == 50  # what _same_for_1_and_50 counts on
     try:
         ids = [f"{n}-{i}" for i in range(n)]  # tickets of their own: the database is shared by the calls
         assert receive(svc, [change(ticket(i)) for i in ids]) == n
@@ -63,7 +64,8 @@ def statements_of_one_batch(db_url: str, rules_path: Path, n: int, follow_up: bo
 
 
 def _same_for_1_and_50(count: Callable[[int], int]) -> None:
-    one, fifty = count(1), count(50)
+    one, forty_nine, fifty = count(1), count(49), count(50)
+    assert forty_nine == one, f"statements per batch: {one} for 1 change, {forty_nine} for 49"
     # 50 is the batch size: a full batch needs no look for what is left (it is claimed again at once)
     assert fifty == one - 1, f"statements per batch: {one} for 1 change, {fifty} for a full batch of 50"
     assert one <= 13, one  # the idle probe, a claim, two reads, five writes, the look for what is left, the rest

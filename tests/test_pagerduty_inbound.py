@@ -493,6 +493,27 @@ def test_migration_0008_adds_the_inbox_and_incidents_and_keeps_existing_links(db
     store.dispose()
 
 
+def test_migration_0012_starts_the_links_state_mark_from_the_incidents_last_event(
+    db_url: str, clock: FakeClock
+) -> None:
+    """Incidents known before 0012 keep being judged as they were: their link's state mark starts at last_event_at
+    (a late older state event stays stale after the upgrade)."""
+    store = Store(db_url)
+    db.upgrade(store.engine, "0011")
+    now = clock.now()
+    with store.engine.begin() as conn:
+        rows = [("Q1", now), ("Q2", None)]  # the columns 0011 has (state_event_at is not there yet)
+        for incident_id, at in rows:
+            values = {"incident_id": incident_id, "dedup_key": KEY, "learned_by": "rest", "updated_at": now}
+            conn.execute(insert(incidents).values(**values, last_event_at=at))
+    store.upgrade()
+    with store.engine.connect() as conn:
+        assert repo.event_marks(conn, "Q1") == (now, now)
+        assert repo.event_marks(conn, "Q2") == (None, None)
+        assert repo.event_marks(conn, "Q3") == (None, None)
+    store.dispose()
+
+
 def test_the_new_secrets_never_show_in_the_settings_or_the_rest_clients_repr(
     db_url: str, rules_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -578,12 +599,27 @@ def test_our_own_page_arriving_after_the_resolve_writes_its_note_but_never_moves
         svc.store.dispose()
 
 
+def delivered_in(pd: FakePagerDutyRest, svc: Service, order: list[str]) -> None:
+    """Deliver the fake's queued webhooks in ``order`` (event types, each taken once, in that order) and run the
+    reverse worker."""
+    queue = list(pd.outbox)
+    pd.outbox = []
+    for event_type in order:
+        match = next(d for d in queue if json.loads(d.body)["event"]["event_type"] == event_type)
+        queue.remove(match)
+        pd.outbox.append(match)
+    assert not queue, [json.loads(d.body)["event"]["event_type"] for d in queue]
+    with TestClient(build_app(svc)) as c:
+        assert set(deliver(pd, c)) == {202}
+    worker(svc, NoteEveryEvent()).drain()
+
+
 def test_a_note_delivered_before_the_resolve_does_not_make_the_resolve_look_stale(
     db_url: str, rules_path: Path, clock: FakeClock
 ) -> None:
     """A person acknowledges, resolves, then adds a note; PagerDuty delivers the note before the resolve (it keeps
-    no order across event types). The note carries no incident state, so it is no newer news of the state: the
-    resolve still resolves the link (found by the two-way loop test: the link stayed acknowledged)."""
+    no order across event types). The note carries no incident state: the resolve still resolves the link (found
+    by the two-way loop test: the link stayed acknowledged on a resolved incident)."""
     with FakePagerDutyRest() as pd:
         svc = build(db_url, rules_path, clock)
         pd.subscribe(URL, SECRET)
@@ -592,19 +628,53 @@ def test_a_note_delivered_before_the_resolve_does_not_make_the_resolve_look_stal
         pd.acknowledge(incident, by="PUSER01")
         pd.resolve(incident, by="PUSER01")
         pd.add_note(incident, "root cause: a full disk", by="PUSER02")
-        triggered, acknowledged, resolved, annotated = pd.outbox
-        assert json.loads(resolved.body)["event"]["event_type"] == "incident.resolved"
-        pd.outbox = [triggered, acknowledged, annotated, resolved]
-        with TestClient(build_app(svc)) as c:
-            assert deliver(pd, c) == [202, 202, 202, 202]
-        worker(svc, NoteEveryEvent()).drain()
+        order = ["incident.triggered", "incident.acknowledged", "incident.annotated", "incident.resolved"]
+        delivered_in(pd, svc, order)
         row = link_row(svc)
         assert (row["state"], row["hold_version"]) == ("resolved", content_digest(ticket("10001")))
-        # an older state event delivered after the resolve still does not move the link back
-        pd.outbox = [acknowledged]
-        with TestClient(build_app(svc)) as c:
-            acknowledged.headers["X-Webhook-Id"] = "wh-late-ack"
-            assert deliver(pd, c) == [202]
-        worker(svc, NoteEveryEvent()).drain()
+        svc.store.dispose()
+
+
+def test_a_reassignment_delivered_before_an_earlier_acknowledge_does_not_make_it_stale(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    """The reassignment carries the incident (its status: acknowledged) but moves no link: the acknowledge that
+    happened before it, delivered after it, still acknowledges the link (review finding)."""
+    with FakePagerDutyRest() as pd:
+        svc = build(db_url, rules_path, clock)
+        pd.subscribe(URL, SECRET)
+        page(svc)
+        incident = trigger_at_pagerduty(pd)
+        pd.acknowledge(incident, by="PUSER01")
+        pd.reassign(incident, ["PUSER02"], by="PUSER01")
+        delivered_in(pd, svc, ["incident.triggered", "incident.reassigned", "incident.acknowledged"])
+        assert link_row(svc)["state"] == "acknowledged"
+        with svc.store.engine.connect() as conn:  # the snapshot stays the newest event's
+            assert conn.execute(select(incidents.c.status)).scalar_one() == "acknowledged"
+        svc.store.dispose()
+
+
+def test_a_reopen_delivered_late_reopens_the_link_only_when_no_later_state_event_was_applied(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    """Resolved, reopened, reassigned: the reassignment delivered before the reopen does not make the reopen stale
+    (the link is open again). Resolved, reopened, resolved again: the reopen delivered last is older than the
+    resolve applied, and the link stays resolved."""
+    with FakePagerDutyRest() as pd:
+        svc = build(db_url, rules_path, clock)
+        pd.subscribe(URL, SECRET)
+        page(svc)
+        incident = trigger_at_pagerduty(pd)
+        pd.resolve(incident, by="PUSER01")
+        pd.unacknowledge(incident)  # back to triggered: PagerDuty sends incident.reopened
+        pd.reassign(incident, ["PUSER02"], by="PUSER01")
+        order = ["incident.triggered", "incident.resolved", "incident.reassigned", "incident.reopened"]
+        delivered_in(pd, svc, order)
+        assert link_row(svc)["state"] == "triggered"
+
+        pd.resolve(incident, by="PUSER01")
+        pd.unacknowledge(incident)
+        pd.resolve(incident, by="PUSER01")
+        delivered_in(pd, svc, ["incident.resolved", "incident.resolved", "incident.reopened"])
         assert link_row(svc)["state"] == "resolved"
         svc.store.dispose()

@@ -157,7 +157,8 @@ def check(world: World) -> None:
 @pytest.mark.parametrize("transition", [False, True], ids=["comment-only", "resolve-transitions"])
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(step, min_size=1, max_size=30), shuffle=st.randoms(use_true_random=False))
-# found by CI once (2026-12-03): a person's note delivered before their resolve made the resolve look stale
+# found by CI once (2026-12-03): a person's note delivered before their resolve made the resolve look stale (fails
+# without the fix in the comment-only run; with resolve-transitions the ticket's done resolves the link anyway)
 @example(
     steps=[
         ("deliver", "ticket", 0, False), ("run",), ("pd", "ack"), ("pd", "resolve"), ("pd", "annotate"),

@@ -168,10 +168,25 @@ def incident_dedup_key(conn: Connection, incident_id: str) -> str | None:
     ).scalar_one_or_none()
 
 
-def last_event_at(conn: Connection, incident_id: str) -> datetime | None:
-    return conn.execute(
-        select(incidents.c.last_event_at).where(incidents.c.incident_id == incident_id)
-    ).scalar_one_or_none()
+def event_marks(conn: Connection, incident_id: str) -> tuple[datetime | None, datetime | None]:
+    """When the newest applied event that carried the incident happened (its snapshot: status, policy), and when
+    the newest that moved its link did (``state_event_at``); None: none yet."""
+    row = conn.execute(
+        select(incidents.c.last_event_at, incidents.c.state_event_at).where(incidents.c.incident_id == incident_id)
+    ).first()
+    return (None, None) if row is None else (row[0], row[1])
+
+
+def mark_state_event(conn: Connection, incident_id: str, occurred_at: datetime) -> None:
+    """Record that an event of ``occurred_at`` moved the incident's link (forward only)."""
+    conn.execute(
+        update(incidents)
+        .where(
+            incidents.c.incident_id == incident_id,
+            (incidents.c.state_event_at.is_(None)) | (incidents.c.state_event_at < occurred_at),
+        )
+        .values(state_event_at=occurred_at)
+    )
 
 
 def incident_url(conn: Connection, incident_id: str) -> str | None:
