@@ -177,6 +177,22 @@ def trigger_at_pagerduty(pd: FakePagerDutyRest, summary: str = "[OPS-10001] Chec
     return pd.apply_event({"dedup_key": KEY, "event_action": "trigger", "payload": {"summary": summary}})
 
 
+def paged(
+    pd: FakePagerDutyRest,
+    db_url: str,
+    rules_path: Path,
+    clock: FakeClock,
+    summary: str = "[OPS-10001] Checkout is down",
+    **pagerduty: Any,
+) -> tuple[Service, str]:
+    """A service (``pagerduty`` settings) whose webhooks ``pd`` sends, ticket OPS-10001 paged and its incident
+    open at PagerDuty: the service and the incident's id."""
+    svc = build(db_url, rules_path, clock, **pagerduty)
+    pd.subscribe(URL, SECRET)
+    page(svc)
+    return svc, trigger_at_pagerduty(pd, summary)
+
+
 # -- the endpoint ----------------------------------------------------------------------------------------------
 def test_a_signed_webhook_is_stored_before_the_202_and_a_redelivery_is_stored_once(
     client: TestClient, service: Service
@@ -270,10 +286,8 @@ def test_with_a_token_the_incident_is_learned_from_its_alerts_and_our_own_trigge
     db_url: str, rules_path: Path, clock: FakeClock
 ) -> None:
     with FakePagerDutyRest() as pd:
-        svc = build(db_url, rules_path, clock, api_token=TOKEN, api_url=pd.url, from_email=BOT_EMAIL)
-        pd.subscribe(URL, SECRET)
-        page(svc)
-        incident = trigger_at_pagerduty(pd, summary="Checkout is down")  # the title names no ticket
+        rest = {"api_token": TOKEN, "api_url": pd.url, "from_email": BOT_EMAIL}
+        svc, incident = paged(pd, db_url, rules_path, clock, summary="Checkout is down", **rest)  # names no ticket
         rules = NoteEveryEvent()
         reverse = worker(svc, rules, lookup=svc.rest)  # the service's own REST client (a token is set)
         echoes = METRICS.echoes_suppressed.labels("incident.triggered")
@@ -324,10 +338,7 @@ def test_without_a_token_the_incident_is_matched_by_the_ticket_key_in_its_title_
     db_url: str, rules_path: Path, clock: FakeClock
 ) -> None:
     with FakePagerDutyRest() as pd:
-        svc = build(db_url, rules_path, clock)
-        pd.subscribe(URL, SECRET)
-        page(svc)
-        ours = trigger_at_pagerduty(pd)  # "[OPS-10001] Checkout is down"
+        svc, ours = paged(pd, db_url, rules_path, clock)  # "[OPS-10001] Checkout is down"
         manual = pd.apply_event(
             {"dedup_key": "someone-else", "event_action": "trigger", "payload": {"summary": "OPS-999 disk full"}}
         )
@@ -356,10 +367,7 @@ def test_our_own_rest_write_and_events_api_resolve_come_back_as_echoes_that_writ
     db_url: str, rules_path: Path, clock: FakeClock
 ) -> None:
     with FakePagerDutyRest() as pd:
-        svc = build(db_url, rules_path, clock)
-        pd.subscribe(URL, SECRET)
-        page(svc)
-        incident = trigger_at_pagerduty(pd)
+        svc, incident = paged(pd, db_url, rules_path, clock)
         pd.acknowledge(incident, by="PBOT001")  # our REST write (the From user) …
         pd.apply_event({"dedup_key": KEY, "event_action": "resolve"})  # … and our Events API resolve
         rules = NoteEveryEvent()
@@ -377,10 +385,7 @@ def test_after_a_person_resolves_in_pagerduty_no_new_page_until_the_ticket_chang
     db_url: str, rules_path: Path, clock: FakeClock
 ) -> None:
     with FakePagerDutyRest() as pd:
-        svc = build(db_url, rules_path, clock)
-        pd.subscribe(URL, SECRET)
-        page(svc)
-        incident = trigger_at_pagerduty(pd)
+        svc, incident = paged(pd, db_url, rules_path, clock)
         pd.resolve(incident, by="PUSER01")
         rules = NoteEveryEvent()
         with TestClient(build_app(svc)) as c:
@@ -413,10 +418,7 @@ def link_row_generation(svc: Service) -> tuple[int, str | None]:
 
 def test_a_ticket_done_when_the_person_resolves_is_not_held(db_url: str, rules_path: Path, clock: FakeClock) -> None:
     with FakePagerDutyRest() as pd:
-        svc = build(db_url, rules_path, clock)
-        pd.subscribe(URL, SECRET)
-        page(svc)
-        incident = trigger_at_pagerduty(pd)
+        svc, incident = paged(pd, db_url, rules_path, clock)
         receive(svc, [change(ticket("10001", minutes=1, status="Done", category=StatusCategory.DONE), "wh-done")])
         svc.engine.drain()  # the engine resolves: our resolve is queued, the link is resolved
         pd.resolve(incident, by="PUSER01")  # and someone resolves it in PagerDuty too, before ours arrives
@@ -431,10 +433,7 @@ def test_when_pagerdutys_rest_api_is_down_the_webhook_waits_and_is_handled_later
     db_url: str, rules_path: Path, clock: FakeClock
 ) -> None:
     with FakePagerDutyRest() as pd:
-        svc = build(db_url, rules_path, clock)
-        pd.subscribe(URL, SECRET)
-        page(svc)
-        incident = trigger_at_pagerduty(pd, summary="Checkout is down")
+        svc, incident = paged(pd, db_url, rules_path, clock, summary="Checkout is down")
         pd.acknowledge(incident)
         with TestClient(build_app(svc)) as c:
             deliver(pd, c)
@@ -532,10 +531,7 @@ def test_a_webhook_another_replica_handled_meanwhile_is_not_applied_twice(
     """Two replicas' workers read the same pending webhook (the first one's lease ran out mid-batch): the one
     that comes second writes nothing, so the ticket gets one update."""
     with FakePagerDutyRest() as pd:
-        svc = build(db_url, rules_path, clock)
-        pd.subscribe(URL, SECRET)
-        page(svc)
-        incident = trigger_at_pagerduty(pd)
+        svc, incident = paged(pd, db_url, rules_path, clock)
         pd.acknowledge(incident)
         with TestClient(build_app(svc)) as c:
             deliver(pd, c)
@@ -577,10 +573,7 @@ def test_our_own_page_arriving_after_the_resolve_writes_its_note_but_never_moves
     """PagerDuty delivers our page's ``incident.triggered`` late, after a person acknowledged and resolved: its
     note (the incident's number and link) is still written, its transition is not: the ticket stays done."""
     with FakePagerDutyRest() as pd:
-        svc = build(db_url, rules_path, clock, api_token=TOKEN, api_url=pd.url, from_email=BOT_EMAIL)
-        pd.subscribe(URL, SECRET)
-        page(svc)
-        incident = trigger_at_pagerduty(pd)
+        svc, incident = paged(pd, db_url, rules_path, clock, api_token=TOKEN, api_url=pd.url, from_email=BOT_EMAIL)
         pd.acknowledge(incident, by="PUSER01")
         pd.resolve(incident, by="PUSER01")
         triggered, *later = pd.outbox
@@ -621,10 +614,7 @@ def test_a_note_delivered_before_the_resolve_does_not_make_the_resolve_look_stal
     no order across event types). The note carries no incident state: the resolve still resolves the link (found
     by the two-way loop test: the link stayed acknowledged on a resolved incident)."""
     with FakePagerDutyRest() as pd:
-        svc = build(db_url, rules_path, clock)
-        pd.subscribe(URL, SECRET)
-        page(svc)
-        incident = trigger_at_pagerduty(pd)
+        svc, incident = paged(pd, db_url, rules_path, clock)
         pd.acknowledge(incident, by="PUSER01")
         pd.resolve(incident, by="PUSER01")
         pd.add_note(incident, "root cause: a full disk", by="PUSER02")
@@ -641,10 +631,7 @@ def test_a_reassignment_delivered_before_an_earlier_acknowledge_does_not_make_it
     """The reassignment carries the incident (its status: acknowledged) but moves no link: the acknowledge that
     happened before it, delivered after it, still acknowledges the link (review finding)."""
     with FakePagerDutyRest() as pd:
-        svc = build(db_url, rules_path, clock)
-        pd.subscribe(URL, SECRET)
-        page(svc)
-        incident = trigger_at_pagerduty(pd)
+        svc, incident = paged(pd, db_url, rules_path, clock)
         pd.acknowledge(incident, by="PUSER01")
         pd.reassign(incident, ["PUSER02"], by="PUSER01")
         delivered_in(pd, svc, ["incident.triggered", "incident.reassigned", "incident.acknowledged"])
@@ -661,10 +648,7 @@ def test_a_reopen_delivered_late_reopens_the_link_only_when_no_later_state_event
     (the link is open again). Resolved, reopened, resolved again: the reopen delivered last is older than the
     resolve applied, and the link stays resolved."""
     with FakePagerDutyRest() as pd:
-        svc = build(db_url, rules_path, clock)
-        pd.subscribe(URL, SECRET)
-        page(svc)
-        incident = trigger_at_pagerduty(pd)
+        svc, incident = paged(pd, db_url, rules_path, clock)
         pd.resolve(incident, by="PUSER01")
         pd.unacknowledge(incident)  # back to triggered: PagerDuty sends incident.reopened
         pd.reassign(incident, ["PUSER02"], by="PUSER01")
