@@ -85,12 +85,6 @@ def evaluate_change(
     return ruleset.evaluate(EvalContext(ticket=ticket, previous=previous, changes=tuple(changed), now=now))
 
 
-def verdict_json(result: Verdict) -> dict[str, Any]:
-    """A verdict as the decision log stores it (compact: a rule that did not match is its name and why; a
-    change's decision of 100 rules was 13 KB with every flag, written with every change: issue 19)."""
-    return result.to_json()
-
-
 def verdict_of(stored: Mapping[str, Any]) -> dict[str, Any]:
     """A stored verdict with every flag (this release's compact ones and older full ones alike)."""
     return {**VERDICT_DEFAULTS, **stored}
@@ -369,7 +363,9 @@ class Engine:
         detail: dict[str, Any] = {
             "origin": change.origin.value,
             "changes": [c.field for c in changed],
-            "verdicts": [r.to_json() for r in results],  # verdict_json, without a call per verdict
+            # compact (Verdict.to_json): a rule that did not match is its name and why; with every flag, a change's
+            # decision of 100 rules was 13 KB, written with every change (issue 19)
+            "verdicts": [r.to_json() for r in results],
             "events": [event_json(e) for e in events],
         }
         if silenced:
@@ -636,7 +632,7 @@ class Engine:
             detail["why"] = f"silence #{ended} ended"
         elif not events and not (silenced and held.new_hold):
             return 0  # nothing to say (a pass over a ticket a silence already holds says nothing again)
-        detail |= {"verdicts": [verdict_json(r) for r in results], "events": [event_json(e) for e in events]}
+        detail |= {"verdicts": [r.to_json() for r in results], "events": [event_json(e) for e in events]}
         if silenced:
             detail["silenced"] = silenced
         outcome = "paged" if events else "silenced" if silenced else "no_action"
