@@ -319,7 +319,8 @@ class ReverseWorker:
         # delivered before an earlier acknowledge, resolve or reopen must not make that move look stale.
         snapshot_at, moved_at = repo.event_marks(conn, event.incident_id) if inc is not None else (None, None)
         stale = snapshot_at is not None and event.occurred_at < snapshot_at
-        stale_move = moved_at is not None and event.occurred_at < moved_at
+        moves_link = event.event_type in _STATE_MOVES
+        stale_move = moves_link and moved_at is not None and event.occurred_at < moved_at
         repo.save_incident(
             conn,
             event.incident_id,
@@ -338,7 +339,7 @@ class ReverseWorker:
         # ticket (once, by the event's marker); every other echo writes nothing back
         own_page = echo and event.event_type is EventType.TRIGGERED
         moved = None
-        if not stale_move and event.event_type in _STATE_MOVES:
+        if moves_link and not stale_move:
             moved = self._move_link(conn, found.dedup_key, link.link.state, event, ticket, echo, now)
             # the newest news of the link's state even when it moves nothing (a second resolve): an older reopen
             # delivered after it must not reopen the link
