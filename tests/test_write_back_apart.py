@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from kernel.clock import FakeClock
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
+from ticketpager.service import Service
 
 NOTE_TIMEOUT = 2.0  # the hung Jira's connector timeout: each note blocks its worker this long
 
@@ -69,21 +71,44 @@ def _wait_for(predicate: Callable[[], bool], seconds: float) -> float:
     return time.monotonic() - started
 
 
+def _writing_back_to(
+    hung: HungServer,
+    tmp_path: Path,
+    rules_path: Path,
+    clock: FakeClock,
+    pd: MockPagerDuty,
+    *,
+    note_timeout: float,
+    idle_seconds: float,
+    write_back_workers: int,
+    pagerduty_workers: int | None = None,
+) -> Service:
+    """A service paging ``pd`` whose Jira (write-back on) is ``hung``. Threads, not the database, are under test:
+    SQLite only."""
+    pagerduty: dict[str, Any] = {"rate_limit_per_minute": 10_000}
+    if pagerduty_workers is not None:
+        pagerduty["workers"] = pagerduty_workers
+    return make_service(
+        f"sqlite:///{tmp_path / 'tp.db'}", rules_path, pd.url, clock,
+        jira={
+            "enabled": True, "url": hung.url, "deployment": "datacenter", "api_token": "pat-token",
+            "webhook_secrets": ["s3cret"], "poll_interval_seconds": 3600, "timeout_seconds": note_timeout,
+            "write_back": True,
+        },
+        engine={"idle_seconds": idle_seconds, "write_back_workers": write_back_workers},
+        pagerduty=pagerduty,
+    )  # fmt: skip
+
+
 def _second_wave_latency(
     tmp_path: Path, rules_path: Path, clock: FakeClock, hung: HungServer, write_back_workers: int
 ) -> float:
     """One PagerDuty worker. Page 4 tickets (their notes to Jira then hang), then 8 more: how long until the 8
     pages are accepted."""
     with MockPagerDuty() as pd:
-        service = make_service(  # threads, not the database, are under test: SQLite only
-            f"sqlite:///{tmp_path / 'tp.db'}", rules_path, pd.url, clock,
-            jira={
-                "enabled": True, "url": hung.url, "deployment": "datacenter", "api_token": "pat-token",
-                "webhook_secrets": ["s3cret"], "poll_interval_seconds": 3600, "timeout_seconds": NOTE_TIMEOUT,
-                "write_back": True,
-            },
-            engine={"idle_seconds": 0.2, "write_back_workers": write_back_workers},
-            pagerduty={"rate_limit_per_minute": 10_000, "workers": 1},
+        service = _writing_back_to(
+            hung, tmp_path, rules_path, clock, pd,
+            note_timeout=NOTE_TIMEOUT, idle_seconds=0.2, write_back_workers=write_back_workers, pagerduty_workers=1,
         )  # fmt: skip
         service.start()
         try:
@@ -121,16 +146,9 @@ def test_notes_due_behind_a_hung_ticketing_system_wake_only_the_ticket_workers(
     workers are stuck in the hung Jira) wake the ticket workers on every look, never PagerDuty's, which sleep
     until a page is there."""
     with MockPagerDuty() as pd:
-        service = make_service(
-            f"sqlite:///{tmp_path / 'tp.db'}", rules_path, pd.url, clock,
-            jira={
-                "enabled": True, "url": hung.url, "deployment": "datacenter", "api_token": "pat-token",
-                "webhook_secrets": ["s3cret"], "poll_interval_seconds": 3600, "timeout_seconds": 3.0,
-                "write_back": True,
-            },
-            engine={"idle_seconds": 0.1, "write_back_workers": 2},
-            pagerduty={"rate_limit_per_minute": 10_000},
-        )  # fmt: skip
+        service = _writing_back_to(
+            hung, tmp_path, rules_path, clock, pd, note_timeout=3.0, idle_seconds=0.1, write_back_workers=2
+        )
         service.start()
         try:
             receive(service, [change(ticket(str(300 + i))) for i in range(4)])
