@@ -6,13 +6,19 @@ each webhook durably and then POSTs its page with ``requests`` (the project's on
 least, so the pipeline's CPU per 1,000 reads against that floor. Its session does not re-read the
 environment's proxy settings per request (``trust_env`` off), as the events sink does not.
 
-Run:  python -m bench.bare_sends --url http://127.0.0.1:PORT/v2/enqueue [--count 1000]
+With ``--threads N`` it sends from N threads at once, each with its own session taking the next page when its
+last one is answered: the most that N in-flight sends reach against the same mock on this machine, the
+baseline of goal 5 (``bench.pipeline`` reads their arrivals at the mock).
+
+Run:  python -m bench.bare_sends --url http://127.0.0.1:PORT/v2/enqueue [--count 1000] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import threading
 import time
 
 import requests
@@ -49,12 +55,38 @@ def cpu_for(url: str, count: int) -> float:
     return time.process_time() - start
 
 
+def cpu_concurrently(url: str, count: int, threads: int) -> float:
+    """``count`` pages sent by ``threads`` senders at once, as delivery workers send: CPU seconds."""
+    numbers = itertools.count()  # next() is atomic under the GIL: each page is sent once
+    bodies = [body(n) for n in range(count)]
+
+    def sender() -> None:
+        session = requests.Session()
+        session.trust_env = False
+        while (n := next(numbers)) < count:
+            session.post(
+                url, data=bodies[n], headers={"Content-Type": "application/json"}, timeout=10
+            ).raise_for_status()
+
+    workers = [threading.Thread(target=sender) for _ in range(threads)]
+    start = time.process_time()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return time.process_time() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True)
     parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=1, help="senders at once (1: one after another)")
     args = parser.parse_args()
-    print(f"{cpu_for(args.url, args.count):.4f}")
+    if args.threads > 1:
+        print(f"{cpu_concurrently(args.url, args.count, args.threads):.4f}")
+    else:
+        print(f"{cpu_for(args.url, args.count):.4f}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ Per code tree (the working tree, and with ``--baseline`` a ``git archive`` of RE
 Baseline for goal 2 in the same run: ``bench/ceiling_app.py`` (the minimal durable endpoint) receiving the
 same keep-up requests at the same rate, its CPU read the same way, plus ``bench/bare_sends.py`` (a bare
 ``requests`` session POSTing as many pages to the same mock): their sum is the floor of any design that
-stores each webhook durably and pages through ``requests``. CPU is utime + stime of the server's
+stores each webhook durably and pages through ``requests``. The same floor at the first ``--rates`` value
+(its webhooks at its rate, a bare POST per page) is goal 1's baseline, and per ``--workers`` value as many
+bare ``requests`` senders at once, in a process of their own, against the same mock at the same latency
+(``bench.bare_sends --threads``) are goal 5's: what that many in-flight sends reach on this machine with
+nothing else running. CPU is utime + stime of the server's
 process (all its threads) from ``/proc/<pid>/stat``; the load generator and the mock run in this process
 and are not counted. Every webhook is a signed Jira ``issue_created`` of a new ticket.
 """
@@ -326,19 +330,40 @@ def run_tree(label: str, tree: Path, mock: Mock, cfg: Config) -> TreeReport:
     return report
 
 
-def bare_sends_cpu(url: str, count: int) -> float:
+def bare_sends_cpu(url: str, count: int, threads: int = 1) -> float:
     """CPU seconds of a bare ``requests`` session POSTing ``count`` events to the mock (bench/bare_sends.py),
-    in a process of its own."""
+    in a process of its own; ``threads`` senders at once."""
     out = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "bench.bare_sends", "--url", url, "--count", str(count)],
+        [sys.executable, "-m", "bench.bare_sends", "--url", url, "--count", str(count), "--threads", str(threads)],
         cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     return float(out.strip().splitlines()[-1])
 
 
-def ceiling_phase(cfg: Config, mock: Mock | None = None) -> Phase:
-    """The floor of goal 2: the minimal durable endpoint (bench/ceiling_app.py) receiving the keep-up requests
-    at the same rate, and (given the ``mock``) a bare ``requests`` POST of as many pages to it."""
+@dataclass
+class Floors:
+    """One round's baselines, measured in the same run as the trees: what any design costs at the least."""
+
+    keep_up: Phase  # goal 2: the keep-up requests to the minimal durable endpoint, and a bare POST per page
+    low_rate: Phase | None = None  # goal 1: the same at the first --rates value
+    senders: dict[int, Phase] = field(default_factory=dict)  # goal 5: bare senders, per in-flight count
+
+
+def floors_phase(cfg: Config, mock: Mock) -> Floors:
+    """This round's :class:`Floors`."""
+    keep_up = durable_phase("ceiling", cfg, cfg.keepup_rate, cfg.keepup_count, cfg.keepup_count, mock)
+    low_rate = None
+    if cfg.rates:
+        rate = cfg.rates[0]
+        count = max(int(rate * cfg.seconds), 1)
+        low_rate = durable_phase(f"floor {rate:g}/s", cfg, rate, count, len(range(0, count, cfg.page_every)), mock)
+    senders = {workers: bare_senders_phase(cfg, mock, workers) for workers in cfg.workers}
+    return Floors(keep_up, low_rate, senders)
+
+
+def durable_phase(name: str, cfg: Config, rate: float, count: int, pages: int, mock: Mock | None = None) -> Phase:
+    """The minimal durable endpoint (bench/ceiling_app.py) receiving ``count`` of the pipeline's webhooks at
+    ``rate``, and (given the ``mock``) a bare ``requests`` POST of ``pages`` pages to it."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="tp-ceiling-") as tmp:
         proc = subprocess.Popen(  # noqa: S603
@@ -351,17 +376,32 @@ def ceiling_phase(cfg: Config, mock: Mock | None = None) -> Phase:
             _wait_port(port)
             time.sleep(cfg.settle_seconds)
             cpu0 = cpu_seconds(proc.pid)
-            result = loadgen.open_loop(
-                "127.0.0.1", port, lambda i: webhook(port, i, True), cfg.keepup_rate, cfg.keepup_count
-            )
+            result = loadgen.open_loop("127.0.0.1", port, lambda i: webhook(port, i, True), rate, count)
             time.sleep(0.2)  # the last commits
             used = cpu_seconds(proc.pid) - cpu0
         finally:
             stop(proc)
-    sends = bare_sends_cpu(mock.url, cfg.keepup_count) if mock is not None else float("nan")
+    sends = bare_sends_cpu(mock.url, pages) if mock is not None and pages else float("nan")
     return Phase(
-        "ceiling", sent=result.requests, errors=result.errors, p50_ms=result.pct(0.5), p99_ms=result.pct(0.99),
-        wall=result.seconds, cpu_load=used, cpu_total=used, sends_cpu=sends,
+        name, sent=result.requests, errors=result.errors, p50_ms=result.pct(0.5), p99_ms=result.pct(0.99),
+        wall=count / rate, cpu_load=used, cpu_total=used, sends_cpu=sends, pages_expected=pages,
+    )  # fmt: skip
+
+
+def bare_senders_phase(cfg: Config, mock: Mock, workers: int) -> Phase:
+    """Goal 5's baseline: the delivery phase's pages sent by ``workers`` bare ``requests`` senders at once to
+    the mock at the delivery latency, first page accepted → last."""
+    count = max(int(workers / cfg.delivery_latency * cfg.delivery_seconds), 2)
+    mock.pd.latency_seconds = cfg.delivery_latency
+    mark = mock.mark()
+    try:
+        cpu = bare_sends_cpu(mock.url, count, threads=workers)
+    finally:
+        mock.pd.latency_seconds = cfg.latency
+    arrivals = [t for _, t in mock.accepted_since(mark)]
+    return Phase(
+        f"bare senders x{workers}", sent=count, sends_cpu=cpu, pages_expected=count, pages_accepted=len(arrivals),
+        first_to_last=max(arrivals) - min(arrivals) if arrivals else float("nan"),
     )  # fmt: skip
 
 
@@ -397,7 +437,7 @@ def _span(values: list[float], fmt: str) -> str:
     return format(lo, fmt) if lo == hi else f"{format(lo, fmt)}–{format(hi, fmt)}"
 
 
-def goal_lines(reports: list[TreeReport], ceilings: list[Phase], cfg: Config) -> list[str]:
+def goal_lines(reports: list[TreeReport], floors: list[Floors], cfg: Config) -> list[str]:
     """Goal vs measured, one line per figure (ranges over the rounds)."""
 
     def each(name: str, fn: Callable[[Phase], float]) -> list[float]:
@@ -419,6 +459,13 @@ def goal_lines(reports: list[TreeReport], ceilings: list[Phase], cfg: Config) ->
             "-",
             _span(each(name, lambda p: p.cpu_total / p.sent * 1000 if p.sent else float("nan")), ".2f"),
         )
+        if name == low:
+            low_floor = [_floor_cores(f.low_rate) for f in floors if f.low_rate is not None]
+            row(f"   floor at {name}: durable endpoint + bare POSTs, cores", "-", _span(low_floor, ".3f"))
+            used = each(name, lambda p: p.cores)
+            if used and low_floor and min(low_floor) > 0:
+                row("   ratio ticketpager / floor", "-", _span([u / min(low_floor) for u in used], ".1f"))
+    ceilings = [f.keep_up for f in floors]
     keep = each("keep-up", lambda p: p.cpu_per_1000())
     ceil = [c.cpu_total / c.sent * 1000 for c in ceilings if c.sent]
     row("2. CPU s per 1,000 webhooks fully processed (all page)", f"<= {CPU_PER_1000_GOAL}", _span(keep, ".2f"))
@@ -456,12 +503,23 @@ def goal_lines(reports: list[TreeReport], ceilings: list[Phase], cfg: Config) ->
 
         row(f"5. delivery, {workers} workers, {cfg.delivery_latency * 1000:g} ms mock: of {ideal:g}/s",
             f">= {DELIVERY_EFFICIENCY_GOAL:.0%}", _span(each(name, efficiency), ".0%"))  # fmt: skip
+        bare = [efficiency(f.senders[workers]) for f in floors if workers in f.senders]
+        row(f"   bare requests senders, {workers} at once, same mock: of {ideal:g}/s", "-", _span(bare, ".0%"))
+        ours = each(name, efficiency)
+        if ours and bare and max(bare) > 0:
+            row("   ratio ticketpager / bare senders", "-", _span([o / max(bare) for o in ours], ".2f"))
         row("   burst: first post -> last 202, x ideal", f"<= {BURST_MARGIN_GOAL:.2f}", _span(each(name, burst), ".2f"))
     errors = sum(p.errors for r in reports for p in r.phases.values())
     lost = sum(p.pages_expected - p.pages_accepted for r in reports for p in r.phases.values())
     stuck = sum(not p.drained for r in reports for p in r.phases.values())
     row("   webhooks not answered 2xx / pages not accepted / not drained", "0 / 0 / 0", f"{errors} / {lost} / {stuck}")
     return out
+
+
+def _floor_cores(phase: Phase) -> float:
+    """Cores of a floor phase: the durable endpoint's CPU and the bare POSTs' over the phase's window."""
+    sends = phase.sends_cpu if phase.sends_cpu == phase.sends_cpu else 0.0
+    return (phase.cpu_load + sends) / phase.wall if phase.wall else float("nan")
 
 
 def ratio_lines(before: list[TreeReport], after: list[TreeReport], cfg: Config) -> list[str]:
@@ -501,7 +559,7 @@ def phase_table(report: TreeReport) -> list[str]:
 def run(cfg: Config, print_: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every phase for the working tree (and the baseline, interleaved); print and return the reports."""
     results: dict[str, list[TreeReport]] = {"now": []}
-    ceilings: list[Phase] = []
+    floors: list[Floors] = []
     mock = Mock()
     with mock.running(), (exported(cfg.baseline) if cfg.baseline else _nothing()) as base_tree:
         trees = [("now", ROOT)]
@@ -514,10 +572,10 @@ def run(cfg: Config, print_: Callable[[str], None] = print) -> dict[str, Any]:
                 results[label].append(report)
                 for line in phase_table(report):
                     print_(line)
-            ceilings.append(ceiling_phase(cfg, mock))
+            floors.append(floors_phase(cfg, mock))
         for label, reports in results.items():
             print_(f"--- {label}{f' ({cfg.baseline})' if label == 'before' else ''}, {len(reports)} round(s)")
-            for line in goal_lines(reports, ceilings, cfg):
+            for line in goal_lines(reports, floors, cfg):
                 print_(line)
         if cfg.baseline:
             for line in ratio_lines(results["before"], results["now"], cfg):
@@ -529,7 +587,7 @@ def run(cfg: Config, print_: Callable[[str], None] = print) -> dict[str, Any]:
                 counts["before"] = callgrind.run(tree=base_tree)
             for line in callgrind.lines(counts["now"], counts.get("before")):
                 print_(line)
-    return {"reports": results, "ceilings": ceilings, "instructions": counts}
+    return {"reports": results, "floors": floors, "instructions": counts}
 
 
 @contextmanager

@@ -34,12 +34,19 @@ def test_the_bench_drives_serve_through_every_phase_and_prints_each_goal() -> No
     assert report.phases["keep-up"].pages_expected == 10
     assert report.phases["delivery x2"].pages_expected == 10  # 2 workers / 0.1 s x 0.5 s
     assert report.phases["keep-up"].cpu_total > 0  # the server's CPU, read from /proc
-    [ceiling] = out["ceilings"]
-    assert ceiling.sent == 10 and ceiling.errors == 0
-    assert ceiling.sends_cpu > 0, "the bare requests POSTs of the floor ran against the mock"
+    [floors] = out["floors"]
+    assert floors.keep_up.sent == 10 and floors.keep_up.errors == 0
+    assert floors.keep_up.sends_cpu > 0, "the bare requests POSTs of the floor ran against the mock"
+    assert floors.low_rate is not None and floors.low_rate.sent == 10 and floors.low_rate.pages_expected == 5
+    senders = floors.senders[2]
+    assert senders.pages_accepted == 10 and senders.first_to_last > 0  # at the mock, from another process
+    # two senders at once against a 100 ms mock: 10 pages in 5 rounds of two, the last 4 rounds after the first
+    assert 0.4 * 0.95 <= senders.first_to_last < 0.4 * 3
     text = "\n".join(lines)
-    for goal in ("1. idle", "1. cores at 20/s", "2. CPU s per 1,000", "floor: durable endpoint + bare POSTs",
+    for goal in ("1. idle", "1. cores at 20/s", "floor at 20/s: durable endpoint + bare POSTs, cores",
+                 "2. CPU s per 1,000", "floor: durable endpoint + bare POSTs",
                  "3. 10 pages at 40/s", "4. webhook p50",
-                 "5. delivery, 2 workers"):  # fmt: skip
+                 "5. delivery, 2 workers", "bare requests senders, 2 at once, same mock: of 20/s",
+                 "ratio ticketpager / bare senders"):  # fmt: skip
         assert goal in text
     assert text.rstrip().endswith("0 / 0 / 0  0 / 0 / 0")
