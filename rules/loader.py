@@ -80,11 +80,6 @@ class YList(list[Any]):
         self.item_pos: list[Pos] = []
 
 
-def pos_of(value: Any, fallback: Pos) -> Pos:
-    """The position of a loaded value (maps and lists know theirs; scalars use ``fallback``)."""
-    return value.pos if isinstance(value, YMap | YList) else fallback
-
-
 class _Converter:
     def __init__(self, path: str) -> None:
         self.path = path

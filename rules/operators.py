@@ -600,8 +600,3 @@ def _calendar_explainer(field_name: str, op: Operator, calendar: Calendar) -> Ca
         return prefix + op.fail.format(v=shown, a=arg)
 
     return explain
-
-
-def explain_failure(field_name: str, op: Operator, value: Any, raw_arg: Any) -> str:
-    """``priority: 'High' is not in ['Highest', 'P1']``."""
-    return failure_explainer(field_name, op, raw_arg)(value)

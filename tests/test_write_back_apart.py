@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from kernel.clock import FakeClock
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
+from ticketpager import service as service_module
 from ticketpager.service import Service
 
 NOTE_TIMEOUT = 2.0  # the hung Jira's connector timeout: each note blocks its worker this long
@@ -161,4 +163,38 @@ def test_notes_due_behind_a_hung_ticketing_system_wake_only_the_ticket_workers(
             assert service.outbox_wake.count == pages, "nothing of PagerDuty's is due: its workers sleep"
         finally:
             service.stop()
+            service.store.dispose()
+
+
+def test_a_stop_waits_for_sends_stuck_in_a_hung_system_side_by_side_within_one_bound(
+    tmp_path: Path, rules_path: Path, clock: FakeClock, hung: HungServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while three ticket workers are stuck in notes to a hung Jira (each blocks until its 5 s timeout):
+    ``stop`` gives all the background threads one bound together (``STOP_SECONDS``, 1 s here), not one bound
+    each one after another (3 s), and the notes in flight are not lost: still pending in the outbox."""
+    monkeypatch.setattr(service_module, "STOP_SECONDS", 1.0)
+    with MockPagerDuty() as pd:
+        service = _writing_back_to(
+            hung, tmp_path, rules_path, clock, pd, note_timeout=5.0, idle_seconds=0.1, write_back_workers=3
+        )
+        service.start()
+        try:
+            receive(service, [change(ticket(str(400 + i))) for i in range(3)])
+            service.wake.set()
+            assert _wait_for(lambda: len(pd.events) == 3, 10) < 10
+            assert _wait_for(lambda: len([r for r in hung.requests if "/comment" in r]) == 3, 5) < 5
+            started = time.monotonic()
+            service.stop()
+            took = time.monotonic() - started
+            # the bound, then 0.1 s per thread still stuck (two more): 1.2 s; one bound per thread would be 3 s
+            assert 0.9 <= took < 2.0, took
+            with service.store.engine.connect() as conn:
+                notes = conn.execute(text("SELECT status FROM outbox WHERE kind = 'writeback'")).scalars().all()
+            assert notes == ["pending"] * 3, "the notes in flight stay queued for the next start"
+        finally:
+            service.stop()
+            hung.close()  # the stuck sends fail at once; their threads end before the database goes
+            for thread in threading.enumerate():
+                if thread.name.startswith("ticketpager-write-back"):
+                    thread.join(10)
             service.store.dispose()
