@@ -10,7 +10,7 @@ With ``--threads N`` it sends from N threads at once, each with its own session 
 last one is answered: the most that N in-flight sends reach against the same mock on this machine, the
 baseline of goal 5 (``bench.pipeline`` reads their arrivals at the mock).
 
-Run:  python -m bench.bare_sends --url http://127.0.0.1:PORT/v2/enqueue [--count 1000] [--threads 1]
+Run:  python -m bench.bare_sends --url http://127.0.0.1:PORT/v2/enqueue [--count 1000] [--threads N]
 """
 
 from __future__ import annotations
@@ -56,17 +56,21 @@ def cpu_for(url: str, count: int) -> float:
 
 
 def cpu_concurrently(url: str, count: int, threads: int) -> float:
-    """``count`` pages sent by ``threads`` senders at once, as delivery workers send: CPU seconds."""
+    """``count`` pages sent by ``threads`` senders at once, as delivery workers send: CPU seconds. Raises the
+    first failure of any sender (a page not sent must not pass for a short, cheap run)."""
     numbers = itertools.count()  # next() is atomic under the GIL: each page is sent once
     bodies = [body(n) for n in range(count)]
+    failures: list[BaseException] = []
 
     def sender() -> None:
         session = requests.Session()
         session.trust_env = False
-        while (n := next(numbers)) < count:
-            session.post(
-                url, data=bodies[n], headers={"Content-Type": "application/json"}, timeout=10
-            ).raise_for_status()
+        try:
+            while (n := next(numbers)) < count:
+                answer = session.post(url, data=bodies[n], headers={"Content-Type": "application/json"}, timeout=10)
+                answer.raise_for_status()
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread
+            failures.append(exc)
 
     workers = [threading.Thread(target=sender) for _ in range(threads)]
     start = time.process_time()
@@ -74,6 +78,8 @@ def cpu_concurrently(url: str, count: int, threads: int) -> float:
         worker.start()
     for worker in workers:
         worker.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} sender(s) failed: {failures[0]!r}")
     return time.process_time() - start
 
 
@@ -81,9 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True)
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=1, help="senders at once (1: one after another)")
+    parser.add_argument("--threads", type=int, default=0, help="senders at once (0: one session, one after another)")
     args = parser.parse_args()
-    if args.threads > 1:
+    if args.threads > 0:
         print(f"{cpu_concurrently(args.url, args.count, args.threads):.4f}")
     else:
         print(f"{cpu_for(args.url, args.count):.4f}")

@@ -169,9 +169,10 @@ def test_notes_due_behind_a_hung_ticketing_system_wake_only_the_ticket_workers(
 def test_a_stop_waits_for_sends_stuck_in_a_hung_system_side_by_side_within_one_bound(
     tmp_path: Path, rules_path: Path, clock: FakeClock, hung: HungServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SIGTERM while three ticket workers are stuck in notes to a hung Jira (each blocks until its 5 s timeout):
-    ``stop`` gives all the background threads one bound together (``STOP_SECONDS``, 1 s here), not one bound
-    each one after another (3 s), and the notes in flight are not lost: still pending in the outbox."""
+    """SIGTERM while three ticket workers are stuck in notes to a hung Jira (each blocks until its 5 s timeout),
+    and the Jira poller in its first poll: ``stop`` gives all the background threads one bound together
+    (``STOP_SECONDS``, 1 s here), not one bound each one after another (4 s), and the notes in flight are not
+    lost: still pending in the outbox, for the next start once their claims end."""
     monkeypatch.setattr(service_module, "STOP_SECONDS", 1.0)
     with MockPagerDuty() as pd:
         service = _writing_back_to(
@@ -179,22 +180,25 @@ def test_a_stop_waits_for_sends_stuck_in_a_hung_system_side_by_side_within_one_b
         )
         service.start()
         try:
-            receive(service, [change(ticket(str(400 + i))) for i in range(3)])
-            service.wake.set()
-            assert _wait_for(lambda: len(pd.events) == 3, 10) < 10
-            assert _wait_for(lambda: len([r for r in hung.requests if "/comment" in r]) == 3, 5) < 5
+            notes = lambda: [r for r in hung.requests if "/comment" in r]  # noqa: E731
+            for i in range(3):  # one ticket at a time: each note is taken by a worker not stuck yet
+                receive(service, [change(ticket(str(400 + i)))])
+                service.wake.set()
+                assert _wait_for(lambda i=i: len(notes()) == i + 1, 10) < 10, f"note {i + 1} in flight"
+            assert len(pd.events) == 3
             started = time.monotonic()
             service.stop()
             took = time.monotonic() - started
-            # the bound, then 0.1 s per thread still stuck (two more): 1.2 s; one bound per thread would be 3 s
-            assert 0.9 <= took < 2.0, took
+            # the bound, then 0.1 s for each thread still stuck after it (the other two workers and the poller):
+            # 1.3 s; one bound per thread would be 4 s
+            assert 0.9 <= took < 2.5, took
             with service.store.engine.connect() as conn:
-                notes = conn.execute(text("SELECT status FROM outbox WHERE kind = 'writeback'")).scalars().all()
-            assert notes == ["pending"] * 3, "the notes in flight stay queued for the next start"
+                queued = conn.execute(text("SELECT status FROM outbox WHERE kind = 'writeback'")).scalars().all()
+            assert queued == ["pending"] * 3, "the notes in flight stay queued"
         finally:
+            hung.close()  # the stuck sends and the poll fail at once: their threads end before the database goes
             service.stop()
-            hung.close()  # the stuck sends fail at once; their threads end before the database goes
-            for thread in threading.enumerate():
-                if thread.name.startswith("ticketpager-write-back"):
-                    thread.join(10)
+            for thread in service._threads:
+                thread.join(10)
+            assert not any(thread.is_alive() for thread in service._threads)
             service.store.dispose()
