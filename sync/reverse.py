@@ -317,10 +317,14 @@ class ReverseWorker:
         # marks: the row's snapshot (status, policy) by every event that carries the incident, and the link's
         # state by the events that moved it. A note carries neither, and a priority change or a reassignment
         # delivered before an earlier acknowledge, resolve or reopen must not make that move look stale.
-        snapshot_at, moved_at = repo.event_marks(conn, event.incident_id) if inc is not None else (None, None)
-        stale = snapshot_at is not None and event.occurred_at < snapshot_at
+        marks = repo.event_marks(conn, event.incident_id) if inc is not None else repo.EventMarks(None, None, None)
+        stale = marks.snapshot_at is not None and event.occurred_at < marks.snapshot_at
         moves_link = event.event_type in _STATE_MOVES
-        stale_move = moves_link and moved_at is not None and event.occurred_at < moved_at
+        stale_move = moves_link and marks.moved_at is not None and event.occurred_at < marks.moved_at
+        # PagerDuty acknowledges only an open incident: an acknowledge newer than PagerDuty's own news that it was
+        # resolved means a reopen came between, delivered later or lost. (A link only we resolved, the ticket done,
+        # while PagerDuty's last news was that it is open, is not reopened by an acknowledge from before our resolve.)
+        reopened = event.event_type is EventType.ACKNOWLEDGED and not stale and marks.status == "resolved"
         repo.save_incident(
             conn,
             event.incident_id,
@@ -340,7 +344,7 @@ class ReverseWorker:
         own_page = echo and event.event_type is EventType.TRIGGERED
         moved = None
         if moves_link and not stale_move:
-            moved = self._move_link(conn, found.dedup_key, link.link.state, event, ticket, echo, now)
+            moved = self._move_link(conn, found.dedup_key, link.link.state, event, ticket, echo, now, reopened=reopened)
             # the newest news of the link's state even when it moves nothing (a second resolve): an older reopen
             # delivered after it must not reopen the link
             repo.mark_state_event(conn, event.incident_id, event.occurred_at)
@@ -383,9 +387,13 @@ class ReverseWorker:
         ticket: Ticket,
         echo: bool,
         now: datetime,
+        *,
+        reopened: bool = False,
     ) -> IncidentState | None:
+        """Move the link as ``event`` says (:data:`_STATE_MOVES`); ``reopened``: the incident was reopened since the
+        resolve the link follows, so the event applies to a resolved link too."""
         move = _STATE_MOVES.get(event.event_type)
-        if move is None or state not in move[0]:
+        if move is None or not (state in move[0] or (reopened and state is IncidentState.RESOLVED)):
             return None
         new_state = move[1]
         if new_state is IncidentState.RESOLVED:

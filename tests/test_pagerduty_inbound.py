@@ -507,9 +507,9 @@ def test_migration_0012_starts_the_links_state_mark_from_the_incidents_last_even
             conn.execute(insert(incidents).values(**values, last_event_at=at))
     store.upgrade()
     with store.engine.connect() as conn:
-        assert repo.event_marks(conn, "Q1") == (now, now)
-        assert repo.event_marks(conn, "Q2") == (None, None)
-        assert repo.event_marks(conn, "Q3") == (None, None)
+        assert repo.event_marks(conn, "Q1")[:2] == (now, now)
+        assert repo.event_marks(conn, "Q2")[:2] == (None, None)
+        assert repo.event_marks(conn, "Q3")[:2] == (None, None)
     store.dispose()
 
 
@@ -660,5 +660,56 @@ def test_a_reopen_delivered_late_reopens_the_link_only_when_no_later_state_event
         pd.unacknowledge(incident)
         pd.resolve(incident, by="PUSER01")
         delivered_in(pd, svc, ["incident.resolved", "incident.resolved", "incident.reopened"])
+        assert link_row(svc)["state"] == "resolved"
+        svc.store.dispose()
+
+
+def test_an_acknowledge_after_a_reopen_delivered_before_it_reopens_the_link(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    """Resolved, reopened, acknowledged in PagerDuty; the acknowledge is delivered before the reopen. PagerDuty
+    acknowledges only an open incident, so an acknowledge newer than the resolve that closed the link means it
+    was reopened: the link is acknowledged, and the reopen delivered after it is older news that moves nothing."""
+    with FakePagerDutyRest() as pd:
+        svc, incident = paged(pd, db_url, rules_path, clock)
+        pd.resolve(incident, by="PUSER01")
+        delivered_in(pd, svc, ["incident.triggered", "incident.resolved"])
+        assert (link_row(svc)["state"], link_row(svc)["hold_version"]) == ("resolved", content_digest(ticket("10001")))
+        pd.unacknowledge(incident)  # back to triggered: PagerDuty sends incident.reopened
+        pd.acknowledge(incident, by="PUSER02")
+        delivered_in(pd, svc, ["incident.acknowledged", "incident.reopened"])
+        row = link_row(svc)
+        assert (row["state"], row["hold_version"]) == ("acknowledged", None), "open again, no longer held"
+        svc.store.dispose()
+
+
+def test_an_acknowledge_after_a_lost_reopen_reopens_the_link(db_url: str, rules_path: Path, clock: FakeClock) -> None:
+    """The reopen's webhook never arrives (webhooks get lost): the acknowledge after it still reopens the link."""
+    with FakePagerDutyRest() as pd:
+        svc, incident = paged(pd, db_url, rules_path, clock)
+        pd.resolve(incident, by="PUSER01")
+        pd.unacknowledge(incident)
+        pd.acknowledge(incident, by="PUSER02")
+        pd.outbox = [d for d in pd.outbox if json.loads(d.body)["event"]["event_type"] != "incident.reopened"]
+        delivered_in(pd, svc, ["incident.triggered", "incident.resolved", "incident.acknowledged"])
+        assert link_row(svc)["state"] == "acknowledged"
+        svc.store.dispose()
+
+
+def test_a_persons_acknowledge_delivered_after_the_ticket_was_done_does_not_reopen_the_link(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    """A person acknowledges; before the webhook arrives the ticket is done, and the engine resolves the link and
+    queues the resolve. The acknowledge is newer than every event applied so far, but PagerDuty's last news of
+    the incident is that it is open: the link was closed by us, not reopened by them, and stays resolved."""
+    with FakePagerDutyRest() as pd:
+        svc, incident = paged(pd, db_url, rules_path, clock)
+        delivered_in(pd, svc, ["incident.triggered"])  # the incident is known: later news is correlated by its id
+        pd.acknowledge(incident, by="PUSER01")
+        receive(svc, [change(ticket("10001", minutes=1, status="Done", category=StatusCategory.DONE), "wh-done")])
+        svc.engine.drain()
+        assert link_row(svc)["state"] == "resolved"
+        delivered_in(pd, svc, ["incident.acknowledged"])
+        assert inbox(svc)[-1]["outcome"] == "applied"  # correlated with the link (its note queued), not ignored
         assert link_row(svc)["state"] == "resolved"
         svc.store.dispose()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
@@ -168,13 +168,22 @@ def incident_dedup_key(conn: Connection, incident_id: str) -> str | None:
     ).scalar_one_or_none()
 
 
-def event_marks(conn: Connection, incident_id: str) -> tuple[datetime | None, datetime | None]:
-    """When the newest applied event that carried the incident happened (its snapshot: status, policy), and when
-    the newest that moved its link did (``state_event_at``); None: none yet."""
+class EventMarks(NamedTuple):
+    """How far an incident's news was applied (:func:`event_marks`)."""
+
+    snapshot_at: datetime | None  # the newest applied event that carried the incident (its status, policy)
+    moved_at: datetime | None  # the newest applied event of the kinds that move the link (``state_event_at``)
+    status: str | None  # the incident's status as that newest event carried it
+
+
+def event_marks(conn: Connection, incident_id: str) -> EventMarks:
+    """The incident's :class:`EventMarks`; all None when none of its events was applied yet."""
     row = conn.execute(
-        select(incidents.c.last_event_at, incidents.c.state_event_at).where(incidents.c.incident_id == incident_id)
+        select(incidents.c.last_event_at, incidents.c.state_event_at, incidents.c.status).where(
+            incidents.c.incident_id == incident_id
+        )
     ).first()
-    return (None, None) if row is None else (row[0], row[1])
+    return EventMarks(None, None, None) if row is None else EventMarks(row[0], row[1], row[2])
 
 
 def mark_state_event(conn: Connection, incident_id: str, occurred_at: datetime) -> None:
