@@ -66,6 +66,14 @@ _STATE_MOVES: Mapping[EventType, tuple[frozenset[IncidentState], IncidentState]]
     EventType.REOPENED: (frozenset({IncidentState.RESOLVED}), IncidentState.TRIGGERED),
 }
 
+#: the incident statuses of an open incident, as its webhooks carry them
+_OPEN_STATUSES = frozenset({IncidentState.TRIGGERED.value, IncidentState.ACKNOWLEDGED.value})
+
+
+def _older(event: IncidentEvent, mark: datetime | None) -> bool:
+    """``event`` happened before ``mark`` (None: nothing applied yet)."""
+    return mark is not None and event.occurred_at < mark
+
 
 @dataclass(frozen=True, slots=True)
 class Correlation:
@@ -318,13 +326,15 @@ class ReverseWorker:
         # state by the events that moved it. A note carries neither, and a priority change or a reassignment
         # delivered before an earlier acknowledge, resolve or reopen must not make that move look stale.
         marks = repo.event_marks(conn, event.incident_id) if inc is not None else repo.EventMarks(None, None, None)
-        stale = marks.snapshot_at is not None and event.occurred_at < marks.snapshot_at
+        stale = _older(event, marks.snapshot_at)
         moves_link = event.event_type in _STATE_MOVES
-        stale_move = moves_link and marks.moved_at is not None and event.occurred_at < marks.moved_at
-        # PagerDuty acknowledges only an open incident: an acknowledge newer than PagerDuty's own news that it was
-        # resolved means a reopen came between, delivered later or lost. (A link only we resolved, the ticket done,
-        # while PagerDuty's last news was that it is open, is not reopened by an acknowledge from before our resolve.)
-        reopened = event.event_type is EventType.ACKNOWLEDGED and not stale and marks.status == "resolved"
+        stale_move = moves_link and _older(event, marks.moved_at)
+        # news that the incident is open (acknowledged, triggered), newer than PagerDuty's own news that it was
+        # resolved: it was reopened in between, and that reopen was delivered later or lost. (A link only we
+        # resolved, the ticket done, while PagerDuty's last news was that the incident is open, is not reopened by
+        # a person's acknowledge from before our resolve: PagerDuty never said "resolved".)
+        carried = inc.status if inc is not None else None
+        reopened = not stale and marks.status == IncidentState.RESOLVED and carried in _OPEN_STATUSES
         repo.save_incident(
             conn,
             event.incident_id,
@@ -347,6 +357,11 @@ class ReverseWorker:
             moved = self._move_link(conn, found.dedup_key, link.link.state, event, ticket, echo, now, reopened=reopened)
             # the newest news of the link's state even when it moves nothing (a second resolve): an older reopen
             # delivered after it must not reopen the link
+            repo.mark_state_event(conn, event.incident_id, event.occurred_at)
+        elif reopened and carried and link.link.state is IncidentState.RESOLVED and not _older(event, marks.moved_at):
+            # an event that moves no link (a reassignment, a priority change) carrying the reopened incident
+            moved = IncidentState(carried)
+            repo.set_link_state(conn, found.dedup_key, moved, now, hold_version=None)
             repo.mark_state_event(conn, event.incident_id, event.occurred_at)
         detail: dict[str, Any] = {
             "origin": "pagerduty",

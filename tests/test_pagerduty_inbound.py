@@ -713,3 +713,47 @@ def test_a_persons_acknowledge_delivered_after_the_ticket_was_done_does_not_reop
         assert inbox(svc)[-1]["outcome"] == "applied"  # correlated with the link (its note queued), not ignored
         assert link_row(svc)["state"] == "resolved"
         svc.store.dispose()
+
+
+@pytest.mark.parametrize(
+    ("between", "order", "state"),
+    [
+        pytest.param(  # the reopen lost: the reassignment carries the open incident (review finding)
+            "reassign", ["incident.triggered", "incident.resolved", "incident.reassigned", "incident.acknowledged"],
+            "acknowledged", id="lost-reopen-then-reassignment",
+        ),
+        pytest.param(  # a priority change applied after the resolve replaces the recorded "resolved" (review finding)
+            "priority", ["incident.triggered", "incident.resolved", "incident.priority_updated",
+                         "incident.acknowledged", "incident.reopened"],
+            "acknowledged", id="priority-change-between",
+        ),
+        pytest.param(  # the acknowledgement timed out; its unacknowledge is delivered right after the resolve
+            "timeout", ["incident.triggered", "incident.resolved", "incident.unacknowledged",
+                        "incident.acknowledged", "incident.reopened"],
+            "triggered", id="ack-timeout-delivered-first",
+        ),
+    ],
+)  # fmt: skip
+def test_any_news_of_the_reopened_incident_reopens_the_link_whatever_came_between(
+    db_url: str, rules_path: Path, clock: FakeClock, between: str, order: list[str], state: str
+) -> None:
+    """Resolved, then reopened, and more news of the open incident: whichever of it arrives first after the
+    resolve (a reassignment, a priority change, an acknowledge, the acknowledgement's timeout) carries the open
+    incident and opens the link as PagerDuty has it; older news delivered after it moves nothing."""
+    with FakePagerDutyRest() as pd:
+        svc, incident = paged(pd, db_url, rules_path, clock)
+        pd.resolve(incident, by="PUSER01")
+        pd.unacknowledge(incident)  # back to triggered: PagerDuty sends incident.reopened
+        if between == "reassign":
+            pd.reassign(incident, ["PUSER02"], by="PUSER01")
+        if between == "priority":
+            pd.emit(incident, "incident.priority_updated")
+        pd.acknowledge(incident, by="PUSER02")
+        if between == "timeout":
+            pd.unacknowledge(incident)  # incident.unacknowledged: back to triggered
+        if "incident.reopened" not in order:
+            pd.outbox = [d for d in pd.outbox if json.loads(d.body)["event"]["event_type"] != "incident.reopened"]
+        delivered_in(pd, svc, order)
+        assert pd.state.incidents[incident]["status"] == state
+        assert (link_row(svc)["state"], link_row(svc)["hold_version"]) == (state, None)
+        svc.store.dispose()
