@@ -382,13 +382,35 @@ class ReverseWorker:
         ctx = IncidentContext(event=event, ticket=ticket, link=replace(link.link, state=state_now), now=now)
         plan = self.rules().on_incident(ctx)
         actions = _with_incident_url(conn, event.incident_id, plan.actions)
-        if own_page and stale:  # our page's news arriving after later events: its note, never a move back
+        # News delivered late is history: its comment is written, but it never moves the ticket behind newer news.
+        # Our page's own news: no transition, no group. A state event older than the state applied: no transition
+        # (a late resolve would close the ticket of an incident reopened since). A move to a policy other than the
+        # newest one known: no group (it would reassign the incident back behind the person's latest move).
+        keep_transition = not (own_page and stale) and not stale_move
+        moved_since = (
+            stale and inc is not None and marks.policy is not None and inc.escalation_policy_id != marks.policy
+        )
+        keep_group = not (own_page and stale) and not moved_since
+        held = [
+            a for a in actions
+            if isinstance(a, TicketUpdate) and ((a.transition and not keep_transition) or (a.group and not keep_group))
+        ]  # fmt: skip
+        if held:
             actions = tuple(
-                replace(a, transition=None, group=None) if isinstance(a, TicketUpdate) else a for a in actions
+                replace(
+                    a,
+                    transition=a.transition if keep_transition else None,
+                    group=a.group if keep_group else None,
+                )
+                if isinstance(a, TicketUpdate)
+                else a
+                for a in actions
             )
         rows = [self._outbox_row(action, plan, ticket, link, event, now) for action in actions]
         repo.enqueue(conn, rows)
         detail["why"] = (["our own page (its first write-back)"] if own_page else []) + list(plan.explanation)
+        if held and not own_page:
+            detail["why"].append("older than news already applied: its comment only, the ticket is not moved")
         detail["actions"] = [_action_json(a) for a in actions]
         outcome = "applied" if rows else "no_action"
         return self._done(conn, row, event, outcome, now, ticket=ticket, detail=detail, queued=len(rows))

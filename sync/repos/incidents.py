@@ -174,16 +174,17 @@ class EventMarks(NamedTuple):
     snapshot_at: datetime | None  # the newest applied event that carried the incident (its status, policy)
     moved_at: datetime | None  # the newest applied event of the kinds that move the link (``state_event_at``)
     status: str | None  # the incident's status as that newest event carried it
+    policy: str | None = None  # … and its escalation policy
 
 
 def event_marks(conn: Connection, incident_id: str) -> EventMarks:
     """The incident's :class:`EventMarks`; all None when none of its events was applied yet."""
     row = conn.execute(
-        select(incidents.c.last_event_at, incidents.c.state_event_at, incidents.c.status).where(
-            incidents.c.incident_id == incident_id
-        )
+        select(
+            incidents.c.last_event_at, incidents.c.state_event_at, incidents.c.status, incidents.c.escalation_policy_id
+        ).where(incidents.c.incident_id == incident_id)
     ).first()
-    return EventMarks(None, None, None) if row is None else EventMarks(row[0], row[1], row[2])
+    return EventMarks(None, None, None) if row is None else EventMarks(row[0], row[1], row[2], row[3])
 
 
 def mark_state_event(conn: Connection, incident_id: str, occurred_at: datetime) -> None:
