@@ -70,6 +70,14 @@ _STATE_MOVES: Mapping[EventType, tuple[frozenset[IncidentState], IncidentState]]
 _OPEN_STATUSES = frozenset({IncidentState.TRIGGERED.value, IncidentState.ACKNOWLEDGED.value})
 
 
+def _state_of(status: str | None) -> IncidentState | None:
+    """The incident's status as a webhook carries it, as a link state (None: none or unknown)."""
+    try:
+        return IncidentState(status) if status else None
+    except ValueError:
+        return None
+
+
 def _older(event: IncidentEvent, mark: datetime | None) -> bool:
     """``event`` happened before ``mark`` (None: nothing applied yet)."""
     return mark is not None and event.occurred_at < mark
@@ -383,10 +391,16 @@ class ReverseWorker:
         plan = self.rules().on_incident(ctx)
         actions = _with_incident_url(conn, event.incident_id, plan.actions)
         # News delivered late is history: its comment is written, but it never moves the ticket behind newer news.
-        # Our page's own news: no transition, no group. A state event older than the state applied: no transition
-        # (a late resolve would close the ticket of an incident reopened since). A move to a policy other than the
-        # newest one known: no group (it would reassign the incident back behind the person's latest move).
-        keep_transition = not (own_page and stale) and not stale_move
+        # Our page's own news: no transition, no group. Late news of an incident open when the link now says
+        # resolved, or resolved when it says open: no transition (a late resolve would close the ticket of an
+        # incident reopened since; a late escalation would reopen the ticket of one resolved since). Late news
+        # that agrees with the link keeps its transition (a reopen delivered after later news that reopened the
+        # link). A move to a policy other than the newest one known: no group (it would reassign the incident
+        # back behind the person's latest move).
+        late = stale_move if moves_link else stale
+        told = _STATE_MOVES[event.event_type][1] if moves_link else _state_of(carried)
+        disagrees = told is not None and told.is_open != (moved or link.link.state).is_open
+        keep_transition = not (own_page and stale) and not (late and disagrees)
         moved_since = (
             stale and inc is not None and marks.policy is not None and inc.escalation_policy_id != marks.policy
         )
