@@ -110,6 +110,8 @@ RETRY_AFTER_SECONDS = "1"  # the mock PagerDuty's Retry-After during the 429 win
 #: an outage window stays open until this many sends were answered with its status (at most OUTAGE_MAX_SECONDS)
 OUTAGE_MIN_FAILURES = 3
 OUTAGE_MAX_SECONDS = 30.0
+#: how much longer than ``--seconds`` the load goes on while the faults are not all done yet
+FAULTS_GRACE_SECONDS = 60.0
 RECOVERY_GOAL_SECONDS = 15.0  # issue 13: p99 of the time from a SIGKILL to its claimed rows sent elsewhere
 SLOW_SEND_SECONDS = 0.5  # the mock PagerDuty's latency just before a kill: the victim dies mid-send
 
@@ -651,12 +653,12 @@ class Vendor:
 
 
 def send_tickets(vendor: Vendor, cfg: Config, counter: Iterator[int], counter_lock: threading.Lock,
-                 until: float, base: datetime, run_id: str, worker: int, out: dict[str, Any]) -> None:
-    """One sender: ticket after ticket through created → updates → done until ``until``."""
+                 sending: Callable[[], bool], base: datetime, run_id: str, worker: int, out: dict[str, Any]) -> None:
+    """One sender: ticket after ticket through created → updates → done while ``sending()``."""
     rng = random.Random(cfg.seed * 1000 + worker)
     n_replicas = len(vendor.replicas)
     try:
-        while time.monotonic() < until:
+        while sending():
             with counter_lock:
                 n = next(counter)
             versions = [jira_body(n, v, cfg.updates, base) for v in range(cfg.updates + 2)]
@@ -1026,6 +1028,14 @@ def _load_and_check(cfg: Config, replicas: list[Replica], pd: MockPagerDuty, eng
     log(f"load: {cfg.senders} senders for {cfg.seconds:.0f} s, {offered}")
     faults = Faults(cfg, replicas, pd, start, report, engine)
     faults.start()
+    hard_stop = until + FAULTS_GRACE_SECONDS
+
+    def sending() -> bool:
+        """The load runs for ``cfg.seconds`` and on while the faults are not all done (a slow PostgreSQL restart
+        on a loaded machine must not leave the PagerDuty outage after the last send): at most the grace longer."""
+        now = time.monotonic()
+        return now < until or (faults.is_alive() and now < hard_stop)
+
     replay = ZendeskReplay(cfg, replicas, start, report)
     replay.start()
     attack = None
@@ -1039,13 +1049,13 @@ def _load_and_check(cfg: Config, replicas: list[Replica], pd: MockPagerDuty, eng
         report.skipped_faults.append("edge attack (disabled)")
     senders = [
         threading.Thread(target=send_tickets, name=f"sender-{i}", daemon=True,
-                         args=(vendor, cfg, counter, counter_lock, until, base, run_id, i, out))
+                         args=(vendor, cfg, counter, counter_lock, sending, base, run_id, i, out))
         for i in range(cfg.senders)
     ]
     for t in senders:
         t.start()
     for t in senders:
-        t.join(timeout=cfg.seconds + VENDOR_RETRY_SECONDS * (cfg.updates + 4) + 30)
+        t.join(timeout=cfg.seconds + FAULTS_GRACE_SECONDS + VENDOR_RETRY_SECONDS * (cfg.updates + 4) + 30)
     report.load_seconds = time.monotonic() - start
     faults.join(timeout=180)
     if attack is not None:
