@@ -66,9 +66,6 @@ _STATE_MOVES: Mapping[EventType, tuple[frozenset[IncidentState], IncidentState]]
     EventType.REOPENED: (frozenset({IncidentState.RESOLVED}), IncidentState.TRIGGERED),
 }
 
-#: the incident statuses of an open incident, as its webhooks carry them
-_OPEN_STATUSES = frozenset({IncidentState.TRIGGERED.value, IncidentState.ACKNOWLEDGED.value})
-
 
 def _state_of(status: str | None) -> IncidentState | None:
     """The incident's status as a webhook carries it, as a link state (None: none or unknown)."""
@@ -335,14 +332,15 @@ class ReverseWorker:
         # delivered before an earlier acknowledge, resolve or reopen must not make that move look stale.
         marks = repo.event_marks(conn, event.incident_id) if inc is not None else repo.EventMarks(None, None, None)
         stale = _older(event, marks.snapshot_at)
+        before_state = _older(event, marks.moved_at)  # older than the link's state news applied
         moves_link = event.event_type in _STATE_MOVES
-        stale_move = moves_link and _older(event, marks.moved_at)
+        stale_move = moves_link and before_state
         # news that the incident is open (acknowledged, triggered), newer than PagerDuty's own news that it was
         # resolved: it was reopened in between, and that reopen was delivered later or lost. (A link only we
         # resolved, the ticket done, while PagerDuty's last news was that the incident is open, is not reopened by
         # a person's acknowledge from before our resolve: PagerDuty never said "resolved".)
-        carried = inc.status if inc is not None else None
-        reopened = not stale and marks.status == IncidentState.RESOLVED and carried in _OPEN_STATUSES
+        carried = _state_of(inc.status if inc is not None else None)
+        reopened = not stale and marks.status == IncidentState.RESOLVED and carried is not None and carried.is_open
         repo.save_incident(
             conn,
             event.incident_id,
@@ -366,9 +364,9 @@ class ReverseWorker:
             # the newest news of the link's state even when it moves nothing (a second resolve): an older reopen
             # delivered after it must not reopen the link
             repo.mark_state_event(conn, event.incident_id, event.occurred_at)
-        elif reopened and carried and link.link.state is IncidentState.RESOLVED and not _older(event, marks.moved_at):
+        elif reopened and carried is not None and link.link.state is IncidentState.RESOLVED and not before_state:
             # an event that moves no link (a reassignment, a priority change) carrying the reopened incident
-            moved = IncidentState(carried)
+            moved = carried
             repo.set_link_state(conn, found.dedup_key, moved, now, hold_version=None)
             repo.mark_state_event(conn, event.incident_id, event.occurred_at)
         detail: dict[str, Any] = {
@@ -398,28 +396,21 @@ class ReverseWorker:
         # link). A move to a policy other than the newest one known: no group (it would reassign the incident
         # back behind the person's latest move).
         late = stale_move if moves_link else stale
-        told = _STATE_MOVES[event.event_type][1] if moves_link else _state_of(carried)
+        told = _STATE_MOVES[event.event_type][1] if moves_link else carried
         disagrees = told is not None and told.is_open != (moved or link.link.state).is_open
         keep_transition = not (own_page and stale) and not (late and disagrees)
         moved_since = (
             stale and inc is not None and marks.policy is not None and inc.escalation_policy_id != marks.policy
         )
         keep_group = not (own_page and stale) and not moved_since
-        held = [
-            a for a in actions
-            if isinstance(a, TicketUpdate) and ((a.transition and not keep_transition) or (a.group and not keep_group))
-        ]  # fmt: skip
-        if held:
-            actions = tuple(
-                replace(
-                    a,
-                    transition=a.transition if keep_transition else None,
-                    group=a.group if keep_group else None,
-                )
-                if isinstance(a, TicketUpdate)
-                else a
-                for a in actions
-            )
+        kept = tuple(
+            replace(a, transition=a.transition if keep_transition else None, group=a.group if keep_group else None)
+            if isinstance(a, TicketUpdate)
+            else a
+            for a in actions
+        )
+        held = kept != actions  # a transition or a group was dropped
+        actions = kept
         rows = [self._outbox_row(action, plan, ticket, link, event, now) for action in actions]
         repo.enqueue(conn, rows)
         detail["why"] = (["our own page (its first write-back)"] if own_page else []) + list(plan.explanation)
