@@ -592,6 +592,11 @@ def test_our_own_page_arriving_after_the_resolve_writes_its_note_but_never_moves
         svc.store.dispose()
 
 
+def lose(pd: FakePagerDutyRest, event_type: str) -> None:
+    """The fake's queued webhooks of ``event_type`` never arrive (webhooks get lost)."""
+    pd.outbox = [d for d in pd.outbox if json.loads(d.body)["event"]["event_type"] != event_type]
+
+
 def delivered_in(pd: FakePagerDutyRest, svc: Service, order: list[str]) -> None:
     """Deliver the fake's queued webhooks in ``order`` (event types, each taken once, in that order) and run the
     reverse worker."""
@@ -690,7 +695,7 @@ def test_an_acknowledge_after_a_lost_reopen_reopens_the_link(db_url: str, rules_
         pd.resolve(incident, by="PUSER01")
         pd.unacknowledge(incident)
         pd.acknowledge(incident, by="PUSER02")
-        pd.outbox = [d for d in pd.outbox if json.loads(d.body)["event"]["event_type"] != "incident.reopened"]
+        lose(pd, "incident.reopened")
         delivered_in(pd, svc, ["incident.triggered", "incident.resolved", "incident.acknowledged"])
         assert link_row(svc)["state"] == "acknowledged"
         svc.store.dispose()
@@ -752,7 +757,7 @@ def test_any_news_of_the_reopened_incident_reopens_the_link_whatever_came_betwee
         if between == "timeout":
             pd.unacknowledge(incident)  # incident.unacknowledged: back to triggered
         if "incident.reopened" not in order:
-            pd.outbox = [d for d in pd.outbox if json.loads(d.body)["event"]["event_type"] != "incident.reopened"]
+            lose(pd, "incident.reopened")
         delivered_in(pd, svc, order)
         assert pd.state.incidents[incident]["status"] == state
         assert (link_row(svc)["state"], link_row(svc)["hold_version"]) == (state, None)
