@@ -430,7 +430,7 @@ def exported(rev: str) -> Iterator[Path]:
 
 # -- the report ------------------------------------------------------------------------------------------
 def _span(values: list[float], fmt: str) -> str:
-    values = [v for v in values if v == v]  # drop NaN
+    values = _numbers(values)
     if not values:
         return "n/a"
     lo, hi = min(values), max(values)
