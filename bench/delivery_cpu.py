@@ -20,13 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bare_sends import poster
 from bench.engine_cpu import measured_tree
 
 
 def once(n: int) -> tuple[float, float]:
     """CPU seconds of one worker delivering ``n`` stored triggers, and of ``n`` bare POSTs of one of them."""
-    import requests
-
     from kernel.clock import FakeClock
     from tests.factories import RULES, T0, change, ticket
     from tests.fakes.pagerduty_server import MockPagerDuty
@@ -47,12 +46,11 @@ def once(n: int) -> tuple[float, float]:
         sent = worker.drain()
         spent = time.thread_time() - start
         assert sent == n and len(pd.events) == n, (sent, len(pd.events))
-        session = requests.Session()
-        session.trust_env = False
+        post = poster(pd.url)
         data = json.dumps(pd.events[0], separators=(",", ":")).encode()  # one page as it was sent
         start = time.thread_time()
         for _ in range(n):
-            session.post(pd.url, data=data, headers={"Content-Type": "application/json"}, timeout=10)
+            post(data)
         bare = time.thread_time() - start
         svc.store.dispose()
     return spent, bare

@@ -125,6 +125,29 @@ def test_send_202() -> None:
     assert result.status == 202 and result.dedup_key == "k"
 
 
+
+@responses.activate
+def test_each_send_posts_its_own_bytes_with_the_sessions_headers() -> None:
+    """The sink prepares its request once and copies it per event: each POST must still carry exactly its own
+    body and length, and what the session adds (its headers) must reach PagerDuty as with ``session.post``."""
+    responses.post(URL, status=202, json={"status": "success", "message": "Event processed"})
+    session = requests.Session()
+    session.headers["User-Agent"] = "ticketpager-test"
+    sink = PagerDutySink(URL, session=session)
+    bodies = [b'{"event_action":"resolve","dedup_key":"a-much-longer-key"}', b'{"event_action":"resolve"}']
+    for body in bodies:
+        sink.send(body)
+    sent = [call.request for call in responses.calls]
+    assert [r.body for r in sent] == bodies
+    assert [r.headers["Content-Length"] for r in sent] == [str(len(b)) for b in bodies]
+    assert all(r.method == "POST" and r.url == URL for r in sent)
+    assert all(r.headers["Content-Type"] == "application/json" for r in sent)
+    assert all(r.headers["User-Agent"] == "ticketpager-test" for r in sent)
+    sink.session = other = requests.Session()  # a new session: its own headers, not the first one's
+    other.headers["User-Agent"] = "other"
+    sink.send(bodies[0])
+    assert responses.calls[-1].request.headers["User-Agent"] == "other"
+
 @responses.activate
 def test_send_400_is_permanent_with_pagerduty_text() -> None:
     responses.post(
