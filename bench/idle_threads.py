@@ -50,9 +50,26 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def thread_sleeps(pid: int) -> dict[str, int]:
+    """Voluntary context switches per thread name (``/proc/…/status``): each is a sleep the thread later wakes
+    from. Unlike CPU time, which /proc counts in 10 ms ticks and this VM's state makes swing 2× between runs, it
+    counts every wake-up exactly."""
+    out: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                out[name] = out.get(name, 0) + int(line.split()[1])
+    return out
+
+
 def measure(
     tree: Path, seconds: float, settle: float = 3.0, extra: dict[str, str] | None = None, rate: float = 0.0
-) -> tuple[dict[str, float], float]:
+) -> tuple[dict[str, float], float, dict[str, int]]:
     """CPU seconds per thread over ``seconds`` of idleness, or (``rate``) of an open-loop load of new Jira
     tickets at ``rate``/s, 1 in 10 paging (dry run: pages are marked sent, not posted)."""
     with tempfile.TemporaryDirectory(prefix="tp-idle-") as tmp:
@@ -80,7 +97,7 @@ def measure(
             except RuntimeError:
                 raise RuntimeError((Path(tmp) / "serve.log").read_text()[-3000:]) from None
             time.sleep(settle)
-            before, t0 = thread_cpu(proc.pid), time.perf_counter()
+            before, slept, t0 = thread_cpu(proc.pid), thread_sleeps(proc.pid), time.perf_counter()
             if rate > 0:
                 loadgen.open_loop(
                     "127.0.0.1", port, lambda i: webhook(port, i, i % 10 == 0), rate, int(rate * seconds)
@@ -88,13 +105,14 @@ def measure(
                 time.sleep(1.0)  # the last changes and pages
             else:
                 time.sleep(seconds)
-            after, wall = thread_cpu(proc.pid), time.perf_counter() - t0
+            after, woke, wall = thread_cpu(proc.pid), thread_sleeps(proc.pid), time.perf_counter() - t0
             for name, mean in histogram_means(port).items():
                 print(f"  mean {name}: {mean:.2f}")
         finally:
             stop(proc)
             log.close()
-    return {name: after[name] - before.get(name, 0.0) for name in after}, wall
+    wakeups = {name: woke[name] - slept.get(name, 0) for name in woke}
+    return {name: after[name] - before.get(name, 0.0) for name in after}, wall, wakeups
 
 
 #: the histograms whose mean per observation tells how the fixed costs are shared (absent in older trees)
@@ -125,12 +143,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=0.0, help="webhooks/s during the window (0: idle)")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.set)
-    used, wall = measure(args.root, args.seconds, extra=extra, rate=args.rate)
+    used, wall, wakeups = measure(args.root, args.seconds, extra=extra, rate=args.rate)
     total = sum(used.values())
     what = f"serve at {args.rate:g} webhooks/s" if args.rate else "idle serve"
-    print(f"{what}, {wall:.1f} s: {total / wall:.4f} cores ({total * 1000 / wall:.2f} CPU-ms/s)")
+    print(
+        f"{what}, {wall:.1f} s: {total / wall:.4f} cores ({total * 1000 / wall:.2f} CPU-ms/s),"
+        f" {sum(wakeups.values()) / wall:.1f} wake-ups/s"
+    )
     for name, cpu in sorted(used.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:16}{cpu * 1000 / wall:8.2f} CPU-ms/s")
+        print(f"  {name:16}{cpu * 1000 / wall:8.2f} CPU-ms/s{wakeups.get(name, 0) / wall:8.1f} wake-ups/s")
 
 
 if __name__ == "__main__":

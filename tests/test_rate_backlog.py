@@ -75,7 +75,7 @@ class Writes:
 
 def run(services: list[Service], workers: list[Delivery], clock: FakeClock, pd: MockPagerDuty, total: int) -> None:
     """Every worker in turn until ``total`` events went out; when nothing is due the clock jumps to the next
-    due row (what the service's delivery timer sleeps until)."""
+    due row (what the service's idle look sleeps until)."""
     statement = outbox.next_due_statement(takeover=True)
     for _ in range(20_000):
         if len(pd.events) >= total:

@@ -8,12 +8,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import event
+
+from connectors.pagerduty_webhooks import parse_event
 from kernel.clock import FakeClock
+from kernel.incidents import IncidentEvent
 from kernel.model import StatusCategory
+from sync.repos import incidents as pd_inbox
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
 from ticketpager.wakeups import Arrivals, Wakeups
+
+WEBHOOKS = Path(__file__).parent / "fixtures" / "pagerduty" / "webhooks"
 
 
 def test_delivery_is_woken_by_a_batch_that_queued_a_page_and_only_by_such_a_batch(
@@ -62,7 +69,7 @@ def _wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> float:
 def test_a_retry_is_sent_when_it_comes_due_without_any_worker_polling(
     db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
 ) -> None:
-    # the workers' own look is 30 s away: only the delivery timer, which sleeps until the next due row, sends it
+    # the workers' own look is 30 s away: only the idle look, which sleeps until the next due row, sends it
     service = make_service(db_url, rules_path, pd.url, clock, engine={"idle_seconds": 0.05})
     pd.fail_next(1, 500)
     service.start()
@@ -94,11 +101,78 @@ def test_a_row_queued_by_another_replica_is_sent_within_the_idle_bound(
         assert other.engine.run_once() == 1  # wakes the other replica's (absent) workers, not ours
         waited = _wait_for(lambda: bool(pd.events))
         assert [e["event_action"] for e in pd.events] == ["trigger"]
-        assert waited < 5  # found by the delivery timer's look (0.2 s here), not the workers' 30 s fallback
+        assert waited < 5  # found by the idle look (0.2 s here), not the workers' 30 s fallback
     finally:
         service.stop()
         service.store.dispose()
         other.store.dispose()
+
+
+def test_a_change_stored_by_another_replica_is_processed_within_the_idle_bound(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """The engine no longer looks by itself every ``idle_seconds`` (its own fallback is 30 s): the idle look
+    finds the change another replica stored and wakes it."""
+    service = make_service(db_url, rules_path, pd.url, clock, engine={"idle_seconds": 0.2})
+    other = make_service(db_url, rules_path, pd.url, clock)  # not started: it stores, it never processes
+    service.start()
+    try:
+        time.sleep(0.3)  # the engine has made its first round and waits for a wake-up
+        receive(other, [change(ticket("6"))])  # the other replica's writer: it would wake its own engine only
+        waited = _wait_for(lambda: bool(pd.events))
+        assert [e["event_action"] for e in pd.events] == ["trigger"]
+        assert waited < 5  # the idle look (0.2 s here), not the engine's 30 s fallback
+    finally:
+        service.stop()
+        service.store.dispose()
+        other.store.dispose()
+
+
+def test_a_pagerduty_webhook_stored_by_another_replica_is_handled_within_the_idle_bound(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """The reverse worker runs where its lease is: a webhook another replica answered is found by this one's idle
+    look, not by the reverse worker's own 30 s fallback."""
+    service = make_service(db_url, rules_path, pd.url, clock, engine={"idle_seconds": 0.2})
+    other = make_service(db_url, rules_path, pd.url, clock)
+    service.start()
+    try:
+        time.sleep(0.3)
+        body = (WEBHOOKS / "acknowledged_by_user.json").read_bytes()
+        parsed = parse_event(body)
+        assert isinstance(parsed, IncidentEvent)
+        assert other.store_pagerduty_webhook("wh-from-the-other-replica", parsed, body)
+        waited = _wait_for(lambda: not pd_inbox.has_pending(service.store))
+        assert waited < 5
+    finally:
+        service.stop()
+        service.store.dispose()
+        other.store.dispose()
+
+
+def test_an_idle_service_looks_at_the_database_from_one_thread_only(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """Each thread's idle wake-up costs CPU (issue 19, goal 1: idle ``serve``): the engine, the reverse worker
+    and the delivery workers wait for wake-ups; only the idle look, the heartbeat and the scheduler's gauges touch
+    the database while nothing happens."""
+    service = make_service(db_url, rules_path, pd.url, clock, engine={"idle_seconds": 0.05})
+    looked: list[str] = []
+
+    def checkout(*_: object) -> None:
+        looked.append(threading.current_thread().name)
+
+    service.start()
+    try:
+        time.sleep(0.5)  # every thread has made its first round
+        event.listen(service.store.engine, "checkout", checkout)
+        time.sleep(1.0)  # 20 idle periods
+        event.remove(service.store.engine, "checkout", checkout)
+    finally:
+        service.stop()
+        service.store.dispose()
+    assert looked.count("ticketpager-idle-look") >= 10, looked
+    assert set(looked) <= {"ticketpager-idle-look", "ticketpager-heartbeat", "ticketpager-scheduler"}, looked
 
 
 # -- how many workers a wake-up wakes (ticketpager/wakeups.py) ---------------------------------------------

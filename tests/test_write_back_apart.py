@@ -144,7 +144,7 @@ def test_with_no_ticket_workers_the_pagerduty_workers_send_notes_too_and_pages_w
 def test_notes_due_behind_a_hung_ticketing_system_wake_only_the_ticket_workers(
     tmp_path: Path, rules_path: Path, clock: FakeClock, hung: HungServer
 ) -> None:
-    """The delivery timer looks at PagerDuty's rows and the tickets' apart: notes that stay due (both ticket
+    """The idle look looks at PagerDuty's rows and the tickets' apart: notes that stay due (both ticket
     workers are stuck in the hung Jira) wake the ticket workers on every look, never PagerDuty's, which sleep
     until a page is there."""
     with MockPagerDuty() as pd:

@@ -46,6 +46,7 @@ from sync.ingest import Writer
 from sync.metrics import METRICS, zero_series
 from sync.poller import poll_once
 from sync.repos import incidents as pd_inbox
+from sync.repos.changes import any_pending as pending_changes
 from sync.repos.cursors import acquire_lease, release_lease
 from sync.repos.outbox import next_due, next_due_statement
 from sync.repos.silences import SilenceBook
@@ -66,8 +67,9 @@ log = logging.getLogger("ticketpager.service")
 ENGINE_COALESCE_SECONDS = 0.05
 ENGINE_GATHER_CHANGES = 8
 
-#: An idle delivery worker waits for a wake-up (the engine queued rows, the delivery timer saw a row come due)
-#: and looks by itself only this often: a safety net should a wake-up ever be missed, not a poll.
+#: An idle delivery worker, the idle engine and the idle reverse worker wait for a wake-up (the webhook writer's
+#: commit, the engine's queued rows, the idle look) and look by themselves only this often: a safety net should
+#: a wake-up ever be missed, not a poll.
 WORKER_FALLBACK_SECONDS = 30.0
 #: how long ``stop`` waits for the background threads together (a send in flight finishes within its timeout)
 STOP_SECONDS = 15.0
@@ -494,7 +496,7 @@ class Service:
             for i in range(group.workers):
                 worker = self.delivery(f"{group.worker_prefix}{i}", heartbeat=self.heartbeat, kinds=group.kinds)
                 self._spawn(f"{group.thread}-{i}", functools.partial(self._delivery_loop, worker, group.wakeups))
-        self._spawn("delivery-timer", self._delivery_timer_loop)
+        self._spawn("idle-look", self._idle_look_loop)
         pollable = self.pollable_sources()
         spread = [s for s in pollable if not self.connections[s].is_default]  # the file's: started apart
         for source in pollable:
@@ -617,7 +619,7 @@ class Service:
         self.wake.set()
 
     def _engine_loop(self) -> None:
-        """Woken by the webhook writer's commits and the pollers; looks by itself every ``idle_seconds`` only
+        """Woken by the webhook writer's commits and the pollers, and by the idle look (:meth:`_idle_look_loop`)
         for changes stored by another replica that it did not process (it died, or its engine lags).
 
         After a wake-up it lets the commits of the next ``ENGINE_COALESCE_SECONDS`` join one batch (less once
@@ -633,7 +635,7 @@ class Service:
             handled = self.engine.run_once(woken=woken)  # wakes the delivery workers itself if it queued anything
             if handled and self.engine.left_pending:
                 continue
-            woken = self.wake.wait(self._idle())
+            woken = self.wake.wait(WORKER_FALLBACK_SECONDS)
             if woken and coalesce > 0 and not self.stopping.is_set():
                 self.arrivals.gather(ENGINE_GATHER_CHANGES, coalesce)  # let the next commits join this batch
 
@@ -653,13 +655,17 @@ class Service:
                 continue
             woken = group.wait(wake, WORKER_FALLBACK_SECONDS)  # woken: rows are there, no look first
 
-    def _delivery_timer_loop(self) -> None:
-        """The one idle look at the outbox for all of this process's workers: sleep until the next row comes due
-        (a retry, a rate-limit hold), at most ``idle_seconds``, and wake the workers when one is due. So a row
-        queued by another replica, freed by an expired claim or taken over from a dead replica is claimed here
-        within ``idle_seconds`` (plus the claim's own time), one queued by this replica's engine at once.
+    def _idle_look_loop(self) -> None:
+        """The process's one idle look at the database, for work that no wake-up announced: sleep until the next
+        outbox row comes due (a retry, a rate-limit hold), at most ``idle_seconds``, then look, on one connection,
+        for due rows, pending changes and pending PagerDuty webhooks, and wake whoever has work. So a row queued
+        by another replica, freed by an expired claim or taken over from a dead replica is claimed within
+        ``idle_seconds`` (plus the claim's own time), and so is a change or a PagerDuty webhook another replica
+        stored; what this replica stores or queues itself wakes its workers at once. One thread wakes for all of
+        them: each idle wake-up of a thread cost this VM 1-3 CPU-ms, three looks a second were most of an idle
+        ``serve`` (issue 19, docs/performance.md).
         PagerDuty's rows and the tickets' are looked at apart (their own workers): notes due but stuck behind a
-        hung ticketing system neither wake PagerDuty's workers nor keep the timer from sleeping until a page's
+        hung ticketing system neither wake PagerDuty's workers nor keep the look from sleeping until a page's
         retry."""
         takeover = self.settings.engine.replica_timeout_seconds
         groups = [(next_due_statement(takeover=True, kinds=s.kinds), s.wakeups) for s in self._senders()]
@@ -667,6 +673,12 @@ class Service:
             now = self.clock.now()
             with self.store.engine.connect() as conn:
                 dues = [(next_due(conn, statement, now, takeover), wakeups) for statement, wakeups in groups]
+                changes_pending = pending_changes(conn)
+                webhooks_pending = pd_inbox.pending_in(conn)
+            if changes_pending:
+                self.wake.set()
+            if webhooks_pending:
+                self.reverse_wake.set()
             wait = self._idle()
             for due, wakeups in dues:
                 if due is None:
@@ -680,7 +692,7 @@ class Service:
 
     def _reverse_loop(self) -> None:
         """The PagerDuty inbox, one replica at a time (a lease: webhooks of one incident are handled in
-        order); woken by the webhook's commit, else it looks every ``engine.idle_seconds``."""
+        order); woken by the webhook's commit, and by the idle look for webhooks another replica stored."""
         lease = self.settings.engine.lease_seconds
         if self.reverse.own_user is not None:  # at start-up, not at the first webhook: readiness tells at once
             self.reverse.own_user.ensure()
@@ -693,7 +705,7 @@ class Service:
                     if self.reverse.blocked:  # PagerDuty's REST API did not answer: not 5 times a second
                         self.stopping.wait(REVERSE_RETRY_SECONDS)
                         continue
-                self.reverse_wake.wait(self._idle())
+                self.reverse_wake.wait(WORKER_FALLBACK_SECONDS)
         finally:
             with self.store.begin() as conn:
                 release_lease(conn, "reverse", self.instance)

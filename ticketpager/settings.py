@@ -87,7 +87,7 @@ class PagerDutySettings(BaseModel):
 
 class EngineSettings(BaseModel):
     batch_size: int = 50
-    idle_seconds: float = 1.0  # idle engine / delivery timer look this often for work another replica left
+    idle_seconds: float = 1.0  # the idle look for work another replica left (changes, due rows, webhooks)
     recheck_interval_seconds: float = 60.0  # time rules: re-evaluate open, unpaged tickets this often
     lease_seconds: float = 30.0  # poller / scheduler leases between replicas
     claim_seconds: float = 60.0  # a claimed outbox row is retried after this even if its replica lives (a stalled send)

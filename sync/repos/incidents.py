@@ -141,10 +141,17 @@ def read_inbox_status(store: Store) -> InboxStatus:
         return inbox_status(conn)
 
 
+ANY_PENDING = select(pagerduty_inbox.c.id).where(pagerduty_inbox.c.status == "pending").limit(1)
+
+
 def has_pending(store: Store) -> bool:
     with store.engine.connect() as conn:
-        found = conn.execute(select(pagerduty_inbox.c.id).where(pagerduty_inbox.c.status == "pending").limit(1))
-        return found.first() is not None
+        return pending_in(conn)
+
+
+def pending_in(conn: Connection) -> bool:
+    """Any PagerDuty webhook waiting for the reverse worker (on the caller's connection)."""
+    return conn.execute(ANY_PENDING).first() is not None
 
 
 def store_event(store: Store, **values: Any) -> bool:
