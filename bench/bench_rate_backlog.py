@@ -2,7 +2,7 @@
 
 ``--rows`` (14,000) triggers for one routing key are queued at once; one delivery worker sends them at 120 a
 minute into the local PagerDuty fake, which spends ~100 ms of latency per request on the service's fake clock.
-Whenever nothing is due the clock jumps to the next due row (what the service's delivery timer sleeps until),
+Whenever nothing is due the clock jumps to the next due row (what the service's idle look sleeps until),
 so the simulated minutes take no wall time: what is left is the CPU the worker spends (the fake's server
 thread included). Measured over ``--minutes`` (3) simulated minutes after the first (its 120 sends go at
 once). SQLite, a temporary file.

@@ -52,8 +52,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
 
 def thread_sleeps(pid: int) -> dict[str, int]:
     """Voluntary context switches per thread name (``/proc/…/status``): each is a sleep the thread later wakes
-    from. Unlike CPU time, which /proc counts in 10 ms ticks and this VM's state makes swing 2× between runs, it
-    counts every wake-up exactly."""
+    from, its own timed waits and its waits for the interpreter lock alike. /proc counts CPU time in 10 ms ticks;
+    this counts each wake-up. Both move with this VM's phase (up to 2× between runs): compare trees interleaved."""
     out: dict[str, int] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:

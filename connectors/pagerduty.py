@@ -204,18 +204,25 @@ class PagerDutySink:
         self.timeout = timeout
         self.session = session or environment_session(url)
         self.clock = clock  # reads Retry-After HTTP dates against this clock
-        self._prepared: tuple[requests.Session, requests.PreparedRequest] | None = None
+        self._prepared: tuple[requests.Session, str, requests.PreparedRequest] | None = None
 
-    def _request(self, data: bytes) -> requests.PreparedRequest:
-        """The POST of ``data``: a copy of the session's request to :attr:`url`, prepared once (URL, the
-        session's headers, auth and cookies merged) and given this body. ``session.post`` merges all of that
-        again for every event: a quarter of one event's CPU through requests here (docs/performance.md)."""
-        if self._prepared is None or self._prepared[0] is not self.session:  # built for this session
+    def _post(self, data: bytes, timeout: float) -> requests.Response:
+        """POST ``data``: a copy of the session's request to :attr:`url`, prepared once (the URL and the session's
+        headers merged) and given this body and its cookies. ``session.post`` merges all of that again for every
+        event: a quarter of one event's CPU through requests here (docs/performance.md). A session that reads
+        the environment per request or has auth (which may sign the body) is posted to as ``session.post`` does."""
+        session = self.session
+        if session.trust_env or session.auth is not None:
+            return session.post(self.url, data=data, headers={"Content-Type": "application/json"}, timeout=timeout)
+        if self._prepared is None or self._prepared[:2] != (session, self.url):  # built for this session and URL
             template = requests.Request("POST", self.url, headers={"Content-Type": "application/json"})
-            self._prepared = (self.session, self.session.prepare_request(template))
-        request = self._prepared[1].copy()
+            self._prepared = (session, self.url, session.prepare_request(template))
+        request = self._prepared[2].copy()
         request.prepare_body(data, None)  # the body and its Content-Length
-        return request
+        if session.cookies:  # what the jar holds now (a load balancer's cookie set by an earlier answer)
+            request.headers.pop("Cookie", None)
+            request.prepare_cookies(session.cookies)
+        return session.send(request, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"<PagerDutySink {self.url}>"
@@ -234,7 +241,7 @@ class PagerDutySink:
                 _fit(event)
                 data = encode_event(event)
         try:
-            response = self.session.send(self._request(data), timeout=timeout)
+            response = self._post(data, timeout)
         except requests.RequestException as exc:
             if timed_out_after_sending(exc):
                 raise UnknownOutcome(

@@ -127,11 +127,14 @@ def test_send_202() -> None:
 
 
 @responses.activate
-def test_each_send_posts_its_own_bytes_with_the_sessions_headers() -> None:
-    """The sink prepares its request once and copies it per event: each POST must still carry exactly its own
-    body and length, and what the session adds (its headers) must reach PagerDuty as with ``session.post``."""
-    responses.post(URL, status=202, json={"status": "success", "message": "Event processed"})
+@pytest.mark.parametrize("environment", [False, True], ids=["prepared-once", "session.post"])
+def test_each_send_posts_its_own_bytes_with_the_sessions_headers_and_cookies(environment: bool) -> None:
+    """The sink prepares its request once and copies it per event (a session that reads the environment per
+    request is posted to as ``session.post`` does): each POST must carry exactly its own body and length, what the
+    session adds (its headers), and the cookies the jar holds by then (a load balancer's, set by an answer)."""
+    responses.post(URL, status=202, json={"status": "success"}, headers={"Set-Cookie": "AWSALB=abc; Path=/"})
     session = requests.Session()
+    session.trust_env = environment
     session.headers["User-Agent"] = "ticketpager-test"
     sink = PagerDutySink(URL, session=session)
     bodies = [b'{"event_action":"resolve","dedup_key":"a-much-longer-key"}', b'{"event_action":"resolve"}']
@@ -143,10 +146,14 @@ def test_each_send_posts_its_own_bytes_with_the_sessions_headers() -> None:
     assert all(r.method == "POST" and r.url == URL for r in sent)
     assert all(r.headers["Content-Type"] == "application/json" for r in sent)
     assert all(r.headers["User-Agent"] == "ticketpager-test" for r in sent)
+    assert "Cookie" not in sent[0].headers and sent[1].headers["Cookie"] == "AWSALB=abc"
     sink.session = other = requests.Session()  # a new session: its own headers, not the first one's
+    other.trust_env = environment
     other.headers["User-Agent"] = "other"
     sink.send(bodies[0])
     assert responses.calls[-1].request.headers["User-Agent"] == "other"
+    assert "Cookie" not in responses.calls[-1].request.headers
+
 
 @responses.activate
 def test_send_400_is_permanent_with_pagerduty_text() -> None:

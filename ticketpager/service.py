@@ -662,23 +662,27 @@ class Service:
         by another replica, freed by an expired claim or taken over from a dead replica is claimed within
         ``idle_seconds`` (plus the claim's own time), and so is a change or a PagerDuty webhook another replica
         stored; what this replica stores or queues itself wakes its workers at once. One thread wakes for all of
-        them: each idle wake-up of a thread cost this VM 1-3 CPU-ms, three looks a second were most of an idle
-        ``serve`` (issue 19, docs/performance.md).
+        them: each idle wake-up of a thread cost this VM 1-3 CPU-ms, more than its query (issue 19,
+        docs/performance.md). The looks share one thread: one that fails (the database is down) restarts it
+        within a second (``_guard``), and until then the workers fall back to their own look every
+        :data:`WORKER_FALLBACK_SECONDS`.
         PagerDuty's rows and the tickets' are looked at apart (their own workers): notes due but stuck behind a
         hung ticketing system neither wake PagerDuty's workers nor keep the look from sleeping until a page's
         retry."""
         takeover = self.settings.engine.replica_timeout_seconds
         groups = [(next_due_statement(takeover=True, kinds=s.kinds), s.wakeups) for s in self._senders()]
+        next_left_look = 0.0  # real time, as the waits: when to look for changes and webhooks left again
         while not self.stopping.is_set():
             now = self.clock.now()
+            # a row coming due wakes the look early (a retry, a rate-limit hold's slots): changes and webhooks
+            # left by another replica are looked for once per idle_seconds all the same
+            look_left = time.monotonic() >= next_left_look
             with self.store.engine.connect() as conn:
                 dues = [(next_due(conn, statement, now, takeover), wakeups) for statement, wakeups in groups]
-                changes_pending = pending_changes(conn)
-                webhooks_pending = pd_inbox.pending_in(conn)
-            if changes_pending:
-                self.wake.set()
-            if webhooks_pending:
-                self.reverse_wake.set()
+                changes_pending = look_left and pending_changes(conn)
+                webhooks_pending = look_left and pd_inbox.pending_in(conn)
+            if look_left:
+                next_left_look = time.monotonic() + self._idle()
             wait = self._idle()
             for due, wakeups in dues:
                 if due is None:
@@ -688,6 +692,10 @@ class Service:
                     wakeups.wake()
                 else:
                     wait = min(wait, ahead)
+            if changes_pending:
+                self.wake.set()
+            if webhooks_pending:
+                self.reverse_wake.set()
             self.stopping.wait(wait)
 
     def _reverse_loop(self) -> None:

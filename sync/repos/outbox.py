@@ -353,7 +353,7 @@ def next_due_statement(takeover: bool, kinds: Collection[str] | None = None) -> 
     """The earliest ``next_attempt_at`` of a pending row a worker could claim once it is due: unclaimed, its
     claim expired (or, with ``takeover``, its holder's heartbeat older than ``:stale``), and not waiting for
     an earlier pending event of its ``dedup_key``; of ``kinds`` only (None: any). Binds ``now`` (and
-    ``stale``). The service's delivery timer runs it to sleep until then instead of polling (the partial index
+    ``stale``). The service's idle look runs it to sleep until then instead of polling (the partial index
     ``ix_outbox_due`` serves the order)."""
     blocked = _waits_for_an_earlier_event()
     return (
