@@ -194,6 +194,10 @@ def environment_session(url: str) -> requests.Session:
     return session
 
 
+#: the header of every Events API POST, on both of :meth:`PagerDutySink._post`'s paths
+JSON_BODY = {"Content-Type": "application/json"}
+
+
 class PagerDutySink:
     """One ``send``: POST an event body to the Events API. Raises ``RetryableError`` / ``PermanentError``."""
 
@@ -213,9 +217,9 @@ class PagerDutySink:
         the environment per request or has auth (which may sign the body) is posted to as ``session.post`` does."""
         session = self.session
         if session.trust_env or session.auth is not None:
-            return session.post(self.url, data=data, headers={"Content-Type": "application/json"}, timeout=timeout)
+            return session.post(self.url, data=data, headers=JSON_BODY, timeout=timeout)
         if self._prepared is None or self._prepared[:2] != (session, self.url):  # built for this session and URL
-            template = requests.Request("POST", self.url, headers={"Content-Type": "application/json"})
+            template = requests.Request("POST", self.url, headers=JSON_BODY)
             self._prepared = (session, self.url, session.prepare_request(template))
         request = self._prepared[2].copy()
         request.prepare_body(data, None)  # the body and its Content-Length
