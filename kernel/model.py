@@ -483,6 +483,18 @@ class IncidentUpdate:
     responder_policies: tuple[str, ...] = ()
     note: str | None = None
 
+    def without_moves_to(self, current: str | None) -> IncidentUpdate | None:
+        """This update without the moves the incident has made already (``current``: the escalation policy it
+        is on; None: not known); None when nothing is left. This keeps a move made in PagerDuty, written onto
+        the ticket's group by ``set_group``, from coming back as a reassignment (and a note)."""
+        if current is None:
+            return self
+        reassign = self.reassign_to_policy if self.reassign_to_policy != current else None
+        responders = tuple(p for p in self.responder_policies if p != current)
+        if reassign is None and not responders:
+            return None
+        return replace(self, reassign_to_policy=reassign, responder_policies=responders)
+
 
 #: Every action a destination may be asked to carry out.
 Action = IncidentAction | TicketNote | TicketUpdate | IncidentUpdate

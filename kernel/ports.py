@@ -88,7 +88,11 @@ class IncidentContext(NamedTuple):
 
 class SyncPlan(Protocol):
     """One rule's two-way decision: the ticket updates / incident updates to queue, and why (decision log,
-    ``rules test``). ``actions`` is empty when the rule configures nothing for this event."""
+    ``rules test``). ``actions`` is empty when the rule configures nothing for this event.
+
+    ``changed_group`` (``on_ticket_change`` only): the ticket's group after this change when the change moved it
+    (values joined by ", "; "" when emptied), else None. The engine records when it moved, so PagerDuty news
+    older than that edit, delivered late, does not set the group back (see ``docs/two-way.md``)."""
 
     @property
     def rule(self) -> str: ...
@@ -96,6 +100,8 @@ class SyncPlan(Protocol):
     def actions(self) -> tuple[TicketUpdate | IncidentUpdate, ...]: ...
     @property
     def explanation(self) -> tuple[str, ...]: ...
+    @property
+    def changed_group(self) -> str | None: ...
 
 
 @runtime_checkable

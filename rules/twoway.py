@@ -93,12 +93,14 @@ DEFAULT_TEXT: Mapping[str, str] = {
 @dataclass(frozen=True, slots=True)
 class TwoWayPlan:
     """One rule's two-way decision (:class:`kernel.ports.SyncPlan`): the actions to queue and why.
-    ``problems``: template errors (the default text was written instead)."""
+    ``problems``: template errors (the default text was written instead). ``changed_group``: the ticket's
+    group after a ticket change that moved it (``on_ticket_change`` only)."""
 
     rule: str
     actions: tuple[TicketUpdate | IncidentUpdate, ...] = ()
     explanation: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+    changed_group: str | None = None
 
 
 def kind_of(event: IncidentEvent) -> str:
@@ -353,17 +355,24 @@ def on_ticket_change(
     if change is None:
         return TwoWayPlan(rule.name, explanation=(f"{name} did not change",))
     old, new = _values(change.old), _values(change.new)
+    moved_to = ", ".join(new)
     added = [g for g in new if g not in old]
     mapped = [g for g in added if g in policies.groups]
     if not mapped:
         shown = ", ".join(repr(g) for g in added) or "none"
-        return TwoWayPlan(rule.name, explanation=(f"{name} changed to {shown}: no escalation policy mapped",))
+        return TwoWayPlan(
+            rule.name,
+            explanation=(f"{name} changed to {shown}: no escalation policy mapped",),
+            changed_group=moved_to,
+        )
     group = mapped[0]
     policy = policies.groups[group]
     before = {policies.groups[g] for g in old if g in policies.groups}
     if policy in before:
         return TwoWayPlan(
-            rule.name, explanation=(f"{name} → '{group}': same escalation policy {policy} as before: nothing",)
+            rule.name,
+            explanation=(f"{name} → '{group}': same escalation policy {policy} as before: nothing",),
+            changed_group=moved_to,
         )
     marker = group_marker(link, ctx.ticket, group, rule.name)
     ticket = ctx.ticket
@@ -378,6 +387,5 @@ def on_ticket_change(
         note += f" (rule '{rule.name}')"
         update = IncidentUpdate(incident_id, link.dedup_key, marker, responder_policies=(policy,), note=note)
         what = f"add escalation policy {policy} as responders on incident {incident_id}"
-    return TwoWayPlan(
-        rule.name, (update,), (f"{name} → '{group}' (mapped to {policy})", what, f"incident update {marker}")
-    )
+    why = (f"{name} → '{group}' (mapped to {policy})", what, f"incident update {marker}")
+    return TwoWayPlan(rule.name, (update,), why, changed_group=moved_to)

@@ -16,7 +16,9 @@ engine's CPU per change: issue 19). Each change:
    :meth:`kernel.ports.TwoWayRules.on_ticket_change` what a group change does to it, and queue those
    incident updates for ``pagerduty_rest`` — unless the incident is already on that escalation policy
    (PagerDuty moved it there and our ``set_group`` wrote the ticket's group: the echo; see
-   docs/two-way.md, "Why there is no loop").
+   docs/two-way.md, "Why there is no loop"). A person's group change is recorded on the incident with its time
+   and the update it did not send, so a PagerDuty move older than it, delivered late, sets no group and sends
+   that update after all (the reverse worker; :func:`sync.repos.incidents.note_group_edit`).
 
 A ticket is (source, connection, id): the same id on two instances of one system is two tickets, with their
 own row, links, dedup keys and decisions. On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` and the
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -424,42 +426,38 @@ class Engine:
                 continue  # no webhook of it yet: PagerDuty's incident id is not known (nothing to address)
             decided = ruleset.on_ticket_change(ctx, link, incident.incident_id)
             if not decided.actions:
+                if decided.changed_group is not None:  # moved to a group of the same (or no) policy
+                    known_incidents.note_group_edit(conn, incident.incident_id, decided.changed_group,
+                                                    ctx.ticket.updated, unsent=None)  # fmt: skip
                 continue  # the usual case (the group did not change): no entry for every change
             why = list(decided.explanation)
             queued: list[dict[str, Any]] = []
+            unsent: IncidentUpdate | None = None
             for action in decided.actions:
                 if not isinstance(action, IncidentUpdate):
                     why.append(f"{action.KIND} from a ticket change: not queued (only incident updates are)")
                     continue
-                wanted = self._not_there_yet(action, incident.escalation_policy_id, why)
+                current = incident.escalation_policy_id
+                wanted = action.without_moves_to(current)
                 if wanted is None:
+                    why.append(
+                        f"the incident is already on escalation policy {current} (moved in PagerDuty, or asked by "
+                        "us before): nothing sent (no loop)"
+                    )
                     METRICS.echoes_suppressed.labels("ticket.group_changed").inc()
+                    unsent = action  # sent after all if older PagerDuty news, delivered late, says otherwise
                     continue
                 self._enqueue_update(conn, batch.writes, target, wanted, link, ctx.ticket, decided.rule or link.rule,
                                      change_id)  # fmt: skip
                 queued.append({"marker": wanted.marker, "reassign_to_policy": wanted.reassign_to_policy,
                                "responder_policies": list(wanted.responder_policies)})  # fmt: skip
+            if decided.changed_group is not None:
+                known_incidents.note_group_edit(conn, incident.incident_id, decided.changed_group, ctx.ticket.updated,
+                                                unsent=unsent)  # fmt: skip
             entries.append(
                 {"rule": decided.rule or link.rule, "incident_id": incident.incident_id, "why": why, "queued": queued}
             )
         return entries
-
-    @staticmethod
-    def _not_there_yet(update: IncidentUpdate, current: str | None, why: list[str]) -> IncidentUpdate | None:
-        """``update`` without the moves the incident has made already (``current``: the escalation policy it is
-        on); None when nothing is left. This is what keeps a move made in PagerDuty, written onto the ticket's
-        group by ``set_group``, from coming back as a reassignment (and a note) when that ticket change arrives."""
-        if current is None:
-            return update
-        reassign = update.reassign_to_policy if update.reassign_to_policy != current else None
-        responders = tuple(p for p in update.responder_policies if p != current)
-        if reassign is None and not responders:
-            why.append(
-                f"the incident is already on escalation policy {current} (moved in PagerDuty, or asked by us "
-                "before): nothing sent (no loop)"
-            )
-            return None
-        return replace(update, reassign_to_policy=reassign, responder_policies=responders)
 
     def _enqueue_update(
         self,

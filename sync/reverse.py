@@ -42,7 +42,7 @@ from kernel.model import (
     Ticket,
     TicketUpdate,
 )
-from kernel.ports import IncidentContext, IncidentLookup, SyncPlan, TwoWayRules
+from kernel.ports import IncidentContext, IncidentLookup, TwoWayRules
 from kernel.redact import redact
 from sync.metrics import METRICS
 from sync.repos import incidents as repo
@@ -84,6 +84,14 @@ def _older(event: IncidentEvent, mark: datetime | None) -> bool:
 class Correlation:
     dedup_key: str
     learned_by: str  # known | rest | incident_key | title
+
+
+@dataclass(frozen=True, slots=True)
+class _Followed:
+    """The outbox row of the update a person's group edit asked for, queued after late news, and why."""
+
+    row: dict[str, Any]
+    why: list[str]
 
 
 class Retry(Exception):
@@ -380,10 +388,19 @@ class ReverseWorker:
         }
         if stale or stale_move:
             detail["stale"] = True
+        # a person's group change on the ticket, newer than this news: the news sets no group (it would undo the
+        # edit); and if it is PagerDuty's newest word and puts the incident elsewhere than the edit asked, the
+        # update the edit asked for (not sent then: the incident looked there already) is queued now
+        edited_since = _older(event, marks.group_edit_at)
+        followed = self._follow_group_edit(conn, event, marks, stale, edited_since, ticket, link, now)
+        if followed is not None:
+            repo.enqueue(conn, [followed.row])
+            detail["group_edit"] = followed.why
         if echo and not own_page:
             METRICS.echoes_suppressed.labels(event.event_type.value).inc()
             detail["why"] = ["our own action coming back (echo): link state updated, nothing written back"]
-            return self._done(conn, row, event, "echo", now, ticket=ticket, detail=detail)
+            queued = int(followed is not None)
+            return self._done(conn, row, event, "echo", now, ticket=ticket, detail=detail, queued=queued)
         state_now = moved or link.link.state
         ctx = IncidentContext(event=event, ticket=ticket, link=replace(link.link, state=state_now), now=now)
         plan = self.rules().on_incident(ctx)
@@ -402,7 +419,7 @@ class ReverseWorker:
         moved_since = (
             stale and inc is not None and marks.policy is not None and inc.escalation_policy_id != marks.policy
         )
-        keep_group = not (own_page and stale) and not moved_since
+        keep_group = not (own_page and stale) and not moved_since and not edited_since
         kept = tuple(
             replace(a, transition=a.transition if keep_transition else None, group=a.group if keep_group else None)
             if isinstance(a, TicketUpdate)
@@ -410,15 +427,58 @@ class ReverseWorker:
             for a in actions
         )
         held = kept != actions  # a transition or a group was dropped
+        group_held = any(isinstance(a, TicketUpdate) and a.group for a in actions) and edited_since
         actions = kept
-        rows = [self._outbox_row(action, plan, ticket, link, event, now) for action in actions]
+        rows = [self._outbox_row(action, plan.rule, ticket, link, event, now) for action in actions]
         repo.enqueue(conn, rows)
+        for action in actions:
+            if isinstance(action, TicketUpdate) and action.group:  # its echo is ours, not a person's group edit
+                repo.mirror_group(conn, event.incident_id, action.group)
         detail["why"] = (["our own page (its first write-back)"] if own_page else []) + list(plan.explanation)
-        if held and not own_page:
+        if group_held:
+            detail["why"].append(
+                f"older than a person's group change on the ticket ({_iso(marks.group_edit_at)}): the group stays"
+            )
+        elif held and not own_page:
             detail["why"].append("older than news already applied: its comment only, the ticket is not moved")
         detail["actions"] = [_action_json(a) for a in actions]
-        outcome = "applied" if rows else "no_action"
-        return self._done(conn, row, event, outcome, now, ticket=ticket, detail=detail, queued=len(rows))
+        queued = len(rows) + int(followed is not None)
+        outcome = "applied" if queued else "no_action"
+        return self._done(conn, row, event, outcome, now, ticket=ticket, detail=detail, queued=queued)
+
+    def _follow_group_edit(
+        self,
+        conn: Connection,
+        event: IncidentEvent,
+        marks: repo.EventMarks,
+        stale: bool,
+        edited_since: bool,
+        ticket: Ticket,
+        link: repo.LinkRow,
+        now: datetime,
+    ) -> _Followed | None:
+        """The outbox row (and why) of the update a person's newer group edit asked for and that was not sent, when
+        ``event`` — PagerDuty's newest news of the incident, older than that edit — puts the incident elsewhere."""
+        asked, inc = marks.group_edit_update, event.incident
+        if asked is None or inc is None or stale or not inc.escalation_policy_id:
+            return None
+        if not edited_since:  # news newer than the edit: what people do in PagerDuty from now on decides
+            repo.drop_group_edit_update(conn, event.incident_id)
+            return None
+        wanted = asked.without_moves_to(inc.escalation_policy_id)
+        if wanted is None:
+            return None  # PagerDuty has it where the edit asked
+        row = self._outbox_row(wanted, link.link.rule, ticket, link, event, now)
+        row["action"] = "reassign" if wanted.reassign_to_policy else "add_responders"
+        if wanted.reassign_to_policy:  # where the incident is going: a group change before its echo compares to it
+            repo.expect_policy(conn, wanted.incident_id, wanted.reassign_to_policy, now)
+        repo.drop_group_edit_update(conn, event.incident_id)
+        target = wanted.reassign_to_policy or ", ".join(wanted.responder_policies)
+        why = [
+            f"the incident was on escalation policy {inc.escalation_policy_id} before a person's group change on the "
+            f"ticket ({_iso(marks.group_edit_at)}), which asked for {target}: incident update {wanted.marker} queued"
+        ]
+        return _Followed(row, why)
 
     def _move_link(
         self,
@@ -450,7 +510,7 @@ class ReverseWorker:
     def _outbox_row(
         self,
         action: TicketUpdate | IncidentUpdate,
-        plan: SyncPlan,
+        rule: str,
         ticket: Ticket,
         link: repo.LinkRow,
         event: IncidentEvent,
@@ -469,7 +529,7 @@ class ReverseWorker:
             "connection": ticket.connection,
             "ticket_id": ticket.id,
             "ticket_key": ticket.key,
-            "rule": plan.rule or link.link.rule,
+            "rule": rule or link.link.rule,
             "action": event.event_type.value.removeprefix("incident.")[:16],
             "dedup_key": link.link.dedup_key,
             "generation": link.link.generation,
@@ -526,6 +586,10 @@ def _with_incident_url(
     return tuple(
         replace(a, incident_url=url) if isinstance(a, TicketUpdate) and not a.incident_url else a for a in actions
     )
+
+
+def _iso(at: datetime | None) -> str:
+    return at.isoformat() if at is not None else "?"
 
 
 def _type_label(raw: str, event: IncidentEvent | None) -> str:

@@ -314,6 +314,12 @@ incidents = Table(
     Column("last_event_at", UTCDateTime(), nullable=True),
     # … and of the newest that moved the link (acknowledged, unacknowledged, resolved, reopened; migration 0012)
     Column("state_event_at", UTCDateTime(), nullable=True),
+    # a person's newest group change on the ticket (the ticket's time; migration 0013): PagerDuty news older than
+    # it sets no group; and the incident update it asked for, not sent because the incident looked there already
+    Column("group_edit_at", UTCDateTime(), nullable=True),
+    Column("group_edit_update", Text, nullable=True),  # JSON of a kernel.model.IncidentUpdate
+    # the group our set_group last wrote onto the ticket (from a PagerDuty move): its echo is not a person's edit
+    Column("mirrored_group", Text, nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_incidents_dedup_key", "dedup_key"),
 )

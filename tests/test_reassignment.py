@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,6 +134,81 @@ def test_a_quick_move_and_back_before_the_echo_ends_on_the_first_policy(world: W
     puts = world.rest_calls("PUT", f"/incidents/{incident_id}")
     assert [p.body["incident"]["escalation_policy"]["id"] for p in puts] == ["PEP0002", "PEP0001"]
     assert world.desk.tickets["10001"].assignment_group == "Service Desk"
+
+
+def group_edits(world: World) -> list[dict[str, Any]]:
+    """What the reverse worker queued for a person's group edit after older news (decision log)."""
+    return [d for d in world.decisions() if "group_edit" in d["detail"]]
+
+
+@pytest.mark.parametrize(("world", "mode"), [("reassign",) * 2, ("add_responders",) * 2], indirect=["world"])
+def test_a_move_delivered_after_a_newer_group_edit_keeps_the_edit_and_pagerduty_follows_it(
+    world: World, mode: str
+) -> None:
+    """The late-webhook gap: a person moves the incident in PagerDuty, its webhook is delayed, and an agent then
+    picks the ticket's group of the policy the incident was on. The agent's edit is the newer word: the late move
+    must not set the group back, and PagerDuty must get what the edit asked for."""
+    incident_id = paged(world, group="Network")  # on the service's policy PEP0001
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")
+    delayed, world.pd.outbox = world.pd.outbox, []  # PagerDuty's webhook of that move is late
+    world.desk.edit("10001", assignment_group="Service Desk")  # later: the agent picks PEP0001's group
+    world.settle()
+    assert world.rest_calls("PUT") == [] and world.pd.state.responder_requests.get(incident_id) is None
+    for hook in delayed:
+        world.pagerduty_webhook(hook)
+    world.settle()
+
+    assert world.desk.tickets["10001"].assignment_group == "Service Desk"  # the agent's edit stands
+    moved = [c for c in world.desk.comments["10001"] if "moved to escalation policy PEP0002 by Jane Doe" in c]
+    assert len(moved) == 1  # the move is history on the ticket, written once
+    puts = [p.body["incident"]["escalation_policy"]["id"] for p in world.rest_calls("PUT", f"/incidents/{incident_id}")]
+    if mode == "reassign":
+        assert puts == ["PEP0001"] and policy(world, incident_id) == "PEP0001"
+    else:  # add_responders: PEP0001 is asked to help; the incident stays where the person put it
+        [request] = world.pd.state.responder_requests[incident_id]
+        targets = [t["responder_request_target"]["id"] for t in request["responder_request_targets"]]
+        assert targets == ["PEP0001"] and puts == [] and policy(world, incident_id) == "PEP0002"
+    assert set(world.pd_markers().values()) == {1}  # one note, once
+    [decided] = group_edits(world)
+    assert "before a person's group change on the ticket" in decided["detail"]["group_edit"][0]
+    assert any("the group stays" in why for why in decided["detail"]["why"])
+    assert world.outbox_counts().keys() == {"sent"} and world.pd.spec_errors == []
+
+
+def test_a_move_newer_than_the_group_edit_sets_the_group(world: World) -> None:
+    """The edit asked for PEP0001, where the incident was; a person then moves it to PEP0002 in PagerDuty. The
+    person's move is the newer word: the ticket follows it, and nothing moves the incident back."""
+    incident_id = paged(world, group="Network")
+    world.desk.edit("10001", assignment_group="Service Desk")  # PEP0001: the incident is there already
+    world.settle()
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")
+    world.settle()
+
+    assert world.desk.tickets["10001"].assignment_group == "Network"
+    assert policy(world, incident_id) == "PEP0002" and world.rest_calls("PUT") == []
+    assert group_edits(world) == []
+
+
+def test_our_own_group_write_does_not_hold_back_a_persons_second_move(world: World) -> None:
+    """A person moves the incident to PEP0002 and quickly back to PEP0001; the second move's webhook arrives after
+    the ticket webhook of the group we wrote for the first. That write mirrors PagerDuty, it is not a person's
+    edit: the second move still sets the group, and nothing is sent to PagerDuty."""
+    incident_id = paged(world)  # Service Desk, PEP0001
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")
+    first, world.pd.outbox = world.pd.outbox, []
+    world.pd.delegate(incident_id, "PEP0001", by="PUSER02")
+    second, world.pd.outbox = world.pd.outbox, []
+    for hook in first:
+        world.pagerduty_webhook(hook)
+    world.settle()  # the ticket is moved to Network, and its webhook comes back
+    assert world.desk.tickets["10001"].assignment_group == "Network"
+    for hook in second:
+        world.pagerduty_webhook(hook)
+    world.settle()
+
+    assert world.desk.tickets["10001"].assignment_group == "Service Desk"
+    assert policy(world, incident_id) == "PEP0001" and world.rest_calls("PUT") == []
+    assert world.pd.state.responder_requests.get(incident_id) is None and group_edits(world) == []
 
 
 @pytest.fixture

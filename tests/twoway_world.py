@@ -24,6 +24,7 @@ from sync.store import Store
 from tests.fakes.memory_desk import MemoryDesk
 from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, Delivery, FakePagerDutyRest
 from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.fakes.timeline import Timeline
 from tests.harness import receive
 from ticketpager.service import Service
 from ticketpager.settings import Settings
@@ -163,6 +164,7 @@ def build(
 ) -> World:
     """``from_user_id=""``: only FROM_EMAIL is configured; the service resolves the id itself."""
     desk = MemoryDesk(clock)
+    desk.timeline = pd.timeline = Timeline()  # a move in PagerDuty after a ticket edit is stamped after it
     pd.subscribe("http://testserver/webhooks/pagerduty", "pd-webhook-secret-loop")
     config = Settings(
         _env_file=None,  # type: ignore[call-arg]

@@ -121,6 +121,7 @@ class _NoPlan:
     rule = ""
     actions: tuple[()] = ()
     explanation = ("the rules configure no ticket updates for PagerDuty events",)
+    changed_group = None
 
 
 class _OneWayRules:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from kernel import jsonutil
-from kernel.model import IncidentState, LinkState, Ticket
+from kernel.model import IncidentState, IncidentUpdate, LinkState, Ticket
 from sync.db import insert_ignore
 from sync.repos.tickets import link_state
 from sync.schema import decisions, incidents, links, outbox, pagerduty_inbox, tickets
@@ -182,16 +182,84 @@ class EventMarks(NamedTuple):
     moved_at: datetime | None  # the newest applied event of the kinds that move the link (``state_event_at``)
     status: str | None  # the incident's status as that newest event carried it
     policy: str | None = None  # … and its escalation policy
+    group_edit_at: datetime | None = None  # a person's newest group change on the ticket (:func:`note_group_edit`)
+    group_edit_update: IncidentUpdate | None = None  # … and the update it asked for and did not send
 
 
 def event_marks(conn: Connection, incident_id: str) -> EventMarks:
     """The incident's :class:`EventMarks`; all None when none of its events was applied yet."""
     row = conn.execute(
         select(
-            incidents.c.last_event_at, incidents.c.state_event_at, incidents.c.status, incidents.c.escalation_policy_id
+            incidents.c.last_event_at,
+            incidents.c.state_event_at,
+            incidents.c.status,
+            incidents.c.escalation_policy_id,
+            incidents.c.group_edit_at,
+            incidents.c.group_edit_update,
         ).where(incidents.c.incident_id == incident_id)
     ).first()
-    return EventMarks(None, None, None) if row is None else EventMarks(row[0], row[1], row[2], row[3])
+    if row is None:
+        return EventMarks(None, None, None)
+    return EventMarks(row[0], row[1], row[2], row[3], row[4], _update_from_json(row[5]))
+
+
+def note_group_edit(
+    conn: Connection, incident_id: str, group: str, at: datetime, *, unsent: IncidentUpdate | None
+) -> None:
+    """A ticket change moved the ticket to ``group`` at ``at`` (the ticket's own time).
+
+    The echo of our own ``set_group`` write (``group`` is the one :func:`mirror_group` recorded) mirrors a
+    PagerDuty move; it is consumed and records nothing. Any other is a person's edit: PagerDuty news older than
+    ``at`` then sets no group, and ``unsent`` (the update the edit asked for, not sent because the incident
+    looked there already) is sent after all if that news says the incident is elsewhere."""
+    where = incidents.c.incident_id == incident_id
+    echo = conn.execute(update(incidents).where(where, incidents.c.mirrored_group == group).values(mirrored_group=None))
+    if echo.rowcount:
+        return
+    conn.execute(
+        update(incidents)
+        .where(where, (incidents.c.group_edit_at.is_(None)) | (incidents.c.group_edit_at <= at))
+        .values(group_edit_at=at, group_edit_update=_update_to_json(unsent), mirrored_group=None)
+    )
+
+
+def mirror_group(conn: Connection, incident_id: str, group: str) -> None:
+    """The reverse worker queued ``set_group`` (``group``) from a PagerDuty move: its echo is not a person's edit."""
+    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(mirrored_group=group))
+
+
+def drop_group_edit_update(conn: Connection, incident_id: str) -> None:
+    """The update a group edit asked for was queued after all, or newer PagerDuty news superseded it."""
+    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(group_edit_update=None))
+
+
+def _update_to_json(update_: IncidentUpdate | None) -> str | None:
+    if update_ is None:
+        return None
+    return jsonutil.dumps(
+        {
+            "incident_id": update_.incident_id,
+            "dedup_key": update_.dedup_key,
+            "marker": update_.marker,
+            "reassign_to_policy": update_.reassign_to_policy,
+            "responder_policies": list(update_.responder_policies),
+            "note": update_.note,
+        }
+    )
+
+
+def _update_from_json(text: str | None) -> IncidentUpdate | None:
+    if not text:
+        return None
+    data = jsonutil.loads(text)
+    return IncidentUpdate(
+        incident_id=str(data["incident_id"]),
+        dedup_key=str(data["dedup_key"]),
+        marker=str(data["marker"]),
+        reassign_to_policy=data.get("reassign_to_policy"),
+        responder_policies=tuple(str(p) for p in data.get("responder_policies") or ()),
+        note=data.get("note"),
+    )
 
 
 def mark_state_event(conn: Connection, incident_id: str, occurred_at: datetime) -> None:

@@ -16,6 +16,7 @@ from connectors.base import Connector, Headers, PollPage, WebhookResult, WriteBa
 from connectors.settings import JiraSettings
 from kernel.clock import Clock
 from kernel.model import Origin, StatusCategory, Ticket, TicketChange, TicketUpdate
+from tests.fakes.timeline import Timeline
 
 CATEGORY_STATUS = {
     StatusCategory.NEW: "To Do",
@@ -35,10 +36,15 @@ class MemoryDesk(Connector[JiraSettings]):
         self.comments: dict[str, list[str]] = {}  # ticket id → comment texts (each ends with its marker)
         self.attempts: Counter[str] = Counter()  # every write asked for, by marker (a repeated row shows here)
         self.webhooks: list[TicketChange] = []  # every change, as the system's webhook would carry it
+        self.timeline: Timeline | None = None  # shared with PagerDuty's fake: one wall clock for both
         self._deliveries = 0
+
+    def _at(self, updated: datetime) -> datetime:
+        return self.timeline.after(updated) if self.timeline is not None else updated
 
     # -- what people do in the ticketing system ----------------------------------------------------------------
     def put(self, ticket: Ticket) -> TicketChange:
+        ticket = replace(ticket, updated=self._at(ticket.updated))
         self.tickets[ticket.id] = ticket
         return self._emit(ticket)
 
@@ -47,7 +53,7 @@ class MemoryDesk(Connector[JiraSettings]):
         current = self.tickets[ticket_id]
         if "status_category" in fields and "status" not in fields:
             fields["status"] = CATEGORY_STATUS[fields["status_category"]]
-        edited = replace(current, updated=current.updated + timedelta(minutes=1), **fields)
+        edited = replace(current, updated=self._at(current.updated + timedelta(minutes=1)), **fields)
         self.tickets[ticket_id] = edited
         return self._emit(edited)
 
@@ -75,7 +81,7 @@ class MemoryDesk(Connector[JiraSettings]):
             return  # the connectors' marker check: written once
         texts.append(f"{comment or ''} [{marker}]")
         # a comment moves `updated` by a second (like Jira); a field change is a new version of the ticket
-        self.tickets[ticket_id] = replace(ticket, updated=ticket.updated + timedelta(seconds=1), **fields)
+        self.tickets[ticket_id] = replace(ticket, updated=self._at(ticket.updated + timedelta(seconds=1)), **fields)
         self._emit(self.tickets[ticket_id])
 
     def update_ticket(self, update: TicketUpdate) -> None:

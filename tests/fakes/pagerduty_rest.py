@@ -44,6 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 
 from tests.fakes.pagerduty_openapi import SPEC
+from tests.fakes.timeline import Timeline
 
 TOKEN = "pd-rest-token-0123456789"  # an account-level API key (needs From)
 BOT_EMAIL = "ticketpager-bot@acme.example"
@@ -133,6 +134,7 @@ class FakePagerDutyRest:
         self.token = token
         self.token_users = dict(token_users or {})  # user-level tokens: From is not needed
         self.now = now or datetime(2026, 9, 27, 10, 0, tzinfo=UTC)
+        self.timeline: Timeline | None = None  # shared with a fake ticketing system: one wall clock for both
         self.requests: list[Recorded] = []
         self.spec_errors: list[str] = []  # requests the spec refuses and answers the spec does not allow
         self.outbox: list[Delivery] = []  # webhooks not delivered yet, in order
@@ -399,6 +401,8 @@ class FakePagerDutyRest:
     # -- model -------------------------------------------------------------------------------------------------
     def _tick(self) -> datetime:
         self.now += timedelta(seconds=1)
+        if self.timeline is not None:
+            self.now = self.timeline.after(self.now)
         return self.now
 
     @staticmethod
