@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +38,7 @@ from kernel.errors import (
     network_error,
     parse_retry_after,
 )
+from kernel.incidents import INTEGRATION_AGENT, IncidentStatus
 from kernel.redact import redact
 
 VENDOR = "PagerDuty REST"
@@ -177,6 +179,26 @@ def _id(value: Any) -> str | None:
     return value["id"] if isinstance(value, dict) and isinstance(value.get("id"), str) else None
 
 
+def _time(value: Any) -> datetime | None:
+    """An ISO 8601 time with its zone (PagerDuty writes ``Z``); None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
+
+def _agent(value: Any) -> Reference | None:
+    """``last_status_change_by`` as a webhook's agent would name it: the REST API's ``integration_reference`` is
+    the webhooks' ``inbound_integration_reference`` (so our own Events-API action is still known as ours)."""
+    ref = _reference(value)
+    if ref is None or ref.type != "integration_reference":
+        return ref
+    return Reference(ref.id, INTEGRATION_AGENT, ref.summary)
+
+
 def _reference(value: Any) -> Reference | None:
     if not isinstance(value, dict) or not isinstance(value.get("id"), str):
         return None
@@ -249,6 +271,14 @@ class PagerDutyRestClient:
 
     def get_incident(self, incident_id: str) -> Incident:
         return incident_from_json(self._json("GET", f"/incidents/{_seg(incident_id)}").get("incident"))
+
+    def incident_status(self, incident_id: str) -> IncidentStatus:
+        """The incident's status now, with who changed it last and when (``last_status_change_at`` / ``_by``)."""
+        data = self._json("GET", f"/incidents/{_seg(incident_id)}").get("incident")
+        incident = incident_from_json(data)
+        assert isinstance(data, dict)  # incident_from_json refused anything else
+        changed_at, changed_by = _time(data.get("last_status_change_at")), _agent(data.get("last_status_change_by"))
+        return IncidentStatus(incident, changed_at, changed_by)
 
     def acknowledge(self, incident_id: str) -> Incident:
         return self._update(incident_id, {"status": "acknowledged"}, already=ALREADY_ACKNOWLEDGED)

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from connectors.base import webhook_json
 from connectors.signing import hex_signatures, matches_any
+from kernel import jsonutil
 from kernel.errors import WebhookRejected
 from kernel.incidents import (
     INTEGRATION_AGENT,
@@ -48,6 +49,7 @@ __all__ = [
     "ParsedEvent",
     "Reference",
     "Responder",
+    "incident_event_body",
     "parse_event",
     "verify_signature",
     "webhook_id",
@@ -237,3 +239,43 @@ def parse_event(body: bytes) -> ParsedEvent:
         escalation_policy=_reference(data.get("escalation_policy"), "event.data.escalation_policy"),
     )
     return IncidentEvent(event_id, event_type, occurred_at, ref.id, ref.summary, agent, responder=responder)
+
+
+def incident_event_body(event: IncidentEvent) -> bytes:
+    """The v3 webhook body of an ``incident``-typed ``event``: what :func:`parse_event` reads back as the same
+    event. The incident check (:mod:`sync.reconcile`) stores the news PagerDuty's REST API gave this way, so the
+    reverse worker handles it like any webhook."""
+    inc = event.incident
+    if inc is None:
+        raise ValueError("only incident-typed events have a body of their own here")
+
+    def ref(kind: str, ref_id: str | None) -> dict[str, str]:
+        return {"id": ref_id, "type": f"{kind}_reference"} if ref_id else {}
+
+    agent = event.agent
+    data = {
+        "id": inc.id,
+        "type": "incident",
+        "html_url": inc.html_url,
+        "number": inc.number,
+        "status": inc.status,
+        "incident_key": inc.incident_key,
+        "title": inc.title,
+        "service": ref("service", inc.service_id) or None,
+        "escalation_policy": ref("escalation_policy", inc.escalation_policy_id) or None,
+        "assignees": [{"id": a.id, "type": a.type, "summary": a.summary} for a in inc.assignees],
+        # only the priority's name is kept (Incident.priority); it stands in for the id, which nothing reads
+        "priority": ref("priority", inc.priority) | {"summary": inc.priority} if inc.priority else None,
+    }
+    body = {
+        "event": {
+            "id": event.event_id,
+            "event_type": event.event_type.value,
+            "resource_type": "incident",
+            "occurred_at": event.occurred_at.isoformat(),
+            "agent": {"id": agent.id, "type": agent.type, "summary": agent.summary} if agent else None,
+            "client": None,
+            "data": data,
+        }
+    }
+    return jsonutil.dumps(body).encode()

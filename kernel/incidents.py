@@ -18,6 +18,9 @@ DOC_OVERVIEW = "https://developer.pagerduty.com/docs/webhooks/v3-overview/"
 DOC_BEHAVIOR = "https://developer.pagerduty.com/docs/webhooks/webhook-behavior/"
 #: the agent of an action taken through an Events API integration: ours, for the incidents we page
 INTEGRATION_AGENT = "inbound_integration_reference"
+#: the id prefix of the events ticketpager's own check writes into the inbox, from PagerDuty's REST API, for a
+#: status change no webhook told (:mod:`sync.reconcile`); never the prefix of a PagerDuty event id
+RECONCILED_EVENT_PREFIX = "tp-check-"
 
 
 class EventType(StrEnum):
@@ -118,6 +121,22 @@ class IncidentEvent:
         if not agent.is_integration:
             return False
         return own_integration_ids is None or agent.id in set(own_integration_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentStatus:
+    """An incident's status as PagerDuty's REST API has it now (``GET /incidents/{id}``): the truth a lost
+    webhook left out. ``changed_at`` / ``changed_by``: ``last_status_change_at`` / ``_by`` (for an incident
+    that is triggered, PagerDuty gives its ``updated_at``)."""
+
+    incident: Incident
+    changed_at: datetime | None
+    changed_by: Reference | None
+
+
+def is_reconciled(event_id: str) -> bool:
+    """The event is one ticketpager's check wrote from PagerDuty's REST API (:data:`RECONCILED_EVENT_PREFIX`)."""
+    return event_id.startswith(RECONCILED_EVENT_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from kernel.incidents import IncidentEvent
+from kernel.incidents import IncidentEvent, IncidentStatus
 from kernel.model import FieldChange, IncidentUpdate, LinkState, Ticket, TicketChange, TicketUpdate, TriggerSpec
 
 
@@ -78,12 +78,16 @@ class RuleSet(Protocol):
 
 class IncidentContext(NamedTuple):
     """What one reverse decision sees: a person's action in PagerDuty (echoes of our own writes never get
-    here), the ticket whose rule paged that incident (its last stored version) and that rule's link."""
+    here), the ticket whose rule paged that incident (its last stored version) and that rule's link.
+    ``pending_group``: the group ticketpager last wrote onto the ticket from a move in PagerDuty whose ticket
+    webhook has not come back yet (the stored version does not show it): the ticket's group, as far as a
+    ``set_group`` is concerned."""
 
     event: IncidentEvent
     ticket: Ticket
     link: LinkState
     now: datetime
+    pending_group: str | None = None
 
 
 class SyncPlan(Protocol):
@@ -118,6 +122,13 @@ class TwoWayRules(Protocol):
     def on_incident(self, ctx: IncidentContext) -> SyncPlan: ...
 
     def on_ticket_change(self, ctx: EvalContext, link: LinkState, incident_id: str) -> SyncPlan: ...
+
+
+class IncidentStatusReader(Protocol):
+    """What the incident check asks PagerDuty's REST API: an incident's status now (``GET /incidents/{id}``).
+    Raises a :mod:`kernel.errors` kind on failure."""
+
+    def incident_status(self, incident_id: str) -> IncidentStatus: ...
 
 
 class IncidentLookup(Protocol):
@@ -179,6 +190,7 @@ __all__ = [
     "EvalContext",
     "IncidentContext",
     "IncidentLookup",
+    "IncidentStatusReader",
     "PollPage",
     "RuleSet",
     "SilenceMatcher",

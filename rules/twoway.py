@@ -232,7 +232,7 @@ def on_incident(rule: RuleSpec | None, rule_name: str, ctx: IncidentContext) -> 
         return TwoWayPlan(rule.name, explanation=(heard, "the note carries a ticketpager marker (ours): not mirrored"))
     why = [heard]
     problems: list[str] = []
-    group = _reverse_group(rule, reaction, event, ticket, why)
+    group = _reverse_group(rule, reaction, event, ticket, why, pending=ctx.pending_group)
     context = sync_context(rule, event, ticket, ctx.now, group)
     comment = None
     if reaction.comment is not None:
@@ -268,9 +268,11 @@ def on_incident(rule: RuleSpec | None, rule_name: str, ctx: IncidentContext) -> 
 
 
 def _reverse_group(
-    rule: RuleSpec, reaction: Reaction, event: IncidentEvent, ticket: Ticket, why: list[str]
+    rule: RuleSpec, reaction: Reaction, event: IncidentEvent, ticket: Ticket, why: list[str], *, pending: str | None
 ) -> str | None:
-    """The group the ticket moves to (``set_group: true`` on ``delegated``), from the reverse map."""
+    """The group the ticket moves to (``set_group: true`` on ``delegated``), from the reverse map. ``pending``: a
+    group we wrote that the stored ticket does not show yet (two quick moves: the second compares with the first's
+    group, not with the group before both)."""
     if not reaction.set_group or rule.policies is None:
         return None
     policy = event.incident.escalation_policy_id if event.incident is not None else None
@@ -281,7 +283,7 @@ def _reverse_group(
     if group is None:
         why.append(f"set_group: escalation policy {policy} is not in the map: the group stays")
         return None
-    current = _current_group(rule.policies, ticket)
+    current = pending if pending is not None else _current_group(rule.policies, ticket)
     if current == group or (isinstance(current, list | tuple) and group in current):
         why.append(f"set_group: the ticket is already in group '{group}' (policy {policy})")
         return None

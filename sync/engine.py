@@ -425,14 +425,23 @@ class Engine:
             if incident is None:
                 continue  # no webhook of it yet: PagerDuty's incident id is not known (nothing to address)
             decided = ruleset.on_ticket_change(ctx, link, incident.incident_id)
+            moved_to = decided.changed_group
+            if moved_to is not None and known_incidents.our_group_echo(conn, incident.incident_id, moved_to):
+                if decided.actions:  # the group our set_group wrote from a move in PagerDuty: it mirrors that move
+                    METRICS.echoes_suppressed.labels("ticket.group_changed").inc()
+                    why = [*decided.explanation, f"the group '{moved_to}' was written by ticketpager from a move in "
+                           "PagerDuty (its echo): nothing sent (no loop)"]  # fmt: skip
+                    entries.append({"rule": decided.rule or link.rule, "incident_id": incident.incident_id,
+                                    "why": why, "queued": []})  # fmt: skip
+                continue
             if not decided.actions:
                 if decided.changed_group is not None:  # moved to a group of the same (or no) policy
                     known_incidents.note_group_edit(conn, incident.incident_id, decided.changed_group,
-                                                    ctx.ticket.updated, unsent=None)  # fmt: skip
+                                                    ctx.ticket.updated, edit=None)  # fmt: skip
                 continue  # the usual case (the group did not change): no entry for every change
             why = list(decided.explanation)
             queued: list[dict[str, Any]] = []
-            unsent: IncidentUpdate | None = None
+            edit: known_incidents.GroupEdit | None = None
             for action in decided.actions:
                 if not isinstance(action, IncidentUpdate):
                     why.append(f"{action.KIND} from a ticket change: not queued (only incident updates are)")
@@ -442,18 +451,20 @@ class Engine:
                 if wanted is None:
                     why.append(
                         f"the incident is already on escalation policy {current} (moved in PagerDuty, or asked by "
-                        "us before): nothing sent (no loop)"
+                        "us before): nothing sent now (no loop); sent after all if PagerDuty news older than this "
+                        "change, delivered late, shows the incident elsewhere"
                     )
                     METRICS.echoes_suppressed.labels("ticket.group_changed").inc()
-                    unsent = action  # sent after all if older PagerDuty news, delivered late, says otherwise
+                    edit = known_incidents.GroupEdit(action, "owed")
                     continue
+                edit = known_incidents.GroupEdit(action, "sent")
                 self._enqueue_update(conn, batch.writes, target, wanted, link, ctx.ticket, decided.rule or link.rule,
                                      change_id)  # fmt: skip
                 queued.append({"marker": wanted.marker, "reassign_to_policy": wanted.reassign_to_policy,
                                "responder_policies": list(wanted.responder_policies)})  # fmt: skip
             if decided.changed_group is not None:
                 known_incidents.note_group_edit(conn, incident.incident_id, decided.changed_group, ctx.ticket.updated,
-                                                unsent=unsent)  # fmt: skip
+                                                edit=edit)  # fmt: skip
             entries.append(
                 {"rule": decided.rule or link.rule, "incident_id": incident.incident_id, "why": why, "queued": queued}
             )

@@ -145,6 +145,13 @@ class Metrics:
             ["event_type"],
             registry=r,
         )
+        self.incident_checks = Counter(
+            "ticketpager_incident_checks_total",
+            "Open incidents the incident check asked PagerDuty's REST API about, by outcome (same: PagerDuty agrees; "
+            "applied: a status change no webhook told was stored as news; failed: the API did not answer)",
+            ["outcome"],
+            registry=r,
+        )
         self.pagerduty_inbox = Gauge(
             "ticketpager_pagerduty_inbox_pending", "PagerDuty webhooks stored and not yet handled", registry=r
         )

@@ -32,7 +32,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from kernel import jsonutil
 from kernel.clock import Clock
 from kernel.errors import RetryableError, TicketpagerError, UnknownOutcome, WebhookRejected
-from kernel.incidents import EventType, IgnoredEvent, IncidentEvent, ParsedEvent
+from kernel.incidents import EventType, IgnoredEvent, IncidentEvent, ParsedEvent, is_reconciled
 from kernel.lifecycle import content_digest
 from kernel.model import (
     Destination,
@@ -366,12 +366,23 @@ class ReverseWorker:
         # our own page coming back is still the first news of the incident: its number and link go onto the
         # ticket (once, by the event's marker); every other echo writes nothing back
         own_page = echo and event.event_type is EventType.TRIGGERED
+        checked = is_reconciled(event.event_id)
+        told = _told_before(event, marks, link.link.state, stale_move)
+        if told is not None:
+            if not checked:
+                repo.set_reconciled(conn, event.incident_id, None)
+            again = {"origin": "pagerduty", "event_type": event.event_type.value, "incident_id": event.incident_id,
+                     "rule": link.link.rule, "link_state": link.link.state.value, "why": [told]}  # fmt: skip
+            return self._done(conn, row, event, "told_before", now, ticket=ticket, detail=again)
         moved = None
         if moves_link and not stale_move:
             moved = self._move_link(conn, found.dedup_key, link.link.state, event, ticket, echo, now, reopened=reopened)
             # the newest news of the link's state even when it moves nothing (a second resolve): an older reopen
             # delivered after it must not reopen the link
             repo.mark_state_event(conn, event.incident_id, event.occurred_at)
+            from_check = _STATE_MOVES[event.event_type][1].value if checked else None
+            if from_check != marks.reconciled_status:  # its webhook, if it comes after all, writes nothing again
+                repo.set_reconciled(conn, event.incident_id, from_check)
         elif reopened and carried is not None and link.link.state is IncidentState.RESOLVED and not before_state:
             # an event that moves no link (a reassignment, a priority change) carrying the reopened incident
             moved = carried
@@ -388,21 +399,37 @@ class ReverseWorker:
         }
         if stale or stale_move:
             detail["stale"] = True
-        # a person's group change on the ticket, newer than this news: the news sets no group (it would undo the
-        # edit); and if it is PagerDuty's newest word and puts the incident elsewhere than the edit asked, the
-        # update the edit asked for (not sent then: the incident looked there already) is queued now
-        edited_since = _older(event, marks.group_edit_at)
-        followed = self._follow_group_edit(conn, event, marks, stale, edited_since, ticket, link, now)
+        # A person's group change on the ticket that asked PagerDuty for an update (reassign, add responders), and
+        # news older than it: the news sets no group (it would undo the edit). A move in PagerDuty older than the
+        # edit, delivered late, makes the update due if it was not sent (the incident looked there already); once
+        # no news of the incident waits, it is sent if the newest news shows the incident elsewhere. A move newer
+        # than the edit is the newer word: the edit is done with.
+        edit, edit_at = marks.group_edit, marks.group_edit_at
+        if edit is not None and event.event_type is EventType.DELEGATED:
+            if not _older(event, edit_at):
+                repo.drop_group_edit(conn, event.incident_id)
+                edit = None
+            elif edit.state == "owed":
+                edit = repo.GroupEdit(edit.update, "due")
+                repo.set_group_edit(conn, event.incident_id, edit)
+        edited_since = edit is not None and _older(event, edit_at)
+        followed = None
+        if edit is not None and edit.state == "due" and link.link.state.is_open:
+            newest = inc.escalation_policy_id if inc is not None and not stale else marks.policy
+            followed = self._follow_group_edit(conn, event, edit, edit_at, newest, ticket, link, now)
         if followed is not None:
             repo.enqueue(conn, [followed.row])
             detail["group_edit"] = followed.why
         if echo and not own_page:
             METRICS.echoes_suppressed.labels(event.event_type.value).inc()
             detail["why"] = ["our own action coming back (echo): link state updated, nothing written back"]
+            detail["why"] += followed.why if followed is not None else []
             queued = int(followed is not None)
             return self._done(conn, row, event, "echo", now, ticket=ticket, detail=detail, queued=queued)
         state_now = moved or link.link.state
-        ctx = IncidentContext(event=event, ticket=ticket, link=replace(link.link, state=state_now), now=now)
+        # a move's set_group compares with the group our last move wrote, if its ticket webhook is still out
+        pending = repo.pending_group(conn, event.incident_id) if event.event_type is EventType.DELEGATED else None
+        ctx = IncidentContext(event, ticket, replace(link.link, state=state_now), now, pending_group=pending)
         plan = self.rules().on_incident(ctx)
         actions = _with_incident_url(conn, event.incident_id, plan.actions)
         # News delivered late is history: its comment is written, but it never moves the ticket behind newer news.
@@ -435,6 +462,8 @@ class ReverseWorker:
             if isinstance(action, TicketUpdate) and action.group:  # its echo is ours, not a person's group edit
                 repo.mirror_group(conn, event.incident_id, action.group)
         detail["why"] = (["our own page (its first write-back)"] if own_page else []) + list(plan.explanation)
+        if checked:
+            detail["why"].insert(0, _CHECKED)
         if group_held:
             detail["why"].append(
                 f"older than a person's group change on the ticket ({_iso(marks.group_edit_at)}): the group stays"
@@ -450,33 +479,30 @@ class ReverseWorker:
         self,
         conn: Connection,
         event: IncidentEvent,
-        marks: repo.EventMarks,
-        stale: bool,
-        edited_since: bool,
+        edit: repo.GroupEdit,
+        edit_at: datetime | None,
+        newest: str | None,
         ticket: Ticket,
         link: repo.LinkRow,
         now: datetime,
     ) -> _Followed | None:
-        """The outbox row (and why) of the update a person's newer group edit asked for and that was not sent, when
-        ``event`` — PagerDuty's newest news of the incident, older than that edit — puts the incident elsewhere."""
-        asked, inc = marks.group_edit_update, event.incident
-        if asked is None or inc is None or stale or not inc.escalation_policy_id:
-            return None
-        if not edited_since:  # news newer than the edit: what people do in PagerDuty from now on decides
-            repo.drop_group_edit_update(conn, event.incident_id)
-            return None
-        wanted = asked.without_moves_to(inc.escalation_policy_id)
+        """The outbox row (and why) of the update a person's group edit asked for, due since a move older than the
+        edit arrived late: when no more news of the incident waits, and the newest (``newest``: the escalation
+        policy PagerDuty's newest news gives) shows the incident elsewhere."""
+        if not newest or repo.news_waiting(conn, event.incident_id):
+            return None  # the newest word may still be on its way
+        wanted = edit.update.without_moves_to(newest)
         if wanted is None:
             return None  # PagerDuty has it where the edit asked
         row = self._outbox_row(wanted, link.link.rule, ticket, link, event, now)
         row["action"] = "reassign" if wanted.reassign_to_policy else "add_responders"
         if wanted.reassign_to_policy:  # where the incident is going: a group change before its echo compares to it
             repo.expect_policy(conn, wanted.incident_id, wanted.reassign_to_policy, now)
-        repo.drop_group_edit_update(conn, event.incident_id)
+        repo.set_group_edit(conn, event.incident_id, repo.GroupEdit(edit.update, "sent"))
         target = wanted.reassign_to_policy or ", ".join(wanted.responder_policies)
         why = [
-            f"the incident was on escalation policy {inc.escalation_policy_id} before a person's group change on the "
-            f"ticket ({_iso(marks.group_edit_at)}), which asked for {target}: incident update {wanted.marker} queued"
+            f"PagerDuty moved the incident to escalation policy {newest} before a person's group change on the "
+            f"ticket ({_iso(edit_at)}), which asked for {target}: incident update {wanted.marker} queued"
         ]
         return _Followed(row, why)
 
@@ -586,6 +612,28 @@ def _with_incident_url(
     return tuple(
         replace(a, incident_url=url) if isinstance(a, TicketUpdate) and not a.incident_url else a for a in actions
     )
+
+
+_CHECKED = (
+    "told by PagerDuty's REST API (the incident check): no webhook said so, check the webhook subscription"
+)
+
+
+def _told_before(
+    event: IncidentEvent, marks: repo.EventMarks, state: IncidentState, stale_move: bool
+) -> str | None:
+    """Why ``event`` is a status change already applied, told a second time (None: it is not): by the incident
+    check after its webhook (or after newer news), or by the webhook after the incident check applied it."""
+    move = _STATE_MOVES.get(event.event_type)
+    if move is None:
+        return None
+    if is_reconciled(event.event_id):
+        if stale_move or state is move[1]:
+            return "the incident check's news of a change a webhook told already (or older news): nothing written"
+        return None
+    if marks.reconciled_status == move[1].value and state is move[1]:
+        return "the webhook of a change the incident check applied already: nothing written again"
+    return None
 
 
 def _iso(at: datetime | None) -> str:

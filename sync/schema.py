@@ -318,8 +318,13 @@ incidents = Table(
     # it sets no group; and the incident update it asked for, not sent because the incident looked there already
     Column("group_edit_at", UTCDateTime(), nullable=True),
     Column("group_edit_update", Text, nullable=True),  # JSON of a kernel.model.IncidentUpdate
-    # the group our set_group last wrote onto the ticket (from a PagerDuty move): its echo is not a person's edit
+    # JSON list of the groups our set_group wrote onto the ticket (from PagerDuty moves) whose ticket webhook has
+    # not come back: those echoes are not a person's edit, and send nothing
     Column("mirrored_group", Text, nullable=True),
+    # the incident check (sync.reconcile): when PagerDuty's REST API was last asked about the incident, and the
+    # status the newest state move applied from it (its webhook, if it comes after all, writes nothing again)
+    Column("checked_at", UTCDateTime(), nullable=True),
+    Column("reconciled_status", String(16), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_incidents_dedup_key", "dedup_key"),
 )

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from kernel.clock import FakeClock
+from kernel.model import StatusCategory
 from tests.factories import ROUTING_KEY, ticket
-from tests.fakes.pagerduty_rest import FakePagerDutyRest
+from tests.fakes.pagerduty_rest import Delivery, FakePagerDutyRest
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.twoway_world import World, build, rules_dir
 
@@ -102,7 +103,7 @@ def test_a_move_in_pagerduty_sets_the_ticket_group_and_the_ticket_webhook_does_n
         e
         for d in world.decisions()
         for e in d["detail"].get("incident_updates", [])
-        if any("already on escalation policy PEP0002" in w for w in e["why"])
+        if any("was written by ticketpager from a move in PagerDuty (its echo)" in w for w in e["why"])
     ]
     assert len(skipped) == 1 and skipped[0]["queued"] == []
 
@@ -209,6 +210,133 @@ def test_our_own_group_write_does_not_hold_back_a_persons_second_move(world: Wor
     assert world.desk.tickets["10001"].assignment_group == "Service Desk"
     assert policy(world, incident_id) == "PEP0001" and world.rest_calls("PUT") == []
     assert world.pd.state.responder_requests.get(incident_id) is None and group_edits(world) == []
+
+
+MAPPED = {"Service Desk": "PEP0001", "Network": "PEP0002", "Network Ops": "PEP0002"}
+
+
+def puts(world: World, incident_id: str) -> list[str]:
+    return [p.body["incident"]["escalation_policy"]["id"] for p in world.rest_calls("PUT", f"/incidents/{incident_id}")]
+
+
+def agree(world: World, incident_id: str) -> bool:
+    """The ticket's group maps to the escalation policy the incident is on."""
+    return MAPPED[world.desk.tickets["10001"].assignment_group] == policy(world, incident_id)
+
+
+def deliver(world: World, hooks: list[Delivery]) -> None:
+    for hook in hooks:
+        world.pagerduty_webhook(hook)
+    world.settle()
+
+
+@pytest.mark.parametrize(("world", "mode"), [("reassign",) * 2, ("add_responders",) * 2], indirect=["world"])
+@pytest.mark.parametrize("ours", [False, True], ids=["their-ack", "our-ack"])
+def test_an_acknowledge_after_the_edit_arriving_before_the_late_move_does_not_cancel_the_edit(
+    world: World, mode: str, ours: bool
+) -> None:
+    """PagerDuty keeps no order across event types: an acknowledge made after the agent's edit (by the on-call, or
+    ours when the agent starts work) arrives before the older move. It is no move: the edit still stands."""
+    incident_id = paged(world, group="Network")  # PEP0001
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")
+    late, world.pd.outbox = world.pd.outbox, []
+    world.desk.edit("10001", assignment_group="Service Desk")
+    if ours:
+        world.desk.edit("10001", status_category=StatusCategory.IN_PROGRESS)
+        world.settle()
+    else:
+        world.settle()
+        world.pd.acknowledge(incident_id, by="PUSER02")
+        world.settle()
+    assert world.pd.state.incidents[incident_id]["status"] == "acknowledged"
+    deliver(world, late)
+
+    assert world.desk.tickets["10001"].assignment_group == "Service Desk"
+    if mode == "reassign":
+        assert puts(world, incident_id) == ["PEP0001"] and agree(world, incident_id)
+    else:
+        [request] = world.pd.state.responder_requests[incident_id]
+        assert [t["responder_request_target"]["id"] for t in request["responder_request_targets"]] == ["PEP0001"]
+
+
+@pytest.mark.parametrize("then", [["PEP0001", "PEP0002"], ["PEP0003"]], ids=["back-and-forth", "elsewhere"])
+def test_a_persons_moves_after_the_edit_win_when_all_of_pagerdutys_webhooks_are_late(
+    world: World, then: list[str]
+) -> None:
+    """Our endpoint was down: PagerDuty delivers the move from before the agent's edit and the person's moves
+    after it together, in order. The person's last move is the newest word: nothing is reassigned behind it."""
+    world.pd.add_policy("PEP0003", "Payments on-call", "PUSER02")
+    incident_id = paged(world, group="Network")
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")
+    late, world.pd.outbox = world.pd.outbox, []
+    world.desk.edit("10001", assignment_group="Service Desk")
+    world.settle()
+    for target in then:
+        world.pd.delegate(incident_id, target, by="PUSER02")
+    late, world.pd.outbox = late + world.pd.outbox, []
+    deliver(world, late)
+
+    assert puts(world, incident_id) == [] and policy(world, incident_id) == then[-1]
+    if then[-1] in MAPPED.values():
+        assert world.desk.tickets["10001"].assignment_group == "Network" and agree(world, incident_id)
+
+
+def test_a_late_move_after_an_edit_within_one_policy_sets_the_group(world: World) -> None:
+    """An edit between two groups of one policy asks PagerDuty for nothing: the late move still sets the group,
+    so the ticket and the incident agree."""
+    incident_id = paged(world)
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")
+    world.settle()
+    world.pd.delegate(incident_id, "PEP0001", by="PUSER02")
+    late, world.pd.outbox = world.pd.outbox, []
+    world.desk.edit("10001", assignment_group="Network Ops")  # PEP0002, as Network
+    world.settle()
+    deliver(world, late)
+
+    assert world.desk.tickets["10001"].assignment_group == "Service Desk" and agree(world, incident_id)
+    assert puts(world, incident_id) == []
+
+
+def test_nothing_is_sent_to_a_resolved_incident_for_an_edit_before_the_ticket_was_done(world: World) -> None:
+    incident_id = paged(world, group="Network")
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")
+    late, world.pd.outbox = world.pd.outbox, []
+    world.desk.edit("10001", assignment_group="Service Desk")
+    world.desk.edit("10001", status_category=StatusCategory.DONE)
+    for change in world.desk.webhooks:
+        world.ticket_webhook(change)
+    world.desk.webhooks = []
+    world.run()  # resolved through the Events API; its webhook comes after the late move
+    assert world.pd.state.incidents[incident_id]["status"] == "resolved"
+    late, world.pd.outbox = late + world.pd.outbox, []
+    deliver(world, late)
+
+    assert puts(world, incident_id) == [] and world.pd_markers() == {}
+    assert world.pd.state.responder_requests.get(incident_id) is None
+
+
+@pytest.mark.parametrize("echoes", ["together", "one-by-one"])
+def test_two_quick_moves_in_pagerduty_end_on_the_second_and_send_nothing(world: World, echoes: str) -> None:
+    """Both moves' webhooks arrive before the ticket webhook of the group we wrote for the first: the second
+    move compares with that group, and neither write comes back as a reassignment."""
+    incident_id = paged(world)  # Service Desk, PEP0001
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")
+    world.pd.delegate(incident_id, "PEP0001", by="PUSER02")
+    if echoes == "one-by-one":
+        for hook in world.pd.outbox:
+            world.pagerduty_webhook(hook)
+        world.pd.outbox = []
+        world.run()  # both group writes go out
+        writes, world.desk.webhooks = world.desk.webhooks, []
+        for change in writes:
+            world.ticket_webhook(change)
+            world.run()
+    world.settle()
+
+    assert puts(world, incident_id) == [] and policy(world, incident_id) == "PEP0001"
+    assert world.desk.tickets["10001"].assignment_group == "Service Desk"
+    moved = [c for c in world.desk.comments["10001"] if "moved to escalation policy" in c]
+    assert len(moved) == 2  # both moves are told on the ticket, once each
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from connectors.jira_normalize import display_name_fields
 from connectors.pagerduty import PagerDutyDestination, PagerDutySink, RateLimiter
 from connectors.pagerduty_rest import Pacer, PagerDutyRestClient
 from connectors.pagerduty_update import PagerDutyUpdateDestination
-from connectors.pagerduty_webhooks import parse_event
+from connectors.pagerduty_webhooks import incident_event_body, parse_event
 from kernel import redact
 from kernel.clock import Clock, SystemClock
 from kernel.incidents import IncidentEvent
@@ -45,6 +45,7 @@ from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
 from sync.metrics import METRICS, zero_series
 from sync.poller import poll_once
+from sync.reconcile import IncidentCheck
 from sync.repos import incidents as pd_inbox
 from sync.repos.changes import any_pending as pending_changes
 from sync.repos.cursors import acquire_lease, release_lease
@@ -224,6 +225,7 @@ class Service:
         self.reverse_wake = threading.Event()  # set when a PagerDuty webhook was stored
         self.rest: PagerDutyRestClient | None = None  # the reverse worker's, built with it (a token is set)
         self.reverse = self._reverse_worker()
+        self.incident_check = self._incident_check()
         self._threads: list[threading.Thread] = []
         self._reload_failures_seen = 0
         self._learn_routing_keys()
@@ -374,6 +376,24 @@ class Service:
             batch_size=self.settings.engine.batch_size,
             on_queued=self._reverse_queued,
         )
+
+    def _incident_check(self) -> IncidentCheck | None:
+        """PagerDuty's REST API asked about quiet open incidents (lost webhooks); needs the API token."""
+        pd = self.settings.pagerduty
+        if self.rest is None or pd.incident_check_seconds <= 0:
+            return None
+        return IncidentCheck(
+            self.store, self.rest, incident_event_body, self.clock, quiet_seconds=pd.incident_check_quiet_seconds
+        )
+
+    def check_incidents(self) -> int:
+        """One run of the incident check (the scheduler's job; tests); returns the changes stored as news."""
+        if self.incident_check is None:
+            return 0
+        stored = self.incident_check.run_once()
+        if stored:
+            self.reverse_wake.set()
+        return stored
 
     def _reverse_queued(self) -> None:
         """The reverse worker queued ticket updates or incident updates: one worker of each kind looks."""
@@ -760,6 +780,8 @@ class Service:
         eng = self.settings.engine
         next_recheck = 0.0
         next_prune = 0.0
+        check_every = self.settings.pagerduty.incident_check_seconds
+        next_check = self.clock.monotonic() + check_every  # not at start: a fleet restarting does not ask at once
         while not self.stopping.is_set():
             now_m = self.clock.monotonic()
             self.update_gauges()
@@ -772,6 +794,10 @@ class Service:
                 # tickets a silence held whose silence has ended (an index range: cheap when there is none)
                 if self._with_lease("silences", eng.recheck_interval_seconds) and self.engine.release_silences():
                     self.outbox_wake.wake()
+            if self.incident_check is not None and now_m >= next_check:
+                next_check = now_m + check_every
+                if self._with_lease("incident-check", max(check_every, eng.lease_seconds)):
+                    self.check_incidents()
             if now_m >= next_prune:
                 next_prune = now_m + 3600
                 if self._with_lease("retention", 3600):

@@ -64,6 +64,8 @@ class PagerDutySettings(BaseModel):
     from_email: str = ""  # the PagerDuty user REST writes act as (From header); its actions are our own echoes
     from_user_id: str = ""  # that user's id (PXXXXXX; empty: looked up by FROM_EMAIL): its actions are our echoes
     api_url: str = ""  # overrides the region's REST API base URL; e.g. a proxy or a mock
+    incident_check_seconds: float = 300.0  # with API_TOKEN: how often to ask about quiet open incidents; 0: never
+    incident_check_quiet_seconds: float = 600.0  # …those with no news (a lost webhook?) and no check for this long
 
     _split_secrets = field_validator("webhook_secrets", mode="before")(secret_list)
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, exists, func, insert, select, update
 
 from kernel import jsonutil
 from kernel.model import IncidentState, IncidentUpdate, LinkState, Ticket
@@ -183,7 +183,8 @@ class EventMarks(NamedTuple):
     status: str | None  # the incident's status as that newest event carried it
     policy: str | None = None  # … and its escalation policy
     group_edit_at: datetime | None = None  # a person's newest group change on the ticket (:func:`note_group_edit`)
-    group_edit_update: IncidentUpdate | None = None  # … and the update it asked for and did not send
+    group_edit: GroupEdit | None = None  # … and the incident update it asked for (None: it asked for none)
+    reconciled_status: str | None = None  # the newest state move was applied from PagerDuty's REST API: this status
 
 
 def event_marks(conn: Connection, incident_id: str) -> EventMarks:
@@ -196,63 +197,167 @@ def event_marks(conn: Connection, incident_id: str) -> EventMarks:
             incidents.c.escalation_policy_id,
             incidents.c.group_edit_at,
             incidents.c.group_edit_update,
+            incidents.c.reconciled_status,
         ).where(incidents.c.incident_id == incident_id)
     ).first()
     if row is None:
         return EventMarks(None, None, None)
-    return EventMarks(row[0], row[1], row[2], row[3], row[4], _update_from_json(row[5]))
+    return EventMarks(row[0], row[1], row[2], row[3], row[4], _group_edit_from_json(row[5]), row[6])
 
 
-def note_group_edit(
-    conn: Connection, incident_id: str, group: str, at: datetime, *, unsent: IncidentUpdate | None
-) -> None:
-    """A ticket change moved the ticket to ``group`` at ``at`` (the ticket's own time).
+def set_reconciled(conn: Connection, incident_id: str, status: str | None) -> None:
+    """The newest state move of the incident was applied from PagerDuty's REST API (``status``), or from a
+    webhook (None)."""
+    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(reconciled_status=status))
 
-    The echo of our own ``set_group`` write (``group`` is the one :func:`mirror_group` recorded) mirrors a
-    PagerDuty move; it is consumed and records nothing. Any other is a person's edit: PagerDuty news older than
-    ``at`` then sets no group, and ``unsent`` (the update the edit asked for, not sent because the incident
-    looked there already) is sent after all if that news says the incident is elsewhere."""
-    where = incidents.c.incident_id == incident_id
-    echo = conn.execute(update(incidents).where(where, incidents.c.mirrored_group == group).values(mirrored_group=None))
-    if echo.rowcount:
-        return
+
+class ToCheck(NamedTuple):
+    """An open link's incident the incident check asks PagerDuty about (:func:`incidents_to_check`)."""
+
+    incident_id: str
+    dedup_key: str
+    link_state: IncidentState
+    moved_at: datetime | None  # the newest state news applied (``state_event_at``)
+
+
+def incidents_to_check(conn: Connection, quiet_before: datetime, limit: int) -> list[ToCheck]:
+    """Up to ``limit`` incidents of open links with no news (and no check) since ``quiet_before`` and none waiting
+    in the inbox, the least recently checked first. Open links only: a lost resolve is what leaves a ticket behind
+    its incident."""
+    rows = conn.execute(
+        select(incidents.c.incident_id, incidents.c.dedup_key, links.c.state, incidents.c.state_event_at)
+        .join(links, links.c.dedup_key == incidents.c.dedup_key)
+        .where(
+            links.c.state != IncidentState.RESOLVED.value,
+            incidents.c.updated_at < quiet_before,
+            (incidents.c.checked_at.is_(None)) | (incidents.c.checked_at < quiet_before),
+            ~exists().where(  # news of it waits in the inbox: the reverse worker is behind, nothing was lost
+                pagerduty_inbox.c.status == "pending", pagerduty_inbox.c.incident_id == incidents.c.incident_id
+            ),
+        )
+        .order_by(incidents.c.checked_at.is_not(None), incidents.c.checked_at, incidents.c.incident_id)
+        .limit(limit)
+    ).all()
+    return [ToCheck(str(r[0]), str(r[1]), IncidentState(r[2]), r[3]) for r in rows]
+
+
+def mark_checked(conn: Connection, incident_id: str, now: datetime) -> None:
+    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(checked_at=now))
+
+
+@dataclass(frozen=True, slots=True)
+class GroupEdit:
+    """The incident update a person's group edit on the ticket asked for (reassign, or add responders), and where
+    it stands (:func:`note_group_edit`):
+
+    - ``sent``: the engine sent it at once, or the reverse worker later;
+    - ``owed``: not sent, the incident looked there already;
+    - ``due``: a move in PagerDuty older than the edit arrived late: once no news of the incident waits in the
+      inbox, the reverse worker sends it if PagerDuty's newest news shows the incident elsewhere."""
+
+    update: IncidentUpdate
+    state: Literal["sent", "owed", "due"]
+
+
+def note_group_edit(conn: Connection, incident_id: str, group: str, at: datetime, *, edit: GroupEdit | None) -> None:
+    """A person's ticket change moved the ticket to ``group`` at ``at`` (the ticket's own time): PagerDuty news
+    older than ``at``, delivered late, then sets no group when the edit asked for an update (``edit``), and that
+    update, if not sent yet (the incident looked there already), is sent when a late move shows the incident
+    elsewhere (:class:`GroupEdit`)."""
     conn.execute(
         update(incidents)
-        .where(where, (incidents.c.group_edit_at.is_(None)) | (incidents.c.group_edit_at <= at))
-        .values(group_edit_at=at, group_edit_update=_update_to_json(unsent), mirrored_group=None)
+        .where(
+            incidents.c.incident_id == incident_id,
+            (incidents.c.group_edit_at.is_(None)) | (incidents.c.group_edit_at <= at),
+        )
+        .values(group_edit_at=at, group_edit_update=_group_edit_to_json(edit))
     )
+
+
+#: the groups our set_group wrote and whose ticket webhook has not come back yet, kept per incident (bounded: a
+#: write that failed, or came back changed, leaves its entry behind)
+MIRRORED_GROUPS = 8
 
 
 def mirror_group(conn: Connection, incident_id: str, group: str) -> None:
     """The reverse worker queued ``set_group`` (``group``) from a PagerDuty move: its echo is not a person's edit."""
-    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(mirrored_group=group))
+    groups = _mirrored(conn, incident_id)
+    _set_mirrored(conn, incident_id, [*groups, group][-MIRRORED_GROUPS:])
 
 
-def drop_group_edit_update(conn: Connection, incident_id: str) -> None:
-    """The update a group edit asked for was queued after all, or newer PagerDuty news superseded it."""
+def pending_group(conn: Connection, incident_id: str) -> str | None:
+    """The group our last ``set_group`` wrote whose ticket webhook has not come back yet (None: none)."""
+    groups = _mirrored(conn, incident_id)
+    return groups[-1] if groups else None
+
+
+def our_group_echo(conn: Connection, incident_id: str, group: str) -> bool:
+    """The ticket's group changed to ``group`` because our ``set_group`` wrote it (consumed: a later change to the
+    same group by a person is theirs). Two quick moves in PagerDuty write two groups before either comes back."""
+    groups = _mirrored(conn, incident_id)
+    if group not in groups:
+        return False
+    groups.remove(group)
+    _set_mirrored(conn, incident_id, groups)
+    return True
+
+
+def _mirrored(conn: Connection, incident_id: str) -> list[str]:
+    text = conn.execute(
+        select(incidents.c.mirrored_group).where(incidents.c.incident_id == incident_id)
+    ).scalar_one_or_none()
+    data = jsonutil.loads(text) if text else []
+    return [str(g) for g in data] if isinstance(data, list) else []
+
+
+def _set_mirrored(conn: Connection, incident_id: str, groups: list[str]) -> None:
+    value = jsonutil.dumps(groups) if groups else None
+    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(mirrored_group=value))
+
+
+def set_group_edit(conn: Connection, incident_id: str, edit: GroupEdit) -> None:
+    """The group edit's update moved on (``due``: a late move older than it arrived; ``sent``: queued)."""
+    values = {"group_edit_update": _group_edit_to_json(edit)}
+    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(**values))
+
+
+def news_waiting(conn: Connection, incident_id: str) -> bool:
+    """More of the incident's webhooks wait in the inbox (the one being handled is no longer pending)."""
+    found = conn.execute(
+        select(pagerduty_inbox.c.id)
+        .where(pagerduty_inbox.c.status == "pending", pagerduty_inbox.c.incident_id == incident_id)
+        .limit(1)
+    ).first()
+    return found is not None
+
+
+def drop_group_edit(conn: Connection, incident_id: str) -> None:
+    """A person's move in PagerDuty newer than the group edit: that move is the newer word from now on."""
     conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(group_edit_update=None))
 
 
-def _update_to_json(update_: IncidentUpdate | None) -> str | None:
-    if update_ is None:
+def _group_edit_to_json(edit: GroupEdit | None) -> str | None:
+    if edit is None:
         return None
+    u = edit.update
     return jsonutil.dumps(
         {
-            "incident_id": update_.incident_id,
-            "dedup_key": update_.dedup_key,
-            "marker": update_.marker,
-            "reassign_to_policy": update_.reassign_to_policy,
-            "responder_policies": list(update_.responder_policies),
-            "note": update_.note,
+            "incident_id": u.incident_id,
+            "dedup_key": u.dedup_key,
+            "marker": u.marker,
+            "reassign_to_policy": u.reassign_to_policy,
+            "responder_policies": list(u.responder_policies),
+            "note": u.note,
+            "state": edit.state,
         }
     )
 
 
-def _update_from_json(text: str | None) -> IncidentUpdate | None:
+def _group_edit_from_json(text: str | None) -> GroupEdit | None:
     if not text:
         return None
     data = jsonutil.loads(text)
-    return IncidentUpdate(
+    update_ = IncidentUpdate(
         incident_id=str(data["incident_id"]),
         dedup_key=str(data["dedup_key"]),
         marker=str(data["marker"]),
@@ -260,6 +365,8 @@ def _update_from_json(text: str | None) -> IncidentUpdate | None:
         responder_policies=tuple(str(p) for p in data.get("responder_policies") or ()),
         note=data.get("note"),
     )
+    state = data.get("state")
+    return GroupEdit(update_, state=state if state in ("sent", "owed", "due") else "sent")
 
 
 def mark_state_event(conn: Connection, incident_id: str, occurred_at: datetime) -> None:

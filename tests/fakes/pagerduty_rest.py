@@ -462,6 +462,8 @@ class FakePagerDutyRest:
             "escalation_policy": self._ref("escalation_policy", policy_id, str(self.state.policies[policy_id]["name"])),
             "teams": [],
             "incident_type": {"name": "incident_default"},
+            "last_status_change_at": _iso(created),
+            "last_status_change_by": self._ref("service", service_id, str(service["name"])),
         }
         incident["incident_number"] = int(incident["summary"][2:].split("]")[0])
         self._assign(incident, [self._on_call(policy_id)])
@@ -496,6 +498,13 @@ class FakePagerDutyRest:
             return
         incident["status"] = status
         incident["updated_at"] = _iso(self._tick())
+        # REST's AgentReference: a user, a service (automation, a timeout) or an integration (the Events API)
+        by = agent or incident["service"]
+        kind = "integration_reference" if by["type"] == "inbound_integration_reference" else by["type"]
+        incident["last_status_change_at"] = incident["updated_at"]
+        incident["last_status_change_by"] = {k: v for k, v in by.items() if k in ("id", "summary", "self")} | {
+            "type": kind
+        }
         if status == "resolved":
             incident["assignments"] = []
             for alert in self.state.alerts.get(incident["id"], []):

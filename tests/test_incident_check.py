@@ -1,0 +1,149 @@
+"""The incident check (``sync/reconcile.py``) through the real service against the PagerDuty REST fake: a status
+change whose webhook PagerDuty dropped (a 4xx, a TLS error, a disabled subscription) still reaches the ticket,
+once; the webhook arriving after all writes nothing again; an incident with news waiting, or recent news, is not
+asked about; a REST API that does not answer changes nothing and is asked again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kernel.clock import FakeClock
+from kernel.model import StatusCategory
+from sync.metrics import METRICS
+from tests.factories import ROUTING_KEY, ticket
+from tests.fakes.pagerduty_rest import Delivery, FakePagerDutyRest
+from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.twoway_world import World, build, rules_dir
+
+KEY = "ticketpager/jira/10001/ops-highest/1"
+QUIET = 600.0  # TICKETPAGER_PAGERDUTY__INCIDENT_CHECK_QUIET_SECONDS's default
+
+
+@pytest.fixture
+def world(db_url: str, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    monkeypatch.setenv("PD_PLATFORM_KEY", ROUTING_KEY)
+    with MockPagerDuty() as events, FakePagerDutyRest() as pd:
+        w = build(db_url, rules_dir(tmp_path), clock, pd, events)
+        yield w
+        w.svc.store.dispose()
+
+
+def paged(world: World) -> str:
+    world.desk.put(ticket("10001", attributes={"project": "OPS"}, assignment_group="Service Desk"))
+    world.settle()
+    incident = world.incident_of(KEY)
+    assert incident is not None
+    return str(incident["id"])
+
+
+def lost(world: World) -> list[Delivery]:
+    """PagerDuty's queued webhooks, which never reach us (dropped after a 4xx)."""
+    gone, world.pd.outbox = world.pd.outbox, []
+    return gone
+
+
+def checks(outcome: str) -> float:
+    return METRICS.incident_checks.labels(outcome)._value.get()
+
+
+def resolved_comments(world: World) -> list[str]:
+    return [c for c in world.desk.comments["10001"] if "Resolved in PagerDuty by Jane Doe" in c]
+
+
+def test_a_resolve_whose_webhook_was_lost_reaches_the_ticket_once(world: World, clock: FakeClock) -> None:
+    incident_id = paged(world)
+    world.pd.resolve(incident_id, by="PUSER01")
+    dropped = lost(world)
+    clock.advance(QUIET / 2)
+    assert world.svc.check_incidents() == 0  # news may still be on its way: not asked about yet
+    assert world.rest_calls("GET", f"/incidents/{incident_id}") == []
+
+    applied = checks("applied")
+    clock.advance(QUIET)
+    assert world.svc.check_incidents() == 1
+    world.settle()
+
+    assert [link["state"] for link in world.link_rows()] == ["resolved"]
+    assert world.desk.tickets["10001"].status_category is StatusCategory.DONE  # the rules' transition
+    assert len(resolved_comments(world)) == 1
+    assert checks("applied") == applied + 1
+    [decided] = [d for d in world.decisions() if d["outcome"] == "pagerduty_applied"
+                 and d["detail"]["event_type"] == "incident.resolved"]  # fmt: skip
+    assert "incident check" in decided["detail"]["why"][0]
+
+    for hook in dropped:  # the webhook arrives after all (PagerDuty retried, or it was replayed)
+        world.pagerduty_webhook(hook)
+    world.settle()
+    assert len(resolved_comments(world)) == 1  # not written again
+    assert set(world.desk.marked("10001").values()) == {1}
+    assert [d["outcome"] for d in world.decisions()][-1] == "pagerduty_told_before"
+
+    clock.advance(QUIET * 2)
+    assert world.svc.check_incidents() == 0  # the link is resolved: nothing left to ask about
+    assert len(world.rest_calls("GET", f"/incidents/{incident_id}")) == 1
+    assert world.outbox_counts().keys() == {"sent"} and world.pd.spec_errors == []
+
+
+def test_a_lost_acknowledge_is_applied_and_an_agreeing_incident_is_not_asked_again_until_quiet(
+    world: World, clock: FakeClock
+) -> None:
+    incident_id = paged(world)
+    world.pd.acknowledge(incident_id, by="PUSER01")
+    lost(world)
+    clock.advance(QUIET + 1)
+    assert world.svc.check_incidents() == 1
+    world.settle()
+    assert [link["state"] for link in world.link_rows()] == ["acknowledged"]
+    acked = [c for c in world.desk.comments["10001"] if "cknowledged" in c and "Jane Doe" in c]
+    assert len(acked) == 1
+
+    same = checks("same")
+    clock.advance(QUIET + 1)
+    assert world.svc.check_incidents() == 0  # PagerDuty agrees now
+    assert checks("same") == same + 1
+    assert world.svc.check_incidents() == 0  # just asked: not again until the quiet period passed
+    assert len(world.rest_calls("GET", f"/incidents/{incident_id}")) == 2
+
+
+def test_news_waiting_in_the_inbox_is_not_taken_for_a_lost_webhook(world: World, clock: FakeClock) -> None:
+    incident_id = paged(world)
+    world.pd.resolve(incident_id, by="PUSER01")
+    for hook in lost(world):
+        world.pagerduty_webhook(hook)  # stored; the reverse worker has not run (it was behind, or down)
+    clock.advance(QUIET * 3)
+    assert world.svc.check_incidents() == 0
+    assert world.rest_calls("GET", f"/incidents/{incident_id}") == []
+    world.settle()
+    assert len(resolved_comments(world)) == 1
+
+
+def test_a_rest_api_that_does_not_answer_changes_nothing_and_is_asked_again(world: World, clock: FakeClock) -> None:
+    incident_id = paged(world)
+    world.pd.resolve(incident_id, by="PUSER01")
+    lost(world)
+    clock.advance(QUIET + 1)
+    failed = checks("failed")
+    world.pd.fail_next(1, 503)
+    assert world.svc.check_incidents() == 0
+    assert checks("failed") == failed + 1
+    assert [link["state"] for link in world.link_rows()] == ["triggered"]
+
+    assert world.svc.check_incidents() == 1  # not marked as asked: the next run asks again
+    world.settle()
+    assert [link["state"] for link in world.link_rows()] == ["resolved"] and len(resolved_comments(world)) == 1
+
+
+def test_the_check_is_off_without_an_api_token_or_when_set_to_zero(
+    db_url: str, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PD_PLATFORM_KEY", ROUTING_KEY)
+    monkeypatch.setenv("TICKETPAGER_PAGERDUTY__INCIDENT_CHECK_SECONDS", "0")
+    with MockPagerDuty() as events, FakePagerDutyRest() as pd:
+        w = build(db_url, rules_dir(tmp_path), clock, pd, events)
+        try:
+            assert w.svc.incident_check is None and w.svc.check_incidents() == 0
+        finally:
+            w.svc.store.dispose()
