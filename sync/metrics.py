@@ -176,6 +176,7 @@ def zero_series(sources: list[str] | tuple[str, ...]) -> None:
     for action in EVENT_ACTIONS:
         for outcome in EVENT_FAILURES:
             METRICS.events.labels(action, outcome)
+    METRICS.incident_checks.labels("applied")  # the lost-webhooks alert's series
 
 
 METRICS = Metrics()

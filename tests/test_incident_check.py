@@ -5,6 +5,7 @@ asked about; a REST API that does not answer changes nothing and is asked again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,4 +147,32 @@ def test_the_check_is_off_without_an_api_token_or_when_set_to_zero(
         try:
             assert w.svc.incident_check is None and w.svc.check_incidents() == 0
         finally:
+            w.svc.store.dispose()
+
+
+def test_serve_runs_the_check_on_its_scheduler_every_interval(
+    db_url: str, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running service's scheduler asks PagerDuty once the check's interval has passed (not at start), and
+    the reverse worker applies what it stored."""
+    monkeypatch.setenv("PD_PLATFORM_KEY", ROUTING_KEY)
+    monkeypatch.setenv("TICKETPAGER_ENGINE__GAUGE_INTERVAL_SECONDS", "0.02")  # the scheduler's tick, real time
+    with MockPagerDuty() as events, FakePagerDutyRest() as pd:
+        w = build(db_url, rules_dir(tmp_path), clock, pd, events)
+        try:
+            incident_id = paged(w)
+            w.pd.resolve(incident_id, by="PUSER01")
+            lost(w)
+            clock.advance(QUIET + 1)  # quiet long enough, but the first run is an interval after start
+            w.svc.start()
+            time.sleep(0.3)
+            assert w.rest_calls("GET", f"/incidents/{incident_id}") == []
+            clock.advance(301)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and [r["state"] for r in w.link_rows()] != ["resolved"]:
+                time.sleep(0.02)
+            assert [r["state"] for r in w.link_rows()] == ["resolved"]
+            assert len(w.rest_calls("GET", f"/incidents/{incident_id}")) == 1
+        finally:
+            w.svc.stop()
             w.svc.store.dispose()
