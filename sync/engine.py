@@ -426,7 +426,7 @@ class Engine:
                 continue  # no webhook of it yet: PagerDuty's incident id is not known (nothing to address)
             decided = ruleset.on_ticket_change(ctx, link, incident.incident_id)
             moved_to = decided.changed_group
-            if moved_to is not None and known_incidents.our_group_echo(conn, incident.incident_id, moved_to):
+            if moved_to is not None and known_incidents.our_group_echo(conn, incident.incident_id, moved_to, ctx.now):
                 if decided.actions:  # the group our set_group wrote from a move in PagerDuty: it mirrors that move
                     METRICS.echoes_suppressed.labels("ticket.group_changed").inc()
                     why = [*decided.explanation, f"the group '{moved_to}' was written by ticketpager from a move in "
@@ -454,7 +454,6 @@ class Engine:
                         "us before): nothing sent now (no loop); sent after all if PagerDuty news older than this "
                         "change, delivered late, shows the incident elsewhere"
                     )
-                    METRICS.echoes_suppressed.labels("ticket.group_changed").inc()
                     edit = known_incidents.GroupEdit(action, "owed")
                     continue
                 edit = known_incidents.GroupEdit(action, "sent")

@@ -8,12 +8,13 @@ ticket stays open behind a resolved incident, and the link, still open, keeps th
 
 Per run (one replica at a time, under the ``incident-check`` lease): up to ``batch`` incidents of open links with
 no news and no check for ``quiet_seconds``, the least recently checked first. For each, ``GET /incidents/{id}``
-(``last_status_change_at`` / ``_by``). A status the link has not followed, changed after the newest state news
-applied, is stored in the PagerDuty inbox as the event a webhook would have carried (its id starts with
-:data:`kernel.incidents.RECONCILED_EVENT_PREFIX`, the same for every check of that change, so it is stored once).
+(``last_status_change_at`` / ``_by``). A status the link has not followed (resolved; acknowledged while the link
+says triggered), changed after the newest state news applied, is stored in the PagerDuty inbox as the event a
+webhook would have carried (its id starts with :data:`kernel.incidents.RECONCILED_EVENT_PREFIX`, the same for every
+check of that change, so it is stored once).
 The reverse worker then handles it like any webhook: link state, echo rules, the rules' write-back, the decision
 log. If the lost webhook arrives after all, the reverse worker knows the change was applied and writes nothing
-again (``incidents.reconciled_status``).
+again (``incidents.reconciled_status`` / ``reconciled_at``).
 """
 
 from __future__ import annotations
@@ -47,13 +48,20 @@ __all__ = ["CHECK_BATCH", "DOC_BEHAVIOR", "IncidentCheck"]
 #: incidents asked about per run at most (the REST client paces itself below PagerDuty's rate limit)
 CHECK_BATCH = 50
 
-#: (PagerDuty's status now, the link's state) → the event that would have told it
+#: (PagerDuty's status now, the link's state) → the event that would have told it. Not "triggered" while the link
+#: says acknowledged: PagerDuty triggers an incident again when it is delegated (its webhook is the delegation,
+#: and the new on-call must be paged, not acknowledged for), and an acknowledge of ours still queued (PagerDuty
+#: down) leaves the link ahead of PagerDuty; its ``last_status_change_at`` is then only ``updated_at``
 _NEWS: dict[tuple[str, IncidentState], EventType] = {
     ("resolved", IncidentState.TRIGGERED): EventType.RESOLVED,
     ("resolved", IncidentState.ACKNOWLEDGED): EventType.RESOLVED,
     ("acknowledged", IncidentState.TRIGGERED): EventType.ACKNOWLEDGED,
-    ("triggered", IncidentState.ACKNOWLEDGED): EventType.UNACKNOWLEDGED,
 }
+#: a run's bound (the clock's monotonic seconds): what is left waits for the next run, so the scheduler's
+#: other jobs are not held up
+RUN_SECONDS = 60.0
+#: an incident PagerDuty no longer answers for (404: deleted, or merged into another) is asked again after a day
+GONE_RECHECK = timedelta(days=1)
 
 
 class IncidentCheck:
@@ -82,32 +90,27 @@ class IncidentCheck:
         with self.store.engine.connect() as conn:
             due = repo.incidents_to_check(conn, now - self.quiet, self.batch)
         stored = 0
+        until = self.clock.monotonic() + RUN_SECONDS
         for item in due:
+            if self.clock.monotonic() > until:
+                break
             try:
                 status = self.reader.incident_status(item.incident_id)
             except RetryableError as exc:  # PagerDuty busy or away: the rest of the batch waits for the next run
                 METRICS.incident_checks.labels("failed").inc()
                 log.warning("incident check: PagerDuty did not answer (%s); trying again next run", redact(str(exc)))
                 break
-            except TicketpagerError as exc:  # e.g. 404: the incident is gone; asked again after the quiet period
+            except TicketpagerError as exc:  # e.g. 404: the incident is gone (deleted, merged)
                 METRICS.incident_checks.labels("failed").inc()
                 log.warning("incident check of %s failed: %s", item.incident_id[:64], redact(str(exc)))
-                self._checked(item.incident_id, now)
+                self._checked(item.incident_id, now + GONE_RECHECK)
                 continue
             event = _news(item, status, now)
             self._checked(item.incident_id, now)
             if event is None:
                 METRICS.incident_checks.labels("same").inc()
                 continue
-            METRICS.incident_checks.labels("applied").inc()
-            log.warning(
-                "PagerDuty incident %s is %s (since %s) but no webhook said so: applying it. Check the webhook "
-                "subscription (ticketpager pagerduty ping)",
-                item.incident_id[:64],
-                status.incident.status[:16],
-                event.occurred_at.isoformat(),
-            )
-            stored += repo.store_event(
+            new = repo.store_event(
                 self.store,
                 webhook_id=event.event_id,
                 event_id=event.event_id,
@@ -116,6 +119,17 @@ class IncidentCheck:
                 occurred_at=event.occurred_at,
                 received_at=now,
                 body=self.encode(event),
+            )
+            if not new:  # told by an earlier run already (it waits in the inbox, or failed there)
+                continue
+            stored += 1
+            METRICS.incident_checks.labels("applied").inc()
+            log.warning(
+                "PagerDuty incident %s is %s (since %s) but no webhook said so: applying it. Check the webhook "
+                "subscription (ticketpager pagerduty ping)",
+                item.incident_id[:64],
+                status.incident.status[:16],
+                event.occurred_at.isoformat(),
             )
         return stored
 

@@ -369,8 +369,8 @@ class ReverseWorker:
         checked = is_reconciled(event.event_id)
         told = _told_before(event, marks, link.link.state, stale_move)
         if told is not None:
-            if not checked:
-                repo.set_reconciled(conn, event.incident_id, None)
+            if not checked:  # the webhook the check stood in for: consumed
+                repo.set_reconciled(conn, event.incident_id, None, None)
             again = {"origin": "pagerduty", "event_type": event.event_type.value, "incident_id": event.incident_id,
                      "rule": link.link.rule, "link_state": link.link.state.value, "why": [told]}  # fmt: skip
             return self._done(conn, row, event, "told_before", now, ticket=ticket, detail=again)
@@ -380,9 +380,8 @@ class ReverseWorker:
             # the newest news of the link's state even when it moves nothing (a second resolve): an older reopen
             # delivered after it must not reopen the link
             repo.mark_state_event(conn, event.incident_id, event.occurred_at)
-            from_check = _STATE_MOVES[event.event_type][1].value if checked else None
-            if from_check != marks.reconciled_status:  # its webhook, if it comes after all, writes nothing again
-                repo.set_reconciled(conn, event.incident_id, from_check)
+            if checked and moved is not None:  # its webhook, if it comes after all, writes nothing again
+                repo.set_reconciled(conn, event.incident_id, moved.value, event.occurred_at)
         elif reopened and carried is not None and link.link.state is IncidentState.RESOLVED and not before_state:
             # an event that moves no link (a reassignment, a priority change) carrying the reopened incident
             moved = carried
@@ -404,18 +403,22 @@ class ReverseWorker:
         # edit, delivered late, makes the update due if it was not sent (the incident looked there already); once
         # no news of the incident waits, it is sent if the newest news shows the incident elsewhere. A move newer
         # than the edit is the newer word: the edit is done with.
-        edit, edit_at = marks.group_edit, marks.group_edit_at
-        if edit is not None and event.event_type is EventType.DELEGATED:
-            if not _older(event, edit_at):
-                repo.drop_group_edit(conn, event.incident_id)
-                edit = None
-            elif edit.state == "owed":
-                edit = repo.GroupEdit(edit.update, "due")
-                repo.set_group_edit(conn, event.incident_id, edit)
+        # (a note or a responder request carries no incident: its marks are read for this only, so the last news
+        # in the inbox, whatever it is, can send a due update)
+        edits = marks if inc is not None else repo.event_marks(conn, event.incident_id)
+        edit, edit_at = edits.group_edit, edits.group_edit_at
+        is_open = (moved or link.link.state).is_open
+        newer_move = event.event_type is EventType.DELEGATED and not _older(event, edit_at)
+        if edit is not None and (newer_move or not is_open):
+            repo.drop_group_edit(conn, event.incident_id)  # a newer move, or a resolved incident: nothing owed
+            edit = None
+        elif edit is not None and event.event_type is EventType.DELEGATED and edit.state == "owed":
+            edit = repo.GroupEdit(edit.update, "due")
+            repo.set_group_edit(conn, event.incident_id, edit)
         edited_since = edit is not None and _older(event, edit_at)
         followed = None
-        if edit is not None and edit.state == "due" and link.link.state.is_open:
-            newest = inc.escalation_policy_id if inc is not None and not stale else marks.policy
+        if edit is not None and edit.state == "due":
+            newest = inc.escalation_policy_id if inc is not None and not stale else edits.policy
             followed = self._follow_group_edit(conn, event, edit, edit_at, newest, ticket, link, now)
         if followed is not None:
             repo.enqueue(conn, [followed.row])
@@ -428,7 +431,7 @@ class ReverseWorker:
             return self._done(conn, row, event, "echo", now, ticket=ticket, detail=detail, queued=queued)
         state_now = moved or link.link.state
         # a move's set_group compares with the group our last move wrote, if its ticket webhook is still out
-        pending = repo.pending_group(conn, event.incident_id) if event.event_type is EventType.DELEGATED else None
+        pending = repo.pending_group(conn, event.incident_id, now) if event.event_type is EventType.DELEGATED else None
         ctx = IncidentContext(event, ticket, replace(link.link, state=state_now), now, pending_group=pending)
         plan = self.rules().on_incident(ctx)
         actions = _with_incident_url(conn, event.incident_id, plan.actions)
@@ -460,7 +463,7 @@ class ReverseWorker:
         repo.enqueue(conn, rows)
         for action in actions:
             if isinstance(action, TicketUpdate) and action.group:  # its echo is ours, not a person's group edit
-                repo.mirror_group(conn, event.incident_id, action.group)
+                repo.mirror_group(conn, event.incident_id, action.group, now)
         detail["why"] = (["our own page (its first write-back)"] if own_page else []) + list(plan.explanation)
         if checked:
             detail["why"].insert(0, _CHECKED)
@@ -614,6 +617,11 @@ def _with_incident_url(
     )
 
 
+#: how far apart the REST API's ``last_status_change_at`` and the webhook's ``occurred_at`` of one status change
+#: may be: both name the change's log entry, the REST API to the second. A person cannot make the same status
+#: change twice within this (an acknowledge needs a timeout or a reassignment in between)
+SAME_CHANGE_SECONDS = 5.0
+
 _CHECKED = (
     "told by PagerDuty's REST API (the incident check): no webhook said so, check the webhook subscription"
 )
@@ -631,8 +639,10 @@ def _told_before(
         if stale_move or state is move[1]:
             return "the incident check's news of a change a webhook told already (or older news): nothing written"
         return None
-    if marks.reconciled_status == move[1].value and state is move[1]:
-        return "the webhook of a change the incident check applied already: nothing written again"
+    checked_at = marks.reconciled_at
+    if marks.reconciled_status == move[1].value and checked_at is not None:
+        if abs((event.occurred_at - checked_at).total_seconds()) <= SAME_CHANGE_SECONDS:
+            return "the webhook of a change the incident check applied already: nothing written again"
     return None
 
 

@@ -325,6 +325,7 @@ incidents = Table(
     # status the newest state move applied from it (its webhook, if it comes after all, writes nothing again)
     Column("checked_at", UTCDateTime(), nullable=True),
     Column("reconciled_status", String(16), nullable=True),
+    Column("reconciled_at", UTCDateTime(), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_incidents_dedup_key", "dedup_key"),
 )

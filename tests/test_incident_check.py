@@ -176,3 +176,94 @@ def test_serve_runs_the_check_on_its_scheduler_every_interval(
         finally:
             w.svc.stop()
             w.svc.store.dispose()
+
+
+def test_the_webhook_of_a_checked_acknowledge_after_a_newer_resolve_writes_nothing_again(
+    world: World, clock: FakeClock
+) -> None:
+    """PagerDuty retries the acknowledge's webhook (our endpoint answered 502 for a while) and delivers the resolve
+    made later at once (no order across event types): the acknowledge, told by the check, is told once."""
+    incident_id = paged(world)
+    world.pd.acknowledge(incident_id, by="PUSER01")
+    held = lost(world)
+    clock.advance(QUIET + 1)
+    assert world.svc.check_incidents() == 1
+    world.settle()
+    world.pd.resolve(incident_id, by="PUSER01")
+    world.settle()
+    for hook in held:
+        world.pagerduty_webhook(hook)
+    world.settle()
+
+    assert len([c for c in world.desk.comments["10001"] if " acknowledged by Jane Doe" in c]) == 1
+    assert len(resolved_comments(world)) == 1
+
+
+def test_a_new_acknowledge_after_a_checked_one_is_written(world: World, clock: FakeClock) -> None:
+    """Jane's acknowledge is lost and told by the check; it times out (lost too) and Sam acknowledges: Sam's is
+    another change, not the webhook of Jane's."""
+    incident_id = paged(world)
+    world.pd.acknowledge(incident_id, by="PUSER01")
+    lost(world)
+    clock.advance(QUIET + 1)
+    assert world.svc.check_incidents() == 1
+    world.settle()
+    world.pd.unacknowledge(incident_id)
+    lost(world)
+    world.pd.acknowledge(incident_id, by="PUSER02")
+    world.settle()
+
+    assert [c for c in world.desk.comments["10001"] if " acknowledged by Sam Roe" in c]
+
+
+def test_our_own_acknowledge_still_queued_is_not_undone(world: World, clock: FakeClock) -> None:
+    """The ticket goes In Progress while PagerDuty's Events API refuses (an outage): the link is acknowledged, our
+    acknowledge waits in the outbox, and PagerDuty still says triggered. The check leaves it: one acknowledge is
+    sent when PagerDuty is back."""
+    incident_id = paged(world)
+    clock.advance(QUIET + 1)
+    world.events.fail_next(1, 503)
+    world.desk.edit("10001", status_category=StatusCategory.IN_PROGRESS)
+    world.settle()
+    assert world.pd.state.incidents[incident_id]["status"] == "triggered"
+    assert world.svc.check_incidents() == 0
+    world.settle()
+    assert [r["state"] for r in world.link_rows()] == ["acknowledged"]
+    clock.advance(3600)
+    world.settle()
+    assert [e["event_action"] for e in world.events.events].count("acknowledge") == 1
+    assert world.pd.state.incidents[incident_id]["status"] == "acknowledged"
+
+
+def test_a_delegated_incident_triggered_again_is_not_taken_for_a_lost_unacknowledge(
+    world: World, clock: FakeClock
+) -> None:
+    """PagerDuty triggers a delegated incident again, for the new on-call. Its webhook (the delegation) came; the
+    check must not make the link triggered, or the ticket's next edit would acknowledge for the new on-call."""
+    incident_id = paged(world)
+    world.desk.edit("10001", status_category=StatusCategory.IN_PROGRESS)  # acknowledge_when: ours
+    world.settle()
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER02")
+    world.settle()
+    assert world.pd.state.incidents[incident_id]["status"] == "triggered"
+    acks = [e["event_action"] for e in world.events.events].count("acknowledge")
+    clock.advance(QUIET + 1)
+    assert world.svc.check_incidents() == 0
+    world.desk.edit("10001", title="DB failover in progress")
+    world.settle()
+    assert [e["event_action"] for e in world.events.events].count("acknowledge") == acks
+    assert world.pd.state.incidents[incident_id]["status"] == "triggered"
+
+
+def test_a_deleted_incident_is_asked_about_again_a_day_later(world: World, clock: FakeClock) -> None:
+    incident_id = paged(world)
+    clock.advance(QUIET + 1)
+    world.pd.fail_next(1, 404, body={"error": {"message": "Not Found", "code": 2100}})
+    failed = checks("failed")
+    assert world.svc.check_incidents() == 0 and checks("failed") == failed + 1
+    clock.advance(QUIET + 1)
+    assert world.svc.check_incidents() == 0
+    assert len(world.rest_calls("GET", f"/incidents/{incident_id}")) == 1  # not again within the day
+    clock.advance(24 * 3600)
+    world.svc.check_incidents()
+    assert len(world.rest_calls("GET", f"/incidents/{incident_id}")) == 2

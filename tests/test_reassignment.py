@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from kernel.clock import FakeClock
-from kernel.model import StatusCategory
+from kernel.errors import PermanentError
+from kernel.model import StatusCategory, TicketUpdate
+from sync.repos.incidents import MIRROR_SECONDS
 from tests.factories import ROUTING_KEY, ticket
 from tests.fakes.pagerduty_rest import Delivery, FakePagerDutyRest
 from tests.fakes.pagerduty_server import MockPagerDuty
@@ -337,6 +339,50 @@ def test_two_quick_moves_in_pagerduty_end_on_the_second_and_send_nothing(world: 
     assert world.desk.tickets["10001"].assignment_group == "Service Desk"
     moved = [c for c in world.desk.comments["10001"] if "moved to escalation policy" in c]
     assert len(moved) == 2  # both moves are told on the ticket, once each
+
+
+@pytest.mark.parametrize("then", ["nothing", "resolve"])
+def test_a_note_after_the_late_move_does_not_hold_up_the_edits_update(world: World, then: str) -> None:
+    """The person moves the incident and adds a note; both webhooks are late. The move makes the edit's update due
+    while the note still waits; the note, the last news, sends it. A resolve an hour later sends nothing more."""
+    incident_id = paged(world, group="Network")
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")
+    world.pd.add_note(incident_id, "moving this to the DB team", by="PUSER01")
+    late, world.pd.outbox = world.pd.outbox, []
+    world.desk.edit("10001", assignment_group="Service Desk")
+    world.settle()
+    deliver(world, late)
+    assert world.desk.tickets["10001"].assignment_group == "Service Desk" and agree(world, incident_id)
+    if then == "resolve":
+        world.pd.resolve(incident_id, by="PUSER02")
+        world.settle()
+    assert puts(world, incident_id) == ["PEP0001"] and set(world.pd_markers().values()) == {1}
+
+
+def test_a_group_write_that_failed_for_good_stops_counting_as_ours_after_the_retry_budget(
+    world: World, clock: FakeClock
+) -> None:
+    """Our write of Network is refused for good (a dead letter); the person moves the incident back. Within the
+    write-back's retry budget (an hour) an agent's move of the ticket to Network would be taken for its echo;
+    after it, the agent's move is theirs and reassigns."""
+    incident_id = paged(world)
+    real = world.desk.update_ticket
+
+    def refuse_network(update: TicketUpdate) -> None:
+        if update.group == "Network":
+            raise PermanentError("400 Bad Request: group not editable", status=400, vendor="Jira")
+        real(update)
+
+    world.desk.update_ticket = refuse_network  # type: ignore[method-assign]
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")
+    world.settle()
+    world.desk.update_ticket = real  # type: ignore[method-assign]
+    world.pd.delegate(incident_id, "PEP0001", by="PUSER02")
+    world.settle()
+    clock.advance(MIRROR_SECONDS + 1)
+    world.desk.edit("10001", assignment_group="Network")
+    world.settle()
+    assert puts(world, incident_id) == ["PEP0002"] and agree(world, incident_id)
 
 
 @pytest.fixture

@@ -382,9 +382,9 @@ class Service:
         pd = self.settings.pagerduty
         if self.rest is None or pd.incident_check_seconds <= 0:
             return None
-        return IncidentCheck(
-            self.store, self.rest, incident_event_body, self.clock, quiet_seconds=pd.incident_check_quiet_seconds
-        )
+        # its own client: it runs on the scheduler's thread, the reverse worker on its own
+        client, quiet = self.rest_client(), pd.incident_check_quiet_seconds
+        return IncidentCheck(self.store, client, incident_event_body, self.clock, quiet_seconds=quiet)
 
     def check_incidents(self) -> int:
         """One run of the incident check (the scheduler's job; tests); returns the changes stored as news."""

@@ -184,7 +184,8 @@ class EventMarks(NamedTuple):
     policy: str | None = None  # … and its escalation policy
     group_edit_at: datetime | None = None  # a person's newest group change on the ticket (:func:`note_group_edit`)
     group_edit: GroupEdit | None = None  # … and the incident update it asked for (None: it asked for none)
-    reconciled_status: str | None = None  # the newest state move was applied from PagerDuty's REST API: this status
+    reconciled_status: str | None = None  # a state move the incident check applied from the REST API: its status
+    reconciled_at: datetime | None = None  # … and when PagerDuty says it changed (``last_status_change_at``)
 
 
 def event_marks(conn: Connection, incident_id: str) -> EventMarks:
@@ -198,17 +199,18 @@ def event_marks(conn: Connection, incident_id: str) -> EventMarks:
             incidents.c.group_edit_at,
             incidents.c.group_edit_update,
             incidents.c.reconciled_status,
+            incidents.c.reconciled_at,
         ).where(incidents.c.incident_id == incident_id)
     ).first()
     if row is None:
         return EventMarks(None, None, None)
-    return EventMarks(row[0], row[1], row[2], row[3], row[4], _group_edit_from_json(row[5]), row[6])
+    return EventMarks(row[0], row[1], row[2], row[3], row[4], _group_edit_from_json(row[5]), row[6], row[7])
 
 
-def set_reconciled(conn: Connection, incident_id: str, status: str | None) -> None:
-    """The newest state move of the incident was applied from PagerDuty's REST API (``status``), or from a
-    webhook (None)."""
-    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(reconciled_status=status))
+def set_reconciled(conn: Connection, incident_id: str, status: str | None, at: datetime | None) -> None:
+    """The incident check applied a change to ``status`` that PagerDuty dates ``at`` (None: its webhook came)."""
+    values = {"reconciled_status": status, "reconciled_at": at}
+    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(**values))
 
 
 class ToCheck(NamedTuple):
@@ -274,44 +276,52 @@ def note_group_edit(conn: Connection, incident_id: str, group: str, at: datetime
     )
 
 
-#: the groups our set_group wrote and whose ticket webhook has not come back yet, kept per incident (bounded: a
-#: write that failed, or came back changed, leaves its entry behind)
-MIRRORED_GROUPS = 8
+#: how long a group our set_group wrote waits for its ticket webhook: the write-back's retry budget (a write still
+#: failing by then is a dead letter, and a person's change to that group afterwards is theirs)
+MIRROR_SECONDS = 3600.0
 
 
-def mirror_group(conn: Connection, incident_id: str, group: str) -> None:
+def mirror_group(conn: Connection, incident_id: str, group: str, now: datetime) -> None:
     """The reverse worker queued ``set_group`` (``group``) from a PagerDuty move: its echo is not a person's edit."""
-    groups = _mirrored(conn, incident_id)
-    _set_mirrored(conn, incident_id, [*groups, group][-MIRRORED_GROUPS:])
+    entries = _mirrored(conn, incident_id, now)
+    _set_mirrored(conn, incident_id, [*entries, (group, now)][-8:])
 
 
-def pending_group(conn: Connection, incident_id: str) -> str | None:
+def pending_group(conn: Connection, incident_id: str, now: datetime) -> str | None:
     """The group our last ``set_group`` wrote whose ticket webhook has not come back yet (None: none)."""
-    groups = _mirrored(conn, incident_id)
-    return groups[-1] if groups else None
+    entries = _mirrored(conn, incident_id, now)
+    return entries[-1][0] if entries else None
 
 
-def our_group_echo(conn: Connection, incident_id: str, group: str) -> bool:
-    """The ticket's group changed to ``group`` because our ``set_group`` wrote it (consumed: a later change to the
-    same group by a person is theirs). Two quick moves in PagerDuty write two groups before either comes back."""
-    groups = _mirrored(conn, incident_id)
-    if group not in groups:
+def our_group_echo(conn: Connection, incident_id: str, group: str, now: datetime) -> bool:
+    """The ticket's group changed to ``group`` because our ``set_group`` wrote it. That entry is consumed with every
+    one written before it (a ticketing system that delivers two versions out of order shows only the newer: the
+    older one's webhook never comes), so a later change to one of those groups by a person is theirs."""
+    entries = _mirrored(conn, incident_id, now)
+    at = next((i for i, (g, _) in enumerate(entries) if g == group), None)
+    if at is None:
         return False
-    groups.remove(group)
-    _set_mirrored(conn, incident_id, groups)
+    _set_mirrored(conn, incident_id, entries[at + 1 :])
     return True
 
 
-def _mirrored(conn: Connection, incident_id: str) -> list[str]:
+def _mirrored(conn: Connection, incident_id: str, now: datetime) -> list[tuple[str, datetime]]:
+    """The entries not older than :data:`MIRROR_SECONDS`, oldest first."""
     text = conn.execute(
         select(incidents.c.mirrored_group).where(incidents.c.incident_id == incident_id)
     ).scalar_one_or_none()
     data = jsonutil.loads(text) if text else []
-    return [str(g) for g in data] if isinstance(data, list) else []
+    entries = []
+    for item in data if isinstance(data, list) else []:
+        if isinstance(item, list) and len(item) == 2:
+            at = datetime.fromisoformat(str(item[1]))
+            if (now - at).total_seconds() <= MIRROR_SECONDS:
+                entries.append((str(item[0]), at))
+    return entries
 
 
-def _set_mirrored(conn: Connection, incident_id: str, groups: list[str]) -> None:
-    value = jsonutil.dumps(groups) if groups else None
+def _set_mirrored(conn: Connection, incident_id: str, entries: list[tuple[str, datetime]]) -> None:
+    value = jsonutil.dumps([[g, at.isoformat()] for g, at in entries]) if entries else None
     conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(mirrored_group=value))
 
 

@@ -523,6 +523,10 @@ class FakePagerDutyRest:
         self._assign(incident, [self._on_call(policy_id)])
         if incident["status"] == "acknowledged":
             incident["status"] = "triggered"  # a delegated incident escalates anew
+            # and, triggered, its last_status_change_at is its updated_at (the spec's Incident schema)
+            incident["updated_at"] = incident["last_status_change_at"] = _iso(self._tick())
+            incident["last_status_change_by"] = {k: v for k, v in (agent or incident["service"]).items()
+                                                 if k in ("id", "type", "summary", "self")}  # fmt: skip
         self._queue("incident.delegated", self._incident_data(incident), str(incident["service"]["id"]), agent)
 
     def _note(self, incident: dict[str, Any], content: str, agent: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@ incident update it asked for (and whether it was sent), and the groups our set_g
 back. A PagerDuty move older than that edit, delivered late, no longer sets the ticket's group back, and the update
 the edit asked for is sent after all. Existing rows start with none recorded (as they were judged before).
 
-incidents.checked_at / reconciled_status: the incident check (sync.reconcile) asks PagerDuty's REST API about open
+incidents.checked_at / reconciled_status / reconciled_at: the incident check (sync.reconcile) asks PagerDuty's REST API about open
 incidents with no recent news, and applies a status change no webhook told; the webhook of that change, if it
 arrives after all, then writes nothing again.
 
@@ -28,10 +28,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("mirrored_group", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("checked_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("reconciled_status", sa.String(16), nullable=True))
+        batch_op.add_column(sa.Column("reconciled_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("incidents", schema=None) as batch_op:
+        batch_op.drop_column("reconciled_at")
         batch_op.drop_column("reconciled_status")
         batch_op.drop_column("checked_at")
         batch_op.drop_column("mirrored_group")
