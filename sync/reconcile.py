@@ -77,6 +77,7 @@ class IncidentCheck:
         *,
         quiet_seconds: float,
         batch: int = CHECK_BATCH,
+        run_seconds: float = RUN_SECONDS,
     ) -> None:
         self.store = store
         self.reader = reader
@@ -84,13 +85,14 @@ class IncidentCheck:
         self.clock = clock
         self.quiet = timedelta(seconds=quiet_seconds)
         self.batch = batch
+        self.run_seconds = run_seconds
 
     def run_once(self) -> int:
         now = self.clock.now()
         with self.store.engine.connect() as conn:
             due = repo.incidents_to_check(conn, now - self.quiet, self.batch)
         stored = 0
-        until = self.clock.monotonic() + RUN_SECONDS
+        until = self.clock.monotonic() + self.run_seconds
         for item in due:
             if self.clock.monotonic() > until:
                 break
@@ -100,10 +102,10 @@ class IncidentCheck:
                 METRICS.incident_checks.labels("failed").inc()
                 log.warning("incident check: PagerDuty did not answer (%s); trying again next run", redact(str(exc)))
                 break
-            except TicketpagerError as exc:  # e.g. 404: the incident is gone (deleted, merged)
+            except TicketpagerError as exc:  # 404: the incident is gone (deleted, merged); 401/403: the token
                 METRICS.incident_checks.labels("failed").inc()
                 log.warning("incident check of %s failed: %s", item.incident_id[:64], redact(str(exc)))
-                self._checked(item.incident_id, now + GONE_RECHECK)
+                self._checked(item.incident_id, now + GONE_RECHECK if exc.status == 404 else now)
                 continue
             event = _news(item, status, now)
             self._checked(item.incident_id, now)

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from connectors.pagerduty_webhooks import incident_event_body
 from kernel.clock import FakeClock
+from kernel.incidents import IncidentStatus
 from kernel.model import StatusCategory
+from kernel.ports import IncidentStatusReader
 from sync.metrics import METRICS
+from sync.reconcile import IncidentCheck
 from tests.factories import ROUTING_KEY, ticket
 from tests.fakes.pagerduty_rest import Delivery, FakePagerDutyRest
 from tests.fakes.pagerduty_server import MockPagerDuty
@@ -267,3 +271,43 @@ def test_a_deleted_incident_is_asked_about_again_a_day_later(world: World, clock
     clock.advance(24 * 3600)
     world.svc.check_incidents()
     assert len(world.rest_calls("GET", f"/incidents/{incident_id}")) == 2
+
+
+def test_a_refused_token_pauses_nothing_beyond_the_quiet_period(world: World, clock: FakeClock) -> None:
+    """A 401 (a rotated token) is not a gone incident: once the token works, the next quiet period asks again."""
+    incident_id = paged(world)
+    world.pd.resolve(incident_id, by="PUSER01")
+    lost(world)
+    clock.advance(QUIET + 1)
+    world.pd.fail_next(1, 401, body={"error": {"message": "Unauthorized", "code": 2006}})
+    assert world.svc.check_incidents() == 0
+    clock.advance(QUIET + 1)
+    assert world.svc.check_incidents() == 1
+
+
+class SlowPagerDuty:
+    """The REST API answering each incident in ``seconds`` (the clock moves by that much per answer)."""
+
+    def __init__(self, reader: IncidentStatusReader, clock: FakeClock, seconds: float) -> None:
+        self.reader, self.clock, self.seconds = reader, clock, seconds
+
+    def incident_status(self, incident_id: str) -> IncidentStatus:
+        self.clock.advance(self.seconds)
+        return self.reader.incident_status(incident_id)
+
+
+def test_a_run_stops_at_its_time_budget_and_the_next_run_goes_on(world: World, clock: FakeClock) -> None:
+    for number in ("10001", "10002", "10003"):
+        world.desk.put(ticket(number, attributes={"project": "OPS"}, assignment_group="Service Desk"))
+    world.settle()
+    ids = sorted(world.pd.state.incidents)
+    assert len(ids) == 3
+    clock.advance(QUIET + 1)
+    rest = world.svc.rest_client()
+    check = IncidentCheck(world.svc.store, SlowPagerDuty(rest, clock, 40), incident_event_body, clock,
+                          quiet_seconds=QUIET, run_seconds=60)  # fmt: skip
+    same = checks("same")
+    check.run_once()
+    assert checks("same") == same + 2  # 40 s, 80 s: the budget is spent after the second
+    check.run_once()
+    assert checks("same") == same + 3  # the one left, and not the two asked a moment ago

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from kernel.clock import FakeClock
 from kernel.errors import PermanentError
 from kernel.model import StatusCategory, TicketUpdate
 from sync.repos.incidents import MIRROR_SECONDS
+from sync.schema import incidents
 from tests.factories import ROUTING_KEY, ticket
 from tests.fakes.pagerduty_rest import Delivery, FakePagerDutyRest
 from tests.fakes.pagerduty_server import MockPagerDuty
@@ -437,3 +439,20 @@ def test_an_unresolved_from_user_makes_readiness_degraded_and_the_reverse_worker
     assert "pagerduty" not in world.svc.readiness()
     assert world.svc.status_report()["pagerduty_inbox"]["pending"] == 0
     assert sum("Paged in PagerDuty" in c for c in world.desk.comments["10001"]) == 1
+
+
+def test_unreadable_group_bookkeeping_counts_as_none_and_stops_nothing(world: World) -> None:
+    """Only ticketpager writes these columns; a hand edit that left something else there must not stop the
+    incident's webhooks or the ticket's changes from being handled."""
+    incident_id = paged(world)
+    with world.svc.store.engine.begin() as conn:
+        conn.execute(
+            update(incidents).values(mirrored_group='{"not": "a list"}', group_edit_update="[1, 2")
+        )
+    world.pd.delegate(incident_id, "PEP0002", by="PUSER01")
+    world.settle()
+    assert world.desk.tickets["10001"].assignment_group == "Network"
+    world.desk.edit("10001", assignment_group="Service Desk")
+    world.settle()
+    assert puts(world, incident_id) == ["PEP0001"] and agree(world, incident_id)
+    assert world.outbox_counts().keys() == {"sent"}

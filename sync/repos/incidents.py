@@ -310,14 +310,12 @@ def _mirrored(conn: Connection, incident_id: str, now: datetime) -> list[tuple[s
     text = conn.execute(
         select(incidents.c.mirrored_group).where(incidents.c.incident_id == incident_id)
     ).scalar_one_or_none()
-    data = jsonutil.loads(text) if text else []
-    entries = []
-    for item in data if isinstance(data, list) else []:
-        if isinstance(item, list) and len(item) == 2:
-            at = datetime.fromisoformat(str(item[1]))
-            if (now - at).total_seconds() <= MIRROR_SECONDS:
-                entries.append((str(item[0]), at))
-    return entries
+    try:  # ours alone writes it; anything else there (a hand edit) counts as no entry, never as a failure
+        data = jsonutil.loads(text) if text else []
+        items = [(str(g), datetime.fromisoformat(str(at))) for g, at in data]
+    except (ValueError, TypeError):
+        return []
+    return [(g, at) for g, at in items if at.tzinfo is not None and (now - at).total_seconds() <= MIRROR_SECONDS]
 
 
 def _set_mirrored(conn: Connection, incident_id: str, entries: list[tuple[str, datetime]]) -> None:
@@ -364,18 +362,22 @@ def _group_edit_to_json(edit: GroupEdit | None) -> str | None:
 
 
 def _group_edit_from_json(text: str | None) -> GroupEdit | None:
+    """Ours alone writes it; anything else there (a hand edit) counts as no edit, never as a failure."""
     if not text:
         return None
-    data = jsonutil.loads(text)
-    update_ = IncidentUpdate(
-        incident_id=str(data["incident_id"]),
-        dedup_key=str(data["dedup_key"]),
-        marker=str(data["marker"]),
-        reassign_to_policy=data.get("reassign_to_policy"),
-        responder_policies=tuple(str(p) for p in data.get("responder_policies") or ()),
-        note=data.get("note"),
-    )
-    state = data.get("state")
+    try:
+        data = jsonutil.loads(text)
+        update_ = IncidentUpdate(
+            incident_id=str(data["incident_id"]),
+            dedup_key=str(data["dedup_key"]),
+            marker=str(data["marker"]),
+            reassign_to_policy=data.get("reassign_to_policy"),
+            responder_policies=tuple(str(p) for p in data.get("responder_policies") or ()),
+            note=data.get("note"),
+        )
+        state = data.get("state")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
     return GroupEdit(update_, state=state if state in ("sent", "owed", "due") else "sent")
 
 
