@@ -54,6 +54,17 @@ def checks(outcome: str) -> float:
     return METRICS.incident_checks.labels(outcome)._value.get()
 
 
+def acknowledged_by_the_check(world: World, clock: FakeClock) -> str:
+    """Jane acknowledges; the webhook is lost; the check tells it."""
+    incident_id = paged(world)
+    world.pd.acknowledge(incident_id, by="PUSER01")
+    lost(world)
+    clock.advance(QUIET + 1)
+    assert world.svc.check_incidents() == 1
+    world.settle()
+    return incident_id
+
+
 def resolved_comments(world: World) -> list[str]:
     return [c for c in world.desk.comments["10001"] if "Resolved in PagerDuty by Jane Doe" in c]
 
@@ -95,12 +106,7 @@ def test_a_resolve_whose_webhook_was_lost_reaches_the_ticket_once(world: World, 
 def test_a_lost_acknowledge_is_applied_and_an_agreeing_incident_is_not_asked_again_until_quiet(
     world: World, clock: FakeClock
 ) -> None:
-    incident_id = paged(world)
-    world.pd.acknowledge(incident_id, by="PUSER01")
-    lost(world)
-    clock.advance(QUIET + 1)
-    assert world.svc.check_incidents() == 1
-    world.settle()
+    incident_id = acknowledged_by_the_check(world, clock)
     assert [link["state"] for link in world.link_rows()] == ["acknowledged"]
     acked = [c for c in world.desk.comments["10001"] if "cknowledged" in c and "Jane Doe" in c]
     assert len(acked) == 1
@@ -206,12 +212,7 @@ def test_the_webhook_of_a_checked_acknowledge_after_a_newer_resolve_writes_nothi
 def test_a_new_acknowledge_after_a_checked_one_is_written(world: World, clock: FakeClock) -> None:
     """Jane's acknowledge is lost and told by the check; it times out (lost too) and Sam acknowledges: Sam's is
     another change, not the webhook of Jane's."""
-    incident_id = paged(world)
-    world.pd.acknowledge(incident_id, by="PUSER01")
-    lost(world)
-    clock.advance(QUIET + 1)
-    assert world.svc.check_incidents() == 1
-    world.settle()
+    incident_id = acknowledged_by_the_check(world, clock)
     world.pd.unacknowledge(incident_id)
     lost(world)
     world.pd.acknowledge(incident_id, by="PUSER02")
