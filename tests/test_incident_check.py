@@ -5,11 +5,14 @@ asked about; a REST API that does not answer changes nothing and is asked again.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from connectors.pagerduty_webhooks import incident_event_body
 from kernel.clock import FakeClock
@@ -18,8 +21,9 @@ from kernel.model import StatusCategory
 from kernel.ports import IncidentStatusReader
 from sync.metrics import METRICS
 from sync.reconcile import IncidentCheck
+from sync.schema import pagerduty_inbox
 from tests.factories import ROUTING_KEY, ticket
-from tests.fakes.pagerduty_rest import Delivery, FakePagerDutyRest
+from tests.fakes.pagerduty_rest import TOKEN, Delivery, FakePagerDutyRest
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.twoway_world import World, build, rules_dir
 
@@ -312,3 +316,23 @@ def test_a_run_stops_at_its_time_budget_and_the_next_run_goes_on(world: World, c
     assert checks("same") == same + 2  # 40 s, 80 s: the budget is spent after the second
     check.run_once()
     assert checks("same") == same + 3  # the one left, and not the two asked a moment ago
+
+
+def test_the_rest_token_is_in_no_log_line_decision_or_stored_event(
+    world: World, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    incident_id = paged(world)
+    world.pd.resolve(incident_id, by="PUSER01")
+    lost(world)
+    clock.advance(QUIET + 1)
+    world.pd.fail_next(1, 401, body={"error": {"message": f"token {TOKEN} is not valid", "code": 2006}})
+    with caplog.at_level(logging.DEBUG):
+        world.svc.check_incidents()
+        clock.advance(QUIET + 1)
+        assert world.svc.check_incidents() == 1
+        world.settle()
+    assert "incident check of" in caplog.text and "no webhook said so" in caplog.text
+    assert TOKEN not in caplog.text
+    with world.svc.store.engine.connect() as conn:
+        stored = " ".join(str(v) for row in conn.execute(select(pagerduty_inbox)).all() for v in row)
+    assert TOKEN not in stored and TOKEN not in json.dumps(world.decisions(), default=str)
