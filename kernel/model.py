@@ -483,6 +483,11 @@ class IncidentUpdate:
     responder_policies: tuple[str, ...] = ()
     note: str | None = None
 
+    @property
+    def action(self) -> str:
+        """What it asks of PagerDuty, as the outbox and the decision log name it."""
+        return "reassign" if self.reassign_to_policy else "add_responders"
+
     def without_moves_to(self, current: str | None) -> IncidentUpdate | None:
         """This update without the moves the incident has made already (``current``: the escalation policy it
         is on; None: not known); None when nothing is left. This keeps a move made in PagerDuty, written onto

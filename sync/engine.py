@@ -14,9 +14,9 @@ engine's CPU per change: issue 19). Each change:
 5. queue its outbox rows, link states, the ticket's new version and its decision for the batch's writes;
 6. a ticket with an open incident whose id is known (the reverse worker learned it): ask the rules'
    :meth:`kernel.ports.TwoWayRules.on_ticket_change` what a group change does to it, and queue those
-   incident updates for ``pagerduty_rest`` — unless the incident is already on that escalation policy
-   (PagerDuty moved it there and our ``set_group`` wrote the ticket's group: the echo; see
-   docs/two-way.md, "Why there is no loop"). A person's group change is recorded on the incident with its time
+   incident updates for ``pagerduty_rest`` — unless the group is one our ``set_group`` wrote from a move in
+   PagerDuty (its echo) or the incident is already on that escalation policy (see docs/two-way.md, "Why there
+   is no loop"). A person's group change is recorded on the incident with its time
    and the update it did not send, so a PagerDuty move older than it, delivered late, sets no group and sends
    that update after all (the reverse worker; :func:`sync.repos.incidents.note_group_edit`).
 
@@ -434,10 +434,7 @@ class Engine:
                     entries.append({"rule": decided.rule or link.rule, "incident_id": incident.incident_id,
                                     "why": why, "queued": []})  # fmt: skip
                 continue
-            if not decided.actions:
-                if decided.changed_group is not None:  # moved to a group of the same (or no) policy
-                    known_incidents.note_group_edit(conn, incident.incident_id, decided.changed_group,
-                                                    ctx.ticket.updated, edit=None)  # fmt: skip
+            if not decided.actions and moved_to is None:
                 continue  # the usual case (the group did not change): no entry for every change
             why = list(decided.explanation)
             queued: list[dict[str, Any]] = []
@@ -461,12 +458,11 @@ class Engine:
                                      change_id)  # fmt: skip
                 queued.append({"marker": wanted.marker, "reassign_to_policy": wanted.reassign_to_policy,
                                "responder_policies": list(wanted.responder_policies)})  # fmt: skip
-            if decided.changed_group is not None:
-                known_incidents.note_group_edit(conn, incident.incident_id, decided.changed_group, ctx.ticket.updated,
-                                                edit=edit)  # fmt: skip
-            entries.append(
-                {"rule": decided.rule or link.rule, "incident_id": incident.incident_id, "why": why, "queued": queued}
-            )
+            if moved_to is not None:  # a person's edit (without actions: a group of the same policy, or of none)
+                known_incidents.note_group_edit(conn, incident.incident_id, moved_to, ctx.ticket.updated, edit=edit)
+            if decided.actions:
+                entry = {"rule": decided.rule or link.rule, "incident_id": incident.incident_id}
+                entries.append(entry | {"why": why, "queued": queued})
         return entries
 
     def _enqueue_update(
@@ -491,7 +487,7 @@ class Engine:
                 ticket_id=ticket.id,
                 ticket_key=ticket.key,
                 rule=rule,
-                action="reassign" if update.reassign_to_policy else "add_responders",
+                action=update.action,
                 dedup_key=link.dedup_key,
                 generation=link.generation,
                 limit_key=rendered.limit_key,

@@ -469,7 +469,7 @@ class ReverseWorker:
             detail["why"].insert(0, _CHECKED)
         if group_held:
             detail["why"].append(
-                f"older than a person's group change on the ticket ({_iso(marks.group_edit_at)}): the group stays"
+                f"older than a person's group change on the ticket ({_iso(edit_at)}): the group stays"
             )
         elif held and not own_page:
             detail["why"].append("older than news already applied: its comment only, the ticket is not moved")
@@ -492,13 +492,13 @@ class ReverseWorker:
         """The outbox row (and why) of the update a person's group edit asked for, due since a move older than the
         edit arrived late: when no more news of the incident waits, and the newest (``newest``: the escalation
         policy PagerDuty's newest news gives) shows the incident elsewhere."""
-        if not newest or repo.news_waiting(conn, event.incident_id):
+        if not newest or repo.pending_in(conn, event.incident_id):
             return None  # the newest word may still be on its way
         wanted = edit.update.without_moves_to(newest)
         if wanted is None:
             return None  # PagerDuty has it where the edit asked
         row = self._outbox_row(wanted, link.link.rule, ticket, link, event, now)
-        row["action"] = "reassign" if wanted.reassign_to_policy else "add_responders"
+        row["action"] = wanted.action
         if wanted.reassign_to_policy:  # where the incident is going: a group change before its echo compares to it
             repo.expect_policy(conn, wanted.incident_id, wanted.reassign_to_policy, now)
         repo.set_group_edit(conn, event.incident_id, repo.GroupEdit(edit.update, "sent"))

@@ -149,9 +149,11 @@ def has_pending(store: Store) -> bool:
         return pending_in(conn)
 
 
-def pending_in(conn: Connection) -> bool:
-    """Any PagerDuty webhook waiting for the reverse worker (on the caller's connection)."""
-    return conn.execute(ANY_PENDING).first() is not None
+def pending_in(conn: Connection, incident_id: str | None = None) -> bool:
+    """Any PagerDuty webhook waiting for the reverse worker (on the caller's connection); of one incident only
+    when ``incident_id`` is given (the one being handled is no longer pending)."""
+    stmt = ANY_PENDING if incident_id is None else ANY_PENDING.where(pagerduty_inbox.c.incident_id == incident_id)
+    return conn.execute(stmt).first() is not None
 
 
 def store_event(store: Store, **values: Any) -> bool:
@@ -279,12 +281,14 @@ def note_group_edit(conn: Connection, incident_id: str, group: str, at: datetime
 #: how long a group our set_group wrote waits for its ticket webhook: the write-back's retry budget (a write still
 #: failing by then is a dead letter, and a person's change to that group afterwards is theirs)
 MIRROR_SECONDS = 3600.0
+#: the mirrored groups kept per incident at most (a person moving an incident this often within an hour is rare)
+MIRRORED_GROUPS = 8
 
 
 def mirror_group(conn: Connection, incident_id: str, group: str, now: datetime) -> None:
     """The reverse worker queued ``set_group`` (``group``) from a PagerDuty move: its echo is not a person's edit."""
     entries = _mirrored(conn, incident_id, now)
-    _set_mirrored(conn, incident_id, [*entries, (group, now)][-8:])
+    _set_mirrored(conn, incident_id, [*entries, (group, now)][-MIRRORED_GROUPS:])
 
 
 def pending_group(conn: Connection, incident_id: str, now: datetime) -> str | None:
@@ -327,16 +331,6 @@ def set_group_edit(conn: Connection, incident_id: str, edit: GroupEdit) -> None:
     """The group edit's update moved on (``due``: a late move older than it arrived; ``sent``: queued)."""
     values = {"group_edit_update": _group_edit_to_json(edit)}
     conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(**values))
-
-
-def news_waiting(conn: Connection, incident_id: str) -> bool:
-    """More of the incident's webhooks wait in the inbox (the one being handled is no longer pending)."""
-    found = conn.execute(
-        select(pagerduty_inbox.c.id)
-        .where(pagerduty_inbox.c.status == "pending", pagerduty_inbox.c.incident_id == incident_id)
-        .limit(1)
-    ).first()
-    return found is not None
 
 
 def drop_group_edit(conn: Connection, incident_id: str) -> None:
