@@ -25,19 +25,57 @@ class BadJSON(ValueError):
 
 
 def dumps(value: Any, *, sort_keys: bool = False) -> str:
-    """Compact JSON text; unknown types become ``str``. :class:`BadJSON` if a string is not text."""
+    """Compact JSON text; unknown types become ``str``; an :class:`Encoded` is spliced in as it is.
+    :class:`BadJSON` if a string is not text."""
     try:
-        return orjson.dumps(value, default=str, option=_OPTIONS | (orjson.OPT_SORT_KEYS if sort_keys else 0)).decode()
+        options = _OPTIONS | (orjson.OPT_SORT_KEYS if sort_keys else 0)
+        return orjson.dumps(value, default=_default, option=options).decode()
     except (orjson.JSONEncodeError, TypeError):
         pass
     try:
-        text = json.dumps(value, default=str, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(value, default=_fallback, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
         text.encode()  # the fallback writes lone surrogates through: the database would refuse them later
     except RecursionError:
         raise BadJSON(TOO_DEEP) from None
     except UnicodeEncodeError:
         raise BadJSON(SURROGATE) from None
     return text
+
+
+def encode(value: Any) -> bytes:
+    """Compact JSON as UTF-8 bytes, for a value encoded once and spliced into many documents (:class:`Encoded`).
+    :class:`BadJSON` if a string is not text."""
+    try:
+        return orjson.dumps(value, default=str, option=_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError):
+        return dumps(value).encode()
+
+
+class Encoded:
+    """JSON already encoded (e.g. :meth:`kernel.ports.RuleSet.encode`), which :func:`dumps` splices into a
+    document unparsed."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"Encoded({self.raw[:60]!r}…)" if len(self.raw) > 60 else f"Encoded({self.raw!r})"
+
+
+def _default(value: Any) -> Any:
+    """orjson's ``default``: an :class:`Encoded` as it is, anything else as ``str``."""
+    if value.__class__ is Encoded:
+        return orjson.Fragment(value.raw)
+    return str(value)
+
+
+def _fallback(value: Any) -> Any:
+    """The stdlib encoder's ``default``: an :class:`Encoded` as the values it holds, anything else as ``str``."""
+    if value.__class__ is Encoded:
+        return orjson.loads(value.raw)
+    return str(value)
 
 
 def loads(text: str | bytes) -> Any:

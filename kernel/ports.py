@@ -74,6 +74,10 @@ class RuleSet(Protocol):
     def has_time_rules(self) -> bool: ...
 
     def evaluate(self, ctx: EvalContext) -> Sequence[Verdict]: ...
+    def encode(self, verdicts: Sequence[Verdict]) -> bytes:
+        """The decision log's JSON array of ``verdicts`` (what :meth:`evaluate` returned): each one's
+        :meth:`Verdict.to_json`, encoded once per verdict (most are shared by every ticket their rule rejects)."""
+        ...
 
 
 class IncidentContext(NamedTuple):

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
+from kernel import jsonutil
 from kernel.model import SUMMARY_MAX, FieldChange, LinkState, StatusCategory, Ticket, TriggerSpec
-from kernel.ports import EvalContext, IncidentContext
+from kernel.ports import EvalContext, IncidentContext, Verdict
 from rules import twoway
 from rules.loader import Pos
 from rules.operators import failure_explainer, fold, folded_search
@@ -53,6 +54,7 @@ class RuleResult:
         "_problems",
         "_render",
         "_json",
+        "_bytes",
     )
 
     def __init__(
@@ -78,12 +80,14 @@ class RuleResult:
         self._problems: tuple[str, ...] = ()
         self._render = render
         self._json: dict[str, Any] | None = None
+        self._bytes: bytes | None = None
 
     @property
     def trigger(self) -> TriggerSpec | None:
         if self._render is not None:
             rendered, problems = self._render()
             self._trigger, self._problems, self._render = rendered, tuple(problems), None
+            self._bytes = None  # encoded before the render: without its template problems
         return self._trigger
 
     @property
@@ -116,6 +120,14 @@ class RuleResult:
             self._json = out
         if self._render is None and self._problems:  # only triggers actually built are rendered
             return {**out, "template_problems": list(self._problems)}
+        return out
+
+    def json_bytes(self) -> bytes:
+        """:meth:`to_json` encoded, once per result like it (:meth:`RuleSet.encode` splices these into each
+        decision); encoded again after the trigger is rendered, which may add template problems."""
+        out = self._bytes
+        if out is None:
+            out = self._bytes = jsonutil.encode(self.to_json())
         return out
 
     def __repr__(self) -> str:
@@ -745,6 +757,13 @@ class RuleSet:
         if len(self._plans) < 64:  # sources are few; never grow without bound on odd input
             self._plans[source] = plan
         return plan
+
+    def encode(self, verdicts: Sequence[Verdict]) -> bytes:
+        """The decision log's JSON array of results of :meth:`evaluate`, each encoded once (issue 19: encoding
+        100 verdicts for every change was a sixth of the engine's instructions; most are this rule set's shared
+        rejections). The engine splices it into the decision unparsed (:class:`kernel.jsonutil.Encoded`)."""
+        results = cast("list[RuleResult]", verdicts)
+        return b"[" + b",".join([r._bytes or r.json_bytes() for r in results]) + b"]"
 
     def evaluate(self, ctx: EvalContext) -> list[RuleResult]:
         """One result per rule, in file order. Pure: no I/O, no clock (``ctx.now`` is the time)."""

@@ -367,7 +367,7 @@ class Engine:
             "changes": [c.field for c in changed],
             # compact (Verdict.to_json): a rule that did not match is its name and why; with every flag, a change's
             # decision of 100 rules was 13 KB, written with every change (issue 19)
-            "verdicts": [r.to_json() for r in results],
+            "verdicts": jsonutil.Encoded(ruleset.encode(results)),
             "events": [event_json(e) for e in events],
         }
         if silenced:
@@ -636,7 +636,7 @@ class Engine:
             detail["why"] = f"silence #{ended} ended"
         elif not events and not (silenced and held.new_hold):
             return 0  # nothing to say (a pass over a ticket a silence already holds says nothing again)
-        detail |= {"verdicts": [r.to_json() for r in results], "events": [event_json(e) for e in events]}
+        detail |= {"verdicts": jsonutil.Encoded(ruleset.encode(results)), "events": [event_json(e) for e in events]}
         if silenced:
             detail["silenced"] = silenced
         outcome = "paged" if events else "silenced" if silenced else "no_action"

@@ -236,3 +236,13 @@ def test_a_surrogate_behind_a_number_only_the_stdlib_reads_is_still_refused() ->
         jsonutil.loads(b'{"n": ' + huge + b', "title": "\\ud800"}')
     with pytest.raises(jsonutil.BadJSON, match="surrogate"):
         jsonutil.dumps({"n": int(huge), "title": SURROGATE})
+
+
+def test_already_encoded_json_is_spliced_into_a_document_on_both_encoders() -> None:
+    """A decision's verdicts are encoded once and spliced in (``jsonutil.Encoded``): the document must hold them
+    as JSON values, also when a value orjson refuses (an integer beyond 64 bits) sends it to the stdlib."""
+    stored = [{"rule": "p1", "why": ["priority: 'Low' is not 'P1'"]}]
+    doc = {"origin": "webhook", "verdicts": jsonutil.Encoded(jsonutil.encode(stored))}
+    assert jsonutil.loads(jsonutil.dumps(doc)) == {"origin": "webhook", "verdicts": stored}
+    huge = 2**70
+    assert jsonutil.loads(jsonutil.dumps(doc | {"n": huge})) == {"origin": "webhook", "verdicts": stored, "n": huge}

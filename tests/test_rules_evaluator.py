@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kernel import jsonutil
 from kernel.model import FieldChange, StatusCategory, Ticket
 from rules import EvalContext, RuleFileErrors, RuleSet, load_rules
 
@@ -153,6 +154,23 @@ def test_the_stored_verdict_names_its_template_problems_once_the_trigger_is_rend
     assert "template_problems" not in before, "the shared form is not changed under an earlier reader"
     quiet = run(ruleset, ticket(priority="Low"))["jira-p1"].to_json()
     assert set(quiet) == {"rule", "why"} and quiet["why"]
+
+
+def test_the_encoded_verdicts_are_each_verdicts_stored_form_and_follow_a_later_render(ruleset: RuleSet) -> None:
+    """``RuleSet.encode`` (what the engine writes into every decision) encodes each verdict once and splices
+    them: it must read back as their ``to_json``, in order, also when a trigger rendered after a first encoding
+    found template problems, and for the shared rejections a second ticket reuses."""
+    results = ruleset.evaluate(EvalContext(ticket(custom_fields={}), None, (), NOW))
+    first = jsonutil.loads(ruleset.encode(results))
+    assert first == [r.to_json() for r in results]
+    assert "template_problems" not in first[0]
+    assert results[0].trigger is not None  # the engine renders the trigger of an incident it opens
+    again = jsonutil.loads(ruleset.encode(results))
+    assert again == [r.to_json() for r in results]
+    assert any("UndefinedError" in problem for problem in again[0]["template_problems"])
+    other = ruleset.evaluate(EvalContext(ticket(priority="Low", key="OPS-13"), None, (), NOW))
+    assert jsonutil.loads(ruleset.encode(other)) == [r.to_json() for r in other]
+    assert jsonutil.loads(ruleset.encode([])) == []
 
 
 def test_acknowledge_and_resolve_flags(ruleset: RuleSet) -> None:
