@@ -1,7 +1,7 @@
 """Instruction counts of the pure CPU parts, by callgrind (issue 19, goal 6): figures this shared VM's noise
 cannot blur (its CPU speed swings ±40 % between runs; the number of instructions executed does not move).
 
-    python -m bench.callgrind [--tickets 1000] [--changes 200] [--events 200] [--only rules|engine|delivery]
+    python -m bench.callgrind [--tickets 1000] [--changes 200] [--events 200] [--only rules|engine|delivery|post]
 
 * **rules**: one evaluation of the pipeline bench's rule set (100 rules, one per routing key: project and
   priority, a templated summary) against a new Jira ticket, every other one matching — instructions per
@@ -11,7 +11,9 @@ cannot blur (its CPU speed swings ±40 % between runs; the number of instruction
   change pages), the ticket, link and decision written, the change marked done — instructions per change;
 * **delivery**: one page sent by one delivery worker to the local PagerDuty mock (in a process of its own, not
   counted): its share of the claim, the rate limiter, the POST through ``requests``, the durable ``sent``
-  mark — instructions per page.
+  mark — instructions per page;
+* **post**: delivery's floor, one bare ``requests`` POST of a page of the same shape to the same mock, the way
+  ``bench.bare_sends`` (and the events sink) post — instructions per POST.
 
 Each workload runs twice under ``valgrind --tool=callgrind`` in a child process, with 1 and with 3 passes
 of its units after the same set-up (imports, migrations, rule loading, one warm pass);
@@ -111,10 +113,10 @@ with MockPagerDuty() as pd:
 
 
 def inner_delivery(units: int, passes: int) -> None:
-    """``(1 + passes) × units`` queued triggers (100 routing keys), one warm pass, then ``passes`` passes of
-    ``units`` sends by one delivery worker: claim, rate limiter, the POST through ``requests`` to the local
-    PagerDuty mock, the durable ``sent`` mark. The mock runs in a process of its own (valgrind does not
-    follow it), so only the sender's instructions are counted."""
+    """``(1 + 3) × units`` queued triggers (100 routing keys; the same queue for 1 and 3 passes, so the engine's
+    work cancels out), one warm pass, then ``passes`` passes of ``units`` sends by one delivery worker: claim,
+    rate limiter, the POST through ``requests`` to the local PagerDuty mock, the durable ``sent`` mark. The mock
+    runs in a process of its own (valgrind does not follow it), so only the sender's instructions are counted."""
     with subprocess.Popen(  # noqa: S603
         [sys.executable, "-c", _MOCK, str(TREE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as mock:
@@ -137,7 +139,8 @@ def _deliver(url: str, units: int, passes: int) -> None:
         path.write_text(rules_text())
         clock = FakeClock(T0 + timedelta(hours=1))
         svc = make_service(f"sqlite:///{tmp}/d.db", path, url, clock, pagerduty={"rate_limit_per_minute": 10**6})
-        total = (1 + passes) * units
+        # the same queue for every ``passes`` (like the engine's): only the sends differ between the two counts
+        total = (1 + max(PASSES)) * units
         batch = [change(_ticket(n, True)) for n in range(total)]  # type: ignore[arg-type]
         for i in range(0, total, 50):  # the writer's group commits
             receive(svc, batch[i : i + 50])
@@ -147,14 +150,36 @@ def _deliver(url: str, units: int, passes: int) -> None:
             sent = 0
             while sent < units:
                 sent += worker.run_once(min(10, units - sent))
-        assert worker.run_once() == 0, "every page was sent"
+        if passes == max(PASSES):
+            assert worker.run_once() == 0, "every page was sent"
         svc.store.dispose()
+
+
+def inner_post(units: int, passes: int) -> None:
+    """Delivery's floor: ``units`` bare ``requests`` POSTs per pass of one page's body to the same mock, the way
+    ``bench.bare_sends`` and the events sink post (one session, the request prepared once)."""
+    with subprocess.Popen(  # noqa: S603
+        [sys.executable, "-c", _MOCK, str(TREE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as mock:
+        assert mock.stdout is not None and mock.stdin is not None
+        url = mock.stdout.readline().strip()
+        try:
+            from bench.bare_sends import body, poster
+
+            post = poster(url)
+            bodies = [body(n) for n in range((1 + max(PASSES)) * units)]  # the same for 1 and 3 passes
+            for p in range(1 + passes):
+                for data in bodies[p * units : (p + 1) * units]:
+                    post(data).raise_for_status()
+        finally:
+            mock.stdin.close()
 
 
 WORKLOADS = {
     "rules": (inner_rules, "evaluation"),
     "engine": (inner_engine, "change"),
     "delivery": (inner_delivery, "page sent"),
+    "post": (inner_post, "bare POST"),
 }
 
 
@@ -199,7 +224,7 @@ def run(
     """Count each workload (or ``only`` one) for the code in ``tree``; [] if valgrind is absent."""
     if not available():
         return []
-    sizes = {"rules": tickets, "engine": changes, "delivery": events}
+    sizes = {"rules": tickets, "engine": changes, "delivery": events, "post": events}
     return [measure(name, sizes[name], tree) for name in WORKLOADS if only in (None, name)]
 
 

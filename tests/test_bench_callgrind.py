@@ -19,7 +19,11 @@ def test_the_rules_workload_evaluates_the_pipeline_rule_set() -> None:
 
 
 def test_the_delivery_workload_sends_its_pages_to_a_mock_in_its_own_process() -> None:
-    callgrind.inner_delivery(20, 1)  # raises if the engine or the worker handled a different number
+    callgrind.inner_delivery(20, max(callgrind.PASSES))  # raises unless every queued page was sent, each once
+
+
+def test_the_bare_post_workload_posts_pages_the_mock_accepts() -> None:
+    callgrind.inner_post(5, max(callgrind.PASSES))  # raises if the mock refused one (the floor of a send)
 
 
 def test_without_valgrind_the_counts_are_skipped_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,9 +4,14 @@ stores the others, the refused request hears the error, and the writer's connect
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select, text
+from sqlalchemy.dialects import sqlite
 
 from sync.ingest import Writer
 from sync.schema import changes
@@ -77,3 +82,24 @@ def test_the_writer_stores_datetimes_exactly_as_sqlalchemy_does(tmp_path: Path) 
         assert stored["a"].endswith(".000000")
     finally:
         store.dispose()
+
+
+ZONES = st.sampled_from(
+    [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8)), ZoneInfo("Europe/Paris")]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31), timezones=ZONES))
+def test_a_stored_datetime_is_the_text_sqlalchemys_own_datetime_writes(value: datetime) -> None:
+    """The store formats SQLite's datetime text itself (one step, issue 19): it must stay the very text
+    SQLAlchemy's DATETIME wrote before, or rows of an existing database compare wrongly against new ones."""
+    dialect = sqlite.dialect()
+    column = changes.c.ticket_updated.type.dialect_impl(dialect)
+    ours = column.bind_processor(dialect)
+    theirs = sqlite.DATETIME().bind_processor(dialect)
+    assert ours is not None and theirs is not None
+    stored = ours(value)
+    assert stored == theirs(value.astimezone(UTC).replace(tzinfo=None))
+    back = column.result_processor(dialect, None)
+    assert back is not None and back(stored) == value  # the same instant, in UTC
