@@ -53,7 +53,7 @@ def encode(value: Any) -> bytes:
 
 class Encoded:
     """JSON already encoded (e.g. :meth:`kernel.ports.RuleSet.encode`), which :func:`dumps` splices into a
-    document unparsed."""
+    document unparsed (``sort_keys`` does not reach inside it)."""
 
     __slots__ = ("raw",)
 
@@ -74,7 +74,7 @@ def _default(value: Any) -> Any:
 def _fallback(value: Any) -> Any:
     """The stdlib encoder's ``default``: an :class:`Encoded` as the values it holds, anything else as ``str``."""
     if value.__class__ is Encoded:
-        return orjson.loads(value.raw)
+        return json.loads(value.raw)  # the stdlib's: orjson would read an integer beyond 64 bits as a float
     return str(value)
 
 

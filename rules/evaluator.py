@@ -124,7 +124,8 @@ class RuleResult:
 
     def json_bytes(self) -> bytes:
         """:meth:`to_json` encoded, once per result like it (:meth:`RuleSet.encode` splices these into each
-        decision); encoded again after the trigger is rendered, which may add template problems."""
+        decision); encoded again after the trigger is rendered, which may add template problems. Shared results
+        (a cached rejection) may be encoded by two threads at once: both write the same bytes."""
         out = self._bytes
         if out is None:
             out = self._bytes = jsonutil.encode(self.to_json())

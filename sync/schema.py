@@ -24,6 +24,7 @@ of that system it came from (the default connection is named after the system; d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,6 +68,11 @@ class _SQLiteText(sqlite.DATETIME):
     def bind_processor(self, dialect: Dialect) -> None:
         return None
 
+    def literal_processor(self, dialect: Dialect) -> Callable[[Any], str]:
+        """The text as an SQL literal (``literal_binds``, ``alembic --sql``): DATETIME's own would format a
+        datetime, not the text already made of it."""
+        return lambda text: "'" + str(text).replace("'", "''") + "'"
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in and out, on SQLite (which stores naive text) as on PostgreSQL."""
@@ -87,7 +93,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is not UTC:
             value = value.astimezone(UTC)
         if dialect.name == "sqlite":  # the text SQLAlchemy's DATETIME stores: 2026-11-27 09:00:00.000000
-            return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+            return datetime.isoformat(value, " ", "microseconds")[:26]  # without the "+00:00"; a subclass's own
+            # isoformat is not used: the stored text must not depend on it
         return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:

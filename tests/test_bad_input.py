@@ -246,3 +246,5 @@ def test_already_encoded_json_is_spliced_into_a_document_on_both_encoders() -> N
     assert jsonutil.loads(jsonutil.dumps(doc)) == {"origin": "webhook", "verdicts": stored}
     huge = 2**70
     assert jsonutil.loads(jsonutil.dumps(doc | {"n": huge})) == {"origin": "webhook", "verdicts": stored, "n": huge}
+    spliced = {"v": jsonutil.Encoded(jsonutil.encode([huge])), "n": huge}  # encoded by the stdlib, read back exactly
+    assert jsonutil.loads(jsonutil.dumps(spliced)) == {"v": [huge], "n": huge}

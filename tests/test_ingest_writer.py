@@ -90,7 +90,11 @@ ZONES = st.sampled_from(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31), timezones=ZONES))
+@given(
+    st.datetimes(
+        min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31), timezones=ZONES, allow_imaginary=False
+    )
+)
 def test_a_stored_datetime_is_the_text_sqlalchemys_own_datetime_writes(value: datetime) -> None:
     """The store formats SQLite's datetime text itself (one step, issue 19): it must stay the very text
     SQLAlchemy's DATETIME wrote before, or rows of an existing database compare wrongly against new ones."""
@@ -102,4 +106,28 @@ def test_a_stored_datetime_is_the_text_sqlalchemys_own_datetime_writes(value: da
     stored = ours(value)
     assert stored == theirs(value.astimezone(UTC).replace(tzinfo=None))
     back = column.result_processor(dialect, None)
-    assert back is not None and back(stored) == value  # the same instant, in UTC
+    assert back is not None and back(stored) == value.astimezone(UTC)  # the same instant, in UTC
+
+
+def test_a_datetime_written_as_an_sql_literal_is_the_same_text(tmp_path: Path) -> None:
+    """``literal_binds`` (``alembic --sql``, a statement printed to debug) renders the stored text, and the
+    statement finds the row it names."""
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    stmt = select(changes.c.delivery_id).where(changes.c.received_at == when)
+    sql = str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    assert "'2026-01-02 01:04:05.000000'" in sql
+    store = Store(f"sqlite:///{tmp_path / 'w.db'}")
+    store.upgrade()
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(
+                changes.insert(),
+                {
+                    "source": "jira", "connection": "jira", "delivery_id": "lit", "ticket_id": "1",
+                    "ticket_updated": when,
+                    "origin": "webhook", "received_at": when, "payload": "{}", "status": "pending",
+                },
+            )
+            assert conn.exec_driver_sql(sql).scalars().all() == ["lit"]
+    finally:
+        store.dispose()
