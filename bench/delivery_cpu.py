@@ -1,7 +1,9 @@
 """CPU time per page delivered (issue 19, goal 2): one delivery worker's ``drain()`` of N queued triggers to the
 local PagerDuty mock (tests/fakes, real HTTP on loopback), timed with ``time.thread_time()`` — the worker's
 thread only: the mock answers from its own threads and is not counted. Claim, rate limiter, the POST through
-``requests``, and the durable ``sent`` mark are all in it.
+``requests``, and the durable ``sent`` mark are all in it. The pages go to 100 routing keys, as in
+``bench.pipeline``: with one key and a clock that does not move, the limiter's window held every page sent so
+far, and scanning it made a page look ~10 % dearer than it is.
 
     python -m bench.delivery_cpu [--events 1000] [--repeats 3] [--root PATH]
 
@@ -26,18 +28,20 @@ from bench.engine_cpu import measured_tree
 
 def once(n: int) -> tuple[float, float]:
     """CPU seconds of one worker delivering ``n`` stored triggers, and of ``n`` bare POSTs of one of them."""
+    from bench.callgrind import _ticket
+    from bench.pipeline import rules_text
     from kernel.clock import FakeClock
-    from tests.factories import RULES, T0, change, ticket
+    from tests.factories import T0, change
     from tests.fakes.pagerduty_server import MockPagerDuty
     from tests.harness import make_service, receive
 
     with tempfile.TemporaryDirectory() as tmp, MockPagerDuty() as pd:
         rules = Path(tmp) / "rules.yaml"
-        rules.write_text(RULES)
+        rules.write_text(rules_text())  # 100 routing keys, as the pipeline bench: the limiter's windows stay short
         svc = make_service(
             f"sqlite:///{tmp}/delivery.db", rules, pd.url, FakeClock(T0), pagerduty={"rate_limit_per_minute": 10**6}
         )
-        batch = [change(ticket(str(100000 + i))) for i in range(n)]
+        batch = [change(_ticket(i, True)) for i in range(n)]  # type: ignore[arg-type]
         for i in range(0, n, 50):  # the writer's group commits
             receive(svc, batch[i : i + 50])
         assert svc.engine.drain() == n
