@@ -624,7 +624,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", default=None, help="git revision to measure in the same run (before)")
     parser.add_argument("--rounds", type=int, default=d.rounds)
     parser.add_argument(
-        "--no-callgrind", dest="callgrind", action="store_false", help="skip goal 6 (instruction counts, ~5 min)"
+        "--no-callgrind", dest="callgrind", action="store_false", help="skip goal 6 (instruction counts, ~10 min)"
     )
     args = parser.parse_args(argv)
     run(Config(**{k: v for k, v in vars(args).items()}))
