@@ -31,6 +31,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -117,13 +119,19 @@ def inner_delivery(units: int, passes: int) -> None:
     work cancels out), one warm pass, then ``passes`` passes of ``units`` sends by one delivery worker: claim,
     rate limiter, the POST through ``requests`` to the local PagerDuty mock, the durable ``sent`` mark. The mock
     runs in a process of its own (valgrind does not follow it), so only the sender's instructions are counted."""
+    with _mock() as url:
+        _deliver(url, units, passes)
+
+
+@contextmanager
+def _mock() -> Iterator[str]:
+    """The PagerDuty mock in a process of its own (valgrind does not follow it): its URL."""
     with subprocess.Popen(  # noqa: S603
         [sys.executable, "-c", _MOCK, str(TREE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as mock:
         assert mock.stdout is not None and mock.stdin is not None
-        url = mock.stdout.readline().strip()
         try:
-            _deliver(url, units, passes)
+            yield mock.stdout.readline().strip()
         finally:
             mock.stdin.close()  # the mock stops when its stdin ends
 
@@ -158,21 +166,14 @@ def _deliver(url: str, units: int, passes: int) -> None:
 def inner_post(units: int, passes: int) -> None:
     """Delivery's floor: ``units`` bare ``requests`` POSTs per pass of one page's body to the same mock, the way
     ``bench.bare_sends`` and the events sink post (one session, the request prepared once)."""
-    with subprocess.Popen(  # noqa: S603
-        [sys.executable, "-c", _MOCK, str(TREE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    ) as mock:
-        assert mock.stdout is not None and mock.stdin is not None
-        url = mock.stdout.readline().strip()
-        try:
-            from bench.bare_sends import body, poster
+    from bench.bare_sends import body, poster
 
-            post = poster(url)
-            bodies = [body(n) for n in range((1 + max(PASSES)) * units)]  # the same for 1 and 3 passes
-            for p in range(1 + passes):
-                for data in bodies[p * units : (p + 1) * units]:
-                    post(data).raise_for_status()
-        finally:
-            mock.stdin.close()
+    with _mock() as url:
+        post = poster(url)
+        bodies = [body(n) for n in range((1 + max(PASSES)) * units)]  # the same for 1 and 3 passes
+        for p in range(1 + passes):
+            for data in bodies[p * units : (p + 1) * units]:
+                post(data).raise_for_status()
 
 
 WORKLOADS = {
