@@ -230,7 +230,8 @@ def run(
 
 
 def lines(counts: list[Count], before: list[Count] | None = None) -> list[str]:
-    """One line per workload; with ``before`` (the same workloads of another tree) its count and the ratio."""
+    """One line per workload; with ``before`` (the same workloads of another tree) its count and the ratio; with
+    both send workloads, a page sent against its floor, a bare POST."""
     if not counts:
         return ["6. instruction counts: skipped (valgrind is not installed)"]
     old = {c.name: c.per_unit for c in before or []}
@@ -240,6 +241,9 @@ def lines(counts: list[Count], before: list[Count] | None = None) -> list[str]:
         if c.name in old:
             line += f"; before {old[c.name]:,.0f}, after / before {c.per_unit / old[c.name]:.3f}"
         out.append(line)
+    by_name = {c.name: c.per_unit for c in counts}
+    if by_name.get("delivery") and by_name.get("post"):  # delivery against its floor, in the same run
+        out.append(f"   a page sent / a bare POST of it: {by_name['delivery'] / by_name['post']:.2f}x")
     return out
 
 

@@ -38,3 +38,12 @@ def test_a_count_is_reported_per_unit_with_the_ratio_to_the_baseline() -> None:
     [line] = callgrind.lines(now, before)
     assert "instructions per change (engine" in line
     assert "1,500,000" in line and "before 2,000,000" in line and "after / before 0.750" in line
+
+
+def test_a_page_sent_is_reported_against_a_bare_post_of_it() -> None:
+    counts = [
+        callgrind.Count("delivery", "page sent", 200, 2_600_000.0),
+        callgrind.Count("post", "bare POST", 200, 1_300_000.0),
+    ]
+    assert callgrind.lines(counts)[-1] == "   a page sent / a bare POST of it: 2.00x"
+    assert not any("bare POST of it" in line for line in callgrind.lines(counts[:1]))
