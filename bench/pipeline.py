@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -534,8 +535,8 @@ def ratio_lines(before: list[TreeReport], after: list[TreeReport], cfg: Config) 
     """after ÷ before for the CPU figures (median of the rounds)."""
 
     def med(reports: list[TreeReport], name: str, fn: Callable[[Phase], float]) -> float:
-        values = sorted(fn(r.phases[name]) for r in reports if name in r.phases)
-        return values[len(values) // 2] if values else float("nan")
+        values = [fn(r.phases[name]) for r in reports if name in r.phases]  # of 2 rounds: their mean, not the higher
+        return statistics.median(values) if values else float("nan")
 
     out = ["after / before (median of rounds): "]
     figures: list[tuple[str, str, Callable[[Phase], float]]] = [("idle cores", "idle", lambda p: p.cores)]

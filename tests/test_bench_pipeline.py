@@ -52,3 +52,15 @@ def test_the_bench_drives_serve_through_every_phase_and_prints_each_goal() -> No
                  "ratio ticketpager / bare senders"):  # fmt: skip
         assert goal in text
     assert text.rstrip().endswith("0 / 0 / 0  0 / 0 / 0")
+
+
+def test_the_after_before_ratio_is_the_median_of_the_rounds_not_the_higher_one() -> None:
+    """Two rounds per tree: the ratio is of their mean (4.0 / 4.5), not of the higher round of each (4.5 / 5.0)."""
+
+    def report(label: str, cpu: float) -> pipeline.TreeReport:
+        return pipeline.TreeReport(label, {"keep-up": pipeline.Phase("keep-up", sent=1000, cpu_total=cpu)})
+
+    before = [report("before", 4.0), report("before", 5.0)]
+    after = [report("now", 3.5), report("now", 4.5)]
+    [line] = pipeline.ratio_lines(before, after, pipeline.Config(rates=()))
+    assert "CPU per 1,000 (keep-up) 0.89" in line
