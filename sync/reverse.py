@@ -498,7 +498,6 @@ class ReverseWorker:
         if wanted is None:
             return None  # PagerDuty has it where the edit asked
         row = self._outbox_row(wanted, link.link.rule, ticket, link, event, now)
-        row["action"] = wanted.action
         if wanted.reassign_to_policy:  # where the incident is going: a group change before its echo compares to it
             repo.expect_policy(conn, wanted.incident_id, wanted.reassign_to_policy, now)
         repo.set_group_edit(conn, event.incident_id, repo.GroupEdit(edit.update, "sent"))
@@ -551,6 +550,9 @@ class ReverseWorker:
         if target is None:
             raise LookupError(f"no destination {destination!r} for {action.KIND} actions")
         rendered = target.render(action)
+        # an incident update is named for what it asks (as the engine names it); a ticket update for its news
+        news = event.event_type.value.removeprefix("incident.")
+        named = action.action if isinstance(action, IncidentUpdate) else news
         return {
             "kind": action.KIND,
             "destination": destination,
@@ -559,7 +561,7 @@ class ReverseWorker:
             "ticket_id": ticket.id,
             "ticket_key": ticket.key,
             "rule": rule or link.link.rule,
-            "action": event.event_type.value.removeprefix("incident.")[:16],
+            "action": named[:16],
             "dedup_key": link.link.dedup_key,
             "generation": link.link.generation,
             "routing_key": rendered.limit_key,

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from kernel.clock import FakeClock
 from kernel.errors import PermanentError
-from kernel.model import StatusCategory, TicketUpdate
+from kernel.model import IncidentUpdate, StatusCategory, TicketUpdate
 from sync.repos.incidents import MIRROR_SECONDS
-from sync.schema import incidents
+from sync.schema import incidents, outbox
 from tests.factories import ROUTING_KEY, ticket
 from tests.fakes.pagerduty_rest import Delivery, FakePagerDutyRest
 from tests.fakes.pagerduty_server import MockPagerDuty
@@ -178,6 +178,9 @@ def test_a_move_delivered_after_a_newer_group_edit_keeps_the_edit_and_pagerduty_
     assert "before a person's group change on the ticket" in decided["detail"]["group_edit"][0]
     assert any("the group stays" in why for why in decided["detail"]["why"])
     assert world.outbox_counts().keys() == {"sent"} and world.pd.spec_errors == []
+    with world.svc.store.engine.connect() as conn:  # named for what it asks, as the engine names its own
+        actions = conn.execute(select(outbox.c.action).where(outbox.c.kind == IncidentUpdate.KIND)).scalars().all()
+    assert actions == [mode]
 
 
 def test_a_move_newer_than_the_group_edit_sets_the_group(world: World) -> None:

@@ -209,10 +209,14 @@ def event_marks(conn: Connection, incident_id: str) -> EventMarks:
     return EventMarks(row[0], row[1], row[2], row[3], row[4], _group_edit_from_json(row[5]), row[6], row[7])
 
 
+def _set(conn: Connection, incident_id: str, **values: Any) -> None:
+    """Write ``values`` onto the incident's row."""
+    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(**values))
+
+
 def set_reconciled(conn: Connection, incident_id: str, status: str | None, at: datetime | None) -> None:
     """The incident check applied a change to ``status`` that PagerDuty dates ``at`` (None: its webhook came)."""
-    values = {"reconciled_status": status, "reconciled_at": at}
-    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(**values))
+    _set(conn, incident_id, reconciled_status=status, reconciled_at=at)
 
 
 class ToCheck(NamedTuple):
@@ -246,7 +250,7 @@ def incidents_to_check(conn: Connection, quiet_before: datetime, limit: int) -> 
 
 
 def mark_checked(conn: Connection, incident_id: str, now: datetime) -> None:
-    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(checked_at=now))
+    _set(conn, incident_id, checked_at=now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,18 +328,17 @@ def _mirrored(conn: Connection, incident_id: str, now: datetime) -> list[tuple[s
 
 def _set_mirrored(conn: Connection, incident_id: str, entries: list[tuple[str, datetime]]) -> None:
     value = jsonutil.dumps([[g, at.isoformat()] for g, at in entries]) if entries else None
-    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(mirrored_group=value))
+    _set(conn, incident_id, mirrored_group=value)
 
 
 def set_group_edit(conn: Connection, incident_id: str, edit: GroupEdit) -> None:
     """The group edit's update moved on (``due``: a late move older than it arrived; ``sent``: queued)."""
-    values = {"group_edit_update": _group_edit_to_json(edit)}
-    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(**values))
+    _set(conn, incident_id, group_edit_update=_group_edit_to_json(edit))
 
 
 def drop_group_edit(conn: Connection, incident_id: str) -> None:
     """A person's move in PagerDuty newer than the group edit: that move is the newer word from now on."""
-    conn.execute(update(incidents).where(incidents.c.incident_id == incident_id).values(group_edit_update=None))
+    _set(conn, incident_id, group_edit_update=None)
 
 
 def _group_edit_to_json(edit: GroupEdit | None) -> str | None:
@@ -459,11 +462,7 @@ def expect_policy(conn: Connection, incident_id: str, policy_id: str, now: datet
     """The engine queued a move of ``incident_id`` to ``policy_id``: record it as the incident's policy now, so a
     second group change before the echo arrives compares with where the incident is going (its echo, or any
     newer webhook, then says where it is)."""
-    conn.execute(
-        update(incidents)
-        .where(incidents.c.incident_id == incident_id)
-        .values(escalation_policy_id=policy_id, updated_at=now)
-    )
+    _set(conn, incident_id, escalation_policy_id=policy_id, updated_at=now)
 
 
 def known_dedup_keys(conn: Connection, keys: Iterable[str]) -> list[str]:
