@@ -27,28 +27,24 @@ class BadJSON(ValueError):
 def dumps(value: Any, *, sort_keys: bool = False) -> str:
     """Compact JSON text; unknown types become ``str``; an :class:`Encoded` is spliced in as it is.
     :class:`BadJSON` if a string is not text."""
+    return encode(value, sort_keys=sort_keys).decode()
+
+
+def encode(value: Any, *, sort_keys: bool = False) -> bytes:
+    """:func:`dumps` as UTF-8 bytes (what orjson makes): for a value encoded once and spliced into many
+    documents (:class:`Encoded`)."""
     try:
-        options = _OPTIONS | (orjson.OPT_SORT_KEYS if sort_keys else 0)
-        return orjson.dumps(value, default=_default, option=options).decode()
+        return orjson.dumps(value, default=_default, option=_OPTIONS | (orjson.OPT_SORT_KEYS if sort_keys else 0))
     except (orjson.JSONEncodeError, TypeError):
         pass
     try:
         text = json.dumps(value, default=_fallback, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
-        text.encode()  # the fallback writes lone surrogates through: the database would refuse them later
+        # the fallback writes lone surrogates through: the database would refuse them later
+        return text.encode()
     except RecursionError:
         raise BadJSON(TOO_DEEP) from None
     except UnicodeEncodeError:
         raise BadJSON(SURROGATE) from None
-    return text
-
-
-def encode(value: Any) -> bytes:
-    """Compact JSON as UTF-8 bytes, for a value encoded once and spliced into many documents (:class:`Encoded`).
-    :class:`BadJSON` if a string is not text."""
-    try:
-        return orjson.dumps(value, default=str, option=_OPTIONS)
-    except (orjson.JSONEncodeError, TypeError):
-        return dumps(value).encode()
 
 
 class Encoded:

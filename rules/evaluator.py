@@ -763,7 +763,7 @@ class RuleSet:
         """The decision log's JSON array of results of :meth:`evaluate`, each encoded once (issue 19: encoding
         100 verdicts for every change was a sixth of the engine's instructions; most are this rule set's shared
         rejections). The engine splices it into the decision unparsed (:class:`kernel.jsonutil.Encoded`)."""
-        results = cast("list[RuleResult]", verdicts)
+        results = cast("list[RuleResult]", verdicts)  # the cached bytes read inline: no call per shared verdict
         return b"[" + b",".join([r._bytes or r.json_bytes() for r in results]) + b"]"
 
     def evaluate(self, ctx: EvalContext) -> list[RuleResult]:
