@@ -125,9 +125,10 @@ def inner_delivery(units: int, passes: int) -> None:
 
 @contextmanager
 def _mock() -> Iterator[str]:
-    """The PagerDuty mock in a process of its own (valgrind does not follow it): its URL."""
+    """The PagerDuty mock in a process of its own (valgrind does not follow it): its URL. It is this checkout's
+    mock whichever tree is measured (``--root``), as in ``bench.pipeline``: both trees send to the same server."""
     with subprocess.Popen(  # noqa: S603
-        [sys.executable, "-c", _MOCK, str(TREE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _MOCK, str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as mock:
         assert mock.stdout is not None and mock.stdin is not None
         try:

@@ -6,12 +6,15 @@ Behaves like the vendor: 202 with ``{"status","message","dedup_key"}`` for a val
 PagerDuty counts them), and scripted failures (500, 429 with ``Retry-After``) on demand. Every accepted event
 is recorded in order, with its size on the wire and its arrival time. Latency is either slept (a real slow
 PagerDuty, for socket timeouts) or, given a fake ``clock``, spent on that clock (``latency`` per request), so
-arrival times can be checked against the sender's injected clock without sleeping.
+arrival times can be checked against the sender's injected clock without sleeping. Connections stay open
+between events (HTTP/1.1 keep-alive), as the vendor's do; stopping the fake ends them too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -113,9 +116,25 @@ class MockPagerDuty:
         self.failed: dict[int, int] = {}  # status -> requests answered with it by an outage window (fail_for)
         self.echo_routing_key_next = 0  # answer this many requests 400, repeating their routing key
         self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()  # open client connections (closed when the mock stops)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1: connections stay open between events, as the Events API's do (an HTTP/1.0 mock made
+            # every page pay a TCP connect and close: a quarter of a bare POST's CPU, docs/performance.md)
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall between them
+
+            def setup(self) -> None:
+                super().setup()
+                with owner._lock:
+                    owner._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with owner._lock:
+                    owner._connections.discard(self.connection)
+                super().finish()
+
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
@@ -170,11 +189,15 @@ class MockPagerDuty:
             if self.echo_routing_key_next > 0:
                 self.echo_routing_key_next -= 1
                 key = str(event.get("routing_key") if isinstance(event, dict) else "")
-                return 400, {
-                    "status": "invalid event",
-                    "message": f"Event object is invalid: routing_key {key} unknown",
-                    "errors": [f"'routing_key' {key!r} does not match an integration"],
-                }, {}
+                return (
+                    400,
+                    {
+                        "status": "invalid event",
+                        "message": f"Event object is invalid: routing_key {key} unknown",
+                        "errors": [f"'routing_key' {key!r} does not match an integration"],
+                    },
+                    {},
+                )
             if self._script:
                 status, headers = self._script.popleft()
                 return status, {"status": "error", "message": f"scripted {status}"}, headers
@@ -202,3 +225,8 @@ class MockPagerDuty:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:  # a stopped PagerDuty answers nothing: kept-alive connections end too
+            connections, self._connections = list(self._connections), set()
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
