@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, RootTransaction, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger("ticketpager.db")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-WRITE_OPTION = "ticketpager_write"  # execution option marking a write transaction (SQLite: BEGIN IMMEDIATE)
 # PostgreSQL ends a transaction of ours left idle this long. Ours never wait between statements (no network
 # call inside a transaction), so only a replica lost with its host or network leaves one: without this its
 # row locks (claimed changes, tickets) would last until the server's TCP keepalive notices, hours by default.
@@ -50,13 +50,14 @@ def make_engine(
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
-        @event.listens_for(engine, "begin")
-        def _begin(conn: Any) -> None:
-            # writers (Store.begin) take the write lock up front: no lock-upgrade deadlocks; reads stay
-            # deferred, so a health probe or a status query never holds the write lock in WAL mode
-            write = conn.get_execution_options().get(WRITE_OPTION)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
+        # SQLAlchemy's BEGIN (its dialect's ``do_begin``, a no-op for pysqlite) issued on the driver: writers
+        # (:func:`begin_write`) take the write lock up front, so no lock-upgrade deadlocks; reads stay deferred,
+        # so a health probe or a status query never holds the write lock in WAL mode. Not a "begin" event, as
+        # SQLAlchemy's recipe has it: any connection event makes every statement of the engine look for
+        # listeners, and the event's BEGIN ran as a statement of its own — 15–30 µs of a 170 µs write
+        # transaction (docs/performance.md, the twelfth session). Inside ``do_begin`` a driver error is still
+        # raised as SQLAlchemy's (``OperationalError``), as every recovery path expects.
+        engine.dialect.do_begin = _sqlite_begin  # type: ignore[method-assign]
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         url = str(parsed.set(drivername="postgresql+psycopg"))
@@ -75,6 +76,26 @@ def make_engine(
             dbapi_conn.commit()  # a SET inside a transaction rolled back later would be undone
 
     return engine
+
+
+_writing = threading.local()  # set by begin_write around its BEGIN, in its own thread
+
+
+def _sqlite_begin(dbapi_connection: Any) -> None:
+    """SQLite's BEGIN: ``IMMEDIATE`` inside :func:`begin_write`, deferred otherwise (the connection is in
+    the driver's autocommit mode, so this is the only transaction control)."""
+    dbapi_connection.driver_connection.execute("BEGIN IMMEDIATE" if getattr(_writing, "now", False) else "BEGIN")
+
+
+def begin_write(conn: Connection) -> RootTransaction:
+    """``conn.begin()`` for a write transaction: on SQLite ``BEGIN IMMEDIATE``, which takes the database's
+    write lock at once (a deferred transaction upgrading its read lock later can deadlock with another
+    writer); elsewhere a plain ``BEGIN``."""
+    _writing.now = True
+    try:
+        return conn.begin()
+    finally:
+        _writing.now = False
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -87,11 +87,7 @@ class Store:
             with self.engine.begin() as conn:
                 yield conn
             return
-        with (
-            self.write_lock.hold(urgent),
-            self.engine.connect().execution_options(**{db.WRITE_OPTION: True}) as conn,
-            conn.begin(),
-        ):
+        with self.write_lock.hold(urgent), self.engine.connect() as conn, db.begin_write(conn):
             yield conn
 
     def webhook_rows(self, batch: Sequence[TicketChange]) -> list[Any]:
