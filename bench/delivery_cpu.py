@@ -16,14 +16,29 @@ mock: the floor of any send through the project's HTTP stack.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.bare_sends import poster
 from bench.engine_cpu import measured_tree
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def own_mock() -> Any:
+    """This checkout's PagerDuty mock class, whichever tree is measured (``--root``), as in ``bench.pipeline``: both
+    trees send to the same server (an older tree's own mock spoke HTTP/1.0, so each of its pages paid a TCP connect
+    and close that the Events API's kept connections do not)."""
+    spec = importlib.util.spec_from_file_location("bench_pagerduty_mock", ROOT / "tests/fakes/pagerduty_server.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MockPagerDuty
 
 
 def once(n: int) -> tuple[float, float]:
@@ -32,10 +47,9 @@ def once(n: int) -> tuple[float, float]:
     from bench.pipeline import rules_text
     from kernel.clock import FakeClock
     from tests.factories import T0, change
-    from tests.fakes.pagerduty_server import MockPagerDuty
     from tests.harness import make_service, receive
 
-    with tempfile.TemporaryDirectory() as tmp, MockPagerDuty() as pd:
+    with tempfile.TemporaryDirectory() as tmp, own_mock()() as pd:
         rules = Path(tmp) / "rules.yaml"
         rules.write_text(rules_text())  # 100 routing keys, as the pipeline bench: the limiter's windows stay short
         svc = make_service(

@@ -68,7 +68,9 @@ def _same_for_1_and_50(count: Callable[[int], int]) -> None:
     assert forty_nine == one, f"statements per batch: {one} for 1 change, {forty_nine} for 49"
     # 50 is the batch size: a full batch needs no look for what is left (it is claimed again at once)
     assert fifty == one - 1, f"statements per batch: {one} for 1 change, {fifty} for a full batch of 50"
-    assert one <= 13, one  # the idle probe, a claim, two reads, five writes, the look for what is left, the rest
+    # the idle probe, a claim, two reads, five writes, the look for what is left, one more; on both databases (SQLite's
+    # BEGIN is not a statement of the engine's: the dialect's do_begin runs it on the driver)
+    assert one <= 11, one
 
 
 def test_a_batch_of_new_paging_tickets_costs_as_many_statements_as_one(db_url: str, rules_path: Path) -> None:

@@ -117,11 +117,13 @@ class MockPagerDuty:
         self.echo_routing_key_next = 0  # answer this many requests 400, repeating their routing key
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()  # open client connections (closed when the mock stops)
+        self._stopping = threading.Event()  # set when the mock stops: a request waiting in its latency ends unanswered
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             # HTTP/1.1: connections stay open between events, as the Events API's do (an HTTP/1.0 mock made
-            # every page pay a TCP connect and close: a quarter of a bare POST's CPU, docs/performance.md)
+            # every page pay a TCP connect and close: a bare POST cost 1.34× the CPU, docs/performance.md,
+            # the twelfth session)
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall between them
 
@@ -129,6 +131,9 @@ class MockPagerDuty:
                 super().setup()
                 with owner._lock:
                     owner._connections.add(self.connection)
+                if owner._stopping.is_set():  # accepted while the mock stopped: ended like the others
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
 
             def finish(self) -> None:
                 with owner._lock:
@@ -151,7 +156,12 @@ class MockPagerDuty:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                if not owner._stopping.is_set():  # a client gone while the mock stops is not an error
+                    super().handle_error(request, client_address)
+
+        self._server = Server((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -174,7 +184,9 @@ class MockPagerDuty:
 
     def _handle(self, path: str, raw: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
         if self.latency_seconds > 0:
-            time.sleep(self.latency_seconds)
+            self._stopping.wait(self.latency_seconds)  # a slow PagerDuty (real time); a stop ends the wait
+        if self._stopping.is_set():  # stopped while this request waited: no answer, nothing recorded
+            raise ConnectionAbortedError("the mock stopped")
         if self.clock is not None:
             with self._lock:  # requests are numbered in arrival order; the clock moves by each one's latency
                 if self.latency is not None:
@@ -213,6 +225,8 @@ class MockPagerDuty:
         if errors:
             return 400, {"status": "invalid event", "message": "Event object is invalid", "errors": errors}, {}
         with self._lock:
+            if self._stopping.is_set():
+                raise ConnectionAbortedError("the mock stopped")
             self.events.append(event)
             self.arrivals.append(time.perf_counter())
             self.sizes.append(len(raw))
@@ -222,11 +236,18 @@ class MockPagerDuty:
         self._thread.start()
         return self
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now (kept alive between events)."""
+        with self._lock:
+            return len(self._connections)
+
     def __exit__(self, *exc: object) -> None:
+        with self._lock:  # a stopped PagerDuty answers nothing: kept-alive connections end too
+            self._stopping.set()
+            connections, self._connections = list(self._connections), set()
         self._server.shutdown()
         self._server.server_close()
-        with self._lock:  # a stopped PagerDuty answers nothing: kept-alive connections end too
-            connections, self._connections = list(self._connections), set()
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
