@@ -7,6 +7,7 @@ and its cursor; an engine step's outbox rows, links and decision) take a connect
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class Store:
         # SQLite: serialize writers in-process (webhook writer first) instead of in SQLite's busy handler
         self.write_lock: PriorityLock | None = PriorityLock() if self.engine.dialect.name == "sqlite" else None
         self._webhook_conn: PoolProxiedConnection | None = None  # SQLite: the webhook writer's own connection
+        self._write_conn: Connection | None = None  # SQLite: every other write transaction's, under the write lock
         self._stamp = changes.stamper(self.engine.dialect)
         self._disposed = False
 
@@ -82,13 +84,31 @@ class Store:
 
     @contextmanager
     def begin(self, urgent: bool = False) -> Iterator[Connection]:
-        """A write transaction. ``urgent`` (the webhook writer) goes before background work on SQLite."""
+        """A write transaction. ``urgent`` (the webhook writer) goes before background work on SQLite.
+
+        On SQLite the write transactions take turns under the write lock, so they share one connection, kept
+        open between them: a pool checkout, a new ``Connection`` and a check-in were a fifth of a delivery mark's
+        transaction (docs/performance.md, the twelfth session). After a failed transaction it is dropped and the
+        next one takes a fresh one. PostgreSQL's transactions run side by side, each on a connection of its own
+        from the pool, whose pre-ping replaces a connection a restarted server dropped."""
         if self.write_lock is None:
             with self.engine.begin() as conn:
                 yield conn
             return
-        with self.write_lock.hold(urgent), self.engine.connect() as conn, db.begin_write(conn):
-            yield conn
+        with self.write_lock.hold(urgent):
+            if self._disposed:  # closed: nothing is kept any more
+                with self.engine.connect() as conn, db.begin_write(conn):
+                    yield conn
+                return
+            if self._write_conn is None:
+                self._write_conn = self.engine.connect()
+            conn = self._write_conn
+            try:
+                with db.begin_write(conn):
+                    yield conn
+            except BaseException:
+                self._drop_write_connection()
+                raise
 
     def webhook_rows(self, batch: Sequence[TicketChange]) -> list[Any]:
         """``batch`` made ready for :meth:`store_webhook_rows`. The HTTP handler calls this, so the
@@ -131,6 +151,18 @@ class Store:
         except Exception:  # noqa: BLE001 - a broken connection: the pool must not hand it out again
             conn.invalidate()
 
+    def _drop_write_connection(self) -> None:
+        """After a failed write transaction (rolled back by then, or broken): close and forget the kept
+        connection (the next transaction takes a fresh one). Called under the write lock."""
+        conn, self._write_conn = self._write_conn, None
+        if conn is None:
+            return
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - a broken connection: the pool must not hand it out again
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+
     def should_yield(self) -> bool:
         """True when a background transaction should commit now to let the webhook writer in."""
         return self.write_lock is not None and self.write_lock.urgent()
@@ -144,6 +176,7 @@ class Store:
             with self.write_lock.hold(urgent=True):
                 self._disposed = True
                 self._drop_webhook_connection()
+                self._drop_write_connection()
         self.engine.dispose()
 
     # -- read side -------------------------------------------------------------------------------
