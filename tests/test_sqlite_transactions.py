@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import StaticPool
 
@@ -182,3 +182,22 @@ def test_a_disposed_store_holds_no_connection_and_still_writes(path: Path) -> No
     assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert outbox_rows(store) == 2
     store.dispose()
+
+
+def test_write_transactions_reuse_one_connection_and_leave_no_transaction_open(store: Store, path: Path) -> None:
+    """No pool checkout per write transaction (the point of keeping it), and between transactions the kept
+    connection holds no read snapshot: another connection can checkpoint the whole WAL."""
+    checkouts: list[object] = []
+    event.listen(store.engine, "checkout", lambda *_: checkouts.append(1))
+    for n in range(5):
+        with store.begin() as conn:
+            add_row(conn, n)
+            driver = conn.connection.driver_connection
+    assert len(checkouts) <= 1, f"{len(checkouts)} checkouts for 5 write transactions"
+    assert driver is not None and not driver.in_transaction
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        busy, _log, _checkpointed = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        other.close()
+    assert busy == 0, "a connection's open read transaction blocks the checkpoint"

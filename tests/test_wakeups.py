@@ -116,17 +116,20 @@ IDLE_THREADS = {"ticketpager-idle-look", "ticketpager-heartbeat", "ticketpager-s
 
 @contextmanager
 def database_users(service: Service) -> Iterator[list[str]]:
-    """The names of the threads that check out a database connection while the block runs, in order."""
+    """The names of the threads that check out a database connection or begin a transaction while the block runs,
+    in order (on SQLite the write transactions share one kept connection: they begin without a checkout)."""
     seen: list[str] = []
 
-    def checkout(*_: object) -> None:
+    def used(*_: object) -> None:
         seen.append(threading.current_thread().name)
 
-    event.listen(service.store.engine, "checkout", checkout)
+    event.listen(service.store.engine, "checkout", used)
+    event.listen(service.store.engine, "begin", used)
     try:
         yield seen
     finally:
-        event.remove(service.store.engine, "checkout", checkout)
+        event.remove(service.store.engine, "checkout", used)
+        event.remove(service.store.engine, "begin", used)
 
 
 def _settled(service: Service, quiet: float = 0.3, seconds: float = 10.0) -> None:
