@@ -54,7 +54,7 @@ def make_engine(
         # (:func:`begin_write`) take the write lock up front, so no lock-upgrade deadlocks; reads stay deferred,
         # so a health probe or a status query never holds the write lock in WAL mode. Not a "begin" event, as
         # SQLAlchemy's recipe has it: any connection event makes every statement of the engine look for
-        # listeners, and the event's BEGIN ran as a statement of its own — 15–30 µs of a 170 µs write
+        # listeners, and the event's BEGIN ran as a statement of its own — 12–33 µs of a 170 µs write
         # transaction (docs/performance.md, the twelfth session). Inside ``do_begin`` a driver error is still
         # raised as SQLAlchemy's (``OperationalError``), as every recovery path expects.
         engine.dialect.do_begin = _sqlite_begin  # type: ignore[method-assign]
