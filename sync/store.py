@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.pool import PoolProxiedConnection
 
 from kernel.model import TicketChange
 from kernel.redact import redact
@@ -66,8 +65,7 @@ class Store:
         self.engine: Engine = db.make_engine(url, **engine_kwargs)
         # SQLite: serialize writers in-process (webhook writer first) instead of in SQLite's busy handler
         self.write_lock: PriorityLock | None = PriorityLock() if self.engine.dialect.name == "sqlite" else None
-        self._webhook_conn: PoolProxiedConnection | None = None  # SQLite: the webhook writer's own connection
-        self._write_conn: Connection | None = None  # SQLite: every other write transaction's, under the write lock
+        self._write_conn: Connection | None = None  # SQLite: every write's, in turn under the write lock (_writer)
         self._stamp = changes.stamper(self.engine.dialect)
         self._disposed = False
 
@@ -84,13 +82,9 @@ class Store:
 
     @contextmanager
     def begin(self, urgent: bool = False) -> Iterator[Connection]:
-        """A write transaction. ``urgent`` (the webhook writer) goes before background work on SQLite.
-
-        On SQLite the write transactions take turns under the write lock, so they share one connection, kept
-        open between them: a pool checkout, a new ``Connection`` and a check-in were a fifth of a delivery mark's
-        transaction (docs/performance.md, the twelfth session). After a failed transaction it is dropped and the
-        next one takes a fresh one. PostgreSQL's transactions run side by side, each on a connection of its own
-        from the pool, whose pre-ping replaces a connection a restarted server dropped."""
+        """A write transaction. ``urgent`` (the webhook writer) goes before background work on SQLite, where every
+        write runs on :meth:`_writer`'s connection. PostgreSQL's transactions run side by side, each on a connection
+        of its own from the pool, whose pre-ping replaces a connection a restarted server dropped."""
         if self.write_lock is None:
             with self.engine.begin() as conn:
                 yield conn
@@ -100,9 +94,7 @@ class Store:
                 with self.engine.connect() as conn, db.begin_write(conn):
                     yield conn
                 return
-            if self._write_conn is None:
-                self._write_conn = self.engine.connect()
-            conn = self._write_conn
+            conn = self._writer()
             try:
                 with db.begin_write(conn):
                     yield conn
@@ -117,47 +109,45 @@ class Store:
 
     def store_webhook_rows(self, groups: Sequence[Sequence[Any]]) -> list[int]:
         """Store several webhook requests' rows (from :meth:`webhook_rows`) durably in one transaction;
-        per request, how many were new (the rest were duplicates). On SQLite the webhook writer keeps one
-        driver connection open for this (no pool checkout, no SQLAlchemy transaction events per commit),
-        under the write lock it is served first by."""
+        per request, how many were new (the rest were duplicates). On SQLite the group commit runs on the driver
+        connection of :meth:`_writer` (no SQLAlchemy transaction per commit), under the write lock it is served
+        first by."""
         if self.write_lock is None:
             with self.engine.begin() as conn:
                 return changes.insert_rows_returning(conn, groups)
         with self.write_lock.hold(urgent=True):
             if self._disposed:
                 raise RuntimeError("the store is closed")
-            if self._webhook_conn is None:
-                self._webhook_conn = self.engine.raw_connection()  # with the engine's PRAGMAs, autocommit mode
-            raw: Any = self._webhook_conn.driver_connection  # sqlite3.Connection
+            raw: Any = self._writer().connection.driver_connection  # sqlite3.Connection, autocommit mode
             try:
                 raw.execute("BEGIN IMMEDIATE")
                 counts = changes.insert_rows_sqlite(raw, groups)
                 raw.execute("COMMIT")
             except BaseException:
-                self._drop_webhook_connection()
+                self._drop_write_connection()
                 raise
             return counts
 
-    def _drop_webhook_connection(self) -> None:
-        """After a failure: roll back and forget the connection (the next commit takes a fresh one)."""
-        conn, self._webhook_conn = self._webhook_conn, None
-        if conn is None:
-            return
-        raw: Any = conn.driver_connection
-        try:
-            if raw.in_transaction:
-                raw.execute("ROLLBACK")
-            conn.close()
-        except Exception:  # noqa: BLE001 - a broken connection: the pool must not hand it out again
-            conn.invalidate()
+    def _writer(self) -> Connection:
+        """SQLite: the one connection every write uses in turn, under the write lock, kept open between them (with
+        the engine's PRAGMAs, in the driver's autocommit mode). A pool checkout, a new ``Connection`` and a
+        check-in per transaction were a fifth of a delivery mark's transaction (docs/performance.md, the twelfth
+        session). Taken when first needed; dropped after a failed write, and at dispose."""
+        if self._write_conn is None:
+            self._write_conn = self.engine.connect()
+        return self._write_conn
 
     def _drop_write_connection(self) -> None:
-        """After a failed write transaction (rolled back by then, or broken): close and forget the kept
-        connection (the next transaction takes a fresh one). Called under the write lock."""
+        """After a failed write, and at dispose: roll back what is still open, close and forget :meth:`_writer`'s
+        connection (the next write takes a fresh one). Under the write lock."""
         conn, self._write_conn = self._write_conn, None
         if conn is None:
             return
         try:
+            if not conn.invalidated:
+                raw: Any = conn.connection.driver_connection
+                if raw.in_transaction:  # the webhook writer's BEGIN (SQLAlchemy's own is rolled back by now)
+                    raw.execute("ROLLBACK")
             conn.close()
         except Exception:  # noqa: BLE001 - a broken connection: the pool must not hand it out again
             with contextlib.suppress(Exception):
@@ -175,7 +165,6 @@ class Store:
         if self.write_lock is not None:
             with self.write_lock.hold(urgent=True):
                 self._disposed = True
-                self._drop_webhook_connection()
                 self._drop_write_connection()
         self.engine.dispose()
 
