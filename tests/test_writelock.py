@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from kernel.clock import FakeClock
 from sync.engine import YIELD_AFTER_CHANGES
-from sync.writelock import BACKGROUND, ENGINE, URGENT, Lane, PriorityLock
+from sync.writelock import BACKGROUND, ENGINE, MAX_WAIT_SECONDS, URGENT, Lane, PriorityLock
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
@@ -65,16 +65,31 @@ def test_the_webhook_writer_goes_before_background_work_that_waited_longer() -> 
     assert order[0] == "webhooks", order
 
 
-def test_the_webhook_writer_does_not_take_every_turn_while_other_work_waits() -> None:
-    """During a burst the webhook writer always has the next commit waiting: it goes after every other holder,
-    not before every one, or nothing else would ever write."""
-    lock = PriorityLock()
+def test_the_webhook_writers_commits_go_first_while_the_others_waited_less_than_the_bound() -> None:
+    now = [0.0]
+    lock = PriorityLock(timer=lambda: now[0])
     holders = Holders(lock)
     with lock.hold(urgent=True):  # the writer's commit
         holders.queue("engine batch", ENGINE)
         holders.queue("commit", URGENT)
         holders.queue("claim", BACKGROUND)
         holders.queue("commit", URGENT)
+        now[0] += MAX_WAIT_SECONDS / 2
+    assert holders.join() == ["commit", "commit", "engine batch", "claim"]
+
+
+def test_the_webhook_writer_does_not_take_every_turn_while_other_work_waits() -> None:
+    """During a burst the webhook writer always has the next commit waiting: after the others waited
+    ``MAX_WAIT_SECONDS`` it goes after every other holder, or nothing else would ever write."""
+    now = [0.0]
+    lock = PriorityLock(timer=lambda: now[0])
+    holders = Holders(lock)
+    with lock.hold(urgent=True):  # the writer's commit
+        holders.queue("engine batch", ENGINE)
+        holders.queue("commit", URGENT)
+        holders.queue("claim", BACKGROUND)
+        holders.queue("commit", URGENT)
+        now[0] += MAX_WAIT_SECONDS
     assert holders.join() == ["engine batch", "commit", "claim", "commit"]
 
 
