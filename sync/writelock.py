@@ -55,6 +55,9 @@ class PriorityLock:
         # seconds each rotating lane held the lock since they began to contend (reset whenever one runs alone)
         self._used: dict[Lane, float] = dict.fromkeys(TAKING_TURNS, 0.0)
         self._waits_since: dict[Lane, float] = dict.fromkeys(TAKING_TURNS, 0.0)  # its last turn, or its first waiter
+        # the lane chosen to take the free lock, once for every waiter: a choice that depends on the time, made
+        # by each waiter when it wakes, could differ between them and leave the lock free with all waiting
+        self._next: Lane | None = None
 
     @contextmanager
     def hold(self, urgent: bool = False, *, lane: Lane = BACKGROUND) -> Iterator[None]:
@@ -65,11 +68,16 @@ class PriorityLock:
                 self._waits_since[lane] = self._timer()
             self._waiting[lane] += 1
             try:
-                while self._held or self._turn() != lane:
+                while self._held or self._chosen() != lane:
                     self._cond.wait()
+            except BaseException:  # interrupted: the lock may have been chosen for this lane, choose again
+                self._next = None
+                self._cond.notify_all()
+                raise
             finally:
                 self._waiting[lane] -= 1
             self._held = True
+            self._next = None
             self._last = lane
             if lane != URGENT and not all(self._waiting[other] for other in TAKING_TURNS if other != lane):
                 self._used = dict.fromkeys(TAKING_TURNS, 0.0)  # nobody else waits: no share to keep
@@ -93,6 +101,12 @@ class PriorityLock:
         """How many holders wait now, per lane (diagnostics, tests)."""
         with self._cond:
             return dict(self._waiting)
+
+    def _chosen(self) -> Lane | None:
+        """The lane whose waiter takes the free lock: chosen once (:meth:`_turn`) and kept until it is taken."""
+        if self._next is None or not self._waiting[self._next]:
+            self._next = self._turn()
+        return self._next
 
     def _turn(self) -> Lane | None:
         """The lane that takes the lock next (under the condition): the webhook writer's after any other lane's

@@ -4,8 +4,10 @@ the engine hold off the workers that send its pages."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -192,3 +194,34 @@ def test_an_engine_batch_wakes_a_delivery_worker_per_page_it_queued(
         assert len(woken) == 3
     finally:
         service.store.dispose()
+
+
+def test_no_holder_is_left_waiting_behind_a_free_lock() -> None:
+    """Every lane taking the lock in a loop, with the time bound short enough to matter on every turn: the waiters
+    must all agree on whose turn it is, or the lock stays free with every one of them waiting (the service's
+    writes stopped for good)."""
+    lock = PriorityLock(max_wait=0.0002)
+    turns: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def loop(lane: Lane) -> None:
+        while not stop.is_set():
+            with lock.hold(lane == URGENT, lane=lane):
+                turns[lane] += 1
+
+    threads = [
+        threading.Thread(target=loop, args=(lane,), daemon=True)
+        for lane in (URGENT, URGENT, ENGINE, BACKGROUND, BACKGROUND, BACKGROUND)
+    ]
+    for thread in threads:
+        thread.start()
+    seen: list[Counter[str]] = []
+    for _ in range(10):
+        time.sleep(0.1)
+        seen.append(Counter(turns))
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert not any(thread.is_alive() for thread in threads), "holders stuck behind a free lock"
+    assert all(later.total() > earlier.total() for earlier, later in itertools.pairwise(seen)), seen
+    assert all(turns[lane] for lane in (URGENT, ENGINE, BACKGROUND)), turns
