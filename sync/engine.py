@@ -64,6 +64,7 @@ from sync.repos import incidents as known_incidents
 from sync.repos.silences import BatchSilences, SilenceBook, due_releases, release
 from sync.repos.tickets import TicketKey
 from sync.store import Store
+from sync.writelock import ENGINE
 
 log = logging.getLogger("ticketpager.engine")
 
@@ -190,13 +191,13 @@ class Engine:
         incidents: Destination,
         incident_updates: Destination | None = None,
         batch_size: int = 50,
-        on_queued: Callable[[], None] | None = None,
+        on_queued: Callable[[int], None] | None = None,
         silences: SilenceBook | None = None,
         connections: Collection[str] | None = None,
     ) -> None:
-        """``on_queued`` is called after a :meth:`run_once` that committed at least one outbox row (the
-        service wakes its delivery workers then, and only then). ``connections``: the configured connection
-        names, which label the metrics (a change of any other counts as ``unknown``: the label set stays
+        """``on_queued`` is called with the count after a :meth:`run_once` that committed at least one outbox row
+        (the service wakes as many of its delivery workers then, and only then). ``connections``: the configured
+        connection names, which label the metrics (a change of any other counts as ``unknown``: the label set stays
         bounded); ``None``: every connection is its own label.
         ``incident_updates`` renders the :class:`~kernel.model.IncidentUpdate` of a group change
         (``pagerduty_rest``); None: none are queued."""
@@ -238,12 +239,12 @@ class Engine:
         self._queued = 0
         handled = self._run_batches()
         if self._queued and self.on_queued is not None:
-            self.on_queued()
+            self.on_queued(self._queued)
         return handled
 
     def _run_batches(self) -> int:
         try:
-            with self.store.begin() as conn:
+            with self.store.begin(lane=ENGINE) as conn:
                 rows = changes.claim(conn, self.batch_size)
                 if not rows:
                     return 0
@@ -270,7 +271,7 @@ class Engine:
     def _run_single(self) -> bool:
         row: RowMapping | None = None
         try:
-            with self.store.begin() as conn:
+            with self.store.begin(lane=ENGINE) as conn:
                 rows = changes.claim(conn, 1)
                 if not rows:
                     return False
@@ -284,7 +285,7 @@ class Engine:
                 raise
             log.exception("change %s (%s %s) failed", row["id"], row["connection"], row["ticket_id"])
             METRICS.changes_processed.labels(self._label(row["connection"]), "failed").inc()
-            with self.store.begin() as conn:
+            with self.store.begin(lane=ENGINE) as conn:
                 # redacted before the cut: a database error quotes its parameters (routing key, event body)
                 changes.fail(conn, row["id"], redact(f"{type(exc).__name__}: {exc}")[:2000], self.clock.now())
             return True
@@ -603,7 +604,7 @@ class Engine:
                 keys = tickets.recheck_keys(conn, after, chunk)
             if not keys:
                 return planned
-            with self.store.begin() as conn:
+            with self.store.begin(lane=ENGINE) as conn:
                 held = BatchSilences(self.silences, conn, self.clock.now())
                 for key in keys:
                     planned += self._recheck_one(conn, key, ruleset, held)
@@ -657,7 +658,7 @@ class Engine:
         ruleset = self.rules()
         planned = 0
         while True:
-            with self.store.begin() as conn:
+            with self.store.begin(lane=ENGINE) as conn:
                 now = self.clock.now()
                 due = due_releases(conn, now, chunk)
                 if not due:

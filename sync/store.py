@@ -20,7 +20,7 @@ from kernel.model import TicketChange
 from kernel.redact import redact
 from sync import db
 from sync.repos import changes, cursors, outbox, tickets
-from sync.writelock import PriorityLock
+from sync.writelock import BACKGROUND, Lane, PriorityLock
 
 
 @dataclass(frozen=True)
@@ -81,15 +81,16 @@ class Store:
         return db.upgrade(self.engine)
 
     @contextmanager
-    def begin(self, urgent: bool = False) -> Iterator[Connection]:
-        """A write transaction. ``urgent`` (the webhook writer) goes before background work on SQLite, where every
-        write runs on :meth:`_writer`'s connection. PostgreSQL's transactions run side by side, each on a connection
-        of its own from the pool, whose pre-ping replaces a connection a restarted server dropped."""
+    def begin(self, urgent: bool = False, *, lane: Lane = BACKGROUND) -> Iterator[Connection]:
+        """A write transaction. On SQLite, where every write runs on :meth:`_writer`'s connection, it waits for its
+        turn in the write lock: ``urgent`` (the webhook writer) goes after every other holder, and the other lanes
+        (``lane``) share the turns between (:mod:`sync.writelock`). PostgreSQL's transactions run side by side, each
+        on a connection of its own from the pool, whose pre-ping replaces a connection a restarted server dropped."""
         if self.write_lock is None:
             with self.engine.begin() as conn:
                 yield conn
             return
-        with self.write_lock.hold(urgent):
+        with self.write_lock.hold(urgent, lane=lane):
             if self._disposed:  # closed: nothing is kept any more
                 with self.engine.connect() as conn, db.begin_write(conn):
                     yield conn

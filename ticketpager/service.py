@@ -211,7 +211,7 @@ class Service:
             # a ticket's group change → its open incident (renders only: the delivery workers send)
             incident_updates=DESTINATIONS[INCIDENT_UPDATES](self) if INCIDENT_UPDATES in DESTINATIONS else None,
             batch_size=settings.engine.batch_size,
-            on_queued=self.outbox_wake.wake,  # one idle worker; a batch that queued nothing wakes none
+            on_queued=self.outbox_wake.wake,  # an idle worker per row queued; a batch that queued nothing wakes none
             silences=SilenceBook(compile_matchers),  # silences' matchers, compiled by the rules language
             connections=tuple(self.connections),  # the metrics' labels: configured names only
         )
