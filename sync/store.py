@@ -83,9 +83,10 @@ class Store:
     @contextmanager
     def begin(self, urgent: bool = False, *, lane: Lane = BACKGROUND) -> Iterator[Connection]:
         """A write transaction. On SQLite, where every write runs on :meth:`_writer`'s connection, it waits for its
-        turn in the write lock: ``urgent`` (the webhook writer) goes after every other holder, and the other lanes
-        (``lane``) share the turns between (:mod:`sync.writelock`). PostgreSQL's transactions run side by side, each
-        on a connection of its own from the pool, whose pre-ping replaces a connection a restarted server dropped."""
+        turn in the write lock: ``urgent`` (the webhook writer) goes first, and the other lanes (``lane``: the
+        engine's, everything else's) share the turns it leaves (:mod:`sync.writelock`). PostgreSQL's transactions
+        run side by side, each on a connection of its own from the pool, whose pre-ping replaces a connection a
+        restarted server dropped."""
         if self.write_lock is None:
             with self.engine.begin() as conn:
                 yield conn

@@ -39,7 +39,7 @@ from kernel.retry import RetryPolicy
 from rules import RuleStore
 from rules.silence_match import compile_matchers
 from sync.db import failure_reason
-from sync.delivery import INCIDENT_KINDS, TICKET_KINDS, Delivery, send_timeout
+from sync.delivery import CLAIM_BATCH, INCIDENT_KINDS, TICKET_KINDS, Delivery, send_timeout
 from sync.engine import Engine
 from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
@@ -211,7 +211,7 @@ class Service:
             # a ticket's group change → its open incident (renders only: the delivery workers send)
             incident_updates=DESTINATIONS[INCIDENT_UPDATES](self) if INCIDENT_UPDATES in DESTINATIONS else None,
             batch_size=settings.engine.batch_size,
-            on_queued=self.outbox_wake.wake,  # an idle worker per row queued; a batch that queued nothing wakes none
+            on_queued=self._pages_queued,  # a batch that queued nothing wakes none
             silences=SilenceBook(compile_matchers),  # silences' matchers, compiled by the rules language
             connections=tuple(self.connections),  # the metrics' labels: configured names only
         )
@@ -394,6 +394,13 @@ class Service:
         if stored:
             self.reverse_wake.set()
         return stored
+
+    def _pages_queued(self, rows: int) -> None:
+        """The engine queued ``rows`` outbox rows: wake as many idle delivery workers as it takes claims of
+        :data:`~sync.delivery.CLAIM_BATCH` to take them (one per claim, not per row: the rest would claim nothing,
+        under the write lock). A claim that comes back full wakes one more, as ever, so slow sends, claimed a few
+        at a time, still bring in every worker a burst needs."""
+        self.outbox_wake.wake(-(-rows // CLAIM_BATCH))
 
     def _reverse_queued(self) -> None:
         """The reverse worker queued ticket updates or incident updates: one worker of each kind looks."""
