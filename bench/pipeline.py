@@ -285,7 +285,7 @@ def load_phase(
     return Phase(
         name,
         sent=result.requests,
-        errors=result.errors + (count - result.requests),
+        errors=count - sum(n for status, n in result.statuses.items() if 200 <= status < 300),  # each once
         p50_ms=result.pct(0.5),
         p99_ms=result.pct(0.99),
         wall=count / rate,
