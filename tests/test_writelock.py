@@ -34,7 +34,7 @@ class Holders:
         before = self.lock.waiting()[lane]
 
         def run() -> None:
-            with self.lock.hold(lane == URGENT, lane=lane):
+            with self.lock.hold(lane=lane):
                 self.order.append(name)
                 if self.on_hold is not None:
                     self.on_hold(name)
@@ -208,7 +208,7 @@ def test_no_holder_is_left_waiting_behind_a_free_lock() -> None:
 
     def loop(lane: Lane) -> None:
         while not stop.is_set():
-            with lock.hold(lane == URGENT, lane=lane):
+            with lock.hold(lane=lane):
                 turns[lane] += 1
             if lane == URGENT:
                 time.sleep(0.0005)  # the webhook writer waits for the next requests: the others get turns
