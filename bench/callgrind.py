@@ -10,8 +10,8 @@ cannot blur (its CPU speed swings ±40 % between runs; the number of instruction
   ticket locked and read, the rules evaluated, one trigger rendered and queued in the outbox (every other
   change pages), the ticket, link and decision written, the change marked done — instructions per change;
 * **delivery**: one page sent by one delivery worker to the local PagerDuty mock (in a process of its own, not
-  counted): its share of the claim, the rate limiter, the POST through ``requests``, the durable ``sent``
-  mark — instructions per page;
+  counted): its share of the claim, the rate limiter, the POST through ``requests``, its share of the durable
+  ``sent`` marks — instructions per page;
 * **post**: delivery's floor, one bare ``requests`` POST of a page of the same shape to the same mock, the way
   ``bench.bare_sends`` (and the events sink) post — instructions per POST.
 
@@ -117,8 +117,9 @@ with MockPagerDuty() as pd:
 def inner_delivery(units: int, passes: int) -> None:
     """``(1 + 3) × units`` queued triggers (100 routing keys; the same queue for 1 and 3 passes, so the engine's
     work cancels out), one warm pass, then ``passes`` passes of ``units`` sends by one delivery worker: claim,
-    rate limiter, the POST through ``requests`` to the local PagerDuty mock, the durable ``sent`` mark. The mock
-    runs in a process of its own (valgrind does not follow it), so only the sender's instructions are counted."""
+    rate limiter, the POST through ``requests`` to the local PagerDuty mock, its share of the durable ``sent``
+    marks (a batch's are one transaction, as in ``serve`` alone on its database). The mock runs in a process of its
+    own (valgrind does not follow it), so only the sender's instructions are counted."""
     with _mock() as url:
         _deliver(url, units, passes)
 
@@ -154,7 +155,8 @@ def _deliver(url: str, units: int, passes: int) -> None:
         for i in range(0, total, 50):  # the writer's group commits
             receive(svc, batch[i : i + 50])
         assert svc.engine.drain() == total
-        worker = svc.delivery()
+        svc.heartbeat.register()  # as serve runs it: a replica with its heartbeat, here alone on its database
+        worker = svc.delivery(heartbeat=svc.heartbeat)
         for _ in range(1 + passes):
             sent = 0
             while sent < units:

@@ -59,7 +59,8 @@ def once(n: int) -> tuple[float, float]:
         for i in range(0, n, 50):  # the writer's group commits
             receive(svc, batch[i : i + 50])
         assert svc.engine.drain() == n
-        worker = svc.delivery()
+        svc.heartbeat.register()  # as serve runs it: a replica with its heartbeat, here alone on its database
+        worker = svc.delivery(heartbeat=svc.heartbeat)
         start = time.thread_time()
         sent = worker.drain()
         spent = time.thread_time() - start

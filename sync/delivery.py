@@ -13,6 +13,9 @@ are never taken before they expire.
 Events of one ``dedup_key`` go out in order: a row waits while an earlier row of its key is pending.
 A row its destination's rate limit holds back reschedules its key's whole backlog to the limiter's slots in
 one transaction (:meth:`Delivery._hold`): a backlog costs nothing while it waits.
+While the replica is alone on its database, the sends of one batch are marked ``sent`` together, at the batch's
+end, in one transaction that also claims the next batch when this one came back full (:meth:`Delivery.run_once`):
+during a burst a worker writes once per batch, not once per page and once per claim (issue 19).
 
 Outcomes: 2xx → sent (and, after an incident action, a note for the ticket is queued to the write-back
 destination of the ticket's connection, named after it, when write-back is on there: a note always goes back
@@ -30,6 +33,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -82,6 +86,18 @@ CLAIM_SECONDS_OF_WORK = 0.25
 #: their last slot in one statement and rescheduled by a later hold (at 120 a minute: ~8 minutes of sends)
 RESCHEDULE_MAX = 1000
 
+#: a batch's accepted sends are marked ``sent`` together at its end (a write transaction cost ~160 µs of CPU on the
+#: project VM, one more mark in it ~27 µs: issue 19, docs/performance.md); a send accepted longer ago than this is
+#: marked before the batch's next send, so a batch slowed by its destination never keeps what it sent (and the later
+#: events of those dedup keys, which wait for them) unmarked for long. Until its mark a sent row stays claimed by
+#: this worker: no other worker sends it; a crash in between sends it again, with its dedup key (as a crash between
+#: one send and its mark always could). Only while the replica is alone (``HeartbeatLike.alone``, see
+#: :meth:`Delivery._alone`): beside other replicas each send is marked at once, as before.
+MARK_WITHIN_SECONDS = 0.25
+#: sends whose moving average (:meth:`Delivery.claim_size`'s) is above this are "slow": the batch's accepted sends are
+#: marked before each next send, which may be slow too (see :meth:`Delivery._mark_first`)
+QUICK_SEND_SECONDS = MARK_WITHIN_SECONDS / 2
+
 
 def send_timeout(base: float, attempts: int, claim_seconds: float) -> float:
     """The timeout of a send after ``attempts`` failed attempts of its row, within the claim: connect and read
@@ -95,8 +111,8 @@ class Delivery:
     ``write_back_sources``: the connections whose tickets get a note after an incident action was sent (to the
     destination named after the connection); ``legacy_events``: the destination of incident-event rows an older
     version wrote without one during a rolling upgrade (``None``: such rows become dead letters). ``kinds``: the
-    outbox kinds it claims (``INCIDENT_KINDS``, ``TICKET_KINDS``; None: all); ``on_write_back`` is called after
-    a send queued a note for the ticket (the service wakes a ticket worker)."""
+    outbox kinds it claims (``INCIDENT_KINDS``, ``TICKET_KINDS``; None: all); ``on_write_back`` is called once per
+    claim's worth of notes for the tickets that the marks of sends queued (the service wakes a ticket worker)."""
 
     def __init__(
         self,
@@ -139,15 +155,39 @@ class Delivery:
         timeouts = [d.timeout for d in self.destinations.values() if d.timeout is not None]
         send_seconds = 3 * max(timeouts) if timeouts and not dry_run else 0.0
         self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
+        self._unmarked: list[_Accepted] = []  # sends of this batch not yet marked sent (see MARK_WITHIN_SECONDS)
+        self._batching = False  # run_once marks a batch's sends at its end; a lone deliver() marks its own at once
+        self._next: list[RowMapping] = []  # claimed with the last full batch's marks: the next batch
+        self._more_due = False  # see more_may_be_due
+
+    # -- handing back ------------------------------------------------------------------------------
+    def hand_back(self) -> None:
+        """The worker stops: mark what it sent and hand back at once what it claimed but will not send (rows
+        claimed ahead with the last batch's marks, rows a database error interrupted), so the next replica (or
+        this one, restarted) sends them now rather than when their claim expires."""
+        self._mark_accepted()
+        rows, self._next = [r["id"] for r in self._next] + self._orphaned, []
+        self._orphaned = []
+        if rows:
+            self._unclaim(rows)
 
     # -- claiming --------------------------------------------------------------------------------
     def claim(self, limit: int = CLAIM_BATCH, *, woken: bool = False) -> list[RowMapping]:
-        """Claim up to ``limit`` due rows. ``woken``: the caller was just told rows were queued or came due, so
-        the read-only look that keeps an idle worker from taking the write lock is skipped (issue 19)."""
+        """Claim up to ``limit`` due rows: the batch claimed ahead with the last batch's marks if there is one (the
+        rows of it past ``limit`` handed back), else new ones. ``woken``: the caller was just told rows were queued
+        or came due, so the read-only look that keeps an idle worker from taking the write lock is skipped (issue
+        19). Sends a database error left unmarked are marked first, then its unsent rows handed back."""
+        self._mark_accepted()  # a batch interrupted by a database error: what it sent is marked first
         if self._orphaned:  # ours, unsent: without this they would wait for their own claim to expire
             self._unclaim(self._orphaned)
             self._orphaned = []
         self._rescheduled = {}
+        if self._next:  # claimed with the last batch's marks: still ours (each send renews an aged claim)
+            rows, extra = self._next[:limit], [r["id"] for r in self._next[limit:]]
+            self._next = []
+            if extra:  # asked for fewer than were claimed ahead: the rest are free for the other workers now
+                self._unclaim(extra)
+            return rows
         now = self.clock.now()
         stale = now - timedelta(seconds=self.takeover_after or 0.0)
         if not woken:
@@ -155,9 +195,15 @@ class Delivery:
                 if not self._claims.anything_due(conn, now, stale):
                     self._claimed = {}
                     return []
-        until = now + timedelta(seconds=self.claim_seconds)
         with self.store.begin() as conn:
-            rows = self._claims.claim(conn, limit, now, stale, worker=self.worker_id, until=until)
+            rows = self._claim_in(conn, limit, now)
+        return rows
+
+    def _claim_in(self, conn: Connection, limit: int, now: datetime) -> list[RowMapping]:
+        """Claim up to ``limit`` due rows in the caller's transaction."""
+        stale = now - timedelta(seconds=self.takeover_after or 0.0)
+        until = now + timedelta(seconds=self.claim_seconds)
+        rows = self._claims.claim(conn, limit, now, stale, worker=self.worker_id, until=until)
         self._claimed = {r["id"]: now for r in rows}  # this worker's latest batch (see deliver)
         taken = [r for r in rows if r["claimed_until"] is not None and r["claimed_until"] >= now]
         if taken:
@@ -182,20 +228,57 @@ class Delivery:
         yet sent are handed back at once rather than held until their claim expires: a shutdown waits for
         at most the send in flight, and the next replica (or this one, restarted) sends the rest now.
         While this replica's heartbeat is overdue nothing is claimed (see :mod:`sync.heartbeat`). ``woken``: see
-        :meth:`claim`."""
+        :meth:`claim`.
+
+        While the replica is alone (:meth:`_alone`), the batch's sends are marked ``sent`` together at its end
+        (or sooner: :data:`MARK_WITHIN_SECONDS`); when the batch came back full, the same transaction claims the
+        next one (up to ``limit`` rows, fewer when sends were slow: :meth:`claim_size`), which the next call sends
+        (:attr:`more_may_be_due`). :meth:`hand_back` returns such rows when the worker stops."""
         if self.heartbeat is not None and not self.heartbeat.healthy():
+            if self._next:  # claimed ahead: free for the others now, not when the claim expires
+                self.hand_back()
             return 0  # we may be presumed dead: claim nothing until our heartbeat gets through again
         rows = self.claim(limit, woken=woken)
-        for index, row in enumerate(rows):
-            if stopping is not None and stopping():
-                self._unclaim([r["id"] for r in rows[index:]])
-                return index
-            try:
-                self.deliver(row)
-            except BaseException:  # the database went away mid-batch: the worker restarts with this object
-                self._orphaned = [r["id"] for r in rows[index:]]
-                raise
+        self._batching = True
+        try:
+            for index, row in enumerate(rows):
+                try:
+                    if stopping is not None and stopping():
+                        self._mark_accepted()
+                        self._unclaim([r["id"] for r in rows[index:]])
+                        return index
+                    if self._unmarked and self._mark_first(row):
+                        self._mark_accepted()
+                    self.deliver(row)
+                except BaseException:  # the database went away mid-batch: the worker restarts with this object
+                    accepted = {a.row["id"] for a in self._unmarked}  # marked by the next claim, not handed back
+                    self._orphaned += [r["id"] for r in rows[index:] if r["id"] not in accepted]
+                    raise
+        finally:
+            self._batching = False
+        full = len(rows) >= limit and not (stopping is not None and stopping())
+        ahead = min(limit, self.claim_size()) if full and self._alone() else 0
+        self._next = self._mark_accepted(claim=ahead)
+        self._more_due = len(self._next) >= ahead if ahead else full
         return len(rows)
+
+    def _mark_first(self, row: RowMapping) -> bool:
+        """Whether the batch's accepted sends are marked before ``row`` is sent: when the oldest was accepted longer
+        ago than :data:`MARK_WITHIN_SECONDS`, when ``row`` is a retry (its destination failed it before: its send
+        may wait longer, :func:`send_timeout`), or when recent sends were slow (their moving average above
+        :data:`QUICK_SEND_SECONDS`: the next may be slow too). So what was sent stays unmarked at most that long
+        plus one quick-looking first attempt (its connect and read timeouts at worst); a fresh claim
+        (``_fresh_for``) keeps three timeouts in hand, so no accepted row's claim can expire unmarked."""
+        if self.clock.monotonic() - self._unmarked[0].monotonic > MARK_WITHIN_SECONDS:
+            return True
+        return bool(row["attempts"]) or (self._send_seconds or 0.0) > QUICK_SEND_SECONDS
+
+    @property
+    def more_may_be_due(self) -> bool:
+        """After :meth:`run_once`: more rows than this worker's next batch may be due, so another worker may share
+        them (the service wakes one): the batch claimed ahead came back full, or, when none was claimed ahead,
+        the batch itself was full. A burst that ends with a full batch then wakes nobody to find nothing."""
+        return self._more_due
 
     def _unclaim(self, row_ids: list[int]) -> None:
         with self.store.begin() as conn:
@@ -324,21 +407,62 @@ class Delivery:
         return ours
 
     def _sent(self, row: RowMapping, *, dry_run: bool) -> None:
-        now = self.clock.now()
-        queued = False
+        """The destination accepted ``row``: it is marked sent at the batch's end (:meth:`run_once`), or now
+        when it was delivered on its own."""
+        self._unmarked.append(_Accepted(row, self.clock.now(), self.clock.monotonic(), dry_run))
+        if not self._batching or not self._alone():
+            self._mark_accepted()  # other replicas count our sends from the outbox (the rate limit): mark it now
+
+    def _alone(self) -> bool:
+        """This replica's heartbeat is healthy and saw no other replica: its sends may be marked with their batch,
+        and a full batch may claim the next. Beside other replicas (or without a heartbeat: a command, a test) each
+        send is marked at once and each batch claimed on its own, as their rate limit and claims expect: they
+        count this replica's sends from their marks, and rows this replica claimed ahead would be rows their hold
+        of a rate-limited key could not reschedule (two schedules for one key's slots)."""
+        return self.heartbeat is not None and self.heartbeat.alone()
+
+    def _mark_accepted(self, *, claim: int = 0) -> list[RowMapping]:
+        """Mark the accepted sends not yet marked (queueing their notes for the tickets) in one transaction, and
+        claim up to ``claim`` due rows in it; returns the rows claimed. Nothing to mark and nothing to claim:
+        no transaction. A database error leaves the sends to be marked by the next call."""
+        if not self._unmarked and not claim:
+            return []
         with self.store.begin() as conn:
-            if not outbox.mark_sent(conn, row["id"], self.worker_id, now, dry_run=dry_run):
+            marked = self._mark_in(conn)
+            rows = self._claim_in(conn, claim, self.clock.now()) if claim else []
+        self._marked(marked)
+        return rows
+
+    def _mark_in(self, conn: Connection) -> tuple[list[float], int]:
+        """Mark the accepted sends in the caller's transaction; returns their delivery latencies and how many notes
+        for the tickets it queued, for :meth:`_marked` once committed."""
+        latencies: list[float] = []
+        queued = 0
+        for accepted in self._unmarked:
+            row, now = accepted.row, accepted.at
+            if not outbox.mark_sent(conn, row["id"], self.worker_id, now, dry_run=accepted.dry_run):
                 log.warning("outbox row %s was taken over while it was being sent", row["id"])
-                return
+                continue
             if row["kind"] != "event":  # a note, a ticket or incident update: nothing follows it
-                return
+                continue
             received = row.get("change_received_at")  # read with the claim
             if received is not None:
-                METRICS.delivery_latency.observe(max((now - received).total_seconds(), 0.0))
-            if self.write_back_sources.get(row["connection"]) and not dry_run:
-                queued = self._queue_write_back(conn, row)
-        if queued and self.on_write_back is not None:  # committed: a ticket worker can claim it now
-            self.on_write_back()
+                latencies.append(max((now - received).total_seconds(), 0.0))
+            if self.write_back_sources.get(row["connection"]) and not accepted.dry_run:
+                queued += self._queue_write_back(conn, row)
+        return latencies, queued
+
+    def _marked(self, marked: tuple[list[float], int]) -> None:
+        """The marks of :meth:`_mark_in` are committed: forget them, observe their latencies once (not again after
+        a failed commit), and wake a ticket worker per claim of the notes it queued (each takes up to
+        :data:`CLAIM_BATCH`; a worker woken for nothing would take the write lock to claim nothing)."""
+        latencies, queued = marked
+        self._unmarked = []
+        for seconds in latencies:
+            METRICS.delivery_latency.observe(seconds)
+        if self.on_write_back is not None:
+            for _ in range(-(-queued // CLAIM_BATCH)):
+                self.on_write_back()
 
     def _queue_write_back(self, conn: Connection, row: RowMapping) -> bool:
         """Queue the note about a sent incident action for the ticket, to its connection's write-back (that
@@ -348,14 +472,19 @@ class Delivery:
         if notes is None:
             return False
         sent_by = self.destinations.get(self.outbound(row).destination)
-        note = incident_note(
-            sent_by.label if sent_by is not None else str(row["destination"]),
-            TicketRef(row["source"], row["ticket_id"], row["ticket_key"], None, row["connection"]),
-            EventAction(row["action"]),
-            row["dedup_key"],
-            row["rule"],
-            row["id"],
-        )
+        try:  # pure: a note that cannot be written is logged and dropped, not allowed to undo the batch's marks
+            note = incident_note(
+                sent_by.label if sent_by is not None else str(row["destination"]),
+                TicketRef(row["source"], row["ticket_id"], row["ticket_key"], None, row["connection"]),
+                EventAction(row["action"]),
+                row["dedup_key"],
+                row["rule"],
+                row["id"],
+            )
+            body = notes.render(note).body
+        except Exception:  # noqa: BLE001 - a destination's bug must not block the marks of what was sent
+            log.exception("the note for %s about outbox row %s could not be rendered", row["ticket_key"], row["id"])
+            return False
         outbox.enqueue(
             conn,
             kind=note.KIND,
@@ -369,7 +498,7 @@ class Delivery:
             dedup_key=row["dedup_key"],
             generation=row["generation"],
             limit_key="",
-            body=notes.render(note).body,
+            body=body,
             change_id=row["change_id"],
             now=self.clock.now(),
         )
@@ -425,6 +554,7 @@ class Delivery:
         whose slot comes while the limiter still says wait (the slots are estimates) is held again."""
         times = limiter.slots(item.limit_key, RESCHEDULE_MAX)
         with self.store.begin() as conn:
+            marked = self._mark_in(conn)  # first: the key's backlog must not take in what this batch sent
             rows = outbox.reschedule(
                 conn,
                 destination=row["destination"],
@@ -434,6 +564,7 @@ class Delivery:
                 now=self.clock.now(),
                 times=times,
             )
+        self._marked(marked)
         ids = {r["id"] for r in rows}
         self._rescheduled[(item.destination, item.limit_key)] = ids
         held = Counter(_label(r) for r in rows if limiter.first_hold(r["id"]))
@@ -450,6 +581,17 @@ class Delivery:
     def _mark(self, row_id: int, **values: Any) -> None:
         with self.store.begin() as conn:
             outbox.mark(conn, row_id, self.worker_id, **values)
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """A send its destination accepted, to be marked sent: when (business clock, stored as ``sent_at``; and the
+    monotonic clock, for :data:`MARK_WITHIN_SECONDS`), and whether it was a dry run."""
+
+    row: RowMapping
+    at: datetime
+    monotonic: float
+    dry_run: bool
 
 
 def _label(row: RowMapping) -> str:

@@ -1,14 +1,21 @@
 """Replica heartbeats: who is alive, so a dead replica's work is taken over in seconds, a live one's never.
 
 Each ``serve`` process writes ``replicas.heartbeat_at`` every ``engine.heartbeat_seconds`` (one UPDATE of one
-row). A replica whose heartbeat is older than ``engine.replica_timeout_seconds`` is dead (SIGKILL, OOM kill,
-lost node): the others then take over its outbox claims (``claimed_by`` = ``<instance>/<worker>``) and its
-leases (``holder`` = ``<instance>``) without waiting for the claim or lease to expire. A holder without a
+row, and a count of the other replicas alive: :meth:`Heartbeat.alone`). A replica whose heartbeat is older
+than ``engine.replica_timeout_seconds`` is dead (SIGKILL, OOM kill, lost node): the others then take over its outbox
+claims (``claimed_by`` = ``<instance>/<worker>``) and its leases (``holder`` = ``<instance>``) without waiting for
+the claim or lease to expire. A holder without a
 ``replicas`` row (a one-shot CLI run, an older release during a rolling upgrade) is judged by the expiry only.
 
 A replica that cannot write its heartbeat for that long may be presumed dead while it still runs (a database
 partition, a frozen VM), so its delivery workers check :meth:`Heartbeat.healthy` before each send and stop
 sending until the heartbeat gets through again.
+
+A replica alone on its database (no other heartbeat within the timeout) lets its delivery workers mark their sends
+in batches (:mod:`sync.delivery`): nobody else counts them from the outbox. A replica that starts is seen at the
+others' next beat, so for up to ``engine.heartbeat_seconds`` they still batch beside it; a process without a
+heartbeat (``poll --once``, a release before heartbeats) is not seen at all. Either can see the batching
+replica's latest sends late, by at most a batch per worker, near a routing key's rate limit.
 """
 
 from __future__ import annotations
@@ -35,10 +42,15 @@ class HeartbeatLike(Protocol):
         """True if the heartbeat has been :meth:`healthy` without a gap since ``when``."""
         ...
 
+    def alone(self) -> bool:
+        """True while no other replica heartbeats (as of this replica's latest beat): no other replica reads this
+        replica's sends from the shared outbox (the rate limit), so they may be recorded there in batches."""
+        ...
+
 
 class Heartbeat:
     """This process's heartbeat. :meth:`beat` is called by the service's heartbeat thread; the delivery
-    workers ask :meth:`healthy` and :meth:`unbroken_since` (thread-safe: plain attribute reads)."""
+    workers ask :meth:`healthy`, :meth:`unbroken_since` and :meth:`alone` (thread-safe: plain attribute reads)."""
 
     def __init__(self, store: Store, clock: Clock, instance: str, *, interval: float, timeout: float) -> None:
         self.store = store
@@ -48,6 +60,7 @@ class Heartbeat:
         self.timeout = timeout
         self.last_ok: datetime | None = None  # the time written by the latest heartbeat that committed
         self.resumed_at: datetime | None = None  # the first heartbeat after the latest gap (or the first ever)
+        self._alone = False  # no other replica alive at the latest beat (False until a beat said so)
 
     def __repr__(self) -> str:
         return f"<Heartbeat {self.instance}>"
@@ -72,6 +85,8 @@ class Heartbeat:
         now = self.clock.now()
         with self.store.begin(urgent=True) as conn:
             cursors.record_beat(conn, self.instance, now)
+            others = cursors.others_alive(conn, self.instance, now - timedelta(seconds=self.timeout))
+        self._alone = others == 0
         if self.last_ok is None or now - self.last_ok >= self._margin:
             if self.last_ok is not None:
                 log.warning(
@@ -89,6 +104,11 @@ class Heartbeat:
     def unbroken_since(self, when: datetime) -> bool:
         resumed = self.resumed_at
         return self.healthy() and resumed is not None and resumed <= when
+
+    def alone(self) -> bool:
+        """No other replica had heartbeated within ``timeout`` at the latest beat, and that beat is recent. A
+        replica that starts is seen here at this one's next beat (within ``interval``)."""
+        return self._alone and self.healthy()
 
     def forget(self) -> None:
         """Clean stop: remove our row (our claims were handed back already)."""

@@ -237,12 +237,49 @@ def test_sigkill_of_a_replica_mid_send_is_recovered_in_about_the_heartbeat_timeo
         assert "took over 1 outbox row(s)" in b.output()
 
 
+def test_a_page_accepted_just_before_a_database_error_is_marked_not_sent_again(
+    db_url: str, rules_path: Path, clock: FakeClock, rsps: responses.RequestsMock
+) -> None:
+    """Beside other replicas (here: no heartbeat) each send is marked at once. The database fails while the first
+    page is being sent, so its mark fails: the page PagerDuty accepted is marked when the database answers again,
+    before the rest of the batch is handed back, and is not sent a second time."""
+    pd_url = "https://events.pagerduty.test/v2/enqueue"
+    svc = make_service(db_url, rules_path, pd_url, clock, engine={"claim_seconds": CLAIM})
+    other = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    sent: list[str] = []
+
+    def accept(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        body = json.loads(request.body or b"{}")
+        sent.append(body["dedup_key"])
+        if len(sent) == 1:  # the outage starts while the first send is in flight
+            with other.begin() as conn:
+                conn.execute(text("ALTER TABLE outbox RENAME TO outbox_away"))
+        return 202, {}, json.dumps({"status": "success", "dedup_key": body.get("dedup_key")})
+
+    rsps.add_callback("POST", pd_url, callback=accept)
+    try:
+        receive(svc, [change(ticket("50020")), change(ticket("50021"))])
+        assert svc.engine.drain() == 2
+        worker = svc.delivery("0")
+        with pytest.raises(DBAPIError):
+            worker.run_once()
+        with other.begin() as conn:  # the database is back
+            conn.execute(text("ALTER TABLE outbox_away RENAME TO outbox"))
+        assert worker.run_once() == 1, "the second page waited for its claim to expire"
+        assert len(sent) == 2 and sent[0] != sent[1], "the accepted page was not sent again"
+        assert svc.store.status().outbox_pending == 0
+    finally:
+        other.dispose()
+        svc.store.dispose()
+
+
 def test_a_batch_cut_short_by_a_database_error_is_sent_again_at_once(
     db_url: str, rules_path: Path, clock: FakeClock, rsps: responses.RequestsMock
 ) -> None:
-    """The database fails right after PagerDuty accepted a page (the outbox table is gone for a moment):
-    the worker restarts with the rows of its batch still claimed by itself. They are handed back as soon as
-    the database answers again, not held for the 60 s claim."""
+    """The database fails right after PagerDuty accepted a page (the outbox table is gone for a moment), and
+    the next page's failure cannot be recorded: the worker restarts with its batch still claimed by itself. The
+    page PagerDuty accepted is marked sent once the database answers again, not sent a second time; the one whose
+    failure was not recorded is handed back and sent at once, not held for the 60 s claim."""
     pd_url = "https://events.pagerduty.test/v2/enqueue"
     svc = make_service(db_url, rules_path, pd_url, clock, engine={"claim_seconds": CLAIM})
     svc.heartbeat.register()
@@ -251,10 +288,12 @@ def test_a_batch_cut_short_by_a_database_error_is_sent_again_at_once(
 
     def accept(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
         body = json.loads(request.body or b"{}")
-        sent.append(body["event_action"])
+        sent.append(body["dedup_key"])
         if len(sent) == 1:  # the outage starts while the first send is in flight
             with other.begin() as conn:
                 conn.execute(text("ALTER TABLE outbox RENAME TO outbox_away"))
+        elif len(sent) == 2:  # PagerDuty fails the second: a retry that cannot be written down
+            return 500, {}, json.dumps({"status": "error"})
         return 202, {}, json.dumps({"status": "success", "dedup_key": body.get("dedup_key")})
 
     rsps.add_callback("POST", pd_url, callback=accept)
@@ -266,9 +305,12 @@ def test_a_batch_cut_short_by_a_database_error_is_sent_again_at_once(
             worker.run_once()
         with other.begin() as conn:  # the database is back
             conn.execute(text("ALTER TABLE outbox_away RENAME TO outbox"))
-        assert worker.run_once() == 2, "the interrupted batch waited for its claim to expire"
-        assert sent == ["trigger", "trigger", "trigger"]  # the first again (same dedup_key: one incident)
+        assert worker.run_once() == 1, "the interrupted row waited for its claim to expire"
+        first, second = sent[0], sent[1]
+        assert first != second and sent == [first, second, second], "the accepted page was not sent again"
         assert svc.store.status().outbox_pending == 0
+        with svc.store.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM outbox WHERE status = 'sent'")).scalar() == 2
     finally:
         other.dispose()
         svc.store.dispose()

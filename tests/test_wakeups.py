@@ -275,6 +275,31 @@ def test_a_burst_brings_every_worker_in(
         service.store.dispose()
 
 
+def test_a_burst_that_ends_with_a_full_batch_wakes_no_other_worker(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """Ten pages, one full claim: the batch's marks claim the next batch and find none, so no other worker is
+    woken only to look and find nothing (each idle wake-up costs a thread's CPU: issue 19)."""
+    service = make_service(
+        db_url, rules_path, pd.url, clock, engine={"idle_seconds": 30.0},
+        pagerduty={"rate_limit_per_minute": 10_000},
+    )  # fmt: skip
+    service.start()
+    try:
+        _settled(service)
+        with database_users(service) as used:
+            receive(service, [change(ticket(str(200 + i))) for i in range(10)])
+            service.wake.set()
+            _wait_for(lambda: len(pd.events) == 10, 30)
+            _settled(service)
+    finally:
+        service.stop()
+        service.store.dispose()
+    assert len(pd.events) == 10
+    senders = {name for name in used if "delivery" in name}
+    assert len(senders) == 1, f"one worker sent the batch; the others were not woken: {sorted(senders)}"
+
+
 def test_a_claim_holds_about_a_quarter_second_of_sends_when_pagerduty_is_slow(
     db_url: str, rules_path: Path, clock: FakeClock
 ) -> None:
@@ -286,11 +311,22 @@ def test_a_claim_holds_about_a_quarter_second_of_sends_when_pagerduty_is_slow(
         try:
             receive(service, [change(ticket(str(300 + i))) for i in range(30)])
             service.engine.drain()
-            worker = service.delivery()
+            service.heartbeat.register()  # alone on its database: a full batch claims the next with its marks
+            worker = service.delivery(heartbeat=service.heartbeat)
             assert worker.claim_size() == 10, "nothing measured yet"
             assert worker.run_once(worker.claim_size()) == 10
             assert worker.claim_size() == 2
-            assert worker.run_once(worker.claim_size()) == 2, "the other 18 stay for the other workers"
+            with service.store.engine.connect() as conn:
+                ahead = conn.exec_driver_sql(
+                    "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND claimed_until IS NOT NULL"
+                ).scalar()
+            assert ahead == 2, "the next batch, claimed with the marks, is already the smaller claim"
+            assert worker.run_once(worker.claim_size()) == 2
+            with service.store.engine.connect() as conn:
+                held = conn.exec_driver_sql(
+                    "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND claimed_until IS NOT NULL"
+                ).scalar()
+            assert held == 2, "the next batch claimed with the marks is 2 rows: the other 16 stay for the other workers"
         finally:
             service.store.dispose()
     with MockPagerDuty(clock=clock, latency=lambda n: 0.005) as fast:

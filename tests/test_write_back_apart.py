@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from kernel.clock import FakeClock
+from sync.delivery import INCIDENT_KINDS
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
@@ -153,9 +154,10 @@ def test_notes_due_behind_a_hung_ticketing_system_wake_only_the_ticket_workers(
         )
         service.start()
         try:
-            receive(service, [change(ticket(str(300 + i))) for i in range(4)])
+            # more notes than the two ticket workers' claims take (up to 10 each): some stay due and unclaimed
+            receive(service, [change(ticket(str(300 + i))) for i in range(24)])
             service.wake.set()
-            assert _wait_for(lambda: len(pd.events) == 4, 10) < 10
+            assert _wait_for(lambda: len(pd.events) == 24, 10) < 10
             assert _wait_for(lambda: len([r for r in hung.requests if "/comment" in r]) == 2, 5) < 5
             pages, notes = service.outbox_wake.count, service.write_back_wake.count
             time.sleep(1.0)  # ten of the timer's looks, with two notes due and unclaimed throughout
@@ -201,4 +203,27 @@ def test_a_stop_waits_for_sends_stuck_in_a_hung_system_side_by_side_within_one_b
             for thread in service._threads:
                 thread.join(10)
             assert not any(thread.is_alive() for thread in service._threads)
+            service.store.dispose()
+
+
+def test_the_notes_of_one_batch_wake_one_ticket_worker_per_claim(
+    tmp_path: Path, rules_path: Path, clock: FakeClock, hung: HungServer
+) -> None:
+    """Twelve pages sent in one batch queue twelve notes in one transaction (the replica is alone: the batch's
+    marks are one): two ticket workers are woken, one per claim of CLAIM_BATCH notes, not one per note (a worker
+    woken for nothing takes the write lock to claim nothing)."""
+    with MockPagerDuty() as pd:
+        service = _writing_back_to(
+            hung, tmp_path, rules_path, clock, pd, note_timeout=0.5, idle_seconds=30.0, write_back_workers=2
+        )
+        try:
+            service.heartbeat.register()
+            receive(service, [change(ticket(str(500 + i))) for i in range(12)])
+            assert service.engine.drain() == 12
+            worker = service.delivery("0", heartbeat=service.heartbeat, kinds=INCIDENT_KINDS)
+            before = service.write_back_wake.count
+            assert worker.run_once(12) == 12
+            assert len(pd.events) == 12
+            assert service.write_back_wake.count - before == 2
+        finally:
             service.store.dispose()

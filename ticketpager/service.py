@@ -398,8 +398,9 @@ class Service:
     def _pages_queued(self, rows: int) -> None:
         """The engine queued ``rows`` outbox rows: wake as many idle delivery workers as it takes claims of
         :data:`~sync.delivery.CLAIM_BATCH` to take them (one per claim, not per row: the rest would claim nothing,
-        under the write lock). A claim that comes back full wakes one more, as ever, so slow sends, claimed a few
-        at a time, still bring in every worker a burst needs."""
+        under the write lock). A claim that comes back full wakes one more when more may be due
+        (``Delivery.more_may_be_due``), so slow sends, claimed a few at a time, still bring in every worker a burst
+        needs."""
         self.outbox_wake.wake(-(-rows // CLAIM_BATCH))
 
     def _reverse_queued(self) -> None:
@@ -668,8 +669,10 @@ class Service:
                 self.arrivals.gather(ENGINE_GATHER_CHANGES, coalesce)  # let the next commits join this batch
 
     def _delivery_loop(self, delivery: Delivery, group: Wakeups) -> None:
-        """One worker: claim and send while rows are due, then sleep on its own event until woken. A claim that
-        came back full wakes one more idle worker of its group: a burst brings them all in, one page wakes one."""
+        """One worker: claim and send while rows are due, then sleep on its own event until woken. A batch that
+        came back full wakes one more idle worker of its group when more rows may be due (alone on its database,
+        the worker claimed its next batch with the marks: when that one is full too): a burst brings them all in,
+        and one page wakes one."""
         wake = group.new()
         woken = False
         while not self.stopping.is_set():
@@ -678,10 +681,11 @@ class Service:
             sent = delivery.run_once(limit, stopping=self.stopping.is_set, woken=woken)
             woken = False
             if sent:
-                if sent >= limit:
+                if delivery.more_may_be_due:
                     group.wake()
                 continue
             woken = group.wait(wake, WORKER_FALLBACK_SECONDS)  # woken: rows are there, no look first
+        delivery.hand_back()  # rows it claimed ahead with its last batch: another replica may send them now
 
     def _idle_look_loop(self) -> None:
         """The process's one idle look at the database, for work that no wake-up announced: sleep until the next

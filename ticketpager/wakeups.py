@@ -6,8 +6,9 @@ another had cleared before it waited slept through it (issue 19: bursts lost 10â
 idle look was shared). Here each worker waits on and clears its own event.
 
 Waking every worker for each engine batch made each of them run a claim probe (~0.8 ms of CPU) when one would
-do. :meth:`Wakeups.wake` wakes one idle worker; a worker whose claim came back full wakes the next
-(``_delivery_loop``), so a burst still brings every worker in within a few claims. A wake-up that finds no
+do. :meth:`Wakeups.wake` wakes one idle worker; a worker whose claim came back full, when more may be due
+(``Delivery.more_may_be_due``), wakes the next (``_delivery_loop``), so a burst still brings every worker in within
+a few claims. A wake-up that finds no
 idle worker (all are between their claim and their wait) is owed to the next worker that would wait, which
 then claims again at once instead of sleeping: no wake-up is lost. :meth:`set` still wakes them all (shutdown,
 a dead-letter retry).

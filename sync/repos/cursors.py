@@ -110,6 +110,12 @@ def record_beat(conn: Connection, instance: str, now: datetime) -> None:
         conn.execute(insert_ignore(conn, replicas), {"instance": instance, "started_at": now, "heartbeat_at": now})
 
 
+def others_alive(conn: Connection, instance: str, since: datetime) -> int:
+    """How many replicas other than ``instance`` heartbeated after ``since``."""
+    alive = select(func.count()).where(replicas.c.instance != instance, replicas.c.heartbeat_at > since)
+    return int(conn.execute(alive).scalar_one())
+
+
 def forget_silent_replicas(conn: Connection, before: datetime) -> None:
     """Delete the rows of replicas whose last heartbeat is older than ``before``."""
     conn.execute(delete(replicas).where(replicas.c.heartbeat_at < before))
