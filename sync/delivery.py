@@ -166,10 +166,10 @@ class Delivery:
         claimed ahead with the last batch's marks, rows a database error interrupted), so the next replica (or
         this one, restarted) sends them now rather than when their claim expires."""
         self._mark_accepted()
-        rows, self._next = [r["id"] for r in self._next] + self._orphaned, []
-        self._orphaned = []
+        rows = [r["id"] for r in self._next] + self._orphaned
         if rows:
-            self._unclaim(rows)
+            self._unclaim(rows)  # raises while the database is away: kept, handed back by the next call
+        self._next, self._orphaned = [], []
 
     # -- claiming --------------------------------------------------------------------------------
     def claim(self, limit: int = CLAIM_BATCH, *, woken: bool = False) -> list[RowMapping]:
@@ -184,9 +184,9 @@ class Delivery:
         self._rescheduled = {}
         if self._next:  # claimed with the last batch's marks: still ours (each send renews an aged claim)
             rows, extra = self._next[:limit], [r["id"] for r in self._next[limit:]]
-            self._next = []
             if extra:  # asked for fewer than were claimed ahead: the rest are free for the other workers now
                 self._unclaim(extra)
+            self._next = []
             return rows
         now = self.clock.now()
         stale = now - timedelta(seconds=self.takeover_after or 0.0)
@@ -239,6 +239,7 @@ class Delivery:
                 self.hand_back()
             return 0  # we may be presumed dead: claim nothing until our heartbeat gets through again
         rows = self.claim(limit, woken=woken)
+        self._more_due = False
         self._batching = True
         try:
             for index, row in enumerate(rows):
@@ -265,11 +266,15 @@ class Delivery:
     def _mark_first(self, row: RowMapping) -> bool:
         """Whether the batch's accepted sends are marked before ``row`` is sent: when the oldest was accepted longer
         ago than :data:`MARK_WITHIN_SECONDS`, when ``row`` is a retry (its destination failed it before: its send
-        may wait longer, :func:`send_timeout`), or when recent sends were slow (their moving average above
-        :data:`QUICK_SEND_SECONDS`: the next may be slow too). So what was sent stays unmarked at most that long
-        plus one quick-looking first attempt (its connect and read timeouts at worst); a fresh claim
-        (``_fresh_for``) keeps three timeouts in hand, so no accepted row's claim can expire unmarked."""
+        may wait longer, :func:`send_timeout`), when ``row``'s destination has no timeout (several calls: notes,
+        incident updates), or when recent sends were slow (their moving average above :data:`QUICK_SEND_SECONDS`:
+        the next may be slow too). So what was sent stays unmarked at most that long plus one quick-looking first
+        attempt (its connect and read timeouts at worst); a fresh claim (``_fresh_for``) keeps three timeouts in
+        hand, so no accepted row's claim can expire unmarked."""
         if self.clock.monotonic() - self._unmarked[0].monotonic > MARK_WITHIN_SECONDS:
+            return True
+        destination = self.destinations.get(self.outbound(row).destination)
+        if destination is None or destination.timeout is None:  # several calls, no bound on how long they take
             return True
         return bool(row["attempts"]) or (self._send_seconds or 0.0) > QUICK_SEND_SECONDS
 
@@ -417,8 +422,10 @@ class Delivery:
         """This replica's heartbeat is healthy and saw no other replica: its sends may be marked with their batch,
         and a full batch may claim the next. Beside other replicas (or without a heartbeat: a command, a test) each
         send is marked at once and each batch claimed on its own, as their rate limit and claims expect: they
-        count this replica's sends from their marks, and rows this replica claimed ahead would be rows their hold
-        of a rate-limited key could not reschedule (two schedules for one key's slots)."""
+        count this replica's sends from their marks, and rows this replica claimed ahead would escape the schedule
+        their hold of a rate-limited key writes (it reschedules only rows free to it: two schedules for one key's
+        slots, and their sends in flight unseen by each other). Within one replica the limiter is shared in memory
+        and counts the sends in flight, so its workers may claim ahead beside each other."""
         return self.heartbeat is not None and self.heartbeat.alone()
 
     def _mark_accepted(self, *, claim: int = 0) -> list[RowMapping]:

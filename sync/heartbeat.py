@@ -81,8 +81,10 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Write the heartbeat (raises the database's error: the caller's loop retries). On SQLite it goes
-        before background writers (one tiny UPDATE): a busy engine must not make this replica look dead."""
+        before background writers (one tiny UPDATE, and a count of the few ``replicas`` rows for :meth:`alone`): a busy
+        engine must not make this replica look dead."""
         now = self.clock.now()
+        self._alone = False  # until this beat says so: a beat that fails leaves nobody batching on an old answer
         with self.store.begin(urgent=True) as conn:
             cursors.record_beat(conn, self.instance, now)
             others = cursors.others_alive(conn, self.instance, now - timedelta(seconds=self.timeout))

@@ -11,6 +11,7 @@ commits, replicas known by their heartbeats.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from sqlalchemy import event, select, text
 
 from kernel.clock import FakeClock
 from kernel.model import StatusCategory
-from sync.delivery import CLAIM_BATCH, MARK_WITHIN_SECONDS, QUICK_SEND_SECONDS, Delivery
+from sync.delivery import CLAIM_BATCH, MARK_WITHIN_SECONDS, QUICK_SEND_SECONDS, TICKET_KINDS, Delivery
 from sync.metrics import METRICS
 from sync.schema import outbox
 from tests.factories import change, ticket
@@ -265,3 +266,58 @@ def test_beside_another_replica_each_send_is_marked_at_once(
         assert claimed == 0, "beside another replica a full batch claims no next batch ahead"
     finally:
         other.store.dispose()
+
+
+def test_notes_are_marked_one_by_one_their_sends_have_no_timeout_bound(
+    db_url: str, rules_path: Path, clock: FakeClock, rsps: responses.RequestsMock
+) -> None:
+    """A note to a ticket is several calls (look for its marker, then post it) with no one timeout: a note that
+    hangs could keep the batch's earlier notes unmarked past their claim, and a note sent twice is a duplicate
+    comment. So even alone, each note is marked before the next is sent."""
+    jira = "https://jira.example.com"
+    svc = make_service(
+        db_url, rules_path, PD_URL, clock,
+        jira={"enabled": True, "url": jira, "api_token": "pat-token", "deployment": "datacenter",
+              "webhook_secrets": ["s3cret"], "write_back": True},
+        engine={"write_back_workers": 1},
+    )  # fmt: skip
+    try:
+        svc.heartbeat.register()
+        _accepting(rsps)
+        marked_when_posting: list[int] = []
+
+        def post(_request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+            with svc.store.engine.connect() as conn:
+                query = "SELECT count(*) FROM outbox WHERE kind = 'writeback' AND status = 'sent'"
+                marked_when_posting.append(int(conn.execute(text(query)).scalar_one()))
+            return 201, {}, json.dumps({"id": "1", "body": "noted"})
+
+        comments = re.compile(rf"{re.escape(jira)}/rest/api/2/issue/\d+/comment")
+        rsps.add(responses.GET, comments, json={"startAt": 0, "maxResults": 100, "total": 0, "comments": []})
+        rsps.add_callback(responses.POST, comments, callback=post)
+        receive(svc, [change(ticket(str(20601 + n))) for n in range(3)])
+        assert svc.engine.drain() == 3
+        assert _worker(svc).run_once(CLAIM_BATCH) == 3  # the pages: their notes are queued with their marks
+        notes = svc.delivery("t0", heartbeat=svc.heartbeat, kinds=TICKET_KINDS)
+        assert notes.run_once(CLAIM_BATCH) == 3
+        assert marked_when_posting == [0, 1, 2]
+    finally:
+        svc.store.dispose()
+
+
+def test_a_worker_whose_heartbeat_is_overdue_hands_back_the_batch_it_claimed_ahead(
+    service: Service, clock: FakeClock, rsps: responses.RequestsMock
+) -> None:
+    """It may be presumed dead, so it sends nothing; the rows it claimed ahead with its last batch's marks are
+    free at once for the others, not held until their claim expires."""
+    _accepting(rsps)
+    receive(service, [change(ticket(str(20701 + n))) for n in range(CLAIM_BATCH + 3)])
+    assert service.engine.drain() == CLAIM_BATCH + 3
+    worker = _worker(service)
+    assert worker.run_once(CLAIM_BATCH) == CLAIM_BATCH
+    clock.advance(service.settings.engine.replica_timeout_seconds)  # no beat meanwhile: overdue
+    assert not service.heartbeat.healthy()
+    assert worker.run_once(CLAIM_BATCH) == 0
+    with service.store.engine.connect() as conn:
+        claimed = conn.execute(text("SELECT count(*) FROM outbox WHERE claimed_until IS NOT NULL")).scalar_one()
+    assert claimed == 0, "the batch claimed ahead was handed back"

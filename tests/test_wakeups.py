@@ -321,6 +321,10 @@ def test_a_claim_holds_about_a_quarter_second_of_sends_when_pagerduty_is_slow(
                     "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND claimed_until IS NOT NULL"
                 ).scalar()
             assert ahead == 2, "the next batch, claimed with the marks, is already the smaller claim"
+            beside = service.delivery("beside")  # no heartbeat (as beside other replicas): no claim ahead
+            assert beside.run_once(beside.claim_size()) == 10
+            assert beside.claim_size() == 2
+            assert beside.run_once(beside.claim_size()) == 2
             assert worker.run_once(worker.claim_size()) == 2
             with service.store.engine.connect() as conn:
                 held = conn.exec_driver_sql(

@@ -160,7 +160,7 @@ def test_notes_due_behind_a_hung_ticketing_system_wake_only_the_ticket_workers(
             assert _wait_for(lambda: len(pd.events) == 24, 10) < 10
             assert _wait_for(lambda: len([r for r in hung.requests if "/comment" in r]) == 2, 5) < 5
             pages, notes = service.outbox_wake.count, service.write_back_wake.count
-            time.sleep(1.0)  # ten of the timer's looks, with two notes due and unclaimed throughout
+            time.sleep(1.0)  # ten of the timer's looks, with notes due and unclaimed throughout
             assert service.write_back_wake.count >= notes + 5, "the due notes wake the ticket workers"
             assert service.outbox_wake.count == pages, "nothing of PagerDuty's is due: its workers sleep"
         finally:
@@ -209,21 +209,21 @@ def test_a_stop_waits_for_sends_stuck_in_a_hung_system_side_by_side_within_one_b
 def test_the_notes_of_one_batch_wake_one_ticket_worker_per_claim(
     tmp_path: Path, rules_path: Path, clock: FakeClock, hung: HungServer
 ) -> None:
-    """Twelve pages sent in one batch queue twelve notes in one transaction (the replica is alone: the batch's
-    marks are one): two ticket workers are woken, one per claim of CLAIM_BATCH notes, not one per note (a worker
-    woken for nothing takes the write lock to claim nothing)."""
+    """Twenty-five pages sent in one batch queue twenty-five notes in one transaction (the replica is alone and
+    PagerDuty quick: the batch's marks are one): three ticket workers are woken, one per claim of CLAIM_BATCH notes,
+    not one per note (a worker woken for nothing takes the write lock to claim nothing)."""
     with MockPagerDuty() as pd:
         service = _writing_back_to(
             hung, tmp_path, rules_path, clock, pd, note_timeout=0.5, idle_seconds=30.0, write_back_workers=2
         )
         try:
             service.heartbeat.register()
-            receive(service, [change(ticket(str(500 + i))) for i in range(12)])
-            assert service.engine.drain() == 12
+            receive(service, [change(ticket(str(500 + i))) for i in range(25)])
+            assert service.engine.drain() == 25
             worker = service.delivery("0", heartbeat=service.heartbeat, kinds=INCIDENT_KINDS)
             before = service.write_back_wake.count
-            assert worker.run_once(12) == 12
-            assert len(pd.events) == 12
-            assert service.write_back_wake.count - before == 2
+            assert worker.run_once(25) == 25
+            assert len(pd.events) == 25
+            assert service.write_back_wake.count - before == 3
         finally:
             service.store.dispose()

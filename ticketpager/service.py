@@ -674,6 +674,13 @@ class Service:
         the worker claimed its next batch with the marks: when that one is full too): a burst brings them all in,
         and one page wakes one."""
         wake = group.new()
+        try:
+            self._deliver_until_stopped(delivery, group, wake)
+        finally:  # also after an error while stopping: what it sent is marked, what it claimed ahead handed back
+            if self.stopping.is_set():
+                delivery.hand_back()
+
+    def _deliver_until_stopped(self, delivery: Delivery, group: Wakeups, wake: threading.Event) -> None:
         woken = False
         while not self.stopping.is_set():
             wake.clear()  # before the claim: a wake-up during it makes the next wait return at once
@@ -685,7 +692,6 @@ class Service:
                     group.wake()
                 continue
             woken = group.wait(wake, WORKER_FALLBACK_SECONDS)  # woken: rows are there, no look first
-        delivery.hand_back()  # rows it claimed ahead with its last batch: another replica may send them now
 
     def _idle_look_loop(self) -> None:
         """The process's one idle look at the database, for work that no wake-up announced: sleep until the next
