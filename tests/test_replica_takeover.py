@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 import responses
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
 from kernel.clock import FakeClock
@@ -237,6 +237,27 @@ def test_sigkill_of_a_replica_mid_send_is_recovered_in_about_the_heartbeat_timeo
         assert "took over 1 outbox row(s)" in b.output()
 
 
+def _outage_on_first_send(
+    rsps: responses.RequestsMock, pd_url: str, other: Engine, *, fail_second: bool
+) -> list[str]:
+    """PagerDuty at ``pd_url``: the outbox table goes away (through ``other``) while the first page is being sent,
+    which PagerDuty accepts; the second page gets a 500 when ``fail_second``. Returns the dedup keys sent."""
+    sent: list[str] = []
+
+    def accept(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        body = json.loads(request.body or b"{}")
+        sent.append(body["dedup_key"])
+        if len(sent) == 1:  # the outage starts while the first send is in flight
+            with other.begin() as conn:
+                conn.execute(text("ALTER TABLE outbox RENAME TO outbox_away"))
+        elif len(sent) == 2 and fail_second:  # a retry that cannot be written down
+            return 500, {}, json.dumps({"status": "error"})
+        return 202, {}, json.dumps({"status": "success", "dedup_key": body.get("dedup_key")})
+
+    rsps.add_callback("POST", pd_url, callback=accept)
+    return sent
+
+
 def test_a_page_accepted_just_before_a_database_error_is_marked_not_sent_again(
     db_url: str, rules_path: Path, clock: FakeClock, rsps: responses.RequestsMock
 ) -> None:
@@ -246,17 +267,7 @@ def test_a_page_accepted_just_before_a_database_error_is_marked_not_sent_again(
     pd_url = "https://events.pagerduty.test/v2/enqueue"
     svc = make_service(db_url, rules_path, pd_url, clock, engine={"claim_seconds": CLAIM})
     other = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
-    sent: list[str] = []
-
-    def accept(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
-        body = json.loads(request.body or b"{}")
-        sent.append(body["dedup_key"])
-        if len(sent) == 1:  # the outage starts while the first send is in flight
-            with other.begin() as conn:
-                conn.execute(text("ALTER TABLE outbox RENAME TO outbox_away"))
-        return 202, {}, json.dumps({"status": "success", "dedup_key": body.get("dedup_key")})
-
-    rsps.add_callback("POST", pd_url, callback=accept)
+    sent = _outage_on_first_send(rsps, pd_url, other, fail_second=False)
     try:
         receive(svc, [change(ticket("50020")), change(ticket("50021"))])
         assert svc.engine.drain() == 2
@@ -284,19 +295,7 @@ def test_a_batch_cut_short_by_a_database_error_is_sent_again_at_once(
     svc = make_service(db_url, rules_path, pd_url, clock, engine={"claim_seconds": CLAIM})
     svc.heartbeat.register()
     other = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
-    sent: list[str] = []
-
-    def accept(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
-        body = json.loads(request.body or b"{}")
-        sent.append(body["dedup_key"])
-        if len(sent) == 1:  # the outage starts while the first send is in flight
-            with other.begin() as conn:
-                conn.execute(text("ALTER TABLE outbox RENAME TO outbox_away"))
-        elif len(sent) == 2:  # PagerDuty fails the second: a retry that cannot be written down
-            return 500, {}, json.dumps({"status": "error"})
-        return 202, {}, json.dumps({"status": "success", "dedup_key": body.get("dedup_key")})
-
-    rsps.add_callback("POST", pd_url, callback=accept)
+    sent = _outage_on_first_send(rsps, pd_url, other, fail_second=True)
     try:
         receive(svc, [change(ticket("50010")), change(ticket("50011"))])
         assert svc.engine.drain() == 2

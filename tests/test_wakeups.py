@@ -250,17 +250,22 @@ def test_a_wake_up_that_finds_every_worker_busy_is_not_lost() -> None:
     assert wakeups.wait(other, 0.05) is False, "one wake-up was owed, taken once"
 
 
+def _started_for_bursts(db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock) -> Service:
+    """A started service whose workers only wake when told (no idle look for 30 s) and no rate limit in the way."""
+    service = make_service(
+        db_url, rules_path, pd.url, clock, engine={"idle_seconds": 30.0}, pagerduty={"rate_limit_per_minute": 10_000}
+    )
+    service.start()
+    return service
+
+
 def test_a_burst_brings_every_worker_in(
     db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
 ) -> None:
     """One wake-up per engine batch, yet 60 pages are spread over the 4 workers: a worker whose claim came back
     full wakes the next."""
     pd.latency_seconds = 0.05
-    service = make_service(
-        db_url, rules_path, pd.url, clock, engine={"idle_seconds": 30.0},
-        pagerduty={"rate_limit_per_minute": 10_000},
-    )  # fmt: skip
-    service.start()
+    service = _started_for_bursts(db_url, rules_path, pd, clock)
     try:
         time.sleep(0.3)  # every worker waits
         receive(service, [change(ticket(str(100 + i))) for i in range(60)])
@@ -280,11 +285,7 @@ def test_a_burst_that_ends_with_a_full_batch_wakes_no_other_worker(
 ) -> None:
     """Ten pages, one full claim: the batch's marks claim the next batch and find none, so no other worker is
     woken only to look and find nothing (each idle wake-up costs a thread's CPU: issue 19)."""
-    service = make_service(
-        db_url, rules_path, pd.url, clock, engine={"idle_seconds": 30.0},
-        pagerduty={"rate_limit_per_minute": 10_000},
-    )  # fmt: skip
-    service.start()
+    service = _started_for_bursts(db_url, rules_path, pd, clock)
     try:
         _settled(service)
         with database_users(service) as used:
