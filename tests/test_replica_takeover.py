@@ -358,3 +358,26 @@ def test_a_lost_replicas_open_transaction_is_ended_by_the_server(postgres_url: s
         held.invalidate()  # the server closed that session (or the test failed): never back to the pool
         lost.dispose()
         alive.dispose()
+
+
+def test_a_clean_stop_removes_the_heartbeat_and_leaves_nothing_claimed(
+    db_url: str, rules_path: Path, clock: FakeClock, pd: MockPagerDuty
+) -> None:
+    """Nothing stuck at the stop: the replica's heartbeat row goes (the others need not wait for it to go stale),
+    and every page it was given was sent and marked, none left claimed."""
+    svc = make_service(db_url, rules_path, pd.url, clock, pagerduty={"rate_limit_per_minute": 10_000})
+    svc.start()
+    try:
+        receive(svc, [change(ticket(str(50100 + n))) for n in range(25)])
+        svc.wake.set()
+        deadline = time.monotonic() + 20
+        while len(pd.events) < 25 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        svc.stop()
+        with svc.store.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM replicas")).scalar_one() == 0
+            claimed = conn.execute(text("SELECT count(*) FROM outbox WHERE claimed_until IS NOT NULL")).scalar_one()
+        assert len(pd.events) == 25 and claimed == 0
+        assert svc.store.status().outbox_pending == 0
+    finally:
+        svc.store.dispose()

@@ -174,7 +174,8 @@ def test_a_stop_waits_for_sends_stuck_in_a_hung_system_side_by_side_within_one_b
     """SIGTERM while three ticket workers are stuck in notes to a hung Jira (each blocks until its 5 s timeout),
     and the Jira poller in its first poll: ``stop`` gives all the background threads one bound together
     (``STOP_SECONDS``, 1 s here), not one bound each one after another (4 s), and the notes in flight are not
-    lost: still pending in the outbox, for the next start once their claims end."""
+    lost: still pending in the outbox. The replica's heartbeat is left in place, so the other replicas (or the next
+    start) take over their claims once it is stale, not after the whole claim time."""
     monkeypatch.setattr(service_module, "STOP_SECONDS", 1.0)
     with MockPagerDuty() as pd:
         service = _writing_back_to(
@@ -197,6 +198,9 @@ def test_a_stop_waits_for_sends_stuck_in_a_hung_system_side_by_side_within_one_b
             with service.store.engine.connect() as conn:
                 queued = conn.execute(text("SELECT status FROM outbox WHERE kind = 'writeback'")).scalars().all()
             assert queued == ["pending"] * 3, "the notes in flight stay queued"
+            with service.store.engine.connect() as conn:
+                beats = conn.execute(text("SELECT count(*) FROM replicas")).scalar_one()
+            assert beats == 1, "threads still stuck: the heartbeat stays, so the others take over in seconds"
         finally:
             hung.close()  # the stuck sends and the poll fail at once: their threads end before the database goes
             service.stop()

@@ -563,10 +563,18 @@ class Service:
         deadline = time.monotonic() + STOP_SECONDS
         for thread in self._threads:
             thread.join(timeout=max(deadline - time.monotonic(), 0.1))
-        try:  # our claims are handed back: the others need not wait for our heartbeat to go stale
-            self.heartbeat.forget()
-        except (OperationalError, InterfaceError) as exc:
-            log.warning("could not remove this replica's heartbeat (%s)", failure_reason(exc)[:300])
+        busy = [thread.name for thread in self._threads if thread.is_alive()]
+        if busy:  # stuck in a call: what they claimed (and sent unmarked) is taken over once our heartbeat is stale
+            log.warning(
+                "stopping with %d thread(s) still busy (%s): this replica's heartbeat is left in place, so the other"
+                " replicas take over its claims %.0f s after its last beat rather than when the claims expire",
+                len(busy), ", ".join(busy), self.settings.engine.replica_timeout_seconds,
+            )  # fmt: skip
+        else:
+            try:  # our claims are handed back: the others need not wait for our heartbeat to go stale
+                self.heartbeat.forget()
+            except (OperationalError, InterfaceError) as exc:
+                log.warning("could not remove this replica's heartbeat (%s)", failure_reason(exc)[:300])
         self.writer.stop()
 
     def routing_key_problems(self) -> list[str]:
