@@ -336,8 +336,9 @@ class RateLimiter:
     An event arrives somewhere between the start and the end of its POST, so each send is counted from when
     it began until ``WINDOW`` (plus :data:`WINDOW_MARGIN`) after it ended: a send that was slow to arrive can
     no longer let a later, faster one in early. ``elsewhere(key, since)`` gives the *other* replicas' sends
-    (the service reads their ``sent_at``, written when the POST ended, from the shared outbox; a replica
-    alone on its database writes it at its batch's end, ``sync.heartbeat``); this process's
+    (the service reads their ``sent_at``, the POST's end, from the shared outbox; a replica that was alone on its
+    database until another started writes the row at its batch's end, up to a batch per worker late, for up to a
+    heartbeat interval, ``sync.heartbeat``); this process's
     own are kept here, in flight included. Another replica's send that is in flight at that moment is not
     seen yet, so a cluster can go over by the sends in flight at once; PagerDuty then answers 429 and the
     event is retried. While a key is far from its limit (more than :data:`OTHERS_HEADROOM` of it free) the
