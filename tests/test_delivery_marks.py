@@ -268,19 +268,26 @@ def test_beside_another_replica_each_send_is_marked_at_once(
         other.store.dispose()
 
 
+JIRA = "https://jira.example.com"
+
+
+def _writing_back(db_url: str, rules_path: Path, clock: FakeClock) -> Service:
+    """A service whose Jira connection writes a note back to the ticket after each page (one ticket worker)."""
+    return make_service(
+        db_url, rules_path, PD_URL, clock,
+        jira={"enabled": True, "url": JIRA, "api_token": "pat-token", "deployment": "datacenter",
+              "webhook_secrets": ["s3cret"], "write_back": True},
+        engine={"write_back_workers": 1},
+    )  # fmt: skip
+
+
 def test_notes_are_marked_one_by_one_their_sends_have_no_timeout_bound(
     db_url: str, rules_path: Path, clock: FakeClock, rsps: responses.RequestsMock
 ) -> None:
     """A note to a ticket is several calls (look for its marker, then post it) with no one timeout: a note that
     hangs could keep the batch's earlier notes unmarked past their claim, and a note sent twice is a duplicate
     comment. So even alone, each note is marked before the next is sent."""
-    jira = "https://jira.example.com"
-    svc = make_service(
-        db_url, rules_path, PD_URL, clock,
-        jira={"enabled": True, "url": jira, "api_token": "pat-token", "deployment": "datacenter",
-              "webhook_secrets": ["s3cret"], "write_back": True},
-        engine={"write_back_workers": 1},
-    )  # fmt: skip
+    svc = _writing_back(db_url, rules_path, clock)
     try:
         svc.heartbeat.register()
         _accepting(rsps)
@@ -292,7 +299,7 @@ def test_notes_are_marked_one_by_one_their_sends_have_no_timeout_bound(
                 marked_when_posting.append(int(conn.execute(text(query)).scalar_one()))
             return 201, {}, json.dumps({"id": "1", "body": "noted"})
 
-        comments = re.compile(rf"{re.escape(jira)}/rest/api/2/issue/\d+/comment")
+        comments = re.compile(rf"{re.escape(JIRA)}/rest/api/2/issue/\d+/comment")
         rsps.add(responses.GET, comments, json={"startAt": 0, "maxResults": 100, "total": 0, "comments": []})
         rsps.add_callback(responses.POST, comments, callback=post)
         receive(svc, [change(ticket(str(20601 + n))) for n in range(3)])
@@ -321,3 +328,29 @@ def test_a_worker_whose_heartbeat_is_overdue_hands_back_the_batch_it_claimed_ahe
     with service.store.engine.connect() as conn:
         claimed = conn.execute(text("SELECT count(*) FROM outbox WHERE claimed_until IS NOT NULL")).scalar_one()
     assert claimed == 0, "the batch claimed ahead was handed back"
+
+
+def test_a_note_that_cannot_be_written_does_not_undo_the_batchs_marks(
+    db_url: str, rules_path: Path, clock: FakeClock, rsps: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three pages in one batch, the second with an action this version cannot describe in a note (a row a newer
+    release wrote, say): its note is dropped with an error in the log; the three pages are marked sent, and the
+    other two notes are queued, in the batch's one transaction."""
+    svc = _writing_back(db_url, rules_path, clock)
+    try:
+        svc.heartbeat.register()
+        sent = _accepting(rsps)
+        receive(svc, [change(ticket(str(20801 + n))) for n in range(3)])
+        assert svc.engine.drain() == 3
+        with svc.store.begin() as conn:
+            second = conn.execute(select(outbox.c.id).order_by(outbox.c.id).offset(1).limit(1)).scalar_one()
+            conn.execute(outbox.update().where(outbox.c.id == second).values(action="escalate"))
+        with caplog.at_level("ERROR", logger="ticketpager.delivery"):
+            assert _worker(svc).run_once(CLAIM_BATCH) == 3
+        assert len(sent) == 3
+        with svc.store.engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.kind, outbox.c.status).order_by(outbox.c.id)).all()
+        assert [tuple(r) for r in rows] == [("event", "sent")] * 3 + [("writeback", "pending")] * 2
+        assert f"about outbox row {second} could not be rendered" in caplog.text
+    finally:
+        svc.store.dispose()
