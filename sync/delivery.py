@@ -99,6 +99,12 @@ MARK_WITHIN_SECONDS = 0.25
 QUICK_SEND_SECONDS = MARK_WITHIN_SECONDS / 2
 
 
+def claims_for(rows: int) -> int:
+    """How many claims of :data:`CLAIM_BATCH` take ``rows`` rows: the idle workers worth waking for them (a worker
+    woken for nothing would take the write lock to claim nothing)."""
+    return -(-rows // CLAIM_BATCH)
+
+
 def send_timeout(base: float, attempts: int, claim_seconds: float) -> float:
     """The timeout of a send after ``attempts`` failed attempts of its row, within the claim: connect and read
     (each up to the timeout) must end before the claim could pass to another replica."""
@@ -273,7 +279,7 @@ class Delivery:
         hand, so no accepted row's claim can expire unmarked."""
         if self.clock.monotonic() - self._unmarked[0].monotonic > MARK_WITHIN_SECONDS:
             return True
-        destination = self.destinations.get(self.outbound(row).destination)
+        destination = self.destinations.get(self._destination_name(row))
         if destination is None or destination.timeout is None:  # several calls, no bound on how long they take
             return True
         return bool(row["attempts"]) or (self._send_seconds or 0.0) > QUICK_SEND_SECONDS
@@ -335,10 +341,9 @@ class Delivery:
 
     def outbound(self, row: RowMapping) -> Outbound:
         """A claimed row as its destination sends it."""
-        name = row["destination"] or (row["connection"] if row["kind"] == "writeback" else self.legacy_events) or ""
         return Outbound(
             id=row["id"],
-            destination=name,
+            destination=self._destination_name(row),
             kind=row["kind"],
             action=row["action"],
             body=row["body"],
@@ -346,6 +351,11 @@ class Delivery:
             ticket_key=row["ticket_key"],
             attempts=row["attempts"],
         )
+
+    def _destination_name(self, row: RowMapping) -> str:
+        """The destination that sends ``row``: its own; a note written without one, its connection's; an incident
+        event written without one (an older version), ``legacy_events``."""
+        return row["destination"] or (row["connection"] if row["kind"] == "writeback" else self.legacy_events) or ""
 
     def _deliver_timed(
         self, row: RowMapping, item: Outbound, destination: Destination, claimed: datetime | None
@@ -461,14 +471,13 @@ class Delivery:
 
     def _marked(self, marked: tuple[list[float], int]) -> None:
         """The marks of :meth:`_mark_in` are committed: forget them, observe their latencies once (not again after
-        a failed commit), and wake a ticket worker per claim of the notes it queued (each takes up to
-        :data:`CLAIM_BATCH`; a worker woken for nothing would take the write lock to claim nothing)."""
+        a failed commit), and wake a ticket worker per claim of the notes it queued (:func:`claims_for`)."""
         latencies, queued = marked
         self._unmarked = []
         for seconds in latencies:
             METRICS.delivery_latency.observe(seconds)
         if self.on_write_back is not None:
-            for _ in range(-(-queued // CLAIM_BATCH)):
+            for _ in range(claims_for(queued)):
                 self.on_write_back()
 
     def _queue_write_back(self, conn: Connection, row: RowMapping) -> bool:

@@ -4,8 +4,8 @@ Each ``serve`` process writes ``replicas.heartbeat_at`` every ``engine.heartbeat
 row, and a count of the other replicas alive: :meth:`Heartbeat.alone`). A replica whose heartbeat is older
 than ``engine.replica_timeout_seconds`` is dead (SIGKILL, OOM kill, lost node): the others then take over its outbox
 claims (``claimed_by`` = ``<instance>/<worker>``) and its leases (``holder`` = ``<instance>``) without waiting for
-the claim or lease to expire. A holder without a
-``replicas`` row (a one-shot CLI run, an older release during a rolling upgrade) is judged by the expiry only.
+the claim or lease to expire. A holder without a ``replicas`` row (a one-shot CLI run, an older release during a
+rolling upgrade) is judged by the expiry only.
 
 A replica that cannot write its heartbeat for that long may be presumed dead while it still runs (a database
 partition, a frozen VM), so its delivery workers check :meth:`Heartbeat.healthy` before each send and stop

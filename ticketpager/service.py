@@ -39,7 +39,7 @@ from kernel.retry import RetryPolicy
 from rules import RuleStore
 from rules.silence_match import compile_matchers
 from sync.db import failure_reason
-from sync.delivery import CLAIM_BATCH, INCIDENT_KINDS, TICKET_KINDS, Delivery, send_timeout
+from sync.delivery import INCIDENT_KINDS, TICKET_KINDS, Delivery, claims_for, send_timeout
 from sync.engine import Engine
 from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
@@ -396,12 +396,12 @@ class Service:
         return stored
 
     def _pages_queued(self, rows: int) -> None:
-        """The engine queued ``rows`` outbox rows: wake as many idle delivery workers as it takes claims of
-        :data:`~sync.delivery.CLAIM_BATCH` to take them (one per claim, not per row: the rest would claim nothing,
-        under the write lock). A claim that comes back full wakes one more when more may be due
+        """The engine queued ``rows`` outbox rows: wake as many idle delivery workers as it takes claims to take
+        them (:func:`~sync.delivery.claims_for`: one per claim, not per row, the rest would claim nothing under the
+        write lock). A claim that comes back full wakes one more when more may be due
         (``Delivery.more_may_be_due``), so slow sends, claimed a few at a time, still bring in every worker a burst
         needs."""
-        self.outbox_wake.wake(-(-rows // CLAIM_BATCH))
+        self.outbox_wake.wake(claims_for(rows))
 
     def _reverse_queued(self) -> None:
         """The reverse worker queued ticket updates or incident updates: one worker of each kind looks."""
