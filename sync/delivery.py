@@ -15,7 +15,9 @@ A row its destination's rate limit holds back reschedules its key's whole backlo
 one transaction (:meth:`Delivery._hold`): a backlog costs nothing while it waits.
 While the replica is alone on its database, the sends of one batch are marked ``sent`` together, at the batch's
 end, in one transaction that also claims the next batch when this one came back full (:meth:`Delivery.run_once`):
-during a burst a worker writes once per batch, not once per page and once per claim (issue 19).
+during a burst a worker writes once per batch, not once per page and once per claim (issue 19). The service's workers
+leave the sends of a batch that was not full to their next claim's transaction, within :data:`MARK_WITHIN_SECONDS`
+(``defer_marks``): at low rates a page costs one write, not a claim and a mark.
 
 Outcomes: 2xx → sent (and, after an incident action, a note for the ticket is queued to the write-back
 destination of the ticket's connection, named after it, when write-back is on there: a note always goes back
@@ -91,7 +93,9 @@ RESCHEDULE_MAX = 1000
 #: marked before the batch's next send, so a batch slowed by its destination never keeps what it sent (and the later
 #: events of those dedup keys, which wait for them) unmarked for long. Until its mark a sent row stays claimed by
 #: this worker: no other worker sends it; a crash in between sends it again, with its dedup key (as a crash between
-#: one send and its mark always could). Only while the replica is alone (``HeartbeatLike.alone``, see
+#: one send and its mark always could). Between batches the same bound holds for the sends a batch that was not full
+#: left to the worker's next claim (``run_once(defer_marks=True)``): the caller runs again within
+#: :meth:`Delivery.marks_due_in`. Only while the replica is alone (``HeartbeatLike.alone``, see
 #: :meth:`Delivery._alone`): beside other replicas each send is marked at once, as before.
 MARK_WITHIN_SECONDS = 0.25
 #: sends whose moving average (:meth:`Delivery.claim_size`'s) is above this are "slow": the batch's accepted sends are
@@ -161,8 +165,9 @@ class Delivery:
         timeouts = [d.timeout for d in self.destinations.values() if d.timeout is not None]
         send_seconds = 3 * max(timeouts) if timeouts and not dry_run else 0.0
         self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
-        self._unmarked: list[_Accepted] = []  # sends of this batch not yet marked sent (see MARK_WITHIN_SECONDS)
-        self._batching = False  # run_once marks a batch's sends at its end; a lone deliver() marks its own at once
+        # sends not yet marked sent: this batch's, or the last one's left to the next claim (see MARK_WITHIN_SECONDS)
+        self._unmarked: list[_Accepted] = []
+        self._batching = False  # run_once marks a batch's sends (at its end, or with the next claim); deliver() at once
         self._next: list[RowMapping] = []  # claimed with the last full batch's marks: the next batch
         self._more_due = False  # see more_may_be_due
 
@@ -182,9 +187,11 @@ class Delivery:
         """Claim up to ``limit`` due rows: the batch claimed ahead with the last batch's marks if there is one (the
         rows of it past ``limit`` handed back), else new ones. ``woken``: the caller was just told rows were queued
         or came due, so the read-only look that keeps an idle worker from taking the write lock is skipped (issue
-        19). Sends a database error left unmarked are marked first, then its unsent rows handed back."""
-        self._mark_accepted()  # a batch interrupted by a database error: what it sent is marked first
-        if self._orphaned:  # ours, unsent: without this they would wait for their own claim to expire
+        19); it is skipped too when sends are left to mark (a write either way). Those are marked in the claim's
+        own transaction, before it claims (so a later event of their incidents may go in it). Sends a database
+        error left unmarked are marked first, then its unsent rows handed back."""
+        if self._orphaned:  # a batch interrupted by a database error: what it sent is marked first, then
+            self._mark_accepted()  # its unsent rows (ours) handed back: else they would wait for their claim to expire
             self._unclaim(self._orphaned)
             self._orphaned = []
         self._rescheduled = {}
@@ -196,14 +203,12 @@ class Delivery:
             return rows
         now = self.clock.now()
         stale = now - timedelta(seconds=self.takeover_after or 0.0)
-        if not woken:
+        if not woken and not self._unmarked:  # sends left to mark take the write lock anyway: no look first
             with self.store.engine.connect() as conn:  # a read first: idle workers take no write lock
                 if not self._claims.anything_due(conn, now, stale):
                     self._claimed = {}
                     return []
-        with self.store.begin() as conn:
-            rows = self._claim_in(conn, limit, now)
-        return rows
+        return self._mark_accepted(claim=limit, now=now)  # the last batch's sends, if left to mark, and the claim
 
     def _claim_in(self, conn: Connection, limit: int, now: datetime) -> list[RowMapping]:
         """Claim up to ``limit`` due rows in the caller's transaction."""
@@ -228,7 +233,12 @@ class Delivery:
         return max(1, min(CLAIM_BATCH, int(CLAIM_SECONDS_OF_WORK / self._send_seconds)))
 
     def run_once(
-        self, limit: int = CLAIM_BATCH, stopping: Callable[[], bool] | None = None, *, woken: bool = False
+        self,
+        limit: int = CLAIM_BATCH,
+        stopping: Callable[[], bool] | None = None,
+        *,
+        woken: bool = False,
+        defer_marks: bool = False,
     ) -> int:
         """Claim up to ``limit`` due rows and send them. When ``stopping`` turns true (SIGTERM) the rows not
         yet sent are handed back at once rather than held until their claim expires: a shutdown waits for
@@ -239,9 +249,15 @@ class Delivery:
         While the replica is alone (:meth:`_alone`), the batch's sends are marked ``sent`` together at its end
         (or sooner: :data:`MARK_WITHIN_SECONDS`); when the batch came back full, the same transaction claims the
         next one (up to ``limit`` rows, fewer when sends were slow: :meth:`claim_size`), which the next call sends
-        (:attr:`more_may_be_due`). :meth:`hand_back` returns such rows when the worker stops."""
+        (:attr:`more_may_be_due`). :meth:`hand_back` returns such rows when the worker stops.
+
+        ``defer_marks`` (the service's workers): while alone, a batch that was not full leaves its sends to be
+        marked by the next claim, in its transaction: at low rates a page then costs one write transaction, not two
+        (issue 19). The caller must then call again within :meth:`marks_due_in` (a claim marks them, whatever it
+        finds) or call :meth:`hand_back`: left alone, they stay claimed and unmarked, and are sent again once
+        their claim expires. Sends to a destination without one timeout (notes) are marked at once all the same."""
         if self.heartbeat is not None and not self.heartbeat.healthy():
-            if self._next:  # claimed ahead: free for the others now, not when the claim expires
+            if self._next or self._unmarked:  # marked, and what was claimed ahead free for the others now
                 self.hand_back()
             return 0  # we may be presumed dead: claim nothing until our heartbeat gets through again
         rows = self.claim(limit, woken=woken)
@@ -264,8 +280,10 @@ class Delivery:
         finally:
             self._batching = False
         full = len(rows) >= limit and not (stopping is not None and stopping())
-        ahead = min(limit, self.claim_size()) if full and self._alone() else 0
-        self._next = self._mark_accepted(claim=ahead)
+        alone = self._alone()
+        ahead = min(limit, self.claim_size()) if full and alone else 0
+        if ahead or not (defer_marks and alone and self._may_stay_unmarked()):  # else the next claim marks them
+            self._next = self._mark_accepted(claim=ahead)
         self._more_due = len(self._next) >= ahead if ahead else full
         return len(rows)
 
@@ -283,6 +301,16 @@ class Delivery:
         if destination is None or destination.timeout is None:  # several calls, no bound on how long they take
             return True
         return bool(row["attempts"]) or (self._send_seconds or 0.0) > QUICK_SEND_SECONDS
+
+    def _may_stay_unmarked(self) -> bool:
+        """Whether the batch's accepted sends may wait for the worker's next claim to be marked: not when one went
+        to a destination without one timeout (a note, an incident update: several calls, and one sent again after
+        a crash is a second comment), which :meth:`_mark_first` marks before each next send too."""
+        for accepted in self._unmarked:
+            destination = self.destinations.get(self._destination_name(accepted.row))
+            if destination is None or destination.timeout is None:
+                return False
+        return True
 
     @property
     def more_may_be_due(self) -> bool:
@@ -422,8 +450,8 @@ class Delivery:
         return ours
 
     def _sent(self, row: RowMapping, *, dry_run: bool) -> None:
-        """The destination accepted ``row``: it is marked sent at the batch's end (:meth:`run_once`), or now
-        when it was delivered on its own."""
+        """The destination accepted ``row``: it is marked sent at the batch's end or with the worker's next claim
+        (:meth:`run_once`), or now when it was delivered on its own or beside other replicas."""
         self._unmarked.append(_Accepted(row, self.clock.now(), self.clock.monotonic(), dry_run))
         if not self._batching or not self._alone():
             self._mark_accepted()  # other replicas count our sends from the outbox (the rate limit): mark it now
@@ -438,26 +466,37 @@ class Delivery:
         and counts the sends in flight, so its workers may claim ahead beside each other."""
         return self.heartbeat is not None and self.heartbeat.alone()
 
-    def _mark_accepted(self, *, claim: int = 0) -> list[RowMapping]:
+    def _mark_accepted(self, *, claim: int = 0, now: datetime | None = None) -> list[RowMapping]:
         """Mark the accepted sends not yet marked (queueing their notes for the tickets) in one transaction, and
-        claim up to ``claim`` due rows in it; returns the rows claimed. Nothing to mark and nothing to claim:
-        no transaction. A database error leaves the sends to be marked by the next call."""
+        claim up to ``claim`` due rows in it (as of ``now``); returns the rows claimed. Nothing to mark and nothing
+        to claim: no transaction. A database error leaves the sends to be marked by the next call."""
         if not self._unmarked and not claim:
             return []
         with self.store.begin() as conn:
             marked = self._mark_in(conn)
-            rows = self._claim_in(conn, claim, self.clock.now()) if claim else []
+            rows = self._claim_in(conn, claim, now or self.clock.now()) if claim else []
         self._marked(marked)
         return rows
+
+    def marks_due_in(self) -> float | None:
+        """Seconds until the oldest send a batch left to mark (``run_once(defer_marks=True)``) must be marked
+        (:data:`MARK_WITHIN_SECONDS` after it was accepted); None when none is left. The service's worker waits at
+        most this long for its next wake-up, then runs again: the claim marks them, or :meth:`hand_back` when it
+        stops."""
+        if not self._unmarked:
+            return None
+        return max(MARK_WITHIN_SECONDS - (self.clock.monotonic() - self._unmarked[0].monotonic), 0.0)
 
     def _mark_in(self, conn: Connection) -> tuple[list[float], int]:
         """Mark the accepted sends in the caller's transaction; returns their delivery latencies and how many notes
         for the tickets it queued, for :meth:`_marked` once committed."""
         latencies: list[float] = []
         queued = 0
+        sends = [(a.row["id"], a.at, a.dry_run) for a in self._unmarked]
+        lost = outbox.mark_sent_many(conn, sends, self.worker_id)
         for accepted in self._unmarked:
             row, now = accepted.row, accepted.at
-            if not outbox.mark_sent(conn, row["id"], self.worker_id, now, dry_run=accepted.dry_run):
+            if row["id"] in lost:
                 log.warning("outbox row %s was taken over while it was being sent", row["id"])
                 continue
             if row["kind"] != "event":  # a note, a ticket or incident update: nothing follows it

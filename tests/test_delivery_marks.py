@@ -10,8 +10,11 @@ commits, replicas known by their heartbeats.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +22,8 @@ from pathlib import Path
 import pytest
 import requests
 import responses
-from sqlalchemy import event, select, text
+from sqlalchemy import create_engine, event, select, text
+from sqlalchemy.exc import DBAPIError
 
 from kernel.clock import FakeClock
 from kernel.model import StatusCategory
@@ -27,6 +31,7 @@ from sync.delivery import CLAIM_BATCH, MARK_WITHIN_SECONDS, QUICK_SEND_SECONDS, 
 from sync.metrics import METRICS
 from sync.schema import outbox
 from tests.factories import change, ticket
+from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive
 from ticketpager.service import Service
 
@@ -306,8 +311,10 @@ def test_notes_are_marked_one_by_one_their_sends_have_no_timeout_bound(
         assert svc.engine.drain() == 3
         assert _worker(svc).run_once(CLAIM_BATCH) == 3  # the pages: their notes are queued with their marks
         notes = svc.delivery("t0", heartbeat=svc.heartbeat, kinds=TICKET_KINDS)
-        assert notes.run_once(CLAIM_BATCH) == 3
+        assert notes.run_once(CLAIM_BATCH, defer_marks=True) == 3  # as the service's ticket workers run it
         assert marked_when_posting == [0, 1, 2]
+        assert notes.marks_due_in() is None, "the last note too is marked at once, not left for the next claim"
+        assert svc.store.status().outbox_pending == 0
     finally:
         svc.store.dispose()
 
@@ -354,3 +361,273 @@ def test_a_note_that_cannot_be_written_does_not_undo_the_batchs_marks(
         assert f"about outbox row {second} could not be rendered" in caplog.text
     finally:
         svc.store.dispose()
+
+
+# -- a batch that was not full: its sends marked by the worker's next claim (the service's workers) --------------
+
+
+def _statuses(service: Service) -> list[tuple[str, str | None]]:
+    """(status, claimed_by's worker) of every outbox row, in id order."""
+    with service.store.engine.connect() as conn:
+        rows = conn.execute(select(outbox.c.status, outbox.c.claimed_by).order_by(outbox.c.id)).all()
+    return [(r.status, r.claimed_by and r.claimed_by.rsplit("/", 1)[-1]) for r in rows]
+
+
+def test_at_low_rates_the_next_claim_marks_the_last_page_one_write_per_page(
+    service: Service, clock: FakeClock, rsps: responses.RequestsMock
+) -> None:
+    """Pages arrive one at a time, 0.1 s apart, alone on the database: each batch holds one page. The worker leaves
+    its page to be marked by its next claim, in the claim's transaction: three pages cost four writes (three claims,
+    the last page's mark at its bound), where a claim and a mark per page made six. Until its mark a page stays the
+    worker's (no other claims it), and it is stored as sent when PagerDuty accepted it."""
+    accepted_at: list[datetime] = []
+
+    def answer_in_10_ms() -> None:
+        clock.advance(0.01)
+        accepted_at.append(clock.now())
+
+    sent = _accepting(rsps, answer_in_10_ms)
+    worker, other = _worker(service, "w"), _worker(service, "other")
+    commits = _commits(service)
+    writes = 0  # the worker's
+    for n in range(3):
+        receive(service, [change(ticket(str(20901 + n)))])
+        assert service.engine.drain() == 1
+        before = commits[0]
+        assert worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 1
+        writes += commits[0] - before
+        assert worker.marks_due_in() == pytest.approx(MARK_WITHIN_SECONDS)
+        assert _statuses(service)[n] == ("pending", "w"), "sent, not yet marked: still the worker's"
+        assert other.run_once(CLAIM_BATCH) == 0, "no other worker claims (and sends) it again"
+        clock.advance(0.09)
+    assert _statuses(service)[:2] == [("sent", "w")] * 2
+    assert writes == 3, f"{writes} writes for three pages: one claim each, the marks inside them"
+    clock.advance(MARK_WITHIN_SECONDS)
+    assert worker.marks_due_in() == 0.0
+    before = commits[0]
+    assert worker.run_once(CLAIM_BATCH, defer_marks=True) == 0  # no look first: the claim marks the last page
+    assert worker.marks_due_in() is None
+    assert commits[0] - before == 1
+    assert [a for a, _ in sent] == ["trigger"] * 3
+    with service.store.engine.connect() as conn:
+        stored = conn.execute(select(outbox.c.sent_at).order_by(outbox.c.id)).scalars().all()
+    assert [t.replace(tzinfo=None) for t in stored] == [t.replace(tzinfo=None) for t in accepted_at]
+
+
+def test_a_later_event_of_an_incident_goes_out_with_the_claim_that_marks_its_trigger(
+    service: Service, rsps: responses.RequestsMock
+) -> None:
+    """The ticket pages, then is resolved: the resolve waits for its trigger's mark. Another worker finds nothing
+    to claim; the worker that sent the trigger marks it and claims the resolve in one transaction, and sends it."""
+    sent = _accepting(rsps)
+    worker, other = _worker(service, "w"), _worker(service, "other")
+    receive(service, [change(ticket("20951", minutes=0))])
+    assert service.engine.drain() == 1
+    assert worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 1
+    receive(service, [change(ticket("20951", minutes=1, status="Done", category=StatusCategory.DONE))])
+    assert service.engine.drain() == 1
+    assert other.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 0, "the resolve waits for its trigger"
+    commits = _commits(service)
+    assert worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 1
+    assert commits[0] == 1, "the trigger's mark and the resolve's claim: one transaction"
+    assert [a for a, _ in sent] == ["trigger", "resolve"] and sent[0][1] == sent[1][1]
+    assert _statuses(service) == [("sent", "w"), ("pending", "w")]
+    worker.hand_back()  # the worker stops: what it sent is marked
+    assert _statuses(service) == [("sent", "w"), ("sent", "w")]
+
+
+def test_beside_another_replica_a_batch_that_was_not_full_is_marked_at_its_end(
+    service: Service, db_url: str, rules_path: Path, clock: FakeClock, rsps: responses.RequestsMock
+) -> None:
+    """Another replica counts this one's sends from their marks (its rate limit): nothing waits for a next claim."""
+    _accepting(rsps)
+    other = make_service(db_url, rules_path, PD_URL, clock)
+    try:
+        other.heartbeat.register()
+        service.heartbeat.beat()
+        assert not service.heartbeat.alone()
+        receive(service, [change(ticket("20961"))])
+        assert service.engine.drain() == 1
+        worker = _worker(service)
+        assert worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 1
+        assert worker.marks_due_in() is None
+        assert [s for s, _ in _statuses(service)] == ["sent"]
+    finally:
+        other.store.dispose()
+
+
+def test_a_worker_whose_heartbeat_is_overdue_marks_the_page_it_left_to_mark(
+    service: Service, clock: FakeClock, rsps: responses.RequestsMock
+) -> None:
+    """It sends nothing while it may be presumed dead, but the page PagerDuty already accepted is marked (its claim
+    is still its own), not left to be sent again after a takeover."""
+    sent = _accepting(rsps)
+    receive(service, [change(ticket("20971"))])
+    assert service.engine.drain() == 1
+    worker = _worker(service)
+    assert worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 1
+    clock.advance(service.settings.engine.replica_timeout_seconds)  # no beat meanwhile: overdue
+    assert not service.heartbeat.healthy()
+    assert worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 0
+    assert worker.marks_due_in() is None
+    assert [s for s, _ in _statuses(service)] == ["sent"] and len(sent) == 1
+
+
+def test_serve_sends_pages_arriving_one_by_one_with_a_write_each_and_marks_the_last_within_the_bound(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's workers, alone on the database, PagerDuty on loopback: five pages stored 30 ms apart, each its
+    own batch. The delivery threads write six times (a claim per page, the marks inside the next, the last page's
+    mark), where a claim and a mark per page made ten; the last page is marked sent within about the bound (2 s
+    here, so that a slow machine's page cycle stays within it)."""
+    monkeypatch.setattr("sync.delivery.MARK_WITHIN_SECONDS", 2.0)
+    service = make_service(db_url, rules_path, pd.url, clock)
+    delivery_writes: list[str] = []
+
+    def commit(_conn: object) -> None:
+        if threading.current_thread().name.startswith("ticketpager-delivery"):
+            delivery_writes.append(threading.current_thread().name)
+
+    service.start()
+    try:
+        assert _eventually(service.heartbeat.alone)
+        event.listen(service.store.engine, "commit", commit)
+        for n in range(5):
+            receive(service, [change(ticket(str(21001 + n)))])
+            service.wake.set()  # what the webhook writer does after its commit
+            assert _eventually(functools.partial(_pages_are, pd, n + 1))
+            time.sleep(0.03)
+        last_sent = time.monotonic()
+        assert _eventually(lambda: service.store.status().outbox_pending == 0)
+        assert time.monotonic() - last_sent < 2.0 + 1.0
+        assert len(delivery_writes) <= 7, f"{len(delivery_writes)} delivery writes for five pages"
+    finally:
+        service.stop()
+        service.store.dispose()
+
+
+def _pages_are(pd: MockPagerDuty, count: int) -> bool:
+    return len(pd.events) == count
+
+
+def _eventually(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_page_taken_over_while_its_batch_went_on_is_not_marked_by_this_worker(
+    service: Service, clock: FakeClock, rsps: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three pages in one batch, marked together at its end. While the third is being sent, another replica takes
+    the first over (as after a heartbeat gap): the batch's marks leave that row to its new holder, with a warning,
+    and mark the other two."""
+    receive(service, [change(ticket(str(21101 + n))) for n in range(3)])
+    assert service.engine.drain() == 3
+    with service.store.engine.connect() as conn:
+        first = conn.execute(select(outbox.c.id).order_by(outbox.c.id).limit(1)).scalar_one()
+    sends = [0]
+
+    def take_over_the_first() -> None:
+        sends[0] += 1
+        clock.advance(0.01)
+        if sends[0] == 3:
+            with service.store.begin() as conn:
+                conn.execute(text("UPDATE outbox SET claimed_by = 'other-replica/0' WHERE id = :i"), {"i": first})
+
+    sent = _accepting(rsps, take_over_the_first)
+    with caplog.at_level("WARNING", logger="ticketpager.delivery"):
+        assert _worker(service, "w").run_once(CLAIM_BATCH) == 3
+    assert len(sent) == 3
+    assert _statuses(service) == [("pending", "0"), ("sent", "w"), ("sent", "w")]
+    assert f"outbox row {first} was taken over while it was being sent" in caplog.text
+
+
+def test_a_page_left_to_mark_when_the_database_fails_is_marked_once_it_is_back_and_not_sent_again(
+    service: Service, db_url: str, rsps: responses.RequestsMock
+) -> None:
+    """The claim that would mark the last page fails (the outbox table is gone for a moment): the page stays to be
+    marked, by the next claim once the database answers again; PagerDuty got it once."""
+    sent = _accepting(rsps)
+    other = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        receive(service, [change(ticket("21201"))])
+        assert service.engine.drain() == 1
+        worker = _worker(service)
+        assert worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 1
+        with other.begin() as conn:
+            conn.execute(text("ALTER TABLE outbox RENAME TO outbox_away"))
+        with pytest.raises(DBAPIError):
+            worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True)
+        assert worker.marks_due_in() is not None, "still to be marked"
+        with other.begin() as conn:  # the database is back
+            conn.execute(text("ALTER TABLE outbox_away RENAME TO outbox"))
+        assert worker.run_once(CLAIM_BATCH, defer_marks=True) == 0
+        assert worker.marks_due_in() is None
+        assert [s for s, _ in _statuses(service)] == ["sent"] and len(sent) == 1
+    finally:
+        other.dispose()
+
+
+def _serving(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> Service:
+    """The service's threads, alone on the database; a page is left to mark for 30 s (longer than these tests)."""
+    monkeypatch.setattr("sync.delivery.MARK_WITHIN_SECONDS", 30.0)
+    service = make_service(db_url, rules_path, pd.url, clock, engine={"write_back_workers": 0})
+    service.start()
+    assert _eventually(service.heartbeat.alone)
+    return service
+
+
+def test_stopping_the_service_marks_the_page_left_to_mark(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM right after a page went out: the worker's loop ends and marks it; a restarted replica does not send
+    it again."""
+    service = _serving(db_url, rules_path, pd, clock, monkeypatch)
+    try:
+        receive(service, [change(ticket("21301"))])
+        service.wake.set()
+        assert _eventually(lambda: len(pd.events) == 1)
+        assert [s for s, _ in _statuses(service)] == ["pending"], "left to mark"
+    finally:
+        service.stop()
+    assert [s for s, _ in _statuses(service)] == ["sent"]
+    service.store.dispose()
+
+
+def test_stopping_the_service_marks_the_page_of_a_worker_a_database_error_stopped(
+    db_url: str,
+    rules_path: Path,
+    pd: MockPagerDuty,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The claim that would mark a page fails (the outbox table is gone for a moment) and the worker's loop waits a
+    second to restart; the service stops meanwhile. The stop marks the page once the database answers: it is not
+    sent again by the replica that takes over."""
+    service = _serving(db_url, rules_path, pd, clock, monkeypatch)
+    other = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        receive(service, [change(ticket("21401"))])
+        service.wake.set()
+        assert _eventually(lambda: len(pd.events) == 1)
+        with other.begin() as conn:
+            conn.execute(text("ALTER TABLE outbox RENAME TO outbox_away"))
+        with caplog.at_level("WARNING"):
+            service.outbox_wake.set()  # every worker claims: the one holding the page fails to mark it
+            failed = re.compile(r"worker delivery-\d+(: database unavailable| crashed)")  # SQLite's error; PostgreSQL's
+            assert _eventually(lambda: failed.search(caplog.text) is not None)
+            with other.begin() as conn:  # the database is back, the worker waits out its restart
+                conn.execute(text("ALTER TABLE outbox_away RENAME TO outbox"))
+            service.stop()
+        assert [s for s, _ in _statuses(service)] == ["sent"] and len(pd.events) == 1
+    finally:
+        other.dispose()
+        service.stop()
+        service.store.dispose()

@@ -227,6 +227,7 @@ class Service:
         self.reverse = self._reverse_worker()
         self.incident_check = self._incident_check()
         self._threads: list[threading.Thread] = []
+        self._workers: list[tuple[threading.Thread, Delivery]] = []  # the delivery workers, for stop()
         self._reload_failures_seen = 0
         self._learn_routing_keys()
 
@@ -524,7 +525,8 @@ class Service:
         for group in self._senders():
             for i in range(group.workers):
                 worker = self.delivery(f"{group.worker_prefix}{i}", heartbeat=self.heartbeat, kinds=group.kinds)
-                self._spawn(f"{group.thread}-{i}", functools.partial(self._delivery_loop, worker, group.wakeups))
+                loop = functools.partial(self._delivery_loop, worker, group.wakeups)
+                self._workers.append((self._spawn(f"{group.thread}-{i}", loop), worker))
         self._spawn("idle-look", self._idle_look_loop)
         pollable = self.pollable_sources()
         spread = [s for s in pollable if not self.connections[s].is_default]  # the file's: started apart
@@ -563,6 +565,9 @@ class Service:
         deadline = time.monotonic() + STOP_SECONDS
         for thread in self._threads:
             thread.join(timeout=max(deadline - time.monotonic(), 0.1))
+        for thread, worker in self._workers:  # a loop a database error ended while stopping could not hand back
+            if not thread.is_alive():
+                self._hand_back(worker, thread.name)
         busy = [thread.name for thread in self._threads if thread.is_alive()]
         if busy:  # stuck in a call: what they claimed (and sent unmarked) is taken over once our heartbeat is stale
             log.warning(
@@ -576,6 +581,14 @@ class Service:
             except (OperationalError, InterfaceError) as exc:
                 log.warning("could not remove this replica's heartbeat (%s)", failure_reason(exc)[:300])
         self.writer.stop()
+
+    @staticmethod
+    def _hand_back(worker: Delivery, name: str) -> None:
+        """Mark what a stopped worker sent and hand back what it claimed (a no-op when its loop already did)."""
+        try:
+            worker.hand_back()
+        except Exception as exc:  # noqa: BLE001 - the stop goes on; they are sent again after the takeover
+            log.warning("%s could not mark its last sends (%s)", name, failure_reason(exc)[:300])
 
     def routing_key_problems(self) -> list[str]:
         """Rules whose routing key cannot be a PagerDuty integration key (32 letters and digits): with a
@@ -626,10 +639,11 @@ class Service:
             self._reload_failures_seen = failures
         METRICS.rules_last_reload_ok.set(0 if store.last_error else 1)
 
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+    def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=self._guard(name, target), name=f"ticketpager-{name}", daemon=True)
         self._threads.append(thread)
         thread.start()
+        return thread
 
     def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -689,17 +703,27 @@ class Service:
                 delivery.hand_back()
 
     def _deliver_until_stopped(self, delivery: Delivery, group: Wakeups, wake: threading.Event) -> None:
+        """Claim and send while rows are due, then sleep on the worker's own event until woken; until stopped.
+
+        Alone on its database, a worker leaves the sends of a batch that was not full to be marked by its next
+        claim, in the claim's transaction: it waits for its next wake-up at most until they must be marked
+        (:meth:`~sync.delivery.Delivery.marks_due_in`, within 0.25 s), then claims (and so marks) without a look
+        first. At low rates a page then costs one write transaction, not a claim and a mark (issue 19). A later
+        event of one of those incidents, which waits for its earlier one's mark, goes out within that bound too.
+        Otherwise, after a batch that sent anything, the worker looks again at once, as before."""
         woken = False
         while not self.stopping.is_set():
             wake.clear()  # before the claim: a wake-up during it makes the next wait return at once
             limit = delivery.claim_size()  # fewer rows while sends are slow: the others share the burst
-            sent = delivery.run_once(limit, stopping=self.stopping.is_set, woken=woken)
+            sent = delivery.run_once(limit, stopping=self.stopping.is_set, woken=woken, defer_marks=True)
             woken = False
-            if sent:
+            due_in = delivery.marks_due_in()
+            if sent and (delivery.more_may_be_due or due_in is None):
                 if delivery.more_may_be_due:
                     group.wake()
                 continue
-            woken = group.wait(wake, WORKER_FALLBACK_SECONDS)  # woken: rows are there, no look first
+            woken = group.wait(wake, WORKER_FALLBACK_SECONDS if due_in is None else due_in)
+            woken = woken or due_in is not None  # woken: rows are there; sends to mark: the claim marks them
 
     def _idle_look_loop(self) -> None:
         """The process's one idle look at the database, for work that no wake-up announced: sleep until the next

@@ -184,6 +184,23 @@ def mark_sent(conn: Connection, row_id: int, worker: str, now: datetime, *, dry_
     return bool(conn.execute(MARK_SENT, {"i": row_id, "worker": worker, "now": now, "dry_run": dry_run}).rowcount)
 
 
+def mark_sent_many(conn: Connection, sends: Sequence[tuple[int, datetime, bool]], worker: str) -> set[int]:
+    """Record ``worker``'s sends, (row id, when, dry run) each, in one executemany (one statement per send cost
+    SQLAlchemy's overhead per send: issue 19); returns the ids not marked because the row was taken over meanwhile
+    (read back only when the rows marked fall short: the rows ``worker`` holds and that are sent count as marked,
+    so a mark retried after a commit whose outcome was unknown counts as marked again, and queues its note again,
+    which the note's marker keeps from reaching the ticket twice)."""
+    if not sends:
+        return set()
+    params = [{"i": i, "worker": worker, "now": at, "dry_run": dry_run} for i, at, dry_run in sends]
+    marked = conn.execute(MARK_SENT, params).rowcount
+    if marked == len(params) and conn.dialect.supports_sane_multi_rowcount:
+        return set()
+    ids = [i for i, _, _ in sends]
+    ours = select(outbox.c.id).where(outbox.c.id.in_(ids), outbox.c.claimed_by == worker, outbox.c.status == "sent")
+    return set(ids) - set(conn.execute(ours).scalars())
+
+
 def mark(conn: Connection, row_id: int, worker: str, **values: Any) -> None:
     """Update a row ``worker`` still holds (a retry's next attempt, a dead letter, a rate-limit hold); its claim
     ends unless ``values`` say otherwise."""
