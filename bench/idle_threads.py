@@ -1,17 +1,24 @@
 """Where an idle ``serve`` spends its CPU, per thread (issue 19, goal 1): py-spy is not available here, so
 each thread's utime + stime is read from ``/proc/<pid>/task/<tid>/stat`` before and after an idle window.
 
-    python -m bench.idle_threads [--seconds 20] [--root TREE] [--rate 100]
+    python -m bench.idle_threads [--seconds 20] [--root TREE] [--rate 100 [--page-every 10]] [--statements]
 
 ``serve`` runs from ``TREE`` (default: this checkout) on a fresh SQLite file with the pipeline bench's 100
 paging rules, its Python threads named at the OS level (``prctl``, a start-up shim in this process only) so
 ``/proc/…/comm`` tells them apart. /proc counts in 10 ms ticks: use a window of 20 s or more.
+
+``--page-every N``: under ``--rate``, 1 webhook in N pages (1: every one, as goal 2's keep-up). ``--statements``:
+also count each thread's SQL statements by their first word, and its commits, at the database driver's boundary
+(SQLAlchemy's ``before_cursor_execute`` and ``commit`` events; an ``executemany`` is one): how many write
+transactions a page costs. The counting costs CPU itself: compare CPU figures from runs without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +41,24 @@ def run(self):
 threading.Thread.run = run
 from ticketpager.cli import main
 sys.exit(main(["serve"]))
+"""
+
+# with --statements, run before SHIM: SQL statements and commits per thread, written to $IDLE_COUNTS on SIGUSR1
+COUNTS_SHIM = """
+import collections, json, os, signal, threading
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+_counts = collections.Counter()
+@event.listens_for(Engine, "commit")
+def _commit(conn):
+    _counts[threading.current_thread().name + " COMMIT"] += 1
+@event.listens_for(Engine, "before_cursor_execute")
+def _statement(conn, cursor, statement, parameters, context, executemany):
+    _counts[threading.current_thread().name + " " + statement.split(None, 1)[0].upper()] += 1
+def _dump(*_):
+    with open(os.environ["IDLE_COUNTS"], "w") as f:
+        json.dump(_counts, f)
+signal.signal(signal.SIGUSR1, _dump)
 """
 
 
@@ -68,10 +93,17 @@ def thread_sleeps(pid: int) -> dict[str, int]:
 
 
 def measure(
-    tree: Path, seconds: float, settle: float = 3.0, extra: dict[str, str] | None = None, rate: float = 0.0
+    tree: Path,
+    seconds: float,
+    settle: float = 3.0,
+    extra: dict[str, str] | None = None,
+    rate: float = 0.0,
+    page_every: int = 10,
+    statements: dict[str, int] | None = None,
 ) -> tuple[dict[str, float], float, dict[str, int]]:
     """CPU seconds per thread over ``seconds`` of idleness, or (``rate``) of an open-loop load of new Jira
-    tickets at ``rate``/s, 1 in 10 paging (dry run: pages are marked sent, not posted)."""
+    tickets at ``rate``/s, 1 in ``page_every`` paging (dry run: pages are marked sent, not posted). Given a
+    ``statements`` dict, it is filled with the window's SQL statements and commits per "thread WORD"."""
     with tempfile.TemporaryDirectory(prefix="tp-idle-") as tmp:
         port = free_port()
         (Path(tmp) / "rules.yaml").write_text(rules_text())
@@ -88,8 +120,11 @@ def measure(
             }
         )
         log = (Path(tmp) / "serve.log").open("wb")
+        counts = Path(tmp) / "counts.json"
+        env["IDLE_COUNTS"] = str(counts)
+        shim = (COUNTS_SHIM if statements is not None else "") + SHIM
         proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-c", SHIM], env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=log
+            [sys.executable, "-c", shim], env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=log
         )
         try:
             try:
@@ -97,15 +132,19 @@ def measure(
             except RuntimeError:
                 raise RuntimeError((Path(tmp) / "serve.log").read_text()[-3000:]) from None
             time.sleep(settle)
+            counted = _statements(proc, counts) if statements is not None else {}
             before, slept, t0 = thread_cpu(proc.pid), thread_sleeps(proc.pid), time.perf_counter()
             if rate > 0:
-                loadgen.open_loop(
-                    "127.0.0.1", port, lambda i: webhook(port, i, i % 10 == 0), rate, int(rate * seconds)
-                )
+                load = int(rate * seconds)
+                loadgen.open_loop("127.0.0.1", port, lambda i: webhook(port, i, i % page_every == 0), rate, load)
                 time.sleep(1.0)  # the last changes and pages
             else:
                 time.sleep(seconds)
             after, woke, wall = thread_cpu(proc.pid), thread_sleeps(proc.pid), time.perf_counter() - t0
+            if statements is not None:
+                for key, n in _statements(proc, counts).items():
+                    if n > counted.get(key, 0):
+                        statements[key.replace("ticketpager-", "")] = n - counted.get(key, 0)
             for name, mean in histogram_means(port).items():
                 print(f"  mean {name}: {mean:.2f}")
         finally:
@@ -113,6 +152,19 @@ def measure(
             log.close()
     wakeups = {name: woke[name] - slept.get(name, 0) for name in woke}
     return {name: after[name] - before.get(name, 0.0) for name in after}, wall, wakeups
+
+
+def _statements(proc: subprocess.Popen[bytes], counts: Path) -> dict[str, int]:
+    """The server's statement and commit counts so far (COUNTS_SHIM writes them on SIGUSR1)."""
+    counts.unlink(missing_ok=True)
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            return dict(json.loads(counts.read_text()))
+        except (OSError, ValueError):  # not written yet, or half written
+            time.sleep(0.05)
+    raise RuntimeError("serve did not write its statement counts")
 
 
 #: the histograms whose mean per observation tells how the fixed costs are shared (absent in older trees)
@@ -141,9 +193,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=ROOT, help="the code tree to run serve from")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a TICKETPAGER_ setting")
     parser.add_argument("--rate", type=float, default=0.0, help="webhooks/s during the window (0: idle)")
+    parser.add_argument("--page-every", type=int, default=10, help="under --rate: 1 webhook in N pages")
+    parser.add_argument("--statements", action="store_true", help="count SQL statements and commits per thread")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.set)
-    used, wall, wakeups = measure(args.root, args.seconds, extra=extra, rate=args.rate)
+    statements: dict[str, int] | None = {} if args.statements else None
+    used, wall, wakeups = measure(
+        args.root, args.seconds, extra=extra, rate=args.rate, page_every=args.page_every, statements=statements
+    )
     total = sum(used.values())
     what = f"serve at {args.rate:g} webhooks/s" if args.rate else "idle serve"
     print(
@@ -152,6 +209,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     for name, cpu in sorted(used.items(), key=lambda kv: -kv[1]):
         print(f"  {name:16}{cpu * 1000 / wall:8.2f} CPU-ms/s{wakeups.get(name, 0) / wall:8.1f} wake-ups/s")
+    if statements is not None:
+        print("SQL statements (an executemany is one) and commits in the window, per thread (delivery workers summed):")
+        summed: dict[str, int] = {}
+        for key, n in statements.items():
+            name, word = key.rsplit(" ", 1)
+            name = "delivery" if name.startswith("delivery-") else name
+            summed[f"{name} {word}"] = summed.get(f"{name} {word}", 0) + n
+        for key, n in sorted(summed.items()):
+            print(f"  {key:32}{n:8d}")
 
 
 if __name__ == "__main__":
