@@ -2,7 +2,9 @@
 
 The sends of a batch are marked ``sent`` together at its end, in the transaction that also claims the next batch
 when this one came back full; a send accepted longer ago than ``MARK_WITHIN_SECONDS`` is marked before the
-batch's next send; a stopping worker hands back the batch it claimed ahead. Only while the replica is alone: beside
+batch's next send; a stopping worker hands back the batch it claimed ahead. The service's workers leave the sends of
+a batch that was not full to their next claim's transaction, within that bound: at low rates a page costs one write,
+and a stop marks what is left. Only while the replica is alone: beside
 another replica, whose rate limit counts this one's sends from the outbox, every send is marked at once. Real SQLite
 and PostgreSQL, the PagerDuty Events API mocked at the wire, write transactions counted by the database engine's
 commits, replicas known by their heartbeats.
