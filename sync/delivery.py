@@ -297,20 +297,21 @@ class Delivery:
         hand, so no accepted row's claim can expire unmarked."""
         if self.clock.monotonic() - self._unmarked[0].monotonic > MARK_WITHIN_SECONDS:
             return True
-        destination = self.destinations.get(self._destination_name(row))
-        if destination is None or destination.timeout is None:  # several calls, no bound on how long they take
+        if not self._one_timeout(row):  # several calls, no bound on how long they take
             return True
         return bool(row["attempts"]) or (self._send_seconds or 0.0) > QUICK_SEND_SECONDS
+
+    def _one_timeout(self, row: RowMapping) -> bool:
+        """Whether ``row``'s destination sends it in one call bounded by one timeout (PagerDuty's events): not a
+        note or an incident update (several calls, no bound on how long they take), nor a row without a destination."""
+        destination = self.destinations.get(self._destination_name(row))
+        return destination is not None and destination.timeout is not None
 
     def _may_stay_unmarked(self) -> bool:
         """Whether the batch's accepted sends may wait for the worker's next claim to be marked: not when one went
         to a destination without one timeout (a note, an incident update: several calls, and one sent again after
         a crash is a second comment), which :meth:`_mark_first` marks before each next send too."""
-        for accepted in self._unmarked:
-            destination = self.destinations.get(self._destination_name(accepted.row))
-            if destination is None or destination.timeout is None:
-                return False
-        return True
+        return all(self._one_timeout(accepted.row) for accepted in self._unmarked)
 
     @property
     def more_may_be_due(self) -> bool:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,17 @@ def make_service(db_url: str, rules_path: Path, pd_url: str, clock: FakeClock, *
     store = Store(db_url)
     store.upgrade()
     return Service(config, clock=clock, store=store)
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
+    """Whether ``condition`` holds within ``seconds`` of real time (a thread or a process of the service's is at
+    work), asked every 50 ms."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def receive(service: Service, changes: Sequence[TicketChange]) -> int:

@@ -9,7 +9,7 @@ import re
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -25,7 +25,7 @@ from sync.schema import leases
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.fakes.zendesk_server import FakeZendesk
-from tests.harness import make_service, receive
+from tests.harness import make_service, receive, wait_until
 from tests.test_zendesk_poll import page
 from tests.test_zendesk_poll import ticket as zendesk_ticket
 from ticketpager import cli
@@ -205,15 +205,6 @@ def held_leases(svc: Service) -> dict[str, str]:
     with svc.store.engine.connect() as conn:
         rows = conn.execute(select(leases.c.name, leases.c.holder).where(leases.c.name.like("poll:%"))).all()
     return {str(name): str(holder) for name, holder in rows}
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.postgres

@@ -34,7 +34,7 @@ from sync.metrics import METRICS
 from sync.schema import outbox
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
-from tests.harness import make_service, receive
+from tests.harness import make_service, receive, wait_until
 from ticketpager.service import Service
 
 PD_URL = "https://events.pagerduty.test/v2/enqueue"
@@ -492,15 +492,15 @@ def test_serve_sends_pages_arriving_one_by_one_with_a_write_each_and_marks_the_l
 
     service.start()
     try:
-        assert _eventually(service.heartbeat.alone)
+        assert wait_until(service.heartbeat.alone)
         event.listen(service.store.engine, "commit", commit)
         for n in range(5):
             receive(service, [change(ticket(str(21001 + n)))])
             service.wake.set()  # what the webhook writer does after its commit
-            assert _eventually(functools.partial(_pages_are, pd, n + 1))
+            assert wait_until(functools.partial(_pages_are, pd, n + 1))
             time.sleep(0.03)
         last_sent = time.monotonic()
-        assert _eventually(lambda: service.store.status().outbox_pending == 0)
+        assert wait_until(lambda: service.store.status().outbox_pending == 0)
         assert time.monotonic() - last_sent < 2.0 + 1.0
         assert len(delivery_writes) <= 7, f"{len(delivery_writes)} delivery writes for five pages"
     finally:
@@ -510,15 +510,6 @@ def test_serve_sends_pages_arriving_one_by_one_with_a_write_each_and_marks_the_l
 
 def _pages_are(pd: MockPagerDuty, count: int) -> bool:
     return len(pd.events) == count
-
-
-def _eventually(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def test_a_page_taken_over_while_its_batch_went_on_is_not_marked_by_this_worker(
@@ -581,7 +572,7 @@ def _serving(
     monkeypatch.setattr("sync.delivery.MARK_WITHIN_SECONDS", 30.0)
     service = make_service(db_url, rules_path, pd.url, clock, engine={"write_back_workers": 0})
     service.start()
-    assert _eventually(service.heartbeat.alone)
+    assert wait_until(service.heartbeat.alone)
     return service
 
 
@@ -594,7 +585,7 @@ def test_stopping_the_service_marks_the_page_left_to_mark(
     try:
         receive(service, [change(ticket("21301"))])
         service.wake.set()
-        assert _eventually(lambda: len(pd.events) == 1)
+        assert wait_until(lambda: len(pd.events) == 1)
         assert [s for s, _ in _statuses(service)] == ["pending"], "left to mark"
     finally:
         service.stop()
@@ -618,13 +609,13 @@ def test_stopping_the_service_marks_the_page_of_a_worker_a_database_error_stoppe
     try:
         receive(service, [change(ticket("21401"))])
         service.wake.set()
-        assert _eventually(lambda: len(pd.events) == 1)
+        assert wait_until(lambda: len(pd.events) == 1)
         with other.begin() as conn:
             conn.execute(text("ALTER TABLE outbox RENAME TO outbox_away"))
         with caplog.at_level("WARNING"):
             service.outbox_wake.set()  # every worker claims: the one holding the page fails to mark it
             failed = re.compile(r"worker delivery-\d+(: database unavailable| crashed)")  # SQLite's error; PostgreSQL's
-            assert _eventually(lambda: failed.search(caplog.text) is not None)
+            assert wait_until(lambda: failed.search(caplog.text) is not None)
             with other.begin() as conn:  # the database is back, the worker waits out its restart
                 conn.execute(text("ALTER TABLE outbox_away RENAME TO outbox"))
             service.stop()

@@ -179,11 +179,6 @@ def renew(conn: Connection, row_id: int, worker: str, until: datetime) -> bool:
     return bool(conn.execute(RENEW, {"i": row_id, "worker": worker, "until": until}).rowcount)
 
 
-def mark_sent(conn: Connection, row_id: int, worker: str, now: datetime, *, dry_run: bool) -> bool:
-    """Record a send (one more attempt); False if the row was taken over meanwhile."""
-    return bool(conn.execute(MARK_SENT, {"i": row_id, "worker": worker, "now": now, "dry_run": dry_run}).rowcount)
-
-
 def mark_sent_many(conn: Connection, sends: Sequence[tuple[int, datetime, bool]], worker: str) -> set[int]:
     """Record ``worker``'s sends, (row id, when, dry run) each, in one executemany (one statement per send cost
     SQLAlchemy's overhead per send: issue 19); returns the ids not marked because the row was taken over meanwhile
