@@ -255,7 +255,8 @@ class Delivery:
         marked by the next claim, in its transaction: at low rates a page then costs one write transaction, not two
         (issue 19). The caller must then call again within :meth:`marks_due_in` (a claim marks them, whatever it
         finds) or call :meth:`hand_back`: left alone, they stay claimed and unmarked, and are sent again once
-        their claim expires. Sends to a destination without one timeout (notes) are marked at once all the same."""
+        their claim expires. Sends to a destination without one timeout (notes), and pages whose mark queues a note
+        for the ticket, are marked at once all the same."""
         if self.heartbeat is not None and not self.heartbeat.healthy():
             if self._next or self._unmarked:  # marked, and what was claimed ahead free for the others now
                 self.hand_back()
@@ -310,8 +311,16 @@ class Delivery:
     def _may_stay_unmarked(self) -> bool:
         """Whether the batch's accepted sends may wait for the worker's next claim to be marked: not when one went
         to a destination without one timeout (a note, an incident update: several calls, and one sent again after
-        a crash is a second comment), which :meth:`_mark_first` marks before each next send too."""
-        return all(self._one_timeout(accepted.row) for accepted in self._unmarked)
+        a crash is a second comment), which :meth:`_mark_first` marks before each next send too; nor when one's
+        mark queues its note for the ticket (:meth:`_writes_back`): the note would wait too, and the ticket could
+        show a person's acknowledgement before the note that says it paged."""
+        return all(self._one_timeout(a.row) and not self._writes_back(a) for a in self._unmarked)
+
+    def _writes_back(self, accepted: _Accepted) -> bool:
+        """Whether marking ``accepted`` queues a note for its ticket (:meth:`_queue_write_back`): a page, not a dry
+        run, from a connection that writes back."""
+        row = accepted.row
+        return row["kind"] == "event" and bool(self.write_back_sources.get(row["connection"])) and not accepted.dry_run
 
     @property
     def more_may_be_due(self) -> bool:
@@ -505,7 +514,7 @@ class Delivery:
             received = row.get("change_received_at")  # read with the claim
             if received is not None:
                 latencies.append(max((now - received).total_seconds(), 0.0))
-            if self.write_back_sources.get(row["connection"]) and not accepted.dry_run:
+            if self._writes_back(accepted):
                 queued += self._queue_write_back(conn, row)
         return latencies, queued
 

@@ -438,6 +438,30 @@ def test_a_later_event_of_an_incident_goes_out_with_the_claim_that_marks_its_tri
     assert _statuses(service) == [("sent", "w"), ("sent", "w")]
 
 
+def test_a_page_whose_mark_queues_its_note_for_the_ticket_is_marked_at_once(
+    db_url: str, rules_path: Path, clock: FakeClock, rsps: responses.RequestsMock
+) -> None:
+    """The ticket's connection writes back: the page's mark queues the note that it paged. Left to the next claim,
+    that note would wait up to the bound too, and a person acknowledging at once could see their acknowledgement on
+    the ticket before it. So the page is marked as soon as PagerDuty accepted it, and its note is queued with it."""
+    svc = _writing_back(db_url, rules_path, clock)
+    try:
+        svc.heartbeat.register()
+        assert svc.heartbeat.alone()
+        sent = _accepting(rsps)
+        receive(svc, [change(ticket("20971"))])
+        assert svc.engine.drain() == 1
+        worker = _worker(svc)
+        assert worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 1
+        assert [a for a, _ in sent] == ["trigger"]
+        assert worker.marks_due_in() is None, "nothing left to the next claim"
+        with svc.store.engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.kind, outbox.c.status).order_by(outbox.c.id)).all()
+        assert [tuple(r) for r in rows] == [("event", "sent"), ("writeback", "pending")]
+    finally:
+        svc.store.dispose()
+
+
 def test_beside_another_replica_a_batch_that_was_not_full_is_marked_at_its_end(
     service: Service, db_url: str, rules_path: Path, clock: FakeClock, rsps: responses.RequestsMock
 ) -> None:

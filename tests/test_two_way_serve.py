@@ -220,13 +220,16 @@ def test_serve_jira_ticket_pages_and_a_persons_ack_and_resolve_reach_the_issue(d
 
         # 4. our own transition and comments come back as Jira webhooks: the issue is Done, its incident is
         # already resolved, so nothing is sent (and no new page)
-        done, written = jira.issues["10042"], len(jira.comments["10042"])
+        # the one-way trigger note, the incident's number and link, the ack, the resolve (each its own write)
+        wait_for("the four comments", lambda: len(jira.comments["10042"]) >= 4, serve)
+        written = len(jira.comments["10042"])
+        assert written == 4, jira.comments["10042"]
+        done = jira.issues["10042"]
         post_jira(serve, done, "jira:issue_updated", "serve-jira-2")
         for n, comment in enumerate(jira.comments["10042"]):
             post_jira(serve, done, "comment_created", f"serve-jira-c{n}", comment=comment)
         finish(serve, events, pd)
-        # the one-way trigger note, the incident's number and link, the ack, the resolve
-        assert len(jira.comments["10042"]) == written == 4
+        assert len(jira.comments["10042"]) == written
     assert time.monotonic() - started < 30
 
 
@@ -287,7 +290,10 @@ def test_serve_zendesk_ticket_pages_and_a_persons_ack_and_resolve_reach_the_tick
             wait_for("the resolution on the ticket", lambda: zd.tickets[35436]["status"] == "solved", serve)
             resolved = [str(c["body"]) for c in zd.comments[35436] if "resolved" in str(c["body"])]
             assert len(resolved) == 1 and "Jane Doe" in resolved[0], resolved
+            # the one-way trigger note, the incident's number and link, the ack, the resolve (each its own write)
+            wait_for("the four notes", lambda: len(zd.comments[35436]) >= 4, serve)
             written = len(zd.comments[35436])
+            assert written == 4, zd.comments[35436]
             assert all(c["public"] is False for c in zd.comments[35436])  # internal notes
 
             # our own status change and notes come back as Zendesk webhooks: nothing is sent
@@ -357,8 +363,11 @@ def test_serve_servicenow_record_pages_and_a_persons_ack_and_resolve_reach_the_r
             assert len(resolved) == 1 and "Jane Doe" in resolved[0], notes()
             record = fake.records[SYS_ID]
             assert (record["close_code"], record["close_notes"]) == ("Solved (Permanently)", "Jane Doe")
-            assert {j["element"] for j in fake.journal} == {"work_notes"}  # internal: work notes only
+            # the one-way trigger note, the incident's number and link, the ack, the resolve (each its own write)
+            wait_for("the four work notes", lambda: len(fake.journal) >= 4, serve)
             written = len(fake.journal)
+            assert written == 4, fake.journal
+            assert {j["element"] for j in fake.journal} == {"work_notes"}  # internal: work notes only
 
             # our own PATCH comes back as the business rule's message (updated by us): nothing is sent
             post_servicenow(serve, fake, f"{SYS_ID}:2")
