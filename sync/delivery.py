@@ -10,7 +10,8 @@ with ``FOR UPDATE SKIP LOCKED`` so replicas never claim the same row — and the
 transaction. A replica that dies mid-send leaves its rows to be claimed again when the claim expires, or
 sooner, once its heartbeat is older than ``takeover_after`` (:mod:`sync.heartbeat`); a live replica's claims
 are never taken before they expire.
-Events of one ``dedup_key`` go out in order: a row waits while an earlier row of its key is pending.
+Events of one ``dedup_key`` go out in order: a row waits while an earlier row of its key is pending; so do a
+ticket's notes and updates about one incident (``outbox.ORDERED_KINDS``).
 A row its destination's rate limit holds back reschedules its key's whole backlog to the limiter's slots in
 one transaction (:meth:`Delivery._hold`): a backlog costs nothing while it waits.
 While the replica is alone on its database, the sends of one batch are marked ``sent`` together, at the batch's
@@ -165,9 +166,13 @@ class Delivery:
         timeouts = [d.timeout for d in self.destinations.values() if d.timeout is not None]
         send_seconds = 3 * max(timeouts) if timeouts and not dry_run else 0.0
         self._fresh_for = timedelta(seconds=max(claim_seconds - send_seconds, 0.0))
+        # a send's mark may wait (MARK_WITHIN_SECONDS and one more quick send) only while a claim outlasts that
+        # wait after three timeouts (the default: 60 s against 3 × 10 s): else the claim could expire first
+        self._marks_may_wait = self._fresh_for > timedelta(seconds=2 * MARK_WITHIN_SECONDS)
         # sends not yet marked sent: this batch's, or the last one's left to the next claim (see MARK_WITHIN_SECONDS)
         self._unmarked: list[_Accepted] = []
         self._batching = False  # run_once marks a batch's sends (at its end, or with the next claim); deliver() at once
+        self._notes_queued = 0  # notes for the tickets this batch's marks queued: their workers are woken at its end
         self._next: list[RowMapping] = []  # claimed with the last full batch's marks: the next batch
         self._more_due = False  # see more_may_be_due
 
@@ -280,6 +285,8 @@ class Delivery:
                     raise
         finally:
             self._batching = False
+            self._wake_for_notes(self._notes_queued)
+            self._notes_queued = 0
         full = len(rows) >= limit and not (stopping is not None and stopping())
         alone = self._alone()
         ahead = min(limit, self.claim_size()) if full and alone else 0
@@ -311,10 +318,8 @@ class Delivery:
     def _may_stay_unmarked(self) -> bool:
         """Whether the batch's accepted sends may wait for the worker's next claim to be marked: not when one went
         to a destination without one timeout (a note, an incident update: several calls, and one sent again after
-        a crash is a second comment), which :meth:`_mark_first` marks before each next send too; nor when one's
-        mark queues its note for the ticket (:meth:`_writes_back`): the note would wait too, and the ticket could
-        show a person's acknowledgement before the note that says it paged."""
-        return all(self._one_timeout(a.row) and not self._writes_back(a) for a in self._unmarked)
+        a crash is a second comment), which :meth:`_mark_first` marks before each next send too."""
+        return all(self._one_timeout(accepted.row) for accepted in self._unmarked)
 
     def _writes_back(self, accepted: _Accepted) -> bool:
         """Whether marking ``accepted`` queues a note for its ticket (:meth:`_queue_write_back`): a page, not a dry
@@ -461,10 +466,14 @@ class Delivery:
 
     def _sent(self, row: RowMapping, *, dry_run: bool) -> None:
         """The destination accepted ``row``: it is marked sent at the batch's end or with the worker's next claim
-        (:meth:`run_once`), or now when it was delivered on its own or beside other replicas."""
-        self._unmarked.append(_Accepted(row, self.clock.now(), self.clock.monotonic(), dry_run))
-        if not self._batching or not self._alone():
-            self._mark_accepted()  # other replicas count our sends from the outbox (the rate limit): mark it now
+        (:meth:`run_once`), or now: when it was delivered on its own or beside other replicas (their rate limit
+        counts our sends from the outbox), when its mark queues its note for the ticket (:meth:`_writes_back`: the
+        note would wait too, and land after a quick acknowledgement's), or when the claims are too short to hold
+        a send's mark back (:attr:`_marks_may_wait`)."""
+        accepted = _Accepted(row, self.clock.now(), self.clock.monotonic(), dry_run)
+        self._unmarked.append(accepted)
+        if not (self._batching and self._marks_may_wait and self._alone()) or self._writes_back(accepted):
+            self._mark_accepted()
 
     def _alone(self) -> bool:
         """This replica's heartbeat is healthy and saw no other replica: its sends may be marked with their batch,
@@ -520,11 +529,19 @@ class Delivery:
 
     def _marked(self, marked: tuple[list[float], int]) -> None:
         """The marks of :meth:`_mark_in` are committed: forget them, observe their latencies once (not again after
-        a failed commit), and wake a ticket worker per claim of the notes it queued (:func:`claims_for`)."""
+        a failed commit), and wake a ticket worker per claim of the notes it queued (:func:`claims_for`), or, during
+        a batch, once at its end for all the notes its marks queued."""
         latencies, queued = marked
         self._unmarked = []
         for seconds in latencies:
             METRICS.delivery_latency.observe(seconds)
+        if self._batching:  # the batch's pages are marked one by one when they write back: wake once, at its end
+            self._notes_queued += queued
+        else:
+            self._wake_for_notes(queued)
+
+    def _wake_for_notes(self, queued: int) -> None:
+        """Wake a ticket worker per claim of the ``queued`` notes (:func:`claims_for`)."""
         if self.on_write_back is not None:
             for _ in range(claims_for(queued)):
                 self.on_write_back()

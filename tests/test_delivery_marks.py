@@ -441,23 +441,59 @@ def test_a_later_event_of_an_incident_goes_out_with_the_claim_that_marks_its_tri
 def test_a_page_whose_mark_queues_its_note_for_the_ticket_is_marked_at_once(
     db_url: str, rules_path: Path, clock: FakeClock, rsps: responses.RequestsMock
 ) -> None:
-    """The ticket's connection writes back: the page's mark queues the note that it paged. Left to the next claim,
-    that note would wait up to the bound too, and a person acknowledging at once could see their acknowledgement on
-    the ticket before it. So the page is marked as soon as PagerDuty accepted it, and its note is queued with it."""
+    """The tickets' connection writes back: a page's mark queues the note that it paged. Left to the batch's end or
+    the next claim, that note would wait too, and a person acknowledging at once could see their acknowledgement
+    on the ticket before it. So each page is marked as soon as PagerDuty accepted it, its note queued with it:
+    within one batch (each page's note is queued before the next page is sent) and after it (nothing is left to
+    the next claim)."""
     svc = _writing_back(db_url, rules_path, clock)
     try:
         svc.heartbeat.register()
         assert svc.heartbeat.alone()
-        sent = _accepting(rsps)
-        receive(svc, [change(ticket("20971"))])
-        assert svc.engine.drain() == 1
+        queued_when_sending: list[tuple[int, int]] = []  # (pages marked sent, notes queued) as each page goes out
+
+        def count() -> None:
+            with svc.store.engine.connect() as conn:
+                query = "SELECT count(*) FROM outbox WHERE kind = :kind AND status = :status"
+                marked = conn.execute(text(query), {"kind": "event", "status": "sent"}).scalar_one()
+                notes = conn.execute(text(query), {"kind": "writeback", "status": "pending"}).scalar_one()
+            queued_when_sending.append((int(marked), int(notes)))
+
+        sent = _accepting(rsps, count)
+        receive(svc, [change(ticket(str(20971 + n))) for n in range(3)])
+        assert svc.engine.drain() == 3
         worker = _worker(svc)
-        assert worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 1
-        assert [a for a, _ in sent] == ["trigger"]
+        assert worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 3
+        assert [a for a, _ in sent] == ["trigger"] * 3
+        assert queued_when_sending == [(0, 0), (1, 1), (2, 2)], "each page marked, its note queued, before the next"
         assert worker.marks_due_in() is None, "nothing left to the next claim"
         with svc.store.engine.connect() as conn:
             rows = conn.execute(select(outbox.c.kind, outbox.c.status).order_by(outbox.c.id)).all()
-        assert [tuple(r) for r in rows] == [("event", "sent"), ("writeback", "pending")]
+        assert [tuple(r) for r in rows] == [("event", "sent")] * 3 + [("writeback", "pending")] * 3
+    finally:
+        svc.store.dispose()
+
+
+def test_with_claims_too_short_to_hold_a_mark_back_each_page_is_marked_at_once(
+    db_url: str, rules_path: Path, clock: FakeClock, rsps: responses.RequestsMock
+) -> None:
+    """A claim of 20 s against PagerDuty's 10 s timeout: three timeouts do not fit in it, so a send left unmarked
+    could outlive its claim, and another worker would send it again. Such settings mark every page at once."""
+    svc = make_service(db_url, rules_path, PD_URL, clock, engine={"claim_seconds": 20})
+    try:
+        svc.heartbeat.register()
+        assert svc.heartbeat.alone()
+        sent = _accepting(rsps)
+        commits = _commits(svc)
+        receive(svc, [change(ticket(str(20981 + n))) for n in range(2)])
+        assert svc.engine.drain() == 2
+        before = commits[0]
+        worker = _worker(svc)
+        assert worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 2
+        assert len(sent) == 2
+        assert worker.marks_due_in() is None
+        assert [s for s, _ in _statuses(svc)] == ["sent", "sent"]
+        assert commits[0] - before == 5, "the claim, then per page its claim renewed and its mark"
     finally:
         svc.store.dispose()
 
@@ -592,9 +628,11 @@ def test_a_page_left_to_mark_when_the_database_fails_is_marked_once_it_is_back_a
 def _serving(
     db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> Service:
-    """The service's threads, alone on the database; a page is left to mark for 30 s (longer than these tests)."""
+    """The service's threads, alone on the database; a page is left to mark for 30 s (longer than these tests: the
+    claims last 300 s, so they hold that wait)."""
     monkeypatch.setattr("sync.delivery.MARK_WITHIN_SECONDS", 30.0)
-    service = make_service(db_url, rules_path, pd.url, clock, engine={"write_back_workers": 0})
+    engine = {"write_back_workers": 0, "claim_seconds": 300}
+    service = make_service(db_url, rules_path, pd.url, clock, engine=engine)
     service.start()
     assert wait_until(service.heartbeat.alone)
     return service

@@ -8,10 +8,24 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Exists, Select, and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import aliased
 
+from kernel.model import IncidentAction, TicketNote, TicketUpdate
 from kernel.redact import redact
 from sync.repos.cursors import claim_holder_dead
 from sync.schema import UTCDateTime, changes, links, outbox
@@ -147,19 +161,19 @@ class Claims:
         return list(rows)
 
     def statement(self, dialect: str, limit: int) -> Select[Any]:
-        """The claim query, built once per dialect and batch size: due rows, oldest first, an event only when
-        no earlier event of its ``dedup_key`` is pending."""
+        """The claim query, built once per dialect and batch size: due rows, oldest first, each only when no
+        earlier row of its ``dedup_key`` and its side (:data:`ORDERED_KINDS`) is pending."""
         key = (dialect, limit)
         stmt = self._statements.get(key)
         if stmt is None:
-            blocked = _waits_for_an_earlier_event()
+            blocked = _waits_for_an_earlier_row()
             # the change's arrival rides along (the delivery-latency metric): no query per sent event for it
             received = (
                 select(changes.c.received_at).where(changes.c.id == outbox.c.change_id).scalar_subquery()
             ).label("change_received_at")
             stmt = (
                 select(outbox, received)
-                .where(*self._due, or_(outbox.c.kind != "event", ~blocked))
+                .where(*self._due, ~blocked)
                 .order_by(outbox.c.next_attempt_at, outbox.c.id)
                 .limit(limit)
             )
@@ -364,13 +378,13 @@ def prune(conn: Connection, before: datetime, chunk: int) -> int:
 def next_due_statement(takeover: bool, kinds: Collection[str] | None = None) -> Select[Any]:
     """The earliest ``next_attempt_at`` of a pending row a worker could claim once it is due: unclaimed, its
     claim expired (or, with ``takeover``, its holder's heartbeat older than ``:stale``), and not waiting for
-    an earlier pending event of its ``dedup_key``; of ``kinds`` only (None: any). Binds ``now`` (and
-    ``stale``). The service's idle look runs it to sleep until then instead of polling (the partial index
+    an earlier pending row of its ``dedup_key`` (:data:`ORDERED_KINDS`); of ``kinds`` only (None: any). Binds
+    ``now`` (and ``stale``). The service's idle look runs it to sleep until then instead of polling (the partial index
     ``ix_outbox_due`` serves the order)."""
-    blocked = _waits_for_an_earlier_event()
+    blocked = _waits_for_an_earlier_row()
     return (
         select(outbox.c.next_attempt_at)
-        .where(*_claimable(takeover, kinds), or_(outbox.c.kind != "event", ~blocked))
+        .where(*_claimable(takeover, kinds), ~blocked)
         .order_by(outbox.c.next_attempt_at, outbox.c.id)
         .limit(1)
     )
@@ -383,13 +397,27 @@ def next_due(conn: Connection, statement: Select[Any], now: datetime, takeover_a
     return due
 
 
-def _waits_for_an_earlier_event() -> Exists:
-    """An outbox row that waits: an earlier event of its ``dedup_key`` is still pending (a resolve never
-    overtakes its trigger)."""
+#: what each side's rows of one ``dedup_key`` wait for, in id order: PagerDuty's events for earlier events (a resolve
+#: never overtakes its trigger), the tickets' notes and updates for earlier ones of theirs (the note that the ticket
+#: paged comes before a person's acknowledgement, whose transition never lands after the resolve's)
+ORDERED_KINDS = (
+    frozenset({IncidentAction.KIND}),
+    frozenset({TicketNote.KIND, TicketUpdate.KIND}),
+)
+
+
+def _waits_for_an_earlier_row() -> ColumnElement[bool]:
+    """An outbox row that waits: an earlier row of its ``dedup_key`` and of its side (:data:`ORDERED_KINDS`) is
+    still pending. Incident updates (PagerDuty's REST API) do not wait."""
     earlier = aliased(outbox)
-    return exists().where(
-        earlier.c.dedup_key == outbox.c.dedup_key,
-        earlier.c.kind == "event",
-        earlier.c.id < outbox.c.id,
-        earlier.c.status == "pending",
-    )
+    waits = []
+    for kinds in ORDERED_KINDS:
+        names = sorted(kinds)
+        pending_before = exists().where(
+            earlier.c.dedup_key == outbox.c.dedup_key,
+            earlier.c.kind.in_(names),
+            earlier.c.id < outbox.c.id,
+            earlier.c.status == "pending",
+        )
+        waits.append(and_(outbox.c.kind.in_(names), pending_before))
+    return or_(*waits)
