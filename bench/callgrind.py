@@ -141,6 +141,7 @@ def _mock() -> Iterator[str]:
 def _deliver(url: str, units: int, passes: int) -> None:
     from bench.pipeline import rules_text
     from kernel.clock import FakeClock
+    from sync.delivery import INCIDENT_KINDS
     from tests.factories import T0, change
     from tests.harness import make_service, receive
 
@@ -156,7 +157,8 @@ def _deliver(url: str, units: int, passes: int) -> None:
             receive(svc, batch[i : i + 50])
         assert svc.engine.drain() == total
         svc.heartbeat.register()  # as serve runs it: a replica with its heartbeat, here alone on its database
-        worker = svc.delivery(heartbeat=svc.heartbeat)
+        # and as serve's PagerDuty workers claim: PagerDuty's kinds only (the tickets' have workers of their own)
+        worker = svc.delivery(heartbeat=svc.heartbeat, kinds=INCIDENT_KINDS)
         for _ in range(1 + passes):
             sent = 0
             while sent < units:
