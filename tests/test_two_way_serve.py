@@ -233,6 +233,36 @@ def test_serve_jira_ticket_pages_and_a_persons_ack_and_resolve_reach_the_issue(d
     assert time.monotonic() - started < 30
 
 
+def test_serve_a_person_acknowledging_and_resolving_at_once_leaves_the_issue_done_its_comments_in_order(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Jane acknowledges and resolves within a moment, and PagerDuty delivers both webhooks together: the issue's
+    two transitions and comments are written one at a time, in that order (two ticket workers are free, but the
+    resolve's waits for the acknowledgement's), so the issue ends Done, not In Progress under a resolved incident."""
+    with (
+        FakeJira(deployment="Cloud") as jira,
+        running(db_url, tmp_path, JIRA_RULES, TICKETPAGER_JIRA__URL=jira.url, **JIRA) as (serve, events, pd),
+    ):
+        wait_for("serve's first Jira poll", lambda: any(p == "/rest/api/2/search/jql" for p in jira.paths()), serve)
+        issue = make_issue("10043", "OPS-13", updated=datetime.now(UTC), summary="Payments are down",
+                           priority="Highest", priority_id="1", base_url=jira.url)  # fmt: skip
+        jira.put(issue)
+        post_jira(serve, issue, "jira:issue_created", "serve-jira-quick-1")
+        incident = page_and_echo(serve, events, pd, "[OPS-13] Payments are down")
+
+        pd.acknowledge(incident, by="PUSER01")
+        pd.resolve(incident, by="PUSER01")
+        deliver(pd, ["incident.acknowledged", "incident.resolved"])
+        wait_for("both transitions", lambda: len(jira.transitioned) == 2, serve)
+        assert jira.transitioned == [("10043", "In Progress"), ("10043", "Done")]
+        assert jira.issues["10043"]["fields"]["status"]["name"] == "Done"
+        wait_for("the four comments", lambda: len(jira.comments.get("10043", [])) >= 4, serve)
+        bodies = [str(c["body"]) for c in jira.comments["10043"]]
+        said = [next(i for i, b in enumerate(bodies) if word in b) for word in ("acknowledged by", "resolved by")]
+        assert said == [2, 3], bodies  # after the two notes that it paged, the acknowledgement, then the resolve
+        finish(serve, events, pd)
+
+
 # -- Zendesk ------------------------------------------------------------------------------------------------------
 ZENDESK_RULES = e2e.ZENDESK_RULES.replace("PD_E2E_KEY", "PD_SERVE_KEY")
 ZENDESK_SECRET = "zendesk-webhook-secret-serve"
