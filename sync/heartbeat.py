@@ -61,6 +61,7 @@ class Heartbeat:
         self.last_ok: datetime | None = None  # the time written by the latest heartbeat that committed
         self.resumed_at: datetime | None = None  # the first heartbeat after the latest gap (or the first ever)
         self._alone = False  # no other replica alive at the latest beat (False until a beat said so)
+        self._alone_from: datetime | None = None  # the first beat of the current run of beats that saw no other
 
     def __repr__(self) -> str:
         return f"<Heartbeat {self.instance}>"
@@ -85,11 +86,18 @@ class Heartbeat:
         engine must not make this replica look dead."""
         now = self.clock.now()
         self._alone = False  # until this beat says so: a beat that fails leaves nobody batching on an old answer
-        with self.store.begin(urgent=True) as conn:
-            cursors.record_beat(conn, self.instance, now)
-            others = cursors.others_alive(conn, self.instance, now - timedelta(seconds=self.timeout))
+        try:
+            with self.store.begin(urgent=True) as conn:
+                cursors.record_beat(conn, self.instance, now)
+                others = cursors.others_alive(conn, self.instance, now - timedelta(seconds=self.timeout))
+        except BaseException:
+            self._alone_from = None  # the run alone ends with a beat that failed
+            raise
+        gap = self.last_ok is None or now - self.last_ok >= self._margin
+        # a run alone starts again after a gap: others may have taken over our rows and sent them meanwhile
+        self._alone_from = None if others else (now if gap or self._alone_from is None else self._alone_from)
         self._alone = others == 0
-        if self.last_ok is None or now - self.last_ok >= self._margin:
+        if gap:
             if self.last_ok is not None:
                 log.warning(
                     "heartbeat of %s resumed after %.1f s: claims may have been taken over meanwhile",
@@ -111,6 +119,15 @@ class Heartbeat:
         """No other replica had heartbeated within ``timeout`` at the latest beat, and that beat is recent. A
         replica that starts is seen here at this one's next beat (within ``interval``)."""
         return self._alone and self.healthy()
+
+    def alone_since(self) -> datetime | None:
+        """When the current streak alone on the database began: the first of the beats since which every beat saw no
+        other replica, with no gap in the heartbeat (None: not :meth:`alone` now). Whatever the other replicas had
+        sent, read after it, stays all they sent until the streak ends (``sync.elsewhere``)."""
+        since = self._alone_from
+        if since is None or not self.alone() or not self.unbroken_since(since):
+            return None
+        return since
 
     def forget(self) -> None:
         """Clean stop: remove our row (our claims were handed back already)."""

@@ -40,6 +40,7 @@ from rules import RuleStore
 from rules.silence_match import compile_matchers
 from sync.db import failure_reason
 from sync.delivery import INCIDENT_KINDS, TICKET_KINDS, Delivery, claims_for, send_timeout
+from sync.elsewhere import SendsElsewhere
 from sync.engine import Engine
 from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
@@ -194,11 +195,20 @@ class Service:
             later_uses_attempts=False,  # while PagerDuty says "later" only the operator's time budget ends it
             budget_name="retry budget max_retry_seconds",
         )
+        self.heartbeat = Heartbeat(
+            self.store,
+            self.clock,
+            self.instance,
+            interval=settings.engine.heartbeat_seconds,
+            timeout=settings.engine.replica_timeout_seconds,
+        )
         self.limiter = RateLimiter(  # per routing key across the replicas: theirs are read from the outbox
             pd.rate_limit_per_minute,
             self.clock,
-            elsewhere=lambda key, since: self.store.sends_elsewhere(
-                PagerDutyDestination.name, key, since, self.instance
+            elsewhere=SendsElsewhere(  # while alone, one read per key per ALONE_TRUST, not per second
+                lambda key, since: self.store.sends_elsewhere(PagerDutyDestination.name, key, since, self.instance),
+                self.heartbeat,
+                self.clock,
             ),
             # connect + read of the longest timeout a retry may use: the longest one POST can be in flight
             send_seconds=2 * send_timeout(pd.timeout_seconds, 1_000, settings.engine.claim_seconds),
@@ -214,13 +224,6 @@ class Service:
             on_queued=self._pages_queued,  # a batch that queued nothing wakes none
             silences=SilenceBook(compile_matchers),  # silences' matchers, compiled by the rules language
             connections=tuple(self.connections),  # the metrics' labels: configured names only
-        )
-        self.heartbeat = Heartbeat(
-            self.store,
-            self.clock,
-            self.instance,
-            interval=settings.engine.heartbeat_seconds,
-            timeout=settings.engine.replica_timeout_seconds,
         )
         self.reverse_wake = threading.Event()  # set when a PagerDuty webhook was stored
         self.rest: PagerDutyRestClient | None = None  # the reverse worker's, built with it (a token is set)
