@@ -343,8 +343,9 @@ class RateLimiter:
     seen yet, so a cluster can go over by the sends in flight at once; PagerDuty then answers 429 and the
     event is retried. While a key is far from its limit (more than :data:`OTHERS_HEADROOM` of it free) the
     other replicas' sends are read at most once per :data:`OTHERS_TTL` or :data:`OTHERS_REUSE` sends of this
-    replica, whichever comes first, not on every send; near the limit, on every send. So the cluster can go
-    over by the sends in flight plus (replicas − 1) × :data:`OTHERS_REUSE`.
+    replica, whichever comes first, not on every send; near the limit, on every send (``elsewhere`` may answer from
+    what it read: the service's keeps a read for 10 s while its replica is alone, ``sync.elsewhere``). So the
+    cluster can go over by the sends in flight plus (replicas − 1) × :data:`OTHERS_REUSE`.
 
     :meth:`reserve` returns how long a send for ``key`` must wait (0 = go) and, to go, the
     :class:`Reservation` to mark :meth:`~Reservation.finished` when the POST is over. :meth:`wait_for` is

@@ -14,11 +14,12 @@ Events of one ``dedup_key`` go out in order: a row waits while an earlier row of
 ticket's notes and updates about one incident (``outbox.ORDERED_KINDS``).
 A row its destination's rate limit holds back reschedules its key's whole backlog to the limiter's slots in
 one transaction (:meth:`Delivery._hold`): a backlog costs nothing while it waits.
-While the replica is alone on its database, the sends of one batch are marked ``sent`` together, at the batch's
-end, in one transaction that also claims the next batch when this one came back full (:meth:`Delivery.run_once`):
-during a burst a worker writes once per batch, not once per page and once per claim (issue 19). The service's workers
-leave the sends of a batch that was not full to their next claim's transaction, within :data:`MARK_WITHIN_SECONDS`
-(``defer_marks``): at low rates a page costs one write, not a claim and a mark.
+While the replica is alone on its database, the sends of one batch are marked ``sent`` together (but for pages whose
+mark queues a note for the ticket: at once), at the batch's end, in one transaction that also claims the next batch
+when this one came back full (:meth:`Delivery.run_once`): during a burst a worker writes once per batch, not once
+per page and once per claim (issue 19). The service's workers leave the sends of a batch that was not full to their
+next claim's transaction, within :data:`MARK_WITHIN_SECONDS` (``defer_marks``): at low rates a page costs one write,
+not a claim and a mark.
 
 Outcomes: 2xx → sent (and, after an incident action, a note for the ticket is queued to the write-back
 destination of the ticket's connection, named after it, when write-back is on there: a note always goes back
@@ -89,13 +90,14 @@ CLAIM_SECONDS_OF_WORK = 0.25
 #: their last slot in one statement and rescheduled by a later hold (at 120 a minute: ~8 minutes of sends)
 RESCHEDULE_MAX = 1000
 
-#: a batch's accepted sends are marked ``sent`` together at its end (a write transaction cost ~160 µs of CPU on the
-#: project VM, one more mark in it ~27 µs: issue 19, docs/performance.md); a send accepted longer ago than this is
-#: marked before the batch's next send, so a batch slowed by its destination never keeps what it sent (and the later
-#: events of those dedup keys, which wait for them) unmarked for long. Until its mark a sent row stays claimed by
-#: this worker: no other worker sends it; a crash in between sends it again, with its dedup key (as a crash between
-#: one send and its mark always could). Between batches the same bound holds for the sends a batch that was not full
-#: left to the worker's next claim (``run_once(defer_marks=True)``): the caller runs again within
+#: a batch's accepted sends are marked ``sent`` together at its end (pages that queue a note for their ticket, and
+#: all sends when the claims are too short, at once: :meth:`Delivery._sent`; a write transaction cost ~160 µs of CPU
+#: on the project VM, one more mark in it ~27 µs: issue 19, docs/performance.md); a send accepted longer ago than
+#: this is marked before the batch's next send, so a batch slowed by its destination never keeps what it sent (and
+#: the later events of those dedup keys, which wait for them) unmarked for long. Until its mark a sent row stays
+#: claimed by this worker: no other worker sends it; a crash in between sends it again, with its dedup key (as a
+#: crash between one send and its mark always could). Between batches the same bound holds for the sends a batch that
+#: was not full left to the worker's next claim (``run_once(defer_marks=True)``): the caller runs again within
 #: :meth:`Delivery.marks_due_in`. Only while the replica is alone (``HeartbeatLike.alone``, see
 #: :meth:`Delivery._alone`): beside other replicas each send is marked at once, as before.
 MARK_WITHIN_SECONDS = 0.25

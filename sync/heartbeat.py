@@ -15,7 +15,9 @@ A replica alone on its database (no other heartbeat within the timeout) lets its
 in batches (:mod:`sync.delivery`): nobody else counts them from the outbox. A replica that starts is seen at the
 others' next beat, so for up to ``engine.heartbeat_seconds`` they still batch beside it; a process without a
 heartbeat (``poll --once``, a release before heartbeats) is not seen at all. Either can see the batching
-replica's latest sends late, by at most a batch per worker, near a routing key's rate limit.
+replica's latest sends late, by at most a batch per worker, near a routing key's rate limit. While alone, the
+replica's rate limiter also keeps its reads of the others' sends (:meth:`Heartbeat.alone_since`,
+:mod:`sync.elsewhere`): it sees such a replica's sends up to ten seconds late.
 """
 
 from __future__ import annotations

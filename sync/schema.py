@@ -214,7 +214,7 @@ outbox = Table(
     Column("generation", Integer, nullable=False),
     Column("routing_key", String(255), nullable=False),
     Column("body", Text, nullable=False),
-    Column("status", String(16), nullable=False, server_default="pending"),  # pending | sent | dead
+    Column("status", String(16), nullable=False, server_default="pending"),  # pending | sent | dead | superseded
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", UTCDateTime(), nullable=False),
     Column("claimed_until", UTCDateTime(), nullable=True),

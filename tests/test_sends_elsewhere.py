@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 import responses
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 
 from kernel.clock import FakeClock
 from sync.delivery import CLAIM_BATCH
@@ -85,10 +86,13 @@ def test_alone_one_read_of_the_others_sends_serves_a_key_for_a_while(
             alone.heartbeat.beat()
     assert len(sent) == 30
     assert reads[0] == 1
-    clock.advance(ALONE_TRUST.total_seconds())
-    alone.heartbeat.beat()
+    streak = alone.heartbeat.alone_since()
+    for _ in range(int(ALONE_TRUST.total_seconds() / alone.settings.engine.heartbeat_seconds)):
+        clock.advance(alone.settings.engine.heartbeat_seconds)
+        alone.heartbeat.beat()  # on time: the same streak alone
+    assert alone.heartbeat.alone_since() == streak
     assert _page(alone, 41100) == 1
-    assert reads[0] == 2
+    assert reads[0] == 2, "a read is kept ALONE_TRUST at most, the streak alone going on"
 
 
 def test_a_gap_in_the_heartbeat_makes_the_next_send_read_again(
@@ -110,6 +114,27 @@ def test_a_gap_in_the_heartbeat_makes_the_next_send_read_again(
     assert _page(alone, 41203) == 1
     assert reads[0] == 2, "the new streak keeps its read"
     assert len(sent) == 3
+
+
+def test_a_beat_that_fails_ends_the_streak_alone(alone: Service, clock: FakeClock, sent: list[str]) -> None:
+    """The database refused the heartbeat (here: its table is away for a moment). The beat after it, on time and
+    alone again, starts a new streak: what was read before is read again."""
+    reads = _reads(alone)
+    assert _page(alone, 41251) == 1
+    assert reads[0] == 1
+    with alone.store.begin() as conn:
+        conn.execute(text("ALTER TABLE replicas RENAME TO replicas_away"))
+    clock.advance(alone.settings.engine.heartbeat_seconds)
+    with pytest.raises(DBAPIError):
+        alone.heartbeat.beat()
+    with alone.store.begin() as conn:
+        conn.execute(text("ALTER TABLE replicas_away RENAME TO replicas"))
+    clock.advance(alone.settings.engine.heartbeat_seconds)
+    alone.heartbeat.beat()  # on time (no gap)
+    assert alone.heartbeat.alone()
+    assert _page(alone, 41252) == 1
+    assert reads[0] == 2
+    assert len(sent) == 2
 
 
 def test_once_a_beat_sees_another_replica_its_sends_count_against_the_routing_keys_limit(

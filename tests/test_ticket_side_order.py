@@ -131,3 +131,26 @@ def test_a_failing_note_holds_its_incidents_later_rows_until_it_is_written_or_de
         rows = conn.execute(select(outbox.c.id, outbox.c.status, outbox.c.attempts).order_by(outbox.c.id)).all()
     assert [tuple(r) for r in rows if r.id in (note_id, ack)] == [(note_id, "sent", 4), (ack, "pending", 0)]
     assert [r["id"] for r in worker.claim(CLAIM_BATCH)] == [ack]
+
+
+def test_a_note_that_becomes_a_dead_letter_lets_its_incidents_later_rows_go(
+    service: Service, rsps: responses.RequestsMock
+) -> None:
+    """Jira refuses the note for good (400): it becomes a dead letter at once, and the acknowledgement behind it is
+    no longer held."""
+    _pagerduty_and_jira_accept(rsps)
+    receive(service, [change(ticket("31021"))])
+    assert service.engine.drain() == 1
+    assert service.delivery("p0", heartbeat=service.heartbeat).run_once(CLAIM_BATCH) == 1
+    with service.store.engine.connect() as conn:
+        note_id = conn.execute(select(outbox.c.id).where(outbox.c.kind == TicketNote.KIND)).scalar_one()
+    ack = _acknowledgement_queued(service, note_id)
+    comments = re.compile(rf"{re.escape(JIRA)}/rest/api/2/issue/\d+/comment")
+    rsps.replace(responses.POST, comments, status=400, json={"errorMessages": ["comment body is invalid"]})
+
+    worker = _ticket_worker(service, "t0")
+    assert worker.run_once(CLAIM_BATCH) == 1  # the note alone, refused
+    with service.store.engine.connect() as conn:
+        status = conn.execute(select(outbox.c.status).where(outbox.c.id == note_id)).scalar_one()
+    assert status == "dead"
+    assert [r["id"] for r in worker.claim(CLAIM_BATCH)] == [ack]
