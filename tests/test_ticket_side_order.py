@@ -28,6 +28,7 @@ from ticketpager.service import Service
 
 PD_URL = "https://events.pagerduty.test/v2/enqueue"
 JIRA = "https://jira.example.com"
+COMMENTS = re.compile(rf"{re.escape(JIRA)}/rest/api/2/issue/\d+/comment")
 
 
 @pytest.fixture
@@ -55,10 +56,9 @@ def _pagerduty_and_jira_accept(rsps: responses.RequestsMock) -> list[str]:
         posted.append(str(json.loads(request.body or b"{}")["body"]))
         return 201, {}, json.dumps({"id": str(len(posted)), "body": posted[-1]})
 
-    comments = re.compile(rf"{re.escape(JIRA)}/rest/api/2/issue/\d+/comment")
     rsps.add_callback(responses.POST, PD_URL, callback=page)
-    rsps.add(responses.GET, comments, json={"startAt": 0, "maxResults": 100, "total": 0, "comments": []})
-    rsps.add_callback(responses.POST, comments, callback=comment)
+    rsps.add(responses.GET, COMMENTS, json={"startAt": 0, "maxResults": 100, "total": 0, "comments": []})
+    rsps.add_callback(responses.POST, COMMENTS, callback=comment)
     return posted
 
 
@@ -74,6 +74,18 @@ def _acknowledgement_queued(service: Service, note_id: int) -> int:
             limit_key="", body="{}", change_id=None, now=service.clock.now(),
         )  # fmt: skip
         return int(conn.execute(select(outbox.c.id).order_by(outbox.c.id.desc()).limit(1)).scalar_one())
+
+
+def _paged_and_acknowledged(service: Service, rsps: responses.RequestsMock, ticket_id: str) -> tuple[int, int]:
+    """The ticket pages (its note for the ticket queued with the page's mark), then a person acknowledges: returns
+    the note's and the acknowledgement's row ids."""
+    _pagerduty_and_jira_accept(rsps)
+    receive(service, [change(ticket(ticket_id))])
+    assert service.engine.drain() == 1
+    assert service.delivery("p0", heartbeat=service.heartbeat).run_once(CLAIM_BATCH) == 1
+    with service.store.engine.connect() as conn:
+        note_id = conn.execute(select(outbox.c.id).where(outbox.c.kind == TicketNote.KIND)).scalar_one()
+    return note_id, _acknowledgement_queued(service, note_id)
 
 
 def _ticket_worker(service: Service, name: str) -> Delivery:
@@ -110,22 +122,15 @@ def test_a_failing_note_holds_its_incidents_later_rows_until_it_is_written_or_de
 ) -> None:
     """Jira answers 503 to the note: it is retried later, and the acknowledgement after it waits (it is not sent
     ahead of it). Once the note is written, the acknowledgement goes."""
-    _pagerduty_and_jira_accept(rsps)
-    receive(service, [change(ticket("31011"))])
-    assert service.engine.drain() == 1
-    assert service.delivery("p0", heartbeat=service.heartbeat).run_once(CLAIM_BATCH) == 1
-    with service.store.engine.connect() as conn:
-        note_id = conn.execute(select(outbox.c.id).where(outbox.c.kind == TicketNote.KIND)).scalar_one()
-    ack = _acknowledgement_queued(service, note_id)
-    comments = re.compile(rf"{re.escape(JIRA)}/rest/api/2/issue/\d+/comment")
-    rsps.replace(responses.POST, comments, status=503, json={"errorMessages": ["down for maintenance"]})
+    note_id, ack = _paged_and_acknowledged(service, rsps, "31011")
+    rsps.replace(responses.POST, COMMENTS, status=503, json={"errorMessages": ["down for maintenance"]})
 
     worker = _ticket_worker(service, "t0")
     for _ in range(3):  # each claim takes the note alone (two rows would be claimed were the acknowledgement free)
         assert worker.run_once(CLAIM_BATCH) == 1
         clock.advance(60)  # its retry is due (the backoff's cap)
         service.heartbeat.beat()
-    rsps.replace(responses.POST, comments, status=201, json={"id": "1", "body": "noted"})
+    rsps.replace(responses.POST, COMMENTS, status=201, json={"id": "1", "body": "noted"})
     assert worker.run_once(CLAIM_BATCH) == 1  # the note, written
     with service.store.engine.connect() as conn:
         rows = conn.execute(select(outbox.c.id, outbox.c.status, outbox.c.attempts).order_by(outbox.c.id)).all()
@@ -138,15 +143,8 @@ def test_a_note_that_becomes_a_dead_letter_lets_its_incidents_later_rows_go(
 ) -> None:
     """Jira refuses the note for good (400): it becomes a dead letter at once, and the acknowledgement behind it is
     no longer held."""
-    _pagerduty_and_jira_accept(rsps)
-    receive(service, [change(ticket("31021"))])
-    assert service.engine.drain() == 1
-    assert service.delivery("p0", heartbeat=service.heartbeat).run_once(CLAIM_BATCH) == 1
-    with service.store.engine.connect() as conn:
-        note_id = conn.execute(select(outbox.c.id).where(outbox.c.kind == TicketNote.KIND)).scalar_one()
-    ack = _acknowledgement_queued(service, note_id)
-    comments = re.compile(rf"{re.escape(JIRA)}/rest/api/2/issue/\d+/comment")
-    rsps.replace(responses.POST, comments, status=400, json={"errorMessages": ["comment body is invalid"]})
+    note_id, ack = _paged_and_acknowledged(service, rsps, "31021")
+    rsps.replace(responses.POST, COMMENTS, status=400, json={"errorMessages": ["comment body is invalid"]})
 
     worker = _ticket_worker(service, "t0")
     assert worker.run_once(CLAIM_BATCH) == 1  # the note alone, refused

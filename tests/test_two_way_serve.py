@@ -172,21 +172,27 @@ JIRA = {
 }
 
 
+def jira_issue_pages(
+    serve: Serve, jira: FakeJira, events: MockPagerDuty, pd: FakePagerDutyRest, issue_id: str, key: str, summary: str
+) -> str:
+    """A Highest issue is created after serve's start-up poll (so it arrives by its signed webhook only) and pages
+    once; PagerDuty's ``incident.triggered`` echo is handled. Returns the incident id."""
+    wait_for("serve's first Jira poll", lambda: any(p == "/rest/api/2/search/jql" for p in jira.paths()), serve)
+    issue = make_issue(issue_id, key, updated=datetime.now(UTC), summary=summary, priority="Highest",
+                       priority_id="1", base_url=jira.url)  # fmt: skip
+    jira.put(issue)
+    post_jira(serve, issue, "jira:issue_created", f"serve-jira-{key}")
+    return page_and_echo(serve, events, pd, f"[{key}] {summary}")
+
+
 def test_serve_jira_ticket_pages_and_a_persons_ack_and_resolve_reach_the_issue(db_url: str, tmp_path: Path) -> None:
     started = time.monotonic()
     with (
         FakeJira(deployment="Cloud") as jira,
         running(db_url, tmp_path, JIRA_RULES, TICKETPAGER_JIRA__URL=jira.url, **JIRA) as (serve, events, pd),
     ):
-        # the start-up poll has run (the issue is created after it: this ticket arrives by webhook only)
-        wait_for("serve's first Jira poll", lambda: any(p == "/rest/api/2/search/jql" for p in jira.paths()), serve)
-        issue = make_issue("10042", "OPS-12", updated=datetime.now(UTC), summary="Checkout is down",
-                           priority="Highest", priority_id="1", base_url=jira.url)  # fmt: skip
-        jira.put(issue)
-
         # 1. a signed Jira webhook → one trigger at the Events API
-        post_jira(serve, issue, "jira:issue_created", "serve-jira-1")
-        incident = page_and_echo(serve, events, pd, "[OPS-12] Checkout is down")
+        incident = jira_issue_pages(serve, jira, events, pd, "10042", "OPS-12", "Checkout is down")
         # our own page's incident.triggered brings the first write-back: the incident's number and link
         paged = wait_for("the incident's link on the issue",
                          lambda: [c["body"] for c in jira.comments.get("10042", [])
@@ -243,12 +249,7 @@ def test_serve_a_person_acknowledging_and_resolving_at_once_leaves_the_issue_don
         FakeJira(deployment="Cloud") as jira,
         running(db_url, tmp_path, JIRA_RULES, TICKETPAGER_JIRA__URL=jira.url, **JIRA) as (serve, events, pd),
     ):
-        wait_for("serve's first Jira poll", lambda: any(p == "/rest/api/2/search/jql" for p in jira.paths()), serve)
-        issue = make_issue("10043", "OPS-13", updated=datetime.now(UTC), summary="Payments are down",
-                           priority="Highest", priority_id="1", base_url=jira.url)  # fmt: skip
-        jira.put(issue)
-        post_jira(serve, issue, "jira:issue_created", "serve-jira-quick-1")
-        incident = page_and_echo(serve, events, pd, "[OPS-13] Payments are down")
+        incident = jira_issue_pages(serve, jira, events, pd, "10043", "OPS-13", "Payments are down")
 
         pd.acknowledge(incident, by="PUSER01")
         pd.resolve(incident, by="PUSER01")
