@@ -1,15 +1,16 @@
 """The other replicas' sends per rate-limit key, for the PagerDuty rate limiter's ``elsewhere``
 (:class:`connectors.pagerduty.RateLimiter`): read from the shared outbox, and while this replica is alone on its
-database, read once per key for a while rather than every second (issue 19: those reads were a fifth of a delivery
-worker's queries at keep-up).
+database, read once per key for a while rather than every second (issue 19: those reads were about two thirds of
+the delivery workers' SELECTs at keep-up).
 
 While this replica's heartbeat sees no other replica (:meth:`sync.heartbeat.Heartbeat.alone_since`), nobody else
 sends: a read made during that streak stays true, and the limiter drops what left its window. So a read is kept
 for :data:`ALONE_TRUST`, and only while the streak that it was made in lasts. A beat that sees another replica, a
 beat that fails, or a gap in the heartbeat ends the streak; the next send reads again. What it does not see: a
-replica that starts is seen at this one's next beat (within ``engine.heartbeat_seconds``), and a process without a
-heartbeat (``poll --once``) is not seen at all, so their sends count here up to :data:`ALONE_TRUST` late. Near the
-limit that can let a few events more through than PagerDuty allows; PagerDuty answers 429 and they are retried.
+replica that starts is seen at this one's next beat (within ``engine.heartbeat_seconds``, which ends the streak),
+and a process without a heartbeat (``poll --once``) not at all: its sends count here up to :data:`ALONE_TRUST` late
+(plus the limiter's own second). Near the limit that can let a few events more through than PagerDuty allows;
+PagerDuty answers 429 and they are retried.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ others' next beat, so for up to ``engine.heartbeat_seconds`` they still batch be
 heartbeat (``poll --once``, a release before heartbeats) is not seen at all. Either can see the batching
 replica's latest sends late, by at most a batch per worker, near a routing key's rate limit. While alone, the
 replica's rate limiter also keeps its reads of the others' sends (:meth:`Heartbeat.alone_since`,
-:mod:`sync.elsewhere`): it sees such a replica's sends up to ten seconds late.
+:mod:`sync.elsewhere`): it counts a starting replica's sends from its own next beat, and a process without a
+heartbeat's up to about ten seconds late.
 """
 
 from __future__ import annotations
