@@ -174,7 +174,8 @@ class Delivery:
         # sends not yet marked sent: this batch's, or the last one's left to the next claim (see MARK_WITHIN_SECONDS)
         self._unmarked: list[_Accepted] = []
         self._batching = False  # run_once marks a batch's sends (at its end, or with the next claim); deliver() at once
-        self._notes_queued = 0  # notes for the tickets this batch's marks queued: their workers are woken at its end
+        self._notes_queued = 0  # notes for the tickets this batch's marks queued: one worker woken at the first, the
+        self._notes_woken = 0  # rest at the batch's end (one per claim's worth in all); wake-ups made so far
         self._next: list[RowMapping] = []  # claimed with the last full batch's marks: the next batch
         self._more_due = False  # see more_may_be_due
 
@@ -287,8 +288,8 @@ class Delivery:
                     raise
         finally:
             self._batching = False
-            self._wake_for_notes(self._notes_queued)
-            self._notes_queued = 0
+            self._wake(claims_for(self._notes_queued) - self._notes_woken)
+            self._notes_queued = self._notes_woken = 0
         full = len(rows) >= limit and not (stopping is not None and stopping())
         alone = self._alone()
         ahead = min(limit, self.claim_size()) if full and alone else 0
@@ -531,21 +532,26 @@ class Delivery:
 
     def _marked(self, marked: tuple[list[float], int]) -> None:
         """The marks of :meth:`_mark_in` are committed: forget them, observe their latencies once (not again after
-        a failed commit), and wake a ticket worker per claim of the notes it queued (:func:`claims_for`), or, during
-        a batch, once at its end for all the notes its marks queued."""
+        a failed commit), and wake a ticket worker per claim of the notes it queued (:func:`claims_for`); during a
+        batch, one at its first notes and the rest at its end."""
         latencies, queued = marked
         self._unmarked = []
         for seconds in latencies:
             METRICS.delivery_latency.observe(seconds)
-        if self._batching:  # the batch's pages are marked one by one when they write back: wake once, at its end
-            self._notes_queued += queued
-        else:
-            self._wake_for_notes(queued)
+        if not self._batching:
+            self._wake(claims_for(queued))
+            return
+        # a batch's pages that write back are marked one by one: one ticket worker starts at the first notes (it
+        # claims again while it finds more), the others at the batch's end, one per claim's worth of its notes
+        self._notes_queued += queued
+        if queued and not self._notes_woken:
+            self._wake(1)
+            self._notes_woken = 1
 
-    def _wake_for_notes(self, queued: int) -> None:
-        """Wake a ticket worker per claim of the ``queued`` notes (:func:`claims_for`)."""
+    def _wake(self, workers: int) -> None:
+        """Wake ``workers`` ticket workers (none when ``workers`` ≤ 0) for the notes the marks queued."""
         if self.on_write_back is not None:
-            for _ in range(claims_for(queued)):
+            for _ in range(workers):
                 self.on_write_back()
 
     def _queue_write_back(self, conn: Connection, row: RowMapping) -> bool:

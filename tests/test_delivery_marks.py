@@ -445,19 +445,20 @@ def test_a_page_whose_mark_queues_its_note_for_the_ticket_is_marked_at_once(
     the next claim, that note would wait too, and a person acknowledging at once could see their acknowledgement
     on the ticket before it. So each page is marked as soon as PagerDuty accepted it, its note queued with it:
     within one batch (each page's note is queued before the next page is sent) and after it (nothing is left to
-    the next claim)."""
+    the next claim). A ticket worker is woken at the first note, not at the batch's end."""
     svc = _writing_back(db_url, rules_path, clock)
     try:
         svc.heartbeat.register()
         assert svc.heartbeat.alone()
-        queued_when_sending: list[tuple[int, int]] = []  # (pages marked sent, notes queued) as each page goes out
+        queued_when_sending: list[tuple[int, int, int]] = []  # (pages marked, notes queued, ticket workers woken)
+        woken = svc.write_back_wake.count
 
         def count() -> None:
             with svc.store.engine.connect() as conn:
                 query = "SELECT count(*) FROM outbox WHERE kind = :kind AND status = :status"
                 marked = conn.execute(text(query), {"kind": "event", "status": "sent"}).scalar_one()
                 notes = conn.execute(text(query), {"kind": "writeback", "status": "pending"}).scalar_one()
-            queued_when_sending.append((int(marked), int(notes)))
+            queued_when_sending.append((int(marked), int(notes), svc.write_back_wake.count - woken))
 
         sent = _accepting(rsps, count)
         receive(svc, [change(ticket(str(20971 + n))) for n in range(3)])
@@ -465,7 +466,8 @@ def test_a_page_whose_mark_queues_its_note_for_the_ticket_is_marked_at_once(
         worker = _worker(svc)
         assert worker.run_once(CLAIM_BATCH, woken=True, defer_marks=True) == 3
         assert [a for a, _ in sent] == ["trigger"] * 3
-        assert queued_when_sending == [(0, 0), (1, 1), (2, 2)], "each page marked, its note queued, before the next"
+        assert queued_when_sending == [(0, 0, 0), (1, 1, 1), (2, 2, 1)], "each page marked, its note queued, at once"
+        assert svc.write_back_wake.count - woken == 1, "three notes: one claim's worth, one worker woken"
         assert worker.marks_due_in() is None, "nothing left to the next claim"
         with svc.store.engine.connect() as conn:
             rows = conn.execute(select(outbox.c.kind, outbox.c.status).order_by(outbox.c.id)).all()

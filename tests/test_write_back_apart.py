@@ -214,8 +214,9 @@ def test_the_notes_of_one_batch_wake_one_ticket_worker_per_claim(
     tmp_path: Path, rules_path: Path, clock: FakeClock, hung: HungServer
 ) -> None:
     """Twenty-five pages sent in one batch queue twenty-five notes (each with its page's mark, so that a note is
-    queued before a person can acknowledge): at the batch's end three ticket workers are woken, one per claim of
-    CLAIM_BATCH notes, not one per note (a worker woken for nothing takes the write lock to claim nothing)."""
+    queued before a person can acknowledge): three ticket workers are woken, one per claim of CLAIM_BATCH notes (the
+    first at the first note, the others at the batch's end), not one per note (a worker woken for nothing takes the
+    write lock to claim nothing)."""
     with MockPagerDuty() as pd:
         service = _writing_back_to(
             hung, tmp_path, rules_path, clock, pd, note_timeout=0.5, idle_seconds=30.0, write_back_workers=2
