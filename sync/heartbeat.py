@@ -125,12 +125,10 @@ class Heartbeat:
 
     def alone_since(self) -> datetime | None:
         """When the current streak alone on the database began: the first of the beats since which every beat saw no
-        other replica, with no gap in the heartbeat (None: not :meth:`alone` now). Whatever the other replicas had
-        sent, read after it, stays all they sent until the streak ends (``sync.elsewhere``)."""
-        since = self._alone_from
-        if since is None or not self.alone() or not self.unbroken_since(since):
-            return None
-        return since
+        other replica, with no gap in the heartbeat (:meth:`beat` starts a new streak after one; None: not
+        :meth:`alone` now). Whatever the other replicas had sent, read after it, stays all they sent until the
+        streak ends (``sync.elsewhere``)."""
+        return self._alone_from if self.alone() else None
 
     def forget(self) -> None:
         """Clean stop: remove our row (our claims were handed back already)."""
