@@ -49,8 +49,6 @@ from kernel.errors import PermanentError, RetryableError, TicketpagerError, Unkn
 from kernel.model import (
     Destination,
     EventAction,
-    IncidentAction,
-    IncidentUpdate,
     Outbound,
     SendLimiter,
     TicketNote,
@@ -73,11 +71,9 @@ log = logging.getLogger("ticketpager.delivery")
 TIMEOUT_GROWTH_MAX = 4.0
 
 
-#: what PagerDuty is sent (incident events, incident updates) and what the ticketing systems are sent (notes,
-#: ticket updates): the service runs separate workers for each, so a ticketing system that hangs never holds
-#: a page up behind one of its notes (issue 17)
-INCIDENT_KINDS = frozenset({IncidentAction.KIND, IncidentUpdate.KIND})
-TICKET_KINDS = frozenset({TicketNote.KIND, TicketUpdate.KIND})
+#: the kinds each group of workers claims (defined with the outbox's queries, which order each side's rows)
+INCIDENT_KINDS = outbox.INCIDENT_KINDS
+TICKET_KINDS = outbox.TICKET_KINDS
 
 #: rows one claim takes: a worker sends them one after another (each send's claim is renewed if it aged)
 CLAIM_BATCH = 10
@@ -175,7 +171,7 @@ class Delivery:
         self._unmarked: list[_Accepted] = []
         self._batching = False  # run_once marks a batch's sends (at its end, or with the next claim); deliver() at once
         self._notes_queued = 0  # notes for the tickets this batch's marks queued: one worker woken at the first, the
-        self._notes_woken = 0  # rest at the batch's end (one per claim's worth in all); wake-ups made so far
+        # rest at the batch's end (one per claim's worth in all)
         self._next: list[RowMapping] = []  # claimed with the last full batch's marks: the next batch
         self._more_due = False  # see more_may_be_due
 
@@ -288,8 +284,8 @@ class Delivery:
                     raise
         finally:
             self._batching = False
-            self._wake(claims_for(self._notes_queued) - self._notes_woken)
-            self._notes_queued = self._notes_woken = 0
+            self._wake(claims_for(self._notes_queued) - min(self._notes_queued, 1))  # one was woken at the first
+            self._notes_queued = 0
         full = len(rows) >= limit and not (stopping is not None and stopping())
         alone = self._alone()
         ahead = min(limit, self.claim_size()) if full and alone else 0
@@ -543,10 +539,9 @@ class Delivery:
             return
         # a batch's pages that write back are marked one by one: one ticket worker starts at the first notes (it
         # claims again while it finds more), the others at the batch's end, one per claim's worth of its notes
-        self._notes_queued += queued
-        if queued and not self._notes_woken:
+        if queued and not self._notes_queued:
             self._wake(1)
-            self._notes_woken = 1
+        self._notes_queued += queued
 
     def _wake(self, workers: int) -> None:
         """Wake ``workers`` ticket workers (none when ``workers`` ≤ 0) for the notes the marks queued."""

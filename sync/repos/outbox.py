@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import aliased
 
-from kernel.model import IncidentAction, TicketNote, TicketUpdate
+from kernel.model import IncidentAction, IncidentUpdate, TicketNote, TicketUpdate
 from kernel.redact import redact
 from sync.repos.cursors import claim_holder_dead
 from sync.schema import UTCDateTime, changes, links, outbox
@@ -407,13 +407,15 @@ def next_due(conn: Connection, statement: Select[Any], now: datetime, takeover_a
     return due
 
 
+#: what PagerDuty is sent (incident events, incident updates) and what the ticketing systems are sent (notes,
+#: ticket updates): the service runs separate workers for each, so a ticketing system that hangs never holds
+#: a page up behind one of its notes (issue 17)
+INCIDENT_KINDS = frozenset({IncidentAction.KIND, IncidentUpdate.KIND})
+TICKET_KINDS = frozenset({TicketNote.KIND, TicketUpdate.KIND})
 #: what each side's rows of one ``dedup_key`` wait for, in id order: PagerDuty's events for earlier events (a resolve
 #: never overtakes its trigger), the tickets' notes and updates for earlier ones of theirs (an acknowledgement's
 #: transition never lands after the resolve's; the note that the ticket paged comes first when it was queued first)
-ORDERED_KINDS = (
-    frozenset({IncidentAction.KIND}),
-    frozenset({TicketNote.KIND, TicketUpdate.KIND}),
-)
+ORDERED_KINDS = (frozenset({IncidentAction.KIND}), TICKET_KINDS)
 
 
 def _waits_for_an_earlier_row(claimed: Collection[str] | None) -> ColumnElement[bool]:
