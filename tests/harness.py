@@ -29,14 +29,14 @@ def make_service(db_url: str, rules_path: Path, pd_url: str, clock: FakeClock, *
     return Service(config, clock=clock, store=store)
 
 
-def wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
+def wait_until(condition: Callable[[], bool], seconds: float = 20.0, *, every: float = 0.05) -> bool:
     """Whether ``condition`` holds within ``seconds`` of real time (a thread or a process of the service's is at
-    work), asked every 50 ms."""
+    work), asked every ``every`` seconds."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.05)
+        time.sleep(every)
     return False
 
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 
 from tests.factories import ROUTING_KEY, RULES
 from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.harness import wait_until
 from tests.serve_proc import ROOT, Serve
 from tests.test_app import SECRET, sign
 
@@ -57,13 +57,8 @@ def jira_issue(issue_id: str, key: str, title: str, priority: str) -> bytes:
     return json.dumps(payload).encode()
 
 
-def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+def wait_for(predicate: Callable[[], bool]) -> bool:
+    return wait_until(predicate, 20.0, every=0.1)
 
 
 @pytest.fixture

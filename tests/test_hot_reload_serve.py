@@ -7,9 +7,11 @@ import json
 import signal
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.factories import ROUTING_KEY, RULES
+from tests.harness import wait_until
 from tests.serve_proc import Serve
 from tests.test_app import SECRET, jira_body, sign
 
@@ -19,13 +21,8 @@ def get(url: str) -> str:
         return str(resp.read().decode())
 
 
-def wait_for(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
+def wait_for(predicate: Callable[[], bool]) -> bool:
+    return wait_until(predicate, 15.0, every=0.2)
 
 
 def test_bad_edit_keeps_last_good_set_and_sighup_reloads(tmp_path: Path) -> None:
