@@ -327,6 +327,12 @@ OTHERS_TTL = timedelta(seconds=1)
 OTHERS_REUSE = 5
 #: "far from the limit": at least this share of ``per_minute`` (and at least one event) still free by our count
 OTHERS_HEADROOM = 0.1
+#: how long a read of the other replicas' sends is kept, near the limit too, while this replica is alone on its
+#: database (``alone_since``): no other replica sends then, so the read stays true and the window drops what leaves
+#: it (issue 19: those reads were about two thirds of the delivery workers' SELECTs at keep-up). A replica that
+#: starts is seen at this one's next heartbeat, which ends the streak; a process without a heartbeat (``poll
+#: --once``) is not seen at all, so its sends count here up to this (and :data:`OTHERS_TTL`) late.
+ALONE_TRUST = timedelta(seconds=10)
 
 
 class RateLimiter:
@@ -343,9 +349,10 @@ class RateLimiter:
     seen yet, so a cluster can go over by the sends in flight at once; PagerDuty then answers 429 and the
     event is retried. While a key is far from its limit (more than :data:`OTHERS_HEADROOM` of it free) the
     other replicas' sends are read at most once per :data:`OTHERS_TTL` or :data:`OTHERS_REUSE` sends of this
-    replica, whichever comes first, not on every send; near the limit, on every send (``elsewhere`` may answer from
-    what it read: the service's keeps a read for 10 s while its replica is alone, ``sync.elsewhere``). So the
-    cluster can go over by the sends in flight plus (replicas − 1) × :data:`OTHERS_REUSE`.
+    replica, whichever comes first, not on every send; near the limit, on every send. So the cluster can go over
+    by the sends in flight plus (replicas − 1) × :data:`OTHERS_REUSE`. While ``alone_since()`` gives the start of
+    this replica's streak alone on its database (``sync.heartbeat.Heartbeat.alone_since``), a read made in it is
+    kept for :data:`ALONE_TRUST`, near the limit too.
 
     :meth:`reserve` returns how long a send for ``key`` must wait (0 = go) and, to go, the
     :class:`Reservation` to mark :meth:`~Reservation.finished` when the POST is over. :meth:`wait_for` is
@@ -362,10 +369,12 @@ class RateLimiter:
         elsewhere: Callable[[str, datetime], list[datetime]] | None = None,
         *,
         send_seconds: float = 0.0,
+        alone_since: Callable[[], datetime | None] | None = None,
     ) -> None:
         self.per_minute = max(per_minute, 1)
         self.clock = clock
         self.elsewhere = elsewhere
+        self.alone_since = alone_since  # the start of this replica's streak alone on its database (None: not alone)
         self.send_seconds = timedelta(seconds=max(send_seconds, 0.0))  # the longest one POST may take
         self._sent: dict[str, list[Reservation]] = {}
         self._held: OrderedDict[object, None] = OrderedDict()  # events held back lately, oldest first
@@ -420,11 +429,15 @@ class RateLimiter:
 
     def _others_for(self, key: str, now: datetime, since: datetime) -> list[datetime]:
         """The other replicas' sends for ``key`` since ``since``: the last read while it is recent and the key
-        far from its limit, else read again (a failed read counts this replica's sends only)."""
+        far from its limit, or made in this replica's current streak alone (:data:`ALONE_TRUST`), else read again
+        (a failed read counts this replica's sends only)."""
         if self.elsewhere is None:
             return []
+        streak = self.alone_since() if self.alone_since is not None else None
         with self._lock:
             cached = self._others.get(key)
+            if cached is not None and streak is not None and streak <= cached[0] and now - cached[0] < ALONE_TRUST:
+                return cached[1]
             if cached is not None and now - cached[0] < OTHERS_TTL and self._reused.get(key, 0) < OTHERS_REUSE:
                 counted = sum(1 for r in self._sent.get(key, []) if r.end > since)
                 counted += sum(1 for t in cached[1] if t > since)

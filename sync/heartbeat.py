@@ -17,8 +17,8 @@ others' next beat, so for up to ``engine.heartbeat_seconds`` they still batch be
 heartbeat (``poll --once``, a release before heartbeats) is not seen at all. Either can see the batching
 replica's latest sends late, by at most a batch per worker, near a routing key's rate limit. While alone, the
 replica's rate limiter also keeps its reads of the others' sends (:meth:`Heartbeat.alone_since`,
-:mod:`sync.elsewhere`): it counts a starting replica's sends from its own next beat, and a process without a
-heartbeat's up to about ten seconds late.
+``connectors.pagerduty.ALONE_TRUST``): it counts a starting replica's sends from its own next beat, and a
+process without a heartbeat's up to about ten seconds late.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class Heartbeat:
         """When the current streak alone on the database began: the first of the beats since which every beat saw no
         other replica, with no gap in the heartbeat (:meth:`beat` starts a new streak after one; None: not
         :meth:`alone` now). Whatever the other replicas had sent, read after it, stays all they sent until the
-        streak ends (``sync.elsewhere``)."""
+        streak ends (the rate limiter's ``ALONE_TRUST``)."""
         return self._alone_from if self.alone() else None
 
     def forget(self) -> None:

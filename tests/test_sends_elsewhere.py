@@ -16,9 +16,9 @@ import responses
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
+from connectors.pagerduty import ALONE_TRUST
 from kernel.clock import FakeClock
 from sync.delivery import CLAIM_BATCH
-from sync.elsewhere import ALONE_TRUST
 from tests.factories import change, ticket
 from tests.harness import make_service, receive
 from ticketpager.service import Service

@@ -40,7 +40,6 @@ from rules import RuleStore
 from rules.silence_match import compile_matchers
 from sync.db import failure_reason
 from sync.delivery import INCIDENT_KINDS, TICKET_KINDS, Delivery, claims_for, send_timeout
-from sync.elsewhere import SendsElsewhere
 from sync.engine import Engine
 from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
@@ -205,13 +204,12 @@ class Service:
         self.limiter = RateLimiter(  # per routing key across the replicas: theirs are read from the outbox
             pd.rate_limit_per_minute,
             self.clock,
-            elsewhere=SendsElsewhere(  # while alone, one read per key per ALONE_TRUST, not per second
-                lambda key, since: self.store.sends_elsewhere(PagerDutyDestination.name, key, since, self.instance),
-                self.heartbeat,
-                self.clock,
+            elsewhere=lambda key, since: self.store.sends_elsewhere(
+                PagerDutyDestination.name, key, since, self.instance
             ),
             # connect + read of the longest timeout a retry may use: the longest one POST can be in flight
             send_seconds=2 * send_timeout(pd.timeout_seconds, 1_000, settings.engine.claim_seconds),
+            alone_since=self.heartbeat.alone_since,  # alone, one read per routing key per ALONE_TRUST
         )
         self.engine = Engine(
             self.store,
