@@ -42,7 +42,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.engine import RowMapping
 
 from kernel.clock import Clock
 from kernel.errors import PermanentError, RetryableError, TicketpagerError, UnknownOutcome
@@ -60,6 +59,7 @@ from kernel.redact import redact
 from kernel.retry import RetryPolicy
 from sync.heartbeat import HeartbeatLike
 from sync.metrics import METRICS
+from sync.prepared import Row
 from sync.repos import outbox
 from sync.store import Store
 
@@ -172,7 +172,7 @@ class Delivery:
         self._batching = False  # run_once marks a batch's sends (at its end, or with the next claim); deliver() at once
         self._notes_queued = 0  # notes for the tickets this batch's marks queued: one worker woken at the first, the
         # rest at the batch's end (one per claim's worth in all)
-        self._next: list[RowMapping] = []  # claimed with the last full batch's marks: the next batch
+        self._next: list[Row] = []  # claimed with the last full batch's marks: the next batch
         self._more_due = False  # see more_may_be_due
 
     # -- handing back ------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ class Delivery:
         self._next, self._orphaned = [], []
 
     # -- claiming --------------------------------------------------------------------------------
-    def claim(self, limit: int = CLAIM_BATCH, *, woken: bool = False) -> list[RowMapping]:
+    def claim(self, limit: int = CLAIM_BATCH, *, woken: bool = False) -> list[Row]:
         """Claim up to ``limit`` due rows: the batch claimed ahead with the last batch's marks if there is one (the
         rows of it past ``limit`` handed back), else new ones. ``woken``: the caller was just told rows were queued
         or came due, so the read-only look that keeps an idle worker from taking the write lock is skipped (issue
@@ -214,7 +214,7 @@ class Delivery:
                     return []
         return self._mark_accepted(claim=limit, now=now)  # the last batch's sends, if left to mark, and the claim
 
-    def _claim_in(self, conn: Connection, limit: int, now: datetime) -> list[RowMapping]:
+    def _claim_in(self, conn: Connection, limit: int, now: datetime) -> list[Row]:
         """Claim up to ``limit`` due rows in the caller's transaction."""
         stale = now - timedelta(seconds=self.takeover_after or 0.0)
         until = now + timedelta(seconds=self.claim_seconds)
@@ -294,7 +294,7 @@ class Delivery:
         self._more_due = len(self._next) >= ahead if ahead else full
         return len(rows)
 
-    def _mark_first(self, row: RowMapping) -> bool:
+    def _mark_first(self, row: Row) -> bool:
         """Whether the batch's accepted sends are marked before ``row`` is sent: when the oldest was accepted longer
         ago than :data:`MARK_WITHIN_SECONDS`, when ``row`` is a retry (its destination failed it before: its send
         may wait longer, :func:`send_timeout`), when ``row``'s destination has no timeout (several calls: notes,
@@ -308,7 +308,7 @@ class Delivery:
             return True
         return bool(row["attempts"]) or (self._send_seconds or 0.0) > QUICK_SEND_SECONDS
 
-    def _one_timeout(self, row: RowMapping) -> bool:
+    def _one_timeout(self, row: Row) -> bool:
         """Whether ``row``'s destination sends it in one call bounded by one timeout (PagerDuty's events): not a
         note or an incident update (several calls, no bound on how long they take), nor a row without a destination."""
         destination = self.destinations.get(self._destination_name(row))
@@ -347,7 +347,7 @@ class Delivery:
         return total
 
     # -- one row ---------------------------------------------------------------------------------
-    def deliver(self, row: RowMapping) -> None:
+    def deliver(self, row: Row) -> None:
         claimed = self._claimed.pop(row["id"], None)
         if self.heartbeat is not None and not self.heartbeat.healthy():
             # our heartbeat is overdue: another replica may take this row any moment; sending now could
@@ -381,7 +381,7 @@ class Delivery:
         finally:  # the event may have arrived any time until now: the limiter counts it from here
             sending.finished()
 
-    def outbound(self, row: RowMapping) -> Outbound:
+    def outbound(self, row: Row) -> Outbound:
         """A claimed row as its destination sends it."""
         return Outbound(
             id=row["id"],
@@ -394,13 +394,13 @@ class Delivery:
             attempts=row["attempts"],
         )
 
-    def _destination_name(self, row: RowMapping) -> str:
+    def _destination_name(self, row: Row) -> str:
         """The destination that sends ``row``: its own; a note written without one, its connection's; an incident
         event written without one (an older version), ``legacy_events``."""
         return row["destination"] or (row["connection"] if row["kind"] == "writeback" else self.legacy_events) or ""
 
     def _deliver_timed(
-        self, row: RowMapping, item: Outbound, destination: Destination, claimed: datetime | None
+        self, row: Row, item: Outbound, destination: Destination, claimed: datetime | None
     ) -> None:
         # A row whose claim still runs for longer than its one send may take (connect + read timeouts,
         # with a margin) cannot be taken by another worker before we are done: renewing it would cost one
@@ -415,7 +415,7 @@ class Delivery:
             return
         self._send(row, item, destination, timeout)
 
-    def _send(self, row: RowMapping, item: Outbound, destination: Destination, timeout: float | None) -> None:
+    def _send(self, row: Row, item: Outbound, destination: Destination, timeout: float | None) -> None:
         notes = row["kind"] == TicketNote.KIND
         ticket_side = notes or row["kind"] == TicketUpdate.KIND  # counted per source system
         if self.dry_run and not notes:  # a note tells of an action that was sent for real: it is written
@@ -448,7 +448,7 @@ class Delivery:
         took = max(self.clock.monotonic() - started, 0.0)
         self._send_seconds = took if self._send_seconds is None else 0.7 * self._send_seconds + 0.3 * took
 
-    def _connection_label(self, row: RowMapping) -> str:
+    def _connection_label(self, row: Row) -> str:
         """The ``source`` label of a note's metrics: its connection, one of the configured destinations'
         names (bounded), else ``unknown``."""
         return str(row["connection"]) if row["connection"] in self.destinations else "unknown"
@@ -463,7 +463,7 @@ class Delivery:
             log.warning("outbox row %s was claimed by another worker meanwhile; skipping it", row_id)
         return ours
 
-    def _sent(self, row: RowMapping, *, dry_run: bool) -> None:
+    def _sent(self, row: Row, *, dry_run: bool) -> None:
         """The destination accepted ``row``: it is marked sent at the batch's end or with the worker's next claim
         (:meth:`run_once`), or now: when it was delivered on its own or beside other replicas (their rate limit
         counts our sends from the outbox), when its mark queues its note for the ticket (:meth:`_writes_back`: the
@@ -484,7 +484,7 @@ class Delivery:
         and counts the sends in flight, so its workers may claim ahead beside each other."""
         return self.heartbeat is not None and self.heartbeat.alone()
 
-    def _mark_accepted(self, *, claim: int = 0, now: datetime | None = None) -> list[RowMapping]:
+    def _mark_accepted(self, *, claim: int = 0, now: datetime | None = None) -> list[Row]:
         """Mark the accepted sends not yet marked (queueing their notes for the tickets) in one transaction, and
         claim up to ``claim`` due rows in it (as of ``now``); returns the rows claimed. Nothing to mark and nothing
         to claim: no transaction. A database error leaves the sends to be marked by the next call."""
@@ -549,7 +549,7 @@ class Delivery:
             for _ in range(workers):
                 self.on_write_back()
 
-    def _queue_write_back(self, conn: Connection, row: RowMapping) -> bool:
+    def _queue_write_back(self, conn: Connection, row: Row) -> bool:
         """Queue the note about a sent incident action for the ticket, to its connection's write-back (that
         destination renders it now, like every action: the stored body is what is sent); False if the
         connection has no write-back."""
@@ -589,7 +589,7 @@ class Delivery:
         )
         return True
 
-    def _failed(self, row: RowMapping, exc: TicketpagerError) -> None:
+    def _failed(self, row: Row, exc: TicketpagerError) -> None:
         now = self.clock.now()
         attempts = row["attempts"] + 1
         first = row["first_attempt_at"] or now  # the retry budget runs from the first failure, not creation
@@ -629,7 +629,7 @@ class Delivery:
             first_attempt_at=first,
         )
 
-    def _hold(self, row: RowMapping, item: Outbound, limiter: SendLimiter, wait: float) -> None:
+    def _hold(self, row: Row, item: Outbound, limiter: SendLimiter, wait: float) -> None:
         """``row`` must wait for its rate limit: the key's whole backlog (up to :data:`RESCHEDULE_MAX` rows
         free to this worker, in arrival order) is rescheduled to the limiter's slots in one transaction — each
         row due when it could go, not all of them when the next slot frees (a 14,000-row backlog was claimed
@@ -673,13 +673,13 @@ class _Accepted:
     """A send its destination accepted, to be marked sent: when (business clock, stored as ``sent_at``; and the
     monotonic clock, for :data:`MARK_WITHIN_SECONDS`), and whether it was a dry run."""
 
-    row: RowMapping
+    row: Row
     at: datetime
     monotonic: float
     dry_run: bool
 
 
-def _label(row: RowMapping) -> str:
+def _label(row: Row) -> str:
     """The ``action`` label of ``ticketpager_events_total`` for a row: its incident action, or its kind
     (``writeback``, ``ticket_update``, ``incident_update``)."""
     return str(row["action"]) if row["kind"] == "event" else str(row["kind"])

@@ -36,7 +36,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from kernel import jsonutil
@@ -59,6 +58,7 @@ from kernel.model import (
 from kernel.ports import VERDICT_DEFAULTS, EvalContext, RuleSet, TwoWayRules, Verdict
 from kernel.redact import mask, redact
 from sync.metrics import METRICS
+from sync.prepared import Row
 from sync.repos import changes, outbox, tickets
 from sync.repos import incidents as known_incidents
 from sync.repos.silences import BatchSilences, SilenceBook, due_releases, release
@@ -103,7 +103,7 @@ def event_json(event: PlannedEvent) -> dict[str, Any]:
     }
 
 
-def _ticket_key(row: RowMapping) -> TicketKey:
+def _ticket_key(row: Row) -> TicketKey:
     """The (source, connection, ticket id) of a claimed change."""
     return (row["source"], row["connection"], row["ticket_id"])
 
@@ -172,7 +172,7 @@ class _Batch:
     """What one engine transaction read up front (its tickets, locked on PostgreSQL, and their links), reads at
     most once (silences, known incidents), and writes at its end."""
 
-    current: Mapping[TicketKey, RowMapping]  # processed tickets only (absent: never processed)
+    current: Mapping[TicketKey, Row]  # processed tickets only (absent: never processed)
     links: Mapping[TicketKey, Mapping[str, LinkState]]
     incidents: _KnownIncidents
     silences: BatchSilences
@@ -269,7 +269,7 @@ class Engine:
         return handled
 
     def _run_single(self) -> bool:
-        row: RowMapping | None = None
+        row: Row | None = None
         try:
             with self.store.begin(lane=ENGINE) as conn:
                 rows = changes.claim(conn, 1)
@@ -290,7 +290,7 @@ class Engine:
                 changes.fail(conn, row["id"], redact(f"{type(exc).__name__}: {exc}")[:2000], self.clock.now())
             return True
 
-    def _process_batch(self, conn: Connection, rows: list[RowMapping]) -> int:
+    def _process_batch(self, conn: Connection, rows: list[Row]) -> int:
         """Process the claimed ``rows`` in ``conn``'s transaction; returns how many were (the rest stay pending).
 
         The batch's tickets and their links are read (on PostgreSQL: locked) up front, in two statements, and its
@@ -332,7 +332,7 @@ class Engine:
         return total
 
     # -- one change ------------------------------------------------------------------------------
-    def _process(self, conn: Connection, row: RowMapping, ruleset: RuleSet, batch: _Batch) -> None:
+    def _process(self, conn: Connection, row: Row, ruleset: RuleSet, batch: _Batch) -> None:
         """Decide one change: its outbox rows, links, ticket version and decision join ``batch.writes``."""
         change = TicketChange.from_json(jsonutil.loads(row["payload"]))
         ticket = change.ticket
@@ -501,7 +501,7 @@ class Engine:
             known_incidents.expect_policy(conn, update.incident_id, update.reassign_to_policy, now)
 
     @staticmethod
-    def _staleness(conn: Connection, current: RowMapping | None, change: TicketChange, version: str) -> str | None:
+    def _staleness(conn: Connection, current: Row | None, change: TicketChange, version: str) -> str | None:
         """Why ``change`` is not processed (``stale`` / ``same_version``), or ``None``.
 
         An equal ``updated`` with different content is newer only for versions with exact timestamps. A

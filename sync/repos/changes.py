@@ -10,11 +10,11 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Select, and_, bindparam, delete, exists, func, select, update
-from sqlalchemy.engine import RowMapping
 
 from kernel import jsonutil
 from kernel.model import TicketChange, stored_delivery_id
 from sync.db import insert_ignore
+from sync.prepared import Prepared, Row
 from sync.schema import changes
 
 _B = bindparam
@@ -26,6 +26,7 @@ FAIL = (
     .where(changes.c.id == _B("i"), changes.c.status == "pending")
     .values(status="failed", error=_B("error"), processed_at=_B("at"))
 )
+_FINISH = Prepared(FINISH)
 SELECT_PAYLOAD = select(changes.c.payload).where(changes.c.id == _B("i"))
 _SQLITE_INSERT = (
     "INSERT INTO changes (source, connection, delivery_id, ticket_id, ticket_updated, origin, received_at, payload, "
@@ -166,18 +167,18 @@ def claim_statement(limit: int, *, skip_locked: bool) -> Select[Any]:
 
 #: built once per (limit, dialect): building it cost more than the query when the engine woke for every
 #: webhook commit (issue 19)
-_claim = cache(claim_statement)
+_claim = cache(lambda limit, skip_locked: Prepared(claim_statement(limit, skip_locked=skip_locked)))
+_ANY_PENDING = Prepared(ANY_PENDING)
 
 
 def any_pending(conn: Connection) -> bool:
-    return conn.execute(ANY_PENDING).first() is not None
+    return bool(_ANY_PENDING.rows(conn))
 
 
-def claim(conn: Connection, limit: int) -> list[RowMapping]:
+def claim(conn: Connection, limit: int) -> list[Row]:
     """Up to ``limit`` claimable changes (id, source, connection, ticket_id, payload); on PostgreSQL locked,
     skipping rows another replica holds."""
-    stmt = _claim(limit, skip_locked=conn.dialect.name == "postgresql")
-    return list(conn.execute(stmt).mappings().all())
+    return list(_claim(limit, conn.dialect.name == "postgresql").rows(conn))
 
 
 def finished(change_id: int, status: str, at: datetime) -> dict[str, Any]:
@@ -187,7 +188,7 @@ def finished(change_id: int, status: str, at: datetime) -> dict[str, Any]:
 
 def finish(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Mark changes processed (or stale, same_version…): rows from :func:`finished`, one executemany."""
-    conn.execute(FINISH, list(rows))
+    _FINISH.executemany(conn, rows)
 
 
 def fail(conn: Connection, change_id: int, error: str, at: datetime) -> None:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import aliased
 
 from kernel.model import IncidentAction, IncidentUpdate, TicketNote, TicketUpdate
 from kernel.redact import redact
+from sync.prepared import Prepared, Row
 from sync.repos.cursors import claim_holder_dead
 from sync.schema import UTCDateTime, changes, links, outbox
 
@@ -36,6 +37,7 @@ _NOW = bindparam("now", type_=UTCDateTime())  # the claim's time
 _STALE = bindparam("stale", type_=UTCDateTime())  # a claimer whose heartbeat is older than this is dead
 
 INSERT = insert(outbox)
+_INSERT = Prepared(INSERT)
 #: a row this worker claimed and that is still pending: every write after the claim is fenced with it
 _OURS = (outbox.c.id == _B("i"), outbox.c.claimed_by == _B("worker"), outbox.c.status == "pending")
 RENEW = update(outbox).where(*_OURS).values(claimed_until=_B("until"))
@@ -69,6 +71,9 @@ SENDS_ELSEWHERE = select(outbox.c.sent_at).where(
     outbox.c.destination == _B("destination"),
     ~outbox.c.claimed_by.like(_B("mine")),
 )
+
+_TAKE, _UNCLAIM, _RENEW, _MARK_SENT = Prepared(TAKE), Prepared(UNCLAIM), Prepared(RENEW), Prepared(MARK_SENT)
+_SENDS_ELSEWHERE = Prepared(SENDS_ELSEWHERE)
 
 
 # -- the engine's side -----------------------------------------------------------------------------
@@ -122,7 +127,7 @@ def enqueue_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Queue rows from :func:`row` in one executemany. Their ids follow the order of ``rows`` (the delivery
     workers send the events of one ``dedup_key`` in id order: pass them in the order they were planned)."""
     if rows:
-        conn.execute(INSERT, list(rows))
+        _INSERT.executemany(conn, rows)
 
 
 # -- the delivery workers' side --------------------------------------------------------------------
@@ -153,29 +158,29 @@ class Claims:
         """``kinds``: the outbox kinds this worker sends (None: all)."""
         self._due = (*_claimable(takeover, kinds), outbox.c.next_attempt_at <= _NOW)
         self._kinds = kinds
-        self._anything_due = select(outbox.c.id).where(*self._due).limit(1)
-        self._statements: dict[tuple[str, int], Select[Any]] = {}
+        self._anything_due = Prepared(select(outbox.c.id).where(*self._due).limit(1))
+        self._statements: dict[tuple[str, int], Prepared] = {}
 
     def anything_due(self, conn: Connection, now: datetime, stale: datetime) -> bool:
-        return conn.execute(self._anything_due, {"now": now, "stale": stale}).first() is not None
+        return bool(self._anything_due.rows(conn, {"now": now, "stale": stale}))
 
     def claim(
         self, conn: Connection, limit: int, now: datetime, stale: datetime, *, worker: str, until: datetime
-    ) -> list[RowMapping]:
+    ) -> list[Row]:
         """Claim up to ``limit`` due rows for ``worker`` until ``until``; returns them as they were before the
         claim (``claimed_by`` / ``claimed_until`` tell whose claim was taken over), each with the
         ``change_received_at`` of the change that queued it (None for rows without one)."""
-        rows = conn.execute(self.statement(conn.dialect.name, limit), {"now": now, "stale": stale}).mappings().all()
+        rows = self.statement(conn.dialect.name, limit).rows(conn, {"now": now, "stale": stale})
         if rows:
-            conn.execute(TAKE, {"ids": [r["id"] for r in rows], "until": until, "worker": worker})
-        return list(rows)
+            _TAKE.execute(conn, {"ids": [r["id"] for r in rows], "until": until, "worker": worker})
+        return rows
 
-    def statement(self, dialect: str, limit: int) -> Select[Any]:
+    def statement(self, dialect: str, limit: int) -> Prepared:
         """The claim query, built once per dialect and batch size: due rows, oldest first, each only when no
         earlier row of its ``dedup_key`` and its side (:data:`ORDERED_KINDS`) is pending."""
         key = (dialect, limit)
-        stmt = self._statements.get(key)
-        if stmt is None:
+        prepared = self._statements.get(key)
+        if prepared is None:
             blocked = _waits_for_an_earlier_row(self._kinds)
             # the change's arrival rides along (the delivery-latency metric): no query per sent event for it
             received = (
@@ -189,18 +194,18 @@ class Claims:
             )
             if dialect == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True, of=outbox)
-            self._statements[key] = stmt
-        return stmt
+            prepared = self._statements[key] = Prepared(stmt)
+        return prepared
 
 
 def unclaim(conn: Connection, row_ids: Sequence[int], worker: str) -> None:
     """Hand ``worker``'s still pending rows back at once (their claim ends now)."""
-    conn.execute(UNCLAIM, {"ids": list(row_ids), "worker": worker})
+    _UNCLAIM.execute(conn, {"ids": list(row_ids), "worker": worker})
 
 
 def renew(conn: Connection, row_id: int, worker: str, until: datetime) -> bool:
     """Extend ``worker``'s claim; False if the row is no longer its own (fencing)."""
-    return bool(conn.execute(RENEW, {"i": row_id, "worker": worker, "until": until}).rowcount)
+    return bool(_RENEW.execute(conn, {"i": row_id, "worker": worker, "until": until}))
 
 
 def mark_sent_many(conn: Connection, sends: Sequence[tuple[int, datetime, bool]], worker: str) -> set[int]:
@@ -212,7 +217,7 @@ def mark_sent_many(conn: Connection, sends: Sequence[tuple[int, datetime, bool]]
     if not sends:
         return set()
     params = [{"i": i, "worker": worker, "now": at, "dry_run": dry_run} for i, at, dry_run in sends]
-    marked = conn.execute(MARK_SENT, params).rowcount
+    marked = _MARK_SENT.executemany(conn, params)
     if marked == len(params) and conn.dialect.supports_sane_multi_rowcount:
         return set()
     ids = [i for i, _, _ in sends]
@@ -318,7 +323,7 @@ def sends_elsewhere(conn: Connection, destination: str, limit_key: str, since: d
     """When rows of ``destination`` for ``limit_key`` were sent after ``since`` by workers whose ``claimed_by``
     does not start with ``mine``."""
     params = {"key": limit_key, "since": since, "destination": destination, "mine": f"{mine}/%"}
-    return [sent for (sent,) in conn.execute(SENDS_ELSEWHERE, params).all()]
+    return [row["sent_at"] for row in _SENDS_ELSEWHERE.rows(conn, params)]
 
 
 # -- dead letters ----------------------------------------------------------------------------------

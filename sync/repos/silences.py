@@ -22,7 +22,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, tuple_, update
-from sqlalchemy.engine import RowMapping
 
 from kernel import jsonutil
 from kernel.errors import ConfigError
@@ -30,6 +29,7 @@ from kernel.model import EventAction, PlannedEvent, Ticket
 from kernel.ports import SilenceMatcher, SilenceMatchers
 from kernel.redact import redact
 from sync.db import insert_ignore
+from sync.prepared import Prepared, Row
 from sync.schema import UTCDateTime, silenced_tickets, silences
 
 log = logging.getLogger("ticketpager.silences")
@@ -87,7 +87,7 @@ class Silence:
         }
 
 
-def _silence(row: RowMapping) -> Silence:
+def _silence(row: Row) -> Silence:
     return Silence(
         id=row["id"],
         matchers=jsonutil.loads(row["matchers"]),
@@ -173,11 +173,12 @@ def silences_since(conn: Connection, since: datetime, limit: int) -> list[Silenc
 #: running it, issue 19)
 _NOW = bindparam("now", type_=UTCDateTime())
 ACTIVE_SILENCES = select(silences).where(_not_ended(_NOW), silences.c.starts_at <= _NOW).order_by(silences.c.id)
+_ACTIVE_SILENCES = Prepared(ACTIVE_SILENCES)
 
 
 def active_silences(conn: Connection, now: datetime) -> list[Silence]:
     """The silences muting now, oldest first (an index range on ``ends_at``)."""
-    return [_silence(r) for r in conn.execute(ACTIVE_SILENCES, {"now": now}).mappings()]
+    return [_silence(r) for r in _ACTIVE_SILENCES.rows(conn, {"now": now})]
 
 
 def expire_silence(conn: Connection, silence_id: int, now: datetime, actor: str) -> Silence:

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
 
 from kernel.model import IncidentState, LinkState
+from sync.prepared import Prepared, Row
 from sync.schema import decisions, links, outbox, tickets
 
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # "updated" of a ticket row that only holds a lock
@@ -100,6 +101,10 @@ UPDATE_LINK = (
     )
 )
 INSERT_DECISION = insert(decisions)
+_SELECT_TICKETS, _SELECT_LINKS_OF_TICKETS = Prepared(SELECT_TICKETS), Prepared(SELECT_LINKS_OF_TICKETS)
+_SAVE_TICKETS = {name: Prepared(stmt) for name, stmt in UPSERT_TICKET.items()}
+_INSERT_LINKS, _UPDATE_LINKS = Prepared(INSERT_LINK), Prepared(UPDATE_LINK)
+_INSERT_DECISIONS = Prepared(INSERT_DECISION)
 
 
 # -- tickets ---------------------------------------------------------------------------------------
@@ -117,7 +122,7 @@ def lock(conn: Connection, source: str, connection: str, ticket_id: str, now: da
     return None if row is None or row["snapshot"] is None else row
 
 
-def lock_many(conn: Connection, keys: Sequence[TicketKey], now: datetime) -> dict[TicketKey, RowMapping]:
+def lock_many(conn: Connection, keys: Sequence[TicketKey], now: datetime) -> dict[TicketKey, Row]:
     """:func:`lock` for several tickets in one statement: the processed ones by key (a ticket never processed is
     absent). ``keys`` must be distinct.
 
@@ -126,11 +131,12 @@ def lock_many(conn: Connection, keys: Sequence[TicketKey], now: datetime) -> dic
     """
     if not keys:
         return {}
+    rows: Sequence[Row]
     if conn.dialect.name == "postgresql":
         params = [{"s": s, "c": c, "t": t, "at": now} for s, c, t in keys]
         rows = conn.execute(LOCK_TICKET_PG, params).mappings().all()
     else:  # SQLite: this process holds the only write lock already
-        rows = conn.execute(SELECT_TICKETS, _any_of(keys)).mappings().all()
+        rows = _SELECT_TICKETS.rows(conn, _any_of(keys))
     wanted = set(keys)
     found = {(r["source"], r["connection"], r["ticket_id"]): r for r in rows if r["snapshot"] is not None}
     return {key: row for key, row in found.items() if key in wanted}
@@ -146,7 +152,7 @@ def save_tickets(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Store processed versions (rows from :func:`ticket_row`, one per ticket), inserted or updated (a new ticket,
     :func:`lock`'s placeholder row, or a processed one): one executemany."""
     if rows:
-        conn.execute(UPSERT_TICKET[conn.dialect.name], list(rows))
+        _SAVE_TICKETS[conn.dialect.name].executemany(conn, rows)
 
 
 def set_open_incidents(
@@ -190,14 +196,14 @@ def links_of_many(conn: Connection, keys: Sequence[TicketKey]) -> dict[TicketKey
     an empty mapping)."""
     found: dict[TicketKey, dict[str, LinkState]] = {key: {} for key in keys}
     if keys:
-        for r in conn.execute(SELECT_LINKS_OF_TICKETS, _any_of(keys)).mappings():
+        for r in _SELECT_LINKS_OF_TICKETS.rows(conn, _any_of(keys)):
             states = found.get((r["source"], r["connection"], r["ticket_id"]))
             if states is not None:  # not a ticket of another key that the lists' cross product names
                 states[r["rule"]] = link_state(r)
     return found
 
 
-def link_state(row: RowMapping) -> LinkState:
+def link_state(row: Row) -> LinkState:
     """A ``links`` row as the lifecycle sees it."""
     return LinkState(
         rule=row["rule"],
@@ -220,9 +226,9 @@ def save_links(conn: Connection, new: Sequence[Mapping[str, Any]], moved: Sequen
     (rows from :func:`link_row`); the caller read which exist with the ticket's row locked. One executemany
     each."""
     if new:
-        conn.execute(INSERT_LINK, list(new))
+        _INSERT_LINKS.executemany(conn, new)
     if moved:
-        conn.execute(UPDATE_LINK, [_moved_link(row) for row in moved])
+        _UPDATE_LINKS.executemany(conn, [_moved_link(row) for row in moved])
 
 
 def _moved_link(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -261,7 +267,7 @@ def open_links_by_trigger(conn: Connection) -> dict[str, int]:
 # -- decisions -------------------------------------------------------------------------------------
 def insert_decisions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Append decision-log rows (one executemany)."""
-    conn.execute(INSERT_DECISION, list(rows))
+    _INSERT_DECISIONS.executemany(conn, rows)
 
 
 def decisions_for(conn: Connection, source: str, connection: str, ticket_id: str, limit: int) -> list[dict[str, Any]]:

@@ -1,0 +1,193 @@
+"""SQLite's hot statements executed on the driver connection, compiled once from their SQLAlchemy Core form.
+
+SQLAlchemy's execution machinery (an execution context, each parameter and each result value processed by its
+own call chain, a result object) cost more than SQLite's own work on the engine's path: about a third of the
+engine's CPU in a batch of five changes (issue 19). A :class:`Prepared` statement keeps its SQL where it is
+written, in Core, in its repository. On SQLite it is compiled once (per set of parameter names, and per length of
+each list parameter) to SQLite's text and a plan of where each ``?`` takes its value, then run by ``sqlite3`` in
+the caller's transaction. Values still go through the columns' own bind processors, so what is stored is exactly
+what Core stores, and results through their result processors, so what is read is what Core reads. A driver error
+is raised as SQLAlchemy's (:class:`~sqlalchemy.exc.DBAPIError` subclasses), as a Core execute raises it. A
+statement this cannot run as Core would (a Python-side column default, a parameter rendered into the SQL text) is
+executed by Core; on other databases every statement is.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Connection, Select
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import UpdateBase
+
+Processor = Callable[[Any], Any] | None
+#: a row read: column name to value (Core's ``RowMapping`` is one too)
+Row = Mapping[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """Where one ``?`` (or, for a list parameter, a run of them) takes its value."""
+
+    name: str | None  # the parameter's name; None: a value of the statement itself (``constant``)
+    constant: Any
+    process: Processor
+    expanding: bool  # a list parameter (``IN``): one ``?`` per element
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    parts: tuple[str, ...]  # the SQL text around each list parameter's placeholder (one more than the lists)
+    slots: tuple[_Slot, ...]
+    columns: tuple[tuple[str, Processor], ...]  # a SELECT's result columns; () for a statement that returns none
+    sql: str | None  # the text when the statement has no list parameter
+
+
+#: how SQLAlchemy's compiler leaves a list (``expanding``) parameter in the SQL text, to be rendered per execution
+_POSTCOMPILE = "__[POSTCOMPILE_{}]"
+
+
+class Prepared:
+    """A Core statement that SQLite runs without SQLAlchemy's per-execution work (see the module's docstring)."""
+
+    def __init__(self, statement: Select[Any] | UpdateBase) -> None:
+        self.statement = statement
+        self._plans: dict[tuple[str, ...], _Plan | None] = {}
+        self._texts: dict[tuple[tuple[str, ...], tuple[int, ...]], str] = {}
+
+    # -- compiling -----------------------------------------------------------------------------------------
+    def _plan(self, dialect: Dialect, keys: tuple[str, ...]) -> _Plan | None:
+        if keys not in self._plans:
+            self._plans[keys] = self._compile(dialect, keys)
+        return self._plans[keys]
+
+    def _compile(self, dialect: Dialect, keys: tuple[str, ...]) -> _Plan | None:
+        """The plan for parameters named ``keys``; None: run by Core instead (see the module's docstring)."""
+        compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))
+        if not isinstance(compiled, SQLCompiler) or compiled.positiontup is None:
+            return None
+        if compiled.insert_prefetch or compiled.update_prefetch or compiled.literal_execute_params:
+            return None
+        constants = compiled.construct_params(_check=False)
+        slots: list[_Slot] = []
+        parts: list[str] = []
+        rest = compiled.string
+        for name in compiled.positiontup:
+            bind = compiled.binds[name]
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            given = name in keys
+            if bind.expanding:
+                token = _POSTCOMPILE.format(name)
+                if not given or rest.count(token) != 1:
+                    return None
+                before, rest = rest.split(token)
+                parts.append(before)
+            elif not given and bind.required:
+                return None
+            slots.append(_Slot(name if given else None, constants.get(name), process, bind.expanding))
+        parts.append(rest)
+        if any("__[POSTCOMPILE" in part for part in parts):
+            return None
+        columns: tuple[tuple[str, Processor], ...] = ()
+        if isinstance(self.statement, Select):
+            columns = tuple(
+                (str(c.key), c.type.dialect_impl(dialect).result_processor(dialect, None))
+                for c in self.statement.selected_columns
+            )
+        sql = parts[0] if len(parts) == 1 else None
+        return _Plan(tuple(parts), tuple(slots), columns, sql)
+
+    def _text(self, plan: _Plan, keys: tuple[str, ...], row: Mapping[str, Any]) -> str:
+        """The SQL text for ``row``'s list lengths (cached per lengths)."""
+        if plan.sql is not None:
+            return plan.sql
+        lengths = tuple(len(row[s.name]) for s in plan.slots if s.expanding and s.name is not None)
+        text = self._texts.get((keys, lengths))
+        if text is None:
+            pieces = [plan.parts[0]]
+            for n, part in zip(lengths, plan.parts[1:], strict=True):
+                pieces.append(", ".join("?" * n))
+                pieces.append(part)
+            text = self._texts[(keys, lengths)] = "".join(pieces)
+        return text
+
+    @staticmethod
+    def _params(plan: _Plan, row: Mapping[str, Any]) -> list[Any]:
+        out: list[Any] = []
+        for slot in plan.slots:
+            value = slot.constant if slot.name is None else row[slot.name]
+            process = slot.process
+            if slot.expanding:
+                out.extend(v if process is None or v is None else process(v) for v in value)
+            else:
+                out.append(value if process is None or value is None else process(value))
+        return out
+
+    # -- running -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _raw(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
+        """``sqlite3``'s execute(many) of ``sql`` on ``conn``'s driver connection (in its transaction). Listeners
+        of the engine's ``before_cursor_execute`` see it as they see a Core execute (statement counts in tests and
+        ``bench.idle_threads``; nothing in the service listens)."""
+        if conn._has_events or conn.engine._has_events:  # noqa: SLF001 - as Core itself decides
+            for listener in conn.dispatch.before_cursor_execute:
+                listener(conn, None, sql, params, None, many)
+        raw = conn.connection.driver_connection  # sqlite3.Connection
+        try:
+            return raw.executemany(sql, params) if many else raw.execute(sql, params)  # type: ignore[union-attr]
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
+
+    def _fast(self, conn: Connection, params: Mapping[str, Any]) -> tuple[_Plan, tuple[str, ...]] | None:
+        """The plan for ``params`` when SQLite runs it here (None: Core does; an empty list too, which Core renders
+        as a comparison that matches nothing)."""
+        if conn.dialect.name != "sqlite":
+            return None
+        keys = tuple(params)
+        plan = self._plan(conn.dialect, keys)
+        if plan is None or any(s.expanding and s.name and not params[s.name] for s in plan.slots):
+            return None
+        return plan, keys
+
+    def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Run the statement once per row (every row with the same keys) in ``conn``'s transaction; the rows it
+        changed, in all."""
+        if not rows:
+            return 0
+        fast = self._fast(conn, rows[0])
+        plan = None if fast is None else fast[0]
+        if plan is None or plan.sql is None:  # a list parameter: each row's own text
+            return int(conn.execute(self.statement, list(rows)).rowcount)
+        return int(self._raw(conn, plan.sql, [self._params(plan, row) for row in rows], many=True).rowcount)
+
+    def execute(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """Run a write once in ``conn``'s transaction; the rows it changed."""
+        fast = self._fast(conn, params)
+        if fast is None:
+            return int(conn.execute(self.statement, dict(params)).rowcount)
+        plan, keys = fast
+        return int(self._raw(conn, self._text(plan, keys, params), self._params(plan, params), many=False).rowcount)
+
+    def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Row]:
+        """A SELECT's rows as mappings of column name to value, as Core's ``.mappings().all()``."""
+        params = params or {}
+        fast = self._fast(conn, params)
+        if fast is None:
+            return cast(list[Row], conn.execute(self.statement, dict(params)).mappings().all())
+        plan, keys = fast
+        fetched = self._raw(conn, self._text(plan, keys, params), self._params(plan, params), many=False).fetchall()
+        columns = plan.columns
+        out: list[Row] = []  # plain dicts
+        for record in fetched:
+            out.append(
+                {
+                    name: value if process is None or value is None else process(value)
+                    for (name, process), value in zip(columns, record, strict=True)
+                }
+            )
+        return out
