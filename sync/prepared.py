@@ -2,14 +2,20 @@
 
 SQLAlchemy's execution machinery (an execution context, each parameter and each result value processed by its
 own call chain, a result object) cost more than SQLite's own work on the engine's path: about a third of the
-engine's CPU in a batch of five changes (issue 19). A :class:`Prepared` statement keeps its SQL where it is
-written, in Core, in its repository. On SQLite it is compiled once (per set of parameter names, and per length of
-each list parameter) to SQLite's text and a plan of where each ``?`` takes its value, then run by ``sqlite3`` in
-the caller's transaction. Values still go through the columns' own bind processors, so what is stored is exactly
-what Core stores, and results through their result processors, so what is read is what Core reads. A driver error
-is raised as SQLAlchemy's (:class:`~sqlalchemy.exc.DBAPIError` subclasses), as a Core execute raises it. A
-statement this cannot run as Core would (a Python-side column default, a parameter rendered into the SQL text) is
-executed by Core; on other databases every statement is.
+engine's instructions in a batch of five changes (issue 19). A :class:`Prepared` statement keeps its SQL where it
+is written, in Core, in its repository. On SQLite (the ``sqlite3`` driver) it is compiled once per set of parameter
+names, and its text once per length of each list parameter, to SQLite's SQL and a plan of where each ``?`` takes
+its value; ``sqlite3`` then runs it in the caller's transaction. Values go through the columns' own bind processors
+and results through their result processors, ``None`` included, as in Core; a driver error, also one met while
+the rows are fetched, is raised as SQLAlchemy's (:class:`~sqlalchemy.exc.DBAPIError` subclasses), so the engine
+still tells a database error (retry the batch) from a bad change. Listeners of the engine's
+``before_cursor_execute`` are told of each statement (without a cursor or a context; they cannot rewrite it).
+
+Core runs it instead: on other databases and drivers; for a write outside a transaction (Core begins one); for a
+parameter whose value Core works out per execution (a Python-side column default, a ``callable_``, a tuple
+``IN``, a list rendered into the text) or an empty list; for a SELECT whose columns Core would name itself (two of
+one name, an unlabelled expression). ``tests/test_prepared.py`` checks each kind of statement against Core and
+that the engine's and the delivery workers' statements take this path.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.types import TupleType
 
 Processor = Callable[[Any], Any] | None
 #: a row read: column name to value (Core's ``RowMapping`` is one too)
@@ -60,6 +67,11 @@ class Prepared:
         self._plans: dict[tuple[str, ...], _Plan | None] = {}
         self._texts: dict[tuple[tuple[str, ...], tuple[int, ...]], str] = {}
 
+    def on_driver(self, dialect: Dialect, keys: Sequence[str]) -> bool:
+        """Whether ``dialect`` runs this statement with parameters named ``keys`` on the driver connection (False:
+        through Core)."""
+        return dialect.name == "sqlite" and self._plan(dialect, tuple(keys)) is not None
+
     # -- compiling -----------------------------------------------------------------------------------------
     def _plan(self, dialect: Dialect, keys: tuple[str, ...]) -> _Plan | None:
         if keys not in self._plans:
@@ -68,6 +80,8 @@ class Prepared:
 
     def _compile(self, dialect: Dialect, keys: tuple[str, ...]) -> _Plan | None:
         """The plan for parameters named ``keys``; None: run by Core instead (see the module's docstring)."""
+        if dialect.driver != "pysqlite":  # another SQLite driver raises other errors
+            return None
         compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))
         if not isinstance(compiled, SQLCompiler) or compiled.positiontup is None:
             return None
@@ -79,6 +93,8 @@ class Prepared:
         rest = compiled.string
         for name in compiled.positiontup:
             bind = compiled.binds[name]
+            if bind.callable is not None or isinstance(bind.type, TupleType):  # a value per execution; (a, b) IN
+                return None
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             given = name in keys
             if bind.expanding:
@@ -95,9 +111,12 @@ class Prepared:
             return None
         columns: tuple[tuple[str, Processor], ...] = ()
         if isinstance(self.statement, Select):
+            selected = list(self.statement.selected_columns)
+            names = [c.key for c in selected]
+            if None in names or len(set(names)) != len(names):  # Core names these itself (id_1, anon_1)
+                return None
             columns = tuple(
-                (str(c.key), c.type.dialect_impl(dialect).result_processor(dialect, None))
-                for c in self.statement.selected_columns
+                (str(c.key), c.type.dialect_impl(dialect).result_processor(dialect, None)) for c in selected
             )
         sql = parts[0] if len(parts) == 1 else None
         return _Plan(tuple(parts), tuple(slots), columns, sql)
@@ -123,14 +142,14 @@ class Prepared:
             value = slot.constant if slot.name is None else row[slot.name]
             process = slot.process
             if slot.expanding:
-                out.extend(v if process is None or v is None else process(v) for v in value)
+                out.extend(value if process is None else [process(v) for v in value])
             else:
-                out.append(value if process is None or value is None else process(value))
+                out.append(value if process is None else process(value))
         return out
 
     # -- running -------------------------------------------------------------------------------------------
     @staticmethod
-    def _raw(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
+    def _raw(conn: Connection, sql: str, params: Any, *, many: bool, fetch: bool = False) -> Any:
         """``sqlite3``'s execute(many) of ``sql`` on ``conn``'s driver connection (in its transaction). Listeners
         of the engine's ``before_cursor_execute`` see it as they see a Core execute (statement counts in tests and
         ``bench.idle_threads``; nothing in the service listens)."""
@@ -139,14 +158,17 @@ class Prepared:
                 listener(conn, None, sql, params, None, many)
         raw = conn.connection.driver_connection  # sqlite3.Connection
         try:
-            return raw.executemany(sql, params) if many else raw.execute(sql, params)  # type: ignore[union-attr]
+            cursor = raw.executemany(sql, params) if many else raw.execute(sql, params)  # type: ignore[union-attr]
+            return cursor.fetchall() if fetch else cursor.rowcount  # rows after the first are read here
         except sqlite3.Error as exc:
             raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
 
-    def _fast(self, conn: Connection, params: Mapping[str, Any]) -> tuple[_Plan, tuple[str, ...]] | None:
+    def _fast(
+        self, conn: Connection, params: Mapping[str, Any], *, write: bool
+    ) -> tuple[_Plan, tuple[str, ...]] | None:
         """The plan for ``params`` when SQLite runs it here (None: Core does; an empty list too, which Core renders
         as a comparison that matches nothing)."""
-        if conn.dialect.name != "sqlite":
+        if conn.dialect.name != "sqlite" or (write and not conn.in_transaction()):  # Core begins one itself
             return None
         keys = tuple(params)
         plan = self._plan(conn.dialect, keys)
@@ -159,34 +181,35 @@ class Prepared:
         changed, in all."""
         if not rows:
             return 0
-        fast = self._fast(conn, rows[0])
+        fast = self._fast(conn, rows[0], write=True)
         plan = None if fast is None else fast[0]
         if plan is None or plan.sql is None:  # a list parameter: each row's own text
             return int(conn.execute(self.statement, list(rows)).rowcount)
-        return int(self._raw(conn, plan.sql, [self._params(plan, row) for row in rows], many=True).rowcount)
+        return int(self._raw(conn, plan.sql, [self._params(plan, row) for row in rows], many=True))
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Run a write once in ``conn``'s transaction; the rows it changed."""
-        fast = self._fast(conn, params)
+        fast = self._fast(conn, params, write=True)
         if fast is None:
             return int(conn.execute(self.statement, dict(params)).rowcount)
         plan, keys = fast
-        return int(self._raw(conn, self._text(plan, keys, params), self._params(plan, params), many=False).rowcount)
+        return int(self._raw(conn, self._text(plan, keys, params), self._params(plan, params), many=False))
 
     def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Row]:
         """A SELECT's rows as mappings of column name to value, as Core's ``.mappings().all()``."""
         params = params or {}
-        fast = self._fast(conn, params)
+        fast = self._fast(conn, params, write=False)
         if fast is None:
             return cast(list[Row], conn.execute(self.statement, dict(params)).mappings().all())
         plan, keys = fast
-        fetched = self._raw(conn, self._text(plan, keys, params), self._params(plan, params), many=False).fetchall()
+        sql = self._text(plan, keys, params)
+        fetched = self._raw(conn, sql, self._params(plan, params), many=False, fetch=True)
         columns = plan.columns
         out: list[Row] = []  # plain dicts
         for record in fetched:
             out.append(
                 {
-                    name: value if process is None or value is None else process(value)
+                    name: value if process is None else process(value)
                     for (name, process), value in zip(columns, record, strict=True)
                 }
             )

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, StatementError
+from sqlalchemy import Connection, func, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError, StatementError
 
 from sync.prepared import Prepared
 from sync.repos import changes as change_repo
 from sync.repos import outbox as outbox_repo
 from sync.repos import silences as silence_repo
 from sync.repos import tickets as ticket_repo
-from sync.schema import links, outbox, tickets
+from sync.schema import changes, links, outbox, tickets
 from sync.store import Store
 from tests.factories import change, ticket
 
@@ -174,3 +175,67 @@ def test_a_delivery_claim_returns_and_takes_what_core_would(store: Store) -> Non
     with store.engine.connect() as conn:
         held = conn.execute(select(outbox.c.ticket_id).where(outbox.c.claimed_by == "w/0").order_by(outbox.c.id))
         assert list(held.scalars()) == ["0", "1", "2"]
+
+
+HOT = {  # the statements of an engine batch and of a delivery worker's claim and marks, with their parameters
+    "claim": (change_repo.claim_statement(50, skip_locked=False), ()),
+    "any pending": (change_repo.ANY_PENDING, ()),
+    "finish": (change_repo.FINISH, ("i", "status", "at")),
+    "tickets": (ticket_repo.SELECT_TICKETS, ("sources", "connections", "ids")),
+    "links": (ticket_repo.SELECT_LINKS_OF_TICKETS, ("sources", "connections", "ids")),
+    "save tickets": (ticket_repo.UPSERT_TICKET["sqlite"], tuple(_ticket("1", updated=T, recheck=False, snapshot=None))),
+    "insert links": (ticket_repo.INSERT_LINK, ("source", "connection", "ticket_id", "rule", "generation")),
+    "update links": (
+        ticket_repo.UPDATE_LINK,
+        ("s", "c", "t", "r", "generation", "dedup_key", "routing_key", "state", "updated_at"),
+    ),  # fmt: skip
+    "decisions": (ticket_repo.INSERT_DECISION, ("source", "connection", "ticket_id", "outcome")),
+    "silences": (silence_repo.ACTIVE_SILENCES, ("now",)),
+    "outbox": (outbox_repo.INSERT, ("kind", "destination", "body", "next_attempt_at")),
+    "delivery claim": (outbox_repo.Claims(takeover=True).statement("sqlite", 10).statement, ("now", "stale")),
+    "take": (outbox_repo.TAKE, ("ids", "until", "worker")),
+    "mark sent": (outbox_repo.MARK_SENT, ("i", "worker", "now", "dry_run")),
+    "renew": (outbox_repo.RENEW, ("i", "worker", "until")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOT))
+def test_sqlite_runs_the_hot_statements_on_its_driver(name: str, tmp_path: Path) -> None:
+    """What the speed rests on (an upgrade of SQLAlchemy that changed how it compiles these would quietly send
+    them back through Core): ``bench.callgrind`` counts what it saves."""
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    statement, keys = HOT[name]
+    try:
+        assert Prepared(statement).on_driver(store.engine.dialect, keys)
+    finally:
+        store.dispose()
+
+
+def test_what_core_would_name_itself_or_read_row_by_row_is_read_as_core_reads_it(store: Store) -> None:
+    """Columns that share a name are left to Core, which tells them apart; an error on a later row (SQLite reads
+    the first with the statement, the rest as they are fetched) is Core's error too."""
+    with store.begin() as conn:
+        change_repo.insert_changes(conn, [change(ticket(str(i))) for i in range(3)])
+    both = select(changes.c.id, tickets.c.ticket_id, changes.c.ticket_id).select_from(changes.outerjoin(
+        tickets, tickets.c.ticket_id == changes.c.ticket_id
+    ))  # fmt: skip
+    with store.engine.connect() as conn:
+        assert [dict(r) for r in Prepared(both).rows(conn)] == [dict(r) for r in conn.execute(both).mappings()]
+        assert len(Prepared(both).rows(conn)[0]) == 3  # three columns, two of them named ticket_id
+    with store.begin() as conn:
+        conn.execute(changes.update().where(changes.c.id == 3).values(id=-(2**63)))
+    overflow = select(func.abs(changes.c.id).label("n")).order_by(changes.c.id.desc())  # 2, 1, then -2**63
+    with pytest.raises(DBAPIError), store.engine.connect() as conn:
+        Prepared(overflow).rows(conn)
+
+
+def test_a_write_outside_a_transaction_begins_one_as_core_does(store: Store) -> None:
+    """Rolled back with it, not committed on its own by the driver."""
+    with store.begin() as conn:
+        change_repo.insert_changes(conn, [change(ticket("1"))])
+    with store.engine.connect() as conn:
+        rows = [{"i": 1, "status": "processed", "at": T}]
+        assert Prepared(change_repo.FINISH).executemany(conn, rows) == 1
+        conn.rollback()
+    with store.engine.connect() as conn:
+        assert change_repo.count(conn, "pending") == 1
