@@ -55,6 +55,9 @@ class _Plan:
     sql: str | None  # the text when the statement has no list parameter
 
 
+#: texts kept per statement, one per combination of its lists' lengths (a batch's keys: up to 50 ids, a few systems
+#: and connections)
+_TEXTS_KEPT = 4096
 #: how SQLAlchemy's compiler leaves a list (``expanding``) parameter in the SQL text, to be rendered per execution
 _POSTCOMPILE = "__[POSTCOMPILE_{}]"
 
@@ -132,6 +135,8 @@ class Prepared:
             for n, part in zip(lengths, plan.parts[1:], strict=True):
                 pieces.append(", ".join("?" * n))
                 pieces.append(part)
+            if len(self._texts) >= _TEXTS_KEPT:  # lists of many lengths (many connections): start again
+                self._texts.clear()
             text = self._texts[(keys, lengths)] = "".join(pieces)
         return text
 
