@@ -53,6 +53,7 @@ class _Plan:
     slots: tuple[_Slot, ...]
     columns: tuple[tuple[str, Processor], ...]  # a SELECT's result columns; () for a statement that returns none
     sql: str | None  # the text when the statement has no list parameter
+    lists: tuple[str, ...]  # the list parameters' names, in the order of ``parts``
 
 
 #: texts kept per statement, one per combination of its lists' lengths (a batch's keys: up to 50 ids, a few systems
@@ -122,13 +123,14 @@ class Prepared:
                 (str(c.key), c.type.dialect_impl(dialect).result_processor(dialect, None)) for c in selected
             )
         sql = parts[0] if len(parts) == 1 else None
-        return _Plan(tuple(parts), tuple(slots), columns, sql)
+        lists = tuple(s.name for s in slots if s.expanding and s.name is not None)
+        return _Plan(tuple(parts), tuple(slots), columns, sql, lists)
 
     def _text(self, plan: _Plan, keys: tuple[str, ...], row: Mapping[str, Any]) -> str:
         """The SQL text for ``row``'s list lengths (cached per lengths)."""
         if plan.sql is not None:
             return plan.sql
-        lengths = tuple(len(row[s.name]) for s in plan.slots if s.expanding and s.name is not None)
+        lengths = tuple(len(row[name]) for name in plan.lists)
         text = self._texts.get((keys, lengths))
         if text is None:
             pieces = [plan.parts[0]]
@@ -177,7 +179,7 @@ class Prepared:
             return None
         keys = tuple(params)
         plan = self._plan(conn.dialect, keys)
-        if plan is None or any(s.expanding and s.name and not params[s.name] for s in plan.slots):
+        if plan is None or any(not params[name] for name in plan.lists):
             return None
         return plan, keys
 

@@ -178,7 +178,7 @@ def any_pending(conn: Connection) -> bool:
 def claim(conn: Connection, limit: int) -> list[Row]:
     """Up to ``limit`` claimable changes (id, source, connection, ticket_id, payload); on PostgreSQL locked,
     skipping rows another replica holds."""
-    return list(_claim(limit, conn.dialect.name == "postgresql").rows(conn))
+    return _claim(limit, conn.dialect.name == "postgresql").rows(conn)
 
 
 def finished(change_id: int, status: str, at: datetime) -> dict[str, Any]:
