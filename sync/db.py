@@ -12,6 +12,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, RootTransaction, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 log = logging.getLogger("ticketpager.db")
 
@@ -21,6 +22,21 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # row locks (claimed changes, tickets) would last until the server's TCP keepalive notices, hours by default.
 # https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-IDLE-IN-TRANSACTION-SESSION-TIMEOUT
 IDLE_TRANSACTION_SECONDS = 60.0
+# PostgreSQL's SQLSTATEs saying the schema or the grants are not what this code expects: a table or column not
+# there yet (a replica of the new version before its migration ran, a rolling upgrade), a schema gone, a privilege
+# revoked. Every change, row and page alike meets them, so they are the database's fault as a lost connection is,
+# never the data's. psycopg raises them as ``ProgrammingError``; SQLite says the same as ``OperationalError``
+# ("no such table"). Not 42883 (undefined function): an operator missing for one value's type could be the data's.
+# https://www.postgresql.org/docs/current/errcodes-appendix.html
+SCHEMA_SQLSTATES = frozenset(
+    {
+        "3F000",  # invalid_schema_name
+        "42501",  # insufficient_privilege
+        "42703",  # undefined_column
+        "42704",  # undefined_object
+        "42P01",  # undefined_table
+    }
+)
 
 
 def make_engine(
@@ -96,6 +112,16 @@ def begin_write(conn: Connection) -> RootTransaction:
         return conn.begin()
     finally:
         _writing.now = False
+
+
+def database_fault(exc: BaseException) -> bool:
+    """The database failed, not the data at hand: it is unreachable, restarting or refusing (``OperationalError``,
+    ``InterfaceError``), or its schema or grants are not what this code expects (:data:`SCHEMA_SQLSTATES`).
+    Workers retry such an error later with everything they held still pending; anything else is the one row's
+    fault, marked failed so the rest go on."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in SCHEMA_SQLSTATES
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -36,7 +36,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from kernel import jsonutil
 from kernel.clock import Clock
@@ -57,6 +56,7 @@ from kernel.model import (
 )
 from kernel.ports import VERDICT_DEFAULTS, EvalContext, RuleSet, TwoWayRules, Verdict
 from kernel.redact import mask, redact
+from sync.db import database_fault
 from sync.metrics import METRICS
 from sync.prepared import Row
 from sync.repos import changes, outbox, tickets
@@ -256,9 +256,9 @@ class Engine:
                 self.left_pending = len(rows) >= self.batch_size or done < len(rows) or changes.any_pending(conn)
             METRICS.engine_batch_changes.observe(done)  # committed
             return done
-        except (OperationalError, InterfaceError):
-            raise
-        except Exception:  # noqa: BLE001 - isolate the change that failed
+        except Exception as exc:  # noqa: BLE001 - isolate the change that failed
+            if database_fault(exc):
+                raise  # not the batch's fault: it is retried whole once the database answers
             log.warning("engine batch failed; redoing it one change at a time", exc_info=True)
         handled = 0
         for _ in range(self.batch_size):
@@ -278,11 +278,9 @@ class Engine:
                 row = rows[0]
                 self._process_batch(conn, rows)
                 return True
-        except (OperationalError, InterfaceError):
-            raise
         except Exception as exc:  # noqa: BLE001 - one bad change must not block the rest
-            if row is None:
-                raise
+            if row is None or database_fault(exc):
+                raise  # the change stays pending
             log.exception("change %s (%s %s) failed", row["id"], row["connection"], row["ticket_id"])
             METRICS.changes_processed.labels(self._label(row["connection"]), "failed").inc()
             with self.store.begin(lane=ENGINE) as conn:

@@ -111,6 +111,13 @@ class Metrics:
         self.poll_errors = Counter(
             "ticketpager_poll_errors_total", "Poll failures by source and kind", ["source", "kind"], registry=r
         )
+        self.worker_restarts = Counter(
+            "ticketpager_worker_restarts_total",
+            "Background workers restarted after a failure, by worker (engine, delivery, ...) and reason"
+            " (database, crash)",
+            ["worker", "reason"],
+            registry=r,
+        )
         self.rules_reload_failures = Counter(
             "ticketpager_rules_reload_failures_total", "Rule reloads rejected (last good set kept)", registry=r
         )
@@ -165,6 +172,12 @@ EVENT_FAILURES = ("retry", "unknown", "dead")
 EVENT_ACTIONS = (*(action.value for action in EventAction), "writeback")
 
 
+#: why a background worker restarted (``ticketpager_worker_restarts_total``): ``database``, unreachable or its schema
+#: or grants not as expected (:func:`sync.db.database_fault`); ``crash``, anything else (a bug, logged with its
+#: traceback)
+WORKER_RESTART_REASONS = ("database", "crash")
+
+
 def zero_series(sources: list[str] | tuple[str, ...]) -> None:
     """Create the failure series of these sources (and of PagerDuty deliveries) at 0."""
     for source in sources:
@@ -177,6 +190,9 @@ def zero_series(sources: list[str] | tuple[str, ...]) -> None:
         for outcome in EVENT_FAILURES:
             METRICS.events.labels(action, outcome)
     METRICS.incident_checks.labels("applied")  # the lost-webhooks alert's series
+    for worker in ("engine", "delivery", "reverse"):  # the restarting-workers alert's series
+        for reason in WORKER_RESTART_REASONS:
+            METRICS.worker_restarts.labels(worker, reason)
 
 
 METRICS = Metrics()

@@ -27,7 +27,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from kernel import jsonutil
 from kernel.clock import Clock
@@ -44,6 +43,7 @@ from kernel.model import (
 )
 from kernel.ports import IncidentContext, IncidentLookup, TwoWayRules
 from kernel.redact import redact
+from sync.db import database_fault
 from sync.metrics import METRICS
 from sync.repos import incidents as repo
 from sync.store import Store
@@ -252,9 +252,9 @@ class ReverseWorker:
         try:
             with self.store.begin() as conn:
                 queued = self._apply(conn, row, event, found, now)
-        except (OperationalError, InterfaceError):
-            raise
         except Exception as exc:  # noqa: BLE001 - one bad webhook must not block the rest
+            if database_fault(exc):
+                raise  # not the webhook's fault: the row stays pending
             log.exception("PagerDuty webhook %s (%s) failed", row.webhook_id[:64], row.event_type)
             return self._finish(
                 row, "failed", now, failed=True, error=redact(f"{type(exc).__name__}: {exc}")[:2000], event=event

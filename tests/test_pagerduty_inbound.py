@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import func, insert, inspect, select
+from sqlalchemy import func, insert, inspect, select, text
+from sqlalchemy.exc import DBAPIError
 from starlette.testclient import TestClient
 
 from connectors.pagerduty_rest import PagerDutyRestClient
@@ -445,6 +446,37 @@ def test_when_pagerdutys_rest_api_is_down_the_webhook_waits_and_is_handled_later
         assert reverse.drain() == 2
         assert [i["outcome"] for i in inbox(svc)] == ["no_action", "applied"]
         assert len(rules.seen) == 1
+        svc.store.dispose()
+
+
+def test_a_privilege_the_database_refuses_keeps_the_webhook_pending_not_failed(
+    postgres_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    """PostgreSQL refuses the write with 42501 (insufficient_privilege: a grant revoked, say): the database's fault,
+    not the webhook's. The row stays pending, and is handled once the write is allowed again."""
+    with FakePagerDutyRest() as pd:
+        svc, ours = paged(pd, postgres_url, rules_path, clock)
+        reverse = worker(svc, NoteEveryEvent())
+        with TestClient(build_app(svc)) as c:
+            pd.resolve(ours)
+            assert deliver(pd, c) == [202, 202]
+        with svc.store.begin() as conn:  # what a revoked grant on the incidents table answers
+            conn.execute(
+                text(
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                    " RAISE EXCEPTION 'permission denied for table incidents' USING ERRCODE = '42501'; END $$"
+                )
+            )
+            conn.execute(text("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON incidents EXECUTE FUNCTION refuse()"))
+        with pytest.raises(DBAPIError) as raised:
+            reverse.drain()
+        assert "permission denied" in str(raised.value)
+        assert [i["status"] for i in inbox(svc)] == ["pending", "pending"]
+        with svc.store.begin() as conn:
+            conn.execute(text("DROP TRIGGER refuse ON incidents"))
+        assert reverse.drain() == 2
+        assert [i["outcome"] for i in inbox(svc)] == ["no_action", "applied"]
+        assert link_row(svc)["state"] == "resolved"
         svc.store.dispose()
 
 

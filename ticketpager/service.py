@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from connectors import CONNECTORS, connector_class
 from connectors.base import Connector, NoteDestination
@@ -38,12 +38,12 @@ from kernel.redact import mask
 from kernel.retry import RetryPolicy
 from rules import RuleStore
 from rules.silence_match import compile_matchers
-from sync.db import failure_reason
+from sync.db import database_fault, failure_reason
 from sync.delivery import INCIDENT_KINDS, TICKET_KINDS, Delivery, claims_for, send_timeout
 from sync.engine import Engine
 from sync.heartbeat import Heartbeat
 from sync.ingest import Writer
-from sync.metrics import METRICS, zero_series
+from sync.metrics import METRICS, WORKER_RESTART_REASONS, zero_series
 from sync.poller import poll_once
 from sync.reconcile import IncidentCheck
 from sync.repos import incidents as pd_inbox
@@ -518,7 +518,9 @@ class Service:
         self.writer.start()
         try:
             self.heartbeat.register()  # before the workers: they send only while it is recent
-        except (OperationalError, InterfaceError) as exc:  # the heartbeat thread keeps trying
+        except DBAPIError as exc:  # the heartbeat thread keeps trying
+            if not database_fault(exc):
+                raise
             log.warning("first heartbeat failed (%s); retrying", failure_reason(exc)[:300])
         self._spawn("heartbeat", self._heartbeat_loop)
         self._spawn("engine", self._engine_loop)
@@ -579,7 +581,9 @@ class Service:
         else:
             try:  # our claims are handed back: the others need not wait for our heartbeat to go stale
                 self.heartbeat.forget()
-            except (OperationalError, InterfaceError) as exc:
+            except DBAPIError as exc:
+                if not database_fault(exc):
+                    raise
                 log.warning("could not remove this replica's heartbeat (%s)", failure_reason(exc)[:300])
         self.writer.stop()
 
@@ -652,12 +656,15 @@ class Service:
                 try:
                     target()
                     return
-                except (OperationalError, InterfaceError) as exc:  # the database is restarting or unreachable
-                    reason = failure_reason(exc)[:300]
-                    log.warning("worker %s: database unavailable (%s); retrying in 1 s", name, reason)
-                    self.stopping.wait(1.0)
-                except Exception:  # noqa: BLE001 - a worker never dies silently; it restarts
-                    log.exception("worker %s crashed; restarting in 1 s", name)
+                except Exception as exc:  # noqa: BLE001 - a worker never dies silently; it restarts
+                    database, crash = WORKER_RESTART_REASONS
+                    cause = database if database_fault(exc) else crash
+                    if cause == database:  # restarting, unreachable, or its schema or grants not as expected
+                        reason = failure_reason(exc)[:300]
+                        log.warning("worker %s: database unavailable (%s); retrying in 1 s", name, reason)
+                    else:
+                        log.exception("worker %s crashed; restarting in 1 s", name)
+                    METRICS.worker_restarts.labels(worker_kind(name), cause).inc()
                     self.stopping.wait(1.0)
 
         return run
@@ -878,6 +885,15 @@ class Service:
 
 
 _HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
+
+
+def worker_kind(name: str) -> str:
+    """A worker thread's kind, the ``worker`` label of its restarts, bounded whatever the configuration:
+    ``delivery-3`` → ``delivery``, ``write-back-0`` → ``write-back``, ``poll-<connection>`` → ``poll``."""
+    if name.startswith("poll-"):
+        return "poll"
+    base, _, index = name.rpartition("-")
+    return base if base and index.isdigit() else name
 
 
 def _without_vendor_text(error: str) -> str:

@@ -1,0 +1,127 @@
+"""A database whose schema or grants are not what this version expects is the database's fault, not the data's:
+the engine keeps its changes pending and the service's worker retries, as for a lost connection, instead of
+marking every change it meets failed. PostgreSQL says so with a ``ProgrammingError`` (undefined table, column,
+privilege revoked) where SQLite says ``OperationalError``; both behave alike. The case in the field: a replica of
+the new version running before its migration did, during a rolling upgrade."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.exc import DBAPIError
+
+from kernel.clock import FakeClock
+from sync.db import database_fault
+from sync.metrics import METRICS
+from sync.schema import changes, outbox
+from tests.factories import change, ticket
+from tests.fakes.pagerduty_server import MockPagerDuty
+from tests.harness import make_service, receive, wait_until
+from ticketpager.service import worker_kind
+
+
+def _other(db_url: str) -> Engine:
+    """A connection of the operator's (or of the migration's), beside the service's."""
+    return create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+
+def _rename(engine: Engine, old: str, new: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+
+def test_a_table_missing_keeps_the_batch_pending_and_it_pages_once_the_table_is_back(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    svc = make_service(db_url, rules_path, "http://127.0.0.1:9/v2/enqueue", clock)
+    other = _other(db_url)
+    try:
+        receive(svc, [change(ticket("31001")), change(ticket("31002"))])
+        _rename(other, "decisions", "decisions_away")  # the decision log is written at the batch's end
+        with pytest.raises(DBAPIError) as raised:
+            svc.engine.run_once()
+        assert database_fault(raised.value), raised.value
+        status = svc.store.status()
+        assert (status.changes_pending, status.changes_failed) == (2, 0), "nothing marked failed"
+        _rename(other, "decisions_away", "decisions")
+        assert svc.engine.drain() == 2
+        with svc.store.engine.connect() as conn:
+            assert sorted(conn.execute(select(changes.c.status)).scalars()) == ["processed", "processed"]
+            assert len(conn.execute(select(outbox.c.id).where(outbox.c.kind == "event")).all()) == 2, "both page"
+    finally:
+        other.dispose()
+        svc.store.dispose()
+
+
+def test_a_change_the_database_refuses_is_still_marked_failed_and_the_rest_page(
+    db_url: str, rules_path: Path, clock: FakeClock
+) -> None:
+    """The other side of the line: a constraint that refuses one change's row is that change's fault (here a
+    trigger on SQLite, a CHECK on PostgreSQL, refusing one ticket's row: ``IntegrityError`` on both)."""
+    svc = make_service(db_url, rules_path, "http://127.0.0.1:9/v2/enqueue", clock)
+    other = _other(db_url)
+    try:
+        if db_url.startswith("sqlite"):
+            with other.begin() as conn:
+                conn.execute(
+                    text(
+                        "CREATE TRIGGER refuse BEFORE INSERT ON tickets WHEN NEW.ticket_id = '31102'"
+                        " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                    )
+                )
+        else:
+            with other.begin() as conn:
+                conn.execute(text("ALTER TABLE tickets ADD CONSTRAINT refuse CHECK (ticket_id <> '31102')"))
+        receive(svc, [change(ticket("31101")), change(ticket("31102")), change(ticket("31103"))])
+        assert svc.engine.drain() == 3
+        status = svc.store.status()
+        assert (status.changes_pending, status.changes_failed) == (0, 1)
+        with svc.store.engine.connect() as conn:
+            keys = conn.execute(select(outbox.c.ticket_key).where(outbox.c.kind == "event")).scalars().all()
+        assert sorted(keys) == ["OPS-31101", "OPS-31103"]
+    finally:
+        other.dispose()
+        svc.store.dispose()
+
+
+def test_the_services_engine_waits_out_a_missing_table_with_one_line_and_a_metric(
+    db_url: str, rules_path: Path, pd: MockPagerDuty, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = make_service(db_url, rules_path, pd.url, clock, engine={"write_back_workers": 0})
+    other = _other(db_url)
+    restarts = METRICS.worker_restarts.labels("engine", "database")
+    before = restarts._value.get()
+    try:
+        svc.start()
+        _rename(other, "decisions", "decisions_away")
+        with caplog.at_level("WARNING", logger="ticketpager"):
+            receive(svc, [change(ticket("31201"))])
+            svc.wake.set()
+            assert wait_until(lambda: restarts._value.get() > before)
+            line = next(r for r in caplog.records if r.getMessage().startswith("worker engine:"))
+        assert "database unavailable" in line.getMessage() and "decisions" in line.getMessage()
+        assert line.exc_info is None, "one line, not a traceback"
+        assert svc.store.status().changes_failed == 0
+        _rename(other, "decisions_away", "decisions")
+        assert wait_until(lambda: len(pd.events) == 1), "paged once the table is back"
+        assert svc.store.status().changes_failed == 0
+    finally:
+        svc.stop()
+        other.dispose()
+        svc.store.dispose()
+
+
+@pytest.mark.parametrize(
+    ("thread", "kind"),
+    [
+        ("engine", "engine"),
+        ("delivery-12", "delivery"),
+        ("write-back-0", "write-back"),
+        ("poll-zendesk-client-42", "poll"),
+        ("idle-look", "idle-look"),
+    ],
+)
+def test_a_workers_restarts_are_labelled_by_its_kind_whatever_the_configuration(thread: str, kind: str) -> None:
+    assert worker_kind(thread) == kind
