@@ -117,6 +117,38 @@ def test_why_a_ticket_paged_and_why_another_did_not(client: TestClient, service:
     assert "This ticket never paged." in quiet
 
 
+def test_a_pending_event_says_what_it_waits_for_until_it_is_sent(
+    client: TestClient, service: Service, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """OPS-7's trigger meets a 503 and waits out its back-off; the ticket is done meanwhile, and its resolve waits
+    behind the trigger (one incident's events go out in order). The ticket's page says so for each, instead of a
+    bare "pending, 0 attempt(s)"; once the back-off is over both are sent, in order, and nothing waits."""
+    pd.fail_next(1, 503)
+    receive(service, [change(ticket("7"))])
+    service.process_all()
+    receive(service, [change(ticket("7", status="Done", category=StatusCategory.DONE, minutes=1))])
+    service.process_all()
+    assert pd.events == [], "the trigger waits out its back-off, the resolve waits behind it"
+    with service.store.engine.connect() as conn:
+        trigger, resolve = conn.execute(select(outbox.c.id).order_by(outbox.c.id)).scalars().all()
+        retry_at = conn.execute(select(outbox.c.next_attempt_at).where(outbox.c.id == trigger)).scalar_one()
+    login(client)
+    page = html.unescape(client.get("/console/tickets/jira/7").text)
+    summaries = {int(m.group(1)): m.group(2) for m in re.finditer(r"<summary>#(\d+) (.*?)</summary>", page, re.S)}
+    assert "pending" in summaries[trigger] and "1 attempt(s)" in summaries[trigger]
+    assert f"next attempt not before {retry_at:%Y-%m-%d %H:%M:%S} UTC" in summaries[trigger]
+    assert "0 attempt(s)" in summaries[resolve]
+    assert f"waits for #{trigger} (event trigger)" in summaries[resolve]
+    shown = page[page.index(f"<summary>#{trigger} ") :]
+    assert "503" in shown[: shown.index("</details>")], "the trigger's own answer is shown with it"
+
+    clock.advance(seconds=120)
+    service.process_all()
+    assert [e["event_action"] for e in pd.events] == ["trigger", "resolve"]
+    page = html.unescape(client.get("/console/tickets/jira/7").text)
+    assert "waits for" not in page and "next attempt" not in page
+
+
 def test_decisions_stored_by_an_older_release_read_as_they_did(client: TestClient, service: Service) -> None:
     """Verdicts are stored compactly (a rule that did not match: its name and why); rows an older release wrote
     carry every flag. The timeline reads both alike."""

@@ -440,6 +440,8 @@ def outbox_of(conn: Connection, connection: str, dedup_keys: Sequence[str], limi
             outbox.c.created_at,
             outbox.c.sent_at,
             outbox.c.dry_run,
+            outbox.c.next_attempt_at,
+            outbox.c.claimed_until,
         )
         .where(outbox.c.dedup_key.in_(list(dedup_keys)), outbox.c.connection == connection)
         .order_by(outbox.c.id)

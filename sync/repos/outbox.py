@@ -4,7 +4,7 @@ read of it."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -421,6 +421,23 @@ TICKET_KINDS = frozenset({TicketNote.KIND, TicketUpdate.KIND})
 #: never overtakes its trigger), the tickets' notes and updates for earlier ones of theirs (an acknowledgement's
 #: transition never lands after the resolve's; the note that the ticket paged comes first when it was queued first)
 ORDERED_KINDS = (frozenset({IncidentAction.KIND}), TICKET_KINDS)
+
+
+def waiting_on(rows: Iterable[Mapping[str, Any]]) -> dict[int, int]:
+    """What the claims' rule (:func:`_waits_for_an_earlier_row`) holds back among ``rows`` (outbox rows with their
+    ``id``, ``kind``, ``dedup_key`` and ``status``, one ticket's, say): pending row id → the first pending row of its
+    ``dedup_key`` and side (:data:`ORDERED_KINDS`), which it waits behind (that one is retrying, held by the rate
+    limit, or on its way). The console says so: else such a row shows only ``pending`` and 0 attempts."""
+    first: dict[tuple[str, frozenset[str]], int] = {}
+    behind: dict[int, int] = {}
+    for row in sorted(rows, key=lambda r: int(r["id"])):
+        side = next((kinds for kinds in ORDERED_KINDS if row["kind"] in kinds), None)
+        if side is None or row["status"] != "pending":
+            continue
+        head = first.setdefault((str(row["dedup_key"]), side), int(row["id"]))
+        if head != row["id"]:
+            behind[int(row["id"])] = head
+    return behind
 
 
 def _waits_for_an_earlier_row(claimed: Collection[str] | None) -> ColumnElement[bool]:

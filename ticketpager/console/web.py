@@ -8,6 +8,7 @@ import logging
 import math
 import secrets
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode
@@ -360,7 +361,8 @@ class Console:
         def load(conn: Connection) -> dict[str, Any] | None:
             # a connection no longer configured: its stored tickets still say which system they are of
             source = system or q.system_of(conn, connection, ticket_id, list(CONNECTORS))
-            return None if source is None else _timeline(conn, source, connection, ticket_id, before)
+            now = self.service.clock.now()
+            return None if source is None else _timeline(conn, source, connection, ticket_id, before, now)
 
         data = await self.read(load)
         if data is None:
@@ -547,7 +549,7 @@ class Console:
 
 
 def _timeline(
-    conn: Connection, source: str, connection: str, ticket_id: str, before: int | None
+    conn: Connection, source: str, connection: str, ticket_id: str, before: int | None, now: datetime
 ) -> dict[str, Any] | None:
     """Everything the console shows about one ticket (of ``connection`` of system ``source``), newest decision
     first: every read is by the whole identity, so another connection's ticket with the same id never shows."""
@@ -567,6 +569,7 @@ def _timeline(
         for g in range(max(1, link["generation"] - 20), link["generation"] + 1)
     ][:MAX_TIMELINE_KEYS]
     sent = q.outbox_of(conn, connection, keys)
+    _say_what_pending_rows_wait_for(sent, now)
     by_change: dict[int | None, list[dict[str, Any]]] = {}
     for item in sent:
         by_change.setdefault(item["change_id"], []).append(item)
@@ -609,6 +612,26 @@ def _timeline(
         "sent": sent,
         "older": decisions[-1]["id"] if len(decisions) == q.PAGE else None,
     }
+
+
+def _say_what_pending_rows_wait_for(rows: list[dict[str, Any]], now: datetime) -> None:
+    """Give each pending row its ``waiting``: what keeps it from going out now. Behind an earlier row of its incident
+    (the claims' order: :func:`sync.repos.outbox.waiting_on`), its next attempt later (a retry's back-off, a
+    rate-limit hold), being sent (claimed), or due (the next free worker takes it)."""
+    behind = outbox.waiting_on(rows)
+    by_id = {row["id"]: row for row in rows}
+    for row in rows:
+        if row["status"] != "pending":
+            row["waiting"] = None
+        elif row["id"] in behind:
+            head = by_id[behind[row["id"]]]
+            row["waiting"] = {"behind": head["id"], "kind": head["kind"], "action": head["action"]}
+        elif row["claimed_until"] is not None and row["claimed_until"] > now:
+            row["waiting"] = {"claimed_until": row["claimed_until"]}
+        elif row["next_attempt_at"] > now:
+            row["waiting"] = {"not_before": row["next_attempt_at"]}
+        else:
+            row["waiting"] = {"due": True}
 
 
 def _ticket_of(change: dict[str, Any] | None) -> Ticket | None:
