@@ -10,6 +10,8 @@ and results through their result processors, ``None`` included, as in Core; a dr
 the rows are fetched, is raised as SQLAlchemy's (:class:`~sqlalchemy.exc.DBAPIError` subclasses), so the engine
 still tells a database error (retry the batch) from a bad change. Listeners of the engine's
 ``before_cursor_execute`` are told of each statement (without a cursor or a context; they cannot rewrite it).
+The webhook writer, which runs its INSERT in a transaction of its own on the driver, takes the statement's text and
+parameter maker from :meth:`Prepared.driver_statement`: its SQL too is written once, in Core.
 
 Core runs it instead: on other databases and drivers; for a write outside a transaction (Core begins one); for a
 parameter whose value Core works out per execution (a Python-side column default, a ``callable_``, a tuple
@@ -20,6 +22,7 @@ that the engine's and the delivery workers' statements take this path.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,6 +78,18 @@ class Prepared:
         """Whether ``dialect`` runs this statement with parameters named ``keys`` on the driver connection (False:
         through Core)."""
         return dialect.name == "sqlite" and self._plan(dialect, tuple(keys)) is not None
+
+    def driver_statement(
+        self, dialect: Dialect, keys: Sequence[str]
+    ) -> tuple[str, Callable[[Mapping[str, Any]], list[Any]]] | None:
+        """For a caller that runs this statement on the ``sqlite3`` connection itself, in a transaction of its own
+        (the webhook writer's ``BEGIN IMMEDIATE``): its SQL text, and the function that makes one row's parameters
+        from its values by name (the columns' bind processors applied). None where Core must run it (see the
+        module's docstring) or the statement has a list parameter."""
+        plan = self._plan(dialect, tuple(keys)) if dialect.name == "sqlite" else None
+        if plan is None or plan.sql is None:
+            return None
+        return plan.sql, functools.partial(self._params, plan)
 
     # -- compiling -----------------------------------------------------------------------------------------
     def _plan(self, dialect: Dialect, keys: tuple[str, ...]) -> _Plan | None:

@@ -66,7 +66,6 @@ class Store:
         # SQLite: serialize writers in-process (webhook writer first) instead of in SQLite's busy handler
         self.write_lock: PriorityLock | None = PriorityLock() if self.engine.dialect.name == "sqlite" else None
         self._write_conn: Connection | None = None  # SQLite: every write's, in turn under the write lock (_writer)
-        self._stamp = changes.stamper(self.engine.dialect)
         self._disposed = False
 
     def __repr__(self) -> str:
@@ -107,7 +106,7 @@ class Store:
     def webhook_rows(self, batch: Sequence[TicketChange]) -> list[Any]:
         """``batch`` made ready for :meth:`store_webhook_rows`. The HTTP handler calls this, so the
         serialization is done before the writer thread's turn and its commit cycle stays short."""
-        return changes.insert_rows(self.engine.dialect, self._stamp, batch)
+        return changes.insert_rows(self.engine.dialect, batch)
 
     def store_webhook_rows(self, groups: Sequence[Sequence[Any]]) -> list[int]:
         """Store several webhook requests' rows (from :meth:`webhook_rows`) durably in one transaction;
@@ -123,7 +122,7 @@ class Store:
             raw: Any = self._writer().connection.driver_connection  # sqlite3.Connection, autocommit mode
             try:
                 raw.execute("BEGIN IMMEDIATE")
-                counts = changes.insert_rows_sqlite(raw, groups)
+                counts = changes.insert_rows_sqlite(self.engine.dialect, raw, groups)
                 raw.execute("COMMIT")
             except BaseException:
                 self._drop_write_connection()

@@ -211,6 +211,29 @@ def test_sqlite_runs_the_hot_statements_on_its_driver(name: str, tmp_path: Path)
         store.dispose()
 
 
+def test_the_webhook_writer_stores_every_column_as_cores_insert_does(tmp_path: Path) -> None:
+    """The writer's INSERT (its own ``BEGIN IMMEDIATE`` on the driver) is compiled from Core by ``Prepared``: a change
+    it stores reads back, every column, as the same change inserted by Core; a second delivery is a duplicate."""
+    store = Store(f"sqlite:///{tmp_path / 'w.db'}")
+    store.upgrade()
+    try:
+        ours, cores = change(ticket("1", minutes=0.5), "by-writer"), change(ticket("1", minutes=0.5), "by-core")
+        assert store.store_webhook_rows([store.webhook_rows([ours]), store.webhook_rows([ours])]) == [1, 0]
+        with store.begin() as conn:
+            conn.execute(changes.insert(), [change_repo.change_row(cores)])
+        with store.engine.connect() as conn:
+            stored = {r["delivery_id"]: dict(r) for r in conn.execute(select(changes)).mappings()}
+            as_text = dict(conn.execute(text("SELECT delivery_id, ticket_updated || received_at FROM changes")).all())
+        written, inserted = stored["by-writer"], stored["by-core"]
+        for row in (written, inserted):  # the payload names its delivery id too
+            row["payload"] = row["payload"].replace(row.pop("delivery_id"), "")
+            del row["id"]
+        assert written == inserted
+        assert as_text["by-writer"] == as_text["by-core"], "the same stored text, which SQLite's ranges compare"
+    finally:
+        store.dispose()
+
+
 def test_what_core_would_name_itself_or_read_row_by_row_is_read_as_core_reads_it(store: Store) -> None:
     """Columns that share a name are left to Core, which tells them apart; an error on a later row (SQLite reads
     the first with the statement, the rest as they are fetched) is Core's error too."""

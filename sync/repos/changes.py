@@ -4,12 +4,13 @@ delivery id (a poll's ``poll:<id>:<updated>``) for two different tickets."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Select, and_, bindparam, delete, exists, func, select, update
+from sqlalchemy.dialects import sqlite
 
 from kernel import jsonutil
 from kernel.model import TicketChange, stored_delivery_id
@@ -28,13 +29,18 @@ FAIL = (
 )
 _FINISH = Prepared(FINISH)
 SELECT_PAYLOAD = select(changes.c.payload).where(changes.c.id == _B("i"))
-_SQLITE_INSERT = (
-    "INSERT INTO changes (source, connection, delivery_id, ticket_id, ticket_updated, origin, received_at, payload, "
-    "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending') ON CONFLICT DO NOTHING"
-)
 
 
 # -- insert ----------------------------------------------------------------------------------------
+#: the webhook writer's INSERT on SQLite, which it runs on the driver connection in its own ``BEGIN IMMEDIATE``
+#: (:func:`insert_rows_sqlite`): written here in Core, compiled to SQLite's text and parameter order by ``Prepared``
+_INSERT_IGNORE = Prepared(sqlite.insert(changes).on_conflict_do_nothing())
+#: the names of :func:`change_row`'s values
+_ROW_KEYS: tuple[str, ...] = (
+    "source", "connection", "delivery_id", "ticket_id", "ticket_updated", "origin", "received_at", "payload", "status",
+)  # fmt: skip
+
+
 def change_row(change: TicketChange) -> dict[str, Any]:
     return {
         "source": change.ticket.source,
@@ -60,28 +66,28 @@ def insert_changes_each(conn: Connection, groups: Sequence[Sequence[TicketChange
 
     A delivery id already stored, or repeated earlier in the same call, counts as a duplicate.
     """
-    stamp = stamper(conn.dialect)
-    rows = [insert_rows(conn.dialect, stamp, group) for group in groups]
+    rows = [insert_rows(conn.dialect, group) for group in groups]
     if conn.dialect.name == "sqlite":  # the transaction's own driver connection
-        return insert_rows_sqlite(conn.connection.driver_connection, rows)
+        return insert_rows_sqlite(conn.dialect, conn.connection.driver_connection, rows)
     return insert_rows_returning(conn, rows)
 
 
-def insert_rows(dialect: Dialect, stamp: Callable[[Any], Any], batch: Sequence[TicketChange]) -> list[Any]:
-    """``batch`` as the dialect's insert takes it: parameter tuples for SQLite's prepared INSERT, column
-    dicts for PostgreSQL's multi-row INSERT … RETURNING."""
+def insert_rows(dialect: Dialect, batch: Sequence[TicketChange]) -> list[Any]:
+    """``batch`` as the dialect's insert takes it: parameter lists for SQLite's prepared INSERT (the columns' bind
+    processors applied: the stored text is exactly what SQLAlchemy writes and reads, ``2026-11-27 09:00:00.000000``),
+    column dicts for PostgreSQL's multi-row INSERT … RETURNING."""
     if dialect.name == "sqlite":
-        return [sqlite_change_row(c, stamp) for c in batch]
+        params = _sqlite_insert(dialect)[1]
+        return [params(change_row(c)) for c in batch]
     return [change_row(c) for c in batch]
 
 
-def stamper(dialect: Dialect) -> Callable[[Any], Any]:
-    """The dialect's own bind processor of the datetime columns (SQLite: the exact text SQLAlchemy stores,
-    ``2026-11-27 09:00:00.000000``; the generic type's would leave a ``datetime`` for the driver to format,
-    without the zero microseconds, which then compares differently in SQL)."""
-    stamp = changes.c.ticket_updated.type.dialect_impl(dialect).bind_processor(dialect)
-    assert stamp is not None  # UTCDateTime always converts
-    return stamp
+def _sqlite_insert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any]], list[Any]]]:
+    """The SQL text of :data:`_INSERT_IGNORE` on SQLite and the function that makes a row's parameters."""
+    form = _INSERT_IGNORE.driver_statement(dialect, _ROW_KEYS)
+    if form is None:  # another SQLite driver than sqlite3, which the writer's raw transaction needs
+        raise RuntimeError(f"the webhook writer needs SQLite's sqlite3 driver, not {dialect.driver!r}")
+    return form
 
 
 def insert_rows_returning(conn: Connection, groups: Sequence[Sequence[dict[str, Any]]]) -> list[int]:
@@ -107,33 +113,18 @@ def insert_rows_returning(conn: Connection, groups: Sequence[Sequence[dict[str, 
     return counts
 
 
-def sqlite_change_row(change: TicketChange, stamp: Callable[[Any], Any]) -> tuple[Any, ...]:
-    """The parameters of :data:`_SQLITE_INSERT` for ``change``. Datetimes go through the column type's own
-    bind processor (``stamp``), so the stored text is exactly what SQLAlchemy writes and reads."""
-    ticket = change.ticket
-    return (
-        ticket.source,
-        ticket.connection,
-        stored_delivery_id(change.delivery_id),
-        ticket.id,
-        stamp(ticket.updated),
-        change.origin.value,
-        stamp(change.received_at),
-        jsonutil.dumps(change.to_json()),
-    )
-
-
-def insert_rows_sqlite(raw: Any, groups: Sequence[Sequence[tuple[Any, ...]]]) -> list[int]:
-    """SQLite: one prepared INSERT per row on the driver (``sqlite3``) connection, inside the caller's
-    transaction; its rowcount says new (1) or duplicate (0). SQLAlchemy's per-statement machinery cost
-    more than SQLite itself on this path (measured)."""
+def insert_rows_sqlite(dialect: Dialect, raw: Any, groups: Sequence[Sequence[Sequence[Any]]]) -> list[int]:
+    """SQLite: one prepared INSERT per row (from :func:`insert_rows`) on the driver (``sqlite3``) connection,
+    inside the caller's transaction; its rowcount says new (1) or duplicate (0). SQLAlchemy's per-statement
+    machinery cost more than SQLite itself on this path (measured)."""
+    sql = _sqlite_insert(dialect)[0]
     cursor = raw.cursor()
     counts: list[int] = []
     try:
         for group in groups:
             new = 0
             for row in group:
-                cursor.execute(_SQLITE_INSERT, row)
+                cursor.execute(sql, row)
                 new += cursor.rowcount
             counts.append(new)
     finally:
