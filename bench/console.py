@@ -270,9 +270,9 @@ def cases(conn: Connection) -> list[tuple[str, Callable[[], Any]]]:
         # what the console runs for a title search: one window of SCAN_WINDOW tickets per page, newest first
         ("tickets: title contains 'VPN', one window", lambda: windowed(conn, "VPN")),
         ("tickets: title, no match, one window", lambda: windowed(conn, "no such words")),
-        ("timeline: noisy ticket (1 % of rows)", lambda: _timeline(conn, "zendesk", "zendesk", "1", None)),
-        ("timeline: ordinary ticket", lambda: _timeline(conn, "jira", "jira", "4242", None)),
-        ("timeline: named connection's ticket", lambda: _timeline(conn, "zendesk", "acme-zendesk", "4", None)),
+        ("timeline: noisy ticket (1 % of rows)", lambda: _timeline(conn, "zendesk", "zendesk", "1", None, NOW)),
+        ("timeline: ordinary ticket", lambda: _timeline(conn, "jira", "jira", "4242", None, NOW)),
+        ("timeline: named connection's ticket", lambda: _timeline(conn, "zendesk", "acme-zendesk", "4", None, NOW)),
         ("dead letters: first page", lambda: q.dead_letters(conn)),
         ("dead letters: next page", lambda: q.dead_letters(conn, dead[-1]["id"] if dead else None)),
         ("backtest: one page of stored changes", lambda: q.stored_versions(conn, "jira", since, None)),

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine, RootTransaction, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 log = logging.getLogger("ticketpager.db")
 
@@ -22,11 +23,15 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # row locks (claimed changes, tickets) would last until the server's TCP keepalive notices, hours by default.
 # https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-IDLE-IN-TRANSACTION-SESSION-TIMEOUT
 IDLE_TRANSACTION_SECONDS = 60.0
-# PostgreSQL's SQLSTATEs saying the schema or the grants are not what this code expects: a table or column not
-# there yet (a replica of the new version before its migration ran, a rolling upgrade), a schema gone, a privilege
-# revoked. Every change, row and page alike meets them, so they are the database's fault as a lost connection is,
-# never the data's. psycopg raises them as ``ProgrammingError``; SQLite says the same as ``OperationalError``
-# ("no such table"). Not 42883 (undefined function): an operator missing for one value's type could be the data's.
+# PostgreSQL's SQLSTATEs saying the schema or the grants are not what this code expects: a table or column gone (an
+# older replica still running on a schema a newer release migrated, mid-rollout), a schema missing, a privilege
+# revoked. They come from the database's state, not from the row at hand, so they count as the database's fault, as a
+# lost connection does: what a worker holds stays pending, for this replica once the schema is right or for a
+# replica whose code matches it. The price: were one of them ever caused by a single row (a row-level security
+# policy, a trigger raising 42501: ticketpager sets neither up), that row would hold its worker up until fixed, loudly
+# (``ticketpager_worker_restarts_total``), where marking every row failed would lose them quietly. psycopg raises
+# these as ``ProgrammingError``; SQLite says the same as ``OperationalError`` ("no such table"). Not 42883 (undefined
+# function): an operator missing for one value's type could be the data's.
 # https://www.postgresql.org/docs/current/errcodes-appendix.html
 SCHEMA_SQLSTATES = frozenset(
     {
@@ -116,10 +121,10 @@ def begin_write(conn: Connection) -> RootTransaction:
 
 def database_fault(exc: BaseException) -> bool:
     """The database failed, not the data at hand: it is unreachable, restarting or refusing (``OperationalError``,
-    ``InterfaceError``), or its schema or grants are not what this code expects (:data:`SCHEMA_SQLSTATES`).
-    Workers retry such an error later with everything they held still pending; anything else is the one row's
-    fault, marked failed so the rest go on."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
+    ``InterfaceError``), no connection was free in time (the pool's ``TimeoutError``), or its schema or grants are
+    not what this code expects (:data:`SCHEMA_SQLSTATES`). Workers retry such an error later with everything they
+    held still pending; anything else is the one row's fault, marked failed so the rest go on."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)):
         return True
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in SCHEMA_SQLSTATES
 
@@ -129,6 +134,13 @@ def failure_reason(exc: BaseException) -> str:
     SQLAlchemy background link or statement."""
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def failed_statement(exc: BaseException, limit: int = 120) -> str:
+    """The start of the SQL a database error met (its text, never its parameters): which of our statements a
+    missing column or privilege stopped, so a bug can be told from an older replica or a revoked grant."""
+    statement = " ".join(str(getattr(exc, "statement", "") or "").split())
+    return statement if len(statement) <= limit else statement[: limit - 1] + "…"
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -237,10 +237,11 @@ class Engine:
                 if not changes.any_pending(conn):
                     return 0
         self._queued = 0
-        handled = self._run_batches()
-        if self._queued and self.on_queued is not None:
-            self.on_queued(self._queued)
-        return handled
+        try:
+            return self._run_batches()
+        finally:  # also when a database error ends the run after a batch committed: its rows are sent at once
+            if self._queued and self.on_queued is not None:
+                self.on_queued(self._queued)
 
     def _run_batches(self) -> int:
         try:

@@ -176,6 +176,8 @@ EVENT_ACTIONS = (*(action.value for action in EventAction), "writeback")
 #: or grants not as expected (:func:`sync.db.database_fault`); ``crash``, anything else (a bug, logged with its
 #: traceback)
 WORKER_RESTART_REASONS = ("database", "crash")
+#: the ``worker`` label's values: the service's background threads by kind (``ticketpager.service.worker_kind``)
+WORKER_KINDS = ("engine", "delivery", "write-back", "reverse", "poll", "heartbeat", "idle-look", "scheduler")
 
 
 def zero_series(sources: list[str] | tuple[str, ...]) -> None:
@@ -190,7 +192,7 @@ def zero_series(sources: list[str] | tuple[str, ...]) -> None:
         for outcome in EVENT_FAILURES:
             METRICS.events.labels(action, outcome)
     METRICS.incident_checks.labels("applied")  # the lost-webhooks alert's series
-    for worker in ("engine", "delivery", "reverse"):  # the restarting-workers alert's series
+    for worker in WORKER_KINDS:  # the restarting-workers alerts' series
         for reason in WORKER_RESTART_REASONS:
             METRICS.worker_restarts.labels(worker, reason)
 

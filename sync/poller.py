@@ -16,6 +16,7 @@ from kernel.clock import Clock
 from kernel.errors import TicketpagerError
 from kernel.model import unencodable_reason, unstorable_reason
 from kernel.ports import Source
+from sync.db import database_fault
 from sync.metrics import METRICS
 from sync.repos.changes import insert_changes
 from sync.repos.cursors import load_cursor, record_poll_error, save_cursor
@@ -81,6 +82,8 @@ def poll_once(
     except TicketpagerError as exc:
         report.error, report.error_kind = str(exc), exc.kind.value
     except Exception as exc:  # noqa: BLE001 - a connector bug is reported, never crashes the service
+        if database_fault(exc):
+            raise  # ours, not the connector's: nothing was stored, the cursor stays; the poll worker restarts
         log.exception("poll of %s failed unexpectedly", source)
         report.error, report.error_kind = f"{type(exc).__name__}: {exc}", "bug"
     if report.error:

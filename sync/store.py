@@ -66,6 +66,8 @@ class Store:
         # SQLite: serialize writers in-process (webhook writer first) instead of in SQLite's busy handler
         self.write_lock: PriorityLock | None = PriorityLock() if self.engine.dialect.name == "sqlite" else None
         self._write_conn: Connection | None = None  # SQLite: every write's, in turn under the write lock (_writer)
+        if self.write_lock is not None:  # the webhook writer's INSERT compiled now: a driver it cannot run on fails
+            changes.prepare_sqlite_insert(self.engine.dialect)
         self._disposed = False
 
     def __repr__(self) -> str:

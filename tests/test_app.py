@@ -61,6 +61,25 @@ def client(service: Service) -> Iterator[TestClient]:
         yield c
 
 
+def test_a_webhook_the_database_refuses_is_a_503_and_one_log_line_without_its_content(
+    service: Service, client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The changes table is gone (SQLite says "no such table", PostgreSQL ProgrammingError): 503 for the vendor to
+    retry, and the log says why in one line, never with the stored row (the ticket's text) or the statement's values."""
+    from sqlalchemy import text
+
+    body = jira_body("31401")
+    with service.store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE changes RENAME TO changes_away"))
+    with caplog.at_level(logging.ERROR, logger="ticketpager"):
+        response = post(client, body, delivery="wh-31401")
+    assert response.status_code == 503 and "retry" in response.json()["error"]
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("storing webhook from jira failed")]
+    assert "changes" in line and "\n" not in line
+    summary = json.loads(body)["issue"]["fields"]["summary"]
+    assert summary not in line and "31401" not in line and "[SQL" not in line
+
+
 def stored(service: Service) -> int:
     with service.store.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(changes)).scalar_one())

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from kernel.clock import FakeClock
 from tests.factories import ROUTING_KEY, RULES, change, ticket
@@ -177,6 +178,23 @@ def test_database_problems_are_one_line_not_a_traceback(
     last = err.strip().splitlines()[-1]  # after the progress line of `db upgrade`, if any
     assert last.startswith("ticketpager: ") and expected in last and "Traceback" not in err
     assert "hunter2" not in err + out
+
+
+@pytest.mark.postgres
+def test_a_database_that_refuses_a_table_is_one_line_not_a_traceback(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL's ProgrammingError for a table gone (or a grant revoked) reads like a database that refuses us."""
+    assert run(capsys, "--database-url", postgres_url, "db", "upgrade")[0] == 0
+    engine = create_engine(postgres_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE outbox RENAME TO outbox_away"))
+    finally:
+        engine.dispose()
+    code, _, err = run(capsys, "status", "--database-url", postgres_url)
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("ticketpager: cannot use the database:") and "outbox" in err
 
 
 @pytest.mark.postgres

@@ -6,16 +6,26 @@ the new version running before its migration did, during a rolling upgrade."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
 from kernel.clock import FakeClock
+from kernel.model import TicketChange
 from sync.db import database_fault
-from sync.metrics import METRICS
+from sync.metrics import METRICS, WORKER_KINDS, WORKER_RESTART_REASONS
+from sync.poller import poll_once
+from sync.repos.cursors import load_cursor
 from sync.schema import changes, outbox
+from sync.store import Store
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive, wait_until
@@ -101,7 +111,9 @@ def test_the_services_engine_waits_out_a_missing_table_with_one_line_and_a_metri
             svc.wake.set()
             assert wait_until(lambda: restarts._value.get() > before)
             line = next(r for r in caplog.records if r.getMessage().startswith("worker engine:"))
-        assert "database unavailable" in line.getMessage() and "decisions" in line.getMessage()
+        message = line.getMessage()
+        assert "database unavailable" in message and "decisions" in message
+        assert " in: INSERT INTO decisions" in message, "the statement it stopped: a bug is told from an old replica"
         assert line.exc_info is None, "one line, not a traceback"
         assert svc.store.status().changes_failed == 0
         _rename(other, "decisions_away", "decisions")
@@ -125,3 +137,74 @@ def test_the_services_engine_waits_out_a_missing_table_with_one_line_and_a_metri
 )
 def test_a_workers_restarts_are_labelled_by_its_kind_whatever_the_configuration(thread: str, kind: str) -> None:
     assert worker_kind(thread) == kind
+
+
+@dataclass
+class _Page:
+    changes: list[TicketChange]
+    cursor: dict[str, str]
+    malformed: int = 0
+
+
+@dataclass
+class _OneTicket:
+    """A ticketing system with one new ticket to poll (what the poll loop reads of a connector)."""
+
+    name: str = "jira"
+    connection: str = "jira"
+    settings: Any = field(default_factory=lambda: SimpleNamespace(lookback_seconds=60.0))
+
+    def start_cursor(self, since: datetime) -> dict[str, str]:
+        return {"since": since.isoformat()}
+
+    def poll(self, cursor: Mapping[str, Any] | None) -> Iterator[_Page]:
+        yield _Page([change(ticket("31301"), "poll:31301")], {"since": "later"})
+
+
+def test_a_poll_that_meets_a_missing_table_is_the_databases_fault_not_the_connectors(
+    db_url: str, clock: FakeClock
+) -> None:
+    """Raised to the poll worker (which restarts, counted as ``database``), not recorded as the connector's bug; the
+    cursor stays, so the next poll reads the same window."""
+    store = Store(db_url)
+    store.upgrade()
+    other = _other(db_url)
+    bugs = METRICS.poll_errors.labels("jira", "bug")
+    before = bugs._value.get()
+    try:
+        _rename(other, "changes", "changes_away")
+        with pytest.raises(DBAPIError) as raised:
+            poll_once(store, _OneTicket(), clock)
+        assert database_fault(raised.value)
+        assert bugs._value.get() == before, "not counted as a connector's bug"
+        _rename(other, "changes_away", "changes")
+        with store.engine.connect() as conn:
+            assert load_cursor(conn, "jira") is None, "the cursor did not move"
+        assert poll_once(store, _OneTicket(), clock).stored == 1
+    finally:
+        other.dispose()
+        store.dispose()
+
+
+def test_every_thread_the_service_starts_has_a_worker_kind_with_its_series_at_zero(
+    tmp_path: Path, rules_path: Path, pd: MockPagerDuty, clock: FakeClock
+) -> None:
+    """The restart alerts' ``increase()`` sees a worker's first restart only if its series exists before it."""
+    svc = make_service(f"sqlite:///{tmp_path / 'tp.db'}", rules_path, pd.url, clock)
+    try:
+        svc.start()
+        names = [t.name.removeprefix("ticketpager-") for t in threading.enumerate() if "ticketpager-" in t.name]
+    finally:
+        svc.stop()
+        svc.store.dispose()
+    kinds = {worker_kind(n) for n in names if n != "writer"}  # the webhook writer is the HTTP side's, not a worker
+    assert {"engine", "delivery", "reverse", "heartbeat", "idle-look", "scheduler"} <= kinds
+    assert kinds <= set(WORKER_KINDS)
+    exported = {
+        (s.labels["worker"], s.labels["reason"])
+        for family in METRICS.registry.collect()
+        if family.name == "ticketpager_worker_restarts"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert {(k, r) for k in WORKER_KINDS for r in WORKER_RESTART_REASONS} <= exported

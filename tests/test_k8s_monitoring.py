@@ -229,6 +229,12 @@ tests:
         values: '0+10x30'
       - series: 'ticketpager_webhooks_total{source="jira", outcome="rejected_401"}'
         values: '0+10x30'
+      - series: 'ticketpager_worker_restarts_total{worker="engine", reason="database", pod="a"}'
+        values: '0+60x3 180x30'
+      - series: 'ticketpager_worker_restarts_total{worker="delivery", reason="database", pod="a"}'
+        values: '0+60x20'
+      - series: 'ticketpager_worker_restarts_total{worker="scheduler", reason="crash", pod="a"}'
+        values: '0 1 2 3 3 3'
     alert_rule_test:
       - eval_time: 3m
         alertname: TicketpagerDeadLetters
@@ -245,12 +251,28 @@ tests:
         alertname: TicketpagerWebhookRejections
         exp_alerts:
           - exp_labels: {severity: warning, source: jira}
+      - eval_time: 4m
+        alertname: TicketpagerWorkerDatabaseUnavailable
+        exp_alerts: []
+      - eval_time: 7m
+        alertname: TicketpagerWorkerDatabaseUnavailable
+        exp_alerts:
+          - exp_labels: {severity: critical, worker: delivery}
+      - eval_time: 2m
+        alertname: TicketpagerWorkerCrashing
+        exp_alerts: []
+      - eval_time: 4m
+        alertname: TicketpagerWorkerCrashing
+        exp_alerts:
+          - exp_labels: {severity: warning, worker: scheduler}
 """
 
 
 def test_promtool_fires_the_alerts_as_documented(promtool: str, tmp_path: Path) -> None:
     """A dead letter that both replicas report is one alert; a stuck outbox alerts once it has been over
-    300 s for 5 m, not before; half of a source's webhooks rejected for 10 m alerts for that source."""
+    300 s for 5 m, not before; half of a source's webhooks rejected for 10 m alerts for that source; a database
+    away for 3 minutes (the engine restarting every second) does not page, for 20 minutes (delivery) it does; a
+    worker's third crash within 15 minutes warns."""
     write_rules(tmp_path / "ticketpager.rules.yaml", annotations=False)
     tests = tmp_path / "tests.yaml"
     tests.write_text(PROMTOOL_TESTS)

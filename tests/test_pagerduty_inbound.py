@@ -456,28 +456,34 @@ def test_a_privilege_the_database_refuses_keeps_the_webhook_pending_not_failed(
     not the webhook's. The row stays pending, and is handled once the write is allowed again."""
     with FakePagerDutyRest() as pd:
         svc, ours = paged(pd, postgres_url, rules_path, clock)
-        reverse = worker(svc, NoteEveryEvent())
-        with TestClient(build_app(svc)) as c:
-            pd.resolve(ours)
-            assert deliver(pd, c) == [202, 202]
-        with svc.store.begin() as conn:  # what a revoked grant on the incidents table answers
-            conn.execute(
-                text(
-                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-                    " RAISE EXCEPTION 'permission denied for table incidents' USING ERRCODE = '42501'; END $$"
-                )
+        try:
+            _refused_then_handled(svc, pd, ours)
+        finally:
+            svc.store.dispose()
+
+
+def _refused_then_handled(svc: Service, pd: FakePagerDutyRest, ours: str) -> None:
+    reverse = worker(svc, NoteEveryEvent())
+    with TestClient(build_app(svc)) as c:
+        pd.resolve(ours)
+        assert deliver(pd, c) == [202, 202]
+    with svc.store.begin() as conn:  # what a revoked grant on the incidents table answers
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " RAISE EXCEPTION 'permission denied for table incidents' USING ERRCODE = '42501'; END $$"
             )
-            conn.execute(text("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON incidents EXECUTE FUNCTION refuse()"))
-        with pytest.raises(DBAPIError) as raised:
-            reverse.drain()
-        assert "permission denied" in str(raised.value)
-        assert [i["status"] for i in inbox(svc)] == ["pending", "pending"]
-        with svc.store.begin() as conn:
-            conn.execute(text("DROP TRIGGER refuse ON incidents"))
-        assert reverse.drain() == 2
-        assert [i["outcome"] for i in inbox(svc)] == ["no_action", "applied"]
-        assert link_row(svc)["state"] == "resolved"
-        svc.store.dispose()
+        )
+        conn.execute(text("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON incidents EXECUTE FUNCTION refuse()"))
+    with pytest.raises(DBAPIError) as raised:
+        reverse.drain()
+    assert "permission denied" in str(raised.value)
+    assert [i["status"] for i in inbox(svc)] == ["pending", "pending"]
+    with svc.store.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse ON incidents"))
+    assert reverse.drain() == 2
+    assert [i["outcome"] for i in inbox(svc)] == ["no_action", "applied"]
+    assert link_row(svc)["state"] == "resolved"
 
 
 def test_the_service_runs_the_reverse_worker_with_the_rules_it_has(service: Service, client: TestClient) -> None:

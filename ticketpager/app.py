@@ -30,6 +30,7 @@ from kernel.errors import WebhookRejected
 from kernel.incidents import IgnoredEvent
 from kernel.jsonutil import BadJSON
 from kernel.model import unstorable_reason
+from sync.db import failure_reason
 from sync.metrics import METRICS
 from ticketpager.console import build_console
 
@@ -242,7 +243,7 @@ class Webhooks:
             log.info("webhook %s rejected (400): %s", source, exc)
             return 400, {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001
-            log.error("storing webhook from %s failed: %s", source, exc)
+            log.error("storing webhook from %s failed: %s", source, failure_reason(exc))  # one line, no rows
             count(METRICS.webhooks, source, "store_failed")
             return 503, {"error": "could not store the change; retry later"}
         duplicates = len(changes) - stored
@@ -319,7 +320,7 @@ class PagerDutyWebhooks:
         try:
             new = await run_in_threadpool(self.service.store_pagerduty_webhook, webhook_id, event, body)
         except Exception as exc:  # noqa: BLE001
-            log.error("storing the PagerDuty webhook failed: %s", exc)
+            log.error("storing the PagerDuty webhook failed: %s", failure_reason(exc))  # one line, no body
             count.labels(label, "store_failed").inc()
             return 503, {"error": "could not store the webhook; retry later"}
         count.labels(label, "accepted" if new else "duplicate").inc()

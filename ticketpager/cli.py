@@ -754,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from alembic.util.exc import CommandError
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -801,9 +801,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:  # Alembic: a migration that cannot run here
         print(f"ticketpager: database migration failed: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
-    except OperationalError as exc:  # the database is down, missing or refuses us: one line, not a traceback
-        from sync.db import failure_reason
+    except DBAPIError as exc:  # the database is down, missing, or refuses us (schema, grants): one line, no traceback
+        from sync.db import database_fault, failure_reason
 
+        if not database_fault(exc):
+            raise
         print(f"ticketpager: cannot use the database: {failure_reason(exc)}", file=sys.stderr)
         return EXIT_PROBLEM
     except BrokenPipeError:  # e.g. `ticketpager rules schema | head`

@@ -38,7 +38,7 @@ from kernel.redact import mask
 from kernel.retry import RetryPolicy
 from rules import RuleStore
 from rules.silence_match import compile_matchers
-from sync.db import database_fault, failure_reason
+from sync.db import database_fault, failed_statement, failure_reason
 from sync.delivery import INCIDENT_KINDS, TICKET_KINDS, Delivery, claims_for, send_timeout
 from sync.engine import Engine
 from sync.heartbeat import Heartbeat
@@ -660,8 +660,9 @@ class Service:
                     database, crash = WORKER_RESTART_REASONS
                     cause = database if database_fault(exc) else crash
                     if cause == database:  # restarting, unreachable, or its schema or grants not as expected
-                        reason = failure_reason(exc)[:300]
-                        log.warning("worker %s: database unavailable (%s); retrying in 1 s", name, reason)
+                        reason, statement = failure_reason(exc)[:300], failed_statement(exc)
+                        where = f" in: {statement}" if statement else ""
+                        log.warning("worker %s: database unavailable (%s)%s; retrying in 1 s", name, reason, where)
                     else:
                         log.exception("worker %s crashed; restarting in 1 s", name)
                     METRICS.worker_restarts.labels(worker_kind(name), cause).inc()

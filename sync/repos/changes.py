@@ -4,6 +4,7 @@ delivery id (a poll's ``poll:<id>:<updated>``) for two different tickets."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import cache
@@ -11,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Select, and_, bindparam, delete, exists, func, select, update
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError
 
 from kernel import jsonutil
 from kernel.model import TicketChange, stored_delivery_id
@@ -77,13 +79,14 @@ def insert_rows(dialect: Dialect, batch: Sequence[TicketChange]) -> list[Any]:
     processors applied: the stored text is exactly what SQLAlchemy writes and reads, ``2026-11-27 09:00:00.000000``),
     column dicts for PostgreSQL's multi-row INSERT … RETURNING."""
     if dialect.name == "sqlite":
-        params = _sqlite_insert(dialect)[1]
+        params = prepare_sqlite_insert(dialect)[1]
         return [params(change_row(c)) for c in batch]
     return [change_row(c) for c in batch]
 
 
-def _sqlite_insert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any]], list[Any]]]:
-    """The SQL text of :data:`_INSERT_IGNORE` on SQLite and the function that makes a row's parameters."""
+def prepare_sqlite_insert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any]], list[Any]]]:
+    """The SQL text of :data:`_INSERT_IGNORE` on SQLite and the function that makes a row's parameters (compiled
+    once; the store asks at start, so a driver the writer cannot run on is refused before the first webhook)."""
     form = _INSERT_IGNORE.driver_statement(dialect, _ROW_KEYS)
     if form is None:  # another SQLite driver than sqlite3, which the writer's raw transaction needs
         raise RuntimeError(f"the webhook writer needs SQLite's sqlite3 driver, not {dialect.driver!r}")
@@ -117,7 +120,7 @@ def insert_rows_sqlite(dialect: Dialect, raw: Any, groups: Sequence[Sequence[Seq
     """SQLite: one prepared INSERT per row (from :func:`insert_rows`) on the driver (``sqlite3``) connection,
     inside the caller's transaction; its rowcount says new (1) or duplicate (0). SQLAlchemy's per-statement
     machinery cost more than SQLite itself on this path (measured)."""
-    sql = _sqlite_insert(dialect)[0]
+    sql = prepare_sqlite_insert(dialect)[0]
     cursor = raw.cursor()
     counts: list[int] = []
     try:
@@ -127,6 +130,8 @@ def insert_rows_sqlite(dialect: Dialect, raw: Any, groups: Sequence[Sequence[Seq
                 cursor.execute(sql, row)
                 new += cursor.rowcount
             counts.append(new)
+    except sqlite3.Error as exc:  # raised as SQLAlchemy's, as every recovery path expects; never with the rows
+        raise DBAPIError.instance(sql, None, exc, sqlite3.Error, hide_parameters=True) from exc
     finally:
         cursor.close()
     return counts
