@@ -125,6 +125,41 @@ def test_the_services_engine_waits_out_a_missing_table_with_one_line_and_a_metri
         svc.store.dispose()
 
 
+def test_a_worker_that_keeps_failing_on_the_database_says_so_once_a_minute_not_every_second(
+    tmp_path: Path, rules_path: Path, pd: MockPagerDuty, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every restart is counted; the line is logged at the first, then again a minute later (the service's clock)
+    with how many restarts it stands for."""
+    db_url = f"sqlite:///{tmp_path / 'tp.db'}"
+    svc = make_service(db_url, rules_path, pd.url, clock, engine={"write_back_workers": 0})
+    other = _other(db_url)
+    restarts = METRICS.worker_restarts.labels("engine", "database")
+    before = restarts._value.get()
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("worker engine:")]
+
+    try:
+        svc.start()
+        _rename(other, "decisions", "decisions_away")
+        with caplog.at_level("WARNING", logger="ticketpager"):
+            receive(svc, [change(ticket("31501"))])
+            svc.wake.set()
+            assert wait_until(lambda: restarts._value.get() >= before + 3)
+            assert len(said()) == 1, said()
+            clock.advance(61)
+            seen = restarts._value.get()
+            assert wait_until(lambda: len(said()) == 2)
+            assert restarts._value.get() > seen
+        first, second = said()
+        assert "more restart(s) since the last line" not in first
+        assert "more restart(s) since the last line" in second and "decisions" in second
+    finally:
+        svc.stop()
+        other.dispose()
+        svc.store.dispose()
+
+
 @pytest.mark.parametrize(
     ("thread", "kind"),
     [

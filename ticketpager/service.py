@@ -75,6 +75,9 @@ WORKER_FALLBACK_SECONDS = 30.0
 #: how long ``stop`` waits for the background threads together (a send in flight finishes within its timeout)
 STOP_SECONDS = 15.0
 
+#: a worker that keeps failing on the same database error logs it again after this long (with how many restarts it
+#: stands for), not every second: a database away for an hour is 60 lines per worker, not 3,600
+DATABASE_LOG_EVERY_SECONDS = 60.0
 #: "integration key … a 32 character" string (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/)
 INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
 
@@ -651,7 +654,15 @@ class Service:
         return thread
 
     def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        """``target`` run until the service stops, restarted 1 s after a failure. While the database stays away
+        every worker fails each second: its line is logged once, then at most every
+        :data:`DATABASE_LOG_EVERY_SECONDS` with how many restarts it stands for (each one is counted in
+        ``ticketpager_worker_restarts_total``), or at once when the database says something else."""
+        said: tuple[str, float] | None = None  # the last database line logged (its text) and when
+        unsaid = 0  # restarts since, with the same text
+
         def run() -> None:
+            nonlocal said, unsaid
             while not self.stopping.is_set():
                 try:
                     target()
@@ -660,9 +671,15 @@ class Service:
                     database, crash = WORKER_RESTART_REASONS
                     cause = database if database_fault(exc) else crash
                     if cause == database:  # restarting, unreachable, or its schema or grants not as expected
-                        reason, statement = failure_reason(exc)[:300], failed_statement(exc)
-                        where = f" in: {statement}" if statement else ""
-                        log.warning("worker %s: database unavailable (%s)%s; retrying in 1 s", name, reason, where)
+                        statement = failed_statement(exc)
+                        text = f"({failure_reason(exc)[:300]})" + (f" in: {statement}" if statement else "")
+                        now = self.clock.monotonic()
+                        if said is None or said[0] != text or now - said[1] >= DATABASE_LOG_EVERY_SECONDS:
+                            more = f" ({unsaid} more restart(s) since the last line)" if unsaid else ""
+                            log.warning("worker %s: database unavailable %s; retrying in 1 s%s", name, text, more)
+                            said, unsaid = (text, now), 0
+                        else:
+                            unsaid += 1
                     else:
                         log.exception("worker %s crashed; restarting in 1 s", name)
                     METRICS.worker_restarts.labels(worker_kind(name), cause).inc()
