@@ -244,6 +244,7 @@ class Engine:
                 self.on_queued(self._queued)
 
     def _run_batches(self) -> int:
+        queued = self._queued  # rows queued by a transaction that rolls back wake no sender
         try:
             with self.store.begin(lane=ENGINE) as conn:
                 rows = changes.claim(conn, self.batch_size)
@@ -258,6 +259,7 @@ class Engine:
             METRICS.engine_batch_changes.observe(done)  # committed
             return done
         except Exception as exc:  # noqa: BLE001 - isolate the change that failed
+            self._queued = queued
             if database_fault(exc):
                 raise  # not the batch's fault: it is retried whole once the database answers
             log.warning("engine batch failed; redoing it one change at a time", exc_info=True)
@@ -271,6 +273,7 @@ class Engine:
 
     def _run_single(self) -> bool:
         row: Row | None = None
+        queued = self._queued
         try:
             with self.store.begin(lane=ENGINE) as conn:
                 rows = changes.claim(conn, 1)
@@ -280,6 +283,7 @@ class Engine:
                 self._process_batch(conn, rows)
                 return True
         except Exception as exc:  # noqa: BLE001 - one bad change must not block the rest
+            self._queued = queued
             if row is None or database_fault(exc):
                 raise  # the change stays pending
             log.exception("change %s (%s %s) failed", row["id"], row["connection"], row["ticket_id"])

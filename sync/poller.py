@@ -83,7 +83,7 @@ def poll_once(
         report.error, report.error_kind = str(exc), exc.kind.value
     except Exception as exc:  # noqa: BLE001 - a connector bug is reported, never crashes the service
         if database_fault(exc):
-            raise  # ours, not the connector's: nothing was stored, the cursor stays; the poll worker restarts
+            raise  # ours, not the connector's: the failed page was not stored, the cursor stays at the last that was
         log.exception("poll of %s failed unexpectedly", source)
         report.error, report.error_kind = f"{type(exc).__name__}: {exc}", "bug"
     if report.error:

@@ -8,6 +8,7 @@ and its cursor; an engine step's outbox rows, links and decision) take a connect
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from kernel.model import TicketChange
 from kernel.redact import redact
@@ -126,6 +128,9 @@ class Store:
                 raw.execute("BEGIN IMMEDIATE")
                 counts = changes.insert_rows_sqlite(self.engine.dialect, raw, groups)
                 raw.execute("COMMIT")
+            except sqlite3.Error as exc:  # BEGIN or COMMIT (locked, I/O): raised as SQLAlchemy's, as the INSERT's
+                self._drop_write_connection()
+                raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
             except BaseException:
                 self._drop_write_connection()
                 raise

@@ -755,6 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
     from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -801,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:  # Alembic: a migration that cannot run here
         print(f"ticketpager: database migration failed: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
-    except DBAPIError as exc:  # the database is down, missing, or refuses us (schema, grants): one line, no traceback
+    except (DBAPIError, PoolTimeout) as exc:  # the database is down, missing, or refuses us: one line, no traceback
         from sync.db import database_fault, failure_reason
 
         if not database_fault(exc):

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -537,7 +538,10 @@ class Service:
         pollable = self.pollable_sources()
         spread = [s for s in pollable if not self.connections[s].is_default]  # the file's: started apart
         for source in pollable:
-            self._spawn(f"poll-{source}", functools.partial(self._poll_loop, source, spread))
+            interval = self.connections[source].settings.poll_interval_seconds
+            # after a failure, the next poll at the poll's own pace: each retry calls the vendor's API first
+            poll = functools.partial(self._poll_loop, source, spread)
+            self._spawn(f"poll-{source}", poll, retry_seconds=max(interval, 1.0))
         self._spawn("scheduler", self._scheduler_loop)
         self.rule_store.start_watching()
 
@@ -647,22 +651,21 @@ class Service:
             self._reload_failures_seen = failures
         METRICS.rules_last_reload_ok.set(0 if store.last_error else 1)
 
-    def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
-        thread = threading.Thread(target=self._guard(name, target), name=f"ticketpager-{name}", daemon=True)
+    def _spawn(self, name: str, target: Callable[[], None], *, retry_seconds: float = 1.0) -> threading.Thread:
+        guarded = self._guard(name, target, retry_seconds)
+        thread = threading.Thread(target=guarded, name=f"ticketpager-{name}", daemon=True)
         self._threads.append(thread)
         thread.start()
         return thread
 
-    def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
-        """``target`` run until the service stops, restarted 1 s after a failure. While the database stays away
-        every worker fails each second: its line is logged once, then at most every
+    def _guard(self, name: str, target: Callable[[], None], retry_seconds: float = 1.0) -> Callable[[], None]:
+        """``target`` run until the service stops, restarted ``retry_seconds`` after a failure. While the database
+        stays away every worker fails each time: each database error's line is logged once, then at most every
         :data:`DATABASE_LOG_EVERY_SECONDS` with how many restarts it stands for (each one is counted in
-        ``ticketpager_worker_restarts_total``), or at once when the database says something else."""
-        said: tuple[str, float] | None = None  # the last database line logged (its text) and when
-        unsaid = 0  # restarts since, with the same text
+        ``ticketpager_worker_restarts_total``)."""
+        said: dict[str, tuple[float, int]] = {}  # a database error's text -> when it was last logged, restarts since
 
         def run() -> None:
-            nonlocal said, unsaid
             while not self.stopping.is_set():
                 try:
                     target()
@@ -674,16 +677,20 @@ class Service:
                         statement = failed_statement(exc)
                         text = f"({failure_reason(exc)[:300]})" + (f" in: {statement}" if statement else "")
                         now = self.clock.monotonic()
-                        if said is None or said[0] != text or now - said[1] >= DATABASE_LOG_EVERY_SECONDS:
-                            more = f" ({unsaid} more restart(s) since the last line)" if unsaid else ""
-                            log.warning("worker %s: database unavailable %s; retrying in 1 s%s", name, text, more)
-                            said, unsaid = (text, now), 0
+                        last, unsaid = said.get(text, (None, 0))
+                        if last is None or now - last >= DATABASE_LOG_EVERY_SECONDS:
+                            more = f" ({unsaid} more restart(s) since this line was last logged)" if unsaid else ""
+                            line = "worker %s: database unavailable %s; retrying in %g s%s"
+                            log.warning(line, name, text, retry_seconds, more)
+                            if len(said) >= 32:  # texts that vary: the throttle stays bounded
+                                said.clear()
+                            said[text] = (now, 0)
                         else:
-                            unsaid += 1
+                            said[text] = (last, unsaid + 1)
                     else:
-                        log.exception("worker %s crashed; restarting in 1 s", name)
+                        log.exception("worker %s crashed; restarting in %g s", name, retry_seconds)
                     METRICS.worker_restarts.labels(worker_kind(name), cause).inc()
-                    self.stopping.wait(1.0)
+                    self.stopping.wait(retry_seconds)
 
         return run
 
@@ -811,8 +818,7 @@ class Service:
                         continue
                 self.reverse_wake.wait(WORKER_FALLBACK_SECONDS)
         finally:
-            with self.store.begin() as conn:
-                release_lease(conn, "reverse", self.instance)
+            self._release_lease("reverse")
 
     def _heartbeat_loop(self) -> None:
         """One small write every ``engine.heartbeat_seconds``; a database error restarts it (see _guard)."""
@@ -847,8 +853,18 @@ class Service:
                         self.wake.set()
                 self.stopping.wait(interval)
         finally:
+            self._release_lease(name)
+
+    def _release_lease(self, name: str) -> None:
+        """Hand a loop's lease back as it ends. When the loop ends on an error (the database away), a failed release
+        is left to the lease's expiry: the error in flight, which says what failed first, is the one reported."""
+        failing = sys.exc_info()[1] is not None
+        try:
             with self.store.begin() as conn:
                 release_lease(conn, name, self.instance)
+        except Exception:
+            if not failing:
+                raise
 
     def _scheduler_loop(self) -> None:
         """Time rules, metrics gauges and retention: singleton jobs under leases."""
