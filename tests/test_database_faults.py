@@ -30,7 +30,7 @@ from tests.factories import change, ticket
 from tests.fakes.jira_server import FakeJira, make_issue
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive, wait_until
-from ticketpager.service import worker_kind
+from ticketpager.service import Service, worker_kind
 
 
 def _other(db_url: str) -> Engine:
@@ -41,6 +41,14 @@ def _other(db_url: str) -> Engine:
 def _rename(engine: Engine, old: str, new: str) -> None:
     with engine.begin() as conn:
         conn.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+
+def _page_with_the_decision_log_gone(svc: Service, other: Engine, ticket_id: str) -> None:
+    """The service running, its decision log's table renamed away, a paging change stored and the engine woken."""
+    svc.start()
+    _rename(other, "decisions", "decisions_away")
+    receive(svc, [change(ticket(ticket_id))])
+    svc.wake.set()
 
 
 def test_a_table_missing_keeps_the_batch_pending_and_it_pages_once_the_table_is_back(
@@ -105,11 +113,8 @@ def test_the_services_engine_waits_out_a_missing_table_with_one_line_and_a_metri
     restarts = METRICS.worker_restarts.labels("engine", "database")
     before = restarts._value.get()
     try:
-        svc.start()
-        _rename(other, "decisions", "decisions_away")
         with caplog.at_level("WARNING", logger="ticketpager"):
-            receive(svc, [change(ticket("31201"))])
-            svc.wake.set()
+            _page_with_the_decision_log_gone(svc, other, "31201")
             assert wait_until(lambda: restarts._value.get() > before)
             line = next(r for r in caplog.records if r.getMessage().startswith("worker engine:"))
         message = line.getMessage()
@@ -141,11 +146,8 @@ def test_a_worker_that_keeps_failing_on_the_database_says_so_once_a_minute_not_e
         return [r.getMessage() for r in caplog.records if r.getMessage().startswith("worker engine:")]
 
     try:
-        svc.start()
-        _rename(other, "decisions", "decisions_away")
         with caplog.at_level("WARNING", logger="ticketpager"):
-            receive(svc, [change(ticket("31501"))])
-            svc.wake.set()
+            _page_with_the_decision_log_gone(svc, other, "31501")
             assert wait_until(lambda: restarts._value.get() >= before + 3)
             assert len(said()) == 1, said()
             clock.advance(61)
