@@ -119,6 +119,10 @@ def begin_write(conn: Connection) -> RootTransaction:
         _writing.now = False
 
 
+#: every exception type :func:`database_fault` may say yes to: ``except DATABASE_ERRORS`` then asks it which
+DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, PoolTimeout)
+
+
 def database_fault(exc: BaseException) -> bool:
     """The database failed, not the data at hand: it is unreachable, restarting or refusing (``OperationalError``,
     ``InterfaceError``), no connection was free in time (the pool's ``TimeoutError``), or its schema or grants are

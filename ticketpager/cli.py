@@ -802,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:  # Alembic: a migration that cannot run here
         print(f"ticketpager: database migration failed: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
-    except (DBAPIError, PoolTimeout) as exc:  # the database is down, missing, or refuses us: one line, no traceback
+    except (DBAPIError, PoolTimeout) as exc:  # sync.db.DATABASE_ERRORS: the database is down or refuses us: one line
         from sync.db import database_fault, failure_reason
 
         if not database_fault(exc):

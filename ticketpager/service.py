@@ -21,8 +21,6 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy.exc import DBAPIError
-
 from connectors import CONNECTORS, connector_class
 from connectors.base import Connector, NoteDestination
 from connectors.jira_normalize import display_name_fields
@@ -39,7 +37,7 @@ from kernel.redact import mask
 from kernel.retry import RetryPolicy
 from rules import RuleStore
 from rules.silence_match import compile_matchers
-from sync.db import database_fault, failed_statement, failure_reason
+from sync.db import DATABASE_ERRORS, database_fault, failed_statement, failure_reason
 from sync.delivery import INCIDENT_KINDS, TICKET_KINDS, Delivery, claims_for, send_timeout
 from sync.engine import Engine
 from sync.heartbeat import Heartbeat
@@ -522,7 +520,7 @@ class Service:
         self.writer.start()
         try:
             self.heartbeat.register()  # before the workers: they send only while it is recent
-        except DBAPIError as exc:  # the heartbeat thread keeps trying
+        except DATABASE_ERRORS as exc:  # the heartbeat thread keeps trying
             if not database_fault(exc):
                 raise
             log.warning("first heartbeat failed (%s); retrying", failure_reason(exc)[:300])
@@ -588,7 +586,7 @@ class Service:
         else:
             try:  # our claims are handed back: the others need not wait for our heartbeat to go stale
                 self.heartbeat.forget()
-            except DBAPIError as exc:
+            except DATABASE_ERRORS as exc:
                 if not database_fault(exc):
                     raise
                 log.warning("could not remove this replica's heartbeat (%s)", failure_reason(exc)[:300])
