@@ -23,6 +23,21 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # row locks (claimed changes, tickets) would last until the server's TCP keepalive notices, hours by default.
 # https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-IDLE-IN-TRANSACTION-SESSION-TIMEOUT
 IDLE_TRANSACTION_SECONDS = 60.0
+# libpq's connection parameters ticketpager sets on every PostgreSQL connection unless the URL's query sets them
+# (``?connect_timeout=30``). Without them a database host that drops packets (gone, or behind a firewall) holds a
+# worker: psycopg waits 130 s per address for a connection (and tries each address a name resolves to), and a
+# statement sent to a host that vanished waits for the kernel's retransmissions, about 15 minutes, or, once sent,
+# forever. With them a connection attempt fails in 10 s, a dead peer is noticed within about a minute (30 s idle, then
+# 3 probes 10 s apart; unacknowledged data 60 s), and the worker retries as for any database fault.
+# https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS
+PG_CONNECTION_PARAMETERS: dict[str, int] = {
+    "connect_timeout": 10,  # seconds, per address tried (libpq and psycopg round values below 2 up to 2)
+    "keepalives": 1,
+    "keepalives_idle": 30,  # seconds of silence before the first TCP keepalive probe
+    "keepalives_interval": 10,  # seconds between probes
+    "keepalives_count": 3,  # probes unanswered before the connection counts as dead
+    "tcp_user_timeout": 60_000,  # milliseconds data sent may stay unacknowledged before the connection is dropped
+}
 # PostgreSQL's SQLSTATEs saying the schema or the grants are not what this code expects: a table or column gone (an
 # older replica still running on a schema a newer release migrated, mid-rollout), a schema missing, a privilege
 # revoked. They come from the database's state, not from the row at hand, so they count as the database's fault, as a
@@ -51,8 +66,9 @@ def make_engine(
 
     SQLite: WAL (readers never block the writer), ``synchronous=FULL`` (a change answered 202 survives a
     power cut; group commit keeps that cheap), a busy timeout, foreign keys. PostgreSQL: ``psycopg`` 3,
-    pre-ping so a restarted server costs one failed checkout, not an error, and
-    ``idle_in_transaction_session_timeout`` (:data:`IDLE_TRANSACTION_SECONDS`) on every session.
+    pre-ping so a restarted server costs one failed checkout, not an error, connection and keepalive timeouts
+    (:data:`PG_CONNECTION_PARAMETERS`, each unless the URL sets it), and ``idle_in_transaction_session_timeout``
+    (:data:`IDLE_TRANSACTION_SECONDS`) on every session.
     """
     if url.startswith("postgres://"):  # the Heroku / libpq spelling, which SQLAlchemy does not know
         url = "postgresql+psycopg://" + url[len("postgres://") :]
@@ -81,11 +97,17 @@ def make_engine(
         engine.dialect.do_begin = _sqlite_begin  # type: ignore[method-assign]
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
-        url = str(parsed.set(drivername="postgresql+psycopg"))
+        # the URL object, not ``str()`` of it, which masks the password as ``***``
+        parsed = parsed.set(drivername="postgresql+psycopg")
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
-    engine = create_engine(url, **kwargs)
+    # SQLAlchemy lets ``connect_args`` override the URL's query: only what neither the URL nor the caller sets
+    connect_args = dict(kwargs.pop("connect_args", {}))
+    for name, value in PG_CONNECTION_PARAMETERS.items():
+        if name not in parsed.query:
+            connect_args.setdefault(name, value)
+    engine = create_engine(parsed, connect_args=connect_args, **kwargs)
     if idle_transaction_seconds:
         milliseconds = int(idle_transaction_seconds * 1000)
 
