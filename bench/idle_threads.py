@@ -11,6 +11,9 @@ paging rules, its Python threads named at the OS level (``prctl``, a start-up sh
 also count each thread's SQL statements by their first word, and its commits, at the database driver's boundary
 (SQLAlchemy's ``before_cursor_execute`` and ``commit`` events; an ``executemany`` is one): how many write
 transactions a page costs. The counting costs CPU itself: compare CPU figures from runs without it.
+
+``serve`` is a dry run (pages marked sent, not posted) unless told otherwise: ``--set DRY_RUN=false --set
+PAGERDUTY__EVENTS_URL=<a mock's URL>`` posts them (``--set`` adds the ``TICKETPAGER_`` prefix where missing).
 """
 
 from __future__ import annotations
@@ -187,16 +190,28 @@ def histogram_means(port: int) -> dict[str, float]:
     }
 
 
+def _setting(item: str) -> tuple[str, str]:
+    """``NAME=VALUE`` as the environment variable ``serve`` reads: ``TICKETPAGER_`` is added where missing (a
+    ``DRY_RUN=false`` without it set nothing, so the measured ``serve`` stayed a dry run)."""
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--set {item!r}: expected NAME=VALUE, e.g. DRY_RUN=false")
+    name = name.upper()
+    return (name if name.startswith("TICKETPAGER_") else f"TICKETPAGER_{name}"), value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--root", type=Path, default=ROOT, help="the code tree to run serve from")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a TICKETPAGER_ setting")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="a setting, with or without TICKETPAGER_"
+    )
     parser.add_argument("--rate", type=float, default=0.0, help="webhooks/s during the window (0: idle)")
     parser.add_argument("--page-every", type=int, default=10, help="under --rate: 1 webhook in N pages")
     parser.add_argument("--statements", action="store_true", help="count SQL statements and commits per thread")
     args = parser.parse_args(argv)
-    extra = dict(item.split("=", 1) for item in args.set)
+    extra = dict(_setting(item) for item in args.set)
     statements: dict[str, int] | None = {} if args.statements else None
     used, wall, wakeups = measure(
         args.root, args.seconds, extra=extra, rate=args.rate, page_every=args.page_every, statements=statements
