@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import secrets
 from collections.abc import Callable
 from datetime import datetime
@@ -465,6 +466,17 @@ class Console:
         context.update(extra)
         return context
 
+    def _playground_env(self) -> dict[str, str]:
+        """The variables the playground resolves: those the live rule files use (:func:`lab.playground_env`)."""
+        store = self.service.rule_store
+        texts = []
+        for file in rule_files(Path(store.path))[0]:
+            try:
+                texts.append(file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):
+                continue
+        return lab.playground_env(texts, os.environ if store.env is None else store.env)
+
     async def playground(self, request: Request, session: Session) -> Response:
         form: FormData = request.state.form
         rules_text = _text(form, "rules")[:200_000]
@@ -473,8 +485,8 @@ class Console:
         pick_connection = (_text(form, "pick_connection") or _text(form, "pick_source")).strip()
         pick_id = _text(form, "pick_id").strip()
         pick_system = self.system_of(pick_connection)
-        env = self.service.rule_store.env
-        ruleset, errors, warnings = await run_in_threadpool(lab.load_text, rules_text, env)
+        errors: list[str] = []
+        warnings: list[str] = []
         result = None
         if pick_connection and pick_id:
             row = (
@@ -486,12 +498,11 @@ class Console:
                 errors.append(f"no stored ticket {pick_connection}/{pick_id}")
             else:
                 ticket_text = lab.ticket_json(row["snapshot"])
-        if ruleset is not None and not errors:
-            try:
-                ticket = lab.parse_ticket(ticket_text)
-                result = await run_in_threadpool(lab.evaluate, ruleset, ticket)
-            except lab.LabError as exc:
-                errors.append(str(exc))
+        if not errors:
+            env = self._playground_env()
+            result, errors, warnings = await run_in_threadpool(
+                lambda: lab.playground(rules_text, ticket_text, env, who=session.who)
+            )
         return self.render(
             request,
             "rules.html",
@@ -514,16 +525,18 @@ class Console:
         # the connection whose stored changes are replayed (``source`` before connections existed)
         connection = (_text(form, "connection") or _text(form, "source")).strip()
         source = self.system_of(connection)
-        ruleset, errors, warnings = await run_in_threadpool(lab.load_text, rules_text, self.service.rule_store.env)
+        errors: list[str] = []
+        warnings: list[str] = []
         result = None
         if not connection:
             errors.append("choose a connection")
         elif source is None:
             errors.append(f"no connection {connection} is configured")
-        if ruleset is not None and source is not None and not errors:
-            now = self.service.clock.now()
-            result = await run_in_threadpool(
-                lab.backtest, self.service.store.engine, ruleset, source, days, now, connection
+        else:
+            env, now, engine = self._playground_env(), self.service.clock.now(), self.service.store.engine
+            system = source
+            result, errors, warnings = await run_in_threadpool(
+                lambda: lab.backtest(engine, rules_text, env, system, days, now, connection, who=session.who)
             )
         return self.render(
             request,
