@@ -138,6 +138,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="off",
         timeout_graceful_shutdown=10,
         http=edge.protocol(settings.http),  # header size, header/body deadlines, connection cap (ticketpager/edge.py)
+        # Never uvicorn's own X-Forwarded-For/-Proto rewrite (on by default for peers in FORWARDED_ALLOW_IPS,
+        # 127.0.0.1): behind a local proxy a client's own header would become its address, and the console's
+        # login limit would key on whatever it sent. The console reads those headers itself, and only with
+        # TICKETPAGER_CONSOLE__TRUST_PROXY_HEADERS (Console.client_address / https / base): one parser, one switch.
+        proxy_headers=False,
     )
     try:
         httpserver.Server(config).run()  # returns on SIGTERM / SIGINT after in-flight requests finish

@@ -132,7 +132,7 @@ class ConsoleSettings(BaseModel):
     user_readonly: bool = False  # the username login is read-only
     session_secret: SecretStr = SecretStr("")  # signs session cookies (same on every replica); empty: from the above
     session_hours: float = 12.0  # a login lasts this long
-    trust_proxy_headers: bool = False  # honour X-Forwarded-Prefix / -Proto (only behind your own reverse proxy)
+    trust_proxy_headers: bool = False  # honour X-Forwarded-For / -Prefix / -Proto (only behind your own reverse proxy)
 
     @model_validator(mode="after")
     def _login_configured(self) -> ConsoleSettings:
