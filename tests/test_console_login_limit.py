@@ -82,30 +82,42 @@ def test_failures_spread_wider_than_the_window_are_not_blocked(service: Service,
 def test_a_good_login_forgets_the_failures() -> None:
     clock = FakeClock()
     limiter = LoginLimiter(clock, max_failures=3, window=60, block=60)
-    assert not limiter.failed("a") and not limiter.failed("a")
+    assert limiter.attempt("a") == 0 and limiter.attempt("a") == 0
     limiter.succeeded("a")
-    assert not limiter.failed("a") and not limiter.failed("a")
-    assert limiter.failed("a") and limiter.blocked("a") == 60
+    assert limiter.attempt("a") == 0 and limiter.attempt("a") == 0
+    assert limiter.attempt("a") == 0, "the third is checked"
+    assert limiter.blocked("a") == 60 and limiter.attempt("a") == 60
+
+
+def test_attempts_count_before_their_credentials_are_checked() -> None:
+    """Guesses that arrive together, none of them answered yet: only the limit's number are let through to the
+    check; the rest are refused, not counted, for the block's length."""
+    clock = FakeClock()
+    limiter = LoginLimiter(clock, max_failures=3, window=60, block=60)
+    assert [limiter.attempt("a") for _ in range(5)] == [0, 0, 0, 60, 60]
+    assert limiter.attempt("b") == 0, "another address is not held back"
+    limiter.succeeded("a")  # one of the three in the check was right
+    assert limiter.attempt("a") == 0
 
 
 def test_memory_is_bounded_and_stale_addresses_go_first() -> None:
     clock = FakeClock()
     limiter = LoginLimiter(clock, max_failures=2, window=60, block=600, max_addresses=100)
-    limiter.failed("blocked")
-    limiter.failed("blocked")
+    limiter.attempt("blocked")
+    limiter.attempt("blocked")
     for n in range(99):
-        limiter.failed(f"10.0.0.{n}")
+        limiter.attempt(f"10.0.0.{n}")
     clock.advance(120)  # every address's failures are stale; "blocked" is still blocked
     for n in range(5000):
-        limiter.failed(f"10.1.{n // 256}.{n % 256}")
+        limiter.attempt(f"10.1.{n // 256}.{n % 256}")
         assert len(limiter) <= 100
     assert limiter.blocked("blocked") == 0, "at the worst the least recently seen address is dropped"
     limiter = LoginLimiter(clock, max_failures=2, window=60, block=600, max_addresses=100)
-    limiter.failed("blocked")
-    limiter.failed("blocked")
+    limiter.attempt("blocked")
+    limiter.attempt("blocked")
     clock.advance(120)
     for n in range(99):
-        limiter.failed(f"10.0.0.{n}")
+        limiter.attempt(f"10.0.0.{n}")
     clock.advance(120)
-    limiter.failed("new")
+    limiter.attempt("new")
     assert limiter.blocked("blocked") == 360, "stale addresses are dropped before a blocked one"

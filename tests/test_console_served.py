@@ -1,10 +1,13 @@
 """The console's login limit against a real ``ticketpager serve`` (uvicorn, real sockets from 127.0.0.1, as behind
 a local proxy): the address it counts is the TCP peer's whatever ``X-Forwarded-For`` says, unless
-``TRUST_PROXY_HEADERS`` says a proxy sets that header."""
+``TRUST_PROXY_HEADERS`` says a proxy sets that header; guesses sent all at once, each waiting out the real PBKDF2
+check, are held to the limit like guesses sent one after another."""
 
 from __future__ import annotations
 
 import socket
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,13 +16,16 @@ import requests
 
 from tests.factories import ROUTING_KEY, RULES
 from tests.serve_proc import Serve, cli_env
-from tests.test_console import TOKEN, csrf
+from tests.test_console import PASSWORD, TOKEN, csrf
+from ticketpager.console.auth import hash_password
 from ticketpager.console.ratelimit import MAX_FAILURES
 
 #: ports these tests' servers may listen on
 PORTS = range(18300, 18400)
 #: nothing listens there: the console's tests send no page
 NO_PAGERDUTY = "http://127.0.0.1:9/v2/enqueue"
+#: password guesses sent at once, three times the limit
+PARALLEL_GUESSES = 3 * MAX_FAILURES
 
 
 def free_port() -> int:
@@ -69,18 +75,21 @@ def proxied(tmp_path: Path) -> Iterator[Serve]:
     assert server.stop() == 0, server.output()
 
 
-def login(server: Serve, forwarded_for: str, **credentials: str) -> int:
-    """One login (form, then POST) from this test's 127.0.0.1 saying ``X-Forwarded-For: forwarded_for``."""
+def login(server: Serve, forwarded_for: str, ready: threading.Barrier | None = None, **credentials: str) -> int:
+    """One login (form, then POST) from this test's 127.0.0.1 saying ``X-Forwarded-For: forwarded_for``; with
+    ``ready``, the POST waits until every other party has its form too."""
     with requests.Session() as session:
         session.trust_env = False  # loopback, never a proxy from the environment
-        headers = {"X-Forwarded-For": forwarded_for}
+        headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
         form = session.get(f"{server.url}/console/login", headers=headers, timeout=30)
+        if ready is not None:
+            ready.wait(timeout=30)
         answer = session.post(
             f"{server.url}/console/login",
             data={"csrf": csrf(form.text), **credentials},
             headers=headers,
             allow_redirects=False,
-            timeout=30,
+            timeout=60,
         )
         return answer.status_code
 
@@ -105,3 +114,25 @@ def test_with_trusted_proxy_headers_the_forwarded_address_is_counted(proxied: Se
     assert login(proxied, "198.51.100.2", token=TOKEN) == 303, "another address still logs in"
     proxied.stop()
     assert "failed login from 198.51.100.11" in proxied.output()
+
+
+def test_guesses_sent_at_once_are_held_to_the_limit(tmp_path: Path) -> None:
+    """The password is checked with the production PBKDF2 cost, so all the guesses are in the server at once:
+    only the limit's number are checked (401), the others refused unchecked (429), and the address stays blocked."""
+    server = serve_console(tmp_path, username="lead", password_hash=hash_password(PASSWORD))
+    try:
+        ready = threading.Barrier(PARALLEL_GUESSES)
+        answers: list[int] = []
+
+        def guess(n: int) -> None:
+            answers.append(login(server, "", ready, username="lead", password=f"guess {n}"))
+
+        threads = [threading.Thread(target=guess, args=(n,)) for n in range(PARALLEL_GUESSES)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert Counter(answers) == {401: MAX_FAILURES, 429: PARALLEL_GUESSES - MAX_FAILURES}
+        assert login(server, "", username="lead", password=PASSWORD) == 429, "the right password is not checked"
+    finally:
+        assert server.stop() == 0, server.output()

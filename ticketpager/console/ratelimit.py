@@ -1,6 +1,10 @@
 """Login rate limiting: after :data:`MAX_FAILURES` failed logins from one client address within
 :data:`WINDOW_SECONDS`, that address gets 429 for :data:`BLOCK_SECONDS` (its credentials are not even checked).
 
+An attempt is counted as failed *before* its credentials are checked (:meth:`LoginLimiter.attempt`), and
+forgotten if they turn out right: the check (PBKDF2) takes long enough for many guesses sent at once to be in it
+together, and counting after it would let them all through.
+
 In memory, per replica (an attacker spread over replicas gets N tries on each: still a handful a minute against
 a 24-byte token or a PBKDF2 hash), and bounded: at most :data:`MAX_ADDRESSES` addresses are tracked; when full,
 the stale ones are dropped, then the least recently seen. Time comes from the injected clock (monotonic).
@@ -72,11 +76,17 @@ class LoginLimiter:
             entry = self._seen.get(address)
             return max(0.0, entry.blocked_until - now) if entry else 0.0
 
-    def failed(self, address: str) -> bool:
-        """Record a failed login; whether the address is now blocked."""
+    def attempt(self, address: str) -> float:
+        """Take one login attempt for ``address`` before its credentials are checked: 0 if it may go on, the
+        attempt then counted as a failed one (the one that reaches the limit starts the block at once, so
+        attempts made while it is checked are refused), else the seconds the address is still refused (this
+        attempt not counted). At most :attr:`max_failures` attempts per address are checked within the window,
+        however many arrive together."""
         now = self.clock.monotonic()
         with self._lock:
             entry = self._seen.get(address)
+            if entry is not None and entry.blocked_until > now:
+                return entry.blocked_until - now
             if entry is None:
                 self._make_room(now)
                 entry = self._seen[address] = _Address()
@@ -87,11 +97,10 @@ class LoginLimiter:
             if len(entry.failures) >= self.max_failures:
                 entry.failures.clear()
                 entry.blocked_until = now + self.block
-                return True
-            return False
+            return 0.0
 
     def succeeded(self, address: str) -> None:
-        """A good login forgets the address's failures."""
+        """A good login forgets the address's failures (its own attempt, counted by :meth:`attempt`, too)."""
         with self._lock:
             self._seen.pop(address, None)
 

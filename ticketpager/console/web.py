@@ -188,33 +188,28 @@ class Console:
 
     async def login(self, request: Request) -> Response:
         address = self.client_address(request)
-        wait = self.limiter.blocked(address)
+        wait = self.limiter.blocked(address)  # a blocked address's form is not even read
         if wait > 0:
-            LOGINS.labels("rate_limited").inc()
-            log.warning("console: login from %s refused: too many failed logins (%.0f s left)", address, wait)
-            return self._login_page(
-                request,
-                request.cookies.get(LOGIN_COOKIE, ""),
-                _local(request.query_params.get("next", "/")),
-                f"too many failed logins from your address: try again in {_seconds(wait)}",
-                status=429,
-                headers={"retry-after": str(math.ceil(wait))},
-            )
+            return self._too_many(request, address, wait)
         form = await read_form(request)
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not csrf_ok(expected, form.get("csrf")):
             return self.refuse(request, 403, "missing or wrong CSRF token: reload the login page", None)
+        # counted as failed before the (slow) check, given back if right: guesses sent at once wait for no result
+        wait = self.limiter.attempt(address)
+        if wait > 0:
+            return self._too_many(request, address, wait)
         who = await run_in_threadpool(
             self.auth.login, _text(form, "token"), _text(form, "username"), _text(form, "password")
         )
         target = _local(_text(form, "next"))
         if who is None:
             LOGINS.labels("failed").inc()
-            now_blocked = self.limiter.failed(address)
+            blocked_for = self.limiter.blocked(address)
             log.warning(
                 "console: failed login from %s%s",
                 address,
-                f"; it gets 429 for {self.limiter.block:.0f} s" if now_blocked else "",
+                f"; it gets 429 for {blocked_for:.0f} s" if blocked_for > 0 else "",
             )
             return self._login_page(request, expected, target, "wrong token, user name or password", status=401)
         LOGINS.labels("ok").inc()
@@ -224,6 +219,18 @@ class Console:
         self._cookie(request, response, COOKIE, self.auth.issue(*who), int(self.settings.session_hours * 3600))
         response.delete_cookie(LOGIN_COOKIE, path=self.base(request) or "/")
         return response
+
+    def _too_many(self, request: Request, address: str, wait: float) -> Response:
+        LOGINS.labels("rate_limited").inc()
+        log.warning("console: login from %s refused: too many failed logins (%.0f s left)", address, wait)
+        return self._login_page(
+            request,
+            request.cookies.get(LOGIN_COOKIE, ""),
+            _local(request.query_params.get("next", "/")),
+            f"too many failed logins from your address: try again in {_seconds(wait)}",
+            status=429,
+            headers={"retry-after": str(math.ceil(wait))},
+        )
 
     def _login_page(
         self, request: Request, csrf: str, target: str, error: str, status: int, headers: dict[str, str] | None = None
