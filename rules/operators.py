@@ -141,7 +141,10 @@ def parse_duration(text: Any) -> timedelta:
     seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION.findall(text))
     if seconds <= 0:
         raise OperatorArgError(f"duration {text!r} must be longer than zero")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:  # past timedelta's 999,999,999 days (or an infinite float of digits)
+        raise OperatorArgError(f"duration {text!r} is too long") from None
 
 
 def format_duration(delta: timedelta) -> str:

@@ -18,7 +18,15 @@ from kernel.clock import FakeClock
 from kernel.model import StatusCategory
 from rules.silence_match import MatcherErrors, compile_matchers, load_match_file, parse_match
 from sync.repos import audit
-from sync.repos.silences import Silence, SilenceError, add_silence, expire_silence, list_silences
+from sync.repos.silences import (
+    MAX_SILENCE,
+    MAX_SILENCE_DAYS,
+    Silence,
+    SilenceError,
+    add_silence,
+    expire_silence,
+    list_silences,
+)
 from sync.store import Store
 from tests.factories import change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
@@ -214,6 +222,9 @@ def test_list_expire_and_their_errors(service: Service, clock: FakeClock) -> Non
             add_silence(conn, OPS, now, now - timedelta(minutes=1), "x", "alice", now)
         with pytest.raises(SilenceError, match="needs a comment"):
             add_silence(conn, OPS, now, now + timedelta(hours=1), "  ", "alice", now)
+        too_long = f"a silence lasts at most {MAX_SILENCE_DAYS} days, not 365 days, 0:00:01"
+        with pytest.raises(SilenceError, match=too_long):
+            add_silence(conn, OPS, now, now + MAX_SILENCE + timedelta(seconds=1), "x", "alice", now)
 
 
 def test_audit_entries_page_newest_first(service: Service, clock: FakeClock) -> None:
@@ -311,6 +322,33 @@ def test_cli_refuses_an_invalid_matcher_saying_why(
     with service.store.engine.connect() as conn:
         assert list_silences(conn, service.clock.now(), include_expired=True) == []
         assert audit.list_entries(conn, 10) == []
+
+
+@pytest.mark.parametrize(
+    ("window", "problem"),
+    [
+        (("--duration", "99999999999d"), "duration '99999999999d' is too long"),
+        (("--duration", f"{MAX_SILENCE_DAYS + 1}d"), f"a silence lasts at most {MAX_SILENCE_DAYS} days"),
+        (("--ends", "9999-12-31T23:59:00-01:00"), "is past year 9999 in UTC"),
+    ],
+)
+def test_cli_refuses_a_window_it_cannot_hold_saying_why(
+    db_url: str, capsys: pytest.CaptureFixture[str], window: tuple[str, str], problem: str
+) -> None:
+    """Not an OverflowError's traceback: argparse's usage error, with the limit named."""
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["silence", "add", "--match", "project=OPS", *window, "--comment", "c", "--database-url", db_url])
+    assert usage.value.code == EXIT_USAGE and problem in capsys.readouterr().err
+
+
+def test_cli_refuses_an_end_past_the_limit(service: Service, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    db = ("--database-url", db_url)
+    code, _, err = run(
+        capsys, "silence", "add", "--match", "project=OPS", "--ends", "9000-01-01T00:00:00Z", "--comment", "c", *db
+    )
+    assert code == EXIT_USAGE and f"a silence lasts at most {MAX_SILENCE_DAYS} days" in err
+    with service.store.engine.connect() as conn:
+        assert list_silences(conn, service.clock.now(), include_expired=True) == []
 
 
 # --------------------------------------------------------------------------------------- the matchers

@@ -49,14 +49,22 @@ def _when(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r} (e.g. 2026-12-04T22:00:00Z)") from None
     if value.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} needs a time zone (e.g. 2026-12-04T22:00:00Z or +01:00)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59-01:00 is past year 9999 in UTC
+        raise argparse.ArgumentTypeError(f"{text!r} is past year 9999 in UTC") from None
 
 
 def _duration(text: str) -> timedelta:
+    from sync.repos.silences import MAX_SILENCE, too_long
+
     try:
-        return parse_duration(text)
+        length = parse_duration(text)
     except OperatorArgError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if length > MAX_SILENCE:  # checked here too: a start plus a huge duration would not even be a time
+        raise argparse.ArgumentTypeError(too_long(length))
+    return length
 
 
 def _login() -> str:
@@ -152,7 +160,11 @@ def _add(args: argparse.Namespace, open_store: OpenStore) -> int:
         return EXIT_USAGE
     now = CLOCK.now()
     starts = args.starts or now
-    ends = args.ends or starts + args.duration
+    try:
+        ends = args.ends or starts + args.duration
+    except OverflowError:
+        print(f"ticketpager: a silence from {starts.isoformat()} for {args.duration} ends after 9999", file=sys.stderr)
+        return EXIT_USAGE
     store = open_store(args)
     try:
         with store.begin() as conn:

@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, tuple_, update
@@ -36,6 +36,9 @@ log = logging.getLogger("ticketpager.silences")
 
 AUTHOR_MAX = 200  # the author / expired_by columns
 COMMENT_MAX = 10_000
+#: the longest window a silence may have: a longer one is a typo (``99999999999d``), not a plan
+MAX_SILENCE_DAYS = 365
+MAX_SILENCE = timedelta(days=MAX_SILENCE_DAYS)
 _COMPILED_MAX = 1000  # compiled matchers kept per process (silences are few; ids are never reused)
 
 
@@ -110,6 +113,11 @@ def _text(value: str, name: str, limit: int) -> str:
     return text
 
 
+def too_long(length: timedelta) -> str:
+    """Why a window of ``length`` is refused (the console's form and the CLI say the same)."""
+    return f"a silence lasts at most {MAX_SILENCE_DAYS} days, not {length}: add another when it ends"
+
+
 def add_silence(
     conn: Connection,
     matchers: Mapping[str, Any],
@@ -129,6 +137,8 @@ def add_silence(
         raise SilenceError(f"the silence ends ({ends_at.isoformat()}) before it starts ({starts_at.isoformat()})")
     if ends_at <= now:
         raise SilenceError(f"the silence would end in the past ({ends_at.isoformat()})")
+    if ends_at - starts_at > MAX_SILENCE:
+        raise SilenceError(too_long(ends_at - starts_at))
     values = {
         "matchers": jsonutil.dumps(dict(matchers), sort_keys=True),
         "starts_at": starts_at,

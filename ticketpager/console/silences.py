@@ -21,9 +21,19 @@ from kernel.redact import redact
 from rules.operators import OperatorArgError, parse_duration
 from rules.silence_match import MATCH_SYNTAX, MatcherErrors, parse_match
 from sync.repos import audit
-from sync.repos.silences import Silence, SilenceError, UnknownSilence, add_silence, expire_silence, get_silence
+from sync.repos.silences import (
+    MAX_SILENCE,
+    Silence,
+    SilenceError,
+    UnknownSilence,
+    add_silence,
+    expire_silence,
+    get_silence,
+    too_long,
+)
 from sync.repos.silences import silences_since as recent
 from ticketpager.console.auth import Session
+from ticketpager.console.params import int_param as _int
 
 if TYPE_CHECKING:
     from ticketpager.console.web import Console
@@ -101,15 +111,21 @@ def _window(shown: SilenceForm, now: datetime) -> datetime | None:
         if length <= timedelta(0):
             shown.problem("duration", "the duration must be above zero")
             return None
+        if length > MAX_SILENCE:
+            shown.problem("duration", too_long(length))
+            return None
         return now + length
     try:
         ends = datetime.fromisoformat(shown.ends.replace("Z", "+00:00"))
-    except ValueError:
+        ends = ends.replace(tzinfo=UTC) if ends.tzinfo is None else ends.astimezone(UTC)  # the field says UTC
+    except (ValueError, OverflowError):  # OverflowError: 9999-12-31T23:59-01:00 is past year 9999 in UTC
         shown.problem("ends", f"not a time: {shown.ends!r} (e.g. 2026-12-04T22:00, UTC)")
         return None
-    ends = ends.replace(tzinfo=UTC) if ends.tzinfo is None else ends.astimezone(UTC)  # the field says UTC
     if ends <= now:
         shown.problem("ends", f"the end time {ends:%Y-%m-%d %H:%M} UTC is in the past")
+        return None
+    if ends - now > MAX_SILENCE:
+        shown.problem("ends", too_long(ends - now))
         return None
     return ends
 
@@ -167,12 +183,12 @@ class SilencePages:
     async def confirm(self, request: Request, session: Session) -> Response:
         if not session.can_act:
             return self.console.refuse(request, 403, READ_ONLY, session)
-        silence_id = _int(request.path_params["silence_id"])
+        silence_id = _int(request.path_params["silence_id"]) or 0  # past any id the database can hold: none
         now = self.console.service.clock.now()
         try:
-            silence = await self.console.read(lambda conn: get_silence(conn, silence_id or 0))
+            silence = await self.console.read(lambda conn: get_silence(conn, silence_id))
         except UnknownSilence:
-            return self.console.refuse(request, 404, f"no silence #{silence_id}", session)
+            return self.console.refuse(request, 404, f"no silence #{request.path_params['silence_id']}", session)
         if silence.ended_at() <= now:
             return self.console.refuse(request, 409, f"silence #{silence.id} has already ended", session)
         return self.console.render(request, "silence_expire.html", session, s=_shown(silence, now))
@@ -180,7 +196,7 @@ class SilencePages:
     async def expire(self, request: Request, session: Session) -> Response:
         if not session.can_act:
             return self.console.refuse(request, 403, READ_ONLY, session)
-        silence_id = _int(request.path_params["silence_id"]) or 0
+        silence_id = _int(request.path_params["silence_id"]) or 0  # past any id the database can hold: none
         now = self.console.service.clock.now()
         store = self.console.service.store
 
@@ -198,7 +214,7 @@ class SilencePages:
         try:
             silence = await run_in_threadpool(run)
         except UnknownSilence:
-            return self.console.refuse(request, 404, f"no silence #{silence_id}", session)
+            return self.console.refuse(request, 404, f"no silence #{request.path_params['silence_id']}", session)
         except SilenceError as exc:  # already ended
             return self.console.refuse(request, 409, str(exc), session)
         log.info("console: %s expired silence #%d", session.who, silence.id)
@@ -243,10 +259,3 @@ def _done(request: Request) -> str | None:
 def _text(form: FormData, name: str) -> str:
     value = form.get(name)
     return value if isinstance(value, str) else ""
-
-
-def _int(value: object) -> int | None:
-    try:
-        return int(str(value)) if value is not None and str(value).strip() else None
-    except ValueError:
-        return None

@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -36,6 +37,8 @@ from sync.repos import console as q
 from ticketpager.console import lab
 from ticketpager.console.auth import COOKIE, LOGIN_COOKIE, Auth, Session, csrf_ok
 from ticketpager.console.charts import hourly_svg
+from ticketpager.console.errors import UnexpectedErrors
+from ticketpager.console.params import int_param as _int
 from ticketpager.console.ratelimit import LOGINS, LoginLimiter
 from ticketpager.console.silences import SilencePages
 
@@ -701,13 +704,6 @@ def _text(form: FormData, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _int(value: object) -> int | None:
-    try:
-        return int(str(value)) if value is not None and str(value).strip() else None
-    except ValueError:
-        return None
-
-
 def _local(target: str) -> str:
     """A redirect target inside the console only (never another site: ``//evil``, ``http:``)."""
     if not target.startswith("/") or target.startswith("//") or "\\" in target or "://" in target:
@@ -741,4 +737,5 @@ def build_console(service: Service) -> Starlette:
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         exception_handlers={404: console.not_found},
+        middleware=[Middleware(UnexpectedErrors, console=console)],
     )
