@@ -43,6 +43,7 @@ from kernel.model import (
     PlannedEvent,
     Rendered,
     Ticket,
+    web_url,
 )
 from kernel.redact import mask, redact
 
@@ -140,14 +141,14 @@ def build_event(event: PlannedEvent, ticket: Ticket | None = None) -> dict[str, 
         if value:
             payload[name] = truncate(str(value), SUMMARY_MAX)
     body["payload"] = payload
-    links = [dict(link) for link in spec.links if link.get("href")]
+    links = [dict(link) for link in spec.links if web_url(link.get("href"))]  # a rule may link any ticket field
     if links:
         body["links"] = links
     images = [dict(img) for img in spec.images if str(img.get("src", "")).startswith("https://")]
     if images:
         body["images"] = images
     body["client"] = "ticketpager"
-    if ticket is not None and ticket.url:
+    if ticket is not None and web_url(ticket.url):
         body["client_url"] = ticket.url
     _fit(body)
     return body

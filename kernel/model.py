@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit
 
 from kernel import jsonutil
 
@@ -77,6 +78,27 @@ def check_instant(value: datetime, name: str) -> None:
         raise ValueError(f"{name} {value.isoformat()} is out of range")
 
 
+#: the only schemes a ticket's URL may have: it becomes a link (the console, PagerDuty's ``client_url`` and
+#: ``links``), where ``javascript:`` or ``data:`` would run in whoever clicks it
+WEB_SCHEMES = ("http", "https")
+
+
+def web_url(value: object) -> str | None:
+    """``value`` if it is an absolute http(s) URL with a host, else ``None``. Ticket URLs come from vendor
+    payloads (signed, but built from fields a vendor's user or admin may set: Jira's ``issue.self``), so every
+    :class:`Ticket` and :class:`TicketRef` keeps only such a URL, and whatever renders a link checks it again."""
+    if not isinstance(value, str):
+        return None
+    scheme, _, rest = value.partition(":")
+    if scheme.lower() not in WEB_SCHEMES or not rest.startswith("//"):
+        return None
+    try:
+        host = urlsplit(value).hostname
+    except ValueError:  # e.g. an unbalanced [ in the host
+        return None
+    return value if host else None
+
+
 def _dt_to_json(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat()
 
@@ -126,6 +148,8 @@ class Ticket:
     def __post_init__(self) -> None:
         if not self.connection:
             object.__setattr__(self, "connection", self.source)
+        if self.url is not None:
+            object.__setattr__(self, "url", web_url(self.url))  # only http(s) ever becomes a link
         if self.updated.tzinfo is None:
             raise ValueError("Ticket.updated must be timezone-aware")
         if self.created is not None and self.created.tzinfo is None:
@@ -195,6 +219,8 @@ class TicketRef:
     def __post_init__(self) -> None:
         if not self.connection:
             object.__setattr__(self, "connection", self.source)
+        if self.url is not None:
+            object.__setattr__(self, "url", web_url(self.url))
 
 
 @dataclass(frozen=True, slots=True)

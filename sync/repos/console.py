@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, cast, func, select, tuple_
 from sqlalchemy.dialects.postgresql import JSONB
 
+from kernel.model import web_url
 from kernel.redact import mask, redact
 from sync.schema import changes, cursors, decisions, incidents, links, outbox, tickets
 
@@ -407,7 +408,7 @@ def pagerduty_incidents(conn: Connection, dedup_keys: Sequence[str]) -> dict[str
             "incident_id": r["incident_id"],
             "number": r["number"],
             "status": r["status"] or "",
-            "html_url": url if url.startswith(("https://", "http://")) else None,
+            "html_url": web_url(url),
             "updated_at": r["updated_at"],
         }
     return out

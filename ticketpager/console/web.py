@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from connectors import CONNECTORS
 from kernel import jsonutil
 from kernel.lifecycle import dedup_key_for
-from kernel.model import FieldChange, StatusCategory, Ticket, TicketChange, diff_tickets
+from kernel.model import FieldChange, StatusCategory, Ticket, TicketChange, diff_tickets, web_url
 from kernel.redact import redact
 from rules.loader import relative_name, rule_files
 from sync.engine import verdict_of
@@ -74,6 +74,7 @@ def _env() -> Environment:
     env.filters["when"] = lambda d: d.strftime("%Y-%m-%d %H:%M:%S UTC") if d else "—"
     env.filters["seconds"] = _seconds
     env.filters["q"] = lambda s: quote(str(s), safe="")
+    env.filters["href"] = web_url  # an http(s) URL, else None: no javascript: link from a stored snapshot
     return env
 
 
