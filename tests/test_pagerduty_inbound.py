@@ -7,6 +7,7 @@ also builds and signs the v3 webhooks; the rules' reverse half is a small fake a
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from sync.store import Store
 from tests.factories import ROUTING_KEY, change, ticket
 from tests.fakes.pagerduty_rest import BOT_EMAIL, TOKEN, FakePagerDutyRest, sign
 from tests.harness import make_service, receive
-from ticketpager.app import build_app
+from ticketpager.app import REJECTED_LOG_EVERY_SECONDS, build_app
 from ticketpager.service import Service
 
 SECRET, OLD_SECRET = "pd-webhook-secret-new-0001", "pd-webhook-secret-old-0002"
@@ -263,6 +264,43 @@ def test_without_a_configured_secret_every_webhook_is_refused_naming_the_setting
     assert "TICKETPAGER_PAGERDUTY__WEBHOOK_SECRETS" in response.json()["error"]
     assert inbox(svc) == []
     svc.store.dispose()
+
+
+#: forged webhooks in a flood
+FORGED = 50
+
+
+def test_a_flood_of_unauthenticated_webhooks_logs_a_line_a_minute_and_counts_every_one(
+    client: TestClient, service: Service, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone can post to /webhooks/pagerduty: each forged post is a 401 and counted, but the log says so once per
+    reason per minute (the service's clock), then how many the next line stands for."""
+    rejected = METRICS.pagerduty_webhooks.labels("unknown", "rejected_401")
+    before = rejected._value.get()
+    body = fixture("acknowledged_by_user.json")
+
+    def warnings() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        return [line for line in lines if line.startswith("webhook pagerduty")]
+
+    with caplog.at_level(logging.INFO, "ticketpager"):
+        for n in range(FORGED):
+            assert post(client, body, webhook_id=f"forged-{n}", secrets=("not-the-secret",)).status_code == 401
+        assert post(client, body, webhook_id="unsigned", secrets=()).status_code == 401
+        assert warnings() == [
+            "webhook pagerduty rejected (401): invalid X-PagerDuty-Signature",
+            "webhook pagerduty rejected (401): missing X-PagerDuty-Signature header",
+        ], "one line per reason"
+        clock.advance(REJECTED_LOG_EVERY_SECONDS - 1)
+        assert post(client, body, webhook_id="forged-late", secrets=("not-the-secret",)).status_code == 401
+        assert len(warnings()) == 2
+        clock.advance(1)
+        assert post(client, body, webhook_id="forged-next", secrets=("not-the-secret",)).status_code == 401
+    assert warnings()[-1] == (
+        f"webhook pagerduty rejected (401): invalid X-PagerDuty-Signature (and {FORGED} more since the last line)"
+    )
+    assert rejected._value.get() - before == FORGED + 3, "every refusal is counted"
+    assert inbox(service) == []
 
 
 def test_an_event_type_the_sync_does_not_act_on_is_accepted_counted_and_not_stored(

@@ -254,6 +254,10 @@ class Webhooks:
 
 
 PAGERDUTY = "pagerduty"  # POST /webhooks/pagerduty: PagerDuty's v3 webhooks, the way back (issue 16)
+#: webhooks that fail authentication (401) log one WARNING per reason this often, saying how many it stands for;
+#: every one is counted in ticketpager_pagerduty_webhooks_total{outcome="rejected_401"}. A flood of forged posts
+#: (anyone can reach /webhooks/*) is a line a minute, not a line a request
+REJECTED_LOG_EVERY_SECONDS = 60.0
 
 
 class PagerDutyWebhooks:
@@ -266,6 +270,8 @@ class PagerDutyWebhooks:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.drain = service.settings.http.drain_bytes
+        self._warned: dict[str, float] = {}  # reason -> when it was last logged (the service's monotonic clock)
+        self._quiet: dict[str, int] = {}  # reason -> refusals not logged since (the reasons are our fixed texts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -311,7 +317,10 @@ class PagerDutyWebhooks:
         except WebhookRejected as exc:
             status = exc.status or 400
             count.labels("unknown", f"rejected_{status}").inc()
-            (log.warning if status == 401 else log.info)("webhook pagerduty rejected (%d): %s", status, exc.reason)
+            if status == 401:
+                self._warn_unauthenticated(exc.reason)
+            else:
+                log.info("webhook pagerduty rejected (%d): %s", status, exc.reason)
             return status, {"error": exc.reason}
         if isinstance(event, IgnoredEvent):
             count.labels("other", "ignored").inc()
@@ -325,6 +334,20 @@ class PagerDutyWebhooks:
             return 503, {"error": "could not store the webhook; retry later"}
         count.labels(label, "accepted" if new else "duplicate").inc()
         return 202, {"status": "accepted" if new else "duplicate"}
+
+    def _warn_unauthenticated(self, reason: str) -> None:
+        """One WARNING per ``reason`` per :data:`REJECTED_LOG_EVERY_SECONDS`, with how many were refused since
+        (runs on the event loop only: no lock)."""
+        now = self.service.clock.monotonic()
+        last = self._warned.get(reason)
+        if last is not None and now - last < REJECTED_LOG_EVERY_SECONDS:
+            self._quiet[reason] = self._quiet.get(reason, 0) + 1
+            return
+        self._warned[reason] = now
+        more = self._quiet.pop(reason, 0)
+        log.warning(
+            "webhook pagerduty rejected (401): %s%s", reason, f" (and {more} more since the last line)" if more else ""
+        )
 
 
 WEBHOOK_PREFIX = "/webhooks/"
