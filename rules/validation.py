@@ -533,7 +533,9 @@ class Validator(TwoWayValidation):
             if key in value:
                 templates[key] = self.template(value[key], value.val_pos[key], [*trail, key], source)
         details = (
-            self.details(value["custom_details"], value.val_pos["custom_details"], [*trail, "custom_details"], source)
+            self.custom_details(
+                value["custom_details"], value.val_pos["custom_details"], [*trail, "custom_details"], source
+            )
             if "custom_details" in value
             else {}
         )
@@ -645,6 +647,21 @@ class Validator(TwoWayValidation):
             self.err(pos, trail, str(exc))
             return None
 
+    def custom_details(self, value: Any, pos: Pos, trail: list[str], source: str) -> dict[str, Any]:
+        """``custom_details``: a mapping (or null, none). Anything else would fail every page of the rule when
+        the event is built, so it is refused here."""
+        if value is None:
+            return {}
+        if isinstance(value, YMap):
+            return dict(self.details(value, pos, trail, source))
+        problem = f"must be a mapping (key: value), not {_kind(value)}"
+        if isinstance(value, YList) and value and all(isinstance(item, YMap) and len(item) == 1 for item in value):
+            problem += ": remove the '- ' before each key"  # `- team: ops` items: a list of one-key mappings
+        elif isinstance(value, str):
+            problem += ": give the text a key, e.g. {note: '...'}"
+        self.err(pos, trail, problem)
+        return {}
+
     def details(self, value: Any, pos: Pos, trail: list[str], source: str) -> Any:
         if isinstance(value, YMap):
             return {k: self.details(v, value.val_pos[k], [*trail, k], source) for k, v in value.items()}
@@ -692,6 +709,21 @@ class Validator(TwoWayValidation):
                         entry[key] = tpl
             out.append(entry)
         return tuple(out)
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in an admin's words (``a list``, ``text``, ``a number``)."""
+    if isinstance(value, YList):
+        return "a list"
+    if isinstance(value, bool):
+        return f"{'true' if value else 'false'} (a boolean)"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, date):
+        return "a date"
+    return type(value).__name__
 
 
 def default_resolve_when() -> AllOf:
