@@ -14,7 +14,11 @@ from rules.validation import Validator
 
 
 def load_rules(
-    path: str | Path, env: Mapping[str, str] | None = None, *, env_warnings: list[RuleFileError] | None = None
+    path: str | Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    env_warnings: list[RuleFileError] | None = None,
+    check_key_format: bool = False,
 ) -> RuleSet:
     """Load, validate and compile a rule set; raises :class:`RuleFileErrors` listing every problem.
 
@@ -22,7 +26,9 @@ def load_rules(
     relative paths. ``env`` (default
     ``os.environ``) resolves ``${VAR}`` / ``${VAR:-default}`` routing keys. With ``env_warnings`` (a list,
     for ``rules check --allow-missing-env``), an unset or empty ``${VAR}`` is not an error: it is appended
-    there as a warning and the rule gets a placeholder routing key.
+    there as a warning and the rule gets a placeholder routing key. With ``check_key_format`` (``rules check``
+    and ``rules test``), a literal key or a variable's value that is not a PagerDuty integration key is an error;
+    a ``${VAR:-default}`` default is not judged (the examples' ``dry-run-…`` defaults are placeholders).
     """
     environment: Mapping[str, str] = os.environ if env is None else env
     root = Path(path)
@@ -42,7 +48,12 @@ def load_rules(
         if value is not None:
             documents.append((str(file), value))
     incomplete = len(documents) < len(files)  # a calendar may be defined in the file that did not load
-    validator = Validator(environment, allow_missing_env=env_warnings is not None, incomplete=incomplete)
+    validator = Validator(
+        environment,
+        allow_missing_env=env_warnings is not None,
+        incomplete=incomplete,
+        check_key_format=check_key_format,
+    )
     spec = validator.validate(documents)
     explained = {(e.path, e.line, e.col) for e in errors}  # `continue: yes`: the YAML error says it all
     errors.extend(e for e in validator.errors if (e.path, e.line, e.col) not in explained)

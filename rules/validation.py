@@ -23,7 +23,7 @@ from kernel.fields import (
     connection_systems,
     connection_vocabulary,
 )
-from kernel.model import SEVERITIES, StatusCategory, Ticket
+from kernel.model import SEVERITIES, StatusCategory, Ticket, is_integration_key
 from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_range, parse_timezone
 from rules.loader import Pos, RuleFileError, YList, YMap
 from rules.operators import (
@@ -105,6 +105,11 @@ STATUS_CATEGORIES = tuple(category.value for category in StatusCategory)
 
 
 MISSING_ENV_HINT = "set it where the service runs; 'rules check --allow-missing-env' checks the files without it"
+NOT_A_KEY = "is not a 32-character PagerDuty integration key (letters and digits)"
+# a variable written in another tool's syntax: {PD_KEY}, %PD_KEY%, {{ PD_KEY }}, $(PD_KEY), or the bare name
+_FOREIGN_ENV_REF = re.compile(
+    r"^(?:\{\{\s*([A-Za-z_]\w*)\s*\}\}|\{([A-Za-z_]\w*)\}|%([A-Za-z_]\w*)%|\$\(([A-Za-z_]\w*)\)|([A-Z][A-Z0-9]*_[A-Z0-9_]*))$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +132,16 @@ def _trail(trail: list[str]) -> str:
 class Validator(TwoWayValidation):
     """Validates a whole file set; :attr:`errors` collects every problem."""
 
-    def __init__(self, env: Mapping[str, str], allow_missing_env: bool = False, incomplete: bool = False) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        allow_missing_env: bool = False,
+        incomplete: bool = False,
+        check_key_format: bool = False,
+    ) -> None:
         self.env = env
         self.allow_missing_env = allow_missing_env
+        self.check_key_format = check_key_format  # rules check/test: a key PagerDuty would refuse is an error
         self.incomplete = incomplete  # a file of the set did not load: its calendars are unknown, not missing
         self.errors: list[RuleFileError] = []
         self.warnings: list[RuleFileError] = []
@@ -571,6 +583,9 @@ class Validator(TwoWayValidation):
             if bare is not None:  # $PD_KEY would be sent to PagerDuty as the key itself
                 self.err(pos, trail, f"an environment reference needs braces: ${{{bare.group(1)}}}")
                 return None
+            if self.check_key_format and not is_integration_key(value.strip()):
+                self.err(pos, trail, f"{NOT_A_KEY}{literal_key_hint(value.strip())}")
+                return None
             return value.strip()
         name, default = match.group(1), match.group(2)
         resolved = self.env.get(name)
@@ -584,6 +599,9 @@ class Validator(TwoWayValidation):
                 return f"{MISSING_ENV_PLACEHOLDER}{name}"
             hint = "and its default is empty" if default is not None else f"({MISSING_ENV_HINT})"
             self.err(pos, trail, f"environment variable {name} {state} {hint}")
+            return None
+        if self.check_key_format and not is_integration_key(resolved.strip()):  # never show the value: a secret
+            self.err(pos, trail, f"environment variable {name} {NOT_A_KEY}{env_key_hint(resolved.strip())}")
             return None
         return resolved.strip()
 
@@ -709,6 +727,28 @@ class Validator(TwoWayValidation):
                         entry[key] = tpl
             out.append(entry)
         return tuple(out)
+
+
+def literal_key_hint(key: str) -> str:
+    """Why a literal routing key is not a key, when it shows (a variable in another syntax, a URL)."""
+    foreign = _FOREIGN_ENV_REF.match(key)
+    if foreign is not None:
+        name = next(group for group in foreign.groups() if group)
+        return f": it looks like a variable: write ${{{name}}}"
+    if "://" in key:
+        return ": it is a URL; write the integration key alone (the service's Events API v2 integration shows it)"
+    return ": use the key of the service's Events API v2 integration, or ${ENV_VAR}"
+
+
+def env_key_hint(value: str) -> str:
+    """Why a variable's value is not a key, in words that never quote it."""
+    if re.match(r"^[A-Za-z_]\w*=", value):
+        return ": its value looks like NAME=value; set the variable to the key alone"
+    if value[:1] in "'\"" and value[-1:] == value[:1]:
+        return ": its value is in quotes; set the variable to the key alone"
+    if "://" in value:
+        return ": its value is a URL; set the variable to the integration key alone"
+    return ": set it to the key of the service's Events API v2 integration"
 
 
 def _kind(value: Any) -> str:

@@ -98,7 +98,7 @@ def test_a_broken_rule_file_is_exit_1_in_every_rules_command(
 def test_check_counts_one_rule_in_the_singular(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("PD_PLATFORM_KEY", "R0UT1NGKEY00000000000000000platform")
+    monkeypatch.setenv("PD_PLATFORM_KEY", "R0UT1NGKEY0000000000000platform1")
     one = tmp_path / "one.yaml"
     one.write_text(RULES)
     assert cli.main(["rules", "check", str(one)]) == 0

@@ -95,10 +95,10 @@ calendars:
 rules:
   - name: p1-in-hours
     when: {priority: P1, during: business-hours}
-    trigger: {routing_key: k, severity: critical, summary: s}
+    trigger: {routing_key: R0KEY000000000000000000000000001, severity: critical, summary: s}
   - name: p2-after-hours
     when: {priority: P2, created: {outside: business-hours}}
-    trigger: {routing_key: k, severity: error, summary: s}
+    trigger: {routing_key: R0KEY000000000000000000000000001, severity: error, summary: s}
 """
 
 

@@ -130,7 +130,7 @@ def test_golden_mismatch_exits_1_with_a_diff(tmp_path: Path) -> None:
 
 
 def test_rules_test_masks_routing_keys_and_explains(tmp_path: Path) -> None:
-    env = {**_env(), "PD_SUPPORT_KEY": "R0UT1NGKEYSECRETVALUE000000wxyz"}
+    env = {**_env(), "PD_SUPPORT_KEY": "R0UT1NGKEYSECRETVALUE0000000wxyz"}
     done = cli("test", str(EXAMPLES), "--ticket", str(EXAMPLES / "zendesk-vip-urgent.ticket.json"), env=env)
     assert done.returncode == 0, done.stderr
     assert "R0UT1NGKEYSECRETVALUE" not in done.stdout + done.stderr
@@ -142,7 +142,7 @@ def test_rules_test_masks_routing_keys_and_explains(tmp_path: Path) -> None:
 
 def test_rules_check_reports_every_error_and_exits_1() -> None:
     bad = ROOT / "tests" / "fixtures" / "rules" / "bad_dir"
-    done = cli("check", str(bad), env={**_env(), "PD_KEY": "k"})
+    done = cli("check", str(bad), env={**_env(), "PD_KEY": "R0KEY000000000000000000000000001"})
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         f"{bad / 'b.yaml'}:6:11: rule 'shared': duplicate rule name (first defined at {bad / 'a.yaml'}:3:11)",
@@ -296,7 +296,7 @@ def test_allow_missing_env_turns_unset_keys_into_warnings() -> None:
     assert done.stdout.startswith(f"OK: 1 rule in {bad}")
     # anything else wrong still fails, and the warnings are shown with the errors
     other = "tests/fixtures/rules/bad/env_partial.yaml"
-    done = cli("check", other, "--allow-missing-env", env={**_env(), "PD_KEY": "k"})
+    done = cli("check", other, "--allow-missing-env", env={**_env(), "PD_KEY": "R0KEY000000000000000000000000001"})
     assert done.returncode == 1 and "an environment reference must be the whole value" in done.stderr
 
 

@@ -13,7 +13,7 @@ from kernel.clock import FakeClock
 from rules import RuleFileErrors, RuleStore, load_rules
 from ticketpager import cli
 
-KEY = "R0123456789abcdef0123456789abcdef"
+KEY = "R123456789abcdef0123456789abcdef"
 RULE = (
     "version: 1\nrules:\n  - name: {name}\n    when: {{priority: P1}}\n"
     "    trigger: {{routing_key: '${{PD_KEY}}', severity: critical, summary: hi}}\n"

@@ -14,7 +14,7 @@ from kernel.model import StatusCategory, Ticket
 from rules import EvalContext, RuleFileErrors, load_rules
 from ticketpager import cli
 
-KEY = "R0123456789abcdef0123456789abcdef"
+KEY = "R123456789abcdef0123456789abcdef"
 NOW = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
 
 

@@ -17,7 +17,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 
 RULE = (
     "version: 1\nrules:\n  - name: r1\n    when:\n      project: {value}\n"
-    "    trigger: {{routing_key: k, severity: info, summary: s}}\n"
+    "    trigger: {{routing_key: R0KEY000000000000000000000000001, severity: info, summary: s}}\n"
 )
 VALUE_COLUMN = 16  # where {value} starts on line 5
 
@@ -116,7 +116,7 @@ def test_a_boolean_key_still_takes_true_and_the_yaml11_word_is_one_error(tmp_pat
     """`continue: true` works; `continue: yes` is the YAML error alone, not also "must be true or false"."""
     text = (
         "version: 1\nrules:\n  - name: r1\n    continue: {value}\n    when: {{labels: {{contains: yes}}}}\n"
-        "    trigger: {{routing_key: k, severity: info, summary: s}}\n"
+        "    trigger: {{routing_key: R0KEY000000000000000000000000001, severity: info, summary: s}}\n"
     )
     path = tmp_path / "r.yaml"
     path.write_text(text.format(value="yes"))

@@ -14,7 +14,7 @@ from ticketpager.rules_cli import main
 EXAMPLES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 RULE = (
     "version: 1\nrules:\n  - name: r1\n    when: {{project: OPS}}\n"
-    "    trigger:\n      routing_key: R0123456789abcdef0123456789abcdef\n      severity: info\n"
+    "    trigger:\n      routing_key: R123456789abcdef0123456789abcdef\n      severity: info\n"
     "      summary: s\n      custom_details: {{freeze: {value}}}\n"
 )
 

@@ -31,7 +31,7 @@ from connectors.pagerduty_webhooks import incident_event_body, parse_event
 from kernel import redact
 from kernel.clock import Clock, SystemClock
 from kernel.incidents import IncidentEvent
-from kernel.model import Destination
+from kernel.model import Destination, is_integration_key
 from kernel.ports import IncidentContext, SyncPlan, TwoWayRules
 from kernel.redact import mask
 from kernel.retry import RetryPolicy
@@ -77,8 +77,6 @@ STOP_SECONDS = 15.0
 #: a worker that keeps failing on the same database error logs it again after this long (with how many restarts it
 #: stands for), not every second: a database away for an hour is 60 lines per worker, not 3,600
 DATABASE_LOG_EVERY_SECONDS = 60.0
-#: "integration key … a 32 character" string (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/)
-INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
 
 
 class _Senders(NamedTuple):
@@ -606,7 +604,7 @@ class Service:
         problems = []
         for rule in self.rule_store.current.spec.rules:
             key = rule.trigger.routing_key
-            if not INTEGRATION_KEY.fullmatch(key):
+            if not is_integration_key(key):
                 problems.append(
                     f"rule '{rule.name}': routing key {mask(key)} is not a 32-character PagerDuty integration key"
                 )
