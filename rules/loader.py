@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
+from yaml.error import Mark
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from kernel.errors import ConfigError
@@ -23,6 +25,9 @@ from rules.yaml11 import version_problem
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 1024 * 1024  # a rule file bigger than this is a mistake, not a rule set
+#: how many values YAML aliases may add to a rule file when expanded: a real file's few anchors add hundreds; a
+#: "billion laughs" file of nested aliases adds millions from 557 bytes and would exhaust time and memory
+MAX_ALIAS_VALUES = 100_000
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
@@ -189,11 +194,71 @@ class _Converter:
         return out
 
 
+class _AliasMarkingLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also remembers where each alias (``*name``) is written, in document order: an
+    alias is composed into the very node of its anchor, which keeps only the anchor's position."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.alias_marks: list[Mark] = []
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        if self.check_event(AliasEvent):
+            self.alias_marks.append(self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+class _AliasBomb(Exception):
+    def __init__(self, mark: Mark | None) -> None:
+        self.mark = mark
+
+
+def _alias_expansion(root: Node, alias_marks: list[Mark]) -> Mark | None:
+    """Where aliases first add more than :data:`MAX_ALIAS_VALUES` values to the document, else None. Each node's
+    expanded size is computed once (memoised), so this is linear in the composed document, however it expands."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    marks = iter(alias_marks)
+    added = 0
+
+    def size(node: Node) -> int:
+        nonlocal added
+        key = id(node)
+        if key in sizes or key in active:  # met again: an alias (document order = the order aliases were read)
+            mark = next(marks, None)
+            added += sizes.get(key, 0)  # a recursive alias adds nothing here; the converter reports it
+            if added > MAX_ALIAS_VALUES:
+                raise _AliasBomb(mark or node.start_mark)
+            return sizes.get(key, 0)
+        active.add(key)
+        total = 1
+        if isinstance(node, SequenceNode):
+            total += sum(size(item) for item in node.value)
+        elif isinstance(node, MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(root)
+    except _AliasBomb as bomb:
+        return bomb.mark
+    return None
+
+
 def parse_text(text: str, path: str) -> tuple[Any, list[RuleFileError]]:
     """Parse one YAML document into position-carrying values; problems come back as errors, never raise."""
     converter = _Converter(path)
+    loader: _AliasMarkingLoader | None = None
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        loader = _AliasMarkingLoader(text)  # reads the text: a character YAML does not allow raises here
+        nodes: list[Node] = []
+        while loader.check_node():  # yaml.compose_all, with the loader kept for its alias marks
+            node = loader.get_node()
+            if node is not None:
+                nodes.append(node)
+        alias_marks = loader.alias_marks
     except yaml.MarkedYAMLError as exc:
         line, col, problem = yaml_errors.explain(exc, text)
         return None, [RuleFileError(path, line, col, f"invalid YAML: {problem}")]
@@ -201,13 +266,19 @@ def parse_text(text: str, path: str) -> tuple[Any, list[RuleFileError]]:
         return None, [RuleFileError(path, 1, 1, f"invalid YAML: {exc}")]
     except RecursionError:
         return None, [RuleFileError(path, 1, 1, "invalid YAML: nested too deeply")]
-    nodes = [n for n in nodes if n is not None]
+    finally:
+        if loader is not None:
+            loader.dispose()
     if not nodes:
         return None, [RuleFileError(path, 1, 1, "the file is empty (expected 'version: 1' and 'rules:')")]
     if len(nodes) > 1:
         second = converter.pos(nodes[1])
         return None, [RuleFileError.at(second, "one YAML document per rule file (found a second '---')")]
     try:
+        bomb = _alias_expansion(nodes[0], alias_marks)
+        if bomb is not None:
+            message = f"YAML aliases expand to more than {MAX_ALIAS_VALUES:,} values (an alias bomb?)"
+            return None, [RuleFileError(path, bomb.line + 1, bomb.column + 1, message)]
         value = converter.convert(nodes[0])
     except RecursionError:
         return None, [RuleFileError(path, 1, 1, "invalid YAML: nested too deeply")]
