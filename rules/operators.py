@@ -135,16 +135,25 @@ def present(value: Any) -> bool:
     return True
 
 
-def parse_duration(text: Any) -> timedelta:
+#: the longest ``older_than`` / ``newer_than`` (about 100 years): a ticket is never older, and a longer one is a typo
+MAX_RULE_DURATION = timedelta(days=36_500)
+MAX_RULE_DURATION_TEXT = "36500d (100 years), the longest older_than / newer_than"
+
+
+def parse_duration(text: Any, limit: timedelta | None = None, limit_text: str = "") -> timedelta:
+    """``90s``, ``2h``, ``1h30m``: a positive duration, at most ``limit`` (said as ``limit_text``). A duration too
+    long for any date (``3000000d``) is an error here, not an OverflowError in the caller's date arithmetic."""
     if isinstance(text, bool) or not isinstance(text, str) or not _DURATION_FULL.match(text):
         raise OperatorArgError(f"bad duration {text!r} (use e.g. 90s, 30m, 2h, 1d, 1h30m)")
     seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION.findall(text))
     if seconds <= 0:
         raise OperatorArgError(f"duration {text!r} must be longer than zero")
+    if limit is not None and seconds > limit.total_seconds():
+        raise OperatorArgError(f"duration {text!r} is longer than {limit_text or format_duration(limit)}")
     try:
         return timedelta(seconds=seconds)
-    except OverflowError:  # past timedelta's 999,999,999 days (or an infinite float of digits)
-        raise OperatorArgError(f"duration {text!r} is too long") from None
+    except OverflowError:  # past timedelta's 999,999,999 days (or an infinite float)
+        raise OperatorArgError(f"duration {text!r} is too long (use e.g. 90s, 30m, 2h, 1d, 1h30m)") from None
 
 
 def format_duration(delta: timedelta) -> str:
@@ -273,7 +282,7 @@ def _calendar(arg: Any, ctx: PrepareContext) -> Calendar:
 
 
 def _duration(arg: Any, ctx: PrepareContext) -> timedelta:
-    return parse_duration(arg)
+    return parse_duration(arg, MAX_RULE_DURATION, MAX_RULE_DURATION_TEXT)
 
 
 def did_you_mean(word: str, candidates: Any) -> str:

@@ -401,3 +401,26 @@ def test_a_match_file_is_checked_with_file_line_and_column(tmp_path: Path) -> No
     with pytest.raises(MatcherErrors) as refused:
         load_match_file(bad)
     assert f"{bad}:2:12: priority: unknown operator 'equal'" in str(refused.value)
+
+
+def test_cli_bounds_a_silence_to_a_year_and_a_huge_duration_is_an_error_not_a_traceback(
+    service: Service, db_url: str, clock: FakeClock, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(silence_cli, "CLOCK", clock)
+    db = ("--database-url", db_url)
+    base = ("silence", "add", "--match", "project=OPS", "--comment", "c", "--author", "a", *db)
+    for duration in ("3000000d", "1000000d", "366d"):  # 3000000d was an OverflowError, 1000000d a silence until 4764
+        with pytest.raises(SystemExit) as usage:
+            cli.main([*base, "--duration", duration])
+        assert usage.value.code == EXIT_USAGE
+        last = capsys.readouterr().err.splitlines()[-1]
+        assert f"argument --duration: a silence lasts at most {MAX_SILENCE_DAYS} days, not {duration[:-1]} days" in last
+    ends = (clock.now() + timedelta(days=366)).isoformat()
+    code, _, err = run(capsys, *base, "--ends", ends)
+    assert code == EXIT_USAGE
+    assert err.startswith(f"ticketpager: a silence lasts at most {MAX_SILENCE_DAYS} days, not 366 days"), err
+    with service.store.engine.connect() as conn:
+        assert list_silences(conn, clock.now(), include_expired=True) == []
+    code, out, err = run(capsys, *base, "--duration", "365d", "--json")
+    assert code == EXIT_OK, err
+    assert json.loads(out)["ends_at"] == (clock.now() + timedelta(days=365)).isoformat()

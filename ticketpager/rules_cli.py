@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -631,6 +631,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 #: someone is waiting at a terminal: a vendor that is down is reported after a few seconds, not two minutes
 #: (a 429's Retry-After is still honoured, shown as a wait)
 BACKTEST_RETRY = RetryPolicy(max_attempts=3, max_total_seconds=60.0)
+#: how far back ``rules backtest --since`` reads: a year of tickets answers "what would these rules have paged";
+#: longer reads a vendor's whole history at its rate limit (Zendesk: 10 pages a minute)
+MAX_BACKTEST_SINCE = timedelta(days=365)
+MAX_BACKTEST_SINCE_TEXT = "365d, the furthest back a backtest reads"
 
 
 class Replay:
@@ -674,7 +678,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from ticketpager.settings import Settings
 
     try:
-        since = parse_duration(args.since)
+        since = parse_duration(args.since, MAX_BACKTEST_SINCE, MAX_BACKTEST_SINCE_TEXT)
     except OperatorArgError as exc:
         print(f"ticketpager rules backtest: --since: {exc}", file=sys.stderr)
         return EXIT_USAGE
