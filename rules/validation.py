@@ -789,19 +789,31 @@ def _mapping_getter(attribute: str, key: str) -> Getter:
 
 
 def _raw_getter(parts: tuple[str, ...]) -> Getter:
+    """``ticket.raw`` at a dotted path. A payload may hold a dot in a key itself: ServiceNow sends its dot-walked
+    fields flat (``"assignment_group.name": "Network"``), so at each level the longest key made of the remaining
+    parts is tried first: ``a.b.c`` is ``raw["a.b.c"]``, then ``raw["a.b"]["c"]``, then ``raw["a"]["b"]["c"]``.
+    A list item is named by its number (``fields.fixVersions.0.name``)."""
+    count = len(parts)
+    keys = {(start, end): ".".join(parts[start:end]) for start in range(count) for end in range(start + 1, count + 1)}
+
+    def find(current: Any, start: int) -> Any:
+        if start == count:
+            return current
+        if isinstance(current, Mapping):
+            for end in range(count, start, -1):  # the longest flat key first
+                value = current.get(keys[start, end])
+                if value is not None:
+                    found = find(value, end)
+                    if found is not None:
+                        return found
+            return None
+        if isinstance(current, list) and parts[start].isdigit():
+            index = int(parts[start])
+            return find(current[index], start + 1) if index < len(current) else None
+        return None
+
     def get(ticket: Ticket) -> Any:
-        current: Any = ticket.raw
-        for part in parts:
-            if isinstance(current, Mapping):
-                current = current.get(part)
-            elif isinstance(current, list) and part.isdigit():
-                index = int(part)
-                current = current[index] if index < len(current) else None
-            else:
-                return None
-            if current is None:
-                return None
-        return current
+        return find(ticket.raw, 0)
 
     return get
 
