@@ -17,16 +17,24 @@ candidates. Triggers are rendered lazily, when an incident is actually triggered
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
+
+import regex
 
 from kernel import jsonutil
 from kernel.model import SUMMARY_MAX, FieldChange, LinkState, StatusCategory, Ticket, TriggerSpec
 from kernel.ports import EvalContext, IncidentContext, Verdict
 from rules import twoway
 from rules.loader import Pos
-from rules.operators import failure_explainer, fold, folded_search
+from rules.operators import (
+    REGEX_TIMEOUT_SECONDS,
+    PatternTimeout,
+    bounded_search,
+    failure_explainer,
+    fold,
+    folded_search,
+)
 from rules.spec import AllOf, AnyOf, Cond, Leaf, NotOf, RuleSetSpec, RuleSpec, SeveritySpec, field_names
 from rules.templates import Template, render_safely, template_context
 
@@ -195,7 +203,31 @@ class _Memo(dict[Any, Any]):
         return made
 
 
+class GaveUp(str):
+    """The reason a ``regex`` / ``not_regex`` condition does not hold when its search gave up
+    (:class:`PatternTimeout`): it fails ``not:`` too, so a pattern that backtracks never makes a rule hold."""
+
+
 def _compile_leaf(leaf: Leaf) -> Check:
+    check = _compile_leaf_check(leaf)
+    if leaf.op.name not in ("regex", "not_regex"):
+        return check
+    gave_up = GaveUp(
+        f"{leaf.field.name if leaf.field else 'now'}: /{leaf.raw_arg}/ gave up after "
+        f"{REGEX_TIMEOUT_SECONDS * 1000:g} ms on this text (the regex backtracks: look for nested repeats such as "
+        "(a+)+ or overlapping alternatives such as (a|aa)+)"
+    )
+
+    def check_bounded(s: EvalContext) -> str | None:
+        try:
+            return check(s)
+        except PatternTimeout:
+            return gave_up
+
+    return check_bounded
+
+
+def _compile_leaf_check(leaf: Leaf) -> Check:
     op, arg, raw = leaf.op, leaf.arg, leaf.raw_arg
     test = op.test
     name = leaf.field.name if leaf.field else "now"
@@ -239,7 +271,7 @@ def _compile_leaf(leaf: Leaf) -> Check:
             return None if test(value, arg, s.now) else fail(value)
 
         return check_equals
-    if op.name == "regex" and isinstance(arg, re.Pattern):
+    if op.name == "regex" and isinstance(arg, regex.Pattern):
         found = folded_search(arg)
         if found is not None:  # case-insensitive: lower-cased text, several times faster (see folded_search)
 
@@ -250,12 +282,12 @@ def _compile_leaf(leaf: Leaf) -> Check:
                 return None if test(value, arg, s.now) else fail(value)
 
             return check_folded_regex
-        search = arg.search
+        search = bounded_search(arg)
 
         def check_regex(s: EvalContext) -> str | None:
             value = get(s.ticket)
             if value.__class__ is str:
-                return None if search(value) is not None else explain(value)  # free text: seldom repeats
+                return None if search(value) else explain(value)  # free text: seldom repeats
             return None if test(value, arg, s.now) else fail(value)
 
         return check_regex
@@ -286,7 +318,10 @@ def compile_condition(cond: Cond) -> Check:
         text = f"not: {cond.item.describe()} holds"
 
         def check_not(s: EvalContext) -> str | None:
-            return text if inner(s) is None else None
+            reason = inner(s)
+            if reason is None:
+                return text
+            return reason if reason.__class__ is GaveUp else None
 
         return check_not
     checks = tuple(compile_condition(c) for c in cond.items)

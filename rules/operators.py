@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import regex
+
 from kernel.model import FieldChange
 from rules.calendars import Calendar
 
@@ -204,13 +206,42 @@ def _contains_arg(arg: Any, ctx: PrepareContext) -> Any:
     return fold(arg) if ctx.ignore_case else arg
 
 
-def _regex(arg: Any, ctx: PrepareContext) -> re.Pattern[str]:
+#: how long one regex search of a rule (or silence) may run on one value before it gives up. Rule regexes run on
+#: ticket text anyone who can open a ticket writes; a pattern that backtracks (``(a|aa)+$``, ``(\w+\s?)+$``) takes
+#: exponential time on some text, and Python's ``re`` cannot be interrupted: one crafted title stalled every worker
+#: of the process. The ``regex`` module (the same syntax, https://github.com/mrabarnett/mrab-regex) checks a
+#: timeout while it matches; a search past it counts as a condition that does not hold (:class:`PatternTimeout`).
+#: Ordinary patterns take microseconds on the longest descriptions.
+REGEX_TIMEOUT_SECONDS = 0.1
+
+
+class PatternTimeout(Exception):
+    """A rule regex gave up on a value after :data:`REGEX_TIMEOUT_SECONDS` (the evaluator says so in the
+    condition's explanation; the condition does not hold, for ``regex`` and ``not_regex`` alike)."""
+
+
+def _regex(arg: Any, ctx: PrepareContext) -> regex.Pattern[str]:
     if not isinstance(arg, str):
         raise OperatorArgError("expects a regular expression in quotes")
-    try:
-        return re.compile(arg, re.IGNORECASE if ctx.ignore_case else 0)
-    except re.error as exc:
+    try:  # Python's re says what the syntax is (and how a mistake reads); the regex module runs it
+        re.compile(arg, re.IGNORECASE if ctx.ignore_case else 0)
+        return regex.compile(arg, regex.IGNORECASE if ctx.ignore_case else 0)
+    except (re.error, regex.error) as exc:
         raise OperatorArgError(f"bad regex {arg!r}: {exc}") from None
+
+
+def bounded_search(pattern: regex.Pattern[str]) -> Callable[[str], bool]:
+    """``pattern.search(text) is not None``, giving up after :data:`REGEX_TIMEOUT_SECONDS` (raises
+    :class:`PatternTimeout`)."""
+    search = pattern.search
+
+    def found(text: str) -> bool:
+        try:
+            return search(text, timeout=REGEX_TIMEOUT_SECONDS) is not None
+        except TimeoutError:
+            raise PatternTimeout(pattern.pattern) from None
+
+    return found
 
 
 # A case-insensitive regex on ASCII text can run as a case-sensitive one on the lower-cased text: the same
@@ -222,24 +253,25 @@ _LEADING_FLAGS = re.compile(r"\A\(\?[aimsux]+\)")
 _FOLDABLE = re.compile(r"(?:[^\\\[(]|\\[bdsw]|\\[^0-9A-Za-z]|\((?!\?)|\(\?(?::|=|!|<=|<!))*\Z", re.ASCII)
 
 
-def folded_search(pattern: re.Pattern[str]) -> Callable[[str], bool] | None:
-    """``pattern.search(text) is not None``, through the lower-cased equivalent on ASCII text, when
-    ``pattern`` ignores case and can be lower-cased safely (see above); ``None`` when it cannot."""
+def folded_search(pattern: regex.Pattern[str]) -> Callable[[str], bool] | None:
+    """``pattern.search(text) is not None`` (bounded as :func:`bounded_search`), through the lower-cased
+    equivalent on ASCII text, when ``pattern`` ignores case and can be lower-cased safely (see above); ``None``
+    when it cannot."""
     source, flags = pattern.pattern, pattern.flags
     leading = _LEADING_FLAGS.match(source)
     body = source[leading.end() :] if leading else source
-    if not flags & re.IGNORECASE or not source.isascii() or not _FOLDABLE.match(body):
+    if not flags & regex.IGNORECASE or not source.isascii() or not _FOLDABLE.match(body):
         return None
     try:
-        lowered = re.compile(body.lower(), flags & ~re.IGNORECASE).search
-    except re.error:  # pragma: no cover - lower-casing these patterns keeps them valid
+        lowered = bounded_search(regex.compile(body.lower(), flags & ~regex.IGNORECASE))
+    except regex.error:  # pragma: no cover - lower-casing these patterns keeps them valid
         return None
-    search = pattern.search
+    search = bounded_search(pattern)
 
     def found(text: str) -> bool:
         if text.isascii():
-            return lowered(text.lower()) is not None
-        return search(text) is not None
+            return lowered(text.lower())
+        return search(text)
 
     return found
 
@@ -314,13 +346,14 @@ def _contains(value: Any, arg: Any, now: datetime) -> bool:
     return False
 
 
-def _regex_test(value: Any, arg: re.Pattern[str], now: datetime) -> bool:
+def _regex_test(value: Any, arg: regex.Pattern[str], now: datetime) -> bool:
+    found = bounded_search(arg)
     if isinstance(value, str):
-        return arg.search(value) is not None
+        return found(value)
     if isinstance(value, list | tuple):
-        return any(isinstance(v, str) and arg.search(v) is not None for v in value)
+        return any(isinstance(v, str) and found(v) for v in value)
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return arg.search(str(value)) is not None
+        return found(str(value))
     return False
 
 

@@ -354,6 +354,7 @@ def test_explanations_of_text_values_read_the_same_on_the_fast_path(name: str) -
 
 import re  # noqa: E402
 
+import regex  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -376,11 +377,11 @@ FOLDABLE = [
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(alphabet=st.sampled_from("abcdefgklnoprstuwxyEDOWNPSTLUAGC 12.-%\n\u017f\u212aÉé"), max_size=40))
 def test_a_folded_case_insensitive_regex_gives_the_verdict_of_re_itself(pattern: str, text: str) -> None:
-    compiled = re.compile(pattern)
-    found = folded_search(compiled)
+    found = folded_search(regex.compile(pattern))
     assert found is not None, "these patterns are safe to lower-case"
-    # ASCII text takes the lower-cased path, anything else the original pattern: the same verdict
-    assert found(text) == (compiled.search(text) is not None)
+    # ASCII text takes the lower-cased path, anything else the original pattern: the verdict of Python's re,
+    # whose syntax and case folding rule authors know (the rules run on the regex module, for its time limit)
+    assert found(text) == (re.compile(pattern).search(text) is not None)
 
 
 @pytest.mark.parametrize(
@@ -393,10 +394,9 @@ def test_a_folded_case_insensitive_regex_gives_the_verdict_of_re_itself(pattern:
     ],
 )
 def test_text_beyond_ascii_is_searched_by_the_original_pattern(pattern: str, text: str) -> None:
-    compiled = re.compile(pattern)
-    found = folded_search(compiled)
+    found = folded_search(regex.compile(pattern))
     assert found is not None
-    assert found(text) == (compiled.search(text) is not None)
+    assert found(text) == (re.compile(pattern).search(text) is not None)
 
 
 @pytest.mark.parametrize(
@@ -413,7 +413,7 @@ def test_text_beyond_ascii_is_searched_by_the_original_pattern(pattern: str, tex
     ],
 )
 def test_patterns_that_lower_casing_would_change_keep_re_as_it_is(pattern: str) -> None:
-    assert folded_search(re.compile(pattern)) is None
+    assert folded_search(regex.compile(pattern)) is None
 
 
 def test_a_case_insensitive_rule_matches_every_casing_and_explains_a_miss_with_the_title(tmp_path: Path) -> None:
@@ -438,8 +438,20 @@ def test_an_unquoted_yaml_timestamp_is_explained_as_written(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1", 1.0), (" 2.5 ", 2.5), ("-3", -3.0), ("1e3", 1000.0), (".5", 0.5),
-     ("1_000", None), ("infinity", None), ("nan", None), ("0x10", None), ("1,5", None), ("\u0663", None), ("", None)],
+    [
+        ("1", 1.0),
+        (" 2.5 ", 2.5),
+        ("-3", -3.0),
+        ("1e3", 1000.0),
+        (".5", 0.5),
+        ("1_000", None),
+        ("infinity", None),
+        ("nan", None),
+        ("0x10", None),
+        ("1,5", None),
+        ("\u0663", None),
+        ("", None),
+    ],
 )
 def test_numeric_text_is_what_people_write_as_a_number(text: str, expected: float | None) -> None:
     """`impact: 1` matches "1"; but "1_000", "infinity" or an Arabic-Indic digit are text, not numbers
@@ -447,3 +459,61 @@ def test_numeric_text_is_what_people_write_as_a_number(text: str, expected: floa
     from rules.operators import number
 
     assert number(text) == expected
+
+
+# -- a regex that backtracks gives up on hostile text (rules.operators.REGEX_TIMEOUT_SECONDS) ---------------------
+
+#: patterns Python's re takes exponential time on, with a crafted title for each (seconds to hours in re), and an
+#: ordinary title each matches
+BACKTRACKING = {
+    r"(a|aa)+$": ("a" * 64 + "!", "aaaa"),
+    r"^(\w+\s?)+$": ("word " * 12 + "w" * 40 + "!", "two words"),
+    r"(x+x+)+y": ("x" * 64, "xxy"),
+    r"^(([a-z])+.)+[A-Z]([a-z])+$": ("a" * 64 + "!", "ab Cd"),
+}
+
+
+@pytest.mark.parametrize("pattern", list(BACKTRACKING))
+def test_a_regex_that_backtracks_decides_a_crafted_title_within_its_time_limit(tmp_path: Path, pattern: str) -> None:
+    """Ticket text is written by whoever opens a ticket. A rule regex that backtracks exponentially in Python's re
+    (one crafted title stalled every worker of the process) is decided within REGEX_TIMEOUT_SECONDS, for regex,
+    not_regex and not: alike, and none makes its rule hold on the crafted title; ordinary titles still match."""
+    import time
+
+    from rules.operators import REGEX_TIMEOUT_SECONDS
+
+    hostile, ordinary = BACKTRACKING[pattern]
+    for when in ({"title": {"regex": pattern}}, {"not": {"title": {"regex": pattern}}}):
+        started = time.monotonic()
+        verdict = evaluate(tmp_path, when, ticket(title=hostile))
+        took = time.monotonic() - started
+        assert took < 20 * REGEX_TIMEOUT_SECONDS + 1, f"{when}: {took:.2f} s"
+        if when.get("not"):  # the regex module decides most such patterns at once: then not: holds, as it should
+            gave_up = any(
+                "gave up" in line
+                for line in evaluate(tmp_path, {"title": {"regex": pattern}}, ticket(title=hostile)).explanation
+            )
+            assert verdict.matched != gave_up, "not: holds when the regex was decided, and fails when it gave up"
+        else:
+            assert not verdict.matched
+    assert evaluate(tmp_path, {"title": {"regex": pattern}}, ticket(title=ordinary)).matched
+
+
+def test_a_search_that_gives_up_makes_no_rule_hold_and_says_why(tmp_path: Path) -> None:
+    """(a|aa)+$ on 64 a's and a '!' backtracks in the regex module too: the search gives up after
+    REGEX_TIMEOUT_SECONDS and the condition does not hold, whether it is regex, not_regex or under not: (a pattern
+    that cannot be decided never pages), and the explanation names the pattern and the limit."""
+    from rules.operators import REGEX_TIMEOUT_SECONDS
+
+    pattern, (hostile, _) = r"(a|aa)+$", BACKTRACKING[r"(a|aa)+$"]
+    for when in (
+        {"title": {"regex": pattern}},
+        {"title": {"not_regex": pattern}},
+        {"not": {"title": {"regex": pattern}}},
+    ):
+        verdict = evaluate(tmp_path, when, ticket(title=hostile))
+        assert not verdict.matched, when
+        assert any(
+            f"title: /{pattern}/ gave up after {REGEX_TIMEOUT_SECONDS * 1000:g} ms" in line
+            for line in verdict.explanation
+        ), verdict.explanation
