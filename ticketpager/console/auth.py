@@ -106,8 +106,24 @@ class Auth:
 
     def issue(self, who: str, role: str, now: float | None = None) -> str:
         expires = int((now if now is not None else time.time()) + self.settings.session_hours * 3600)
-        payload = "|".join((_b64(who.encode()), role, str(expires), secrets.token_urlsafe(24)))
+        fields = (_b64(who.encode()), role, str(expires), secrets.token_urlsafe(24), self._grant(who, role))
+        payload = "|".join(fields)
         return f"{payload}.{self._sign(payload)}"
+
+    def _grant(self, who: str, role: str) -> str:
+        """What the session was granted on, in a digest: the credential that logged in and the role it gave. A
+        session is good only while they still hold: a token or password changed, or the user made read-only,
+        ends every session they gave at its next request, whether or not a session secret is configured."""
+        s = self.settings
+        if who == "token":
+            material = s.token.get_secret_value()
+        elif who == "read-only token":
+            material = s.readonly_token.get_secret_value()
+        else:
+            user_role = READONLY if s.user_readonly else ADMIN
+            material = f"{s.username}\0{s.password_hash.get_secret_value()}\0{user_role}"
+        digest = hmac.new(self._key, f"grant\0{who}\0{role}\0{material}".encode(), hashlib.sha256).digest()
+        return _b64(digest[:16])
 
     def read(self, cookie: str | None, now: float | None = None) -> Session | None:
         if not cookie or "." not in cookie:
@@ -116,12 +132,14 @@ class Auth:
         if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
             return None
         try:
-            who, role, expires, csrf = payload.split("|")
+            who, role, expires, csrf, grant = payload.split("|")
             session = Session(_unb64(who).decode(), role, int(expires), csrf)
-        except ValueError:
+        except ValueError:  # a cookie of an older version (no grant) too: log in again
             return None
         if session.expires < (now if now is not None else time.time()) or role not in (ADMIN, READONLY):
             return None
+        if not hmac.compare_digest(grant.encode(), self._grant(session.who, role).encode()):
+            return None  # the credential or the role it gave changed since the login
         return session
 
     def _sign(self, payload: str) -> str:
