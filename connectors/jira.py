@@ -110,7 +110,9 @@ HANDLED_EVENTS = frozenset({EVENT_CREATED, EVENT_UPDATED, EVENT_DELETED})
 # https://developer.atlassian.com/cloud/jira/platform/webhooks/#secure-admin-webhooks
 SIGNATURE_HEADER = "x-hub-signature"
 SIGNATURE_METHOD = "sha256"
-# Unique per delivery and unchanged across Jira's retries (the dedupe key).
+# Unique per delivery and unchanged across Jira's retries, but outside the signature: whoever holds one signed body
+# could replay it under fresh identifiers, each stored and processed again. The dedupe key is therefore a digest of
+# the signed body (a retry sends the same bytes), as for Zendesk; the header is only logged.
 DELIVERY_HEADER = "x-atlassian-webhook-identifier"
 
 # Fields every poll asks for (Cloud /search/jql returns only ids unless ``fields`` is explicit).
@@ -258,7 +260,7 @@ class JiraConnector(Connector[JiraSettings]):
                     raise WebhookRejected(400, "invalid timestamp") from None
                 ticket = replace(ticket, updated=max(ticket.updated, deleted_at))
         changes = changelog_changes(payload.get("changelog"), names) if event == EVENT_UPDATED else ()
-        delivery = _header(headers, DELIVERY_HEADER) or "sha256:" + hashlib.sha256(body).hexdigest()
+        delivery = "sha256:" + hashlib.sha256(body).hexdigest()  # the signed bytes, not the unsigned identifier
         change = TicketChange(
             ticket=ticket,
             origin=Origin.WEBHOOK,

@@ -15,6 +15,7 @@ Payload shape: https://developer.pagerduty.com/docs/webhooks/v3-overview/ (no JS
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -113,6 +114,14 @@ def verify_signature(headers: Mapping[str, str], body: bytes, secrets: Sequence[
         ok |= matches_any(signature, expected)
     if not ok:
         raise WebhookRejected(401, "invalid X-PagerDuty-Signature")
+
+
+def dedupe_key(event_id: str) -> str:
+    """The inbox's dedupe key of a verified webhook: its signed ``event.id`` (one per event, the same on every
+    retry and in every subscription that delivers it), not ``X-Webhook-Id``, which the signature does not cover:
+    a captured body replayed under fresh ids would be stored and handled again. Hashed past the column's 255."""
+    key = "event:" + event_id
+    return key if len(key) <= 255 else "event-sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
 
 
 def webhook_id(headers: Mapping[str, str]) -> str:

@@ -13,7 +13,7 @@ of that system it came from (the default connection is named after the system; d
 * ``leases``    — which replica runs a singleton job (a poller, the time-rule scheduler) until when.
 * ``replicas``  — each running replica's heartbeat: a live one's claims and leases are never taken over.
 * ``decisions`` — the decision log: per change, every rule's verdict and why, and what was sent.
-* ``pagerduty_inbox`` — PagerDuty v3 webhooks as received (verified raw body), deduped on ``X-Webhook-Id``: the
+* ``pagerduty_inbox`` — PagerDuty v3 webhooks as received (verified raw body), deduped on the signed ``event.id``: the
   reverse worker's work queue (:mod:`sync.reverse`).
 * ``incidents`` — PagerDuty incident ↔ our ``dedup_key`` (learned once: PagerDuty does not put the key on an
   Events-API incident's webhook), with what the last event said of the incident.
@@ -304,7 +304,7 @@ pagerduty_inbox = Table(
     "pagerduty_inbox",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("webhook_id", String(255), nullable=False),  # X-Webhook-Id: the same on every retry of one delivery
+    Column("webhook_id", String(255), nullable=False),  # dedupe key: "event:" + the signed event.id (pdw.dedupe_key)
     Column("event_id", String(255), nullable=False),
     Column("event_type", String(64), nullable=False),
     Column("incident_id", String(64), nullable=True),

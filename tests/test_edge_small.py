@@ -55,19 +55,23 @@ def test_a_wrong_bearer_token_is_still_refused(serve: Serve) -> None:
     assert get(serve, "/admin/status", f"Basic {METRICS_TOKEN}")[0] == 401
 
 
-def test_long_delivery_ids_sharing_a_prefix_are_not_duplicates(serve: Serve) -> None:
+def test_a_signed_body_replayed_under_fresh_identifiers_is_one_delivery(serve: Serve) -> None:
+    """Jira's X-Atlassian-Webhook-Identifier is not signed: a captured body sent again under new identifiers (long
+    ones too) is a duplicate of the first, not a new change stored and processed again. (Long ids of the sources
+    that have them are hashed, not cut, at the store: the next test.)"""
     body = jira_body(issue_id="20002")
     prefix = "d" * 300
 
     def deliver(identifier: str) -> dict[str, object]:
-        status, answer = serve.post("/webhooks/jira", body, {"X-Hub-Signature": sign(body),
-                                                             "X-Atlassian-Webhook-Identifier": identifier})
+        status, answer = serve.post(
+            "/webhooks/jira", body, {"X-Hub-Signature": sign(body), "X-Atlassian-Webhook-Identifier": identifier}
+        )
         assert status == 202, answer
         return dict(json.loads(answer))
 
     assert deliver(prefix + "-first")["stored"] == 1
-    assert deliver(prefix + "-second")["stored"] == 1  # was a "duplicate": only 255 characters were compared
     assert deliver(prefix + "-second") == {"status": "accepted", "stored": 0, "duplicates": 1}
+    assert deliver("another-id") == {"status": "accepted", "stored": 0, "duplicates": 1}
 
 
 def test_long_delivery_ids_are_hashed_not_cut_in_both_stores(db_url: str) -> None:

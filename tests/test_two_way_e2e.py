@@ -161,8 +161,8 @@ def run_scenario(
     if remote_links is not None:
         assert remote_links() == [(f"pagerduty:incident:{incident}", html_url)]
     base_writes, base_notes = writes(), len(notes())
-    triggered = r.last_sent("incident.triggered")  # PagerDuty redelivers it under a new X-Webhook-Id: no new write
-    assert r.post_again(triggered, webhook_id="wh-triggered-again")["status"] == "accepted"
+    triggered = r.last_sent("incident.triggered")  # redelivered under a new X-Webhook-Id (not signed): the same
+    assert r.post_again(triggered, webhook_id="wh-triggered-again")["status"] == "duplicate"  # event: no new write
     r.settle()
     assert writes() == base_writes and len(notes()) == base_notes
 
@@ -199,7 +199,7 @@ def run_scenario(
     assert after_note == after_ack + 1  # one write for one note
     annotated = r.last_sent("incident.annotated")
     assert r.post_again(annotated) == {"status": "duplicate"}  # PagerDuty's retry: same X-Webhook-Id
-    assert r.post_again(annotated, webhook_id="wh-redelivered-elsewhere")["status"] == "accepted"
+    assert r.post_again(annotated, webhook_id="wh-redelivered-elsewhere")["status"] == "duplicate"  # same event
     r.settle()
     assert writes() == after_note and len(notes()) == base_notes + 2  # the marker on the ticket: still once
 
@@ -220,7 +220,7 @@ def run_scenario(
     assert after_resolve == after_note + 1, "only the resolve's own write-back note"
     assert r.inbox_outcomes()[-1] == ("incident.resolved", "echo")
     resolved = r.last_sent("incident.resolved")
-    assert r.post_again(resolved, webhook_id="wh-resolved-again")["status"] == "accepted"
+    assert r.post_again(resolved, webhook_id="wh-resolved-again")["status"] == "duplicate"
     r.settle()
     assert writes() == after_resolve
     assert [e["event_action"] for e in r.events.events] == ["trigger", "resolve"]

@@ -312,7 +312,7 @@ class PagerDutyWebhooks:
                             401, f"{exc.reason}: set TICKETPAGER_PAGERDUTY__WEBHOOK_SECRETS"
                         ) from None
                     raise
-            webhook_id = pdw.webhook_id(headers)
+            pdw.webhook_id(headers)  # required, as PagerDuty always sends it; not the dedupe key (unsigned)
             event = pdw.parse_event(body)
         except WebhookRejected as exc:
             status = exc.status or 400
@@ -327,7 +327,8 @@ class PagerDutyWebhooks:
             return 202, {"status": "ignored", "reason": f"event type {event.event_type[:100]!r} is not acted on"}
         label = event.event_type.value
         try:
-            new = await run_in_threadpool(self.service.store_pagerduty_webhook, webhook_id, event, body)
+            key = pdw.dedupe_key(event.event_id)  # the signed event id
+            new = await run_in_threadpool(self.service.store_pagerduty_webhook, key, event, body)
         except Exception as exc:  # noqa: BLE001
             log.error("storing the PagerDuty webhook failed: %s", failure_reason(exc))  # one line, no body
             count.labels(label, "store_failed").inc()

@@ -423,7 +423,7 @@ class Service:
         return out
 
     def store_pagerduty_webhook(self, webhook_id: str, event: IncidentEvent, body: bytes) -> bool:
-        """Store one verified PagerDuty webhook (False: its ``X-Webhook-Id`` was stored before); wakes the
+        """Store one verified PagerDuty webhook under ``webhook_id`` (its dedupe key; False: stored before); wakes the
         reverse worker. Runs in the HTTP server's thread pool, before the 202."""
         new = pd_inbox.store_event(
             self.store,
