@@ -299,3 +299,57 @@ def test_a_busy_keep_alive_connection_outlives_the_deadlines(serve: Serve) -> No
                 served += 1
             time.sleep(0.1)
     assert served >= 20
+
+
+def test_at_the_cap_a_request_arriving_a_byte_at_a_time_gives_its_slot_to_a_new_connection(tmp_path: Path) -> None:
+    """Slowloris: a client holds every slot with bodies sent a byte at a time (each within the deadlines). A new
+    connection still gets served: the connection whose request has been arriving longest (over
+    MIN_EVICTABLE_SECONDS) is answered 408 and closed to make room, the others keep their slots."""
+    proc = Serve(
+        serve_env(tmp_path, max_connections="4", header_timeout_seconds="30", body_timeout_seconds="30")
+    ).start()
+    held = []
+    try:
+        for _ in range(4):
+            s = connect(proc)
+            s.sendall(b"POST /webhooks/jira HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            held.append(s)
+            time.sleep(0.05)  # the first is the oldest
+        time.sleep(1.2)
+        with connect(proc) as fresh:
+            fresh.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(fresh)[0] == 200, "the new connection was served"
+        status, headers, body = read_response(held[0])
+        assert status == 408 and headers["connection"] == "close"
+        assert json.loads(body)["error"].startswith("request incomplete after 1.")
+        for s in held[1:]:  # the others keep their slots: each still finishes its request
+            s.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                s.recv(1)
+        status, answer = get(proc, "/metrics", f"Bearer {METRICS_TOKEN}")
+        assert status == 200 and b'ticketpager_http_refused_total{reason="evicted"} 1.0' in answer
+    finally:
+        for s in held:
+            s.close()
+        assert proc.stop() == 0, proc.output()
+
+
+def test_at_the_cap_an_idle_keep_alive_connection_makes_room(tmp_path: Path) -> None:
+    """Four clients keep idle connections open after their answers: a fifth is served, and the longest idle one
+    is closed (a keep-alive client reconnects); requests in progress are never the ones closed."""
+    proc = Serve(serve_env(tmp_path, max_connections="4", keepalive_timeout_seconds="30")).start()
+    held = []
+    try:
+        for _ in range(4):
+            s = connect(proc)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(s)[0] == 200
+            held.append(s)
+        with connect(proc) as fresh:
+            fresh.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(fresh)[0] == 200
+        assert closed_by_peer(held[0]), ("the longest idle connection was closed", proc.output()[-3000:])
+    finally:
+        for s in held:
+            s.close()
+        assert proc.stop() == 0, proc.output()

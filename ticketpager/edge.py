@@ -13,7 +13,10 @@ adds, per connection (every limit a setting, ``TICKETPAGER_HTTP__*``, listed in 
 * a deadline for the whole header block (from the first byte of a request, or from the connect) and one for
   the whole body (from the end of the headers): past them, 408;
 * the idle keep-alive timeout (uvicorn's own timer, set from the settings);
-* a cap on open connections, checked at connect: past it, 503 before anything is read;
+* a cap on open connections, checked at connect: past it, the connection whose request has been arriving the
+  longest (at least :data:`MIN_EVICTABLE_SECONDS`), or else an idle keep-alive one, is closed to make room (408,
+  ``evicted``), so a client holding every slot with requests sent a byte at a time cannot lock others out; when
+  none is, 503 before anything is read;
 * a cap on requests pipelined behind the one being answered (each parsed one is queued with its scope):
   past it, the connection is closed without an answer;
 * a JSON body for every answer it gives itself, also the 400 for what the parser refuses (a malformed
@@ -31,6 +34,7 @@ ingest figures with and without it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from http import HTTPStatus
@@ -48,7 +52,12 @@ log = logging.getLogger("ticketpager.http")
 
 #: the ``reason`` label values of ``ticketpager_http_refused_total``
 REASONS = ("header_too_large", "too_many_header_fields", "trailers_too_large", "header_timeout", "body_timeout",
-           "too_many_connections", "too_deeply_pipelined", "bad_request")
+           "too_many_connections", "too_deeply_pipelined", "bad_request", "evicted")
+#: at the connection cap, a request that has been arriving for this long gives its connection up to a new one: a
+#: vendor's webhook arrives in milliseconds; a client sending a byte a second to hold every slot is evicted (the
+#: oldest first) each time someone else connects
+MIN_EVICTABLE_SECONDS = 1.0
+_REQUESTS = itertools.count()  # orders requests by start across connections (one event loop: no lock)
 #: a chunked body's framing and trailers may add this share of its data on top of ``max_header_bytes``: chunks of
 #: 100 bytes or more stay within it; the parser's buffer for an endless trailer stays within the sum
 FRAMING_SHARE = 16
@@ -106,6 +115,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._raw_body = 0  # raw bytes fed after the header block (body, chunk framing, trailers)
         self._body_seen = 0  # body bytes the parser delivered of them
         self._due: float | None = None  # loop time by which the current header block or body must be in
+        self._started = 0.0  # loop time the current request (or the wait for its first byte) started
+        self._order = 0  # which request started first, where loop times tie (uvloop's clock ticks in ms)
         self._due_body = False  # the deadline is the body's (else the headers')
         self._timer: asyncio.TimerHandle | None = None  # checks the deadline; fires at ``_timer_at``
         self._timer_at = 0.0
@@ -119,9 +130,34 @@ class EdgeProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         cap = self.limits.max_connections
         if len(self.connections) > cap:
-            self._refuse(503, "too_many_connections", f"more than {cap} open connections; retry later")
-            return
+            active = [c for c in self.connections if isinstance(c, EdgeProtocol) and not c._refused and c is not self]
+            if len(active) >= cap and not self._evict(active):
+                self._refuse(503, "too_many_connections", f"more than {cap} open connections; retry later")
+                return
         self._set_deadline(self.limits.header_timeout_seconds, body=False)
+
+    def _evict(self, others: list[EdgeProtocol]) -> bool:
+        """Make room at the cap: close the connection whose request has been arriving the longest, if for at least
+        :data:`MIN_EVICTABLE_SECONDS`, else the longest idle keep-alive one; False when none may go (every other
+        connection is being answered, or just started). Connections refused earlier and still lingering do not
+        hold a slot."""
+        now = self.loop.time()
+        slow = [c for c in others if c._due is not None and now - c._started >= MIN_EVICTABLE_SECONDS]
+        if slow:
+            victim = min(slow, key=lambda c: c._order)
+            seconds = now - victim._started
+            victim._refuse(408, "evicted", f"request incomplete after {seconds:.1f} s, its connection given to another")
+            return True
+        idle = [c for c in others if c._idle()]
+        if idle:
+            min(idle, key=lambda c: c._order)._refuse(0, "evicted", "idle keep-alive connection given to another")
+            return True
+        return False
+
+    def _idle(self) -> bool:
+        """Between requests on a kept-alive connection: nothing being read, answered or queued."""
+        cycle = self.cycle
+        return self._due is None and not self.pipeline and (cycle is None or cycle.response_complete)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._due = None
@@ -214,7 +250,10 @@ class EdgeProtocol(HttpToolsProtocol):
     # Setting a deadline is two stores; one timer per connection checks it when it fires and re-arms for the
     # deadline then current. A timer armed and cancelled per request cost measurable ingest (docs/performance.md).
     def _set_deadline(self, seconds: float, *, body: bool) -> None:
-        due = self.loop.time() + seconds
+        now = self.loop.time()
+        due = now + seconds
+        if not body:
+            self._started, self._order = now, next(_REQUESTS)
         self._due, self._due_body = due, body
         if self._timer is None or due < self._timer_at:
             if self._timer is not None:
