@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from kernel.redact import REDACTED, SECRETS, Redactor, credentials
 
-__all__ = ["FILTER", "REDACTED", "JsonFormatter", "RedactSecrets", "configure", "secret_values"]
+__all__ = ["FILTER", "REDACTED", "JsonFormatter", "RedactSecrets", "TextFormatter", "configure", "secret_values"]
 
 
 def secret_values(model: BaseModel) -> set[str]:
@@ -56,6 +56,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message``, one line per record: line breaks inside the message (a vendor's error text,
+    a ticket title) are written as ``\\n``, so no input can forge a log line of its own; a traceback, appended
+    after the message, keeps its lines."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")
+
+
 FILTER = RedactSecrets(redactor=SECRETS)
 _HANDLER: logging.Handler | None = None
 
@@ -66,7 +78,7 @@ def configure(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = (
     FILTER.add(secrets, users)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        JsonFormatter() if fmt == "json" else TextFormatter()
     )
     handler.addFilter(FILTER)
     root = logging.getLogger()

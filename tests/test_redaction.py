@@ -298,8 +298,12 @@ def test_echoed_credentials_reach_no_output_store_or_log(tmp_path: Path) -> None
     status_text = _cli(env, "status") + _cli(env, "status", "--json")
     dead_text = _cli(env, "deadletters", "list") + _cli(env, "deadletters", "list", "--json")
     with sqlite3.connect(db) as conn:
-        stored = [str(e) for (e,) in conn.execute("SELECT last_error FROM cursors UNION ALL "
-                                                 "SELECT last_error FROM outbox WHERE last_error IS NOT NULL")]
+        stored = [
+            str(e)
+            for (e,) in conn.execute(
+                "SELECT last_error FROM cursors UNION ALL SELECT last_error FROM outbox WHERE last_error IS NOT NULL"
+            )
+        ]
     assert len(stored) == 4, stored  # two poll errors, two dead letters (the page and the Jira note)
     assert any("PagerDuty answered HTTP 400" in e for e in stored), stored
     assert any("jira answered HTTP 401" in e for e in stored), stored
@@ -316,3 +320,28 @@ def test_echoed_credentials_reach_no_output_store_or_log(tmp_path: Path) -> None
     }.items():
         assert leaks(text) == [], f"{surface} leaks {leaks(text)}"
     assert "answered HTTP 401" in log, "the log still says what failed"
+
+
+def test_a_line_break_in_logged_input_cannot_forge_a_log_line() -> None:
+    """Text logs are one line per record: a vendor's error text or a ticket title with line breaks is written
+    with ``\\n``, so it cannot pass for a line of its own; a traceback keeps its lines after the message."""
+    import logging
+    import sys
+
+    from kernel.logs import TextFormatter
+
+    forged = "refused\n2026-12-05 10:00:00,000 INFO ticketpager.delivery: sent trigger for OPS-1\r"
+    record = logging.LogRecord(
+        "ticketpager.delivery", logging.WARNING, __file__, 1, "PagerDuty said: %s", (forged,), None
+    )
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\r" not in line
+    assert line.endswith(
+        r"PagerDuty said: refused\n2026-12-05 10:00:00,000 INFO ticketpager.delivery: sent trigger for OPS-1\r"
+    )
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    text = TextFormatter().format(failed)
+    assert text.splitlines()[0].endswith("ERROR x: failed") and text.splitlines()[-1] == "ValueError: boom"
