@@ -46,6 +46,8 @@ _NOT_CHANGE = (
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # evaluation time: no silence condition reads it
 _FORM = re.compile(r"^\s*(?P<field>[^\s=!~:\[\]{}]+)\s*(?P<op>!=|=~|!~|=|\s+not\s+in\s+|\s+in\s+)(?P<value>.*)$")
+#: a second matcher after a comma in a value: `project=OPS,priority=P1` (a value with a comma is written in quotes)
+_ANOTHER = re.compile(r",\s*[^\s=!~:\[\]{},]+\s*(?:!=|=~|!~|=)")
 _OPERATORS = {"=": "equals", "!=": "not_equals", "=~": "regex", "!~": "not_regex", "in": "in", "not in": "not_in"}
 MATCH_SYNTAX = (
     "field=value, field!=value, field=~regex, field!~regex, field in [a, b], field not in [a, b], "
@@ -151,14 +153,29 @@ def _parse_one(text: str, label: str) -> tuple[YMap | None, list[RuleFileError]]
     if op in ("in", "not in"):
         items, errors = parse_text(raw, label) if raw else (None, [])
         if errors or not isinstance(items, YList):
-            example = f"{name} {op} [{raw or 'a, b'}]"
+            inner = raw.strip("[] ") or "a, b"
+            example = f"{name} {op} [{inner}]"
             return None, [RuleFileError.at(pos, f"'{op}' takes a list in brackets, e.g. {example}")]
         argument: Any = items
     else:
         if not raw:
             missing = f"'{name}: {{missing: true}}'"
             return None, [RuleFileError.at(pos, f"no value after '{op}' (for a missing field: {missing})")]
-        if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""  # a quoted value is taken as written
+        if raw[0] == "=" and op in ("=", "!="):  # `project==OPS`: '=' typed twice (a value "=x" is quoted)
+            meant = f"{name}{op}{raw[1:].strip()}"
+            return None, [RuleFileError.at(pos, f"'{op}=' is not an operator: did you mean '{meant}'?")]
+        more = None if quoted else _ANOTHER.search(raw)
+        if more is not None and op in ("=", "!="):  # `project=OPS,priority=P1`: two matchers in one
+            first, second = raw[: more.start()].strip(), raw[more.start() + 1 :].strip()
+            return None, [
+                RuleFileError.at(
+                    pos,
+                    f"one condition per --match: write --match '{name}{op}{first}' --match '{second}' (all must "
+                    f"hold; for one of several values: '{name} in [a, b]')",
+                )
+            ]
+        if quoted:
             raw = raw[1:-1]
         argument = raw
     body = YMap(pos)

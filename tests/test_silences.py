@@ -364,6 +364,13 @@ def test_cli_refuses_an_end_past_the_limit(service: Service, db_url: str, capsys
         (["source=jria"], "unknown source 'jria' (did you mean 'jira'?)"),
         (["source=zendesk", "priority=Urgent"], "Zendesk priorities are lowercase: did you mean 'urgent'?"),
         (["priority in P1"], "'in' takes a list in brackets, e.g. priority in [P1]"),
+        (["priority in [P1"], "'in' takes a list in brackets, e.g. priority in [P1]"),  # not [[P1]
+        (["project==OPS"], "'==' is not an operator: did you mean 'project=OPS'?"),  # matched '=OPS' silently
+        (["project!==OPS"], "'!==' is not an operator: did you mean 'project!=OPS'?"),
+        (  # was one matcher, project equal to 'OPS,priority=P1', muting nothing
+            ["project=OPS,priority=P1"],
+            "one condition per --match: write --match 'project=OPS' --match 'priority=P1'",
+        ),
         (["title=~("], "title → regex: bad regex '('"),
         (["priority"], "not a matcher"),
         ([], "needs at least one --match"),
@@ -373,6 +380,13 @@ def test_invalid_matchers_are_refused_with_the_rules_messages(texts: list[str], 
     with pytest.raises(MatcherErrors) as refused:
         parse_match(texts)
     assert problem in str(refused.value)
+
+
+def test_a_quoted_value_is_taken_as_written() -> None:
+    """A value that really starts with '=' or holds 'x,y=z' is written in quotes, and matched as written."""
+    assert parse_match(["title='=sign'"]) == {"title": {"equals": "=sign"}}
+    assert parse_match(['title="a,b=c"']) == {"title": {"equals": "a,b=c"}}
+    assert parse_match(["title=a, b"]) == {"title": {"equals": "a, b"}}  # a comma alone is part of the value
 
 
 def test_matchers_match_like_a_rules_when() -> None:
