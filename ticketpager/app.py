@@ -30,7 +30,7 @@ from kernel.errors import WebhookRejected
 from kernel.incidents import IgnoredEvent
 from kernel.jsonutil import BadJSON
 from kernel.model import unstorable_reason
-from sync.db import failure_reason
+from sync.db import DATABASE_ERRORS, failure_reason
 from sync.metrics import METRICS
 from ticketpager.console import build_console
 
@@ -410,7 +410,11 @@ def build_app(service: Service) -> App:
     async def status(request: Request) -> Response:
         if not authorized(request):
             return error(401, "admin endpoints need 'Authorization: Bearer <metrics_token>'")
-        return JSONResponse(await run_in_threadpool(service.status_report))
+        try:
+            report = await run_in_threadpool(service.status_report)
+        except DATABASE_ERRORS as exc:  # unreachable, a role that cannot log in, a revoked grant, no schema
+            return error(503, f"database unavailable: {service.database_unavailable('/admin/status', exc)}")
+        return JSONResponse(report)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -230,6 +230,9 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._workers: list[tuple[threading.Thread, Delivery]] = []  # the delivery workers, for stop()
         self._reload_failures_seen = 0
+        # database errors met answering /readyz and /admin/status: reason -> when last logged, answers since
+        self._answer_log: dict[str, tuple[float, int]] = {}
+        self._answer_log_lock = threading.Lock()
         self._learn_routing_keys()
 
     def __repr__(self) -> str:
@@ -439,6 +442,27 @@ class Service:
             self.reverse_wake.set()
         return new
 
+    def database_unavailable(self, where: str, exc: BaseException) -> str:
+        """A database error met answering ``where`` (``/readyz``, ``/admin/status``): its reason in one line,
+        redacted, for the answer's JSON; logged once, then at most every :data:`DATABASE_LOG_EVERY_SECONDS` per
+        reason with how many answers it stands for (a probe every few seconds is not a line every few seconds),
+        never with a traceback: the database is away or not as this version expects, not a bug of ours."""
+        reason = _redacted(failure_reason(exc)[:300]) or type(exc).__name__
+        statement = failed_statement(exc)
+        text = f"{where}: database unavailable ({reason})" + (f" in: {statement}" if statement else "")
+        now = self.clock.monotonic()
+        with self._answer_log_lock:
+            last, unsaid = self._answer_log.get(text, (None, 0))
+            if last is not None and now - last < DATABASE_LOG_EVERY_SECONDS:
+                self._answer_log[text] = (last, unsaid + 1)
+                return reason
+            if len(self._answer_log) >= 32:  # texts that vary: the throttle stays bounded
+                self._answer_log.clear()
+            self._answer_log[text] = (now, 0)
+        more = f" ({unsaid} more since this line was last logged)" if unsaid else ""
+        log.warning("%s; answering 503%s", text, more)
+        return reason
+
     def status_report(self) -> dict[str, Any]:
         """``/admin/status`` and ``ticketpager status``: the store's report and the PagerDuty inbox."""
         return self.store.status().to_json() | {"pagerduty_inbox": pd_inbox.read_inbox_status(self.store).to_json()}
@@ -467,12 +491,16 @@ class Service:
         """What ``/readyz`` shows. Without ``detail`` (a probe without the metrics token) a failing source
         is named with the kind of failure only, never the vendor's text."""
         report: dict[str, Any] = {"ready": True, "instance": self.instance}
+        problems: dict[str, str] | None = None
         try:
             self.store.ping()
+            # the cursors read too: a ping passes on a pooled connection of a role that can no longer log in, on a
+            # revoked grant and on a missing schema, and every worker fails all the same
+            problems = self.store.permanent_poll_errors()
             report["database"] = "ok"
-        except Exception as exc:  # noqa: BLE001
+        except DATABASE_ERRORS as exc:
             report["ready"] = False
-            report["database"] = f"unreachable: {type(exc).__name__}"
+            report["database"] = f"unavailable: {self.database_unavailable('/readyz', exc)}"
         rules = self.rule_store.current  # a service never runs without a good rule set (the first load raises)
         report["rules"] = {
             "loaded": True,
@@ -495,8 +523,7 @@ class Service:
         if unnamed:
             report["rules"]["jira_custom_field_names"] = unnamed
             report["degraded"] = True
-        if report["database"] == "ok":
-            problems = self.store.permanent_poll_errors()
+        if problems is not None:
             if not detail:
                 problems = {source: _without_vendor_text(text) for source, text in problems.items()}
             report["sources"] = {"permanent_errors": problems}
