@@ -134,8 +134,11 @@ class _Writes:
             values = {**values, "created_at": self.links[(key, rule)]["created_at"]}
         self.links[(key, rule)] = tickets.link_row(key, rule, values)
 
-    def flush(self, conn: Connection) -> int:
-        """Execute the gathered writes; returns how many outbox rows were queued."""
+    def flush(self, conn: Connection, *, dry_run: bool = False) -> int:
+        """Execute the gathered writes; returns how many outbox rows were queued (``dry_run``: marked as queued in
+        dry run)."""
+        if dry_run:
+            outbox.queued_in_dry_run(self.outbox)
         outbox.enqueue_rows(conn, self.outbox)
         if self.links:
             new = [row for at, row in self.links.items() if at in self.new_links]
@@ -194,14 +197,17 @@ class Engine:
         on_queued: Callable[[int], None] | None = None,
         silences: SilenceBook | None = None,
         connections: Collection[str] | None = None,
+        dry_run: bool = False,
     ) -> None:
         """``on_queued`` is called with the count after a :meth:`run_once` that committed at least one outbox row
         (the service wakes as many of its delivery workers then, and only then). ``connections``: the configured
         connection names, which label the metrics (a change of any other counts as ``unknown``: the label set stays
         bounded); ``None``: every connection is its own label.
         ``incident_updates`` renders the :class:`~kernel.model.IncidentUpdate` of a group change
-        (``pagerduty_rest``); None: none are queued."""
+        (``pagerduty_rest``); None: none are queued. ``dry_run``: the rows it queues are marked as queued in dry run
+        (a dry run refuses a database holding a live instance's rows: ``Service.refuse_to_share``)."""
         self.store = store
+        self.dry_run = dry_run
         self.rules = rules
         self.clock = clock
         self.incidents = incidents  # renders incident actions when they are queued (the stored body is sent)
@@ -322,7 +328,7 @@ class Engine:
                 break  # commit what is done; the webhook writer is waiting (the rest stays pending)
             done += 1
             self._process(conn, row, ruleset, batch)
-        self._queued += batch.writes.flush(conn)
+        self._queued += batch.writes.flush(conn, dry_run=self.dry_run)
         return done
 
     def drain(self, limit: int = 1_000_000) -> int:
@@ -647,7 +653,7 @@ class Engine:
         if events:
             writes = _Writes()  # written at once: the same ticket may come again in this transaction
             open_count = self._apply(writes, events, link_states, ticket, None, now)
-            self._queued += writes.flush(conn)
+            self._queued += writes.flush(conn, dry_run=self.dry_run)
             tickets.set_open_incidents(conn, *key, open_count, keep_recheck=bool(current["recheck"]))
         tickets.insert_decisions(conn, [self._decision(None, ticket, outcome, ruleset.digest, detail)])
         return len(events)

@@ -55,8 +55,11 @@ class Heartbeat:
     """This process's heartbeat. :meth:`beat` is called by the service's heartbeat thread; the delivery
     workers ask :meth:`healthy`, :meth:`unbroken_since` and :meth:`alone` (thread-safe: plain attribute reads)."""
 
-    def __init__(self, store: Store, clock: Clock, instance: str, *, interval: float, timeout: float) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, instance: str, *, interval: float, timeout: float, dry_run: bool = False
+    ) -> None:
         self.store = store
+        self.dry_run = dry_run  # written with the first beat: a live replica refuses to start beside a dry-run one
         self.clock = clock
         self.instance = instance
         self.interval = interval
@@ -91,7 +94,7 @@ class Heartbeat:
         self._alone = False  # until this beat says so: a beat that fails leaves nobody batching on an old answer
         try:
             with self.store.begin(urgent=True) as conn:
-                cursors.record_beat(conn, self.instance, now)
+                cursors.record_beat(conn, self.instance, now, dry_run=self.dry_run)
                 others = cursors.others_alive(conn, self.instance, now - timedelta(seconds=self.timeout))
         except BaseException:
             self._alone_from = None  # the run alone ends with a beat that failed

@@ -46,6 +46,7 @@ from kernel.redact import redact
 from sync.db import database_fault
 from sync.metrics import METRICS
 from sync.repos import incidents as repo
+from sync.repos import outbox as outbox_repo
 from sync.store import Store
 
 log = logging.getLogger("ticketpager.reverse")
@@ -177,8 +178,10 @@ class ReverseWorker:
         own_user: OwnUser | None = None,
         batch_size: int = 50,
         on_queued: Callable[[], None] | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.store = store
+        self.dry_run = dry_run  # the rows it queues are marked as queued in dry run (see outbox.queued_in_dry_run)
         self.rules = rules
         self.clock = clock
         self.parse = parse
@@ -421,7 +424,7 @@ class ReverseWorker:
             newest = inc.escalation_policy_id if inc is not None and not stale else edits.policy
             followed = self._follow_group_edit(conn, event, edit, edit_at, newest, ticket, link, now)
         if followed is not None:
-            repo.enqueue(conn, [followed.row])
+            self._enqueue(conn, [followed.row])
             detail["group_edit"] = followed.why
         if echo and not own_page:
             METRICS.echoes_suppressed.labels(event.event_type.value).inc()
@@ -460,7 +463,7 @@ class ReverseWorker:
         group_held = any(isinstance(a, TicketUpdate) and a.group for a in actions) and edited_since
         actions = kept
         rows = [self._outbox_row(action, plan.rule, ticket, link, event, now) for action in actions]
-        repo.enqueue(conn, rows)
+        self._enqueue(conn, rows)
         for action in actions:
             if isinstance(action, TicketUpdate) and action.group:  # its echo is ours, not a person's group edit
                 repo.mirror_group(conn, event.incident_id, action.group, now)
@@ -534,6 +537,11 @@ class ReverseWorker:
             hold = None
         repo.set_link_state(conn, dedup_key, new_state, now, hold_version=hold)
         return new_state
+
+    def _enqueue(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if self.dry_run:
+            outbox_repo.queued_in_dry_run(rows)
+        repo.enqueue(conn, rows)
 
     def _outbox_row(
         self,

@@ -223,6 +223,8 @@ outbox = Table(
     Column("change_id", BigInteger, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("sent_at", UTCDateTime(), nullable=True),
+    # set when the row was queued in dry run (its dry-run mark follows), else when it was marked sent: a dry run
+    # refuses a database holding rows without it (a live instance's), see Service.refuse_to_share
     Column("dry_run", Boolean, nullable=False, server_default=text("false")),
     Column("first_attempt_at", UTCDateTime(), nullable=True),  # the retry budget runs from here
     # the destination that sends the row ('pagerduty', a connection's write-back, named after the connection);
@@ -274,6 +276,8 @@ replicas = Table(
     Column("instance", String(100), primary_key=True),  # Service.instance: host-pid-random, new per process
     Column("started_at", UTCDateTime(), nullable=False),
     Column("heartbeat_at", UTCDateTime(), nullable=False),
+    # a dry-run replica (migration 0014): a live one refuses to start beside it; an older release writes false
+    Column("dry_run", Boolean, nullable=False, server_default=text("false")),
 )
 
 decisions = Table(

@@ -88,6 +88,15 @@ def _service(settings: Settings) -> Any:
         raise
 
 
+def _refuse_to_share(service: Any, *, register: bool) -> None:
+    """``Service.refuse_to_share``; the database is let go before its ConfigError ends the command (exit 2)."""
+    try:
+        service.refuse_to_share(register=register)
+    except BaseException:
+        service.store.dispose()
+        raise
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -100,6 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port:
         settings.port = args.port
     service = _service(settings)
+    _refuse_to_share(service, register=True)  # a dry run beside a live instance's work, or the other way round
     # background threads share the GIL with the event loop: switch more often so webhooks wait less
     sys.setswitchinterval(0.001)
     # Everything loaded so far lives for the whole process: keep it out of the cyclic GC, and collect the
@@ -157,6 +167,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     settings = _settings(args)
     service = _service(settings)
     try:
+        service.refuse_to_share(register=False)
         return _poll(args, service)
     finally:
         service.store.dispose()
@@ -507,8 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
         exits={
             EXIT_OK: "stopped by SIGTERM or SIGINT after finishing in-flight work",
             EXIT_PROBLEM: "the database cannot be reached, or a migration failed",
-            EXIT_USAGE: "a setting is invalid, TICKETPAGER_RULES_PATH is not set outside --dry-run, or the rule "
-            "files do not load",
+            EXIT_USAGE: "a setting is invalid, TICKETPAGER_RULES_PATH is not set outside --dry-run, the rule "
+            "files do not load, or a dry run and a live instance would share the database",
         },
     )
     serve.add_argument("--dry-run", action="store_true", help="log PagerDuty events instead of sending them")
@@ -531,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
             EXIT_OK: "every poll succeeded (dead letters are reported, see 'status --check')",
             EXIT_PROBLEM: "a source's poll failed (the others still ran), or the database cannot be reached",
             EXIT_USAGE: "no source is enabled with API credentials, a setting is invalid, TICKETPAGER_RULES_PATH is "
-            "not set outside --dry-run, or the rule files do not load",
+            "not set outside --dry-run, the rule files do not load, or a dry run and a live instance would share the "
+            "database",
         },
     )
     poll.add_argument("--once", action="store_true", required=True, help="one cycle, then exit")

@@ -30,6 +30,7 @@ from connectors.pagerduty_update import PagerDutyUpdateDestination
 from connectors.pagerduty_webhooks import incident_event_body, parse_event
 from kernel import redact
 from kernel.clock import Clock, SystemClock
+from kernel.errors import ConfigError
 from kernel.incidents import IncidentEvent
 from kernel.model import Destination, is_integration_key
 from kernel.ports import IncidentContext, SyncPlan, TwoWayRules
@@ -47,8 +48,8 @@ from sync.poller import poll_once
 from sync.reconcile import IncidentCheck
 from sync.repos import incidents as pd_inbox
 from sync.repos.changes import any_pending as pending_changes
-from sync.repos.cursors import acquire_lease, release_lease
-from sync.repos.outbox import next_due, next_due_statement
+from sync.repos.cursors import acquire_lease, release_lease, replicas_alive
+from sync.repos.outbox import live_rows, next_due, next_due_statement
 from sync.repos.silences import SilenceBook
 from sync.reverse import INCIDENT_UPDATES, OwnUser, ReverseWorker
 from sync.store import Store
@@ -200,6 +201,7 @@ class Service:
             self.instance,
             interval=settings.engine.heartbeat_seconds,
             timeout=settings.engine.replica_timeout_seconds,
+            dry_run=settings.dry_run,
         )
         self.limiter = RateLimiter(  # per routing key across the replicas: theirs are read from the outbox
             pd.rate_limit_per_minute,
@@ -222,6 +224,7 @@ class Service:
             on_queued=self._pages_queued,  # a batch that queued nothing wakes none
             silences=SilenceBook(compile_matchers),  # silences' matchers, compiled by the rules language
             connections=tuple(self.connections),  # the metrics' labels: configured names only
+            dry_run=settings.dry_run,  # its rows say so: a dry run tells them from a live instance's
         )
         self.reverse_wake = threading.Event()  # set when a PagerDuty webhook was stored
         self.rest: PagerDutyRestClient | None = None  # the reverse worker's, built with it (a token is set)
@@ -380,6 +383,7 @@ class Service:
             own_user=own_user,
             batch_size=self.settings.engine.batch_size,
             on_queued=self._reverse_queued,
+            dry_run=self.settings.dry_run,
         )
 
     def _incident_check(self) -> IncidentCheck | None:
@@ -538,6 +542,67 @@ class Service:
                 for name in self.pollable_sources()
             }
         return report
+
+    # -- dry run and live on one database ------------------------------------------------------------
+    def refuse_to_share(self, *, register: bool) -> None:
+        """Raise :class:`ConfigError` (one line: ``serve`` and ``poll --once`` exit 2) when this process may not run
+        on its database: a dry run where a live instance has work (outbox rows it queued that are pending, rows it
+        sent or that became dead letters, or its heartbeat), or a live instance beside a dry-run replica's
+        heartbeat. A dry run marks every PagerDuty row it claims sent without sending it, and its engine processes
+        whatever changes are stored: beside a live instance it would take that instance's pages, and they would
+        never reach PagerDuty. Refusing to start is the one rule that holds for every row and change, older releases'
+        included; a dry run gets a database of its own.
+
+        ``register`` (``serve``): write this replica's heartbeat first, saying whether it runs in dry run, and
+        remove it again on refusal: two processes starting together each write before they read, so the later
+        one sees the earlier. Older releases write no dry-run heartbeat and never refuse: their heartbeat and
+        rows count as a live instance's."""
+        if register:
+            self.heartbeat.register()
+        problem = self._sharing_problem()
+        if problem is None:
+            return
+        if register:
+            self.heartbeat.forget()
+        raise ConfigError(problem)
+
+    def _sharing_problem(self) -> str | None:
+        now = self.clock.now()
+        since = now - timedelta(seconds=self.settings.engine.replica_timeout_seconds)
+        with self.store.engine.connect() as conn:
+            others = replicas_alive(conn, self.instance, since)
+            pending, done = live_rows(conn) if self.settings.dry_run else (0, 0)
+
+        def named(rows: list[Any]) -> str:
+            return ", ".join(
+                f"{r['instance']} (heartbeat {max((now - r['heartbeat_at']).total_seconds(), 0.0):.0f} s ago)"
+                for r in rows
+            )
+
+        if not self.settings.dry_run:
+            dry = [r for r in others if r["dry_run"]]
+            if not dry:
+                return None
+            return (
+                f"refusing to start: replica {named(dry)} runs in dry run on this database and would take this "
+                "instance's pages and mark them sent without sending them; stop it or give it a database of its own "
+                "(TICKETPAGER_DATABASE_URL), then start this one again"
+            )
+        live = [r for r in others if not r["dry_run"]]
+        found = []
+        if pending:
+            found.append(f"{pending} outbox row(s) pending that were not queued in dry run")
+        if done:
+            found.append(f"{done} outbox row(s) sent for real or refused (dead letters)")
+        if live:
+            found.append(f"live replica {named(live)}")
+        if not found:
+            return None
+        return (
+            f"dry run refused: this database holds a live instance's work ({'; '.join(found)}); a dry run would take "
+            "its pages and mark them sent without sending them. Give the dry run a database of its own "
+            "(TICKETPAGER_DATABASE_URL or --database-url)"
+        )
 
     # -- the long-running service ----------------------------------------------------------------
     def start(self) -> None:

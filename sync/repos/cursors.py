@@ -103,11 +103,24 @@ def lease_holder_dead(holder: ColumnElement[Any], stale_before: datetime) -> Col
     return exists().where(replicas.c.instance == holder, replicas.c.heartbeat_at < stale_before)
 
 
-def record_beat(conn: Connection, instance: str, now: datetime) -> None:
-    """Upsert ``instance``'s heartbeat (an UPDATE; an INSERT only the first time)."""
+def record_beat(conn: Connection, instance: str, now: datetime, *, dry_run: bool = False) -> None:
+    """Upsert ``instance``'s heartbeat (an UPDATE; an INSERT only the first time, saying whether it runs in dry
+    run)."""
     done = conn.execute(update(replicas).where(replicas.c.instance == instance).values(heartbeat_at=now))
     if not done.rowcount:
-        conn.execute(insert_ignore(conn, replicas), {"instance": instance, "started_at": now, "heartbeat_at": now})
+        row = {"instance": instance, "started_at": now, "heartbeat_at": now, "dry_run": dry_run}
+        conn.execute(insert_ignore(conn, replicas), row)
+
+
+def replicas_alive(conn: Connection, instance: str, since: datetime) -> list[RowMapping]:
+    """The replicas other than ``instance`` that heartbeated after ``since`` (``instance``, ``heartbeat_at``,
+    ``dry_run``), oldest first."""
+    alive = (
+        select(replicas.c.instance, replicas.c.heartbeat_at, replicas.c.dry_run)
+        .where(replicas.c.instance != instance, replicas.c.heartbeat_at > since)
+        .order_by(replicas.c.started_at, replicas.c.instance)
+    )
+    return list(conn.execute(alive).mappings())
 
 
 def others_alive(conn: Connection, instance: str, since: datetime) -> int:

@@ -123,6 +123,22 @@ def row(
     }
 
 
+def queued_in_dry_run(rows: Sequence[dict[str, Any]]) -> None:
+    """Mark ``rows`` (from :func:`row`, or built alike) as queued in dry run, before they are queued: a dry run on this
+    database later tells them from a live instance's (:func:`live_rows`)."""
+    for queued in rows:
+        queued["dry_run"] = True
+
+
+def live_rows(conn: Connection) -> tuple[int, int]:
+    """(rows pending that were not queued in dry run, rows sent for real or refused for good): a live instance's
+    work, which a dry run on this database would take and mark sent without sending."""
+    live = outbox.c.dry_run.is_(False)
+    pending = select(func.count()).where(live, outbox.c.status == "pending")
+    done = select(func.count()).where(live, or_(outbox.c.status == "sent", outbox.c.status == "dead"))
+    return int(conn.execute(pending).scalar_one()), int(conn.execute(done).scalar_one())
+
+
 def enqueue_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Queue rows from :func:`row` in one executemany. Their ids follow the order of ``rows`` (the delivery
     workers send the events of one ``dedup_key`` in id order: pass them in the order they were planned)."""
