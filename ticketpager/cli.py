@@ -98,6 +98,9 @@ def _refuse_to_share(service: Any, *, register: bool) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ticketpager.stopsignals import StopSignals
+
+    stop = StopSignals().install()  # first: a TERM or INT from here on stops serve, whenever it comes
     import uvicorn
 
     from ticketpager import edge, httpserver
@@ -134,10 +137,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("%s", unnamed)
     service.start()
     signal.signal(signal.SIGHUP, lambda *_: service.reload_rules())
-    # uvicorn handles SIGTERM/SIGINT gracefully, then re-raises the signal against the handlers it found:
-    # make those no-ops so we get to stop our workers and exit 0.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    signal.signal(signal.SIGINT, lambda *_: None)
     config = uvicorn.Config(
         build_app(service),
         host=settings.host,
@@ -155,7 +154,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
     )
     try:
-        httpserver.Server(config).run()  # returns on SIGTERM / SIGINT after in-flight requests finish
+        server = httpserver.Server(config)
+        # uvicorn handles SIGTERM/SIGINT itself while it runs, then re-raises them against ``stop``, which only
+        # records them: we get to stop our workers and exit 0. One received before it runs stops it at once.
+        stop.hand_to(server)
+        server.run()  # returns on SIGTERM / SIGINT after in-flight requests finish
     finally:
         service.stop()
         service.store.dispose()
