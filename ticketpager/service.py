@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from connectors import CONNECTORS, connector_class
@@ -556,29 +556,32 @@ class Service:
         ``register`` (``serve``): write this replica's heartbeat first, saying whether it runs in dry run, and
         remove it again on refusal: two processes starting together each write before they read, so the later
         one sees the earlier. Older releases write no dry-run heartbeat and never refuse: their heartbeat and
-        rows count as a live instance's."""
+        rows count as a live instance's. With ``register`` on SQLite, another replica's recent heartbeat is a warning
+        naming it (SQLite takes one process; not a refusal: a killed previous process's heartbeat stays recent for the
+        replica timeout, and its restart must come back)."""
         if register:
             self.heartbeat.register()
-        problem = self._sharing_problem()
-        if problem is None:
-            return
-        if register:
-            self.heartbeat.forget()
-        raise ConfigError(problem)
-
-    def _sharing_problem(self) -> str | None:
         now = self.clock.now()
         since = now - timedelta(seconds=self.settings.engine.replica_timeout_seconds)
         with self.store.engine.connect() as conn:
             others = replicas_alive(conn, self.instance, since)
             pending, done = live_rows(conn) if self.settings.dry_run else (0, 0)
-
-        def named(rows: list[Any]) -> str:
-            return ", ".join(
-                f"{r['instance']} (heartbeat {max((now - r['heartbeat_at']).total_seconds(), 0.0):.0f} s ago)"
-                for r in rows
+        problem = self._sharing_problem(others, pending, done, now)
+        if problem is not None:
+            if register:
+                self.heartbeat.forget()
+            raise ConfigError(problem)
+        if register and others and self.store.engine.dialect.name == "sqlite":
+            log.warning(
+                "another ticketpager serve heartbeats on this SQLite database: %s; SQLite takes exactly one process "
+                "(several replicas need PostgreSQL): stop the other one, unless it is this service's previous process "
+                "that was killed, whose heartbeat goes stale within %g s",
+                _named_replicas(others, now),
+                self.settings.engine.replica_timeout_seconds,
             )
 
+    def _sharing_problem(self, others: list[Any], pending: int, done: int, now: datetime) -> str | None:
+        named = functools.partial(_named_replicas, now=now)
         if not self.settings.dry_run:
             dry = [r for r in others if r["dry_run"]]
             if not dry:
@@ -1023,6 +1026,13 @@ def _without_vendor_text(error: str) -> str:
     status = _HTTP_STATUS.search(error)
     what = f"refused (HTTP {status.group(1)})" if status else "failed permanently"
     return f"last poll {what}; details in /admin/status (with the metrics token) or 'ticketpager status'"
+
+
+def _named_replicas(rows: list[Any], now: datetime) -> str:
+    """Replicas (``replicas_alive`` rows) as a log line names them: instance and heartbeat age."""
+    return ", ".join(
+        f"{r['instance']} (heartbeat {max((now - r['heartbeat_at']).total_seconds(), 0.0):.0f} s ago)" for r in rows
+    )
 
 
 def _redacted(text: str | None) -> str | None:
