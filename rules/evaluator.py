@@ -23,7 +23,7 @@ from typing import Any, cast
 import regex
 
 from kernel import jsonutil
-from kernel.model import SUMMARY_MAX, FieldChange, LinkState, StatusCategory, Ticket, TriggerSpec
+from kernel.model import SEVERITIES, SUMMARY_MAX, FieldChange, LinkState, StatusCategory, Ticket, TriggerSpec
 from kernel.ports import EvalContext, IncidentContext, Verdict
 from rules import twoway
 from rules.loader import Pos
@@ -434,6 +434,7 @@ class _CompiledRule:
         "cont",
         "matched_explanation",
         "branches",
+        "explains",
         "shadows",
         "index_leaves",
         "_rejections",
@@ -460,6 +461,8 @@ class _CompiledRule:
             for at, item in enumerate(_top_items(spec.when))  # in the order of matched_explanation
             if isinstance(item, AnyOf)
         )
+        # a severity read from a field: a list value (labels, components) says which element gave the severity
+        self.explains = bool(self.branches) or spec.trigger.severity.source is not None
         self.shadows = f"shadowed: rule '{spec.name}' matched first (continue: false)"  # why later rules don't
         # the leading text equals/in conditions of `when`, in evaluation order: (field, getter, values, why-not)
         self.index_leaves: list[tuple[str, Callable[[Ticket], Any], frozenset[str], Callable[[Any], str]]] = []
@@ -476,14 +479,18 @@ class _CompiledRule:
         self._rejections: dict[tuple[Callable[[Any], str], bool, bool], _Memo] = {}
 
     def explain_match(self, ctx: EvalContext) -> tuple[str, ...]:
-        """Why the rule matched: its conditions, and for an ``any:`` the first branch that held."""
-        if not self.branches:
+        """Why the rule matched: its conditions, for an ``any:`` the first branch that held, and for a severity
+        read from a list field (``from: labels``) the element that gave it."""
+        if not self.explains:
             return self.matched_explanation
         lines = list(self.matched_explanation)
         for index, branches in self.branches:
             held = next((text for check, text in branches if check(ctx) is None), None)
             if held is not None:
                 lines[index] += f", through: {held}"
+        severity = explain_list_severity(self.spec.trigger.severity, ctx.ticket)
+        if severity is not None:
+            lines.append(severity)
         return tuple(lines)
 
     def rejections(self, why_not: Callable[[Any], str], ack: bool, resolve: bool) -> _Memo:
@@ -509,6 +516,12 @@ def _why_not(leaf: Leaf) -> Callable[[Any], str]:
     return failure_explainer(name, leaf.op, leaf.raw_arg)
 
 
+# ------------------------------------------------------------------------------------------------ severity
+
+
+_SEVERITY_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}  # critical (0) is the most severe
+
+
 # ----------------------------------------------------------------------------------------------- rendering
 
 
@@ -520,14 +533,48 @@ def _severity_key(value: Any) -> str:
     return str(value)
 
 
+def _mapped_elements(spec: SeveritySpec, value: list[Any] | tuple[Any, ...]) -> list[tuple[Any, str]]:
+    """The elements of a list value that the severity's map names, with their severities, most severe first
+    (in list order among equals)."""
+    mapped = [(item, spec.mapping.get(_severity_key(item))) for item in value if item is not None]
+    return sorted(((item, sev) for item, sev in mapped if sev is not None), key=lambda pair: _SEVERITY_RANK[pair[1]])
+
+
 def _severity(spec: SeveritySpec, ticket: Ticket) -> str:
+    """A literal severity, or the map's severity for the field's value; for a list value (``labels``,
+    ``components``, a raw path to a list) the most severe severity any element maps to; else the default."""
     if spec.literal is not None:
         return spec.literal
     assert spec.source is not None
     value = spec.source.get(ticket)
     if value is None:
         return spec.default
+    if isinstance(value, list | tuple):
+        mapped = _mapped_elements(spec, value)
+        return mapped[0][1] if mapped else spec.default
     return spec.mapping.get(_severity_key(value), spec.default)
+
+
+def explain_list_severity(spec: SeveritySpec, ticket: Ticket) -> str | None:
+    """For a severity read from a list value: which element gave it (or why the default applies); else None."""
+    if spec.source is None:
+        return None
+    value = spec.source.get(ticket)
+    if not isinstance(value, list | tuple):
+        return None
+    name = spec.source.name
+    mapped = _mapped_elements(spec, value)
+    if not mapped:
+        if not value:
+            return f"severity {spec.default} (the default): {name} is empty"
+        shown = ", ".join(repr(_severity_key(item)) for item in value)
+        return f"severity {spec.default} (the default): no element of {name} ({shown}) is in the map"
+    element, severity = mapped[0]
+    line = f"severity {severity}: {name} has {_severity_key(element)!r}, mapped to {severity}"
+    if len(mapped) > 1:
+        others = ", ".join(f"{_severity_key(item)!r} → {sev}" for item, sev in mapped[1:])
+        line += f" (the most severe; also mapped: {others})"
+    return line
 
 
 def _render_details(value: Any, context: Mapping[str, Any], problems: list[str], where: str) -> Any:
@@ -837,7 +884,7 @@ class RuleSet:
                     reason = shadow
                 else:
                     render = functools.partial(render_trigger, rule.spec, ctx)
-                    why = rule.explain_match(ctx) if rule.branches else rule.matched_explanation
+                    why = rule.explain_match(ctx) if rule.explains else rule.matched_explanation
                     results[i] = RuleResult(rule.name, True, True, why, ack, resolve, rule.on_unmatch, None, render)
                     if not rule.cont:
                         shadow = rule.shadows
