@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from kernel.fields import RawPayload
 from kernel.model import FieldChange, StatusCategory, Ticket
 
 #: the ``ticket.attributes`` this connector fills: the names rules with ``source: jira`` may use
@@ -29,6 +30,33 @@ ATTRIBUTES: frozenset[str] = frozenset(
 )
 
 SOURCE = "jira"
+
+_EXPANDED = ("renderedFields", "names", "schema", "transitions", "operations", "editmeta", "versionedRepresentations")
+_CHANGES = (
+    "an update's changes are read with changed / changed_to / changed_from (e.g. priority: {changed_to: Highest})"
+)
+#: ``ticket.raw`` is the issue itself (``issue_to_ticket``: a webhook's ``issue``, a search result's issue): the
+#: keys Jira's REST API gives an issue without ``expand`` (https://developer.atlassian.com/cloud/jira/platform/rest/v2/api-group-issues/#api-rest-api-2-issue-issueidorkey-get)
+RAW_PAYLOAD = RawPayload(
+    keys=frozenset({"id", "key", "self", "fields", "expand"}),
+    described="the Jira issue",
+    wrappers=frozenset({"issue"}),
+    not_there={
+        # the webhook's envelope around the issue (https://developer.atlassian.com/server/jira/platform/webhooks/)
+        "user": "'user' is part of Jira's webhook message around the issue, not of the issue that rules read",
+        "issue_event_type_name": "'issue_event_type_name' is part of Jira's webhook message, not of the issue that "
+        f"rules read; {_CHANGES}",
+        "webhookEvent": "'webhookEvent' is part of Jira's webhook message, not of the issue that rules read",
+        "timestamp": "'timestamp' is part of Jira's webhook message, not of the issue: use the field 'updated'",
+        "comment": "'comment' is part of Jira's webhook message, not of the issue that rules read",
+        "changelog": f"Jira's changelog is not part of the issue that rules read: {_CHANGES}",
+        # parts of an issue Jira sends only when asked (?expand=…), which ticketpager does not ask for
+        **{
+            key: f"Jira sends '{key}' only when asked (expand={key}), and ticketpager does not ask: read fields.<id>"
+            for key in _EXPANDED
+        },
+    },
+)
 
 # statusCategory.key values: new / indeterminate / done (and "undefined" for a broken workflow).
 # https://developer.atlassian.com/cloud/jira/platform/rest/v2/api-group-workflow-status-categories/

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from connectors import jira_normalize, servicenow_normalize, zendesk_normalize
 from connectors.settings import ConnectorSettings, JiraSettings, ServiceNowSettings, ZendeskSettings
 from kernel.errors import ConfigError
-from kernel.fields import declare_source
+from kernel.fields import RawPayload, declare_source
 
 if TYPE_CHECKING:
     from connectors.base import Connector
@@ -54,6 +54,7 @@ class System:
     settings: type[ConnectorSettings]  # its TICKETPAGER_<NAME>__* section
     attributes: frozenset[str]  # the ticket.attributes its connector fills (rules may read exactly these)
     connector: str  # "module:Class" of its Connector subclass, imported on first use (vendor clients are heavy)
+    raw: RawPayload | None = None  # what ticket.raw holds at its top level (None: rules' dotted paths not checked)
 
     def connector_class(self) -> type[Connector]:
         """The connector class (imported now)."""
@@ -63,9 +64,23 @@ class System:
 
 
 BUILTIN: tuple[System, ...] = (
-    System("jira", JiraSettings, jira_normalize.ATTRIBUTES, "connectors.jira:JiraConnector"),
-    System("zendesk", ZendeskSettings, zendesk_normalize.ATTRIBUTES, "connectors.zendesk:ZendeskConnector"),
-    System("servicenow", ServiceNowSettings, servicenow_normalize.ATTRIBUTES, "connectors.servicenow:ServiceNowConnector"),  # noqa: E501
+    System(
+        "jira", JiraSettings, jira_normalize.ATTRIBUTES, "connectors.jira:JiraConnector", jira_normalize.RAW_PAYLOAD
+    ),
+    System(
+        "zendesk",
+        ZendeskSettings,
+        zendesk_normalize.ATTRIBUTES,
+        "connectors.zendesk:ZendeskConnector",
+        zendesk_normalize.RAW_PAYLOAD,
+    ),
+    System(
+        "servicenow",
+        ServiceNowSettings,
+        servicenow_normalize.ATTRIBUTES,
+        "connectors.servicenow:ServiceNowConnector",
+        servicenow_normalize.RAW_PAYLOAD,
+    ),
 )
 
 _SYSTEMS: dict[str, System] = {}
@@ -87,7 +102,7 @@ def register(system: System) -> System:
     if not (isinstance(system.settings, type) and issubclass(system.settings, ConnectorSettings)):
         raise ConfigError(f"system {system.name!r}: its settings model must subclass ConnectorSettings")
     _SYSTEMS[system.name] = system
-    declare_source(system.name, system.attributes)
+    declare_source(system.name, system.attributes, system.raw)
     return system
 
 

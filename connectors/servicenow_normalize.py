@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kernel.errors import ConfigError
-from kernel.fields import SERVICENOW_PRIORITY_LABELS
+from kernel.fields import SERVICENOW_PRIORITY_LABELS, RawPayload
 from kernel.model import StatusCategory, Ticket
 
 #: the ``ticket.attributes`` this connector fills: the names rules with ``source: servicenow`` may use
@@ -88,6 +88,19 @@ OPTIONAL_FIELDS: tuple[str, ...] = (
     *REFERENCE_NAMES.values(),
 )
 ALL_FIELDS: tuple[str, ...] = REQUIRED_FIELDS + OPTIONAL_FIELDS
+#: ``ticket.raw`` is the record: the fields polling requests (``sysparm_fields``) and the business rule in
+#: deploy/servicenow sends, the names of reference fields as flat keys (``assignment_group.name``); an instance's
+#: own ``u_`` fields (and scoped apps' ``x_``) when the business rule is extended to send them
+RAW_PAYLOAD = RawPayload(
+    keys=frozenset(ALL_FIELDS),
+    described="the ServiceNow record",
+    custom_prefixes=("u_", "x_"),
+    wrappers=frozenset({"record"}),
+    not_there={
+        key: f"'{key}' is part of the business rule's webhook message, not of the record that rules read"
+        for key in ("event", "table", "delivery_id", "sent_at", "instance", "last_work_note")
+    },
+)
 
 
 def build_state_map(overrides: Mapping[str, str]) -> dict[str, StatusCategory]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from kernel.fields import RawPayload
 from kernel.model import StatusCategory, Ticket, check_instant
 
 #: the ``ticket.attributes`` this connector fills: the names rules with ``source: zendesk`` may use
@@ -35,6 +36,42 @@ ATTRIBUTES: frozenset[str] = frozenset(
 )
 
 SOURCE = "zendesk"
+
+#: ``ticket.raw``: the ticket as the API sends it (``from_api``,
+#: https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#json-format), an event's ``detail``
+#: (``from_event_detail``, https://developer.zendesk.com/api-reference/webhooks/event-types/ticket-events/), or
+#: the body of the trigger template in README.md (``from_template``): the top-level keys of all three
+RAW_PAYLOAD = RawPayload(
+    keys=frozenset(
+        {
+            # the API's ticket
+            "allow_attachments", "allow_channelback", "assignee_email", "assignee_id", "attribute_value_ids",
+            "brand_id", "collaborator_ids", "collaborators", "comment", "comment_count", "created_at",
+            "custom_fields", "custom_status_id", "description", "due_at", "email_cc_ids", "email_ccs",
+            "encoded_id", "external_id", "fields", "follower_ids", "followers", "followup_ids", "forum_topic_id",
+            "from_messaging_channel", "generated_timestamp", "group_id", "has_incidents", "id", "is_public",
+            "macro_id", "macro_ids", "metadata", "organization_id", "priority", "problem_id", "raw_subject",
+            "recipient", "requester", "requester_id", "safe_update", "satisfaction_rating",
+            "sharing_agreement_ids", "status", "subject", "submitter_id", "tags", "ticket_form_id", "type",
+            "updated_at", "updated_stamp", "url", "via", "via_followup_source_id", "via_id", "voice_comment",
+            # an event's detail
+            "actor_id", "custom_status", "form_id",
+            # the trigger template's body
+            "assignee", "brand", "current_user_email", "group", "organization", "organization_tags",
+            "requester_email", "source", "ticket_id", "ticket_type",
+        }
+    ),
+    described="the Zendesk ticket",
+    wrappers=frozenset({"detail"}),
+    not_there={
+        "event": "'event' is part of Zendesk's event message, not of the ticket that rules read; an update's "
+        "changes are read with changed / changed_to / changed_from",
+        **{
+            key: f"'{key}' is part of Zendesk's event message, not of the ticket that rules read"
+            for key in ("account_id", "time", "zendesk_event_version")
+        },
+    },
+)
 
 # https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/ (status, priority values);
 # "deleted" only appears in the incremental export:

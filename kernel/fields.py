@@ -3,14 +3,15 @@
 A rule's ``when`` key resolves, in order, to: a :data:`TICKET_FIELDS` attribute of the normalized
 ticket; ``custom.<name>`` (a custom field by display name or id); a connector attribute listed in
 :data:`SOURCE_ATTRIBUTES` (``ticket.attributes[name]``); or, when it contains a dot, a path into the raw
-vendor payload (``fields.customfield_10010.value``). Any other bare name is a rule-file error, so a typo
-can never silently stop a rule from matching. Connectors must fill exactly these attributes.
+vendor payload (``fields.customfield_10010.value``), whose first key must be one the source's payload has
+(:data:`RAW_PAYLOADS`). Any other bare name is a rule-file error, so a typo can never silently stop a rule
+from matching. Connectors must fill exactly these attributes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 TICKET_FIELDS: frozenset[str] = frozenset(
     {
@@ -39,9 +40,44 @@ SOURCE_ATTRIBUTES: dict[str, frozenset[str]] = {}
 :mod:`connectors.registry` (which declares them here through :func:`declare_source` when it is imported)."""
 
 
-def declare_source(name: str, attributes: frozenset[str]) -> None:
-    """Record that source ``name`` exists and which ``ticket.attributes`` its connector fills."""
+@dataclass(frozen=True, slots=True)
+class RawPayload:
+    """What a system's ``ticket.raw`` holds at its top level, so a rule's dotted path into it (``fields.x.value``)
+    is checked at load: a path whose first key the payload never has would silently never match.
+
+    ``keys``: the top-level keys its connector can put there (a key that itself holds dots, such as ServiceNow's
+    flat ``assignment_group.name``, is accepted whole or by its first part). ``custom_prefixes``: the names of an
+    instance's own fields (ServiceNow's ``u_`` columns), accepted too. ``not_there``: keys an admin may expect
+    that are not in the payload (a webhook's envelope), with what to write instead. ``described``: what the
+    payload is, for messages (``the Jira issue``). ``wrappers``: keys of an envelope around the payload
+    (``issue``, ``record``): ``issue.fields.x`` is ``fields.x``."""
+
+    keys: frozenset[str]
+    described: str
+    custom_prefixes: tuple[str, ...] = ()
+    wrappers: frozenset[str] = frozenset()
+    not_there: Mapping[str, str] = field(default_factory=dict)
+
+    def has(self, parts: tuple[str, ...]) -> bool:
+        """Whether a dotted path (split at its dots) starts with a key of the payload."""
+        if parts[0].startswith(self.custom_prefixes) and self.custom_prefixes:
+            return True
+        return any(".".join(parts[:end]) in self.keys for end in range(1, len(parts) + 1))
+
+
+RAW_PAYLOADS: dict[str, RawPayload] = {}
+"""source name -> what its ``ticket.raw`` holds, for the systems that declare it (a plug-in that does not
+declares nothing: any dotted path is accepted for it)."""
+
+
+def declare_source(name: str, attributes: frozenset[str], raw: RawPayload | None = None) -> None:
+    """Record that source ``name`` exists, which ``ticket.attributes`` its connector fills and, if known, what
+    its raw payload holds."""
     SOURCE_ATTRIBUTES[name] = frozenset(attributes)
+    if raw is not None:
+        RAW_PAYLOADS[name] = raw
+    else:
+        RAW_PAYLOADS.pop(name, None)
 
 
 CONNECTIONS: dict[str, str] = {}

@@ -19,6 +19,7 @@ def load_rules(
     *,
     env_warnings: list[RuleFileError] | None = None,
     check_key_format: bool = False,
+    warnings: list[RuleFileError] | None = None,
 ) -> RuleSet:
     """Load, validate and compile a rule set; raises :class:`RuleFileErrors` listing every problem.
 
@@ -29,6 +30,8 @@ def load_rules(
     there as a warning and the rule gets a placeholder routing key. With ``check_key_format`` (``rules check``
     and ``rules test``), a literal key or a variable's value that is not a PagerDuty integration key is an error;
     a ``${VAR:-default}`` default is not judged (the examples' ``dry-run-…`` defaults are placeholders).
+    ``warnings`` (a list) receives what loads but may not do what is meant (a ``source: any`` rule's dotted
+    path that no system's payload has), errors or not.
     """
     environment: Mapping[str, str] = os.environ if env is None else env
     root = Path(path)
@@ -59,6 +62,8 @@ def load_rules(
     errors.extend(e for e in validator.errors if (e.path, e.line, e.col) not in explained)
     if env_warnings is not None:
         env_warnings.extend(_sorted(validator.warnings, order))
+    if warnings is not None:
+        warnings.extend(_sorted(validator.notices, order))
     if errors:
         raise RuleFileErrors(_sorted(errors, order))
     for rule in spec.rules:  # a changed key changes the digest; only a hash of it is mixed in

@@ -16,6 +16,7 @@ from datetime import date, datetime
 from typing import Any, NamedTuple
 
 from kernel.fields import (
+    RAW_PAYLOADS,
     SERVICENOW_PRIORITY_LABELS,
     SOURCE_ATTRIBUTES,
     TICKET_FIELDS,
@@ -144,7 +145,8 @@ class Validator(TwoWayValidation):
         self.check_key_format = check_key_format  # rules check/test: a key PagerDuty would refuse is an error
         self.incomplete = incomplete  # a file of the set did not load: its calendars are unknown, not missing
         self.errors: list[RuleFileError] = []
-        self.warnings: list[RuleFileError] = []
+        self.warnings: list[RuleFileError] = []  # unset ${VAR} routing keys (allow_missing_env)
+        self.notices: list[RuleFileError] = []  # other warnings: the rules load, but may not do what is meant
         self.calendars: dict[str, Calendar] = {}
         self._calendar_pos: dict[str, Pos] = {}
         self._names: dict[str, Pos] = {}
@@ -512,6 +514,13 @@ class Validator(TwoWayValidation):
         if isinstance(ref, str):
             self.err(pos, trail[:-1] + [name], ref)
             return None
+        problem = raw_path_problem(name, source) if is_raw_path(name) else None
+        if problem is not None:
+            if source != "any":
+                self.err(pos, trail[:-1] + [name], problem)
+                return None
+            # a source: any rule may read a system whose payload is not declared: a warning, the rule still loads
+            self.notices.append(RuleFileError.at(pos, f"{_trail(trail[:-1] + [name])}: {problem}{ANY_SOURCE_NOTE}"))
         if self.custom_names is not None and name.startswith("custom."):
             problem = self.custom_names.problem(name[len("custom.") :])
             if problem is not None:
@@ -925,6 +934,79 @@ def resolve_field(name: str, source: str) -> FieldRef | str:
         f"unknown field '{name}'{did_you_mean(name, candidates)} "
         "(ticket fields, custom.<name>, the source's attributes, or a dotted path into the raw payload)"
     )
+
+
+ANY_SOURCE_NOTE = " (a warning, not an error, for a 'source: any' rule)"
+#: how a template names what a condition names directly: ``ticket.key`` is ``key``, ``ticket.custom.Tier`` is
+#: ``custom.Tier``, ``ticket.raw.fields.x`` is ``fields.x``
+_TEMPLATE_PREFIXES = (("ticket.attributes.", ""), ("ticket.raw.", ""), ("ticket.", ""), ("attributes.", ""))
+_LISTED_KEYS = 30  # a payload with more top-level keys than this is not listed in a message (Zendesk's)
+
+
+def is_raw_path(name: str) -> bool:
+    """Whether a rule's field name is a dotted path into the raw payload (not a field, custom field or
+    attribute)."""
+    return "." in name and not name.startswith("custom.") and name not in TICKET_FIELDS and name not in all_attributes()
+
+
+def raw_path_problem(name: str, source: str) -> str | None:
+    """Why a dotted path never finds anything in ``source``'s raw payload (:data:`kernel.fields.RAW_PAYLOADS`),
+    else None: a path copied from a template (``ticket.key``), or one whose first key the payload never has
+    (``feilds.priority.name``). For ``source: any``: a path no declared system's payload has."""
+    parts = tuple(name.split("."))
+    habit = _template_habit(name)
+    if habit is not None:
+        return habit
+    if source == "any":
+        payloads = [RAW_PAYLOADS.get(system) for system in SOURCE_ATTRIBUTES]
+        if not payloads or any(p is None for p in payloads) or any(p.has(parts) for p in payloads if p):
+            return None
+        keys = frozenset().union(*(p.keys for p in payloads if p))
+        return f"no system's raw payload has a key '{parts[0]}'{_suggest(parts, keys)}"
+    payload = RAW_PAYLOADS.get(source)
+    if payload is None or payload.has(parts):
+        return None
+    first = parts[0]
+    if first in payload.wrappers and len(parts) > 1:
+        return f"write '{'.'.join(parts[1:])}', not '{name}': the raw payload is {payload.described} itself"
+    if first in payload.not_there:
+        return payload.not_there[first]
+    top = sorted(key for key in payload.keys if "." not in key)  # assignment_group covers assignment_group.name
+    listed = f", whose top-level keys are {', '.join(top)}" if len(top) <= _LISTED_KEYS else ""
+    custom = f" (and its own {' / '.join(payload.custom_prefixes)} fields)" if payload.custom_prefixes else ""
+    return (
+        f"unknown key '{first}' in the raw payload{_suggest(parts, payload.keys)}: a dotted path reads "
+        f"{payload.described}{listed}{custom}"
+    )
+
+
+def _suggest(parts: tuple[str, ...], keys: frozenset[str]) -> str:
+    """`` (did you mean 'fields.priority.name'?)``: the path with its first key replaced by the closest key."""
+    hint = did_you_mean(parts[0], keys)
+    if not hint:
+        return ""
+    close = hint.removeprefix(" (did you mean '").removesuffix("'?)")
+    return f" (did you mean '{'.'.join((close, *parts[1:]))}'?)"
+
+
+def _template_habit(name: str) -> str | None:
+    """``ticket.key`` / ``attributes.project`` / ``ticket.raw.fields.x`` / ``raw.fields.x``: a template's way of
+    naming what a condition names directly."""
+    if name.startswith("raw.") and len(name) > len("raw."):
+        return f"write '{name[len('raw.') :]}', not '{name}': a dotted path already reads the raw payload"
+    for prefix, _ in _TEMPLATE_PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            fixed = name[len(prefix) :]
+            if "." not in fixed and fixed not in TICKET_FIELDS and fixed not in all_attributes():
+                fixed = next(iter(_close(fixed)), fixed)
+            return f"write '{fixed}', not '{name}': conditions name ticket fields directly"
+    return None
+
+
+def _close(word: str) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(word, sorted(TICKET_FIELDS | all_attributes()), n=1, cutoff=0.6)
 
 
 def unknown_operator(name: str) -> str:

@@ -61,7 +61,7 @@ def load_text(text: str, env: Mapping[str, str]) -> tuple[Any, list[str], list[s
         path = Path(tmp) / PLAYGROUND_FILE
         path.write_text(text, encoding="utf-8")
         try:
-            ruleset = load_rules(path, env, env_warnings=warnings)
+            ruleset = load_rules(path, env, env_warnings=warnings, warnings=warnings)
         except RuleFileErrors as exc:
             return None, [short(e, tmp) for e in exc.errors], [short(w, tmp) for w in warnings]
     return ruleset, [], [short(w, tmp) for w in warnings]
@@ -120,8 +120,22 @@ def declare(vocabulary: Mapping[str, Any]) -> None:
     what their settings declare), so pasted rules are checked as the service checks its own, plug-ins included."""
     from kernel import fields
 
+    payloads = vocabulary.get("raw_payloads", {})
     for name, attributes in vocabulary["sources"].items():
-        fields.declare_source(name, frozenset(attributes))
+        raw = payloads.get(name)
+        fields.declare_source(
+            name,
+            frozenset(attributes),
+            None
+            if raw is None
+            else fields.RawPayload(
+                keys=frozenset(raw["keys"]),
+                described=str(raw["described"]),
+                custom_prefixes=tuple(raw["custom_prefixes"]),
+                wrappers=frozenset(raw["wrappers"]),
+                not_there=dict(raw["not_there"]),
+            ),
+        )
     fields.declare_connections(
         dict(vocabulary["connections"]),
         {

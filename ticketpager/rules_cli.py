@@ -188,21 +188,26 @@ def _load(
     command: str = "check",
     check_key_format: bool = True,
 ) -> RuleSet | None:
-    """Load for a command; errors (and, with ``allow_missing_env``, env warnings) go to stderr. Given
+    """Load for a command; errors and warnings (with ``allow_missing_env``, env warnings too) go to stderr. Given
     ``missing_env`` (``rules check``), unset ``${VAR}`` keys are collected there and printed after any errors
     as one notice grouped by variable, not as an error each. ``check_key_format``: a routing key PagerDuty
     would refuse is an error (``backtest`` sends nothing and does not judge the keys)."""
     warnings = [] if allow_missing_env else missing_env
+    notices: list[RuleFileError] = []  # warnings that are not about the environment: printed in every case
     declare_configured_connections()
     try:
-        ruleset = load_rules(path, env=_rule_env(), env_warnings=warnings, check_key_format=check_key_format)
+        ruleset = load_rules(
+            path, env=_rule_env(), env_warnings=warnings, check_key_format=check_key_format, warnings=notices
+        )
     except RuleFileErrors as exc:
+        _print_warnings(notices)
         _print_warnings(warnings if allow_missing_env else None)
         print(str(exc), file=sys.stderr)
         print(f"{len(exc.errors)} error(s) in {path}", file=sys.stderr)
         for line in missing_env_notice(path, missing_env or (), valid=False, command=command):
             print(line, file=sys.stderr)
         return None
+    _print_warnings(notices)
     _print_warnings(warnings if allow_missing_env else None)
     for line in missing_env_notice(path, missing_env or (), valid=True, command=command):
         print(line, file=sys.stderr)

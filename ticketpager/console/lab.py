@@ -132,6 +132,16 @@ def vocabulary() -> dict[str, Any]:
     """This process's rule vocabulary (:mod:`kernel.fields`), for the child to check pasted rules against."""
     return {
         "sources": {name: sorted(attributes) for name, attributes in fields.SOURCE_ATTRIBUTES.items()},
+        "raw_payloads": {
+            name: {
+                "keys": sorted(raw.keys),
+                "described": raw.described,
+                "custom_prefixes": list(raw.custom_prefixes),
+                "wrappers": sorted(raw.wrappers),
+                "not_there": dict(raw.not_there),
+            }
+            for name, raw in fields.RAW_PAYLOADS.items()
+        },
         "connections": dict(fields.CONNECTIONS),
         "vocabularies": {
             name: {
