@@ -92,13 +92,43 @@ def _out_of_line(lines: list[str], line: int, col: int, found: str) -> str | Non
     )
 
 
+def _colon_sentence(line: int, written: str) -> str:
+    """``line 4 has no ':' after its key ('source jira': write 'source: jira')`` for the text of a key line."""
+    if _INLINE_COLON.search(written):  # `source:jira`, `severity:{from: …}`
+        key, value = written.split(":", 1)
+        problem = "a ':' without a space after it"
+    else:  # `source jira`, `trigger`
+        key, _, value = written.partition(" ")
+        problem = "no ':' after its key"
+    fixed = f"{key}: {value.strip()}" if value.strip() else f"{key}:"
+    return f"line {line} has {problem} ('{written}': write '{fixed}')"
+
+
+def _key_text(text: str, col: int) -> str | None:
+    """The text of a key line from column ``col`` (1-based) without its comment, unless it is quoted or a flow
+    collection (whose own errors say more)."""
+    written = text[col - 1 :].split(" #", 1)[0].strip()
+    return None if not written or written[0] in "'\"{[" else written
+
+
 def _keyless(lines: list[str], index: int) -> tuple[int, int, str] | None:
-    """Line ``index`` (0-based) of a mapping is a key without ``': '`` (``project OPS``, ``project:OPS``)."""
+    """Line ``index`` (0-based) of a mapping is a key without ``': '`` (``project OPS``, ``project:OPS``,
+    ``- name r1``)."""
     above = lines[index].split("#", 1)[0].rstrip()
-    if ": " in above or above.endswith(":") or above.lstrip().startswith(("-", "{", "[", "'", '"')):
+    col = _columns(lines[index])[-1]  # after any '- '
+    written = _key_text(lines[index], col)
+    if written is None or ": " in above or above.endswith(":") or written.startswith("-"):
         return None
-    problem = "a ':' without a space after it" if _INLINE_COLON.search(above) else "no ':' after its key"
-    return index + 1, _columns(lines[index])[0], f"line {index + 1} has {problem}: write 'key: value'"
+    return index + 1, col, _colon_sentence(index + 1, written)
+
+
+def _no_colon(lines: list[str], line: int, col: int) -> tuple[int, int, str] | None:
+    """``could not find expected ':'`` while scanning a key: the key on line ``line`` (1-based; PyYAML reports the
+    line after it) has no ``': '`` (``source jira``, ``trigger`` alone, ``source:jira``)."""
+    if not 0 < line <= len(lines):
+        return None
+    written = _key_text(lines[line - 1], col)
+    return None if written is None else (line, col, _colon_sentence(line, written))
 
 
 def _not_allowed_here(lines: list[str], line: int, col: int) -> tuple[int, int, str] | None:
@@ -108,7 +138,10 @@ def _not_allowed_here(lines: list[str], line: int, col: int) -> tuple[int, int, 
     text = lines[line - 1]
     key = _KEY.match(text)
     if key is None and _INLINE_COLON.search(text[: col - 1].split("#", 1)[0]):  # `severity:{from: …}`
-        return line, _columns(text)[-1], f"line {line} has a ':' without a space after it: write 'key: value'"
+        start = _columns(text)[-1]
+        written = _key_text(text, start)
+        sentence = _colon_sentence(line, written) if written is not None else None
+        return line, start, sentence or f"line {line} has a ':' without a space after it: write 'key: value'"
     if key is not None and col - 1 > key.end(2):  # a second ': ' on one line: the value holds a colon
         value = text[key.end() :].strip()
         return line, col, f"the value on line {line} contains ': ': put it in quotes, e.g. \"{value}\""
@@ -196,6 +229,11 @@ def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
             f"the quote ({quote}) that starts the value on line {start.line + 1} is never closed: end the value "
             "with the same quote"
         )
+    if problem == "could not find expected ':'" and exc.context_mark is not None:  # `source jira`, `trigger`
+        key = exc.context_mark
+        no_colon = _no_colon(lines, key.line + 1, key.column + 1)
+        if no_colon is not None:
+            return no_colon
     template = _template_line(lines, line)
     if template is not None:  # `summary: {{ ticket.key }} {{ ticket.title }}`: not an indentation mistake
         return template

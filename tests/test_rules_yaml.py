@@ -170,19 +170,20 @@ INDENTATION = {
     ),
     "no-space-after-colon-before-a-mapping": (
         HEAD + "    trigger:\n      severity:{from: priority, map: {P1: critical}, default: info}\n",
-        "5:7: invalid YAML: line 5 has a ':' without a space after it: write 'key: value'",
+        "5:7: invalid YAML: line 5 has a ':' without a space after it ('severity:{from: priority, map: {P1: "
+        "critical}, default: info}': write 'severity: {from: priority, map: {P1: critical}, default: info}')",
     ),
     "no-space-after-colon": (
         HEAD + "    when:\n      project:OPS\n      priority: P1\n",
-        "5:7: invalid YAML: line 5 has a ':' without a space after it: write 'key: value'",
+        "5:7: invalid YAML: line 5 has a ':' without a space after it ('project:OPS': write 'project: OPS')",
     ),
     "no-space-after-colon-then-a-comment": (
         HEAD + "    when:\n      project:OPS   # the Jira key\n      priority: P1\n",
-        "5:7: invalid YAML: line 5 has a ':' without a space after it: write 'key: value'",
+        "5:7: invalid YAML: line 5 has a ':' without a space after it ('project:OPS': write 'project: OPS')",
     ),
     "no-colon": (
         HEAD + "    when:\n      project OPS\n      priority: P1\n",
-        "5:7: invalid YAML: line 5 has no ':' after its key: write 'key: value'",
+        "5:7: invalid YAML: line 5 has no ':' after its key ('project OPS': write 'project: OPS')",
     ),
     "colon-in-value": (
         HEAD + "    trigger:\n      summary: Outage: db down\n",
