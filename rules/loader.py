@@ -9,7 +9,7 @@ are errors here: a YAML file must mean exactly one thing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,20 @@ _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
 @dataclass(frozen=True, slots=True)
 class Pos:
-    """A 1-based position in a rule file."""
+    """A 1-based position in a rule file. ``text_col``: for a one-line text value whose characters are written as
+    they are read (plain, or quoted without escapes), the column of its first character (after the quote), so a
+    problem inside it (a template's unknown field) can point at its own column; else None."""
 
     path: str
     line: int
     col: int
+    text_col: int | None = field(default=None, compare=False)
+
+    def inside(self, offset: int | None) -> Pos:
+        """The position ``offset`` characters into this text value, where that is known; else this position."""
+        if offset is None or self.text_col is None:
+            return self
+        return Pos(self.path, self.line, self.text_col + offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +103,8 @@ class _Converter:
         self._active: set[int] = set()
 
     def pos(self, node: Node) -> Pos:
-        return Pos(self.path, node.start_mark.line + 1, node.start_mark.column + 1)
+        start = node.start_mark
+        return Pos(self.path, start.line + 1, start.column + 1, _text_col(node))
 
     def convert(self, node: Node) -> Any:
         key = id(node)
@@ -192,6 +202,20 @@ class _Converter:
         if len(out) != len(items):
             self.errors.append(RuleFileError.at(self.pos(node), "a YAML merge (<<) needs a mapping"))
         return out
+
+
+def _text_col(node: Node) -> int | None:
+    """:attr:`Pos.text_col` of a scalar: the column of its first character when the value is on one line and its
+    characters are exactly those written (plain, or in quotes without escapes such as ``\\"`` or ``''``)."""
+    if not isinstance(node, ScalarNode) or node.style not in (None, "'", '"'):
+        return None
+    start, end = node.start_mark, node.end_mark
+    buffer = getattr(start, "buffer", None)
+    if not isinstance(buffer, str) or start.line != end.line:
+        return None
+    quote = 1 if node.style else 0
+    written = buffer[start.index + quote : end.index - quote]
+    return start.column + 1 + quote if written == node.value else None
 
 
 class _AliasMarkingLoader(yaml.SafeLoader):

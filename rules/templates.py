@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,7 +41,14 @@ CONNECTION_REF = re.compile(r"\$\{\s*(?:ticket\.)?connection\s*\}")
 
 
 class TemplateProblem(ValueError):
-    """A template that does not compile or names an unknown variable (message shown to the admin)."""
+    """A template that does not compile or names an unknown variable (message shown to the admin).
+
+    ``problems``: every problem found, each with its offset in the template's text where it is known (the
+    unknown names of one template are all reported at once); ``str()`` is the first one."""
+
+    def __init__(self, message: str, problems: Sequence[tuple[str, int | None]] = ()) -> None:
+        super().__init__(message)
+        self.problems: tuple[tuple[str, int | None], ...] = tuple(problems) or ((message, None),)
 
 
 class _Environment(SandboxedEnvironment):
@@ -104,25 +111,34 @@ def compile_template(text: str, source: str = "any", variables: Variables = TRIG
     _connection_refs(tree)
     for data in tree.find_all(nodes.TemplateData):  # the text around {{ }}; "${x}" inside {{ }} is a string
         _check_dollar_brace(data.data)
-    _check_filters_and_tests(tree)
+    tokens = _Tokens(text)
+    found = _unknown_filters_and_tests(tree, tokens)
+    if found:  # the analysis below compiles the template, which stops at an unknown filter: stand-ins for them
+        stand_in = ENVIRONMENT.overlay()
+        stand_in.filters = {**ENVIRONMENT.filters, **{n.name: _stand_in for n in tree.find_all(nodes.Filter)}}
+        stand_in.tests = {**ENVIRONMENT.tests, **{n.name: _stand_in for n in tree.find_all(nodes.Test)}}
+        tree.set_environment(stand_in)
     try:
         undeclared = meta.find_undeclared_variables(tree)
     except jinja2.TemplateError as exc:  # the analysis compiles the template: any other compile-time error
         raise TemplateProblem(f"template does not compile: {_message(exc)}") from None
-    unknown = sorted(undeclared - set(variables))
-    if unknown:
-        name = unknown[0]
-        raise TemplateProblem(
+    for name in sorted(undeclared - set(variables)):
+        message = (
             f"template uses unknown variable '{name}'{did_you_mean(name, variables)}"
             f" (known: {', '.join(sorted(variables))})"
         )
+        found.append((message, tokens.find((name,))))
     for owner, allowed in variables.items():
         if allowed is None:
             continue
-        for attr in _attributes_of(tree, owner):
+        for attr in dict.fromkeys(_attributes_of(tree, owner)):
             if attr not in allowed:
-                raise TemplateProblem(f"template uses unknown field '{owner}.{attr}'{did_you_mean(attr, allowed)}")
-    _check_ticket_attributes(tree, source)
+                message = f"template uses unknown field '{owner}.{attr}'{did_you_mean(attr, allowed)}"
+                found.append((message, tokens.find((owner, attr))))
+    found.extend(_unknown_ticket_attributes(tree, source, tokens))
+    if found:  # every unknown name at once, in the order they are written
+        found.sort(key=lambda problem: (problem[1] is None, problem[1] or 0))
+        raise TemplateProblem(found[0][0], found)
     try:
         compiled = ENVIRONMENT.from_string(tree)
     except jinja2.TemplateError as exc:
@@ -172,21 +188,89 @@ def _message(exc: jinja2.TemplateError) -> str:
     return f"{message} (template line {line})" if line else message
 
 
-def _check_filters_and_tests(tree: nodes.Template) -> None:
+def _stand_in(value: Any, *args: Any, **kwargs: Any) -> Any:
+    return value
+
+
+class _Tokens:
+    """Where names are written in a template's text, from Jinja's own lexer: ``find(("ticket", "kye"))`` is the
+    offset of the first ``ticket.kye`` (or ``ticket['kye']``) inside ``{{ }}`` / ``{% %}``, never in the text
+    around them. None when it is not found, or when the tokens do not spell the text exactly (``{{-`` trims it)."""
+
+    def __init__(self, text: str) -> None:
+        self.tokens: list[tuple[int, str, str]] = []
+        try:
+            raw = list(ENVIRONMENT.lexer.tokeniter(text, None))
+        except jinja2.TemplateSyntaxError:
+            return
+        at = 0
+        for _line, kind, value in raw:
+            if kind != "whitespace":
+                self.tokens.append((at, kind, value))
+            at += len(value)
+        if "".join(value for _line, _kind, value in raw) != text:
+            self.tokens = []
+
+    def find(self, path: tuple[str, ...]) -> int | None:
+        """The offset of the first name, or dotted/subscripted path of names, ``path``."""
+        tokens = self.tokens
+        for i, (at, kind, value) in enumerate(tokens):
+            if kind != "name" or value != path[0] or (i and tokens[i - 1][1:] == ("operator", ".")):
+                continue
+            if self._follows(i + 1, path[1:]):
+                return at
+        return None
+
+    def after(self, operator: str, name: str) -> int | None:
+        """The offset of the first name ``name`` right after the operator (or name) ``operator`` (a filter after
+        ``|``, a test after ``is``)."""
+        for i, (at, kind, value) in enumerate(self.tokens):
+            if kind == "name" and value == name and i and self.tokens[i - 1][2] == operator:
+                return at
+        return None
+
+    def _follows(self, i: int, rest: tuple[str, ...]) -> bool:
+        tokens = self.tokens
+        for part in rest:
+            if i + 1 >= len(tokens) or tokens[i][1] != "operator":
+                return False
+            op, (_, kind, value) = tokens[i][2], tokens[i + 1]
+            if op == "." and kind == "name" and value == part:
+                i += 2
+            elif op in "[(" and kind == "string" and value[1:-1] == part:  # ['x'], .get('x')
+                i += 3
+            elif op == "." and kind == "name" and value == "get" and i + 3 < len(tokens):
+                if tokens[i + 2][2] != "(" or tokens[i + 3][1] != "string" or tokens[i + 3][2][1:-1] != part:
+                    return False
+                i += 5
+            else:
+                return False
+        return True
+
+
+def _unknown_filters_and_tests(tree: nodes.Template, tokens: _Tokens) -> list[tuple[str, int | None]]:
     """``{{ x | upperr }}`` / ``{% if x is nul %}``: a name the sandbox does not know, with a suggestion."""
+    found: list[tuple[str, int | None]] = []
+    seen: set[tuple[str, str]] = set()
     for node in tree.find_all((nodes.Filter, nodes.Test)):
         known = ENVIRONMENT.filters if isinstance(node, nodes.Filter) else ENVIRONMENT.tests
-        if node.name not in known:
-            kind = "filter" if isinstance(node, nodes.Filter) else "test"
-            raise TemplateProblem(f"unknown {kind} '{node.name}'{did_you_mean(node.name, known)}")
+        kind = "filter" if isinstance(node, nodes.Filter) else "test"
+        if node.name not in known and (kind, node.name) not in seen:
+            seen.add((kind, node.name))
+            offset = tokens.after("|", node.name) if kind == "filter" else tokens.after("is", node.name)
+            if offset is None and kind == "test":
+                offset = tokens.after("not", node.name)
+            found.append((f"unknown {kind} '{node.name}'{did_you_mean(node.name, known)}", offset))
+    return found
 
 
 #: methods of the ``ticket.attributes`` mapping a template may call (``.get('x')`` is checked like ``.x``)
 _MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
 
 
-def _check_ticket_attributes(tree: nodes.Template, source: str) -> None:
+def _unknown_ticket_attributes(tree: nodes.Template, source: str, tokens: _Tokens) -> list[tuple[str, int | None]]:
     """``ticket.attributes.<name>`` must be a connector attribute of the rule's source."""
+    found: list[tuple[str, int | None]] = []
     allowed = all_attributes() if source not in SOURCE_ATTRIBUTES else SOURCE_ATTRIBUTES[source]
     called = {id(call.node): call for call in tree.find_all(nodes.Call)}
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
@@ -203,18 +287,24 @@ def _check_ticket_attributes(tree: nodes.Template, source: str) -> None:
         else:
             arg = getattr(node, "arg", None)
             name = arg.value if isinstance(arg, nodes.Const) and isinstance(arg.value, str) else None
-        if name is None or name in allowed:
+        if name is None or name in allowed or any(f"'ticket.attributes.{name}'" in m for m, _ in found):
             continue
         field = f"ticket.attributes.{name}"
+        offset = tokens.find(("ticket", "attributes", name))
         if name in all_attributes():
             owners = sorted(s for s, attrs in SOURCE_ATTRIBUTES.items() if name in attrs)
-            raise TemplateProblem(
-                f"'{field}' is a field of {' and '.join(owners)} tickets; this rule's source is {source}"
+            found.append(
+                (f"'{field}' is a field of {' and '.join(owners)} tickets; this rule's source is {source}", offset)
             )
-        raise TemplateProblem(
-            f"template uses unknown field '{field}'{did_you_mean(name, allowed)}"
-            " (the source's attributes; vendor-defined fields are ticket.custom.<name> or ticket.raw.<path>)"
+            continue
+        found.append(
+            (
+                f"template uses unknown field '{field}'{did_you_mean(name, allowed)}"
+                " (the source's attributes; vendor-defined fields are ticket.custom.<name> or ticket.raw.<path>)",
+                offset,
+            )
         )
+    return found
 
 
 def _is_ticket_attributes(node: Any) -> bool:

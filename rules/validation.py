@@ -671,7 +671,8 @@ class Validator(TwoWayValidation):
         try:
             return compile_template(str(value), source, TRIGGER_VARIABLES if variables is None else variables)
         except TemplateProblem as exc:
-            self.err(pos, trail, str(exc))
+            for message, offset in exc.problems:  # every unknown name at once, each at its column where known
+                self.err(pos.inside(offset) if isinstance(value, str) else pos, trail, message)
             return None
 
     def custom_details(self, value: Any, pos: Pos, trail: list[str], source: str) -> dict[str, Any]:

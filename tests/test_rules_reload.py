@@ -102,7 +102,7 @@ def test_unknown_filter_in_a_reload_is_a_normal_reload_failure(tmp_path: Path) -
     assert store.reload() is False
     assert store.current is good and store.reload_failures == 1
     assert store.last_error == (
-        f"{path}:5:70: rule 'one' → trigger → summary: unknown filter 'upperr' (did you mean 'upper'?)"
+        f"{path}:5:89: rule 'one' → trigger → summary: unknown filter 'upperr' (did you mean 'upper'?)"
     )
 
 

@@ -395,7 +395,7 @@ def test_valid_two_way_blocks_load(tmp_path: Path) -> None:
         ),
         (
             '    sync_back: {acknowledged: "{{ agent.nam }}"}\n',
-            "r.yaml:8:31: rule 'sn-p1' → sync_back → acknowledged: template uses unknown field 'agent.nam' (did you "
+            "r.yaml:8:35: rule 'sn-p1' → sync_back → acknowledged: template uses unknown field 'agent.nam' (did you "
             "mean 'name'?)",
         ),
         (

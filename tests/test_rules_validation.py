@@ -109,20 +109,20 @@ EXPECTED: dict[str, list[str]] = {
         "10:16: rule 'r1' → trigger → summary: template does not compile: unexpected end of template, expected 'end of print statement'. (template line 1)",
     ],
     "template_unknown_attribute": [
-        "12:15: rule 'r1' → trigger → custom_details → tags: template uses unknown field 'ticket.attributes.organisation_tags' (did you mean 'organization_tags'?) (the source's attributes; vendor-defined fields are ticket.custom.<name> or ticket.raw.<path>)",
-        "13:18: rule 'r1' → trigger → custom_details → channel: template uses unknown field 'ticket.attributes.via_chanel' (did you mean 'via_channel'?) (the source's attributes; vendor-defined fields are ticket.custom.<name> or ticket.raw.<path>)",
-        "14:16: rule 'r1' → trigger → custom_details → brand: template uses unknown field 'ticket.attributes.brnd' (did you mean 'brand'?) (the source's attributes; vendor-defined fields are ticket.custom.<name> or ticket.raw.<path>)",
-        "16:18: rule 'r1' → trigger → custom_details → project: 'ticket.attributes.project' is a field of jira tickets; this rule's source is zendesk",
+        "12:19: rule 'r1' → trigger → custom_details → tags: template uses unknown field 'ticket.attributes.organisation_tags' (did you mean 'organization_tags'?) (the source's attributes; vendor-defined fields are ticket.custom.<name> or ticket.raw.<path>)",
+        "13:22: rule 'r1' → trigger → custom_details → channel: template uses unknown field 'ticket.attributes.via_chanel' (did you mean 'via_channel'?) (the source's attributes; vendor-defined fields are ticket.custom.<name> or ticket.raw.<path>)",
+        "14:20: rule 'r1' → trigger → custom_details → brand: template uses unknown field 'ticket.attributes.brnd' (did you mean 'brand'?) (the source's attributes; vendor-defined fields are ticket.custom.<name> or ticket.raw.<path>)",
+        "16:22: rule 'r1' → trigger → custom_details → project: 'ticket.attributes.project' is a field of jira tickets; this rule's source is zendesk",
     ],
     "template_unknown_field": [
-        "10:16: rule 'r1' → trigger → summary: template uses unknown field 'ticket.titel' (did you mean 'title'?)",
+        "10:20: rule 'r1' → trigger → summary: template uses unknown field 'ticket.titel' (did you mean 'title'?)",
     ],
     "template_unknown_filter": [
-        "10:16: rule 'r1' → trigger → summary: unknown filter 'upperr' (did you mean 'upper'?)",
-        "12:16: rule 'r1' → trigger → custom_details → state: unknown test 'nonee' (did you mean 'none'?)",
+        "10:35: rule 'r1' → trigger → summary: unknown filter 'upperr' (did you mean 'upper'?)",
+        "12:42: rule 'r1' → trigger → custom_details → state: unknown test 'nonee' (did you mean 'none'?)",
     ],
     "template_unknown_variable": [
-        "10:16: rule 'r1' → trigger → summary: template uses unknown variable 'tiket' (did you mean 'ticket'?) (known: changes, now, rule, ticket)",
+        "10:20: rule 'r1' → trigger → summary: template uses unknown variable 'tiket' (did you mean 'ticket'?) (known: changes, now, rule, ticket)",
     ],
     "unknown_calendar": [
         "6:15: rule 'r1' → when → during: unknown calendar 'support' (calendars: none defined)",
@@ -213,7 +213,7 @@ def test_all_errors_of_a_file_set_are_reported_at_once(tmp_path: Path) -> None:
         "(set it where the service runs; 'rules check --allow-missing-env' checks the files without it)",
         f"{a}:5:51: rule 'one' → trigger → severity: unknown severity 'critcal' (did you mean 'critical'?) "
         "(use critical | error | warning | info)",
-        f"{a}:5:69: rule 'one' → trigger → summary: template uses unknown field 'ticket.nope'",
+        f"{a}:5:73: rule 'one' → trigger → summary: template uses unknown field 'ticket.nope'",
         f"{b}:3:5: rule 'two': missing 'trigger' (routing_key, severity, summary)",
         f"{b}:4:27: rule 'two' → when → title → regex: bad regex '((': missing ), unterminated subpattern "
         "at position 1",
@@ -296,8 +296,8 @@ def test_unknown_filter_in_any_template_is_an_error_not_a_crash(tmp_path: Path) 
         "              links: [{href: '{{ ticket.url | urlencod }}', text: '{{ ticket.key | md5 }}'}]}\n"
     )
     assert [str(e) for e in _errors(path).errors] == [
-        f"{path}:6:30: rule 'r' → trigger → links[1] → href: unknown filter 'urlencod' (did you mean 'urlencode'?)",
-        f"{path}:6:67: rule 'r' → trigger → links[1] → text: unknown filter 'md5'",
+        f"{path}:6:47: rule 'r' → trigger → links[1] → href: unknown filter 'urlencod' (did you mean 'urlencode'?)",
+        f"{path}:6:84: rule 'r' → trigger → links[1] → text: unknown filter 'md5'",
     ]
 
 
