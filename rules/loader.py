@@ -28,6 +28,11 @@ MAX_FILE_BYTES = 1024 * 1024  # a rule file bigger than this is a mistake, not a
 #: how many values YAML aliases may add to a rule file when expanded: a real file's few anchors add hundreds; a
 #: "billion laughs" file of nested aliases adds millions from 557 bytes and would exhaust time and memory
 MAX_ALIAS_VALUES = 100_000
+#: how deep YAML values may nest (mappings and lists inside each other, aliases expanded): a real rule file nests
+#: a dozen levels; validation and evaluation walk conditions recursively, about three Python frames a level, so
+#: this keeps them well inside Python's recursion limit (1000) wherever the rules are loaded
+MAX_NESTING = 100
+TOO_DEEP = "invalid YAML: nested too deeply"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
@@ -225,11 +230,53 @@ class _AliasMarkingLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.alias_marks: list[Mark] = []
+        self.depth = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if self.check_event(AliasEvent):
             self.alias_marks.append(self.peek_event().start_mark)
-        return super().compose_node(parent, index)
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:  # before the composer's own recursion reaches Python's limit
+                raise _TooDeep(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class _TooDeep(Exception):
+    def __init__(self, mark: Mark | None) -> None:
+        self.mark = mark
+
+
+def _too_deep(root: Node) -> Node | None:
+    """A node whose values nest more than :data:`MAX_NESTING` deep, aliases expanded (each written alias is within
+    the limit, but an alias of a deep anchor inside another deep value is not), else None. Iterative: the check
+    must not itself run out of stack."""
+    height: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if isinstance(node, SequenceNode):
+            children: list[Node] = list(node.value)
+        elif isinstance(node, MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        if finished:
+            active.discard(key)
+            height[key] = 1 + max((height.get(id(child), 0) for child in children), default=0)
+            if height[key] > MAX_NESTING:
+                return node
+            continue
+        if key in height or key in active:  # a shared node is measured once; a recursive alias is the converter's
+            continue
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children)
+    return None
 
 
 class _AliasBomb(Exception):
@@ -286,10 +333,13 @@ def parse_text(text: str, path: str) -> tuple[Any, list[RuleFileError]]:
     except yaml.MarkedYAMLError as exc:
         line, col, problem = yaml_errors.explain(exc, text)
         return None, [RuleFileError(path, line, col, f"invalid YAML: {problem}")]
+    except _TooDeep as deep:
+        line, col = (deep.mark.line + 1, deep.mark.column + 1) if deep.mark else (1, 1)
+        return None, [RuleFileError(path, line, col, TOO_DEEP)]
     except yaml.YAMLError as exc:
         return None, [RuleFileError(path, 1, 1, f"invalid YAML: {exc}")]
     except RecursionError:
-        return None, [RuleFileError(path, 1, 1, "invalid YAML: nested too deeply")]
+        return None, [RuleFileError(path, 1, 1, TOO_DEEP)]
     finally:
         if loader is not None:
             loader.dispose()
@@ -298,6 +348,9 @@ def parse_text(text: str, path: str) -> tuple[Any, list[RuleFileError]]:
     if len(nodes) > 1:
         second = converter.pos(nodes[1])
         return None, [RuleFileError.at(second, "one YAML document per rule file (found a second '---')")]
+    too_deep = _too_deep(nodes[0])
+    if too_deep is not None:
+        return None, [RuleFileError.at(converter.pos(too_deep), TOO_DEEP)]
     try:
         bomb = _alias_expansion(nodes[0], alias_marks)
         if bomb is not None:
@@ -305,7 +358,7 @@ def parse_text(text: str, path: str) -> tuple[Any, list[RuleFileError]]:
             return None, [RuleFileError(path, bomb.line + 1, bomb.column + 1, message)]
         value = converter.convert(nodes[0])
     except RecursionError:
-        return None, [RuleFileError(path, 1, 1, "invalid YAML: nested too deeply")]
+        return None, [RuleFileError(path, 1, 1, TOO_DEEP)]
     return value, converter.errors
 
 
