@@ -243,6 +243,21 @@ def _print_warnings(warnings: list[RuleFileError] | None) -> None:
         print(f"{warning.path}:{warning.line}:{warning.col}: warning: {warning.message}", file=sys.stderr)
 
 
+def _unknown_source(source: str | None, command: str) -> bool:
+    """``--source jria``: a usage problem (exit 2) in ``test`` and ``backtest`` alike, whatever the ticket file
+    holds (``test`` used to ignore it for a normalized ticket)."""
+    if source is None or source in registry.names():
+        return False
+    from rules.operators import did_you_mean
+
+    print(
+        f"ticketpager rules {command}: unknown --source {source!r}{did_you_mean(source, registry.names())} "
+        f"(use {' | '.join(registry.names())})",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _missing(path: str, command: str) -> bool:
     """A rule path that does not exist: a usage problem (exit 2, as a missing --ticket file), said once."""
     if Path(path).exists():
@@ -537,7 +552,7 @@ def event_bodies(events: Sequence[PlannedEvent], ticket: Ticket) -> list[dict[st
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    if _missing(args.path, "test"):
+    if _missing(args.path, "test") or _unknown_source(args.source, "test"):
         return EXIT_USAGE
     missing_env: list[RuleFileError] = []
     ruleset = _load(args.path, args.allow_missing_env, None if args.allow_missing_env else missing_env, "test")
@@ -687,7 +702,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     except OperatorArgError as exc:
         print(f"ticketpager rules backtest: --since: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if _missing(args.path, "backtest"):
+    if _missing(args.path, "backtest") or _unknown_source(args.source, "backtest"):
         return EXIT_USAGE
     ruleset = _load(args.path, allow_missing_env=True, check_key_format=False)  # sends nothing: keys not needed
     if ruleset is None:
