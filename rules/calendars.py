@@ -62,7 +62,12 @@ def parse_timezone(name: str) -> str:
 
 
 def parse_days(values: object) -> frozenset[int]:
-    if not isinstance(values, list) or not values:
+    if isinstance(values, list) and not values:  # a calendar that is never open: no rule using it would ever hold
+        raise CalendarError(
+            "days is empty, so the calendar is never open: list its days, e.g. [mon, tue, wed, thu, fri] "
+            "(leave days out for every day)"
+        )
+    if not isinstance(values, list):
         raise CalendarError("days must be a list such as [mon, tue, wed, thu, fri]")
     out: set[int] = set()
     for value in values:
@@ -71,6 +76,16 @@ def parse_days(values: object) -> frozenset[int]:
             raise CalendarError(f"unknown day {value!r} (use {', '.join(DAY_NAMES)})")
         out.add(DAY_NAMES.index(text))
     return frozenset(out)
+
+
+def parse_hours(value: object) -> tuple[tuple[int, int], ...]:
+    """``hours``: one range or a list of them; an empty list would mean never open, so it is an error."""
+    if isinstance(value, list) and not value:
+        raise CalendarError(
+            'hours is empty, so the calendar is never open: give its hours, e.g. ["08:00-18:00"] '
+            "(leave hours out for all day)"
+        )
+    return tuple(parse_range(item) for item in (value if isinstance(value, list) else [value]))
 
 
 def parse_range(text: object) -> tuple[int, int]:

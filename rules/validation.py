@@ -25,7 +25,7 @@ from kernel.fields import (
     connection_vocabulary,
 )
 from kernel.model import SEVERITIES, StatusCategory, Ticket, is_integration_key
-from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_range, parse_timezone
+from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_hours, parse_timezone
 from rules.loader import Pos, RuleFileError, YList, YMap
 from rules.operators import (
     COMPARE_TIMESTAMPS,
@@ -234,7 +234,7 @@ class Validator(TwoWayValidation):
         parts: list[tuple[str, Any]] = [
             ("timezone", lambda v: parse_timezone(v)),
             ("days", parse_days),
-            ("hours", lambda v: tuple(parse_range(r) for r in (v if isinstance(v, list) else [v]))),
+            ("hours", parse_hours),
             ("holidays", lambda v: frozenset(parse_holiday(d) for d in (v if isinstance(v, list) else [v]))),
         ]
         values: dict[str, Any] = {}
