@@ -392,13 +392,13 @@ def _walk(folder: Path, seen: set[Path], errors: list[RuleFileError], depth: int
                 errors.append(RuleFileError(str(entry), 1, 1, f"rule folders nest more than {MAX_RULE_DEPTH} deep"))
                 continue
             out.extend(_walk(entry, seen, errors, depth + 1))
-        elif entry.is_file() and entry.suffix in RULE_FILE_SUFFIXES:
+        elif entry.is_file() and entry.suffix.lower() in RULE_FILE_SUFFIXES:  # P1.YAML too (Windows editors)
             out.append(entry)
     return out
 
 
 def rule_files(path: Path) -> tuple[list[Path], list[RuleFileError]]:
-    """The files of a rule set: ``path`` itself, or every ``*.yaml``/``*.yml`` under a directory, its
+    """The files of a rule set: ``path`` itself, or every ``*.yaml``/``*.yml`` (any case) under a directory, its
     subfolders included, in the order of their paths relative to it (``acme/p1.yaml`` before ``globex.yaml``).
     Hidden files and folders and editors' backups are skipped."""
     if path.is_dir():
