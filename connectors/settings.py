@@ -12,6 +12,20 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
+# Numeric settings carry their bounds, so a value that would quietly break the service (a 0 s timeout or poll
+# interval, 0 workers, a page of 0) stops every command at start with exit 2, naming the setting and the bound.
+#: a duration (or rate) above 0: 0 would time out at once, busy-loop or never let anything through
+Positive = Annotated[float, Field(gt=0)]
+#: a duration where 0 means what the setting's comment says (never, no cache, no wait, no look back)
+NonNegative = Annotated[float, Field(ge=0)]
+#: a count of at least 1 (workers, a batch, a page, attempts, bytes, days)
+Count = Annotated[int, Field(ge=1)]
+#: a count where 0 means what the setting's comment says
+CountOr0 = Annotated[int, Field(ge=0)]
+#: Zendesk's incremental export answers at most this many tickets per page (its ``per_page`` maximum)
+ZENDESK_MAX_PAGE_SIZE = 1000
+ZendeskPageSize = Annotated[int, Field(ge=1, le=ZENDESK_MAX_PAGE_SIZE)]
+
 
 def secret_list(value: object) -> object:
     """Accept a JSON list, or one value / comma-separated values, from the environment."""
@@ -32,10 +46,10 @@ class ConnectorSettings(BaseModel):
 
     enabled: bool = False
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    poll_interval_seconds: float = 60.0
-    lookback_seconds: float = 3600.0  # the first poll (no stored cursor yet) reads this far back
+    poll_interval_seconds: Positive = 60.0
+    lookback_seconds: NonNegative = 3600.0  # the first poll (no stored cursor yet) reads this far back
     write_back: bool = True
-    timeout_seconds: float = 10.0
+    timeout_seconds: Positive = 10.0
 
     _split = field_validator("webhook_secrets", mode="before")(secret_list)
 
@@ -50,8 +64,8 @@ class JiraSettings(ConnectorSettings):
     email: str = ""  # Cloud: the API user's e-mail (basic auth with an API token)
     api_token: SecretStr = SecretStr("")  # Cloud API token, or a Data Center personal access token
     jql: str = ""  # the admin's filter, e.g. "project in (OPS, SUP)"
-    overlap_seconds: float = 300.0  # search is eventually consistent: re-read this much of the window
-    page_size: int = 100
+    overlap_seconds: NonNegative = 300.0  # search is eventually consistent: re-read this much of the window
+    page_size: Count = 100
     comment_prefix: str = "[ticketpager]"  # starts every comment ticketpager writes (and is never re-paged)
     group_field: str = ""  # where a rule's assignment group goes: components, or a select-list custom field id
     internal_comment_role: str = ""  # internal comments outside JSM: restrict them to this project role
@@ -67,19 +81,19 @@ class ZendeskSettings(ConnectorSettings):
     url: str = ""  # optional full base URL (tests, proxies); overrides subdomain
     email: str = ""
     api_token: SecretStr = SecretStr("")
-    signature_tolerance_seconds: float = 300.0
+    signature_tolerance_seconds: Positive = 300.0
     custom_field_names: dict[str, str] = Field(default_factory=dict)  # field id -> name used in rules
     group_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # only these groups (empty: all)
     brand_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # only these brands (empty: all)
-    ratelimit_budget_seconds: float = 60.0  # a 429 asking to wait longer than this ends the poll (retried later)
+    ratelimit_budget_seconds: NonNegative = 60.0  # a 429 asking to wait longer than this ends the poll (retried later)
 
     _split_ids = field_validator("group_ids", "brand_ids", mode="before")(secret_list)
     fetch_canonical: bool = True  # trigger-connected webhooks: fetch the ticket when credentials exist
     accept_test_secret: bool = False  # answer 202 (never store) webhooks signed with Zendesk's public test secret
     note_prefix: str = "[ticketpager]"  # starts every internal note; changes that are only such a note never page
-    page_size: int = 1000  # incremental export per_page (Zendesk's maximum)
-    min_request_interval_seconds: float = 6.0  # incremental export allows 10 requests/minute
-    organization_cache_seconds: float = 600.0  # organization name + tags (VIP rules)
+    page_size: ZendeskPageSize = 1000  # incremental export per_page (Zendesk's maximum)
+    min_request_interval_seconds: NonNegative = 6.0  # incremental export allows 10 requests/minute
+    organization_cache_seconds: NonNegative = 600.0  # organization name + tags (VIP rules)
 
 
 class ServiceNowSettings(ConnectorSettings):
@@ -88,11 +102,11 @@ class ServiceNowSettings(ConnectorSettings):
     password: SecretStr = SecretStr("")
     table: str = "incident"
     query: str = ""  # the admin's encoded query, e.g. "active=true^priority<=2"
-    page_size: int = 100
+    page_size: Count = 100
     bearer_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)  # alternative webhook auth
-    signature_tolerance_seconds: float = 300.0
+    signature_tolerance_seconds: Positive = 300.0
     state_map: dict[str, str] = Field(default_factory=dict)  # state value -> new|in_progress|done|deleted
-    overlap_seconds: float = 60.0
+    overlap_seconds: NonNegative = 60.0
     work_note_prefix: str = "[ticketpager]"  # first text of every work note we write (echo detection)
     priority_labels: dict[str, str] = Field(default_factory=dict)  # priority value -> label override
 

@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.host:
         settings.host = args.host
-    if args.port:
+    if args.port is not None:
         settings.port = args.port
     service = _service(settings)
     _refuse_to_share(service, register=True)  # a dry run beside a live instance's work, or the other way round
@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--dry-run", action="store_true", help="log PagerDuty events instead of sending them")
     serve.add_argument("--host", help="listen address (default 127.0.0.1, TICKETPAGER_HOST)")
-    serve.add_argument("--port", type=int, help="listen port (default 8080, TICKETPAGER_PORT)")
+    serve.add_argument("--port", type=_port, help="listen port (default 8080, TICKETPAGER_PORT)")
     serve.set_defaults(func=cmd_serve)
 
     poll = command(
@@ -726,6 +726,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_silence(sub, command, _store)
     return parser
+
+
+def _port(text: str) -> int:
+    """argparse type of ``serve --port``: a TCP port, as TICKETPAGER_PORT must be (0 would listen on a random one)."""
+    from ticketpager.settings import MAX_PORT, MIN_PORT
+
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not MIN_PORT <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port ({MIN_PORT}-{MAX_PORT})")
+    return port
 
 
 def _duration(text: str) -> Any:

@@ -18,7 +18,11 @@ from pydantic_settings.sources import NestedSecretsSettingsSource
 from connectors import registry
 from connectors.settings import (  # noqa: F401 (re-exported: the sections of the built-in systems)
     ConnectorSettings,
+    Count,
+    CountOr0,
     JiraSettings,
+    NonNegative,
+    Positive,
     ServiceNowSettings,
     ZendeskSettings,
     secret_list,
@@ -31,6 +35,13 @@ PAGERDUTY_EVENTS_URL_EU = "https://events.eu.pagerduty.com/v2/enqueue"
 # REST API v2 base URLs per service region (connectors.pagerduty_rest.API_URLS, DOC_REGIONS there)
 PAGERDUTY_API_URL_US = "https://api.pagerduty.com"
 PAGERDUTY_API_URL_EU = "https://api.eu.pagerduty.com"
+
+#: a TCP port (TICKETPAGER_PORT, ``serve --port``): 0, "any free port", would log one port and listen on another
+MIN_PORT, MAX_PORT = 1, 65535
+Port = Annotated[int, Field(ge=MIN_PORT, le=MAX_PORT)]
+#: the smallest header limit that still holds a webhook's request line and signature headers
+MIN_HEADER_BYTES = 1024
+HeaderBytes = Annotated[int, Field(ge=MIN_HEADER_BYTES)]
 
 EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules" / "examples"
 
@@ -48,13 +59,13 @@ class PagerDutySettings(BaseModel):
 
     _region = field_validator("region", mode="before")(_lower)
     events_url: str = ""  # overrides region; e.g. a proxy or a mock
-    timeout_seconds: float = 10.0  # HTTP timeout in seconds; each retry waits longer, up to 4 × this
-    rate_limit_per_minute: int = 120  # per routing key, all replicas together; PagerDuty's Events API v2 limit
-    max_attempts: int = 12  # attempts before a dead letter (never on a 429 or Retry-After answer: see the budget)
-    max_retry_seconds: float = 3600.0  # retry budget from the first failure (a Retry-After past it: dead letter)
-    backoff_base_seconds: float = 1.0
-    backoff_cap_seconds: float = 300.0
-    workers: int = 4
+    timeout_seconds: Positive = 10.0  # HTTP timeout in seconds; each retry waits longer, up to 4 × this
+    rate_limit_per_minute: Count = 120  # per routing key, all replicas together; PagerDuty's Events API v2 limit
+    max_attempts: Count = 12  # attempts before a dead letter (never on a 429 or Retry-After answer: see the budget)
+    max_retry_seconds: Positive = 3600.0  # retry budget from the first failure (a Retry-After past it: dead letter)
+    backoff_base_seconds: Positive = 1.0
+    backoff_cap_seconds: Positive = 300.0
+    workers: Count = 4
     source_name: str = "ticketpager"  # payload.source fallback
     # the way back (PagerDuty webhooks v3 and REST API v2, issue 16)
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
@@ -64,8 +75,8 @@ class PagerDutySettings(BaseModel):
     from_email: str = ""  # the PagerDuty user REST writes act as (From header); its actions are our own echoes
     from_user_id: str = ""  # that user's id (PXXXXXX; empty: looked up by FROM_EMAIL): its actions are our echoes
     api_url: str = ""  # overrides the region's REST API base URL; e.g. a proxy or a mock
-    incident_check_seconds: float = 300.0  # with API_TOKEN: how often to ask about quiet open incidents; 0: never
-    incident_check_quiet_seconds: float = 600.0  # …those with no news (a lost webhook?) and no check for this long
+    incident_check_seconds: NonNegative = 300.0  # with API_TOKEN: how often to ask about quiet open incidents; 0: never
+    incident_check_quiet_seconds: NonNegative = 600.0  # …those with no news (a lost webhook?), unchecked this long
 
     _split_secrets = field_validator("webhook_secrets", mode="before")(secret_list)
 
@@ -88,15 +99,15 @@ class PagerDutySettings(BaseModel):
 
 
 class EngineSettings(BaseModel):
-    batch_size: int = 50
-    idle_seconds: float = 1.0  # the idle look for work another replica left (changes, due rows, webhooks)
-    recheck_interval_seconds: float = 60.0  # time rules: re-evaluate open, unpaged tickets this often
-    lease_seconds: float = 30.0  # poller / scheduler leases between replicas
-    claim_seconds: float = 60.0  # a claimed outbox row is retried after this even if its replica lives (a stalled send)
-    gauge_interval_seconds: float = 5.0  # how often outbox / dead-letter / rules gauges are refreshed
-    heartbeat_seconds: float = 2.0  # how often each replica records in the database that it is alive
-    replica_timeout_seconds: float = 10.0  # a replica silent this long is dead: its claims and leases are taken over
-    write_back_workers: int = 2  # workers for notes and updates to tickets, apart from PagerDuty's (pagerduty.workers)
+    batch_size: Count = 50
+    idle_seconds: Positive = 1.0  # the idle look for work another replica left (changes, due rows, webhooks)
+    recheck_interval_seconds: Positive = 60.0  # time rules: re-evaluate open, unpaged tickets this often
+    lease_seconds: Positive = 30.0  # poller / scheduler leases between replicas
+    claim_seconds: Positive = 60.0  # a claimed outbox row is retried after this even if its replica lives (a stall)
+    gauge_interval_seconds: Positive = 5.0  # how often outbox / dead-letter / rules gauges are refreshed
+    heartbeat_seconds: Positive = 2.0  # how often each replica records in the database that it is alive
+    replica_timeout_seconds: Positive = 10.0  # a replica silent this long is dead: its claims and leases are taken over
+    write_back_workers: CountOr0 = 2  # threads writing notes and updates to tickets; 0: pagerduty.workers do it
 
     @model_validator(mode="after")
     def _heartbeat_fits(self) -> EngineSettings:
@@ -111,14 +122,14 @@ class EngineSettings(BaseModel):
 class HttpSettings(BaseModel):
     """Limits of the HTTP edge, enforced before any signature check (see :mod:`ticketpager.edge`)."""
 
-    max_header_bytes: int = 65536  # request line + headers over this get 431 and the connection closes
-    max_header_fields: int = 100  # header fields (trailers included) per request; past this 431, closed
-    header_timeout_seconds: float = 10.0  # the whole header block must arrive within this (else 408, closed)
-    body_timeout_seconds: float = 30.0  # the whole body must arrive within this after the headers (else 408)
-    keepalive_timeout_seconds: float = 5.0  # an idle keep-alive connection is closed after this
-    max_connections: int = 100  # open connections per process; past this a new one gets 503 and is closed
-    drain_bytes: int = 8 * 1024 * 1024  # an over-limit body up to this size is read and discarded before the 413
-    linger_seconds: float = 2.0  # after a refusal, unread input is discarded this long so the answer is not lost
+    max_header_bytes: HeaderBytes = 65536  # request line + headers over this get 431 and the connection closes
+    max_header_fields: Count = 100  # header fields (trailers included) per request; past this 431, closed
+    header_timeout_seconds: Positive = 10.0  # the whole header block must arrive within this (else 408, closed)
+    body_timeout_seconds: Positive = 30.0  # the whole body must arrive within this after the headers (else 408)
+    keepalive_timeout_seconds: Positive = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: Count = 100  # open connections per process; past this a new one gets 503 and is closed
+    drain_bytes: CountOr0 = 8 * 1024 * 1024  # an over-limit body up to this size is read and discarded before the 413
+    linger_seconds: NonNegative = 2.0  # after a refusal, unread input is discarded this long so the answer is not lost
 
 
 class ConsoleSettings(BaseModel):
@@ -131,7 +142,7 @@ class ConsoleSettings(BaseModel):
     password_hash: SecretStr = SecretStr("")  # pbkdf2_sha256$… from `python -m ticketpager.console.auth`
     user_readonly: bool = False  # the username login is read-only
     session_secret: SecretStr = SecretStr("")  # signs session cookies (same on every replica); empty: from the above
-    session_hours: float = 12.0  # a login lasts this long
+    session_hours: Positive = 12.0  # a login lasts this long
     trust_proxy_headers: bool = False  # honour X-Forwarded-For / -Prefix / -Proto (only behind your own reverse proxy)
 
     @model_validator(mode="after")
@@ -167,10 +178,10 @@ class SettingsBase(BaseSettings):
     rules_path: Path = EXAMPLE_RULES
     connections_file: Path | None = None  # YAML of named connections beyond one per system (README "Several instances")
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = 8080
     dry_run: bool = False
     insecure_webhooks: bool = False  # accept unsigned webhooks for sources without a secret (never in prod)
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: Count = 1024 * 1024
     http: HttpSettings = Field(default_factory=HttpSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
@@ -181,7 +192,7 @@ class SettingsBase(BaseSettings):
     metrics_token: SecretStr = SecretStr("")  # if set, /metrics and /admin need "Authorization: Bearer …"
     public_url: str = ""  # how PagerDuty links back to ticketpager, if at all
     secrets_dir: Path | None = None  # a directory of secret files named like these variables (docs/operations.md)
-    retention_days: int = 30  # decision log and stored payloads are pruned after this many days
+    retention_days: Count = 30  # decision log and stored payloads are pruned after this many days
 
     pagerduty: PagerDutySettings = Field(default_factory=PagerDutySettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)

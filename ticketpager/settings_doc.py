@@ -92,7 +92,22 @@ def rows(model: type[BaseModel] = tree.Settings, prefix: str = PREFIX) -> Iterat
         kind = str(annotation)
         for noise in ("typing.", "<class '", "'>", "pydantic.types.", "pathlib.", "Annotated[", ", NoDecode]"):
             kind = kind.replace(noise, "")
-        yield env, kind, shown, comments.get(name) or MEANINGS.get(name, "")
+        yield env, kind + _bounds(field.metadata), shown, comments.get(name) or MEANINGS.get(name, "")
+
+
+#: how the settings' pydantic bounds (``Field(gt=0)``, ``ge=``, ``le=``) read in the type column
+_BOUND_SIGNS = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
+
+
+def _bounds(metadata: list[Any]) -> str:
+    """A setting's range for the table (``int, ≥ 1``): a value outside it stops every command with exit 2."""
+    found = [
+        f"{sign} {getattr(item, name)}"
+        for item in metadata
+        for name, sign in _BOUND_SIGNS.items()
+        if getattr(item, name, None) is not None
+    ]
+    return "".join(f", {bound}" for bound in found)
 
 
 def table() -> str:
