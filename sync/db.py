@@ -11,9 +11,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, RootTransaction, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from kernel.errors import ConfigError
 
 log = logging.getLogger("ticketpager.db")
 
@@ -59,6 +61,37 @@ SCHEMA_SQLSTATES = frozenset(
 )
 
 
+#: what the database URL is called where people set it (every message about it names both)
+URL_SETTING = "TICKETPAGER_DATABASE_URL (or --database-url)"
+#: how each character that breaks a URL is written inside a password
+PERCENT_ENCODING = "@ as %40, / as %2F, : as %3A, ? as %3F, # as %23, % as %25"
+EXPECTED_URLS = "sqlite:///path/to/ticketpager.db or postgresql://user:password@host:5432/db"
+
+
+def parse_url(url: str) -> URL:
+    """``url`` parsed, or a :class:`ConfigError` that shows none of it.
+
+    A password with an unencoded ``@`` splits at it: the driver then reports the rest of the password as the host
+    it failed to resolve (``failed to resolve host 'etPa55@127.0.0.1'``). So a server URL with more than one ``@``
+    is refused before anything connects, and SQLAlchemy's own parse errors (``Could not parse SQLAlchemy URL from
+    string '…'``, which quotes the whole URL in some versions, or a bare ``int()`` error for a bad port) are
+    replaced by a message without the URL."""
+    scheme, separator, rest = url.partition("://")
+    if separator and not scheme.startswith("sqlite") and rest.count("@") > 1:
+        raise ConfigError(
+            f"{URL_SETTING}: more than one '@' before the host, so the password is not percent-encoded and would "
+            f"be cut at its '@' (part of it then shown as a host name): percent-encode the user name and password "
+            f"({PERCENT_ENCODING})"
+        )
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError):  # never str(exc): it may quote the URL, password and all
+        raise ConfigError(
+            f"{URL_SETTING} is not a database URL (not shown: it may hold a password); expected {EXPECTED_URLS}, "
+            f"the password percent-encoded ({PERCENT_ENCODING})"
+        ) from None
+
+
 def make_engine(
     url: str, *, idle_transaction_seconds: float | None = IDLE_TRANSACTION_SECONDS, **kwargs: Any
 ) -> Engine:
@@ -72,7 +105,7 @@ def make_engine(
     """
     if url.startswith("postgres://"):  # the Heroku / libpq spelling, which SQLAlchemy does not know
         url = "postgresql+psycopg://" + url[len("postgres://") :]
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -219,12 +219,11 @@ def _poll(args: argparse.Namespace, service: Any) -> int:
 
 def _store(args: argparse.Namespace) -> Any:
     """The existing database (read-mostly commands never create one in the wrong directory)."""
-    from sqlalchemy.engine import make_url
-
+    from sync.db import parse_url
     from sync.store import Store
 
     settings = _settings(args)
-    url = make_url(settings.database_url)
+    url = parse_url(settings.database_url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         from pathlib import Path
 

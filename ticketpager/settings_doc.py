@@ -36,7 +36,8 @@ MEANINGS = {
     "poll_interval_seconds": "seconds between reconciling polls",
     "write_back": "leave a note on the ticket on trigger / acknowledge / resolve",
     "timeout_seconds": "HTTP timeout in seconds",
-    "database_url": "SQLite (one process) or PostgreSQL (replicas), as an SQLAlchemy URL",
+    "database_url": "SQLite (one process) or PostgreSQL (replicas), as an SQLAlchemy URL; percent-encode the "
+    "password (@ as %40, / as %2F, : as %3A)",
     "rules_path": "a rule file or a directory of *.yaml; required outside dry run",
     "host": "listen address",
     "port": "listen port",
