@@ -92,6 +92,14 @@ def parse_url(url: str) -> URL:
         ) from None
 
 
+def masked_url(url: str) -> str:
+    """``url`` as it may be shown (``repr``, logs): the password as ``***``; one that does not parse, not at all."""
+    try:
+        return parse_url(url).render_as_string(hide_password=True)
+    except ConfigError:
+        return "(not shown: not a database URL)"
+
+
 def make_engine(
     url: str, *, idle_transaction_seconds: float | None = IDLE_TRANSACTION_SECONDS, **kwargs: Any
 ) -> Engine:

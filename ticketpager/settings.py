@@ -8,6 +8,7 @@ Tests build :class:`Settings` directly (``Settings(database_url=..., _env_file=N
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -225,6 +226,14 @@ class SettingsBase(BaseSettings):
             return init_settings, env_settings, dotenv_settings
         files = NestedSecretsSettingsSource(file_secret_settings, secrets_dir=directory, secrets_dir_missing="error")
         return init_settings, env_settings, dotenv_settings, files
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """pydantic's fields for ``repr`` and ``str``, the database URL's password masked: the URL is a plain
+        string (SQLAlchemy, Alembic and the tests take it as one), yet no secret may show (docs/operations.md §8)."""
+        from sync.db import masked_url
+
+        for name, value in super().__repr_args__():
+            yield name, masked_url(value) if name == "database_url" and isinstance(value, str) else value
 
     def connector(self, source: str) -> ConnectorSettings:
         value = getattr(self, source, None)
