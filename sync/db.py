@@ -20,6 +20,9 @@ from kernel.errors import ConfigError
 log = logging.getLogger("ticketpager.db")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK_ID = 0x7469636B  # "tick": the pg_advisory_lock key every replica's migration (migrations/env.py) takes
+#: logged once when another process holds that lock, so a start waiting behind its migration is not a silent hang
+MIGRATION_LOCK_WAIT = "waiting for the migration lock held by another process"
 # PostgreSQL ends a transaction of ours left idle this long. Ours never wait between statements (no network
 # call inside a transaction), so only a replica lost with its host or network leaves one: without this its
 # row locks (claimed changes, tickets) would last until the server's TCP keepalive notices, hours by default.
@@ -225,29 +228,64 @@ def upgrade(engine: Engine, revision: str = "head") -> bool:
     start — the release notes say when a migration is not compatible with the previous version. Returns
     whether the schema is at a revision this version knows."""
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-    from alembic.script.revision import RevisionError
-    from alembic.util.exc import CommandError
 
     cfg = alembic_config(engine)
     with engine.connect() as probe:  # its own connection: the migration's must start clean (env.py locks first)
         current = MigrationContext.configure(probe).get_current_revision()
-    if current is not None:
-        try:
-            ScriptDirectory.from_config(cfg).get_revision(current)
-        except (RevisionError, CommandError):
-            log.warning(
-                "the database schema is at revision %s, newer than this version knows (%s): it was migrated "
-                "by a newer release; running without migrating (see its release notes for compatibility)",
-                current,
-                head_revision(),
-            )
-            return False
+    if current is not None and not known_revision(engine, current):
+        log.warning(
+            "the database schema is at revision %s, newer than this version knows (%s): it was migrated "
+            "by a newer release; running without migrating (see its release notes for compatibility)",
+            current,
+            head_revision(),
+        )
+        return False
     with engine.connect() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
         conn.commit()
     return True
+
+
+def known_revision(engine: Engine, revision: str) -> bool:
+    """Whether ``revision`` is one of this version's migrations (else a newer release wrote it)."""
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import RevisionError
+    from alembic.util.exc import CommandError
+
+    try:
+        ScriptDirectory.from_config(alembic_config(engine)).get_revision(revision)
+    except (RevisionError, CommandError):
+        return False
+    return True
+
+
+class SchemaBehind(ConfigError):
+    """The schema is older than this version's: a command that does not migrate (``status``, ``deadletters``,
+    ``silence``) refuses it instead of upgrading behind the operator's back."""
+
+
+def require_current(engine: Engine) -> bool:
+    """Raise :class:`SchemaBehind` unless the schema is at this version's head, without migrating or taking the
+    migration lock: a read such as the monitoring cron's ``status --check`` must neither apply a migration (one the
+    release notes call incompatible with the version still running, mid-rollout) nor wait behind another process's
+    migration. A revision this version does not know (a newer release migrated it) is accepted with the warning
+    :func:`upgrade` gives; returns whether the revision is known."""
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return True
+    if current is not None and not known_revision(engine, current):
+        log.warning(
+            "the database schema is at revision %s, newer than this version knows (%s): it was migrated by a "
+            "newer release; reading it without migrating (see its release notes for compatibility)",
+            current,
+            head,
+        )
+        return False
+    raise SchemaBehind(
+        f"the database is at revision {current or 'none'}, this version needs {head}: run 'ticketpager db upgrade' "
+        "(or start serve)"
+    )
 
 
 def head_revision() -> str:

@@ -218,8 +218,11 @@ def _poll(args: argparse.Namespace, service: Any) -> int:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    """The existing database (read-mostly commands never create one in the wrong directory)."""
-    from sync.db import parse_url
+    """The existing database at this version's schema, never migrated here: read-mostly commands (``status``, the
+    monitoring cron's ``status --check``, ``deadletters``, ``silence``) neither create a database in the wrong
+    directory nor apply a migration mid-rollout, nor wait behind another process's; ``serve``, ``poll`` and
+    ``db upgrade`` migrate."""
+    from sync.db import parse_url, require_current
     from sync.store import Store
 
     settings = _settings(args)
@@ -241,7 +244,11 @@ def _store(args: argparse.Namespace) -> Any:
             f"no ticketpager tables in {url.render_as_string(hide_password=True)} (check "
             "TICKETPAGER_DATABASE_URL or --database-url, or create them with 'ticketpager db upgrade')"
         )
-    store.upgrade()
+    try:
+        require_current(store.engine)
+    except BaseException:
+        store.dispose()
+        raise
     return store
 
 
@@ -577,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
             EXIT_OK: "the report was printed; with --check: no problem",
             EXIT_PROBLEM: "--check found a problem (dead letters, an outbox that does not drain, failed changes, a "
             "failing poll), or the database cannot be reached",
-            EXIT_USAGE: "no database or no ticketpager tables at TICKETPAGER_DATABASE_URL, or a setting is invalid",
+            EXIT_USAGE: "no database or no ticketpager tables at TICKETPAGER_DATABASE_URL, a schema older than this "
+            "version (status never migrates: run 'ticketpager db upgrade'), or a setting is invalid",
         },
     )
     status.add_argument("--json", action="store_true", help="machine-readable output (with --check: a 'problems' list)")
@@ -596,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     dead_exits = {
         EXIT_OK: "listed, or queued again",
         EXIT_PROBLEM: "no dead letter with a given id, or the database cannot be reached",
-        EXIT_USAGE: "neither ids nor --all given, or no database at TICKETPAGER_DATABASE_URL",
+        EXIT_USAGE: "neither ids nor --all given, no database at TICKETPAGER_DATABASE_URL, or a schema older than "
+        "this version (run 'ticketpager db upgrade')",
     }
     dead_examples = [
         "ticketpager deadletters list",
@@ -622,7 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
         exits={
             EXIT_OK: "listed (also when there is none)",
             EXIT_PROBLEM: "the database cannot be reached",
-            EXIT_USAGE: "no database or no ticketpager tables at TICKETPAGER_DATABASE_URL",
+            EXIT_USAGE: "no database or no ticketpager tables at TICKETPAGER_DATABASE_URL, or a schema older than "
+            "this version (run 'ticketpager db upgrade')",
         },
     )
     dlist.add_argument("--json", action="store_true", help="machine-readable output")
@@ -649,8 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "db",
         "database maintenance",
-        "Database maintenance. Every command also migrates at start; run 'db upgrade' separately before a\n"
-        "rollout whose release notes call a migration long.",
+        "Database maintenance. 'serve' and 'poll' also migrate at start ('status', 'deadletters' and 'silence'\n"
+        "never do: on an older schema they exit 2); run 'db upgrade' separately before a rollout whose release\n"
+        "notes call a migration long.",
         examples=["TICKETPAGER_DATABASE_URL=postgresql://ticketpager@db:5432/ticketpager ticketpager db upgrade"],
         exits=db_exits,
     )

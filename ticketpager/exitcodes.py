@@ -25,11 +25,12 @@ TABLE: tuple[tuple[int, str], ...] = (
     (
         EXIT_USAGE,
         "usage or configuration: wrong arguments, an invalid `TICKETPAGER_*` setting or secret file, a missing "
-        "file, database or tables, valid rule files whose routing-key variables are unset (`rules check` "
-        "or `rules test` without `--allow-missing-env`), no `TICKETPAGER_RULES_PATH` outside `--dry-run`, the "
-        "service's rule files not loading when `serve` or `poll` start, a dry run and a live instance sharing a "
-        "database (`serve`, `poll`), nothing to poll (`poll --once`, or `rules backtest` for a source without API "
-        "credentials)",
+        "file, database or tables, a database schema older than this version for a command that does not migrate "
+        "(`status`, `deadletters`, `silence`: run `db upgrade`), valid rule files whose routing-key variables are "
+        "unset (`rules check` or `rules test` without `--allow-missing-env`), no `TICKETPAGER_RULES_PATH` outside "
+        "`--dry-run`, the service's rule files not loading when `serve` or `poll` start, a dry run and a live "
+        "instance sharing a database (`serve`, `poll`), nothing to poll (`poll --once`, or `rules backtest` for a "
+        "source without API credentials)",
     ),
 )
 

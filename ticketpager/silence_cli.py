@@ -80,7 +80,8 @@ def register(sub: Any, command: Command, open_store: OpenStore) -> None:
         EXIT_OK: "added, listed or expired",
         EXIT_PROBLEM: "no silence with that id, or it already ended; or the database cannot be reached",
         EXIT_USAGE: "an invalid matcher (the message says which and why), a window that ends before it starts "
-        "or in the past, no comment or author, or no database at TICKETPAGER_DATABASE_URL",
+        "or in the past, no comment or author, no database at TICKETPAGER_DATABASE_URL, or a schema older than this "
+        "version (run 'ticketpager db upgrade')",
     }
     parser = command(sub, "silence", "mute paging for matching tickets for a while", DESCRIPTION,
                      examples=EXAMPLES, exits=exits)  # fmt: skip
