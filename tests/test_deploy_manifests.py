@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -450,6 +451,22 @@ def test_dockerfile_copies_only_existing_package_paths() -> None:
     for src in sources:
         assert (ROOT / src).exists(), f"COPY {src}: not in the repository (build context is the repo root)"
     assert not any(src in (".", "./") for src in sources), "copying the whole context would ship .env and databases"
+
+
+def test_dockerfile_copies_every_file_pyproject_names() -> None:
+    """The build reads pyproject's readme and license-files: one left out ships an image without its licence
+    (setuptools: "Pattern 'LICENSE' did not match any files", an error once setuptools enforces it)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    readme = project.get("readme")
+    named = [*project.get("license-files", []), *([readme] if isinstance(readme, str) else [])]
+    assert "LICENSE" in named
+    copies = [rest.split() for word, rest in dockerfile_instructions() if word == "COPY" and "--from" not in rest]
+    copied = [Path(src.rstrip("/")) for parts in copies for src in parts[:-1]]
+    for pattern in named:
+        files = sorted(ROOT.glob(pattern))
+        assert files, f"pyproject names {pattern}, which is not in the repository"
+        for path in (f.relative_to(ROOT) for f in files):
+            assert any(path == src or src in path.parents for src in copied), f"deploy/Dockerfile does not COPY {path}"
 
 
 # -- systemd ------------------------------------------------------------------------------------------------
