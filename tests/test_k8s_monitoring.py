@@ -229,6 +229,8 @@ tests:
         values: '0+10x30'
       - series: 'ticketpager_webhooks_total{source="jira", outcome="rejected_401"}'
         values: '0+10x30'
+      - series: 'ticketpager_webhooks_total{source="unknown", outcome="unknown_connection"}'
+        values: '0+2x30'
       - series: 'ticketpager_worker_restarts_total{worker="engine", reason="database", pod="a"}'
         values: '0+60x3 180x30'
       - series: 'ticketpager_worker_restarts_total{worker="delivery", reason="database", pod="a"}'
@@ -251,6 +253,7 @@ tests:
         alertname: TicketpagerWebhookRejections
         exp_alerts:
           - exp_labels: {severity: warning, source: jira}
+          - exp_labels: {severity: warning, source: unknown}
       - eval_time: 9m
         alertname: TicketpagerWorkerDatabaseUnavailable
         exp_alerts: []
@@ -270,10 +273,11 @@ tests:
 
 def test_promtool_fires_the_alerts_as_documented(promtool: str, tmp_path: Path) -> None:
     """A dead letter that both replicas report is one alert; a stuck outbox alerts once it has been over
-    300 s for 5 m, not before; half of a source's webhooks rejected for 10 m alerts for that source; a database
-    away for 3 minutes (the engine restarting every second) does not page, for 20 minutes (delivery, retrying once a
-    minute, as a pool's or a connection's timeout makes it) it does; a
-    worker's third crash within 15 minutes warns."""
+    300 s for 5 m, not before; half of a source's webhooks rejected for 10 m alerts for that source, and so do
+    webhooks to a connection name that is not configured (source "unknown", a vendor pointed at a mistyped URL); a
+    database away for 3 minutes (the engine restarting every second) does not page, for 20 minutes (delivery,
+    retrying once a minute, as a pool's or a connection's timeout makes it) it does; a worker's third crash within
+    15 minutes warns."""
     write_rules(tmp_path / "ticketpager.rules.yaml", annotations=False)
     tests = tmp_path / "tests.yaml"
     tests.write_text(PROMTOOL_TESTS)
