@@ -117,6 +117,31 @@ def test_misspelled_setting_is_reported(
     assert "did you mean TICKETPAGER_PAGERDUTY__REGION" in caplog.text
 
 
+def test_a_misspelled_setting_in_the_env_file_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The same warning as for the environment: a .env line the settings ignore silently is as easy to misspell."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("TICKETPAGER_PAGERDUTY__REGON=eu\nTICKETPAGER_LOG_LEVEL=INFO\n")
+    assert run(capsys, "db", "upgrade", "--database-url", f"sqlite:///{tmp_path / 'x.db'}")[0] == 0
+    assert "unknown setting in .env: TICKETPAGER_PAGERDUTY__REGON is ignored" in caplog.text
+    assert "did you mean TICKETPAGER_PAGERDUTY__REGION" in caplog.text
+    assert "TICKETPAGER_LOG_LEVEL" not in caplog.text
+
+
+@pytest.mark.parametrize("command", [["status"], ["db", "upgrade"], ["poll", "--once", "--dry-run"]], ids=" ".join)
+def test_an_empty_database_url_option_is_an_error_not_the_default_file(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "--database-url", "", *command)
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "ticketpager: --database-url is empty: give a database URL, or leave the option out"
+    )
+    assert list(tmp_path.iterdir()) == [], "the default sqlite:///ticketpager.db was used instead"
+
+
 def test_read_commands_never_create_a_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nowhere" / "tp.db"
     for argv in (["status"], ["deadletters", "list"]):

@@ -23,7 +23,9 @@ log = logging.getLogger("ticketpager.cli")
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    if getattr(args, "database_url", None):
+    if getattr(args, "database_url", None) is not None:
+        if not args.database_url.strip():  # never the default SQLite file in the working directory instead
+            raise ConfigError("--database-url is empty: give a database URL, or leave the option out")
         overrides["database_url"] = args.database_url
     if getattr(args, "rules", None):
         overrides["rules_path"] = args.rules
@@ -35,8 +37,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _dotenv_names() -> list[str]:
+    """The names the ``.env`` file the settings read (``Settings.model_config['env_file']``) sets, if there is one."""
+    from pathlib import Path
+
+    from dotenv import dotenv_values
+
+    path = Path(str(Settings.model_config.get("env_file") or ""))
+    return sorted(dotenv_values(path)) if path.name and path.is_file() else []
+
+
 def _warn_unknown_env(settings: Settings) -> None:
-    """A misspelled TICKETPAGER_ variable (or secret file) would be ignored silently: say so, with a suggestion."""
+    """A misspelled TICKETPAGER_ variable (in the environment, ``.env`` or a secret file) would be ignored
+    silently: say so, with a suggestion."""
     import difflib
     import os
 
@@ -46,7 +59,12 @@ def _warn_unknown_env(settings: Settings) -> None:
     known = {env for env, *_ in rows()} | {"TICKETPAGER_TEST_POSTGRES_URL"}
     known |= {"TICKETPAGER_" + section for section in SECTIONS}
     files = setting_files(settings.secrets_dir) if settings.secrets_dir is not None else []
-    for kind, names in (("setting", sorted(os.environ)), (f"secret file in {settings.secrets_dir}:", files)):
+    sources = (
+        ("setting", sorted(os.environ)),
+        ("setting in .env:", _dotenv_names()),
+        (f"secret file in {settings.secrets_dir}:", files),
+    )
+    for kind, names in sources:
         for name in names:
             if name.upper().startswith("TICKETPAGER_") and name.upper() not in known:
                 close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8)
