@@ -18,7 +18,7 @@ from sync.schema import outbox, replicas
 from tests.factories import RULES, change, ticket
 from tests.fakes.pagerduty_server import MockPagerDuty
 from tests.harness import make_service, receive, wait_until
-from tests.serve_proc import Serve, cli_env, run_cli
+from tests.serve_proc import Serve, cli_env, free_port, run_cli
 from tests.test_app import jira_body, sign
 from tests.test_crash_recovery import serve_env
 
@@ -80,11 +80,13 @@ def test_a_dry_run_refuses_a_database_where_a_live_serve_left_pages_pending(tmp_
         (("poll", "--once", "--dry-run"), {}),
     ):
         started = time.monotonic()
-        done = run_cli(*args, env={**env, **extra, "TICKETPAGER_PORT": "0"}, cwd=tmp_path, timeout=60)
+        done = run_cli(*args, env={**env, **extra, "TICKETPAGER_PORT": str(free_port())}, cwd=tmp_path, timeout=60)
         line = _refused(done)
         assert time.monotonic() - started < 30
-        assert line.startswith("ticketpager: dry run refused: this database holds a live instance's work (3 outbox "
-                               "row(s) pending that were not queued in dry run)"), line
+        assert line.startswith(
+            "ticketpager: dry run refused: this database holds a live instance's work (3 outbox "
+            "row(s) pending that were not queued in dry run)"
+        ), line
         assert "a database of its own (TICKETPAGER_DATABASE_URL" in line and "Traceback" not in done.stderr
 
     status = _status(env, tmp_path)
@@ -111,7 +113,7 @@ def test_a_live_serve_refuses_a_running_dry_run_and_a_dry_run_refuses_a_running_
 
     dry = Serve(env, args=("--dry-run",)).start()
     try:
-        line = _refused(run_cli("serve", env={**env, "TICKETPAGER_PORT": "0"}, cwd=tmp_path, timeout=60))
+        line = _refused(run_cli("serve", env={**env, "TICKETPAGER_PORT": str(free_port())}, cwd=tmp_path, timeout=60))
         assert line.startswith("ticketpager: refusing to start: replica "), line
         assert "runs in dry run on this database" in line and "give it a database of its own" in line
         line = _refused(run_cli("poll", "--once", env=env, cwd=tmp_path, timeout=60))
@@ -121,7 +123,9 @@ def test_a_live_serve_refuses_a_running_dry_run_and_a_dry_run_refuses_a_running_
 
     live = Serve(env).start()
     try:
-        line = _refused(run_cli("serve", "--dry-run", env={**env, "TICKETPAGER_PORT": "0"}, cwd=tmp_path, timeout=60))
+        line = _refused(
+            run_cli("serve", "--dry-run", env={**env, "TICKETPAGER_PORT": str(free_port())}, cwd=tmp_path, timeout=60)
+        )
         assert "dry run refused: this database holds a live instance's work (live replica " in line, line
         engine = create_engine(db_url)
         try:
@@ -165,8 +169,9 @@ def test_an_older_releases_heartbeat_counts_as_a_live_replica(db_url: str, rules
     dry = make_service(db_url, rules_path, DEAD_PD, clock, dry_run=True)
     try:
         with dry.store.begin() as conn:
-            conn.execute(insert(replicas).values(instance="old-host-7-abcdef", started_at=clock.now(),
-                                                 heartbeat_at=clock.now()))
+            conn.execute(
+                insert(replicas).values(instance="old-host-7-abcdef", started_at=clock.now(), heartbeat_at=clock.now())
+            )
         clock.advance(2)
         with pytest.raises(ConfigError, match=r"live replica old-host-7-abcdef \(heartbeat 2 s ago\)"):
             dry.refuse_to_share(register=True)
@@ -174,4 +179,3 @@ def test_an_older_releases_heartbeat_counts_as_a_live_replica(db_url: str, rules
             assert list(conn.execute(select(replicas.c.instance)).scalars()) == ["old-host-7-abcdef"]
     finally:
         dry.store.dispose()
-
