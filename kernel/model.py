@@ -8,7 +8,6 @@ immutable data that round-trips through JSON (``to_json`` / ``from_json``) so it
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -58,15 +57,6 @@ class IncidentState(StrEnum):
 
 SEVERITIES = ("critical", "error", "warning", "info")  # the severities a rule may give an incident
 SUMMARY_MAX = 1024  # the longest incident summary a rule renders (characters; a destination may cut further)
-#: a PagerDuty Events API v2 integration ("routing") key: 32 letters and digits
-#: (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/). The service and ``rules check`` both judge
-#: a rule's key by it: PagerDuty refuses any other, so every page of the rule would be a dead letter.
-INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
-
-
-def is_integration_key(key: str) -> bool:
-    """Whether ``key`` has the form of a PagerDuty integration key (see :data:`INTEGRATION_KEY`)."""
-    return INTEGRATION_KEY.fullmatch(key) is not None
 
 
 #: the instants a ticket may carry: every one of them can be shown in any time zone (±1 day of the limits of

@@ -24,7 +24,8 @@ from kernel.fields import (
     connection_systems,
     connection_vocabulary,
 )
-from kernel.model import SEVERITIES, StatusCategory, Ticket, is_integration_key
+from kernel.model import SEVERITIES, StatusCategory, Ticket
+from kernel.routing_keys import is_integration_key
 from rules.calendars import Calendar, CalendarError, parse_days, parse_holiday, parse_hours, parse_timezone
 from rules.loader import Pos, RuleFileError, YList, YMap
 from rules.operators import (

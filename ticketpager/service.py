@@ -32,10 +32,11 @@ from kernel import redact
 from kernel.clock import Clock, SystemClock
 from kernel.errors import ConfigError
 from kernel.incidents import IncidentEvent
-from kernel.model import Destination, is_integration_key
+from kernel.model import Destination
 from kernel.ports import IncidentContext, SyncPlan, TwoWayRules
 from kernel.redact import mask
 from kernel.retry import RetryPolicy
+from kernel.routing_keys import is_integration_key
 from rules import RuleStore
 from rules.silence_match import compile_matchers
 from sync.db import DATABASE_ERRORS, database_fault, failed_statement, failure_reason
