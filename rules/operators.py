@@ -17,6 +17,7 @@ Semantics shared by all operators (documented in docs/rules.md):
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -230,18 +231,18 @@ def _regex(arg: Any, ctx: PrepareContext) -> regex.Pattern[str]:
         raise OperatorArgError(f"bad regex {arg!r}: {exc}") from None
 
 
-def bounded_search(pattern: regex.Pattern[str]) -> Callable[[str], bool]:
+def found_in(pattern: regex.Pattern[str], text: str) -> bool:
     """``pattern.search(text) is not None``, giving up after :data:`REGEX_TIMEOUT_SECONDS` (raises
     :class:`PatternTimeout`)."""
-    search = pattern.search
+    try:
+        return pattern.search(text, timeout=REGEX_TIMEOUT_SECONDS) is not None
+    except TimeoutError:
+        raise PatternTimeout(pattern.pattern) from None
 
-    def found(text: str) -> bool:
-        try:
-            return search(text, timeout=REGEX_TIMEOUT_SECONDS) is not None
-        except TimeoutError:
-            raise PatternTimeout(pattern.pattern) from None
 
-    return found
+def bounded_search(pattern: regex.Pattern[str]) -> Callable[[str], bool]:
+    """:func:`found_in` bound to ``pattern``, for a compiled condition."""
+    return functools.partial(found_in, pattern)
 
 
 # A case-insensitive regex on ASCII text can run as a case-sensitive one on the lower-cased text: the same
@@ -347,13 +348,12 @@ def _contains(value: Any, arg: Any, now: datetime) -> bool:
 
 
 def _regex_test(value: Any, arg: regex.Pattern[str], now: datetime) -> bool:
-    found = bounded_search(arg)
     if isinstance(value, str):
-        return found(value)
+        return found_in(arg, value)
     if isinstance(value, list | tuple):
-        return any(isinstance(v, str) and found(v) for v in value)
+        return any(isinstance(v, str) and found_in(arg, v) for v in value)
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return found(str(value))
+        return found_in(arg, str(value))
     return False
 
 

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(sys.stdin, sys.stdout)
     except MemoryError:
-        _say(sys.stdout, {"error": "memory", "detail": ""})
+        _say(sys.stdout, {"error": "memory"})
         return 1
     except RecursionError:
         _say(sys.stdout, {"error": "nested too deeply (a ticket or a rule nested hundreds of levels)"})

@@ -71,10 +71,6 @@ for _job in ("playground", "backtest"):
 _slots = threading.BoundedSemaphore(LAB_CONCURRENCY)
 
 
-class LabError(Exception):
-    """Input the playground cannot use (shown to the user as is: it holds no secret)."""
-
-
 _VARIABLE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\}")
 _VARIABLE_NAME = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -173,10 +169,11 @@ class _Stopped(Exception):
 
 
 class _Child:
-    """One ``python -m ticketpager.labrun`` under ``limits``, killed at its wall-clock deadline."""
+    """One ``python -m ticketpager.labrun`` under ``limits``, killed at its wall-clock deadline, sent ``header``
+    (the job, the rules, the variables and this process's rule vocabulary) as its first line."""
 
-    def __init__(self, job: str, limits: Limits) -> None:
-        self.job, self.limits = job, limits
+    def __init__(self, limits: Limits, header: Mapping[str, Any]) -> None:
+        self.limits = limits
         self.killed = threading.Event()
         env = {name: os.environ[name] for name in CHILD_ENVIRONMENT if name in os.environ}
         command = [sys.executable, "-m", "ticketpager.labrun", "--memory-bytes", str(limits.memory_bytes)]
@@ -192,6 +189,7 @@ class _Child:
         self._timer = threading.Timer(limits.wall_seconds, self._kill)
         self._timer.daemon = True
         self._timer.start()
+        self.send({**header, "vocabulary": vocabulary()})
 
     def _kill(self) -> None:
         self.killed.set()
@@ -282,17 +280,9 @@ def playground(
     """(evaluation or None, errors, warnings) of pasted rules for one pasted ticket, in a child process."""
     try:
         with _Slot():
-            child = _Child("playground", limits or PLAYGROUND_LIMITS)
+            header = {"job": "playground", "rules": rules_text, "ticket": ticket_text, "env": dict(env)}
+            child = _Child(limits or PLAYGROUND_LIMITS, header)
             try:
-                child.send(
-                    {
-                        "job": "playground",
-                        "rules": rules_text,
-                        "ticket": ticket_text,
-                        "env": dict(env),
-                        "vocabulary": vocabulary(),
-                    }
-                )
                 answer = child.answer()
             finally:
                 child.close()
@@ -347,17 +337,9 @@ def backtest(
     truncated = False
     try:
         with _Slot():
-            child = _Child("backtest", limits or BACKTEST_LIMITS)
+            header = {"job": "backtest", "rules": rules_text, "env": dict(env), "now": now.isoformat()}
+            child = _Child(limits or BACKTEST_LIMITS, header)
             try:
-                child.send(
-                    {
-                        "job": "backtest",
-                        "rules": rules_text,
-                        "env": dict(env),
-                        "now": now.isoformat(),
-                        "vocabulary": vocabulary(),
-                    }
-                )
                 first = child.answer()
                 if not first.get("ready"):
                     _finish("backtest", who, "invalid")

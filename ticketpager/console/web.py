@@ -449,14 +449,10 @@ class Console:
     def _rules_context(self, **extra: Any) -> dict[str, Any]:
         store = self.service.rule_store
         path = Path(store.path)
-        files, _ = rule_files(path)  # the files the rule store reads, a folder per client's too
-        shown = []
-        for file in files:
-            try:
-                text = file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                text = f"# cannot read: {type(exc).__name__}"
-            shown.append({"name": relative_name(file, path), "text": lab.shown_rule_text(text)})
+        shown = [
+            {"name": relative_name(file, path), "text": lab.shown_rule_text(text)}
+            for file, text in self._live_rule_texts()
+        ]
         error = redact(store.last_error) if store.last_error else None
         context: dict[str, Any] = {
             "files": shown,
@@ -477,16 +473,22 @@ class Console:
         context.update(extra)
         return context
 
+    def _live_rule_texts(self) -> list[tuple[Path, str]]:
+        """Each file the rule store reads (a folder per client's too) with its text, or a comment saying why it
+        cannot be read."""
+        out = []
+        for file in rule_files(Path(self.service.rule_store.path))[0]:
+            try:
+                out.append((file, file.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError) as exc:
+                out.append((file, f"# cannot read: {type(exc).__name__}"))
+        return out
+
     def _playground_env(self) -> dict[str, str]:
         """The variables the playground resolves: those the live rule files use (:func:`lab.playground_env`)."""
-        store = self.service.rule_store
-        texts = []
-        for file in rule_files(Path(store.path))[0]:
-            try:
-                texts.append(file.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError):
-                continue
-        return lab.playground_env(texts, os.environ if store.env is None else store.env)
+        env = self.service.rule_store.env
+        texts = [text for _, text in self._live_rule_texts()]
+        return lab.playground_env(texts, os.environ if env is None else env)
 
     async def playground(self, request: Request, session: Session) -> Response:
         form: FormData = request.state.form
