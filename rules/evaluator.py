@@ -483,12 +483,14 @@ class _CompiledRule:
         read from a list field (``from: labels``) the element that gave it."""
         if not self.explains:
             return self.matched_explanation
+        severity = explain_list_severity(self.spec.trigger.severity, ctx.ticket)
+        if severity is None and not self.branches:  # a severity from a field that holds no list here: as written
+            return self.matched_explanation
         lines = list(self.matched_explanation)
         for index, branches in self.branches:
             held = next((text for check, text in branches if check(ctx) is None), None)
             if held is not None:
                 lines[index] += f", through: {held}"
-        severity = explain_list_severity(self.spec.trigger.severity, ctx.ticket)
         if severity is not None:
             lines.append(severity)
         return tuple(lines)

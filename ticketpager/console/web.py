@@ -444,15 +444,14 @@ class Console:
         return self.redirect(request, "/deadletters?" + urlencode({"queued": queued, "superseded": superseded}))
 
     async def rules(self, request: Request, session: Session) -> Response:
-        return self.render(request, "rules.html", session, **self._rules_context())
+        live = await run_in_threadpool(self._live_rule_texts)
+        return self.render(request, "rules.html", session, **self._rules_context(live))
 
-    def _rules_context(self, **extra: Any) -> dict[str, Any]:
+    def _rules_context(self, live: list[tuple[Path, str]], **extra: Any) -> dict[str, Any]:
+        """The rules page's context: ``live`` (:meth:`_live_rule_texts`, read once per request) shown redacted."""
         store = self.service.rule_store
         path = Path(store.path)
-        shown = [
-            {"name": relative_name(file, path), "text": lab.shown_rule_text(text)}
-            for file, text in self._live_rule_texts()
-        ]
+        shown = [{"name": relative_name(file, path), "text": lab.shown_rule_text(text)} for file, text in live]
         error = redact(store.last_error) if store.last_error else None
         context: dict[str, Any] = {
             "files": shown,
@@ -484,14 +483,14 @@ class Console:
                 out.append((file, f"# cannot read: {type(exc).__name__}"))
         return out
 
-    def _playground_env(self) -> dict[str, str]:
+    def _playground_env(self, live: list[tuple[Path, str]]) -> dict[str, str]:
         """The variables the playground resolves: those the live rule files use (:func:`lab.playground_env`)."""
         env = self.service.rule_store.env
-        texts = [text for _, text in self._live_rule_texts()]
-        return lab.playground_env(texts, os.environ if env is None else env)
+        return lab.playground_env([text for _, text in live], os.environ if env is None else env)
 
     async def playground(self, request: Request, session: Session) -> Response:
         form: FormData = request.state.form
+        live = await run_in_threadpool(self._live_rule_texts)
         rules_text = _text(form, "rules")[:200_000]
         ticket_text = _text(form, "ticket")[:500_000]
         # the stored ticket to evaluate: its connection (``pick_source`` before connections existed) and id
@@ -512,7 +511,7 @@ class Console:
             else:
                 ticket_text = lab.ticket_json(row["snapshot"])
         if not errors:
-            env = self._playground_env()
+            env = self._playground_env(live)
             result, errors, warnings = await run_in_threadpool(
                 lambda: lab.playground(rules_text, ticket_text, env, who=session.who)
             )
@@ -521,6 +520,7 @@ class Console:
             "rules.html",
             session,
             **self._rules_context(
+                live,
                 playground_rules=rules_text,
                 playground_ticket=ticket_text,
                 result=result,
@@ -533,6 +533,7 @@ class Console:
 
     async def backtest(self, request: Request, session: Session) -> Response:
         form: FormData = request.state.form
+        live = await run_in_threadpool(self._live_rule_texts)
         rules_text = _text(form, "rules")[:200_000]
         days = max(1, min(_int(_text(form, "days")) or 7, 90))
         # the connection whose stored changes are replayed (``source`` before connections existed)
@@ -546,7 +547,7 @@ class Console:
         elif source is None:
             errors.append(f"no connection {connection} is configured")
         else:
-            env, now, engine = self._playground_env(), self.service.clock.now(), self.service.store.engine
+            env, now, engine = self._playground_env(live), self.service.clock.now(), self.service.store.engine
             system = source
             result, errors, warnings = await run_in_threadpool(
                 lambda: lab.backtest(engine, rules_text, env, system, days, now, connection, who=session.who)
@@ -556,6 +557,7 @@ class Console:
             "rules.html",
             session,
             **self._rules_context(
+                live,
                 playground_rules=rules_text,
                 backtest=result,
                 errors=errors,
