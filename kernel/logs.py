@@ -5,14 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
 from kernel.redact import REDACTED, SECRETS, Redactor, credentials
 
-__all__ = ["FILTER", "REDACTED", "JsonFormatter", "RedactSecrets", "TextFormatter", "configure", "secret_values"]
+__all__ = [
+    "FILTER",
+    "REDACTED",
+    "JsonFormatter",
+    "LogThrottle",
+    "RedactSecrets",
+    "TextFormatter",
+    "configure",
+    "secret_values",
+]
 
 
 def secret_values(model: BaseModel) -> set[str]:
@@ -66,6 +77,32 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         return super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")
+
+
+class LogThrottle:
+    """When a line that may repeat (a refusal, a database error) is due: the first time for its key, then at most
+    every ``every`` seconds, saying how many it held back meanwhile; a flood is a line a period, not a line a
+    request. At most ``max_keys`` keys are kept (texts that vary stay bounded: past it they start over). Safe
+    from several threads."""
+
+    def __init__(self, every: float, clock: Callable[[], float] = time.monotonic, max_keys: int = 32) -> None:
+        self.every, self.clock, self.max_keys = every, clock, max_keys
+        self._seen: dict[Hashable, tuple[float, int]] = {}  # key -> when last logged, occurrences held back since
+        self._lock = threading.Lock()
+
+    def due(self, key: Hashable) -> int | None:
+        """None: not yet (this occurrence is counted); else log now, with the number held back since the last
+        line of ``key``."""
+        now = self.clock()
+        with self._lock:
+            last, held = self._seen.get(key, (None, 0))
+            if last is not None and now - last < self.every:
+                self._seen[key] = (last, held + 1)
+                return None
+            if last is None and len(self._seen) >= self.max_keys:
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        return held
 
 
 FILTER = RedactSecrets(redactor=SECRETS)

@@ -29,6 +29,7 @@ from connectors import pagerduty_webhooks as pdw
 from kernel.errors import WebhookRejected
 from kernel.incidents import IgnoredEvent
 from kernel.jsonutil import BadJSON
+from kernel.logs import LogThrottle
 from kernel.model import unstorable_reason
 from sync.db import DATABASE_ERRORS, failure_reason
 from sync.metrics import METRICS
@@ -270,8 +271,7 @@ class PagerDutyWebhooks:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.drain = service.settings.http.drain_bytes
-        self._warned: dict[str, float] = {}  # reason -> when it was last logged (the service's monotonic clock)
-        self._quiet: dict[str, int] = {}  # reason -> refusals not logged since (the reasons are our fixed texts)
+        self._rejected = LogThrottle(REJECTED_LOG_EVERY_SECONDS, service.clock.monotonic)  # per reason: fixed texts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -337,15 +337,10 @@ class PagerDutyWebhooks:
         return 202, {"status": "accepted" if new else "duplicate"}
 
     def _warn_unauthenticated(self, reason: str) -> None:
-        """One WARNING per ``reason`` per :data:`REJECTED_LOG_EVERY_SECONDS`, with how many were refused since
-        (runs on the event loop only: no lock)."""
-        now = self.service.clock.monotonic()
-        last = self._warned.get(reason)
-        if last is not None and now - last < REJECTED_LOG_EVERY_SECONDS:
-            self._quiet[reason] = self._quiet.get(reason, 0) + 1
+        """One WARNING per ``reason`` per :data:`REJECTED_LOG_EVERY_SECONDS`, with how many were refused since."""
+        more = self._rejected.due(reason)
+        if more is None:
             return
-        self._warned[reason] = now
-        more = self._quiet.pop(reason, 0)
         log.warning(
             "webhook pagerduty rejected (401): %s%s", reason, f" (and {more} more since the last line)" if more else ""
         )

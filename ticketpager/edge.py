@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from http import HTTPStatus
 from typing import ClassVar
 
@@ -45,6 +44,7 @@ import orjson
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from kernel.logs import LogThrottle
 from sync.metrics import METRICS
 from ticketpager.settings import HttpSettings
 
@@ -86,16 +86,12 @@ class _RefusalLog:
     """One log line per reason per :data:`LOG_EVERY_SECONDS`, saying how many were refused since."""
 
     def __init__(self) -> None:
-        self.last: dict[str, float] = {}
-        self.quiet: dict[str, int] = {}
+        self.throttle = LogThrottle(LOG_EVERY_SECONDS)
 
     def __call__(self, reason: str, status: int, message: str, client: object) -> None:
-        now = time.monotonic()
-        if now - self.last.get(reason, -LOG_EVERY_SECONDS) < LOG_EVERY_SECONDS:
-            self.quiet[reason] = self.quiet.get(reason, 0) + 1
+        more = self.throttle.due(reason)
+        if more is None:
             return
-        self.last[reason] = now
-        more = self.quiet.pop(reason, 0)
         also = f" (and {more} more since the last line)" if more else ""
         log.warning("refused a connection from %s (%s): %s%s", client, status or "closed unanswered", message, also)
 

@@ -32,6 +32,7 @@ from kernel import redact
 from kernel.clock import Clock, SystemClock
 from kernel.errors import ConfigError
 from kernel.incidents import IncidentEvent
+from kernel.logs import LogThrottle
 from kernel.model import Destination
 from kernel.ports import IncidentContext, SyncPlan, TwoWayRules
 from kernel.redact import mask
@@ -234,9 +235,8 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._workers: list[tuple[threading.Thread, Delivery]] = []  # the delivery workers, for stop()
         self._reload_failures_seen = 0
-        # database errors met answering /readyz and /admin/status: reason -> when last logged, answers since
-        self._answer_log: dict[str, tuple[float, int]] = {}
-        self._answer_log_lock = threading.Lock()
+        # database errors met answering /readyz and /admin/status, logged once a period per error text
+        self._answer_log = LogThrottle(DATABASE_LOG_EVERY_SECONDS, self.clock.monotonic)
         self._learn_routing_keys()
 
     def __repr__(self) -> str:
@@ -455,15 +455,9 @@ class Service:
         reason = _redacted(failure_reason(exc)[:300]) or type(exc).__name__
         statement = failed_statement(exc)
         text = f"{where}: database unavailable ({reason})" + (f" in: {statement}" if statement else "")
-        now = self.clock.monotonic()
-        with self._answer_log_lock:
-            last, unsaid = self._answer_log.get(text, (None, 0))
-            if last is not None and now - last < DATABASE_LOG_EVERY_SECONDS:
-                self._answer_log[text] = (last, unsaid + 1)
-                return reason
-            if len(self._answer_log) >= 32:  # texts that vary: the throttle stays bounded
-                self._answer_log.clear()
-            self._answer_log[text] = (now, 0)
+        unsaid = self._answer_log.due(text)
+        if unsaid is None:
+            return reason
         more = f" ({unsaid} more since this line was last logged)" if unsaid else ""
         log.warning("%s; answering 503%s", text, more)
         return reason
@@ -755,7 +749,7 @@ class Service:
         stays away every worker fails each time: each database error's line is logged once, then at most every
         :data:`DATABASE_LOG_EVERY_SECONDS` with how many restarts it stands for (each one is counted in
         ``ticketpager_worker_restarts_total``)."""
-        said: dict[str, tuple[float, int]] = {}  # a database error's text -> when it was last logged, restarts since
+        said = LogThrottle(DATABASE_LOG_EVERY_SECONDS, self.clock.monotonic)  # per database error's text
 
         def run() -> None:
             while not self.stopping.is_set():
@@ -768,17 +762,11 @@ class Service:
                     if cause == database:  # restarting, unreachable, or its schema or grants not as expected
                         statement = failed_statement(exc)
                         text = f"({failure_reason(exc)[:300]})" + (f" in: {statement}" if statement else "")
-                        now = self.clock.monotonic()
-                        last, unsaid = said.get(text, (None, 0))
-                        if last is None or now - last >= DATABASE_LOG_EVERY_SECONDS:
+                        unsaid = said.due(text)
+                        if unsaid is not None:
                             more = f" ({unsaid} more restart(s) since this line was last logged)" if unsaid else ""
                             line = "worker %s: database unavailable %s; retrying in %g s%s"
                             log.warning(line, name, text, retry_seconds, more)
-                            if len(said) >= 32:  # texts that vary: the throttle stays bounded
-                                said.clear()
-                            said[text] = (now, 0)
-                        else:
-                            said[text] = (last, unsaid + 1)
                     else:
                         log.exception("worker %s crashed; restarting in %g s", name, retry_seconds)
                     METRICS.worker_restarts.labels(worker_kind(name), cause).inc()
